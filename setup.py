@@ -1,0 +1,33 @@
+import re
+
+from setuptools import find_packages, setup
+
+version = re.search(r'__version__ = "([^"]+)"', open("wmproxy/__init__.py").read()).group(1)
+
+setup(
+    name="wmproxy",
+    version=version,
+    description="Proxy suite on gevent: forward proxy (HTTP, CONNECT, SOCKS5, SOCKS4/4a), tunnels, reverse proxy",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["wmproxy", "wmproxy.*"]),
+    scripts=["bin/wmproxy-server", "bin/wmproxy-client"],
+    install_requires=[
+        "gevent>=24.2",
+        "dnspython>=2.4",
+        "configargparse>=1.7",
+        "psutil>=5.9",
+        "httptools>=0.6",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "trustme>=1.1",
+            "PySocks>=1.7",
+            "requests>=2.31",
+            "hypothesis>=6.100",
+        ],
+    },
+)

@@ -1,0 +1,127 @@
+"""Command lines of ``wmproxy-server`` and ``wmproxy-client`` (configargparse).
+
+Three layers, highest first: flags, ``WMPROXY_*`` environment variables, the TOML file
+(``-c FILE``). Without a file the embedded default runs: a forward proxy on 127.0.0.1:8090.
+Flags and variables are placed at their key path and validated with the file, so an error
+names where the value came from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+import configargparse
+
+from . import __version__, config
+from .errors import ConfigError, ProxyError
+
+EMBEDDED_DEFAULT: dict = {"proxy": {}}
+
+
+@dataclass(frozen=True)
+class Opt:
+    """A flag that sets one config key."""
+
+    flags: tuple[str, ...]
+    path: tuple[str, ...]
+    help: str
+    append: bool = False
+
+    @property
+    def dest(self) -> str:
+        return "_".join(self.path)
+
+    @property
+    def env(self) -> str:
+        return "WMPROXY_" + self.flags[-1 if self.flags[-1].startswith("--") else 0].lstrip("-").replace("-", "_").upper()
+
+
+OPTIONS = (
+    Opt(("-b", "--bind"), ("proxy", "bind"), "forward proxy address (default 127.0.0.1:8090)"),
+    Opt(("--user", "--username"), ("proxy", "username"), "username clients must give"),
+    Opt(("--pass", "--password"), ("proxy", "password"),
+        "password clients must give (prefer WMPROXY_PASSWORD: flags show in ps)"),
+    Opt(("--allow",), ("proxy", "allow"), "client network allowed, e.g. 10.0.0.0/8 (repeatable)", append=True),
+    Opt(("--deny",), ("proxy", "deny"), "client network refused (repeatable)", append=True),
+    Opt(("--flag",), ("proxy", "flag"), "protocols served: 'http https socks5 socks4'"),
+    Opt(("--connect-timeout",), ("proxy", "connect_timeout"), "upstream connect timeout, e.g. 10s"),
+    Opt(("--idle-timeout",), ("proxy", "idle_timeout"), "close connections idle this long, e.g. 5min"),
+    Opt(("--max-connections",), ("proxy", "max_connections"), "concurrent client connections"),
+    Opt(("--log-level",), ("log_level",), "debug, info, warning or error"),
+    Opt(("--grace",), ("grace",), "on stop, time live connections get to finish, e.g. 10s"),
+)
+
+
+def make_parser(prog: str) -> configargparse.ArgumentParser:
+    p = configargparse.ArgumentParser(
+        prog=prog,
+        description="wmproxy: forward proxy (HTTP, HTTPS CONNECT, SOCKS5, SOCKS4/4a) on one port.",
+        epilog="Each flag also reads a WMPROXY_* variable (shown in brackets). Without -c the embedded "
+        "default runs: a forward proxy on 127.0.0.1:8090.",
+    )
+    p.add_argument("-c", "--config", env_var="WMPROXY_CONFIG", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--check", action="store_true", help="validate the configuration, print the result, exit 0 or 1")
+    p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    for o in OPTIONS:
+        p.add_argument(*o.flags, dest=o.dest, env_var=o.env, help=o.help,
+                       action="append" if o.append else "store", default=None)
+    return p
+
+
+def overrides(args, argv: list[str]) -> list[config.Override]:
+    """The flags and variables that were given, as config overrides naming their origin."""
+    out = []
+    for o in OPTIONS:
+        value = getattr(args, o.dest)
+        if value is None:
+            continue
+        on_line = any(a == f or a.startswith(f + "=") for a in argv for f in o.flags)
+        origin = f"command line {o.flags[-1]}" if on_line else f"environment {o.env}"
+        out.append(config.Override(o.path, value, origin))
+    return out
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run(prog: str, argv: list[str] | None = None) -> int:
+    """Parse, load, start and serve until stopped. Returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = make_parser(prog).parse_args(argv)
+    try:
+        cfg = config.load(args.config, overrides(args, argv), default=EMBEDDED_DEFAULT)
+    except ConfigError as e:
+        print(f"{prog}: configuration error: {e}", file=sys.stderr)
+        return 1
+    if args.check:
+        what = args.config or "embedded default"
+        print(f"{prog}: configuration OK ({what})")
+        return 0
+    setup_logging(cfg.log_level)
+    from .app import App  # imported late: --check and --help need no gevent
+
+    app = App(cfg, args.config)
+    try:
+        app.start()
+    except ProxyError as e:
+        logging.getLogger("wmproxy").error("%s", e)
+        return 1
+    logging.getLogger("wmproxy").info("%s %s started (pid %d)", prog, __version__, os.getpid())
+    app.serve_forever()
+    return 0
+
+
+def server_main() -> int:
+    return run("wmproxy-server")
+
+
+def client_main() -> int:
+    return run("wmproxy-client")

@@ -1,0 +1,343 @@
+"""Configuration: TOML (plus command-line and environment overrides) into frozen dataclasses.
+
+Pure: no gevent, no sockets. Each section is a frozen dataclass whose fields carry their
+converter in ``metadata``; :func:`build` walks a dict against it, so an unknown key, a wrong
+type or a bad address raises a :class:`ConfigError` naming the source (file, command line or
+environment variable), the key path (``proxy.allow[2]``) and what is accepted.
+
+Key names follow the Rust wmproxy where one exists (``[proxy] bind_addr`` is accepted as an
+alias of ``bind``; ``flag = "http https socks5"``; top-level ``control``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from .errors import ConfigError
+
+DEFAULT_PROXY_BIND = "127.0.0.1:8090"
+
+
+class Invalid(ValueError):
+    """A converter's complaint; ``subpath`` is appended to the key path (``[2]``, ``.x``)."""
+
+    def __init__(self, message: str, subpath: str = ""):
+        self.subpath = subpath
+        super().__init__(message)
+
+
+# ---------------------------------------------------------------------------------------
+# Value types and converters. Each converter takes the raw TOML/flag value and returns the
+# typed value or raises Invalid with a message that says what is accepted.
+
+
+@dataclass(frozen=True)
+class Addr:
+    """A host and port to bind or dial. ``host`` is an IP literal or a name."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+_ADDR_HELP = "an address 'host:port', e.g. '127.0.0.1:8090', '[::1]:8090' or '0.0.0.0:8090'"
+_HOST_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
+
+
+def to_addr(value: Any) -> Addr:
+    if not isinstance(value, str):
+        raise Invalid(f"expected {_ADDR_HELP}, got {type(value).__name__} {value!r}")
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise Invalid(f"expected {_ADDR_HELP}, got {value!r}")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or ":" in host:
+            raise Invalid(f"expected {_ADDR_HELP}, got {value!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_RE.match(host):
+            raise Invalid(f"{host!r} is neither an IP address nor a host name; expected {_ADDR_HELP}") from None
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise Invalid(f"port {port!r} is not a number from 0 to 65535; expected {_ADDR_HELP}")
+    return Addr(host, int(port))
+
+
+def to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.lower() in ("true", "yes", "on", "1")
+    raise Invalid(f"expected true or false, got {value!r}")
+
+
+def int_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def conv(value: Any) -> int:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise Invalid(f"expected a whole number from {lo} to {hi}, got {value!r}")
+        return value
+
+    return conv
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|sec|s|min|m|h|d)?\s*$")
+
+
+def to_duration(value: Any) -> float:
+    """Seconds from a number or a string like '10s', '500ms', '2min', '1h'."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    raise Invalid(f"expected a duration like 30, '10s', '500ms', '2min' or '1h', got {value!r}")
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
+
+
+def to_size(value: Any) -> int:
+    """Bytes from a number or a string like '64k', '1m', '8KiB'."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m and m.group(2).lower() in _SIZE_UNITS:
+            return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    raise Invalid(f"expected a size like 65536, '64k' or '1m', got {value!r}")
+
+
+def to_network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            pass
+    raise Invalid(f"expected an IP address or CIDR like '10.0.0.0/8', '127.0.0.1' or '::1/128', got {value!r}")
+
+
+def list_of(conv: Callable[[Any], Any]) -> Callable[[Any], tuple]:
+    """A list converter; a single value is taken as a list of one (handy for flags)."""
+
+    def convert(value: Any) -> tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        out = []
+        for i, item in enumerate(items):
+            try:
+                out.append(conv(item))
+            except Invalid as e:
+                raise Invalid(str(e), f"[{i}]{e.subpath}") from None
+        return tuple(out)
+
+    return convert
+
+
+def choice_set(choices: tuple[str, ...]) -> Callable[[Any], frozenset]:
+    """A set of words from a string ('http https socks5', '|' and ',' also split) or a list."""
+
+    def convert(value: Any) -> frozenset:
+        words = re.split(r"[\s|,]+", value.strip()) if isinstance(value, str) else value
+        if not isinstance(words, (list, tuple)) or not all(isinstance(w, str) for w in words):
+            raise Invalid(f"expected words from {' '.join(choices)}, got {value!r}")
+        words = [w.lower() for w in words if w]
+        bad = [w for w in words if w not in choices]
+        if bad or not words:
+            raise Invalid(f"expected one or more of {' '.join(choices)}, got {value!r}")
+        return frozenset(words)
+
+    return convert
+
+
+def one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if not isinstance(value, str) or value.lower() not in choices:
+            raise Invalid(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value.lower()
+
+    return convert
+
+
+def key(conv: Callable[[Any], Any], default: Any, doc: str, aliases: tuple[str, ...] = ()) -> Any:
+    """Declare a config key: its converter, default and one-line meaning."""
+    return field(default=default, metadata={"conv": conv, "doc": doc, "aliases": aliases})
+
+
+def section(cls: type, doc: str) -> Any:
+    """Declare an optional sub-table; None when absent."""
+    return field(default=None, metadata={"section": cls, "doc": doc, "aliases": ()})
+
+
+# ---------------------------------------------------------------------------------------
+# The sections.
+
+PROXY_PROTOCOLS = ("http", "https", "socks5", "socks4")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """``[proxy]``: the forward proxy on one port (HTTP, CONNECT, SOCKS5, SOCKS4/4a)."""
+
+    bind: Addr = key(to_addr, to_addr(DEFAULT_PROXY_BIND), "listening address", aliases=("bind_addr",))
+    flag: frozenset = key(choice_set(PROXY_PROTOCOLS), frozenset(PROXY_PROTOCOLS), "protocols served")
+    username: str = key(to_str, "", "user required from clients (with password)")
+    password: str = key(to_str, "", "password required from clients (with username)")
+    allow: tuple = key(list_of(to_network), (), "client networks allowed (empty: all)")
+    deny: tuple = key(list_of(to_network), (), "client networks refused (checked first)")
+    connect_timeout: float = key(to_duration, 10.0, "time to open the upstream connection")
+    handshake_timeout: float = key(to_duration, 30.0, "time for a client to send its request head")
+    idle_timeout: float = key(to_duration, 300.0, "close a connection silent this long")
+    max_connections: int = key(int_range(1, 1_000_000), 10000, "concurrent client connections")
+    max_header_size: int = key(to_size, 65536, "largest HTTP request or response head")
+
+    def validate(self) -> None:
+        if bool(self.username) != bool(self.password):
+            which = "password" if self.username else "username"
+            raise Invalid(f"username and password go together; {which} is missing", "." + which)
+
+    @property
+    def auth(self) -> bool:
+        return bool(self.username)
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """``[dns]``: how target names are resolved (dnspython, TTL cache, hosts file)."""
+
+    nameservers: tuple = key(list_of(to_str), (), "resolver addresses (empty: /etc/resolv.conf)")
+    hosts_file: str = key(to_str, "/etc/hosts", "hosts file consulted first ('' to skip)")
+    timeout: float = key(to_duration, 5.0, "time for one lookup")
+    cache_size: int = key(int_range(0, 1_000_000), 4096, "names kept in the cache")
+    min_ttl: float = key(to_duration, 0.0, "shortest time an answer is cached")
+    max_ttl: float = key(to_duration, 3600.0, "longest time an answer is cached")
+    negative_ttl: float = key(to_duration, 5.0, "time a failed lookup is remembered")
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole file. Sections absent from the file are None and start nothing."""
+
+    log_level: str = key(one_of(LOG_LEVELS), "info", "log verbosity")
+    grace: float = key(to_duration, 10.0, "on stop, time live connections get to finish")
+    dns: Optional[DnsConfig] = section(DnsConfig, "name resolution")
+    proxy: Optional[ProxyConfig] = section(ProxyConfig, "forward proxy")
+
+    @property
+    def dns_or_default(self) -> DnsConfig:
+        return self.dns or DnsConfig()
+
+
+# ---------------------------------------------------------------------------------------
+# Building.
+
+
+def accepted_keys(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def build(cls: type, data: Any, path: str = "") -> Any:
+    """Turn a dict into the frozen dataclass ``cls``. Raises Invalid with a sub-path."""
+    if not isinstance(data, dict):
+        raise Invalid(f"expected a table of keys ({', '.join(accepted_keys(cls))}), got {data!r}", path)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = {alias: f.name for f in fields.values() for alias in f.metadata["aliases"]}
+    names.update({name: name for name in fields})
+    values: dict[str, Any] = {}
+    for raw_key, raw in data.items():
+        name = names.get(raw_key)
+        sub = f"{path}.{raw_key}" if path else raw_key
+        if name is None:
+            raise Invalid(f"unknown key {raw_key!r}; accepted keys: {', '.join(sorted(fields))}", sub)
+        if name in values:
+            raise Invalid(f"given twice (as {name!r} and an alias)", sub)
+        f = fields[name]
+        try:
+            if "section" in f.metadata:
+                values[name] = build(f.metadata["section"], raw, sub)
+            else:
+                values[name] = f.metadata["conv"](raw)
+        except Invalid as e:
+            if "section" in f.metadata:
+                raise
+            raise Invalid(str(e), sub + e.subpath) from None
+    obj = cls(**values)
+    if hasattr(obj, "validate"):
+        try:
+            obj.validate()
+        except Invalid as e:
+            raise Invalid(str(e), path + e.subpath) from None
+    return obj
+
+
+def read_toml(path: str) -> dict:
+    """Read a TOML file; raises ConfigError naming the file on any read or syntax error."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read the file: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "", f"not valid TOML: {e}") from None
+
+
+@dataclass(frozen=True)
+class Override:
+    """A value from the command line or the environment, placed at a key path."""
+
+    path: tuple[str, ...]
+    value: Any
+    origin: str  # 'command line --bind' or 'environment WMPROXY_BIND'
+
+
+def load(file: Optional[str], overrides: list[Override] = (), default: Optional[dict] = None) -> Config:
+    """Load a config: the TOML ``file`` (or ``default`` when no file), then ``overrides``.
+
+    Blocks on file I/O only. Raises ConfigError naming the source and key path.
+    """
+    data = read_toml(file) if file else dict(default or {})
+    origins: dict[str, str] = {}
+    for o in overrides:
+        node = data
+        for part in o.path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(file or "", ".".join(o.path[:-1]), "expected a table")
+        node[o.path[-1]] = o.value
+        origins[".".join(o.path)] = o.origin
+    try:
+        return build(Config, data)
+    except Invalid as e:
+        source = next((src for p, src in origins.items() if e.subpath == p or e.subpath.startswith(p + "[")), None)
+        raise ConfigError(source or file or "built-in default", e.subpath, str(e)) from None

@@ -1,0 +1,68 @@
+"""Open a TCP connection to a target by name or address, with errors every protocol can answer.
+
+A failure is an UpstreamError that carries the HTTP status (502 refused/unreachable/DNS,
+504 timeout) and the SOCKS5 reply code, so handlers map nothing themselves.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+
+from gevent import socket as gsocket
+
+from ..errors import (
+    SOCKS5_CONNECTION_REFUSED,
+    SOCKS5_GENERAL_FAILURE,
+    SOCKS5_HOST_UNREACHABLE,
+    SOCKS5_NETWORK_UNREACHABLE,
+    SOCKS5_TTL_EXPIRED,
+    UpstreamError,
+)
+from .dns import Resolver
+
+_ERRNO_REPLY = {
+    errno.ECONNREFUSED: SOCKS5_CONNECTION_REFUSED,
+    errno.ENETUNREACH: SOCKS5_NETWORK_UNREACHABLE,
+    errno.EHOSTUNREACH: SOCKS5_HOST_UNREACHABLE,
+    errno.EADDRNOTAVAIL: SOCKS5_NETWORK_UNREACHABLE,
+    errno.EAFNOSUPPORT: SOCKS5_NETWORK_UNREACHABLE,
+}
+
+
+def _fmt(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def dial(resolver: Resolver, host: str, port: int, timeout: float) -> gsocket.socket:
+    """Connect to ``host:port`` within ``timeout`` seconds in all (lookup included).
+
+    Tries each address in turn, sharing the time left among them. Blocks cooperatively.
+    Returns a connected socket with TCP_NODELAY and no timeout (the caller owns and closes
+    it). Raises UpstreamError (DnsError for a name that does not resolve).
+    """
+    deadline = time.monotonic() + timeout
+    addrs = resolver.resolve(host)
+    last: UpstreamError | None = None
+    for i, (family, ip) in enumerate(addrs):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        share = max(left / (len(addrs) - i), min(left, 2.0))
+        sock = gsocket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(share)
+        try:
+            sock.connect((ip, port))
+        except socket.timeout:
+            last = UpstreamError(f"connect to {_fmt(ip, port)} timed out", 504, SOCKS5_TTL_EXPIRED)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            last = UpstreamError(f"connect to {_fmt(ip, port)}: {reason}", 502,
+                                 _ERRNO_REPLY.get(e.errno, SOCKS5_GENERAL_FAILURE))
+        else:
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        sock.close()
+    raise last or UpstreamError(f"connect to {_fmt(host, port)} timed out", 504, SOCKS5_TTL_EXPIRED)

@@ -1,0 +1,91 @@
+"""Moving HTTP/1.x heads and bodies between sockets, by the framing rules of prot/http1.
+
+Shared by the forward proxy and (later) the reverse proxy. Blocking-style over a Reader;
+timeouts are the sockets' own.
+"""
+
+from __future__ import annotations
+
+from ..errors import ProtocolError
+from ..prot import http1
+from .reader import PeerClosed, Reader
+
+MAX_CHUNK_LINE = 4096
+MAX_TRAILERS = 16384
+STREAM_PIECE = 65536
+
+
+def read_head(reader: Reader, limit: int) -> bytes:
+    """The next head, CRLF CRLF included. Leading empty lines are skipped (RFC 9112 2.2).
+
+    Raises PeerClosed at EOF, ProtocolError(431) past ``limit``, socket.timeout.
+    """
+    while reader.peek(2) == b"\r\n":
+        reader.read_exact(2)
+    return reader.read_until(b"\r\n\r\n", limit)
+
+
+def _copy_exact(reader: Reader, sendall, n: int) -> None:
+    while n:
+        data = reader.read_some(min(n, STREAM_PIECE))
+        if not data:
+            raise PeerClosed(f"peer closed with {n} body bytes still due")
+        sendall(data)
+        n -= len(data)
+
+
+def copy_body(reader: Reader, sendall, framing: tuple[str, int], chunked_out: bool) -> int:
+    """Copy one message body from ``reader`` to ``sendall`` as framed by ``framing``.
+
+    Chunked input is decoded and, with ``chunked_out``, encoded again (trailers kept);
+    without it the bare data is sent (for an HTTP/1.0 receiver, who then sees EOF).
+    Returns the number of body data bytes. Raises PeerClosed, ProtocolError, OSError.
+    """
+    kind, length = framing
+    if kind == "none":
+        return 0
+    if kind == "length":
+        _copy_exact(reader, sendall, length)
+        return length
+    if kind == "close":
+        total = 0
+        while True:
+            data = reader.read_some(STREAM_PIECE)
+            if not data:
+                return total
+            sendall(data)
+            total += len(data)
+    total = 0
+    while True:
+        line = reader.read_until(b"\r\n", MAX_CHUNK_LINE)
+        size = http1.parse_chunk_size(line[:-2])
+        if size == 0:
+            trailers = _read_trailers(reader)
+            if chunked_out:
+                sendall(b"0\r\n" + trailers + b"\r\n")
+            return total
+        total += size
+        if size <= STREAM_PIECE:
+            data = reader.read_exact(size + 2)
+            if data[-2:] != b"\r\n":
+                raise ProtocolError("chunk data not followed by CRLF")
+            sendall(b"%x\r\n%s" % (size, data) if chunked_out else data[:-2])
+            continue
+        if chunked_out:
+            sendall(b"%x\r\n" % size)
+        _copy_exact(reader, sendall, size)
+        if reader.read_exact(2) != b"\r\n":
+            raise ProtocolError("chunk data not followed by CRLF")
+        if chunked_out:
+            sendall(b"\r\n")
+
+
+def _read_trailers(reader: Reader) -> bytes:
+    out = b""
+    while True:
+        line = reader.read_until(b"\r\n", MAX_CHUNK_LINE)
+        if line == b"\r\n":
+            return out
+        out += line
+        if len(out) > MAX_TRAILERS:
+            raise ProtocolError(f"trailers larger than {MAX_TRAILERS} bytes", 431)

@@ -1,0 +1,104 @@
+"""The one place that calls ``recv``: a buffered reader over any socket-like object.
+
+Works over a real (gevent) socket or a virtual connection alike: all it needs is
+``recv(n)``. Parsers stay pure; this reader feeds them until they have a whole message.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from ..errors import NeedMore, ProtocolError
+
+T = TypeVar("T")
+
+RECV_SIZE = 65536
+
+
+class PeerClosed(EOFError):
+    """The peer closed its side before a message was complete."""
+
+
+class Reader:
+    """Buffered reads from ``sock``. Blocks (cooperatively) in ``recv``; never closes ``sock``.
+
+    Timeouts are the socket's own (``sock.settimeout``); ``socket.timeout`` propagates.
+    """
+
+    __slots__ = ("sock", "buf")
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _fill(self) -> bool:
+        """One recv into the buffer. False at EOF."""
+        data = self.sock.recv(RECV_SIZE)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def read_exact(self, n: int) -> bytes:
+        """Exactly ``n`` bytes. Raises PeerClosed if the peer closes first."""
+        while len(self.buf) < n:
+            if not self._fill():
+                raise PeerClosed(f"peer closed after {len(self.buf)} of {n} bytes")
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def read_until(self, delim: bytes, limit: int) -> bytes:
+        """Bytes up to and including ``delim``.
+
+        Raises ProtocolError (431) when ``limit`` bytes pass without ``delim``; PeerClosed at
+        EOF (``len(pending())`` tells whether anything had arrived).
+        """
+        start = 0
+        while True:
+            i = self.buf.find(delim, start)
+            if i >= 0:
+                end = i + len(delim)
+                if end > limit:
+                    break
+                out = bytes(self.buf[:end])
+                del self.buf[:end]
+                return out
+            if len(self.buf) > limit:
+                break
+            start = max(0, len(self.buf) - len(delim) + 1)
+            if not self._fill():
+                raise PeerClosed(f"peer closed after {len(self.buf)} bytes without {delim!r}")
+        raise ProtocolError(f"no {delim!r} within {limit} bytes", 431)
+
+    def read_message(self, parse: Callable[[bytes], tuple[T, int]]) -> T:
+        """Feed a pure parser (returns (value, consumed) or raises NeedMore) until it answers."""
+        while True:
+            try:
+                value, used = parse(self.buf)
+            except NeedMore:
+                if not self._fill():
+                    raise PeerClosed(f"peer closed after {len(self.buf)} bytes of a message") from None
+                continue
+            del self.buf[:used]
+            return value
+
+    def read_some(self, n: int = RECV_SIZE) -> bytes:
+        """Buffered bytes if any, else one recv (b'' at EOF)."""
+        if self.buf:
+            out = bytes(self.buf[:n])
+            del self.buf[:n]
+            return out
+        return self.sock.recv(n)
+
+    def peek(self, n: int) -> bytes:
+        """At least one and at most ``n`` bytes without consuming them (b'' at EOF)."""
+        if not self.buf:
+            self._fill()
+        return bytes(self.buf[:n])
+
+    def take_pending(self) -> bytes:
+        """Whatever is buffered, removed from the buffer (hand it on before relaying)."""
+        out = bytes(self.buf)
+        self.buf.clear()
+        return out

@@ -1,0 +1,203 @@
+"""relay(a, b): the one byte pump every mode uses (CONNECT, SOCKS, tunnels, mappings).
+
+Two pumps, one per direction. When one side ends its sending (EOF), the other side's write
+half is shut down (half-close passed through) and the opposite direction goes on. An error
+on either side ends both. An idle watchdog ends the relay when no byte moved either way for
+``idle_timeout`` seconds. Both sockets are closed when the relay returns.
+
+Between two plain kernel sockets the bytes move with ``splice(2)`` through a pipe (zero
+copy); anywhere else (TLS, virtual connections) a copy loop reuses one buffer per pump.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import time
+
+import gevent
+from gevent import get_hub
+from gevent import socket as gsocket
+from gevent import ssl as gssl
+
+CHUNK = 65536
+PIPE_SIZE = 1 << 20
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_HAVE_SPLICE = hasattr(os, "splice")
+
+
+class RelayStats:
+    """Bytes moved each way, readable while the relay runs (for status and logs)."""
+
+    __slots__ = ("a_to_b", "b_to_a", "reason")
+
+    def __init__(self) -> None:
+        self.a_to_b = 0
+        self.b_to_a = 0
+        self.reason = "eof"  # why it ended: eof, idle, error: ..., stopped
+
+    @property
+    def total(self) -> int:
+        return self.a_to_b + self.b_to_a
+
+
+def _spliceable(s) -> bool:
+    return _HAVE_SPLICE and isinstance(s, gsocket.socket) and not isinstance(s, gssl.SSLSocket)
+
+
+class _SpliceUnsupported(Exception):
+    pass
+
+
+def _splice_pump(src, dst, stats: RelayStats, forward: bool) -> None:
+    sfd, dfd = src.fileno(), dst.fileno()
+    rpipe, wpipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    loop = get_hub().loop
+    readable, writable = loop.io(sfd, 1), loop.io(dfd, 2)
+    hub = get_hub()
+    moved_any = False
+    try:
+        try:
+            fcntl.fcntl(wpipe, _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass
+        while True:
+            try:
+                n = os.splice(sfd, wpipe, PIPE_SIZE, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                hub.wait(readable)
+                continue
+            except OSError as e:
+                if not moved_any and e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise _SpliceUnsupported() from None
+                raise
+            if n == 0:
+                return
+            moved_any = True
+            if forward:
+                stats.a_to_b += n
+            else:
+                stats.b_to_a += n
+            while n:
+                try:
+                    n -= os.splice(rpipe, dfd, n, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    hub.wait(writable)
+    finally:
+        readable.close()
+        writable.close()
+        os.close(rpipe)
+        os.close(wpipe)
+
+
+def _copy_pump(src, dst, stats: RelayStats, forward: bool) -> None:
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    recv_into = getattr(src, "recv_into", None)
+    while True:
+        if recv_into is not None:
+            n = recv_into(buf)
+            data = view[:n]
+        else:
+            data = src.recv(CHUNK)
+            n = len(data)
+        if not n:
+            return
+        if forward:
+            stats.a_to_b += n
+        else:
+            stats.b_to_a += n
+        dst.sendall(data)
+
+
+def _shutdown_write(s) -> None:
+    try:
+        s.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def _pump(src, dst, pending: bytes, stats: RelayStats, forward: bool, on_error) -> None:
+    try:
+        if pending:
+            dst.sendall(pending)
+            if forward:
+                stats.a_to_b += len(pending)
+            else:
+                stats.b_to_a += len(pending)
+        if _spliceable(src) and _spliceable(dst):
+            try:
+                _splice_pump(src, dst, stats, forward)
+            except _SpliceUnsupported:
+                _copy_pump(src, dst, stats, forward)
+        else:
+            _copy_pump(src, dst, stats, forward)
+    except (OSError, EOFError) as e:
+        on_error(e)
+        return
+    _shutdown_write(dst)
+
+
+def _close(s) -> None:
+    try:
+        s.close()
+    except OSError:
+        pass
+
+
+def relay(a, b, idle_timeout: float | None = None, a_pending: bytes = b"", b_pending: bytes = b"",
+          stats: RelayStats | None = None) -> RelayStats:
+    """Copy bytes both ways between ``a`` and ``b`` until both directions end.
+
+    ``a_pending`` are bytes already read from ``a`` (to go to ``b`` first), ``b_pending``
+    likewise from ``b``. Blocks the calling greenlet; spawns two pumps and, with
+    ``idle_timeout``, a watchdog, all killed before it returns, also when the caller is
+    killed. Closes ``a`` and ``b``. Never raises for a peer's error: ``stats.reason`` tells.
+    """
+    stats = stats or RelayStats()
+    for s in (a, b):
+        s.settimeout(None)
+    pumps: list[gevent.Greenlet] = []
+
+    def on_error(e: BaseException) -> None:
+        if stats.reason == "eof":
+            stats.reason = f"error: {e}"
+        for g in pumps:
+            if g is not gevent.getcurrent():
+                g.kill(block=False)
+
+    pumps.append(gevent.spawn(_pump, a, b, a_pending, stats, True, on_error))
+    pumps.append(gevent.spawn(_pump, b, a, b_pending, stats, False, on_error))
+    watchdog = gevent.spawn(_watch, pumps, stats, idle_timeout) if idle_timeout else None
+    try:
+        gevent.joinall(pumps)
+    except BaseException:
+        stats.reason = "stopped"
+        raise
+    finally:
+        gevent.killall(pumps)
+        if watchdog is not None:
+            watchdog.kill()
+        _close(a)
+        _close(b)
+    return stats
+
+
+def _watch(pumps: list, stats: RelayStats, idle: float) -> None:
+    """Kill the pumps once no byte has moved for ``idle`` seconds (precision ~idle/4)."""
+    seen = -1
+    last_change = time.monotonic()
+    while True:
+        total = stats.total
+        now = time.monotonic()
+        if total != seen:
+            seen, last_change = total, now
+        remaining = last_change + idle - now
+        if remaining <= 0:
+            stats.reason = "idle"
+            gevent.killall(pumps, block=False)
+            return
+        gevent.sleep(min(remaining, idle / 4 + 0.05))

@@ -1,0 +1,1 @@
+"""Pure wire code: bytes in, values out. No gevent, no I/O."""

@@ -1,0 +1,306 @@
+"""HTTP/1.x message heads for the proxy: parsing through httptools (llhttp), framing rules,
+hop-by-hop headers (RFC 9110 7.6.1) and chunked-coding lines. Pure: bytes in, values out.
+
+A head is parsed only once its terminating blank line is in hand (the reader finds it), so a
+fresh parser per head is fed exactly the head bytes; bodies are framed here by
+:func:`request_framing` / :func:`response_framing` and moved by the caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Optional
+from urllib.parse import urlsplit
+
+import httptools
+
+from ..errors import ProtocolError
+
+Headers = list  # list[tuple[bytes, bytes]], original case and order kept
+
+# RFC 9110 7.6.1, plus the proxy-only ones a proxy consumes.
+HOP_BY_HOP = frozenset(
+    (
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    )
+)
+
+REASONS = {
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+@dataclass
+class Head:
+    """A request or response head. For a request ``status`` is 0; for a response
+    ``method``/``target`` are empty."""
+
+    version: str  # "1.1" or "1.0"
+    headers: Headers
+    method: str = ""
+    target: str = ""
+    status: int = 0
+    reason: bytes = b""
+    upgrade: bool = False  # llhttp saw CONNECT or a valid Upgrade request
+
+    def get(self, name: bytes) -> Optional[bytes]:
+        """First value of header ``name`` (lower-case bytes), or None."""
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def get_all(self, name: bytes) -> list[bytes]:
+        return [v for k, v in self.headers if k.lower() == name]
+
+    def tokens(self, name: bytes) -> set[bytes]:
+        """Comma-separated tokens of every ``name`` header, lower-cased (Connection, TE...)."""
+        out: set[bytes] = set()
+        for v in self.get_all(name):
+            out.update(t.strip().lower() for t in v.split(b",") if t.strip())
+        return out
+
+    def wants_keep_alive(self) -> bool:
+        """Whether the sender of this head asks to keep the connection open."""
+        conn = self.tokens(b"connection")
+        if self.version == "1.0":
+            return b"keep-alive" in conn
+        return b"close" not in conn
+
+
+class _Collector:
+    """httptools callbacks that gather one head."""
+
+    __slots__ = ("url", "headers", "reason", "done")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: Headers = []
+        self.reason = b""
+        self.done = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
+def _feed(parser, collector: _Collector, data: bytes) -> bool:
+    """Feed a complete head; returns whether llhttp flagged an upgrade (CONNECT/Upgrade)."""
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        return True
+    except httptools.HttpParserError as e:
+        raise ProtocolError(f"malformed HTTP head: {e}") from None
+    if not collector.done:
+        raise ProtocolError("malformed HTTP head: incomplete")
+    return False
+
+
+def parse_request_head(data: bytes) -> Head:
+    """Parse a request head ending in CRLF CRLF. Raises ProtocolError (status 400)."""
+    c = _Collector()
+    p = httptools.HttpRequestParser(c)
+    upgrade = _feed(p, c, data)
+    version = p.get_http_version()
+    if version not in ("1.1", "1.0"):
+        raise ProtocolError(f"HTTP version {version} is not supported", 505)
+    return Head(version, c.headers, p.get_method().decode("ascii"), c.url.decode("latin-1"), upgrade=upgrade)
+
+
+def parse_response_head(data: bytes) -> Head:
+    """Parse a response head ending in CRLF CRLF. Raises ProtocolError."""
+    c = _Collector()
+    p = httptools.HttpResponseParser(c)
+    upgrade = _feed(p, c, data)
+    return Head(p.get_http_version(), c.headers, status=p.get_status_code(), reason=c.reason, upgrade=upgrade)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an absolute-form request or a CONNECT goes."""
+
+    host: str
+    port: int
+    path: str = "/"  # origin-form to send upstream
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == 80 else f"{host}:{self.port}"
+
+
+def _check_host(host: str, what: str) -> str:
+    if not host:
+        raise ProtocolError(f"{what} has no host")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if len(host) > 253 or any(c in host for c in " /\\@?#%\0") or host.startswith("."):
+        raise ProtocolError(f"{what} has an invalid host {host[:60]!r}")
+    return host.lower()
+
+
+def parse_authority(text: str) -> Target:
+    """CONNECT target 'host:port' or '[v6]:port'. Raises ProtocolError."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ProtocolError(f"CONNECT target {text[:80]!r} is not host:port")
+    return Target(_check_host(host, "CONNECT target"), int(port), "")
+
+
+def parse_absolute(url: str) -> Target:
+    """Absolute-form target 'http://host[:port]/path?q'. Raises ProtocolError."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ProtocolError(f"request target {url[:80]!r} is not a valid URL") from None
+    if parts.scheme.lower() != "http":
+        if not parts.scheme:
+            raise ProtocolError("this is a proxy: the request target must be absolute (http://host/path)")
+        raise ProtocolError(f"scheme {parts.scheme!r} is not served; use CONNECT for https", 501)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Target(_check_host(parts.hostname or "", "request URL"), port or 80, path)
+
+
+def strip_hop_by_hop(headers: Headers, connection_tokens: set[bytes]) -> Headers:
+    """Headers without the hop-by-hop ones and those the Connection header names."""
+    return [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() not in connection_tokens]
+
+
+# Body framing ------------------------------------------------------------------------
+NO_BODY = ("none", 0)
+CHUNKED = ("chunked", 0)
+UNTIL_CLOSE = ("close", 0)
+
+
+def _content_length(head: Head) -> Optional[int]:
+    values = head.get_all(b"content-length")
+    if not values:
+        return None
+    numbers = {v.strip() for v in b",".join(values).split(b",")}
+    if len(numbers) != 1:
+        raise ProtocolError("conflicting Content-Length values")
+    (n,) = numbers
+    if not n.isdigit() or len(n) > 18:
+        raise ProtocolError(f"invalid Content-Length {n[:20]!r}")
+    return int(n)
+
+
+def _is_chunked(head: Head) -> bool:
+    te = head.get_all(b"transfer-encoding")
+    if not te:
+        return False
+    codings = [t.strip().lower() for t in b",".join(te).split(b",")]
+    if codings[-1] != b"chunked":
+        return False
+    return True
+
+
+def request_framing(head: Head) -> tuple[str, int]:
+    """How the request body is delimited (RFC 9112 6.3): none, ('length', n) or chunked."""
+    if head.get(b"transfer-encoding") is not None:
+        if not _is_chunked(head):
+            raise ProtocolError("request Transfer-Encoding must end in chunked", 400)
+        if head.get(b"content-length") is not None:
+            raise ProtocolError("request has both Transfer-Encoding and Content-Length", 400)
+        return CHUNKED
+    n = _content_length(head)
+    return ("length", n) if n else NO_BODY
+
+
+def response_framing(request_method: str, head: Head) -> tuple[str, int]:
+    """How the response body is delimited: none, ('length', n), chunked, or until close."""
+    if request_method == "HEAD" or head.status in (204, 304) or 100 <= head.status < 200:
+        return NO_BODY
+    if head.get(b"transfer-encoding") is not None:
+        return CHUNKED if _is_chunked(head) else UNTIL_CLOSE
+    n = _content_length(head)
+    if n is None:
+        return UNTIL_CLOSE
+    return ("length", n) if n else NO_BODY
+
+
+def parse_chunk_size(line: bytes) -> int:
+    """The size on a chunk-size line (without its CRLF); extensions are ignored."""
+    size = line.split(b";", 1)[0].strip()
+    if not size or len(size) > 15 or any(c not in b"0123456789abcdefABCDEF" for c in size):
+        raise ProtocolError(f"invalid chunk size line {line[:40]!r}")
+    return int(size, 16)
+
+
+def encode_head(start_line: str, headers: Headers) -> bytes:
+    """A head ready to send: start line, headers, blank line."""
+    parts = [start_line.encode("latin-1"), b"\r\n"]
+    for k, v in headers:
+        parts += (k, b": ", v, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def simple_response(status: int, text: str, extra: Headers = (), close: bool = True) -> bytes:
+    """A complete short text/plain response for the proxy's own errors."""
+    body = (text.rstrip("\n") + "\n").encode("utf-8")
+    headers = [
+        (b"Content-Type", b"text/plain; charset=utf-8"),
+        (b"Content-Length", str(len(body)).encode()),
+        *extra,
+    ]
+    if close:
+        headers.append((b"Connection", b"close"))
+    return encode_head(f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", headers) + body
+
+
+def parse_basic_auth(value: Optional[bytes]) -> Optional[tuple[str, str]]:
+    """(user, password) from a 'Basic ...' credentials value, or None when absent/invalid."""
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None

@@ -1,0 +1,1 @@
+"""The forward proxy: HTTP, CONNECT, SOCKS5 and SOCKS4/4a on one port."""

@@ -1,0 +1,270 @@
+"""HTTP forward proxy: absolute-form requests with keep-alive, and CONNECT tunnels.
+
+Each request goes to its own host: the upstream connection is reused only while the next
+request names the same host and port, else it is closed and a new one opened. Bodies are
+framed by Content-Length or chunked (RFC 9112), hop-by-hop headers are dropped
+(RFC 9110 7.6.1) and ``Via`` is added. Upstream failures answer 502, timeouts 504.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+from ..errors import ProtocolError, UpstreamError
+from ..net import httpio
+from ..net.reader import PeerClosed, Reader
+from ..net.relay import RelayStats, relay
+from ..prot import http1
+from ..prot.http1 import Head, simple_response
+
+log = logging.getLogger("wmproxy.proxy")
+
+VIA = b"1.1 wmproxy"
+PROXY_AUTHENTICATE = [(b"Proxy-Authenticate", b'Basic realm="wmproxy"')]
+
+
+class _Upstream:
+    """The current upstream connection of one client connection."""
+
+    __slots__ = ("key", "sock", "reader", "used")
+
+    def __init__(self, key: tuple[str, int], sock: socket.socket) -> None:
+        self.key = key
+        self.sock = sock
+        self.reader = Reader(sock)
+        self.used = False  # True once a response came back on it (then it may go stale)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class HttpSession:
+    """One client connection speaking HTTP to the proxy."""
+
+    def __init__(self, ctx, client: socket.socket, reader: Reader, info) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.client = client
+        self.reader = reader
+        self.info = info
+        self.upstream: _Upstream | None = None
+
+    # -- the request loop -----------------------------------------------------------------
+    def serve(self, allowed: bool) -> None:
+        first = True
+        try:
+            while True:
+                self.client.settimeout(self.cfg.handshake_timeout if first else self.cfg.idle_timeout)
+                try:
+                    raw = httpio.read_head(self.reader, self.cfg.max_header_size)
+                except PeerClosed:
+                    if first:
+                        raise
+                    return  # a keep-alive client went away between requests: normal
+                except socket.timeout:
+                    if first:
+                        self._error(408, "request head not received in time")
+                        raise
+                    return
+                except ProtocolError as e:
+                    self._error(e.http_status, str(e))
+                    raise
+                first = False
+                started = time.monotonic()
+                try:
+                    head = http1.parse_request_head(raw)
+                except ProtocolError as e:
+                    self._error(e.http_status, str(e))
+                    raise
+                if not allowed:
+                    self._reply_log(head, 403, "client address not allowed", started)
+                    return
+                if self.cfg.auth and not self._authorized(head):
+                    self._reply_log(head, 407, "proxy authentication required", started, PROXY_AUTHENTICATE)
+                    return
+                if head.method == "CONNECT":
+                    self._connect(head, started)
+                    return
+                if "http" not in self.cfg.flag:
+                    self._reply_log(head, 405, "plain HTTP proxying is disabled (flag)", started)
+                    return
+                if not self._forward(head, started):
+                    return
+        finally:
+            if self.upstream:
+                self.upstream.close()
+
+    def _authorized(self, head: Head) -> bool:
+        creds = http1.parse_basic_auth(head.get(b"proxy-authorization"))
+        return creds is not None and self.ctx.credentials_ok(*creds)
+
+    def _error(self, status: int, text: str, extra=()) -> None:
+        try:
+            self.client.sendall(simple_response(status, f"wmproxy: {text}", extra))
+        except OSError:
+            pass
+
+    def _reply_log(self, head: Head, status: int, text: str, started: float, extra=()) -> None:
+        self._error(status, text, extra)
+        self._log(head.method, head.target, status, 0, started, text)
+
+    def _log(self, method: str, target: str, status: int, size: int, started: float, note: str = "") -> None:
+        self.info.proto = "http"
+        ms = (time.monotonic() - started) * 1000
+        log.info("%s http %s %s %d %dB %.1fms%s", self.info.peer, method, target[:200], status, size, ms,
+                 f" ({note})" if note else "")
+
+    # -- CONNECT ----------------------------------------------------------------------------
+    def _connect(self, head: Head, started: float) -> None:
+        self.info.proto = "connect"
+        if "https" not in self.cfg.flag:
+            self._error(405, "CONNECT is disabled (flag)")
+            self.info.result = "refused: CONNECT disabled"
+            return
+        target = http1.parse_authority(head.target)
+        self.info.target = f"{target.host}:{target.port}"
+        try:
+            upstream = self.ctx.dial(target.host, target.port)
+        except UpstreamError as e:
+            self._error(e.http_status, str(e))
+            self.info.result = f"{e.http_status} {e}"
+            return
+        try:
+            self.client.sendall(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        except OSError:
+            upstream.close()
+            raise
+        stats = RelayStats()
+        relay(self.client, upstream, self.cfg.idle_timeout, a_pending=self.reader.take_pending(), stats=stats)
+        self.info.up, self.info.down, self.info.result = stats.a_to_b, stats.b_to_a, f"200 ({stats.reason})"
+
+    # -- absolute-form requests --------------------------------------------------------------
+    def _request_bytes(self, head: Head, target: http1.Target, framing) -> tuple[bytes, bool]:
+        """The head to send upstream, and whether the client asked to upgrade."""
+        conn = head.tokens(b"connection")
+        headers = http1.strip_hop_by_hop(head.headers, conn)
+        headers = [(k, v) for k, v in headers if k.lower() not in (b"host", b"expect")]
+        headers.insert(0, (b"Host", target.authority.encode("idna")))
+        upgrade = head.get(b"upgrade") if b"upgrade" in conn else None
+        if upgrade:
+            headers += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
+        if framing == http1.CHUNKED:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        headers.append((b"Via", VIA))
+        return http1.encode_head(f"{head.method} {target.path} HTTP/1.1", headers), bool(upgrade)
+
+    def _forward(self, head: Head, started: float) -> bool:
+        """Serve one request. Returns whether the client connection stays open."""
+        try:
+            target = http1.parse_absolute(head.target)
+            framing = http1.request_framing(head)
+        except ProtocolError as e:
+            self._reply_log(head, e.http_status, str(e), started)
+            return False
+        data, upgrade = self._request_bytes(head, target, framing)
+        client_keep = head.wants_keep_alive()
+        expect = (head.get(b"expect") or b"").lower() == b"100-continue"
+        if expect and framing != http1.NO_BODY and head.version == "1.1":
+            # We answer 100 ourselves and send the body on: an upstream that ignores Expect
+            # would otherwise stall the client for its expect timeout.
+            self.client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            up, rhead = self._exchange(head, target, data, framing)
+        except UpstreamError as e:
+            self._reply_log(head, e.http_status, str(e), started)
+            return False
+        if rhead.status == 101 and upgrade:
+            return self._switch(head, rhead, up, started)
+        rframing = http1.response_framing(head.method, rhead)
+        chunked_out = rframing == http1.CHUNKED and head.version == "1.1"
+        if rframing == http1.UNTIL_CLOSE or (rframing == http1.CHUNKED and not chunked_out):
+            client_keep = False
+        upstream_keep = rhead.wants_keep_alive() and rframing != http1.UNTIL_CLOSE
+        headers = http1.strip_hop_by_hop(rhead.headers, rhead.tokens(b"connection"))
+        if chunked_out:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        headers.append((b"Via", VIA))
+        if not client_keep:
+            headers.append((b"Connection", b"close"))
+        elif head.version == "1.0":
+            headers.append((b"Connection", b"keep-alive"))
+        reason = rhead.reason.decode("latin-1") or http1.REASONS.get(rhead.status, "")
+        self.client.sendall(http1.encode_head(f"HTTP/1.1 {rhead.status} {reason}", headers))
+        self.client.settimeout(self.cfg.idle_timeout)
+        try:
+            size = httpio.copy_body(up.reader, self.client.sendall, rframing, chunked_out)
+        except (PeerClosed, ProtocolError, socket.timeout) as e:
+            self._log(head.method, head.target, rhead.status, 0, started, f"upstream broke mid-body: {e}")
+            return False
+        up.used = True
+        if not upstream_keep:
+            self._drop_upstream()
+        self._log(head.method, head.target, rhead.status, size, started)
+        return client_keep
+
+    def _exchange(self, head: Head, target: http1.Target, data: bytes, framing) -> tuple[_Upstream, Head]:
+        """Send the request (head and body) and read the final response head.
+
+        A reused upstream connection that turns out closed is replaced once, when the
+        request has no body (so nothing the client sent is lost). Raises UpstreamError.
+        """
+        for attempt in (1, 2):
+            up = self._upstream_for(target)
+            stale_ok = up.used and framing == http1.NO_BODY and attempt == 1
+            try:
+                up.sock.sendall(data)
+                if framing != http1.NO_BODY:
+                    self.client.settimeout(self.cfg.idle_timeout)
+                    httpio.copy_body(self.reader, up.sock.sendall, framing, True)
+                return up, self._response_head(up)
+            except (PeerClosed, ConnectionError) as e:
+                self._drop_upstream()
+                if stale_ok:
+                    continue
+                raise UpstreamError(f"upstream {target.authority} closed the connection: {e}") from None
+            except socket.timeout:
+                self._drop_upstream()
+                raise UpstreamError(f"upstream {target.authority} did not answer in time", 504) from None
+            except ProtocolError as e:
+                self._drop_upstream()
+                raise UpstreamError(f"upstream {target.authority} sent a bad response: {e}") from None
+        raise AssertionError("unreachable")
+
+    def _response_head(self, up: _Upstream) -> Head:
+        up.sock.settimeout(self.cfg.idle_timeout)
+        while True:
+            rhead = http1.parse_response_head(httpio.read_head(up.reader, self.cfg.max_header_size))
+            if rhead.status >= 200 or rhead.status == 101:
+                return rhead
+            if rhead.status != 100:  # 100 was ours to give; other 1xx go on to the client
+                self.client.sendall(http1.encode_head(f"HTTP/1.1 {rhead.status} {rhead.reason.decode('latin-1')}",
+                                                      rhead.headers))
+
+    def _upstream_for(self, target: http1.Target) -> _Upstream:
+        key = (target.host, target.port)
+        if self.upstream is not None and self.upstream.key == key:
+            return self.upstream
+        self._drop_upstream()
+        self.upstream = _Upstream(key, self.ctx.dial(target.host, target.port))
+        return self.upstream
+
+    def _drop_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+
+    def _switch(self, head: Head, rhead: Head, up: _Upstream, started: float) -> bool:
+        """101 Switching Protocols: hand the head on, then relay raw bytes both ways."""
+        self.client.sendall(http1.encode_head(f"HTTP/1.1 101 {rhead.reason.decode('latin-1')}", rhead.headers))
+        self.upstream = None  # the relay owns and closes it now
+        stats = relay(self.client, up.sock, self.cfg.idle_timeout,
+                      a_pending=self.reader.take_pending(), b_pending=up.reader.take_pending())
+        self._log(head.method, head.target, 101, stats.total, started, f"upgraded, {stats.reason}")
+        return False
+
+
+def serve_http(ctx, client, reader: Reader, info, allowed: bool) -> None:
+    """Serve an HTTP client connection until it closes or a request ends it."""
+    HttpSession(ctx, client, reader, info).serve(allowed)

@@ -1,0 +1,109 @@
+"""SOCKS5 (RFC 1928 + RFC 1929) and SOCKS4/4a CONNECT over the shared relay.
+
+Handlers run in the listener's greenlet and return when the connection is done; the server
+closes the client socket. Credentials are checked before any upstream connection is opened.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from ..errors import ProtocolError, UpstreamError
+from ..net.reader import Reader
+from ..net.relay import RelayStats, relay
+from ..prot import socks as s5
+from ..prot.socks import SOCKS4, SOCKS5  # noqa: F401  (the server sniffs with these)
+
+
+def _target(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _connect_and_relay(ctx, client, reader: Reader, info, host: str, port: int, ok_reply, fail_reply) -> None:
+    """Dial the target, answer with ``ok_reply(bound)`` or ``fail_reply(error)``, relay."""
+    try:
+        upstream = ctx.dial(host, port)
+    except UpstreamError as e:
+        client.sendall(fail_reply(e))
+        info.result = f"failed: {e}"
+        return
+    try:
+        bound = upstream.getsockname()
+        client.sendall(ok_reply(bound[0], bound[1]))
+    except OSError:
+        upstream.close()
+        raise
+    stats = RelayStats()
+    relay(client, upstream, ctx.cfg.idle_timeout, a_pending=reader.take_pending(), stats=stats)
+    info.up, info.down, info.result = stats.a_to_b, stats.b_to_a, f"done ({stats.reason})"
+
+
+def serve_socks5(ctx, client, reader: Reader, info, allowed: bool) -> None:
+    info.proto = "socks5"
+    methods = reader.read_message(s5.parse_greeting)
+    wanted = s5.METHOD_USERPASS if ctx.cfg.auth and allowed else s5.METHOD_NO_AUTH
+    if wanted not in methods:
+        client.sendall(s5.encode_method(s5.METHOD_NONE_ACCEPTABLE))
+        info.result = "refused: client offers no acceptable auth method" + (" (auth required)" if ctx.cfg.auth else "")
+        return
+    client.sendall(s5.encode_method(wanted))
+    if wanted == s5.METHOD_USERPASS:
+        user, password = reader.read_message(s5.parse_userpass)
+        ok = ctx.credentials_ok(user, password)
+        client.sendall(s5.encode_userpass_status(ok))
+        if not ok:
+            info.result = f"refused: bad credentials for user {user[:40]!r}"
+            return
+    try:
+        req = reader.read_message(s5.parse_request)
+    except ProtocolError as e:
+        client.sendall(s5.encode_reply(e.socks5_reply))
+        raise
+    info.target = _target(req.host, req.port)
+    if not allowed:
+        client.sendall(s5.encode_reply(s5.REP_NOT_ALLOWED))
+        info.result = "refused: client address not allowed"
+        return
+    if req.command != s5.CMD_CONNECT:
+        client.sendall(s5.encode_reply(s5.REP_COMMAND_NOT_SUPPORTED))
+        info.result = f"refused: command {req.command} not supported"
+        return
+    _connect_and_relay(
+        ctx, client, reader, info, req.host, req.port,
+        ok_reply=lambda host, port: s5.encode_reply(s5.REP_SUCCEEDED, host, port),
+        fail_reply=lambda e: s5.encode_reply(e.socks5_reply),
+    )
+
+
+def serve_socks4(ctx, client, reader: Reader, info, allowed: bool) -> None:
+    info.proto = "socks4"
+    req = reader.read_message(s5.parse_socks4)
+    info.proto = "socks4a" if not _is_ip(req.host) else "socks4"
+    info.target = _target(req.host, req.port)
+    refuse = s5.encode_socks4_reply(False)
+    if not allowed:
+        client.sendall(refuse)
+        info.result = "refused: client address not allowed"
+        return
+    if ctx.cfg.auth:
+        # SOCKS4 carries no password; with auth configured it cannot be allowed.
+        client.sendall(refuse)
+        info.result = "refused: authentication required, SOCKS4 cannot carry a password"
+        return
+    if req.command != s5.CMD_CONNECT:
+        client.sendall(refuse)
+        info.result = f"refused: command {req.command} not supported"
+        return
+    _connect_and_relay(
+        ctx, client, reader, info, req.host, req.port,
+        ok_reply=lambda host, port: s5.encode_socks4_reply(True, host, port),
+        fail_reply=lambda e: refuse,
+    )
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False

@@ -99,6 +99,7 @@ class ProxyServer(StreamServer):
         reader = Reader(client)
         allowed = ctx.client_allowed(address[0])
         failed = True
+        first = None
         try:
             first = reader.peek(1)
             if not first:
@@ -128,4 +129,5 @@ class ProxyServer(StreamServer):
             log.exception("internal error serving %s", info.peer)
         finally:
             if info.proto != "http" or failed:  # HTTP logs one line per request itself
-                log.info("%s", info.line())
+                # a connect-and-close (port probe, health check) is not worth an info line
+                log.log(logging.DEBUG if first == b"" else logging.INFO, "%s", info.line())

@@ -1,0 +1,310 @@
+"""Real processes and real servers on loopback for the integration tests.
+
+- ``start_proxy(*args, config=...)`` runs ``bin/wmproxy-server`` as a subprocess on a free port
+  and stops it (SIGTERM, then SIGKILL) after the test.
+- ``origin`` / ``origin_b`` / ``origin6`` are threaded HTTP/1.1 servers (keep-alive) on
+  127.0.0.1 and ::1; ``tls_origin`` the same over TLS with a trustme CA.
+- ``echo_server`` reads until EOF, then answers with what it got (for half-close).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER = ROOT / "bin" / "wmproxy-server"
+IN_NETNS = os.environ.get("WMPROXY_NETNS") == "1"
+
+
+def free_port(family=socket.AF_INET, host="127.0.0.1") -> int:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+class Proc:
+    """A wmproxy process under test."""
+
+    def __init__(self, args: list[str], port: int, tmp: Path, env: dict | None = None) -> None:
+        self.port = port
+        self.log_path = tmp / f"wmproxy-{port}.log"
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen([sys.executable, str(SERVER), *args], stdout=self._log,
+                                      stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 5.0) -> str:
+        """The log once it contains ``text`` (lines are written when a connection ends)."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in the log:\n{log}")
+            time.sleep(0.05)
+        return log
+
+    def stop(self) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+        return self.popen.returncode
+
+
+@pytest.fixture
+def start_proxy(tmp_path):
+    procs: list[Proc] = []
+
+    def start(*args: str, config: str | None = None, env: dict | None = None, wait: bool = True) -> Proc:
+        port = free_port()
+        argv = list(args)
+        if config is not None:
+            path = tmp_path / f"conf-{port}.toml"
+            path.write_text(config.replace("{port}", str(port)))
+            argv = ["-c", str(path), *argv]
+        if config is None or "{port}" not in config:
+            argv = ["--bind", f"127.0.0.1:{port}", *argv]
+        p = Proc(argv, port, tmp_path, env)
+        procs.append(p)
+        if wait:
+            wait_port(port, proc=p.popen)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
+# -- origin servers ------------------------------------------------------------------------
+
+BIG = 50 * 1024 * 1024
+
+
+class OriginHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "origin"
+
+    def log_message(self, *a):  # quiet
+        pass
+
+    def _reply(self, body: bytes, status: int = 200, headers: dict | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+    def do_GET(self):
+        self.server.hits += 1
+        self.server.last_headers = dict(self.headers.items())
+        if self.path == "/whoami":
+            self._reply(self.server.name.encode())
+        elif self.path == "/headers":
+            self._reply("\n".join(f"{k}: {v}" for k, v in self.headers.items()).encode())
+        elif self.path == "/big":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(self.server.big)))
+            self.end_headers()
+            self.wfile.write(self.server.big)
+        elif self.path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (b"hello ", b"chunked ", b"world"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/slow":
+            time.sleep(3)
+            self._reply(b"late")
+        else:
+            self._reply(b"hello from " + self.server.name.encode())
+
+    do_HEAD = do_GET
+
+    def do_POST(self):
+        self.server.hits += 1
+        body = self._read_body()
+        self._reply(f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode())
+
+    do_PUT = do_POST
+
+
+class Origin(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+
+class Origin6(Origin):
+    address_family = socket.AF_INET6
+
+
+def _serve(name: str, host="127.0.0.1", tls: ssl.SSLContext | None = None):
+    srv = (Origin6 if ":" in host else Origin)((host, 0), OriginHandler)
+    if tls is not None:
+        srv.socket = tls.wrap_socket(srv.socket, server_side=True)
+    srv.name, srv.hits, srv.big, srv.last_headers = name, 0, b"", {}
+    srv.port = srv.server_address[1]
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+@pytest.fixture
+def origin():
+    srv = _serve("origin-A")
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def origin_b():
+    srv = _serve("origin-B")
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def origin6():
+    srv = _serve("origin-v6", "::1")
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="session")
+def ca():
+    trustme = pytest.importorskip("trustme")
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_origin(ca, tmp_path):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+    srv = _serve("origin-TLS", tls=ctx)
+    srv.ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(srv.ca_file))
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="session")
+def big_blob():
+    return os.urandom(BIG)
+
+
+@pytest.fixture
+def echo_server():
+    """Reads until the client half-closes, then sends back 'got N sha256' and closes."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    stop = threading.Event()
+
+    def serve_one(conn):
+        with conn:
+            h, n = hashlib.sha256(), 0
+            while data := conn.recv(65536):
+                h.update(data)
+                n += len(data)
+            conn.sendall(f"got {n} {h.hexdigest()}".encode())
+
+    def loop():
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+    yield types.SimpleNamespace(port=lsock.getsockname()[1])
+    stop.set()
+    lsock.close()
+
+
+def curl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-sS", "--max-time", str(int(timeout)), *args],
+                          capture_output=True, timeout=timeout + 5)
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    out = b""
+    while data := sock.recv(65536):
+        out += data
+    return out
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One Content-Length-framed response from ``sock`` -> (head, body)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise EOFError(f"closed after {buf!r}")
+        buf += data
+    head, _, body = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v)
+    while len(body) < length:
+        data = sock.recv(65536)
+        if not data:
+            raise EOFError("closed mid-body")
+        body += data
+    return head, body

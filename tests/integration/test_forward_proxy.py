@@ -1,0 +1,175 @@
+"""The forward proxy with real clients: curl, requests+PySocks, raw sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+
+import pytest
+import requests
+
+from conftest import curl, read_response, recv_all
+
+
+def test_http_proxy_get(start_proxy, origin):
+    p = start_proxy()
+    r = curl("-x", p.url, f"http://127.0.0.1:{origin.port}/hello")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello from origin-A"
+    assert "Via" in origin.last_headers and "wmproxy" in origin.last_headers["Via"]
+    p.wait_log("http GET http://127.0.0.1:")
+
+
+def test_connect_to_tls_origin(start_proxy, tls_origin):
+    p = start_proxy()
+    r = curl("--cacert", str(tls_origin.ca_file), "-x", p.url, f"https://localhost:{tls_origin.port}/hello")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello from origin-TLS"
+
+
+def test_socks5_hostname(start_proxy, origin):
+    p = start_proxy()
+    r = curl("--socks5-hostname", f"127.0.0.1:{p.port}", f"http://localhost:{origin.port}/hello")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello from origin-A"
+
+
+def test_socks5_ipv6_target(start_proxy, origin6):
+    p = start_proxy()
+    r = curl("--socks5", f"127.0.0.1:{p.port}", f"http://[::1]:{origin6.port}/hello")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello from origin-v6"
+    p.wait_log(f"[::1]:{origin6.port}")
+
+
+def test_http_proxy_ipv6_target(start_proxy, origin6):
+    p = start_proxy()
+    r = curl("-x", p.url, f"http://[::1]:{origin6.port}/whoami")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"origin-v6"
+
+
+def test_socks4a_and_socks4(start_proxy, origin):
+    p = start_proxy()
+    r = curl("--socks4a", f"127.0.0.1:{p.port}", f"http://localhost:{origin.port}/hello")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello from origin-A"
+    r = curl("--socks4", f"127.0.0.1:{p.port}", f"http://127.0.0.1:{origin.port}/hello")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello from origin-A"
+
+
+def test_requests_through_pysocks(start_proxy, origin):
+    p = start_proxy()
+    for scheme in ("socks5h", "socks5", "socks4a", "http"):
+        proxies = {"http": f"{scheme}://127.0.0.1:{p.port}"}
+        r = requests.get(f"http://localhost:{origin.port}/whoami", proxies=proxies, timeout=10)
+        assert r.status_code == 200 and r.text == "origin-A", scheme
+
+
+def test_keep_alive_each_request_to_its_own_host(start_proxy, origin, origin_b):
+    p = start_proxy()
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        for srv, expected in ((origin, b"origin-A"), (origin_b, b"origin-B"), (origin, b"origin-A")):
+            s.sendall(f"GET http://127.0.0.1:{srv.port}/whoami HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head, body = read_response(s)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert body == expected
+        # and a second request to the same host reuses the upstream connection fine
+        s.sendall(f"GET http://127.0.0.1:{origin.port}/whoami HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert read_response(s)[1] == b"origin-A"
+
+
+def test_http10_client_and_chunked_response(start_proxy, origin):
+    p = start_proxy()
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(f"GET http://127.0.0.1:{origin.port}/chunked HTTP/1.0\r\n\r\n".encode())
+        answer = recv_all(s)  # a 1.0 client gets the body de-chunked, ended by close
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"200" in head.split(b"\r\n")[0]
+    assert b"chunked" not in head.lower()
+    assert body == b"hello chunked world"
+    r = curl("-x", p.url, f"http://127.0.0.1:{origin.port}/chunked")  # a 1.1 client keeps chunks
+    assert r.stdout == b"hello chunked world"
+
+
+def test_chunked_request_body(start_proxy, origin):
+    p = start_proxy()
+    data = bytes(range(256)) * 1000
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        req = (f"POST http://127.0.0.1:{origin.port}/ HTTP/1.1\r\nHost: x\r\n"
+               "Transfer-Encoding: chunked\r\n\r\n").encode()
+        for i in range(0, len(data), 7000):
+            piece = data[i:i + 7000]
+            req += b"%x\r\n%s\r\n" % (len(piece), piece)
+        s.sendall(req + b"0\r\n\r\n")
+        _, body = read_response(s)
+    assert body.decode() == f"{len(data)} {hashlib.sha256(data).hexdigest()}"
+
+
+def test_hop_by_hop_headers_removed(start_proxy, origin):
+    p = start_proxy()
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall((f"GET http://127.0.0.1:{origin.port}/headers HTTP/1.1\r\nHost: x\r\n"
+                   "Connection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\n"
+                   "Proxy-Connection: keep-alive\r\nX-End: kept\r\n\r\n").encode())
+        _, body = read_response(s)
+    seen = body.decode().lower()
+    assert "x-end: kept" in seen
+    assert f"host: 127.0.0.1:{origin.port}" in seen  # Host comes from the absolute URL
+    for gone in ("x-secret", "keep-alive", "proxy-connection"):
+        assert gone not in seen, gone
+
+
+def test_upstream_refused_gives_502_and_dns_failure_502(start_proxy):
+    p = start_proxy()
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    r = curl("-x", p.url, "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/")
+    assert r.stdout == b"502"
+    r = curl("-x", p.url, "-w", "%{http_code}", "http://no-such-host.invalid/")
+    assert r.stdout.endswith(b"502") and b"no-such-host.invalid" in r.stdout
+
+
+def test_upstream_timeout_gives_504(start_proxy, origin):
+    p = start_proxy(config="log_level = 'info'\n[proxy]\nbind = '127.0.0.1:{port}'\nidle_timeout = '1s'\n")
+    r = curl("-x", p.url, "-w", "%{http_code}", f"http://127.0.0.1:{origin.port}/slow")
+    assert r.stdout.endswith(b"504"), r.stdout
+
+
+@pytest.mark.timeout(180)
+def test_large_upload_and_download_sha256(start_proxy, origin, big_blob, tmp_path):
+    p = start_proxy()
+    origin.big = big_blob
+    want = hashlib.sha256(big_blob).hexdigest()
+    for how in (["-x", p.url], ["-p", "-x", p.url], ["--socks5-hostname", f"127.0.0.1:{p.port}"]):
+        out = tmp_path / "down"
+        r = curl(*how, "-o", str(out), f"http://localhost:{origin.port}/big", timeout=60)
+        assert r.returncode == 0, (how, r.stderr)
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == want, how
+    src = tmp_path / "up"
+    src.write_bytes(big_blob)
+    r = curl("-x", p.url, "--data-binary", f"@{src}", f"http://127.0.0.1:{origin.port}/upload", timeout=60)
+    assert r.stdout.decode() == f"{len(big_blob)} {want}"
+
+
+@pytest.mark.parametrize("how", ["connect", "socks5"])
+def test_half_close_passes_through(start_proxy, echo_server, how):
+    p = start_proxy()
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    if how == "connect":
+        s.sendall(f"CONNECT 127.0.0.1:{echo_server.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    else:
+        s.sendall(b"\x05\x01\x00")
+        assert s.recv(2) == b"\x05\x00"
+        s.sendall(b"\x05\x01\x00\x01\x7f\x00\x00\x01" + echo_server.port.to_bytes(2, "big"))
+        assert s.recv(10)[:2] == b"\x05\x00"
+    payload = b"x" * 300_000
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)  # our side is done; the answer must still arrive in full
+    answer = recv_all(s)
+    s.close()
+    assert answer.decode() == f"got {len(payload)} {hashlib.sha256(payload).hexdigest()}"

@@ -28,6 +28,7 @@ class Opt:
     flags: tuple[str, ...]
     path: tuple[str, ...]
     help: str
+    metavar: str
     append: bool = False
 
     @property
@@ -40,18 +41,19 @@ class Opt:
 
 
 OPTIONS = (
-    Opt(("-b", "--bind"), ("proxy", "bind"), "forward proxy address (default 127.0.0.1:8090)"),
-    Opt(("--user", "--username"), ("proxy", "username"), "username clients must give"),
+    Opt(("-b", "--bind"), ("proxy", "bind"), "forward proxy address (default 127.0.0.1:8090)", "ADDR"),
+    Opt(("--user", "--username"), ("proxy", "username"), "username clients must give", "USER"),
     Opt(("--pass", "--password"), ("proxy", "password"),
-        "password clients must give (prefer WMPROXY_PASSWORD: flags show in ps)"),
-    Opt(("--allow",), ("proxy", "allow"), "client network allowed, e.g. 10.0.0.0/8 (repeatable)", append=True),
-    Opt(("--deny",), ("proxy", "deny"), "client network refused (repeatable)", append=True),
-    Opt(("--flag",), ("proxy", "flag"), "protocols served: 'http https socks5 socks4'"),
-    Opt(("--connect-timeout",), ("proxy", "connect_timeout"), "upstream connect timeout, e.g. 10s"),
-    Opt(("--idle-timeout",), ("proxy", "idle_timeout"), "close connections idle this long, e.g. 5min"),
-    Opt(("--max-connections",), ("proxy", "max_connections"), "concurrent client connections"),
-    Opt(("--log-level",), ("log_level",), "debug, info, warning or error"),
-    Opt(("--grace",), ("grace",), "on stop, time live connections get to finish, e.g. 10s"),
+        "password clients must give (prefer WMPROXY_PASSWORD: flags show in ps)", "PASS"),
+    Opt(("--allow",), ("proxy", "allow"), "client network allowed, e.g. 10.0.0.0/8 (repeatable)", "CIDR",
+        append=True),
+    Opt(("--deny",), ("proxy", "deny"), "client network refused (repeatable)", "CIDR", append=True),
+    Opt(("--flag",), ("proxy", "flag"), "protocols served: 'http https socks5 socks4'", "LIST"),
+    Opt(("--connect-timeout",), ("proxy", "connect_timeout"), "upstream connect timeout, e.g. 10s", "TIME"),
+    Opt(("--idle-timeout",), ("proxy", "idle_timeout"), "close connections idle this long, e.g. 5min", "TIME"),
+    Opt(("--max-connections",), ("proxy", "max_connections"), "concurrent client connections", "N"),
+    Opt(("--log-level",), ("log_level",), "debug, info, warning or error", "LEVEL"),
+    Opt(("--grace",), ("grace",), "on stop, time live connections get to finish, e.g. 10s", "TIME"),
 )
 
 
@@ -66,7 +68,7 @@ def make_parser(prog: str) -> configargparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="validate the configuration, print the result, exit 0 or 1")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     for o in OPTIONS:
-        p.add_argument(*o.flags, dest=o.dest, env_var=o.env, help=o.help,
+        p.add_argument(*o.flags, dest=o.dest, env_var=o.env, help=o.help, metavar=o.metavar,
                        action="append" if o.append else "store", default=None)
     return p
 

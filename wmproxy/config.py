@@ -340,4 +340,5 @@ def load(file: Optional[str], overrides: list[Override] = (), default: Optional[
         return build(Config, data)
     except Invalid as e:
         source = next((src for p, src in origins.items() if e.subpath == p or e.subpath.startswith(p + "[")), None)
-        raise ConfigError(source or file or "built-in default", e.subpath, str(e)) from None
+        fallback = file or ("command line / environment" if origins else "built-in default")
+        raise ConfigError(source or fallback, e.subpath, str(e)) from None

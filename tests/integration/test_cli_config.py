@@ -1,0 +1,87 @@
+"""The command line, the three configuration layers, --check and the example configs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, curl
+
+SERVER = str(ROOT / "bin" / "wmproxy-server")
+CLIENT = str(ROOT / "bin" / "wmproxy-client")
+
+
+def check(*args: str, env: dict | None = None, prog: str = SERVER) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, prog, "--check", *args], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("prog,conf", [(SERVER, "conf/server.toml"), (CLIENT, "conf/client.toml")])
+def test_example_configs_pass_check(prog, conf):
+    r = check("-c", str(ROOT / conf), prog=prog)
+    assert r.returncode == 0, r.stderr
+    assert "configuration OK" in r.stdout
+
+
+@pytest.mark.parametrize("toml,expected", [
+    ('[proxy]\nallow = ["10.0.0.0/8", "::1", "nope"]\n', "proxy.allow[2]: expected an IP address or CIDR"),
+    ('[proxy]\nbnd = "127.0.0.1:1"\n', "proxy.bnd: unknown key 'bnd'; accepted keys: allow, bind,"),
+    ('[proxy]\nbind = "127.0.0.1"\n', "proxy.bind: expected an address 'host:port'"),
+    ('[proxy]\nbind = 8090\n', "proxy.bind: expected an address 'host:port'"),
+    ('[proxy]\nidle_timeout = "soon"\n', "proxy.idle_timeout: expected a duration like"),
+    ('[proxy]\nmax_connections = 0\n', "proxy.max_connections: expected a whole number from 1"),
+    ('[proxy]\nflag = "http gopher"\n', "proxy.flag: expected one or more of http https socks5 socks4"),
+    ('[proxy]\nusername = "u"\n', "proxy.password: username and password go together"),
+    ('[proxy]\nbind = "127.0.0.1:1"\nbind_addr = "127.0.0.1:2"\n', "proxy.bind_addr: given twice"),
+    ('proxy = 3\n', "proxy: expected a table of keys"),
+    ('[stream\n', "not valid TOML"),
+    ('colour = "blue"\n', "colour: unknown key"),
+])
+def test_config_errors_name_file_and_key_path(tmp_path, toml, expected):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    r = check("-c", str(path))
+    assert r.returncode == 1
+    assert f"{path}: " in r.stderr
+    assert expected in r.stderr, r.stderr
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    r = check("-c", str(tmp_path / "nope.toml"))
+    assert r.returncode == 1 and "nope.toml: cannot read the file" in r.stderr
+
+
+def test_flag_and_environment_errors_name_their_origin():
+    r = check("--bind", "127.0.0.1:99999")
+    assert r.returncode == 1 and "command line --bind: proxy.bind: port '99999'" in r.stderr
+    r = check(env={"WMPROXY_ALLOW": "[10.0.0.0/8, bogus]"})
+    assert r.returncode == 1 and "environment WMPROXY_ALLOW: proxy.allow[1]" in r.stderr
+
+
+def test_layers_flag_over_environment_over_file(start_proxy, origin, tmp_path):
+    from conftest import free_port
+
+    file_port, env_port = free_port(), free_port()
+    p = start_proxy(config=f'[proxy]\nbind = "127.0.0.1:{file_port}"\n', wait=True,
+                    env={"WMPROXY_BIND": f"127.0.0.1:{env_port}"})
+    # start_proxy adds --bind with its own port: the flag wins over the variable and the file
+    r = curl("-x", p.url, f"http://127.0.0.1:{origin.port}/whoami")
+    assert r.stdout == b"origin-A"
+    log = p.log()
+    assert f"listening on 127.0.0.1:{p.port}" in log
+    q = start_proxy(config='[proxy]\nbind = "127.0.0.1:{port}"\nusername = "a"\npassword = "b"\n',
+                    env={"WMPROXY_PASSWORD": "from-env"})
+    r = curl("-x", q.url, "--proxy-user", "a:from-env", f"http://127.0.0.1:{origin.port}/whoami")
+    assert r.stdout == b"origin-A", "the environment overrides the file"
+
+
+def test_bind_conflict_is_a_clear_error(start_proxy):
+    p = start_proxy()
+    r = subprocess.run([sys.executable, SERVER, "--bind", f"127.0.0.1:{p.port}"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 1
+    assert f"proxy.bind: cannot listen on 127.0.0.1:{p.port}: Address already in use" in r.stderr

@@ -1,0 +1,65 @@
+"""Config building: converters, key paths, aliases, overrides."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from wmproxy import config
+from wmproxy.errors import ConfigError
+
+
+def test_defaults_are_secure():
+    cfg = config.load(None, default={"proxy": {}})
+    assert str(cfg.proxy.bind) == "127.0.0.1:8090" and cfg.proxy.bind.is_loopback
+    assert not cfg.proxy.auth
+    assert cfg.proxy.max_header_size == 65536 and cfg.proxy.idle_timeout == 300
+
+
+@pytest.mark.parametrize("text,seconds", [(30, 30.0), ("10s", 10.0), ("500ms", 0.5), ("2min", 120.0), ("1h", 3600.0),
+                                          ("1.5s", 1.5), ("5m", 300.0)])
+def test_durations(text, seconds):
+    assert config.to_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text,n", [(100, 100), ("64k", 65536), ("1m", 1 << 20), ("8KiB", 8192)])
+def test_sizes(text, n):
+    assert config.to_size(text) == n
+
+
+@pytest.mark.parametrize("text,host,port", [("127.0.0.1:80", "127.0.0.1", 80), ("[::1]:8090", "::1", 8090),
+                                            ("localhost:1", "localhost", 1), ("0.0.0.0:0", "0.0.0.0", 0)])
+def test_addresses(text, host, port):
+    a = config.to_addr(text)
+    assert (a.host, a.port) == (host, port)
+    assert str(config.to_addr(str(a))) == str(a)
+
+
+@pytest.mark.parametrize("bad", ["::1:80", "host", "host:", "a b:1", "[::1]80", ":80", "h:70000"])
+def test_bad_addresses(bad):
+    with pytest.raises(config.Invalid):
+        config.to_addr(bad)
+
+
+def test_alias_and_flag_words():
+    cfg = config.build(config.Config, {"proxy": {"bind_addr": "127.0.0.1:1", "flag": "http|socks5"}})
+    assert cfg.proxy.bind.port == 1 and cfg.proxy.flag == {"http", "socks5"}
+
+
+def test_override_names_its_origin():
+    with pytest.raises(ConfigError) as e:
+        config.load(None, [config.Override(("proxy", "allow"), ["1.2.3.0/24", "x"], "command line --allow")],
+                    default={})
+    assert e.value.source == "command line --allow" and e.value.path == "proxy.allow[1]"
+
+
+def test_networks():
+    nets = config.list_of(config.to_network)(["10.0.0.0/8", "::1", "192.168.1.7/24"])
+    assert nets[2] == ipaddress.ip_network("192.168.1.0/24")
+
+
+def test_frozen():
+    cfg = config.load(None, default={"proxy": {}})
+    with pytest.raises(AttributeError):
+        cfg.proxy.bind = None

@@ -1,0 +1,110 @@
+"""HTTP/1 heads, framing, hop-by-hop rules, chunk lines and Basic credentials."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wmproxy.errors import ProtocolError
+from wmproxy.prot import http1
+
+
+def test_request_head():
+    h = http1.parse_request_head(b"GET http://a.example:8080/x?y=1 HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nx-a: 2\r\n\r\n")
+    assert (h.method, h.target, h.version) == ("GET", "http://a.example:8080/x?y=1", "1.1")
+    assert h.get(b"host") == b"a" and h.get_all(b"x-a") == [b"1", b"2"]
+    t = http1.parse_absolute(h.target)
+    assert (t.host, t.port, t.path, t.authority) == ("a.example", 8080, "/x?y=1", "a.example:8080")
+
+
+def test_connect_head_and_authority():
+    h = http1.parse_request_head(b"CONNECT [::1]:443 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert h.method == "CONNECT" and h.upgrade
+    t = http1.parse_authority(h.target)
+    assert (t.host, t.port) == ("::1", 443)
+    for bad in ("example.com", "example.com:0", "example.com:http", ":80", "a b:80"):
+        with pytest.raises(ProtocolError):
+            http1.parse_authority(bad)
+
+
+def test_absolute_form_required():
+    with pytest.raises(ProtocolError) as e:
+        http1.parse_absolute("/relative")
+    assert e.value.http_status == 400
+    with pytest.raises(ProtocolError) as e:
+        http1.parse_absolute("ftp://x/")
+    assert e.value.http_status == 501
+    assert http1.parse_absolute("http://[::1]/").authority == "[::1]"
+
+
+def test_keep_alive_rules():
+    parse = http1.parse_request_head
+    assert parse(b"GET / HTTP/1.1\r\n\r\n").wants_keep_alive()
+    assert not parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").wants_keep_alive()
+    assert not parse(b"GET / HTTP/1.0\r\n\r\n").wants_keep_alive()
+    assert parse(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").wants_keep_alive()
+
+
+def test_request_framing():
+    parse = http1.parse_request_head
+    assert http1.request_framing(parse(b"GET / HTTP/1.1\r\n\r\n")) == http1.NO_BODY
+    assert http1.request_framing(parse(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n")) == ("length", 12)
+    assert http1.request_framing(parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")) == http1.CHUNKED
+    with pytest.raises(ProtocolError):  # smuggling shape: both, rejected by llhttp or by us
+        http1.request_framing(parse(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"))
+
+
+def test_response_framing():
+    def rf(method, raw):
+        return http1.response_framing(method, http1.parse_response_head(raw))
+
+    assert rf("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n") == http1.NO_BODY
+    assert rf("GET", b"HTTP/1.1 304 Not Modified\r\n\r\n") == http1.NO_BODY
+    assert rf("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n") == ("length", 5)
+    assert rf("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n") == http1.CHUNKED
+    assert rf("GET", b"HTTP/1.0 200 OK\r\n\r\n") == http1.UNTIL_CLOSE
+    h = http1.parse_response_head(b"HTTP/1.1 404 Nope Here\r\nA: b\r\n\r\n")
+    assert (h.status, h.reason) == (404, b"Nope Here")
+
+
+def test_hop_by_hop_and_connection_named_headers_dropped():
+    h = http1.parse_request_head(b"GET / HTTP/1.1\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nTE: trailers\r\n"
+                                 b"Proxy-Authorization: Basic x\r\nUpgrade: h2c\r\nX-Keep: 1\r\n\r\n")
+    kept = http1.strip_hop_by_hop(h.headers, h.tokens(b"connection"))
+    assert [k for k, _ in kept] == [b"X-Keep"]
+
+
+def test_chunk_size_lines():
+    assert http1.parse_chunk_size(b"1a") == 26
+    assert http1.parse_chunk_size(b"FF;name=value") == 255
+    for bad in (b"", b"-1", b"zz", b"1" * 16, b"0x10"):
+        with pytest.raises(ProtocolError):
+            http1.parse_chunk_size(bad)
+
+
+def test_basic_auth():
+    token = base64.b64encode(b"user:pa:ss")
+    assert http1.parse_basic_auth(b"Basic " + token) == ("user", "pa:ss")
+    assert http1.parse_basic_auth(b"basic " + token) == ("user", "pa:ss")
+    assert http1.parse_basic_auth(b"Bearer x") is None
+    assert http1.parse_basic_auth(b"Basic !!!") is None
+    assert http1.parse_basic_auth(None) is None
+
+
+def test_bad_heads_are_protocol_errors():
+    for raw in (b"GARBAGE\r\n\r\n", b"GET / HTTP/2.0\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"):
+        with pytest.raises(ProtocolError):
+            http1.parse_request_head(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_head_parser_fuzz(data):
+    for parse in (http1.parse_request_head, http1.parse_response_head):
+        try:
+            parse(data + b"\r\n\r\n")
+        except ProtocolError:
+            pass

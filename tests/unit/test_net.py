@@ -1,0 +1,159 @@
+"""net/: the reader, HTTP body moves and the relay, over real (gevent) socket pairs;
+the DNS resolver's hosts file and cache."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+
+import gevent
+import pytest
+from gevent import socket as gsocket
+
+from wmproxy.config import DnsConfig
+from wmproxy.errors import DnsError, ProtocolError
+from wmproxy.net import httpio
+from wmproxy.net.dns import Resolver, parse_hosts
+from wmproxy.net.reader import PeerClosed, Reader
+from wmproxy.net.relay import relay
+from wmproxy.prot import http1
+
+
+def feeder(data: bytes, piece: int):
+    """A socket pair whose far end sends ``data`` in ``piece``-byte writes, then closes."""
+    a, b = gsocket.socketpair()
+
+    def send():
+        for i in range(0, len(data), piece):
+            b.sendall(data[i:i + piece])
+            gevent.sleep(0)
+        b.close()
+
+    return a, gevent.spawn(send)
+
+
+CHUNKED = b"5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\nNEXT"
+
+
+@pytest.mark.parametrize("piece", [1, 3, 7, 1000])
+def test_chunked_body_any_split(piece):
+    sock, g = feeder(CHUNKED, piece)
+    reader = Reader(sock)
+    out = []
+    assert httpio.copy_body(reader, out.append, http1.CHUNKED, chunked_out=False) == 11
+    assert b"".join(out) == b"hello world"
+    assert reader.read_exact(4) == b"NEXT"  # the next message is left in place
+    g.join()
+    sock.close()
+
+
+def test_chunked_reencoded_keeps_trailers():
+    sock, g = feeder(CHUNKED, 4)
+    out = []
+    httpio.copy_body(Reader(sock), out.append, http1.CHUNKED, chunked_out=True)
+    assert b"".join(out) == b"5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n"
+    g.join()
+    sock.close()
+
+
+def test_bad_chunk_and_early_close():
+    sock, g = feeder(b"zz\r\n", 10)
+    with pytest.raises(ProtocolError):
+        httpio.copy_body(Reader(sock), lambda d: None, http1.CHUNKED, True)
+    g.join()
+    sock.close()
+    sock, g = feeder(b"abc", 10)
+    with pytest.raises(PeerClosed):
+        httpio.copy_body(Reader(sock), lambda d: None, ("length", 10), True)
+    g.join()
+    sock.close()
+
+
+def test_read_until_limit_is_431():
+    sock, g = feeder(b"x" * 5000, 100)
+    with pytest.raises(ProtocolError) as e:
+        Reader(sock).read_until(b"\r\n\r\n", 1024)
+    assert e.value.http_status == 431
+    g.kill()
+    sock.close()
+
+
+def test_relay_half_close_and_counts():
+    a_out, a_in = gsocket.socketpair()  # client side: a_out is ours, a_in goes to relay
+    b_in, b_out = gsocket.socketpair()  # server side
+    payload = b"p" * 1_000_000
+    g = gevent.spawn(relay, a_in, b_in, 5.0)
+    sender = gevent.spawn(lambda: (a_out.sendall(payload), a_out.shutdown(socket.SHUT_WR)))
+    got = b""
+    while data := b_out.recv(65536):
+        got += data
+    assert got == payload  # EOF passed through as a half-close
+    sender.get(timeout=5)
+    b_out.sendall(b"answer after half-close")
+    b_out.close()
+    back = b""
+    while data := a_out.recv(65536):
+        back += data
+    assert back == b"answer after half-close"
+    stats = g.get(timeout=5)
+    assert (stats.a_to_b, stats.b_to_a, stats.reason) == (len(payload), 23, "eof")
+    a_out.close()
+
+
+def test_relay_idle_timeout():
+    a_out, a_in = gsocket.socketpair()
+    b_in, b_out = gsocket.socketpair()
+    stats = gevent.spawn(relay, a_in, b_in, 0.3).get(timeout=3)
+    assert stats.reason == "idle"
+    assert a_out.recv(10) == b"" and b_out.recv(10) == b""
+    a_out.close()
+    b_out.close()
+
+
+def test_relay_spliced_between_tcp_sockets():
+    """Real TCP sockets on both sides: the splice path, with a sha256 check."""
+    lst = gsocket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(4)
+    port = lst.getsockname()[1]
+    client = gsocket.create_connection(("127.0.0.1", port))
+    relay_a, _ = lst.accept()
+    server_side = gsocket.create_connection(("127.0.0.1", port))
+    relay_b, _ = lst.accept()
+    data = bytes(range(256)) * 20000
+    g = gevent.spawn(relay, relay_a, relay_b, 5.0)
+    sender = gevent.spawn(lambda: (client.sendall(data), client.shutdown(socket.SHUT_WR)))
+    h, n = hashlib.sha256(), 0
+    while chunk := server_side.recv(65536):
+        h.update(chunk)
+        n += len(chunk)
+    sender.get(timeout=5)
+    server_side.close()
+    assert client.recv(10) == b""
+    assert (n, h.hexdigest()) == (len(data), hashlib.sha256(data).hexdigest())
+    assert g.get(timeout=5).a_to_b == len(data)
+    client.close()
+    lst.close()
+
+
+def test_hosts_file_and_literals(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost box.test # comment\n::1 box.test\nbad line\n")
+    assert parse_hosts(hosts.read_text())["box.test"] == [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+    r = Resolver(DnsConfig(hosts_file=str(hosts), nameservers=("127.0.0.1",), timeout=1.0))
+    assert r.resolve("BOX.test.") == [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+    assert r.resolve("::1") == [(socket.AF_INET6, "::1")]
+
+
+def test_failed_lookup_is_a_dns_error_and_negatively_cached(tmp_path):
+    silent = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a name server that never answers
+    silent.bind(("127.0.0.1", 0))
+    r = Resolver(DnsConfig(hosts_file="", nameservers=("127.0.0.1",), timeout=0.5, negative_ttl=60))
+    r._dns.port = silent.getsockname()[1]
+    with pytest.raises(DnsError):
+        r.resolve("nothing.test")
+    t = gevent.get_hub().loop.now()
+    with pytest.raises(DnsError):
+        r.resolve("nothing.test")  # from the cache: immediate
+    assert gevent.get_hub().loop.now() - t < 0.2
+    silent.close()

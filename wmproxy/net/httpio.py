@@ -25,22 +25,52 @@ def read_head(reader: Reader, limit: int) -> bytes:
     return reader.read_until(b"\r\n\r\n", limit)
 
 
-def _copy_exact(reader: Reader, sendall, n: int) -> None:
+class _Joiner:
+    """Sends ``prefix`` (a head) together with the first body piece: one syscall, not two,
+    for the common small message."""
+
+    __slots__ = ("send", "prefix")
+
+    def __init__(self, send, prefix: bytes) -> None:
+        self.send = send
+        self.prefix = prefix
+
+    def __call__(self, data) -> None:
+        if self.prefix:
+            data, self.prefix = self.prefix + data, b""
+        self.send(data)
+
+    def flush(self) -> None:
+        if self.prefix:
+            self.send(self.prefix)
+            self.prefix = b""
+
+
+def _copy_exact(reader: Reader, send, n: int) -> None:
     while n:
         data = reader.read_some(min(n, STREAM_PIECE))
         if not data:
             raise PeerClosed(f"peer closed with {n} body bytes still due")
-        sendall(data)
+        send(data)
         n -= len(data)
 
 
-def copy_body(reader: Reader, sendall, framing: tuple[str, int], chunked_out: bool) -> int:
-    """Copy one message body from ``reader`` to ``sendall`` as framed by ``framing``.
+def copy_body(reader: Reader, send, framing: tuple[str, int], chunked_out: bool, prefix: bytes = b"") -> int:
+    """Send ``prefix`` (the head), then copy one message body from ``reader`` to ``send``
+    as framed by ``framing``.
 
     Chunked input is decoded and, with ``chunked_out``, encoded again (trailers kept);
     without it the bare data is sent (for an HTTP/1.0 receiver, who then sees EOF).
-    Returns the number of body data bytes. Raises PeerClosed, ProtocolError, OSError.
+    Returns the number of body data bytes. Raises PeerClosed, ProtocolError, OSError; then
+    ``prefix`` may not have been sent.
     """
+    out = _Joiner(send, prefix)
+    total = _copy_body(reader, out, framing, chunked_out)
+    out.flush()
+    return total
+
+
+def _copy_body(reader: Reader, sendall, framing: tuple[str, int], chunked_out: bool) -> int:
     kind, length = framing
     if kind == "none":
         return 0

@@ -22,18 +22,21 @@ class PeerClosed(EOFError):
 class Reader:
     """Buffered reads from ``sock``. Blocks (cooperatively) in ``recv``; never closes ``sock``.
 
-    Timeouts are the socket's own (``sock.settimeout``); ``socket.timeout`` propagates.
+    Timeouts are the socket's own (``sock.settimeout``) or an idle watchdog's that reads
+    ``reads``, the count of receives so far; ``socket.timeout`` propagates.
     """
 
-    __slots__ = ("sock", "buf")
+    __slots__ = ("sock", "buf", "reads")
 
     def __init__(self, sock) -> None:
         self.sock = sock
         self.buf = bytearray()
+        self.reads = 0
 
     def _fill(self) -> bool:
         """One recv into the buffer. False at EOF."""
         data = self.sock.recv(RECV_SIZE)
+        self.reads += 1
         if not data:
             return False
         self.buf += data
@@ -89,6 +92,7 @@ class Reader:
             out = bytes(self.buf[:n])
             del self.buf[:n]
             return out
+        self.reads += 1
         return self.sock.recv(n)
 
     def peek(self, n: int) -> bytes:

@@ -15,12 +15,14 @@ import errno
 import fcntl
 import os
 import socket
-import time
 
 import gevent
 from gevent import get_hub
 from gevent import socket as gsocket
 from gevent import ssl as gssl
+
+from .idle import watch_idle
+from .writer import send_all
 
 CHUNK = 65536
 PIPE_SIZE = 1 << 20
@@ -110,7 +112,7 @@ def _copy_pump(src, dst, stats: RelayStats, forward: bool) -> None:
             stats.a_to_b += n
         else:
             stats.b_to_a += n
-        dst.sendall(data)
+        send_all(dst, data)
 
 
 def _shutdown_write(s) -> None:
@@ -171,7 +173,12 @@ def relay(a, b, idle_timeout: float | None = None, a_pending: bytes = b"", b_pen
 
     pumps.append(gevent.spawn(_pump, a, b, a_pending, stats, True, on_error))
     pumps.append(gevent.spawn(_pump, b, a, b_pending, stats, False, on_error))
-    watchdog = gevent.spawn(_watch, pumps, stats, idle_timeout) if idle_timeout else None
+
+    def on_idle() -> None:
+        stats.reason = "idle"
+        gevent.killall(pumps, block=False)
+
+    watchdog = watch_idle(lambda: stats.total, lambda: idle_timeout, on_idle) if idle_timeout else None
     try:
         gevent.joinall(pumps)
     except BaseException:
@@ -184,20 +191,3 @@ def relay(a, b, idle_timeout: float | None = None, a_pending: bytes = b"", b_pen
         _close(a)
         _close(b)
     return stats
-
-
-def _watch(pumps: list, stats: RelayStats, idle: float) -> None:
-    """Kill the pumps once no byte has moved for ``idle`` seconds (precision ~idle/4)."""
-    seen = -1
-    last_change = time.monotonic()
-    while True:
-        total = stats.total
-        now = time.monotonic()
-        if total != seen:
-            seen, last_change = total, now
-        remaining = last_change + idle - now
-        if remaining <= 0:
-            stats.reason = "idle"
-            gevent.killall(pumps, block=False)
-            return
-        gevent.sleep(min(remaining, idle / 4 + 0.05))

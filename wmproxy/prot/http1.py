@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
-from urllib.parse import urlsplit
-
 import httptools
 
 from ..errors import ProtocolError
@@ -67,16 +66,20 @@ class Head:
     status: int = 0
     reason: bytes = b""
     upgrade: bool = False  # llhttp saw CONNECT or a valid Upgrade request
+    index: dict = field(default_factory=dict, repr=False)  # lower-case name -> [values]
+
+    def __post_init__(self) -> None:
+        if not self.index:
+            for k, v in self.headers:
+                self.index.setdefault(k.lower(), []).append(v)
 
     def get(self, name: bytes) -> Optional[bytes]:
         """First value of header ``name`` (lower-case bytes), or None."""
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
+        values = self.index.get(name)
+        return values[0] if values else None
 
     def get_all(self, name: bytes) -> list[bytes]:
-        return [v for k, v in self.headers if k.lower() == name]
+        return self.index.get(name, [])
 
     def tokens(self, name: bytes) -> set[bytes]:
         """Comma-separated tokens of every ``name`` header, lower-cased (Connection, TE...)."""
@@ -163,44 +166,68 @@ class Target:
         return host if self.port == 80 else f"{host}:{self.port}"
 
 
+@functools.lru_cache(maxsize=4096)
 def _check_host(host: str, what: str) -> str:
+    """A host from a request, normalised (IP literal canonical, name lower-case). Cached:
+    the same few hosts come back request after request."""
     if not host:
         raise ProtocolError(f"{what} has no host")
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
         pass
-    if len(host) > 253 or any(c in host for c in " /\\@?#%\0") or host.startswith("."):
+    if len(host) > 253 or any(c in host for c in " /\\@?#%[]\0") or host.startswith("."):
         raise ProtocolError(f"{what} has an invalid host {host[:60]!r}")
     return host.lower()
 
 
+def _host_port(authority: str, default_port: int | None, what: str) -> tuple[str, int]:
+    if authority.startswith("["):
+        host, sep, rest = authority[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ProtocolError(f"{what} {authority[:80]!r} is not host:port")
+        port = rest[1:]
+    else:
+        host, sep, port = authority.rpartition(":")
+        if not sep:
+            host, port = authority, ""
+    if not port:
+        if default_port is None:
+            raise ProtocolError(f"{what} {authority[:80]!r} is not host:port")
+        return _check_host(host, what), default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ProtocolError(f"{what} {authority[:80]!r} has an invalid port")
+    return _check_host(host, what), int(port)
+
+
 def parse_authority(text: str) -> Target:
     """CONNECT target 'host:port' or '[v6]:port'. Raises ProtocolError."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-    else:
-        host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ProtocolError(f"CONNECT target {text[:80]!r} is not host:port")
-    return Target(_check_host(host, "CONNECT target"), int(port), "")
+    host, port = _host_port(text, None, "CONNECT target")
+    return Target(host, port, "")
 
 
 def parse_absolute(url: str) -> Target:
-    """Absolute-form target 'http://host[:port]/path?q'. Raises ProtocolError."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ProtocolError(f"request target {url[:80]!r} is not a valid URL") from None
-    if parts.scheme.lower() != "http":
-        if not parts.scheme:
-            raise ProtocolError("this is a proxy: the request target must be absolute (http://host/path)")
-        raise ProtocolError(f"scheme {parts.scheme!r} is not served; use CONNECT for https", 501)
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    return Target(_check_host(parts.hostname or "", "request URL"), port or 80, path)
+    """Absolute-form target 'http://host[:port]/path?q'. Raises ProtocolError (400, or 501
+    for another scheme)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ProtocolError("this is a proxy: the request target must be absolute (http://host/path)")
+    if scheme.lower() != "http":
+        if scheme.isalpha():
+            raise ProtocolError(f"scheme {scheme[:20]!r} is not served; use CONNECT for https", 501)
+        raise ProtocolError(f"request target {url[:80]!r} is not a valid URL")
+    end = len(rest)
+    for c in "/?#":
+        i = rest.find(c, 0, end)
+        if i >= 0:
+            end = i
+    authority, path = rest[:end], rest[end:].partition("#")[0]
+    if "@" in authority:
+        raise ProtocolError("user information in the request URL is not allowed")
+    host, port = _host_port(authority, 80, "request URL")
+    if not path.startswith("/"):
+        path = "/" + path
+    return Target(host, port, path)
 
 
 def strip_hop_by_hop(headers: Headers, connection_tokens: set[bytes]) -> Headers:

@@ -12,10 +12,14 @@ import logging
 import socket
 import time
 
+import gevent
+
 from ..errors import ProtocolError, UpstreamError
 from ..net import httpio
+from ..net.idle import watch_idle
 from ..net.reader import PeerClosed, Reader
 from ..net.relay import RelayStats, relay
+from ..net.writer import send_all
 from ..prot import http1
 from ..prot.http1 import Head, simple_response
 
@@ -36,6 +40,9 @@ class _Upstream:
         self.reader = Reader(sock)
         self.used = False  # True once a response came back on it (then it may go stale)
 
+    def send(self, data) -> None:
+        send_all(self.sock, data)
+
     def close(self) -> None:
         self.sock.close()
 
@@ -50,13 +57,35 @@ class HttpSession:
         self.reader = reader
         self.info = info
         self.upstream: _Upstream | None = None
+        self.watchdog: gevent.Greenlet | None = None
+        self.first = True
 
     # -- the request loop -----------------------------------------------------------------
+    def _progress(self) -> int:
+        return self.reader.reads + (self.upstream.reader.reads if self.upstream else 0)
+
+    def _start_watchdog(self) -> None:
+        """Sockets here have no timeout (a timer per recv costs more than the parsing): a
+        watchdog throws socket.timeout into this greenlet when nothing moves for
+        handshake_timeout (first request) or idle_timeout (later, and upstream waits)."""
+        me = gevent.getcurrent()
+        self.client.settimeout(None)
+        self.watchdog = watch_idle(
+            self._progress,
+            lambda: self.cfg.handshake_timeout if self.first else self.cfg.idle_timeout,
+            lambda: me.kill(socket.timeout("idle timeout"), block=False),
+        )
+
+    def _stop_watchdog(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.kill()
+            self.watchdog = None
+
     def serve(self, allowed: bool) -> None:
         first = True
+        self._start_watchdog()
         try:
             while True:
-                self.client.settimeout(self.cfg.handshake_timeout if first else self.cfg.idle_timeout)
                 try:
                     raw = httpio.read_head(self.reader, self.cfg.max_header_size)
                 except PeerClosed:
@@ -71,7 +100,7 @@ class HttpSession:
                 except ProtocolError as e:
                     self._error(e.http_status, str(e))
                     raise
-                first = False
+                first = self.first = False
                 started = time.monotonic()
                 try:
                     head = http1.parse_request_head(raw)
@@ -93,8 +122,12 @@ class HttpSession:
                 if not self._forward(head, started):
                     return
         finally:
+            self._stop_watchdog()
             if self.upstream:
                 self.upstream.close()
+
+    def _send_client(self, data) -> None:
+        send_all(self.client, data)
 
     def _authorized(self, head: Head) -> bool:
         creds = http1.parse_basic_auth(head.get(b"proxy-authorization"))
@@ -136,6 +169,7 @@ class HttpSession:
         except OSError:
             upstream.close()
             raise
+        self._stop_watchdog()  # the relay has its own
         stats = RelayStats()
         relay(self.client, upstream, self.cfg.idle_timeout, a_pending=self.reader.take_pending(), stats=stats)
         self.info.up, self.info.down, self.info.result = stats.a_to_b, stats.b_to_a, f"200 ({stats.reason})"
@@ -191,10 +225,9 @@ class HttpSession:
         elif head.version == "1.0":
             headers.append((b"Connection", b"keep-alive"))
         reason = rhead.reason.decode("latin-1") or http1.REASONS.get(rhead.status, "")
-        self.client.sendall(http1.encode_head(f"HTTP/1.1 {rhead.status} {reason}", headers))
-        self.client.settimeout(self.cfg.idle_timeout)
+        out_head = http1.encode_head(f"HTTP/1.1 {rhead.status} {reason}", headers)
         try:
-            size = httpio.copy_body(up.reader, self.client.sendall, rframing, chunked_out)
+            size = httpio.copy_body(up.reader, self._send_client, rframing, chunked_out, prefix=out_head)
         except (PeerClosed, ProtocolError, socket.timeout) as e:
             self._log(head.method, head.target, rhead.status, 0, started, f"upstream broke mid-body: {e}")
             return False
@@ -214,10 +247,7 @@ class HttpSession:
             up = self._upstream_for(target)
             stale_ok = up.used and framing == http1.NO_BODY and attempt == 1
             try:
-                up.sock.sendall(data)
-                if framing != http1.NO_BODY:
-                    self.client.settimeout(self.cfg.idle_timeout)
-                    httpio.copy_body(self.reader, up.sock.sendall, framing, True)
+                httpio.copy_body(self.reader, up.send, framing, True, prefix=data)
                 return up, self._response_head(up)
             except (PeerClosed, ConnectionError) as e:
                 self._drop_upstream()
@@ -233,7 +263,6 @@ class HttpSession:
         raise AssertionError("unreachable")
 
     def _response_head(self, up: _Upstream) -> Head:
-        up.sock.settimeout(self.cfg.idle_timeout)
         while True:
             rhead = http1.parse_response_head(httpio.read_head(up.reader, self.cfg.max_header_size))
             if rhead.status >= 200 or rhead.status == 101:
@@ -259,6 +288,7 @@ class HttpSession:
         """101 Switching Protocols: hand the head on, then relay raw bytes both ways."""
         self.client.sendall(http1.encode_head(f"HTTP/1.1 101 {rhead.reason.decode('latin-1')}", rhead.headers))
         self.upstream = None  # the relay owns and closes it now
+        self._stop_watchdog()  # the relay has its own
         stats = relay(self.client, up.sock, self.cfg.idle_timeout,
                       a_pending=self.reader.take_pending(), b_pending=up.reader.take_pending())
         self._log(head.method, head.target, 101, stats.total, started, f"upgraded, {stats.reason}")

@@ -1,0 +1,254 @@
+"""Forward proxy benchmark: wmproxy beside its peers, in one run, printed as ratios.
+
+- iperf3 single-stream throughput: direct, through `socat -b 65536` (a plain relay), and
+  through CONNECT and SOCKS5 (proxychains4) of wmproxy and pproxy;
+- requests/s and p99 latency of small GETs through the HTTP proxy with keep-alive (wrk with a
+  Lua script that sends absolute-form requests) to an nginx origin, for wmproxy, pproxy, squid
+  and tinyproxy.
+
+Proxies run pinned to CPU 0 (taskset), the load and the origin on CPU 1. Run through `bench/run`,
+which installs the peers and puts the whole run in a loopback-only network namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+PROXY_CPU, LOAD_CPU = "0", "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+class Bench:
+    def __init__(self, seconds: int, connections: int) -> None:
+        self.seconds = seconds
+        self.connections = connections
+        self.tmp = Path(tempfile.mkdtemp(prefix="wmproxy-bench-"))
+        os.chmod(self.tmp, 0o777)
+        self.procs: list[subprocess.Popen] = []
+        self.results: dict = {"throughput_gbit": {}, "http": {}}
+
+    def start(self, name: str, cmd: list[str], port: int, cpu: str = PROXY_CPU) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "wb")
+        p = subprocess.Popen(["taskset", "-c", cpu, *cmd], stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        wait_port(port)
+        return p
+
+    def stop(self, p: subprocess.Popen) -> None:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                self.stop(p)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- proxies under test ------------------------------------------------------------
+    def wmproxy(self) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        cmd = [sys.executable, str(ROOT / "bin" / "wmproxy-server"), "--bind", f"127.0.0.1:{port}",
+               "--log-level", "warning"]
+        return self.start("wmproxy", cmd, port), port
+
+    def pproxy(self) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        return self.start("pproxy", [str(VENV_BIN / "pproxy"), "-l", f"http+socks5://127.0.0.1:{port}"], port), port
+
+    def squid(self) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        d = self.tmp / "squid"
+        d.mkdir(mode=0o777)
+        os.chmod(d, 0o777)
+        conf = d / "squid.conf"
+        conf.write_text(f"""http_port 127.0.0.1:{port}
+http_access allow all
+cache deny all
+cache_mem 8 MB
+access_log none
+cache_log {d}/cache.log
+pid_filename {d}/squid.pid
+coredump_dir {d}
+workers 1
+shutdown_lifetime 0 seconds
+dns_v4_first on
+""")
+        return self.start("squid", ["squid", "-N", "-f", str(conf)], port), port
+
+    def tinyproxy(self) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        conf = self.tmp / "tinyproxy.conf"
+        conf.write_text(f"""User nobody
+Group nogroup
+Port {port}
+Listen 127.0.0.1
+Timeout 600
+MaxClients 2000
+Allow 127.0.0.1
+LogLevel Critical
+DisableViaHeader Yes
+""")
+        return self.start("tinyproxy", ["tinyproxy", "-d", "-c", str(conf)], port), port
+
+    def socat(self, target: int) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        cmd = ["socat", "-b", "65536", f"TCP-LISTEN:{port},fork,reuseaddr,bind=127.0.0.1", f"TCP:127.0.0.1:{target}"]
+        return self.start("socat", cmd, port), port
+
+    # -- loads --------------------------------------------------------------------------
+    def chains(self, kind: str, port: int) -> list[str]:
+        conf = self.tmp / f"proxychains-{kind}-{port}.conf"
+        conf.write_text(f"strict_chain\nquiet_mode\ntcp_read_time_out 15000\ntcp_connect_time_out 8000\n"
+                        f"[ProxyList]\n{kind} 127.0.0.1 {port}\n")
+        return ["proxychains4", "-q", "-f", str(conf)]
+
+    def iperf(self, name: str, port: int, prefix: list[str] = ()) -> float:
+        cmd = ["taskset", "-c", LOAD_CPU, *prefix, "iperf3", "-c", "127.0.0.1", "-p", str(port),
+               "-t", str(self.seconds), "-J"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.seconds + 60)
+        try:
+            gbit = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+        except (ValueError, KeyError):
+            print(f"  {name}: iperf3 failed: {out.stdout[-300:]} {out.stderr[-300:]}")
+            return 0.0
+        print(f"  {name:<22} {gbit:7.2f} Gbit/s   ({' '.join(cmd)})")
+        self.results["throughput_gbit"][name] = round(gbit, 2)
+        return gbit
+
+    def wrk(self, name: str, proxy_port: int, origin_port: int) -> None:
+        script = self.tmp / "absolute.lua"
+        script.write_text(f'local target = "http://127.0.0.1:{origin_port}/small.txt"\n'
+                          'request = function() return wrk.format("GET", target) end\n')
+        cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{self.connections}", f"-d{self.seconds}s", "--latency",
+               "-s", str(script), f"http://127.0.0.1:{proxy_port}/"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.seconds + 60).stdout
+        rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+        if not rps or not p99:
+            print(f"  {name}: wrk failed: {out[-400:]}")
+            return
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+        p99_ms = float(p99.group(1)) * scale
+        note = f"   {errors.group(0)}" if errors else ""
+        print(f"  {name:<22} {float(rps.group(1)):9.0f} req/s   p99 {p99_ms:7.2f} ms{note}")
+        self.results["http"][name] = {"rps": round(float(rps.group(1))), "p99_ms": round(p99_ms, 2)}
+
+    def nginx(self) -> int:
+        port = free_port()
+        www = self.tmp / "www"
+        www.mkdir()
+        (www / "small.txt").write_text("hello from nginx\n")
+        os.chmod(www, 0o755)
+        os.chmod(www / "small.txt", 0o644)
+        conf = self.tmp / "nginx.conf"
+        conf.write_text(f"""worker_processes 1;
+daemon off;
+pid {self.tmp}/nginx.pid;
+error_log {self.tmp}/nginx.err;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {self.tmp}/nginx-body;
+  proxy_temp_path {self.tmp}/nginx-proxy;
+  fastcgi_temp_path {self.tmp}/nginx-fcgi;
+  uwsgi_temp_path {self.tmp}/nginx-uwsgi;
+  scgi_temp_path {self.tmp}/nginx-scgi;
+  server {{ listen 127.0.0.1:{port}; location / {{ root {www}; }} }}
+}}
+""")
+        self.start("nginx", ["nginx", "-c", str(conf)], port, cpu=LOAD_CPU)
+        return port
+
+    # -- the run ------------------------------------------------------------------------
+    def throughput(self) -> None:
+        print(f"\niperf3 single stream, {self.seconds}s each (proxy on CPU {PROXY_CPU}, iperf3 on CPU {LOAD_CPU}):")
+        iperf_port = free_port()
+        self.start("iperf3-server", ["iperf3", "-s", "-p", str(iperf_port)], iperf_port, cpu=LOAD_CPU)
+        direct = self.iperf("direct", iperf_port)
+        p, port = self.socat(iperf_port)
+        socat = self.iperf("socat -b 65536", port)
+        self.stop(p)
+        for name, factory in (("wmproxy", self.wmproxy), ("pproxy", self.pproxy)):
+            p, port = factory()
+            self.iperf(f"{name} CONNECT", iperf_port, self.chains("http", port))
+            self.iperf(f"{name} SOCKS5", iperf_port, self.chains("socks5", port))
+            self.stop(p)
+        t = self.results["throughput_gbit"]
+        print("  ratios to socat:", ", ".join(f"{k} {v / socat:.2f}x" for k, v in t.items() if socat and v))
+        if direct:
+            print(f"  (direct/socat {direct / socat:.2f}x)")
+
+    def http(self) -> None:
+        print(f"\nHTTP proxy, small GETs with keep-alive, wrk -c{self.connections} {self.seconds}s "
+              f"(proxy on CPU {PROXY_CPU}; wrk and nginx on CPU {LOAD_CPU}):")
+        origin = self.nginx()
+        for name, factory in (("wmproxy", self.wmproxy), ("pproxy", self.pproxy), ("squid", self.squid),
+                              ("tinyproxy", self.tinyproxy)):
+            if name in ("squid", "tinyproxy") and not shutil.which(name):
+                print(f"  {name}: not installed")
+                continue
+            p, port = factory()
+            self.wrk(name, port, origin)
+            self.stop(p)
+        h = self.results["http"]
+        if "pproxy" in h:
+            base = h["pproxy"]["rps"]
+            print("  ratios to pproxy:", ", ".join(f"{k} {v['rps'] / base:.2f}x" for k, v in h.items()))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=int, default=8, help="length of each measurement")
+    ap.add_argument("--connections", type=int, default=50, help="wrk connections")
+    ap.add_argument("--only", choices=("throughput", "http"), help="run one part")
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+    b = Bench(args.seconds, args.connections)
+    try:
+        if args.only in (None, "throughput"):
+            b.throughput()
+        if args.only in (None, "http"):
+            b.http()
+    finally:
+        b.close()
+    if args.json:
+        Path(args.json).write_text(json.dumps(b.results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

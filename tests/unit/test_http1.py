@@ -30,6 +30,25 @@ def test_connect_head_and_authority():
             http1.parse_authority(bad)
 
 
+@pytest.mark.parametrize("url,host,port,path", [
+    ("http://a.example?x=1", "a.example", 80, "/?x=1"),
+    ("HTTP://Host.Example:8080/p#frag", "host.example", 8080, "/p"),
+    ("http://[::1]:81/", "::1", 81, "/"),
+    ("http://[::1]", "::1", 80, "/"),
+    ("http://127.0.0.1/a/b?c", "127.0.0.1", 80, "/a/b?c"),
+])
+def test_absolute_urls(url, host, port, path):
+    t = http1.parse_absolute(url)
+    assert (t.host, t.port, t.path) == (host, port, path)
+
+
+@pytest.mark.parametrize("url", ["http://user@host/", "http:///x", "http://host:99999/", "http://[::1/",
+                                 "http://a b/", "http://host:x/"])
+def test_bad_absolute_urls(url):
+    with pytest.raises(ProtocolError):
+        http1.parse_absolute(url)
+
+
 def test_absolute_form_required():
     with pytest.raises(ProtocolError) as e:
         http1.parse_absolute("/relative")
@@ -73,8 +92,10 @@ def test_response_framing():
 def test_hop_by_hop_and_connection_named_headers_dropped():
     h = http1.parse_request_head(b"GET / HTTP/1.1\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nTE: trailers\r\n"
                                  b"Proxy-Authorization: Basic x\r\nUpgrade: h2c\r\nX-Keep: 1\r\n\r\n")
-    kept = http1.strip_hop_by_hop(h.headers, h.tokens(b"connection"))
-    assert [k for k, _ in kept] == [b"X-Keep"]
+    assert [k for k, _ in h.end_to_end()] == [b"X-Keep"]
+    assert [k for k, _ in h.end_to_end(frozenset((b"x-keep",)))] == []
+    plain = http1.parse_request_head(b"GET / HTTP/1.1\r\nA: 1\r\n\r\n")
+    assert plain.end_to_end() == [(b"A", b"1")]
 
 
 def test_chunk_size_lines():

@@ -66,10 +66,11 @@ class Head:
     status: int = 0
     reason: bytes = b""
     upgrade: bool = False  # llhttp saw CONNECT or a valid Upgrade request
-    index: dict = field(default_factory=dict, repr=False)  # lower-case name -> [values]
+    index: dict = field(default=None, repr=False)  # lower-case name -> [values]
 
     def __post_init__(self) -> None:
-        if not self.index:
+        if self.index is None:
+            self.index = {}
             for k, v in self.headers:
                 self.index.setdefault(k.lower(), []).append(v)
 
@@ -81,12 +82,23 @@ class Head:
     def get_all(self, name: bytes) -> list[bytes]:
         return self.index.get(name, [])
 
-    def tokens(self, name: bytes) -> set[bytes]:
+    def tokens(self, name: bytes) -> frozenset[bytes]:
         """Comma-separated tokens of every ``name`` header, lower-cased (Connection, TE...)."""
-        out: set[bytes] = set()
-        for v in self.get_all(name):
-            out.update(t.strip().lower() for t in v.split(b",") if t.strip())
-        return out
+        values = self.index.get(name)
+        if not values:
+            return frozenset()
+        return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
+
+    def without(self, names: frozenset[bytes] | set[bytes]) -> Headers:
+        """The headers minus those whose lower-case name is in ``names`` (order kept)."""
+        if names.isdisjoint(self.index):
+            return list(self.headers)
+        return [(k, v) for k, v in self.headers if k.lower() not in names]
+
+    def end_to_end(self, also: frozenset[bytes] = frozenset()) -> Headers:
+        """The headers to forward: without hop-by-hop ones (RFC 9110 7.6.1), those the
+        Connection header names, and ``also``."""
+        return self.without(HOP_BY_HOP | self.tokens(b"connection") | also)
 
     def wants_keep_alive(self) -> bool:
         """Whether the sender of this head asks to keep the connection open."""
@@ -99,11 +111,12 @@ class Head:
 class _Collector:
     """httptools callbacks that gather one head."""
 
-    __slots__ = ("url", "headers", "reason", "done")
+    __slots__ = ("url", "headers", "index", "reason", "done")
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: Headers = []
+        self.index: dict[bytes, list[bytes]] = {}
         self.reason = b""
         self.done = False
 
@@ -115,6 +128,11 @@ class _Collector:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        lower = name.lower()
+        if lower in self.index:
+            self.index[lower].append(value)
+        else:
+            self.index[lower] = [value]
 
     def on_headers_complete(self) -> None:
         self.done = True
@@ -141,7 +159,8 @@ def parse_request_head(data: bytes) -> Head:
     version = p.get_http_version()
     if version not in ("1.1", "1.0"):
         raise ProtocolError(f"HTTP version {version} is not supported", 505)
-    return Head(version, c.headers, p.get_method().decode("ascii"), c.url.decode("latin-1"), upgrade=upgrade)
+    return Head(version, c.headers, p.get_method().decode("ascii"), c.url.decode("latin-1"), upgrade=upgrade,
+                index=c.index)
 
 
 def parse_response_head(data: bytes) -> Head:
@@ -149,7 +168,8 @@ def parse_response_head(data: bytes) -> Head:
     c = _Collector()
     p = httptools.HttpResponseParser(c)
     upgrade = _feed(p, c, data)
-    return Head(p.get_http_version(), c.headers, status=p.get_status_code(), reason=c.reason, upgrade=upgrade)
+    return Head(p.get_http_version(), c.headers, status=p.get_status_code(), reason=c.reason, upgrade=upgrade,
+                index=c.index)
 
 
 @dataclass(frozen=True)
@@ -164,6 +184,11 @@ class Target:
     def authority(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == 80 else f"{host}:{self.port}"
+
+    @property
+    def host_header(self) -> bytes:
+        text = self.authority
+        return text.encode("ascii") if text.isascii() else text.encode("idna")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -228,11 +253,6 @@ def parse_absolute(url: str) -> Target:
     if not path.startswith("/"):
         path = "/" + path
     return Target(host, port, path)
-
-
-def strip_hop_by_hop(headers: Headers, connection_tokens: set[bytes]) -> Headers:
-    """Headers without the hop-by-hop ones and those the Connection header names."""
-    return [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() not in connection_tokens]
 
 
 # Body framing ------------------------------------------------------------------------

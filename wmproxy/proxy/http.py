@@ -27,6 +27,7 @@ log = logging.getLogger("wmproxy.proxy")
 
 VIA = b"1.1 wmproxy"
 PROXY_AUTHENTICATE = [(b"Proxy-Authenticate", b'Basic realm="wmproxy"')]
+_NOT_FORWARDED = frozenset((b"host", b"expect"))  # Host is rebuilt from the URL; Expect is answered here
 
 
 class _Upstream:
@@ -177,11 +178,9 @@ class HttpSession:
     # -- absolute-form requests --------------------------------------------------------------
     def _request_bytes(self, head: Head, target: http1.Target, framing) -> tuple[bytes, bool]:
         """The head to send upstream, and whether the client asked to upgrade."""
-        conn = head.tokens(b"connection")
-        headers = http1.strip_hop_by_hop(head.headers, conn)
-        headers = [(k, v) for k, v in headers if k.lower() not in (b"host", b"expect")]
-        headers.insert(0, (b"Host", target.authority.encode("idna")))
-        upgrade = head.get(b"upgrade") if b"upgrade" in conn else None
+        headers = head.end_to_end(_NOT_FORWARDED)
+        headers.insert(0, (b"Host", target.host_header))
+        upgrade = head.get(b"upgrade") if b"upgrade" in head.tokens(b"connection") else None
         if upgrade:
             headers += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
         if framing == http1.CHUNKED:
@@ -216,7 +215,7 @@ class HttpSession:
         if rframing == http1.UNTIL_CLOSE or (rframing == http1.CHUNKED and not chunked_out):
             client_keep = False
         upstream_keep = rhead.wants_keep_alive() and rframing != http1.UNTIL_CLOSE
-        headers = http1.strip_hop_by_hop(rhead.headers, rhead.tokens(b"connection"))
+        headers = rhead.end_to_end()
         if chunked_out:
             headers.append((b"Transfer-Encoding", b"chunked"))
         headers.append((b"Via", VIA))

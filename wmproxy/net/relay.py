@@ -34,16 +34,23 @@ _HAVE_SPLICE = hasattr(os, "splice")
 class RelayStats:
     """Bytes moved each way, readable while the relay runs (for status and logs)."""
 
-    __slots__ = ("a_to_b", "b_to_a", "reason")
+    __slots__ = ("moved", "reason")
 
     def __init__(self) -> None:
-        self.a_to_b = 0
-        self.b_to_a = 0
+        self.moved = [0, 0]  # [a to b, b to a]; each pump adds to its own slot
         self.reason = "eof"  # why it ended: eof, idle, error: ..., stopped
 
     @property
+    def a_to_b(self) -> int:
+        return self.moved[0]
+
+    @property
+    def b_to_a(self) -> int:
+        return self.moved[1]
+
+    @property
     def total(self) -> int:
-        return self.a_to_b + self.b_to_a
+        return self.moved[0] + self.moved[1]
 
 
 def _spliceable(s) -> bool:
@@ -54,7 +61,7 @@ class _SpliceUnsupported(Exception):
     pass
 
 
-def _splice_pump(src, dst, stats: RelayStats, forward: bool) -> None:
+def _splice_pump(src, dst, moved: list, way: int) -> None:
     sfd, dfd = src.fileno(), dst.fileno()
     rpipe, wpipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     loop = get_hub().loop
@@ -79,10 +86,7 @@ def _splice_pump(src, dst, stats: RelayStats, forward: bool) -> None:
             if n == 0:
                 return
             moved_any = True
-            if forward:
-                stats.a_to_b += n
-            else:
-                stats.b_to_a += n
+            moved[way] += n
             while n:
                 try:
                     n -= os.splice(rpipe, dfd, n, flags=_SPLICE_FLAGS)
@@ -95,7 +99,7 @@ def _splice_pump(src, dst, stats: RelayStats, forward: bool) -> None:
         os.close(wpipe)
 
 
-def _copy_pump(src, dst, stats: RelayStats, forward: bool) -> None:
+def _copy_pump(src, dst, moved: list, way: int) -> None:
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     recv_into = getattr(src, "recv_into", None)
@@ -108,10 +112,7 @@ def _copy_pump(src, dst, stats: RelayStats, forward: bool) -> None:
             n = len(data)
         if not n:
             return
-        if forward:
-            stats.a_to_b += n
-        else:
-            stats.b_to_a += n
+        moved[way] += n
         send_all(dst, data)
 
 
@@ -122,21 +123,18 @@ def _shutdown_write(s) -> None:
         pass
 
 
-def _pump(src, dst, pending: bytes, stats: RelayStats, forward: bool, on_error) -> None:
+def _pump(src, dst, pending: bytes, moved: list, way: int, on_error) -> None:
     try:
         if pending:
             dst.sendall(pending)
-            if forward:
-                stats.a_to_b += len(pending)
-            else:
-                stats.b_to_a += len(pending)
+            moved[way] += len(pending)
         if _spliceable(src) and _spliceable(dst):
             try:
-                _splice_pump(src, dst, stats, forward)
+                _splice_pump(src, dst, moved, way)
             except _SpliceUnsupported:
-                _copy_pump(src, dst, stats, forward)
+                _copy_pump(src, dst, moved, way)
         else:
-            _copy_pump(src, dst, stats, forward)
+            _copy_pump(src, dst, moved, way)
     except (OSError, EOFError) as e:
         on_error(e)
         return
@@ -171,8 +169,8 @@ def relay(a, b, idle_timeout: float | None = None, a_pending: bytes = b"", b_pen
             if g is not gevent.getcurrent():
                 g.kill(block=False)
 
-    pumps.append(gevent.spawn(_pump, a, b, a_pending, stats, True, on_error))
-    pumps.append(gevent.spawn(_pump, b, a, b_pending, stats, False, on_error))
+    pumps.append(gevent.spawn(_pump, a, b, a_pending, stats.moved, 0, on_error))
+    pumps.append(gevent.spawn(_pump, b, a, b_pending, stats.moved, 1, on_error))
 
     def on_idle() -> None:
         stats.reason = "idle"

@@ -18,10 +18,11 @@ from ..errors import ProtocolError, UpstreamError
 from ..net import httpio
 from ..net.idle import watch_idle
 from ..net.reader import PeerClosed, Reader
-from ..net.relay import RelayStats, relay
+from ..net.relay import relay
 from ..net.writer import send_all
 from ..prot import http1
 from ..prot.http1 import Head, simple_response
+from .tunnel import open_tunnel
 
 log = logging.getLogger("wmproxy.proxy")
 
@@ -83,25 +84,24 @@ class HttpSession:
             self.watchdog = None
 
     def serve(self, allowed: bool) -> None:
-        first = True
         self._start_watchdog()
         try:
             while True:
                 try:
                     raw = httpio.read_head(self.reader, self.cfg.max_header_size)
                 except PeerClosed:
-                    if first:
+                    if self.first:
                         raise
                     return  # a keep-alive client went away between requests: normal
                 except socket.timeout:
-                    if first:
+                    if self.first:
                         self._error(408, "request head not received in time")
                         raise
                     return
                 except ProtocolError as e:
                     self._error(e.http_status, str(e))
                     raise
-                first = self.first = False
+                self.first = False
                 started = time.monotonic()
                 try:
                     head = http1.parse_request_head(raw)
@@ -159,21 +159,10 @@ class HttpSession:
             return
         target = http1.parse_authority(head.target)
         self.info.target = f"{target.host}:{target.port}"
-        try:
-            upstream = self.ctx.dial(target.host, target.port)
-        except UpstreamError as e:
-            self._error(e.http_status, str(e))
-            self.info.result = f"{e.http_status} {e}"
-            return
-        try:
-            self.client.sendall(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-        except OSError:
-            upstream.close()
-            raise
-        self._stop_watchdog()  # the relay has its own
-        stats = RelayStats()
-        relay(self.client, upstream, self.cfg.idle_timeout, a_pending=self.reader.take_pending(), stats=stats)
-        self.info.up, self.info.down, self.info.result = stats.a_to_b, stats.b_to_a, f"200 ({stats.reason})"
+        self._stop_watchdog()  # the dial has its timeout, the relay its idle watchdog
+        open_tunnel(self.ctx, self.client, self.reader, self.info, target.host, target.port,
+                    ok_reply=lambda host, port: b"HTTP/1.1 200 Connection Established\r\n\r\n",
+                    fail_reply=lambda e: simple_response(e.http_status, f"wmproxy: {e}"))
 
     # -- absolute-form requests --------------------------------------------------------------
     def _request_bytes(self, head: Head, target: http1.Target, framing) -> tuple[bytes, bool]:
@@ -245,11 +234,15 @@ class HttpSession:
         for attempt in (1, 2):
             up = self._upstream_for(target)
             stale_ok = up.used and framing == http1.NO_BODY and attempt == 1
+            sent = False
             try:
                 httpio.copy_body(self.reader, up.send, framing, True, prefix=data)
-                return up, self._response_head(up)
+                sent = True
+                return up, self._response_head(up, head.version == "1.1")
             except (PeerClosed, ConnectionError) as e:
                 self._drop_upstream()
+                if isinstance(e, PeerClosed) and not sent:
+                    raise  # the client went away in the middle of its request body
                 if stale_ok:
                     continue
                 raise UpstreamError(f"upstream {target.authority} closed the connection: {e}") from None
@@ -261,12 +254,14 @@ class HttpSession:
                 raise UpstreamError(f"upstream {target.authority} sent a bad response: {e}") from None
         raise AssertionError("unreachable")
 
-    def _response_head(self, up: _Upstream) -> Head:
+    def _response_head(self, up: _Upstream, interim_ok: bool) -> Head:
+        """The final response head; interim 1xx ones go to an HTTP/1.1 client on the way
+        (100 Continue excepted: the proxy gave that one itself)."""
         while True:
             rhead = http1.parse_response_head(httpio.read_head(up.reader, self.cfg.max_header_size))
             if rhead.status >= 200 or rhead.status == 101:
                 return rhead
-            if rhead.status != 100:  # 100 was ours to give; other 1xx go on to the client
+            if rhead.status != 100 and interim_ok:
                 self.client.sendall(http1.encode_head(f"HTTP/1.1 {rhead.status} {rhead.reason.decode('latin-1')}",
                                                       rhead.headers))
 

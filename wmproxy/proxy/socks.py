@@ -8,34 +8,15 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..errors import ProtocolError, UpstreamError
+from ..errors import ProtocolError
 from ..net.reader import Reader
-from ..net.relay import RelayStats, relay
 from ..prot import socks as s5
 from ..prot.socks import SOCKS4, SOCKS5  # noqa: F401  (the server sniffs with these)
+from .tunnel import open_tunnel
 
 
 def _target(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _connect_and_relay(ctx, client, reader: Reader, info, host: str, port: int, ok_reply, fail_reply) -> None:
-    """Dial the target, answer with ``ok_reply(bound)`` or ``fail_reply(error)``, relay."""
-    try:
-        upstream = ctx.dial(host, port)
-    except UpstreamError as e:
-        client.sendall(fail_reply(e))
-        info.result = f"failed: {e}"
-        return
-    try:
-        bound = upstream.getsockname()
-        client.sendall(ok_reply(bound[0], bound[1]))
-    except OSError:
-        upstream.close()
-        raise
-    stats = RelayStats()
-    relay(client, upstream, ctx.cfg.idle_timeout, a_pending=reader.take_pending(), stats=stats)
-    info.up, info.down, info.result = stats.a_to_b, stats.b_to_a, f"done ({stats.reason})"
 
 
 def serve_socks5(ctx, client, reader: Reader, info, allowed: bool) -> None:
@@ -68,7 +49,7 @@ def serve_socks5(ctx, client, reader: Reader, info, allowed: bool) -> None:
         client.sendall(s5.encode_reply(s5.REP_COMMAND_NOT_SUPPORTED))
         info.result = f"refused: command {req.command} not supported"
         return
-    _connect_and_relay(
+    open_tunnel(
         ctx, client, reader, info, req.host, req.port,
         ok_reply=lambda host, port: s5.encode_reply(s5.REP_SUCCEEDED, host, port),
         fail_reply=lambda e: s5.encode_reply(e.socks5_reply),
@@ -94,7 +75,7 @@ def serve_socks4(ctx, client, reader: Reader, info, allowed: bool) -> None:
         client.sendall(refuse)
         info.result = f"refused: command {req.command} not supported"
         return
-    _connect_and_relay(
+    open_tunnel(
         ctx, client, reader, info, req.host, req.port,
         ok_reply=lambda host, port: s5.encode_socks4_reply(True, host, port),
         fail_reply=lambda e: refuse,

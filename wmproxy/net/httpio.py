@@ -20,6 +20,7 @@ def read_head(reader: Reader, limit: int) -> bytes:
 
     Raises PeerClosed at EOF, ProtocolError(431) past ``limit``, socket.timeout.
     """
+    reader.wait_readable()
     while reader.peek(2) == b"\r\n":
         reader.read_exact(2)
     return reader.read_until(b"\r\n\r\n", limit)

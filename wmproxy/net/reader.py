@@ -42,6 +42,20 @@ class Reader:
         self.buf += data
         return True
 
+    def wait_readable(self) -> None:
+        """Block until the socket has data or EOF, without calling recv.
+
+        For the points where the peer's bytes cannot be there yet (the next request after a
+        response, the response after a request): gevent's recv would first try and fail with
+        EAGAIN, a syscall per message. Uses gevent's socket watcher where there is one (any
+        other socket-like object simply waits in its recv).
+        """
+        if self.buf:
+            return
+        wait, event = getattr(self.sock, "_wait", None), getattr(self.sock, "_read_event", None)
+        if wait is not None and event is not None:
+            wait(event)
+
     def read_exact(self, n: int) -> bytes:
         """Exactly ``n`` bytes. Raises PeerClosed if the peer closes first."""
         while len(self.buf) < n:

@@ -199,28 +199,20 @@ def _serve(name: str, host="127.0.0.1", tls: ssl.SSLContext | None = None):
     return srv
 
 
-@pytest.fixture
-def origin():
-    srv = _serve("origin-A")
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+def _origin_fixture(name: str, host: str = "127.0.0.1"):
+    @pytest.fixture
+    def fixture():
+        srv = _serve(name, host)
+        yield srv
+        srv.shutdown()
+        srv.server_close()
+
+    return fixture
 
 
-@pytest.fixture
-def origin_b():
-    srv = _serve("origin-B")
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
-
-@pytest.fixture
-def origin6():
-    srv = _serve("origin-v6", "::1")
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+origin = _origin_fixture("origin-A")
+origin_b = _origin_fixture("origin-B")
+origin6 = _origin_fixture("origin-v6", "::1")
 
 
 @pytest.fixture(scope="session")

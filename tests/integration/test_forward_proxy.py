@@ -27,11 +27,6 @@ def test_connect_to_tls_origin(start_proxy, tls_origin):
     assert r.stdout == b"hello from origin-TLS"
 
 
-def test_socks5_hostname(start_proxy, origin):
-    p = start_proxy()
-    r = curl("--socks5-hostname", f"127.0.0.1:{p.port}", f"http://localhost:{origin.port}/hello")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == b"hello from origin-A"
 
 
 def test_socks5_ipv6_target(start_proxy, origin6):
@@ -49,12 +44,11 @@ def test_http_proxy_ipv6_target(start_proxy, origin6):
     assert r.stdout == b"origin-v6"
 
 
-def test_socks4a_and_socks4(start_proxy, origin):
+@pytest.mark.parametrize("option,host", [("--socks5-hostname", "localhost"), ("--socks5", "127.0.0.1"),
+                                         ("--socks4a", "localhost"), ("--socks4", "127.0.0.1")])
+def test_socks_with_curl(start_proxy, origin, option, host):
     p = start_proxy()
-    r = curl("--socks4a", f"127.0.0.1:{p.port}", f"http://localhost:{origin.port}/hello")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == b"hello from origin-A"
-    r = curl("--socks4", f"127.0.0.1:{p.port}", f"http://127.0.0.1:{origin.port}/hello")
+    r = curl(option, f"127.0.0.1:{p.port}", f"http://{host}:{origin.port}/hello")
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"hello from origin-A"
 

@@ -1,25 +1,39 @@
-"""The running process: builds the listeners a config asks for, and stops them gracefully.
+"""The running process: the listeners a config asks for, reloads applied as a diff, stop.
 
-Stopping (SIGTERM, SIGINT): every listener stops accepting at once, live connections get
-``grace`` seconds to finish, then the rest are closed; the process exits 0.
+Reload (SIGHUP, ``POST /reload``, ``wmproxy-server reload``, or a change of the file with
+``watch = true``): the file is loaded and validated completely, and new listening sockets are
+bound, before anything changes; any failure leaves the old configuration serving. Then
+listeners whose spec is unchanged keep running untouched, removed ones drain (stop accepting,
+live connections get ``grace``), changed ones take the new settings for new connections, and
+added ones start. A listening socket is never closed and reopened for an unchanged address.
+
+Stop (SIGTERM, SIGINT, ``POST /stop``): every listener stops accepting at once, live
+connections get ``grace`` seconds, the rest are closed; the process exits 0.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import time
 
 import gevent
+import psutil
 from gevent.event import Event
+from gevent.lock import Semaphore
 
+from . import __version__, config
 from .config import Addr, Config
-from .errors import ProxyError
+from .errors import ConfigError, ProxyError
+from .listener import Listener, ListenerSpec, drain_all
 from .net.dns import Resolver
-from .proxy.server import ProxyContext, ProxyServer
 
 log = logging.getLogger("wmproxy")
+
+WATCH_EVERY = 1.0  # seconds between looks at the config file
+WATCH_SETTLE = 0.3  # a change must hold this long before it is loaded (editors write in steps)
 
 
 class BindError(ProxyError):
@@ -29,7 +43,7 @@ class BindError(ProxyError):
 def open_listener(addr: Addr, what: str, backlog: int = 1024) -> socket.socket:
     """A bound, listening TCP socket for ``addr`` (SO_REUSEADDR; IPv6 sockets v6-only).
 
-    Raises BindError naming the address and the reason.
+    Raises BindError naming the config key, the address and the reason.
     """
     try:
         infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -49,71 +63,240 @@ def open_listener(addr: Addr, what: str, backlog: int = 1024) -> socket.socket:
     return sock
 
 
-class App:
-    """Owns the listeners of one process."""
+def listener_specs(cfg: Config) -> dict[tuple[str, str], ListenerSpec]:
+    """Every listener the config asks for, by key. Each kind declares its own."""
+    from . import control
+    from .proxy import server as proxy_server
+    from .stream import tcp as stream_tcp
 
-    def __init__(self, cfg: Config, config_file: str | None = None) -> None:
+    specs: dict[tuple[str, str], ListenerSpec] = {}
+    for kind in (proxy_server, stream_tcp, control):
+        for spec in kind.listener_specs(cfg):
+            if spec.key in specs:
+                raise BindError(f"{spec.label}: {spec.bind} is also {specs[spec.key].label}")
+            specs[spec.key] = spec
+    return specs
+
+
+class App:
+    """Owns the listeners of one process and applies configurations to them."""
+
+    def __init__(self, cfg: Config, config_file: str | None = None, overrides: list = (),
+                 prog: str = "wmproxy") -> None:
         self.cfg = cfg
         self.config_file = config_file
+        self.overrides = list(overrides)
+        self.prog = prog
         self.resolver = Resolver(cfg.dns_or_default)
-        self.servers: list = []
-        self._stopped = Event()
+        self.listeners: dict[tuple[str, str], Listener] = {}
+        self.draining: list[Listener] = []
         self.started_at = time.time()
+        self.loaded_at = time.time()
+        self.reloads = 0
+        self.reload_failures = 0
+        self.last_reload_error = ""
+        self._reload_lock = Semaphore()
+        self._stopped = Event()
+        self._stopping = False
+        self._watcher: gevent.Greenlet | None = None
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)  # the first reading primes the counter
 
+    # -- applying a configuration -------------------------------------------------------------
     def start(self) -> None:
-        """Open every listener; raises BindError (and closes what it opened) on failure."""
-        try:
-            if self.cfg.proxy is not None:
-                self._start_proxy()
-        except BaseException:
-            for server in self.servers:
-                server.close()
-            raise
-        if not self.servers:
+        """Open every listener; raises BindError (and opens nothing) on failure."""
+        self._apply(self.cfg)
+        if not self.listeners:
             log.warning("the configuration starts no listener")
+        self._follow_watch_setting()
 
-    def _start_proxy(self) -> None:
-        pc = self.cfg.proxy
-        listener = open_listener(pc.bind, "proxy.bind")
-        server = ProxyServer(listener, ProxyContext(pc, self.resolver))
-        server.start()
-        self.servers.append(server)
-        host, port = listener.getsockname()[:2]
-        log.info("forward proxy (%s) listening on %s, auth %s", " ".join(sorted(pc.flag)),
-                 Addr(host, port), "on" if pc.auth else "off")
-        if not pc.bind.is_loopback and not pc.auth and not pc.allow:
-            log.warning("proxy.bind %s is reachable from other hosts with no username/password and no "
-                        "allow list: this is an open proxy", pc.bind)
+    def _apply(self, new: Config) -> dict:
+        specs = listener_specs(new)
+        added = [k for k in specs if k not in self.listeners]
+        removed = [k for k in self.listeners if k not in specs]
+        resolver_changed = new.dns_or_default != self.cfg.dns_or_default
+        changed = [k for k in specs if k in self.listeners
+                   and (resolver_changed or self.listeners[k].spec != specs[k])]
+        sockets: dict = {}
+        try:  # bind everything new first: a failure here changes nothing
+            for k in added:
+                sockets[k] = open_listener(specs[k].bind, specs[k].label)
+        except BindError:
+            for sock in sockets.values():
+                sock.close()
+            raise
+        if resolver_changed:
+            self.resolver = Resolver(new.dns_or_default)
+        if new.log_level != self.cfg.log_level:
+            logging.getLogger().setLevel(new.log_level.upper())
+        self.cfg = new
+        for k in removed:
+            listener = self.listeners.pop(k)
+            self.draining.append(listener)
+            gevent.spawn(self._drain_removed, listener)
+        for k in changed:
+            self.listeners[k].update(specs[k], self)
+        for k in added:
+            listener = specs[k].factory(sockets[k], specs[k], self)
+            listener.start()
+            self.listeners[k] = listener
+            log.info("%s listening on %s", specs[k].kind, _bound(sockets[k]))
+            if specs[k].kind == "proxy":
+                _warn_if_open(specs[k].settings)
+        names = lambda keys: [f"{kind} {bind}" for kind, bind in keys]  # noqa: E731
+        return {"added": names(added), "removed": names(removed), "changed": names(changed),
+                "unchanged": len(specs) - len(added) - len(changed)}
+
+    def _drain_removed(self, listener: Listener) -> None:
+        left = listener.drain(self.cfg.grace)
+        self.draining.remove(listener)
+        log.info("%s %s removed%s", listener.kind, listener.spec.bind,
+                 f"; closed {left} connection(s) still open after the grace period" if left else "")
+
+    def reload(self, trigger: str) -> dict:
+        """Load the config file again and apply it as a diff. Never raises: returns
+        ``{"ok": True, added, removed, changed, unchanged}`` or ``{"ok": False, "error"}``."""
+        with self._reload_lock:
+            if not self.config_file:
+                return self._reload_failed(trigger, "started without a config file (-c): nothing to reload")
+            try:
+                new = config.load(self.config_file, self.overrides)
+                changes = self._apply(new)
+            except (ConfigError, BindError) as e:
+                return self._reload_failed(trigger, str(e))
+            self.reloads += 1
+            self.loaded_at = time.time()
+            self.last_reload_error = ""
+            log.info("reloaded %s (%s): added %s, removed %s, changed %s, %d unchanged", self.config_file, trigger,
+                     changes["added"] or "none", changes["removed"] or "none", changes["changed"] or "none",
+                     changes["unchanged"])
+            self._follow_watch_setting()
+            return {"ok": True, **changes}
+
+    def _reload_failed(self, trigger: str, error: str) -> dict:
+        self.reload_failures += 1
+        self.last_reload_error = error
+        log.error("reload (%s) failed, the old configuration keeps serving: %s", trigger, error)
+        return {"ok": False, "error": error}
+
+    # -- watching the file ---------------------------------------------------------------------
+    def _follow_watch_setting(self) -> None:
+        want = bool(self.cfg.watch and self.config_file)
+        if want and self._watcher is None:
+            self._watcher = gevent.spawn(self._watch_file)
+        elif not want and self._watcher is not None:
+            self._watcher.kill(block=False)
+            self._watcher = None
+
+    def _file_state(self):
+        try:
+            st = os.stat(self.config_file)
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            return None
+
+    def _watch_file(self) -> None:
+        """Poll the file's mtime, size and inode; reload once a change has settled."""
+        seen = self._file_state()
+        while True:
+            gevent.sleep(WATCH_EVERY)
+            now = self._file_state()
+            if now == seen or now is None:
+                continue
+            gevent.sleep(WATCH_SETTLE)
+            if self._file_state() != now:
+                continue  # still being written: look again next round
+            seen = now
+            gevent.spawn(self.reload, "file changed")
+
+    # -- status --------------------------------------------------------------------------------
+    def status(self) -> dict:
+        """Everything /status and /metrics show. Cheap: no I/O but psutil's /proc reads."""
+        rows = []
+        for listener in [*self.listeners.values(), *self.draining]:
+            st = listener.stats
+            rows.append({
+                "kind": listener.kind,
+                "bind": str(listener.spec.bind),
+                "config_key": listener.spec.label,
+                "state": "draining" if listener.draining else "serving",
+                "connections": st.active,
+                "connections_total": st.total,
+                "bytes_in": st.bytes_in,
+                "bytes_out": st.bytes_out,
+                "requests": {str(code): n for code, n in sorted(st.statuses.items())},
+            })
+        proc = self._process
+        with proc.oneshot():
+            cpu = proc.cpu_times()
+            process = {
+                "rss_bytes": proc.memory_info().rss,
+                "cpu_percent": proc.cpu_percent(None),
+                "cpu_seconds": round(cpu.user + cpu.system, 3),
+                "open_fds": proc.num_fds(),
+                "threads": proc.num_threads(),
+            }
+        return {
+            "program": self.prog,
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "config_file": self.config_file,
+            "config_loaded_at": self.loaded_at,
+            "reloads": self.reloads,
+            "reload_failures": self.reload_failures,
+            "last_reload_error": self.last_reload_error,
+            "watch": bool(self.cfg.watch and self.config_file),
+            "listeners": rows,
+            "connections": sum(r["connections"] for r in rows),
+            "bytes_in": sum(r["bytes_in"] for r in rows),
+            "bytes_out": sum(r["bytes_out"] for r in rows),
+            "center_links": [],  # the center link arrives with issue 4
+            "mappings": [],
+            "process": process,
+        }
+
+    # -- stopping -------------------------------------------------------------------------------
+    def request_stop(self, why: str) -> None:
+        """Begin a graceful stop (once); returns at once."""
+        if not self._stopping:
+            self._stopping = True
+            log.info("%s: stopping (grace %.1fs)", why, self.cfg.grace)
+            gevent.spawn(self.stop)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let connections finish up to ``grace`` seconds, close the rest."""
         grace = self.cfg.grace if grace is None else grace
-        for server in self.servers:
-            server.close()  # stops accepting; live handlers go on
-        deadline = time.monotonic() + grace
-        for server in self.servers:
-            server.pool.join(timeout=max(0.0, deadline - time.monotonic()))
-        left = sum(len(server.pool) for server in self.servers)
+        if self._watcher is not None:
+            self._watcher.kill(block=False)
+        everything = [*self.listeners.values(), *self.draining]
+        left = drain_all(everything, grace)
         if left:
-            log.info("closing %d connection(s) still open after the %.1fs grace period", left, grace)
-        for server in self.servers:
-            server.pool.kill(timeout=2)
+            log.info("closed %d connection(s) still open after the %.1fs grace period", left, grace)
         self._stopped.set()
 
-    def serve_forever(self) -> None:
-        """Block until SIGTERM/SIGINT (then stop gracefully) or ``stop()`` from elsewhere."""
-
-        def on_signal(signame: str) -> None:
-            if not self._stopping:
-                self._stopping = True
-                log.info("%s received: stopping (grace %.1fs)", signame, self.cfg.grace)
-                gevent.spawn(self.stop)
-
-        self._stopping = False
-        handlers = [gevent.signal_handler(sig, on_signal, sig.name) for sig in (signal.SIGTERM, signal.SIGINT)]
+    def serve_forever(self, on_sigusr1=None) -> None:
+        """Block until stopped: SIGTERM/SIGINT stop gracefully, SIGHUP reloads, SIGUSR1
+        calls ``on_sigusr1`` (log reopening)."""
+        handlers = [gevent.signal_handler(sig, self.request_stop, sig.name) for sig in (signal.SIGTERM, signal.SIGINT)]
+        handlers.append(gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload, "SIGHUP")))
+        if on_sigusr1 is not None:
+            handlers.append(gevent.signal_handler(signal.SIGUSR1, on_sigusr1))
         try:
             self._stopped.wait()
         finally:
             for h in handlers:
                 h.cancel()
         log.info("stopped")
+
+
+def _bound(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return str(Addr(host, port))
+
+
+def _warn_if_open(pc) -> None:
+    if not pc.bind.is_loopback and not pc.auth and not pc.allow:
+        log.warning("proxy.bind %s is reachable from other hosts with no username/password and no "
+                    "allow list: this is an open proxy", pc.bind)

@@ -8,6 +8,7 @@ names where the value came from.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 import configargparse
 
 from . import __version__, config
-from .errors import ConfigError, ProxyError
+from .errors import ConfigError
 
 EMBEDDED_DEFAULT: dict = {"proxy": {}}
+COMMANDS = ("run", "status", "reload", "stop")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,10 @@ OPTIONS = (
     Opt(("--idle-timeout",), ("proxy", "idle_timeout"), "close connections idle this long, e.g. 5min", "TIME"),
     Opt(("--max-connections",), ("proxy", "max_connections"), "concurrent client connections", "N"),
     Opt(("--log-level",), ("log_level",), "debug, info, warning or error", "LEVEL"),
+    Opt(("--log-file",), ("log_file",), "log to FILE instead of stderr; SIGUSR1 reopens it", "FILE"),
+    Opt(("--pidfile",), ("pidfile",), "write the pid to FILE; refuse to start if that pid is alive", "FILE"),
+    Opt(("--control",), ("control",), "control API address, e.g. 127.0.0.1:8837 ('' disables)", "ADDR"),
+    Opt(("--control-token",), ("control_token",), "bearer token for the control API (prefer the variable)", "TOKEN"),
     Opt(("--grace",), ("grace",), "on stop, time live connections get to finish, e.g. 10s", "TIME"),
 )
 
@@ -60,13 +66,20 @@ OPTIONS = (
 def make_parser(prog: str) -> configargparse.ArgumentParser:
     p = configargparse.ArgumentParser(
         prog=prog,
-        description="wmproxy: forward proxy (HTTP, HTTPS CONNECT, SOCKS5, SOCKS4/4a) on one port.",
+        description="wmproxy: forward proxy (HTTP, HTTPS CONNECT, SOCKS5, SOCKS4/4a) on one port, "
+        "[stream] TCP forwarding, control API.",
         epilog="Each flag also reads a WMPROXY_* variable (shown in brackets). Without -c the embedded "
-        "default runs: a forward proxy on 127.0.0.1:8090.",
+        "default runs: a forward proxy on 127.0.0.1:8090. The commands status, reload and stop talk to "
+        "the control API named in the configuration.",
     )
+    p.add_argument("command", nargs="?", default="run", choices=COMMANDS,
+                   help="run (default): serve; status: print the running process's status; reload: make it "
+                   "reload its configuration; stop: make it stop gracefully")
     p.add_argument("-c", "--config", env_var="WMPROXY_CONFIG", metavar="FILE", help="TOML configuration file")
     p.add_argument("--check", action="store_true", help="validate the configuration, print the result, exit 0 or 1")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--daemon", action="store_true", env_var="WMPROXY_DAEMON",
+                   help="detach and run in the background (logs to --log-file)")
     for o in OPTIONS:
         p.add_argument(*o.flags, dest=o.dest, env_var=o.env, help=o.help, metavar=o.metavar,
                        action="append" if o.append else "store", default=None)
@@ -86,39 +99,50 @@ def overrides(args, argv: list[str]) -> list[config.Override]:
     return out
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _control_command(prog: str, command: str, cfg: config.Config) -> int:
+    from . import control
+
+    method, path = {"status": ("GET", "/status"), "reload": ("POST", "/reload"), "stop": ("POST", "/stop")}[command]
+    try:
+        status, body = control.call(cfg, method, path)
+    except control.ControlClientError as e:
+        print(f"{prog} {command}: {e}", file=sys.stderr)
+        return 1
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = {"error": body.decode("utf-8", "replace")}
+    if status >= 300:
+        print(f"{prog} {command}: {answer.get('error', answer)}", file=sys.stderr)
+        return 1
+    if command == "status":
+        print(control.format_status(answer))
+    elif command == "reload":
+        print(f"reloaded: added {answer['added'] or 'none'}, removed {answer['removed'] or 'none'}, "
+              f"changed {answer['changed'] or 'none'}, {answer['unchanged']} unchanged")
+    else:
+        print(f"stopping (grace {answer['grace_seconds']}s)")
+    return 0
 
 
 def run(prog: str, argv: list[str] | None = None) -> int:
-    """Parse, load, start and serve until stopped. Returns the exit status."""
+    """Parse, load, then run a command or serve until stopped. Returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     args = make_parser(prog).parse_args(argv)
+    config_file = os.path.abspath(args.config) if args.config else None
     try:
-        cfg = config.load(args.config, overrides(args, argv), default=EMBEDDED_DEFAULT)
+        cfg = config.load(config_file, overrides(args, argv), default=EMBEDDED_DEFAULT)
     except ConfigError as e:
         print(f"{prog}: configuration error: {e}", file=sys.stderr)
         return 1
     if args.check:
-        what = args.config or "embedded default"
-        print(f"{prog}: configuration OK ({what})")
+        print(f"{prog}: configuration OK ({args.config or 'embedded default'})")
         return 0
-    setup_logging(cfg.log_level)
-    from .app import App  # imported late: --check and --help need no gevent
+    if args.command != "run":
+        return _control_command(prog, args.command, cfg)
+    from .process import serve  # imported late: --check, --help and the commands need no gevent hub
 
-    app = App(cfg, args.config)
-    try:
-        app.start()
-    except ProxyError as e:
-        logging.getLogger("wmproxy").error("%s", e)
-        return 1
-    logging.getLogger("wmproxy").info("%s %s started (pid %d)", prog, __version__, os.getpid())
-    app.serve_forever()
-    return 0
+    return serve(prog, cfg, config_file, overrides(args, argv), daemon=args.daemon)
 
 
 def server_main() -> int:

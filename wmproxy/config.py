@@ -187,8 +187,32 @@ def one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
     return convert
 
 
+def optional_addr(value: Any) -> Optional[Addr]:
+    """An address, or None for '' (disabled)."""
+    return None if value == "" else to_addr(value)
+
+
+def table_list(cls: type) -> Callable[[Any], tuple]:
+    """A TOML array of tables (``[[stream.server]]``), each built into ``cls``."""
+
+    def convert(value: Any) -> tuple:
+        if not isinstance(value, list):
+            raise Invalid(f"expected an array of tables ([[...]]), got {type(value).__name__} {value!r}")
+        return tuple(build(cls, item, f"[{i}]") for i, item in enumerate(value))
+
+    return convert
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
 def key(conv: Callable[[Any], Any], default: Any, doc: str, aliases: tuple[str, ...] = ()) -> Any:
-    """Declare a config key: its converter, default and one-line meaning."""
+    """Declare a config key: its converter, default (REQUIRED if none) and one-line meaning."""
     return field(default=default, metadata={"conv": conv, "doc": doc, "aliases": aliases})
 
 
@@ -242,6 +266,67 @@ class DnsConfig:
     negative_ttl: float = key(to_duration, 5.0, "time a failed lookup is remembered")
 
 
+@dataclass(frozen=True)
+class UpstreamServerConfig:
+    """One server of an upstream: ``{ addr = "127.0.0.1:8080", weight = 2 }``."""
+
+    addr: Addr = key(to_addr, REQUIRED, "server address")
+    weight: int = key(int_range(1, 1000), 1, "share of connections (round robin by weight)")
+
+
+@dataclass(frozen=True)
+class StreamUpstreamConfig:
+    """``[[stream.upstream]]``: a named group of servers."""
+
+    name: str = key(to_str, REQUIRED, "the name servers refer to with up_name")
+    server: tuple = key(table_list(UpstreamServerConfig), REQUIRED, "the servers")
+
+    def validate(self) -> None:
+        if not self.server:
+            raise Invalid("an upstream needs at least one server", ".server")
+
+
+STREAM_MODES = ("tcp",)
+
+
+@dataclass(frozen=True)
+class StreamServerConfig:
+    """``[[stream.server]]``: a layer-4 listener forwarding to an upstream."""
+
+    bind: Addr = key(to_addr, REQUIRED, "listening address", aliases=("bind_addr",))
+    bind_mode: str = key(one_of(STREAM_MODES), "tcp", "what is forwarded")
+    up_name: str = key(to_str, REQUIRED, "name of a [[stream.upstream]]")
+    connect_timeout: float = key(to_duration, 10.0, "time to connect to an upstream server")
+    idle_timeout: float = key(to_duration, 300.0, "close a connection silent this long")
+    max_connections: int = key(int_range(1, 1_000_000), 10000, "concurrent client connections")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """``[stream]``: layer-4 forwarding (names as in the Rust wmproxy)."""
+
+    upstream: tuple = key(table_list(StreamUpstreamConfig), (), "upstream groups")
+    server: tuple = key(table_list(StreamServerConfig), (), "listeners")
+
+    def validate(self) -> None:
+        names = [u.name for u in self.upstream]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise Invalid(f"upstream name {name!r} is used twice", f".upstream[{i}].name")
+        binds: list[str] = []
+        for i, srv in enumerate(self.server):
+            if srv.up_name not in names:
+                known = ", ".join(repr(n) for n in names) or "none defined"
+                raise Invalid(f"no [[stream.upstream]] named {srv.up_name!r} (known: {known})",
+                              f".server[{i}].up_name")
+            if str(srv.bind) in binds:
+                raise Invalid(f"{srv.bind} is bound twice", f".server[{i}].bind")
+            binds.append(str(srv.bind))
+
+    def upstream_named(self, name: str) -> StreamUpstreamConfig:
+        return next(u for u in self.upstream if u.name == name)
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -250,9 +335,20 @@ class Config:
     """The whole file. Sections absent from the file are None and start nothing."""
 
     log_level: str = key(one_of(LOG_LEVELS), "info", "log verbosity")
+    log_file: str = key(to_str, "", "log to this file instead of stderr (reopened on SIGUSR1)")
+    pidfile: str = key(to_str, "", "write the process id here; refuse to start if it is alive")
     grace: float = key(to_duration, 10.0, "on stop, time live connections get to finish")
+    control: Optional[Addr] = key(optional_addr, None, "control API address ('' disables)")
+    control_token: str = key(to_str, "", "bearer token the control API requires")
+    watch: bool = key(to_bool, False, "reload when the config file changes")
     dns: Optional[DnsConfig] = section(DnsConfig, "name resolution")
     proxy: Optional[ProxyConfig] = section(ProxyConfig, "forward proxy")
+    stream: Optional[StreamConfig] = section(StreamConfig, "layer-4 forwarding")
+
+    def validate(self) -> None:
+        if self.control is not None and not self.control.is_loopback and not self.control_token:
+            raise Invalid(f"{self.control} is reachable from other hosts: set control_token, or bind the "
+                          "control API to a loopback address", ".control")
 
     @property
     def dns_or_default(self) -> DnsConfig:
@@ -292,12 +388,16 @@ def build(cls: type, data: Any, path: str = "") -> Any:
             if "section" in f.metadata:
                 raise
             raise Invalid(str(e), sub + e.subpath) from None
+    missing = [n for n, f in fields.items() if f.default is REQUIRED and n not in values]
+    if missing:
+        sub = f"{path}.{missing[0]}" if path else missing[0]
+        raise Invalid(f"missing key {missing[0]!r} ({fields[missing[0]].metadata['doc']})", sub)
     obj = cls(**values)
     if hasattr(obj, "validate"):
         try:
             obj.validate()
         except Invalid as e:
-            raise Invalid(str(e), path + e.subpath) from None
+            raise Invalid(str(e), (path + e.subpath) if path else e.subpath.lstrip(".")) from None
     return obj
 
 

@@ -17,7 +17,7 @@ def test_http_proxy_get(start_proxy, origin):
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"hello from origin-A"
     assert "Via" in origin.last_headers and "wmproxy" in origin.last_headers["Via"]
-    p.wait_log("http GET http://127.0.0.1:")
+    p.wait_log('"GET http://127.0.0.1:')
 
 
 def test_connect_to_tls_origin(start_proxy, tls_origin):

@@ -21,7 +21,7 @@ def test_sigterm_lets_live_connection_finish(start_proxy, echo_server):
     live = open_tunnel(p.port, echo_server.port)
     live.sendall(b"before stop ")
     p.popen.send_signal(signal.SIGTERM)
-    p.wait_log("SIGTERM received")
+    p.wait_log("SIGTERM: stopping")
     time.sleep(0.3)
     try:  # no new connections are accepted
         socket.create_connection(("127.0.0.1", p.port), timeout=2).close()

@@ -31,7 +31,8 @@ _ERRNO_REPLY = {
 }
 
 
-def _fmt(host: str, port: int) -> str:
+def fmt_addr(host: str, port: int) -> str:
+    """'host:port', with brackets around an IPv6 address."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -55,14 +56,14 @@ def dial(resolver: Resolver, host: str, port: int, timeout: float) -> gsocket.so
         try:
             sock.connect((ip, port))
         except socket.timeout:
-            last = UpstreamError(f"connect to {_fmt(ip, port)} timed out", 504, SOCKS5_TTL_EXPIRED)
+            last = UpstreamError(f"connect to {fmt_addr(ip, port)} timed out", 504, SOCKS5_TTL_EXPIRED)
         except OSError as e:
             reason = e.strerror or str(e)
-            last = UpstreamError(f"connect to {_fmt(ip, port)}: {reason}", 502,
+            last = UpstreamError(f"connect to {fmt_addr(ip, port)}: {reason}", 502,
                                  _ERRNO_REPLY.get(e.errno, SOCKS5_GENERAL_FAILURE))
         else:
             sock.settimeout(None)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return sock
         sock.close()
-    raise last or UpstreamError(f"connect to {_fmt(host, port)} timed out", 504, SOCKS5_TTL_EXPIRED)
+    raise last or UpstreamError(f"connect to {fmt_addr(host, port)} timed out", 504, SOCKS5_TTL_EXPIRED)

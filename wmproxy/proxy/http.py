@@ -25,6 +25,14 @@ from ..prot.http1 import Head, simple_response
 from .tunnel import open_tunnel
 
 log = logging.getLogger("wmproxy.proxy")
+access_log = logging.getLogger("wmproxy.access")
+
+
+def _text(value: bytes | None) -> str:
+    """A header value for the access log: '-' when absent, quotes and controls escaped."""
+    if not value:
+        return "-"
+    return value[:300].decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 VIA = b"1.1 wmproxy"
 PROXY_AUTHENTICATE = [(b"Proxy-Authenticate", b'Basic realm="wmproxy"')]
@@ -142,13 +150,23 @@ class HttpSession:
 
     def _reply_log(self, head: Head, status: int, text: str, started: float, extra=()) -> None:
         self._error(status, text, extra)
-        self._log(head.method, head.target, status, 0, started, text)
+        self._log(head, status, 0, started, text)
 
-    def _log(self, method: str, target: str, status: int, size: int, started: float, note: str = "") -> None:
+    def _log(self, head: Head, status: int, size: int, started: float, note: str = "") -> None:
+        """One access-log line per request, combined-like, plus the listener's counters."""
         self.info.proto = "http"
+        self.info.down += size
+        self.ctx.stats.statuses[status] += 1
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        creds = http1.parse_basic_auth(head.get(b"proxy-authorization")) if self.cfg.auth else None
+        when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
         ms = (time.monotonic() - started) * 1000
-        log.info("%s http %s %s %d %dB %.1fms%s", self.info.peer, method, target[:200], status, size, ms,
-                 f" ({note})" if note else "")
+        access_log.info('%s - %s [%s] "%s %s HTTP/%s" %d %d "%s" "%s" %.1fms%s',
+                        self.info.peer.rpartition(":")[0].strip("[]"), creds[0] if creds else "-", when,
+                        head.method, head.target[:2000], head.version, status, size,
+                        _text(head.get(b"referer")), _text(head.get(b"user-agent")), ms,
+                        f" ({note})" if note else "")
 
     # -- CONNECT ----------------------------------------------------------------------------
     def _connect(self, head: Head, started: float) -> None:
@@ -217,12 +235,12 @@ class HttpSession:
         try:
             size = httpio.copy_body(up.reader, self._send_client, rframing, chunked_out, prefix=out_head)
         except (PeerClosed, ProtocolError, socket.timeout) as e:
-            self._log(head.method, head.target, rhead.status, 0, started, f"upstream broke mid-body: {e}")
+            self._log(head, rhead.status, 0, started, f"upstream broke mid-body: {e}")
             return False
         up.used = True
         if not upstream_keep:
             self._drop_upstream()
-        self._log(head.method, head.target, rhead.status, size, started)
+        self._log(head, rhead.status, size, started)
         return client_keep
 
     def _exchange(self, head: Head, target: http1.Target, data: bytes, framing) -> tuple[_Upstream, Head]:
@@ -285,7 +303,7 @@ class HttpSession:
         self._stop_watchdog()  # the relay has its own
         stats = relay(self.client, up.sock, self.cfg.idle_timeout,
                       a_pending=self.reader.take_pending(), b_pending=up.reader.take_pending())
-        self._log(head.method, head.target, 101, stats.total, started, f"upgraded, {stats.reason}")
+        self._log(head, 101, stats.total, started, f"upgraded, {stats.reason}")
         return False
 
 

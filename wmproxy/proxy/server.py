@@ -13,12 +13,10 @@ import logging
 import socket
 import time
 
-from gevent.pool import Pool
-from gevent.server import StreamServer
-
-from ..config import ProxyConfig
+from ..config import Config, ProxyConfig
 from ..errors import ProtocolError
-from ..net.dial import dial
+from ..listener import ConnStats, Listener, ListenerSpec
+from ..net.dial import dial, fmt_addr
 from ..net.dns import Resolver
 from ..net.reader import PeerClosed, Reader
 from . import http, socks
@@ -50,9 +48,10 @@ class ProxyContext:
     """Settings and services one listener's handlers share. Immutable once built: a reload
     builds a new context for new connections while live ones keep theirs."""
 
-    def __init__(self, cfg: ProxyConfig, resolver: Resolver) -> None:
+    def __init__(self, cfg: ProxyConfig, resolver: Resolver, stats: ConnStats | None = None) -> None:
         self.cfg = cfg
         self.resolver = resolver
+        self.stats = stats or ConnStats()
 
     def client_allowed(self, ip: str) -> bool:
         """Deny list first, then the allow list (an empty allow list allows everyone)."""
@@ -76,21 +75,16 @@ class ProxyContext:
         return dial(self.resolver, host, port, self.cfg.connect_timeout)
 
 
-def _fmt_peer(address) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class ProxyServer(StreamServer):
+class ProxyServer(Listener):
     """A forward proxy on one listening socket."""
 
-    def __init__(self, listener, ctx: ProxyContext) -> None:
-        super().__init__(listener, spawn=Pool(ctx.cfg.max_connections))
-        self.ctx = ctx
+    kind = "proxy"
 
-    def handle(self, client: socket.socket, address) -> None:
-        ctx = self.ctx  # a reload swaps self.ctx; this connection keeps what it started with
-        info = ConnInfo(_fmt_peer(address))
+    def make_context(self, settings: ProxyConfig, app) -> ProxyContext:
+        return ProxyContext(settings, app.resolver, self.stats)
+
+    def serve(self, client: socket.socket, address, ctx: ProxyContext) -> None:
+        info = ConnInfo(fmt_addr(address[0], address[1]))
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -128,6 +122,15 @@ class ProxyServer(StreamServer):
             info.result = "internal error"
             log.exception("internal error serving %s", info.peer)
         finally:
+            ctx.stats.bytes_in += info.up
+            ctx.stats.bytes_out += info.down
             if info.proto != "http" or failed:  # HTTP logs one line per request itself
                 # a connect-and-close (port probe, health check) is not worth an info line
                 log.log(logging.DEBUG if first == b"" else logging.INFO, "%s", info.line())
+
+
+def listener_specs(cfg: Config) -> list[ListenerSpec]:
+    """The forward proxy listener a config asks for (none without [proxy])."""
+    if cfg.proxy is None:
+        return []
+    return [ListenerSpec("proxy", cfg.proxy.bind, cfg.proxy, "proxy.bind", ProxyServer)]

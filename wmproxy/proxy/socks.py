@@ -9,14 +9,11 @@ from __future__ import annotations
 import ipaddress
 
 from ..errors import ProtocolError
+from ..net.dial import fmt_addr
 from ..net.reader import Reader
 from ..prot import socks as s5
 from ..prot.socks import SOCKS4, SOCKS5  # noqa: F401  (the server sniffs with these)
 from .tunnel import open_tunnel
-
-
-def _target(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def serve_socks5(ctx, client, reader: Reader, info, allowed: bool) -> None:
@@ -40,7 +37,7 @@ def serve_socks5(ctx, client, reader: Reader, info, allowed: bool) -> None:
     except ProtocolError as e:
         client.sendall(s5.encode_reply(e.socks5_reply))
         raise
-    info.target = _target(req.host, req.port)
+    info.target = fmt_addr(req.host, req.port)
     if not allowed:
         client.sendall(s5.encode_reply(s5.REP_NOT_ALLOWED))
         info.result = "refused: client address not allowed"
@@ -60,7 +57,7 @@ def serve_socks4(ctx, client, reader: Reader, info, allowed: bool) -> None:
     info.proto = "socks4"
     req = reader.read_message(s5.parse_socks4)
     info.proto = "socks4a" if not _is_ip(req.host) else "socks4"
-    info.target = _target(req.host, req.port)
+    info.target = fmt_addr(req.host, req.port)
     refuse = s5.encode_socks4_reply(False)
     if not allowed:
         client.sendall(refuse)

@@ -1,0 +1,229 @@
+"""The control API: ``GET /status`` (JSON), ``GET /metrics`` (Prometheus text format),
+``POST /reload``, ``POST /stop``. Also the client side used by ``wmproxy-server status``,
+``reload`` and ``stop``.
+
+With ``control_token`` set, every request needs ``Authorization: Bearer <token>``; without
+one, the config refuses any but a loopback address. One request per connection.
+"""
+
+from __future__ import annotations
+
+import hmac
+import http.client
+import json
+import logging
+import socket
+import time
+
+import gevent
+
+from .config import Config
+from .errors import ProtocolError
+from .listener import Listener, ListenerSpec
+from .net import httpio
+from .net.reader import PeerClosed, Reader
+from .prot import http1
+
+log = logging.getLogger("wmproxy.control")
+
+MAX_BODY = 65536
+
+
+class ControlContext:
+    def __init__(self, token: str, app) -> None:
+        self.token = token
+        self.app = app
+
+
+def _reply(client, status: int, body: bytes, content_type: str) -> None:
+    head = http1.encode_head(f"HTTP/1.1 {status} {http1.REASONS.get(status, 'OK')}", [
+        (b"Content-Type", content_type.encode()),
+        (b"Content-Length", str(len(body)).encode()),
+        (b"Cache-Control", b"no-store"),
+        (b"Connection", b"close"),
+    ])
+    client.sendall(head + body)
+
+
+def _json(client, status: int, value) -> None:
+    _reply(client, status, json.dumps(value, indent=2).encode() + b"\n", "application/json")
+
+
+class ControlServer(Listener):
+    """The control API listener (``control = "127.0.0.1:8837"``)."""
+
+    kind = "control"
+
+    def make_context(self, settings, app) -> ControlContext:
+        return ControlContext(settings[1], app)
+
+    def max_connections(self, settings) -> int:
+        return 64
+
+    def serve(self, client: socket.socket, address, ctx: ControlContext) -> None:
+        client.settimeout(10)
+        reader = Reader(client)
+        try:
+            head = http1.parse_request_head(httpio.read_head(reader, 16384))
+            framing = http1.request_framing(head)
+            if framing != http1.NO_BODY and (framing[0] != "length" or framing[1] > MAX_BODY):
+                raise ProtocolError("request body too large or chunked")
+            httpio.copy_body(reader, lambda data: None, framing, False)
+        except ProtocolError as e:
+            _json(client, e.http_status, {"error": str(e)})
+            return
+        except (PeerClosed, OSError):
+            return
+        if ctx.token:
+            given = (head.get(b"authorization") or b"").partition(b" ")
+            if given[0].lower() != b"bearer" or not hmac.compare_digest(given[2].strip(), ctx.token.encode()):
+                _json(client, 401, {"error": "missing or wrong 'Authorization: Bearer <control_token>'"})
+                log.warning("control API: refused %s %s from %s (bad token)", head.method, head.target, address[0])
+                return
+        self._route(client, head, ctx.app)
+
+    def _route(self, client, head, app) -> None:
+        path = head.target.split("?", 1)[0]
+        routes = {
+            "/status": ("GET", lambda: _json(client, 200, app.status())),
+            "/metrics": ("GET", lambda: _reply(client, 200, metrics_text(app.status()).encode(),
+                                               "text/plain; version=0.0.4; charset=utf-8")),
+            "/reload": ("POST", lambda: self._reload(client, app)),
+            "/stop": ("POST", lambda: self._stop(client, app)),
+        }
+        if path not in routes:
+            _json(client, 404, {"error": f"no such endpoint {path!r}", "endpoints": sorted(routes)})
+            return
+        method, action = routes[path]
+        if head.method != method and not (method == "GET" and head.method == "HEAD"):
+            _json(client, 405, {"error": f"{path} takes {method}"})
+            return
+        action()
+
+    def _reload(self, client, app) -> None:
+        result = app.reload("control API")
+        _json(client, 200 if result["ok"] else 400, result)
+
+    def _stop(self, client, app) -> None:
+        _json(client, 202, {"ok": True, "stopping": True, "grace_seconds": app.cfg.grace})
+        gevent.spawn_later(0.05, app.request_stop, "POST /stop")
+
+
+def listener_specs(cfg: Config) -> list[ListenerSpec]:
+    if cfg.control is None:
+        return []
+    return [ListenerSpec("control", cfg.control, (cfg.control, cfg.control_token), "control", ControlServer)]
+
+
+# -- Prometheus text format ------------------------------------------------------------------
+
+def _label(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(st: dict) -> str:
+    """The status as Prometheus text exposition format 0.0.4."""
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_: str, samples: list[tuple[dict, float]]) -> None:
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+            out.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
+
+    rows = st["listeners"]
+    lab = [{"kind": r["kind"], "bind": r["bind"], "state": r["state"]} for r in rows]
+    metric("wmproxy_info", "gauge", "Version of the running program.",
+           [({"version": st["version"], "program": st["program"]}, 1)])
+    metric("wmproxy_uptime_seconds", "gauge", "Seconds since the process started.", [({}, st["uptime_seconds"])])
+    metric("wmproxy_connections", "gauge", "Open client connections per listener.",
+           [(l, r["connections"]) for l, r in zip(lab, rows)])
+    metric("wmproxy_connections_total", "counter", "Client connections accepted per listener.",
+           [(l, r["connections_total"]) for l, r in zip(lab, rows)])
+    metric("wmproxy_received_bytes_total", "counter", "Bytes received from clients per listener.",
+           [(l, r["bytes_in"]) for l, r in zip(lab, rows)])
+    metric("wmproxy_sent_bytes_total", "counter", "Bytes sent to clients per listener.",
+           [(l, r["bytes_out"]) for l, r in zip(lab, rows)])
+    metric("wmproxy_http_requests_total", "counter", "HTTP requests answered, by status.",
+           [({**l, "status": code}, n) for l, r in zip(lab, rows) for code, n in r["requests"].items()])
+    metric("wmproxy_center_links", "gauge", "Center links that are up.", [({}, len(st["center_links"]))])
+    metric("wmproxy_reloads_total", "counter", "Configuration reloads applied.", [({}, st["reloads"])])
+    metric("wmproxy_reload_failures_total", "counter", "Configuration reloads refused (old one kept).",
+           [({}, st["reload_failures"])])
+    metric("wmproxy_config_loaded_timestamp_seconds", "gauge", "When the configuration in use was loaded.",
+           [({}, st["config_loaded_at"])])
+    p = st["process"]
+    metric("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", [({}, p["rss_bytes"])])
+    metric("process_cpu_seconds_total", "counter", "User and system CPU time in seconds.", [({}, p["cpu_seconds"])])
+    metric("process_open_fds", "gauge", "Open file descriptors.", [({}, p["open_fds"])])
+    metric("process_start_time_seconds", "gauge", "Start time since the epoch in seconds.", [({}, st["started_at"])])
+    return "\n".join(out) + "\n"
+
+
+# -- the client side (wmproxy-server status | reload | stop) ----------------------------------
+
+class ControlClientError(Exception):
+    pass
+
+
+def call(cfg: Config, method: str, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
+    """One request to the control API named in ``cfg``. Plain blocking sockets are fine here:
+    the command-line tools run no gevent hub. Raises ControlClientError."""
+    if cfg.control is None:
+        raise ControlClientError("no control API in this configuration: set control = \"127.0.0.1:8837\"")
+    host = cfg.control.host
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    conn = http.client.HTTPConnection(host, cfg.control.port, timeout=timeout)
+    headers = {"Authorization": f"Bearer {cfg.control_token}"} if cfg.control_token else {}
+    try:
+        conn.request(method, path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except OSError as e:
+        raise ControlClientError(f"cannot reach the control API at {cfg.control}: {e.strerror or e}") from None
+    finally:
+        conn.close()
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    return (f"{d}d" if d else "") + (f"{h}h" if h or d else "") + f"{m:02d}m{s:02d}s"
+
+
+def format_status(st: dict) -> str:
+    """The status as a readable table."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["config_loaded_at"]))
+    p = st["process"]
+    lines = [
+        f"{st['program']} {st['version']}  pid {st['pid']}  up {_duration(st['uptime_seconds'])}",
+        f"config   {st['config_file'] or '(embedded default)'}  loaded {when}  reloads {st['reloads']}  "
+        f"failed {st['reload_failures']}" + ("  (watching)" if st["watch"] else ""),
+        f"process  rss {_size(p['rss_bytes'])}  cpu {p['cpu_percent']:.1f}% ({p['cpu_seconds']:.1f}s)  "
+        f"open fds {p['open_fds']}",
+    ]
+    if st["last_reload_error"]:
+        lines.append(f"last reload error: {st['last_reload_error']}")
+    lines.append("")
+    header = ("KIND", "BIND", "STATE", "CONNS", "TOTAL", "IN", "OUT", "REQUESTS")
+    rows = [header] + [
+        (r["kind"], r["bind"], r["state"], str(r["connections"]), str(r["connections_total"]), _size(r["bytes_in"]),
+         _size(r["bytes_out"]), " ".join(f"{k}:{v}" for k, v in r["requests"].items()) or "-")
+        for r in st["listeners"]
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append(f"\ncenter links: {len(st['center_links'])}  mappings: {len(st['mappings'])}")
+    return "\n".join(lines)

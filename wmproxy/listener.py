@@ -1,0 +1,133 @@
+"""What every listener kind shares, so the app starts, diffs, updates and drains them alike.
+
+A kind (forward proxy, stream forwarding, control API; later the center link, mappings and
+``[http]``) declares itself with :class:`ListenerSpec` values built from a config:
+
+- ``key`` (kind and bind address) says which listener it is: same key on reload, same socket;
+- ``settings`` (frozen config values) say whether it changed: equal settings, nothing to do;
+- ``factory`` builds the running :class:`Listener` on an already bound socket.
+
+A running Listener serves each connection with the context it had when the connection
+arrived: :meth:`Listener.update` swaps the context for new connections only, so live ones
+finish on the old settings. :meth:`Listener.drain` stops accepting and lets them finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import gevent
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from .config import Addr
+
+log = logging.getLogger("wmproxy")
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    """One listener a config asks for."""
+
+    kind: str  # "proxy", "stream", "control", ...
+    bind: Addr
+    settings: Any  # frozen; compared on reload
+    label: str  # the config key path of the bind address, for errors
+    factory: Callable[..., "Listener"] = field(compare=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, str(self.bind))
+
+
+class ConnStats:
+    """Counters of one listener, kept across updates (for /status and /metrics)."""
+
+    __slots__ = ("active", "total", "bytes_in", "bytes_out", "statuses")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.total = 0
+        self.bytes_in = 0  # from clients
+        self.bytes_out = 0  # to clients
+        self.statuses: Counter = Counter()  # HTTP status -> requests
+
+
+class Listener(StreamServer):
+    """Base of every TCP listener kind.
+
+    Subclasses implement :meth:`make_context` (settings -> what a connection needs) and
+    :meth:`serve` (one connection; returns when it is done, the socket is closed after).
+    """
+
+    kind = "?"
+
+    def __init__(self, sock, spec: ListenerSpec, app) -> None:
+        self.spec = spec
+        self.stats = ConnStats()
+        self.started_at = time.time()
+        self.draining = False
+        self._retired: list[Pool] = []  # pools of connections from before a limit change
+        self.ctx = self.make_context(spec.settings, app)
+        super().__init__(sock, spawn=Pool(self.max_connections(spec.settings)))
+
+    # -- for subclasses ---------------------------------------------------------------------
+    def make_context(self, settings: Any, app) -> Any:
+        raise NotImplementedError
+
+    def serve(self, client, address, ctx) -> None:
+        raise NotImplementedError
+
+    def max_connections(self, settings: Any) -> int:
+        return getattr(settings, "max_connections", 10000)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def handle(self, client, address) -> None:
+        ctx = self.ctx  # this connection keeps these settings whatever reloads happen
+        self.stats.active += 1
+        self.stats.total += 1
+        try:
+            self.serve(client, address, ctx)
+        finally:
+            self.stats.active -= 1
+
+    def update(self, spec: ListenerSpec, app) -> None:
+        """New settings for new connections; live ones keep theirs. The socket stays."""
+        limit = self.max_connections(spec.settings)
+        if limit != self.max_connections(self.spec.settings):
+            self._retired.append(self.pool)
+            self.set_spawn(Pool(limit))
+        self.ctx = self.make_context(spec.settings, app)
+        self.spec = spec
+
+    @property
+    def pools(self) -> list[Pool]:
+        return [*self._retired, self.pool]
+
+    def drain(self, grace: float) -> int:
+        """Stop accepting (the socket closes), wait up to ``grace`` seconds for live
+        connections, then kill the rest. Returns how many had to be killed. Blocks."""
+        self.draining = True
+        if not self.closed:
+            self.close()
+        deadline = time.monotonic() + grace
+        for pool in self.pools:
+            pool.join(timeout=max(0.0, deadline - time.monotonic()))
+        left = sum(len(pool) for pool in self.pools)
+        for pool in self.pools:
+            pool.kill(timeout=2)
+        return left
+
+
+def drain_all(listeners: list[Listener], grace: float) -> int:
+    """Drain several listeners at once (one shared grace period). Returns the number killed."""
+    for listener in listeners:
+        if not listener.closed:
+            listener.close()  # all stop accepting before any waits
+    jobs = [gevent.spawn(listener.drain, grace) for listener in listeners]
+    gevent.joinall(jobs)
+    return sum(job.value or 0 for job in jobs)

@@ -1,7 +1,11 @@
 # make run   - set up .venv and start wmproxy-server on its embedded default (127.0.0.1:8090)
 # make test  - set up .venv with test extras and the Debian tools the tests call, run pytest
 # make bench - install the peers (iperf3, socat, wrk, squid, tinyproxy, pproxy) and measure
+# make install - a venv in $(PREFIX), programs in /usr/local/bin, configs in /etc/wmproxy,
+#                init scripts in /etc/init.d, systemd units in /etc/systemd/system
 PYTHON ?= python3
+PREFIX ?= /opt/wmproxy
+DESTDIR ?=
 VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
@@ -34,6 +38,22 @@ bench: $(VENV)/.installed
 check: $(VENV)/.installed
 	$(BIN)/python bin/wmproxy-server --check -c conf/server.toml
 	$(BIN)/python bin/wmproxy-client --check -c conf/client.toml
+
+install:
+	@tools/apt-need py:ensurepip:python3-venv
+	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
+	$(DESTDIR)$(PREFIX)/bin/pip install -q --upgrade pip
+	$(DESTDIR)$(PREFIX)/bin/pip install -q .
+	install -d $(DESTDIR)/usr/local/bin $(DESTDIR)/etc/wmproxy $(DESTDIR)/etc/init.d $(DESTDIR)/etc/systemd/system
+	for p in wmproxy-server wmproxy-client; do \
+	  ln -sf $(PREFIX)/bin/$$p $(DESTDIR)/usr/local/bin/$$p; \
+	  install -m 755 conf/init.d/wmproxy-server $(DESTDIR)/etc/init.d/$$p; \
+	  install -m 644 conf/systemd/$$p.service $(DESTDIR)/etc/systemd/system/$$p.service; \
+	done
+	for c in server client; do \
+	  [ -e $(DESTDIR)/etc/wmproxy/$$c.toml ] || install -m 640 conf/$$c.toml $(DESTDIR)/etc/wmproxy/$$c.toml; \
+	done
+	@echo "installed; start with: /etc/init.d/wmproxy-server start  (or systemctl enable --now wmproxy-server)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

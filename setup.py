@@ -28,6 +28,7 @@ setup(
             "PySocks>=1.7",
             "requests>=2.31",
             "hypothesis>=6.100",
+            "prometheus_client>=0.17",
         ],
     },
 )

@@ -132,6 +132,7 @@ class App:
         self.cfg = new
         for k in removed:
             listener = self.listeners.pop(k)
+            listener.close()  # stops accepting now; its live connections drain in the background
             self.draining.append(listener)
             gevent.spawn(self._drain_removed, listener)
         for k in changed:

@@ -1,14 +1,16 @@
 """Running as a service: pid file, daemon mode, logging, then the App until it stops.
 
-``--daemon`` forks twice and detaches (new session, cwd /, stdio to the log file); the
-starting process waits until the daemon has bound its listeners and exits 0, or prints why it
-could not start and exits 1, so an init script sees a failed start as a failure.
+``--daemon`` starts the same command again, detached (new session, cwd /, stdio to the log
+file); the starting process waits until the daemon has bound its listeners and exits 0, or
+prints why it could not start and exits 1, so an init script sees a failed start as a failure.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
+import subprocess
 import sys
 
 import psutil
@@ -19,6 +21,7 @@ from .config import Config
 from .logs import setup_logging
 
 log = logging.getLogger("wmproxy")
+READY_FD = "WMPROXY_READY_FD"
 
 
 class PidFileError(Exception):
@@ -55,33 +58,46 @@ def remove_pidfile(path: str) -> None:
         pass
 
 
-def _daemonize() -> int:
-    """Fork twice; in the daemon return the write end of a pipe to report startup on.
-    The original process never returns: it exits with the daemon's startup result."""
+def _daemonize() -> None:
+    """Start this same command again without --daemon, detached (new session, stdio on
+    /dev/null), and exit with its start-up result, which it writes to an inherited pipe
+    (``WMPROXY_READY_FD``). A fresh interpreter rather than fork(): forking a process with a
+    gevent hub and its locks is where daemons hang. Never returns."""
     rfd, wfd = os.pipe()
-    if os.fork() > 0:
-        os.close(wfd)
-        with os.fdopen(rfd, "rb") as r:
-            answer = r.read().decode("utf-8", "replace")
-        if answer.startswith("ok"):
-            os._exit(0)
-        print(answer or "the daemon exited before it was ready", file=sys.stderr)
-        os._exit(1)
-    os.close(rfd)
-    os.setsid()
-    if os.fork() > 0:
+    env = {k: v for k, v in os.environ.items() if k != "WMPROXY_DAEMON"}
+    env[READY_FD] = str(wfd)
+    argv = [sys.executable, os.path.abspath(sys.argv[0]), *(a for a in sys.argv[1:] if a != "--daemon")]
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, pass_fds=(wfd,), start_new_session=True, env=env)
+    os.close(wfd)
+    # Read up to the end of the one-line answer rather than to EOF (gevent's Popen keeps a
+    # copy of the write end here); stop early if the daemon dies without answering.
+    answer = b""
+    while not answer.endswith(b"\n"):
+        readable, _, _ = select.select([rfd], [], [], 0.5)
+        if readable:
+            chunk = os.read(rfd, 4096)
+            answer += chunk
+            if not chunk:
+                break
+        elif child.poll() is not None:
+            break
+    text = answer.decode("utf-8", "replace").strip()
+    if text == "ok":
         os._exit(0)
-    os.chdir("/")
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-    return wfd
+    print(text or f"the daemon exited with status {child.poll()} before it was ready", file=sys.stderr)
+    os._exit(1)
+
+
+def _ready_fd() -> int | None:
+    """In a daemon started by _daemonize: the pipe to report start-up on."""
+    value = os.environ.pop(READY_FD, "")
+    return int(value) if value.isdigit() else None
 
 
 def _report(wfd: int | None, message: str) -> None:
     if wfd is not None:
-        os.write(wfd, message.encode("utf-8"))
+        os.write(wfd, message.replace("\n", " ").encode("utf-8") + b"\n")
         os.close(wfd)
 
 
@@ -95,11 +111,13 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
     except PidFileError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
-    if daemon and not log_file:
-        print(f"{prog}: --daemon without --log-file: logs go nowhere", file=sys.stderr)
-    wfd = _daemonize() if daemon else None
+    if daemon:
+        if not log_file:
+            print(f"{prog}: --daemon without --log-file: logs go nowhere", file=sys.stderr)
+        _daemonize()
+    wfd = _ready_fd()
     try:
-        reopen = setup_logging(cfg.log_level, log_file, capture_stdio=daemon)
+        reopen = setup_logging(cfg.log_level, log_file, capture_stdio=wfd is not None)
     except OSError as e:
         _report(wfd, f"{prog}: cannot open log file {log_file}: {e.strerror}")
         print(f"{prog}: cannot open log file {log_file}: {e.strerror}", file=sys.stderr)
@@ -115,6 +133,8 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
         return 1
     log.info("%s %s started (pid %d%s)", prog, __version__, os.getpid(),
              f", config {config_file}" if config_file else ", embedded default config")
+    if wfd is not None:
+        os.chdir("/")  # a daemon keeps no directory busy; every path it uses is absolute
     _report(wfd, "ok")
     try:
         app.serve_forever(on_sigusr1=reopen)

@@ -91,14 +91,17 @@ class Proc:
 def start_proxy(tmp_path):
     procs: list[Proc] = []
 
-    def start(*args: str, config: str | None = None, env: dict | None = None, wait: bool = True) -> Proc:
+    def start(*args: str, config: str | None = None, env: dict | None = None, wait: bool = True,
+              bind: bool = True) -> Proc:
+        """Start wmproxy-server; unless ``bind`` is False or the config has '{port}', it gets
+        --bind on a free port."""
         port = free_port()
         argv = list(args)
         if config is not None:
             path = tmp_path / f"conf-{port}.toml"
             path.write_text(config.replace("{port}", str(port)))
             argv = ["-c", str(path), *argv]
-        if config is None or "{port}" not in config:
+        if bind and (config is None or "{port}" not in config):
             argv = ["--bind", f"127.0.0.1:{port}", *argv]
         p = Proc(argv, port, tmp_path, env)
         procs.append(p)
@@ -300,3 +303,23 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
             raise EOFError("closed mid-body")
         body += data
     return head, body
+
+
+def control(port: int, method: str, path: str, token: str = "") -> tuple[int, bytes]:
+    """One request to a control API on 127.0.0.1:port."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def http_get(port: int, url: str, headers: str = "") -> tuple[bytes, bytes]:
+    """A one-shot absolute-form GET through the HTTP proxy on ``port`` -> (head, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n".encode())
+        return read_response(s)

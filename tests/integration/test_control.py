@@ -1,0 +1,104 @@
+"""Control API: /status and /metrics against what the test did, the token, the commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import ROOT, control, curl, free_port, http_get
+
+SERVER = str(ROOT / "bin" / "wmproxy-server")
+
+
+def samples(text: str) -> dict:
+    """{(name, frozenset(labels)): value} from Prometheus text, via prometheus_client's parser."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def test_status_and_metrics_count_what_happened(start_proxy, origin, tmp_path):
+    cport = free_port()
+    p = start_proxy(config=f'control = "127.0.0.1:{cport}"\n[proxy]\nbind = "127.0.0.1:{{port}}"\n')
+    url = f"http://127.0.0.1:{origin.port}/whoami"
+    for _ in range(3):
+        assert http_get(p.port, url)[1] == b"origin-A"
+    dead = free_port()
+    assert http_get(p.port, f"http://127.0.0.1:{dead}/")[0].startswith(b"HTTP/1.1 502")
+    r = curl("--socks5-hostname", f"127.0.0.1:{p.port}", url)
+    assert r.stdout == b"origin-A"
+    p.wait_log("socks5")
+
+    status, body = control(cport, "GET", "/status")
+    assert status == 200
+    st = json.loads(body)
+    assert st["version"] and st["pid"] == p.popen.pid and st["uptime_seconds"] > 0
+    assert st["config_file"].endswith(".toml") and st["reloads"] == 0
+    proxy = next(row for row in st["listeners"] if row["kind"] == "proxy")
+    assert proxy["bind"] == f"127.0.0.1:{p.port}" and proxy["state"] == "serving"
+    assert proxy["connections_total"] >= 5  # 3 GETs, the 502, the SOCKS5 (plus the start-up probe)
+    assert proxy["requests"] == {"200": 3, "502": 1}
+    assert proxy["bytes_out"] > 0
+    assert st["process"]["rss_bytes"] > 10_000_000 and st["process"]["open_fds"] > 3
+    assert st["center_links"] == [] and st["mappings"] == []
+
+    status, body = control(cport, "GET", "/metrics")
+    assert status == 200
+    m = samples(body.decode())
+    labels = {"kind": "proxy", "bind": f"127.0.0.1:{p.port}", "state": "serving"}
+    assert m[("wmproxy_http_requests_total", frozenset({**labels, "status": "200"}.items()))] == 3
+    assert m[("wmproxy_http_requests_total", frozenset({**labels, "status": "502"}.items()))] == 1
+    assert m[("wmproxy_connections_total", frozenset(labels.items()))] == proxy["connections_total"]
+    assert m[("wmproxy_reloads_total", frozenset())] == 0
+    assert m[("wmproxy_reload_failures_total", frozenset())] == 0
+    assert m[("process_open_fds", frozenset())] > 3
+
+    assert control(cport, "GET", "/nope")[0] == 404
+    assert control(cport, "GET", "/reload")[0] == 405
+
+
+def test_token_required_when_set(start_proxy):
+    cport = free_port()
+    p = start_proxy(config=f'control = "127.0.0.1:{cport}"\ncontrol_token = "t0ken"\n'
+                           '[proxy]\nbind = "127.0.0.1:{port}"\n')
+    assert control(cport, "GET", "/status")[0] == 401
+    assert control(cport, "GET", "/status", token="wrong")[0] == 401
+    assert control(cport, "GET", "/status", token="t0ken")[0] == 200
+    assert p.popen.poll() is None
+
+
+def test_commands_status_reload_stop(start_proxy, tmp_path):
+    cport = free_port()
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'control = "127.0.0.1:{cport}"\n[proxy]\nbind = "127.0.0.1:{free_port()}"\n')
+    p = start_proxy("-c", str(conf), bind=False, wait=False)
+    from conftest import wait_port
+
+    wait_port(cport)
+
+    def cmd(*args):
+        return subprocess.run([sys.executable, SERVER, *args, "-c", str(conf)], capture_output=True, text=True,
+                              timeout=30)
+
+    r = cmd("status")
+    assert r.returncode == 0 and "KIND" in r.stdout and "proxy" in r.stdout and "control" in r.stdout, r.stderr
+    r = cmd("reload")
+    assert r.returncode == 0 and "reloaded:" in r.stdout
+    r = cmd("stop")
+    assert r.returncode == 0 and "stopping" in r.stdout
+    assert p.popen.wait(timeout=15) == 0
+    r = cmd("status")
+    assert r.returncode == 1 and "cannot reach the control API" in r.stderr
+
+
+def test_non_loopback_control_needs_a_token(tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text('control = "0.0.0.0:8837"\n')
+    r = subprocess.run([sys.executable, SERVER, "--check", "-c", str(conf)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "control: 0.0.0.0:8837 is reachable from other hosts: set control_token" in r.stderr

@@ -208,3 +208,28 @@ def test_sighup_and_file_watch_reload(setup, origin):
     s.proc.wait_log("(file changed)", timeout=10)
     wait_listening(stream_b)
     assert s.status()["reloads"] >= 2
+
+
+def test_client_program_reloads_the_same_way(tmp_path, origin):
+    """wmproxy-client shares the App: SIGHUP applies a diff there too."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    conf = tmp_path / "client.toml"
+    cport, proxy, stream = free_port(), free_port(), free_port()
+    conf.write_text(f'control = "127.0.0.1:{cport}"\n[proxy]\nbind = "127.0.0.1:{proxy}"\n')
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bin" / "wmproxy-client"), "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(proxy, proc=proc)
+        conf.write_text(conf.read_text() + stream_section(stream, origin.port))
+        proc.send_signal(signal.SIGHUP)
+        wait_port(stream, proc=proc)
+        st = json.loads(control(cport, "GET", "/status")[1])
+        assert st["program"] == "wmproxy-client" and st["reloads"] == 1
+        assert http_get(proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0

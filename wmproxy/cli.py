@@ -9,7 +9,6 @@ names where the value came from.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -39,7 +38,8 @@ class Opt:
 
     @property
     def env(self) -> str:
-        return "WMPROXY_" + self.flags[-1 if self.flags[-1].startswith("--") else 0].lstrip("-").replace("-", "_").upper()
+        """WMPROXY_ and the last long flag: --password -> WMPROXY_PASSWORD."""
+        return "WMPROXY_" + self.flags[-1].lstrip("-").replace("-", "_").upper()
 
 
 OPTIONS = (

@@ -133,20 +133,20 @@ def metrics_text(st: dict) -> str:
             out.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
 
     rows = st["listeners"]
-    lab = [{"kind": r["kind"], "bind": r["bind"], "state": r["state"]} for r in rows]
+    per = [({"kind": r["kind"], "bind": r["bind"], "state": r["state"]}, r) for r in rows]
     metric("wmproxy_info", "gauge", "Version of the running program.",
            [({"version": st["version"], "program": st["program"]}, 1)])
     metric("wmproxy_uptime_seconds", "gauge", "Seconds since the process started.", [({}, st["uptime_seconds"])])
     metric("wmproxy_connections", "gauge", "Open client connections per listener.",
-           [(l, r["connections"]) for l, r in zip(lab, rows)])
+           [(labels, r["connections"]) for labels, r in per])
     metric("wmproxy_connections_total", "counter", "Client connections accepted per listener.",
-           [(l, r["connections_total"]) for l, r in zip(lab, rows)])
+           [(labels, r["connections_total"]) for labels, r in per])
     metric("wmproxy_received_bytes_total", "counter", "Bytes received from clients per listener.",
-           [(l, r["bytes_in"]) for l, r in zip(lab, rows)])
+           [(labels, r["bytes_in"]) for labels, r in per])
     metric("wmproxy_sent_bytes_total", "counter", "Bytes sent to clients per listener.",
-           [(l, r["bytes_out"]) for l, r in zip(lab, rows)])
+           [(labels, r["bytes_out"]) for labels, r in per])
     metric("wmproxy_http_requests_total", "counter", "HTTP requests answered, by status.",
-           [({**l, "status": code}, n) for l, r in zip(lab, rows) for code, n in r["requests"].items()])
+           [({**labels, "status": code}, n) for labels, r in per for code, n in r["requests"].items()])
     metric("wmproxy_center_links", "gauge", "Center links that are up.", [({}, len(st["center_links"]))])
     metric("wmproxy_reloads_total", "counter", "Configuration reloads applied.", [({}, st["reloads"])])
     metric("wmproxy_reload_failures_total", "counter", "Configuration reloads refused (old one kept).",

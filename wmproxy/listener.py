@@ -14,7 +14,7 @@ finish on the old settings. :meth:`Listener.drain` stops accepting and lets them
 
 from __future__ import annotations
 
-import logging
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,8 +25,6 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from .config import Addr
-
-log = logging.getLogger("wmproxy")
 
 
 @dataclass(frozen=True)
@@ -88,6 +86,10 @@ class Listener(StreamServer):
     # -- lifecycle ----------------------------------------------------------------------------
     def handle(self, client, address) -> None:
         ctx = self.ctx  # this connection keeps these settings whatever reloads happen
+        try:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # proxies forward, not batch
+        except OSError:
+            pass
         self.stats.active += 1
         self.stats.total += 1
         try:

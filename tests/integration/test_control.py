@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, control, curl, free_port, http_get

@@ -36,7 +36,8 @@ def test_init_script_start_status_reload_restart_stop(tmp_path, origin):
         assert http_get(proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"
         assert init("start", env).stdout.startswith("wmproxy-server is already running")
 
-        conf.write_text(conf.read_text() + f'[[stream.upstream]]\nname = "o"\nserver = [{{ addr = "127.0.0.1:{origin.port}" }}]\n'
+        conf.write_text(conf.read_text() + f'[[stream.upstream]]\nname = "o"\n'
+                        f'server = [{{ addr = "127.0.0.1:{origin.port}" }}]\n'
                         f'[[stream.server]]\nbind = "127.0.0.1:{stream}"\nup_name = "o"\n')
         r = init("reload", env)
         assert r.returncode == 0, r.stdout

@@ -140,8 +140,9 @@ def parse_address(buf: bytes, offset: int) -> tuple[str, int, int]:
             raise ProtocolError("SOCKS5 empty domain name", socks5_reply=REP_HOST_UNREACHABLE)
         end = offset + 2 + n
         _need(buf, end + 2)
+        raw = bytes(buf[offset + 2 : end])
         try:
-            host = bytes(buf[offset + 2 : end]).decode("idna" if any(b > 127 for b in buf[offset + 2 : end]) else "ascii")
+            host = raw.decode("ascii") if raw.isascii() else raw.decode("idna")
         except UnicodeError:
             raise ProtocolError("SOCKS5 domain name is not valid", socks5_reply=REP_HOST_UNREACHABLE) from None
     else:

@@ -254,7 +254,7 @@ class HttpSession:
             stale_ok = up.used and framing == http1.NO_BODY and attempt == 1
             sent = False
             try:
-                httpio.copy_body(self.reader, up.send, framing, True, prefix=data)
+                self.info.up += httpio.copy_body(self.reader, up.send, framing, True, prefix=data)
                 sent = True
                 return up, self._response_head(up, head.version == "1.1")
             except (PeerClosed, ConnectionError) as e:

@@ -85,10 +85,6 @@ class ProxyServer(Listener):
 
     def serve(self, client: socket.socket, address, ctx: ProxyContext) -> None:
         info = ConnInfo(fmt_addr(address[0], address[1]))
-        try:
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
         client.settimeout(ctx.cfg.handshake_timeout)
         reader = Reader(client)
         allowed = ctx.client_allowed(address[0])

@@ -1,0 +1,320 @@
+"""The center link's frames (shared/docs/PROTOCOL.md), declared once. Pure: bytes in, values out.
+
+Header: exactly 8 bytes, big-endian, then exactly ``length`` body bytes.
+
+ 0               1               2               3
++---------------+---------------+---------------+---------------+
+|                 length (u24)                  |   kind (u8)   |
++---------------+---------------+---------------+---------------+
+|   flag (u8)   |               sock_map (u24)                  |
++---------------+---------------+---------------+---------------+
+
+Every ``decode_*`` takes a complete body and returns values or raises ProtocolError (never
+anything else, whatever the bytes); :func:`parse_frame` takes the bytes received so far and
+returns ``(Frame, consumed)`` or raises NeedMore, like the SOCKS parsers, so the same frames
+can be read from a socket (read exactly 8, then exactly ``length``) or fed in any split.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+
+from ..errors import NeedMore, ProtocolError
+
+HEADER_SIZE = 8
+MAX_LENGTH = (1 << 24) - 1  # what the u24 length can say
+MAX_SOCK_MAP = (1 << 24) - 1
+DEFAULT_MAX_BODY = 1 << 20  # a receiver's default limit (1 MiB)
+PROTOCOL_VERSION = 1
+NONCE_SIZE = 16
+PING_SIZE = 8
+
+_HEADER = struct.Struct("!II")
+
+
+class Kind(enum.IntEnum):
+    DATA = 0  #: payload bytes of a stream
+    CREATE = 1  #: open a stream: u8 mode, short target
+    CLOSE = 2  #: end a stream (with FIN: half-close), or the link (sock_map 0): short reason
+    MAPPING = 3  #: the client's mappings; with ACK, the server's answer
+    TOKEN = 4  #: short username, short proof; with ACK, accepted
+    HELLO = 5  #: u8 version, 16-byte nonce; the server's first frame
+    PING = 6  #: 8 opaque bytes; answered with ACK and the same bytes
+    WINDOW = 7  #: u32 credit: the receiver consumed that many more DATA bytes
+
+
+class Flag(enum.IntFlag):
+    NONE = 0
+    ACK = 0x01  #: answers a frame of the same kind
+    FIN = 0x10  #: on CLOSE: half-close only
+
+
+class CreateMode(enum.IntEnum):
+    PROXY = 0  #: run the forward proxy on the stream's bytes
+    CONNECT = 1  #: dial the ``host:port`` target
+    TCP = 2  #: dial the local address of the named TCP mapping
+    HTTP = 3  #: dial the local address of the named HTTP mapping
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: Kind
+    flag: int
+    sock_map: int
+    body: bytes = b""
+
+    def encode(self) -> bytes:
+        return encode_header(len(self.body), self.kind, self.flag, self.sock_map) + self.body
+
+
+def encode_header(length: int, kind: int, flag: int, sock_map: int) -> bytes:
+    """The 8 header bytes. Raises ValueError for values the fields cannot hold (our bug)."""
+    if not 0 <= length <= MAX_LENGTH or not 0 <= sock_map <= MAX_SOCK_MAP or not 0 <= kind < 256 \
+            or not 0 <= flag < 256:
+        raise ValueError(f"frame header out of range: length={length} kind={kind} flag={flag} sock_map={sock_map}")
+    return _HEADER.pack((length << 8) | kind, (flag << 24) | sock_map)
+
+
+def decode_header(data: bytes, max_body: int = DEFAULT_MAX_BODY) -> tuple[int, Kind, int, int]:
+    """8 header bytes -> (length, kind, flag, sock_map). Raises ProtocolError for an unknown
+    kind or a body longer than ``max_body``."""
+    if len(data) != HEADER_SIZE:
+        raise ProtocolError(f"a frame header is {HEADER_SIZE} bytes, got {len(data)}")
+    first, second = _HEADER.unpack(data)
+    length, kind, flag, sock_map = first >> 8, first & 0xFF, second >> 24, second & 0xFFFFFF
+    try:
+        kind = Kind(kind)
+    except ValueError:
+        raise ProtocolError(f"unknown frame kind {kind}") from None
+    if length > max_body:
+        raise ProtocolError(f"frame body of {length} bytes is over the limit of {max_body}")
+    return length, kind, flag, sock_map
+
+
+def parse_frame(buf: bytes, max_body: int = DEFAULT_MAX_BODY) -> tuple[Frame, int]:
+    """A whole frame from the start of ``buf`` -> (Frame, consumed); NeedMore if incomplete."""
+    if len(buf) < HEADER_SIZE:
+        raise NeedMore()
+    length, kind, flag, sock_map = decode_header(bytes(buf[:HEADER_SIZE]), max_body)
+    end = HEADER_SIZE + length
+    if len(buf) < end:
+        raise NeedMore()
+    return Frame(kind, flag, sock_map, bytes(buf[HEADER_SIZE:end])), end
+
+
+# -- body fields ------------------------------------------------------------------------------
+
+def encode_short(text: str) -> bytes:
+    """A short string: u8 length, then that many UTF-8 bytes."""
+    raw = text.encode("utf-8")
+    if len(raw) > 255:
+        raise ValueError(f"short string longer than 255 bytes: {text[:40]!r}...")
+    return bytes((len(raw),)) + raw
+
+
+class _Body:
+    """A cursor over one body; every read checks the bounds."""
+
+    __slots__ = ("data", "pos", "what")
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data = data
+        self.pos = 0
+        self.what = what
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise ProtocolError(f"{self.what} body is truncated")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return struct.unpack("!H", self.take(2))[0]
+
+    def u32(self) -> int:
+        return struct.unpack("!I", self.take(4))[0]
+
+    def short(self) -> str:
+        raw = self.take(self.u8())
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(f"{self.what} body has a string that is not UTF-8") from None
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise ProtocolError(f"{self.what} body has {len(self.data) - self.pos} unexpected trailing bytes")
+
+
+# -- one encoder and decoder per body -----------------------------------------------------------
+
+def encode_create(mode: CreateMode, target: str = "") -> bytes:
+    return bytes((mode,)) + encode_short(target)
+
+
+def decode_create(body: bytes) -> tuple[CreateMode, str]:
+    b = _Body(body, "CREATE")
+    raw_mode = b.u8()
+    try:
+        mode = CreateMode(raw_mode)
+    except ValueError:
+        raise ProtocolError(f"CREATE mode {raw_mode} is not known") from None
+    target = b.short()
+    b.end()
+    return mode, target
+
+
+def encode_close(reason: str = "") -> bytes:
+    return encode_short(reason[:200])
+
+
+def decode_close(body: bytes) -> str:
+    if not body:
+        return ""  # lenient: an empty body is an empty reason
+    b = _Body(body, "CLOSE")
+    reason = b.short()
+    b.end()
+    return reason
+
+
+def encode_token(username: str, proof: str) -> bytes:
+    return encode_short(username) + encode_short(proof)
+
+
+def decode_token(body: bytes) -> tuple[str, str]:
+    b = _Body(body, "TOKEN")
+    username, proof = b.short(), b.short()
+    b.end()
+    return username, proof
+
+
+def encode_hello(nonce: bytes, version: int = PROTOCOL_VERSION) -> bytes:
+    if len(nonce) != NONCE_SIZE:
+        raise ValueError(f"a nonce is {NONCE_SIZE} bytes")
+    return bytes((version,)) + nonce
+
+
+def decode_hello(body: bytes) -> tuple[int, bytes]:
+    b = _Body(body, "HELLO")
+    version, nonce = b.u8(), b.take(NONCE_SIZE)
+    b.end()
+    return version, nonce
+
+
+def decode_ping(body: bytes) -> bytes:
+    if len(body) != PING_SIZE:
+        raise ProtocolError(f"PING body must be {PING_SIZE} bytes, got {len(body)}")
+    return body
+
+
+def encode_window(credit: int) -> bytes:
+    return struct.pack("!I", credit)
+
+
+def decode_window(body: bytes) -> int:
+    b = _Body(body, "WINDOW")
+    credit = b.u32()
+    b.end()
+    return credit
+
+
+def proof(password: str, nonce: bytes) -> str:
+    """The handshake proof: lowercase hex HMAC-SHA256(key=password, msg=nonce). The password
+    itself never crosses the wire."""
+    return hmac.new(password.encode("utf-8"), nonce, hashlib.sha256).hexdigest()
+
+
+def proof_matches(password: str, nonce: bytes, given: str) -> bool:
+    return hmac.compare_digest(proof(password, nonce), given)
+
+
+# -- MAPPING ------------------------------------------------------------------------------------
+
+class HeaderOp(enum.IntEnum):
+    ADD = 1  #: "+ k v"
+    DELETE = 2  #: "- k"
+    SET_IF_ABSENT = 3  #: "? k v"
+    REPLACE = 4  #: "k v"
+
+
+@dataclass(frozen=True)
+class HeaderRule:
+    is_proxy: bool  # applies to the request going to the service ("proxy ..."), else the response
+    op: HeaderOp
+    key: str
+    value: str = ""
+
+
+@dataclass(frozen=True)
+class MappingSpec:
+    """What the client tells the server of one mapping (its local address stays local)."""
+
+    name: str
+    mode: str  # tcp, http, https, proxy, udp
+    domain: str = ""
+    remote_bind: str = ""
+    headers: tuple[HeaderRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class MappingAnswer:
+    name: str
+    accepted: bool
+    reason: str = ""
+
+
+def encode_mappings(mappings: list[MappingSpec] | tuple[MappingSpec, ...]) -> bytes:
+    out = [struct.pack("!H", len(mappings))]
+    for m in mappings:
+        out += [encode_short(m.name), encode_short(m.mode), encode_short(m.domain), encode_short(m.remote_bind),
+                struct.pack("!H", len(m.headers))]
+        for h in m.headers:
+            out += [bytes((int(h.is_proxy), h.op)), encode_short(h.key), encode_short(h.value)]
+    return b"".join(out)
+
+
+def decode_mappings(body: bytes) -> list[MappingSpec]:
+    b = _Body(body, "MAPPING")
+    mappings = []
+    for _ in range(b.u16()):
+        name, mode, domain, remote_bind = b.short(), b.short(), b.short(), b.short()
+        headers = []
+        for _ in range(b.u16()):
+            is_proxy, raw_op = b.u8(), b.u8()
+            if is_proxy not in (0, 1):
+                raise ProtocolError(f"MAPPING header rule has is_proxy={is_proxy}")
+            try:
+                op = HeaderOp(raw_op)
+            except ValueError:
+                raise ProtocolError(f"MAPPING header rule op {raw_op} is not known") from None
+            headers.append(HeaderRule(bool(is_proxy), op, b.short(), b.short()))
+        mappings.append(MappingSpec(name, mode, domain, remote_bind, tuple(headers)))
+    b.end()
+    return mappings
+
+
+def encode_mapping_answers(answers: list[MappingAnswer] | tuple[MappingAnswer, ...]) -> bytes:
+    out = [struct.pack("!H", len(answers))]
+    for a in answers:
+        out += [encode_short(a.name), bytes((int(a.accepted),)), encode_short(a.reason)]
+    return b"".join(out)
+
+
+def decode_mapping_answers(body: bytes) -> list[MappingAnswer]:
+    b = _Body(body, "MAPPING answer")
+    answers = []
+    for _ in range(b.u16()):
+        name, accepted = b.short(), b.u8()
+        if accepted not in (0, 1):
+            raise ProtocolError(f"MAPPING answer has accepted={accepted}")
+        answers.append(MappingAnswer(name, bool(accepted), b.short()))
+    b.end()
+    return answers

@@ -27,6 +27,7 @@ from gevent.lock import Semaphore
 from . import __version__, config
 from .config import Addr, Config
 from .errors import ConfigError, ProxyError
+from .center.client import CenterClient
 from .listener import Listener, ListenerSpec, drain_all
 from .net.dns import Resolver
 
@@ -66,11 +67,12 @@ def open_listener(addr: Addr, what: str, backlog: int = 1024) -> socket.socket:
 def listener_specs(cfg: Config) -> dict[tuple[str, str], ListenerSpec]:
     """Every listener the config asks for, by key. Each kind declares its own."""
     from . import control
+    from .center import server as center_server
     from .proxy import server as proxy_server
     from .stream import tcp as stream_tcp
 
     specs: dict[tuple[str, str], ListenerSpec] = {}
-    for kind in (proxy_server, stream_tcp, control):
+    for kind in (proxy_server, stream_tcp, center_server, control):
         for spec in kind.listener_specs(cfg):
             if spec.key in specs:
                 raise BindError(f"{spec.label}: {spec.bind} is also {specs[spec.key].label}")
@@ -89,6 +91,7 @@ class App:
         self.prog = prog
         self.resolver = Resolver(cfg.dns_or_default)
         self.listeners: dict[tuple[str, str], Listener] = {}
+        self.center_client = None  # a CenterClient when [center] server is set
         self.draining: list[Listener] = []
         self.started_at = time.time()
         self.loaded_at = time.time()
@@ -117,6 +120,16 @@ class App:
         resolver_changed = new.dns_or_default != self.cfg.dns_or_default
         changed = [k for k in specs if k in self.listeners
                    and (resolver_changed or self.listeners[k].spec != specs[k])]
+        client_cfg = _center_client_cfg(new)
+        new_client = None
+        try:  # certificate files and the like are read before anything changes
+            for k in [*added, *changed]:
+                if specs[k].check is not None:
+                    specs[k].check()
+            if client_cfg != _center_client_cfg(self.cfg) or (client_cfg and self.center_client is None):
+                new_client = CenterClient(client_cfg, self) if client_cfg else False
+        except ConfigError as e:
+            raise ConfigError(self.config_file or "", e.path, e.message) from None
         sockets: dict = {}
         try:  # bind everything new first: a failure here changes nothing
             for k in added:
@@ -130,6 +143,12 @@ class App:
         if new.log_level != self.cfg.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
         self.cfg = new
+        if new_client is not None:  # before the listeners: a proxy's new context picks it up
+            if self.center_client is not None:
+                self.center_client.stop()
+            self.center_client = new_client or None
+            if self.center_client is not None:
+                self.center_client.start()
         for k in removed:
             listener = self.listeners.pop(k)
             listener.close()  # stops accepting now; its live connections drain in the background
@@ -143,7 +162,7 @@ class App:
             self.listeners[k] = listener
             log.info("%s listening on %s", specs[k].kind, _bound(sockets[k]))
             if specs[k].kind == "proxy":
-                _warn_if_open(specs[k].settings)
+                _warn_if_open(specs[k].settings[0])
         names = lambda keys: [f"{kind} {bind}" for kind, bind in keys]  # noqa: E731
         return {"added": names(added), "removed": names(removed), "changed": names(changed),
                 "unchanged": len(specs) - len(added) - len(changed)}
@@ -210,6 +229,14 @@ class App:
             seen = now
             gevent.spawn(self.reload, "file changed")
 
+    def proxy_handler(self, proxy_cfg, stats):
+        """The forward proxy as a function of (connection, client address), for features that
+        hand it connections of their own (the center server's PROXY streams)."""
+        from .proxy.server import ProxyContext, serve_connection
+
+        ctx = ProxyContext(proxy_cfg, self.resolver, stats)
+        return lambda conn, address: serve_connection(ctx, conn, address)
+
     # -- status --------------------------------------------------------------------------------
     def status(self) -> dict:
         """Everything /status and /metrics show. Cheap: no I/O but psutil's /proc reads."""
@@ -253,8 +280,12 @@ class App:
             "connections": sum(r["connections"] for r in rows),
             "bytes_in": sum(r["bytes_in"] for r in rows),
             "bytes_out": sum(r["bytes_out"] for r in rows),
-            "center_links": [],  # the center link arrives with issue 4
-            "mappings": [],
+            "center_links": [
+                *(row for listener in self.listeners.values() if hasattr(listener, "link_status")
+                  for row in listener.link_status()),
+                *([self.center_client.status()] if self.center_client is not None else []),
+            ],
+            "mappings": [],  # mappings arrive with issue 5
             "process": process,
         }
 
@@ -271,6 +302,8 @@ class App:
         grace = self.cfg.grace if grace is None else grace
         if self._watcher is not None:
             self._watcher.kill(block=False)
+        if self.center_client is not None:
+            self.center_client.stop()
         everything = [*self.listeners.values(), *self.draining]
         left = drain_all(everything, grace)
         if left:
@@ -290,6 +323,10 @@ class App:
             for h in handlers:
                 h.cancel()
         log.info("stopped")
+
+
+def _center_client_cfg(cfg: Config):
+    return cfg.center if cfg.center is not None and not cfg.center.is_server else None
 
 
 def _bound(sock: socket.socket) -> str:

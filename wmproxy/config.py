@@ -327,6 +327,63 @@ class StreamConfig:
         return next(u for u in self.upstream if u.name == name)
 
 
+@dataclass(frozen=True)
+class CenterUser:
+    """``[[center.users]]``: one account a center client may log in with."""
+
+    username: str = key(to_str, REQUIRED, "the client's name")
+    password: str = key(to_str, REQUIRED, "its password (never sent: the client proves it with HMAC)")
+
+
+@dataclass(frozen=True)
+class CenterConfig:
+    """``[center]``: the center link. ``bind`` makes this end the server, ``server`` the client."""
+
+    bind: Optional[Addr] = key(optional_addr, None, "server: address the center clients connect to")
+    server: Optional[Addr] = key(optional_addr, None, "client: the center server to connect to")
+    tls: bool = key(to_bool, True, "TLS on the link (plain TCP only with tls = false, with a warning)")
+    cert: str = key(to_str, "", "PEM certificate (server; client too for mutual TLS)")
+    client_ca: str = key(to_str, "", "server: require client certificates signed by this CA")
+    ca: str = key(to_str, "", "client: CA file to verify the server with ('' = the system store)")
+    server_name: str = key(to_str, "", "client: name the server certificate must carry (default: server host)")
+    username: str = key(to_str, "", "client: who to log in as; server: the single account")
+    password: str = key(to_str, "", "client: its password; server: the single account's")
+    users: tuple = key(table_list(CenterUser), (), "server: several accounts")
+    heartbeat: float = key(to_duration, 15.0, "PING an idle link this often; 3 x without a frame = dead")
+    window: int = key(to_size, 262144, "per-stream flow-control window")
+    max_frame: int = key(to_size, 1 << 20, "largest frame body accepted")
+    # last: from here on, 'key' in this class body names this field, not the declaring function
+    key: str = key(to_str, "", "PEM private key for cert")
+
+    def validate(self) -> None:
+        if (self.bind is None) == (self.server is None):
+            raise Invalid("set bind (this end is the center server) or server (this end is a center client), "
+                          "not both and not neither", ".bind")
+        if self.tls and self.bind is not None and not (self.cert and self.key):
+            raise Invalid("a TLS center server needs cert and key (or tls = false, plain TCP)", ".cert")
+        if bool(self.cert) != bool(self.key):
+            raise Invalid("cert and key go together", ".key")
+        if bool(self.username) != bool(self.password):
+            raise Invalid("username and password go together", ".password")
+        if self.heartbeat <= 0:
+            raise Invalid("heartbeat must be more than 0", ".heartbeat")
+        if not 16384 <= self.window <= 1 << 30:
+            raise Invalid("window must be from 16k to 1g", ".window")
+        if not 65536 <= self.max_frame <= (1 << 24) - 1:
+            raise Invalid("max_frame must be from 64k to 16m - 1", ".max_frame")
+
+    @property
+    def is_server(self) -> bool:
+        return self.bind is not None
+
+    def accounts(self) -> dict[str, str]:
+        """username -> password; empty when the server takes anyone (no credentials set)."""
+        out = {u.username: u.password for u in self.users}
+        if self.username:
+            out[self.username] = self.password
+        return out
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -344,8 +401,12 @@ class Config:
     dns: Optional[DnsConfig] = section(DnsConfig, "name resolution")
     proxy: Optional[ProxyConfig] = section(ProxyConfig, "forward proxy")
     stream: Optional[StreamConfig] = section(StreamConfig, "layer-4 forwarding")
+    center: Optional[CenterConfig] = section(CenterConfig, "the center link (tunnel)")
 
     def validate(self) -> None:
+        if self.center is not None and not self.center.is_server and self.proxy is not None and self.proxy.auth:
+            raise Invalid("in a center client the local proxy's traffic is served by the center server's "
+                          "forward proxy: set username/password in the server's [proxy]", ".proxy.username")
         if self.control is not None and not self.control.is_loopback and not self.control_token:
             raise Invalid(f"{self.control} is reachable from other hosts: set control_token, or bind the "
                           "control API to a loopback address", ".control")

@@ -36,6 +36,7 @@ class ListenerSpec:
     settings: Any  # frozen; compared on reload
     label: str  # the config key path of the bind address, for errors
     factory: Callable[..., "Listener"] = field(compare=False)
+    check: Callable[[], None] | None = field(default=None, compare=False)  # raises ConfigError (files...)
 
     @property
     def key(self) -> tuple[str, str]:

@@ -18,6 +18,7 @@ import psutil
 from . import __version__
 from .app import App, BindError
 from .config import Config
+from .errors import ConfigError
 from .logs import setup_logging
 
 log = logging.getLogger("wmproxy")
@@ -127,7 +128,7 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
         app.start()
         if pidfile:
             write_pidfile(pidfile)
-    except (BindError, OSError) as e:
+    except (BindError, ConfigError, OSError) as e:
         log.error("%s", e)
         _report(wfd, f"{prog}: {e}")
         return 1

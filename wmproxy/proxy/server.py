@@ -18,7 +18,12 @@ from ..errors import ProtocolError
 from ..listener import ConnStats, Listener, ListenerSpec
 from ..net.dial import dial, fmt_addr
 from ..net.dns import Resolver
+from ..net import httpio
 from ..net.reader import PeerClosed, Reader
+from ..net.relay import RelayStats, relay
+from ..prot import socks as s5
+from ..prot.frame import CreateMode
+from ..prot.http1 import simple_response
 from . import http, socks
 
 log = logging.getLogger("wmproxy.proxy")
@@ -48,10 +53,11 @@ class ProxyContext:
     """Settings and services one listener's handlers share. Immutable once built: a reload
     builds a new context for new connections while live ones keep theirs."""
 
-    def __init__(self, cfg: ProxyConfig, resolver: Resolver, stats: ConnStats | None = None) -> None:
+    def __init__(self, cfg: ProxyConfig, resolver: Resolver, stats: ConnStats | None = None, via=None) -> None:
         self.cfg = cfg
         self.resolver = resolver
         self.stats = stats or ConnStats()
+        self.via = via  # a center client (its .link, None while down): connections go through it
 
     def client_allowed(self, ip: str) -> bool:
         """Deny list first, then the allow list (an empty allow list allows everyone)."""
@@ -76,57 +82,106 @@ class ProxyContext:
 
 
 class ProxyServer(Listener):
-    """A forward proxy on one listening socket."""
+    """A forward proxy on one listening socket. Settings: (ProxyConfig, the center client's
+    config or None); with a center client, connections go through its link."""
 
     kind = "proxy"
 
-    def make_context(self, settings: ProxyConfig, app) -> ProxyContext:
-        return ProxyContext(settings, app.resolver, self.stats)
+    def make_context(self, settings, app) -> ProxyContext:
+        proxy_cfg, center_cfg = settings
+        return ProxyContext(proxy_cfg, app.resolver, self.stats, app.center_client if center_cfg else None)
+
+    def max_connections(self, settings) -> int:
+        return settings[0].max_connections
 
     def serve(self, client: socket.socket, address, ctx: ProxyContext) -> None:
-        info = ConnInfo(fmt_addr(address[0], address[1]))
-        client.settimeout(ctx.cfg.handshake_timeout)
-        reader = Reader(client)
-        allowed = ctx.client_allowed(address[0])
-        failed = True
-        first = None
-        try:
-            first = reader.peek(1)
-            if not first:
-                info.result = "closed before sending"
-                return
-            flags = ctx.cfg.flag
-            if first[0] == socks.SOCKS5 and "socks5" in flags:
-                socks.serve_socks5(ctx, client, reader, info, allowed)
-            elif first[0] == socks.SOCKS4 and "socks4" in flags:
-                socks.serve_socks4(ctx, client, reader, info, allowed)
-            elif first[0] not in (socks.SOCKS4, socks.SOCKS5) and flags & {"http", "https"}:
-                http.serve_http(ctx, client, reader, info, allowed)
-            else:
-                info.proto = "?"
-                info.result = f"refused: protocol of first byte 0x{first[0]:02x} not served"
-            failed = False
-        except socket.timeout:
-            info.result = "timeout waiting for the client"
-        except PeerClosed as e:
-            info.result = f"client closed: {e}"
-        except ProtocolError as e:
-            info.result = f"bad request: {e}"
-        except OSError as e:
-            info.result = f"client error: {e.strerror or e}"
-        except Exception:
-            info.result = "internal error"
-            log.exception("internal error serving %s", info.peer)
-        finally:
-            ctx.stats.bytes_in += info.up
-            ctx.stats.bytes_out += info.down
-            if info.proto != "http" or failed:  # HTTP logs one line per request itself
-                # a connect-and-close (port probe, health check) is not worth an info line
-                log.log(logging.DEBUG if first == b"" else logging.INFO, "%s", info.line())
+        serve_connection(ctx, client, address)
+
+
+def serve_connection(ctx: ProxyContext, client, address) -> None:
+    """Serve one client connection (a socket or a center link stream) as the forward proxy.
+    Returns when it is done; never raises for what the client sends; does not close ``client``."""
+    info = ConnInfo(fmt_addr(address[0], address[1]))
+    client.settimeout(ctx.cfg.handshake_timeout)
+    reader = Reader(client)
+    allowed = ctx.client_allowed(address[0])
+    failed = True
+    first = None
+    try:
+        first = reader.peek(1)
+        if not first:
+            info.result = "closed before sending"
+            return
+        flags = ctx.cfg.flag
+        if ctx.via is not None:
+            _through_link(ctx, client, reader, info, allowed, first[0])
+        elif first[0] == socks.SOCKS5 and "socks5" in flags:
+            socks.serve_socks5(ctx, client, reader, info, allowed)
+        elif first[0] == socks.SOCKS4 and "socks4" in flags:
+            socks.serve_socks4(ctx, client, reader, info, allowed)
+        elif first[0] not in (socks.SOCKS4, socks.SOCKS5) and flags & {"http", "https"}:
+            http.serve_http(ctx, client, reader, info, allowed)
+        else:
+            info.proto = "?"
+            info.result = f"refused: protocol of first byte 0x{first[0]:02x} not served"
+        failed = False
+    except socket.timeout:
+        info.result = "timeout waiting for the client"
+    except PeerClosed as e:
+        info.result = f"client closed: {e}"
+    except ProtocolError as e:
+        info.result = f"bad request: {e}"
+    except OSError as e:
+        info.result = f"client error: {e.strerror or e}"
+    except Exception:
+        info.result = "internal error"
+        log.exception("internal error serving %s", info.peer)
+    finally:
+        ctx.stats.bytes_in += info.up
+        ctx.stats.bytes_out += info.down
+        if info.proto != "http" or failed:  # HTTP logs one line per request itself
+            # a connect-and-close (port probe, health check) is not worth an info line
+            log.log(logging.DEBUG if first == b"" else logging.INFO, "%s", info.line())
+
+
+def _through_link(ctx: ProxyContext, client, reader: Reader, info: ConnInfo, allowed: bool, first: int) -> None:
+    """A center client's local proxy: the connection's bytes go, unparsed, to a PROXY stream
+    and the center server's forward proxy serves them. While the link is down the client
+    gets its protocol's failure at once."""
+    link = ctx.via.link
+    if not allowed or link is None:
+        reason = "client address not allowed" if not allowed else "the center link is down"
+        info.proto = {socks.SOCKS5: "socks5", socks.SOCKS4: "socks4"}.get(first, "http")
+        refuse(client, reader, first, reason, ctx.cfg.max_header_size, not_allowed=not allowed)
+        info.result = f"refused: {reason}"
+        info.proto = "center"
+        return
+    info.proto, info.target = "center", link.name
+    stream = link.open_stream(CreateMode.PROXY)
+    stats = RelayStats()
+    relay(client, stream, ctx.cfg.idle_timeout, a_pending=reader.take_pending(), stats=stats)
+    info.up, info.down, info.result = stats.a_to_b, stats.b_to_a, f"done ({stats.reason})"
+
+
+def refuse(client, reader: Reader, first: int, reason: str, max_header: int, not_allowed: bool = False) -> None:
+    """Read the request just far enough to answer it with the protocol's refusal."""
+    if first == socks.SOCKS5:
+        reader.read_message(s5.parse_greeting)
+        client.sendall(s5.encode_method(s5.METHOD_NO_AUTH))
+        reader.read_message(s5.parse_request)
+        client.sendall(s5.encode_reply(s5.REP_NOT_ALLOWED if not_allowed else s5.REP_GENERAL_FAILURE))
+    elif first == socks.SOCKS4:
+        reader.read_message(s5.parse_socks4)
+        client.sendall(s5.encode_socks4_reply(False))
+    else:
+        httpio.read_head(reader, max_header)
+        client.sendall(simple_response(403 if not_allowed else 502, f"wmproxy: {reason}"))
 
 
 def listener_specs(cfg: Config) -> list[ListenerSpec]:
-    """The forward proxy listener a config asks for (none without [proxy])."""
+    """The forward proxy listener a config asks for (none without [proxy]). In a center
+    client (``[center] server``), its connections go through the link."""
     if cfg.proxy is None:
         return []
-    return [ListenerSpec("proxy", cfg.proxy.bind, cfg.proxy, "proxy.bind", ProxyServer)]
+    center_client = cfg.center if cfg.center is not None and not cfg.center.is_server else None
+    return [ListenerSpec("proxy", cfg.proxy.bind, (cfg.proxy, center_client), "proxy.bind", ProxyServer)]

@@ -1,0 +1,1 @@
+"""The center link: one multiplexed (TLS) connection between wmproxy-client and wmproxy-server."""

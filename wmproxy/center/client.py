@@ -1,0 +1,104 @@
+"""The center client: keeps one link to the center server, dialling again with exponential
+backoff and jitter (1 s doubling to 30 s) whenever it drops, forever, one log line per attempt.
+``link`` is the live link, or None while it is down (new local connections then fail at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import time
+
+import gevent
+
+from ..config import CenterConfig
+from ..errors import ProtocolError, UpstreamError
+from ..net.dial import dial
+from ..net.reader import PeerClosed, Reader
+from ..net.tls import client_context
+from ..prot.frame import CreateMode
+from . import handshake
+from .link import CenterLink, VirtualConn
+
+log = logging.getLogger("wmproxy.center")
+
+HANDSHAKE_TIMEOUT = 10.0
+FIRST_DELAY, MAX_DELAY = 1.0, 30.0
+STABLE_AFTER = 10.0  # a link that lived this long resets the backoff
+
+
+class CenterClient:
+    """Owned by the App; :meth:`start` and :meth:`stop` it."""
+
+    def __init__(self, cfg: CenterConfig, app) -> None:
+        self.cfg = cfg
+        self.app = app
+        self.ssl = client_context(cfg.ca, cfg.cert, cfg.key) if cfg.tls else None
+        self.link: CenterLink | None = None
+        self.attempts = 0
+        self.last_error = ""
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        if not self.cfg.tls:
+            log.warning("center.server %s: tls = false, the link is plain TCP: anyone on the path can read and "
+                        "alter the traffic", self.cfg.server)
+        self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+        if self.link is not None:
+            self.link.close("center client stopped")
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            self.attempts += 1
+            started = time.monotonic()
+            try:
+                self._connect_and_serve()
+            except handshake.AuthFailed as e:
+                self.last_error = f"refused by the server: {e}"
+            except (UpstreamError, ssl.SSLError, OSError, ProtocolError, PeerClosed) as e:
+                self.last_error = str(e) or type(e).__name__
+            else:
+                self.last_error = "link lost"
+            self.link = None
+            failures = 0 if time.monotonic() - started > STABLE_AFTER else failures + 1
+            delay = min(MAX_DELAY, FIRST_DELAY * 2 ** max(0, failures - 1)) * random.uniform(0.75, 1.0)
+            log.warning("center link to %s: attempt %d: %s; next attempt in %.1fs", self.cfg.server, self.attempts,
+                        self.last_error, max(FIRST_DELAY * 0.75, delay))
+            gevent.sleep(max(FIRST_DELAY * 0.75, delay))
+
+    def _connect_and_serve(self) -> None:
+        cfg = self.cfg
+        sock = dial(self.app.resolver, cfg.server.host, cfg.server.port, HANDSHAKE_TIMEOUT)
+        try:
+            sock.settimeout(HANDSHAKE_TIMEOUT)
+            if self.ssl is not None:
+                sock = self.ssl.wrap_socket(sock, server_hostname=cfg.server_name or cfg.server.host)
+            reader = Reader(sock)
+            handshake.client_side(sock, reader, cfg.username, cfg.password)
+        except BaseException:
+            sock.close()
+            raise
+        link = CenterLink(sock, reader, is_client=True, window=cfg.window, max_frame=cfg.max_frame,
+                          heartbeat=cfg.heartbeat, on_create=self._serve_stream, name=f"to {cfg.server}")
+        self.link = link
+        log.info("center link to %s is up (attempt %d)", cfg.server, self.attempts)
+        self.last_error = ""
+        reason = link.run()
+        self.link = None
+        log.warning("center link to %s lost: %s", cfg.server, reason)
+
+    def _serve_stream(self, vc: VirtualConn, mode: CreateMode, target: str) -> None:
+        vc.close(f"{mode.name} streams need mappings, which this client does not have yet")
+
+    def status(self) -> dict:
+        link = self.link
+        return {"role": "client", "server": str(self.cfg.server), "state": "up" if link else "down",
+                "since": link.started_at if link else None, "streams": link.stream_count if link else 0,
+                "attempts": self.attempts, "last_error": self.last_error,
+                "bytes_in": link.bytes_in if link else 0, "bytes_out": link.bytes_out if link else 0}

@@ -1,0 +1,386 @@
+"""CenterLink: many virtual TCP connections over one socket (shared/docs/PROTOCOL.md).
+
+One reader (the greenlet that calls :meth:`CenterLink.run`) and one writer greenlet per link;
+everything sent goes through the writer's queue. Each stream is a :class:`VirtualConn`, a
+socket-like object (recv, send, sendall, shutdown, close, settimeout) fed by its own queue, so
+the relay and the proxy handlers run on it unchanged.
+
+Flow control: a sender may have at most ``window`` DATA bytes that the far consumer has not
+taken yet; the receiver grants more with WINDOW once its consumer has taken a quarter of a
+window. So a stream whose reader stalls holds at most one window of memory and the link's
+reader never blocks on it: the other streams keep their speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Callable
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Group
+from gevent.queue import Empty, Queue
+
+from ..errors import ProtocolError
+from ..net.reader import PeerClosed, Reader
+from ..prot import frame as fr
+from ..prot.frame import Flag, Kind
+
+log = logging.getLogger("wmproxy.center")
+
+DATA_CHUNK = 65536
+WRITE_BATCH = 262144
+_RESET = object()  # in a stream's inbox: the stream was aborted
+
+
+def read_frame(reader: Reader, max_body: int) -> fr.Frame:
+    """Exactly 8 header bytes, then exactly ``length`` body bytes. Blocks.
+
+    Raises PeerClosed at a clean EOF between frames, ProtocolError for EOF inside a frame,
+    an unknown kind or a body over ``max_body``.
+    """
+    try:
+        header = reader.read_exact(fr.HEADER_SIZE)
+    except PeerClosed:
+        if reader.buf:
+            raise ProtocolError("link closed in the middle of a frame header") from None
+        raise
+    length, kind, flag, sock_map = fr.decode_header(header, max_body)
+    try:
+        body = reader.read_exact(length) if length else b""
+    except PeerClosed:
+        raise ProtocolError(f"link closed in the middle of a {kind.name} frame") from None
+    return fr.Frame(kind, flag, sock_map, body)
+
+
+class VirtualConn:
+    """One stream of a link, used like a connected socket. Owned by whoever opened or
+    accepted it; :meth:`close` ends it (the link forgets it)."""
+
+    def __init__(self, link: "CenterLink", sid: int) -> None:
+        self.link = link
+        self.sid = sid
+        self.inbox: Queue = Queue()  # bytes chunks; b"" = EOF; _RESET = aborted (bounded by the window)
+        self.pending = b""
+        self.credit = link.window
+        self.credit_event = Event()
+        self.consumed = 0
+        self.sent_fin = False
+        self.got_fin = False
+        self.reset: str | None = None
+        self.closed = False
+        self.timeout: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<VirtualConn {self.sid} of {self.link.name}>"
+
+    # -- the socket API ------------------------------------------------------------------------
+    def settimeout(self, timeout: float | None) -> None:
+        self.timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        return self.timeout
+
+    def setsockopt(self, *args) -> None:
+        pass
+
+    def getsockname(self):
+        return self.link.local_address
+
+    def getpeername(self):
+        return self.link.peer_address
+
+    def recv(self, n: int) -> bytes:
+        """Up to ``n`` bytes; b'' once the far side half-closed. Raises socket.timeout,
+        ConnectionResetError when the stream or the link was aborted."""
+        if self.pending:
+            chunk, self.pending = self.pending[:n], self.pending[n:]
+            self._consumed(len(chunk))
+            return chunk
+        try:
+            chunk = self.inbox.get(timeout=self.timeout)
+        except Empty:
+            raise socket.timeout("timed out") from None
+        if chunk is _RESET:
+            self.inbox.put(_RESET)
+            raise ConnectionResetError(f"stream {self.sid} reset: {self.reset}")
+        if not chunk:
+            self.inbox.put(b"")  # EOF stays EOF
+            return b""
+        if len(chunk) > n:
+            chunk, self.pending = chunk[:n], chunk[n:]
+        self._consumed(len(chunk))
+        return chunk
+
+    def _consumed(self, n: int) -> None:
+        self.consumed += n
+        if self.consumed >= self.link.window // 4 and not self.closed and not self.reset:
+            self.link.send_frame(Kind.WINDOW, 0, self.sid, fr.encode_window(self.consumed))
+            self.consumed = 0
+
+    def sendall(self, data) -> None:
+        """Send all of ``data`` as DATA frames, waiting for window credit. Raises
+        BrokenPipeError after shutdown/close, ConnectionResetError when reset."""
+        view = memoryview(data)
+        while view:
+            self._check_writable()
+            while self.credit <= 0:
+                self.credit_event.clear()
+                if not self.credit_event.wait(timeout=self.timeout):
+                    raise socket.timeout("timed out waiting for window credit")
+                self._check_writable()
+            n = min(len(view), self.credit, DATA_CHUNK)
+            self.link.send_frame(Kind.DATA, 0, self.sid, bytes(view[:n]))
+            self.credit -= n
+            view = view[n:]
+
+    def send(self, data) -> int:
+        self.sendall(data)
+        return len(data)
+
+    def _check_writable(self) -> None:
+        if self.reset is not None:
+            raise ConnectionResetError(f"stream {self.sid} reset: {self.reset}")
+        if self.closed or self.sent_fin:
+            raise BrokenPipeError(f"stream {self.sid} is closed for sending")
+
+    def shutdown(self, how: int) -> None:
+        """SHUT_WR (or RDWR): CLOSE+FIN, the far side reads EOF and may still send."""
+        if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not (self.sent_fin or self.closed or self.reset):
+            self.sent_fin = True
+            self.link.send_frame(Kind.CLOSE, Flag.FIN, self.sid, fr.encode_close(""))
+
+    def close(self, reason: str = "") -> None:
+        """End the stream like closing a TCP socket: a FIN if none was sent yet (what the far
+        side still sends is then refused). With a ``reason``, abort instead: CLOSE without FIN,
+        carrying the reason (a failed CONNECT, say)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.reset is None:
+            if reason:
+                self.link.send_frame(Kind.CLOSE, 0, self.sid, fr.encode_close(reason), quiet=True)
+            elif not self.sent_fin:
+                self.link.send_frame(Kind.CLOSE, Flag.FIN, self.sid, fr.encode_close(""), quiet=True)
+        self.sent_fin = True
+        self.link.forget(self.sid)
+        self.credit_event.set()
+
+    # -- fed by the link's reader ----------------------------------------------------------------
+    def _on_data(self, body: bytes) -> None:
+        if not self.closed and not self.got_fin:
+            self.inbox.put(body)
+
+    def _on_window(self, credit: int) -> None:
+        self.credit += credit
+        self.credit_event.set()
+
+    def _on_close(self, fin: bool, reason: str) -> None:
+        if fin:
+            self.got_fin = True
+            self.inbox.put(b"")
+        elif self.reset is None:
+            self.reset = reason or "closed by the far side"
+            self.inbox.put(_RESET)
+            self.credit_event.set()
+
+
+class LinkClosed(Exception):
+    pass
+
+
+class CenterLink:
+    """One established link (after the handshake). :meth:`run` serves it until it ends."""
+
+    def __init__(self, sock, reader: Reader, *, is_client: bool, window: int, max_frame: int, heartbeat: float,
+                 on_create: Callable[[VirtualConn, fr.CreateMode, str], None], name: str) -> None:
+        self.sock = sock
+        self.reader = reader
+        self.is_client = is_client
+        self.window = window
+        self.max_frame = max_frame
+        self.heartbeat = heartbeat
+        self.on_create = on_create
+        self.name = name
+        self.streams: dict[int, VirtualConn] = {}
+        self.outbox: Queue = Queue()
+        self.handlers = Group()
+        self.closed = False
+        self.draining = False
+        self.close_reason = ""
+        self.started_at = time.time()
+        self.last_rx = time.monotonic()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._next_id = 1 if is_client else 2
+        try:
+            self.local_address = sock.getsockname()
+            self.peer_address = sock.getpeername()
+        except OSError:
+            self.local_address = self.peer_address = ("0.0.0.0", 0)
+
+    # -- streams ---------------------------------------------------------------------------------
+    def open_stream(self, mode: fr.CreateMode, target: str = "") -> VirtualConn:
+        """A new stream asking the far end for ``mode``/``target``. Data may follow at once.
+        Raises ConnectionResetError when the link is closed."""
+        if self.closed:
+            raise ConnectionResetError(f"center link {self.name} is closed")
+        sid = self._allocate()
+        vc = self.streams[sid] = VirtualConn(self, sid)
+        self.send_frame(Kind.CREATE, 0, sid, fr.encode_create(mode, target))
+        return vc
+
+    def _allocate(self) -> int:
+        for _ in range(1 << 23):
+            sid = self._next_id
+            self._next_id = (self._next_id + 2) & fr.MAX_SOCK_MAP
+            if self._next_id == 0:
+                self._next_id = 2
+            if sid and sid not in self.streams:
+                return sid
+        raise ConnectionResetError("no free stream id on the link")
+
+    def forget(self, sid: int) -> None:
+        self.streams.pop(sid, None)
+        if self.draining and not self.streams:
+            gevent.spawn_later(0.05, self.close, "stopping: last stream done")
+
+    def drain(self) -> None:
+        """Take no new streams; close the link once the open ones are done."""
+        self.draining = True
+        if not self.streams:
+            self.close("stopping")
+
+    # -- sending -------------------------------------------------------------------------------
+    def send_frame(self, kind: Kind, flag: int, sid: int, body: bytes = b"", quiet: bool = False) -> None:
+        """Queue a frame for the writer. Raises ConnectionResetError once the link is closed
+        (unless ``quiet``)."""
+        if self.closed:
+            if quiet:
+                return
+            raise ConnectionResetError(f"center link {self.name} is closed")
+        self.outbox.put(fr.encode_header(len(body), kind, flag, sid) + body)
+
+    def _writer(self) -> None:
+        try:
+            while True:
+                batch = [self.outbox.get()]
+                size = len(batch[0])
+                while size < WRITE_BATCH:
+                    try:
+                        item = self.outbox.get_nowait()
+                    except Empty:
+                        break
+                    batch.append(item)
+                    size += len(item)
+                self.sock.sendall(b"".join(batch) if len(batch) > 1 else batch[0])
+                self.bytes_out += size
+        except OSError as e:
+            self.close(f"write failed: {e}")
+
+    def _heartbeats(self) -> None:
+        while True:
+            gevent.sleep(self.heartbeat)
+            if time.monotonic() - self.last_rx > 3 * self.heartbeat:
+                self.close(f"no frame for {3 * self.heartbeat:.0f}s (dead link)")
+                return
+            self.send_frame(Kind.PING, 0, 0, os.urandom(fr.PING_SIZE), quiet=True)
+
+    # -- the reader ------------------------------------------------------------------------------
+    def run(self) -> str:
+        """Serve the link until it ends; returns why. Blocks; spawns the writer, the heartbeat
+        and a greenlet per incoming stream, all killed before it returns; closes the socket."""
+        self.sock.settimeout(None)
+        helpers = [gevent.spawn(self._writer), gevent.spawn(self._heartbeats)]
+        try:
+            while not self.closed:
+                frame = read_frame(self.reader, self.max_frame)
+                self.last_rx = time.monotonic()
+                self.bytes_in += fr.HEADER_SIZE + len(frame.body)
+                self._dispatch(frame)
+        except PeerClosed:
+            self.close("the far end closed the link")
+        except ProtocolError as e:
+            log.warning("center link %s: protocol error: %s", self.name, e)
+            self.send_frame(Kind.CLOSE, 0, 0, fr.encode_close(str(e)), quiet=True)
+            gevent.sleep(0.05)  # let the writer try to tell the far end why
+            self.close(f"protocol error: {e}")
+        except LinkClosed as e:
+            self.close(f"closed by the far end: {e}")
+        except OSError as e:
+            self.close(f"read failed: {e.strerror or e}")
+        finally:
+            self.close(self.close_reason or "stopped")
+            gevent.killall(helpers)
+            self.handlers.kill(block=False)
+        return self.close_reason
+
+    def _dispatch(self, f: fr.Frame) -> None:
+        kind, sid = f.kind, f.sock_map
+        if kind == Kind.DATA:
+            vc = self.streams.get(sid)
+            if vc is not None:
+                vc._on_data(f.body)
+            elif sid:  # like TCP's RST for data to a closed socket: the sender stops waiting
+                self.send_frame(Kind.CLOSE, 0, sid, fr.encode_close("stream closed"), quiet=True)
+        elif kind == Kind.WINDOW:
+            vc = self.streams.get(sid)
+            if vc is not None:
+                vc._on_window(fr.decode_window(f.body))
+        elif kind == Kind.CLOSE:
+            if sid == 0:
+                raise LinkClosed(fr.decode_close(f.body) or "no reason given")
+            vc = self.streams.get(sid)
+            if vc is not None:
+                vc._on_close(bool(f.flag & Flag.FIN), fr.decode_close(f.body))
+        elif kind == Kind.CREATE:
+            if f.flag & Flag.ACK:
+                return  # the far end reached the target; data may already be flowing
+            mode, target = fr.decode_create(f.body)
+            if sid == 0 or sid in self.streams or (sid % 2 == 1) == self.is_client:
+                self.send_frame(Kind.CLOSE, 0, sid, fr.encode_close("bad stream id"), quiet=True)
+                return
+            if self.draining:
+                self.send_frame(Kind.CLOSE, 0, sid, fr.encode_close("server stopping"), quiet=True)
+                return
+            vc = self.streams[sid] = VirtualConn(self, sid)
+            self.handlers.spawn(self._serve_stream, vc, mode, target)
+        elif kind == Kind.PING:
+            if not f.flag & Flag.ACK:
+                self.send_frame(Kind.PING, Flag.ACK, 0, fr.decode_ping(f.body), quiet=True)
+        elif kind == Kind.MAPPING:
+            if not f.flag & Flag.ACK:  # mappings arrive with issue 5: none is accepted yet
+                names = [m.name for m in fr.decode_mappings(f.body)]
+                answers = [fr.MappingAnswer(n, False, "mappings are not supported by this server yet") for n in names]
+                self.send_frame(Kind.MAPPING, Flag.ACK, 0, fr.encode_mapping_answers(answers), quiet=True)
+        else:
+            raise ProtocolError(f"{kind.name} frame after the handshake")
+
+    def _serve_stream(self, vc: VirtualConn, mode: fr.CreateMode, target: str) -> None:
+        try:
+            self.on_create(vc, mode, target)
+        except Exception:
+            log.exception("center link %s: internal error serving stream %d", self.name, vc.sid)
+        finally:
+            vc.close()
+
+    def close(self, reason: str) -> None:
+        """End the link: every stream is reset at once, the socket closed. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        for vc in list(self.streams.values()):
+            vc._on_close(False, f"center link closed: {reason}")
+        self.streams.clear()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    @property
+    def stream_count(self) -> int:
+        return len(self.streams)

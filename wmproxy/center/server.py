@@ -1,0 +1,133 @@
+"""The center server: accepts center clients' links (TLS by default), checks their HMAC
+proof, then serves the streams they open: PROXY streams through the forward proxy (with the
+server's ``[proxy]`` settings, its defaults when there is no ``[proxy]``), CONNECT streams by
+dialling the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+
+from ..config import CenterConfig, Config, ProxyConfig
+from ..errors import ProtocolError, UpstreamError
+from ..listener import Listener, ListenerSpec
+from ..net.dial import dial, fmt_addr
+from ..net.reader import PeerClosed, Reader
+from ..net.relay import relay
+from ..net.tls import server_context
+from ..prot.frame import CreateMode, Flag, Kind
+from ..prot.http1 import parse_authority
+from . import handshake
+from .link import CenterLink, VirtualConn
+
+log = logging.getLogger("wmproxy.center")
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class CenterServerContext:
+    def __init__(self, cfg: CenterConfig, proxy_cfg: ProxyConfig, app, stats) -> None:
+        self.cfg = cfg
+        self.proxy_cfg = proxy_cfg
+        self.resolver = app.resolver
+        self.accounts = cfg.accounts()
+        self.ssl = server_context(cfg.cert, cfg.key, cfg.client_ca) if cfg.tls else None
+        self.serve_proxy = app.proxy_handler(proxy_cfg, stats)
+
+
+class CenterServer(Listener):
+    """``[center] bind``: where center clients connect. Settings: (CenterConfig, ProxyConfig)."""
+
+    kind = "center"
+
+    def __init__(self, sock, spec: ListenerSpec, app) -> None:
+        self.links: set[CenterLink] = set()
+        super().__init__(sock, spec, app)
+        if not spec.settings[0].tls:
+            log.warning("center.bind %s: tls = false, the link is plain TCP: anyone on the path can read "
+                        "and alter the traffic", spec.bind)
+
+    def make_context(self, settings, app) -> CenterServerContext:
+        center_cfg, proxy_cfg = settings
+        return CenterServerContext(center_cfg, proxy_cfg, app, self.stats)
+
+    def max_connections(self, settings) -> int:
+        return 10000
+
+    def serve(self, sock, address, ctx: CenterServerContext) -> None:
+        peer = fmt_addr(address[0], address[1])
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            if ctx.ssl is not None:
+                sock = ctx.ssl.wrap_socket(sock, server_side=True)
+            reader = Reader(sock)
+            user = handshake.server_side(sock, reader, ctx.accounts)
+        except handshake.AuthFailed as e:
+            log.warning("center: %s from %s", e, peer)
+            return
+        except (ssl.SSLError, OSError, ProtocolError, PeerClosed) as e:
+            log.warning("center: handshake with %s failed: %s", peer, e)
+            return
+        cfg = ctx.cfg
+        link = CenterLink(sock, reader, is_client=False, window=cfg.window, max_frame=cfg.max_frame,
+                          heartbeat=cfg.heartbeat, name=f"{user or 'anonymous'}@{peer}",
+                          on_create=lambda vc, mode, target: self._serve_stream(ctx, link, vc, mode, target))
+        link.user = user
+        self.links.add(link)
+        log.info("center: client %r connected from %s", user or "anonymous", peer)
+        try:
+            reason = link.run()
+        finally:
+            self.links.discard(link)
+            self.stats.bytes_in += link.bytes_in
+            self.stats.bytes_out += link.bytes_out
+        log.info("center: link %s ended: %s (in %d bytes, out %d bytes, %.0fs)", link.name, reason,
+                 link.bytes_in, link.bytes_out, time.time() - link.started_at)
+
+    def _serve_stream(self, ctx: CenterServerContext, link: CenterLink, vc: VirtualConn,
+                      mode: CreateMode, target: str) -> None:
+        if mode == CreateMode.PROXY:
+            link.send_frame(Kind.CREATE, Flag.ACK, vc.sid)
+            ctx.serve_proxy(vc, link.peer_address)
+        elif mode == CreateMode.CONNECT:
+            try:
+                t = parse_authority(target)
+                upstream = dial(ctx.resolver, t.host, t.port, ctx.proxy_cfg.connect_timeout)
+            except (ProtocolError, UpstreamError) as e:
+                vc.close(str(e))
+                log.info("center %s: CONNECT %s failed: %s", link.name, target, e)
+                return
+            link.send_frame(Kind.CREATE, Flag.ACK, vc.sid)
+            stats = relay(vc, upstream, ctx.proxy_cfg.idle_timeout)
+            log.info("center %s: CONNECT %s done (%s) up=%d down=%d", link.name, target, stats.reason,
+                     stats.a_to_b, stats.b_to_a)
+        else:
+            vc.close(f"{mode.name} streams are not served by a center server")
+
+    def drain(self, grace: float) -> int:
+        """Links take no new streams and end when their open ones are done; past the
+        grace period they are closed with the rest."""
+        for link in list(self.links):
+            link.drain()
+        return super().drain(grace)
+
+    def link_status(self) -> list[dict]:
+        return [{"role": "server", "client": getattr(link, "user", "") or "anonymous",
+                 "peer": fmt_addr(*link.peer_address[:2]), "since": link.started_at, "streams": link.stream_count,
+                 "bytes_in": link.bytes_in, "bytes_out": link.bytes_out} for link in self.links]
+
+
+def listener_specs(cfg: Config) -> list[ListenerSpec]:
+    """The center server listener (``[center] bind``)."""
+    if cfg.center is None or not cfg.center.is_server:
+        return []
+    settings = (cfg.center, cfg.proxy or ProxyConfig())
+
+    def check() -> None:  # certificate files are read before anything changes
+        if cfg.center.tls:
+            server_context(cfg.center.cert, cfg.center.key, cfg.center.client_ca)
+
+    return [ListenerSpec("center", cfg.center.bind, settings, "center.bind", CenterServer, check)]
+

@@ -1,0 +1,55 @@
+"""TLS contexts for the center link, with errors that say which file is wrong.
+
+Server: its certificate and key, and with ``client_ca`` required client certificates (mutual
+TLS). Client: verifies the server against ``ca`` (or the system store) and a server name;
+with ``cert``/``key`` it presents its own certificate.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from ..errors import ConfigError
+
+
+def _load_chain(ctx: ssl.SSLContext, cert: str, key: str, what: str) -> None:
+    try:
+        ctx.load_cert_chain(cert, key)
+    except FileNotFoundError as e:
+        raise ConfigError("", what, f"cannot read {e.filename}: no such file") from None
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError("", what, f"cannot load certificate {cert} with key {key}: {e}") from None
+
+
+def _load_ca(ctx: ssl.SSLContext, ca: str, what: str) -> None:
+    try:
+        ctx.load_verify_locations(cafile=ca)
+    except FileNotFoundError:
+        raise ConfigError("", what, f"cannot read {ca}: no such file") from None
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError("", what, f"cannot load CA file {ca}: {e}") from None
+
+
+def server_context(cert: str, key: str, client_ca: str = "") -> ssl.SSLContext:
+    """Raises ConfigError naming center.cert / center.client_ca."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_chain(ctx, cert, key, "center.cert")
+    if client_ca:
+        _load_ca(ctx, client_ca, "center.client_ca")
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def client_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext:
+    """Verifying client context (hostname checked by the caller's server_hostname).
+    Raises ConfigError naming center.ca / center.cert."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca:
+        _load_ca(ctx, ca, "center.ca")
+    else:
+        ctx.load_default_certs()
+    if cert:
+        _load_chain(ctx, cert, key, "center.cert")
+    return ctx

@@ -30,6 +30,7 @@ from .errors import ConfigError, ProxyError
 from .center.client import CenterClient
 from .listener import Listener, ListenerSpec, drain_all
 from .net.dns import Resolver
+from .net.tls import client_context
 
 log = logging.getLogger("wmproxy")
 
@@ -78,6 +79,20 @@ def listener_specs(cfg: Config) -> dict[tuple[str, str], ListenerSpec]:
                 raise BindError(f"{spec.label}: {spec.bind} is also {specs[spec.key].label}")
             specs[spec.key] = spec
     return specs
+
+
+def check_files(cfg: Config, config_file: str | None) -> None:
+    """Read what the config names (certificates, keys, CAs) as starting would; raises
+    ConfigError naming the file and key. For --check."""
+    try:
+        for spec in listener_specs(cfg).values():
+            if spec.check is not None:
+                spec.check()
+        client_cfg = _center_client_cfg(cfg)
+        if client_cfg is not None and client_cfg.tls:
+            client_context(client_cfg.ca, client_cfg.cert, client_cfg.key)
+    except ConfigError as e:
+        raise ConfigError(config_file or "", e.path, e.message) from None
 
 
 class App:

@@ -47,6 +47,14 @@ OPTIONS = (
     Opt(("--user", "--username"), ("proxy", "username"), "username clients must give", "USER"),
     Opt(("--pass", "--password"), ("proxy", "password"),
         "password clients must give (prefer WMPROXY_PASSWORD: flags show in ps)", "PASS"),
+    Opt(("--center-bind",), ("center", "bind"), "be a center server: address center clients connect to", "ADDR"),
+    Opt(("--server",), ("center", "server"), "be a center client of this center server", "ADDR"),
+    Opt(("--tls",), ("center", "tls"), "TLS on the center link: true (default) or false", "BOOL"),
+    Opt(("--ca",), ("center", "ca"), "center client: CA file to verify the server with", "FILE"),
+    Opt(("--server-name",), ("center", "server_name"), "center client: name the server certificate carries",
+        "NAME"),
+    Opt(("--cert",), ("center", "cert"), "center link certificate (PEM)", "FILE"),
+    Opt(("--key",), ("center", "key"), "center link private key (PEM)", "FILE"),
     Opt(("--allow",), ("proxy", "allow"), "client network allowed, e.g. 10.0.0.0/8 (repeatable)", "CIDR",
         append=True),
     Opt(("--deny",), ("proxy", "deny"), "client network refused (repeatable)", "CIDR", append=True),
@@ -63,11 +71,21 @@ OPTIONS = (
 )
 
 
+def options(prog: str) -> tuple[Opt, ...]:
+    """The flags of ``prog``. In wmproxy-client --username/--password are the center link's
+    credentials (its local proxy is authenticated by the server's [proxy])."""
+    if prog != "wmproxy-client":
+        return OPTIONS
+    moved = {("proxy", "username"): ("center", "username"), ("proxy", "password"): ("center", "password")}
+    return tuple(Opt(o.flags, moved[o.path], o.help.replace("clients must give", "to log in to the center server"),
+                     o.metavar, o.append) if o.path in moved else o for o in OPTIONS)
+
+
 def make_parser(prog: str) -> configargparse.ArgumentParser:
     p = configargparse.ArgumentParser(
         prog=prog,
         description="wmproxy: forward proxy (HTTP, HTTPS CONNECT, SOCKS5, SOCKS4/4a) on one port, "
-        "[stream] TCP forwarding, control API.",
+        "the center link (tunnel), [stream] TCP forwarding, control API.",
         epilog="Each flag also reads a WMPROXY_* variable (shown in brackets). Without -c the embedded "
         "default runs: a forward proxy on 127.0.0.1:8090. The commands status, reload and stop talk to "
         "the control API named in the configuration.",
@@ -80,16 +98,16 @@ def make_parser(prog: str) -> configargparse.ArgumentParser:
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--daemon", action="store_true", env_var="WMPROXY_DAEMON",
                    help="detach and run in the background (logs to --log-file)")
-    for o in OPTIONS:
+    for o in options(prog):
         p.add_argument(*o.flags, dest=o.dest, env_var=o.env, help=o.help, metavar=o.metavar,
                        action="append" if o.append else "store", default=None)
     return p
 
 
-def overrides(args, argv: list[str]) -> list[config.Override]:
+def overrides(prog: str, args, argv: list[str]) -> list[config.Override]:
     """The flags and variables that were given, as config overrides naming their origin."""
     out = []
-    for o in OPTIONS:
+    for o in options(prog):
         value = getattr(args, o.dest)
         if value is None:
             continue
@@ -131,18 +149,25 @@ def run(prog: str, argv: list[str] | None = None) -> int:
     args = make_parser(prog).parse_args(argv)
     config_file = os.path.abspath(args.config) if args.config else None
     try:
-        cfg = config.load(config_file, overrides(args, argv), default=EMBEDDED_DEFAULT)
+        cfg = config.load(config_file, overrides(prog, args, argv), default=EMBEDDED_DEFAULT)
     except ConfigError as e:
         print(f"{prog}: configuration error: {e}", file=sys.stderr)
         return 1
     if args.check:
+        from .app import check_files
+
+        try:
+            check_files(cfg, config_file)
+        except ConfigError as e:
+            print(f"{prog}: configuration error: {e}", file=sys.stderr)
+            return 1
         print(f"{prog}: configuration OK ({args.config or 'embedded default'})")
         return 0
     if args.command != "run":
         return _control_command(prog, args.command, cfg)
     from .process import serve  # imported late: --check, --help and the commands need no gevent hub
 
-    return serve(prog, cfg, config_file, overrides(args, argv), daemon=args.daemon)
+    return serve(prog, cfg, config_file, overrides(prog, args, argv), daemon=args.daemon)
 
 
 def server_main() -> int:

@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER = ROOT / "bin" / "wmproxy-server"
 IN_NETNS = os.environ.get("WMPROXY_NETNS") == "1"
 
 
@@ -51,11 +50,12 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0, proc=No
 class Proc:
     """A wmproxy process under test."""
 
-    def __init__(self, args: list[str], port: int, tmp: Path, env: dict | None = None) -> None:
+    def __init__(self, args: list[str], port: int, tmp: Path, env: dict | None = None,
+                 program: str = "wmproxy-server", name: str = "") -> None:
         self.port = port
-        self.log_path = tmp / f"wmproxy-{port}.log"
+        self.log_path = tmp / f"{name or f'wmproxy-{port}'}.log"
         self._log = open(self.log_path, "wb")
-        self.popen = subprocess.Popen([sys.executable, str(SERVER), *args], stdout=self._log,
+        self.popen = subprocess.Popen([sys.executable, str(ROOT / "bin" / program), *args], stdout=self._log,
                                       stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     @property

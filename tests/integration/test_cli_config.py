@@ -20,9 +20,19 @@ def check(*args: str, env: dict | None = None, prog: str = SERVER) -> subprocess
                           env={**os.environ, **(env or {})})
 
 
-@pytest.mark.parametrize("prog,conf", [(SERVER, "conf/server.toml"), (CLIENT, "conf/client.toml")])
-def test_example_configs_pass_check(prog, conf):
-    r = check("-c", str(ROOT / conf), prog=prog)
+@pytest.mark.parametrize("prog,conf", [(SERVER, "conf/server.toml"), (CLIENT, "conf/client.toml"),
+                                       (SERVER, "conf/center-server.toml"), (CLIENT, "conf/center-client.toml")])
+def test_example_configs_pass_check(prog, conf, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()  # the examples name certificates under /etc/wmproxy/certs: put real ones here instead
+    cert = ca.issue_cert("proxy.example.com")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
+    text = (ROOT / conf).read_text().replace("/etc/wmproxy/certs", str(tmp_path))
+    path = tmp_path / "example.toml"
+    path.write_text(text)
+    r = check("-c", str(path), prog=prog)
     assert r.returncode == 0, r.stderr
     assert "configuration OK" in r.stdout
 

@@ -1,0 +1,276 @@
+"""The center link end to end: wmproxy-client -> TLS link -> wmproxy-server -> targets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import socket
+import ssl
+import threading
+import time
+
+import psutil
+import pytest
+
+from conftest import Proc, curl, free_port, http_get, recv_all, wait_port
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    trustme = pytest.importorskip("trustme")
+    d = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    server = ca.issue_cert("center.test", "127.0.0.1")
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    server.private_key_pem.write_to_path(str(d / "server.key"))
+    server.cert_chain_pems[0].write_to_path(str(d / "server.pem"))
+    trustme.CA().cert_pem.write_to_path(str(d / "other-ca.pem"))
+    return d
+
+
+class Pair:
+    """A center server and a center client on free ports, with configs in tmp_path."""
+
+    def __init__(self, tmp_path, certs, server_extra: str = "", client_extra: str = "", start_client: bool = True):
+        self.tmp = tmp_path
+        self.certs = certs
+        self.center = free_port()
+        self.proxy = free_port()
+        self.procs: list[Proc] = []
+        self.server_conf = tmp_path / "server.toml"
+        self.server_conf.write_text(
+            f'grace = "2s"\n[center]\nbind = "127.0.0.1:{self.center}"\ncert = "{certs}/server.pem"\n'
+            f'key = "{certs}/server.key"\nusername = "alice"\npassword = "s3cret"\nheartbeat = "1s"\n{server_extra}\n')
+        self.server = self.start("server", self.server_conf)
+        wait_port(self.center, proc=self.server.popen)
+        self.client = None
+        if start_client:
+            self.client = self.start_client(client_extra)
+
+    def client_config(self, extra: str = "", password: str = "s3cret", ca: str = "ca.pem",
+                      server_name: str = "center.test") -> str:
+        return (f'grace = "2s"\n[center]\nserver = "127.0.0.1:{self.center}"\nca = "{self.certs}/{ca}"\n'
+                f'server_name = "{server_name}"\nusername = "alice"\npassword = "{password}"\nheartbeat = "1s"\n'
+                f'{extra}\n[proxy]\nbind = "127.0.0.1:{self.proxy}"\n')
+
+    def start_client(self, extra: str = "", **kw) -> Proc:
+        conf = self.tmp / f"client-{len(self.procs)}.toml"
+        conf.write_text(self.client_config(extra, **kw))
+        p = self.start("client", conf)
+        wait_port(self.proxy, proc=p.popen)
+        return p
+
+    def start(self, which: str, conf) -> Proc:
+        p = Proc(["-c", str(conf)], 0, self.tmp, program=f"wmproxy-{which}", name=f"{which}-{len(self.procs)}")
+        self.procs.append(p)
+        return p
+
+    def wait_link(self, timeout: float = 15) -> None:
+        self.client.wait_log("is up", timeout=timeout)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+
+@pytest.fixture
+def pair(tmp_path, certs):
+    made = []
+
+    def make(**kw) -> Pair:
+        made.append(Pair(tmp_path, certs, **kw))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.stop()
+
+
+def test_curl_through_the_link(pair, origin, tls_origin):
+    p = pair()
+    p.wait_link()
+    url = f"http://127.0.0.1:{origin.port}/whoami"
+    assert curl("-x", f"http://127.0.0.1:{p.proxy}", url).stdout == b"origin-A"
+    assert curl("--socks5-hostname", f"127.0.0.1:{p.proxy}", f"http://localhost:{origin.port}/whoami").stdout == \
+        b"origin-A"
+    r = curl("--cacert", str(tls_origin.ca_file), "-x", f"http://127.0.0.1:{p.proxy}",
+             f"https://localhost:{tls_origin.port}/hello")
+    assert r.stdout == b"hello from origin-TLS", r.stderr
+    p.server.wait_log("client 'alice' connected")
+    p.server.wait_log('"GET http://127.0.0.1:')  # the server's forward proxy served it
+
+
+@pytest.fixture
+def mirror():
+    """Echoes every byte back as it arrives; half-closes when the client does."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(256)
+
+    def serve(conn):
+        with conn:
+            try:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the stalled-reader test closes its end mid-flood
+
+    def loop():
+        while True:
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+    yield lsock.getsockname()[1]
+    lsock.close()
+
+
+def socks_connect(proxy_port: int, port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", proxy_port), timeout=60)
+    s.sendall(b"\x05\x01\x00")
+    assert s.recv(2) == b"\x05\x00"
+    s.sendall(b"\x05\x01\x00\x01\x7f\x00\x00\x01" + port.to_bytes(2, "big"))
+    reply = b""
+    while len(reply) < 10:
+        reply += s.recv(10 - len(reply))
+    assert reply[:2] == b"\x05\x00", reply
+    return s
+
+
+@pytest.mark.timeout(300)
+def test_200_concurrent_streams_both_ways(pair, mirror):
+    p = pair()
+    p.wait_link()
+    rng = random.Random(4)
+    sizes = [rng.randrange(1 << 20, 5 << 20) for _ in range(200)]
+    errors = []
+
+    def one(size: int) -> None:
+        data = os.urandom(size)
+        try:
+            s = socks_connect(p.proxy, mirror)
+            sender = threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR)))
+            sender.start()
+            h, n = hashlib.sha256(), 0
+            while chunk := s.recv(262144):
+                h.update(chunk)
+                n += len(chunk)
+            sender.join()
+            s.close()
+            if (n, h.digest()) != (size, hashlib.sha256(data).digest()):
+                errors.append(f"{size}: got {n}")
+        except OSError as e:
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=one, args=(size,)) for size in sizes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    assert errors == []
+
+
+@pytest.mark.timeout(180)
+def test_stalled_reader_does_not_slow_another_stream(pair, mirror, echo_server):
+    p = pair()
+    p.wait_link()
+    stalled = socks_connect(p.proxy, mirror)
+    flood = threading.Thread(target=lambda: _flood(stalled, 20 << 20), daemon=True)
+    flood.start()  # the mirror echoes, nobody reads the echo: that stream's window fills up
+    time.sleep(1)
+    server_proc = psutil.Process(p.server.popen.pid)
+    rss_before = server_proc.memory_info().rss
+    payload = os.urandom(1 << 20) * 100  # 100 MB
+    s = socks_connect(p.proxy, echo_server.port)
+    t0 = time.monotonic()
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)
+    answer = recv_all(s)
+    took = time.monotonic() - t0
+    s.close()
+    assert answer.decode() == f"got {len(payload)} {hashlib.sha256(payload).hexdigest()}"
+    growth = server_proc.memory_info().rss - rss_before
+    assert growth < 64 << 20, f"server RSS grew by {growth >> 20} MiB"
+    assert took < 60
+    stalled.close()
+
+
+def _flood(s: socket.socket, n: int) -> None:
+    try:
+        s.sendall(os.urandom(n))
+    except OSError:
+        pass
+
+
+def test_link_loss_closes_streams_and_the_client_reconnects(pair, echo_server, origin):
+    p = pair()
+    p.wait_link()
+    live = socks_connect(p.proxy, echo_server.port)
+    live.sendall(b"partial")
+    p.server.popen.send_signal(signal.SIGKILL)  # the link dies under a live stream
+    p.server.popen.wait()
+    live.settimeout(15)
+    try:
+        assert recv_all(live) == b""
+    except ConnectionResetError:
+        pass
+    live.close()
+    p.client.wait_log("lost", timeout=15)
+    head, _ = http_get(p.proxy, f"http://127.0.0.1:{origin.port}/whoami")
+    assert head.startswith(b"HTTP/1.1 502")  # down: an immediate answer, no hang
+    p.server = p.start("server", p.server_conf)
+    wait_port(p.center, proc=p.server.popen)
+    deadline = time.monotonic() + 40
+    while "is up (attempt" not in p.client.log().split("lost")[-1] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert http_get(p.proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"
+
+
+@pytest.mark.parametrize("kind,kw,server_says,client_says", [
+    ("wrong password", {"password": "nope"}, "auth failed for user 'alice'", "refused by the server: auth failed"),
+    ("wrong CA", {"ca": "other-ca.pem"}, "handshake with", "CERTIFICATE_VERIFY_FAILED"),
+    ("wrong server name", {"server_name": "other.test"}, "handshake with", "Hostname mismatch"),
+])
+def test_bad_clients_are_refused_with_a_clear_log(pair, origin, kind, kw, server_says, client_says):
+    p = pair()
+    p.wait_link()
+    good_proxy = p.proxy
+    p.proxy = free_port()
+    bad = p.start_client(**kw)
+    bad.wait_log(client_says, timeout=15)
+    p.server.wait_log(server_says, timeout=15)
+    assert http_get(good_proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"
+    head, _ = http_get(p.proxy, f"http://127.0.0.1:{origin.port}/whoami")
+    assert head.startswith(b"HTTP/1.1 502")
+
+
+def test_garbage_plain_client_and_oversize_frame_refused(pair, origin):
+    p = pair()
+    p.wait_link()
+    with socket.create_connection(("127.0.0.1", p.center), timeout=10) as s:  # plain TCP to the TLS port
+        s.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00" + b"junk")
+        s.settimeout(10)
+        try:
+            recv_all(s)
+        except ConnectionResetError:
+            pass
+    p.server.wait_log("handshake with 127.0.0.1")
+    ctx = ssl.create_default_context(cafile=str(p.certs / "ca.pem"))
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.center), timeout=10),
+                         server_hostname="center.test") as s:
+        hello = s.recv(8 + 17)
+        assert hello[3] == 5  # HELLO
+        s.sendall(bytes([0x7F, 0xFF, 0xFF, 4, 0, 0, 0, 0]))  # a TOKEN of 8 MiB: over any limit
+        try:
+            assert s.recv(100) == b""
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+    p.server.wait_log("over the limit")
+    assert http_get(p.proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"
+    assert "Traceback" not in p.server.log()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -14,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from conftest import Proc, curl, free_port, http_get, recv_all, wait_port
+from conftest import Proc, control, curl, free_port, http_get, recv_all, wait_port
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,8 @@ def certs(tmp_path_factory):
 class Pair:
     """A center server and a center client on free ports, with configs in tmp_path."""
 
-    def __init__(self, tmp_path, certs, server_extra: str = "", client_extra: str = "", start_client: bool = True):
+    def __init__(self, tmp_path, certs, server_extra: str = "", client_extra: str = "", start_client: bool = True,
+                 server_top: str = ""):
         self.tmp = tmp_path
         self.certs = certs
         self.center = free_port()
@@ -41,7 +43,7 @@ class Pair:
         self.procs: list[Proc] = []
         self.server_conf = tmp_path / "server.toml"
         self.server_conf.write_text(
-            f'grace = "2s"\n[center]\nbind = "127.0.0.1:{self.center}"\ncert = "{certs}/server.pem"\n'
+            f'grace = "2s"\n{server_top}\n[center]\nbind = "127.0.0.1:{self.center}"\ncert = "{certs}/server.pem"\n'
             f'key = "{certs}/server.key"\nusername = "alice"\npassword = "s3cret"\nheartbeat = "1s"\n{server_extra}\n')
         self.server = self.start("server", self.server_conf)
         wait_port(self.center, proc=self.server.popen)
@@ -89,7 +91,8 @@ def pair(tmp_path, certs):
 
 
 def test_curl_through_the_link(pair, origin, tls_origin):
-    p = pair()
+    cport = free_port()
+    p = pair(server_top=f'control = "127.0.0.1:{cport}"')
     p.wait_link()
     url = f"http://127.0.0.1:{origin.port}/whoami"
     assert curl("-x", f"http://127.0.0.1:{p.proxy}", url).stdout == b"origin-A"
@@ -100,6 +103,9 @@ def test_curl_through_the_link(pair, origin, tls_origin):
     assert r.stdout == b"hello from origin-TLS", r.stderr
     p.server.wait_log("client 'alice' connected")
     p.server.wait_log('"GET http://127.0.0.1:')  # the server's forward proxy served it
+    st = json.loads(control(cport, "GET", "/status")[1])
+    (link,) = st["center_links"]
+    assert link["role"] == "server" and link["client"] == "alice" and link["bytes_out"] > 0
 
 
 @pytest.fixture
@@ -274,3 +280,38 @@ def test_garbage_plain_client_and_oversize_frame_refused(pair, origin):
     p.server.wait_log("over the limit")
     assert http_get(p.proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"
     assert "Traceback" not in p.server.log()
+
+
+def test_dead_link_detected_by_heartbeat(pair, origin):
+    p = pair()
+    p.wait_link()
+    p.server.popen.send_signal(signal.SIGSTOP)  # alive but silent: only the heartbeat can tell
+    try:
+        p.client.wait_log("dead link", timeout=15)
+    finally:
+        p.server.popen.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if http_get(p.proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A":
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the client did not reconnect")
+
+
+def test_mutual_tls(tmp_path, certs, pair, origin):
+    trustme = pytest.importorskip("trustme")
+    client_ca = trustme.CA()
+    client_ca.cert_pem.write_to_path(str(tmp_path / "client-ca.pem"))
+    good = client_ca.issue_cert("office")
+    good.private_key_pem.write_to_path(str(tmp_path / "client.key"))
+    good.cert_chain_pems[0].write_to_path(str(tmp_path / "client.pem"))
+    p = pair(server_extra=f'client_ca = "{tmp_path}/client-ca.pem"', start_client=False)
+    p.proxy = free_port()
+    without = p.start_client()
+    without.wait_log("attempt 1:", timeout=15)
+    p.server.wait_log("handshake with")
+    without.stop()
+    p.client = p.start_client(f'cert = "{tmp_path}/client.pem"\nkey = "{tmp_path}/client.key"')
+    p.wait_link()
+    assert http_get(p.proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"

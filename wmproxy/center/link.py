@@ -68,6 +68,7 @@ class VirtualConn:
         self.credit = link.window
         self.credit_event = Event()
         self.consumed = 0
+        self.buffered = 0  # bytes received and not yet taken by the consumer: at most one window
         self.sent_fin = False
         self.got_fin = False
         self.reset: str | None = None
@@ -116,6 +117,7 @@ class VirtualConn:
         return chunk
 
     def _consumed(self, n: int) -> None:
+        self.buffered -= n
         self.consumed += n
         if self.consumed >= self.link.window // 4 and not self.closed and not self.reset:
             self.link.send_frame(Kind.WINDOW, 0, self.sid, fr.encode_window(self.consumed))
@@ -172,6 +174,10 @@ class VirtualConn:
     # -- fed by the link's reader ----------------------------------------------------------------
     def _on_data(self, body: bytes) -> None:
         if not self.closed and not self.got_fin:
+            self.buffered += len(body)
+            if self.buffered > self.link.window:
+                raise ProtocolError(f"stream {self.sid}: {self.buffered} bytes sent beyond the "
+                                    f"{self.link.window}-byte window (flow control violated)")
             self.inbox.put(body)
 
     def _on_window(self, credit: int) -> None:

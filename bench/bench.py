@@ -47,8 +47,9 @@ def wait_port(port: int, timeout: float = 15) -> None:
 
 
 class Bench:
-    def __init__(self, seconds: int, connections: int) -> None:
+    def __init__(self, seconds: int, connections: int, bytes_total: int = 1 << 30) -> None:
         self.seconds = seconds
+        self.bytes_total = bytes_total
         self.connections = connections
         self.tmp = Path(tempfile.mkdtemp(prefix="wmproxy-bench-"))
         os.chmod(self.tmp, 0o777)
@@ -134,10 +135,10 @@ DisableViaHeader Yes
                         f"[ProxyList]\n{kind} 127.0.0.1 {port}\n")
         return ["proxychains4", "-q", "-f", str(conf)]
 
-    def iperf(self, name: str, port: int, prefix: list[str] = ()) -> float:
-        cmd = ["taskset", "-c", LOAD_CPU, *prefix, "iperf3", "-c", "127.0.0.1", "-p", str(port),
-               "-t", str(self.seconds), "-J"]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.seconds + 60)
+    def iperf(self, name: str, port: int, prefix: list[str] = (), extra: list[str] | None = None) -> float:
+        length = extra if extra is not None else ["-t", str(self.seconds)]
+        cmd = ["taskset", "-c", LOAD_CPU, *prefix, "iperf3", "-c", "127.0.0.1", "-p", str(port), *length, "-J"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.seconds + 300)
         try:
             gbit = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
         except (ValueError, KeyError):
@@ -234,15 +235,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=8, help="length of each measurement")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections")
-    ap.add_argument("--only", choices=("throughput", "http"), help="run one part")
+    ap.add_argument("--only", choices=("throughput", "http", "center", "center-memory"), help="run one part")
+    ap.add_argument("--bytes", type=int, default=1 << 30, help="size of the center link transfer")
+    ap.add_argument("--streams", default="1000,10000", help="idle virtual connection counts to measure")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
-    b = Bench(args.seconds, args.connections)
+    b = Bench(args.seconds, args.connections, args.bytes)
     try:
         if args.only in (None, "throughput"):
             b.throughput()
         if args.only in (None, "http"):
             b.http()
+        if args.only in (None, "center", "center-memory"):
+            import center
+
+            if args.only != "center-memory":
+                center.throughput(b)
+            center.memory(b, [int(n) for n in args.streams.split(",")])
     finally:
         b.close()
     if args.json:

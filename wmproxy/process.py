@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import select
 import subprocess
 import sys
@@ -96,6 +97,16 @@ def _ready_fd() -> int | None:
     return int(value) if value.isdigit() else None
 
 
+def _raise_fd_limit() -> None:
+    """Every connection is a descriptor (two for a proxy): take the hard limit, not the soft."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def _report(wfd: int | None, message: str) -> None:
     if wfd is not None:
         os.write(wfd, message.replace("\n", " ").encode("utf-8") + b"\n")
@@ -123,6 +134,7 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
         _report(wfd, f"{prog}: cannot open log file {log_file}: {e.strerror}")
         print(f"{prog}: cannot open log file {log_file}: {e.strerror}", file=sys.stderr)
         return 1
+    _raise_fd_limit()
     app = App(cfg, config_file, overrides, prog)
     try:
         app.start()

@@ -1,0 +1,132 @@
+"""Center link benchmark: throughput of one stream through client -> link -> server, TLS and
+plain, beside a direct run, a two-socat relay chain and a socat TLS pair; and the memory of
+idle virtual connections (RSS of both processes per connection).
+
+Both ends of every chain run on CPU 0 (as the socat pairs do), the load on CPU 1.
+"""
+
+from __future__ import annotations
+
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from bench import LOAD_CPU, ROOT, free_port, wait_port
+
+
+def certs(tmp: Path) -> Path:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("center.bench")
+    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(tmp / "server.key"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp / "server.pem"))
+    (tmp / "both.pem").write_bytes((tmp / "server.pem").read_bytes() + (tmp / "server.key").read_bytes())
+    return tmp
+
+
+def start_pair(b, tls: bool, tmp: Path, window: str = "256k") -> tuple[int, list]:
+    """A center server and client on CPU 0; returns the client's proxy port and the two processes."""
+    center, proxy = free_port(), free_port()
+    tls_line = "tls = true" if tls else "tls = false"
+    server = tmp / f"server-{tls}.toml"
+    server.write_text(f'log_level = "warning"\n[center]\nbind = "127.0.0.1:{center}"\n{tls_line}\n'
+                      f'cert = "{tmp}/server.pem"\nkey = "{tmp}/server.key"\nwindow = "{window}"\n')
+    client = tmp / f"client-{tls}.toml"
+    client.write_text(f'log_level = "warning"\n[center]\nserver = "127.0.0.1:{center}"\n{tls_line}\n'
+                      f'ca = "{tmp}/ca.pem"\nserver_name = "center.bench"\nwindow = "{window}"\n'
+                      f'[proxy]\nbind = "127.0.0.1:{proxy}"\nmax_connections = 20000\n')
+    procs = [b.start(f"center-server-{tls}", [sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c", str(server)],
+                     center),
+             b.start(f"center-client-{tls}", [sys.executable, str(ROOT / "bin" / "wmproxy-client"), "-c", str(client)],
+                     proxy)]
+    time.sleep(1.5)  # the link comes up
+    return proxy, procs
+
+
+def throughput(b) -> None:
+    """One 1 GiB stream through each path (iperf3 -n)."""
+    tmp = certs(b.tmp)
+    gb = b.bytes_total
+    print(f"\ncenter link, one stream of {gb >> 20} MiB (iperf3 -n; both ends on CPU 0, iperf3 on CPU {LOAD_CPU}):")
+    iperf_port = free_port()
+    b.start("iperf3-server-c", ["iperf3", "-s", "-p", str(iperf_port)], iperf_port, cpu=LOAD_CPU)
+    n = ["-n", str(gb)]
+    direct = b.iperf("direct", iperf_port, extra=n)
+    # two plain socat relays in a row
+    mid = free_port()
+    b.start("socat-2", ["socat", "-b", "65536", f"TCP-LISTEN:{mid},fork,reuseaddr,bind=127.0.0.1",
+                        f"TCP:127.0.0.1:{iperf_port}"], mid)
+    front = free_port()
+    b.start("socat-1", ["socat", "-b", "65536", f"TCP-LISTEN:{front},fork,reuseaddr,bind=127.0.0.1",
+                        f"TCP:127.0.0.1:{mid}"], front)
+    chain = b.iperf("socat chain (plain)", front, extra=n)
+    # a socat TLS pair: plain -> TLS -> plain
+    tls_mid = free_port()
+    b.start("socat-tls-2", ["socat", "-b", "65536", f"OPENSSL-LISTEN:{tls_mid},fork,reuseaddr,bind=127.0.0.1,"
+                            f"cert={tmp}/both.pem,verify=0", f"TCP:127.0.0.1:{iperf_port}"], tls_mid)
+    tls_front = free_port()
+    b.start("socat-tls-1", ["socat", "-b", "65536", f"TCP-LISTEN:{tls_front},fork,reuseaddr,bind=127.0.0.1",
+                            f"OPENSSL:127.0.0.1:{tls_mid},verify=0"], tls_front)
+    tls_pair = b.iperf("socat TLS pair", tls_front, extra=n)
+    plain = b.iperf("wmproxy link (plain)", iperf_port, b.chains("socks5", start_pair(b, False, tmp)[0]), extra=n)
+    tls = b.iperf("wmproxy link (TLS)", iperf_port, b.chains("socks5", start_pair(b, True, tmp)[0]), extra=n)
+    if chain and tls_pair:
+        print(f"  ratios: plain link / socat chain {plain / chain:.2f}x (goal 0.5x), "
+              f"TLS link / socat TLS pair {tls / tls_pair:.2f}x (goal 0.7x); direct {direct:.1f} Gbit/s")
+
+
+def memory(b, counts=(1000, 10000)) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    tmp = certs(b.tmp)
+    print(f"\nidle virtual connections (SOCKS5 CONNECT through the client, held open; RLIMIT_NOFILE {hard}):")
+    holder_port = free_port()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(holder_port)])
+    b.procs.append(holder)
+    wait_port(holder_port)
+    proxy, pair = start_pair(b, True, tmp)
+    wm = [psutil.Process(p.pid) for p in pair]  # taskset execs the program: same pid
+    opened: list[socket.socket] = []
+    base = sum(p.memory_info().rss for p in wm)
+    for count in counts:
+        try:
+            while len(opened) < count:
+                s = socket.create_connection(("127.0.0.1", proxy), timeout=30)
+                s.sendall(b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + holder_port.to_bytes(2, "big"))
+                opened.append(s)
+            for s in opened[-200:]:  # the last ones are through: the rest were before them
+                s.settimeout(30)
+                reply = b""
+                while len(reply) < 12 and (chunk := s.recv(12 - len(reply))):
+                    reply += chunk
+                if reply[:4] != b"\x05\x00\x05\x00":
+                    raise RuntimeError(f"SOCKS5 through the link failed: {reply!r}")
+        except (OSError, RuntimeError) as e:
+            print(f"  {count} connections: failed after {len(opened)}: {e}")
+            break
+        time.sleep(1)
+        rss = sum(p.memory_info().rss for p in wm)
+        print(f"  {count:>6} streams: RSS of client+server {rss >> 20} MiB, "
+              f"{(rss - base) / count / 1024:.1f} KiB per idle virtual connection (over the start)")
+        b.results.setdefault("center_memory_kib", {})[count] = round((rss - base) / count / 1024, 1)
+    for s in opened:
+        s.close()
+
+
+HOLDER = """
+import socket, sys, resource
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", int(sys.argv[1]))); l.listen(4096)
+held = []
+while True:
+    held.append(l.accept()[0])
+"""

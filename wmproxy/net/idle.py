@@ -1,39 +1,83 @@
-"""An idle watchdog: one sleeping greenlet per connection instead of a timer per socket call.
+"""Idle watchdogs: one sleeping greenlet for all connections, not a timer per socket call.
 
 gevent arms and cancels a timer around every ``recv`` of a socket that has a timeout; on a
-busy keep-alive connection that costs more than the parsing. Here the connection only bumps a
-counter (the Reader's ``reads``, a relay's byte count); the watchdog wakes a few times per
-period and acts when the counter has not moved for the whole period.
+busy keep-alive connection that costs more than the parsing. Here a connection only bumps a
+counter (the Reader's ``reads``, a relay's byte count) and registers with :func:`watch_idle`;
+a single reaper greenlet looks at every registered counter a few times per period and calls
+``on_idle`` for those that have not moved for the whole period. Thousands of idle tunnels cost
+a list entry each instead of a greenlet each.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable
 
 import gevent
 
+MIN_TICK, MAX_TICK = 0.05, 1.0
 
-def watch_idle(progress: Callable[[], int], timeout: Callable[[], float],
-               on_idle: Callable[[], None]) -> gevent.Greenlet:
-    """Spawn a watchdog calling ``on_idle()`` once ``progress()`` stays the same for
-    ``timeout()`` seconds (read again each round, so a connection may change phase), then
-    ending. Precision is about a quarter of the timeout. The caller owns the greenlet and
-    kills it when the connection ends.
-    """
 
-    def watch() -> None:
-        seen = progress()
-        since = time.monotonic()
-        while True:
-            limit = timeout()
-            gevent.sleep(min(limit / 4 + 0.02, max(0.0, since + limit - time.monotonic()) + 0.02))
+class Watch:
+    """One registration; :meth:`kill` ends it (safe to call twice)."""
+
+    __slots__ = ("progress", "timeout", "on_idle", "seen", "since", "active")
+
+    def __init__(self, progress: Callable[[], int], timeout: Callable[[], float], on_idle: Callable[[], None]):
+        self.progress = progress
+        self.timeout = timeout
+        self.on_idle = on_idle
+        self.seen = progress()
+        self.since = time.monotonic()
+        self.active = True
+
+    def kill(self) -> None:
+        if self.active:
+            self.active = False
+            _REAPER.watches.discard(self)
+
+
+class _Reaper:
+    def __init__(self) -> None:
+        self.watches: set[Watch] = set()
+        self.greenlet: gevent.Greenlet | None = None
+
+    def add(self, watch: Watch) -> None:
+        self.watches.add(watch)
+        if self.greenlet is None or self.greenlet.dead:
+            self.greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while self.watches:
+            tick = MAX_TICK
             now = time.monotonic()
-            current = progress()
-            if current != seen:
-                seen, since = current, now
-            elif now - since >= timeout():
-                on_idle()
-                return
+            for watch in list(self.watches):
+                if not watch.active:
+                    continue
+                limit = watch.timeout()
+                tick = min(tick, limit / 4)
+                current = watch.progress()
+                if current != watch.seen:
+                    watch.seen, watch.since = current, now
+                elif now - watch.since >= limit:
+                    watch.kill()
+                    try:
+                        watch.on_idle()
+                    except Exception:  # our bug: log it, keep watching the others
+                        logging.getLogger("wmproxy").exception("idle watchdog callback failed")
+            gevent.sleep(max(MIN_TICK, tick))
 
-    return gevent.spawn(watch)
+
+_REAPER = _Reaper()
+
+
+def watch_idle(progress: Callable[[], int], timeout: Callable[[], float], on_idle: Callable[[], None]) -> Watch:
+    """Call ``on_idle()`` once ``progress()`` has stayed the same for ``timeout()`` seconds
+    (read again each round, so a connection may change phase). Precision: a quarter of the
+    shortest timeout, at most a second. Returns the registration; the caller kills it when
+    the connection ends. Never blocks.
+    """
+    watch = Watch(progress, timeout, on_idle)
+    _REAPER.add(watch)
+    return watch

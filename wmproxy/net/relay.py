@@ -158,7 +158,7 @@ def relay(a, b, idle_timeout: float | None = None, a_pending: bytes = b"", b_pen
 
     ``a_pending`` are bytes already read from ``a`` (to go to ``b`` first), ``b_pending``
     likewise from ``b``. Blocks the calling greenlet; spawns two pumps and, with
-    ``idle_timeout``, a watchdog, all killed before it returns, also when the caller is
+    ``idle_timeout``, registers an idle watch; all ended before it returns, also when the caller is
     killed. Closes ``a`` and ``b``. Never raises for a peer's error: ``stats.reason`` tells.
     """
     stats = stats or RelayStats()

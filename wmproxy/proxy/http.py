@@ -16,7 +16,7 @@ import gevent
 
 from ..errors import ProtocolError, UpstreamError
 from ..net import httpio
-from ..net.idle import watch_idle
+from ..net.idle import Watch, watch_idle
 from ..net.reader import PeerClosed, Reader
 from ..net.relay import relay
 from ..net.writer import send_all
@@ -67,7 +67,7 @@ class HttpSession:
         self.reader = reader
         self.info = info
         self.upstream: _Upstream | None = None
-        self.watchdog: gevent.Greenlet | None = None
+        self.watchdog: Watch | None = None
         self.first = True
 
     # -- the request loop -----------------------------------------------------------------

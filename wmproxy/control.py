@@ -226,4 +226,12 @@ def format_status(st: dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.append(f"\ncenter links: {len(st['center_links'])}  mappings: {len(st['mappings'])}")
+    for link in st["center_links"]:
+        if link["role"] == "server":
+            lines.append(f"  client {link['client']} from {link['peer']}: {link['streams']} streams, "
+                         f"in {_size(link['bytes_in'])}, out {_size(link['bytes_out'])}")
+        else:
+            lines.append(f"  to {link['server']}: {link['state']}, {link['streams']} streams, "
+                         f"{link['attempts']} attempts" + (f", last error: {link['last_error']}"
+                                                           if link["last_error"] else ""))
     return "\n".join(lines)

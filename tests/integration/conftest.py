@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -241,34 +240,50 @@ def big_blob():
     return os.urandom(BIG)
 
 
+class TcpServer:
+    """A threaded TCP server on 127.0.0.1 running ``serve(conn)`` per connection; ``port``."""
+
+    def __init__(self, serve, backlog: int = 256) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.port = self.sock.getsockname()[1]
+        self.serve = serve
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn) -> None:
+        with conn:
+            try:
+                self.serve(conn)
+            except OSError:
+                pass  # the client went away: its test says whether that was expected
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @pytest.fixture
 def echo_server():
     """Reads until the client half-closes, then sends back 'got N sha256' and closes."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(16)
-    stop = threading.Event()
 
-    def serve_one(conn):
-        with conn:
-            h, n = hashlib.sha256(), 0
-            while data := conn.recv(65536):
-                h.update(data)
-                n += len(data)
-            conn.sendall(f"got {n} {h.hexdigest()}".encode())
+    def serve(conn):
+        h, n = hashlib.sha256(), 0
+        while data := conn.recv(65536):
+            h.update(data)
+            n += len(data)
+        conn.sendall(f"got {n} {h.hexdigest()}".encode())
 
-    def loop():
-        while not stop.is_set():
-            try:
-                conn, _ = lsock.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
-    yield types.SimpleNamespace(port=lsock.getsockname()[1])
-    stop.set()
-    lsock.close()
+    server = TcpServer(serve)
+    yield server
+    server.close()
 
 
 def curl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:

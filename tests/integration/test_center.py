@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from conftest import Proc, control, curl, free_port, http_get, recv_all, wait_port
+from conftest import Proc, TcpServer, control, curl, free_port, http_get, recv_all, wait_port
 
 
 @pytest.fixture(scope="module")
@@ -111,30 +111,15 @@ def test_curl_through_the_link(pair, origin, tls_origin):
 @pytest.fixture
 def mirror():
     """Echoes every byte back as it arrives; half-closes when the client does."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(256)
 
     def serve(conn):
-        with conn:
-            try:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-                conn.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass  # the stalled-reader test closes its end mid-flood
+        while data := conn.recv(65536):
+            conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)
 
-    def loop():
-        while True:
-            try:
-                conn, _ = lsock.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
-    yield lsock.getsockname()[1]
-    lsock.close()
+    server = TcpServer(serve)
+    yield server.port
+    server.close()
 
 
 def socks_connect(proxy_port: int, port: int) -> socket.socket:

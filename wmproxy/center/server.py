@@ -48,6 +48,9 @@ class CenterServer(Listener):
         if not spec.settings[0].tls:
             log.warning("center.bind %s: tls = false, the link is plain TCP: anyone on the path can read "
                         "and alter the traffic", spec.bind)
+        if not spec.settings[0].accounts() and not spec.settings[0].client_ca and not spec.bind.is_loopback:
+            log.warning("center.bind %s: no username/password or users and no client_ca: any center client "
+                        "that reaches this port may use it", spec.bind)
 
     def make_context(self, settings, app) -> CenterServerContext:
         center_cfg, proxy_cfg = settings

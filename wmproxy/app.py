@@ -26,43 +26,17 @@ from gevent.lock import Semaphore
 
 from . import __version__, config
 from .config import Addr, Config
-from .errors import ConfigError, ProxyError
+from .errors import ConfigError
 from .center.client import CenterClient
 from .listener import Listener, ListenerSpec, drain_all
 from .net.dns import Resolver
+from .net.listen import BindError, open_listener
 from .net.tls import client_context
 
 log = logging.getLogger("wmproxy")
 
 WATCH_EVERY = 1.0  # seconds between looks at the config file
 WATCH_SETTLE = 0.3  # a change must hold this long before it is loaded (editors write in steps)
-
-
-class BindError(ProxyError):
-    """A listening address could not be opened."""
-
-
-def open_listener(addr: Addr, what: str, backlog: int = 1024) -> socket.socket:
-    """A bound, listening TCP socket for ``addr`` (SO_REUSEADDR; IPv6 sockets v6-only).
-
-    Raises BindError naming the config key, the address and the reason.
-    """
-    try:
-        infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise BindError(f"{what}: cannot resolve bind address {addr}: {e.strerror}") from None
-    family, kind, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(sockaddr)
-        sock.listen(backlog)
-    except OSError as e:
-        sock.close()
-        raise BindError(f"{what}: cannot listen on {addr}: {e.strerror or e}") from None
-    return sock
 
 
 def listener_specs(cfg: Config) -> dict[tuple[str, str], ListenerSpec]:
@@ -124,7 +98,7 @@ class App:
     def start(self) -> None:
         """Open every listener; raises BindError (and opens nothing) on failure."""
         self._apply(self.cfg)
-        if not self.listeners:
+        if not self.listeners and self.center_client is None:
             log.warning("the configuration starts no listener")
         self._follow_watch_setting()
 
@@ -141,8 +115,9 @@ class App:
             for k in [*added, *changed]:
                 if specs[k].check is not None:
                     specs[k].check()
-            if client_cfg != _center_client_cfg(self.cfg) or (client_cfg and self.center_client is None):
-                new_client = CenterClient(client_cfg, self) if client_cfg else False
+            if (client_cfg != _center_client_cfg(self.cfg) or new.mappings != self.cfg.mappings
+                    or (client_cfg and self.center_client is None)):
+                new_client = CenterClient(client_cfg, self, new.mappings) if client_cfg else False
         except ConfigError as e:
             raise ConfigError(self.config_file or "", e.path, e.message) from None
         sockets: dict = {}
@@ -300,7 +275,11 @@ class App:
                   for row in listener.link_status()),
                 *([self.center_client.status()] if self.center_client is not None else []),
             ],
-            "mappings": [],  # mappings arrive with issue 5
+            "mappings": [
+                *(row for listener in self.listeners.values() if hasattr(listener, "mappings")
+                  for row in listener.mappings.status()),
+                *(self.center_client.mapping_status() if self.center_client is not None else []),
+            ],
             "process": process,
         }
 

@@ -327,6 +327,17 @@ class StreamConfig:
         return next(u for u in self.upstream if u.name == name)
 
 
+def to_port_range(value: Any) -> tuple[int, int]:
+    """'2000-2999' or a single port (number or string) -> (low, high)."""
+    text = str(value).strip() if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
+    low, _, high = text.partition("-")
+    if low.isdigit() and (high.isdigit() or not high):
+        lo, hi = int(low), int(high or low)
+        if 1 <= lo <= hi <= 65535:
+            return lo, hi
+    raise Invalid(f"expected a port or a range like 2000-2999, got {value!r}")
+
+
 @dataclass(frozen=True)
 class CenterUser:
     """``[[center.users]]``: one account a center client may log in with."""
@@ -352,6 +363,8 @@ class CenterConfig:
     heartbeat: float = key(to_duration, 15.0, "PING an idle link this often; 3 x without a frame = dead")
     window: int = key(to_size, 262144, "per-stream flow-control window")
     max_frame: int = key(to_size, 1 << 20, "largest frame body accepted")
+    allow_ports: tuple = key(list_of(to_port_range), (), "server: ports a client's tcp mappings may open "
+                                                          "(empty: any)")
     # last: from here on, 'key' in this class body names this field, not the declaring function
     key: str = key(to_str, "", "PEM private key for cert")
 
@@ -384,6 +397,19 @@ class CenterConfig:
         return out
 
 
+MAPPING_MODES = ("tcp",)
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    """``[[mappings]]`` (center client): a private service the center server publishes."""
+
+    name: str = key(to_str, REQUIRED, "the mapping's name (unique on this client)")
+    mode: str = key(one_of(MAPPING_MODES), REQUIRED, "how it is published")
+    local_addr: Addr = key(to_addr, REQUIRED, "the private service, as this client reaches it")
+    remote_bind: Addr = key(to_addr, REQUIRED, "the public address the center server opens for it")
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -402,8 +428,15 @@ class Config:
     proxy: Optional[ProxyConfig] = section(ProxyConfig, "forward proxy")
     stream: Optional[StreamConfig] = section(StreamConfig, "layer-4 forwarding")
     center: Optional[CenterConfig] = section(CenterConfig, "the center link (tunnel)")
+    mappings: tuple = key(table_list(MappingConfig), (), "center client: services the server publishes")
 
     def validate(self) -> None:
+        names = [m.name for m in self.mappings]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise Invalid(f"mapping name {name!r} is used twice", f"mappings[{i}].name")
+        if self.mappings and (self.center is None or self.center.is_server):
+            raise Invalid("mappings are published through a center server: set [center] server", "mappings")
         if self.center is not None and not self.center.is_server and self.proxy is not None and self.proxy.auth:
             raise Invalid("in a center client the local proxy's traffic is served by the center server's "
                           "forward proxy: set username/password in the server's [proxy]", ".proxy.username")

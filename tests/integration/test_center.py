@@ -57,9 +57,9 @@ class Pair:
                 f'server_name = "{server_name}"\nusername = "alice"\npassword = "{password}"\nheartbeat = "1s"\n'
                 f'{extra}\n[proxy]\nbind = "127.0.0.1:{self.proxy}"\n')
 
-    def start_client(self, extra: str = "", **kw) -> Proc:
+    def start_client(self, extra: str = "", tail: str = "", **kw) -> Proc:
         conf = self.tmp / f"client-{len(self.procs)}.toml"
-        conf.write_text(self.client_config(extra, **kw))
+        conf.write_text(self.client_config(extra, **kw) + tail)
         p = self.start("client", conf)
         wait_port(self.proxy, proc=p.popen)
         return p
@@ -300,3 +300,68 @@ def test_mutual_tls(tmp_path, certs, pair, origin):
     p.client = p.start_client(f'cert = "{tmp_path}/client.pem"\nkey = "{tmp_path}/client.key"')
     p.wait_link()
     assert http_get(p.proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"
+
+
+def tcp_mapping(name: str, local: int, remote: int) -> str:
+    return (f'[[mappings]]\nname = "{name}"\nmode = "tcp"\nlocal_addr = "127.0.0.1:{local}"\n'
+            f'remote_bind = "127.0.0.1:{remote}"\n')
+
+
+def through(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        return recv_all(s)
+
+
+def test_tcp_mappings_of_two_clients(pair, echo_server, mirror):
+    cport = free_port()
+    pub_a, pub_b = free_port(), free_port()
+    outside = next(port for port in range(pub_b + 1, 65536) if port != pub_a)
+    p = pair(server_top=f'control = "127.0.0.1:{cport}"', start_client=False,
+             server_extra=f'allow_ports = ["{pub_a}", {pub_b}]')
+    p.client = p.start_client(tail=tcp_mapping("echo", echo_server.port, pub_a) +
+                              tcp_mapping("outside", echo_server.port, outside))
+    p.wait_link()
+    p.proxy = free_port()
+    second = p.start_client(tail=tcp_mapping("mirror", mirror, pub_b) + tcp_mapping("taken", mirror, pub_a))
+    second.wait_log("is up")
+    payload = os.urandom(3 << 20)
+    assert through(pub_a, payload).decode() == f"got {len(payload)} {hashlib.sha256(payload).hexdigest()}"
+    assert hashlib.sha256(through(pub_b, payload)).digest() == hashlib.sha256(payload).digest()
+    # refusals, logged on both ends with the reason
+    second.wait_log("mapping 'taken' refused by the server: ")
+    p.server.wait_log("mapping 'taken' of client alice refused:")
+    assert "is already held by client alice (mapping echo)" in second.log()
+    p.client.wait_log("mapping 'outside' refused by the server: port")
+    st = json.loads(control(cport, "GET", "/status")[1])
+    assert sorted(m["name"] for m in st["mappings"]) == ["echo", "mirror"]
+    # the first client goes away: its port is withdrawn, the other client's stays
+    p.client.stop()
+    p.server.wait_log("mapping 'echo' of client alice withdrawn")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", pub_a), timeout=5)
+    assert hashlib.sha256(through(pub_b, b"still here")).digest() == hashlib.sha256(b"still here").digest()
+    # and comes back: published again without restarting the server
+    p.proxy = free_port()
+    back = p.start_client(tail=tcp_mapping("echo", echo_server.port, pub_a))
+    back.wait_log("mapping 'echo' published")
+    assert through(pub_a, b"again").decode().startswith("got 5 ")
+
+
+def test_interactive_session_through_a_tcp_mapping(pair, mirror):
+    """SSH-shaped: many small exchanges, each answered before the next, then a half-close."""
+    pub = free_port()
+    p = pair(start_client=False)
+    p.client = p.start_client(tail=tcp_mapping("shell", mirror, pub))
+    p.client.wait_log("mapping 'shell' published")
+    with socket.create_connection(("127.0.0.1", pub), timeout=20) as s:
+        for i in range(300):
+            line = f"command {i}\n".encode()
+            s.sendall(line)
+            got = b""
+            while len(got) < len(line):
+                got += s.recv(100)
+            assert got == line
+        s.shutdown(socket.SHUT_WR)
+        assert recv_all(s) == b""  # the far side saw EOF and closed its side too

@@ -63,3 +63,20 @@ def test_frozen():
     cfg = config.load(None, default={"proxy": {}})
     with pytest.raises(AttributeError):
         cfg.proxy.bind = None
+
+
+def test_mappings_and_allow_ports():
+    cfg = config.build(config.Config, {
+        "center": {"server": "127.0.0.1:8091", "tls": False},
+        "mappings": [{"name": "ssh", "mode": "tcp", "local_addr": "127.0.0.1:22", "remote_bind": "0.0.0.0:2222"}]})
+    assert cfg.mappings[0].remote_bind.port == 2222
+    server = config.build(config.CenterConfig, {"bind": "0.0.0.0:8091", "tls": False,
+                                                "allow_ports": ["2000-2999", 3306]})
+    assert server.allow_ports == ((2000, 2999), (3306, 3306))
+    for bad, path in (({"mappings": [{"name": "x", "mode": "tcp", "local_addr": "127.0.0.1:1",
+                                      "remote_bind": "0.0.0.0:2"}]}, "mappings"),
+                      ({"center": {"bind": "0.0.0.0:1", "tls": False, "allow_ports": ["9-2"]}},
+                       "center.allow_ports[0]")):
+        with pytest.raises(config.Invalid) as e:
+            config.build(config.Config, bad)
+        assert e.value.subpath == path

@@ -17,7 +17,9 @@ from ..errors import ProtocolError, UpstreamError
 from ..net.dial import dial
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import client_context
-from ..prot.frame import CreateMode
+from ..net.relay import relay
+from ..prot import frame as fr
+from ..prot.frame import CreateMode, Flag, Kind
 from . import handshake
 from .link import CenterLink, VirtualConn
 
@@ -26,14 +28,17 @@ log = logging.getLogger("wmproxy.center")
 HANDSHAKE_TIMEOUT = 10.0
 FIRST_DELAY, MAX_DELAY = 1.0, 30.0
 STABLE_AFTER = 10.0  # a link that lived this long resets the backoff
+IDLE_TIMEOUT = 300.0  # a mapped connection with no traffic this long is closed
 
 
 class CenterClient:
     """Owned by the App; :meth:`start` and :meth:`stop` it."""
 
-    def __init__(self, cfg: CenterConfig, app) -> None:
+    def __init__(self, cfg: CenterConfig, app, mappings: tuple = ()) -> None:
         self.cfg = cfg
         self.app = app
+        self.mappings = {m.name: m for m in mappings}  # MappingConfig by name
+        self.answers: dict[str, fr.MappingAnswer] = {}
         self.ssl = client_context(cfg.ca, cfg.cert, cfg.key) if cfg.tls else None
         self.link: CenterLink | None = None
         self.attempts = 0
@@ -80,7 +85,8 @@ class CenterClient:
             if self.ssl is not None:
                 sock = self.ssl.wrap_socket(sock, server_hostname=cfg.server_name or cfg.server.host)
             reader = Reader(sock)
-            handshake.client_side(sock, reader, cfg.username, cfg.password)
+            specs = [fr.MappingSpec(m.name, m.mode, "", str(m.remote_bind)) for m in self.mappings.values()]
+            answers = handshake.client_side(sock, reader, cfg.username, cfg.password, specs)
         except BaseException:
             sock.close()
             raise
@@ -88,13 +94,39 @@ class CenterClient:
                           heartbeat=cfg.heartbeat, on_create=self._serve_stream, name=f"to {cfg.server}")
         self.link = link
         log.info("center link to %s is up (attempt %d)", cfg.server, self.attempts)
+        self.answers = {a.name: a for a in answers}
+        for a in answers:
+            if a.accepted:
+                log.info("mapping %r published by the server on %s", a.name, self.mappings[a.name].remote_bind
+                         if a.name in self.mappings else "?")
+            else:
+                log.warning("mapping %r refused by the server: %s", a.name, a.reason)
         self.last_error = ""
         reason = link.run()
         self.link = None
         log.warning("center link to %s lost: %s", cfg.server, reason)
 
     def _serve_stream(self, vc: VirtualConn, mode: CreateMode, target: str) -> None:
-        vc.close(f"{mode.name} streams need mappings, which this client does not have yet")
+        """A public connection to one of our mappings: dial its local address, relay."""
+        mapping = self.mappings.get(target)
+        if mode != CreateMode.TCP or mapping is None or mapping.mode != "tcp":
+            vc.close(f"no tcp mapping named {target!r} on this client")
+            return
+        try:
+            local = dial(self.app.resolver, mapping.local_addr.host, mapping.local_addr.port, HANDSHAKE_TIMEOUT)
+        except UpstreamError as e:
+            log.warning("mapping %r: %s", target, e)
+            vc.close(str(e))
+            return
+        vc.link.send_frame(Kind.CREATE, Flag.ACK, vc.sid)
+        stats = relay(vc, local, IDLE_TIMEOUT)
+        log.info("mapping %r: connection done (%s) in=%d out=%d", target, stats.reason, stats.a_to_b, stats.b_to_a)
+
+    def mapping_status(self) -> list[dict]:
+        return [{"name": m.name, "mode": m.mode, "local_addr": str(m.local_addr), "remote_bind": str(m.remote_bind),
+                 "state": ("published" if self.answers[m.name].accepted else "refused") if m.name in self.answers
+                 and self.link else "down", "reason": self.answers[m.name].reason if m.name in self.answers else ""}
+                for m in self.mappings.values()]
 
     def status(self) -> dict:
         link = self.link

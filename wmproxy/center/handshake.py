@@ -7,6 +7,7 @@ Blocking-style over a Reader; the socket's timeout bounds each step.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from ..errors import ProtocolError
 from ..prot import frame as fr
@@ -34,9 +35,11 @@ def _expect(reader, kind: Kind, want_ack: bool) -> fr.Frame:
     return f
 
 
-def server_side(sock, reader, accounts: dict[str, str]) -> str:
+def server_side(sock, reader, accounts: dict[str, str],
+                decide: Callable[[str, list[fr.MappingSpec]], list[fr.MappingAnswer]]) -> str:
     """Run the server's half; returns the client's user name ('' when no accounts are set).
-    Raises AuthFailed (after telling the client), ProtocolError, PeerClosed, OSError."""
+    ``decide(user, mappings)`` answers the client's mappings. Raises AuthFailed (after
+    telling the client), ProtocolError, PeerClosed, OSError."""
     nonce = os.urandom(fr.NONCE_SIZE)
     _send(sock, Kind.HELLO, 0, fr.encode_hello(nonce))
     username, proof = fr.decode_token(_expect(reader, Kind.TOKEN, False).body)
@@ -47,8 +50,7 @@ def server_side(sock, reader, accounts: dict[str, str]) -> str:
             raise AuthFailed(f"auth failed for user {username[:40]!r}")
     _send(sock, Kind.TOKEN, Flag.ACK)
     mappings = fr.decode_mappings(_expect(reader, Kind.MAPPING, False).body)
-    answers = [fr.MappingAnswer(m.name, False, "mappings are not supported by this server yet") for m in mappings]
-    _send(sock, Kind.MAPPING, Flag.ACK, fr.encode_mapping_answers(answers))
+    _send(sock, Kind.MAPPING, Flag.ACK, fr.encode_mapping_answers(decide(username, mappings)))
     return username
 
 

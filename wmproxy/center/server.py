@@ -21,6 +21,7 @@ from ..prot.frame import CreateMode, Flag, Kind
 from ..prot.http1 import parse_authority
 from . import handshake
 from .link import CenterLink, VirtualConn
+from .mapping import MappingRegistry
 
 log = logging.getLogger("wmproxy.center")
 
@@ -44,6 +45,7 @@ class CenterServer(Listener):
 
     def __init__(self, sock, spec: ListenerSpec, app) -> None:
         self.links: set[CenterLink] = set()
+        self.mappings = MappingRegistry()
         super().__init__(sock, spec, app)
         if not spec.settings[0].tls:
             log.warning("center.bind %s: tls = false, the link is plain TCP: anyone on the path can read "
@@ -62,17 +64,32 @@ class CenterServer(Listener):
     def serve(self, sock, address, ctx: CenterServerContext) -> None:
         peer = fmt_addr(address[0], address[1])
         sock.settimeout(HANDSHAKE_TIMEOUT)
+        ports: list = []
+
+        def decide(user: str, mappings: list) -> list:
+            answers, bound = self.mappings.register(user or peer, mappings, ctx.cfg.allow_ports,
+                                                    ctx.proxy_cfg.idle_timeout)
+            ports.extend(bound)
+            return answers
+
         try:
             if ctx.ssl is not None:
                 sock = ctx.ssl.wrap_socket(sock, server_side=True)
             reader = Reader(sock)
-            user = handshake.server_side(sock, reader, ctx.accounts)
+            user = handshake.server_side(sock, reader, ctx.accounts, decide)
         except handshake.AuthFailed as e:
             log.warning("center: %s from %s", e, peer)
             return
         except (ssl.SSLError, OSError, ProtocolError, PeerClosed) as e:
+            self.mappings.withdraw(ports)
             log.warning("center: handshake with %s failed: %s", peer, e)
             return
+        try:
+            self._serve_link(ctx, sock, reader, user, peer, ports)
+        finally:
+            self.mappings.withdraw(ports)
+
+    def _serve_link(self, ctx: CenterServerContext, sock, reader: Reader, user: str, peer: str, ports: list) -> None:
         cfg = ctx.cfg
         link = CenterLink(sock, reader, is_client=False, window=cfg.window, max_frame=cfg.max_frame,
                           heartbeat=cfg.heartbeat, name=f"{user or 'anonymous'}@{peer}",
@@ -80,6 +97,11 @@ class CenterServer(Listener):
         link.user = user
         self.links.add(link)
         log.info("center: client %r connected from %s", user or "anonymous", peer)
+        for port in ports:
+            port.link = link
+            port.start()
+            log.info("center: mapping %r of client %s published on %s", port.name, user or peer,
+                     fmt_addr(*port.address[:2]))
         try:
             reason = link.run()
         finally:

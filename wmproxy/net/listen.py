@@ -1,0 +1,35 @@
+"""Opening listening sockets, with errors that name the config key and the address."""
+
+from __future__ import annotations
+
+import socket
+
+from ..config import Addr
+from ..errors import ProxyError
+
+
+class BindError(ProxyError):
+    """A listening address could not be opened."""
+
+
+def open_listener(addr: Addr, what: str, backlog: int = 1024) -> socket.socket:
+    """A bound, listening TCP socket for ``addr`` (SO_REUSEADDR; IPv6 sockets v6-only).
+
+    Raises BindError naming the config key, the address and the reason.
+    """
+    try:
+        infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise BindError(f"{what}: cannot resolve bind address {addr}: {e.strerror}") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except OSError as e:
+        sock.close()
+        raise BindError(f"{what}: cannot listen on {addr}: {e.strerror or e}") from None
+    return sock

@@ -115,8 +115,7 @@ class App:
             for k in [*added, *changed]:
                 if specs[k].check is not None:
                     specs[k].check()
-            if (client_cfg != _center_client_cfg(self.cfg) or new.mappings != self.cfg.mappings
-                    or (client_cfg and self.center_client is None)):
+            if client_cfg != _center_client_cfg(self.cfg) or (client_cfg and self.center_client is None):
                 new_client = CenterClient(client_cfg, self, new.mappings) if client_cfg else False
         except ConfigError as e:
             raise ConfigError(self.config_file or "", e.path, e.message) from None
@@ -132,7 +131,10 @@ class App:
             self.resolver = Resolver(new.dns_or_default)
         if new.log_level != self.cfg.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
+        mappings_changed = new.mappings != self.cfg.mappings
         self.cfg = new
+        if new_client is None and mappings_changed and self.center_client is not None:
+            self.center_client.update_mappings(new.mappings)  # same link, new MAPPING
         if new_client is not None:  # before the listeners: a proxy's new context picks it up
             if self.center_client is not None:
                 self.center_client.stop()

@@ -365,3 +365,26 @@ def test_interactive_session_through_a_tcp_mapping(pair, mirror):
             assert got == line
         s.shutdown(socket.SHUT_WR)
         assert recv_all(s) == b""  # the far side saw EOF and closed its side too
+
+
+def test_mappings_reload_over_the_live_link(pair, echo_server, mirror):
+    pub_keep, pub_old, pub_new = free_port(), free_port(), free_port()
+    p = pair(start_client=False)
+    p.client = p.start_client(tail=tcp_mapping("keep", mirror, pub_keep) + tcp_mapping("old", echo_server.port, pub_old))
+    p.client.wait_log("mapping 'old' published")
+    live = socket.create_connection(("127.0.0.1", pub_keep), timeout=20)  # through a mapping that stays
+    live.sendall(b"ping")
+    assert live.recv(4) == b"ping"
+    conf = next(p.tmp.glob("client-*.toml"))
+    conf.write_text(p.client_config() + tcp_mapping("keep", mirror, pub_keep) +
+                    tcp_mapping("new", echo_server.port, pub_new))
+    p.client.popen.send_signal(signal.SIGHUP)
+    p.client.wait_log("mapping 'new' published")
+    p.server.wait_log("mapping 'old' of client alice withdrawn")
+    assert through(pub_new, b"fresh").decode().startswith("got 5 ")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", pub_old), timeout=5)
+    live.sendall(b"pong")  # the link and this connection were not touched
+    assert live.recv(4) == b"pong"
+    live.close()
+    assert p.client.log().count("is up (attempt") == 1

@@ -85,15 +85,25 @@ class CenterClient:
             if self.ssl is not None:
                 sock = self.ssl.wrap_socket(sock, server_hostname=cfg.server_name or cfg.server.host)
             reader = Reader(sock)
-            specs = [fr.MappingSpec(m.name, m.mode, "", str(m.remote_bind)) for m in self.mappings.values()]
-            answers = handshake.client_side(sock, reader, cfg.username, cfg.password, specs)
+            answers = handshake.client_side(sock, reader, cfg.username, cfg.password, self._specs())
         except BaseException:
             sock.close()
             raise
         link = CenterLink(sock, reader, is_client=True, window=cfg.window, max_frame=cfg.max_frame,
-                          heartbeat=cfg.heartbeat, on_create=self._serve_stream, name=f"to {cfg.server}")
+                          heartbeat=cfg.heartbeat, on_create=self._serve_stream, name=f"to {cfg.server}",
+                          on_mapping_answer=self._answered)
         self.link = link
         log.info("center link to %s is up (attempt %d)", cfg.server, self.attempts)
+        self._answered(answers)
+        self.last_error = ""
+        reason = link.run()
+        self.link = None
+        log.warning("center link to %s lost: %s", cfg.server, reason)
+
+    def _specs(self) -> list[fr.MappingSpec]:
+        return [fr.MappingSpec(m.name, m.mode, "", str(m.remote_bind)) for m in self.mappings.values()]
+
+    def _answered(self, answers: list[fr.MappingAnswer]) -> None:
         self.answers = {a.name: a for a in answers}
         for a in answers:
             if a.accepted:
@@ -101,10 +111,14 @@ class CenterClient:
                          if a.name in self.mappings else "?")
             else:
                 log.warning("mapping %r refused by the server: %s", a.name, a.reason)
-        self.last_error = ""
-        reason = link.run()
-        self.link = None
-        log.warning("center link to %s lost: %s", cfg.server, reason)
+
+    def update_mappings(self, mappings: tuple) -> None:
+        """New mappings from a reload: sent over the live link (the server applies the
+        difference; the link and its other streams stay), or with the next handshake."""
+        self.mappings = {m.name: m for m in mappings}
+        link = self.link
+        if link is not None and not link.closed:
+            link.send_frame(Kind.MAPPING, 0, 0, fr.encode_mappings(self._specs()), quiet=True)
 
     def _serve_stream(self, vc: VirtualConn, mode: CreateMode, target: str) -> None:
         """A public connection to one of our mappings: dial its local address, relay."""

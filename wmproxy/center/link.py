@@ -204,7 +204,9 @@ class CenterLink:
     """One established link (after the handshake). :meth:`run` serves it until it ends."""
 
     def __init__(self, sock, reader: Reader, *, is_client: bool, window: int, max_frame: int, heartbeat: float,
-                 on_create: Callable[[VirtualConn, fr.CreateMode, str], None], name: str) -> None:
+                 on_create: Callable[[VirtualConn, fr.CreateMode, str], None], name: str,
+                 on_mapping: Callable[[list], list] | None = None,
+                 on_mapping_answer: Callable[[list], None] | None = None) -> None:
         self.sock = sock
         self.reader = reader
         self.is_client = is_client
@@ -212,6 +214,8 @@ class CenterLink:
         self.max_frame = max_frame
         self.heartbeat = heartbeat
         self.on_create = on_create
+        self.on_mapping = on_mapping  # server: a client's new MAPPING -> the answers
+        self.on_mapping_answer = on_mapping_answer  # client: the server's MAPPING+ACK
         self.name = name
         self.streams: dict[int, VirtualConn] = {}
         self.outbox: Queue = Queue()
@@ -361,11 +365,17 @@ class CenterLink:
         elif kind == Kind.PING:
             if not f.flag & Flag.ACK:
                 self.send_frame(Kind.PING, Flag.ACK, 0, fr.decode_ping(f.body), quiet=True)
-        elif kind == Kind.MAPPING:
-            if not f.flag & Flag.ACK:  # mappings arrive with issue 5: none is accepted yet
-                names = [m.name for m in fr.decode_mappings(f.body)]
-                answers = [fr.MappingAnswer(n, False, "mappings are not supported by this server yet") for n in names]
-                self.send_frame(Kind.MAPPING, Flag.ACK, 0, fr.encode_mapping_answers(answers), quiet=True)
+        elif kind == Kind.MAPPING:  # after the handshake: a client's changed mappings (reload)
+            if f.flag & Flag.ACK:
+                if self.on_mapping_answer is not None:
+                    self.on_mapping_answer(fr.decode_mapping_answers(f.body))
+                return
+            specs = fr.decode_mappings(f.body)
+            if self.on_mapping is not None:
+                answers = self.on_mapping(specs)
+            else:
+                answers = [fr.MappingAnswer(m.name, False, "this end publishes no mappings") for m in specs]
+            self.send_frame(Kind.MAPPING, Flag.ACK, 0, fr.encode_mapping_answers(answers), quiet=True)
         else:
             raise ProtocolError(f"{kind.name} frame after the handshake")
 

@@ -32,6 +32,7 @@ class PublicPort(StreamServer):
         self.owner = owner
         self.idle_timeout = idle_timeout
         self.link = None
+        self.bind = ""
         self.connections = 0
 
     def handle(self, conn, address) -> None:
@@ -81,6 +82,7 @@ class MappingRegistry:
                         reason = str(e)
                     else:
                         port = PublicPort(sock, m.name, owner, idle_timeout)
+                        port.bind = str(addr)
                         self.ports[str(addr)] = port
                         ports.append(port)
             if reason:
@@ -96,6 +98,25 @@ class MappingRegistry:
         if held is not None:
             return f"{addr} is already held by client {held.owner} (mapping {held.name})"
         return ""
+
+    def update(self, owner: str, link, ports: list[PublicPort], specs: list[fr.MappingSpec], allow_ports: tuple,
+               idle_timeout: float) -> list[fr.MappingAnswer]:
+        """A live link's new mappings: withdraw the removed and moved ones, publish the new
+        ones, leave the unchanged ones (and their connections) alone. Updates ``ports``."""
+        wanted = {m.name: m for m in specs}
+        gone = [p for p in ports if p.name not in wanted or wanted[p.name].remote_bind != p.bind
+                or wanted[p.name].mode != "tcp"]
+        self.withdraw(gone)
+        ports[:] = [p for p in ports if p not in gone]
+        kept = {p.name for p in ports}
+        answers, bound = self.register(owner, [m for m in specs if m.name not in kept], allow_ports, idle_timeout)
+        for port in bound:
+            port.link = link
+            port.start()
+            ports.append(port)
+            log.info("center: mapping %r of client %s published on %s", port.name, owner, port.bind)
+        by_name = {a.name: a for a in answers}
+        return [by_name.get(m.name, fr.MappingAnswer(m.name, True)) for m in specs]
 
     def withdraw(self, ports: list[PublicPort]) -> None:
         """Close the public ports of a link that ended."""

@@ -93,7 +93,9 @@ class CenterServer(Listener):
         cfg = ctx.cfg
         link = CenterLink(sock, reader, is_client=False, window=cfg.window, max_frame=cfg.max_frame,
                           heartbeat=cfg.heartbeat, name=f"{user or 'anonymous'}@{peer}",
-                          on_create=lambda vc, mode, target: self._serve_stream(ctx, link, vc, mode, target))
+                          on_create=lambda vc, mode, target: self._serve_stream(ctx, link, vc, mode, target),
+                          on_mapping=lambda specs: self.mappings.update(user or peer, link, ports, specs,
+                                                                        cfg.allow_ports, ctx.proxy_cfg.idle_timeout))
         link.user = user
         self.links.add(link)
         log.info("center: client %r connected from %s", user or "anonymous", peer)

@@ -370,7 +370,8 @@ def test_interactive_session_through_a_tcp_mapping(pair, mirror):
 def test_mappings_reload_over_the_live_link(pair, echo_server, mirror):
     pub_keep, pub_old, pub_new = free_port(), free_port(), free_port()
     p = pair(start_client=False)
-    p.client = p.start_client(tail=tcp_mapping("keep", mirror, pub_keep) + tcp_mapping("old", echo_server.port, pub_old))
+    p.client = p.start_client(tail=tcp_mapping("keep", mirror, pub_keep) +
+                              tcp_mapping("old", echo_server.port, pub_old))
     p.client.wait_log("mapping 'old' published")
     live = socket.create_connection(("127.0.0.1", pub_keep), timeout=20)  # through a mapping that stays
     live.sendall(b"ping")

@@ -4,7 +4,9 @@
   through CONNECT and SOCKS5 (proxychains4) of wmproxy and pproxy;
 - requests/s and p99 latency of small GETs through the HTTP proxy with keep-alive (wrk with a
   Lua script that sends absolute-form requests) to an nginx origin, for wmproxy, pproxy, squid
-  and tinyproxy.
+  and tinyproxy;
+- the center link (bench/center.py): one 1 GiB stream through client -> link -> server, TLS and
+  plain, beside socat chains, and the memory of idle virtual connections.
 
 Proxies run pinned to CPU 0 (taskset), the load and the origin on CPU 1. Run through `bench/run`,
 which installs the peers and puts the whole run in a loopback-only network namespace.

@@ -266,6 +266,15 @@ class DnsConfig:
     negative_ttl: float = key(to_duration, 5.0, "time a failed lookup is remembered")
 
 
+def _unique_names(items: tuple, what: str, path: str) -> list[str]:
+    """The ``name`` of each item; Invalid at the first one used twice."""
+    names = [item.name for item in items]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise Invalid(f"{what} name {name!r} is used twice", f"{path}[{i}].name")
+    return names
+
+
 @dataclass(frozen=True)
 class UpstreamServerConfig:
     """One server of an upstream: ``{ addr = "127.0.0.1:8080", weight = 2 }``."""
@@ -309,10 +318,7 @@ class StreamConfig:
     server: tuple = key(table_list(StreamServerConfig), (), "listeners")
 
     def validate(self) -> None:
-        names = [u.name for u in self.upstream]
-        for i, name in enumerate(names):
-            if name in names[:i]:
-                raise Invalid(f"upstream name {name!r} is used twice", f".upstream[{i}].name")
+        names = _unique_names(self.upstream, "upstream", ".upstream")
         binds: list[str] = []
         for i, srv in enumerate(self.server):
             if srv.up_name not in names:
@@ -431,10 +437,7 @@ class Config:
     mappings: tuple = key(table_list(MappingConfig), (), "center client: services the server publishes")
 
     def validate(self) -> None:
-        names = [m.name for m in self.mappings]
-        for i, name in enumerate(names):
-            if name in names[:i]:
-                raise Invalid(f"mapping name {name!r} is used twice", f"mappings[{i}].name")
+        _unique_names(self.mappings, "mapping", "mappings")
         if self.mappings and (self.center is None or self.center.is_server):
             raise Invalid("mappings are published through a center server: set [center] server", "mappings")
         if self.center is not None and not self.center.is_server and self.proxy is not None and self.proxy.auth:

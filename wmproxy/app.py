@@ -42,12 +42,13 @@ WATCH_SETTLE = 0.3  # a change must hold this long before it is loaded (editors 
 def listener_specs(cfg: Config) -> dict[tuple[str, str], ListenerSpec]:
     """Every listener the config asks for, by key. Each kind declares its own."""
     from . import control
+    from .center import maphttp
     from .center import server as center_server
     from .proxy import server as proxy_server
     from .stream import tcp as stream_tcp
 
     specs: dict[tuple[str, str], ListenerSpec] = {}
-    for kind in (proxy_server, stream_tcp, center_server, control):
+    for kind in (proxy_server, stream_tcp, center_server, maphttp, control):
         for spec in kind.listener_specs(cfg):
             if spec.key in specs:
                 raise BindError(f"{spec.label}: {spec.bind} is also {specs[spec.key].label}")

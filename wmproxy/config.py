@@ -371,6 +371,8 @@ class CenterConfig:
     max_frame: int = key(to_size, 1 << 20, "largest frame body accepted")
     allow_ports: tuple = key(list_of(to_port_range), (), "server: ports a client's tcp mappings may open "
                                                           "(empty: any)")
+    map_http_bind: Optional[Addr] = key(optional_addr, None, "server: the shared listener of http mappings "
+                                                             "(routed by Host)")
     # last: from here on, 'key' in this class body names this field, not the declaring function
     key: str = key(to_str, "", "PEM private key for cert")
 
@@ -403,7 +405,15 @@ class CenterConfig:
         return out
 
 
-MAPPING_MODES = ("tcp",)
+MAPPING_MODES = ("tcp", "http")
+_DOMAIN_RE = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def to_domain(value: Any) -> str:
+    """A host name, or a wildcard '*.example.com' (any name ending in .example.com)."""
+    if isinstance(value, str) and _DOMAIN_RE.match(value.strip().lower()):
+        return value.strip().lower()
+    raise Invalid(f"expected a domain like 'app.example.com' or '*.example.com', got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -413,7 +423,14 @@ class MappingConfig:
     name: str = key(to_str, REQUIRED, "the mapping's name (unique on this client)")
     mode: str = key(one_of(MAPPING_MODES), REQUIRED, "how it is published")
     local_addr: Addr = key(to_addr, REQUIRED, "the private service, as this client reaches it")
-    remote_bind: Addr = key(to_addr, REQUIRED, "the public address the center server opens for it")
+    remote_bind: Optional[Addr] = key(optional_addr, None, "tcp: the public address the center server opens")
+    domain: str = key(to_domain, "", "http: the Host it answers on the server's map_http_bind")
+
+    def validate(self) -> None:
+        if self.mode == "tcp" and self.remote_bind is None:
+            raise Invalid("a tcp mapping needs remote_bind (the public address to open)", ".remote_bind")
+        if self.mode == "http" and not self.domain:
+            raise Invalid("an http mapping needs domain (the Host it answers)", ".domain")
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -52,9 +52,9 @@ class Pair:
             self.client = self.start_client(client_extra)
 
     def client_config(self, extra: str = "", password: str = "s3cret", ca: str = "ca.pem",
-                      server_name: str = "center.test") -> str:
+                      server_name: str = "center.test", user: str = "alice") -> str:
         return (f'grace = "2s"\n[center]\nserver = "127.0.0.1:{self.center}"\nca = "{self.certs}/{ca}"\n'
-                f'server_name = "{server_name}"\nusername = "alice"\npassword = "{password}"\nheartbeat = "1s"\n'
+                f'server_name = "{server_name}"\nusername = "{user}"\npassword = "{password}"\nheartbeat = "1s"\n'
                 f'{extra}\n[proxy]\nbind = "127.0.0.1:{self.proxy}"\n')
 
     def start_client(self, extra: str = "", tail: str = "", **kw) -> Proc:
@@ -389,3 +389,54 @@ def test_mappings_reload_over_the_live_link(pair, echo_server, mirror):
     assert live.recv(4) == b"pong"
     live.close()
     assert p.client.log().count("is up (attempt") == 1
+
+
+def http_mapping(name: str, local: int, domain: str) -> str:
+    return f'[[mappings]]\nname = "{name}"\nmode = "http"\nlocal_addr = "127.0.0.1:{local}"\ndomain = "{domain}"\n'
+
+
+def host_get(port: int, host: str, path: str = "/whoami", sock: socket.socket | None = None):
+    s = sock or socket.create_connection(("127.0.0.1", port), timeout=20)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    from conftest import read_response
+
+    head, body = read_response(s)
+    if sock is None:
+        s.close()
+    return head, body
+
+
+def test_http_mappings_routed_by_host(pair, origin, origin_b):
+    web = free_port()
+    p = pair(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"\n'
+                                              '[[center.users]]\nusername = "bob"\npassword = "b0b"')
+    p.client = p.start_client(tail=http_mapping("app", origin.port, "app.test") +
+                              http_mapping("wild", origin_b.port, "*.wild.test"))
+    p.client.wait_log("mapping 'wild' published")
+    wait_port(web)
+    assert host_get(web, "app.test")[1] == b"origin-A"
+    assert host_get(web, "x.y.wild.test:8080")[1] == b"origin-B"  # wildcard, port ignored
+    assert origin.last_headers["X-Forwarded-For"] == "127.0.0.1"
+    assert origin.last_headers["X-Forwarded-Proto"] == "http"
+    r = curl("--resolve", f"app.test:{web}:127.0.0.1", f"http://app.test:{web}/hello")
+    assert r.stdout == b"hello from origin-A"
+    # one keep-alive connection, each request to the host it names
+    with socket.create_connection(("127.0.0.1", web), timeout=20) as s:
+        assert host_get(web, "app.test", sock=s)[1] == b"origin-A"
+        assert host_get(web, "b.wild.test", sock=s)[1] == b"origin-B"
+        assert host_get(web, "app.test", sock=s)[1] == b"origin-A"
+    head, body = host_get(web, "nobody.test")
+    assert head.startswith(b"HTTP/1.1 404") and b"nobody.test" in body
+    # a second client may not take the domain
+    p.proxy = free_port()
+    other = p.start_client(tail=http_mapping("steal", origin_b.port, "app.test"), user="bob", password="b0b")
+    other.wait_log("mapping 'steal' refused by the server: domain app.test is already held by client alice")
+    # the owner goes offline: its host answers 502, then it comes back
+    p.client.stop()
+    p.server.wait_log("mapping 'app' of client alice withdrawn")
+    head, _ = host_get(web, "app.test")
+    assert head.startswith(b"HTTP/1.1 502")
+    p.proxy = free_port()
+    back = p.start_client(tail=http_mapping("app", origin.port, "app.test"))
+    back.wait_log("mapping 'app' published")
+    assert host_get(web, "app.test")[1] == b"origin-A"

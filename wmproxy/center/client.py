@@ -101,14 +101,16 @@ class CenterClient:
         log.warning("center link to %s lost: %s", cfg.server, reason)
 
     def _specs(self) -> list[fr.MappingSpec]:
-        return [fr.MappingSpec(m.name, m.mode, "", str(m.remote_bind)) for m in self.mappings.values()]
+        return [fr.MappingSpec(m.name, m.mode, m.domain, str(m.remote_bind) if m.remote_bind else "")
+                for m in self.mappings.values()]
 
     def _answered(self, answers: list[fr.MappingAnswer]) -> None:
         self.answers = {a.name: a for a in answers}
         for a in answers:
             if a.accepted:
-                log.info("mapping %r published by the server on %s", a.name, self.mappings[a.name].remote_bind
-                         if a.name in self.mappings else "?")
+                m = self.mappings.get(a.name)
+                where = (m.remote_bind or f"Host {m.domain}") if m else "?"
+                log.info("mapping %r published by the server on %s", a.name, where)
             else:
                 log.warning("mapping %r refused by the server: %s", a.name, a.reason)
 
@@ -123,8 +125,9 @@ class CenterClient:
     def _serve_stream(self, vc: VirtualConn, mode: CreateMode, target: str) -> None:
         """A public connection to one of our mappings: dial its local address, relay."""
         mapping = self.mappings.get(target)
-        if mode != CreateMode.TCP or mapping is None or mapping.mode != "tcp":
-            vc.close(f"no tcp mapping named {target!r} on this client")
+        wanted = {CreateMode.TCP: "tcp", CreateMode.HTTP: "http"}.get(mode)
+        if mapping is None or mapping.mode != wanted:
+            vc.close(f"no {wanted or mode.name} mapping named {target!r} on this client")
             return
         try:
             local = dial(self.app.resolver, mapping.local_addr.host, mapping.local_addr.port, HANDSHAKE_TIMEOUT)
@@ -137,7 +140,8 @@ class CenterClient:
         log.info("mapping %r: connection done (%s) in=%d out=%d", target, stats.reason, stats.a_to_b, stats.b_to_a)
 
     def mapping_status(self) -> list[dict]:
-        return [{"name": m.name, "mode": m.mode, "local_addr": str(m.local_addr), "remote_bind": str(m.remote_bind),
+        return [{"name": m.name, "mode": m.mode, "local_addr": str(m.local_addr),
+                 "remote_bind": str(m.remote_bind) if m.remote_bind else "", "domain": m.domain,
                  "state": ("published" if self.answers[m.name].accepted else "refused") if m.name in self.answers
                  and self.link else "down", "reason": self.answers[m.name].reason if m.name in self.answers else ""}
                 for m in self.mappings.values()]

@@ -23,6 +23,29 @@ from ..prot.frame import CreateMode
 log = logging.getLogger("wmproxy.center")
 
 
+class HttpRoute:
+    """One http mapping: requests whose Host matches ``domain`` go to ``link`` (None while
+    its client is offline: then they get 502)."""
+
+    def __init__(self, name: str, owner: str, domain: str) -> None:
+        self.name = name
+        self.owner = owner
+        self.domain = domain
+        self.link = None
+        self.requests = 0
+
+    @property
+    def label(self) -> str:
+        return f"Host {self.domain}"
+
+    def attach(self, link) -> None:
+        self.link = link
+
+    @property
+    def online(self) -> bool:
+        return self.link is not None and not self.link.closed
+
+
 class PublicPort(StreamServer):
     """The public listener of one tcp mapping; ``link`` is set once the handshake is done."""
 
@@ -34,6 +57,14 @@ class PublicPort(StreamServer):
         self.link = None
         self.bind = ""
         self.connections = 0
+
+    @property
+    def label(self) -> str:
+        return self.bind
+
+    def attach(self, link) -> None:
+        self.link = link
+        self.start()
 
     def handle(self, conn, address) -> None:
         link = self.link
@@ -58,16 +89,33 @@ class MappingRegistry:
 
     def __init__(self) -> None:
         self.ports: dict[str, PublicPort] = {}
+        self.routes: dict[str, HttpRoute] = {}  # domain ('*.example.com' for a wildcard) -> route
+
+    def find_route(self, host: str) -> HttpRoute | None:
+        """The http mapping for a Host: exact name first, then the longest matching wildcard."""
+        host = host.lower().rstrip(".")
+        route = self.routes.get(host)
+        if route is not None:
+            return route
+        best = None
+        for domain, candidate in self.routes.items():
+            longer = best is None or len(domain) > len(best.domain)
+            if domain.startswith("*.") and host.endswith(domain[1:]) and longer:
+                best = candidate
+        return best
 
     def register(self, owner: str, mappings: list[fr.MappingSpec], allow_ports: tuple,
-                 idle_timeout: float) -> tuple[list[fr.MappingAnswer], list[PublicPort]]:
-        """Check and bind the public ports of ``owner``'s mappings. Returns the answers and
-        the bound (not yet serving) ports; the caller attaches the link and starts them."""
-        answers, ports = [], []
+                 idle_timeout: float, http_enabled: bool = False) -> tuple[list[fr.MappingAnswer], list]:
+        """Check and bind what ``owner``'s mappings need (a public port per tcp mapping, a
+        route per http one). Returns the answers and the published items, not yet attached:
+        the caller attaches the link (a port then starts serving)."""
+        answers, published = [], []
         for m in mappings:
             reason = ""
-            if m.mode != "tcp":
-                reason = f"mode {m.mode!r} is not served by this server (tcp only)"
+            if m.mode == "http":
+                reason = self._route(owner, m, http_enabled, published)
+            elif m.mode != "tcp":
+                reason = f"mode {m.mode!r} is not served by this server (tcp and http only)"
             else:
                 try:
                     addr = to_addr(m.remote_bind)
@@ -84,11 +132,26 @@ class MappingRegistry:
                         port = PublicPort(sock, m.name, owner, idle_timeout)
                         port.bind = str(addr)
                         self.ports[str(addr)] = port
-                        ports.append(port)
+                        published.append(port)
             if reason:
                 log.warning("center: mapping %r of client %s refused: %s", m.name, owner, reason)
             answers.append(fr.MappingAnswer(m.name, not reason, reason))
-        return answers, ports
+        return answers, published
+
+    def _route(self, owner: str, m: fr.MappingSpec, http_enabled: bool, published: list) -> str:
+        """Register an http mapping's domain, or say why not."""
+        if not http_enabled:
+            return "this server has no map_http_bind for http mappings"
+        domain = m.domain.strip().lower()
+        if not domain:
+            return "an http mapping needs a domain"
+        held = self.routes.get(domain)
+        if held is not None and held.owner != owner and held.online:
+            return f"domain {domain} is already held by client {held.owner} (mapping {held.name})"
+        route = HttpRoute(m.name, owner, domain)
+        self.routes[domain] = route  # an offline holder's or this owner's old route is replaced
+        published.append(route)
+        return ""
 
     def _refusal(self, owner: str, addr: Addr, allow_ports: tuple) -> str:
         if allow_ports and not any(lo <= addr.port <= hi for lo, hi in allow_ports):
@@ -99,35 +162,49 @@ class MappingRegistry:
             return f"{addr} is already held by client {held.owner} (mapping {held.name})"
         return ""
 
-    def update(self, owner: str, link, ports: list[PublicPort], specs: list[fr.MappingSpec], allow_ports: tuple,
-               idle_timeout: float) -> list[fr.MappingAnswer]:
+    def update(self, owner: str, link, ports: list, specs: list[fr.MappingSpec], allow_ports: tuple,
+               idle_timeout: float, http_enabled: bool = False) -> list[fr.MappingAnswer]:
         """A live link's new mappings: withdraw the removed and moved ones, publish the new
         ones, leave the unchanged ones (and their connections) alone. Updates ``ports``."""
         wanted = {m.name: m for m in specs}
-        gone = [p for p in ports if p.name not in wanted or wanted[p.name].remote_bind != p.bind
-                or wanted[p.name].mode != "tcp"]
-        self.withdraw(gone)
+
+        def same(item) -> bool:
+            m = wanted.get(item.name)
+            if isinstance(item, HttpRoute):
+                return m is not None and m.mode == "http" and m.domain.lower() == item.domain
+            return m is not None and m.mode == "tcp" and m.remote_bind == item.bind
+
+        gone = [p for p in ports if not same(p)]
+        self.withdraw(gone, forget=True)
         ports[:] = [p for p in ports if p not in gone]
         kept = {p.name for p in ports}
-        answers, bound = self.register(owner, [m for m in specs if m.name not in kept], allow_ports, idle_timeout)
-        for port in bound:
-            port.link = link
-            port.start()
-            ports.append(port)
-            log.info("center: mapping %r of client %s published on %s", port.name, owner, port.bind)
+        answers, bound = self.register(owner, [m for m in specs if m.name not in kept], allow_ports, idle_timeout,
+                                       http_enabled)
+        for item in bound:
+            item.attach(link)
+            ports.append(item)
+            log.info("center: mapping %r of client %s published on %s", item.name, owner, item.label)
         by_name = {a.name: a for a in answers}
         return [by_name.get(m.name, fr.MappingAnswer(m.name, True)) for m in specs]
 
-    def withdraw(self, ports: list[PublicPort]) -> None:
-        """Close the public ports of a link that ended."""
-        for port in ports:
-            for key, value in list(self.ports.items()):
-                if value is port:
-                    del self.ports[key]
-            port.close()
-            log.info("center: mapping %r of client %s withdrawn", port.name, port.owner)
+    def withdraw(self, items: list, forget: bool = False) -> None:
+        """A link ended (or its client dropped these mappings, ``forget``): public ports
+        close; http routes stay known but offline (their Host gets 502), unless forgotten."""
+        for item in items:
+            if isinstance(item, HttpRoute):
+                item.link = None
+                if forget and self.routes.get(item.domain) is item:
+                    del self.routes[item.domain]
+            else:
+                for key, value in list(self.ports.items()):
+                    if value is item:
+                        del self.ports[key]
+                item.close()
+            log.info("center: mapping %r of client %s withdrawn", item.name, item.owner)
 
     def status(self) -> list[dict]:
-        return [{"name": p.name, "mode": "tcp", "client": p.owner, "remote_bind": bind,
-                 "connected": p.link is not None and not p.link.closed, "connections": p.connections}
-                for bind, p in self.ports.items()]
+        return [*({"name": p.name, "mode": "tcp", "client": p.owner, "remote_bind": bind,
+                   "connected": p.link is not None and not p.link.closed, "connections": p.connections}
+                  for bind, p in self.ports.items()),
+                *({"name": r.name, "mode": "http", "client": r.owner, "domain": domain, "connected": r.online,
+                   "requests": r.requests} for domain, r in self.routes.items())]

@@ -68,7 +68,7 @@ class CenterServer(Listener):
 
         def decide(user: str, mappings: list) -> list:
             answers, bound = self.mappings.register(user or peer, mappings, ctx.cfg.allow_ports,
-                                                    ctx.proxy_cfg.idle_timeout)
+                                                    ctx.proxy_cfg.idle_timeout, ctx.cfg.map_http_bind is not None)
             ports.extend(bound)
             return answers
 
@@ -95,15 +95,14 @@ class CenterServer(Listener):
                           heartbeat=cfg.heartbeat, name=f"{user or 'anonymous'}@{peer}",
                           on_create=lambda vc, mode, target: self._serve_stream(ctx, link, vc, mode, target),
                           on_mapping=lambda specs: self.mappings.update(user or peer, link, ports, specs,
-                                                                        cfg.allow_ports, ctx.proxy_cfg.idle_timeout))
+                                                                        cfg.allow_ports, ctx.proxy_cfg.idle_timeout,
+                                                                        cfg.map_http_bind is not None))
         link.user = user
         self.links.add(link)
         log.info("center: client %r connected from %s", user or "anonymous", peer)
-        for port in ports:
-            port.link = link
-            port.start()
-            log.info("center: mapping %r of client %s published on %s", port.name, user or peer,
-                     fmt_addr(*port.address[:2]))
+        for item in ports:
+            item.attach(link)
+            log.info("center: mapping %r of client %s published on %s", item.name, user or peer, item.label)
         try:
             reason = link.run()
         finally:

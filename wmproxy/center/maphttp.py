@@ -1,0 +1,146 @@
+"""The center server's shared HTTP listener (``[center] map_http_bind``) for http mappings.
+
+Each request is routed by its Host header (port ignored) to the client that published that
+domain, per request on keep-alive connections: a stream (CREATE HTTP, mapping name) per
+request, the client dials the private service. ``X-Forwarded-For`` and ``X-Forwarded-Proto``
+are added; a websocket upgrade is passed through. An unknown host gets 404 naming it; a known
+host whose client is offline gets 502.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from ..config import Config
+from ..errors import ProtocolError
+from ..listener import Listener, ListenerSpec
+from ..net import httpio
+from ..net.reader import PeerClosed, Reader
+from ..net.relay import relay
+from ..prot import http1
+from ..prot.frame import CreateMode
+
+log = logging.getLogger("wmproxy.center")
+
+MAX_HEAD = 65536
+_DROP = frozenset((b"x-forwarded-for", b"x-forwarded-proto"))
+
+
+class MapHttpContext:
+    def __init__(self, app, idle_timeout: float) -> None:
+        self.app = app
+        self.idle_timeout = idle_timeout
+
+    def registry(self):
+        for listener in self.app.listeners.values():
+            if listener.kind == "center":
+                return listener.mappings
+        return None
+
+
+class MapHttpServer(Listener):
+    """Settings: (map_http_bind, idle timeout)."""
+
+    kind = "map-http"
+
+    def make_context(self, settings, app) -> MapHttpContext:
+        return MapHttpContext(app, settings[1])
+
+    def max_connections(self, settings) -> int:
+        return 10000
+
+    def serve(self, client: socket.socket, address, ctx: MapHttpContext) -> None:
+        peer_ip = address[0]
+        reader = Reader(client)
+        client.settimeout(ctx.idle_timeout)
+        try:
+            while self._one(client, reader, peer_ip, ctx):
+                pass
+        except (PeerClosed, socket.timeout, OSError):
+            pass
+        except ProtocolError as e:
+            _reply(client, e.http_status, str(e))
+
+    def _one(self, client, reader: Reader, peer_ip: str, ctx: MapHttpContext) -> bool:
+        """Serve one request; returns whether the connection stays open."""
+        try:
+            head = http1.parse_request_head(httpio.read_head(reader, MAX_HEAD))
+        except PeerClosed:
+            return False
+        framing = http1.request_framing(head)
+        host = (head.get(b"host") or b"").decode("latin-1").strip()
+        name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
+        registry = ctx.registry()
+        route = registry.find_route(name) if registry is not None and name else None
+        if route is None:
+            _reply(client, 404, f"no mapping for host {name or '(none)'}")
+            log.info("%s map-http %s %s: 404 no mapping for host %r", peer_ip, head.method, head.target[:200], name)
+            return False
+        if not route.online:
+            _reply(client, 502, f"the client serving {name} is offline")
+            log.info("%s map-http %s: 502 client %s offline", peer_ip, name, route.owner)
+            return False
+        route.requests += 1
+        stream = route.link.open_stream(CreateMode.HTTP, route.name)
+        try:
+            return self._exchange(client, reader, stream, head, framing, peer_ip, ctx)
+        finally:
+            stream.close()
+
+    def _exchange(self, client, reader, stream, head, framing, peer_ip: str, ctx: MapHttpContext) -> bool:
+        conn = head.tokens(b"connection")
+        headers = head.end_to_end(_DROP)
+        upgrade = head.get(b"upgrade") if b"upgrade" in conn else None
+        if upgrade:
+            headers += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
+        if framing == http1.CHUNKED:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        forwarded = b", ".join([*head.get_all(b"x-forwarded-for"), peer_ip.encode()])
+        headers += [(b"X-Forwarded-For", forwarded), (b"X-Forwarded-Proto", b"http")]
+        out = http1.encode_head(f"{head.method} {head.target} HTTP/1.1", headers)
+        httpio.copy_body(reader, stream.sendall, framing, True, prefix=out)
+        sreader = Reader(stream)
+        stream.settimeout(ctx.idle_timeout)
+        try:
+            rhead = http1.parse_response_head(httpio.read_head(sreader, MAX_HEAD))
+        except (PeerClosed, ConnectionError, ProtocolError) as e:
+            _reply(client, 502, f"the mapped service did not answer: {e}")
+            return False
+        if rhead.status == 101 and upgrade:
+            client.sendall(http1.encode_head(f"HTTP/1.1 101 {rhead.reason.decode('latin-1')}", rhead.headers))
+            relay(client, stream, ctx.idle_timeout, a_pending=reader.take_pending(), b_pending=sreader.take_pending())
+            return False
+        rframing = http1.response_framing(head.method, rhead)
+        keep = head.wants_keep_alive() and rframing != http1.UNTIL_CLOSE
+        chunked_out = rframing == http1.CHUNKED and head.version == "1.1"
+        if rframing == http1.CHUNKED and not chunked_out:
+            keep = False
+        rheaders = rhead.end_to_end()
+        if chunked_out:
+            rheaders.append((b"Transfer-Encoding", b"chunked"))
+        if not keep:
+            rheaders.append((b"Connection", b"close"))
+        reason = rhead.reason.decode("latin-1") or http1.REASONS.get(rhead.status, "")
+        size = httpio.copy_body(sreader, client.sendall, rframing, chunked_out,
+                                prefix=http1.encode_head(f"HTTP/1.1 {rhead.status} {reason}", rheaders))
+        log.info("%s map-http %s %s%s %d %dB", peer_ip, head.method, (head.get(b"host") or b"").decode("latin-1"),
+                 head.target[:200], rhead.status, size)
+        return keep
+
+
+def _reply(client, status: int, text: str) -> None:
+    try:
+        client.sendall(http1.simple_response(status, f"wmproxy: {text}"))
+    except OSError:
+        pass
+
+
+def listener_specs(cfg: Config) -> list[ListenerSpec]:
+    """The shared listener of http mappings (``[center] map_http_bind`` on a center server)."""
+    if cfg.center is None or not cfg.center.is_server or cfg.center.map_http_bind is None:
+        return []
+    idle = cfg.proxy.idle_timeout if cfg.proxy else 300.0
+    return [ListenerSpec("map-http", cfg.center.map_http_bind, (cfg.center.map_http_bind, idle),
+                         "center.map_http_bind", MapHttpServer)]
+

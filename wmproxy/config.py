@@ -405,7 +405,7 @@ class CenterConfig:
         return out
 
 
-MAPPING_MODES = ("tcp", "http")
+MAPPING_MODES = ("tcp", "http", "proxy")
 _DOMAIN_RE = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -422,13 +422,20 @@ class MappingConfig:
 
     name: str = key(to_str, REQUIRED, "the mapping's name (unique on this client)")
     mode: str = key(one_of(MAPPING_MODES), REQUIRED, "how it is published")
-    local_addr: Addr = key(to_addr, REQUIRED, "the private service, as this client reaches it")
-    remote_bind: Optional[Addr] = key(optional_addr, None, "tcp: the public address the center server opens")
+    local_addr: Optional[Addr] = key(optional_addr, None, "tcp, http: the private service, as this client "
+                                                          "reaches it")
+    remote_bind: Optional[Addr] = key(optional_addr, None, "tcp, proxy: the public address the center server opens")
     domain: str = key(to_domain, "", "http: the Host it answers on the server's map_http_bind")
+    username: str = key(to_str, "", "proxy: user its forward proxy asks for (with password)")
+    password: str = key(to_str, "", "proxy: password its forward proxy asks for")
 
     def validate(self) -> None:
-        if self.mode == "tcp" and self.remote_bind is None:
-            raise Invalid("a tcp mapping needs remote_bind (the public address to open)", ".remote_bind")
+        if self.mode in ("tcp", "http") and self.local_addr is None:
+            raise Invalid(f"a {self.mode} mapping needs local_addr (the private service)", ".local_addr")
+        if self.mode in ("tcp", "proxy") and self.remote_bind is None:
+            raise Invalid(f"a {self.mode} mapping needs remote_bind (the public address to open)", ".remote_bind")
+        if bool(self.username) != bool(self.password):
+            raise Invalid("username and password go together", ".password")
         if self.mode == "http" and not self.domain:
             raise Invalid("an http mapping needs domain (the Host it answers)", ".domain")
 

@@ -440,3 +440,17 @@ def test_http_mappings_routed_by_host(pair, origin, origin_b):
     back = p.start_client(tail=http_mapping("app", origin.port, "app.test"))
     back.wait_log("mapping 'app' published")
     assert host_get(web, "app.test")[1] == b"origin-A"
+
+
+def test_proxy_mapping_exits_from_the_client(pair, origin):
+    pub = free_port()
+    p = pair(start_client=False)
+    p.client = p.start_client(tail=f'[[mappings]]\nname = "exit"\nmode = "proxy"\n'
+                                   f'remote_bind = "127.0.0.1:{pub}"\nusername = "u"\npassword = "pw"\n')
+    p.client.wait_log("mapping 'exit' published")
+    url = f"http://localhost:{origin.port}/whoami"
+    assert curl("-x", f"socks5h://u:pw@127.0.0.1:{pub}", url).stdout == b"origin-A"
+    assert curl("-x", f"http://u:pw@127.0.0.1:{pub}", url).stdout == b"origin-A"
+    r = curl("-x", f"http://127.0.0.1:{pub}", "-o", "/dev/null", "-w", "%{http_code}", url)
+    assert r.stdout == b"407"  # the mapping's own credentials, asked by the client's proxy
+    p.client.wait_log('"GET http://localhost:')  # served by the client, not the server

@@ -12,7 +12,8 @@ import time
 
 import gevent
 
-from ..config import CenterConfig
+from ..config import CenterConfig, ProxyConfig
+from ..listener import ConnStats
 from ..errors import ProtocolError, UpstreamError
 from ..net.dial import dial
 from ..net.reader import PeerClosed, Reader
@@ -39,6 +40,7 @@ class CenterClient:
         self.app = app
         self.mappings = {m.name: m for m in mappings}  # MappingConfig by name
         self.answers: dict[str, fr.MappingAnswer] = {}
+        self._proxies: dict = {}
         self.ssl = client_context(cfg.ca, cfg.cert, cfg.key) if cfg.tls else None
         self.link: CenterLink | None = None
         self.attempts = 0
@@ -125,9 +127,13 @@ class CenterClient:
     def _serve_stream(self, vc: VirtualConn, mode: CreateMode, target: str) -> None:
         """A public connection to one of our mappings: dial its local address, relay."""
         mapping = self.mappings.get(target)
-        wanted = {CreateMode.TCP: "tcp", CreateMode.HTTP: "http"}.get(mode)
+        wanted = {CreateMode.TCP: "tcp", CreateMode.HTTP: "http", CreateMode.PROXY: "proxy"}.get(mode)
         if mapping is None or mapping.mode != wanted:
             vc.close(f"no {wanted or mode.name} mapping named {target!r} on this client")
+            return
+        if mapping.mode == "proxy":  # a forward proxy whose traffic leaves from this network
+            vc.link.send_frame(Kind.CREATE, Flag.ACK, vc.sid)
+            self._proxy_for(mapping)(vc, vc.link.peer_address)
             return
         try:
             local = dial(self.app.resolver, mapping.local_addr.host, mapping.local_addr.port, HANDSHAKE_TIMEOUT)
@@ -139,8 +145,17 @@ class CenterClient:
         stats = relay(vc, local, IDLE_TIMEOUT)
         log.info("mapping %r: connection done (%s) in=%d out=%d", target, stats.reason, stats.a_to_b, stats.b_to_a)
 
+    def _proxy_for(self, mapping):
+        """The forward proxy of a proxy mapping (its own credentials), built once per mapping."""
+        key = (mapping.name, mapping.username, mapping.password)
+        handler = self._proxies.get(key)
+        if handler is None:
+            cfg = ProxyConfig(username=mapping.username, password=mapping.password, idle_timeout=IDLE_TIMEOUT)
+            handler = self._proxies[key] = self.app.proxy_handler(cfg, ConnStats())
+        return handler
+
     def mapping_status(self) -> list[dict]:
-        return [{"name": m.name, "mode": m.mode, "local_addr": str(m.local_addr),
+        return [{"name": m.name, "mode": m.mode, "local_addr": str(m.local_addr) if m.local_addr else "",
                  "remote_bind": str(m.remote_bind) if m.remote_bind else "", "domain": m.domain,
                  "state": ("published" if self.answers[m.name].accepted else "refused") if m.name in self.answers
                  and self.link else "down", "reason": self.answers[m.name].reason if m.name in self.answers else ""}

@@ -49,8 +49,9 @@ class HttpRoute:
 class PublicPort(StreamServer):
     """The public listener of one tcp mapping; ``link`` is set once the handshake is done."""
 
-    def __init__(self, sock, name: str, owner: str, idle_timeout: float) -> None:
+    def __init__(self, sock, name: str, owner: str, idle_timeout: float, mode: CreateMode = CreateMode.TCP) -> None:
         super().__init__(sock)
+        self.mode = mode  # TCP: the client dials the service; PROXY: it runs a forward proxy
         self.name = name
         self.owner = owner
         self.idle_timeout = idle_timeout
@@ -73,7 +74,7 @@ class PublicPort(StreamServer):
             log.info("%s mapping %s: client %s is not connected, connection closed", peer, self.name, self.owner)
             return
         try:
-            stream = link.open_stream(CreateMode.TCP, self.name)
+            stream = link.open_stream(self.mode, self.name)
         except ConnectionError as e:
             log.info("%s mapping %s: %s", peer, self.name, e)
             return
@@ -114,8 +115,8 @@ class MappingRegistry:
             reason = ""
             if m.mode == "http":
                 reason = self._route(owner, m, http_enabled, published)
-            elif m.mode != "tcp":
-                reason = f"mode {m.mode!r} is not served by this server (tcp and http only)"
+            elif m.mode not in ("tcp", "proxy"):
+                reason = f"mode {m.mode!r} is not served by this server (tcp, http and proxy only)"
             else:
                 try:
                     addr = to_addr(m.remote_bind)
@@ -129,7 +130,8 @@ class MappingRegistry:
                     except BindError as e:
                         reason = str(e)
                     else:
-                        port = PublicPort(sock, m.name, owner, idle_timeout)
+                        mode = CreateMode.PROXY if m.mode == "proxy" else CreateMode.TCP
+                        port = PublicPort(sock, m.name, owner, idle_timeout, mode)
                         port.bind = str(addr)
                         self.ports[str(addr)] = port
                         published.append(port)
@@ -172,7 +174,8 @@ class MappingRegistry:
             m = wanted.get(item.name)
             if isinstance(item, HttpRoute):
                 return m is not None and m.mode == "http" and m.domain.lower() == item.domain
-            return m is not None and m.mode == "tcp" and m.remote_bind == item.bind
+            return m is not None and m.mode in ("tcp", "proxy") and m.remote_bind == item.bind and \
+                (m.mode == "proxy") == (item.mode == CreateMode.PROXY)
 
         gone = [p for p in ports if not same(p)]
         self.withdraw(gone, forget=True)
@@ -203,7 +206,7 @@ class MappingRegistry:
             log.info("center: mapping %r of client %s withdrawn", item.name, item.owner)
 
     def status(self) -> list[dict]:
-        return [*({"name": p.name, "mode": "tcp", "client": p.owner, "remote_bind": bind,
+        return [*({"name": p.name, "mode": p.mode.name.lower(), "client": p.owner, "remote_bind": bind,
                    "connected": p.link is not None and not p.link.closed, "connections": p.connections}
                   for bind, p in self.ports.items()),
                 *({"name": r.name, "mode": "http", "client": r.owner, "domain": domain, "connected": r.online,

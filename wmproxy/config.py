@@ -14,11 +14,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from .errors import ConfigError
+from .prot.frame import HeaderOp, HeaderRule
 
 DEFAULT_PROXY_BIND = "127.0.0.1:8090"
 
@@ -406,6 +408,29 @@ class CenterConfig:
 
 
 MAPPING_MODES = ("tcp", "http", "proxy")
+_HEADER_OPS = {"+": HeaderOp.ADD, "-": HeaderOp.DELETE, "?": HeaderOp.SET_IF_ABSENT}
+_HEADER_HELP = ("expected a header rule like 'proxy + X-Real-IP {client_ip}', '- Server', '? X-A b' or "
+                "'X-A b' ('proxy' first: on the request to the service, else on the response)")
+
+
+def to_header_rule(value: Any) -> HeaderRule:
+    """'[proxy] [+|-|?] Name [value]' -> HeaderRule. No op: replace. Values may be quoted and
+    use {client_ip}, {host} and {url}."""
+    if not isinstance(value, str):
+        raise Invalid(f"{_HEADER_HELP}, got {value!r}")
+    try:
+        words = shlex.split(value)
+    except ValueError:
+        raise Invalid(f"{_HEADER_HELP}, got {value!r}") from None
+    is_proxy = bool(words) and words[0].lower() == "proxy"
+    words = words[1:] if is_proxy else words
+    op = _HEADER_OPS.get(words[0]) if words else None
+    words = words[1:] if op is not None else words
+    op = op or HeaderOp.REPLACE
+    if not words or not re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", words[0]) or \
+            (op == HeaderOp.DELETE) != (len(words) == 1):
+        raise Invalid(f"{_HEADER_HELP}, got {value!r}")
+    return HeaderRule(is_proxy, op, words[0], " ".join(words[1:]))
 _DOMAIN_RE = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -426,6 +451,7 @@ class MappingConfig:
                                                           "reaches it")
     remote_bind: Optional[Addr] = key(optional_addr, None, "tcp, proxy: the public address the center server opens")
     domain: str = key(to_domain, "", "http: the Host it answers on the server's map_http_bind")
+    headers: tuple = key(list_of(to_header_rule), (), "http: header rules on requests and responses")
     username: str = key(to_str, "", "proxy: user its forward proxy asks for (with password)")
     password: str = key(to_str, "", "proxy: password its forward proxy asks for")
 

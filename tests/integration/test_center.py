@@ -454,3 +454,17 @@ def test_proxy_mapping_exits_from_the_client(pair, origin):
     r = curl("-x", f"http://127.0.0.1:{pub}", "-o", "/dev/null", "-w", "%{http_code}", url)
     assert r.stdout == b"407"  # the mapping's own credentials, asked by the client's proxy
     p.client.wait_log('"GET http://localhost:')  # served by the client, not the server
+
+
+def test_http_mapping_header_rules(pair, origin):
+    web = free_port()
+    p = pair(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"')
+    rules = '["proxy + X-Real-IP {client_ip}", "proxy X-Seen-Host {host}", "- Server", "+ X-Via \'wm proxy\'"]'
+    p.client = p.start_client(tail=http_mapping("app", origin.port, "app.test") + f"headers = {rules}\n")
+    p.client.wait_log("mapping 'app' published")
+    wait_port(web)
+    head, body = host_get(web, "app.test")
+    assert body == b"origin-A"
+    assert origin.last_headers["X-Real-IP"] == "127.0.0.1" and origin.last_headers["X-Seen-Host"] == "app.test"
+    lower = head.lower()
+    assert b"\r\nserver:" not in lower and b"\r\nx-via: wm proxy" in lower

@@ -103,7 +103,7 @@ class CenterClient:
         log.warning("center link to %s lost: %s", cfg.server, reason)
 
     def _specs(self) -> list[fr.MappingSpec]:
-        return [fr.MappingSpec(m.name, m.mode, m.domain, str(m.remote_bind) if m.remote_bind else "")
+        return [fr.MappingSpec(m.name, m.mode, m.domain, str(m.remote_bind) if m.remote_bind else "", m.headers)
                 for m in self.mappings.values()]
 
     def _answered(self, answers: list[fr.MappingAnswer]) -> None:

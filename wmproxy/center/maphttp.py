@@ -83,12 +83,14 @@ class MapHttpServer(Listener):
             return False
         route.requests += 1
         stream = route.link.open_stream(CreateMode.HTTP, route.name)
+        variables = {"client_ip": peer_ip, "host": host, "url": head.target}
         try:
-            return self._exchange(client, reader, stream, head, framing, peer_ip, ctx)
+            return self._exchange(client, reader, stream, head, framing, peer_ip, ctx, route, variables)
         finally:
             stream.close()
 
-    def _exchange(self, client, reader, stream, head, framing, peer_ip: str, ctx: MapHttpContext) -> bool:
+    def _exchange(self, client, reader, stream, head, framing, peer_ip: str, ctx: MapHttpContext, route,
+                  variables: dict) -> bool:
         conn = head.tokens(b"connection")
         headers = head.end_to_end(_DROP)
         upgrade = head.get(b"upgrade") if b"upgrade" in conn else None
@@ -98,6 +100,7 @@ class MapHttpServer(Listener):
             headers.append((b"Transfer-Encoding", b"chunked"))
         forwarded = b", ".join([*head.get_all(b"x-forwarded-for"), peer_ip.encode()])
         headers += [(b"X-Forwarded-For", forwarded), (b"X-Forwarded-Proto", b"http")]
+        headers = http1.apply_header_rules(headers, route.request_rules, variables)
         out = http1.encode_head(f"{head.method} {head.target} HTTP/1.1", headers)
         httpio.copy_body(reader, stream.sendall, framing, True, prefix=out)
         sreader = Reader(stream)
@@ -116,7 +119,7 @@ class MapHttpServer(Listener):
         chunked_out = rframing == http1.CHUNKED and head.version == "1.1"
         if rframing == http1.CHUNKED and not chunked_out:
             keep = False
-        rheaders = rhead.end_to_end()
+        rheaders = http1.apply_header_rules(rhead.end_to_end(), route.response_rules, variables)
         if chunked_out:
             rheaders.append((b"Transfer-Encoding", b"chunked"))
         if not keep:

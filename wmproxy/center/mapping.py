@@ -27,10 +27,13 @@ class HttpRoute:
     """One http mapping: requests whose Host matches ``domain`` go to ``link`` (None while
     its client is offline: then they get 502)."""
 
-    def __init__(self, name: str, owner: str, domain: str) -> None:
+    def __init__(self, name: str, owner: str, domain: str, rules: tuple = ()) -> None:
         self.name = name
         self.owner = owner
         self.domain = domain
+        self.request_rules = tuple(r for r in rules if r.is_proxy)  # on the request to the service
+        self.response_rules = tuple(r for r in rules if not r.is_proxy)
+        self.rules = tuple(rules)
         self.link = None
         self.requests = 0
 
@@ -150,7 +153,7 @@ class MappingRegistry:
         held = self.routes.get(domain)
         if held is not None and held.owner != owner and held.online:
             return f"domain {domain} is already held by client {held.owner} (mapping {held.name})"
-        route = HttpRoute(m.name, owner, domain)
+        route = HttpRoute(m.name, owner, domain, m.headers)
         self.routes[domain] = route  # an offline holder's or this owner's old route is replaced
         published.append(route)
         return ""
@@ -173,7 +176,8 @@ class MappingRegistry:
         def same(item) -> bool:
             m = wanted.get(item.name)
             if isinstance(item, HttpRoute):
-                return m is not None and m.mode == "http" and m.domain.lower() == item.domain
+                return m is not None and m.mode == "http" and m.domain.lower() == item.domain and \
+                    tuple(m.headers) == item.rules
             return m is not None and m.mode in ("tcp", "proxy") and m.remote_bind == item.bind and \
                 (m.mode == "proxy") == (item.mode == CreateMode.PROXY)
 

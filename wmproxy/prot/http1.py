@@ -17,6 +17,7 @@ from typing import Optional
 import httptools
 
 from ..errors import ProtocolError
+from .frame import HeaderOp
 
 Headers = list  # list[tuple[bytes, bytes]], original case and order kept
 
@@ -351,3 +352,22 @@ def parse_basic_auth(value: Optional[bytes]) -> Optional[tuple[str, str]]:
         return None
     user, sep, password = decoded.partition(":")
     return (user, password) if sep else None
+
+
+def apply_header_rules(headers: Headers, rules, variables: dict[str, str]) -> Headers:
+    """Headers after mapping rules (prot.frame.HeaderRule): ADD appends, DELETE removes every
+    header of that name, SET_IF_ABSENT adds only when missing, REPLACE removes then adds.
+    ``{name}`` in a value is replaced from ``variables``."""
+    out = list(headers)
+    for rule in rules:
+        name = rule.key.encode("latin-1")
+        lower = name.lower()
+        value = rule.value
+        for var, text in variables.items():
+            value = value.replace("{" + var + "}", text)
+        present = any(k.lower() == lower for k, _ in out)
+        if rule.op in (HeaderOp.DELETE, HeaderOp.REPLACE):
+            out = [(k, v) for k, v in out if k.lower() != lower]
+        if rule.op in (HeaderOp.ADD, HeaderOp.REPLACE) or (rule.op == HeaderOp.SET_IF_ABSENT and not present):
+            out.append((name, value.encode("latin-1", "replace")))
+    return out

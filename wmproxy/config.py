@@ -375,6 +375,9 @@ class CenterConfig:
                                                           "(empty: any)")
     map_http_bind: Optional[Addr] = key(optional_addr, None, "server: the shared listener of http mappings "
                                                              "(routed by Host)")
+    map_https_bind: Optional[Addr] = key(optional_addr, None, "server: the shared TLS listener of https mappings")
+    map_cert: tuple = key(list_of(to_str), (), "server: PEM certificates for map_https_bind (chosen by SNI)")
+    map_key: tuple = key(list_of(to_str), (), "server: their keys, in the same order")
     # last: from here on, 'key' in this class body names this field, not the declaring function
     key: str = key(to_str, "", "PEM private key for cert")
 
@@ -386,6 +389,10 @@ class CenterConfig:
             raise Invalid("a TLS center server needs cert and key (or tls = false, plain TCP)", ".cert")
         if bool(self.cert) != bool(self.key):
             raise Invalid("cert and key go together", ".key")
+        if len(self.map_cert) != len(self.map_key):
+            raise Invalid("map_cert and map_key need one key per certificate", ".map_key")
+        if self.map_https_bind is not None and not self.map_cert:
+            raise Invalid("map_https_bind needs map_cert and map_key", ".map_cert")
         if bool(self.username) != bool(self.password):
             raise Invalid("username and password go together", ".password")
         if self.heartbeat <= 0:
@@ -407,7 +414,7 @@ class CenterConfig:
         return out
 
 
-MAPPING_MODES = ("tcp", "http", "proxy")
+MAPPING_MODES = ("tcp", "http", "https", "proxy")
 _HEADER_OPS = {"+": HeaderOp.ADD, "-": HeaderOp.DELETE, "?": HeaderOp.SET_IF_ABSENT}
 _HEADER_HELP = ("expected a header rule like 'proxy + X-Real-IP {client_ip}', '- Server', '? X-A b' or "
                 "'X-A b' ('proxy' first: on the request to the service, else on the response)")
@@ -450,14 +457,16 @@ class MappingConfig:
     local_addr: Optional[Addr] = key(optional_addr, None, "tcp, http: the private service, as this client "
                                                           "reaches it")
     remote_bind: Optional[Addr] = key(optional_addr, None, "tcp, proxy: the public address the center server opens")
-    domain: str = key(to_domain, "", "http: the Host it answers on the server's map_http_bind")
+    domain: str = key(to_domain, "", "http, https: the Host it answers on the server's map_http(s)_bind")
     headers: tuple = key(list_of(to_header_rule), (), "http: header rules on requests and responses")
     username: str = key(to_str, "", "proxy: user its forward proxy asks for (with password)")
     password: str = key(to_str, "", "proxy: password its forward proxy asks for")
 
     def validate(self) -> None:
-        if self.mode in ("tcp", "http") and self.local_addr is None:
+        if self.mode in ("tcp", "http", "https") and self.local_addr is None:
             raise Invalid(f"a {self.mode} mapping needs local_addr (the private service)", ".local_addr")
+        if self.mode == "https" and not self.domain:
+            raise Invalid("an https mapping needs domain (the name it answers)", ".domain")
         if self.mode in ("tcp", "proxy") and self.remote_bind is None:
             raise Invalid(f"a {self.mode} mapping needs remote_bind (the public address to open)", ".remote_bind")
         if bool(self.username) != bool(self.password):

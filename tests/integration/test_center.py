@@ -468,3 +468,28 @@ def test_http_mapping_header_rules(pair, origin):
     assert origin.last_headers["X-Real-IP"] == "127.0.0.1" and origin.last_headers["X-Seen-Host"] == "app.test"
     lower = head.lower()
     assert b"\r\nserver:" not in lower and b"\r\nx-via: wm proxy" in lower
+
+
+def test_https_mappings_terminated_with_sni_certificates(pair, origin, origin_b, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "map-ca.pem"))
+    for name, host in (("app", "app.test"), ("wild", "*.wild.test")):
+        cert = ca.issue_cert(host)
+        cert.private_key_pem.write_to_path(str(tmp_path / f"{name}.key"))
+        cert.cert_chain_pems[0].write_to_path(str(tmp_path / f"{name}.pem"))
+    web = free_port()
+    p = pair(start_client=False, server_extra=(
+        f'map_https_bind = "127.0.0.1:{web}"\n'
+        f'map_cert = ["{tmp_path}/app.pem", "{tmp_path}/wild.pem"]\n'
+        f'map_key = ["{tmp_path}/app.key", "{tmp_path}/wild.key"]'))
+    p.client = p.start_client(tail=http_mapping("app", origin.port, "app.test").replace('"http"', '"https"') +
+                              http_mapping("wild", origin_b.port, "*.wild.test").replace('"http"', '"https"'))
+    p.client.wait_log("mapping 'wild' published")
+    wait_port(web)
+    ca_file = str(tmp_path / "map-ca.pem")
+    r = curl("--cacert", ca_file, "--resolve", f"app.test:{web}:127.0.0.1", f"https://app.test:{web}/whoami")
+    assert r.stdout == b"origin-A", r.stderr
+    assert origin.last_headers["X-Forwarded-Proto"] == "https"
+    r = curl("--cacert", ca_file, "--resolve", f"a.wild.test:{web}:127.0.0.1", f"https://a.wild.test:{web}/whoami")
+    assert r.stdout == b"origin-B", r.stderr  # the wildcard certificate was chosen by SNI

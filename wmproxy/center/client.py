@@ -127,9 +127,9 @@ class CenterClient:
     def _serve_stream(self, vc: VirtualConn, mode: CreateMode, target: str) -> None:
         """A public connection to one of our mappings: dial its local address, relay."""
         mapping = self.mappings.get(target)
-        wanted = {CreateMode.TCP: "tcp", CreateMode.HTTP: "http", CreateMode.PROXY: "proxy"}.get(mode)
-        if mapping is None or mapping.mode != wanted:
-            vc.close(f"no {wanted or mode.name} mapping named {target!r} on this client")
+        wanted = {CreateMode.TCP: ("tcp",), CreateMode.HTTP: ("http", "https"), CreateMode.PROXY: ("proxy",)}.get(mode)
+        if mapping is None or mapping.mode not in (wanted or ()):
+            vc.close(f"no {mode.name} mapping named {target!r} on this client")
             return
         if mapping.mode == "proxy":  # a forward proxy whose traffic leaves from this network
             vc.link.send_frame(Kind.CREATE, Flag.ACK, vc.sid)

@@ -18,6 +18,7 @@ from ..listener import Listener, ListenerSpec
 from ..net import httpio
 from ..net.reader import PeerClosed, Reader
 from ..net.relay import relay
+from ..net.tls import sni_server_context
 from ..prot import http1
 from ..prot.frame import CreateMode
 
@@ -28,9 +29,11 @@ _DROP = frozenset((b"x-forwarded-for", b"x-forwarded-proto"))
 
 
 class MapHttpContext:
-    def __init__(self, app, idle_timeout: float) -> None:
+    def __init__(self, app, idle_timeout: float, scheme: str, certs: tuple) -> None:
         self.app = app
         self.idle_timeout = idle_timeout
+        self.scheme = scheme  # "http" or "https": which mappings, and X-Forwarded-Proto
+        self.ssl = sni_server_context(list(certs)) if scheme == "https" else None
 
     def registry(self):
         for listener in self.app.listeners.values():
@@ -40,25 +43,28 @@ class MapHttpContext:
 
 
 class MapHttpServer(Listener):
-    """Settings: (map_http_bind, idle timeout)."""
+    """Settings: (bind, idle timeout, scheme, ((cert, key), ...))."""
 
     kind = "map-http"
 
     def make_context(self, settings, app) -> MapHttpContext:
-        return MapHttpContext(app, settings[1])
+        self.kind = f"map-{settings[2]}"
+        return MapHttpContext(app, settings[1], settings[2], settings[3])
 
     def max_connections(self, settings) -> int:
         return 10000
 
     def serve(self, client: socket.socket, address, ctx: MapHttpContext) -> None:
         peer_ip = address[0]
-        reader = Reader(client)
         client.settimeout(ctx.idle_timeout)
         try:
+            if ctx.ssl is not None:
+                client = ctx.ssl.wrap_socket(client, server_side=True)
+            reader = Reader(client)
             while self._one(client, reader, peer_ip, ctx):
                 pass
         except (PeerClosed, socket.timeout, OSError):
-            pass
+            pass  # includes a failed TLS handshake: nothing to answer on
         except ProtocolError as e:
             _reply(client, e.http_status, str(e))
 
@@ -72,7 +78,7 @@ class MapHttpServer(Listener):
         host = (head.get(b"host") or b"").decode("latin-1").strip()
         name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
         registry = ctx.registry()
-        route = registry.find_route(name) if registry is not None and name else None
+        route = registry.find_route(name, ctx.scheme) if registry is not None and name else None
         if route is None:
             _reply(client, 404, f"no mapping for host {name or '(none)'}")
             log.info("%s map-http %s %s: 404 no mapping for host %r", peer_ip, head.method, head.target[:200], name)
@@ -99,7 +105,7 @@ class MapHttpServer(Listener):
         if framing == http1.CHUNKED:
             headers.append((b"Transfer-Encoding", b"chunked"))
         forwarded = b", ".join([*head.get_all(b"x-forwarded-for"), peer_ip.encode()])
-        headers += [(b"X-Forwarded-For", forwarded), (b"X-Forwarded-Proto", b"http")]
+        headers += [(b"X-Forwarded-For", forwarded), (b"X-Forwarded-Proto", ctx.scheme.encode())]
         headers = http1.apply_header_rules(headers, route.request_rules, variables)
         out = http1.encode_head(f"{head.method} {head.target} HTTP/1.1", headers)
         httpio.copy_body(reader, stream.sendall, framing, True, prefix=out)
@@ -140,10 +146,20 @@ def _reply(client, status: int, text: str) -> None:
 
 
 def listener_specs(cfg: Config) -> list[ListenerSpec]:
-    """The shared listener of http mappings (``[center] map_http_bind`` on a center server)."""
-    if cfg.center is None or not cfg.center.is_server or cfg.center.map_http_bind is None:
+    """The shared listeners of http and https mappings (``[center] map_http_bind`` and
+    ``map_https_bind`` on a center server)."""
+    if cfg.center is None or not cfg.center.is_server:
         return []
+    c = cfg.center
     idle = cfg.proxy.idle_timeout if cfg.proxy else 300.0
-    return [ListenerSpec("map-http", cfg.center.map_http_bind, (cfg.center.map_http_bind, idle),
-                         "center.map_http_bind", MapHttpServer)]
+    specs = []
+    if c.map_http_bind is not None:
+        specs.append(ListenerSpec("map-http", c.map_http_bind, (c.map_http_bind, idle, "http", ()),
+                                  "center.map_http_bind", MapHttpServer))
+    if c.map_https_bind is not None:
+        certs = tuple(zip(c.map_cert, c.map_key))
+        specs.append(ListenerSpec("map-https", c.map_https_bind, (c.map_https_bind, idle, "https", certs),
+                                  "center.map_https_bind", MapHttpServer,
+                                  lambda: sni_server_context(list(certs))))
+    return specs
 

@@ -27,7 +27,8 @@ class HttpRoute:
     """One http mapping: requests whose Host matches ``domain`` go to ``link`` (None while
     its client is offline: then they get 502)."""
 
-    def __init__(self, name: str, owner: str, domain: str, rules: tuple = ()) -> None:
+    def __init__(self, name: str, owner: str, domain: str, rules: tuple = (), mode: str = "http") -> None:
+        self.mode = mode  # http (map_http_bind) or https (map_https_bind)
         self.name = name
         self.owner = owner
         self.domain = domain
@@ -39,7 +40,7 @@ class HttpRoute:
 
     @property
     def label(self) -> str:
-        return f"Host {self.domain}"
+        return f"{self.mode} Host {self.domain}"
 
     def attach(self, link) -> None:
         self.link = link
@@ -93,31 +94,31 @@ class MappingRegistry:
 
     def __init__(self) -> None:
         self.ports: dict[str, PublicPort] = {}
-        self.routes: dict[str, HttpRoute] = {}  # domain ('*.example.com' for a wildcard) -> route
+        self.routes: dict[tuple[str, str], HttpRoute] = {}  # (mode, domain or '*.domain') -> route
 
-    def find_route(self, host: str) -> HttpRoute | None:
-        """The http mapping for a Host: exact name first, then the longest matching wildcard."""
+    def find_route(self, host: str, mode: str = "http") -> HttpRoute | None:
+        """The http(s) mapping for a Host: exact name first, then the longest matching wildcard."""
         host = host.lower().rstrip(".")
-        route = self.routes.get(host)
+        route = self.routes.get((mode, host))
         if route is not None:
             return route
         best = None
-        for domain, candidate in self.routes.items():
+        for (route_mode, domain), candidate in self.routes.items():
             longer = best is None or len(domain) > len(best.domain)
-            if domain.startswith("*.") and host.endswith(domain[1:]) and longer:
+            if route_mode == mode and domain.startswith("*.") and host.endswith(domain[1:]) and longer:
                 best = candidate
         return best
 
     def register(self, owner: str, mappings: list[fr.MappingSpec], allow_ports: tuple,
-                 idle_timeout: float, http_enabled: bool = False) -> tuple[list[fr.MappingAnswer], list]:
+                 idle_timeout: float, host_modes: frozenset = frozenset()) -> tuple[list[fr.MappingAnswer], list]:
         """Check and bind what ``owner``'s mappings need (a public port per tcp mapping, a
         route per http one). Returns the answers and the published items, not yet attached:
         the caller attaches the link (a port then starts serving)."""
         answers, published = [], []
         for m in mappings:
             reason = ""
-            if m.mode == "http":
-                reason = self._route(owner, m, http_enabled, published)
+            if m.mode in ("http", "https"):
+                reason = self._route(owner, m, host_modes, published)
             elif m.mode not in ("tcp", "proxy"):
                 reason = f"mode {m.mode!r} is not served by this server (tcp, http and proxy only)"
             else:
@@ -143,18 +144,18 @@ class MappingRegistry:
             answers.append(fr.MappingAnswer(m.name, not reason, reason))
         return answers, published
 
-    def _route(self, owner: str, m: fr.MappingSpec, http_enabled: bool, published: list) -> str:
-        """Register an http mapping's domain, or say why not."""
-        if not http_enabled:
-            return "this server has no map_http_bind for http mappings"
+    def _route(self, owner: str, m: fr.MappingSpec, host_modes: frozenset, published: list) -> str:
+        """Register an http(s) mapping's domain, or say why not."""
+        if m.mode not in host_modes:
+            return f"this server has no map_{m.mode}_bind for {m.mode} mappings"
         domain = m.domain.strip().lower()
         if not domain:
-            return "an http mapping needs a domain"
-        held = self.routes.get(domain)
+            return f"an {m.mode} mapping needs a domain"
+        held = self.routes.get((m.mode, domain))
         if held is not None and held.owner != owner and held.online:
             return f"domain {domain} is already held by client {held.owner} (mapping {held.name})"
-        route = HttpRoute(m.name, owner, domain, m.headers)
-        self.routes[domain] = route  # an offline holder's or this owner's old route is replaced
+        route = HttpRoute(m.name, owner, domain, m.headers, m.mode)
+        self.routes[(m.mode, domain)] = route  # an offline holder's or this owner's old route is replaced
         published.append(route)
         return ""
 
@@ -168,7 +169,7 @@ class MappingRegistry:
         return ""
 
     def update(self, owner: str, link, ports: list, specs: list[fr.MappingSpec], allow_ports: tuple,
-               idle_timeout: float, http_enabled: bool = False) -> list[fr.MappingAnswer]:
+               idle_timeout: float, host_modes: frozenset = frozenset()) -> list[fr.MappingAnswer]:
         """A live link's new mappings: withdraw the removed and moved ones, publish the new
         ones, leave the unchanged ones (and their connections) alone. Updates ``ports``."""
         wanted = {m.name: m for m in specs}
@@ -176,7 +177,7 @@ class MappingRegistry:
         def same(item) -> bool:
             m = wanted.get(item.name)
             if isinstance(item, HttpRoute):
-                return m is not None and m.mode == "http" and m.domain.lower() == item.domain and \
+                return m is not None and m.mode == item.mode and m.domain.lower() == item.domain and \
                     tuple(m.headers) == item.rules
             return m is not None and m.mode in ("tcp", "proxy") and m.remote_bind == item.bind and \
                 (m.mode == "proxy") == (item.mode == CreateMode.PROXY)
@@ -186,7 +187,7 @@ class MappingRegistry:
         ports[:] = [p for p in ports if p not in gone]
         kept = {p.name for p in ports}
         answers, bound = self.register(owner, [m for m in specs if m.name not in kept], allow_ports, idle_timeout,
-                                       http_enabled)
+                                       host_modes)
         for item in bound:
             item.attach(link)
             ports.append(item)
@@ -200,8 +201,8 @@ class MappingRegistry:
         for item in items:
             if isinstance(item, HttpRoute):
                 item.link = None
-                if forget and self.routes.get(item.domain) is item:
-                    del self.routes[item.domain]
+                if forget and self.routes.get((item.mode, item.domain)) is item:
+                    del self.routes[(item.mode, item.domain)]
             else:
                 for key, value in list(self.ports.items()):
                     if value is item:
@@ -213,5 +214,5 @@ class MappingRegistry:
         return [*({"name": p.name, "mode": p.mode.name.lower(), "client": p.owner, "remote_bind": bind,
                    "connected": p.link is not None and not p.link.closed, "connections": p.connections}
                   for bind, p in self.ports.items()),
-                *({"name": r.name, "mode": "http", "client": r.owner, "domain": domain, "connected": r.online,
-                   "requests": r.requests} for domain, r in self.routes.items())]
+                *({"name": r.name, "mode": r.mode, "client": r.owner, "domain": r.domain, "connected": r.online,
+                   "requests": r.requests} for r in self.routes.values())]

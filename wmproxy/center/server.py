@@ -68,7 +68,7 @@ class CenterServer(Listener):
 
         def decide(user: str, mappings: list) -> list:
             answers, bound = self.mappings.register(user or peer, mappings, ctx.cfg.allow_ports,
-                                                    ctx.proxy_cfg.idle_timeout, ctx.cfg.map_http_bind is not None)
+                                                    ctx.proxy_cfg.idle_timeout, _host_modes(ctx.cfg))
             ports.extend(bound)
             return answers
 
@@ -96,7 +96,7 @@ class CenterServer(Listener):
                           on_create=lambda vc, mode, target: self._serve_stream(ctx, link, vc, mode, target),
                           on_mapping=lambda specs: self.mappings.update(user or peer, link, ports, specs,
                                                                         cfg.allow_ports, ctx.proxy_cfg.idle_timeout,
-                                                                        cfg.map_http_bind is not None))
+                                                                        _host_modes(cfg)))
         link.user = user
         self.links.add(link)
         log.info("center: client %r connected from %s", user or "anonymous", peer)
@@ -143,6 +143,11 @@ class CenterServer(Listener):
         return [{"role": "server", "client": getattr(link, "user", "") or "anonymous",
                  "peer": fmt_addr(*link.peer_address[:2]), "since": link.started_at, "streams": link.stream_count,
                  "bytes_in": link.bytes_in, "bytes_out": link.bytes_out} for link in self.links]
+
+
+def _host_modes(cfg: CenterConfig) -> frozenset:
+    """The mapping modes routed by Host that this server has a listener for."""
+    return frozenset(mode for mode, bind in (("http", cfg.map_http_bind), ("https", cfg.map_https_bind)) if bind)
 
 
 def listener_specs(cfg: Config) -> list[ListenerSpec]:

@@ -53,3 +53,41 @@ def client_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContex
     if cert:
         _load_chain(ctx, cert, key, "center.cert")
     return ctx
+
+
+def sni_server_context(pairs: list[tuple[str, str]]) -> ssl.SSLContext:
+    """A server context over several certificates: the client's SNI picks the one whose names
+    match (exact, then '*.' wildcard), else the first. Raises ConfigError naming center.map_cert."""
+    contexts = []
+    for cert, key in pairs:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        _load_chain(ctx, cert, key, "center.map_cert")
+        contexts.append((_cert_names(cert), ctx))
+    first = contexts[0][1]
+
+    def pick(sslobj, server_name, _ctx) -> None:
+        if not server_name:
+            return
+        name = server_name.lower()
+        for names, ctx in contexts:
+            if name in names or any(n.startswith("*.") and name.endswith(n[1:]) and name.count(".") == n.count(".")
+                                    for n in names):
+                sslobj.context = ctx
+                return
+
+    if len(contexts) > 1:
+        first.sni_callback = pick
+    return first
+
+
+def _cert_names(path: str) -> set[str]:
+    """DNS names of a PEM certificate (subjectAltName, else the common name)."""
+    try:
+        info = ssl._ssl._test_decode_cert(path)  # the stdlib's own PEM decoder
+    except (ssl.SSLError, OSError, AttributeError):
+        return set()
+    names = {value.lower() for kind, value in info.get("subjectAltName", ()) if kind == "DNS"}
+    if not names:
+        names = {value.lower() for rdn in info.get("subject", ()) for key, value in rdn if key == "commonName"}
+    return names

@@ -431,6 +431,7 @@ def test_http_mappings_routed_by_host(pair, origin, origin_b):
     p.proxy = free_port()
     other = p.start_client(tail=http_mapping("steal", origin_b.port, "app.test"), user="bob", password="b0b")
     other.wait_log("mapping 'steal' refused by the server: domain app.test is already held by client alice")
+    p.server.wait_log("mapping 'steal' of client bob refused: domain app.test is already held by client alice")
     # the owner goes offline: its host answers 502, then it comes back
     p.client.stop()
     p.server.wait_log("mapping 'app' of client alice withdrawn")

@@ -494,3 +494,38 @@ def test_https_mappings_terminated_with_sni_certificates(pair, origin, origin_b,
     assert origin.last_headers["X-Forwarded-Proto"] == "https"
     r = curl("--cacert", ca_file, "--resolve", f"a.wild.test:{web}:127.0.0.1", f"https://a.wild.test:{web}/whoami")
     assert r.stdout == b"origin-B", r.stderr  # the wildcard certificate was chosen by SNI
+
+
+def test_http_mapping_passes_a_websocket_upgrade(pair):
+    def upgrade_then_echo(conn):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        assert b"upgrade: websocket" in head.lower()
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+    ws = TcpServer(upgrade_then_echo)
+    web = free_port()
+    try:
+        p = pair(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"')
+        p.client = p.start_client(tail=http_mapping("ws", ws.port, "ws.test"))
+        p.client.wait_log("mapping 'ws' published")
+        wait_port(web)
+        with socket.create_connection(("127.0.0.1", web), timeout=20) as s:
+            s.sendall(b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += s.recv(4096)
+            assert head.startswith(b"HTTP/1.1 101")
+            for i in range(20):
+                frame = bytes([0x82, 5]) + f"msg{i:02d}".encode()
+                s.sendall(frame)
+                got = b""
+                while len(got) < len(frame):
+                    got += s.recv(100)
+                assert got == frame
+    finally:
+        ws.close()

@@ -30,7 +30,7 @@ from .errors import ConfigError
 from .center.client import CenterClient
 from .listener import Listener, ListenerSpec, drain_all
 from .net.dns import Resolver
-from .net.listen import BindError, open_listener
+from .net.listen import BindError, open_listener, open_udp
 from .net.tls import client_context
 
 log = logging.getLogger("wmproxy")
@@ -46,9 +46,10 @@ def listener_specs(cfg: Config) -> dict[tuple[str, str], ListenerSpec]:
     from .center import server as center_server
     from .proxy import server as proxy_server
     from .stream import tcp as stream_tcp
+    from .stream import udp as stream_udp
 
     specs: dict[tuple[str, str], ListenerSpec] = {}
-    for kind in (proxy_server, stream_tcp, center_server, maphttp, control):
+    for kind in (proxy_server, stream_tcp, stream_udp, center_server, maphttp, control):
         for spec in kind.listener_specs(cfg):
             if spec.key in specs:
                 raise BindError(f"{spec.label}: {spec.bind} is also {specs[spec.key].label}")
@@ -123,7 +124,8 @@ class App:
         sockets: dict = {}
         try:  # bind everything new first: a failure here changes nothing
             for k in added:
-                sockets[k] = open_listener(specs[k].bind, specs[k].label)
+                opener = open_udp if specs[k].transport == "udp" else open_listener
+                sockets[k] = opener(specs[k].bind, specs[k].label)
         except BindError:
             for sock in sockets.values():
                 sock.close()

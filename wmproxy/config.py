@@ -291,13 +291,15 @@ class StreamUpstreamConfig:
 
     name: str = key(to_str, REQUIRED, "the name servers refer to with up_name")
     server: tuple = key(table_list(UpstreamServerConfig), REQUIRED, "the servers")
+    method: str = key(one_of(("round_robin", "ip_hash")), "round_robin",
+                      "how a connection or UDP session picks its server")
 
     def validate(self) -> None:
         if not self.server:
             raise Invalid("an upstream needs at least one server", ".server")
 
 
-STREAM_MODES = ("tcp",)
+STREAM_MODES = ("tcp", "udp")
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,8 @@ class StreamServerConfig:
     connect_timeout: float = key(to_duration, 10.0, "time to connect to an upstream server")
     idle_timeout: float = key(to_duration, 300.0, "close a connection silent this long")
     max_connections: int = key(int_range(1, 1_000_000), 10000, "concurrent client connections")
+    client_timeout: float = key(to_duration, 60.0, "udp: a client's session ends after this long without a datagram")
+    max_sessions: int = key(int_range(1, 1_000_000), 10000, "udp: sessions kept (beyond: the oldest idle goes)")
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,12 @@ class ListenerSpec:
     label: str  # the config key path of the bind address, for errors
     factory: Callable[..., "Listener"] = field(compare=False)
     check: Callable[[], None] | None = field(default=None, compare=False)  # raises ConfigError (files...)
+    transport: str = "tcp"  # or "udp": what socket the app binds for it
 
     @property
     def key(self) -> tuple[str, str]:
-        return (self.kind, str(self.bind))
+        return (self.kind, f"{self.transport}:{self.bind}" if self.transport != "tcp" else str(self.bind))
+
 
 
 class ConnStats:

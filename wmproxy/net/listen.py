@@ -33,3 +33,21 @@ def open_listener(addr: Addr, what: str, backlog: int = 1024) -> socket.socket:
         sock.close()
         raise BindError(f"{what}: cannot listen on {addr}: {e.strerror or e}") from None
     return sock
+
+
+def open_udp(addr: Addr, what: str) -> socket.socket:
+    """A bound UDP socket for ``addr``. Raises BindError naming the key and the reason."""
+    try:
+        infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise BindError(f"{what}: cannot resolve bind address {addr}: {e.strerror}") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+    except OSError as e:
+        sock.close()
+        raise BindError(f"{what}: cannot bind UDP {addr}: {e.strerror or e}") from None
+    return sock

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import zlib
 
 from ..config import Config, StreamServerConfig, StreamUpstreamConfig, UpstreamServerConfig
 from ..errors import UpstreamError
@@ -67,7 +68,13 @@ class StreamTcpServer(Listener):
     def serve(self, client: socket.socket, address, ctx: StreamContext) -> None:
         peer = fmt_addr(address[0], address[1])
         errors = []
-        for server in ctx.balancer.order():
+        if ctx.upstream.method == "ip_hash":
+            servers = ctx.upstream.server
+            start = zlib.crc32(address[0].encode()) % len(servers)
+            order = [*servers[start:], *servers[:start]]
+        else:
+            order = ctx.balancer.order()
+        for server in order:
             try:
                 upstream = dial(ctx.resolver, server.addr.host, server.addr.port, ctx.cfg.connect_timeout)
                 break
@@ -93,5 +100,5 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
     return [
         ListenerSpec("stream", srv.bind, (srv, cfg.stream.upstream_named(srv.up_name)),
                      f"stream.server[{i}].bind", StreamTcpServer)
-        for i, srv in enumerate(cfg.stream.server)
+        for i, srv in enumerate(cfg.stream.server) if srv.bind_mode == "tcp"
     ]

@@ -1,0 +1,190 @@
+"""[stream] UDP forwarding: per-client sessions (no cross-talk), expiry, stickiness, DNS."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+
+import dns.message
+import dns.query
+import dns.rrset
+import psutil
+import pytest
+
+from conftest import free_port
+
+
+class UdpEcho:
+    """Answers every datagram with ``prefix`` + the datagram, from a thread."""
+
+    def __init__(self, prefix: bytes = b"") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.prefix = prefix
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+                self.sock.sendto(self.prefix + data, addr)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def udp_echo():
+    made = []
+
+    def make(prefix: bytes = b"") -> UdpEcho:
+        made.append(UdpEcho(prefix))
+        return made[-1]
+
+    yield make
+    for e in made:
+        e.close()
+
+
+def udp_config(port: int, servers: list[int], extra: str = "", method: str = "round_robin") -> str:
+    listed = ", ".join(f'{{ addr = "127.0.0.1:{p}" }}' for p in servers)
+    return (f'[[stream.upstream]]\nname = "u"\nmethod = "{method}"\nserver = [{listed}]\n'
+            f'[[stream.server]]\nbind = "127.0.0.1:{port}"\nbind_mode = "udp"\nup_name = "u"\n{extra}\n')
+
+
+def wait_udp(port: int) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.3)
+    try:
+        for _ in range(50):
+            s.sendto(b"probe", ("127.0.0.1", port))
+            try:
+                s.recv(100)
+                return
+            except socket.timeout:
+                continue
+        raise TimeoutError("the forwarder does not answer")
+    finally:
+        s.close()
+
+
+@pytest.mark.timeout(180)
+def test_fifty_clients_get_exactly_their_own_datagrams(start_proxy, udp_echo):
+    echo = udp_echo()
+    port = free_port()
+    start_proxy(config=udp_config(port, [echo.port]), bind=False, wait=False)
+    wait_udp(port)
+    errors = []
+
+    def client(n: int) -> None:
+        rng = random.Random(n)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(5)
+        try:
+            for i in range(200):
+                size = rng.choice((1, 17, 512, 1200, 8000, 30000, 60000))
+                head = f"{n}:{i}:".encode()
+                data = (head + rng.randbytes(max(0, size - len(head))))[:max(size, len(head))]
+                answered = False
+                for _ in range(3):  # loopback UDP may drop under load: resend
+                    s.sendto(data, ("127.0.0.1", port))
+                    try:
+                        while True:
+                            got = s.recv(65535)
+                            if got == data:
+                                answered = True
+                                break
+                            if not got.startswith(f"{n}:".encode()):
+                                errors.append(f"client {n} got another client's datagram {got[:12]!r}")
+                            # else: a late answer to one of our own resends: skip it
+                    except socket.timeout:
+                        continue
+                    break
+                if not answered:
+                    errors.append(f"client {n} datagram {i} ({size} bytes): no answer")
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(150)
+    assert errors == []
+
+
+def test_sessions_expire_and_come_back(start_proxy, udp_echo):
+    echo = udp_echo()
+    port = free_port()
+    p = start_proxy(config=udp_config(port, [echo.port], 'client_timeout = "1s"'), bind=False, wait=False)
+    wait_udp(port)
+    proc = psutil.Process(p.popen.pid)
+
+    def udp_sockets() -> int:
+        return len(proc.net_connections(kind="udp"))
+
+    time.sleep(2)  # the probe's session expires
+    base = udp_sockets()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(b"one", ("127.0.0.1", port))
+    assert s.recv(100) == b"one"
+    assert udp_sockets() == base + 1
+    deadline = time.monotonic() + 5
+    while udp_sockets() > base and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert udp_sockets() == base  # expired: its socket is gone
+    s.sendto(b"two", ("127.0.0.1", port))
+    assert s.recv(100) == b"two"  # a new session
+    s.close()
+    assert p.log().count("new session") >= 3 and "session expired" in p.log()
+
+
+def test_a_session_sticks_to_one_server(start_proxy, udp_echo):
+    a, b = udp_echo(b"A:"), udp_echo(b"B:")
+    port = free_port()
+    start_proxy(config=udp_config(port, [a.port, b.port]), bind=False, wait=False)
+    wait_udp(port)
+    seen = set()
+    for _ in range(4):  # four clients: round robin spreads them, each sticks
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(5)
+        answers = set()
+        for i in range(5):
+            s.sendto(b"x%d" % i, ("127.0.0.1", port))
+            answers.add(s.recv(100)[:2])
+        s.close()
+        assert len(answers) == 1
+        seen |= answers
+    assert seen == {b"A:", b"B:"}
+
+
+def test_dns_query_through_the_forwarder(start_proxy):
+    dns_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns_sock.bind(("127.0.0.1", 0))
+
+    def serve_dns():
+        while True:
+            try:
+                wire, addr = dns_sock.recvfrom(4096)
+            except OSError:
+                return
+            query = dns.message.from_wire(wire)
+            answer = dns.message.make_response(query)
+            answer.answer.append(dns.rrset.from_text(query.question[0].name, 60, "IN", "A", "10.9.8.7"))
+            dns_sock.sendto(answer.to_wire(), addr)
+
+    threading.Thread(target=serve_dns, daemon=True).start()
+    port = free_port()
+    start_proxy(config=udp_config(port, [dns_sock.getsockname()[1]]), bind=False, wait=False)
+    time.sleep(1)
+    try:
+        response = dns.query.udp(dns.message.make_query("service.test.", "A"), "127.0.0.1", port=port, timeout=5)
+        assert [r.address for r in response.answer[0]] == ["10.9.8.7"]
+    finally:
+        dns_sock.close()

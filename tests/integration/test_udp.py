@@ -21,6 +21,7 @@ class UdpEcho:
 
     def __init__(self, prefix: bytes = b"") -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.prefix = prefix
@@ -84,14 +85,15 @@ def test_fifty_clients_get_exactly_their_own_datagrams(start_proxy, udp_echo):
     def client(n: int) -> None:
         rng = random.Random(n)
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(5)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.settimeout(1)
         try:
             for i in range(200):
                 size = rng.choice((1, 17, 512, 1200, 8000, 30000, 60000))
                 head = f"{n}:{i}:".encode()
                 data = (head + rng.randbytes(max(0, size - len(head))))[:max(size, len(head))]
                 answered = False
-                for _ in range(3):  # loopback UDP may drop under load: resend
+                for _ in range(10):  # loopback UDP may drop under load: resend
                     s.sendto(data, ("127.0.0.1", port))
                     try:
                         while True:
@@ -188,3 +190,21 @@ def test_dns_query_through_the_forwarder(start_proxy):
         assert [r.address for r in response.answer[0]] == ["10.9.8.7"]
     finally:
         dns_sock.close()
+
+
+def test_max_sessions_drops_the_least_recently_active(start_proxy, udp_echo):
+    echo = udp_echo()
+    port = free_port()
+    p = start_proxy(config=udp_config(port, [echo.port], "max_sessions = 2"), bind=False, wait=False)
+    wait_udp(port)
+    clients = []
+    for i in range(3):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(5)
+        s.sendto(b"c%d" % i, ("127.0.0.1", port))
+        assert s.recv(100) == b"c%d" % i
+        clients.append(s)
+    log = p.wait_log("max_sessions 2 reached, dropped the session of")
+    assert log.count("max_sessions 2 reached") == 2  # the probe's session, then the first client's
+    for s in clients:
+        s.close()

@@ -7,6 +7,8 @@ import socket
 from ..config import Addr
 from ..errors import ProxyError
 
+UDP_BUFFER = 4 << 20
+
 
 class BindError(ProxyError):
     """A listening address could not be opened."""
@@ -46,6 +48,11 @@ def open_udp(addr: Addr, what: str) -> socket.socket:
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):  # one socket for every client: room for bursts
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER)  # the kernel caps it at its maximum
+            except OSError:
+                pass
         sock.bind(sockaddr)
     except OSError as e:
         sock.close()

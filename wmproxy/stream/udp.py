@@ -23,7 +23,7 @@ from gevent.server import DatagramServer
 from ..errors import UpstreamError
 from ..listener import ConnStats, ListenerSpec
 from ..net.dial import fmt_addr
-from .tcp import WeightedRoundRobin
+from .tcp import StreamContext
 
 log = logging.getLogger("wmproxy.stream")
 
@@ -46,14 +46,6 @@ class Session:
         self.sock.close()
 
 
-class UdpContext:
-    def __init__(self, server_cfg, upstream, resolver) -> None:
-        self.cfg = server_cfg
-        self.upstream = upstream
-        self.resolver = resolver
-        self.balancer = WeightedRoundRobin(upstream.server)
-
-
 class UdpForwarder(DatagramServer):
     """One ``[[stream.server]]`` with ``bind_mode = "udp"``; plugs into the app like a Listener."""
 
@@ -64,14 +56,14 @@ class UdpForwarder(DatagramServer):
         self.spec = spec
         self.stats = ConnStats()
         self.draining = False
-        self.ctx = UdpContext(spec.settings[0], spec.settings[1], app.resolver)
+        self.ctx = StreamContext(spec.settings[0], spec.settings[1], app.resolver, self.stats)
         self.sessions: OrderedDict = OrderedDict()  # client address -> Session, least recently active first
         self._reaper = gevent.spawn(self._expire)
 
     # -- the app's listener interface ---------------------------------------------------------
     def update(self, spec: ListenerSpec, app) -> None:
         """New sessions use the new settings; live ones keep their server."""
-        self.ctx = UdpContext(spec.settings[0], spec.settings[1], app.resolver)
+        self.ctx = StreamContext(spec.settings[0], spec.settings[1], app.resolver, self.stats)
         self.spec = spec
 
     def drain(self, grace: float) -> int:

@@ -42,15 +42,6 @@ class NeedMore(ProxyError):
     """Raised by a pure parser when its buffer holds only part of a message."""
 
 
-# SOCKS5 reply codes (RFC 1928, section 6) that describe a failed upstream dial.
-SOCKS5_GENERAL_FAILURE = 0x01
-SOCKS5_NOT_ALLOWED = 0x02
-SOCKS5_NETWORK_UNREACHABLE = 0x03
-SOCKS5_HOST_UNREACHABLE = 0x04
-SOCKS5_CONNECTION_REFUSED = 0x05
-SOCKS5_TTL_EXPIRED = 0x06
-
-
 class UpstreamError(ProxyError):
     """Opening or using the connection to the target failed.
 
@@ -58,7 +49,7 @@ class UpstreamError(ProxyError):
     ``socks5_reply`` (an RFC 1928 REP code).
     """
 
-    def __init__(self, message: str, http_status: int = 502, socks5_reply: int = SOCKS5_GENERAL_FAILURE):
+    def __init__(self, message: str, http_status: int = 502, socks5_reply: int = 0x01):  # general failure
         self.http_status = http_status
         self.socks5_reply = socks5_reply
         super().__init__(message)
@@ -68,4 +59,4 @@ class DnsError(UpstreamError):
     """A host name did not resolve."""
 
     def __init__(self, message: str):
-        super().__init__(message, 502, SOCKS5_HOST_UNREACHABLE)
+        super().__init__(message, 502, 0x04)  # SOCKS5 host unreachable

@@ -12,22 +12,22 @@ import time
 
 from gevent import socket as gsocket
 
-from ..errors import (
-    SOCKS5_CONNECTION_REFUSED,
-    SOCKS5_GENERAL_FAILURE,
-    SOCKS5_HOST_UNREACHABLE,
-    SOCKS5_NETWORK_UNREACHABLE,
-    SOCKS5_TTL_EXPIRED,
-    UpstreamError,
+from ..errors import UpstreamError
+from ..prot.socks import (
+    REP_CONNECTION_REFUSED,
+    REP_GENERAL_FAILURE,
+    REP_HOST_UNREACHABLE,
+    REP_NETWORK_UNREACHABLE,
+    REP_TTL_EXPIRED,
 )
 from .dns import Resolver
 
 _ERRNO_REPLY = {
-    errno.ECONNREFUSED: SOCKS5_CONNECTION_REFUSED,
-    errno.ENETUNREACH: SOCKS5_NETWORK_UNREACHABLE,
-    errno.EHOSTUNREACH: SOCKS5_HOST_UNREACHABLE,
-    errno.EADDRNOTAVAIL: SOCKS5_NETWORK_UNREACHABLE,
-    errno.EAFNOSUPPORT: SOCKS5_NETWORK_UNREACHABLE,
+    errno.ECONNREFUSED: REP_CONNECTION_REFUSED,
+    errno.ENETUNREACH: REP_NETWORK_UNREACHABLE,
+    errno.EHOSTUNREACH: REP_HOST_UNREACHABLE,
+    errno.EADDRNOTAVAIL: REP_NETWORK_UNREACHABLE,
+    errno.EAFNOSUPPORT: REP_NETWORK_UNREACHABLE,
 }
 
 
@@ -56,14 +56,14 @@ def dial(resolver: Resolver, host: str, port: int, timeout: float) -> gsocket.so
         try:
             sock.connect((ip, port))
         except socket.timeout:
-            last = UpstreamError(f"connect to {fmt_addr(ip, port)} timed out", 504, SOCKS5_TTL_EXPIRED)
+            last = UpstreamError(f"connect to {fmt_addr(ip, port)} timed out", 504, REP_TTL_EXPIRED)
         except OSError as e:
             reason = e.strerror or str(e)
             last = UpstreamError(f"connect to {fmt_addr(ip, port)}: {reason}", 502,
-                                 _ERRNO_REPLY.get(e.errno, SOCKS5_GENERAL_FAILURE))
+                                 _ERRNO_REPLY.get(e.errno, REP_GENERAL_FAILURE))
         else:
             sock.settimeout(None)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return sock
         sock.close()
-    raise last or UpstreamError(f"connect to {fmt_addr(host, port)} timed out", 504, SOCKS5_TTL_EXPIRED)
+    raise last or UpstreamError(f"connect to {fmt_addr(host, port)} timed out", 504, REP_TTL_EXPIRED)

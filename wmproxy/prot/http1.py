@@ -279,10 +279,7 @@ def _is_chunked(head: Head) -> bool:
     te = head.get_all(b"transfer-encoding")
     if not te:
         return False
-    codings = [t.strip().lower() for t in b",".join(te).split(b",")]
-    if codings[-1] != b"chunked":
-        return False
-    return True
+    return b",".join(te).split(b",")[-1].strip().lower() == b"chunked"
 
 
 def request_framing(head: Head) -> tuple[str, int]:

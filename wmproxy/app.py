@@ -229,7 +229,7 @@ class App:
         hand it connections of their own (the center server's PROXY streams)."""
         from .proxy.server import ProxyContext, serve_connection
 
-        ctx = ProxyContext(proxy_cfg, self.resolver, stats)
+        ctx = ProxyContext(proxy_cfg, self.resolver, stats, local=False)
         return lambda conn, address: serve_connection(ctx, conn, address)
 
     # -- status --------------------------------------------------------------------------------

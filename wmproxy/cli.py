@@ -58,6 +58,8 @@ OPTIONS = (
     Opt(("--allow",), ("proxy", "allow"), "client network allowed, e.g. 10.0.0.0/8 (repeatable)", "CIDR",
         append=True),
     Opt(("--deny",), ("proxy", "deny"), "client network refused (repeatable)", "CIDR", append=True),
+    Opt(("--udp-bind",), ("proxy", "udp_bind"), "enable SOCKS5 UDP ASSOCIATE with relay sockets on this "
+        "address, port 0, e.g. 127.0.0.1:0", "ADDR"),
     Opt(("--flag",), ("proxy", "flag"), "protocols served: 'http https socks5 socks4'", "LIST"),
     Opt(("--connect-timeout",), ("proxy", "connect_timeout"), "upstream connect timeout, e.g. 10s", "TIME"),
     Opt(("--idle-timeout",), ("proxy", "idle_timeout"), "close connections idle this long, e.g. 5min", "TIME"),

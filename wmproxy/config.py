@@ -244,11 +244,16 @@ class ProxyConfig:
     idle_timeout: float = key(to_duration, 300.0, "close a connection silent this long")
     max_connections: int = key(int_range(1, 1_000_000), 10000, "concurrent client connections")
     max_header_size: int = key(to_size, 65536, "largest HTTP request or response head")
+    udp_bind: Optional[Addr] = key(optional_addr, None, "SOCKS5 UDP ASSOCIATE: the address each association's "
+                                   "relay socket binds to, port 0 (one port per association); '' disables")
 
     def validate(self) -> None:
         if bool(self.username) != bool(self.password):
             which = "password" if self.username else "username"
             raise Invalid(f"username and password go together; {which} is missing", "." + which)
+        if self.udp_bind is not None and self.udp_bind.port != 0:
+            raise Invalid(f"expected port 0, got {self.udp_bind}: every UDP association gets its own relay "
+                          f"port on this address (write \"{self.udp_bind.host}:0\")", ".udp_bind")
 
     @property
     def auth(self) -> bool:

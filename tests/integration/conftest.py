@@ -338,3 +338,39 @@ def http_get(port: int, url: str, headers: str = "") -> tuple[bytes, bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n".encode())
         return read_response(s)
+
+
+class UdpEcho:
+    """Answers every datagram with ``prefix`` + the datagram, from a thread."""
+
+    def __init__(self, prefix: bytes = b"") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.prefix = prefix
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+                self.sock.sendto(self.prefix + data, addr)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def udp_echo():
+    made = []
+
+    def make(prefix: bytes = b"") -> UdpEcho:
+        made.append(UdpEcho(prefix))
+        return made[-1]
+
+    yield make
+    for e in made:
+        e.close()

@@ -103,6 +103,9 @@ def test_curl_through_the_link(pair, origin, tls_origin):
     assert r.stdout == b"hello from origin-TLS", r.stderr
     p.server.wait_log("client 'alice' connected")
     p.server.wait_log('"GET http://127.0.0.1:')  # the server's forward proxy served it
+    with socket.create_connection(("127.0.0.1", p.proxy), timeout=10) as s:  # the relay would be out of reach
+        s.sendall(b"\x05\x01\x00" + b"\x05\x03\x00\x01\0\0\0\0\0\0")
+        assert s.recv(2) == b"\x05\x00" and s.recv(3) == b"\x05\x07\x00"  # UDP ASSOCIATE: not supported
     st = json.loads(control(cport, "GET", "/status")[1])
     (link,) = st["center_links"]
     assert link["role"] == "server" and link["client"] == "alice" and link["bytes_out"] > 0

@@ -16,42 +16,6 @@ import pytest
 from conftest import free_port
 
 
-class UdpEcho:
-    """Answers every datagram with ``prefix`` + the datagram, from a thread."""
-
-    def __init__(self, prefix: bytes = b"") -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.prefix = prefix
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                data, addr = self.sock.recvfrom(65535)
-                self.sock.sendto(self.prefix + data, addr)
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.fixture
-def udp_echo():
-    made = []
-
-    def make(prefix: bytes = b"") -> UdpEcho:
-        made.append(UdpEcho(prefix))
-        return made[-1]
-
-    yield make
-    for e in made:
-        e.close()
-
-
 def udp_config(port: int, servers: list[int], extra: str = "", method: str = "round_robin") -> str:
     listed = ", ".join(f'{{ addr = "127.0.0.1:{p}" }}' for p in servers)
     return (f'[[stream.upstream]]\nname = "u"\nmethod = "{method}"\nserver = [{listed}]\n'

@@ -102,6 +102,26 @@ def test_socks4_overlong_fields_refused():
         s.parse_socks4(b"\x04\x01\x00\x50\x01\x02\x03\x04" + b"u" * 100)
 
 
+@pytest.mark.parametrize("host,port", REQUESTS)
+def test_udp_header_round_trip(host, port):
+    datagram = s.encode_udp_header(host, port) + b"payload"
+    frag, h, p, start = s.parse_udp_header(datagram)
+    assert (frag, h, p, datagram[start:]) == (0, host, port, b"payload")
+    for cut in range(len(datagram) - len(b"payload")):  # a datagram is whole: short is an error
+        with pytest.raises(ProtocolError):
+            s.parse_udp_header(datagram[:cut])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_udp_header_parser_never_raises_anything_else(data):
+    try:
+        frag, host, port, start = s.parse_udp_header(data)
+    except ProtocolError:
+        return
+    assert 0 < start <= len(data) and frag == data[2]
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=300))
 def test_parsers_never_raise_anything_else(data):

@@ -18,6 +18,12 @@ SOCKS5 request / reply
 +-----+-----------+-----+------+----------+----------+
 ATYP 1: 4-byte IPv4; 3: 1-byte length + name; 4: 16-byte IPv6.
 
+SOCKS5 UDP request header (RFC 1928 section 7), in front of every relayed datagram
++-----+------+------+----------+----------+----------+
+| RSV | FRAG | ATYP | DST.ADDR | DST.PORT |   DATA   |
+|  2  |  1   |  1   | variable |    2     | variable |
++-----+------+------+----------+----------+----------+
+
 SOCKS4 request                                          SOCKS4 reply
 +----+----+------+------+----------+------------------+  +----+----+------+------+
 | VN | CD | PORT | IP   | USERID\\0 | [HOST\\0 if 4a]   |  | 0  | CD | PORT | IP   |
@@ -189,6 +195,22 @@ def parse_reply(buf: bytes) -> tuple[tuple[int, str, int], int]:
         raise ProtocolError(f"SOCKS5 reply has version {buf[0]}")
     host, port, end = parse_address(buf, 3)
     return (buf[1], host, port), end
+
+
+def parse_udp_header(datagram: bytes) -> tuple[int, str, int, int]:
+    """A relayed datagram's header -> (FRAG, target host, target port, offset of the data).
+    A datagram is whole: a header cut short is a ProtocolError, not NeedMore."""
+    try:
+        _need(datagram, 4)
+        host, port, end = parse_address(datagram, 3)
+    except NeedMore:
+        raise ProtocolError(f"SOCKS5 UDP datagram of {len(datagram)} bytes ends inside its header") from None
+    return datagram[2], host, port, end
+
+
+def encode_udp_header(host: str, port: int) -> bytes:
+    """The header for a datagram from (to) ``host:port``, FRAG 0."""
+    return b"\0\0\0" + encode_address(host, port)
 
 
 def _cstring(buf: bytes, start: int, what: str) -> tuple[str, int]:

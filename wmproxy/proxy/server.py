@@ -53,11 +53,15 @@ class ProxyContext:
     """Settings and services one listener's handlers share. Immutable once built: a reload
     builds a new context for new connections while live ones keep theirs."""
 
-    def __init__(self, cfg: ProxyConfig, resolver: Resolver, stats: ConnStats | None = None, via=None) -> None:
+    def __init__(self, cfg: ProxyConfig, resolver: Resolver, stats: ConnStats | None = None, via=None,
+                 local: bool = True) -> None:
         self.cfg = cfg
         self.resolver = resolver
         self.stats = stats or ConnStats()
         self.via = via  # a center client (its .link, None while down): connections go through it
+        # SOCKS5 UDP ASSOCIATE: only where the client can reach our relay socket, so not for
+        # connections that arrive over a center link from another network
+        self.udp_associate = local and cfg.udp_bind is not None
 
     def client_allowed(self, ip: str) -> bool:
         """Deny list first, then the allow list (an empty allow list allows everyone)."""

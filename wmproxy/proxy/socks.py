@@ -14,6 +14,7 @@ from ..net.reader import Reader
 from ..prot import socks as s5
 from ..prot.socks import SOCKS4, SOCKS5  # noqa: F401  (the server sniffs with these)
 from .tunnel import open_tunnel
+from .udp import serve_udp_associate
 
 
 def serve_socks5(ctx, client, reader: Reader, info, allowed: bool) -> None:
@@ -41,6 +42,9 @@ def serve_socks5(ctx, client, reader: Reader, info, allowed: bool) -> None:
     if not allowed:
         client.sendall(s5.encode_reply(s5.REP_NOT_ALLOWED))
         info.result = "refused: client address not allowed"
+        return
+    if req.command == s5.CMD_UDP_ASSOCIATE and ctx.udp_associate:
+        serve_udp_associate(ctx, client, reader, info, req)
         return
     if req.command != s5.CMD_CONNECT:
         client.sendall(s5.encode_reply(s5.REP_COMMAND_NOT_SUPPORTED))

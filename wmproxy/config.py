@@ -380,8 +380,10 @@ class CenterConfig:
     heartbeat: float = key(to_duration, 15.0, "PING an idle link this often; 3 x without a frame = dead")
     window: int = key(to_size, 262144, "per-stream flow-control window")
     max_frame: int = key(to_size, 1 << 20, "largest frame body accepted")
-    allow_ports: tuple = key(list_of(to_port_range), (), "server: ports a client's tcp mappings may open "
-                                                          "(empty: any)")
+    allow_ports: tuple = key(list_of(to_port_range), (), "server: ports a client's tcp, udp and proxy mappings "
+                                                          "may open (empty: any)")
+    udp_timeout: float = key(to_duration, 60.0, "server: a udp mapping's session with one public peer ends after "
+                                                "this long without a datagram")
     map_http_bind: Optional[Addr] = key(optional_addr, None, "server: the shared listener of http mappings "
                                                              "(routed by Host)")
     map_https_bind: Optional[Addr] = key(optional_addr, None, "server: the shared TLS listener of https mappings")
@@ -423,7 +425,7 @@ class CenterConfig:
         return out
 
 
-MAPPING_MODES = ("tcp", "http", "https", "proxy")
+MAPPING_MODES = ("tcp", "http", "https", "proxy", "udp")
 _HEADER_OPS = {"+": HeaderOp.ADD, "-": HeaderOp.DELETE, "?": HeaderOp.SET_IF_ABSENT}
 _HEADER_HELP = ("expected a header rule like 'proxy + X-Real-IP {client_ip}', '- Server', '? X-A b' or "
                 "'X-A b' ('proxy' first: on the request to the service, else on the response)")
@@ -463,20 +465,21 @@ class MappingConfig:
 
     name: str = key(to_str, REQUIRED, "the mapping's name (unique on this client)")
     mode: str = key(one_of(MAPPING_MODES), REQUIRED, "how it is published")
-    local_addr: Optional[Addr] = key(optional_addr, None, "tcp, http: the private service, as this client "
-                                                          "reaches it")
-    remote_bind: Optional[Addr] = key(optional_addr, None, "tcp, proxy: the public address the center server opens")
+    local_addr: Optional[Addr] = key(optional_addr, None, "tcp, udp, http, https: the private service, as this "
+                                                          "client reaches it")
+    remote_bind: Optional[Addr] = key(optional_addr, None, "tcp, udp, proxy: the public address the center server "
+                                                           "opens")
     domain: str = key(to_domain, "", "http, https: the Host it answers on the server's map_http(s)_bind")
     headers: tuple = key(list_of(to_header_rule), (), "http: header rules on requests and responses")
     username: str = key(to_str, "", "proxy: user its forward proxy asks for (with password)")
     password: str = key(to_str, "", "proxy: password its forward proxy asks for")
 
     def validate(self) -> None:
-        if self.mode in ("tcp", "http", "https") and self.local_addr is None:
+        if self.mode in ("tcp", "udp", "http", "https") and self.local_addr is None:
             raise Invalid(f"a {self.mode} mapping needs local_addr (the private service)", ".local_addr")
         if self.mode == "https" and not self.domain:
             raise Invalid("an https mapping needs domain (the name it answers)", ".domain")
-        if self.mode in ("tcp", "proxy") and self.remote_bind is None:
+        if self.mode in ("tcp", "udp", "proxy") and self.remote_bind is None:
             raise Invalid(f"a {self.mode} mapping needs remote_bind (the public address to open)", ".remote_bind")
         if bool(self.username) != bool(self.password):
             raise Invalid("username and password go together", ".password")

@@ -532,3 +532,74 @@ def test_http_mapping_passes_a_websocket_upgrade(pair):
                 assert got == frame
     finally:
         ws.close()
+
+
+def udp_mapping(name: str, local: int, remote: int) -> str:
+    return (f'[[mappings]]\nname = "{name}"\nmode = "udp"\nlocal_addr = "127.0.0.1:{local}"\n'
+            f'remote_bind = "127.0.0.1:{remote}"\n')
+
+
+def udp_ask(s: socket.socket, port: int, data: bytes, expect: bytes, mine: bytes, errors: list) -> bool:
+    """Send ``data`` to the public port (again on loss) until ``expect`` comes back; an answer
+    that does not start with ``mine`` is another peer's (cross-talk)."""
+    for _ in range(10):
+        s.sendto(data, ("127.0.0.1", port))
+        try:
+            while True:
+                got = s.recv(65535)
+                if got == expect:
+                    return True
+                if not got.startswith(mine):
+                    errors.append(f"got another peer's datagram {got[:16]!r}")
+        except socket.timeout:
+            continue
+    return False
+
+
+@pytest.mark.timeout(180)
+def test_udp_mapping_through_the_link(pair, udp_echo, echo_server):
+    echo = udp_echo(b"U:")
+    cport, pub = free_port(), free_port()
+    p = pair(server_top=f'control = "127.0.0.1:{cport}"', server_extra='udp_timeout = "1s"', start_client=False)
+    # a tcp mapping may take the same port number: TCP and UDP ports are separate
+    p.client = p.start_client(tail=udp_mapping("dgram", echo.port, pub) + tcp_mapping("same-port", echo_server.port,
+                                                                                     pub))
+    p.wait_link()
+    p.client.wait_log("mapping 'dgram' published")
+    p.client.wait_log("mapping 'same-port' published")
+    errors: list[str] = []
+
+    def peer(n: int) -> None:
+        rng = random.Random(n)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(1)
+            for i in range(40):
+                head = f"{n}:{i}:".encode()
+                data = head + rng.randbytes(rng.choice((0, 16, 1200, 8000, 30000, 60000)))
+                if not udp_ask(s, pub, data, b"U:" + data, f"U:{n}:".encode(), errors):
+                    errors.append(f"peer {n} datagram {i} ({len(data)} bytes): no answer")
+
+    threads = [threading.Thread(target=peer, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert through(pub, b"tcp too").decode().startswith("got 7 ")
+    st = json.loads(control(cport, "GET", "/status")[1])
+    modes = {m["name"]: (m["mode"], m["connections"]) for m in st["mappings"]}
+    assert modes["dgram"] == ("udp", 20) and modes["same-port"][0] == "tcp"
+    # idle peers expire on the server, which ends their streams on the client
+    p.server.wait_log("session expired", timeout=10)
+    p.client.wait_log("udp session done (the server ended the session)", timeout=10)
+    # the link goes: no answers; it comes back: answers again, without restarting the server
+    p.client.stop()
+    p.server.wait_log("mapping 'dgram' of client alice withdrawn")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.5)
+        assert not udp_ask(s, pub, b"9:down", b"U:9:down", b"U:9:", errors)
+        p.proxy = free_port()
+        back = p.start_client(tail=udp_mapping("dgram", echo.port, pub))
+        back.wait_log("mapping 'dgram' published")
+        assert udp_ask(s, pub, b"9:up", b"U:9:up", b"U:9:", errors)
+    assert errors == []

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import ssl
 import time
 
 import gevent
+from gevent import socket as gsocket
 
 from ..config import CenterConfig, ProxyConfig
 from ..listener import ConnStats
@@ -18,6 +20,7 @@ from ..errors import ProtocolError, UpstreamError
 from ..net.dial import dial
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import client_context
+from ..net.udp import MAX_DATAGRAM
 from ..net.relay import relay
 from ..prot import frame as fr
 from ..prot.frame import CreateMode, Flag, Kind
@@ -127,13 +130,17 @@ class CenterClient:
     def _serve_stream(self, vc: VirtualConn, mode: CreateMode, target: str) -> None:
         """A public connection to one of our mappings: dial its local address, relay."""
         mapping = self.mappings.get(target)
-        wanted = {CreateMode.TCP: ("tcp",), CreateMode.HTTP: ("http", "https"), CreateMode.PROXY: ("proxy",)}.get(mode)
+        wanted = {CreateMode.TCP: ("tcp", "udp"), CreateMode.HTTP: ("http", "https"),
+                  CreateMode.PROXY: ("proxy",)}.get(mode)
         if mapping is None or mapping.mode not in (wanted or ()):
             vc.close(f"no {mode.name} mapping named {target!r} on this client")
             return
         if mapping.mode == "proxy":  # a forward proxy whose traffic leaves from this network
             vc.link.send_frame(Kind.CREATE, Flag.ACK, vc.sid)
             self._proxy_for(mapping)(vc, vc.link.peer_address)
+            return
+        if mapping.mode == "udp":
+            self._serve_udp(vc, mapping)
             return
         try:
             local = dial(self.app.resolver, mapping.local_addr.host, mapping.local_addr.port, HANDSHAKE_TIMEOUT)
@@ -144,6 +151,60 @@ class CenterClient:
         vc.link.send_frame(Kind.CREATE, Flag.ACK, vc.sid)
         stats = relay(vc, local, IDLE_TIMEOUT)
         log.info("mapping %r: connection done (%s) in=%d out=%d", target, stats.reason, stats.a_to_b, stats.b_to_a)
+
+    def _serve_udp(self, vc: VirtualConn, mapping) -> None:
+        """One public peer of a udp mapping: its datagrams (one DATA frame each) go to the
+        local service from a socket of its own, the service's answers come back the same way.
+        Ends when the server ends the stream (the peer went quiet) or after IDLE_TIMEOUT."""
+        try:
+            family, ip = self.app.resolver.resolve(mapping.local_addr.host)[0]
+            sock = gsocket.socket(family, socket.SOCK_DGRAM)
+            sock.connect((ip, mapping.local_addr.port))
+        except (UpstreamError, OSError) as e:
+            log.warning("mapping %r: %s", mapping.name, e)
+            vc.close(str(e))
+            return
+        vc.link.send_frame(Kind.CREATE, Flag.ACK, vc.sid)
+        counts, last = [0, 0], [time.monotonic()]
+
+        def answers() -> None:
+            while True:
+                try:
+                    data = sock.recv(MAX_DATAGRAM)
+                except ConnectionRefusedError:
+                    continue  # ICMP port unreachable: the service is not up (yet)
+                except OSError:
+                    return
+                if vc.send_datagram(data):
+                    counts[1] += 1
+                    last[0] = time.monotonic()
+
+        back = gevent.spawn(answers)
+        why = "the server ended the session"
+        vc.settimeout(min(IDLE_TIMEOUT, 30.0))
+        try:
+            while True:
+                try:
+                    data = vc.recv_datagram()
+                except socket.timeout:
+                    if time.monotonic() - last[0] < IDLE_TIMEOUT:
+                        continue
+                    why = f"idle {IDLE_TIMEOUT:g}s"
+                    break
+                if not data:
+                    break
+                last[0] = time.monotonic()
+                try:
+                    sock.send(data)
+                    counts[0] += 1
+                except OSError as e:
+                    log.debug("mapping %r: datagram to %s dropped: %s", mapping.name, mapping.local_addr, e)
+        except OSError as e:
+            why = str(e)
+        finally:
+            back.kill(block=False)
+            sock.close()
+        log.info("mapping %r: udp session done (%s) in=%d out=%d datagrams", mapping.name, why, *counts)
 
     def _proxy_for(self, mapping):
         """The forward proxy of a proxy mapping (its own credentials), built once per mapping."""

@@ -145,6 +145,22 @@ class VirtualConn:
         self.sendall(data)
         return len(data)
 
+    def send_datagram(self, data: bytes) -> bool:
+        """A UDP datagram as one DATA frame, never split, never waiting: False (dropped, as
+        UDP may) when it is empty, does not fit the window credit now, or the stream is done."""
+        if not data or len(data) > self.credit or self.reset is not None or self.closed or self.sent_fin:
+            return False
+        try:
+            self.link.send_frame(Kind.DATA, 0, self.sid, bytes(data))
+        except ConnectionResetError:
+            return False
+        self.credit -= len(data)
+        return True
+
+    def recv_datagram(self) -> bytes:
+        """One DATA frame's body: a datagram sent with :meth:`send_datagram` (b'' at EOF)."""
+        return self.recv(DATA_CHUNK)
+
     def _check_writable(self) -> None:
         if self.reset is not None:
             raise ConnectionResetError(f"stream {self.sid} reset: {self.reset}")

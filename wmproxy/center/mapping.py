@@ -1,22 +1,28 @@
-"""Intranet penetration on the center server: the public ports of the clients' tcp mappings.
+"""Intranet penetration on the center server: the clients' mappings.
 
-Each tcp mapping a client declares gets its own public listener on its ``remote_bind``,
-checked at registration: a port outside ``allow_ports``, or one another client already holds,
-is refused with a reason (MAPPING+ACK). A public connection becomes a TCP stream on the link of
-the client that owns the mapping; the client dials the private service. The listeners belong
-to their link: they close when it ends, and open again when the client comes back.
+Each tcp, udp or proxy mapping a client declares gets its own public port on its
+``remote_bind``, checked at registration: a port outside ``allow_ports``, or one another client
+already holds, is refused with a reason (MAPPING+ACK). A public TCP connection becomes a stream
+on the link of the client that owns the mapping; the client dials the private service. A udp
+mapping's public peer address becomes a stream too (CREATE TCP with the mapping's name: the
+client dials the mapping's local address, over UDP), each datagram one DATA frame, so
+boundaries are kept; a peer quiet for ``udp_timeout`` loses its stream. http and https mappings
+are routes by Host on the shared listeners (maphttp.py). Everything belongs to its link: ports
+close when it ends, and open again when the client comes back.
 """
 
 from __future__ import annotations
 
 import logging
 
+import gevent
 from gevent.server import StreamServer
 
 from ..config import Addr, to_addr
 from ..net.dial import fmt_addr
-from ..net.listen import BindError, open_listener
+from ..net.listen import BindError, open_listener, open_udp
 from ..net.relay import RelayStats, relay
+from ..net.udp import UdpSession, UdpSessions
 from ..prot import frame as fr
 from ..prot.frame import CreateMode
 
@@ -51,11 +57,12 @@ class HttpRoute:
 
 
 class PublicPort(StreamServer):
-    """The public listener of one tcp mapping; ``link`` is set once the handshake is done."""
+    """The public listener of one tcp or proxy mapping; ``link`` is set once the handshake is done."""
 
-    def __init__(self, sock, name: str, owner: str, idle_timeout: float, mode: CreateMode = CreateMode.TCP) -> None:
+    def __init__(self, sock, name: str, owner: str, idle_timeout: float, mode: str = "tcp") -> None:
         super().__init__(sock)
-        self.mode = mode  # TCP: the client dials the service; PROXY: it runs a forward proxy
+        self.mode = mode  # tcp: the client dials the service; proxy: it runs a forward proxy
+        self.create_mode = CreateMode.PROXY if mode == "proxy" else CreateMode.TCP
         self.name = name
         self.owner = owner
         self.idle_timeout = idle_timeout
@@ -71,6 +78,9 @@ class PublicPort(StreamServer):
         self.link = link
         self.start()
 
+    def withdraw(self) -> None:
+        self.close()
+
     def handle(self, conn, address) -> None:
         link = self.link
         peer = fmt_addr(address[0], address[1])
@@ -78,7 +88,7 @@ class PublicPort(StreamServer):
             log.info("%s mapping %s: client %s is not connected, connection closed", peer, self.name, self.owner)
             return
         try:
-            stream = link.open_stream(self.mode, self.name)
+            stream = link.open_stream(self.create_mode, self.name)
         except ConnectionError as e:
             log.info("%s mapping %s: %s", peer, self.name, e)
             return
@@ -89,11 +99,92 @@ class PublicPort(StreamServer):
                  stats.a_to_b, stats.b_to_a)
 
 
+class LinkSession(UdpSession):
+    """One public peer of a udp mapping: a stream on the owner's link."""
+
+    __slots__ = ("vc", "port")
+
+    def __init__(self, peer, vc, port: "PublicUdpPort") -> None:
+        super().__init__(peer)
+        self.vc = vc
+        self.port = port
+
+    def send(self, data: bytes) -> None:
+        if not self.vc.send_datagram(data):
+            self.port.dropped += 1
+
+    def close(self) -> None:
+        super().close()
+        self.vc.close()
+
+    def answers(self) -> None:
+        """The client's datagrams (one DATA frame each) go back to this peer only."""
+        why = "the client closed the stream"
+        try:
+            while data := self.vc.recv_datagram():
+                self.port.answer(self, data)
+        except OSError as e:
+            why = str(e)
+        self.greenlet = None  # ending here: nothing to kill
+        self.port.end(self, why)
+
+
+class PublicUdpPort(UdpSessions):
+    """The public UDP port of one udp mapping: a session (a stream) per public peer."""
+
+    mode = "udp"
+
+    def __init__(self, sock, name: str, owner: str, timeout: float) -> None:
+        super().__init__(sock)
+        self.name = name
+        self.owner = owner
+        self.timeout = timeout
+        self.link = None
+        self.bind = ""
+        self.dropped = 0
+
+    @property
+    def label(self) -> str:
+        return f"udp {self.bind}"
+
+    @property
+    def connections(self) -> int:
+        return self.stats.total
+
+    def attach(self, link) -> None:
+        self.link = link
+        self.start()
+
+    def withdraw(self) -> None:
+        self.close_sessions()
+
+    def open_session(self, peer) -> LinkSession | None:
+        link = self.link
+        if link is None or link.closed:
+            log.debug("%s mapping %s: client %s is not connected, datagram dropped", fmt_addr(*peer[:2]),
+                      self.name, self.owner)
+            return None
+        try:
+            vc = link.open_stream(CreateMode.TCP, self.name)
+        except ConnectionError as e:
+            log.info("%s mapping %s: %s", fmt_addr(*peer[:2]), self.name, e)
+            return None
+        session = LinkSession(peer, vc, self)
+        session.greenlet = gevent.spawn(session.answers)
+        log.info("%s mapping %s (%s, udp): new session", fmt_addr(*peer[:2]), self.name, self.owner)
+        return session
+
+
+def _port_key(mode: str, addr: Addr) -> str:
+    """TCP and UDP ports are separate: a udp mapping may take the number a tcp one has."""
+    return f"{addr}/udp" if mode == "udp" else str(addr)
+
+
 class MappingRegistry:
     """The tcp mappings of every link of one center server, by public address."""
 
     def __init__(self) -> None:
-        self.ports: dict[str, PublicPort] = {}
+        self.ports: dict[str, PublicPort | PublicUdpPort] = {}  # "host:port" (tcp, proxy), "host:port/udp"
         self.routes: dict[tuple[str, str], HttpRoute] = {}  # (mode, domain or '*.domain') -> route
 
     def find_route(self, host: str, mode: str = "http") -> HttpRoute | None:
@@ -109,36 +200,21 @@ class MappingRegistry:
                 best = candidate
         return best
 
-    def register(self, owner: str, mappings: list[fr.MappingSpec], allow_ports: tuple,
-                 idle_timeout: float, host_modes: frozenset = frozenset()) -> tuple[list[fr.MappingAnswer], list]:
-        """Check and bind what ``owner``'s mappings need (a public port per tcp mapping, a
-        route per http one). Returns the answers and the published items, not yet attached:
-        the caller attaches the link (a port then starts serving)."""
+    def register(self, owner: str, mappings: list[fr.MappingSpec], policy) -> tuple[list[fr.MappingAnswer], list]:
+        """Check and bind what ``owner``'s mappings need (a public port per tcp, udp or proxy
+        mapping, a route per http(s) one) under ``policy`` (the server's: ``allow_ports``,
+        ``idle_timeout``, ``udp_timeout``, ``host_modes``). Returns the answers and the
+        published items, not yet attached: the caller attaches the link (a port then starts
+        serving)."""
         answers, published = [], []
         for m in mappings:
             reason = ""
             if m.mode in ("http", "https"):
-                reason = self._route(owner, m, host_modes, published)
-            elif m.mode not in ("tcp", "proxy"):
-                reason = f"mode {m.mode!r} is not served by this server (tcp, http and proxy only)"
+                reason = self._route(owner, m, policy.host_modes, published)
+            elif m.mode not in ("tcp", "udp", "proxy"):
+                reason = f"mode {m.mode!r} is not served by this server (tcp, udp, http, https and proxy)"
             else:
-                try:
-                    addr = to_addr(m.remote_bind)
-                except ValueError as e:
-                    addr, reason = None, f"remote_bind: {e}"
-                if addr is not None:
-                    reason = self._refusal(owner, addr, allow_ports)
-                if not reason:
-                    try:
-                        sock = open_listener(addr, f"mapping {m.name}")
-                    except BindError as e:
-                        reason = str(e)
-                    else:
-                        mode = CreateMode.PROXY if m.mode == "proxy" else CreateMode.TCP
-                        port = PublicPort(sock, m.name, owner, idle_timeout, mode)
-                        port.bind = str(addr)
-                        self.ports[str(addr)] = port
-                        published.append(port)
+                reason = self._port(owner, m, policy, published)
             if reason:
                 log.warning("center: mapping %r of client %s refused: %s", m.name, owner, reason)
             answers.append(fr.MappingAnswer(m.name, not reason, reason))
@@ -159,17 +235,34 @@ class MappingRegistry:
         published.append(route)
         return ""
 
-    def _refusal(self, owner: str, addr: Addr, allow_ports: tuple) -> str:
+    def _port(self, owner: str, m: fr.MappingSpec, policy, published: list) -> str:
+        """Open a tcp, udp or proxy mapping's public port, or say why not."""
+        try:
+            addr = to_addr(m.remote_bind)
+        except ValueError as e:
+            return f"remote_bind: {e}"
+        allow_ports = policy.allow_ports
         if allow_ports and not any(lo <= addr.port <= hi for lo, hi in allow_ports):
             ranges = ", ".join(f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in allow_ports)
             return f"port {addr.port} is outside allow_ports ({ranges})"
-        held = self.ports.get(str(addr))
+        where = _port_key(m.mode, addr)
+        held = self.ports.get(where)
         if held is not None:
-            return f"{addr} is already held by client {held.owner} (mapping {held.name})"
+            return f"{where} is already held by client {held.owner} (mapping {held.name})"
+        try:
+            if m.mode == "udp":
+                port = PublicUdpPort(open_udp(addr, f"mapping {m.name}"), m.name, owner, policy.udp_timeout)
+            else:
+                port = PublicPort(open_listener(addr, f"mapping {m.name}"), m.name, owner, policy.idle_timeout,
+                                  m.mode)
+        except BindError as e:
+            return str(e)
+        port.bind = str(addr)
+        self.ports[where] = port
+        published.append(port)
         return ""
 
-    def update(self, owner: str, link, ports: list, specs: list[fr.MappingSpec], allow_ports: tuple,
-               idle_timeout: float, host_modes: frozenset = frozenset()) -> list[fr.MappingAnswer]:
+    def update(self, owner: str, link, ports: list, specs: list[fr.MappingSpec], policy) -> list[fr.MappingAnswer]:
         """A live link's new mappings: withdraw the removed and moved ones, publish the new
         ones, leave the unchanged ones (and their connections) alone. Updates ``ports``."""
         wanted = {m.name: m for m in specs}
@@ -179,15 +272,13 @@ class MappingRegistry:
             if isinstance(item, HttpRoute):
                 return m is not None and m.mode == item.mode and m.domain.lower() == item.domain and \
                     tuple(m.headers) == item.rules
-            return m is not None and m.mode in ("tcp", "proxy") and m.remote_bind == item.bind and \
-                (m.mode == "proxy") == (item.mode == CreateMode.PROXY)
+            return m is not None and m.mode == item.mode and m.remote_bind == item.bind
 
         gone = [p for p in ports if not same(p)]
         self.withdraw(gone, forget=True)
         ports[:] = [p for p in ports if p not in gone]
         kept = {p.name for p in ports}
-        answers, bound = self.register(owner, [m for m in specs if m.name not in kept], allow_ports, idle_timeout,
-                                       host_modes)
+        answers, bound = self.register(owner, [m for m in specs if m.name not in kept], policy)
         for item in bound:
             item.attach(link)
             ports.append(item)
@@ -207,12 +298,12 @@ class MappingRegistry:
                 for key, value in list(self.ports.items()):
                     if value is item:
                         del self.ports[key]
-                item.close()
+                item.withdraw()
             log.info("center: mapping %r of client %s withdrawn", item.name, item.owner)
 
     def status(self) -> list[dict]:
-        return [*({"name": p.name, "mode": p.mode.name.lower(), "client": p.owner, "remote_bind": bind,
+        return [*({"name": p.name, "mode": p.mode, "client": p.owner, "remote_bind": p.bind,
                    "connected": p.link is not None and not p.link.closed, "connections": p.connections}
-                  for bind, p in self.ports.items()),
+                  for p in self.ports.values()),
                 *({"name": r.name, "mode": r.mode, "client": r.owner, "domain": r.domain, "connected": r.online,
                    "requests": r.requests} for r in self.routes.values())]

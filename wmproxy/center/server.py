@@ -36,6 +36,11 @@ class CenterServerContext:
         self.accounts = cfg.accounts()
         self.ssl = server_context(cfg.cert, cfg.key, cfg.client_ca) if cfg.tls else None
         self.serve_proxy = app.proxy_handler(proxy_cfg, stats)
+        # the mapping policy (MappingRegistry.register)
+        self.allow_ports = cfg.allow_ports
+        self.idle_timeout = proxy_cfg.idle_timeout
+        self.udp_timeout = cfg.udp_timeout
+        self.host_modes = _host_modes(cfg)
 
 
 class CenterServer(Listener):
@@ -67,8 +72,7 @@ class CenterServer(Listener):
         ports: list = []
 
         def decide(user: str, mappings: list) -> list:
-            answers, bound = self.mappings.register(user or peer, mappings, ctx.cfg.allow_ports,
-                                                    ctx.proxy_cfg.idle_timeout, _host_modes(ctx.cfg))
+            answers, bound = self.mappings.register(user or peer, mappings, ctx)
             ports.extend(bound)
             return answers
 
@@ -94,9 +98,7 @@ class CenterServer(Listener):
         link = CenterLink(sock, reader, is_client=False, window=cfg.window, max_frame=cfg.max_frame,
                           heartbeat=cfg.heartbeat, name=f"{user or 'anonymous'}@{peer}",
                           on_create=lambda vc, mode, target: self._serve_stream(ctx, link, vc, mode, target),
-                          on_mapping=lambda specs: self.mappings.update(user or peer, link, ports, specs,
-                                                                        cfg.allow_ports, ctx.proxy_cfg.idle_timeout,
-                                                                        _host_modes(cfg)))
+                          on_mapping=lambda specs: self.mappings.update(user or peer, link, ports, specs, ctx))
         link.user = user
         self.links.add(link)
         log.info("center: client %r connected from %s", user or "anonymous", peer)

@@ -6,7 +6,9 @@
   Lua script that sends absolute-form requests) to an nginx origin, for wmproxy, pproxy, squid
   and tinyproxy;
 - the center link (bench/center.py): one 1 GiB stream through client -> link -> server, TLS and
-  plain, beside socat chains, and the memory of idle virtual connections.
+  plain, beside socat chains, and the memory of idle virtual connections;
+- UDP (bench/udp.py): 1,200-byte datagrams at fixed rates (iperf3 -u), received per second and
+  lost, directly, through socat, the [stream] UDP forwarder and a udp mapping of the center link.
 
 Proxies run pinned to CPU 0 (taskset), the load and the origin on CPU 1. Run through `bench/run`,
 which installs the peers and puts the whole run in a loopback-only network namespace.
@@ -58,11 +60,12 @@ class Bench:
         self.procs: list[subprocess.Popen] = []
         self.results: dict = {"throughput_gbit": {}, "http": {}}
 
-    def start(self, name: str, cmd: list[str], port: int, cpu: str = PROXY_CPU) -> subprocess.Popen:
+    def start(self, name: str, cmd: list[str], port: int, cpu: str = PROXY_CPU, wait: bool = True) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "wb")
         p = subprocess.Popen(["taskset", "-c", cpu, *cmd], stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(p)
-        wait_port(port)
+        if wait:
+            wait_port(port)
         return p
 
     def stop(self, p: subprocess.Popen) -> None:
@@ -237,7 +240,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=8, help="length of each measurement")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections")
-    ap.add_argument("--only", choices=("throughput", "http", "center", "center-memory"), help="run one part")
+    ap.add_argument("--only", choices=("throughput", "http", "center", "center-memory", "udp"), help="run one part")
     ap.add_argument("--bytes", type=int, default=1 << 30, help="size of the center link transfer")
     ap.add_argument("--streams", default="1000,10000", help="idle virtual connection counts to measure")
     ap.add_argument("--json", help="also write the figures to this file")
@@ -254,6 +257,10 @@ def main() -> int:
             if args.only != "center-memory":
                 center.throughput(b)
             center.memory(b, [int(n) for n in args.streams.split(",")])
+        if args.only in (None, "udp"):
+            import udp
+
+            udp.run(b)
     finally:
         b.close()
     if args.json:

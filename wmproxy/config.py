@@ -336,9 +336,10 @@ class StreamConfig:
                 known = ", ".join(repr(n) for n in names) or "none defined"
                 raise Invalid(f"no [[stream.upstream]] named {srv.up_name!r} (known: {known})",
                               f".server[{i}].up_name")
-            if str(srv.bind) in binds:
-                raise Invalid(f"{srv.bind} is bound twice", f".server[{i}].bind")
-            binds.append(str(srv.bind))
+            where = f"{srv.bind}/udp" if srv.bind_mode == "udp" else str(srv.bind)  # TCP and UDP ports are apart
+            if where in binds:
+                raise Invalid(f"{where} is bound twice", f".server[{i}].bind")
+            binds.append(where)
 
     def upstream_named(self, name: str) -> StreamUpstreamConfig:
         return next(u for u in self.upstream if u.name == name)
@@ -386,8 +387,10 @@ class CenterConfig:
                                                 "this long without a datagram")
     map_http_bind: Optional[Addr] = key(optional_addr, None, "server: the shared listener of http mappings "
                                                              "(routed by Host)")
-    map_https_bind: Optional[Addr] = key(optional_addr, None, "server: the shared TLS listener of https mappings")
-    map_cert: tuple = key(list_of(to_str), (), "server: PEM certificates for map_https_bind (chosen by SNI)")
+    map_https_bind: Optional[Addr] = key(optional_addr, None, "server: the shared TLS listener of https mappings "
+                                                              "(routed by SNI, then by Host)")
+    map_cert: tuple = key(list_of(to_str), (), "server: PEM certificates for map_https_bind (chosen by SNI; none: "
+                                               "only tls_passthrough mappings)")
     map_key: tuple = key(list_of(to_str), (), "server: their keys, in the same order")
     # last: from here on, 'key' in this class body names this field, not the declaring function
     key: str = key(to_str, "", "PEM private key for cert")
@@ -402,8 +405,6 @@ class CenterConfig:
             raise Invalid("cert and key go together", ".key")
         if len(self.map_cert) != len(self.map_key):
             raise Invalid("map_cert and map_key need one key per certificate", ".map_key")
-        if self.map_https_bind is not None and not self.map_cert:
-            raise Invalid("map_https_bind needs map_cert and map_key", ".map_cert")
         if bool(self.username) != bool(self.password):
             raise Invalid("username and password go together", ".password")
         if self.heartbeat <= 0:
@@ -473,8 +474,17 @@ class MappingConfig:
     headers: tuple = key(list_of(to_header_rule), (), "http: header rules on requests and responses")
     username: str = key(to_str, "", "proxy: user its forward proxy asks for (with password)")
     password: str = key(to_str, "", "proxy: password its forward proxy asks for")
+    tls_passthrough: bool = key(to_bool, False, "https: route by SNI and pass the TLS bytes through to local_addr "
+                                                "(the service terminates TLS) instead of terminating on the server")
+
+    @property
+    def wire_mode(self) -> str:
+        """The mode named in MAPPING: 'tls' for an https mapping passed through by SNI."""
+        return "tls" if self.tls_passthrough else self.mode
 
     def validate(self) -> None:
+        if self.tls_passthrough and self.mode != "https":
+            raise Invalid("tls_passthrough is for mode = \"https\" mappings", ".tls_passthrough")
         if self.mode in ("tcp", "udp", "http", "https") and self.local_addr is None:
             raise Invalid(f"a {self.mode} mapping needs local_addr (the private service)", ".local_addr")
         if self.mode == "https" and not self.domain:

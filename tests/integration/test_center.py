@@ -499,6 +499,60 @@ def test_https_mappings_terminated_with_sni_certificates(pair, origin, origin_b,
     assert r.stdout == b"origin-B", r.stderr  # the wildcard certificate was chosen by SNI
 
 
+def passthrough_mapping(name: str, local: int, domain: str) -> str:
+    return (f'[[mappings]]\nname = "{name}"\nmode = "https"\ntls_passthrough = true\n'
+            f'local_addr = "127.0.0.1:{local}"\ndomain = "{domain}"\n')
+
+
+def test_https_passthrough_beside_terminated_mappings(pair, origin, tls_origin, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "map-ca.pem"))
+    cert = ca.issue_cert("app.test")
+    cert.private_key_pem.write_to_path(str(tmp_path / "app.key"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "app.pem"))
+    web, cport = free_port(), free_port()
+    p = pair(start_client=False, server_top=f'control = "127.0.0.1:{cport}"', server_extra=(
+        f'map_https_bind = "127.0.0.1:{web}"\nmap_cert = ["{tmp_path}/app.pem"]\nmap_key = ["{tmp_path}/app.key"]'))
+    p.client = p.start_client(tail=http_mapping("app", origin.port, "app.test").replace('"http"', '"https"') +
+                              passthrough_mapping("private-tls", tls_origin.port, "localhost"))
+    p.client.wait_log("mapping 'private-tls' published")
+    wait_port(web)
+    # TLS ends at the service: the certificate is the origin's own (its CA, not the server's)
+    r = curl("--cacert", str(tls_origin.ca_file), f"https://localhost:{web}/whoami")
+    assert r.stdout == b"origin-TLS", r.stderr
+    p.server.wait_log("map-https SNI localhost passed through to alice")
+    # the same port still ends TLS for app.test, and a Host of the passthrough name gets 421 there
+    r = curl("--cacert", str(tmp_path / "map-ca.pem"), "--resolve", f"app.test:{web}:127.0.0.1",
+             f"https://app.test:{web}/whoami")
+    assert r.stdout == b"origin-A", r.stderr
+    r = curl("--cacert", str(tmp_path / "map-ca.pem"), "--resolve", f"app.test:{web}:127.0.0.1", "-H",
+             "Host: localhost", "-o", "/dev/null", "-w", "%{http_code}", f"https://app.test:{web}/whoami")
+    assert r.stdout == b"421"
+    st = json.loads(control(cport, "GET", "/status")[1])
+    assert {m["name"]: m["mode"] for m in st["mappings"]} == {"app": "https", "private-tls": "https passthrough"}
+    # the client goes: the passthrough name's connections are closed, nothing is answered in its place
+    p.client.stop()
+    p.server.wait_log("mapping 'private-tls' of client alice withdrawn")
+    assert curl("--cacert", str(tls_origin.ca_file), f"https://localhost:{web}/whoami").returncode != 0
+
+
+def test_passthrough_only_server_without_map_cert(pair, tls_origin):
+    web = free_port()
+    p = pair(start_client=False, server_extra=f'map_https_bind = "127.0.0.1:{web}"')
+    p.client = p.start_client(tail=passthrough_mapping("private-tls", tls_origin.port, "localhost") +
+                              http_mapping("ended", 1, "ended.test").replace('"http"', '"https"'))
+    p.client.wait_log("mapping 'private-tls' published")
+    p.client.wait_log("mapping 'ended' refused by the server: this server has no map_cert to end TLS with")
+    wait_port(web)
+    for _ in range(3):  # several connections, each relayed on its own stream
+        r = curl("--cacert", str(tls_origin.ca_file), f"https://localhost:{web}/whoami")
+        assert r.stdout == b"origin-TLS", r.stderr
+    r = curl("-k", "--resolve", f"other.test:{web}:127.0.0.1", f"https://other.test:{web}/")
+    assert r.returncode != 0  # an unknown SNI is closed
+    p.server.wait_log("no tls_passthrough mapping for SNI 'other.test'")
+
+
 def test_http_mapping_passes_a_websocket_upgrade(pair):
     def upgrade_then_echo(conn):
         head = b""

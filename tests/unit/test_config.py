@@ -80,3 +80,38 @@ def test_mappings_and_allow_ports():
         with pytest.raises(config.Invalid) as e:
             config.build(config.Config, bad)
         assert e.value.subpath == path
+
+
+def test_stream_tcp_and_udp_may_share_a_port_but_not_a_transport():
+    up = [{"name": "u", "server": [{"addr": "127.0.0.1:53"}]}]
+    tcp = {"bind": "127.0.0.1:5300", "up_name": "u"}
+    udp = {**tcp, "bind_mode": "udp"}
+    cfg = config.build(config.StreamConfig, {"upstream": up, "server": [tcp, udp]})
+    assert [s.bind_mode for s in cfg.server] == ["tcp", "udp"]
+    for twice in ([tcp, tcp], [udp, udp]):
+        with pytest.raises(config.Invalid) as e:
+            config.build(config.StreamConfig, {"upstream": up, "server": twice})
+        assert e.value.subpath == "server[1].bind" and "bound twice" in str(e.value)
+
+
+def test_udp_mappings_and_socks5_udp_bind():
+    cfg = config.build(config.MappingConfig, {"name": "dns", "mode": "udp", "local_addr": "127.0.0.1:53",
+                                              "remote_bind": "0.0.0.0:2053"})
+    assert cfg.mode == "udp"
+    with pytest.raises(config.Invalid) as e:
+        config.build(config.MappingConfig, {"name": "dns", "mode": "udp", "local_addr": "127.0.0.1:53"})
+    assert e.value.subpath == "remote_bind"
+    assert config.build(config.ProxyConfig, {"udp_bind": "127.0.0.1:0"}).udp_bind.port == 0
+    with pytest.raises(config.Invalid) as e:
+        config.build(config.ProxyConfig, {"udp_bind": "0.0.0.0:1080"})
+    assert e.value.subpath == "udp_bind" and "port 0" in str(e.value)
+
+
+def test_tls_passthrough_is_for_https_mappings():
+    m = config.build(config.MappingConfig, {"name": "t", "mode": "https", "tls_passthrough": True,
+                                            "local_addr": "127.0.0.1:443", "domain": "a.test"})
+    assert m.wire_mode == "tls"
+    with pytest.raises(config.Invalid) as e:
+        config.build(config.MappingConfig, {"name": "t", "mode": "tcp", "tls_passthrough": True,
+                                            "local_addr": "127.0.0.1:1", "remote_bind": "0.0.0.0:2"})
+    assert e.value.subpath == "tls_passthrough"

@@ -106,7 +106,7 @@ class CenterClient:
         log.warning("center link to %s lost: %s", cfg.server, reason)
 
     def _specs(self) -> list[fr.MappingSpec]:
-        return [fr.MappingSpec(m.name, m.mode, m.domain, str(m.remote_bind) if m.remote_bind else "", m.headers)
+        return [fr.MappingSpec(m.name, m.wire_mode, m.domain, str(m.remote_bind) if m.remote_bind else "", m.headers)
                 for m in self.mappings.values()]
 
     def _answered(self, answers: list[fr.MappingAnswer]) -> None:
@@ -130,9 +130,9 @@ class CenterClient:
     def _serve_stream(self, vc: VirtualConn, mode: CreateMode, target: str) -> None:
         """A public connection to one of our mappings: dial its local address, relay."""
         mapping = self.mappings.get(target)
-        wanted = {CreateMode.TCP: ("tcp", "udp"), CreateMode.HTTP: ("http", "https"),
+        wanted = {CreateMode.TCP: ("tcp", "udp", "tls"), CreateMode.HTTP: ("http", "https"),
                   CreateMode.PROXY: ("proxy",)}.get(mode)
-        if mapping is None or mapping.mode not in (wanted or ()):
+        if mapping is None or mapping.wire_mode not in (wanted or ()):
             vc.close(f"no {mode.name} mapping named {target!r} on this client")
             return
         if mapping.mode == "proxy":  # a forward proxy whose traffic leaves from this network

@@ -1,4 +1,10 @@
-"""The center server's shared HTTP listener (``[center] map_http_bind``) for http mappings.
+"""The center server's shared listeners of http mappings (``[center] map_http_bind``) and of
+https mappings (``map_https_bind``).
+
+On map_https_bind the ClientHello is peeked first: an SNI that belongs to a ``tls_passthrough``
+mapping sends the whole connection, TLS untouched, to that mapping's client (CREATE TCP);
+otherwise TLS ends here with the certificate the SNI picks among map_cert, and the requests
+are routed as on map_http_bind.
 
 Each request is routed by its Host header (port ignored) to the client that published that
 domain, per request on keep-alive connections: a stream (CREATE HTTP, mapping name) per
@@ -16,15 +22,18 @@ from ..config import Config
 from ..errors import ProtocolError
 from ..listener import Listener, ListenerSpec
 from ..net import httpio
-from ..net.reader import PeerClosed, Reader
+from ..net.dial import fmt_addr
+from ..net.reader import PeerClosed, Reader, peek_message
 from ..net.relay import relay
 from ..net.tls import sni_server_context
 from ..prot import http1
 from ..prot.frame import CreateMode
+from ..prot.tls import client_hello_sni
 
 log = logging.getLogger("wmproxy.center")
 
 MAX_HEAD = 65536
+HELLO_TIMEOUT = 10.0  # time a client has to send its whole ClientHello
 _DROP = frozenset((b"x-forwarded-for", b"x-forwarded-proto"))
 
 
@@ -33,7 +42,7 @@ class MapHttpContext:
         self.app = app
         self.idle_timeout = idle_timeout
         self.scheme = scheme  # "http" or "https": which mappings, and X-Forwarded-Proto
-        self.ssl = sni_server_context(list(certs)) if scheme == "https" else None
+        self.ssl = sni_server_context(list(certs)) if scheme == "https" and certs else None
 
     def registry(self):
         for listener in self.app.listeners.values():
@@ -58,7 +67,9 @@ class MapHttpServer(Listener):
         peer_ip = address[0]
         client.settimeout(ctx.idle_timeout)
         try:
-            if ctx.ssl is not None:
+            if ctx.scheme == "https":
+                if self._passed_through(client, address, ctx):
+                    return
                 client = ctx.ssl.wrap_socket(client, server_side=True)
             reader = Reader(client)
             while self._one(client, reader, peer_ip, ctx):
@@ -67,6 +78,35 @@ class MapHttpServer(Listener):
             pass  # includes a failed TLS handshake: nothing to answer on
         except ProtocolError as e:
             _reply(client, e.http_status, str(e))
+
+    def _passed_through(self, client, address, ctx: MapHttpContext) -> bool:
+        """Peek at the ClientHello: when its SNI belongs to a tls_passthrough mapping, relay
+        the connection's bytes, untouched, to that mapping's client (CREATE TCP) and return
+        True. False when TLS is to end here. Bytes are peeked, not read, so either way the
+        TLS handshake sees them all."""
+        peer = fmt_addr(address[0], address[1])
+        try:
+            sni = peek_message(client, client_hello_sni, HELLO_TIMEOUT)
+        except ProtocolError as e:
+            log.info("%s map-https: not a TLS ClientHello: %s", peer, e)
+            return True
+        registry = ctx.registry()
+        route = registry.find_route(sni, "https") if registry is not None and sni else None
+        if route is None or not route.passthrough:
+            if ctx.ssl is None:
+                log.info("%s map-https: no tls_passthrough mapping for SNI %r (and no map_cert to end TLS)",
+                         peer, sni)
+                return True
+            return False
+        if not route.online:
+            log.info("%s map-https SNI %s: client %s offline, connection closed", peer, sni, route.owner)
+            return True
+        route.requests += 1
+        stream = route.link.open_stream(CreateMode.TCP, route.name)
+        stats = relay(client, stream, ctx.idle_timeout)
+        log.info("%s map-https SNI %s passed through to %s (%s) in=%d out=%d", peer, sni, route.owner,
+                 stats.reason, stats.a_to_b, stats.b_to_a)
+        return True
 
     def _one(self, client, reader: Reader, peer_ip: str, ctx: MapHttpContext) -> bool:
         """Serve one request; returns whether the connection stays open."""
@@ -79,6 +119,10 @@ class MapHttpServer(Listener):
         name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
         registry = ctx.registry()
         route = registry.find_route(name, ctx.scheme) if registry is not None and name else None
+        if route is not None and route.passthrough:  # TLS ended here for another name (SNI) than this Host
+            _reply(client, 421, f"{name} is served by TLS passthrough: connect with SNI {name}")
+            log.info("%s map-https %s: 421 Host of a passthrough mapping", peer_ip, name)
+            return False
         if route is None:
             _reply(client, 404, f"no mapping for host {name or '(none)'}")
             log.info("%s map-http %s %s: 404 no mapping for host %r", peer_ip, head.method, head.target[:200], name)
@@ -160,6 +204,6 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
         certs = tuple(zip(c.map_cert, c.map_key))
         specs.append(ListenerSpec("map-https", c.map_https_bind, (c.map_https_bind, idle, "https", certs),
                                   "center.map_https_bind", MapHttpServer,
-                                  lambda: sni_server_context(list(certs))))
+                                  (lambda: sni_server_context(list(certs))) if certs else None))
     return specs
 

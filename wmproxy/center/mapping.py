@@ -30,11 +30,14 @@ log = logging.getLogger("wmproxy.center")
 
 
 class HttpRoute:
-    """One http mapping: requests whose Host matches ``domain`` go to ``link`` (None while
-    its client is offline: then they get 502)."""
+    """One http(s) mapping: requests whose Host matches ``domain`` go to ``link`` (None while
+    its client is offline: then they get 502). A ``passthrough`` route (wire mode tls) takes
+    whole TLS connections by SNI on map_https_bind instead."""
 
     def __init__(self, name: str, owner: str, domain: str, rules: tuple = (), mode: str = "http") -> None:
-        self.mode = mode  # http (map_http_bind) or https (map_https_bind)
+        self.wire_mode = mode  # as in MAPPING: http, https or tls
+        self.passthrough = mode == "tls"
+        self.mode = "https" if self.passthrough else mode  # the listener: http (map_http_bind), https (map_https_bind)
         self.name = name
         self.owner = owner
         self.domain = domain
@@ -46,7 +49,7 @@ class HttpRoute:
 
     @property
     def label(self) -> str:
-        return f"{self.mode} Host {self.domain}"
+        return f"https SNI {self.domain} (passed through)" if self.passthrough else f"{self.mode} Host {self.domain}"
 
     def attach(self, link) -> None:
         self.link = link
@@ -209,10 +212,10 @@ class MappingRegistry:
         answers, published = [], []
         for m in mappings:
             reason = ""
-            if m.mode in ("http", "https"):
+            if m.mode in ("http", "https", "tls"):
                 reason = self._route(owner, m, policy.host_modes, published)
             elif m.mode not in ("tcp", "udp", "proxy"):
-                reason = f"mode {m.mode!r} is not served by this server (tcp, udp, http, https and proxy)"
+                reason = f"mode {m.mode!r} is not served by this server (tcp, udp, http, https, tls and proxy)"
             else:
                 reason = self._port(owner, m, policy, published)
             if reason:
@@ -223,15 +226,18 @@ class MappingRegistry:
     def _route(self, owner: str, m: fr.MappingSpec, host_modes: frozenset, published: list) -> str:
         """Register an http(s) mapping's domain, or say why not."""
         if m.mode not in host_modes:
-            return f"this server has no map_{m.mode}_bind for {m.mode} mappings"
+            if m.mode == "https" and "tls" in host_modes:
+                return "this server has no map_cert to end TLS with (tls_passthrough mappings only)"
+            listener = "map_https_bind" if m.mode == "tls" else f"map_{m.mode}_bind"
+            return f"this server has no {listener} for {'https' if m.mode == 'tls' else m.mode} mappings"
         domain = m.domain.strip().lower()
         if not domain:
             return f"an {m.mode} mapping needs a domain"
-        held = self.routes.get((m.mode, domain))
+        route = HttpRoute(m.name, owner, domain, m.headers, m.mode)
+        held = self.routes.get((route.mode, domain))
         if held is not None and held.owner != owner and held.online:
             return f"domain {domain} is already held by client {held.owner} (mapping {held.name})"
-        route = HttpRoute(m.name, owner, domain, m.headers, m.mode)
-        self.routes[(m.mode, domain)] = route  # an offline holder's or this owner's old route is replaced
+        self.routes[(route.mode, domain)] = route  # an offline holder's or this owner's old route is replaced
         published.append(route)
         return ""
 
@@ -270,7 +276,7 @@ class MappingRegistry:
         def same(item) -> bool:
             m = wanted.get(item.name)
             if isinstance(item, HttpRoute):
-                return m is not None and m.mode == item.mode and m.domain.lower() == item.domain and \
+                return m is not None and m.mode == item.wire_mode and m.domain.lower() == item.domain and \
                     tuple(m.headers) == item.rules
             return m is not None and m.mode == item.mode and m.remote_bind == item.bind
 
@@ -305,5 +311,6 @@ class MappingRegistry:
         return [*({"name": p.name, "mode": p.mode, "client": p.owner, "remote_bind": p.bind,
                    "connected": p.link is not None and not p.link.closed, "connections": p.connections}
                   for p in self.ports.values()),
-                *({"name": r.name, "mode": r.mode, "client": r.owner, "domain": r.domain, "connected": r.online,
+                *({"name": r.name, "mode": "https passthrough" if r.passthrough else r.mode, "client": r.owner,
+                   "domain": r.domain, "connected": r.online,
                    "requests": r.requests} for r in self.routes.values())]

@@ -148,8 +148,16 @@ class CenterServer(Listener):
 
 
 def _host_modes(cfg: CenterConfig) -> frozenset:
-    """The mapping modes routed by Host that this server has a listener for."""
-    return frozenset(mode for mode, bind in (("http", cfg.map_http_bind), ("https", cfg.map_https_bind)) if bind)
+    """The mapping modes routed by name that this server has a listener for: http (by Host),
+    https (TLS ended here: needs map_cert) and tls (https passed through by SNI)."""
+    modes = set()
+    if cfg.map_http_bind:
+        modes.add("http")
+    if cfg.map_https_bind:
+        modes.add("tls")
+        if cfg.map_cert:
+            modes.add("https")
+    return frozenset(modes)
 
 
 def listener_specs(cfg: Config) -> list[ListenerSpec]:

@@ -6,7 +6,11 @@ Works over a real (gevent) socket or a virtual connection alike: all it needs is
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Callable, TypeVar
+
+import gevent
 
 from ..errors import NeedMore, ProtocolError
 
@@ -120,3 +124,30 @@ class Reader:
         out = bytes(self.buf)
         self.buf.clear()
         return out
+
+
+PEEK_LIMIT = 65536 + 1024
+
+
+def peek_message(sock, parse: Callable[[bytes], T], timeout: float) -> T:
+    """Parse the first bytes of ``sock`` without consuming them (MSG_PEEK): ``parse(data)``
+    answers or raises NeedMore. For routing on a message that must still reach whoever
+    handles the connection (a TLS ClientHello). Raises PeerClosed at EOF, socket.timeout
+    after ``timeout``, ProtocolError when PEEK_LIMIT bytes do not make a message."""
+    deadline = time.monotonic() + timeout
+    seen = -1
+    while True:
+        data = sock.recv(PEEK_LIMIT, socket.MSG_PEEK)
+        if not data:
+            raise PeerClosed(f"peer closed after {max(seen, 0)} bytes of a message")
+        try:
+            return parse(data)
+        except NeedMore:
+            pass
+        if len(data) >= PEEK_LIMIT:
+            raise ProtocolError(f"no complete message in the first {PEEK_LIMIT} bytes")
+        if time.monotonic() > deadline:
+            raise socket.timeout("timed out waiting for the rest of the message")
+        # a peek returns at once while bytes are there: wait a little for more instead of spinning
+        gevent.sleep(0.002 if len(data) != seen else 0.02)
+        seen = len(data)

@@ -7,6 +7,8 @@
   and tinyproxy;
 - the center link (bench/center.py): one 1 GiB stream through client -> link -> server, TLS and
   plain, beside socat chains, and the memory of idle virtual connections;
+- mappings (bench/mapping.py): iperf3 through a tcp mapping beside direct and a socat chain,
+  and small GETs through an http mapping beside the same nginx reached directly;
 - UDP (bench/udp.py): 1,200-byte datagrams at fixed rates (iperf3 -u), received per second and
   lost, directly, through socat, the [stream] UDP forwarder and a udp mapping of the center link.
 
@@ -59,6 +61,7 @@ class Bench:
         os.chmod(self.tmp, 0o777)
         self.procs: list[subprocess.Popen] = []
         self.results: dict = {"throughput_gbit": {}, "http": {}}
+        self.nginx_port = 0
 
     def start(self, name: str, cmd: list[str], port: int, cpu: str = PROXY_CPU, wait: bool = True) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "wb")
@@ -173,7 +176,10 @@ DisableViaHeader Yes
         self.results["http"][name] = {"rps": round(float(rps.group(1))), "p99_ms": round(p99_ms, 2)}
 
     def nginx(self) -> int:
-        port = free_port()
+        """An nginx origin serving /small.txt on CPU 1 (one per run, shared by the parts)."""
+        if self.nginx_port:
+            return self.nginx_port
+        port = self.nginx_port = free_port()
         www = self.tmp / "www"
         www.mkdir()
         (www / "small.txt").write_text("hello from nginx\n")
@@ -240,7 +246,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=8, help="length of each measurement")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections")
-    ap.add_argument("--only", choices=("throughput", "http", "center", "center-memory", "udp"), help="run one part")
+    ap.add_argument("--only", choices=("throughput", "http", "center", "center-memory", "mapping", "udp"),
+                    help="run one part")
     ap.add_argument("--bytes", type=int, default=1 << 30, help="size of the center link transfer")
     ap.add_argument("--streams", default="1000,10000", help="idle virtual connection counts to measure")
     ap.add_argument("--json", help="also write the figures to this file")
@@ -257,6 +264,10 @@ def main() -> int:
             if args.only != "center-memory":
                 center.throughput(b)
             center.memory(b, [int(n) for n in args.streams.split(",")])
+        if args.only in (None, "mapping"):
+            import mapping
+
+            mapping.run(b)
         if args.only in (None, "udp"):
             import udp
 

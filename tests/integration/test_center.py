@@ -460,6 +460,44 @@ def test_proxy_mapping_exits_from_the_client(pair, origin):
     p.client.wait_log('"GET http://localhost:')  # served by the client, not the server
 
 
+def test_http_mapping_keeps_its_stream_across_keep_alive_requests(pair, origin):
+    """A keep-alive connection's requests to one mapping share a stream and the service's
+    connection; when the service closes it (here after two requests, with no warning) the next
+    request goes on a new one, and a request to another mapping in between gets its own."""
+    accepted = []
+
+    def twice_then_close(conn):
+        accepted.append(conn)
+        n = len(accepted)
+        buf = b""
+        for i in range(2):
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            buf = buf.split(b"\r\n\r\n", 1)[1]
+            body = f"conn{n}-req{i + 1}".encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    service = TcpServer(twice_then_close)
+    web = free_port()
+    p = pair(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"')
+    p.client = p.start_client(tail=http_mapping("svc", service.port, "svc.test") +
+                              http_mapping("other", origin.port, "other.test"))
+    p.client.wait_log("mapping 'other' published")
+    wait_port(web)
+    try:
+        with socket.create_connection(("127.0.0.1", web), timeout=20) as s:
+            bodies = [host_get(web, "svc.test", sock=s)[1] for _ in range(3)]
+            bodies.append(host_get(web, "other.test", sock=s)[1])
+            bodies += [host_get(web, "svc.test", sock=s)[1] for _ in range(2)]
+        assert bodies == [b"conn1-req1", b"conn1-req2", b"conn2-req1", b"origin-A", b"conn3-req1", b"conn3-req2"]
+        assert len(accepted) == 3
+    finally:
+        service.close()
+
+
 def test_http_mapping_header_rules(pair, origin):
     web = free_port()
     p = pair(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"')

@@ -7,8 +7,9 @@ otherwise TLS ends here with the certificate the SNI picks among map_cert, and t
 are routed as on map_http_bind.
 
 Each request is routed by its Host header (port ignored) to the client that published that
-domain, per request on keep-alive connections: a stream (CREATE HTTP, mapping name) per
-request, the client dials the private service. ``X-Forwarded-For`` and ``X-Forwarded-Proto``
+domain, per request on keep-alive connections: a stream (CREATE HTTP, mapping name) on which
+the client dials the private service, kept for the next requests while they go to the same
+mapping (and the service keeps its connection open), replaced when one goes elsewhere. ``X-Forwarded-For`` and ``X-Forwarded-Proto``
 are added; a websocket upgrade is passed through. An unknown host gets 404 naming it; a known
 host whose client is offline gets 502.
 """
@@ -72,8 +73,12 @@ class MapHttpServer(Listener):
                     return
                 client = ctx.ssl.wrap_socket(client, server_side=True)
             reader = Reader(client)
-            while self._one(client, reader, peer_ip, ctx):
-                pass
+            up = Upstream()
+            try:
+                while self._one(client, reader, peer_ip, ctx, up):
+                    pass
+            finally:
+                up.close()
         except (PeerClosed, socket.timeout, OSError):
             pass  # includes a failed TLS handshake: nothing to answer on
         except ProtocolError as e:
@@ -108,7 +113,7 @@ class MapHttpServer(Listener):
                  stats.reason, stats.a_to_b, stats.b_to_a)
         return True
 
-    def _one(self, client, reader: Reader, peer_ip: str, ctx: MapHttpContext) -> bool:
+    def _one(self, client, reader: Reader, peer_ip: str, ctx: MapHttpContext, up: "Upstream") -> bool:
         """Serve one request; returns whether the connection stays open."""
         try:
             head = http1.parse_request_head(httpio.read_head(reader, MAX_HEAD))
@@ -132,14 +137,16 @@ class MapHttpServer(Listener):
             log.info("%s map-http %s: 502 client %s offline", peer_ip, name, route.owner)
             return False
         route.requests += 1
-        stream = route.link.open_stream(CreateMode.HTTP, route.name)
         variables = {"client_ip": peer_ip, "host": host, "url": head.target}
+        keep = False
         try:
-            return self._exchange(client, reader, stream, head, framing, peer_ip, ctx, route, variables)
+            keep = self._exchange(client, reader, up, head, framing, peer_ip, ctx, route, variables)
         finally:
-            stream.close()
+            if not keep:
+                up.close()
+        return keep
 
-    def _exchange(self, client, reader, stream, head, framing, peer_ip: str, ctx: MapHttpContext, route,
+    def _exchange(self, client, reader, up: "Upstream", head, framing, peer_ip: str, ctx: MapHttpContext, route,
                   variables: dict) -> bool:
         conn = head.tokens(b"connection")
         headers = head.end_to_end(_DROP)
@@ -152,14 +159,24 @@ class MapHttpServer(Listener):
         headers += [(b"X-Forwarded-For", forwarded), (b"X-Forwarded-Proto", ctx.scheme.encode())]
         headers = http1.apply_header_rules(headers, route.request_rules, variables)
         out = http1.encode_head(f"{head.method} {head.target} HTTP/1.1", headers)
-        httpio.copy_body(reader, stream.sendall, framing, True, prefix=out)
-        sreader = Reader(stream)
-        stream.settimeout(ctx.idle_timeout)
+        reused = up.take(route, ctx.idle_timeout)
+        httpio.copy_body(reader, up.stream.sendall, framing, True, prefix=out)
         try:
-            rhead = http1.parse_response_head(httpio.read_head(sreader, MAX_HEAD))
+            rhead = http1.parse_response_head(httpio.read_head(up.reader, MAX_HEAD))
         except (PeerClosed, ConnectionError, ProtocolError) as e:
-            _reply(client, 502, f"the mapped service did not answer: {e}")
-            return False
+            if not (reused and framing == http1.NO_BODY and not isinstance(e, ProtocolError)):
+                _reply(client, 502, f"the mapped service did not answer: {e}")
+                return False
+            # the kept stream was closed by the service (keep-alive timeout) as we sent: once more, anew
+            up.close()
+            up.take(route, ctx.idle_timeout)
+            try:
+                up.stream.sendall(out)
+                rhead = http1.parse_response_head(httpio.read_head(up.reader, MAX_HEAD))
+            except (PeerClosed, ConnectionError, ProtocolError) as e:
+                _reply(client, 502, f"the mapped service did not answer: {e}")
+                return False
+        stream, sreader = up.stream, up.reader
         if rhead.status == 101 and upgrade:
             client.sendall(http1.encode_head(f"HTTP/1.1 101 {rhead.reason.decode('latin-1')}", rhead.headers))
             relay(client, stream, ctx.idle_timeout, a_pending=reader.take_pending(), b_pending=sreader.take_pending())
@@ -179,7 +196,39 @@ class MapHttpServer(Listener):
                                 prefix=http1.encode_head(f"HTTP/1.1 {rhead.status} {reason}", rheaders))
         log.info("%s map-http %s %s%s %d %dB", peer_ip, head.method, (head.get(b"host") or b"").decode("latin-1"),
                  head.target[:200], rhead.status, size)
+        if not rhead.wants_keep_alive():
+            up.close()  # the service closes its connection: the next request needs a new stream
         return keep
+
+
+class Upstream:
+    """The stream of one public connection to its current route's client. Kept across
+    keep-alive requests while they go to the same route, so the client keeps its connection
+    to the service too; a request for another route closes it and opens one for that route."""
+
+    __slots__ = ("route", "stream", "reader")
+
+    def __init__(self) -> None:
+        self.route = None
+        self.stream = None
+        self.reader: Reader | None = None
+
+    def take(self, route, timeout: float) -> bool:
+        """Have a stream to ``route`` ready; True when it is the kept one of earlier requests."""
+        vc = self.stream
+        if vc is not None and self.route is route and not (vc.closed or vc.got_fin or vc.reset or vc.link.closed):
+            return True
+        self.close()
+        self.stream = route.link.open_stream(CreateMode.HTTP, route.name)
+        self.stream.settimeout(timeout)
+        self.reader = Reader(self.stream)
+        self.route = route
+        return False
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        self.route = self.stream = self.reader = None
 
 
 def _reply(client, status: int, text: str) -> None:

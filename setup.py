@@ -29,6 +29,7 @@ setup(
             "requests>=2.31",
             "hypothesis>=6.100",
             "prometheus_client>=0.17",
+            "websockets>=13",
         ],
     },
 )

@@ -592,38 +592,33 @@ def test_passthrough_only_server_without_map_cert(pair, tls_origin):
 
 
 def test_http_mapping_passes_a_websocket_upgrade(pair):
-    def upgrade_then_echo(conn):
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += conn.recv(4096)
-        assert b"upgrade: websocket" in head.lower()
-        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-        while data := conn.recv(65536):
-            conn.sendall(data)
+    """A real websocket echo server (websockets) behind an http mapping, a real client."""
+    from websockets.sync.client import connect
+    from websockets.sync.server import serve
 
-    ws = TcpServer(upgrade_then_echo)
+    def echo(ws):
+        for message in ws:
+            ws.send(message)
+
+    server = serve(echo, "127.0.0.1", 0, max_size=None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     web = free_port()
     try:
         p = pair(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"')
-        p.client = p.start_client(tail=http_mapping("ws", ws.port, "ws.test"))
+        p.client = p.start_client(tail=http_mapping("ws", server.socket.getsockname()[1], "ws.test"))
         p.client.wait_log("mapping 'ws' published")
         wait_port(web)
-        with socket.create_connection(("127.0.0.1", web), timeout=20) as s:
-            s.sendall(b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += s.recv(4096)
-            assert head.startswith(b"HTTP/1.1 101")
+        sock = socket.create_connection(("127.0.0.1", web), timeout=20)
+        with connect(f"ws://ws.test:{web}/chat", sock=sock, open_timeout=20, max_size=None) as ws:
             for i in range(20):
-                frame = bytes([0x82, 5]) + f"msg{i:02d}".encode()
-                s.sendall(frame)
-                got = b""
-                while len(got) < len(frame):
-                    got += s.recv(100)
-                assert got == frame
+                ws.send(f"text {i}")
+                assert ws.recv(timeout=20) == f"text {i}"
+            blob = os.urandom(1 << 20)
+            ws.send(blob)
+            assert ws.recv(timeout=20) == blob
+        p.server.wait_log(f"map-http GET ws.test:{web}/chat 101 upgraded to websocket, done")
     finally:
-        ws.close()
+        server.shutdown()
 
 
 def udp_mapping(name: str, local: int, remote: int) -> str:

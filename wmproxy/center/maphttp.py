@@ -179,7 +179,11 @@ class MapHttpServer(Listener):
         stream, sreader = up.stream, up.reader
         if rhead.status == 101 and upgrade:
             client.sendall(http1.encode_head(f"HTTP/1.1 101 {rhead.reason.decode('latin-1')}", rhead.headers))
-            relay(client, stream, ctx.idle_timeout, a_pending=reader.take_pending(), b_pending=sreader.take_pending())
+            stats = relay(client, stream, ctx.idle_timeout, a_pending=reader.take_pending(),
+                          b_pending=sreader.take_pending())
+            log.info("%s map-http %s %s%s 101 upgraded to %s, done (%s) in=%d out=%d", peer_ip, head.method,
+                     (head.get(b"host") or b"").decode("latin-1"), head.target[:200],
+                     upgrade.decode("latin-1")[:40], stats.reason, stats.a_to_b, stats.b_to_a)
             return False
         rframing = http1.response_framing(head.method, rhead)
         keep = head.wants_keep_alive() and rframing != http1.UNTIL_CLOSE

@@ -343,10 +343,10 @@ def http_get(port: int, url: str, headers: str = "") -> tuple[bytes, bytes]:
 class UdpEcho:
     """Answers every datagram with ``prefix`` + the datagram, from a thread."""
 
-    def __init__(self, prefix: bytes = b"") -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    def __init__(self, prefix: bytes = b"", host: str = "127.0.0.1") -> None:
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
         self.port = self.sock.getsockname()[1]
         self.prefix = prefix
         threading.Thread(target=self._run, daemon=True).start()
@@ -367,8 +367,8 @@ class UdpEcho:
 def udp_echo():
     made = []
 
-    def make(prefix: bytes = b"") -> UdpEcho:
-        made.append(UdpEcho(prefix))
+    def make(prefix: bytes = b"", host: str = "127.0.0.1") -> UdpEcho:
+        made.append(UdpEcho(prefix, host))
         return made[-1]
 
     yield make

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import socket
 import threading
 import time
@@ -16,10 +17,12 @@ import pytest
 from conftest import free_port
 
 
-def udp_config(port: int, servers: list[int], extra: str = "", method: str = "round_robin") -> str:
-    listed = ", ".join(f'{{ addr = "127.0.0.1:{p}" }}' for p in servers)
+def udp_config(port: int, servers: list[int], extra: str = "", method: str = "round_robin",
+               host: str = "127.0.0.1") -> str:
+    at = f"[{host}]" if ":" in host else host
+    listed = ", ".join(f'{{ addr = "{at}:{p}" }}' for p in servers)
     return (f'[[stream.upstream]]\nname = "u"\nmethod = "{method}"\nserver = [{listed}]\n'
-            f'[[stream.server]]\nbind = "127.0.0.1:{port}"\nbind_mode = "udp"\nup_name = "u"\n{extra}\n')
+            f'[[stream.server]]\nbind = "{at}:{port}"\nbind_mode = "udp"\nup_name = "u"\n{extra}\n')
 
 
 def wait_udp(port: int) -> None:
@@ -172,3 +175,52 @@ def test_max_sessions_drops_the_least_recently_active(start_proxy, udp_echo):
     assert log.count("max_sessions 2 reached") == 2  # the probe's session, then the first client's
     for s in clients:
         s.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_ipv4_ipv6_and_the_largest_datagram(start_proxy, udp_echo, host):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    echo = udp_echo(host=host)
+    port = free_port(family, host)
+    start_proxy(config=udp_config(port, [echo.port], host=host), bind=False, wait=False)
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.settimeout(0.5)
+    try:
+        for size in (1, 1200, 65507):  # 65,507: the largest UDP payload over IPv4
+            data = random.randbytes(size)
+            for _ in range(20):
+                s.sendto(data, (host, port))
+                try:
+                    if s.recv(65535) == data:
+                        break
+                except socket.timeout:
+                    continue
+            else:
+                raise AssertionError(f"no answer for {size} bytes to {host}")
+    finally:
+        s.close()
+
+
+def test_reload_sends_new_sessions_to_the_new_upstream(start_proxy, udp_echo, tmp_path):
+    a, b = udp_echo(b"A:"), udp_echo(b"B:")
+    port = free_port()
+    p = start_proxy(config=udp_config(port, [a.port]), bind=False, wait=False)
+    wait_udp(port)
+    old = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    old.settimeout(5)
+    old.sendto(b"x", ("127.0.0.1", port))
+    assert old.recv(100) == b"A:x"
+    (tmp_path / f"conf-{p.port}.toml").write_text(udp_config(port, [b.port]))
+    p.popen.send_signal(signal.SIGHUP)
+    p.wait_log("reloaded")
+    new = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    new.settimeout(5)
+    try:
+        for _ in range(3):
+            new.sendto(b"y", ("127.0.0.1", port))
+            old.sendto(b"z", ("127.0.0.1", port))
+            assert new.recv(100) == b"B:y"  # a new session: the new upstream
+            assert old.recv(100) == b"A:z"  # a live session keeps its server
+    finally:
+        new.close()
+        old.close()

@@ -9,9 +9,9 @@ are routed as on map_http_bind.
 Each request is routed by its Host header (port ignored) to the client that published that
 domain, per request on keep-alive connections: a stream (CREATE HTTP, mapping name) on which
 the client dials the private service, kept for the next requests while they go to the same
-mapping (and the service keeps its connection open), replaced when one goes elsewhere. ``X-Forwarded-For`` and ``X-Forwarded-Proto``
-are added; a websocket upgrade is passed through. An unknown host gets 404 naming it; a known
-host whose client is offline gets 502.
+mapping (and the service keeps its connection open), replaced when one goes elsewhere.
+``X-Forwarded-For`` and ``X-Forwarded-Proto`` are added; a websocket upgrade is passed through.
+An unknown host gets 404 naming it; a known host whose client is offline gets 502.
 """
 
 from __future__ import annotations

@@ -157,23 +157,29 @@ DisableViaHeader Yes
         return gbit
 
     def wrk(self, name: str, proxy_port: int, origin_port: int) -> None:
+        """Small GETs through the HTTP proxy: a Lua script sends absolute-form requests."""
         script = self.tmp / "absolute.lua"
         script.write_text(f'local target = "http://127.0.0.1:{origin_port}/small.txt"\n'
                           'request = function() return wrk.format("GET", target) end\n')
+        self.run_wrk(name, ["-s", str(script), f"http://127.0.0.1:{proxy_port}/"], "http")
+
+    def run_wrk(self, name: str, args: list[str], section: str) -> float:
+        """wrk with keep-alive on the load CPU; prints and records req/s and p99 under
+        ``section``; returns req/s (0 when wrk failed)."""
         cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{self.connections}", f"-d{self.seconds}s", "--latency",
-               "-s", str(script), f"http://127.0.0.1:{proxy_port}/"]
+               *args]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.seconds + 60).stdout
         rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
         p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
         if not rps or not p99:
             print(f"  {name}: wrk failed: {out[-400:]}")
-            return
-        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
-        p99_ms = float(p99.group(1)) * scale
+            return 0.0
+        p99_ms = float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
         note = f"   {errors.group(0)}" if errors else ""
-        print(f"  {name:<22} {float(rps.group(1)):9.0f} req/s   p99 {p99_ms:7.2f} ms{note}")
-        self.results["http"][name] = {"rps": round(float(rps.group(1))), "p99_ms": round(p99_ms, 2)}
+        print(f"  {name:<26} {float(rps.group(1)):9.0f} req/s   p99 {p99_ms:7.2f} ms{note}")
+        self.results.setdefault(section, {})[name] = {"rps": round(float(rps.group(1))), "p99_ms": round(p99_ms, 2)}
+        return float(rps.group(1))
 
     def nginx(self) -> int:
         """An nginx origin serving /small.txt on CPU 1 (one per run, shared by the parts)."""

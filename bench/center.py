@@ -50,6 +50,21 @@ def start_pair(b, tls: bool, tmp: Path, window: str = "256k") -> tuple[int, list
     return proxy, procs
 
 
+def start_mapped(b, name: str, mappings: str, ready: int, server_extra: str = "") -> None:
+    """A center server and a client joined by a TLS link (both on CPU 0), the client publishing
+    ``mappings`` (its [[mappings]] tables); waits until ``ready``, a port they open, listens."""
+    tmp = certs(b.tmp)
+    center = free_port()
+    server = tmp / f"{name}-server.toml"
+    server.write_text(f'log_level = "warning"\n[center]\nbind = "127.0.0.1:{center}"\ncert = "{tmp}/server.pem"\n'
+                      f'key = "{tmp}/server.key"\n{server_extra}\n')
+    client = tmp / f"{name}-client.toml"
+    client.write_text(f'log_level = "warning"\n[center]\nserver = "127.0.0.1:{center}"\nca = "{tmp}/ca.pem"\n'
+                      f'server_name = "center.bench"\n{mappings}')
+    b.start(f"{name}-server", [sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c", str(server)], center)
+    b.start(f"{name}-client", [sys.executable, str(ROOT / "bin" / "wmproxy-client"), "-c", str(client)], ready)
+
+
 def throughput(b) -> None:
     """One 1 GiB stream through each path (iperf3 -n)."""
     tmp = certs(b.tmp)

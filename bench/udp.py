@@ -15,7 +15,7 @@ import sys
 import time
 
 from bench import LOAD_CPU, ROOT, free_port
-from center import certs
+from center import start_mapped
 
 RATES = (10_000, 20_000, 40_000)  # iperf3 itself fails here beyond about 60,000/s  # datagrams per second offered
 SIZE = 1200
@@ -52,20 +52,11 @@ def wmproxy_forwarder(b, target: int) -> int:
 
 
 def wmproxy_mapping(b, target: int) -> int:
-    """A center server and client (TLS link) with a tcp and a udp mapping on one public port."""
-    tmp = certs(b.tmp)
-    center, public = free_port(), free_port()
-    server = tmp / "udp-server.toml"
-    server.write_text(f'log_level = "warning"\n[center]\nbind = "127.0.0.1:{center}"\n'
-                      f'cert = "{tmp}/server.pem"\nkey = "{tmp}/server.key"\n')
-    client = tmp / "udp-client.toml"
-    client.write_text(f'log_level = "warning"\n[center]\nserver = "127.0.0.1:{center}"\nca = "{tmp}/ca.pem"\n'
-                      f'server_name = "center.bench"\n'
-                      + "".join(f'[[mappings]]\nname = "iperf-{mode}"\nmode = "{mode}"\n'
-                                f'local_addr = "127.0.0.1:{target}"\nremote_bind = "127.0.0.1:{public}"\n'
-                                for mode in ("tcp", "udp")))
-    b.start("udp-center-server", [sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c", str(server)], center)
-    b.start("udp-center-client", [sys.executable, str(ROOT / "bin" / "wmproxy-client"), "-c", str(client)], public)
+    """A tcp and a udp mapping of the iperf3 server on one public port, through a TLS link."""
+    public = free_port()
+    start_mapped(b, "udp-center", "".join(f'[[mappings]]\nname = "iperf-{mode}"\nmode = "{mode}"\n'
+                                          f'local_addr = "127.0.0.1:{target}"\nremote_bind = "127.0.0.1:{public}"\n'
+                                          for mode in ("tcp", "udp")), public)
     return public
 
 

@@ -223,6 +223,13 @@ def ca():
     return trustme.CA()
 
 
+def write_cert(ca, directory: Path, stem: str, *names: str) -> None:
+    """A certificate of ``ca`` for ``names``: ``stem``.pem (chain) and ``stem``.key in ``directory``."""
+    cert = ca.issue_cert(*names)
+    cert.private_key_pem.write_to_path(str(directory / f"{stem}.key"))
+    cert.cert_chain_pems[0].write_to_path(str(directory / f"{stem}.pem"))
+
+
 @pytest.fixture
 def tls_origin(ca, tmp_path):
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

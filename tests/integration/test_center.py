@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from conftest import Proc, TcpServer, control, curl, free_port, http_get, recv_all, wait_port
+from conftest import Proc, TcpServer, control, curl, free_port, http_get, recv_all, wait_port, write_cert
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +23,8 @@ def certs(tmp_path_factory):
     trustme = pytest.importorskip("trustme")
     d = tmp_path_factory.mktemp("certs")
     ca = trustme.CA()
-    server = ca.issue_cert("center.test", "127.0.0.1")
     ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    server.private_key_pem.write_to_path(str(d / "server.key"))
-    server.cert_chain_pems[0].write_to_path(str(d / "server.pem"))
+    write_cert(ca, d, "server", "center.test", "127.0.0.1")
     trustme.CA().cert_pem.write_to_path(str(d / "other-ca.pem"))
     return d
 
@@ -291,9 +289,7 @@ def test_mutual_tls(tmp_path, certs, pair, origin):
     trustme = pytest.importorskip("trustme")
     client_ca = trustme.CA()
     client_ca.cert_pem.write_to_path(str(tmp_path / "client-ca.pem"))
-    good = client_ca.issue_cert("office")
-    good.private_key_pem.write_to_path(str(tmp_path / "client.key"))
-    good.cert_chain_pems[0].write_to_path(str(tmp_path / "client.pem"))
+    write_cert(client_ca, tmp_path, "client", "office")
     p = pair(server_extra=f'client_ca = "{tmp_path}/client-ca.pem"', start_client=False)
     p.proxy = free_port()
     without = p.start_client()
@@ -517,9 +513,7 @@ def test_https_mappings_terminated_with_sni_certificates(pair, origin, origin_b,
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "map-ca.pem"))
     for name, host in (("app", "app.test"), ("wild", "*.wild.test")):
-        cert = ca.issue_cert(host)
-        cert.private_key_pem.write_to_path(str(tmp_path / f"{name}.key"))
-        cert.cert_chain_pems[0].write_to_path(str(tmp_path / f"{name}.pem"))
+        write_cert(ca, tmp_path, name, host)
     web = free_port()
     p = pair(start_client=False, server_extra=(
         f'map_https_bind = "127.0.0.1:{web}"\n'
@@ -546,9 +540,7 @@ def test_https_passthrough_beside_terminated_mappings(pair, origin, tls_origin, 
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "map-ca.pem"))
-    cert = ca.issue_cert("app.test")
-    cert.private_key_pem.write_to_path(str(tmp_path / "app.key"))
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "app.pem"))
+    write_cert(ca, tmp_path, "app", "app.test")
     web, cport = free_port(), free_port()
     p = pair(start_client=False, server_top=f'control = "127.0.0.1:{cport}"', server_extra=(
         f'map_https_bind = "127.0.0.1:{web}"\nmap_cert = ["{tmp_path}/app.pem"]\nmap_key = ["{tmp_path}/app.key"]'))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, curl
+from conftest import ROOT, curl, write_cert
 
 SERVER = str(ROOT / "bin" / "wmproxy-server")
 CLIENT = str(ROOT / "bin" / "wmproxy-client")
@@ -25,10 +25,8 @@ def check(*args: str, env: dict | None = None, prog: str = SERVER) -> subprocess
 def test_example_configs_pass_check(prog, conf, tmp_path):
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()  # the examples name certificates under /etc/wmproxy/certs: put real ones here instead
-    cert = ca.issue_cert("proxy.example.com")
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
+    write_cert(ca, tmp_path, "server", "proxy.example.com")
     text = (ROOT / conf).read_text().replace("/etc/wmproxy/certs", str(tmp_path))
     path = tmp_path / "example.toml"
     path.write_text(text)

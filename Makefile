@@ -29,7 +29,7 @@ run: $(VENV)/.installed
 	$(BIN)/python bin/wmproxy-server $(ARGS)
 
 test: $(VENV)/.installed-test
-	@tools/apt-need curl:curl ip:iproute2 unshare:util-linux
+	@tools/apt-need curl:curl ip:iproute2 unshare:util-linux nginx:nginx
 	tools/in-netns $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed

@@ -47,9 +47,10 @@ def listener_specs(cfg: Config) -> dict[tuple[str, str], ListenerSpec]:
     from .proxy import server as proxy_server
     from .stream import tcp as stream_tcp
     from .stream import udp as stream_udp
+    from .web import server as web_server
 
     specs: dict[tuple[str, str], ListenerSpec] = {}
-    for kind in (proxy_server, stream_tcp, stream_udp, center_server, maphttp, control):
+    for kind in (proxy_server, stream_tcp, stream_udp, center_server, maphttp, web_server, control):
         for spec in kind.listener_specs(cfg):
             if spec.key in specs:
                 raise BindError(f"{spec.label}: {spec.bind} is also {specs[spec.key].label}")
@@ -83,6 +84,7 @@ class App:
         self.resolver = Resolver(cfg.dns_or_default)
         self.listeners: dict[tuple[str, str], Listener] = {}
         self.center_client = None  # a CenterClient when [center] server is set
+        self.http_groups: dict = {}  # [http] upstream groups (pools, health), shared by the http listeners
         self.draining: list[Listener] = []
         self.started_at = time.time()
         self.loaded_at = time.time()
@@ -149,6 +151,7 @@ class App:
             listener.close()  # stops accepting now; its live connections drain in the background
             self.draining.append(listener)
             gevent.spawn(self._drain_removed, listener)
+        self._forget_upstreams(new)
         for k in changed:
             self.listeners[k].update(specs[k], self)
         for k in added:
@@ -161,6 +164,14 @@ class App:
         names = lambda keys: [f"{kind} {bind}" for kind, bind in keys]  # noqa: E731
         return {"added": names(added), "removed": names(removed), "changed": names(changed),
                 "unchanged": len(specs) - len(added) - len(changed)}
+
+    def _forget_upstreams(self, new: Config) -> None:
+        """[http] upstreams gone from the config (or changed: a new group replaces them) close
+        their idle connections; the ones unchanged keep their pools and health."""
+        kept = set(new.http.upstream) if new.http is not None else set()
+        for key in list(self.http_groups):
+            if not isinstance(key, tuple) and key not in kept:
+                self.http_groups.pop(key).close()
 
     def _drain_removed(self, listener: Listener) -> None:
         left = listener.drain(self.cfg.grace)

@@ -19,7 +19,14 @@ from . import __version__, config
 from .errors import ConfigError
 
 EMBEDDED_DEFAULT: dict = {"proxy": {}}
-COMMANDS = ("run", "status", "reload", "stop")
+COMMANDS = ("run", "status", "reload", "stop", "file-server")
+FILE_SERVER_BIND = "127.0.0.1:8869"
+
+
+def file_server_config(root: str, listen: str, browse: bool) -> dict:
+    """The config of ``file-server``: one [http] server with one file_server location."""
+    return {"http": {"server": [{"bind": listen, "location": [
+        {"rule": "/", "file_server": {"root": os.path.abspath(root), "browse": browse}}]}]}}
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,11 @@ def make_parser(prog: str) -> configargparse.ArgumentParser:
     )
     p.add_argument("command", nargs="?", default="run", choices=COMMANDS,
                    help="run (default): serve; status: print the running process's status; reload: make it "
-                   "reload its configuration; stop: make it stop gracefully")
+                   "reload its configuration; stop: make it stop gracefully; file-server: serve the files "
+                   "of --root on --listen (no config file)")
+    p.add_argument("-r", "--root", metavar="DIR", help="file-server: the directory served (default: .)")
+    p.add_argument("-l", "--listen", metavar="ADDR", help=f"file-server: address (default {FILE_SERVER_BIND})")
+    p.add_argument("--browse", action="store_true", help="file-server: list directories without an index file")
     p.add_argument("-c", "--config", env_var="WMPROXY_CONFIG", metavar="FILE", help="TOML configuration file")
     p.add_argument("--check", action="store_true", help="validate the configuration, print the result, exit 0 or 1")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
@@ -150,8 +161,18 @@ def run(prog: str, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = make_parser(prog).parse_args(argv)
     config_file = os.path.abspath(args.config) if args.config else None
+    default = EMBEDDED_DEFAULT
+    if args.command == "file-server":
+        if config_file:
+            print(f"{prog}: file-server takes --root and --listen, not a configuration file", file=sys.stderr)
+            return 2
+        default = file_server_config(args.root or ".", args.listen or FILE_SERVER_BIND, args.browse)
+        args.command = "run"
+    elif args.root or args.listen or args.browse:
+        print(f"{prog}: --root, --listen and --browse go with the file-server command", file=sys.stderr)
+        return 2
     try:
-        cfg = config.load(config_file, overrides(prog, args, argv), default=EMBEDDED_DEFAULT)
+        cfg = config.load(config_file, overrides(prog, args, argv), default=default)
     except ConfigError as e:
         print(f"{prog}: configuration error: {e}", file=sys.stderr)
         return 1

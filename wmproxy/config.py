@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 import shlex
 import tomllib
@@ -497,6 +498,170 @@ class MappingConfig:
             raise Invalid("an http mapping needs domain (the Host it answers)", ".domain")
 
 
+# -- [http]: reverse proxy, static files ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocationRule:
+    """How a location matches a path, as nginx: ``= /x`` exact, ``^~ /x`` prefix that stops
+    the regex search, ``~ re`` / ``~* re`` regex (case-insensitive), ``/x`` prefix."""
+
+    kind: str  # "exact", "prefix", "prefix-stop", "regex"
+    text: str
+    regex: Optional[re.Pattern] = None
+
+    def __str__(self) -> str:
+        regex = "~* " if self.regex is not None and self.regex.flags & re.IGNORECASE else "~ "
+        return {"exact": "= ", "prefix-stop": "^~ ", "regex": regex}.get(self.kind, "") + self.text
+
+
+def to_location_rule(value: Any) -> LocationRule:
+    if isinstance(value, str):
+        op, _, rest = value.strip().partition(" ")
+        rest = rest.strip()
+        if op in ("~", "~*") and rest:
+            try:
+                return LocationRule("regex", rest, re.compile(rest, re.IGNORECASE if op == "~*" else 0))
+            except re.error as e:
+                raise Invalid(f"bad regular expression {rest!r}: {e}") from None
+        if op in ("=", "^~") and rest.startswith("/"):
+            return LocationRule("exact" if op == "=" else "prefix-stop", rest)
+        if op.startswith("/") and not rest:
+            return LocationRule("prefix", op)
+    raise Invalid(f"expected a location rule: a path prefix '/api/', '= /exact', '^~ /prefix' or '~ regex' "
+                  f"('~*' ignores case), got {value!r}")
+
+
+def to_server_name(value: Any) -> str:
+    """A host name, '*.example.com' or 'example.*'."""
+    if isinstance(value, str):
+        name = value.strip().lower().rstrip(".")
+        plain = name[2:] if name.startswith("*.") else name[:-2] if name.endswith(".*") else name
+        if plain and re.match(r"^[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?$", plain):
+            return name
+    raise Invalid(f"expected a server name like 'example.com', '*.example.com' or 'example.*', got {value!r}")
+
+
+def to_proxy_url(value: Any) -> str:
+    if isinstance(value, str) and re.match(r"^http://[^/\s?#]+(/\S*)?$", value.strip()):
+        return value.strip()
+    raise Invalid(f"expected 'http://upstream-name', 'http://host:port' or either with a path, got {value!r}")
+
+
+@dataclass(frozen=True)
+class FileServerConfig:
+    """``file_server = { root = "...", ... }``: static files of a location."""
+
+    root: str = key(to_str, REQUIRED, "directory served")
+    index: tuple = key(list_of(to_str), ("index.html",), "files tried for a directory, in order")
+    browse: bool = key(to_bool, False, "list a directory without an index file (else 403)")
+    cache_time: float = key(to_duration, 0.0, "Cache-Control max-age sent with files (0: none)")
+    path404: str = key(to_str, "", "file under root answered, with status 404, for a missing path")
+    try_paths: tuple = key(list_of(to_str), (), "fallbacks tried when a path is missing, with {path}, e.g. "
+                                                "['{path}.html', '/index.html']")
+    precompressed: bool = key(to_bool, True, "serve a .br or .gz sibling to a client that accepts it")
+    follow_symlinks: bool = key(to_bool, False, "serve symlinks that point outside root (else 403)")
+
+    def validate(self) -> None:
+        if not os.path.isdir(self.root):
+            raise Invalid(f"no such directory: {self.root}", ".root")
+
+
+HTTP_ACTIONS = ("proxy_url", "file_server", "static_response", "redirect")
+
+
+@dataclass(frozen=True)
+class HttpLocationConfig:
+    """``[[http.server.location]]``: what a path of a server does (exactly one action)."""
+
+    rule: LocationRule = key(to_location_rule, LocationRule("prefix", "/"), "the paths it matches")
+    proxy_url: str = key(to_proxy_url, "", "reverse proxy to 'http://upstream-name' or a URL")
+    file_server: Optional[FileServerConfig] = section(FileServerConfig, "static files")
+    static_response: str = key(to_str, "", "answer with this text ({client_ip}, {host}, {url} filled in)")
+    redirect: str = key(to_str, "", "redirect to this URL ({host}, {url} filled in)")
+    status: int = key(int_range(0, 599), 0, "status of static_response (200) or redirect (302)")
+    headers: tuple = key(list_of(to_header_rule), (), "header rules: 'proxy ...' on the request upstream, "
+                                                      "the others on the response")
+    allow_ip: tuple = key(list_of(to_network), (), "client networks allowed (empty: all)")
+    deny_ip: tuple = key(list_of(to_network), (), "client networks refused with 403 (checked first)")
+    proxy_connect_timeout: float = key(to_duration, 10.0, "proxy_url: time to connect to a server")
+    proxy_read_timeout: float = key(to_duration, 60.0, "proxy_url: time a server may be silent")
+
+    def validate(self) -> None:
+        actions = [a for a in HTTP_ACTIONS if getattr(self, a)]
+        if len(actions) != 1:
+            raise Invalid(f"a location does exactly one of {', '.join(HTTP_ACTIONS)}; "
+                          f"got {', '.join(actions) or 'none'}", "")
+
+
+@dataclass(frozen=True)
+class HttpServerConfig:
+    """``[[http.server]]``: a virtual server, picked by the request's Host among those on its bind."""
+
+    bind: tuple = key(list_of(to_addr), REQUIRED, "listening address or addresses", aliases=("bind_addr",))
+    server_name: tuple = key(list_of(to_server_name), (), "names it answers (empty: the default server)")
+    location: tuple = key(table_list(HttpLocationConfig), REQUIRED, "its locations")
+    headers: tuple = key(list_of(to_header_rule), (), "header rules for every location (before the location's)")
+    client_read_timeout: float = key(to_duration, 60.0, "time a client may take to send a request head, and "
+                                                        "the keep-alive wait between requests")
+    max_header_size: int = key(to_size, 65536, "largest request head (431 beyond)")
+    cert: str = key(to_str, "", "PEM certificate: TLS on this server's binds")
+    # last: from here on, 'key' in this class body names this field, not the declaring function
+    key: str = key(to_str, "", "PEM private key for cert")
+
+    def validate(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise Invalid("cert and key go together", ".key")
+        if not self.location:
+            raise Invalid("a server needs at least one location", ".location")
+
+
+@dataclass(frozen=True)
+class HttpUpstreamServerConfig:
+    """One server of an http upstream: ``{ addr = "127.0.0.1:8080", weight = 2 }``."""
+
+    addr: Addr = key(to_addr, REQUIRED, "server address")
+    weight: int = key(int_range(1, 1000), 1, "share of requests (round robin by weight)")
+    max_fails: int = key(int_range(0, 1000), 1, "failures within fail_timeout that take it out (0: never)")
+    fail_timeout: float = key(to_duration, 10.0, "the window for max_fails, and how long it stays out")
+
+
+@dataclass(frozen=True)
+class HttpUpstreamConfig:
+    """``[[http.upstream]]``: servers a ``proxy_url = "http://name"`` balances over."""
+
+    name: str = key(to_str, REQUIRED, "the name proxy_url refers to")
+    server: tuple = key(table_list(HttpUpstreamServerConfig), REQUIRED, "the servers")
+    method: str = key(one_of(("round_robin", "least_conn", "ip_hash")), "round_robin", "how a request picks "
+                                                                                       "its server")
+    keepalive: int = key(int_range(0, 10000), 32, "idle connections kept open to each server")
+
+    def validate(self) -> None:
+        if not self.server:
+            raise Invalid("an upstream needs at least one server", ".server")
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """``[http]``: reverse proxy, static files (names as in the Rust wmproxy)."""
+
+    server: tuple = key(table_list(HttpServerConfig), (), "virtual servers")
+    upstream: tuple = key(table_list(HttpUpstreamConfig), (), "upstream groups")
+
+    def validate(self) -> None:
+        _unique_names(self.upstream, "upstream", ".upstream")
+        tls: dict[str, tuple[int, bool]] = {}
+        for i, srv in enumerate(self.server):
+            for bind in srv.bind:
+                first = tls.setdefault(str(bind), (i, bool(srv.cert)))
+                if first[1] != bool(srv.cert):
+                    raise Invalid(f"{bind} is shared with server[{first[0]}]: servers on one address are all TLS "
+                                  f"(cert and key) or none", f".server[{i}].cert")
+
+    def upstream_named(self, name: str) -> Optional[HttpUpstreamConfig]:
+        return next((u for u in self.upstream if u.name == name), None)
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -516,6 +681,7 @@ class Config:
     stream: Optional[StreamConfig] = section(StreamConfig, "layer-4 forwarding")
     center: Optional[CenterConfig] = section(CenterConfig, "the center link (tunnel)")
     mappings: tuple = key(table_list(MappingConfig), (), "center client: services the server publishes")
+    http: Optional[HttpConfig] = section(HttpConfig, "reverse proxy and static files")
 
     def validate(self) -> None:
         _unique_names(self.mappings, "mapping", "mappings")

@@ -176,33 +176,18 @@ class MapHttpServer(Listener):
             except (PeerClosed, ConnectionError, ProtocolError) as e:
                 _reply(client, 502, f"the mapped service did not answer: {e}")
                 return False
-        stream, sreader = up.stream, up.reader
-        if rhead.status == 101 and upgrade:
-            client.sendall(http1.encode_head(f"HTTP/1.1 101 {rhead.reason.decode('latin-1')}", rhead.headers))
-            stats = relay(client, stream, ctx.idle_timeout, a_pending=reader.take_pending(),
-                          b_pending=sreader.take_pending())
-            log.info("%s map-http %s %s%s 101 upgraded to %s, done (%s) in=%d out=%d", peer_ip, head.method,
-                     (head.get(b"host") or b"").decode("latin-1"), head.target[:200],
-                     upgrade.decode("latin-1")[:40], stats.reason, stats.a_to_b, stats.b_to_a)
+        done = httpio.forward_response(client, reader, head, rhead, up.stream, up.reader, route.response_rules,
+                                       variables, ctx.idle_timeout, upgrade)
+        host = (head.get(b"host") or b"").decode("latin-1")
+        if done.upgraded is not None:
+            stats = done.upgraded
+            log.info("%s map-http %s %s%s 101 upgraded to %s, done (%s) in=%d out=%d", peer_ip, head.method, host,
+                     head.target[:200], upgrade.decode("latin-1")[:40], stats.reason, stats.a_to_b, stats.b_to_a)
             return False
-        rframing = http1.response_framing(head.method, rhead)
-        keep = head.wants_keep_alive() and rframing != http1.UNTIL_CLOSE
-        chunked_out = rframing == http1.CHUNKED and head.version == "1.1"
-        if rframing == http1.CHUNKED and not chunked_out:
-            keep = False
-        rheaders = http1.apply_header_rules(rhead.end_to_end(), route.response_rules, variables)
-        if chunked_out:
-            rheaders.append((b"Transfer-Encoding", b"chunked"))
-        if not keep:
-            rheaders.append((b"Connection", b"close"))
-        reason = rhead.reason.decode("latin-1") or http1.REASONS.get(rhead.status, "")
-        size = httpio.copy_body(sreader, client.sendall, rframing, chunked_out,
-                                prefix=http1.encode_head(f"HTTP/1.1 {rhead.status} {reason}", rheaders))
-        log.info("%s map-http %s %s%s %d %dB", peer_ip, head.method, (head.get(b"host") or b"").decode("latin-1"),
-                 head.target[:200], rhead.status, size)
-        if not rhead.wants_keep_alive():
+        log.info("%s map-http %s %s%s %d %dB", peer_ip, head.method, host, head.target[:200], done.status, done.size)
+        if not done.reusable:
             up.close()  # the service closes its connection: the next request needs a new stream
-        return keep
+        return done.keep
 
 
 class Upstream:

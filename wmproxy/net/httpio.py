@@ -120,3 +120,50 @@ def _read_trailers(reader: Reader) -> bytes:
         out += line
         if len(out) > MAX_TRAILERS:
             raise ProtocolError(f"trailers larger than {MAX_TRAILERS} bytes", 431)
+
+
+class Forwarded:
+    """How :func:`forward_response` ended: status, body bytes, whether the client connection
+    stays open, whether the server's may be reused, and the relay's stats after an upgrade."""
+
+    __slots__ = ("status", "size", "keep", "reusable", "upgraded")
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.size = 0
+        self.keep = False
+        self.reusable = False
+        self.upgraded = None
+
+
+def forward_response(client, creader: Reader, head: http1.Head, rhead: http1.Head, upstream, ureader: Reader,
+                     rules, variables: dict, idle_timeout: float, upgrade: bytes | None) -> Forwarded:
+    """Send the server's response ``rhead`` (and its body from ``ureader``) to the client of
+    request ``head``: header rules applied, chunked re-encoded for HTTP/1.1 clients, a 101 to
+    an upgrade request followed by a relay of both connections until they end (it closes
+    them). Raises PeerClosed, ProtocolError, OSError as copy_body does."""
+    from .relay import relay
+
+    done = Forwarded(rhead.status)
+    if rhead.status == 101 and upgrade:
+        client.sendall(http1.encode_head(f"HTTP/1.1 101 {rhead.reason.decode('latin-1')}",
+                                         http1.apply_header_rules(rhead.headers, rules, variables)))
+        done.upgraded = relay(client, upstream, idle_timeout, a_pending=creader.take_pending(),
+                              b_pending=ureader.take_pending())
+        return done
+    rframing = http1.response_framing(head.method, rhead)
+    keep = head.wants_keep_alive() and rframing != http1.UNTIL_CLOSE
+    chunked_out = rframing == http1.CHUNKED and head.version == "1.1"
+    if rframing == http1.CHUNKED and not chunked_out:
+        keep = False
+    rheaders = http1.apply_header_rules(rhead.end_to_end(), rules, variables)
+    if chunked_out:
+        rheaders.append((b"Transfer-Encoding", b"chunked"))
+    if not keep:
+        rheaders.append((b"Connection", b"close"))
+    reason = rhead.reason.decode("latin-1") or http1.REASONS.get(rhead.status, "")
+    done.size = copy_body(ureader, client.sendall, rframing, chunked_out,
+                          prefix=http1.encode_head(f"HTTP/1.1 {rhead.status} {reason}", rheaders))
+    done.keep = keep
+    done.reusable = rframing != http1.UNTIL_CLOSE and rhead.wants_keep_alive()
+    return done

@@ -8,6 +8,8 @@ fresh parser per head is fed exactly the head bytes; bodies are framed here by
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import base64
 import binascii
 import functools
@@ -36,23 +38,8 @@ HOP_BY_HOP = frozenset(
     )
 )
 
-REASONS = {
-    100: "Continue",
-    200: "OK",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    407: "Proxy Authentication Required",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
+REASONS = {status.value: status.phrase for status in HTTPStatus}  # 413 is "Content Too Large" (RFC 9110)
+REASONS[413] = "Content Too Large"
 
 
 @dataclass
@@ -323,17 +310,18 @@ def encode_head(start_line: str, headers: Headers) -> bytes:
     return b"".join(parts)
 
 
-def simple_response(status: int, text: str, extra: Headers = (), close: bool = True) -> bytes:
-    """A complete short text/plain response for the proxy's own errors."""
-    body = (text.rstrip("\n") + "\n").encode("utf-8")
+def simple_response(status: int, text: str, extra: Headers = (), close: bool = True, body: bool = True) -> bytes:
+    """A complete short text/plain response for the proxy's own errors (without its body,
+    Content-Length kept, when ``body`` is False: the answer to HEAD)."""
+    data = (text.rstrip("\n") + "\n").encode("utf-8")
     headers = [
         (b"Content-Type", b"text/plain; charset=utf-8"),
-        (b"Content-Length", str(len(body)).encode()),
+        (b"Content-Length", str(len(data)).encode()),
         *extra,
     ]
     if close:
         headers.append((b"Connection", b"close"))
-    return encode_head(f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", headers) + body
+    return encode_head(f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", headers) + (data if body else b"")
 
 
 def parse_basic_auth(value: Optional[bytes]) -> Optional[tuple[str, str]]:

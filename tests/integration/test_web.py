@@ -1,0 +1,392 @@
+"""[http]: servers and locations, the reverse proxy (upstreams, pools, health, websocket) and
+static files, with curl, raw sockets, nginx as a real upstream and the websockets package."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from conftest import TcpServer, curl, free_port, read_response, wait_port, write_cert
+
+
+def web(start_proxy, body: str) -> tuple:
+    """wmproxy-server with an [http] config; '{port}' in it is the listener's port."""
+    p = start_proxy(config=body, bind=False)
+    return p, p.port
+
+
+def get(port: int, path: str, host: str = "a.test", headers: str = "", method: str = "GET",
+        sock: socket.socket | None = None) -> tuple[bytes, bytes]:
+    s = sock or socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode())
+        if method == "HEAD":
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += s.recv(65536)
+            return data.split(b"\r\n\r\n")[0] + b"\r\n\r\n", b""
+        return read_response(s)
+    finally:
+        if sock is None:
+            s.close()
+
+
+def header(head: bytes, name: str) -> str | None:
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        k, _, v = line.partition(":")
+        if k.strip().lower() == name.lower():
+            return v.strip()
+    return None
+
+
+ROUTING = """
+[[http.server]]
+bind = "127.0.0.1:{port}"
+server_name = ["a.test", "*.wild.test"]
+headers = ["X-Served-By wmproxy", "- X-Powered-By"]
+[[http.server.location]]
+rule = "= /exact"
+static_response = "exact"
+[[http.server.location]]
+rule = "/files/"
+static_response = "prefix /files/"
+[[http.server.location]]
+rule = "^~ /files/stop/"
+static_response = "prefix-stop"
+[[http.server.location]]
+rule = "~* \\\\.PNG$"
+static_response = "regex png"
+[[http.server.location]]
+rule = "/"
+static_response = "hello {client_ip} at {host} for {url}"
+[[http.server.location]]
+rule = "/old/"
+redirect = "https://{host}/new{url}"
+status = 301
+[[http.server.location]]
+rule = "/private/"
+deny_ip = ["127.0.0.0/8"]
+static_response = "secret"
+
+[[http.server]]
+bind = "127.0.0.1:{port}"
+server_name = "b.test"
+[[http.server.location]]
+static_response = "server b"
+status = 202
+"""
+
+
+def test_servers_by_host_and_locations_like_nginx(start_proxy):
+    p, port = web(start_proxy, ROUTING)
+    assert get(port, "/exact")[1] == b"exact\n"
+    assert get(port, "/exact/more")[1] == b"hello 127.0.0.1 at a.test for /exact/more\n"
+    assert get(port, "/files/a.txt")[1] == b"prefix /files/\n"
+    assert get(port, "/files/pic.png")[1] == b"regex png\n"  # a regex beats the longest prefix
+    assert get(port, "/files/stop/pic.png")[1] == b"prefix-stop\n"  # ... unless that prefix is ^~
+    assert get(port, "/x.png", host="shop.wild.test")[1] == b"regex png\n"
+    head, body = get(port, "/", host="b.test:8080")  # port ignored
+    assert head.startswith(b"HTTP/1.1 202") and body == b"server b\n"
+    assert get(port, "/", host="unknown.test")[1].startswith(b"hello")  # the default server: the first
+    head, body = get(port, "/exact")
+    assert header(head, "X-Served-By") == "wmproxy"
+    head, _ = get(port, "/old/page?x=1")
+    assert head.startswith(b"HTTP/1.1 301") and header(head, "Location") == "https://a.test/new/old/page?x=1"
+    head, _ = get(port, "/private/x")
+    assert head.startswith(b"HTTP/1.1 403")
+    head, body = get(port, "/exact", method="HEAD")
+    assert head.startswith(b"HTTP/1.1 200") and header(head, "Content-Length") == "6"
+    # keep-alive: several requests on one connection, each routed on its own
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        assert get(port, "/exact", sock=s)[1] == b"exact\n"
+        assert get(port, "/", host="b.test", sock=s)[1] == b"server b\n"
+        assert get(port, "/files/x", sock=s)[1] == b"prefix /files/\n"
+    p.wait_log('"GET a.test/exact" 200')
+
+
+def test_bad_config_is_named(tmp_path):
+    from conftest import ROOT
+
+    conf = tmp_path / "bad.toml"
+    for text, where in (('[[http.server]]\nbind = "127.0.0.1:1"\n[[http.server.location]]\nstatic_response = "x"\n'
+                         'redirect = "/y"\n', "http.server[0].location[0]"),
+                        ('[[http.server]]\nbind = "127.0.0.1:1"\n[[http.server.location]]\nrule = "~ ("\n'
+                         'static_response = "x"\n', "http.server[0].location[0].rule"),
+                        ('[[http.server]]\nbind = "127.0.0.1:1"\n[[http.server.location]]\n'
+                         'file_server = { root = "/no/such/dir" }\n', "http.server[0].location[0].file_server.root"),
+                        ('[[http.server]]\nbind = "127.0.0.1:1"\nlisten = 2\n', "http.server[0].listen")):
+        conf.write_text(text)
+        r = subprocess.run([str(ROOT / "bin/wmproxy-server"), "--check", "-c", str(conf)], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 1 and where in r.stderr, r.stderr
+
+
+# -- reverse proxy ---------------------------------------------------------------------------
+
+class CountingOrigin:
+    """An HTTP/1.1 keep-alive origin that names itself and counts its connections."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.connections = 0
+        self.headers: list[str] = []
+        self.server = TcpServer(self._serve)
+        self.port = self.server.port
+
+    def _serve(self, conn) -> None:
+        self.connections += 1
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            self.headers.append(head.decode("latin-1"))
+            if b"transfer-encoding: chunked" in head.lower():
+                while b"\r\n0\r\n\r\n" not in b"\r\n" + buf:
+                    buf += conn.recv(65536)
+                raw, buf = (b"\r\n" + buf).split(b"\r\n0\r\n\r\n", 1)
+                body, rest = b"", raw[2:] + b"\r\n"
+                while rest:
+                    size_line, rest = rest.split(b"\r\n", 1)
+                    n = int(size_line, 16)
+                    body, rest = body + rest[:n], rest[n + 2:]
+            else:
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(buf) < length:
+                    buf += conn.recv(65536)
+                body, buf = buf[:length], buf[length:]
+            path = head.split(b" ")[1].decode()
+            answer = f"{self.name} {path} {len(body)}".encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def origins():
+    made = [CountingOrigin("A"), CountingOrigin("B")]
+    yield made
+    for o in made:
+        o.close()
+
+
+def proxy_config(servers: str, method: str = "round_robin", extra: str = "") -> str:
+    return (f'[[http.upstream]]\nname = "app"\nmethod = "{method}"\nserver = [{servers}]\n'
+            f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n[[http.server.location]]\nrule = "/api/"\n'
+            f'proxy_url = "http://app/v1/"\nheaders = ["proxy + X-Tag {{client_ip}}", "X-Answer yes"]\n{extra}')
+
+
+def test_round_robin_keep_alive_pool_and_headers(start_proxy, origins):
+    a, b = origins
+    p, port = web(start_proxy, proxy_config(f'{{ addr = "127.0.0.1:{a.port}", weight = 2 }}, '
+                                            f'{{ addr = "127.0.0.1:{b.port}" }}'))
+    names = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for i in range(30):
+            head, body = get(port, f"/api/item{i}", sock=s)
+            assert head.startswith(b"HTTP/1.1 200") and header(head, "X-Answer") == "yes"
+            name, path, _ = body.decode().split()
+            assert path == f"/v1/item{i}"  # the location's prefix replaced by proxy_url's path
+            names.append(name)
+    assert names.count("A") == 20 and names.count("B") == 10  # weights 2:1
+    assert a.connections == 1 and b.connections == 1  # every request on a pooled keep-alive connection
+    seen = a.headers[0].lower()
+    assert "x-tag: 127.0.0.1" in seen and "x-forwarded-for: 127.0.0.1" in seen and "x-real-ip: 127.0.0.1" in seen
+    assert "host: a.test" in seen  # the client's Host goes upstream
+    # a POST body goes through, chunked or not
+    r = curl("-s", "-H", "Host: a.test", "--data-binary", "x" * 100000, f"http://127.0.0.1:{port}/api/post")
+    assert r.stdout.endswith(b" /v1/post 100000")
+    r = curl("-s", "-H", "Host: a.test", "-H", "Transfer-Encoding: chunked", "--data-binary", "y" * 5000,
+             f"http://127.0.0.1:{port}/api/chunked")
+    assert r.stdout.endswith(b" /v1/chunked 5000")
+
+
+def test_passive_health_next_server_and_502(start_proxy, origins):
+    a, _ = origins
+    dead = free_port()
+    p, port = web(start_proxy, proxy_config(f'{{ addr = "127.0.0.1:{dead}", max_fails = 1, fail_timeout = "30s" }}, '
+                                            f'{{ addr = "127.0.0.1:{a.port}" }}'))
+    for i in range(6):  # the dead server is tried once, then left out: every request succeeds
+        head, body = get(port, f"/api/{i}")
+        assert head.startswith(b"HTTP/1.1 200") and body.startswith(b"A ")
+    p.wait_log(f"server 127.0.0.1:{dead} is out for 30s")
+    assert p.log().count(f"connect to 127.0.0.1:{dead}") == 1
+    # every server down: 502 at once, naming the upstream
+    both_dead = f'{{ addr = "127.0.0.1:{dead}" }}, {{ addr = "127.0.0.1:{free_port()}" }}'
+    p2, port2 = web(start_proxy, proxy_config(both_dead))
+    head, body = get(port2, "/api/x")
+    assert head.startswith(b"HTTP/1.1 502") and b"could be reached" in body
+    head, body = get(port2, "/api/x")
+    assert head.startswith(b"HTTP/1.1 502") and b"no live server in upstream app" in body
+
+
+def test_ip_hash_sticks(start_proxy, origins):
+    a, b = origins
+    p, port = web(start_proxy, proxy_config(f'{{ addr = "127.0.0.1:{a.port}" }}, {{ addr = "127.0.0.1:{b.port}" }}',
+                                            method="ip_hash"))
+    assert len({get(port, f"/api/{i}")[1].split()[0] for i in range(8)}) == 1
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(exe):
+        pytest.skip("nginx is not installed (make test installs it)")
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "big.bin").write_bytes(os.urandom(5 << 20))
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""user root; worker_processes 1; daemon off;
+pid {tmp_path}/nginx.pid; error_log {tmp_path}/nginx.err;
+events {{ worker_connections 256; }}
+http {{ access_log off; client_body_temp_path {tmp_path}/b; proxy_temp_path {tmp_path}/p;
+  fastcgi_temp_path {tmp_path}/f; uwsgi_temp_path {tmp_path}/u; scgi_temp_path {tmp_path}/s;
+  server {{ listen 127.0.0.1:{port}; root {www}; location /echo {{ return 200 "$http_x_forwarded_for $host"; }} }} }}
+""")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(www, 0o755)
+    os.chmod(www / "big.bin", 0o644)
+    proc = subprocess.Popen([exe, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    wait_port(port)
+    yield port, www
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_nginx_upstream_by_url(start_proxy, nginx):
+    nport, www = nginx
+    p, port = web(start_proxy, f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n[[http.server.location]]\n'
+                               f'proxy_url = "http://127.0.0.1:{nport}"\n')
+    r = curl("-s", "-H", "Host: site.test", f"http://127.0.0.1:{port}/echo")
+    assert r.stdout == b"127.0.0.1 site.test"
+    r = curl("-s", f"http://127.0.0.1:{port}/big.bin")
+    assert hashlib.sha256(r.stdout).digest() == hashlib.sha256((www / "big.bin").read_bytes()).digest()
+
+
+def test_websocket_through_proxy_url(start_proxy):
+    from websockets.sync.client import connect
+    from websockets.sync.server import serve
+
+    def echo(ws):
+        for message in ws:
+            ws.send(message)
+
+    server = serve(echo, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        p, port = web(start_proxy, f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n[[http.server.location]]\n'
+                                   f'proxy_url = "http://127.0.0.1:{server.socket.getsockname()[1]}"\n')
+        with connect(f"ws://127.0.0.1:{port}/chat", open_timeout=10) as ws:
+            for i in range(10):
+                ws.send(f"m{i}")
+                assert ws.recv(timeout=10) == f"m{i}"
+        p.wait_log("upgraded, done")
+    finally:
+        server.shutdown()
+
+
+# -- static files ------------------------------------------------------------------------------
+
+@pytest.fixture
+def site(tmp_path):
+    root = tmp_path / "site"
+    (root / "docs").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "index.html").write_text("<h1>home</h1>")
+    (root / "style.css").write_text("body{}" * 1000)
+    (root / "style.css.gz").write_bytes(gzip.compress((root / "style.css").read_bytes()))
+    (root / "docs" / "a.txt").write_text("".join(f"{i:04d}\n" for i in range(1000)))
+    (root / "404.html").write_text("custom not found")
+    (root / "big.bin").write_bytes(os.urandom(20 << 20))
+    outside = tmp_path / "outside.txt"
+    outside.write_text("outside")
+    (root / "link").symlink_to(outside)
+    return root
+
+
+def files_config(root, extra: str = "") -> str:
+    return (f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n[[http.server.location]]\nrule = "/"\n'
+            f'file_server = {{ root = "{root}", cache_time = "1h", path404 = "404.html"{extra} }}\n')
+
+
+def test_static_files(start_proxy, site):
+    p, port = web(start_proxy, files_config(site, ', browse = true'))
+    head, body = get(port, "/")
+    assert body == b"<h1>home</h1>" and header(head, "Content-Type") == "text/html; charset=utf-8"
+    head, body = get(port, "/style.css")
+    assert header(head, "Content-Type") == "text/css; charset=utf-8" and header(head, "Cache-Control") == "max-age=3600"
+    etag, modified = header(head, "ETag"), header(head, "Last-Modified")
+    assert get(port, "/style.css", headers=f"If-None-Match: {etag}\r\n")[0].startswith(b"HTTP/1.1 304")
+    assert get(port, "/style.css", headers=f"If-Modified-Since: {modified}\r\n")[0].startswith(b"HTTP/1.1 304")
+    head, body = get(port, "/style.css", headers="Accept-Encoding: gzip, br\r\n")
+    assert header(head, "Content-Encoding") == "gzip" and gzip.decompress(body) == (site / "style.css").read_bytes()
+    head, body = get(port, "/docs/a.txt", headers="Range: bytes=5-9\r\n")
+    assert head.startswith(b"HTTP/1.1 206") and body == b"0001\n"
+    assert header(head, "Content-Range") == "bytes 5-9/5000"
+    head, body = get(port, "/docs/a.txt", headers="Range: bytes=0-4,-5\r\n")
+    assert head.startswith(b"HTTP/1.1 206") and b"multipart/byteranges" in head
+    assert b"0000\n" in body and b"0999\n" in body and b"Content-Range: bytes 4995-4999/5000" in body
+    head, _ = get(port, "/docs/a.txt", headers="Range: bytes=9000-\r\n")
+    assert head.startswith(b"HTTP/1.1 416") and header(head, "Content-Range") == "bytes */5000"
+    head, body = get(port, "/docs/a.txt", headers="Range: bytes=0-3\r\nIf-Range: \"stale\"\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and len(body) == 5000  # If-Range does not match: the whole file
+    head, _ = get(port, "/docs")
+    assert head.startswith(b"HTTP/1.1 301") and header(head, "Location") == "/docs/"
+    head, body = get(port, "/docs/")
+    assert b'href="a.txt"' in body  # browse = true
+    head, body = get(port, "/nothing-here")
+    assert head.startswith(b"HTTP/1.1 404") and body == b"custom not found"
+    head, _ = get(port, "/big.bin", method="HEAD")
+    assert header(head, "Content-Length") == str(20 << 20)
+    r = curl("-s", f"http://127.0.0.1:{port}/big.bin")
+    assert hashlib.sha256(r.stdout).digest() == hashlib.sha256((site / "big.bin").read_bytes()).digest()
+    assert get(port, "/", method="POST")[0].startswith(b"HTTP/1.1 405")
+
+
+def test_static_files_refuse_to_leave_the_root(start_proxy, site):
+    p, port = web(start_proxy, files_config(site))
+    for path in ("/../outside.txt", "/%2e%2e/outside.txt", "/docs/%2E%2E/%2e%2e/outside.txt"):
+        r = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "--path-as-is", f"http://127.0.0.1:{port}{path}")
+        assert r.stdout == b"403", path
+    assert get(port, "/link")[0].startswith(b"HTTP/1.1 403")  # a symlink out of root
+    assert get(port, "/empty/")[0].startswith(b"HTTP/1.1 403")  # no index, browse off
+    p2, port2 = web(start_proxy, files_config(site, ", follow_symlinks = true"))
+    assert get(port2, "/link")[1] == b"outside"
+
+
+def test_try_paths_and_tls_servers_by_sni(start_proxy, site, tmp_path, ca):
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    write_cert(ca, tmp_path, "one", "one.test")
+    write_cert(ca, tmp_path, "two", "two.test")
+    conf = "".join(f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\nserver_name = "{name}.test"\n'
+                   f'cert = "{tmp_path}/{name}.pem"\nkey = "{tmp_path}/{name}.key"\n'
+                   f'[[http.server.location]]\nstatic_response = "{name}"\n' for name in ("one", "two"))
+    p, port = web(start_proxy, conf)
+    for name in ("one", "two"):
+        r = curl("-s", "--cacert", str(tmp_path / "ca.pem"), "--resolve", f"{name}.test:{port}:127.0.0.1",
+                 f"https://{name}.test:{port}/")
+        assert r.stdout == f"{name}\n".encode(), r.stderr
+    p2, port2 = web(start_proxy, files_config(site, ', try_paths = ["/docs{path}", "/index.html"]'))
+    assert get(port2, "/a.txt")[1].startswith(b"0000\n")  # found as /docs/a.txt
+    assert get(port2, "/app/route")[1] == b"<h1>home</h1>"  # the single-page-app fallback
+
+
+def test_file_server_one_liner(start_proxy, site):
+    port = free_port()
+    p = start_proxy("file-server", "-r", str(site), "-l", f"127.0.0.1:{port}", "--browse", bind=False, wait=False)
+    wait_port(port, proc=p.popen)
+    assert get(port, "/")[1] == b"<h1>home</h1>"
+    assert b'href="a.txt"' in get(port, "/docs/")[1]

@@ -1,0 +1,1 @@
+"""[http]: the reverse proxy, static files and websocket pass-through."""

@@ -1,0 +1,325 @@
+"""Static files of a ``file_server`` location.
+
+GET and HEAD; the path is the request's (decoded, normalized) path under ``root``, as nginx's
+``root``. A directory gets its first ``index`` file, a listing with ``browse = true``, else
+403; a directory path without its final slash is redirected (301) to the one with it. MIME
+types from the extension; ``ETag``/``Last-Modified`` with ``If-None-Match``/
+``If-Modified-Since`` (304); ``Range`` with one or several ranges (206, multipart/byteranges),
+``If-Range``, 416 when none is satisfiable; ``Cache-Control: max-age`` from ``cache_time``; a
+``.br`` or ``.gz`` sibling for a client that accepts it (``Vary: Accept-Encoding``). Bodies
+go out with ``sendfile(2)`` on plain sockets, never read whole into memory. A path that leaves
+``root`` through a symlink is 403 unless ``follow_symlinks``; ``..`` never gets past the
+root (the path is normalized first). Missing paths try ``try_paths``, then ``path404``.
+"""
+
+from __future__ import annotations
+
+import html
+import mimetypes
+import os
+import socket
+import stat
+import time
+from email.utils import formatdate, parsedate_to_datetime
+from typing import Optional
+from urllib.parse import quote
+
+from gevent import Timeout, get_hub
+from gevent import ssl as gssl
+
+from ..config import FileServerConfig
+from ..prot.http1 import REASONS, Head, encode_head, simple_response
+from .route import normalize_path
+
+CHUNK = 1 << 16
+MAX_RANGES = 32
+ENCODINGS = (("br", ".br"), ("gzip", ".gz"))
+
+
+class Reply:
+    """What the file server answered: status and body bytes, for the access log."""
+
+    __slots__ = ("status", "size")
+
+    def __init__(self, status: int, size: int = 0) -> None:
+        self.status = status
+        self.size = size
+
+
+def _inside(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+class Out:
+    """Where the answer goes: the client, the response header rules, keep-alive."""
+
+    __slots__ = ("client", "finish", "keep")
+
+    def __init__(self, client, finish, keep: bool) -> None:
+        self.client = client
+        self.finish = finish  # headers -> headers (the location's response rules)
+        self.keep = keep
+
+    def head(self, status: int, headers: list) -> bytes:
+        headers = self.finish(headers)
+        if not self.keep:
+            headers.append((b"Connection", b"close"))
+        return encode_head(f"HTTP/1.1 {status} {REASONS.get(status, '')}", headers)
+
+
+def _small(out: Out, status: int, text: str, head_only: bool, extra: list = ()) -> Reply:
+    data = simple_response(status, text, out.finish(list(extra)), close=not out.keep, body=not head_only)
+    out.client.sendall(data)
+    return Reply(status, 0 if head_only else len(text.rstrip("\n")) + 1)
+
+
+def serve(fs: FileServerConfig, client, head: Head, path: str, keep: bool, finish=lambda h: h) -> Reply:
+    """Answer ``head`` (its normalized ``path``) from ``fs``; the connection stays open when
+    ``keep``; ``finish`` applies the response header rules. Raises OSError when the client
+    goes away."""
+    out = Out(client, finish, keep)
+    head_only = head.method == "HEAD"
+    if head.method not in ("GET", "HEAD"):
+        return _small(out, 405, "only GET and HEAD here", False, [(b"Allow", b"GET, HEAD")])
+    root = os.path.realpath(fs.root)
+    found = _lookup(fs, root, path)
+    if isinstance(found, Reply):
+        return _small(out, found.status, REASONS.get(found.status, ""), head_only)
+    kind, fs_path, status = found
+    if kind == "redirect":
+        query = head.target[len(head.target.split("?", 1)[0]):]
+        location = quote(path + "/") + query
+        return _small(out, 301, f"moved to {location}", head_only, [(b"Location", location.encode())])
+    if kind == "listing":
+        return _listing(out, fs_path, path, head_only)
+    return _file(fs, out, head, fs_path, status, head_only)
+
+
+def _lookup(fs: FileServerConfig, root: str, path: str):
+    """-> ("file", fs path, status) | ("listing", dir, 200) | ("redirect", None, 301) | Reply(403/404)."""
+    for candidate, status in _candidates(fs, path):
+        full = os.path.join(root, candidate.lstrip("/"))
+        real = os.path.realpath(full)
+        if not os.path.exists(real):
+            continue
+        if not fs.follow_symlinks and not _inside(root, real):
+            return Reply(403)
+        if os.path.isdir(real):
+            if not candidate.endswith("/"):
+                return ("redirect", None, 301) if candidate == path else Reply(403)
+            for index in fs.index:
+                page = os.path.join(real, index)
+                if os.path.isfile(page) and (fs.follow_symlinks or _inside(root, os.path.realpath(page))):
+                    return ("file", page, status)
+            return ("listing", real, status) if fs.browse else Reply(403)
+        if os.path.isfile(real):
+            return ("file", real, status)
+        return Reply(403)
+    return Reply(404)
+
+
+def _candidates(fs: FileServerConfig, path: str):
+    yield path, 200
+    for pattern in fs.try_paths:
+        tried = normalize_path(pattern.replace("{path}", path))
+        if tried is not None:
+            yield tried, 200
+    if fs.path404:
+        page = normalize_path("/" + fs.path404.lstrip("/"))
+        if page is not None:
+            yield page, 404
+
+
+def _listing(out: Out, directory: str, path: str, head_only: bool) -> Reply:
+    rows = []
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        name = entry.name + ("/" if entry.is_dir() else "")
+        rows.append(f'<li><a href="{quote(name)}">{html.escape(name)}</a></li>')
+    title = html.escape(path)
+    body = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>"
+            f"<body><h1>Index of {title}</h1><ul><li><a href=\"../\">../</a></li>{''.join(rows)}</ul></body></html>\n"
+            ).encode()
+    headers = [(b"Content-Type", b"text/html; charset=utf-8"), (b"Content-Length", str(len(body)).encode())]
+    out.client.sendall(out.head(200, headers) + (b"" if head_only else body))
+    return Reply(200, 0 if head_only else len(body))
+
+
+def _content_type(path: str) -> bytes:
+    kind, _ = mimetypes.guess_type(path)
+    kind = kind or "application/octet-stream"
+    if kind.startswith("text/") or kind in ("application/javascript", "application/json", "image/svg+xml"):
+        kind += "; charset=utf-8"
+    return kind.encode()
+
+
+def _encoded(fs: FileServerConfig, head: Head, fs_path: str) -> tuple[str, Optional[str]]:
+    """The precompressed sibling the client accepts, if any: (path to send, encoding)."""
+    if not fs.precompressed:
+        return fs_path, None
+    accepted = {part.split(";", 1)[0].strip().lower() for part in b",".join(head.get_all(b"accept-encoding"))
+                .decode("latin-1").split(",")}
+    for encoding, suffix in ENCODINGS:
+        if encoding in accepted and os.path.isfile(fs_path + suffix):
+            return fs_path + suffix, encoding
+    return fs_path, None
+
+
+def _not_modified(head: Head, etag: bytes, mtime: int) -> bool:
+    inm = head.get(b"if-none-match")
+    if inm is not None:
+        tags = {t.strip().removeprefix(b"W/") for t in inm.split(b",")}
+        return b"*" in tags or etag in tags
+    ims = head.get(b"if-modified-since")
+    if ims is not None:
+        try:
+            return mtime <= parsedate_to_datetime(ims.decode("latin-1")).timestamp()
+        except (TypeError, ValueError):
+            return False
+    return False
+
+
+def parse_ranges(value: str, size: int) -> Optional[list[tuple[int, int]]]:
+    """'bytes=0-99,200-,-50' -> [(start, end inclusive)] within ``size``; [] when none is
+    satisfiable; None when the header is not a valid byte range set (then it is ignored)."""
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes" or not spec.strip():
+        return None
+    out = []
+    for part in spec.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not dash:
+            return None
+        try:
+            if first == "":
+                n = int(last)
+                if n <= 0:
+                    continue
+                start, end = max(0, size - n), size - 1
+            else:
+                start = int(first)
+                end = int(last) if last else size - 1
+                if last and end < start:
+                    return None
+                end = min(end, size - 1)
+        except ValueError:
+            return None
+        if start < size and start <= end:
+            out.append((start, end))
+    if len(out) > MAX_RANGES:
+        return None
+    return out
+
+
+def _file(fs: FileServerConfig, out: Out, head: Head, fs_path: str, status: int, head_only: bool) -> Reply:
+    client = out.client
+    send_path, encoding = _encoded(fs, head, fs_path)
+    try:
+        f = open(send_path, "rb")
+    except OSError:
+        return _small(out, 403, "Forbidden", head_only)
+    with f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return _small(out, 403, "Forbidden", head_only)
+        size = st.st_size
+        etag = f'"{st.st_mtime_ns:x}-{size:x}{"-" + encoding if encoding else ""}"'.encode()
+        headers = [(b"Content-Type", _content_type(fs_path)), (b"ETag", etag),
+                   (b"Last-Modified", formatdate(st.st_mtime, usegmt=True).encode()), (b"Accept-Ranges", b"bytes")]
+        if encoding:
+            headers += [(b"Content-Encoding", encoding.encode()), (b"Vary", b"Accept-Encoding")]
+        elif fs.precompressed:
+            headers.append((b"Vary", b"Accept-Encoding"))
+        if fs.cache_time:
+            headers.append((b"Cache-Control", f"max-age={int(fs.cache_time)}".encode()))
+        if status == 200 and _not_modified(head, etag, int(st.st_mtime)):
+            client.sendall(out.head(304, headers))
+            return Reply(304)
+        ranges = None
+        range_header = head.get(b"range")
+        if status == 200 and range_header is not None and _if_range_ok(head, etag, int(st.st_mtime)):
+            ranges = parse_ranges(range_header.decode("latin-1"), size)
+        if ranges == []:
+            headers = [(b"Content-Range", f"bytes */{size}".encode()), (b"Content-Length", b"0")]
+            client.sendall(out.head(416, headers))
+            return Reply(416)
+        if ranges and len(ranges) == 1:
+            start, end = ranges[0]
+            headers += [(b"Content-Range", f"bytes {start}-{end}/{size}".encode()),
+                        (b"Content-Length", str(end - start + 1).encode())]
+            client.sendall(out.head(206, headers))
+            if not head_only:
+                send_file(client, f, start, end - start + 1)
+            return Reply(206, 0 if head_only else end - start + 1)
+        if ranges:
+            return _multipart(out, f, headers, ranges, size, head_only)
+        headers.append((b"Content-Length", str(size).encode()))
+        client.sendall(out.head(status, headers))
+        if not head_only:
+            send_file(client, f, 0, size)
+        return Reply(status, 0 if head_only else size)
+
+
+def _if_range_ok(head: Head, etag: bytes, mtime: int) -> bool:
+    value = head.get(b"if-range")
+    if value is None:
+        return True
+    if value.startswith(b'"') or value.startswith(b"W/"):
+        return value == etag
+    try:
+        return int(parsedate_to_datetime(value.decode("latin-1")).timestamp()) == mtime
+    except (TypeError, ValueError):
+        return False
+
+
+def _multipart(out: Out, f, headers: list, ranges: list, size: int, head_only: bool) -> Reply:
+    client = out.client
+    boundary = f"wmproxy-{time.monotonic_ns():x}"
+    content_type = dict(headers)[b"Content-Type"]
+    parts = [(f"\r\n--{boundary}\r\nContent-Type: ".encode() + content_type +
+              f"\r\nContent-Range: bytes {s}-{e}/{size}\r\n\r\n".encode(), s, e) for s, e in ranges]
+    closing = f"\r\n--{boundary}--\r\n".encode()
+    length = sum(len(p) + e - s + 1 for p, s, e in parts) + len(closing)
+    headers = [(k, v) for k, v in headers if k != b"Content-Type"]
+    headers += [(b"Content-Type", f"multipart/byteranges; boundary={boundary}".encode()),
+                (b"Content-Length", str(length).encode())]
+    client.sendall(out.head(206, headers))
+    if not head_only:
+        for preamble, start, end in parts:
+            client.sendall(preamble)
+            send_file(client, f, start, end - start + 1)
+        client.sendall(closing)
+    return Reply(206, 0 if head_only else length)
+
+
+def send_file(client, f, offset: int, count: int) -> None:
+    """``count`` bytes of ``f`` from ``offset``: sendfile(2) on a plain socket (waiting for
+    room cooperatively), read-and-send on TLS."""
+    if isinstance(client, gssl.SSLSocket) or not hasattr(os, "sendfile"):
+        f.seek(offset)
+        while count > 0:
+            data = f.read(min(CHUNK, count))
+            if not data:
+                raise OSError("file shrank while being sent")
+            client.sendall(data)
+            count -= len(data)
+        return
+    out = client.fileno()
+    writable = None
+    try:
+        while count > 0:
+            try:
+                sent = os.sendfile(out, f.fileno(), offset, min(count, 1 << 30))
+            except BlockingIOError:
+                if writable is None:
+                    writable = get_hub().loop.io(out, 2)
+                with Timeout(client.gettimeout(), socket.timeout("timed out sending a file")):
+                    get_hub().wait(writable)
+                continue
+            if sent == 0:
+                raise OSError("file shrank while being sent")
+            offset += sent
+            count -= sent
+    finally:
+        if writable is not None:
+            writable.close()
+

@@ -1,0 +1,81 @@
+"""Which server and which location serve a request. Pure: names and paths in, config out.
+
+Server: among the servers on the address the request came to, an exact ``server_name`` first,
+then the longest ``*.suffix`` wildcard, then the longest ``prefix.*`` one, else the default
+server (the first one without names, or else the first one), as nginx does.
+
+Location, as nginx: an ``= exact`` match wins at once; otherwise the longest matching prefix
+is remembered; if it is a ``^~`` prefix it wins, else the regexes (``~``, ``~*``) are tried in
+their order and the first that matches wins; when none does, the longest prefix wins.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Optional
+from urllib.parse import unquote
+
+from ..config import HttpLocationConfig, HttpServerConfig
+
+
+def pick_server(servers: tuple[HttpServerConfig, ...], host: str) -> HttpServerConfig:
+    name = host.lower().rstrip(".")
+    best, best_len = None, -1
+    for srv in servers:
+        if name in srv.server_name:
+            return srv
+    for srv in servers:
+        for pattern in srv.server_name:
+            if pattern.startswith("*.") and name.endswith(pattern[1:]) and len(pattern) > best_len:
+                best, best_len = srv, len(pattern)
+    if best is not None:
+        return best
+    for srv in servers:
+        for pattern in srv.server_name:
+            if pattern.endswith(".*") and name.startswith(pattern[:-1]) and len(pattern) > best_len:
+                best, best_len = srv, len(pattern)
+    if best is not None:
+        return best
+    return next((srv for srv in servers if not srv.server_name), servers[0])
+
+
+def pick_location(server: HttpServerConfig, path: str) -> Optional[HttpLocationConfig]:
+    prefix, prefix_len = None, -1
+    for loc in server.location:
+        rule = loc.rule
+        if rule.kind == "exact" and path == rule.text:
+            return loc
+        if rule.kind in ("prefix", "prefix-stop") and path.startswith(rule.text) and len(rule.text) > prefix_len:
+            prefix, prefix_len = loc, len(rule.text)
+    if prefix is not None and prefix.rule.kind == "prefix-stop":
+        return prefix
+    for loc in server.location:
+        if loc.rule.kind == "regex" and loc.rule.regex.search(path):
+            return loc
+    return prefix
+
+
+def normalize_path(target: str) -> Optional[str]:
+    """The decoded, normalized path of a request target ('/a/../b' -> '/b'), or None when it
+    is not an origin-form path or climbs above the root."""
+    path = target.split("?", 1)[0].split("#", 1)[0]
+    if not path.startswith("/"):
+        return None
+    try:
+        decoded = unquote(path, errors="strict") if "%" in path else path
+    except UnicodeDecodeError:
+        return None
+    if "\0" in decoded:
+        return None
+    depth = 0
+    for part in decoded.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif part not in ("", "."):
+            depth += 1
+    clean = posixpath.normpath(decoded)
+    if decoded.endswith("/") and clean != "/":
+        clean += "/"
+    return clean.replace("//", "/") if clean.startswith("//") else clean

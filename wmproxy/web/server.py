@@ -1,0 +1,325 @@
+"""``[http]``: the reverse proxy and static file server (nginx-like servers and locations).
+
+One listener per bind address, serving the ``[[http.server]]`` tables that name it (TLS with
+the certificate the client's SNI picks when they have cert/key). Each request of a keep-alive
+connection picks its server by Host and its location by path (route.py), is checked against
+the location's ``deny_ip``/``allow_ip``, then gets its location's one action: ``proxy_url``
+(an upstream group or a URL: balancing, keep-alive pool, passive health, the next server when
+one cannot be reached, websocket upgrades passed through), ``file_server``,
+``static_response`` or ``redirect``. Header rules of the server and then the location apply
+to the request sent upstream (``proxy ...`` rules) and to every response. One access log line
+per request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import time
+from urllib.parse import urlsplit
+
+from ..config import Config, HttpConfig, to_addr
+from ..errors import ProtocolError, UpstreamError
+from ..listener import Listener, ListenerSpec
+from ..net import httpio
+from ..net.reader import PeerClosed, Reader
+from ..net.tls import sni_server_context
+from ..prot import http1
+from . import files
+from .route import normalize_path, pick_location, pick_server
+from .upstream import UpstreamGroup
+
+log = logging.getLogger("wmproxy.http")
+access_log = logging.getLogger("wmproxy.access")
+
+_REPLACED = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-real-ip", b"expect"))
+_IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
+
+
+class WebContext:
+    """What the requests of one listener share: its servers, the upstream groups, TLS."""
+
+    def __init__(self, servers: tuple, http: HttpConfig, scheme: str, app) -> None:
+        self.servers = servers
+        self.http = http
+        self.scheme = scheme
+        self.resolver = app.resolver
+        self.groups = app.http_groups  # shared by every listener, kept across reloads while unchanged
+        self.ssl = sni_server_context([(s.cert, s.key) for s in servers]) if scheme == "https" else None
+        self.read_timeout = max(s.client_read_timeout for s in servers)
+        self.max_head = max(s.max_header_size for s in servers)
+
+    def group_for(self, proxy_url: str) -> tuple[UpstreamGroup, str]:
+        """The group a proxy_url names (an upstream, else its host:port) and its path ('' if none)."""
+        parts = urlsplit(proxy_url)
+        upstream = self.http.upstream_named(parts.netloc)
+        key = upstream if upstream is not None else ("addr", parts.netloc)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = (UpstreamGroup(upstream, self.resolver) if upstream is not None else
+                                        UpstreamGroup.single(to_addr(parts.netloc if ":" in parts.netloc.split("]")[-1]
+                                                                     else parts.netloc + ":80"), self.resolver))
+        return group, parts.path
+
+
+def _allowed(loc, ip: str) -> bool:
+    if not (loc.allow_ip or loc.deny_ip):
+        return True
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if addr.version == 6 and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    if any(addr in net for net in loc.deny_ip):
+        return False
+    return not loc.allow_ip or any(addr in net for net in loc.allow_ip)
+
+
+def _fill(template: str, variables: dict) -> str:
+    for name, value in variables.items():
+        template = template.replace("{" + name + "}", value)
+    return template
+
+
+class Request:
+    """One request being served: the parsed head and what was decided about it."""
+
+    __slots__ = ("head", "framing", "ip", "target", "host", "path", "server", "location", "variables", "started",
+                 "status", "size", "note", "keep")
+
+    def __init__(self, head: http1.Head, ip: str) -> None:
+        self.head = head
+        self.framing = http1.request_framing(head)
+        self.ip = ip
+        self.target = head.target
+        raw_host = (head.get(b"host") or b"").decode("latin-1").strip()
+        if not head.target.startswith("/") and "://" in head.target:  # absolute-form: its host wins (RFC 9112 3.2.2)
+            url = urlsplit(head.target)
+            raw_host, self.target = url.netloc, (url.path or "/") + (f"?{url.query}" if url.query else "")
+        self.host = raw_host[1:].partition("]")[0] if raw_host.startswith("[") else raw_host.rpartition(":")[0] \
+            or raw_host
+        self.variables = {"client_ip": ip, "host": raw_host, "url": self.target}
+        self.started = time.monotonic()
+        self.status = 0
+        self.size = 0
+        self.note = ""
+        self.keep = head.wants_keep_alive()
+        self.path = None
+        self.server = None
+        self.location = None
+
+    @property
+    def rules(self) -> tuple:
+        return (*self.server.headers, *self.location.headers) if self.location is not None else self.server.headers
+
+    def response_rules(self) -> tuple:
+        return tuple(r for r in self.rules if not r.is_proxy)
+
+
+class WebServer(Listener):
+    """The listener of one ``[[http.server]]`` bind address. Settings: (servers on it, the
+    [http] config, scheme)."""
+
+    kind = "http"
+
+    def make_context(self, settings, app) -> WebContext:
+        servers, http, scheme = settings
+        return WebContext(servers, http, scheme, app)
+
+    def max_connections(self, settings) -> int:
+        return 10000
+
+    def serve(self, client, address, ctx: WebContext) -> None:
+        ip = address[0]
+        client.settimeout(ctx.read_timeout)
+        try:
+            if ctx.ssl is not None:
+                client = ctx.ssl.wrap_socket(client, server_side=True)
+            reader = Reader(client)
+            while self._one(client, reader, ip, ctx):
+                client.settimeout(ctx.read_timeout)
+        except (PeerClosed, socket.timeout, OSError):
+            pass  # the client went away, was too slow, or failed its TLS handshake
+
+    def _one(self, client, reader: Reader, ip: str, ctx: WebContext) -> bool:
+        """Serve one request; returns whether the connection stays open."""
+        try:
+            head = http1.parse_request_head(httpio.read_head(reader, ctx.max_head))
+        except PeerClosed:
+            return False
+        except ProtocolError as e:
+            client.sendall(http1.simple_response(e.http_status, f"wmproxy: {e}"))
+            log.info("%s http: bad request: %s", ip, e)
+            return False
+        req = Request(head, ip)
+        req.server = pick_server(ctx.servers, req.host)
+        try:
+            self._route(client, reader, req, ctx)
+        except ProtocolError as e:
+            req.keep = False
+            self._reply(client, req, e.http_status, f"wmproxy: {e}")
+        finally:
+            self._log(req)
+        return req.keep
+
+    def _route(self, client, reader: Reader, req: Request, ctx: WebContext) -> None:
+        req.path = normalize_path(req.target)
+        if req.path is None:  # above the root ('..', '%2e%2e'), NUL, or not UTF-8
+            req.keep = False
+            return self._reply(client, req, 403 if req.target.startswith("/") else 400, "bad request path")
+        req.location = loc = pick_location(req.server, req.path)
+        if loc is None:
+            self._discard_body(reader, req)
+            return self._reply(client, req, 404, "no location for this path")
+        if not _allowed(loc, req.ip):
+            self._discard_body(reader, req)
+            return self._reply(client, req, 403, "client address not allowed here")
+        if loc.proxy_url:
+            return self._proxy(client, reader, req, ctx)
+        self._discard_body(reader, req)
+        if loc.file_server is not None:
+            rules, variables = req.response_rules(), req.variables
+            reply = files.serve(loc.file_server, client, req.head, req.path, req.keep,
+                                lambda headers: http1.apply_header_rules(headers, rules, variables))
+            req.status, req.size = reply.status, reply.size
+        elif loc.redirect:
+            target = _fill(loc.redirect, req.variables)
+            self._reply(client, req, loc.status or 302, f"moved to {target}", [(b"Location", target.encode())])
+        else:
+            self._reply(client, req, loc.status or 200, _fill(loc.static_response, req.variables))
+
+    def _discard_body(self, reader: Reader, req: Request) -> None:
+        """A request body nobody wants is read and dropped, so the next request is in step."""
+        if req.framing != http1.NO_BODY:
+            if req.head.get(b"expect", b"").lower() == b"100-continue":
+                req.keep = False  # we answer without reading it: the client may not send it at all
+                return
+            httpio.copy_body(reader, lambda data: None, req.framing, False)
+
+    def _reply(self, client, req: Request, status: int, text: str, extra: list = ()) -> None:
+        headers = http1.apply_header_rules(list(extra), req.response_rules(), req.variables)
+        body = req.head.method != "HEAD"
+        client.sendall(http1.simple_response(status, text, headers, close=not req.keep, body=body))
+        req.status, req.size = status, len(text.rstrip("\n")) + 1 if body else 0
+
+    # -- proxy_url ------------------------------------------------------------------------------
+    def _proxy(self, client, reader: Reader, req: Request, ctx: WebContext) -> None:
+        loc, head = req.location, req.head
+        group, base = ctx.group_for(loc.proxy_url)
+        target = req.target
+        if base and loc.rule.kind in ("prefix", "prefix-stop") and target.startswith(loc.rule.text):
+            target = base + target[len(loc.rule.text):]  # as nginx's proxy_pass with a URI
+        conn_tokens = head.tokens(b"connection")
+        upgrade = head.get(b"upgrade") if b"upgrade" in conn_tokens else None
+        headers = head.end_to_end(_REPLACED)
+        if upgrade:
+            headers += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
+        if req.framing == http1.CHUNKED:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        forwarded = b", ".join([*head.get_all(b"x-forwarded-for"), req.ip.encode()])
+        headers += [(b"X-Forwarded-For", forwarded), (b"X-Forwarded-Proto", ctx.scheme.encode()),
+                    (b"X-Real-IP", req.ip.encode())]
+        headers = http1.apply_header_rules(headers, tuple(r for r in req.rules if r.is_proxy), req.variables)
+        out = http1.encode_head(f"{head.method} {target} HTTP/1.1", headers)
+        if req.framing != http1.NO_BODY and (head.get(b"expect") or b"").lower() == b"100-continue":
+            client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        servers = group.order(req.ip)
+        if not servers:
+            self._discard_body(reader, req)
+            req.note = f"upstream {group.cfg.name}: no live server"
+            return self._reply(client, req, 502, f"no live server in upstream {group.cfg.name}")
+        failure = "no server tried"
+        for server in servers:
+            fresh = False
+            while True:
+                try:
+                    conn, pooled = group.connect(server, loc.proxy_connect_timeout, fresh)
+                except UpstreamError as e:
+                    server.failed(str(e))
+                    failure = str(e)
+                    break  # the next server: nothing was sent
+                server.active += 1
+                server.requests += 1
+                try:
+                    outcome = self._attempt(client, reader, req, ctx, conn, out, upgrade)
+                finally:
+                    server.active -= 1
+                if isinstance(outcome, httpio.Forwarded):
+                    server.succeeded()
+                    req.note = str(server.cfg.addr)
+                    if outcome.upgraded is not None:
+                        req.note += f" upgraded, done ({outcome.upgraded.reason})"
+                        return None
+                    group.release(server, conn, outcome.reusable)
+                    return None
+                conn.close()
+                failure = f"{server.cfg.addr}: {outcome}"
+                sent = req.framing != http1.NO_BODY
+                if pooled and not sent and not isinstance(outcome, socket.timeout):
+                    fresh = True  # a kept connection the server had closed: once more on a new one
+                    continue
+                server.failed(str(outcome))
+                if isinstance(outcome, socket.timeout):
+                    req.keep = False
+                    req.note = failure
+                    return self._reply(client, req, 504, f"the upstream server {server.cfg.addr} timed out")
+                if sent or head.method not in _IDEMPOTENT:
+                    req.keep = False
+                    req.note = failure
+                    return self._reply(client, req, 502, f"the upstream server failed: {outcome}")
+                break  # an idempotent request without a body: the next server
+        req.note = failure
+        self._discard_body(reader, req)
+        return self._reply(client, req, 502, f"no upstream server could be reached ({failure})")
+
+    def _attempt(self, client, reader: Reader, req: Request, ctx: WebContext, conn, out: bytes, upgrade):
+        """Send the request on ``conn`` and forward the response -> httpio.Forwarded, or the
+        exception that stopped it before any response byte reached the client."""
+        loc = req.location
+        try:
+            conn.sock.settimeout(loc.proxy_read_timeout)
+            httpio.copy_body(reader, conn.sock.sendall, req.framing, True, prefix=out)
+            rhead = _response_head(conn.reader, ctx.max_head)
+        except (PeerClosed, ProtocolError, OSError) as e:  # socket.timeout and ConnectionError included
+            return e
+        try:
+            done = httpio.forward_response(client, reader, req.head, rhead, conn.sock, conn.reader,
+                                           req.response_rules(), req.variables, loc.proxy_read_timeout, upgrade)
+        except BaseException:
+            conn.close()
+            req.keep = False
+            raise
+        req.status, req.size, req.keep = done.status, done.size, done.keep and done.upgraded is None
+        return done
+
+    def _log(self, req: Request) -> None:
+        took = time.monotonic() - req.started
+        access_log.info('%s "%s %s%s" %d %d %.3fs%s', req.ip, req.head.method, req.variables["host"],
+                        req.head.target[:300], req.status, req.size, took, f" {req.note}" if req.note else "")
+
+
+def _response_head(reader: Reader, limit: int) -> http1.Head:
+    """The final response head (interim 1xx other than 101 are skipped: the proxy already
+    answered Expect itself)."""
+    while True:
+        rhead = http1.parse_response_head(httpio.read_head(reader, limit))
+        if not 100 <= rhead.status < 200 or rhead.status == 101:
+            return rhead
+
+
+def listener_specs(cfg: Config) -> list[ListenerSpec]:
+    """One listener per address the ``[[http.server]]`` tables bind."""
+    if cfg.http is None:
+        return []
+    by_bind: dict[str, tuple] = {}  # address -> (its Addr, [(index, server)])
+    for i, srv in enumerate(cfg.http.server):
+        for bind in srv.bind:
+            by_bind.setdefault(str(bind), (bind, []))[1].append((i, srv))
+    specs = []
+    for bind, listed in by_bind.values():
+        servers = tuple(srv for _, srv in listed)
+        scheme = "https" if servers[0].cert else "http"
+        pairs = [(s.cert, s.key) for s in servers]
+        check = (lambda pairs=pairs: sni_server_context(pairs)) if scheme == "https" else None
+        specs.append(ListenerSpec("http", bind, (servers, cfg.http, scheme), f"http.server[{listed[0][0]}].bind",
+                                  WebServer, check))
+    return specs

@@ -1,0 +1,165 @@
+"""The servers a ``proxy_url`` reaches: balancing, passive health and keep-alive pools.
+
+A group is a ``[[http.upstream]]`` (or one ``host:port`` written in ``proxy_url``). Each
+request asks :meth:`UpstreamGroup.order` for the servers to try: the balancing method's pick
+first (``round_robin``: smooth weighted, ``least_conn``: fewest active requests per weight,
+``ip_hash``: a hash of the client address), then the other live servers. A server that fails
+``max_fails`` times within ``fail_timeout`` is out for ``fail_timeout`` (passive health, as
+nginx). Connections that ended a response cleanly go back to the server's pool (at most
+``keepalive`` idle ones) and serve later requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import zlib
+
+from ..config import Addr, HttpUpstreamConfig, HttpUpstreamServerConfig
+from ..net.dial import dial
+from ..net.reader import Reader
+
+log = logging.getLogger("wmproxy.http")
+
+
+class Conn:
+    """One connection to a server, with its reader (bytes read ahead stay with it)."""
+
+    __slots__ = ("sock", "reader")
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.reader = Reader(sock)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def still_open(self) -> bool:
+        """A pooled connection the server has not closed (nor sent anything unasked on)."""
+        if self.reader.buf:
+            return False
+        raw = getattr(self.sock, "_sock", self.sock)  # the kernel socket: gevent's recv would wait
+        try:
+            raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False  # b'' (closed) or unexpected bytes
+
+
+class ServerState:
+    """One server of a group: health, active requests, idle connections."""
+
+    def __init__(self, cfg: HttpUpstreamServerConfig, label: str) -> None:
+        self.cfg = cfg
+        self.label = label
+        self.fails: list[float] = []
+        self.down_until = 0.0
+        self.active = 0
+        self.idle: list[Conn] = []
+        self.requests = 0
+
+    def live(self, now: float) -> bool:
+        return now >= self.down_until
+
+    def failed(self, why: str) -> None:
+        if self.cfg.max_fails == 0:
+            return
+        now = time.monotonic()
+        self.fails = [t for t in self.fails if now - t < self.cfg.fail_timeout] + [now]
+        if len(self.fails) >= self.cfg.max_fails and self.live(now):
+            self.down_until = now + self.cfg.fail_timeout
+            self.fails = []
+            for conn in self.idle:
+                conn.close()
+            self.idle.clear()
+            log.warning("upstream %s: server %s is out for %gs after %d failure(s): %s", self.label, self.cfg.addr,
+                        self.cfg.fail_timeout, self.cfg.max_fails, why)
+
+    def succeeded(self) -> None:
+        self.fails.clear()
+
+
+class UpstreamGroup:
+    """The servers of one upstream and their state; shared by the requests of every listener."""
+
+    def __init__(self, cfg: HttpUpstreamConfig, resolver) -> None:
+        self.cfg = cfg
+        self.resolver = resolver
+        self.servers = [ServerState(s, cfg.name) for s in cfg.server]
+        self.current = [0] * len(self.servers)
+
+    @classmethod
+    def single(cls, addr: Addr, resolver) -> "UpstreamGroup":
+        """A group of the one ``host:port`` a proxy_url names."""
+        return cls(HttpUpstreamConfig(name=str(addr), server=(HttpUpstreamServerConfig(addr=addr),)), resolver)
+
+    def order(self, client_ip: str) -> list[ServerState]:
+        """The live servers to try, the method's pick first. Empty when every one is out."""
+        now = time.monotonic()
+        live = [i for i, s in enumerate(self.servers) if s.live(now)]
+        if not live:
+            return []
+        method = self.cfg.method
+        if method == "ip_hash":
+            start = zlib.crc32(client_ip.encode()) % len(self.servers)
+            first = next(i for i in (*range(start, len(self.servers)), *range(start)) if i in live)
+        elif method == "least_conn":
+            first = min(live, key=lambda i: (self.servers[i].active / self.servers[i].cfg.weight, -self.current[i]))
+            self._weighted(live)  # keeps round robin's rotation for ties
+        else:
+            first = self._weighted(live)
+        return [self.servers[first], *(self.servers[i] for i in live if i != first)]
+
+    def _weighted(self, live: list[int]) -> int:
+        """Smooth weighted round robin over the live servers (nginx's)."""
+        total = 0
+        best = live[0]
+        for i in live:
+            self.current[i] += self.servers[i].cfg.weight
+            total += self.servers[i].cfg.weight
+            if self.current[i] > self.current[best]:
+                best = i
+        self.current[best] -= total
+        return best
+
+    # -- connections -------------------------------------------------------------------------
+    def connect(self, server: ServerState, timeout: float, fresh: bool = False) -> tuple[Conn, bool]:
+        """A pooled connection to ``server`` if one is still open, else (or when ``fresh``: the
+        pooled ones are dropped) a new one. Returns it and whether it was pooled. Raises
+        UpstreamError."""
+        if fresh:
+            for conn in server.idle:
+                conn.close()
+            server.idle.clear()
+        while server.idle:
+            conn = server.idle.pop()
+            if conn.still_open():
+                return conn, True
+            conn.close()
+        return Conn(dial(self.resolver, server.cfg.addr.host, server.cfg.addr.port, timeout)), False
+
+    def release(self, server: ServerState, conn: Conn, reusable: bool) -> None:
+        """Done with a request on ``conn``: pooled when ``reusable`` and there is room."""
+        if reusable and len(server.idle) < self.cfg.keepalive and server.live(time.monotonic()):
+            conn.sock.settimeout(None)
+            server.idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        for server in self.servers:
+            for conn in server.idle:
+                conn.close()
+            server.idle.clear()
+
+    def status(self) -> list[dict]:
+        now = time.monotonic()
+        return [{"upstream": self.cfg.name, "server": str(s.cfg.addr), "live": s.live(now), "active": s.active,
+                 "idle": len(s.idle), "requests": s.requests} for s in self.servers]
+

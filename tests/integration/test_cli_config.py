@@ -21,7 +21,8 @@ def check(*args: str, env: dict | None = None, prog: str = SERVER) -> subprocess
 
 
 @pytest.mark.parametrize("prog,conf", [(SERVER, "conf/server.toml"), (CLIENT, "conf/client.toml"),
-                                       (SERVER, "conf/center-server.toml"), (CLIENT, "conf/center-client.toml")])
+                                       (SERVER, "conf/center-server.toml"), (CLIENT, "conf/center-client.toml"),
+                                       (SERVER, "conf/web.toml")])
 def test_example_configs_pass_check(prog, conf, tmp_path):
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()  # the examples name certificates under /etc/wmproxy/certs: put real ones here instead

@@ -627,6 +627,23 @@ class HttpUpstreamServerConfig:
 
 
 @dataclass(frozen=True)
+class HealthCheckConfig:
+    """``health_check = { path = "/health", interval = "5s" }``: active checks of each server."""
+
+    path: str = key(to_str, "/", "path asked with GET; a 2xx or 3xx answer is healthy")
+    interval: float = key(to_duration, 5.0, "time between two checks of a server")
+    timeout: float = key(to_duration, 2.0, "time a check may take")
+    rise: int = key(int_range(1, 100), 2, "healthy checks in a row that bring a server back")
+    fall: int = key(int_range(1, 100), 3, "failed checks in a row that take a server out")
+
+    def validate(self) -> None:
+        if not self.path.startswith("/"):
+            raise Invalid("expected a path starting with /", ".path")
+        if self.interval <= 0:
+            raise Invalid("interval must be more than 0", ".interval")
+
+
+@dataclass(frozen=True)
 class HttpUpstreamConfig:
     """``[[http.upstream]]``: servers a ``proxy_url = "http://name"`` balances over."""
 
@@ -635,6 +652,7 @@ class HttpUpstreamConfig:
     method: str = key(one_of(("round_robin", "least_conn", "ip_hash")), "round_robin", "how a request picks "
                                                                                        "its server")
     keepalive: int = key(int_range(0, 10000), 32, "idle connections kept open to each server")
+    health_check: Optional[HealthCheckConfig] = section(HealthCheckConfig, "active health checks")
 
     def validate(self) -> None:
         if not self.server:

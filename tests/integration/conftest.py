@@ -250,9 +250,10 @@ def big_blob():
 class TcpServer:
     """A threaded TCP server on 127.0.0.1 running ``serve(conn)`` per connection; ``port``."""
 
-    def __init__(self, serve, backlog: int = 256) -> None:
+    def __init__(self, serve, backlog: int = 256, port: int = 0) -> None:
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
         self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
         self.serve = serve

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -133,11 +134,11 @@ def test_bad_config_is_named(tmp_path):
 class CountingOrigin:
     """An HTTP/1.1 keep-alive origin that names itself and counts its connections."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, port: int = 0) -> None:
         self.name = name
         self.connections = 0
         self.headers: list[str] = []
-        self.server = TcpServer(self._serve)
+        self.server = TcpServer(self._serve, port=port)
         self.port = self.server.port
 
     def _serve(self, conn) -> None:
@@ -230,6 +231,28 @@ def test_passive_health_next_server_and_502(start_proxy, origins):
     assert head.startswith(b"HTTP/1.1 502") and b"could be reached" in body
     head, body = get(port2, "/api/x")
     assert head.startswith(b"HTTP/1.1 502") and b"no live server in upstream app" in body
+
+
+def test_active_health_check_takes_a_server_out_and_back(start_proxy, origins):
+    a, b = origins
+    hc = '\nhealth_check = { path = "/health", interval = "200ms", timeout = "1s", rise = 2, fall = 2 }'
+    conf = proxy_config(f'{{ addr = "127.0.0.1:{a.port}" }}, {{ addr = "127.0.0.1:{b.port}" }}')
+    conf = conf.replace('\n[[http.server]]', hc + '\n[[http.server]]', 1)
+    p, port = web(start_proxy, conf)
+    deadline = time.monotonic() + 5
+    while not any("GET /health" in h for h in b.headers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any("GET /health" in h for h in b.headers)  # checks run before any request
+    b.close()  # no new connections to B: its checks fail, it is taken out
+    p.wait_log(f"server 127.0.0.1:{b.port} is out: 2 health checks failed")
+    assert {get(port, f"/api/{i}", headers="Connection: close\r\n")[1].split()[0] for i in range(10)} == {b"A"}
+    back = CountingOrigin("B2", port=b.port)
+    try:
+        p.wait_log(f"server 127.0.0.1:{b.port} is back: 2 health checks passed")
+        names = {get(port, f"/api/{i}", headers="Connection: close\r\n")[1].split()[0] for i in range(10)}
+        assert names == {b"A", b"B2"}
+    finally:
+        back.close()
 
 
 def test_ip_hash_sticks(start_proxy, origins):

@@ -49,6 +49,9 @@ class WebContext:
         self.ssl = sni_server_context([(s.cert, s.key) for s in servers]) if scheme == "https" else None
         self.read_timeout = max(s.client_read_timeout for s in servers)
         self.max_head = max(s.max_header_size for s in servers)
+        for upstream in http.upstream:  # now, not at the first request: their health checks start
+            if upstream not in self.groups:
+                self.groups[upstream] = UpstreamGroup(upstream, self.resolver)
 
     def group_for(self, proxy_url: str) -> tuple[UpstreamGroup, str]:
         """The group a proxy_url names (an upstream, else its host:port) and its path ('' if none)."""

@@ -16,7 +16,10 @@ import socket
 import time
 import zlib
 
+import gevent
+
 from ..config import Addr, HttpUpstreamConfig, HttpUpstreamServerConfig
+from ..errors import ProtocolError, UpstreamError
 from ..net.dial import dial
 from ..net.reader import Reader
 
@@ -63,9 +66,11 @@ class ServerState:
         self.active = 0
         self.idle: list[Conn] = []
         self.requests = 0
+        self.checked_down = False  # taken out by the active health check
+        self.streak = 0  # checks in a row with the same outcome, against rise/fall
 
     def live(self, now: float) -> bool:
-        return now >= self.down_until
+        return now >= self.down_until and not self.checked_down
 
     def failed(self, why: str) -> None:
         if self.cfg.max_fails == 0:
@@ -93,6 +98,7 @@ class UpstreamGroup:
         self.resolver = resolver
         self.servers = [ServerState(s, cfg.name) for s in cfg.server]
         self.current = [0] * len(self.servers)
+        self.checker = gevent.spawn(self._check_forever) if cfg.health_check is not None else None
 
     @classmethod
     def single(cls, addr: Addr, resolver) -> "UpstreamGroup":
@@ -152,7 +158,59 @@ class UpstreamGroup:
         else:
             conn.close()
 
+    # -- active health checks ------------------------------------------------------------------
+    def _check_forever(self) -> None:
+        hc = self.cfg.health_check
+        while True:
+            for server in self.servers:
+                gevent.spawn(self._check, server)
+            gevent.sleep(hc.interval)
+
+    def _check(self, server: ServerState) -> None:
+        hc = self.cfg.health_check
+        try:
+            ok, why = self._probe(server, hc)
+        except Exception as e:  # a check never takes the process down
+            ok, why = False, f"internal error: {e}"
+        if ok == (not server.checked_down):
+            server.streak = 0
+            return
+        server.streak += 1
+        if server.checked_down and server.streak >= hc.rise:
+            server.checked_down, server.streak = False, 0
+            server.fails.clear()
+            server.down_until = 0.0
+            log.warning("upstream %s: server %s is back: %d health checks passed", self.cfg.name, server.cfg.addr,
+                        hc.rise)
+        elif not server.checked_down and server.streak >= hc.fall:
+            server.checked_down, server.streak = True, 0
+            for conn in server.idle:
+                conn.close()
+            server.idle.clear()
+            log.warning("upstream %s: server %s is out: %d health checks failed (%s)", self.cfg.name,
+                        server.cfg.addr, hc.fall, why)
+
+    def _probe(self, server: ServerState, hc) -> tuple[bool, str]:
+        addr = server.cfg.addr
+        try:
+            with gevent.Timeout(hc.timeout, UpstreamError(f"health check of {addr} timed out")):
+                sock = dial(self.resolver, addr.host, addr.port, hc.timeout)
+                try:
+                    sock.sendall(f"GET {hc.path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: wmproxy-health-check\r\n"
+                                 f"Connection: close\r\n\r\n".encode())
+                    line = Reader(sock).read_until(b"\r\n", 4096)
+                finally:
+                    sock.close()
+        except (UpstreamError, OSError, EOFError, ProtocolError) as e:
+            return False, str(e)
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] in (b"2", b"3"):
+            return True, ""
+        return False, f"answered {line.strip()[:60]!r}"
+
     def close(self) -> None:
+        if self.checker is not None:
+            self.checker.kill(block=False)
         for server in self.servers:
             for conn in server.idle:
                 conn.close()

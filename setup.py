@@ -19,6 +19,7 @@ setup(
         "configargparse>=1.7",
         "psutil>=5.9",
         "httptools>=0.6",
+        "wsproto>=1.2",
     ],
     extras_require={
         "test": [

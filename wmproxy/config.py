@@ -305,7 +305,7 @@ class StreamUpstreamConfig:
             raise Invalid("an upstream needs at least one server", ".server")
 
 
-STREAM_MODES = ("tcp", "udp")
+STREAM_MODES = ("tcp", "udp", "ws2tcp", "tcp2ws", "tcp2wss")
 
 
 @dataclass(frozen=True)
@@ -320,6 +320,9 @@ class StreamServerConfig:
     max_connections: int = key(int_range(1, 1_000_000), 10000, "concurrent client connections")
     client_timeout: float = key(to_duration, 60.0, "udp: a client's session ends after this long without a datagram")
     max_sessions: int = key(int_range(1, 1_000_000), 10000, "udp: sessions kept (beyond: the oldest idle goes)")
+    ws_path: str = key(to_str, "/", "tcp2ws(s): the path asked of the websocket server")
+    ws_host: str = key(to_str, "", "tcp2ws(s): its Host (and TLS name); default: the server's host")
+    ws_ca: str = key(to_str, "", "tcp2wss: CA file to verify the websocket server with ('' = the system store)")
 
 
 @dataclass(frozen=True)

@@ -58,3 +58,86 @@ def test_half_close_through_stream(start_proxy, echo_server):
         s.shutdown(socket.SHUT_WR)
         answer = recv_all(s)
     assert answer.decode() == f"got {len(payload)} {hashlib.sha256(payload).hexdigest()}"
+
+
+# -- websocket bridges (wsproto) ----------------------------------------------------------------
+
+def bridge_config(mode: str, server: str, extra: str = "") -> str:
+    return (f'[[stream.upstream]]\nname = "u"\nserver = [{{ addr = "{server}" }}]\n'
+            f'[[stream.server]]\nbind = "127.0.0.1:{{port}}"\nbind_mode = "{mode}"\nup_name = "u"\n{extra}\n')
+
+
+def test_ws2tcp_to_an_echo_server(start_proxy):
+    import os
+
+    from websockets.sync.client import connect
+
+    from conftest import TcpServer
+
+    def mirror(conn):
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+    tcp = TcpServer(mirror)
+    try:
+        p = start_proxy(config=bridge_config("ws2tcp", f"127.0.0.1:{tcp.port}"), bind=False)
+        sent = b""
+        got = b""
+        with connect(f"ws://127.0.0.1:{p.port}/", open_timeout=10, max_size=None) as ws:
+            for i in range(20):
+                data = os.urandom(1 + i * 3000)
+                ws.send(data)
+                sent += data
+            ws.send("text is bytes too")
+            sent += b"text is bytes too"
+            while len(got) < len(sent):  # TCP keeps no message boundaries: the bytes come back, in order
+                got += ws.recv(timeout=10)
+        assert got == sent
+        # a plain HTTP request is not a websocket: 400, nothing dialled
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(s)[0].startswith(b"HTTP/1.1 400")
+    finally:
+        tcp.close()
+
+
+def websocket_echo(ssl_context=None):
+    import threading
+
+    from websockets.sync.server import serve
+
+    def echo(ws):
+        for message in ws:
+            ws.send(message)
+
+    server = serve(echo, "127.0.0.1", 0, ssl=ssl_context, max_size=None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_tcp2ws_and_tcp2wss_to_a_websocket_echo_server(start_proxy, ca, tmp_path):
+    import ssl
+
+    plain = websocket_echo()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("ws.test").configure_cert(ctx)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    secure = websocket_echo(ctx)
+    try:
+        for mode, server, extra in (
+                ("tcp2ws", plain, 'ws_path = "/chat"'),
+                ("tcp2wss", secure, f'ws_host = "ws.test"\nws_ca = "{tmp_path}/ca.pem"')):
+            p = start_proxy(config=bridge_config(mode, f"127.0.0.1:{server.socket.getsockname()[1]}", extra),
+                            bind=False)
+            payload = bytes(range(256)) * 400
+            with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+                s.sendall(payload)
+                got = b""
+                while len(got) < len(payload):
+                    got += s.recv(65536)
+                assert got == payload, mode
+                s.shutdown(socket.SHUT_WR)  # a close frame to the server, whose close ends the connection
+                assert recv_all(s) == b""
+    finally:
+        plain.shutdown()
+        secure.shutdown()

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import zlib
 
 from ..config import Config, StreamServerConfig, StreamUpstreamConfig, UpstreamServerConfig
-from ..errors import UpstreamError
+from ..errors import ProtocolError, UpstreamError
 from ..listener import ConnStats, Listener, ListenerSpec
+from ..net import ws
 from ..net.dial import dial, fmt_addr
+from ..net.reader import PeerClosed
 from ..net.relay import RelayStats, relay
+from ..net.tls import client_context
 
 log = logging.getLogger("wmproxy.stream")
 
@@ -54,7 +58,9 @@ class StreamContext:
 
 
 class StreamTcpServer(Listener):
-    """One ``[[stream.server]]`` with ``bind_mode = "tcp"``."""
+    """One ``[[stream.server]]`` with ``bind_mode`` "tcp", or a websocket bridge: "ws2tcp"
+    (the clients speak websocket, the servers TCP), "tcp2ws"/"tcp2wss" (the other way round,
+    over TLS for tcp2wss)."""
 
     kind = "stream"
 
@@ -67,6 +73,14 @@ class StreamTcpServer(Listener):
 
     def serve(self, client: socket.socket, address, ctx: StreamContext) -> None:
         peer = fmt_addr(address[0], address[1])
+        mode = ctx.cfg.bind_mode
+        if mode == "ws2tcp":
+            client.settimeout(ctx.cfg.connect_timeout)
+            try:
+                client = ws.accept(client)
+            except (ProtocolError, PeerClosed, OSError) as e:
+                log.info("%s stream %s (ws2tcp): %s", peer, ctx.cfg.bind, e)
+                return
         errors = []
         if ctx.upstream.method == "ip_hash":
             servers = ctx.upstream.server
@@ -77,9 +91,17 @@ class StreamTcpServer(Listener):
         for server in order:
             try:
                 upstream = dial(ctx.resolver, server.addr.host, server.addr.port, ctx.cfg.connect_timeout)
-                break
             except UpstreamError as e:
                 errors.append(str(e))
+                continue
+            if mode in ("tcp2ws", "tcp2wss"):
+                try:
+                    upstream = self._websocket(upstream, server.addr, ctx)
+                except (UpstreamError, ssl.SSLError, OSError) as e:
+                    upstream.close()
+                    errors.append(str(e))
+                    continue
+            break
         else:
             log.warning("%s stream %s -> upstream %r: every server failed: %s", peer, ctx.cfg.bind,
                         ctx.upstream.name, "; ".join(errors))
@@ -92,6 +114,21 @@ class StreamTcpServer(Listener):
                  ctx.upstream.name, stats.reason, stats.a_to_b, stats.b_to_a)
 
 
+    def _websocket(self, sock, addr, ctx: StreamContext):
+        """tcp2ws(s): the websocket client handshake (over TLS for tcp2wss) on ``sock``."""
+        host = ctx.cfg.ws_host or addr.host
+        sock.settimeout(ctx.cfg.connect_timeout)
+        if ctx.cfg.bind_mode == "tcp2wss":
+            sock = client_context(ctx.cfg.ws_ca).wrap_socket(sock, server_hostname=host)
+        try:
+            upgraded = ws.connect(sock, host if addr.port in (80, 443) else f"{host}:{addr.port}", ctx.cfg.ws_path)
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return upgraded
+
+
 def listener_specs(cfg: Config) -> list[ListenerSpec]:
     """One listener per ``[[stream.server]]``; its settings include the upstream it uses,
     so a changed upstream counts as a change of the listener."""
@@ -100,5 +137,5 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
     return [
         ListenerSpec("stream", srv.bind, (srv, cfg.stream.upstream_named(srv.up_name)),
                      f"stream.server[{i}].bind", StreamTcpServer)
-        for i, srv in enumerate(cfg.stream.server) if srv.bind_mode == "tcp"
+        for i, srv in enumerate(cfg.stream.server) if srv.bind_mode != "udp"
     ]

@@ -9,6 +9,8 @@
   plain, beside socat chains, and the memory of idle virtual connections;
 - mappings (bench/mapping.py): iperf3 through a tcp mapping beside direct and a socat chain,
   and small GETs through an http mapping beside the same nginx reached directly;
+- [http] (bench/web.py): a small static file from wmproxy vs nginx, and a reverse-proxied small
+  response through wmproxy, nginx and haproxy to an nginx origin;
 - UDP (bench/udp.py): 1,200-byte datagrams at fixed rates (iperf3 -u), received per second and
   lost, directly, through socat, the [stream] UDP forwarder and a udp mapping of the center link.
 
@@ -183,32 +185,42 @@ DisableViaHeader Yes
 
     def nginx(self) -> int:
         """An nginx origin serving /small.txt on CPU 1 (one per run, shared by the parts)."""
-        if self.nginx_port:
-            return self.nginx_port
-        port = self.nginx_port = free_port()
+        if not self.nginx_port:
+            self.nginx_port = self.start_nginx("nginx", f"location / {{ root {self.www()}; }}", LOAD_CPU)
+        return self.nginx_port
+
+    def www(self) -> Path:
+        """The origin's files: /small.txt (17 bytes)."""
         www = self.tmp / "www"
-        www.mkdir()
-        (www / "small.txt").write_text("hello from nginx\n")
-        os.chmod(www, 0o755)
-        os.chmod(www / "small.txt", 0o644)
-        conf = self.tmp / "nginx.conf"
+        if not www.exists():
+            www.mkdir()
+            (www / "small.txt").write_text("hello from nginx\n")
+            os.chmod(www, 0o755)
+            os.chmod(www / "small.txt", 0o644)
+        return www
+
+    def start_nginx(self, name: str, server_body: str, cpu: str, http_extra: str = "") -> int:
+        """An nginx (one worker, on ``cpu``) whose one server has ``server_body``; its port."""
+        port = free_port()
+        conf = self.tmp / f"{name}.conf"
         conf.write_text(f"""worker_processes 1;
 daemon off;
-pid {self.tmp}/nginx.pid;
-error_log {self.tmp}/nginx.err;
+pid {self.tmp}/{name}.pid;
+error_log {self.tmp}/{name}.err;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
   keepalive_requests 1000000;
-  client_body_temp_path {self.tmp}/nginx-body;
-  proxy_temp_path {self.tmp}/nginx-proxy;
-  fastcgi_temp_path {self.tmp}/nginx-fcgi;
-  uwsgi_temp_path {self.tmp}/nginx-uwsgi;
-  scgi_temp_path {self.tmp}/nginx-scgi;
-  server {{ listen 127.0.0.1:{port}; location / {{ root {www}; }} }}
+  client_body_temp_path {self.tmp}/{name}-body;
+  proxy_temp_path {self.tmp}/{name}-proxy;
+  fastcgi_temp_path {self.tmp}/{name}-fcgi;
+  uwsgi_temp_path {self.tmp}/{name}-uwsgi;
+  scgi_temp_path {self.tmp}/{name}-scgi;
+  {http_extra}
+  server {{ listen 127.0.0.1:{port}; {server_body} }}
 }}
 """)
-        self.start("nginx", ["nginx", "-c", str(conf)], port, cpu=LOAD_CPU)
+        self.start(name, ["nginx", "-c", str(conf)], port, cpu=cpu)
         return port
 
     # -- the run ------------------------------------------------------------------------
@@ -252,7 +264,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=8, help="length of each measurement")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections")
-    ap.add_argument("--only", choices=("throughput", "http", "center", "center-memory", "mapping", "udp"),
+    ap.add_argument("--only", choices=("throughput", "http", "center", "center-memory", "mapping", "udp", "web"),
                     help="run one part")
     ap.add_argument("--bytes", type=int, default=1 << 30, help="size of the center link transfer")
     ap.add_argument("--streams", default="1000,10000", help="idle virtual connection counts to measure")
@@ -278,6 +290,10 @@ def main() -> int:
             import udp
 
             udp.run(b)
+        if args.only in (None, "web"):
+            import web
+
+            web.run(b)
     finally:
         b.close()
     if args.json:

@@ -654,7 +654,7 @@ class HttpUpstreamConfig:
     server: tuple = key(table_list(HttpUpstreamServerConfig), REQUIRED, "the servers")
     method: str = key(one_of(("round_robin", "least_conn", "ip_hash")), "round_robin", "how a request picks "
                                                                                        "its server")
-    keepalive: int = key(int_range(0, 10000), 32, "idle connections kept open to each server")
+    keepalive: int = key(int_range(0, 10000), 128, "idle connections kept open to each server")
     health_check: Optional[HealthCheckConfig] = section(HealthCheckConfig, "active health checks")
 
     def validate(self) -> None:

@@ -32,6 +32,9 @@ from ..prot.http1 import REASONS, Head, encode_head, simple_response
 from .route import normalize_path
 
 CHUNK = 1 << 16
+LOOKUP_TTL = 1.0  # seconds a path's lookup is reused: a changed file shows within a second
+LOOKUP_ENTRIES = 4096
+_LOOKUPS: dict = {}
 MAX_RANGES = 32
 ENCODINGS = (("br", ".br"), ("gzip", ".gz"))
 
@@ -53,12 +56,13 @@ def _inside(root: str, path: str) -> bool:
 class Out:
     """Where the answer goes: the client, the response header rules, keep-alive."""
 
-    __slots__ = ("client", "finish", "keep")
+    __slots__ = ("client", "finish", "keep", "timeout")
 
-    def __init__(self, client, finish, keep: bool) -> None:
+    def __init__(self, client, finish, keep: bool, timeout: float | None) -> None:
         self.client = client
         self.finish = finish  # headers -> headers (the location's response rules)
         self.keep = keep
+        self.timeout = timeout  # for each wait while sending a body
 
     def head(self, status: int, headers: list) -> bytes:
         headers = self.finish(headers)
@@ -73,16 +77,16 @@ def _small(out: Out, status: int, text: str, head_only: bool, extra: list = ()) 
     return Reply(status, 0 if head_only else len(text.rstrip("\n")) + 1)
 
 
-def serve(fs: FileServerConfig, client, head: Head, path: str, keep: bool, finish=lambda h: h) -> Reply:
+def serve(fs: FileServerConfig, client, head: Head, path: str, keep: bool, finish=lambda h: h,
+          timeout: float | None = None) -> Reply:
     """Answer ``head`` (its normalized ``path``) from ``fs``; the connection stays open when
-    ``keep``; ``finish`` applies the response header rules. Raises OSError when the client
-    goes away."""
-    out = Out(client, finish, keep)
+    ``keep``; ``finish`` applies the response header rules; a client that takes no bytes for
+    ``timeout`` is given up. Raises OSError when the client goes away (socket.timeout)."""
+    out = Out(client, finish, keep, timeout)
     head_only = head.method == "HEAD"
     if head.method not in ("GET", "HEAD"):
         return _small(out, 405, "only GET and HEAD here", False, [(b"Allow", b"GET, HEAD")])
-    root = os.path.realpath(fs.root)
-    found = _lookup(fs, root, path)
+    found = _cached_lookup(fs, path)
     if isinstance(found, Reply):
         return _small(out, found.status, REASONS.get(found.status, ""), head_only)
     kind, fs_path, status = found
@@ -93,6 +97,21 @@ def serve(fs: FileServerConfig, client, head: Head, path: str, keep: bool, finis
     if kind == "listing":
         return _listing(out, fs_path, path, head_only)
     return _file(fs, out, head, fs_path, status, head_only)
+
+
+def _cached_lookup(fs: FileServerConfig, path: str):
+    """:func:`_lookup`, remembered for LOOKUP_TTL (as nginx's open_file_cache): the path
+    checks (realpath, stats) cost more than sending a small file."""
+    now = time.monotonic()
+    key = (fs, path)
+    hit = _LOOKUPS.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    found = _lookup(fs, os.path.realpath(fs.root), path)
+    if len(_LOOKUPS) >= LOOKUP_ENTRIES:
+        _LOOKUPS.clear()
+    _LOOKUPS[key] = (now + LOOKUP_TTL, found)
+    return found
 
 
 def _lookup(fs: FileServerConfig, root: str, path: str):
@@ -248,14 +267,14 @@ def _file(fs: FileServerConfig, out: Out, head: Head, fs_path: str, status: int,
                         (b"Content-Length", str(end - start + 1).encode())]
             client.sendall(out.head(206, headers))
             if not head_only:
-                send_file(client, f, start, end - start + 1)
+                send_file(client, f, start, end - start + 1, out.timeout)
             return Reply(206, 0 if head_only else end - start + 1)
         if ranges:
             return _multipart(out, f, headers, ranges, size, head_only)
         headers.append((b"Content-Length", str(size).encode()))
         client.sendall(out.head(status, headers))
         if not head_only:
-            send_file(client, f, 0, size)
+            send_file(client, f, 0, size, out.timeout)
         return Reply(status, 0 if head_only else size)
 
 
@@ -286,21 +305,23 @@ def _multipart(out: Out, f, headers: list, ranges: list, size: int, head_only: b
     if not head_only:
         for preamble, start, end in parts:
             client.sendall(preamble)
-            send_file(client, f, start, end - start + 1)
+            send_file(client, f, start, end - start + 1, out.timeout)
         client.sendall(closing)
     return Reply(206, 0 if head_only else length)
 
 
-def send_file(client, f, offset: int, count: int) -> None:
+def send_file(client, f, offset: int, count: int, timeout: float | None = None) -> None:
     """``count`` bytes of ``f`` from ``offset``: sendfile(2) on a plain socket (waiting for
-    room cooperatively), read-and-send on TLS."""
+    room cooperatively), read-and-send on TLS. socket.timeout when a wait for room lasts
+    ``timeout``."""
     if isinstance(client, gssl.SSLSocket) or not hasattr(os, "sendfile"):
         f.seek(offset)
         while count > 0:
             data = f.read(min(CHUNK, count))
             if not data:
                 raise OSError("file shrank while being sent")
-            client.sendall(data)
+            with Timeout(timeout, socket.timeout("timed out sending a file")):
+                client.sendall(data)
             count -= len(data)
         return
     out = client.fileno()
@@ -312,7 +333,7 @@ def send_file(client, f, offset: int, count: int) -> None:
             except BlockingIOError:
                 if writable is None:
                     writable = get_hub().loop.io(out, 2)
-                with Timeout(client.gettimeout(), socket.timeout("timed out sending a file")):
+                with Timeout(timeout, socket.timeout("timed out sending a file")):
                     get_hub().wait(writable)
                 continue
             if sent == 0:

@@ -19,10 +19,13 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+import gevent
+
 from ..config import Config, HttpConfig, to_addr
 from ..errors import ProtocolError, UpstreamError
 from ..listener import Listener, ListenerSpec
 from ..net import httpio
+from ..net.idle import watch_idle
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import sni_server_context
 from ..prot import http1
@@ -87,7 +90,7 @@ class Request:
     """One request being served: the parsed head and what was decided about it."""
 
     __slots__ = ("head", "framing", "ip", "target", "host", "path", "server", "location", "variables", "started",
-                 "status", "size", "note", "keep")
+                 "status", "size", "note", "keep", "state")
 
     def __init__(self, head: http1.Head, ip: str) -> None:
         self.head = head
@@ -118,6 +121,29 @@ class Request:
         return tuple(r for r in self.rules if not r.is_proxy)
 
 
+class Watched:
+    """The idle watchdog of one client connection: its sockets have no timeout (a timer per
+    recv costs more than the parsing); when neither the client's reads nor the current
+    upstream's move for the current timeout, socket.timeout is thrown into the greenlet."""
+
+    def __init__(self, reader: Reader, timeout: float) -> None:
+        me = gevent.getcurrent()
+        self.reader = reader
+        self.upstream: Reader | None = None
+        self.timeout = timeout
+        self.watch = watch_idle(self._progress, lambda: self.timeout,
+                                lambda: me.kill(socket.timeout("idle timeout"), block=False))
+
+    def _progress(self) -> int:
+        return self.reader.reads + (self.upstream.reads if self.upstream is not None else 0)
+
+    def waiting(self, upstream: Reader | None, timeout: float) -> None:
+        self.upstream, self.timeout = upstream, timeout
+
+    def stop(self) -> None:
+        self.watch.kill()
+
+
 class WebServer(Listener):
     """The listener of one ``[[http.server]]`` bind address. Settings: (servers on it, the
     [http] config, scheme)."""
@@ -137,13 +163,18 @@ class WebServer(Listener):
         try:
             if ctx.ssl is not None:
                 client = ctx.ssl.wrap_socket(client, server_side=True)
+            client.settimeout(None)  # from here a watchdog, not a timer per recv
             reader = Reader(client)
-            while self._one(client, reader, ip, ctx):
-                client.settimeout(ctx.read_timeout)
+            state = Watched(reader, ctx.read_timeout)
+            try:
+                while self._one(client, reader, ip, ctx, state):
+                    state.waiting(None, ctx.read_timeout)
+            finally:
+                state.stop()
         except (PeerClosed, socket.timeout, OSError):
             pass  # the client went away, was too slow, or failed its TLS handshake
 
-    def _one(self, client, reader: Reader, ip: str, ctx: WebContext) -> bool:
+    def _one(self, client, reader: Reader, ip: str, ctx: WebContext, state: "Watched") -> bool:
         """Serve one request; returns whether the connection stays open."""
         try:
             head = http1.parse_request_head(httpio.read_head(reader, ctx.max_head))
@@ -155,6 +186,7 @@ class WebServer(Listener):
             return False
         req = Request(head, ip)
         req.server = pick_server(ctx.servers, req.host)
+        req.state = state
         try:
             self._route(client, reader, req, ctx)
         except ProtocolError as e:
@@ -181,8 +213,10 @@ class WebServer(Listener):
         self._discard_body(reader, req)
         if loc.file_server is not None:
             rules, variables = req.response_rules(), req.variables
+            req.state.waiting(None, float("inf"))  # a long download is no idle client: sends time out on their own
             reply = files.serve(loc.file_server, client, req.head, req.path, req.keep,
-                                lambda headers: http1.apply_header_rules(headers, rules, variables))
+                                lambda headers: http1.apply_header_rules(headers, rules, variables),
+                                ctx.read_timeout)
             req.status, req.size = reply.status, reply.size
         elif loc.redirect:
             target = _fill(loc.redirect, req.variables)
@@ -278,12 +312,14 @@ class WebServer(Listener):
         """Send the request on ``conn`` and forward the response -> httpio.Forwarded, or the
         exception that stopped it before any response byte reached the client."""
         loc = req.location
+        req.state.waiting(conn.reader, loc.proxy_read_timeout)
         try:
-            conn.sock.settimeout(loc.proxy_read_timeout)
             httpio.copy_body(reader, conn.sock.sendall, req.framing, True, prefix=out)
             rhead = _response_head(conn.reader, ctx.max_head)
         except (PeerClosed, ProtocolError, OSError) as e:  # socket.timeout and ConnectionError included
             return e
+        if rhead.status == 101 and upgrade:
+            req.state.stop()  # the relay that follows watches its own idle time
         try:
             done = httpio.forward_response(client, reader, req.head, rhead, conn.sock, conn.reader,
                                            req.response_rules(), req.variables, loc.proxy_read_timeout, upgrade)

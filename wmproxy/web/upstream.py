@@ -153,7 +153,6 @@ class UpstreamGroup:
     def release(self, server: ServerState, conn: Conn, reusable: bool) -> None:
         """Done with a request on ``conn``: pooled when ``reusable`` and there is room."""
         if reusable and len(server.idle) < self.cfg.keepalive and server.live(time.monotonic()):
-            conn.sock.settimeout(None)
             server.idle.append(conn)
         else:
             conn.close()

@@ -172,6 +172,8 @@ class App:
         for key in list(self.http_groups):
             if not isinstance(key, tuple) and key not in kept:
                 self.http_groups.pop(key).close()
+            elif isinstance(key, tuple) and key[0] == "limit_req":
+                del self.http_groups[key]  # rate limits start afresh
 
     def _drain_removed(self, listener: Listener) -> None:
         left = listener.drain(self.cfg.grace)

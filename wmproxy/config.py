@@ -570,6 +570,25 @@ class FileServerConfig:
             raise Invalid(f"no such directory: {self.root}", ".root")
 
 
+def to_rate(value: Any) -> float:
+    """Requests per second from '10r/s', '600r/m' or a number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    if isinstance(value, str):
+        m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*r/(s|m)\s*$", value)
+        if m and float(m.group(1)) > 0:
+            return float(m.group(1)) / (60 if m.group(2) == "m" else 1)
+    raise Invalid(f"expected a rate like '10r/s', '600r/m' or 5, got {value!r}")
+
+
+@dataclass(frozen=True)
+class LimitReqConfig:
+    """``limit_req = { rate = "10r/s", burst = 20 }``: requests per client address."""
+
+    rate: float = key(to_rate, REQUIRED, "requests per second a client address may make")
+    burst: int = key(int_range(0, 1_000_000), 0, "requests beyond the rate allowed at once")
+
+
 HTTP_ACTIONS = ("proxy_url", "file_server", "static_response", "redirect")
 
 
@@ -587,6 +606,9 @@ class HttpLocationConfig:
                                                       "the others on the response")
     allow_ip: tuple = key(list_of(to_network), (), "client networks allowed (empty: all)")
     deny_ip: tuple = key(list_of(to_network), (), "client networks refused with 403 (checked first)")
+    limit_req: Optional[LimitReqConfig] = section(LimitReqConfig, "rate limit per client address (429 beyond)")
+    access_log: str = key(to_str, "", "access log line format with {client_ip}, {host}, {url}, {method}, {status}, "
+                                      "{bytes}, {time}, {upstream}; 'off' for none ('': the default line)")
     proxy_connect_timeout: float = key(to_duration, 10.0, "proxy_url: time to connect to a server")
     proxy_read_timeout: float = key(to_duration, 60.0, "proxy_url: time a server may be silent")
 

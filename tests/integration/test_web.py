@@ -75,6 +75,7 @@ status = 301
 rule = "/private/"
 deny_ip = ["127.0.0.0/8"]
 static_response = "secret"
+access_log = "custom {client_ip} {method} {host}{url} -> {status} {bytes}B"
 
 [[http.server]]
 bind = "127.0.0.1:{port}"
@@ -102,6 +103,7 @@ def test_servers_by_host_and_locations_like_nginx(start_proxy):
     assert head.startswith(b"HTTP/1.1 301") and header(head, "Location") == "https://a.test/new/old/page?x=1"
     head, _ = get(port, "/private/x")
     assert head.startswith(b"HTTP/1.1 403")
+    p.wait_log("custom 127.0.0.1 GET a.test/private/x -> 403 32B")
     head, body = get(port, "/exact", method="HEAD")
     assert head.startswith(b"HTTP/1.1 200") and header(head, "Content-Length") == "6"
     # keep-alive: several requests on one connection, each routed on its own
@@ -440,3 +442,41 @@ def test_reload_new_routes_for_new_connections(start_proxy, tmp_path):
         p.wait_log("reloaded")
         assert get(port, "/")[1] == b"v2\n"  # a new connection: the new routes
         assert get(port, "/", sock=live)[1] == b"v1\n"  # the live one finishes on the old ones
+
+
+def test_limit_req_per_client_address(start_proxy):
+    p, port = web(start_proxy, '[[http.server]]\nbind = "127.0.0.1:{port}"\n[[http.server.location]]\n'
+                               'static_response = "ok"\nlimit_req = { rate = "2r/s", burst = 3 }\n')
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        codes = [get(port, "/", sock=s)[0].split(b" ")[1] for _ in range(6)]
+    assert codes[:4] == [b"200"] * 4 and codes[4:] == [b"429", b"429"]  # 1 + burst at once, then 429
+    time.sleep(0.6)  # the bucket refills at 2 a second
+    assert get(port, "/")[0].startswith(b"HTTP/1.1 200")
+    head, _ = get(port, "/")
+    assert head.startswith(b"HTTP/1.1 429") and header(head, "Retry-After") == "1"
+
+
+@pytest.mark.timeout(180)
+def test_a_1_gib_file_with_flat_memory(start_proxy, tmp_path):
+    import psutil
+
+    root = tmp_path / "big"
+    root.mkdir()
+    with open(root / "1g.bin", "wb") as f:
+        f.truncate(1 << 30)  # sparse: no disk needed
+    p, port = web(start_proxy, files_config(root))
+    proc = psutil.Process(p.popen.pid)
+    before = proc.memory_info().rss
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.05)
+
+    threading.Thread(target=sample, daemon=True).start()
+    r = curl("-s", "-o", "/dev/null", "-w", "%{size_download}", f"http://127.0.0.1:{port}/1g.bin", timeout=150)
+    done.set()
+    assert r.stdout == str(1 << 30).encode()
+    assert peak[0] - before < 32 << 20, f"RSS grew by {(peak[0] - before) >> 20} MiB"

@@ -56,6 +56,14 @@ class WebContext:
             if upstream not in self.groups:
                 self.groups[upstream] = UpstreamGroup(upstream, self.resolver)
 
+    def limiter(self, loc) -> "RateLimit":
+        """The token buckets of a location with limit_req (kept across reloads while unchanged)."""
+        key = ("limit_req", loc.rule, loc.limit_req)
+        limit = self.groups.get(key)
+        if limit is None:
+            limit = self.groups[key] = RateLimit(loc.limit_req.rate, loc.limit_req.burst)
+        return limit
+
     def group_for(self, proxy_url: str) -> tuple[UpstreamGroup, str]:
         """The group a proxy_url names (an upstream, else its host:port) and its path ('' if none)."""
         parts = urlsplit(proxy_url)
@@ -67,6 +75,31 @@ class WebContext:
                                         UpstreamGroup.single(to_addr(parts.netloc if ":" in parts.netloc.split("]")[-1]
                                                                      else parts.netloc + ":80"), self.resolver))
         return group, parts.path
+
+
+class RateLimit:
+    """A token bucket per client address: ``rate`` tokens a second, room for 1 + ``burst``
+    (nginx's limit_req with nodelay). Buckets full again are forgotten."""
+
+    MAX_CLIENTS = 100_000
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.capacity = 1.0 + burst
+        self.buckets: dict[str, tuple[float, float]] = {}  # ip -> (tokens, at)
+
+    def take(self, ip: str) -> bool:
+        now = time.monotonic()
+        tokens, at = self.buckets.get(ip, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - at) * self.rate)
+        if len(self.buckets) >= self.MAX_CLIENTS:
+            refill = self.capacity / self.rate
+            self.buckets = {k: v for k, v in self.buckets.items() if now - v[1] < refill}
+        if tokens < 1.0:
+            self.buckets[ip] = (tokens, now)
+            return False
+        self.buckets[ip] = (tokens - 1.0, now)
+        return True
 
 
 def _allowed(loc, ip: str) -> bool:
@@ -208,6 +241,9 @@ class WebServer(Listener):
         if not _allowed(loc, req.ip):
             self._discard_body(reader, req)
             return self._reply(client, req, 403, "client address not allowed here")
+        if loc.limit_req is not None and not ctx.limiter(loc).take(req.ip):
+            self._discard_body(reader, req)
+            return self._reply(client, req, 429, "too many requests", [(b"Retry-After", b"1")])
         if loc.proxy_url:
             return self._proxy(client, reader, req, ctx)
         self._discard_body(reader, req)
@@ -332,6 +368,13 @@ class WebServer(Listener):
 
     def _log(self, req: Request) -> None:
         took = time.monotonic() - req.started
+        fmt = req.location.access_log if req.location is not None else ""
+        if fmt == "off" or not access_log.isEnabledFor(logging.INFO):
+            return
+        if fmt:
+            access_log.info("%s", _fill(fmt, {**req.variables, "method": req.head.method, "status": str(req.status),
+                                              "bytes": str(req.size), "time": f"{took:.3f}", "upstream": req.note}))
+            return
         access_log.info('%s "%s %s%s" %d %d %.3fs%s', req.ip, req.head.method, req.variables["host"],
                         req.head.target[:300], req.status, req.size, took, f" {req.note}" if req.note else "")
 

@@ -106,8 +106,12 @@ def test_servers_by_host_and_locations_like_nginx(start_proxy):
     p.wait_log("custom 127.0.0.1 GET a.test/private/x -> 403 32B")
     head, body = get(port, "/exact", method="HEAD")
     assert head.startswith(b"HTTP/1.1 200") and header(head, "Content-Length") == "6"
-    # keep-alive: several requests on one connection, each routed on its own
+    # keep-alive: several requests on one connection, each routed on its own; an unwanted body is skipped
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /exact HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nabcde")
+        assert read_response(s)[1] == b"exact\n"
+        s.sendall(b"POST /exact HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        assert read_response(s)[1] == b"exact\n"
         assert get(port, "/exact", sock=s)[1] == b"exact\n"
         assert get(port, "/", host="b.test", sock=s)[1] == b"server b\n"
         assert get(port, "/files/x", sock=s)[1] == b"prefix /files/\n"
@@ -480,3 +484,17 @@ def test_a_1_gib_file_with_flat_memory(start_proxy, tmp_path):
     done.set()
     assert r.stdout == str(1 << 30).encode()
     assert peak[0] - before < 32 << 20, f"RSS grew by {(peak[0] - before) >> 20} MiB"
+
+
+def test_bad_requests_get_their_error_and_the_server_goes_on(start_proxy):
+    p, port = web(start_proxy, '[[http.server]]\nbind = "127.0.0.1:{port}"\nmax_header_size = "4k"\n'
+                               '[[http.server.location]]\nstatic_response = "fine"\n')
+    for junk, status in ((os.urandom(200).replace(b"\n", b"") + b"\r\n\r\n", b"400"),
+                         (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"x" * 8000 + b"\r\n\r\n", b"431"),
+                         (b"GET /%ff%fe HTTP/1.1\r\nHost: a\r\n\r\n", b"400"),
+                         (b"GET http://a.test/%2e%2e/x HTTP/1.1\r\nHost: a\r\n\r\n", b"403")):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(junk)
+            head, _ = read_response(s)
+            assert head.split(b" ")[1] == status, (junk[:40], head)
+    assert get(port, "/")[1] == b"fine\n"

@@ -140,13 +140,20 @@ def _lookup(fs: FileServerConfig, root: str, path: str):
 def _candidates(fs: FileServerConfig, path: str):
     yield path, 200
     for pattern in fs.try_paths:
-        tried = normalize_path(pattern.replace("{path}", path))
+        tried = _normalized(pattern.replace("{path}", path))
         if tried is not None:
             yield tried, 200
     if fs.path404:
-        page = normalize_path("/" + fs.path404.lstrip("/"))
+        page = _normalized("/" + fs.path404.lstrip("/"))
         if page is not None:
             yield page, 404
+
+
+def _normalized(path: str) -> Optional[str]:
+    try:
+        return normalize_path(path)
+    except ValueError:
+        return None
 
 
 def _listing(out: Out, directory: str, path: str, head_only: bool) -> Reply:

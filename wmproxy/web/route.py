@@ -57,16 +57,17 @@ def pick_location(server: HttpServerConfig, path: str) -> Optional[HttpLocationC
 
 def normalize_path(target: str) -> Optional[str]:
     """The decoded, normalized path of a request target ('/a/../b' -> '/b'), or None when it
-    is not an origin-form path or climbs above the root."""
+    climbs above the root. Raises ValueError when it is no origin-form path, holds a NUL or
+    is not UTF-8 once decoded."""
     path = target.split("?", 1)[0].split("#", 1)[0]
     if not path.startswith("/"):
-        return None
+        raise ValueError("not a path")
     try:
         decoded = unquote(path, errors="strict") if "%" in path else path
     except UnicodeDecodeError:
-        return None
+        raise ValueError("not UTF-8") from None
     if "\0" in decoded:
-        return None
+        raise ValueError("NUL in the path")
     depth = 0
     for part in decoded.split("/"):
         if part == "..":

@@ -25,6 +25,7 @@ from ..config import Config, HttpConfig, to_addr
 from ..errors import ProtocolError, UpstreamError
 from ..listener import Listener, ListenerSpec
 from ..net import httpio
+from ..net.dial import fmt_addr
 from ..net.idle import watch_idle
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import sni_server_context
@@ -206,6 +207,8 @@ class WebServer(Listener):
                 state.stop()
         except (PeerClosed, socket.timeout, OSError):
             pass  # the client went away, was too slow, or failed its TLS handshake
+        except Exception:  # a bug: this connection ends, logged; the server goes on
+            log.exception("%s http: internal error", fmt_addr(address[0], address[1]))
 
     def _one(self, client, reader: Reader, ip: str, ctx: WebContext, state: "Watched") -> bool:
         """Serve one request; returns whether the connection stays open."""
@@ -230,10 +233,14 @@ class WebServer(Listener):
         return req.keep
 
     def _route(self, client, reader: Reader, req: Request, ctx: WebContext) -> None:
-        req.path = normalize_path(req.target)
-        if req.path is None:  # above the root ('..', '%2e%2e'), NUL, or not UTF-8
+        try:
+            req.path = normalize_path(req.target)
+        except ValueError as e:
             req.keep = False
-            return self._reply(client, req, 403 if req.target.startswith("/") else 400, "bad request path")
+            return self._reply(client, req, 400, f"bad request path: {e}")
+        if req.path is None:  # above the root: '..', '%2e%2e'
+            req.keep = False
+            return self._reply(client, req, 403, "the path leaves the root")
         req.location = loc = pick_location(req.server, req.path)
         if loc is None:
             self._discard_body(reader, req)
@@ -263,7 +270,7 @@ class WebServer(Listener):
     def _discard_body(self, reader: Reader, req: Request) -> None:
         """A request body nobody wants is read and dropped, so the next request is in step."""
         if req.framing != http1.NO_BODY:
-            if req.head.get(b"expect", b"").lower() == b"100-continue":
+            if (req.head.get(b"expect") or b"").lower() == b"100-continue":
                 req.keep = False  # we answer without reading it: the client may not send it at all
                 return
             httpio.copy_body(reader, lambda data: None, req.framing, False)

@@ -170,10 +170,12 @@ class App:
         their idle connections; the ones unchanged keep their pools and health."""
         kept = set(new.http.upstream) if new.http is not None else set()
         for key in list(self.http_groups):
-            if not isinstance(key, tuple) and key not in kept:
-                self.http_groups.pop(key).close()
-            elif isinstance(key, tuple) and key[0] == "limit_req":
+            if isinstance(key, tuple) and key[0] == "limit_req":
                 del self.http_groups[key]  # rate limits start afresh
+                continue
+            upstream = key[0] if isinstance(key, tuple) else key  # (upstream or "addr", netloc, tls) for TLS ones
+            if upstream != "addr" and upstream not in kept:
+                self.http_groups.pop(key).close()
 
     def _drain_removed(self, listener: Listener) -> None:
         left = listener.drain(self.cfg.grace)

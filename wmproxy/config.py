@@ -546,9 +546,10 @@ def to_server_name(value: Any) -> str:
 
 
 def to_proxy_url(value: Any) -> str:
-    if isinstance(value, str) and re.match(r"^http://[^/\s?#]+(/\S*)?$", value.strip()):
+    if isinstance(value, str) and re.match(r"^https?://[^/\s?#]+(/\S*)?$", value.strip()):
         return value.strip()
-    raise Invalid(f"expected 'http://upstream-name', 'http://host:port' or either with a path, got {value!r}")
+    raise Invalid(f"expected 'http://upstream-name', 'http://host:port', https:// for TLS, or any of them with a "
+                  f"path, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -611,8 +612,13 @@ class HttpLocationConfig:
                                       "{bytes}, {time}, {upstream}; 'off' for none ('': the default line)")
     proxy_connect_timeout: float = key(to_duration, 10.0, "proxy_url: time to connect to a server")
     proxy_read_timeout: float = key(to_duration, 60.0, "proxy_url: time a server may be silent")
+    proxy_ssl_ca: str = key(to_str, "", "https proxy_url: CA file the servers are verified with ('' = system store)")
+    proxy_ssl_name: str = key(to_str, "", "https proxy_url: the name their certificates must carry (and SNI); "
+                                          "default: proxy_url's host")
 
     def validate(self) -> None:
+        if self.proxy_ssl_ca and not os.path.isfile(self.proxy_ssl_ca):
+            raise Invalid(f"no such file: {self.proxy_ssl_ca}", ".proxy_ssl_ca")
         actions = [a for a in HTTP_ACTIONS if getattr(self, a)]
         if len(actions) != 1:
             raise Invalid(f"a location does exactly one of {', '.join(HTTP_ACTIONS)}; "

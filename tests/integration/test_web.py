@@ -498,3 +498,16 @@ def test_bad_requests_get_their_error_and_the_server_goes_on(start_proxy):
             head, _ = read_response(s)
             assert head.split(b" ")[1] == status, (junk[:40], head)
     assert get(port, "/")[1] == b"fine\n"
+
+
+def test_https_upstream_verified(start_proxy, tls_origin):
+    loc = f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n[[http.server.location]]\n' \
+          f'proxy_url = "https://localhost:{tls_origin.port}"\n'
+    p, port = web(start_proxy, loc + f'proxy_ssl_ca = "{tls_origin.ca_file}"\n')
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for _ in range(3):
+            assert get(port, "/hello", sock=s)[1] == b"hello from origin-TLS"
+    # the system store does not know the test CA: the certificate is refused, 502
+    p2, port2 = web(start_proxy, loc)
+    head, body = get(port2, "/hello")
+    assert head.startswith(b"HTTP/1.1 502") and b"CERTIFICATE_VERIFY_FAILED" in body

@@ -65,16 +65,25 @@ class WebContext:
             limit = self.groups[key] = RateLimit(loc.limit_req.rate, loc.limit_req.burst)
         return limit
 
-    def group_for(self, proxy_url: str) -> tuple[UpstreamGroup, str]:
-        """The group a proxy_url names (an upstream, else its host:port) and its path ('' if none)."""
-        parts = urlsplit(proxy_url)
+    def group_for(self, loc) -> tuple[UpstreamGroup, str]:
+        """The group a location's proxy_url names (an upstream, else its host:port; over TLS for
+        https) and the URL's path ('' if none)."""
+        parts = urlsplit(loc.proxy_url)
         upstream = self.http.upstream_named(parts.netloc)
-        key = upstream if upstream is not None else ("addr", parts.netloc)
+        tls = None
+        if parts.scheme == "https":
+            name = loc.proxy_ssl_name or parts.netloc.rpartition(":")[0].strip("[]") or parts.netloc
+            tls = (name, loc.proxy_ssl_ca)
+        key = upstream if upstream is not None and tls is None else (upstream or "addr", parts.netloc, tls)
         group = self.groups.get(key)
         if group is None:
-            group = self.groups[key] = (UpstreamGroup(upstream, self.resolver) if upstream is not None else
-                                        UpstreamGroup.single(to_addr(parts.netloc if ":" in parts.netloc.split("]")[-1]
-                                                                     else parts.netloc + ":80"), self.resolver))
+            if upstream is None:
+                default_port = ":443" if tls else ":80"
+                netloc = parts.netloc if ":" in parts.netloc.split("]")[-1] else parts.netloc + default_port
+                group = UpstreamGroup.single(to_addr(netloc), self.resolver, tls)
+            else:
+                group = UpstreamGroup(upstream, self.resolver, tls)
+            self.groups[key] = group
         return group, parts.path
 
 
@@ -284,7 +293,7 @@ class WebServer(Listener):
     # -- proxy_url ------------------------------------------------------------------------------
     def _proxy(self, client, reader: Reader, req: Request, ctx: WebContext) -> None:
         loc, head = req.location, req.head
-        group, base = ctx.group_for(loc.proxy_url)
+        group, base = ctx.group_for(loc)
         target = req.target
         if base and loc.rule.kind in ("prefix", "prefix-stop") and target.startswith(loc.rule.text):
             target = base + target[len(loc.rule.text):]  # as nginx's proxy_pass with a URI

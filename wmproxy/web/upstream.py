@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 import zlib
 
@@ -22,6 +23,7 @@ from ..config import Addr, HttpUpstreamConfig, HttpUpstreamServerConfig
 from ..errors import ProtocolError, UpstreamError
 from ..net.dial import dial
 from ..net.reader import Reader
+from ..net.tls import client_context
 
 log = logging.getLogger("wmproxy.http")
 
@@ -43,7 +45,7 @@ class Conn:
 
     def still_open(self) -> bool:
         """A pooled connection the server has not closed (nor sent anything unasked on)."""
-        if self.reader.buf:
+        if self.reader.buf or (hasattr(self.sock, "pending") and self.sock.pending()):
             return False
         raw = getattr(self.sock, "_sock", self.sock)  # the kernel socket: gevent's recv would wait
         try:
@@ -93,17 +95,19 @@ class ServerState:
 class UpstreamGroup:
     """The servers of one upstream and their state; shared by the requests of every listener."""
 
-    def __init__(self, cfg: HttpUpstreamConfig, resolver) -> None:
+    def __init__(self, cfg: HttpUpstreamConfig, resolver, tls: tuple[str, str] | None = None) -> None:
         self.cfg = cfg
         self.resolver = resolver
+        # TLS to the servers: (name their certificates carry, CA file or '' for the system store)
+        self.tls = (tls[0], client_context(tls[1])) if tls is not None else None
         self.servers = [ServerState(s, cfg.name) for s in cfg.server]
         self.current = [0] * len(self.servers)
         self.checker = gevent.spawn(self._check_forever) if cfg.health_check is not None else None
 
     @classmethod
-    def single(cls, addr: Addr, resolver) -> "UpstreamGroup":
+    def single(cls, addr: Addr, resolver, tls: tuple[str, str] | None = None) -> "UpstreamGroup":
         """A group of the one ``host:port`` a proxy_url names."""
-        return cls(HttpUpstreamConfig(name=str(addr), server=(HttpUpstreamServerConfig(addr=addr),)), resolver)
+        return cls(HttpUpstreamConfig(name=str(addr), server=(HttpUpstreamServerConfig(addr=addr),)), resolver, tls)
 
     def order(self, client_ip: str) -> list[ServerState]:
         """The live servers to try, the method's pick first. Empty when every one is out."""
@@ -148,7 +152,17 @@ class UpstreamGroup:
             if conn.still_open():
                 return conn, True
             conn.close()
-        return Conn(dial(self.resolver, server.cfg.addr.host, server.cfg.addr.port, timeout)), False
+        sock = dial(self.resolver, server.cfg.addr.host, server.cfg.addr.port, timeout)
+        if self.tls is not None:
+            name, context = self.tls
+            sock.settimeout(timeout)
+            try:
+                sock = context.wrap_socket(sock, server_hostname=name)
+            except (ssl.SSLError, OSError) as e:
+                sock.close()
+                raise UpstreamError(f"TLS with {server.cfg.addr} ({name}): {e}") from None
+            sock.settimeout(None)
+        return Conn(sock), False
 
     def release(self, server: ServerState, conn: Conn, reusable: bool) -> None:
         """Done with a request on ``conn``: pooled when ``reusable`` and there is room."""

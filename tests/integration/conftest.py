@@ -382,3 +382,17 @@ def udp_echo():
     yield make
     for e in made:
         e.close()
+
+
+def websocket_echo(ssl_context=None):
+    """A websockets echo server on 127.0.0.1 (in a thread); ``.socket.getsockname()[1]`` is
+    its port, ``.shutdown()`` stops it."""
+    from websockets.sync.server import serve
+
+    def echo(ws):
+        for message in ws:
+            ws.send(message)
+
+    server = serve(echo, "127.0.0.1", 0, ssl=ssl_context, max_size=None, compression=None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

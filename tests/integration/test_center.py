@@ -15,7 +15,8 @@ import time
 import psutil
 import pytest
 
-from conftest import Proc, TcpServer, control, curl, free_port, http_get, recv_all, wait_port, write_cert
+from conftest import (Proc, TcpServer, control, curl, free_port, http_get, recv_all, wait_port, websocket_echo,
+                      write_cert)
 
 
 @pytest.fixture(scope="module")
@@ -586,14 +587,8 @@ def test_passthrough_only_server_without_map_cert(pair, tls_origin):
 def test_http_mapping_passes_a_websocket_upgrade(pair):
     """A real websocket echo server (websockets) behind an http mapping, a real client."""
     from websockets.sync.client import connect
-    from websockets.sync.server import serve
 
-    def echo(ws):
-        for message in ws:
-            ws.send(message)
-
-    server = serve(echo, "127.0.0.1", 0, max_size=None)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = websocket_echo()
     web = free_port()
     try:
         p = pair(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"')

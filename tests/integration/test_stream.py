@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import socket
 
-from conftest import free_port, read_response, recv_all
+from conftest import free_port, read_response, recv_all, websocket_echo
 
 
 def stream_config(upstream_servers: str, extra: str = "") -> str:
@@ -99,20 +99,6 @@ def test_ws2tcp_to_an_echo_server(start_proxy):
             assert read_response(s)[0].startswith(b"HTTP/1.1 400")
     finally:
         tcp.close()
-
-
-def websocket_echo(ssl_context=None):
-    import threading
-
-    from websockets.sync.server import serve
-
-    def echo(ws):
-        for message in ws:
-            ws.send(message)
-
-    server = serve(echo, "127.0.0.1", 0, ssl=ssl_context, max_size=None)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def test_tcp2ws_and_tcp2wss_to_a_websocket_echo_server(start_proxy, ca, tmp_path):

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import TcpServer, curl, free_port, read_response, wait_port, write_cert
+from conftest import TcpServer, curl, free_port, read_response, wait_port, websocket_echo, write_cert
 
 
 def web(start_proxy, body: str) -> tuple:
@@ -307,14 +307,8 @@ def test_nginx_upstream_by_url(start_proxy, nginx):
 
 def test_websocket_through_proxy_url(start_proxy):
     from websockets.sync.client import connect
-    from websockets.sync.server import serve
 
-    def echo(ws):
-        for message in ws:
-            ws.send(message)
-
-    server = serve(echo, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = websocket_echo()
     try:
         p, port = web(start_proxy, f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n[[http.server.location]]\n'
                                    f'proxy_url = "http://127.0.0.1:{server.socket.getsockname()[1]}"\n')
@@ -511,3 +505,62 @@ def test_https_upstream_verified(start_proxy, tls_origin):
     p2, port2 = web(start_proxy, loc)
     head, body = get(port2, "/hello")
     assert head.startswith(b"HTTP/1.1 502") and b"CERTIFICATE_VERIFY_FAILED" in body
+
+
+def _frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0) -> bytes:
+    """A masked client frame (RFC 6455 5.2), for cases a well-behaved client never sends."""
+    mask = os.urandom(4)
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    n = len(payload)
+    head += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big") if n < 65536 else \
+        bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+WS_CASES = {  # name: frames sent after the handshake (Autobahn-style: the echo server's answer is the outcome)
+    "text": [_frame(1, b"hello")],
+    "binary 70000": [_frame(2, os.urandom(70000))],
+    "fragmented": [_frame(1, b"frag", fin=False), _frame(0, b"men", fin=False), _frame(0, b"ted")],
+    "ping inside fragments": [_frame(1, b"a", fin=False), _frame(9, b"ping!"), _frame(0, b"b")],
+    "invalid utf-8 text": [_frame(1, b"\xff\xfe")],
+    "reserved bits": [_frame(1, b"x", rsv=7)],
+    "ping too long": [_frame(9, b"p" * 126)],
+    "close 1000": [_frame(8, (1000).to_bytes(2, "big") + b"bye")],
+    "close bad code": [_frame(8, (999).to_bytes(2, "big"))],
+    "unknown opcode": [_frame(3, b"?")],
+}
+
+
+def _ws_outcome(port: int, frames: list[bytes]) -> bytes:
+    """Handshake, send ``frames``, then everything the server answers until it closes (1 s max)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(4096)
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        s.sendall(b"".join(frames))
+        s.settimeout(1)
+        out = rest
+        try:
+            while data := s.recv(65536):
+                out += data
+        except socket.timeout:
+            pass
+        return out
+
+
+def test_websocket_cases_unchanged_through_the_proxy(start_proxy):
+    """The proxy relays after 101: every case must end as it does against the server directly."""
+    server = websocket_echo()
+    try:
+        direct = server.socket.getsockname()[1]
+        p, port = web(start_proxy, f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n[[http.server.location]]\n'
+                                   f'proxy_url = "http://127.0.0.1:{direct}"\n')
+        for name, frames in WS_CASES.items():
+            assert _ws_outcome(port, frames) == _ws_outcome(direct, frames), name
+    finally:
+        server.shutdown()
+

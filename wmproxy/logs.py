@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from typing import Callable
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -51,3 +52,25 @@ def setup_logging(level: str, log_file: str = "", capture_stdio: bool = False) -
 
     point_stdio()
     return reopen
+
+
+access_log = logging.getLogger("wmproxy.access")
+
+
+def _text(value: bytes | None) -> str:
+    """A header value for the access log: '-' when absent, quotes and controls escaped."""
+    if not value:
+        return "-"
+    return value[:300].decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+def log_access(ip: str, user: str, head, target: str, status: int, size: int, started: float, note: str = "") -> None:
+    """One combined-like access line: ``ip - user [time] "METHOD target HTTP/v" status bytes
+    "referer" "user-agent" 1.2ms (note)``. ``head`` is the request's http1.Head."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
+    ms = (time.monotonic() - started) * 1000
+    access_log.info('%s - %s [%s] "%s %s HTTP/%s" %d %d "%s" "%s" %.1fms%s', ip, user or "-", when, head.method,
+                    target[:2000], head.version, status, size, _text(head.get(b"referer")),
+                    _text(head.get(b"user-agent")), ms, f" ({note})" if note else "")

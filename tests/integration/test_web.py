@@ -115,7 +115,7 @@ def test_servers_by_host_and_locations_like_nginx(start_proxy):
         assert get(port, "/exact", sock=s)[1] == b"exact\n"
         assert get(port, "/", host="b.test", sock=s)[1] == b"server b\n"
         assert get(port, "/files/x", sock=s)[1] == b"prefix /files/\n"
-    p.wait_log('"GET a.test/exact" 200')
+    p.wait_log('"GET a.test/exact HTTP/1.1" 200 6 "-" "-"')
 
 
 def test_bad_config_is_named(tmp_path):

@@ -15,6 +15,7 @@ import time
 import gevent
 
 from ..errors import ProtocolError, UpstreamError
+from ..logs import access_log, log_access
 from ..net import httpio
 from ..net.idle import Watch, watch_idle
 from ..net.reader import PeerClosed, Reader
@@ -25,14 +26,7 @@ from ..prot.http1 import Head, simple_response
 from .tunnel import open_tunnel
 
 log = logging.getLogger("wmproxy.proxy")
-access_log = logging.getLogger("wmproxy.access")
 
-
-def _text(value: bytes | None) -> str:
-    """A header value for the access log: '-' when absent, quotes and controls escaped."""
-    if not value:
-        return "-"
-    return value[:300].decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 VIA = b"1.1 wmproxy"
 PROXY_AUTHENTICATE = [(b"Proxy-Authenticate", b'Basic realm="wmproxy"')]
@@ -158,15 +152,10 @@ class HttpSession:
         self.info.down += size
         self.ctx.stats.statuses[status] += 1
         if not access_log.isEnabledFor(logging.INFO):
-            return
+            return  # (the parse of credentials below is skipped too)
         creds = http1.parse_basic_auth(head.get(b"proxy-authorization")) if self.cfg.auth else None
-        when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
-        ms = (time.monotonic() - started) * 1000
-        access_log.info('%s - %s [%s] "%s %s HTTP/%s" %d %d "%s" "%s" %.1fms%s',
-                        self.info.peer.rpartition(":")[0].strip("[]"), creds[0] if creds else "-", when,
-                        head.method, head.target[:2000], head.version, status, size,
-                        _text(head.get(b"referer")), _text(head.get(b"user-agent")), ms,
-                        f" ({note})" if note else "")
+        log_access(self.info.peer.rpartition(":")[0].strip("[]"), creds[0] if creds else "", head, head.target,
+                   status, size, started, note)
 
     # -- CONNECT ----------------------------------------------------------------------------
     def _connect(self, head: Head, started: float) -> None:

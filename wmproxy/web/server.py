@@ -24,6 +24,7 @@ import gevent
 from ..config import Config, HttpConfig, to_addr
 from ..errors import ProtocolError, UpstreamError
 from ..listener import Listener, ListenerSpec
+from ..logs import access_log, log_access
 from ..net import httpio
 from ..net.dial import fmt_addr
 from ..net.idle import watch_idle
@@ -35,7 +36,6 @@ from .route import normalize_path, pick_location, pick_server
 from .upstream import UpstreamGroup
 
 log = logging.getLogger("wmproxy.http")
-access_log = logging.getLogger("wmproxy.access")
 
 _REPLACED = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-real-ip", b"expect"))
 _IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
@@ -383,6 +383,7 @@ class WebServer(Listener):
         return done
 
     def _log(self, req: Request) -> None:
+        self.stats.statuses[req.status] += 1
         took = time.monotonic() - req.started
         fmt = req.location.access_log if req.location is not None else ""
         if fmt == "off" or not access_log.isEnabledFor(logging.INFO):
@@ -391,8 +392,8 @@ class WebServer(Listener):
             access_log.info("%s", _fill(fmt, {**req.variables, "method": req.head.method, "status": str(req.status),
                                               "bytes": str(req.size), "time": f"{took:.3f}", "upstream": req.note}))
             return
-        access_log.info('%s "%s %s%s" %d %d %.3fs%s', req.ip, req.head.method, req.variables["host"],
-                        req.head.target[:300], req.status, req.size, took, f" {req.note}" if req.note else "")
+        log_access(req.ip, "", req.head, req.variables["host"] + req.target, req.status, req.size, req.started,
+                   req.note)
 
 
 def _response_head(reader: Reader, limit: int) -> http1.Head:

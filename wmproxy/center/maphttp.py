@@ -121,7 +121,7 @@ class MapHttpServer(Listener):
             return False
         framing = http1.request_framing(head)
         host = (head.get(b"host") or b"").decode("latin-1").strip()
-        name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
+        name = http1.host_name(host)
         registry = ctx.registry()
         route = registry.find_route(name, ctx.scheme) if registry is not None and name else None
         if route is not None and route.passthrough:  # TLS ended here for another name (SNI) than this Host

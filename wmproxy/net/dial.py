@@ -7,6 +7,7 @@ A failure is an UpstreamError that carries the HTTP status (502 refused/unreacha
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 import time
 
@@ -29,6 +30,26 @@ _ERRNO_REPLY = {
     errno.EADDRNOTAVAIL: REP_NETWORK_UNREACHABLE,
     errno.EAFNOSUPPORT: REP_NETWORK_UNREACHABLE,
 }
+
+
+def plain_ip(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A peer address as an address object: an IPv6 scope dropped, ::ffff:a.b.c.d as a.b.c.d.
+    Raises ValueError when ``ip`` is not an IP literal."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if addr.version == 6 and addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    return addr
+
+
+def ip_allowed(ip: str, allow: tuple, deny: tuple) -> bool:
+    """The deny networks first, then the allow ones (none allows everyone)."""
+    try:
+        addr = plain_ip(ip)
+    except ValueError:
+        return False
+    if any(addr in net for net in deny):
+        return False
+    return not allow or any(addr in net for net in allow)
 
 
 def fmt_addr(host: str, port: int) -> str:

@@ -339,6 +339,20 @@ def parse_basic_auth(value: Optional[bytes]) -> Optional[tuple[str, str]]:
     return (user, password) if sep else None
 
 
+def host_name(host: str) -> str:
+    """The name of a Host header value, its port dropped: 'a.test:8080' -> 'a.test', '[::1]:80' -> '::1'."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] or host
+
+
+def fill(template: str, variables: dict[str, str]) -> str:
+    """``{name}`` in ``template`` replaced from ``variables`` ({client_ip}, {host}, {url}...)."""
+    for name, value in variables.items():
+        template = template.replace("{" + name + "}", value)
+    return template
+
+
 def apply_header_rules(headers: Headers, rules, variables: dict[str, str]) -> Headers:
     """Headers after mapping rules (prot.frame.HeaderRule): ADD appends, DELETE removes every
     header of that name, SET_IF_ABSENT adds only when missing, REPLACE removes then adds.
@@ -347,9 +361,7 @@ def apply_header_rules(headers: Headers, rules, variables: dict[str, str]) -> He
     for rule in rules:
         name = rule.key.encode("latin-1")
         lower = name.lower()
-        value = rule.value
-        for var, text in variables.items():
-            value = value.replace("{" + var + "}", text)
+        value = fill(rule.value, variables)
         present = any(k.lower() == lower for k, _ in out)
         if rule.op in (HeaderOp.DELETE, HeaderOp.REPLACE):
             out = [(k, v) for k, v in out if k.lower() != lower]

@@ -8,7 +8,6 @@ when the connection is done and the server closes the socket.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import socket
 import time
@@ -16,7 +15,7 @@ import time
 from ..config import Config, ProxyConfig
 from ..errors import ProtocolError
 from ..listener import ConnStats, Listener, ListenerSpec
-from ..net.dial import dial, fmt_addr
+from ..net.dial import dial, fmt_addr, ip_allowed
 from ..net.dns import Resolver
 from ..net import httpio
 from ..net.reader import PeerClosed, Reader
@@ -65,15 +64,7 @@ class ProxyContext:
 
     def client_allowed(self, ip: str) -> bool:
         """Deny list first, then the allow list (an empty allow list allows everyone)."""
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if addr.version == 6 and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        if any(addr in net for net in self.cfg.deny):
-            return False
-        return not self.cfg.allow or any(addr in net for net in self.cfg.allow)
+        return ip_allowed(ip, self.cfg.allow, self.cfg.deny)
 
     def credentials_ok(self, user: str, password: str) -> bool:
         """Both must match; compared in constant time."""

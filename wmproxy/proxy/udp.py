@@ -22,7 +22,7 @@ import gevent
 from gevent import socket as gsocket
 
 from ..errors import ProtocolError, UpstreamError
-from ..net.dial import fmt_addr
+from ..net.dial import fmt_addr, plain_ip
 from ..net.listen import BindError, open_udp
 from ..net.reader import Reader
 from ..prot import socks as s5
@@ -34,10 +34,7 @@ MAX_PEERS = 4096  # targets remembered per association (answers from others are 
 
 
 def _unmapped(ip: str) -> str:
-    addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if addr.version == 6 and addr.ipv4_mapped:
-        return str(addr.ipv4_mapped)
-    return str(addr)
+    return str(plain_ip(ip))
 
 
 class Association:

@@ -10,42 +10,18 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-import zlib
 
-from ..config import Config, StreamServerConfig, StreamUpstreamConfig, UpstreamServerConfig
+from ..config import Config, StreamServerConfig, StreamUpstreamConfig
 from ..errors import ProtocolError, UpstreamError
 from ..listener import ConnStats, Listener, ListenerSpec
 from ..net import ws
+from ..net.balance import WeightedRoundRobin, hash_index
 from ..net.dial import dial, fmt_addr
 from ..net.reader import PeerClosed
 from ..net.relay import RelayStats, relay
 from ..net.tls import client_context
 
 log = logging.getLogger("wmproxy.stream")
-
-
-class WeightedRoundRobin:
-    """Smooth weighted round robin: with weights 5,1,1 the order is a a b a c a a, spread
-    out rather than bunched. Not shared between greenlets' yields: ``pick`` never blocks."""
-
-    def __init__(self, servers: tuple[UpstreamServerConfig, ...]) -> None:
-        self.servers = servers
-        self.current = [0] * len(servers)
-        self.total = sum(s.weight for s in servers)
-
-    def pick(self) -> int:
-        best = 0
-        for i, s in enumerate(self.servers):
-            self.current[i] += s.weight
-            if self.current[i] > self.current[best]:
-                best = i
-        self.current[best] -= self.total
-        return best
-
-    def order(self) -> list[UpstreamServerConfig]:
-        """The server to try first, then the others in their configured order."""
-        first = self.pick()
-        return [self.servers[first], *(s for i, s in enumerate(self.servers) if i != first)]
 
 
 class StreamContext:
@@ -84,7 +60,7 @@ class StreamTcpServer(Listener):
         errors = []
         if ctx.upstream.method == "ip_hash":
             servers = ctx.upstream.server
-            start = zlib.crc32(address[0].encode()) % len(servers)
+            start = hash_index(address[0], len(servers))
             order = [*servers[start:], *servers[:start]]
         else:
             order = ctx.balancer.order()

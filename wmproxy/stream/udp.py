@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import socket
-import zlib
 
 import gevent
 from gevent import socket as gsocket
 
 from ..errors import UpstreamError
 from ..listener import ListenerSpec
+from ..net.balance import hash_index
 from ..net.dial import fmt_addr
 from ..net.udp import MAX_DATAGRAM, UdpSession, UdpSessions
 from .tcp import StreamContext
@@ -87,7 +87,7 @@ class UdpForwarder(UdpSessions):
         ctx = self.ctx
         servers = ctx.upstream.server
         if ctx.upstream.method == "ip_hash":
-            server = servers[zlib.crc32(peer[0].encode()) % len(servers)]
+            server = servers[hash_index(peer[0], len(servers))]
         else:
             server = servers[ctx.balancer.pick()]
         try:

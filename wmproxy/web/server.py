@@ -13,7 +13,6 @@ per request.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import time
@@ -26,7 +25,7 @@ from ..errors import ProtocolError, UpstreamError
 from ..listener import Listener, ListenerSpec
 from ..logs import access_log, log_access
 from ..net import httpio
-from ..net.dial import fmt_addr
+from ..net.dial import fmt_addr, ip_allowed
 from ..net.idle import watch_idle
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import sni_server_context
@@ -53,6 +52,7 @@ class WebContext:
         self.ssl = sni_server_context([(s.cert, s.key) for s in servers]) if scheme == "https" else None
         self.read_timeout = max(s.client_read_timeout for s in servers)
         self.max_head = max(s.max_header_size for s in servers)
+        self._by_location: dict = {}  # location -> (group, proxy_url path)
         for upstream in http.upstream:  # now, not at the first request: their health checks start
             if upstream not in self.groups:
                 self.groups[upstream] = UpstreamGroup(upstream, self.resolver)
@@ -67,7 +67,13 @@ class WebContext:
 
     def group_for(self, loc) -> tuple[UpstreamGroup, str]:
         """The group a location's proxy_url names (an upstream, else its host:port; over TLS for
-        https) and the URL's path ('' if none)."""
+        https) and the URL's path ('' if none). Worked out once per location."""
+        found = self._by_location.get(loc)
+        if found is None:
+            found = self._by_location[loc] = self._group_for(loc)
+        return found
+
+    def _group_for(self, loc) -> tuple[UpstreamGroup, str]:
         parts = urlsplit(loc.proxy_url)
         upstream = self.http.upstream_named(parts.netloc)
         tls = None
@@ -112,23 +118,6 @@ class RateLimit:
         return True
 
 
-def _allowed(loc, ip: str) -> bool:
-    if not (loc.allow_ip or loc.deny_ip):
-        return True
-    addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if addr.version == 6 and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    if any(addr in net for net in loc.deny_ip):
-        return False
-    return not loc.allow_ip or any(addr in net for net in loc.allow_ip)
-
-
-def _fill(template: str, variables: dict) -> str:
-    for name, value in variables.items():
-        template = template.replace("{" + name + "}", value)
-    return template
-
-
 class Request:
     """One request being served: the parsed head and what was decided about it."""
 
@@ -144,8 +133,7 @@ class Request:
         if not head.target.startswith("/") and "://" in head.target:  # absolute-form: its host wins (RFC 9112 3.2.2)
             url = urlsplit(head.target)
             raw_host, self.target = url.netloc, (url.path or "/") + (f"?{url.query}" if url.query else "")
-        self.host = raw_host[1:].partition("]")[0] if raw_host.startswith("[") else raw_host.rpartition(":")[0] \
-            or raw_host
+        self.host = http1.host_name(raw_host)
         self.variables = {"client_ip": ip, "host": raw_host, "url": self.target}
         self.started = time.monotonic()
         self.status = 0
@@ -254,7 +242,7 @@ class WebServer(Listener):
         if loc is None:
             self._discard_body(reader, req)
             return self._reply(client, req, 404, "no location for this path")
-        if not _allowed(loc, req.ip):
+        if not ip_allowed(req.ip, loc.allow_ip, loc.deny_ip):
             self._discard_body(reader, req)
             return self._reply(client, req, 403, "client address not allowed here")
         if loc.limit_req is not None and not ctx.limiter(loc).take(req.ip):
@@ -271,10 +259,10 @@ class WebServer(Listener):
                                 ctx.read_timeout)
             req.status, req.size = reply.status, reply.size
         elif loc.redirect:
-            target = _fill(loc.redirect, req.variables)
+            target = http1.fill(loc.redirect, req.variables)
             self._reply(client, req, loc.status or 302, f"moved to {target}", [(b"Location", target.encode())])
         else:
-            self._reply(client, req, loc.status or 200, _fill(loc.static_response, req.variables))
+            self._reply(client, req, loc.status or 200, http1.fill(loc.static_response, req.variables))
 
     def _discard_body(self, reader: Reader, req: Request) -> None:
         """A request body nobody wants is read and dropped, so the next request is in step."""
@@ -327,7 +315,6 @@ class WebServer(Listener):
                     failure = str(e)
                     break  # the next server: nothing was sent
                 server.active += 1
-                server.requests += 1
                 try:
                     outcome = self._attempt(client, reader, req, ctx, conn, out, upgrade)
                 finally:
@@ -389,8 +376,9 @@ class WebServer(Listener):
         if fmt == "off" or not access_log.isEnabledFor(logging.INFO):
             return
         if fmt:
-            access_log.info("%s", _fill(fmt, {**req.variables, "method": req.head.method, "status": str(req.status),
-                                              "bytes": str(req.size), "time": f"{took:.3f}", "upstream": req.note}))
+            fields = {**req.variables, "method": req.head.method, "status": str(req.status), "bytes": str(req.size),
+                      "time": f"{took:.3f}", "upstream": req.note}
+            access_log.info("%s", http1.fill(fmt, fields))
             return
         log_access(req.ip, "", req.head, req.variables["host"] + req.target, req.status, req.size, req.started,
                    req.note)

@@ -15,12 +15,12 @@ import logging
 import socket
 import ssl
 import time
-import zlib
 
 import gevent
 
 from ..config import Addr, HttpUpstreamConfig, HttpUpstreamServerConfig
 from ..errors import ProtocolError, UpstreamError
+from ..net.balance import WeightedRoundRobin, hash_index
 from ..net.dial import dial
 from ..net.reader import Reader
 from ..net.tls import client_context
@@ -67,7 +67,6 @@ class ServerState:
         self.down_until = 0.0
         self.active = 0
         self.idle: list[Conn] = []
-        self.requests = 0
         self.checked_down = False  # taken out by the active health check
         self.streak = 0  # checks in a row with the same outcome, against rise/fall
 
@@ -101,7 +100,7 @@ class UpstreamGroup:
         # TLS to the servers: (name their certificates carry, CA file or '' for the system store)
         self.tls = (tls[0], client_context(tls[1])) if tls is not None else None
         self.servers = [ServerState(s, cfg.name) for s in cfg.server]
-        self.current = [0] * len(self.servers)
+        self.balancer = WeightedRoundRobin(cfg.server)
         self.checker = gevent.spawn(self._check_forever) if cfg.health_check is not None else None
 
     @classmethod
@@ -117,26 +116,14 @@ class UpstreamGroup:
             return []
         method = self.cfg.method
         if method == "ip_hash":
-            start = zlib.crc32(client_ip.encode()) % len(self.servers)
+            start = hash_index(client_ip, len(self.servers))
             first = next(i for i in (*range(start, len(self.servers)), *range(start)) if i in live)
         elif method == "least_conn":
-            first = min(live, key=lambda i: (self.servers[i].active / self.servers[i].cfg.weight, -self.current[i]))
-            self._weighted(live)  # keeps round robin's rotation for ties
+            turn = self.balancer.pick(live)  # the round robin's turn breaks ties
+            first = min(live, key=lambda i: (self.servers[i].active / self.servers[i].cfg.weight, i != turn))
         else:
-            first = self._weighted(live)
+            first = self.balancer.pick(live)
         return [self.servers[first], *(self.servers[i] for i in live if i != first)]
-
-    def _weighted(self, live: list[int]) -> int:
-        """Smooth weighted round robin over the live servers (nginx's)."""
-        total = 0
-        best = live[0]
-        for i in live:
-            self.current[i] += self.servers[i].cfg.weight
-            total += self.servers[i].cfg.weight
-            if self.current[i] > self.current[best]:
-                best = i
-        self.current[best] -= total
-        return best
 
     # -- connections -------------------------------------------------------------------------
     def connect(self, server: ServerState, timeout: float, fresh: bool = False) -> tuple[Conn, bool]:
@@ -228,9 +215,3 @@ class UpstreamGroup:
             for conn in server.idle:
                 conn.close()
             server.idle.clear()
-
-    def status(self) -> list[dict]:
-        now = time.monotonic()
-        return [{"upstream": self.cfg.name, "server": str(s.cfg.addr), "live": s.live(now), "active": s.active,
-                 "idle": len(s.idle), "requests": s.requests} for s in self.servers]
-

@@ -375,8 +375,24 @@ def test_static_files(start_proxy, site):
     head, _ = get(port, "/big.bin", method="HEAD")
     assert header(head, "Content-Length") == str(20 << 20)
     r = curl("-s", f"http://127.0.0.1:{port}/big.bin")
-    assert hashlib.sha256(r.stdout).digest() == hashlib.sha256((site / "big.bin").read_bytes()).digest()
+    big = (site / "big.bin").read_bytes()
+    assert hashlib.sha256(r.stdout).digest() == hashlib.sha256(big).digest()
+    # a large file's ranges go out with sendfile (a small one's, above, from memory)
+    head, body = get(port, "/big.bin", headers="Range: bytes=1000000-1000099\r\n")
+    assert head.startswith(b"HTTP/1.1 206") and body == big[1000000:1000100]
+    head, body = get(port, "/big.bin", headers="Range: bytes=0-9,-10\r\n")
+    assert head.startswith(b"HTTP/1.1 206") and big[:10] in body and big[-10:] in body
     assert get(port, "/", method="POST")[0].startswith(b"HTTP/1.1 405")
+
+
+def test_a_changed_small_file_shows_within_a_second(start_proxy, site):
+    p, port = web(start_proxy, files_config(site))
+    assert get(port, "/docs/a.txt")[1].startswith(b"0000\n")
+    (site / "docs" / "a.txt").write_text("changed\n")
+    deadline = time.monotonic() + 3
+    while get(port, "/docs/a.txt")[1] != b"changed\n":
+        assert time.monotonic() < deadline, "the old bytes are still served"
+        time.sleep(0.1)
 
 
 TRAVERSALS = [

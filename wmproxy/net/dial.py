@@ -43,6 +43,8 @@ def plain_ip(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 def ip_allowed(ip: str, allow: tuple, deny: tuple) -> bool:
     """The deny networks first, then the allow ones (none allows everyone)."""
+    if not allow and not deny:
+        return True
     try:
         addr = plain_ip(ip)
     except ValueError:

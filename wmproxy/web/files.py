@@ -7,8 +7,9 @@ types from the extension; ``ETag``/``Last-Modified`` with ``If-None-Match``/
 ``If-Modified-Since`` (304); ``Range`` with one or several ranges (206, multipart/byteranges),
 ``If-Range``, 416 when none is satisfiable; ``Cache-Control: max-age`` from ``cache_time``; a
 ``.br`` or ``.gz`` sibling for a client that accepts it (``Vary: Accept-Encoding``). Bodies
-go out with ``sendfile(2)`` on plain sockets, never read whole into memory. A path that leaves
-``root`` through a symlink is 403 unless ``follow_symlinks``; ``..`` never gets past the
+go out with ``sendfile(2)`` on plain sockets, never read whole into memory, except files up
+to SMALL_FILE, whose bytes are kept for LOOKUP_TTL as their lookup is (head and body then go
+in one send). A path that leaves ``root`` through a symlink is 403 unless ``follow_symlinks``; ``..`` never gets past the
 root (the path is normalized first). Missing paths try ``try_paths``, then ``path404``.
 """
 
@@ -35,6 +36,9 @@ CHUNK = 1 << 16
 LOOKUP_TTL = 1.0  # seconds a path's lookup is reused: a changed file shows within a second
 LOOKUP_ENTRIES = 4096
 _LOOKUPS: dict = {}
+SMALL_FILE = 32 * 1024  # files up to this size are answered from memory (read once per LOOKUP_TTL)
+CACHE_BYTES = 16 << 20  # at most this much of them
+_cache_bytes = 0
 MAX_RANGES = 32
 ENCODINGS = (("br", ".br"), ("gzip", ".gz"))
 
@@ -102,15 +106,26 @@ def serve(fs: FileServerConfig, client, head: Head, path: str, keep: bool, finis
 def _cached_lookup(fs: FileServerConfig, path: str):
     """:func:`_lookup`, remembered for LOOKUP_TTL (as nginx's open_file_cache): the path
     checks (realpath, stats) cost more than sending a small file."""
+    return _cached((fs, path), lambda: _lookup(fs, os.path.realpath(fs.root), path))
+
+
+def _cached(key, compute):
+    """``compute()``, remembered under ``key`` for LOOKUP_TTL (at most LOOKUP_ENTRIES keys and
+    CACHE_BYTES of small files' bytes)."""
+    global _cache_bytes
     now = time.monotonic()
-    key = (fs, path)
     hit = _LOOKUPS.get(key)
     if hit is not None and hit[0] > now:
         return hit[1]
-    found = _lookup(fs, os.path.realpath(fs.root), path)
-    if len(_LOOKUPS) >= LOOKUP_ENTRIES:
+    if hit is not None and isinstance(hit[1], _Meta):
+        _cache_bytes -= len(hit[1].data)
+    found = compute()
+    size = len(found.data) if isinstance(found, _Meta) else 0
+    if len(_LOOKUPS) >= LOOKUP_ENTRIES or _cache_bytes + size > CACHE_BYTES:
         _LOOKUPS.clear()
+        _cache_bytes = 0
     _LOOKUPS[key] = (now + LOOKUP_TTL, found)
+    _cache_bytes += size
     return found
 
 
@@ -182,12 +197,56 @@ def _encoded(fs: FileServerConfig, head: Head, fs_path: str) -> tuple[str, Optio
     """The precompressed sibling the client accepts, if any: (path to send, encoding)."""
     if not fs.precompressed:
         return fs_path, None
-    accepted = {part.split(";", 1)[0].strip().lower() for part in b",".join(head.get_all(b"accept-encoding"))
-                .decode("latin-1").split(",")}
+    values = head.get_all(b"accept-encoding")
+    if not values:
+        return fs_path, None
+    siblings = _cached(("siblings", fs_path), lambda: tuple(e for e, suffix in ENCODINGS
+                                                          if os.path.isfile(fs_path + suffix)))
+    if not siblings:
+        return fs_path, None
+    accepted = {part.split(";", 1)[0].strip().lower() for part in b",".join(values).decode("latin-1").split(",")}
     for encoding, suffix in ENCODINGS:
-        if encoding in accepted and os.path.isfile(fs_path + suffix):
+        if encoding in accepted and encoding in siblings:
             return fs_path + suffix, encoding
     return fs_path, None
+
+
+class _Meta:
+    """What one file's answers share: size, mtime, ETag and the headers every answer carries;
+    with the bytes themselves for a small file (read once per LOOKUP_TTL, as a lookup)."""
+
+    __slots__ = ("size", "mtime", "etag", "headers", "data")
+
+    def __init__(self, fs: FileServerConfig, fs_path: str, encoding: Optional[str], st, data: Optional[bytes]):
+        self.size = st.st_size
+        self.mtime = int(st.st_mtime)
+        self.data = data
+        self.etag = f'"{st.st_mtime_ns:x}-{self.size:x}{"-" + encoding if encoding else ""}"'.encode()
+        headers = [(b"Content-Type", _content_type(fs_path)), (b"ETag", self.etag),
+                   (b"Last-Modified", formatdate(st.st_mtime, usegmt=True).encode()), (b"Accept-Ranges", b"bytes")]
+        if encoding:
+            headers += [(b"Content-Encoding", encoding.encode()), (b"Vary", b"Accept-Encoding")]
+        elif fs.precompressed:
+            headers.append((b"Vary", b"Accept-Encoding"))
+        if fs.cache_time:
+            headers.append((b"Cache-Control", f"max-age={int(fs.cache_time)}".encode()))
+        self.headers = tuple(headers)
+
+
+def _small_meta(fs: FileServerConfig, fs_path: str, send_path: str, encoding: Optional[str]) -> Optional[_Meta]:
+    """The cached _Meta (bytes included) of a small regular file; None for any other (sent
+    from a fresh open)."""
+    def read() -> Optional[_Meta]:
+        try:
+            with open(send_path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode) or st.st_size > SMALL_FILE:
+                    return None
+                data = f.read(SMALL_FILE + 1)
+        except OSError:
+            return None
+        return _Meta(fs, fs_path, encoding, st, data) if len(data) == st.st_size else None
+    return _cached(("small", fs, send_path, encoding), read)
 
 
 def _not_modified(head: Head, etag: bytes, mtime: int) -> bool:
@@ -237,8 +296,10 @@ def parse_ranges(value: str, size: int) -> Optional[list[tuple[int, int]]]:
 
 
 def _file(fs: FileServerConfig, out: Out, head: Head, fs_path: str, status: int, head_only: bool) -> Reply:
-    client = out.client
     send_path, encoding = _encoded(fs, head, fs_path)
+    meta = _small_meta(fs, fs_path, send_path, encoding)
+    if meta is not None:
+        return _answer(out, head, meta, None, status, head_only)
     try:
         f = open(send_path, "rb")
     except OSError:
@@ -247,42 +308,44 @@ def _file(fs: FileServerConfig, out: Out, head: Head, fs_path: str, status: int,
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             return _small(out, 403, "Forbidden", head_only)
-        size = st.st_size
-        etag = f'"{st.st_mtime_ns:x}-{size:x}{"-" + encoding if encoding else ""}"'.encode()
-        headers = [(b"Content-Type", _content_type(fs_path)), (b"ETag", etag),
-                   (b"Last-Modified", formatdate(st.st_mtime, usegmt=True).encode()), (b"Accept-Ranges", b"bytes")]
-        if encoding:
-            headers += [(b"Content-Encoding", encoding.encode()), (b"Vary", b"Accept-Encoding")]
-        elif fs.precompressed:
-            headers.append((b"Vary", b"Accept-Encoding"))
-        if fs.cache_time:
-            headers.append((b"Cache-Control", f"max-age={int(fs.cache_time)}".encode()))
-        if status == 200 and _not_modified(head, etag, int(st.st_mtime)):
-            client.sendall(out.head(304, headers))
-            return Reply(304)
-        ranges = None
-        range_header = head.get(b"range")
-        if status == 200 and range_header is not None and _if_range_ok(head, etag, int(st.st_mtime)):
-            ranges = parse_ranges(range_header.decode("latin-1"), size)
-        if ranges == []:
-            headers = [(b"Content-Range", f"bytes */{size}".encode()), (b"Content-Length", b"0")]
-            client.sendall(out.head(416, headers))
-            return Reply(416)
-        if ranges and len(ranges) == 1:
-            start, end = ranges[0]
-            headers += [(b"Content-Range", f"bytes {start}-{end}/{size}".encode()),
-                        (b"Content-Length", str(end - start + 1).encode())]
-            client.sendall(out.head(206, headers))
-            if not head_only:
-                send_file(client, f, start, end - start + 1, out.timeout)
-            return Reply(206, 0 if head_only else end - start + 1)
-        if ranges:
-            return _multipart(out, f, headers, ranges, size, head_only)
+        return _answer(out, head, _Meta(fs, fs_path, encoding, st, None), f, status, head_only)
+
+
+def _answer(out: Out, head: Head, meta: _Meta, f, status: int, head_only: bool) -> Reply:
+    """The answer to a file: from ``meta.data`` (a small file) or the open file ``f``."""
+    client, size = out.client, meta.size
+    headers = list(meta.headers)
+    if status == 200 and _not_modified(head, meta.etag, meta.mtime):
+        client.sendall(out.head(304, headers))
+        return Reply(304)
+    ranges = None
+    range_header = head.get(b"range")
+    if status == 200 and range_header is not None and _if_range_ok(head, meta.etag, meta.mtime):
+        ranges = parse_ranges(range_header.decode("latin-1"), size)
+    if ranges == []:
+        headers = [(b"Content-Range", f"bytes */{size}".encode()), (b"Content-Length", b"0")]
+        client.sendall(out.head(416, headers))
+        return Reply(416)
+    if ranges and len(ranges) == 1:
+        start, end = ranges[0]
+        headers += [(b"Content-Range", f"bytes {start}-{end}/{size}".encode()),
+                    (b"Content-Length", str(end - start + 1).encode())]
+        status, start_at, count = 206, start, end - start + 1
+    elif ranges:
+        return _multipart(out, meta, f, headers, ranges, head_only)
+    else:
         headers.append((b"Content-Length", str(size).encode()))
-        client.sendall(out.head(status, headers))
-        if not head_only:
-            send_file(client, f, 0, size, out.timeout)
-        return Reply(status, 0 if head_only else size)
+        start_at, count = 0, size
+    data = out.head(status, headers)
+    if head_only:
+        client.sendall(data)
+        return Reply(status)
+    if meta.data is not None:
+        client.sendall(data + meta.data[start_at:start_at + count])  # head and body in one send
+    else:
+        client.sendall(data)
+        send_file(client, f, start_at, count, out.timeout)
+    return Reply(status, count)
 
 
 def _if_range_ok(head: Head, etag: bytes, mtime: int) -> bool:
@@ -297,8 +360,8 @@ def _if_range_ok(head: Head, etag: bytes, mtime: int) -> bool:
         return False
 
 
-def _multipart(out: Out, f, headers: list, ranges: list, size: int, head_only: bool) -> Reply:
-    client = out.client
+def _multipart(out: Out, meta: _Meta, f, headers: list, ranges: list, head_only: bool) -> Reply:
+    client, size = out.client, meta.size
     boundary = f"wmproxy-{time.monotonic_ns():x}"
     content_type = dict(headers)[b"Content-Type"]
     parts = [(f"\r\n--{boundary}\r\nContent-Type: ".encode() + content_type +
@@ -311,6 +374,9 @@ def _multipart(out: Out, f, headers: list, ranges: list, size: int, head_only: b
     client.sendall(out.head(206, headers))
     if not head_only:
         for preamble, start, end in parts:
+            if meta.data is not None:
+                client.sendall(preamble + meta.data[start:end + 1])
+                continue
             client.sendall(preamble)
             send_file(client, f, start, end - start + 1, out.timeout)
         client.sendall(closing)

@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -431,6 +432,32 @@ def test_try_paths_and_tls_servers_by_sni(start_proxy, site, tmp_path, ca):
         r = curl("-s", "--cacert", str(tmp_path / "ca.pem"), "--resolve", f"{name}.test:{port}:127.0.0.1",
                  f"https://{name}.test:{port}/")
         assert r.stdout == f"{name}\n".encode(), r.stderr
+    # two requests in two TLS records sent in one write (the server waits for readability
+    # between requests: the second record must still be found)
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_hostname="two.test")
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        tls.write(b"GET /a HTTP/1.1\r\nHost: two.test\r\n\r\n")
+        tls.write(b"GET /b HTTP/1.1\r\nHost: two.test\r\n\r\n")
+        raw.sendall(outgoing.read())
+        answers = b""
+        while answers.count(b"two\n") < 2:
+            data = raw.recv(65536)  # a timeout here is the bug
+            assert data, answers
+            incoming.write(data)
+            try:
+                while True:
+                    answers += tls.read(65536)
+            except ssl.SSLWantReadError:
+                pass
     p2, port2 = web(start_proxy, files_config(site, ', try_paths = ["/docs{path}", "/index.html"]'))
     assert get(port2, "/a.txt")[1].startswith(b"0000\n")  # found as /docs/a.txt
     assert get(port2, "/app/route")[1] == b"<h1>home</h1>"  # the single-page-app fallback

@@ -6,9 +6,12 @@ timeouts are the sockets' own.
 
 from __future__ import annotations
 
+from functools import partial
+
 from ..errors import ProtocolError
 from ..prot import http1
 from .reader import PeerClosed, Reader
+from .writer import send_all
 
 MAX_CHUNK_LINE = 4096
 MAX_TRAILERS = 16384
@@ -20,7 +23,16 @@ def read_head(reader: Reader, limit: int) -> bytes:
 
     Raises PeerClosed at EOF, ProtocolError(431) past ``limit``, socket.timeout.
     """
-    reader.wait_readable()
+    buf = reader.buf
+    if not buf:
+        reader.wait_readable()
+        if not reader.fill():
+            raise PeerClosed("peer closed after 0 bytes without a head")
+    end = buf.find(b"\r\n\r\n")
+    if 0 < end <= limit - 4 and buf[0] != 13:  # the common case: a whole head, no leading CRLF
+        head = bytes(buf) if end + 4 == len(buf) else bytes(buf[:end + 4])
+        del buf[:end + 4]
+        return head
     while reader.peek(2) == b"\r\n":
         reader.read_exact(2)
     return reader.read_until(b"\r\n\r\n", limit)
@@ -65,6 +77,17 @@ def copy_body(reader: Reader, send, framing: tuple[str, int], chunked_out: bool,
     Returns the number of body data bytes. Raises PeerClosed, ProtocolError, OSError; then
     ``prefix`` may not have been sent.
     """
+    kind, length = framing
+    if kind == "none":
+        if prefix:
+            send(prefix)
+        return 0
+    if kind == "length" and len(reader.buf) >= length:  # the common small message: all here, one send
+        buf = reader.buf
+        body = bytes(buf) if len(buf) == length else bytes(buf[:length])
+        del buf[:length]
+        send(prefix + body if prefix else body)
+        return length
     out = _Joiner(send, prefix)
     total = _copy_body(reader, out, framing, chunked_out)
     out.flush()
@@ -162,7 +185,7 @@ def forward_response(client, creader: Reader, head: http1.Head, rhead: http1.Hea
     if not keep:
         rheaders.append((b"Connection", b"close"))
     reason = rhead.reason.decode("latin-1") or http1.REASONS.get(rhead.status, "")
-    done.size = copy_body(ureader, client.sendall, rframing, chunked_out,
+    done.size = copy_body(ureader, partial(send_all, client), rframing, chunked_out,
                           prefix=http1.encode_head(f"HTTP/1.1 {rhead.status} {reason}", rheaders))
     done.keep = keep
     done.reusable = rframing != http1.UNTIL_CLOSE and rhead.wants_keep_alive()

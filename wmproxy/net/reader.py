@@ -30,16 +30,19 @@ class Reader:
     ``reads``, the count of receives so far; ``socket.timeout`` propagates.
     """
 
-    __slots__ = ("sock", "buf", "reads")
+    __slots__ = ("sock", "buf", "reads", "_recv", "_wait")
 
     def __init__(self, sock) -> None:
         self.sock = sock
         self.buf = bytearray()
         self.reads = 0
+        self._recv = sock.recv
+        wait, event = getattr(sock, "_wait", None), getattr(sock, "_read_event", None)
+        self._wait = (wait, event) if wait is not None and event is not None else None
 
-    def _fill(self) -> bool:
+    def fill(self) -> bool:
         """One recv into the buffer. False at EOF."""
-        data = self.sock.recv(RECV_SIZE)
+        data = self._recv(RECV_SIZE)
         self.reads += 1
         if not data:
             return False
@@ -54,16 +57,15 @@ class Reader:
         EAGAIN, a syscall per message. Uses gevent's socket watcher where there is one (any
         other socket-like object simply waits in its recv).
         """
-        if self.buf:
+        if self.buf or self._wait is None:
             return
-        wait, event = getattr(self.sock, "_wait", None), getattr(self.sock, "_read_event", None)
-        if wait is not None and event is not None:
-            wait(event)
+        wait, event = self._wait
+        wait(event)
 
     def read_exact(self, n: int) -> bytes:
         """Exactly ``n`` bytes. Raises PeerClosed if the peer closes first."""
         while len(self.buf) < n:
-            if not self._fill():
+            if not self.fill():
                 raise PeerClosed(f"peer closed after {len(self.buf)} of {n} bytes")
         out = bytes(self.buf[:n])
         del self.buf[:n]
@@ -88,7 +90,7 @@ class Reader:
             if len(self.buf) > limit:
                 break
             start = max(0, len(self.buf) - len(delim) + 1)
-            if not self._fill():
+            if not self.fill():
                 raise PeerClosed(f"peer closed after {len(self.buf)} bytes without {delim!r}")
         raise ProtocolError(f"no {delim!r} within {limit} bytes", 431)
 
@@ -98,7 +100,7 @@ class Reader:
             try:
                 value, used = parse(self.buf)
             except NeedMore:
-                if not self._fill():
+                if not self.fill():
                     raise PeerClosed(f"peer closed after {len(self.buf)} bytes of a message") from None
                 continue
             del self.buf[:used]
@@ -111,12 +113,12 @@ class Reader:
             del self.buf[:n]
             return out
         self.reads += 1
-        return self.sock.recv(n)
+        return self._recv(n)
 
     def peek(self, n: int) -> bytes:
         """At least one and at most ``n`` bytes without consuming them (b'' at EOF)."""
         if not self.buf:
-            self._fill()
+            self.fill()
         return bytes(self.buf[:n])
 
     def take_pending(self) -> bytes:

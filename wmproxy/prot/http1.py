@@ -14,7 +14,7 @@ import base64
 import binascii
 import functools
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 import httptools
 
@@ -42,25 +42,31 @@ REASONS = {status.value: status.phrase for status in HTTPStatus}  # 413 is "Cont
 REASONS[413] = "Content Too Large"
 
 
-@dataclass
 class Head:
     """A request or response head. For a request ``status`` is 0; for a response
     ``method``/``target`` are empty."""
 
-    version: str  # "1.1" or "1.0"
-    headers: Headers
-    method: str = ""
-    target: str = ""
-    status: int = 0
-    reason: bytes = b""
-    upgrade: bool = False  # llhttp saw CONNECT or a valid Upgrade request
-    index: dict = field(default=None, repr=False)  # lower-case name -> [values]
+    __slots__ = ("version", "headers", "method", "target", "status", "reason", "upgrade", "index", "_connection")
 
-    def __post_init__(self) -> None:
-        if self.index is None:
-            self.index = {}
-            for k, v in self.headers:
-                self.index.setdefault(k.lower(), []).append(v)
+    def __init__(self, version: str, headers: Headers, method: str = "", target: str = "", status: int = 0,
+                 reason: bytes = b"", upgrade: bool = False, index: Optional[dict] = None) -> None:
+        self.version = version  # "1.1" or "1.0"
+        self.headers = headers
+        self.method = method
+        self.target = target
+        self.status = status
+        self.reason = reason
+        self.upgrade = upgrade  # llhttp saw CONNECT or a valid Upgrade request
+        if index is None:  # lower-case name -> [values]
+            index = {}
+            for k, v in headers:
+                index.setdefault(k.lower(), []).append(v)
+        self.index = index
+        self._connection = None
+
+    def __repr__(self) -> str:
+        return (f"Head({self.version!r}, {self.headers!r}, method={self.method!r}, target={self.target!r}, "
+                f"status={self.status!r}, reason={self.reason!r}, upgrade={self.upgrade!r})")
 
     def get(self, name: bytes) -> Optional[bytes]:
         """First value of header ``name`` (lower-case bytes), or None."""
@@ -72,10 +78,14 @@ class Head:
 
     def tokens(self, name: bytes) -> frozenset[bytes]:
         """Comma-separated tokens of every ``name`` header, lower-cased (Connection, TE...)."""
+        if name == b"connection" and self._connection is not None:
+            return self._connection
         values = self.index.get(name)
-        if not values:
-            return frozenset()
-        return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
+        found = frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip()) if values else \
+            frozenset()
+        if name == b"connection":
+            self._connection = found
+        return found
 
     def without(self, names: frozenset[bytes] | set[bytes]) -> Headers:
         """The headers minus those whose lower-case name is in ``names`` (order kept)."""
@@ -86,7 +96,8 @@ class Head:
     def end_to_end(self, also: frozenset[bytes] = frozenset()) -> Headers:
         """The headers to forward: without hop-by-hop ones (RFC 9110 7.6.1), those the
         Connection header names, and ``also``."""
-        return self.without(HOP_BY_HOP | self.tokens(b"connection") | also)
+        named = self.tokens(b"connection")
+        return self.without(_dropped(also) | named if named else _dropped(also))
 
     def wants_keep_alive(self) -> bool:
         """Whether the sender of this head asks to keep the connection open."""
@@ -94,6 +105,11 @@ class Head:
         if self.version == "1.0":
             return b"keep-alive" in conn
         return b"close" not in conn
+
+
+@functools.lru_cache(maxsize=64)
+def _dropped(also: frozenset[bytes]) -> frozenset[bytes]:
+    return HOP_BY_HOP | also
 
 
 class _Collector:
@@ -356,7 +372,9 @@ def fill(template: str, variables: dict[str, str]) -> str:
 def apply_header_rules(headers: Headers, rules, variables: dict[str, str]) -> Headers:
     """Headers after mapping rules (prot.frame.HeaderRule): ADD appends, DELETE removes every
     header of that name, SET_IF_ABSENT adds only when missing, REPLACE removes then adds.
-    ``{name}`` in a value is replaced from ``variables``."""
+    ``{name}`` in a value is replaced from ``variables``. Without rules, ``headers`` itself."""
+    if not rules:
+        return headers
     out = list(headers)
     for rule in rules:
         name = rule.key.encode("latin-1")

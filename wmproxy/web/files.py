@@ -9,8 +9,9 @@ types from the extension; ``ETag``/``Last-Modified`` with ``If-None-Match``/
 ``.br`` or ``.gz`` sibling for a client that accepts it (``Vary: Accept-Encoding``). Bodies
 go out with ``sendfile(2)`` on plain sockets, never read whole into memory, except files up
 to SMALL_FILE, whose bytes are kept for LOOKUP_TTL as their lookup is (head and body then go
-in one send). A path that leaves ``root`` through a symlink is 403 unless ``follow_symlinks``; ``..`` never gets past the
-root (the path is normalized first). Missing paths try ``try_paths``, then ``path404``.
+in one send). A path that leaves ``root`` through a symlink is 403 unless ``follow_symlinks``;
+``..`` never gets past the root (the path is normalized first). Missing paths try
+``try_paths``, then ``path404``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ their order and the first that matches wins; when none does, the longest prefix 
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from typing import Optional
 from urllib.parse import unquote
@@ -55,6 +56,7 @@ def pick_location(server: HttpServerConfig, path: str) -> Optional[HttpLocationC
     return prefix
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_path(target: str) -> Optional[str]:
     """The decoded, normalized path of a request target ('/a/../b' -> '/b'), or None when it
     climbs above the root. Raises ValueError when it is no origin-form path, holds a NUL or

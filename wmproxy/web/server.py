@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from functools import partial
 from urllib.parse import urlsplit
 
 import gevent
@@ -29,6 +30,7 @@ from ..net.dial import fmt_addr, ip_allowed
 from ..net.idle import watch_idle
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import sni_server_context
+from ..net.writer import send_all
 from ..prot import http1
 from . import files
 from .route import normalize_path, pick_location, pick_server
@@ -37,6 +39,7 @@ from .upstream import UpstreamGroup
 log = logging.getLogger("wmproxy.http")
 
 _REPLACED = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-real-ip", b"expect"))
+ROUTES_CACHED = 4096
 _IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
 
 
@@ -52,7 +55,11 @@ class WebContext:
         self.ssl = sni_server_context([(s.cert, s.key) for s in servers]) if scheme == "https" else None
         self.read_timeout = max(s.client_read_timeout for s in servers)
         self.max_head = max(s.max_header_size for s in servers)
-        self._by_location: dict = {}  # location -> (group, proxy_url path)
+        # worked out once per location (by id: the config objects live as long as this context)
+        self._by_location: dict[int, tuple] = {}  # -> (group, proxy_url path)
+        self._rules: dict[tuple[int, int], tuple] = {}  # -> (request rules, response rules)
+        self._servers: dict[str, object] = {}  # host -> server
+        self._locations: dict[tuple[int, str], object] = {}  # (server, path) -> location
         for upstream in http.upstream:  # now, not at the first request: their health checks start
             if upstream not in self.groups:
                 self.groups[upstream] = UpstreamGroup(upstream, self.resolver)
@@ -68,9 +75,40 @@ class WebContext:
     def group_for(self, loc) -> tuple[UpstreamGroup, str]:
         """The group a location's proxy_url names (an upstream, else its host:port; over TLS for
         https) and the URL's path ('' if none). Worked out once per location."""
-        found = self._by_location.get(loc)
+        found = self._by_location.get(id(loc))
         if found is None:
-            found = self._by_location[loc] = self._group_for(loc)
+            found = self._by_location[id(loc)] = self._group_for(loc)
+        return found
+
+    def server_for(self, host: str):
+        """pick_server, remembered (for up to ROUTES_CACHED names)."""
+        server = self._servers.get(host)
+        if server is None:
+            if len(self._servers) >= ROUTES_CACHED:
+                self._servers.clear()
+            server = self._servers[host] = pick_server(self.servers, host)
+        return server
+
+    def location_for(self, server, path: str):
+        """pick_location, remembered (for up to ROUTES_CACHED paths)."""
+        key = (id(server), path)
+        try:
+            return self._locations[key]
+        except KeyError:
+            if len(self._locations) >= ROUTES_CACHED:
+                self._locations.clear()
+            loc = self._locations[key] = pick_location(server, path)
+            return loc
+
+    def rules(self, server, loc) -> tuple[tuple, tuple]:
+        """The header rules of a server and its location (None: the server's own): those for
+        the request sent upstream (``proxy ...``) and those for the response."""
+        key = (id(server), id(loc))
+        found = self._rules.get(key)
+        if found is None:
+            rules = (*server.headers, *loc.headers) if loc is not None else server.headers
+            found = (tuple(r for r in rules if r.is_proxy), tuple(r for r in rules if not r.is_proxy))
+            self._rules[key] = found
         return found
 
     def _group_for(self, loc) -> tuple[UpstreamGroup, str]:
@@ -121,20 +159,23 @@ class RateLimit:
 class Request:
     """One request being served: the parsed head and what was decided about it."""
 
-    __slots__ = ("head", "framing", "ip", "target", "host", "path", "server", "location", "variables", "started",
-                 "status", "size", "note", "keep", "state")
+    __slots__ = ("head", "framing", "ip", "target", "raw_host", "host", "path", "server", "location", "_variables",
+                 "started", "status", "size", "note", "keep", "state", "ctx")
 
-    def __init__(self, head: http1.Head, ip: str) -> None:
+    def __init__(self, head: http1.Head, ip: str, ctx: WebContext) -> None:
+        self.ctx = ctx
         self.head = head
         self.framing = http1.request_framing(head)
         self.ip = ip
-        self.target = head.target
-        raw_host = (head.get(b"host") or b"").decode("latin-1").strip()
-        if not head.target.startswith("/") and "://" in head.target:  # absolute-form: its host wins (RFC 9112 3.2.2)
-            url = urlsplit(head.target)
+        self.target = target = head.target
+        host = head.get(b"host")
+        raw_host = host.decode("latin-1").strip() if host else ""
+        if target[:1] != "/" and "://" in target:  # absolute-form: its host wins (RFC 9112 3.2.2)
+            url = urlsplit(target)
             raw_host, self.target = url.netloc, (url.path or "/") + (f"?{url.query}" if url.query else "")
+        self.raw_host = raw_host
         self.host = http1.host_name(raw_host)
-        self.variables = {"client_ip": ip, "host": raw_host, "url": self.target}
+        self._variables = None
         self.started = time.monotonic()
         self.status = 0
         self.size = 0
@@ -145,11 +186,14 @@ class Request:
         self.location = None
 
     @property
-    def rules(self) -> tuple:
-        return (*self.server.headers, *self.location.headers) if self.location is not None else self.server.headers
+    def variables(self) -> dict:
+        """{client_ip}, {host}, {url} for header rules, static texts and log formats."""
+        if self._variables is None:
+            self._variables = {"client_ip": self.ip, "host": self.raw_host, "url": self.target}
+        return self._variables
 
     def response_rules(self) -> tuple:
-        return tuple(r for r in self.rules if not r.is_proxy)
+        return self.ctx.rules(self.server, self.location)[1]
 
 
 class Watched:
@@ -217,8 +261,13 @@ class WebServer(Listener):
             client.sendall(http1.simple_response(e.http_status, f"wmproxy: {e}"))
             log.info("%s http: bad request: %s", ip, e)
             return False
-        req = Request(head, ip)
-        req.server = pick_server(ctx.servers, req.host)
+        try:
+            req = Request(head, ip, ctx)
+        except ProtocolError as e:  # a body framed two ways
+            client.sendall(http1.simple_response(e.http_status, f"wmproxy: {e}"))
+            log.info("%s http: bad request: %s", ip, e)
+            return False
+        req.server = ctx.server_for(req.host)
         req.state = state
         try:
             self._route(client, reader, req, ctx)
@@ -238,11 +287,11 @@ class WebServer(Listener):
         if req.path is None:  # above the root: '..', '%2e%2e'
             req.keep = False
             return self._reply(client, req, 403, "the path leaves the root")
-        req.location = loc = pick_location(req.server, req.path)
+        req.location = loc = ctx.location_for(req.server, req.path)
         if loc is None:
             self._discard_body(reader, req)
             return self._reply(client, req, 404, "no location for this path")
-        if not ip_allowed(req.ip, loc.allow_ip, loc.deny_ip):
+        if (loc.allow_ip or loc.deny_ip) and not ip_allowed(req.ip, loc.allow_ip, loc.deny_ip):
             self._discard_body(reader, req)
             return self._reply(client, req, 403, "client address not allowed here")
         if loc.limit_req is not None and not ctx.limiter(loc).take(req.ip):
@@ -252,7 +301,8 @@ class WebServer(Listener):
             return self._proxy(client, reader, req, ctx)
         self._discard_body(reader, req)
         if loc.file_server is not None:
-            rules, variables = req.response_rules(), req.variables
+            rules = req.response_rules()
+            variables = req.variables if rules else None
             req.state.waiting(None, float("inf"))  # a long download is no idle client: sends time out on their own
             reply = files.serve(loc.file_server, client, req.head, req.path, req.keep,
                                 lambda headers: http1.apply_header_rules(headers, rules, variables),
@@ -273,7 +323,8 @@ class WebServer(Listener):
             httpio.copy_body(reader, lambda data: None, req.framing, False)
 
     def _reply(self, client, req: Request, status: int, text: str, extra: list = ()) -> None:
-        headers = http1.apply_header_rules(list(extra), req.response_rules(), req.variables)
+        rules = req.response_rules()
+        headers = http1.apply_header_rules(list(extra), rules, req.variables if rules else None)
         body = req.head.method != "HEAD"
         client.sendall(http1.simple_response(status, text, headers, close=not req.keep, body=body))
         req.status, req.size = status, len(text.rstrip("\n")) + 1 if body else 0
@@ -295,7 +346,8 @@ class WebServer(Listener):
         forwarded = b", ".join([*head.get_all(b"x-forwarded-for"), req.ip.encode()])
         headers += [(b"X-Forwarded-For", forwarded), (b"X-Forwarded-Proto", ctx.scheme.encode()),
                     (b"X-Real-IP", req.ip.encode())]
-        headers = http1.apply_header_rules(headers, tuple(r for r in req.rules if r.is_proxy), req.variables)
+        rules = ctx.rules(req.server, loc)[0]
+        headers = http1.apply_header_rules(headers, rules, req.variables if rules else None)
         out = http1.encode_head(f"{head.method} {target} HTTP/1.1", headers)
         if req.framing != http1.NO_BODY and (head.get(b"expect") or b"").lower() == b"100-continue":
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -309,7 +361,8 @@ class WebServer(Listener):
             fresh = False
             while True:
                 try:
-                    conn, pooled = group.connect(server, loc.proxy_connect_timeout, fresh)
+                    conn, pooled = group.connect(server, loc.proxy_connect_timeout, fresh,
+                                                 retry_safe=req.framing == http1.NO_BODY)
                 except UpstreamError as e:
                     server.failed(str(e))
                     failure = str(e)
@@ -321,7 +374,7 @@ class WebServer(Listener):
                     server.active -= 1
                 if isinstance(outcome, httpio.Forwarded):
                     server.succeeded()
-                    req.note = str(server.cfg.addr)
+                    req.note = server.addr
                     if outcome.upgraded is not None:
                         req.note += f" upgraded, done ({outcome.upgraded.reason})"
                         return None
@@ -353,15 +406,16 @@ class WebServer(Listener):
         loc = req.location
         req.state.waiting(conn.reader, loc.proxy_read_timeout)
         try:
-            httpio.copy_body(reader, conn.sock.sendall, req.framing, True, prefix=out)
+            httpio.copy_body(reader, partial(send_all, conn.sock), req.framing, True, prefix=out)
             rhead = _response_head(conn.reader, ctx.max_head)
         except (PeerClosed, ProtocolError, OSError) as e:  # socket.timeout and ConnectionError included
             return e
         if rhead.status == 101 and upgrade:
             req.state.stop()  # the relay that follows watches its own idle time
+        rules = req.response_rules()
         try:
             done = httpio.forward_response(client, reader, req.head, rhead, conn.sock, conn.reader,
-                                           req.response_rules(), req.variables, loc.proxy_read_timeout, upgrade)
+                                           rules, req.variables if rules else None, loc.proxy_read_timeout, upgrade)
         except BaseException:
             conn.close()
             req.keep = False
@@ -380,7 +434,7 @@ class WebServer(Listener):
                       "time": f"{took:.3f}", "upstream": req.note}
             access_log.info("%s", http1.fill(fmt, fields))
             return
-        log_access(req.ip, "", req.head, req.variables["host"] + req.target, req.status, req.size, req.started,
+        log_access(req.ip, "", req.head, req.raw_host + req.target, req.status, req.size, req.started,
                    req.note)
 
 

@@ -27,15 +27,18 @@ from ..net.tls import client_context
 
 log = logging.getLogger("wmproxy.http")
 
+RECHECK_AFTER = 1.0  # seconds in a pool after which a connection is probed before reuse
+
 
 class Conn:
     """One connection to a server, with its reader (bytes read ahead stay with it)."""
 
-    __slots__ = ("sock", "reader")
+    __slots__ = ("sock", "reader", "pooled_at")
 
     def __init__(self, sock) -> None:
         self.sock = sock
         self.reader = Reader(sock)
+        self.pooled_at = 0.0
 
     def close(self) -> None:
         try:
@@ -63,6 +66,7 @@ class ServerState:
     def __init__(self, cfg: HttpUpstreamServerConfig, label: str) -> None:
         self.cfg = cfg
         self.label = label
+        self.addr = str(cfg.addr)
         self.fails: list[float] = []
         self.down_until = 0.0
         self.active = 0
@@ -111,6 +115,8 @@ class UpstreamGroup:
     def order(self, client_ip: str) -> list[ServerState]:
         """The live servers to try, the method's pick first. Empty when every one is out."""
         now = time.monotonic()
+        if len(self.servers) == 1:
+            return self.servers if self.servers[0].live(now) else []
         live = [i for i, s in enumerate(self.servers) if s.live(now)]
         if not live:
             return []
@@ -126,17 +132,23 @@ class UpstreamGroup:
         return [self.servers[first], *(self.servers[i] for i in live if i != first)]
 
     # -- connections -------------------------------------------------------------------------
-    def connect(self, server: ServerState, timeout: float, fresh: bool = False) -> tuple[Conn, bool]:
+    def connect(self, server: ServerState, timeout: float, fresh: bool = False,
+                retry_safe: bool = False) -> tuple[Conn, bool]:
         """A pooled connection to ``server`` if one is still open, else (or when ``fresh``: the
         pooled ones are dropped) a new one. Returns it and whether it was pooled. Raises
-        UpstreamError."""
+        UpstreamError.
+
+        ``retry_safe``: the caller sends the request again on a fresh connection if a pooled
+        one turns out closed; then one pooled within RECHECK_AFTER is taken unprobed (a peek
+        per request costs more than the rare retry)."""
         if fresh:
             for conn in server.idle:
                 conn.close()
             server.idle.clear()
+        now = time.monotonic()
         while server.idle:
             conn = server.idle.pop()
-            if conn.still_open():
+            if (retry_safe and now - conn.pooled_at < RECHECK_AFTER) or conn.still_open():
                 return conn, True
             conn.close()
         sock = dial(self.resolver, server.cfg.addr.host, server.cfg.addr.port, timeout)
@@ -153,7 +165,9 @@ class UpstreamGroup:
 
     def release(self, server: ServerState, conn: Conn, reusable: bool) -> None:
         """Done with a request on ``conn``: pooled when ``reusable`` and there is room."""
-        if reusable and len(server.idle) < self.cfg.keepalive and server.live(time.monotonic()):
+        now = time.monotonic()
+        if reusable and len(server.idle) < self.cfg.keepalive and server.live(now):
+            conn.pooled_at = now
             server.idle.append(conn)
         else:
             conn.close()

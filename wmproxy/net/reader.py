@@ -11,6 +11,7 @@ import time
 from typing import Callable, TypeVar
 
 import gevent
+from gevent.socket import socket as GeventSocket
 
 from ..errors import NeedMore, ProtocolError
 
@@ -36,13 +37,18 @@ class Reader:
         self.sock = sock
         self.buf = bytearray()
         self.reads = 0
-        self._recv = sock.recv
+        # a plain gevent socket is read with the kernel socket's recv first (one Python layer
+        # less per message); gevent's recv, which waits, only when nothing is there yet
+        self._recv = sock._sock.recv if type(sock) is GeventSocket else sock.recv
         wait, event = getattr(sock, "_wait", None), getattr(sock, "_read_event", None)
         self._wait = (wait, event) if wait is not None and event is not None else None
 
     def fill(self) -> bool:
         """One recv into the buffer. False at EOF."""
-        data = self._recv(RECV_SIZE)
+        try:
+            data = self._recv(RECV_SIZE)
+        except BlockingIOError:
+            data = self.sock.recv(RECV_SIZE)
         self.reads += 1
         if not data:
             return False
@@ -113,7 +119,10 @@ class Reader:
             del self.buf[:n]
             return out
         self.reads += 1
-        return self._recv(n)
+        try:
+            return self._recv(n)
+        except BlockingIOError:
+            return self.sock.recv(n)
 
     def peek(self, n: int) -> bytes:
         """At least one and at most ``n`` bytes without consuming them (b'' at EOF)."""

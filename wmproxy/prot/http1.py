@@ -46,7 +46,7 @@ class Head:
     """A request or response head. For a request ``status`` is 0; for a response
     ``method``/``target`` are empty."""
 
-    __slots__ = ("version", "headers", "method", "target", "status", "reason", "upgrade", "index", "_connection")
+    __slots__ = ("version", "headers", "method", "target", "status", "reason", "upgrade", "index", "connection")
 
     def __init__(self, version: str, headers: Headers, method: str = "", target: str = "", status: int = 0,
                  reason: bytes = b"", upgrade: bool = False, index: Optional[dict] = None) -> None:
@@ -62,7 +62,9 @@ class Head:
             for k, v in headers:
                 index.setdefault(k.lower(), []).append(v)
         self.index = index
-        self._connection = None
+        values = index.get(b"connection")  # its tokens, lower-case: asked for by every message
+        self.connection = frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip()) \
+            if values else _NONE
 
     def __repr__(self) -> str:
         return (f"Head({self.version!r}, {self.headers!r}, method={self.method!r}, target={self.target!r}, "
@@ -78,14 +80,10 @@ class Head:
 
     def tokens(self, name: bytes) -> frozenset[bytes]:
         """Comma-separated tokens of every ``name`` header, lower-cased (Connection, TE...)."""
-        if name == b"connection" and self._connection is not None:
-            return self._connection
-        values = self.index.get(name)
-        found = frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip()) if values else \
-            frozenset()
         if name == b"connection":
-            self._connection = found
-        return found
+            return self.connection
+        values = self.index.get(name)
+        return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip()) if values else _NONE
 
     def without(self, names: frozenset[bytes] | set[bytes]) -> Headers:
         """The headers minus those whose lower-case name is in ``names`` (order kept)."""
@@ -96,15 +94,17 @@ class Head:
     def end_to_end(self, also: frozenset[bytes] = frozenset()) -> Headers:
         """The headers to forward: without hop-by-hop ones (RFC 9110 7.6.1), those the
         Connection header names, and ``also``."""
-        named = self.tokens(b"connection")
+        named = self.connection
         return self.without(_dropped(also) | named if named else _dropped(also))
 
     def wants_keep_alive(self) -> bool:
         """Whether the sender of this head asks to keep the connection open."""
-        conn = self.tokens(b"connection")
         if self.version == "1.0":
-            return b"keep-alive" in conn
-        return b"close" not in conn
+            return b"keep-alive" in self.connection
+        return b"close" not in self.connection
+
+
+_NONE: frozenset[bytes] = frozenset()
 
 
 @functools.lru_cache(maxsize=64)
@@ -266,9 +266,11 @@ UNTIL_CLOSE = ("close", 0)
 
 
 def _content_length(head: Head) -> Optional[int]:
-    values = head.get_all(b"content-length")
+    values = head.index.get(b"content-length")
     if not values:
         return None
+    if len(values) == 1 and values[0].isdigit() and len(values[0]) <= 18:
+        return int(values[0])
     numbers = {v.strip() for v in b",".join(values).split(b",")}
     if len(numbers) != 1:
         raise ProtocolError("conflicting Content-Length values")

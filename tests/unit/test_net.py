@@ -78,6 +78,37 @@ def test_read_until_limit_is_431():
     sock.close()
 
 
+def test_kept_read_watcher_wakes_its_reader_and_is_released():
+    loop = gevent.get_hub().loop
+    base = loop.activecnt
+    a, b = gsocket.socketpair()
+    reader = Reader(a, keep_watching=True)
+    try:
+        gevent.spawn_later(0.05, b.sendall, b"x")
+        reader.wait_readable()
+        assert reader.fill() and reader.take_pending() == b"x"
+        assert loop.activecnt == base + 1  # still started between waits
+        b.sendall(b"y")  # readiness while nobody waits: the watcher stops, nothing spins
+        gevent.sleep(0.05)
+        assert loop.activecnt == base
+        with gevent.Timeout(1):
+            reader.wait_readable()  # started again: the waiting byte wakes it at once
+        assert reader.fill() and reader.take_pending() == b"y"
+        with pytest.raises(gevent.Timeout):
+            with gevent.Timeout(0.05):
+                reader.wait_readable()  # a waiter killed mid-wait leaves nothing behind
+        b.sendall(b"z")
+        gevent.sleep(0.05)
+        assert loop.activecnt == base
+        reader.wait_readable()
+        assert reader.fill() and reader.take_pending() == b"z"
+    finally:
+        reader.release()
+        a.close()
+        b.close()
+    assert loop.activecnt == base
+
+
 def test_relay_half_close_and_counts():
     a_out, a_in = gsocket.socketpair()  # client side: a_out is ours, a_in goes to relay
     b_in, b_out = gsocket.socketpair()  # server side

@@ -31,17 +31,28 @@ class Reader:
     ``reads``, the count of receives so far; ``socket.timeout`` propagates.
     """
 
-    __slots__ = ("sock", "buf", "reads", "_recv", "_wait")
+    __slots__ = ("sock", "buf", "reads", "_recv", "_wait", "_watch")
 
-    def __init__(self, sock) -> None:
+    def __init__(self, sock, keep_watching: bool = False) -> None:
+        """``keep_watching``: the owner of a plain gevent socket promises to call
+        :meth:`release` when done; then the readiness watcher stays started between waits
+        (no epoll_ctl and no waiter object per message)."""
         self.sock = sock
         self.buf = bytearray()
         self.reads = 0
+        native = type(sock) is GeventSocket
         # a plain gevent socket is read with the kernel socket's recv first (one Python layer
         # less per message); gevent's recv, which waits, only when nothing is there yet
-        self._recv = sock._sock.recv if type(sock) is GeventSocket else sock.recv
+        self._recv = sock._sock.recv if native else sock.recv
         wait, event = getattr(sock, "_wait", None), getattr(sock, "_read_event", None)
         self._wait = (wait, event) if wait is not None and event is not None else None
+        self._watch = _Watch(sock.fileno()) if native and keep_watching else None
+
+    def release(self) -> None:
+        """Stop and drop the kept watcher, if any (call before or after closing the socket)."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     def fill(self) -> bool:
         """One recv into the buffer. False at EOF."""
@@ -64,6 +75,9 @@ class Reader:
         other socket-like object simply waits in its recv).
         """
         if self.buf or self._wait is None:
+            return
+        if self._watch is not None:
+            self._watch.wait()
             return
         wait, event = self._wait
         wait(event)
@@ -135,6 +149,40 @@ class Reader:
         out = bytes(self.buf)
         self.buf.clear()
         return out
+
+
+class _Watch:
+    """A read watcher left started between waits. The greenlet in :meth:`wait` is switched
+    to when the socket turns readable; readiness while nobody waits stops the watcher (no
+    busy loop), the next wait starts it again."""
+
+    __slots__ = ("io", "hub", "waiter")
+
+    def __init__(self, fd: int) -> None:
+        self.hub = gevent.get_hub()
+        self.io = self.hub.loop.io(fd, 1)
+        self.waiter = None
+
+    def wait(self) -> None:
+        self.waiter = gevent.getcurrent()
+        if not self.io.active:
+            self.io.start(self._ready)
+        try:
+            self.hub.switch()
+        finally:
+            self.waiter = None
+
+    def _ready(self) -> None:
+        waiter = self.waiter
+        if waiter is None:
+            self.io.stop()
+            return
+        self.waiter = None
+        waiter.switch()
+
+    def close(self) -> None:
+        self.io.stop()
+        self.io.close()
 
 
 PEEK_LIMIT = 65536 + 1024

@@ -41,13 +41,14 @@ class _Upstream:
     def __init__(self, key: tuple[str, int], sock: socket.socket) -> None:
         self.key = key
         self.sock = sock
-        self.reader = Reader(sock)
+        self.reader = Reader(sock, keep_watching=True)
         self.used = False  # True once a response came back on it (then it may go stale)
 
     def send(self, data) -> None:
         send_all(self.sock, data)
 
     def close(self) -> None:
+        self.reader.release()
         self.sock.close()
 
 
@@ -289,6 +290,7 @@ class HttpSession:
         """101 Switching Protocols: hand the head on, then relay raw bytes both ways."""
         self.client.sendall(http1.encode_head(f"HTTP/1.1 101 {rhead.reason.decode('latin-1')}", rhead.headers))
         self.upstream = None  # the relay owns and closes it now
+        up.reader.release()
         self._stop_watchdog()  # the relay has its own
         stats = relay(self.client, up.sock, self.cfg.idle_timeout,
                       a_pending=self.reader.take_pending(), b_pending=up.reader.take_pending())

@@ -98,7 +98,7 @@ def serve_connection(ctx: ProxyContext, client, address) -> None:
     Returns when it is done; never raises for what the client sends; does not close ``client``."""
     info = ConnInfo(fmt_addr(address[0], address[1]))
     client.settimeout(ctx.cfg.handshake_timeout)
-    reader = Reader(client)
+    reader = Reader(client, keep_watching=True)
     allowed = ctx.client_allowed(address[0])
     failed = True
     first = None
@@ -132,6 +132,7 @@ def serve_connection(ctx: ProxyContext, client, address) -> None:
         info.result = "internal error"
         log.exception("internal error serving %s", info.peer)
     finally:
+        reader.release()
         ctx.stats.bytes_in += info.up
         ctx.stats.bytes_out += info.down
         if info.proto != "http" or failed:  # HTTP logs one line per request itself

@@ -239,13 +239,14 @@ class WebServer(Listener):
             if ctx.ssl is not None:
                 client = ctx.ssl.wrap_socket(client, server_side=True)
             client.settimeout(None)  # from here a watchdog, not a timer per recv
-            reader = Reader(client)
+            reader = Reader(client, keep_watching=True)
             state = Watched(reader, ctx.read_timeout)
             try:
                 while self._one(client, reader, ip, ctx, state):
                     state.waiting(None, ctx.read_timeout)
             finally:
                 state.stop()
+                reader.release()
         except (PeerClosed, socket.timeout, OSError):
             pass  # the client went away, was too slow, or failed its TLS handshake
         except Exception:  # a bug: this connection ends, logged; the server goes on
@@ -376,6 +377,7 @@ class WebServer(Listener):
                     server.succeeded()
                     req.note = server.addr
                     if outcome.upgraded is not None:
+                        conn.reader.release()  # the relay closed the socket
                         req.note += f" upgraded, done ({outcome.upgraded.reason})"
                         return None
                     group.release(server, conn, outcome.reusable)

@@ -37,10 +37,11 @@ class Conn:
 
     def __init__(self, sock) -> None:
         self.sock = sock
-        self.reader = Reader(sock)
+        self.reader = Reader(sock, keep_watching=True)
         self.pooled_at = 0.0
 
     def close(self) -> None:
+        self.reader.release()
         try:
             self.sock.close()
         except OSError:

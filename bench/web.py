@@ -44,23 +44,34 @@ backend origin
     return port
 
 
+def measure(b, name: str, start, url: str) -> float:
+    """Start a server (``start()`` -> its port), load it with wrk, stop it: one server on the
+    measured CPU at a time."""
+    before = len(b.procs)
+    port = start()
+    try:
+        return b.run_wrk(name, [f"http://127.0.0.1:{port}{url}"], "web")
+    finally:
+        for p in b.procs[before:]:
+            b.stop(p)
+
+
 def run(b) -> None:
     origin = b.nginx()
     url = "/small.txt"
     print(f"\n[http] small GETs with keep-alive, wrk -c{b.connections} {b.seconds}s (server on CPU {PROXY_CPU}; "
-          "wrk and the origin on the other CPU):")
-    static_nginx = b.start_nginx("nginx-static", f"location / {{ root {b.www()}; }}", PROXY_CPU)
-    static_wm = wmproxy_web(b, "wmproxy-static", f'file_server = {{ root = "{b.www()}" }}')
-    nginx_static = b.run_wrk("nginx static", [f"http://127.0.0.1:{static_nginx}{url}"], "web")
-    wm_static = b.run_wrk("wmproxy static", [f"http://127.0.0.1:{static_wm}{url}"], "web")
-    proxy_nginx = b.start_nginx("nginx-proxy", "location / { proxy_pass http://origin; proxy_http_version 1.1; "
-                                'proxy_set_header Connection ""; }', PROXY_CPU,
-                                f"upstream origin {{ server 127.0.0.1:{origin}; keepalive 64; }}")
-    proxy_wm = wmproxy_web(b, "wmproxy-proxy", f'proxy_url = "http://127.0.0.1:{origin}"')
-    nginx_proxy = b.run_wrk("nginx -> nginx", [f"http://127.0.0.1:{proxy_nginx}{url}"], "web")
+          "wrk and the origin on the other CPU; one server under test running at a time):")
+    nginx_static = measure(b, "nginx static", lambda: b.start_nginx("nginx-static", f"location / {{ root {b.www()}; }}",
+                                                                   PROXY_CPU), url)
+    wm_static = measure(b, "wmproxy static",
+                        lambda: wmproxy_web(b, "wmproxy-static", f'file_server = {{ root = "{b.www()}" }}'), url)
+    proxied = 'location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+    pool = f"upstream origin {{ server 127.0.0.1:{origin}; keepalive 64; }}"
+    nginx_proxy = measure(b, "nginx -> nginx", lambda: b.start_nginx("nginx-proxy", proxied, PROXY_CPU, pool), url)
     if shutil.which("haproxy"):
-        b.run_wrk("haproxy -> nginx", [f"http://127.0.0.1:{haproxy(b, origin)}{url}"], "web")
-    wm_proxy = b.run_wrk("wmproxy -> nginx", [f"http://127.0.0.1:{proxy_wm}{url}"], "web")
+        measure(b, "haproxy -> nginx", lambda: haproxy(b, origin), url)
+    wm_proxy = measure(b, "wmproxy -> nginx",
+                       lambda: wmproxy_web(b, "wmproxy-proxy", f'proxy_url = "http://127.0.0.1:{origin}"'), url)
     if nginx_static and nginx_proxy:
         print(f"  ratios: wmproxy static / nginx static {wm_static / nginx_static:.2f}x (goal 0.25x), "
               f"wmproxy -> nginx / nginx -> nginx {wm_proxy / nginx_proxy:.2f}x (goal 0.4x)")

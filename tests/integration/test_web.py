@@ -240,6 +240,43 @@ def test_passive_health_next_server_and_502(start_proxy, origins):
     assert head.startswith(b"HTTP/1.1 502") and b"no live server in upstream app" in body
 
 
+def test_pooled_connection_the_server_closed_is_replaced(start_proxy):
+    """An origin that answers keep-alive but closes each connection 50 ms later: requests
+    that take the pooled (now dead) connection, with a body or without, still get through."""
+    connections = []
+
+    def serve(conn):
+        connections.append(1)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = conn.recv(65536)
+            if not data:
+                return
+            head += data
+        length = int(header(head.split(b"\r\n\r\n")[0] + b"\r\n", "Content-Length") or 0)
+        body = head.split(b"\r\n\r\n", 1)[1]
+        while len(body) < length:
+            body += conn.recv(65536)
+        answer = b"got " + body
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+        time.sleep(0.05)  # then the connection closes (a keep-alive timeout shorter than the proxy's pool)
+
+    origin = TcpServer(serve)
+    try:
+        p, port = web(start_proxy, f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n[[http.server.location]]\n'
+                                   f'proxy_url = "http://127.0.0.1:{origin.port}"\n')
+        for i in range(4):
+            time.sleep(0.2)  # the pooled connection is closed by now, and pooled less than a second ago
+            head, body = get(port, "/")
+            assert head.startswith(b"HTTP/1.1 200") and body == b"got ", head
+            time.sleep(0.2)  # a request with a body is not sent again: its pooled connection is probed first
+            head, body = get(port, "/", method="POST", headers="Content-Length: 3\r\n\r\nabc")
+            assert head.startswith(b"HTTP/1.1 200") and body == b"got abc", head
+        assert len(connections) >= 8  # each request needed a connection of its own
+    finally:
+        origin.close()
+
+
 def test_active_health_check_takes_a_server_out_and_back(start_proxy, origins):
     a, b = origins
     hc = '\nhealth_check = { path = "/health", interval = "200ms", timeout = "1s", rise = 2, fall = 2 }'

@@ -189,7 +189,7 @@ class Target:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == 80 else f"{host}:{self.port}"
 
-    @property
+    @functools.cached_property
     def host_header(self) -> bytes:
         text = self.authority
         return text.encode("ascii") if text.isascii() else text.encode("idna")
@@ -235,9 +235,10 @@ def parse_authority(text: str) -> Target:
     return Target(host, port, "")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_absolute(url: str) -> Target:
     """Absolute-form target 'http://host[:port]/path?q'. Raises ProtocolError (400, or 501
-    for another scheme)."""
+    for another scheme). Cached: a Target is immutable and clients ask for the same URLs."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ProtocolError("this is a proxy: the request target must be absolute (http://host/path)")

@@ -64,6 +64,7 @@ class HttpSession:
         self.upstream: _Upstream | None = None
         self.watchdog: Watch | None = None
         self.first = True
+        self.auth = ctx.cfg.auth
 
     # -- the request loop -----------------------------------------------------------------
     def _progress(self) -> int:
@@ -114,7 +115,7 @@ class HttpSession:
                 if not allowed:
                     self._reply_log(head, 403, "client address not allowed", started)
                     return
-                if self.cfg.auth and not self._authorized(head):
+                if self.auth and not self._authorized(head):
                     self._reply_log(head, 407, "proxy authentication required", started, PROXY_AUTHENTICATE)
                     return
                 if head.method == "CONNECT":
@@ -154,7 +155,7 @@ class HttpSession:
         self.ctx.stats.statuses[status] += 1
         if not access_log.isEnabledFor(logging.INFO):
             return  # (the parse of credentials below is skipped too)
-        creds = http1.parse_basic_auth(head.get(b"proxy-authorization")) if self.cfg.auth else None
+        creds = http1.parse_basic_auth(head.get(b"proxy-authorization")) if self.auth else None
         log_access(self.info.peer.rpartition(":")[0].strip("[]"), creds[0] if creds else "", head, head.target,
                    status, size, started, note)
 
@@ -195,8 +196,8 @@ class HttpSession:
             return False
         data, upgrade = self._request_bytes(head, target, framing)
         client_keep = head.wants_keep_alive()
-        expect = (head.get(b"expect") or b"").lower() == b"100-continue"
-        if expect and framing != http1.NO_BODY and head.version == "1.1":
+        if framing != http1.NO_BODY and head.version == "1.1" and \
+                (head.get(b"expect") or b"").lower() == b"100-continue":
             # We answer 100 ourselves and send the body on: an upstream that ignores Expect
             # would otherwise stall the client for its expect timeout.
             self.client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -11,6 +11,7 @@ from functools import partial
 from ..errors import ProtocolError
 from ..prot import http1
 from .reader import PeerClosed, Reader
+from .relay import relay
 from .writer import send_all
 
 MAX_CHUNK_LINE = 4096
@@ -165,8 +166,6 @@ def forward_response(client, creader: Reader, head: http1.Head, rhead: http1.Hea
     request ``head``: header rules applied, chunked re-encoded for HTTP/1.1 clients, a 101 to
     an upgrade request followed by a relay of both connections until they end (it closes
     them). Raises PeerClosed, ProtocolError, OSError as copy_body does."""
-    from .relay import relay
-
     done = Forwarded(rhead.status)
     if rhead.status == 101 and upgrade:
         client.sendall(http1.encode_head(f"HTTP/1.1 101 {rhead.reason.decode('latin-1')}",

@@ -427,11 +427,11 @@ class WebServer(Listener):
 
     def _log(self, req: Request) -> None:
         self.stats.statuses[req.status] += 1
-        took = time.monotonic() - req.started
         fmt = req.location.access_log if req.location is not None else ""
         if fmt == "off" or not access_log.isEnabledFor(logging.INFO):
             return
         if fmt:
+            took = time.monotonic() - req.started
             fields = {**req.variables, "method": req.head.method, "status": str(req.status), "bytes": str(req.size),
                       "time": f"{took:.3f}", "upstream": req.note}
             access_log.info("%s", http1.fill(fmt, fields))

@@ -152,33 +152,26 @@ class Reader:
 
 
 class _Watch:
-    """A read watcher left started between waits. The greenlet in :meth:`wait` is switched
-    to when the socket turns readable; readiness while nobody waits stops the watcher (no
-    busy loop), the next wait starts it again."""
+    """A read watcher left started between waits. While a greenlet waits, the watcher's
+    callback is that greenlet's switch; otherwise it is the watcher's own stop, so readiness
+    while nobody waits stops it (no busy loop) and the next wait starts it again."""
 
-    __slots__ = ("io", "hub", "waiter")
+    __slots__ = ("io", "hub")
 
     def __init__(self, fd: int) -> None:
         self.hub = gevent.get_hub()
         self.io = self.hub.loop.io(fd, 1)
-        self.waiter = None
 
     def wait(self) -> None:
-        self.waiter = gevent.getcurrent()
-        if not self.io.active:
-            self.io.start(self._ready)
+        io = self.io
+        if io.active:
+            io.callback = gevent.getcurrent().switch
+        else:
+            io.start(gevent.getcurrent().switch)
         try:
             self.hub.switch()
         finally:
-            self.waiter = None
-
-    def _ready(self) -> None:
-        waiter = self.waiter
-        if waiter is None:
-            self.io.stop()
-            return
-        self.waiter = None
-        waiter.switch()
+            io.callback = io.stop
 
     def close(self) -> None:
         self.io.stop()

@@ -140,3 +140,24 @@ def test_header_rules():
     out = http1.apply_header_rules(headers, rules, {"client_ip": "10.1.2.3"})
     assert out == [(b"X-B", b"orig"), (b"X-A", b"10.1.2.3"), (b"X-New", b"set"), (b"X-R", b"replaced value")]
     assert to_header_rule("proxy + X-Real-IP {client_ip}").is_proxy
+
+
+def test_request_parser_reused_only_when_clean():
+    """A parser is kept for the next head only after a body-less keep-alive message: heads
+    after a body, a close, an upgrade or an error parse as they would on a fresh parser."""
+    heads = [
+        b"GET /a HTTP/1.1\r\nHost: a\r\nX-One: 1\r\n\r\n",
+        b"POST /b HTTP/1.1\r\nHost: b\r\nContent-Length: 5\r\n\r\n",  # a body follows: not reused
+        b"GET /c HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n",
+        b"GET /d HTTP/1.0\r\nHost: d\r\n\r\n",
+        b"GET /e HTTP/1.1\r\nHost: e\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /f HTTP/1.1\r\nHost: f\r\n\r\n",
+    ]
+    for _ in range(3):
+        for raw in heads:
+            head = http1.parse_request_head(raw)
+            name = raw.split(b" ")[1].decode()
+            assert head.target == name and head.get(b"host") == name[1:].encode()
+            assert head.get(b"x-one") == (b"1" if name == "/a" else None)
+        with pytest.raises(ProtocolError):
+            http1.parse_request_head(b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n")

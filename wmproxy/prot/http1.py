@@ -115,7 +115,7 @@ def _dropped(also: frozenset[bytes]) -> frozenset[bytes]:
 class _Collector:
     """httptools callbacks that gather one head."""
 
-    __slots__ = ("url", "headers", "index", "reason", "done")
+    __slots__ = ("url", "headers", "index", "reason", "done", "complete")
 
     def __init__(self) -> None:
         self.url = b""
@@ -123,6 +123,7 @@ class _Collector:
         self.index: dict[bytes, list[bytes]] = {}
         self.reason = b""
         self.done = False
+        self.complete = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -141,6 +142,9 @@ class _Collector:
     def on_headers_complete(self) -> None:
         self.done = True
 
+    def on_message_complete(self) -> None:
+        self.complete = True
+
 
 def _feed(parser, collector: _Collector, data: bytes) -> bool:
     """Feed a complete head; returns whether llhttp flagged an upgrade (CONNECT/Upgrade)."""
@@ -155,16 +159,29 @@ def _feed(parser, collector: _Collector, data: bytes) -> bool:
     return False
 
 
+_spare: list = []  # a request parser and its collector back at the start of a message
+
+
 def parse_request_head(data: bytes) -> Head:
-    """Parse a request head ending in CRLF CRLF. Raises ProtocolError (status 400)."""
-    c = _Collector()
-    p = httptools.HttpRequestParser(c)
+    """Parse a request head ending in CRLF CRLF. Raises ProtocolError (status 400).
+
+    A parser whose message ended with its head (no body, keep-alive, no upgrade) is clean
+    again and kept for the next call (creating one costs as much as parsing a short head)."""
+    if _spare:
+        p, c = _spare.pop()
+    else:
+        c = _Collector()
+        p = httptools.HttpRequestParser(c)
     upgrade = _feed(p, c, data)
     version = p.get_http_version()
     if version not in ("1.1", "1.0"):
         raise ProtocolError(f"HTTP version {version} is not supported", 505)
-    return Head(version, c.headers, p.get_method().decode("ascii"), c.url.decode("latin-1"), upgrade=upgrade,
+    head = Head(version, c.headers, p.get_method().decode("ascii"), c.url.decode("latin-1"), upgrade=upgrade,
                 index=c.index)
+    if c.complete and not upgrade and head.wants_keep_alive():
+        c.__init__()  # new lists for the next message (the head keeps these)
+        _spare.append((p, c))
+    return head
 
 
 def parse_response_head(data: bytes) -> Head:

@@ -63,8 +63,13 @@ class Head:
                 index.setdefault(k.lower(), []).append(v)
         self.index = index
         values = index.get(b"connection")  # its tokens, lower-case: asked for by every message
-        self.connection = frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip()) \
-            if values else _NONE
+        if not values:
+            self.connection = _NONE
+        elif len(values) == 1 and b"," not in values[0]:  # the usual "keep-alive" or "close"
+            token = values[0].strip().lower()
+            self.connection = frozenset((token,)) if token else _NONE
+        else:
+            self.connection = frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
 
     def __repr__(self) -> str:
         return (f"Head({self.version!r}, {self.headers!r}, method={self.method!r}, target={self.target!r}, "

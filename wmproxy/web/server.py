@@ -50,6 +50,7 @@ class WebContext:
         self.servers = servers
         self.http = http
         self.scheme = scheme
+        self.scheme_bytes = scheme.encode()
         self.resolver = app.resolver
         self.groups = app.http_groups  # shared by every listener, kept across reloads while unchanged
         self.ssl = sni_server_context([(s.cert, s.key) for s in servers]) if scheme == "https" else None
@@ -344,9 +345,10 @@ class WebServer(Listener):
             headers += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
         if req.framing == http1.CHUNKED:
             headers.append((b"Transfer-Encoding", b"chunked"))
-        forwarded = b", ".join([*head.get_all(b"x-forwarded-for"), req.ip.encode()])
-        headers += [(b"X-Forwarded-For", forwarded), (b"X-Forwarded-Proto", ctx.scheme.encode()),
-                    (b"X-Real-IP", req.ip.encode())]
+        ip = req.ip.encode()
+        earlier = head.index.get(b"x-forwarded-for")
+        headers += [(b"X-Forwarded-For", b", ".join([*earlier, ip]) if earlier else ip),
+                    (b"X-Forwarded-Proto", ctx.scheme_bytes), (b"X-Real-IP", ip)]
         rules = ctx.rules(req.server, loc)[0]
         headers = http1.apply_header_rules(headers, rules, req.variables if rules else None)
         out = http1.encode_head(f"{head.method} {target} HTTP/1.1", headers)
@@ -374,7 +376,8 @@ class WebServer(Listener):
                 finally:
                     server.active -= 1
                 if isinstance(outcome, httpio.Forwarded):
-                    server.succeeded()
+                    if server.fails:
+                        server.succeeded()
                     req.note = server.addr
                     if outcome.upgraded is not None:
                         conn.reader.release()  # the relay closed the socket

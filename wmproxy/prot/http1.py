@@ -312,6 +312,9 @@ def _is_chunked(head: Head) -> bool:
 
 def request_framing(head: Head) -> tuple[str, int]:
     """How the request body is delimited (RFC 9112 6.3): none, ('length', n) or chunked."""
+    index = head.index
+    if b"transfer-encoding" not in index and b"content-length" not in index:
+        return NO_BODY  # the usual GET
     if head.get(b"transfer-encoding") is not None:
         if not _is_chunked(head):
             raise ProtocolError("request Transfer-Encoding must end in chunked", 400)

@@ -141,6 +141,39 @@ def test_relay_idle_timeout():
     b_out.close()
 
 
+def tcp_pair() -> tuple:
+    listener = gsocket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    near = gsocket.create_connection(listener.getsockname())
+    far, _ = listener.accept()
+    listener.close()
+    return near, far
+
+
+def test_relay_ends_its_own_pump_when_the_other_direction_fails():
+    """The caller's greenlet pumps a -> b itself; a reset on b's side (the spawned pump's
+    direction) must end that inline pump too, and nothing may reach the caller afterwards."""
+    a_in, a_out = tcp_pair()
+    b_in, b_out = tcp_pair()
+    stats = None
+
+    def run():
+        nonlocal stats
+        stats = relay(a_in, b_in, 5)
+        gevent.sleep(0.2)  # a stray stop request would land here
+        return "clean"
+
+    g = gevent.spawn(run)
+    gevent.sleep(0.05)
+    b_out.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    b_out.close()  # a reset: the b -> a pump fails while a -> b waits for the client
+    assert g.get(timeout=3) == "clean"
+    assert stats.reason.startswith("error")
+    assert a_out.recv(10) == b""  # the client's connection was closed
+    a_out.close()
+
+
 def test_relay_spliced_between_tcp_sockets():
     """Real TCP sockets on both sides: the splice path, with a sha256 check."""
     lst = gsocket.socket()

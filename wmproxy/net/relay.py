@@ -1,6 +1,7 @@
 """relay(a, b): the one byte pump every mode uses (CONNECT, SOCKS, tunnels, mappings).
 
-Two pumps, one per direction. When one side ends its sending (EOF), the other side's write
+Two pumps, one per direction: the calling greenlet runs one, a spawned greenlet the other.
+When one side ends its sending (EOF), the other side's write
 half is shut down (half-close passed through) and the opposite direction goes on. An error
 on either side ends both. An idle watchdog ends the relay when no byte moved either way for
 ``idle_timeout`` seconds. Both sockets are closed when the relay returns.

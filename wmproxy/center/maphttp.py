@@ -148,15 +148,9 @@ class MapHttpServer(Listener):
 
     def _exchange(self, client, reader, up: "Upstream", head, framing, peer_ip: str, ctx: MapHttpContext, route,
                   variables: dict) -> bool:
-        conn = head.tokens(b"connection")
-        headers = head.end_to_end(_DROP)
-        upgrade = head.get(b"upgrade") if b"upgrade" in conn else None
-        if upgrade:
-            headers += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
-        if framing == http1.CHUNKED:
-            headers.append((b"Transfer-Encoding", b"chunked"))
-        forwarded = b", ".join([*head.get_all(b"x-forwarded-for"), peer_ip.encode()])
-        headers += [(b"X-Forwarded-For", forwarded), (b"X-Forwarded-Proto", ctx.scheme.encode())]
+        headers, upgrade = http1.upstream_headers(head, framing, _DROP)
+        headers += [(b"X-Forwarded-For", http1.forwarded_for(head, peer_ip.encode())),
+                    (b"X-Forwarded-Proto", ctx.scheme.encode())]
         headers = http1.apply_header_rules(headers, route.request_rules, variables)
         out = http1.encode_head(f"{head.method} {head.target} HTTP/1.1", headers)
         reused = up.take(route, ctx.idle_timeout)

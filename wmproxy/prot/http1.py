@@ -102,6 +102,11 @@ class Head:
         named = self.connection
         return self.without(_dropped(also) | named if named else _dropped(also))
 
+    def expects_continue(self) -> bool:
+        """Whether the request asks for a 100 (Continue) before sending its body."""
+        value = self.get(b"expect")
+        return value is not None and value.lower() == b"100-continue"
+
     def wants_keep_alive(self) -> bool:
         """Whether the sender of this head asks to keep the connection open."""
         if self.version == "1.0":
@@ -280,6 +285,25 @@ def parse_absolute(url: str) -> Target:
     if not path.startswith("/"):
         path = "/" + path
     return Target(host, port, path)
+
+
+def upstream_headers(head: Head, framing: tuple[str, int], drop: frozenset[bytes]) -> tuple[Headers, Optional[bytes]]:
+    """The headers of request ``head`` to pass on to its server: end to end ones without
+    ``drop``, with the upgrade the client asks for and the chunked coding of its body (which
+    the proxy decodes and codes again); and that upgrade's protocol (None: none)."""
+    headers = head.end_to_end(drop)
+    upgrade = head.get(b"upgrade") if b"upgrade" in head.connection else None
+    if upgrade:
+        headers += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
+    if framing == CHUNKED:
+        headers.append((b"Transfer-Encoding", b"chunked"))
+    return headers, upgrade
+
+
+def forwarded_for(head: Head, ip: bytes) -> bytes:
+    """The X-Forwarded-For value to send on: the client's list with ``ip`` appended."""
+    earlier = head.index.get(b"x-forwarded-for")
+    return b", ".join([*earlier, ip]) if earlier else ip
 
 
 # Body framing ------------------------------------------------------------------------

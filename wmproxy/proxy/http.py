@@ -176,13 +176,8 @@ class HttpSession:
     # -- absolute-form requests --------------------------------------------------------------
     def _request_bytes(self, head: Head, target: http1.Target, framing) -> tuple[bytes, bool]:
         """The head to send upstream, and whether the client asked to upgrade."""
-        headers = head.end_to_end(_NOT_FORWARDED)
+        headers, upgrade = http1.upstream_headers(head, framing, _NOT_FORWARDED)
         headers.insert(0, (b"Host", target.host_header))
-        upgrade = head.get(b"upgrade") if b"upgrade" in head.tokens(b"connection") else None
-        if upgrade:
-            headers += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
-        if framing == http1.CHUNKED:
-            headers.append((b"Transfer-Encoding", b"chunked"))
         headers.append((b"Via", VIA))
         return http1.encode_head(f"{head.method} {target.path} HTTP/1.1", headers), bool(upgrade)
 
@@ -196,8 +191,7 @@ class HttpSession:
             return False
         data, upgrade = self._request_bytes(head, target, framing)
         client_keep = head.wants_keep_alive()
-        if framing != http1.NO_BODY and head.version == "1.1" and \
-                (head.get(b"expect") or b"").lower() == b"100-continue":
+        if framing != http1.NO_BODY and head.version == "1.1" and head.expects_continue():
             # We answer 100 ourselves and send the body on: an upstream that ignores Expect
             # would otherwise stall the client for its expect timeout.
             self.client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -319,7 +319,7 @@ class WebServer(Listener):
     def _discard_body(self, reader: Reader, req: Request) -> None:
         """A request body nobody wants is read and dropped, so the next request is in step."""
         if req.framing != http1.NO_BODY:
-            if (req.head.get(b"expect") or b"").lower() == b"100-continue":
+            if req.head.expects_continue():
                 req.keep = False  # we answer without reading it: the client may not send it at all
                 return
             httpio.copy_body(reader, lambda data: None, req.framing, False)
@@ -338,21 +338,14 @@ class WebServer(Listener):
         target = req.target
         if base and loc.rule.kind in ("prefix", "prefix-stop") and target.startswith(loc.rule.text):
             target = base + target[len(loc.rule.text):]  # as nginx's proxy_pass with a URI
-        conn_tokens = head.tokens(b"connection")
-        upgrade = head.get(b"upgrade") if b"upgrade" in conn_tokens else None
-        headers = head.end_to_end(_REPLACED)
-        if upgrade:
-            headers += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
-        if req.framing == http1.CHUNKED:
-            headers.append((b"Transfer-Encoding", b"chunked"))
+        headers, upgrade = http1.upstream_headers(head, req.framing, _REPLACED)
         ip = req.ip.encode()
-        earlier = head.index.get(b"x-forwarded-for")
-        headers += [(b"X-Forwarded-For", b", ".join([*earlier, ip]) if earlier else ip),
-                    (b"X-Forwarded-Proto", ctx.scheme_bytes), (b"X-Real-IP", ip)]
+        headers += [(b"X-Forwarded-For", http1.forwarded_for(head, ip)), (b"X-Forwarded-Proto", ctx.scheme_bytes),
+                    (b"X-Real-IP", ip)]
         rules = ctx.rules(req.server, loc)[0]
         headers = http1.apply_header_rules(headers, rules, req.variables if rules else None)
         out = http1.encode_head(f"{head.method} {target} HTTP/1.1", headers)
-        if req.framing != http1.NO_BODY and (head.get(b"expect") or b"").lower() == b"100-continue":
+        if req.framing != http1.NO_BODY and head.expects_continue():
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         servers = group.order(req.ip)
         if not servers:

@@ -85,6 +85,7 @@ class App:
         self.listeners: dict[tuple[str, str], Listener] = {}
         self.center_client = None  # a CenterClient when [center] server is set
         self.http_groups: dict = {}  # [http] upstream groups (pools, health), shared by the http listeners
+        self.http_limits: dict = {}  # [http] limit_req token buckets, shared by them too
         self.draining: list[Listener] = []
         self.started_at = time.time()
         self.loaded_at = time.time()
@@ -167,12 +168,11 @@ class App:
 
     def _forget_upstreams(self, new: Config) -> None:
         """[http] upstreams gone from the config (or changed: a new group replaces them) close
-        their idle connections; the ones unchanged keep their pools and health."""
+        their idle connections; the ones unchanged keep their pools and health. Rate limits
+        start afresh."""
+        self.http_limits.clear()  # rate limits start afresh
         kept = set(new.http.upstream) if new.http is not None else set()
         for key in list(self.http_groups):
-            if isinstance(key, tuple) and key[0] == "limit_req":
-                del self.http_groups[key]  # rate limits start afresh
-                continue
             upstream = key[0] if isinstance(key, tuple) else key  # (upstream or "addr", netloc, tls) for TLS ones
             if upstream != "addr" and upstream not in kept:
                 self.http_groups.pop(key).close()

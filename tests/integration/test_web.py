@@ -487,7 +487,7 @@ def test_try_paths_and_tls_servers_by_sni(start_proxy, site, tmp_path, ca):
         raw.sendall(outgoing.read())
         answers = b""
         while answers.count(b"two\n") < 2:
-            data = raw.recv(65536)  # a timeout here is the bug
+            data = raw.recv(65536)  # a timeout here: the second request was not seen
             assert data, answers
             incoming.write(data)
             try:

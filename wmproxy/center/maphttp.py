@@ -153,26 +153,25 @@ class MapHttpServer(Listener):
                     (b"X-Forwarded-Proto", ctx.scheme.encode())]
         headers = http1.apply_header_rules(headers, route.request_rules, variables)
         out = http1.encode_head(f"{head.method} {head.target} HTTP/1.1", headers)
-        reused = up.take(route, ctx.idle_timeout)
-        httpio.copy_body(reader, up.stream.sendall, framing, True, prefix=out)
-        try:
-            rhead = http1.parse_response_head(httpio.read_head(up.reader, MAX_HEAD))
-        except (PeerClosed, ConnectionError, ProtocolError) as e:
-            if not (reused and framing == http1.NO_BODY and not isinstance(e, ProtocolError)):
-                _reply(client, 502, f"the mapped service did not answer: {e}")
-                return False
-            # the kept stream was closed by the service (keep-alive timeout) as we sent: once more, anew
-            up.close()
-            up.take(route, ctx.idle_timeout)
+        # a kept stream the service closed (keep-alive timeout) as we sent: once more on a new one,
+        # when nothing but the head was sent
+        tries = 2 if up.take(route, ctx.idle_timeout) and framing == http1.NO_BODY else 1
+        for attempt in range(tries):
             try:
-                up.stream.sendall(out)
+                if attempt:
+                    up.close()
+                    up.take(route, ctx.idle_timeout)
+                httpio.copy_body(reader, up.stream.sendall, framing, True, prefix=out)
                 rhead = http1.parse_response_head(httpio.read_head(up.reader, MAX_HEAD))
+                break
             except (PeerClosed, ConnectionError, ProtocolError) as e:
-                _reply(client, 502, f"the mapped service did not answer: {e}")
-                return False
-        done = httpio.forward_response(client, reader, head, rhead, up.stream, up.reader, route.response_rules,
-                                       variables, ctx.idle_timeout, upgrade)
-        host = (head.get(b"host") or b"").decode("latin-1")
+                if attempt + 1 == tries or isinstance(e, ProtocolError):
+                    _reply(client, 502, f"the mapped service did not answer: {e}")
+                    return False
+        done = httpio.forward_response(client, reader, head, rhead, up.stream, up.reader,
+                                       lambda h: http1.apply_header_rules(h, route.response_rules, variables),
+                                       ctx.idle_timeout, upgrade)
+        host = variables["host"]
         if done.upgraded is not None:
             stats = done.upgraded
             log.info("%s map-http %s %s%s 101 upgraded to %s, done (%s) in=%d out=%d", peer_ip, head.method, host,

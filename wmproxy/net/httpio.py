@@ -161,15 +161,15 @@ class Forwarded:
 
 
 def forward_response(client, creader: Reader, head: http1.Head, rhead: http1.Head, upstream, ureader: Reader,
-                     rules, variables: dict, idle_timeout: float, upgrade: bytes | None) -> Forwarded:
+                     finish, idle_timeout: float, upgrade: bytes | None) -> Forwarded:
     """Send the server's response ``rhead`` (and its body from ``ureader``) to the client of
-    request ``head``: header rules applied, chunked re-encoded for HTTP/1.1 clients, a 101 to
-    an upgrade request followed by a relay of both connections until they end (it closes
-    them). Raises PeerClosed, ProtocolError, OSError as copy_body does."""
+    request ``head``: ``finish`` (headers -> headers: the header rules) applied, chunked
+    re-encoded for HTTP/1.1 clients, a 101 to an upgrade request followed by a relay of both
+    connections until they end (it closes them). Raises PeerClosed, ProtocolError, OSError as copy_body does."""
     done = Forwarded(rhead.status)
     if rhead.status == 101 and upgrade:
         client.sendall(http1.encode_head(f"HTTP/1.1 101 {rhead.reason.decode('latin-1')}",
-                                         http1.apply_header_rules(rhead.headers, rules, variables)))
+                                         finish(rhead.headers)))
         done.upgraded = relay(client, upstream, idle_timeout, a_pending=creader.take_pending(),
                               b_pending=ureader.take_pending())
         return done
@@ -178,7 +178,7 @@ def forward_response(client, creader: Reader, head: http1.Head, rhead: http1.Hea
     chunked_out = rframing == http1.CHUNKED and head.version == "1.1"
     if rframing == http1.CHUNKED and not chunked_out:
         keep = False
-    rheaders = http1.apply_header_rules(rhead.end_to_end(), rules, variables)
+    rheaders = finish(rhead.end_to_end())
     if chunked_out:
         rheaders.append((b"Transfer-Encoding", b"chunked"))
     if not keep:

@@ -337,16 +337,21 @@ def _answer(out: Out, head: Head, meta: _Meta, f, status: int, head_only: bool) 
     else:
         headers.append((b"Content-Length", str(size).encode()))
         start_at, count = 0, size
-    data = out.head(status, headers)
     if head_only:
-        client.sendall(data)
+        client.sendall(out.head(status, headers))
         return Reply(status)
-    if meta.data is not None:
-        client.sendall(data + meta.data[start_at:start_at + count])  # head and body in one send
-    else:
-        client.sendall(data)
-        send_file(client, f, start_at, count, out.timeout)
+    _send(out, meta, f, out.head(status, headers), start_at, count)
     return Reply(status, count)
+
+
+def _send(out: Out, meta: _Meta, f, prefix: bytes, start: int, count: int) -> None:
+    """``prefix``, then ``count`` bytes of the file from ``start``: in one send from memory for
+    a small file, else with sendfile."""
+    if meta.data is not None:
+        out.client.sendall(prefix + meta.data[start:start + count])
+    else:
+        out.client.sendall(prefix)
+        send_file(out.client, f, start, count, out.timeout)
 
 
 def _if_range_ok(head: Head, etag: bytes, mtime: int) -> bool:
@@ -375,11 +380,7 @@ def _multipart(out: Out, meta: _Meta, f, headers: list, ranges: list, head_only:
     client.sendall(out.head(206, headers))
     if not head_only:
         for preamble, start, end in parts:
-            if meta.data is not None:
-                client.sendall(preamble + meta.data[start:end + 1])
-                continue
-            client.sendall(preamble)
-            send_file(client, f, start, end - start + 1, out.timeout)
+            _send(out, meta, f, preamble, start, end - start + 1)
         client.sendall(closing)
     return Reply(206, 0 if head_only else length)
 

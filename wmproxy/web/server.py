@@ -53,12 +53,16 @@ class WebContext:
         self.scheme_bytes = scheme.encode()
         self.resolver = app.resolver
         self.groups = app.http_groups  # shared by every listener, kept across reloads while unchanged
+        self.limits = app.http_limits
         self.ssl = sni_server_context([(s.cert, s.key) for s in servers]) if scheme == "https" else None
         self.read_timeout = max(s.client_read_timeout for s in servers)
         self.max_head = max(s.max_header_size for s in servers)
-        # worked out once per location (by id: the config objects live as long as this context)
-        self._by_location: dict[int, tuple] = {}  # -> (group, proxy_url path)
-        self._rules: dict[tuple[int, int], tuple] = {}  # -> (request rules, response rules)
+        # per server and per location (by id: the config objects live as long as this context)
+        self._plans: dict[int, _Plan] = {}
+        for srv in servers:
+            self._plans[id(srv)] = _Plan(srv.headers)
+            for loc in srv.location:
+                self._plans[id(loc)] = _Plan((*srv.headers, *loc.headers))
         self._servers: dict[str, object] = {}  # host -> server
         self._locations: dict[tuple[int, str], object] = {}  # (server, path) -> location
         for upstream in http.upstream:  # now, not at the first request: their health checks start
@@ -66,20 +70,25 @@ class WebContext:
                 self.groups[upstream] = UpstreamGroup(upstream, self.resolver)
 
     def limiter(self, loc) -> "RateLimit":
-        """The token buckets of a location with limit_req (kept across reloads while unchanged)."""
-        key = ("limit_req", loc.rule, loc.limit_req)
-        limit = self.groups.get(key)
+        """The token buckets of a location with limit_req (shared by the listeners; a reload
+        starts them afresh)."""
+        key = (loc.rule, loc.limit_req)
+        limit = self.limits.get(key)
         if limit is None:
-            limit = self.groups[key] = RateLimit(loc.limit_req.rate, loc.limit_req.burst)
+            limit = self.limits[key] = RateLimit(loc.limit_req.rate, loc.limit_req.burst)
         return limit
+
+    def plan(self, server, loc) -> "_Plan":
+        """What is worked out once for a location (None: for its server alone)."""
+        return self._plans[id(loc if loc is not None else server)]
 
     def group_for(self, loc) -> tuple[UpstreamGroup, str]:
         """The group a location's proxy_url names (an upstream, else its host:port; over TLS for
-        https) and the URL's path ('' if none). Worked out once per location."""
-        found = self._by_location.get(id(loc))
-        if found is None:
-            found = self._by_location[id(loc)] = self._group_for(loc)
-        return found
+        https) and the URL's path ('' if none). Worked out at its first request."""
+        plan = self._plans[id(loc)]
+        if plan.group is None:
+            plan.group = self._group_for(loc)
+        return plan.group
 
     def server_for(self, host: str):
         """pick_server, remembered (for up to ROUTES_CACHED names)."""
@@ -101,17 +110,6 @@ class WebContext:
             loc = self._locations[key] = pick_location(server, path)
             return loc
 
-    def rules(self, server, loc) -> tuple[tuple, tuple]:
-        """The header rules of a server and its location (None: the server's own): those for
-        the request sent upstream (``proxy ...``) and those for the response."""
-        key = (id(server), id(loc))
-        found = self._rules.get(key)
-        if found is None:
-            rules = (*server.headers, *loc.headers) if loc is not None else server.headers
-            found = (tuple(r for r in rules if r.is_proxy), tuple(r for r in rules if not r.is_proxy))
-            self._rules[key] = found
-        return found
-
     def _group_for(self, loc) -> tuple[UpstreamGroup, str]:
         parts = urlsplit(loc.proxy_url)
         upstream = self.http.upstream_named(parts.netloc)
@@ -130,6 +128,18 @@ class WebContext:
                 group = UpstreamGroup(upstream, self.resolver, tls)
             self.groups[key] = group
         return group, parts.path
+
+
+class _Plan:
+    """The header rules of a location (its server's first) split into those for the request
+    sent upstream (``proxy ...``) and those for responses; its proxy_url's (group, path)."""
+
+    __slots__ = ("request_rules", "response_rules", "group")
+
+    def __init__(self, rules: tuple) -> None:
+        self.request_rules = tuple(r for r in rules if r.is_proxy)
+        self.response_rules = tuple(r for r in rules if not r.is_proxy)
+        self.group: tuple | None = None
 
 
 class RateLimit:
@@ -194,7 +204,11 @@ class Request:
         return self._variables
 
     def response_rules(self) -> tuple:
-        return self.ctx.rules(self.server, self.location)[1]
+        return self.ctx.plan(self.server, self.location).response_rules
+
+    def apply(self, headers: list, rules: tuple) -> list:
+        """``headers`` after header ``rules``, with this request's variables."""
+        return http1.apply_header_rules(headers, rules, self.variables) if rules else headers
 
 
 class Watched:
@@ -256,16 +270,10 @@ class WebServer(Listener):
     def _one(self, client, reader: Reader, ip: str, ctx: WebContext, state: "Watched") -> bool:
         """Serve one request; returns whether the connection stays open."""
         try:
-            head = http1.parse_request_head(httpio.read_head(reader, ctx.max_head))
+            req = Request(http1.parse_request_head(httpio.read_head(reader, ctx.max_head)), ip, ctx)
         except PeerClosed:
             return False
-        except ProtocolError as e:
-            client.sendall(http1.simple_response(e.http_status, f"wmproxy: {e}"))
-            log.info("%s http: bad request: %s", ip, e)
-            return False
-        try:
-            req = Request(head, ip, ctx)
-        except ProtocolError as e:  # a body framed two ways
+        except ProtocolError as e:  # a malformed head, or a body framed two ways
             client.sendall(http1.simple_response(e.http_status, f"wmproxy: {e}"))
             log.info("%s http: bad request: %s", ip, e)
             return False
@@ -293,7 +301,7 @@ class WebServer(Listener):
         if loc is None:
             self._discard_body(reader, req)
             return self._reply(client, req, 404, "no location for this path")
-        if (loc.allow_ip or loc.deny_ip) and not ip_allowed(req.ip, loc.allow_ip, loc.deny_ip):
+        if not ip_allowed(req.ip, loc.allow_ip, loc.deny_ip):
             self._discard_body(reader, req)
             return self._reply(client, req, 403, "client address not allowed here")
         if loc.limit_req is not None and not ctx.limiter(loc).take(req.ip):
@@ -304,11 +312,9 @@ class WebServer(Listener):
         self._discard_body(reader, req)
         if loc.file_server is not None:
             rules = req.response_rules()
-            variables = req.variables if rules else None
             req.state.waiting(None, float("inf"))  # a long download is no idle client: sends time out on their own
             reply = files.serve(loc.file_server, client, req.head, req.path, req.keep,
-                                lambda headers: http1.apply_header_rules(headers, rules, variables),
-                                ctx.read_timeout)
+                                lambda headers: req.apply(headers, rules), ctx.read_timeout)
             req.status, req.size = reply.status, reply.size
         elif loc.redirect:
             target = http1.fill(loc.redirect, req.variables)
@@ -325,8 +331,7 @@ class WebServer(Listener):
             httpio.copy_body(reader, lambda data: None, req.framing, False)
 
     def _reply(self, client, req: Request, status: int, text: str, extra: list = ()) -> None:
-        rules = req.response_rules()
-        headers = http1.apply_header_rules(list(extra), rules, req.variables if rules else None)
+        headers = req.apply(list(extra), req.response_rules())
         body = req.head.method != "HEAD"
         client.sendall(http1.simple_response(status, text, headers, close=not req.keep, body=body))
         req.status, req.size = status, len(text.rstrip("\n")) + 1 if body else 0
@@ -342,8 +347,7 @@ class WebServer(Listener):
         ip = req.ip.encode()
         headers += [(b"X-Forwarded-For", http1.forwarded_for(head, ip)), (b"X-Forwarded-Proto", ctx.scheme_bytes),
                     (b"X-Real-IP", ip)]
-        rules = ctx.rules(req.server, loc)[0]
-        headers = http1.apply_header_rules(headers, rules, req.variables if rules else None)
+        headers = req.apply(headers, ctx.plan(req.server, loc).request_rules)
         out = http1.encode_head(f"{head.method} {target} HTTP/1.1", headers)
         if req.framing != http1.NO_BODY and head.expects_continue():
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -369,8 +373,7 @@ class WebServer(Listener):
                 finally:
                     server.active -= 1
                 if isinstance(outcome, httpio.Forwarded):
-                    if server.fails:
-                        server.succeeded()
+                    server.succeeded()
                     req.note = server.addr
                     if outcome.upgraded is not None:
                         conn.reader.release()  # the relay closed the socket
@@ -379,7 +382,7 @@ class WebServer(Listener):
                     group.release(server, conn, outcome.reusable)
                     return None
                 conn.close()
-                failure = f"{server.cfg.addr}: {outcome}"
+                failure = f"{server.addr}: {outcome}"
                 sent = req.framing != http1.NO_BODY
                 if pooled and not sent and not isinstance(outcome, socket.timeout):
                     fresh = True  # a kept connection the server had closed: once more on a new one
@@ -388,7 +391,7 @@ class WebServer(Listener):
                 if isinstance(outcome, socket.timeout):
                     req.keep = False
                     req.note = failure
-                    return self._reply(client, req, 504, f"the upstream server {server.cfg.addr} timed out")
+                    return self._reply(client, req, 504, f"the upstream server {server.addr} timed out")
                 if sent or head.method not in _IDEMPOTENT:
                     req.keep = False
                     req.note = failure
@@ -413,7 +416,7 @@ class WebServer(Listener):
         rules = req.response_rules()
         try:
             done = httpio.forward_response(client, reader, req.head, rhead, conn.sock, conn.reader,
-                                           rules, req.variables if rules else None, loc.proxy_read_timeout, upgrade)
+                                           lambda h: req.apply(h, rules), loc.proxy_read_timeout, upgrade)
         except BaseException:
             conn.close()
             req.keep = False

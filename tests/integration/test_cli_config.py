@@ -49,6 +49,9 @@ def test_example_configs_pass_check(prog, conf, tmp_path):
     ('proxy = 3\n', "proxy: expected a table of keys"),
     ('[stream\n', "not valid TOML"),
     ('colour = "blue"\n', "colour: unknown key"),
+    ('[[stream.server]]\nbind = "127.0.0.1:0"\nbind_mode = "tcp2wss"\nup_name = "u"\nws_ca = "/etc/passwd"\n'
+     '[[stream.upstream]]\nname = "u"\nserver = [{ addr = "127.0.0.1:9" }]\n',
+     "stream.server[0].ws_ca: cannot load CA file /etc/passwd"),
 ])
 def test_config_errors_name_file_and_key_path(tmp_path, toml, expected):
     path = tmp_path / "bad.toml"

@@ -41,13 +41,13 @@ def server_context(cert: str, key: str, client_ca: str = "") -> ssl.SSLContext:
     return ctx
 
 
-def client_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext:
+def client_context(ca: str = "", cert: str = "", key: str = "", ca_key: str = "center.ca") -> ssl.SSLContext:
     """Verifying client context (hostname checked by the caller's server_hostname).
-    Raises ConfigError naming center.ca / center.cert."""
+    Raises ConfigError naming ``ca_key`` (the config key of ``ca``) or center.cert."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca:
-        _load_ca(ctx, ca, "center.ca")
+        _load_ca(ctx, ca, ca_key)
     else:
         ctx.load_default_certs()
     if cert:

@@ -31,6 +31,9 @@ class StreamContext:
         self.resolver = resolver
         self.stats = stats
         self.balancer = WeightedRoundRobin(upstream.server)
+        # tcp2wss: the verifying TLS context, once (not a CA file read per connection)
+        self.ws_tls = client_context(server.ws_ca, ca_key="stream.server.ws_ca") \
+            if server.bind_mode == "tcp2wss" else None
 
 
 class StreamTcpServer(Listener):
@@ -94,8 +97,8 @@ class StreamTcpServer(Listener):
         """tcp2ws(s): the websocket client handshake (over TLS for tcp2wss) on ``sock``."""
         host = ctx.cfg.ws_host or addr.host
         sock.settimeout(ctx.cfg.connect_timeout)
-        if ctx.cfg.bind_mode == "tcp2wss":
-            sock = client_context(ctx.cfg.ws_ca).wrap_socket(sock, server_hostname=host)
+        if ctx.ws_tls is not None:
+            sock = ctx.ws_tls.wrap_socket(sock, server_hostname=host)
         try:
             upgraded = ws.connect(sock, host if addr.port in (80, 443) else f"{host}:{addr.port}", ctx.cfg.ws_path)
         except BaseException:
@@ -112,6 +115,8 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
         return []
     return [
         ListenerSpec("stream", srv.bind, (srv, cfg.stream.upstream_named(srv.up_name)),
-                     f"stream.server[{i}].bind", StreamTcpServer)
+                     f"stream.server[{i}].bind", StreamTcpServer,
+                     (lambda ca=srv.ws_ca, at=f"stream.server[{i}].ws_ca": client_context(ca, ca_key=at))
+                     if srv.bind_mode == "tcp2wss" else None)
         for i, srv in enumerate(cfg.stream.server) if srv.bind_mode != "udp"
     ]

@@ -103,7 +103,9 @@ class UpstreamGroup:
         self.cfg = cfg
         self.resolver = resolver
         # TLS to the servers: (name their certificates carry, CA file or '' for the system store)
-        self.tls = (tls[0], client_context(tls[1])) if tls is not None else None
+        self.tls = None
+        if tls is not None:
+            self.tls = (tls[0], client_context(tls[1], ca_key="http.server.location.proxy_ssl_ca"))
         self.servers = [ServerState(s, cfg.name) for s in cfg.server]
         self.balancer = WeightedRoundRobin(cfg.server)
         self.checker = gevent.spawn(self._check_forever) if cfg.health_check is not None else None

@@ -242,9 +242,10 @@ class App:
     def proxy_handler(self, proxy_cfg, stats):
         """The forward proxy as a function of (connection, client address), for features that
         hand it connections of their own (the center server's PROXY streams)."""
+        from .net.relay import link_owned
         from .proxy.server import ProxyContext, serve_connection
 
-        ctx = ProxyContext(proxy_cfg, self.resolver, stats, local=False)
+        ctx = ProxyContext(proxy_cfg, self.resolver, stats, local=False, adopt=link_owned)
         return lambda conn, address: serve_connection(ctx, conn, address)
 
     # -- status --------------------------------------------------------------------------------
@@ -324,14 +325,17 @@ class App:
             log.info("closed %d connection(s) still open after the %.1fs grace period", left, grace)
         self._stopped.set()
 
-    def serve_forever(self, on_sigusr1=None) -> None:
+    def serve_forever(self, on_sigusr1=None, on_ready=None) -> None:
         """Block until stopped: SIGTERM/SIGINT stop gracefully, SIGHUP reloads, SIGUSR1
-        calls ``on_sigusr1`` (log reopening)."""
+        calls ``on_sigusr1`` (log reopening). ``on_ready()`` is called once the handlers are
+        in place (a SIGHUP before that is ignored, not fatal)."""
         handlers = [gevent.signal_handler(sig, self.request_stop, sig.name) for sig in (signal.SIGTERM, signal.SIGINT)]
         handlers.append(gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload, "SIGHUP")))
         if on_sigusr1 is not None:
             handlers.append(gevent.signal_handler(signal.SIGUSR1, on_sigusr1))
         try:
+            if on_ready is not None:
+                on_ready()
             self._stopped.wait()
         finally:
             for h in handlers:

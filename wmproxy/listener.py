@@ -73,6 +73,7 @@ class Listener(StreamServer):
         self.started_at = time.time()
         self.draining = False
         self._retired: list[Pool] = []  # pools of connections from before a limit change
+        self._adopted: set[Callable[[], None]] = set()  # connections living on without their handler
         self.ctx = self.make_context(spec.settings, app)
         super().__init__(sock, spawn=Pool(self.max_connections(spec.settings)))
 
@@ -87,6 +88,28 @@ class Listener(StreamServer):
         return getattr(settings, "max_connections", 10000)
 
     # -- lifecycle ----------------------------------------------------------------------------
+    def set_spawn(self, spawn) -> None:
+        super().set_spawn(spawn)
+        self.full = self._full  # the pool's own test knows nothing of adopted connections
+
+    def _full(self) -> bool:
+        return len(self.pool) + len(self._adopted) >= self.pool.size
+
+    def adopt(self, stop: Callable[[], None]) -> Callable[[], None]:
+        """Keep a connection whose handler returned while it lives on (a relay run by
+        callbacks) as one of ours: it counts as active and against the connection limit, a
+        drain waits for it and calls ``stop`` past the grace period. Returns the function to
+        call once it ended."""
+        self._adopted.add(stop)
+        self.stats.active += 1
+
+        def release() -> None:
+            if stop in self._adopted:
+                self._adopted.discard(stop)
+                self.stats.active -= 1
+                self._start_accepting_if_started()  # a full server accepts again
+        return release
+
     def handle(self, client, address) -> None:
         ctx = self.ctx  # this connection keeps these settings whatever reloads happen
         try:
@@ -122,9 +145,13 @@ class Listener(StreamServer):
         deadline = time.monotonic() + grace
         for pool in self.pools:
             pool.join(timeout=max(0.0, deadline - time.monotonic()))
-        left = sum(len(pool) for pool in self.pools)
+        while self._adopted and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        left = sum(len(pool) for pool in self.pools) + len(self._adopted)
         for pool in self.pools:
             pool.kill(timeout=2)
+        for stop in list(self._adopted):
+            stop()
         return left
 
 

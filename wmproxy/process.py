@@ -144,13 +144,16 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
         log.error("%s", e)
         _report(wfd, f"{prog}: {e}")
         return 1
-    log.info("%s %s started (pid %d%s)", prog, __version__, os.getpid(),
-             f", config {config_file}" if config_file else ", embedded default config")
-    if wfd is not None:
-        os.chdir("/")  # a daemon keeps no directory busy; every path it uses is absolute
-    _report(wfd, "ok")
+
+    def ready() -> None:  # the signal handlers are in place: SIGHUP from now on reloads
+        log.info("%s %s started (pid %d%s)", prog, __version__, os.getpid(),
+                 f", config {config_file}" if config_file else ", embedded default config")
+        if wfd is not None:
+            os.chdir("/")  # a daemon keeps no directory busy; every path it uses is absolute
+        _report(wfd, "ok")
+
     try:
-        app.serve_forever(on_sigusr1=reopen)
+        app.serve_forever(on_sigusr1=reopen, on_ready=ready)
     finally:
         if pidfile:
             remove_pidfile(pidfile)

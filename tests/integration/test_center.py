@@ -677,3 +677,35 @@ def test_udp_mapping_through_the_link(pair, udp_echo, echo_server):
         back.wait_log("mapping 'dgram' published")
         assert udp_ask(s, pub, b"9:up", b"U:9:up", b"U:9:", errors)
     assert errors == []
+
+
+def test_tunnels_relayed_by_callbacks_count_against_the_limit_and_the_grace(pair, mirror):
+    """Through the link a tunnel's handler returns while a callback relay carries it on: it
+    still counts against max_connections, is logged when it ends, and when a reload removes
+    its listener it lives on through the grace period and is closed after it."""
+    p = pair(start_client=False)
+    p.client = p.start_client(tail="max_connections = 2\n")
+    p.wait_link()
+    first, second = socks_connect(p.proxy, mirror), socks_connect(p.proxy, mirror)
+    for s in (first, second):
+        s.sendall(b"ping")
+        assert s.recv(4) == b"ping"  # (one segment on loopback)
+    third = socket.create_connection(("127.0.0.1", p.proxy), timeout=10)
+    third.sendall(b"\x05\x01\x00")
+    third.settimeout(1)
+    with pytest.raises(socket.timeout):  # two live tunnels: the third waits to be accepted
+        third.recv(2)
+    first.close()
+    third.settimeout(10)
+    assert third.recv(2) == b"\x05\x00"  # one ended: accepted now
+    p.client.wait_log("done (eof)")
+    third.close()
+    conf = next(p.tmp.glob("client-*.toml"))
+    conf.write_text(conf.read_text().replace(f"127.0.0.1:{p.proxy}", f"127.0.0.1:{free_port()}"))
+    p.client.popen.send_signal(signal.SIGHUP)
+    p.client.wait_log("reloaded")
+    second.sendall(b"still")
+    assert second.recv(5) == b"still"  # the old listener's live tunnel goes on (grace 2s) ...
+    p.client.wait_log("removed; closed 1 connection(s) still open after the grace period", timeout=10)
+    second.settimeout(5)
+    assert second.recv(10) == b""  # ... and is closed after it

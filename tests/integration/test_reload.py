@@ -199,6 +199,7 @@ def test_new_credentials_apply_to_the_next_connection_only(setup, origin):
 def test_sighup_and_file_watch_reload(setup, origin):
     s = setup(watch="true")
     wait_listening(s.values["proxy"])
+    s.proc.wait_log("started")  # its SIGHUP handler is in place (before, SIGHUP is ignored)
     stream_a, stream_b = free_port(), free_port()
     s.write(stream=stream_section(stream_a, origin.port))
     s.proc.popen.send_signal(signal.SIGHUP)
@@ -224,6 +225,9 @@ def test_client_program_reloads_the_same_way(tmp_path, origin):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(proxy, proc=proc)
+        with socket.create_connection(("127.0.0.1", proxy), timeout=10) as probe:  # answered: the loop
+            probe.sendall(b"GET / HTTP/1.0\r\n\r\n")  # runs, so its SIGHUP handler is in place
+            assert probe.recv(100).startswith(b"HTTP/1.")
         conf.write_text(conf.read_text() + stream_section(stream, origin.port))
         proc.send_signal(signal.SIGHUP)
         wait_port(stream, proc=proc)

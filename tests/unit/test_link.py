@@ -3,14 +3,20 @@ link loss. (The end-to-end behaviour is in tests/integration/test_center.py.)"""
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import os
 import socket
 
 import gevent
+import greenlet
 import pytest
 from gevent import socket as gsocket
 
 from wmproxy.center.link import CenterLink
+from wmproxy.net import idle
 from wmproxy.net.reader import Reader
+from wmproxy.net.relay import link_owned, relay_then
 from wmproxy.prot import frame as fr
 
 WINDOW = 65536
@@ -98,3 +104,99 @@ def test_link_loss_resets_every_stream():
         with pytest.raises(ConnectionResetError):
             s.sendall(b"more")
     assert client.closed
+
+
+# -- streams relayed by callbacks (net.bridge): no greenlet per stream --------------------------------
+
+def bridged_pair(idle_timeout=None):
+    """A link pair whose server end relays every new stream to a fresh socket pair by
+    callbacks; yields (client link, runs, [(far socket, done list)] per stream)."""
+    ends = []
+
+    def on_create(vc, mode, target):
+        near, far = gsocket.socketpair()
+        near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # a slow reader fills them soon
+        far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        done = []
+        ends.append((far, done, vc))
+        detached = relay_then(vc, near, done.append, link_owned, idle_timeout)
+        assert detached  # the handler returns while the relay goes on
+
+    client, server, runs = make_pair(on_create)
+    return client, server, runs, ends
+
+
+def recv_all(s, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = s.recv(min(65536, n - len(out)))
+        assert chunk, f"EOF after {len(out)} of {n} bytes"
+        out += chunk
+    return bytes(out)
+
+
+def test_bridge_relays_both_ways_with_flow_control_and_half_close():
+    client, server, runs, ends = bridged_pair()
+    stream = client.open_stream(fr.CreateMode.CONNECT, "x:1")
+    stream.settimeout(10)
+    up, down = os.urandom(16 * WINDOW + 123), os.urandom(2 * WINDOW + 7)
+    sender = gevent.spawn(stream.sendall, up)
+    gevent.sleep(0.5)  # the far socket is not read yet: the bridge holds at most one window
+    far, done, vc = ends[0]
+    far.settimeout(10)
+    assert not sender.dead and vc.buffered <= WINDOW
+    assert hashlib.sha256(recv_all(far, len(up))).digest() == hashlib.sha256(up).digest()
+    sender.get(timeout=10)
+    stream.shutdown(socket.SHUT_WR)  # half-close passes through: the socket reads EOF ...
+    assert far.recv(10) == b""
+    far.sendall(down)  # ... and still sends
+    far.shutdown(socket.SHUT_WR)
+    got = bytearray()
+    while data := stream.recv(65536):
+        got += data
+    assert bytes(got) == down
+    gevent.sleep(0.2)
+    assert done and done[0].reason == "eof" and (done[0].a_to_b, done[0].b_to_a) == (len(up), len(down))
+    assert vc.sid not in server.streams
+    client.close("done")
+    gevent.joinall(runs, timeout=5)
+
+
+def test_idle_bridged_streams_keep_no_greenlet():
+    client, server, runs, ends = bridged_pair()
+    gevent.sleep(0.1)
+
+    def greenlets() -> int:
+        return sum(1 for o in gc.get_objects() if issubclass(type(o), greenlet.greenlet) and not o.dead)
+
+    before = greenlets()
+    streams = [client.open_stream(fr.CreateMode.CONNECT, "x:1") for _ in range(200)]
+    for s in streams:
+        s.sendall(b"hello")
+    gevent.sleep(0.5)
+    assert len(ends) == 200 and all(far.recv(5) == b"hello" for far, _, _ in ends)
+    assert greenlets() - before < 10  # was 2 per stream on this end (a handler pumping and a pump)
+    client.close("done")
+    gevent.joinall(runs, timeout=5)
+
+
+def test_link_loss_and_idle_timeout_end_bridges():
+    client, server, runs, ends = bridged_pair(idle_timeout=0.5)
+    stream = client.open_stream(fr.CreateMode.CONNECT, "x:1")
+    stream.sendall(b"x")
+    gevent.sleep(0.2)
+    far, done, _ = ends[0]
+    far.settimeout(5)
+    assert far.recv(1) == b"x"
+    assert far.recv(1) == b"" and done[0].reason == "idle"  # nothing moved for 0.5 s: closed
+    stream2 = client.open_stream(fr.CreateMode.CONNECT, "x:1")
+    stream2.sendall(b"y")
+    gevent.sleep(0.2)
+    far2, done2, _ = ends[1]
+    far2.settimeout(5)
+    assert far2.recv(1) == b"y"
+    client.close("killed")  # the server's link notices and resets every stream
+    assert far2.recv(1) == b""
+    assert done2[0].reason.startswith("error: center link closed")
+    gevent.joinall(runs, timeout=5)
+    idle._REAPER.greenlet.join(timeout=2)  # no watch left: the reaper ends (later tests count watchers)

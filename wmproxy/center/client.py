@@ -21,7 +21,7 @@ from ..net.dial import dial
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import client_context
 from ..net.udp import MAX_DATAGRAM
-from ..net.relay import relay
+from ..net.relay import link_owned, relay_then
 from ..prot import frame as fr
 from ..prot.frame import CreateMode, Flag, Kind
 from . import handshake
@@ -149,8 +149,9 @@ class CenterClient:
             vc.close(str(e))
             return
         vc.link.send_frame(Kind.CREATE, Flag.ACK, vc.sid)
-        stats = relay(vc, local, IDLE_TIMEOUT)
-        log.info("mapping %r: connection done (%s) in=%d out=%d", target, stats.reason, stats.a_to_b, stats.b_to_a)
+        relay_then(vc, local, lambda stats: log.info(
+            "mapping %r: connection done (%s) in=%d out=%d", target, stats.reason, stats.a_to_b, stats.b_to_a),
+            link_owned, IDLE_TIMEOUT)
 
     def _serve_udp(self, vc: VirtualConn, mapping) -> None:
         """One public peer of a udp mapping: its datagrams (one DATA frame each) go to the

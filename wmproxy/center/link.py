@@ -58,15 +58,25 @@ def read_frame(reader: Reader, max_body: int) -> fr.Frame:
 
 class VirtualConn:
     """One stream of a link, used like a connected socket. Owned by whoever opened or
-    accepted it; :meth:`close` ends it (the link forgets it)."""
+    accepted it; :meth:`close` ends it (the link forgets it).
+
+    Two ways to take what the far end sends: :meth:`recv` (a greenlet waits on the stream's
+    queue), or push mode (:meth:`attach`): the link's reader hands every event to a sink
+    object at once, so a stream relayed by callbacks (net.bridge) keeps no greenlet. The
+    queue and the credit event are made only when a greenlet needs them: thousands of idle
+    attached streams cost a few small objects each.
+    """
+
+    __slots__ = ("link", "sid", "_inbox", "pending", "credit", "_credit_event", "consumed", "buffered",
+                 "sent_fin", "got_fin", "reset", "closed", "timeout", "sink")
 
     def __init__(self, link: "CenterLink", sid: int) -> None:
         self.link = link
         self.sid = sid
-        self.inbox: Queue = Queue()  # bytes chunks; b"" = EOF; _RESET = aborted (bounded by the window)
+        self._inbox: Queue | None = None  # bytes chunks; b"" = EOF; _RESET = aborted (bounded by the window)
         self.pending = b""
         self.credit = link.window
-        self.credit_event = Event()
+        self._credit_event: Event | None = None
         self.consumed = 0
         self.buffered = 0  # bytes received and not yet taken by the consumer: at most one window
         self.sent_fin = False
@@ -74,9 +84,22 @@ class VirtualConn:
         self.reset: str | None = None
         self.closed = False
         self.timeout: float | None = None
+        self.sink = None  # push mode: gets data(body), fin(), reset(reason), credit()
 
     def __repr__(self) -> str:
         return f"<VirtualConn {self.sid} of {self.link.name}>"
+
+    @property
+    def inbox(self) -> Queue:
+        if self._inbox is None:
+            self._inbox = Queue()
+        return self._inbox
+
+    @property
+    def credit_event(self) -> Event:
+        if self._credit_event is None:
+            self._credit_event = Event()
+        return self._credit_event
 
     # -- the socket API ------------------------------------------------------------------------
     def settimeout(self, timeout: float | None) -> None:
@@ -99,7 +122,7 @@ class VirtualConn:
         ConnectionResetError when the stream or the link was aborted."""
         if self.pending:
             chunk, self.pending = self.pending[:n], self.pending[n:]
-            self._consumed(len(chunk))
+            self.consume(len(chunk))
             return chunk
         try:
             chunk = self.inbox.get(timeout=self.timeout)
@@ -113,10 +136,12 @@ class VirtualConn:
             return b""
         if len(chunk) > n:
             chunk, self.pending = chunk[:n], chunk[n:]
-        self._consumed(len(chunk))
+        self.consume(len(chunk))
         return chunk
 
-    def _consumed(self, n: int) -> None:
+    def consume(self, n: int) -> None:
+        """``n`` received bytes were taken by the consumer: window credit goes back to the
+        far end once a quarter of a window was taken. Never blocks."""
         self.buffered -= n
         self.consumed += n
         if self.consumed >= self.link.window // 4 and not self.closed and not self.reset:
@@ -137,9 +162,15 @@ class VirtualConn:
             n = min(len(view), self.credit, DATA_CHUNK)
             # bytes as they are when they fit (the relay's common case): no copy before the writer's
             piece = data if n == len(data) and isinstance(data, bytes) else bytes(view[:n])
-            self.link.send_frame(Kind.DATA, 0, self.sid, piece)
-            self.credit -= n
+            self.push(piece)
             view = view[n:]
+
+    def push(self, data: bytes) -> None:
+        """One DATA frame now, never waiting: the caller keeps ``len(data)`` within
+        :attr:`credit` and DATA_CHUNK. Raises like :meth:`sendall`."""
+        self._check_writable()
+        self.link.send_frame(Kind.DATA, 0, self.sid, data)
+        self.credit -= len(data)
 
     def send(self, data) -> int:
         self.sendall(data)
@@ -187,7 +218,28 @@ class VirtualConn:
                 self.link.send_frame(Kind.CLOSE, Flag.FIN, self.sid, fr.encode_close(""), quiet=True)
         self.sent_fin = True
         self.link.forget(self.sid)
-        self.credit_event.set()
+        if self._credit_event is not None:
+            self._credit_event.set()
+
+    def attach(self, sink) -> None:
+        """Push mode, for good: the link's reader calls ``sink.data(body)``, ``sink.fin()``,
+        ``sink.reset(reason)`` and ``sink.credit()`` (more window credit) as frames arrive,
+        in the reader's greenlet, so the sink must not block. What arrived before is handed
+        over at once, in order. The sink calls :meth:`consume` as it delivers bytes."""
+        self.sink = sink
+        queued = [self.pending] if self.pending else []
+        self.pending = b""
+        box, self._inbox = self._inbox, None
+        while box is not None and box.qsize():
+            queued.append(box.get_nowait())
+        for item in queued:
+            if item is _RESET:
+                sink.reset(self.reset or "closed by the far side")
+                return
+            if not item:
+                sink.fin()
+                return
+            sink.data(item)
 
     # -- fed by the link's reader ----------------------------------------------------------------
     def _on_data(self, body: bytes) -> None:
@@ -196,20 +248,35 @@ class VirtualConn:
             if self.buffered > self.link.window:
                 raise ProtocolError(f"stream {self.sid}: {self.buffered} bytes sent beyond the "
                                     f"{self.link.window}-byte window (flow control violated)")
-            self.inbox.put(body)
+            if self.sink is not None:
+                self.sink.data(body)
+            else:
+                self.inbox.put(body)
 
     def _on_window(self, credit: int) -> None:
         self.credit += credit
-        self.credit_event.set()
+        if self.sink is not None:
+            self.sink.credit()
+        elif self._credit_event is not None:
+            self._credit_event.set()
 
     def _on_close(self, fin: bool, reason: str) -> None:
         if fin:
+            if self.got_fin:
+                return
             self.got_fin = True
-            self.inbox.put(b"")
+            if self.sink is not None:
+                self.sink.fin()
+            else:
+                self.inbox.put(b"")
         elif self.reset is None:
             self.reset = reason or "closed by the far side"
-            self.inbox.put(_RESET)
-            self.credit_event.set()
+            if self.sink is not None:
+                self.sink.reset(self.reset)
+            else:
+                self.inbox.put(_RESET)
+                if self._credit_event is not None:
+                    self._credit_event.set()
 
 
 class LinkClosed(Exception):
@@ -400,8 +467,10 @@ class CenterLink:
             self.on_create(vc, mode, target)
         except Exception:
             log.exception("center link %s: internal error serving stream %d", self.name, vc.sid)
-        finally:
             vc.close()
+        finally:
+            if vc.sink is None:  # else a relay run by callbacks owns it now
+                vc.close()
 
     def close(self, reason: str) -> None:
         """End the link: every stream is reset at once, the socket closed. Idempotent."""

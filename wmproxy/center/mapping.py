@@ -21,7 +21,7 @@ from gevent.server import StreamServer
 from ..config import Addr, to_addr
 from ..net.dial import fmt_addr
 from ..net.listen import BindError, open_listener, open_udp
-from ..net.relay import RelayStats, relay
+from ..net.relay import link_owned, relay_then
 from ..net.udp import UdpSession, UdpSessions
 from ..prot import frame as fr
 from ..prot.frame import CreateMode
@@ -96,10 +96,9 @@ class PublicPort(StreamServer):
             log.info("%s mapping %s: %s", peer, self.name, e)
             return
         self.connections += 1
-        stats = RelayStats()
-        relay(conn, stream, self.idle_timeout, stats=stats)
-        log.info("%s mapping %s (%s) done (%s) in=%d out=%d", peer, self.name, self.owner, stats.reason,
-                 stats.a_to_b, stats.b_to_a)
+        relay_then(conn, stream, lambda stats: log.info(
+            "%s mapping %s (%s) done (%s) in=%d out=%d", peer, self.name, self.owner, stats.reason, stats.a_to_b,
+            stats.b_to_a), link_owned, self.idle_timeout)
 
 
 class LinkSession(UdpSession):

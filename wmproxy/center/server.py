@@ -15,7 +15,7 @@ from ..errors import ProtocolError, UpstreamError
 from ..listener import Listener, ListenerSpec
 from ..net.dial import dial, fmt_addr
 from ..net.reader import PeerClosed, Reader
-from ..net.relay import relay
+from ..net.relay import link_owned, relay_then
 from ..net.tls import server_context
 from ..prot.frame import CreateMode, Flag, Kind
 from ..prot.http1 import parse_authority
@@ -128,9 +128,9 @@ class CenterServer(Listener):
                 log.info("center %s: CONNECT %s failed: %s", link.name, target, e)
                 return
             link.send_frame(Kind.CREATE, Flag.ACK, vc.sid)
-            stats = relay(vc, upstream, ctx.proxy_cfg.idle_timeout)
-            log.info("center %s: CONNECT %s done (%s) up=%d down=%d", link.name, target, stats.reason,
-                     stats.a_to_b, stats.b_to_a)
+            relay_then(vc, upstream, lambda stats: log.info(
+                "center %s: CONNECT %s done (%s) up=%d down=%d", link.name, target, stats.reason, stats.a_to_b,
+                stats.b_to_a), link_owned, ctx.proxy_cfg.idle_timeout)
         else:
             vc.close(f"{mode.name} streams are not served by a center server")
 

@@ -8,20 +8,28 @@ on either side ends both. An idle watchdog ends the relay when no byte moved eit
 
 Between two plain kernel sockets the bytes move with ``splice(2)`` through a pipe (zero
 copy); anywhere else (TLS, virtual connections) a copy loop reuses one buffer per pump.
+
+:func:`relay_then` is the same relay for callers that may let go of the connection: between
+a push-mode stream (a center link's VirtualConn) and a plain socket it hands both to a
+greenlet-free :class:`~.bridge.Bridge` and returns at once, so the caller's greenlet ends
+and an idle tunnel costs a few objects instead of parked greenlets.
 """
 
 from __future__ import annotations
 
+import _socket
 import errno
 import fcntl
 import os
 import socket
+from typing import Callable
 
 import gevent
 from gevent import get_hub
 from gevent import socket as gsocket
 from gevent import ssl as gssl
 
+from .bridge import Bridge
 from .idle import watch_idle
 from .writer import send_all
 
@@ -216,3 +224,55 @@ def relay(a, b, idle_timeout: float | None = None, a_pending: bytes = b"", b_pen
         _close(a)
         _close(b)
     return stats
+
+
+Adopt = Callable[[Callable[[], None]], Callable[[], None]]
+
+
+def _nothing() -> None:
+    pass
+
+
+def link_owned(stop: Callable[[], None]) -> Callable[[], None]:
+    """The ``adopt`` for connections that need no slot kept: a center link's streams (the
+    link resets every stream, so ends every bridge, when it ends) and the like."""
+    return _nothing
+
+
+def relay_then(a, b, on_done: Callable[[RelayStats], None], adopt: Adopt | None, idle_timeout: float | None = None,
+               a_pending: bytes = b"", b_pending: bytes = b"", stats: RelayStats | None = None) -> bool:
+    """Relay ``a`` and ``b`` like :func:`relay`, then ``on_done(stats)``; returns whether the
+    relay goes on without the caller.
+
+    With ``adopt`` given, when one side is a push-mode stream and the other a plain kernel
+    socket, a Bridge takes both over: ``adopt(stop)`` is called first (the owner of the
+    connection's slot gets ``stop`` to end it early and returns the function that frees the
+    slot, called once the relay ended), the function returns True at once and ``on_done``
+    runs later from the event loop. Otherwise it blocks in :func:`relay`, calls ``on_done``
+    and returns False. Either way both sides end up closed.
+    """
+    stats = stats or RelayStats()
+    if adopt is not None:
+        for stream, sock, sock_is_a in ((b, a, True), (a, b, False)):
+            if hasattr(stream, "attach") and _spliceable(sock):
+                return _bridge(stream, sock, sock_is_a, on_done, adopt, idle_timeout,
+                               a_pending if sock_is_a else b_pending, b_pending if sock_is_a else a_pending, stats)
+    on_done(relay(a, b, idle_timeout, a_pending, b_pending, stats))
+    return False
+
+
+def _bridge(stream, sock, sock_is_a: bool, on_done, adopt: Adopt, idle_timeout, to_stream: bytes, to_sock: bytes,
+            stats: RelayStats) -> bool:
+    # the kernel socket leaves its gevent wrapper (whose owner may close it: nothing happens)
+    family, kind, proto = sock.family, sock.type, sock.proto
+    raw = _socket.socket(family, kind, proto, sock.detach())
+    raw.setblocking(False)
+
+    def done(stats: RelayStats) -> None:
+        release()
+        on_done(stats)
+
+    bridge = Bridge(stream, raw, stats, sock_is_a, done)
+    release = adopt(bridge.stop)
+    bridge.start(to_stream, to_sock, idle_timeout)
+    return True

@@ -19,7 +19,7 @@ from ..net.dial import dial, fmt_addr, ip_allowed
 from ..net.dns import Resolver
 from ..net import httpio
 from ..net.reader import PeerClosed, Reader
-from ..net.relay import RelayStats, relay
+from ..net.relay import Adopt, RelayStats, relay_then
 from ..prot import socks as s5
 from ..prot.frame import CreateMode
 from ..prot.http1 import simple_response
@@ -31,10 +31,11 @@ log = logging.getLogger("wmproxy.proxy")
 class ConnInfo:
     """What one client connection did, for its single log line."""
 
-    __slots__ = ("peer", "proto", "target", "result", "up", "down", "started")
+    __slots__ = ("peer", "proto", "target", "result", "up", "down", "started", "detached")
 
     def __init__(self, peer: str) -> None:
         self.peer = peer
+        self.detached = False  # its relay goes on after the handler returned: it logs itself
         self.proto = "-"
         self.target = "-"
         self.result = "closed"
@@ -53,7 +54,7 @@ class ProxyContext:
     builds a new context for new connections while live ones keep theirs."""
 
     def __init__(self, cfg: ProxyConfig, resolver: Resolver, stats: ConnStats | None = None, via=None,
-                 local: bool = True) -> None:
+                 local: bool = True, adopt: Adopt | None = None) -> None:
         self.cfg = cfg
         self.resolver = resolver
         self.stats = stats or ConnStats()
@@ -61,6 +62,31 @@ class ProxyContext:
         # SOCKS5 UDP ASSOCIATE: only where the client can reach our relay socket, so not for
         # connections that arrive over a center link from another network
         self.udp_associate = local and cfg.udp_bind is not None
+        self.adopt = adopt  # takes over connections whose relay goes on without their greenlet
+
+    def relay(self, client, upstream, info: ConnInfo, a_pending: bytes) -> None:
+        """Relay the client and its upstream, filling ``info``. Where the relay can go on
+        without this greenlet (a link stream and a socket), it does: the handler returns at
+        once, and the connection's line is logged when the relay ends."""
+
+        def adopt(stop):
+            info.detached = True
+            return self.adopt(stop)
+
+        def done(stats: RelayStats) -> None:
+            info.up, info.down, info.result = stats.a_to_b, stats.b_to_a, f"done ({stats.reason})"
+            if info.detached:
+                self.conn_done(info)
+
+        relay_then(client, upstream, done, adopt if self.adopt is not None else None, self.cfg.idle_timeout,
+                   a_pending=a_pending)
+
+    def conn_done(self, info: ConnInfo, log_line: bool = True, level: int = logging.INFO) -> None:
+        """A connection ended: its bytes go into the listener's totals, its line to the log."""
+        self.stats.bytes_in += info.up
+        self.stats.bytes_out += info.down
+        if log_line:
+            log.log(level, "%s", info.line())
 
     def client_allowed(self, ip: str) -> bool:
         """Deny list first, then the allow list (an empty allow list allows everyone)."""
@@ -84,7 +110,8 @@ class ProxyServer(Listener):
 
     def make_context(self, settings, app) -> ProxyContext:
         proxy_cfg, center_cfg = settings
-        return ProxyContext(proxy_cfg, app.resolver, self.stats, app.center_client if center_cfg else None)
+        return ProxyContext(proxy_cfg, app.resolver, self.stats, app.center_client if center_cfg else None,
+                            adopt=self.adopt)
 
     def max_connections(self, settings) -> int:
         return settings[0].max_connections
@@ -133,11 +160,10 @@ def serve_connection(ctx: ProxyContext, client, address) -> None:
         log.exception("internal error serving %s", info.peer)
     finally:
         reader.release()
-        ctx.stats.bytes_in += info.up
-        ctx.stats.bytes_out += info.down
-        if info.proto != "http" or failed:  # HTTP logs one line per request itself
-            # a connect-and-close (port probe, health check) is not worth an info line
-            log.log(logging.DEBUG if first == b"" else logging.INFO, "%s", info.line())
+        if not info.detached:
+            # HTTP logs one line per request itself; a connect-and-close (port probe, health
+            # check) is not worth an info line
+            ctx.conn_done(info, info.proto != "http" or failed, logging.DEBUG if first == b"" else logging.INFO)
 
 
 def _through_link(ctx: ProxyContext, client, reader: Reader, info: ConnInfo, allowed: bool, first: int) -> None:
@@ -154,9 +180,7 @@ def _through_link(ctx: ProxyContext, client, reader: Reader, info: ConnInfo, all
         return
     info.proto, info.target = "center", link.name
     stream = link.open_stream(CreateMode.PROXY)
-    stats = RelayStats()
-    relay(client, stream, ctx.cfg.idle_timeout, a_pending=reader.take_pending(), stats=stats)
-    info.up, info.down, info.result = stats.a_to_b, stats.b_to_a, f"done ({stats.reason})"
+    ctx.relay(client, stream, info, reader.take_pending())
 
 
 def refuse(client, reader: Reader, first: int, reason: str, max_header: int, not_allowed: bool = False) -> None:

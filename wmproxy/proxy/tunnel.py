@@ -6,16 +6,15 @@ from typing import Callable
 
 from ..errors import UpstreamError
 from ..net.reader import Reader
-from ..net.relay import RelayStats, relay
 
 
 def open_tunnel(ctx, client, reader: Reader, info, host: str, port: int,
                 ok_reply: Callable[[str, int], bytes], fail_reply: Callable[[UpstreamError], bytes]) -> None:
     """Dial ``host:port``; answer the client with ``ok_reply(bound host, bound port)`` or
-    ``fail_reply(error)``; then relay until both sides are done (bytes the client sent
-    early, still in ``reader``, go first). Fills ``info``. The relay closes both sockets;
-    on failure the caller's server closes the client. Blocks; raises OSError if the client
-    is gone before the relay starts.
+    ``fail_reply(error)``; then relay with ``ctx.relay`` (bytes the client sent early, still
+    in ``reader``, go first), which fills ``info`` and may go on after this returns. The
+    relay closes both sockets; on failure the caller's server closes the client. Blocks;
+    raises OSError if the client is gone before the relay starts.
     """
     try:
         upstream = ctx.dial(host, port)
@@ -29,6 +28,4 @@ def open_tunnel(ctx, client, reader: Reader, info, host: str, port: int,
     except OSError:
         upstream.close()
         raise
-    stats = RelayStats()
-    relay(client, upstream, ctx.cfg.idle_timeout, a_pending=reader.take_pending(), stats=stats)
-    info.up, info.down, info.result = stats.a_to_b, stats.b_to_a, f"done ({stats.reason})"
+    ctx.relay(client, upstream, info, reader.take_pending())

@@ -1,0 +1,222 @@
+"""A relay with no greenlet: a push-mode stream (a center link's VirtualConn) and a kernel socket.
+
+relay() parks a greenlet per direction on each end of a tunnel; a parked greenlet keeps its
+saved C stack and a CPython data-stack page, about 8 KiB. On a center link with thousands of
+idle tunnels that is most of the memory. A Bridge is driven by callbacks instead:
+
+    kernel socket --(libev read watcher: recv up to the stream's credit)--> stream.push()
+    kernel socket <--(send now; the rest waits for a write watcher)-- sink.data() from the link
+
+Flow control keeps memory bounded without a queue: the socket is read only as far as the
+stream's window credit goes (the read watcher stops at zero and starts again on WINDOW), and
+the stream's window is given back (``stream.consume``) only for bytes the socket took, so the
+far end never has more than one window in flight towards a slow socket.
+
+Semantics match relay(): half-close passed through (EOF one way shuts down the other side's
+write half), an error on either side ends both, an idle timeout, byte counters, both ends
+closed when done. Callbacks run in the event loop or the link's reader greenlet; none blocks
+and none raises for a peer's error.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Callable
+
+from gevent import get_hub
+
+from .idle import watch_idle
+
+log = logging.getLogger("wmproxy")
+
+CHUNK = 65536
+
+
+class Bridge:
+    """Relays ``stream`` <-> ``sock`` until both directions end, then closes both and calls
+    ``on_done(stats)``. ``sock`` is a non-blocking kernel socket the bridge owns. Build it,
+    then :meth:`start`; :meth:`stop` ends it early."""
+
+    __slots__ = ("stream", "sock", "stats", "up", "down", "on_done", "rd", "wr", "to_stream", "to_sock",
+                 "fin_pending", "up_open", "down_open", "done", "watch")
+
+    def __init__(self, stream, sock, stats, sock_is_a: bool, on_done: Callable) -> None:
+        self.stream = stream
+        self.sock = sock
+        self.stats = stats
+        self.up, self.down = (0, 1) if sock_is_a else (1, 0)  # stats.moved slots: socket->stream, back
+        self.on_done = on_done
+        loop = get_hub().loop
+        self.rd = loop.io(sock.fileno(), 1)
+        self.wr = loop.io(sock.fileno(), 2)
+        self.to_stream = b""  # read from the socket, waiting for window credit
+        self.to_sock: bytearray | None = None  # from the stream, waiting for the socket
+        self.fin_pending = False  # the stream ended: shut the socket's write side once to_sock is out
+        self.up_open = self.down_open = True
+        self.done = False
+        self.watch = None
+
+    def start(self, to_stream: bytes, to_sock: bytes, idle_timeout: float | None) -> None:
+        """Start relaying; ``to_stream``/``to_sock``: bytes already read from one side for
+        the other. Never blocks."""
+        if idle_timeout:
+            self.watch = watch_idle(self._progress, lambda: idle_timeout, self._idle)
+        if to_sock:
+            self.data(to_sock)
+        self.to_stream = to_stream
+        self.stream.attach(self)  # what the stream got before now comes through data()/fin()
+        if not self.done:
+            self.credit()
+
+    def stop(self, reason: str = "stopped") -> None:
+        """End now (a drain past its grace period, say): both ends closed."""
+        self._finish(reason)
+
+    # -- socket -> stream ---------------------------------------------------------------------------
+    def credit(self) -> None:
+        """The stream may send more (called by the stream on WINDOW): read the socket again."""
+        if self.done or not self.up_open:
+            return
+        if self.to_stream and not self._push_pending():
+            return
+        if not self.rd.active:
+            self.rd.start(self._readable)
+
+    def _push_pending(self) -> bool:
+        """Push what waits for credit; True once all of it went."""
+        n = min(len(self.to_stream), self.stream.credit, CHUNK)
+        if n > 0:
+            try:
+                self.stream.push(self.to_stream[:n])
+            except OSError as e:
+                self._finish(f"error: {e}")
+                return False
+            self.to_stream = self.to_stream[n:]
+        return not self.to_stream
+
+    def _readable(self) -> None:
+        credit = self.stream.credit
+        if credit <= 0:
+            self.rd.stop()  # credit() starts it again
+            return
+        try:
+            data = self.sock.recv(min(CHUNK, credit))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._finish(f"error: {e}")
+            return
+        if not data:
+            self.rd.stop()
+            self.up_open = False
+            try:
+                self.stream.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self._maybe_done()
+            return
+        try:
+            self.stream.push(data)
+        except OSError as e:
+            self._finish(f"error: {e}")
+            return
+        self.stats.moved[self.up] += len(data)
+
+    # -- stream -> socket (the stream's sink) -------------------------------------------------------
+    def data(self, body) -> None:
+        if self.done:
+            return
+        if self.to_sock is not None:
+            self.to_sock += body
+            return
+        try:
+            sent = self.sock.send(body)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
+            self._finish(f"error: {e}")
+            return
+        if sent:
+            self._sent(sent)
+        if sent < len(body):
+            self.to_sock = bytearray(memoryview(body)[sent:])
+            self.wr.start(self._writable)
+
+    def _writable(self) -> None:
+        try:
+            sent = self.sock.send(self.to_sock)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._finish(f"error: {e}")
+            return
+        del self.to_sock[:sent]
+        self._sent(sent)
+        if not self.to_sock:
+            self.to_sock = None
+            self.wr.stop()
+            if self.fin_pending:
+                self._sock_eof()
+
+    def _sent(self, n: int) -> None:
+        self.stats.moved[self.down] += n
+        try:
+            self.stream.consume(n)
+        except OSError:  # the link is gone: its reset ends us
+            pass
+
+    def fin(self) -> None:
+        if self.done:
+            return
+        if self.to_sock is not None:
+            self.fin_pending = True
+        else:
+            self._sock_eof()
+
+    def _sock_eof(self) -> None:
+        self.down_open = False
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self._maybe_done()
+
+    def reset(self, reason: str) -> None:
+        self._finish(f"error: {reason}")
+
+    # -- the end ------------------------------------------------------------------------------------
+    def _progress(self) -> int:
+        return self.stats.moved[0] + self.stats.moved[1]
+
+    def _idle(self) -> None:
+        self._finish("idle")
+
+    def _maybe_done(self) -> None:
+        if not self.up_open and not self.down_open:
+            self._finish("eof")
+
+    def _finish(self, reason: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.stats.reason == "eof":
+            self.stats.reason = reason
+        for watcher in (self.rd, self.wr):
+            watcher.stop()
+            watcher.close()
+        if self.watch is not None:
+            self.watch.kill()
+        self.to_sock = None
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        try:
+            self.stream.close()
+        except OSError:
+            pass
+        try:
+            self.on_done(self.stats)
+        except Exception:  # our bug: logged; the link and the loop go on
+            log.exception("relay end callback failed")

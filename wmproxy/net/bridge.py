@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections import deque
+from itertools import islice
 from typing import Callable
 
 from gevent import get_hub
@@ -31,6 +33,8 @@ from .idle import watch_idle
 log = logging.getLogger("wmproxy")
 
 CHUNK = 65536
+GATHER = 64  # buffers per sendmsg (IOV_MAX is 1024)
+READS_PER_CALL = 8  # at most 512 KiB from one socket before the loop serves the others
 
 
 class Bridge:
@@ -51,7 +55,7 @@ class Bridge:
         self.rd = loop.io(sock.fileno(), 1)
         self.wr = loop.io(sock.fileno(), 2)
         self.to_stream = b""  # read from the socket, waiting for window credit
-        self.to_sock: bytearray | None = None  # from the stream, waiting for the socket
+        self.to_sock: deque | None = None  # from the stream, waiting for the socket
         self.fin_pending = False  # the stream ended: shut the socket's write side once to_sock is out
         self.up_open = self.down_open = True
         self.done = False
@@ -96,39 +100,45 @@ class Bridge:
         return not self.to_stream
 
     def _readable(self) -> None:
-        credit = self.stream.credit
-        if credit <= 0:
-            self.rd.stop()  # credit() starts it again
-            return
-        try:
-            data = self.sock.recv(min(CHUNK, credit))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            self._finish(f"error: {e}")
-            return
-        if not data:
-            self.rd.stop()
-            self.up_open = False
+        # read on while there are bytes and credit (up to a window a call): the link's writer
+        # then sends them in one batch, as a pump greenlet's loop would have queued them
+        stream, moved = self.stream, self.stats.moved
+        for _ in range(READS_PER_CALL):
+            credit = stream.credit
+            if credit <= 0:
+                self.rd.stop()  # credit() starts it again
+                return
             try:
-                self.stream.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            self._maybe_done()
-            return
-        try:
-            self.stream.push(data)
-        except OSError as e:
-            self._finish(f"error: {e}")
-            return
-        self.stats.moved[self.up] += len(data)
+                data = self.sock.recv(min(CHUNK, credit))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._finish(f"error: {e}")
+                return
+            if not data:
+                self.rd.stop()
+                self.up_open = False
+                try:
+                    stream.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                self._maybe_done()
+                return
+            try:
+                stream.push(data)
+            except OSError as e:
+                self._finish(f"error: {e}")
+                return
+            moved[self.up] += len(data)
+            if len(data) < CHUNK:
+                return  # the socket is drained for now
 
     # -- stream -> socket (the stream's sink) -------------------------------------------------------
     def data(self, body) -> None:
         if self.done:
             return
         if self.to_sock is not None:
-            self.to_sock += body
+            self.to_sock.append(body)
             return
         try:
             sent = self.sock.send(body)
@@ -140,20 +150,27 @@ class Bridge:
         if sent:
             self._sent(sent)
         if sent < len(body):
-            self.to_sock = bytearray(memoryview(body)[sent:])
+            self.to_sock = deque((memoryview(body)[sent:],))  # kept, not copied, till the socket takes it
             self.wr.start(self._writable)
 
     def _writable(self) -> None:
-        try:
-            sent = self.sock.send(self.to_sock)
+        queue = self.to_sock
+        try:  # everything waiting in one gathering syscall, as much as the socket takes
+            sent = self.sock.sendmsg(queue if len(queue) <= GATHER else list(islice(queue, GATHER)))
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
             self._finish(f"error: {e}")
             return
-        del self.to_sock[:sent]
         self._sent(sent)
-        if not self.to_sock:
+        while sent:
+            head = queue[0]
+            if len(head) > sent:
+                queue[0] = memoryview(head)[sent:]
+                break
+            sent -= len(head)
+            queue.popleft()
+        if not queue:
             self.to_sock = None
             self.wr.stop()
             if self.fin_pending:

@@ -200,3 +200,39 @@ def test_link_loss_and_idle_timeout_end_bridges():
     assert done2[0].reason.startswith("error: center link closed")
     gevent.joinall(runs, timeout=5)
     idle._REAPER.greenlet.join(timeout=2)  # no watch left: the reaper ends (later tests count watchers)
+
+
+def test_bridge_takes_over_what_the_stream_queued_before():
+    """A handler that read part of the stream (a SOCKS request, say) hands the rest on: bytes
+    it buffered, frames queued meanwhile and the far end's FIN all reach the socket in order."""
+    ends = []
+
+    def on_create(vc, mode, target):
+        vc.settimeout(5)
+        first = vc.recv(3)  # "req": the rest of the first frame stays pending in the stream
+        gevent.sleep(0.3)  # more DATA and the FIN arrive and wait in the stream's queue
+        near, far = gsocket.socketpair()
+        done = []
+        ends.append((far, done))
+        relay_then(vc, near, done.append, link_owned, a_pending=b"[" + first + b"]")
+
+    client, server, runs = make_pair(on_create)
+    stream = client.open_stream(fr.CreateMode.CONNECT, "x:1")
+    stream.sendall(b"req-rest")
+    stream.sendall(b"-more")
+    stream.shutdown(socket.SHUT_WR)
+    gevent.sleep(0.6)
+    far, done = ends[0]
+    far.settimeout(5)
+    got = b""
+    while data := far.recv(100):
+        got += data
+    assert got == b"[req]-rest-more"  # then EOF: the FIN passed through
+    far.sendall(b"answer")
+    far.shutdown(socket.SHUT_WR)
+    stream.settimeout(5)
+    assert stream.recv(100) == b"answer" and stream.recv(100) == b""
+    gevent.sleep(0.1)
+    assert done and done[0].reason == "eof"
+    client.close("done")
+    gevent.joinall(runs, timeout=5)

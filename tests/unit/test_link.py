@@ -213,7 +213,7 @@ def test_bridge_takes_over_what_the_stream_queued_before():
         gevent.sleep(0.3)  # more DATA and the FIN arrive and wait in the stream's queue
         near, far = gsocket.socketpair()
         done = []
-        ends.append((far, done))
+        ends.append((far, done, vc))
         relay_then(vc, near, done.append, link_owned, a_pending=b"[" + first + b"]")
 
     client, server, runs = make_pair(on_create)
@@ -222,12 +222,13 @@ def test_bridge_takes_over_what_the_stream_queued_before():
     stream.sendall(b"-more")
     stream.shutdown(socket.SHUT_WR)
     gevent.sleep(0.6)
-    far, done = ends[0]
+    far, done, vc = ends[0]
     far.settimeout(5)
     got = b""
     while data := far.recv(100):
         got += data
     assert got == b"[req]-rest-more"  # then EOF: the FIN passed through
+    assert vc.buffered == 0  # every byte counted as taken once: the handler's three and the rest
     far.sendall(b"answer")
     far.shutdown(socket.SHUT_WR)
     stream.settimeout(5)

@@ -4,6 +4,7 @@ the DNS resolver's hosts file and cache."""
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 
 import gevent
@@ -15,7 +16,8 @@ from wmproxy.errors import DnsError, ProtocolError
 from wmproxy.net import httpio
 from wmproxy.net.dns import Resolver, parse_hosts
 from wmproxy.net.reader import PeerClosed, Reader
-from wmproxy.net.relay import relay
+from wmproxy.net import bridge
+from wmproxy.net.relay import relay, relay_then
 from wmproxy.prot import http1
 
 
@@ -151,16 +153,28 @@ def tcp_pair() -> tuple:
     return near, far
 
 
-def test_relay_ends_its_own_pump_when_the_other_direction_fails():
-    """The caller's greenlet pumps a -> b itself; a reset on b's side (the spawned pump's
-    direction) must end that inline pump too, and nothing may reach the caller afterwards."""
+class SocketLike:
+    """A socket behind a Python object (as a TLS socket or a websocket is): relay() pumps it
+    with greenlets instead of relaying it by callbacks."""
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+@pytest.mark.parametrize("pumped", [False, True], ids=["callbacks", "greenlet pumps"])
+def test_relay_ends_its_own_pump_when_the_other_direction_fails(pumped):
+    """A reset on b's side must end the a -> b direction too (with pumps: the caller's own
+    inline pump), and nothing may reach the caller afterwards."""
     a_in, a_out = tcp_pair()
     b_in, b_out = tcp_pair()
     stats = None
 
     def run():
         nonlocal stats
-        stats = relay(a_in, b_in, 5)
+        stats = relay(SocketLike(a_in) if pumped else a_in, b_in, 5)
         gevent.sleep(0.2)  # a stray stop request would land here
         return "clean"
 
@@ -221,3 +235,56 @@ def test_failed_lookup_is_a_dns_error_and_negatively_cached(tmp_path):
         r.resolve("nothing.test")  # from the cache: immediate
     assert gevent.get_hub().loop.now() - t < 0.2
     silent.close()
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+def test_relay_then_lets_two_sockets_go_on_without_the_caller(splice, monkeypatch):
+    """Two plain sockets: relay_then returns at once and the relay runs on callbacks (no
+    greenlet), with half-close, counters, the owner's slot freed once, and copy where the
+    kernel refuses splice."""
+    if not splice:
+        monkeypatch.setattr(bridge, "HAVE_SPLICE", False)  # the pipes' stand-in: a buffer
+    a_out, a_in = tcp_pair()
+    b_in, b_out = tcp_pair()
+    slots, ended = [], []
+
+    def adopt(stop):
+        slots.append(stop)
+        return lambda: slots.remove(stop)
+
+    up, down = os.urandom(3 << 20), os.urandom(1 << 20)
+    assert relay_then(a_in, b_in, ended.append, adopt, 5.0, a_pending=b"early:") is True
+    assert len(slots) == 1 and not ended
+    sender = gevent.spawn(lambda: (a_out.sendall(up), a_out.shutdown(socket.SHUT_WR)))
+    got = bytearray()
+    while data := b_out.recv(65536):
+        got += data
+    assert bytes(got) == b"early:" + up  # then EOF, passed through as a half-close
+    sender.get(timeout=5)
+    b_out.sendall(down)
+    b_out.close()
+    back = bytearray()
+    a_out.settimeout(5)
+    while data := a_out.recv(65536):
+        back += data
+    assert hashlib.sha256(back).digest() == hashlib.sha256(down).digest()
+    gevent.sleep(0.05)
+    assert [(s.a_to_b, s.b_to_a, s.reason) for s in ended] == [(len(up) + 6, len(down), "eof")]
+    assert slots == []
+    a_out.close()
+
+
+def test_relay_then_stop_closes_both_ends():
+    a_out, a_in = tcp_pair()
+    b_in, b_out = tcp_pair()
+    slots, ended = [], []
+    relay_then(a_in, b_in, ended.append, lambda stop: slots.append(stop) or (lambda: None), None)
+    a_out.sendall(b"x")
+    assert b_out.recv(1) == b"x"
+    slots[0]()  # a drain past its grace period
+    a_out.settimeout(5)
+    b_out.settimeout(5)
+    assert a_out.recv(1) == b"" and b_out.recv(1) == b""
+    assert ended[0].reason == "stopped"
+    a_out.close()
+    b_out.close()

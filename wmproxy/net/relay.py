@@ -1,43 +1,40 @@
-"""relay(a, b): the one byte pump every mode uses (CONNECT, SOCKS, tunnels, mappings).
+"""relay(a, b): the one byte relay every mode uses (CONNECT, SOCKS, tunnels, mappings, streams).
 
-Two pumps, one per direction: the calling greenlet runs one, a spawned greenlet the other.
-When one side ends its sending (EOF), the other side's write
-half is shut down (half-close passed through) and the opposite direction goes on. An error
-on either side ends both. An idle watchdog ends the relay when no byte moved either way for
-``idle_timeout`` seconds. Both sockets are closed when the relay returns.
+When one side ends its sending (EOF), the other side's write half is shut down (half-close
+passed through) and the opposite direction goes on. An error on either side ends both. An
+idle watch ends the relay when no byte moved either way for ``idle_timeout`` seconds. Both
+sockets are closed when the relay is done.
 
-Between two plain kernel sockets the bytes move with ``splice(2)`` through a pipe (zero
-copy); anywhere else (TLS, virtual connections) a copy loop reuses one buffer per pump.
+How the bytes move depends on the pair:
 
-:func:`relay_then` is the same relay for callers that may let go of the connection: between
-a push-mode stream (a center link's VirtualConn) and a plain socket it hands both to a
-greenlet-free :class:`~.bridge.Bridge` and returns at once, so the caller's greenlet ends
-and an idle tunnel costs a few objects instead of parked greenlets.
+- two plain kernel sockets: :class:`~.bridge.SocketBridge`, ``splice(2)`` through a pipe per
+  direction (zero copy), driven by libev callbacks;
+- a center link stream and a plain socket: :class:`~.bridge.Bridge`, callbacks as well;
+- anything else (TLS, websocket wrappers): two pumps, one per direction (the calling greenlet
+  runs one, a spawned greenlet the other), each a copy loop reusing one buffer.
+
+:func:`relay` blocks its caller until the relay is done. :func:`relay_then` is for callers that
+may let go of the connection: where the relay runs on callbacks it returns at once, so the
+caller's greenlet ends and an idle tunnel costs a few objects instead of parked greenlets.
 """
 
 from __future__ import annotations
 
 import _socket
-import errno
-import fcntl
-import os
 import socket
 from typing import Callable
 
 import gevent
 from gevent import get_hub
+from gevent.event import Event
 from gevent import socket as gsocket
 from gevent import ssl as gssl
 
-from .bridge import Bridge
+from .bridge import HAVE_SPLICE, Bridge, SocketBridge
 from .idle import watch_idle
 from .writer import send_all
 
 CHUNK = 65536
-PIPE_SIZE = 1 << 20
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_HAVE_SPLICE = hasattr(os, "splice")
 
 
 class RelayStats:
@@ -63,49 +60,7 @@ class RelayStats:
 
 
 def _spliceable(s) -> bool:
-    return _HAVE_SPLICE and isinstance(s, gsocket.socket) and not isinstance(s, gssl.SSLSocket)
-
-
-class _SpliceUnsupported(Exception):
-    pass
-
-
-def _splice_pump(src, dst, moved: list, way: int) -> None:
-    sfd, dfd = src.fileno(), dst.fileno()
-    rpipe, wpipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    loop = get_hub().loop
-    readable, writable = loop.io(sfd, 1), loop.io(dfd, 2)
-    hub = get_hub()
-    moved_any = False
-    try:
-        try:
-            fcntl.fcntl(wpipe, _F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass
-        while True:
-            try:
-                n = os.splice(sfd, wpipe, PIPE_SIZE, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                hub.wait(readable)
-                continue
-            except OSError as e:
-                if not moved_any and e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise _SpliceUnsupported() from None
-                raise
-            if n == 0:
-                return
-            moved_any = True
-            moved[way] += n
-            while n:
-                try:
-                    n -= os.splice(rpipe, dfd, n, flags=_SPLICE_FLAGS)
-                except BlockingIOError:
-                    hub.wait(writable)
-    finally:
-        readable.close()
-        writable.close()
-        os.close(rpipe)
-        os.close(wpipe)
+    return HAVE_SPLICE and isinstance(s, gsocket.socket) and not isinstance(s, gssl.SSLSocket)
 
 
 def _copy_pump(src, dst, moved: list, way: int) -> None:
@@ -141,13 +96,7 @@ def _pump(src, dst, pending: bytes, moved: list, way: int, on_error) -> None:
         if pending:
             dst.sendall(pending)
             moved[way] += len(pending)
-        if _spliceable(src) and _spliceable(dst):
-            try:
-                _splice_pump(src, dst, moved, way)
-            except _SpliceUnsupported:
-                _copy_pump(src, dst, moved, way)
-        else:
-            _copy_pump(src, dst, moved, way)
+        _copy_pump(src, dst, moved, way)
     except (OSError, EOFError) as e:
         on_error(e)
         return
@@ -170,13 +119,24 @@ def relay(a, b, idle_timeout: float | None = None, a_pending: bytes = b"", b_pen
     """Copy bytes both ways between ``a`` and ``b`` until both directions end.
 
     ``a_pending`` are bytes already read from ``a`` (to go to ``b`` first), ``b_pending``
-    likewise from ``b``. Blocks the calling greenlet, which pumps a -> b itself (one greenlet
-    fewer per relay: thousands of idle tunnels each hold one less saved stack); one spawned
-    pump does b -> a; with ``idle_timeout`` an idle watch is registered. All ended before it
-    returns, also when the caller is killed. Closes ``a`` and ``b``. Never raises for a peer's
-    error: ``stats.reason`` tells.
+    likewise from ``b``. Blocks the calling greenlet: it waits for the callback relay, or
+    pumps a -> b itself while one spawned pump does b -> a (one greenlet fewer per relay);
+    with ``idle_timeout`` an idle watch is registered. All ended before it returns, also
+    when the caller is killed. Closes ``a`` and ``b``. Never raises for a peer's error:
+    ``stats.reason`` tells.
     """
     stats = stats or RelayStats()
+    ended = Event()
+    bridge = _callback_relay(a, b, a_pending, b_pending, stats, lambda _stats: ended.set())
+    if bridge is not None:  # the pair relays on callbacks: only this greenlet waits
+        bridge.start(idle_timeout)
+        try:
+            ended.wait()
+        except BaseException:
+            stats.reason = "stopped"
+            bridge.stop()
+            raise
+        return stats
     for s in (a, b):
         s.settimeout(None)
     me = gevent.getcurrent()
@@ -244,35 +204,44 @@ def relay_then(a, b, on_done: Callable[[RelayStats], None], adopt: Adopt | None,
     """Relay ``a`` and ``b`` like :func:`relay`, then ``on_done(stats)``; returns whether the
     relay goes on without the caller.
 
-    With ``adopt`` given, when one side is a push-mode stream and the other a plain kernel
-    socket, a Bridge takes both over: ``adopt(stop)`` is called first (the owner of the
-    connection's slot gets ``stop`` to end it early and returns the function that frees the
-    slot, called once the relay ended), the function returns True at once and ``on_done``
-    runs later from the event loop. Otherwise it blocks in :func:`relay`, calls ``on_done``
-    and returns False. Either way both sides end up closed.
+    With ``adopt`` given, where the relay runs on callbacks (two plain kernel sockets, or a
+    push-mode stream and one), it is left running: ``adopt(stop)`` is called first (the owner
+    of the connection's slot gets ``stop`` to end it early and returns the function that
+    frees the slot, called once the relay ended), the function returns True at once and
+    ``on_done`` runs later from the event loop. Otherwise it blocks in :func:`relay`, calls
+    ``on_done`` and returns False. Either way both sides end up closed.
     """
     stats = stats or RelayStats()
     if adopt is not None:
-        for stream, sock, sock_is_a in ((b, a, True), (a, b, False)):
-            if hasattr(stream, "attach") and _spliceable(sock):
-                return _bridge(stream, sock, sock_is_a, on_done, adopt, idle_timeout,
-                               a_pending if sock_is_a else b_pending, b_pending if sock_is_a else a_pending, stats)
+        def done(stats: RelayStats) -> None:
+            release()
+            on_done(stats)
+
+        bridge = _callback_relay(a, b, a_pending, b_pending, stats, done)
+        if bridge is not None:
+            release = adopt(bridge.stop)
+            bridge.start(idle_timeout)
+            return True
     on_done(relay(a, b, idle_timeout, a_pending, b_pending, stats))
     return False
 
 
-def _bridge(stream, sock, sock_is_a: bool, on_done, adopt: Adopt, idle_timeout, to_stream: bytes, to_sock: bytes,
-            stats: RelayStats) -> bool:
-    # the kernel socket leaves its gevent wrapper (whose owner may close it: nothing happens)
+def _callback_relay(a, b, a_pending: bytes, b_pending: bytes, stats: RelayStats, on_done):
+    """A Bridge or SocketBridge for this pair (not started; the kernel sockets taken out of
+    their gevent wrappers), or None when the pair needs pumps (TLS, websocket...)."""
+    if _spliceable(a) and _spliceable(b):
+        return SocketBridge(_take(a), _take(b), stats, on_done, a_pending, b_pending)
+    for stream, sock, sock_is_a in ((b, a, True), (a, b, False)):
+        if hasattr(stream, "attach") and _spliceable(sock):
+            to_stream, to_sock = (a_pending, b_pending) if sock_is_a else (b_pending, a_pending)
+            return Bridge(stream, _take(sock), stats, sock_is_a, on_done, to_stream, to_sock)
+    return None
+
+
+def _take(sock):
+    """The kernel socket out of its gevent wrapper, non-blocking (the wrapper's owner may
+    still close the wrapper: nothing happens)."""
     family, kind, proto = sock.family, sock.type, sock.proto
     raw = _socket.socket(family, kind, proto, sock.detach())
     raw.setblocking(False)
-
-    def done(stats: RelayStats) -> None:
-        release()
-        on_done(stats)
-
-    bridge = Bridge(stream, raw, stats, sock_is_a, done)
-    release = adopt(bridge.stop)
-    bridge.start(to_stream, to_sock, idle_timeout)
-    return True
+    return raw

@@ -18,7 +18,7 @@ from ..net import ws
 from ..net.balance import WeightedRoundRobin, hash_index
 from ..net.dial import dial, fmt_addr
 from ..net.reader import PeerClosed
-from ..net.relay import RelayStats, relay
+from ..net.relay import RelayStats, relay_then
 from ..net.tls import client_context
 
 log = logging.getLogger("wmproxy.stream")
@@ -85,12 +85,15 @@ class StreamTcpServer(Listener):
             log.warning("%s stream %s -> upstream %r: every server failed: %s", peer, ctx.cfg.bind,
                         ctx.upstream.name, "; ".join(errors))
             return
-        stats = RelayStats()
-        relay(client, upstream, ctx.cfg.idle_timeout, stats=stats)
-        ctx.stats.bytes_in += stats.a_to_b
-        ctx.stats.bytes_out += stats.b_to_a
-        log.info("%s stream %s -> %s (%s) done (%s) up=%d down=%d", peer, ctx.cfg.bind, server.addr,
-                 ctx.upstream.name, stats.reason, stats.a_to_b, stats.b_to_a)
+
+        def done(stats: RelayStats) -> None:
+            ctx.stats.bytes_in += stats.a_to_b
+            ctx.stats.bytes_out += stats.b_to_a
+            log.info("%s stream %s -> %s (%s) done (%s) up=%d down=%d", peer, ctx.cfg.bind, server.addr,
+                     ctx.upstream.name, stats.reason, stats.a_to_b, stats.b_to_a)
+
+        # plain TCP both ways: relayed by callbacks after this returns (the listener keeps the slot)
+        relay_then(client, upstream, done, self.adopt, ctx.cfg.idle_timeout)
 
 
     def _websocket(self, sock, addr, ctx: StreamContext):

@@ -264,7 +264,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=8, help="length of each measurement")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections")
-    ap.add_argument("--only", choices=("throughput", "http", "center", "center-memory", "mapping", "udp", "web"),
+    ap.add_argument("--only", choices=("throughput", "proxy-memory", "http", "center", "center-memory", "mapping",
+                                       "udp", "web"),
                     help="run one part")
     ap.add_argument("--bytes", type=int, default=1 << 30, help="size of the center link transfer")
     ap.add_argument("--streams", default="1000,10000", help="idle virtual connection counts to measure")
@@ -274,6 +275,10 @@ def main() -> int:
     try:
         if args.only in (None, "throughput"):
             b.throughput()
+        if args.only in (None, "proxy-memory"):
+            import idle
+
+            idle.forward_proxies(b)
         if args.only in (None, "http"):
             b.http()
         if args.only in (None, "center", "center-memory"):

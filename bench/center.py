@@ -7,16 +7,12 @@ Both ends of every chain run on CPU 0 (as the socat pairs do), the load on CPU 1
 
 from __future__ import annotations
 
-import resource
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
-
-from bench import LOAD_CPU, ROOT, free_port, wait_port
+import idle
+from bench import LOAD_CPU, ROOT, free_port
 
 
 def certs(tmp: Path) -> Path:
@@ -98,50 +94,8 @@ def throughput(b) -> None:
 
 
 def memory(b, counts=(1000, 10000)) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tmp = certs(b.tmp)
-    print(f"\nidle virtual connections (SOCKS5 CONNECT through the client, held open; RLIMIT_NOFILE {hard}):")
-    holder_port = free_port()
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(holder_port)])
-    b.procs.append(holder)
-    wait_port(holder_port)
+    print("\nidle virtual connections (SOCKS5 CONNECT through the client, held open; RSS of client + server):")
+    holder_port = idle.holder(b)
     proxy, pair = start_pair(b, True, tmp)
-    wm = [psutil.Process(p.pid) for p in pair]  # taskset execs the program: same pid
-    opened: list[socket.socket] = []
-    base = sum(p.memory_info().rss for p in wm)
-    for count in counts:
-        try:
-            while len(opened) < count:
-                s = socket.create_connection(("127.0.0.1", proxy), timeout=30)
-                s.sendall(b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + holder_port.to_bytes(2, "big"))
-                opened.append(s)
-            for s in opened[-200:]:  # the last ones are through: the rest were before them
-                s.settimeout(30)
-                reply = b""
-                while len(reply) < 12 and (chunk := s.recv(12 - len(reply))):
-                    reply += chunk
-                if reply[:4] != b"\x05\x00\x05\x00":
-                    raise RuntimeError(f"SOCKS5 through the link failed: {reply!r}")
-        except (OSError, RuntimeError) as e:
-            print(f"  {count} connections: failed after {len(opened)}: {e}")
-            break
-        time.sleep(1)
-        rss = sum(p.memory_info().rss for p in wm)
-        print(f"  {count:>6} streams: RSS of client+server {rss >> 20} MiB, "
-              f"{(rss - base) / count / 1024:.1f} KiB per idle virtual connection (over the start)")
-        b.results.setdefault("center_memory_kib", {})[count] = round((rss - base) / count / 1024, 1)
-    for s in opened:
-        s.close()
-
-
-HOLDER = """
-import socket, sys, resource
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind(("127.0.0.1", int(sys.argv[1]))); l.listen(4096)
-held = []
-while True:
-    held.append(l.accept()[0])
-"""
+    idle.measure(b, "center", proxy, holder_port, pair, counts, "center_memory_kib")

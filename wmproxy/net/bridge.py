@@ -49,7 +49,7 @@ HAVE_SPLICE = hasattr(os, "splice")
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _NO_SPLICE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)  # this pair of files cannot splice
 GATHER = 64  # buffers per sendmsg (IOV_MAX is 1024)
-READS_PER_CALL = 8  # at most 512 KiB from one socket before the loop serves the others
+READS_PER_CALL = 8  # reads (or pipes) from one socket per callback before the loop serves the others
 
 
 def make_pipe() -> tuple[int, int]:

@@ -294,6 +294,20 @@ def echo_server():
     server.close()
 
 
+@pytest.fixture
+def mirror():
+    """Echoes every byte back as it arrives; half-closes when the client does. Its port."""
+
+    def serve(conn):
+        while data := conn.recv(65536):
+            conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)
+
+    server = TcpServer(serve)
+    yield server.port
+    server.close()
+
+
 def curl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(["curl", "-sS", "--max-time", str(int(timeout)), *args],
                           capture_output=True, timeout=timeout + 5)

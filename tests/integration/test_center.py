@@ -110,20 +110,6 @@ def test_curl_through_the_link(pair, origin, tls_origin):
     assert link["role"] == "server" and link["client"] == "alice" and link["bytes_out"] > 0
 
 
-@pytest.fixture
-def mirror():
-    """Echoes every byte back as it arrives; half-closes when the client does."""
-
-    def serve(conn):
-        while data := conn.recv(65536):
-            conn.sendall(data)
-        conn.shutdown(socket.SHUT_WR)
-
-    server = TcpServer(serve)
-    yield server.port
-    server.close()
-
-
 def socks_connect(proxy_port: int, port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", proxy_port), timeout=60)
     s.sendall(b"\x05\x01\x00")

@@ -308,6 +308,21 @@ def mirror():
     server.close()
 
 
+def mirror_check(s: socket.socket, size: int) -> str:
+    """Send ``size`` random bytes on ``s`` (a thread; then a half-close) while reading what a
+    mirror sends back until EOF. "" when the echo matches, else what went wrong."""
+    data = os.urandom(size)
+    sender = threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR)))
+    sender.start()
+    h, n = hashlib.sha256(), 0
+    while chunk := s.recv(262144):
+        h.update(chunk)
+        n += len(chunk)
+    sender.join()
+    s.close()
+    return "" if (n, h.digest()) == (size, hashlib.sha256(data).digest()) else f"{size}: got {n}"
+
+
 def curl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(["curl", "-sS", "--max-time", str(int(timeout)), *args],
                           capture_output=True, timeout=timeout + 5)

@@ -15,7 +15,8 @@ import time
 import psutil
 import pytest
 
-from conftest import (Proc, TcpServer, control, curl, free_port, http_get, recv_all, wait_port, websocket_echo,
+from conftest import (Proc, TcpServer, control, curl, free_port, http_get, mirror_check, recv_all, wait_port,
+                      websocket_echo,
                       write_cert)
 
 
@@ -131,19 +132,9 @@ def test_200_concurrent_streams_both_ways(pair, mirror):
     errors = []
 
     def one(size: int) -> None:
-        data = os.urandom(size)
         try:
-            s = socks_connect(p.proxy, mirror)
-            sender = threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR)))
-            sender.start()
-            h, n = hashlib.sha256(), 0
-            while chunk := s.recv(262144):
-                h.update(chunk)
-                n += len(chunk)
-            sender.join()
-            s.close()
-            if (n, h.digest()) != (size, hashlib.sha256(data).digest()):
-                errors.append(f"{size}: got {n}")
+            if wrong := mirror_check(socks_connect(p.proxy, mirror), size):
+                errors.append(wrong)
         except OSError as e:
             errors.append(repr(e))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import socket
 import threading
@@ -12,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import curl, read_response, recv_all
+from conftest import curl, mirror_check, read_response, recv_all
 
 
 def test_http_proxy_get(start_proxy, origin):
@@ -153,26 +152,6 @@ def test_large_upload_and_download_sha256(start_proxy, origin, big_blob, tmp_pat
     assert r.stdout.decode() == f"{len(big_blob)} {want}"
 
 
-@pytest.mark.parametrize("how", ["connect", "socks5"])
-def test_half_close_passes_through(start_proxy, echo_server, how):
-    p = start_proxy()
-    s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
-    if how == "connect":
-        s.sendall(f"CONNECT 127.0.0.1:{echo_server.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        assert s.recv(4096).startswith(b"HTTP/1.1 200")
-    else:
-        s.sendall(b"\x05\x01\x00")
-        assert s.recv(2) == b"\x05\x00"
-        s.sendall(b"\x05\x01\x00\x01\x7f\x00\x00\x01" + echo_server.port.to_bytes(2, "big"))
-        assert s.recv(10)[:2] == b"\x05\x00"
-    payload = b"x" * 300_000
-    s.sendall(payload)
-    s.shutdown(socket.SHUT_WR)  # our side is done; the answer must still arrive in full
-    answer = recv_all(s)
-    s.close()
-    assert answer.decode() == f"got {len(payload)} {hashlib.sha256(payload).hexdigest()}"
-
-
 def _tunnel(port: int, how: str, target: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=60)
     if how == "connect":
@@ -186,6 +165,18 @@ def _tunnel(port: int, how: str, target: int) -> socket.socket:
     return s
 
 
+@pytest.mark.parametrize("how", ["connect", "socks5"])
+def test_half_close_passes_through(start_proxy, echo_server, how):
+    p = start_proxy()
+    s = _tunnel(p.port, how, echo_server.port)
+    payload = b"x" * 300_000
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)  # our side is done; the answer must still arrive in full
+    answer = recv_all(s)
+    s.close()
+    assert answer.decode() == f"got {len(payload)} {hashlib.sha256(payload).hexdigest()}"
+
+
 @pytest.mark.timeout(180)
 def test_100_concurrent_tunnels_both_ways(start_proxy, mirror):
     """Tunnels relayed by callbacks (splice, no greenlet each): 100 at once through CONNECT and
@@ -197,19 +188,9 @@ def test_100_concurrent_tunnels_both_ways(start_proxy, mirror):
     errors = []
 
     def one(how: str, size: int) -> None:
-        data = os.urandom(size)
         try:
-            s = _tunnel(p.port, how, mirror)
-            sender = threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR)))
-            sender.start()
-            h, n = hashlib.sha256(), 0
-            while chunk := s.recv(262144):
-                h.update(chunk)
-                n += len(chunk)
-            sender.join()
-            s.close()
-            if (n, h.digest()) != (size, hashlib.sha256(data).digest()):
-                errors.append(f"{how} {size}: got {n}")
+            if wrong := mirror_check(_tunnel(p.port, how, mirror), size):
+                errors.append(f"{how} {wrong}")
         except (OSError, AssertionError) as e:
             errors.append(f"{how} {size}: {e!r}")
 

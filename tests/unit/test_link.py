@@ -182,19 +182,18 @@ def test_idle_bridged_streams_keep_no_greenlet():
 
 def test_link_loss_and_idle_timeout_end_bridges():
     client, server, runs, ends = bridged_pair(idle_timeout=0.5)
-    stream = client.open_stream(fr.CreateMode.CONNECT, "x:1")
-    stream.sendall(b"x")
-    gevent.sleep(0.2)
-    far, done, _ = ends[0]
-    far.settimeout(5)
-    assert far.recv(1) == b"x"
+
+    def through(byte: bytes):  # a new stream, one byte through it to its socket
+        client.open_stream(fr.CreateMode.CONNECT, "x:1").sendall(byte)
+        gevent.sleep(0.2)
+        far, done, _ = ends[-1]
+        far.settimeout(5)
+        assert far.recv(1) == byte
+        return far, done
+
+    far, done = through(b"x")
     assert far.recv(1) == b"" and done[0].reason == "idle"  # nothing moved for 0.5 s: closed
-    stream2 = client.open_stream(fr.CreateMode.CONNECT, "x:1")
-    stream2.sendall(b"y")
-    gevent.sleep(0.2)
-    far2, done2, _ = ends[1]
-    far2.settimeout(5)
-    assert far2.recv(1) == b"y"
+    far2, done2 = through(b"y")
     client.close("killed")  # the server's link notices and resets every stream
     assert far2.recv(1) == b""
     assert done2[0].reason.startswith("error: center link closed")

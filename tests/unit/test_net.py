@@ -16,7 +16,7 @@ from wmproxy.errors import DnsError, ProtocolError
 from wmproxy.net import httpio
 from wmproxy.net.dns import Resolver, parse_hosts
 from wmproxy.net.reader import PeerClosed, Reader
-from wmproxy.net import bridge
+from wmproxy.net import splice
 from wmproxy.net.relay import relay, relay_then
 from wmproxy.prot import http1
 
@@ -237,13 +237,13 @@ def test_failed_lookup_is_a_dns_error_and_negatively_cached(tmp_path):
     silent.close()
 
 
-@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
-def test_relay_then_lets_two_sockets_go_on_without_the_caller(splice, monkeypatch):
+@pytest.mark.parametrize("spliced", [True, False], ids=["splice", "copy"])
+def test_relay_then_lets_two_sockets_go_on_without_the_caller(spliced, monkeypatch):
     """Two plain sockets: relay_then returns at once and the relay runs on callbacks (no
     greenlet), with half-close, counters, the owner's slot freed once, and copy where the
     kernel refuses splice."""
-    if not splice:
-        monkeypatch.setattr(bridge, "HAVE_SPLICE", False)  # the pipes' stand-in: a buffer
+    if not spliced:
+        monkeypatch.setattr(splice, "HAVE_SPLICE", False)  # the pipes' stand-in: a buffer
     a_out, a_in = tcp_pair()
     b_in, b_out = tcp_pair()
     slots, ended = [], []

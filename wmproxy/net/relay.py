@@ -7,7 +7,7 @@ sockets are closed when the relay is done.
 
 How the bytes move depends on the pair:
 
-- two plain kernel sockets: :class:`~.bridge.SocketBridge`, ``splice(2)`` through a pipe per
+- two plain kernel sockets: :class:`~.splice.SocketBridge`, ``splice(2)`` through a pipe per
   direction (zero copy), driven by libev callbacks;
 - a center link stream and a plain socket: :class:`~.bridge.Bridge`, callbacks as well;
 - anything else (TLS, websocket wrappers): two pumps, one per direction (the calling greenlet
@@ -30,7 +30,8 @@ from gevent.event import Event
 from gevent import socket as gsocket
 from gevent import ssl as gssl
 
-from .bridge import HAVE_SPLICE, Bridge, SocketBridge
+from .bridge import Bridge
+from .splice import HAVE_SPLICE, SocketBridge
 from .idle import watch_idle
 from .writer import send_all
 

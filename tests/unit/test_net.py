@@ -288,3 +288,39 @@ def test_relay_then_stop_closes_both_ends():
     assert ended[0].reason == "stopped"
     a_out.close()
     b_out.close()
+
+
+@pytest.mark.parametrize("spliced", [True, False], ids=["splice", "copy"])
+def test_relay_then_slow_destination_then_reset(spliced, monkeypatch):
+    """A destination that stops reading fills its socket: the bridge stops reading the source
+    (what it holds is one pipe or one buffer); when the destination then resets, the relay
+    ends with an error and the source side is closed."""
+    if not spliced:
+        monkeypatch.setattr(splice, "HAVE_SPLICE", False)
+    a_out, a_in = tcp_pair()
+    b_in, b_out = tcp_pair()
+    b_out.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    ended = []
+    relay_then(a_in, b_in, ended.append, lambda stop: (lambda: None), None)
+    sent = [0]
+
+    def flood():
+        chunk = b"z" * 65536
+        try:
+            while True:
+                a_out.sendall(chunk)
+                sent[0] += len(chunk)
+        except OSError:
+            pass
+
+    sender = gevent.spawn(flood)
+    gevent.sleep(0.5)
+    stalled = sent[0]
+    gevent.sleep(0.3)
+    assert sent[0] == stalled and not ended  # nobody reads b_out: everything upstream of it is full
+    assert stalled < 32 << 20  # bounded: the kernel's socket buffers plus one pipe (7-16 MB here)
+    b_out.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    b_out.close()  # a reset
+    sender.join(timeout=5)
+    assert sender.dead and ended and ended[0].reason.startswith("error")
+    a_out.close()

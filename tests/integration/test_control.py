@@ -66,6 +66,7 @@ def test_token_required_when_set(start_proxy):
     cport = free_port()
     p = start_proxy(config=f'control = "127.0.0.1:{cport}"\ncontrol_token = "t0ken"\n'
                            '[proxy]\nbind = "127.0.0.1:{port}"\n')
+    p.wait_log(" started (pid")  # the control port too is bound (the proxy's may answer first)
     assert control(cport, "GET", "/status")[0] == 401
     assert control(cport, "GET", "/status", token="wrong")[0] == 401
     assert control(cport, "GET", "/status", token="t0ken")[0] == 200

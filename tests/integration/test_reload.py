@@ -24,6 +24,9 @@ class Setup:
                        "proxy_extra": "", "stream": "", **values}
         self.write()
         self.proc = start_proxy("-c", str(self.path))
+        # every listener is up (the proxy port alone may answer before the control port is
+        # bound) and the signal handlers are in place
+        self.proc.wait_log(" started (pid", timeout=20)
 
     def write(self, **changes) -> None:
         self.values.update(changes)
@@ -199,7 +202,6 @@ def test_new_credentials_apply_to_the_next_connection_only(setup, origin):
 def test_sighup_and_file_watch_reload(setup, origin):
     s = setup(watch="true")
     wait_listening(s.values["proxy"])
-    s.proc.wait_log("started")  # its SIGHUP handler is in place (before, SIGHUP is ignored)
     stream_a, stream_b = free_port(), free_port()
     s.write(stream=stream_section(stream_a, origin.port))
     s.proc.popen.send_signal(signal.SIGHUP)

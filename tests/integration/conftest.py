@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import signal
 import socket
 import ssl
@@ -27,8 +28,35 @@ ROOT = Path(__file__).resolve().parents[2]
 IN_NETNS = os.environ.get("WMPROXY_NETNS") == "1"
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_handed_out: set[int] = set()
+
+
 def free_port(family=socket.AF_INET, host="127.0.0.1") -> int:
-    with socket.socket(family, socket.SOCK_STREAM) as s:
+    """A port nothing is bound to, for a server a test starts later. Taken below the kernel's
+    ephemeral range: a port that bind(0) hands out can be taken, before the server binds it,
+    as the local port of any outgoing connection (and then stays in TIME_WAIT for a minute:
+    "Address already in use"); ports below the range are never used that way. Not the same
+    port twice in one test run."""
+    for _ in range(200):
+        port = random.randrange(10000, _EPHEMERAL_LOW)
+        if port in _handed_out:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(family, socket.SOCK_STREAM) as s:  # (a crowded range: what the kernel gives)
         s.bind((host, 0))
         return s.getsockname()[1]
 

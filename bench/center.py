@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 import idle
 from bench import LOAD_CPU, ROOT, free_port
 
@@ -61,6 +63,29 @@ def start_mapped(b, name: str, mappings: str, ready: int, server_extra: str = ""
     b.start(f"{name}-client", [sys.executable, str(ROOT / "bin" / "wmproxy-client"), "-c", str(client)], ready)
 
 
+def _cpu(procs) -> float:
+    """CPU seconds used so far by ``procs`` and their reaped children (socat forks one per
+    connection)."""
+    total = 0.0
+    for p in procs:
+        t = psutil.Process(p.pid).cpu_times()
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def _measured(b, name: str, port: int, procs, prefix=(), extra=None) -> float:
+    """b.iperf through a relay made of ``procs``, plus their CPU seconds per GiB moved (steadier
+    than the rate on a machine whose speed drifts)."""
+    before = _cpu(procs)
+    time.sleep(0.2)
+    gbit = b.iperf(name, port, list(prefix), extra=extra)
+    time.sleep(0.5)  # socat's parent reaps its child
+    per_gib = (_cpu(procs) - before) * (1 << 30) / b.bytes_total
+    print(f"  {'':<22} CPU {per_gib:.2f} s per GiB moved (both ends)")
+    b.results.setdefault("center_cpu_s_per_gib", {})[name] = round(per_gib, 2)
+    return gbit
+
+
 def throughput(b) -> None:
     """One 1 GiB stream through each path (iperf3 -n)."""
     tmp = certs(b.tmp)
@@ -72,22 +97,27 @@ def throughput(b) -> None:
     direct = b.iperf("direct", iperf_port, extra=n)
     # two plain socat relays in a row
     mid = free_port()
-    b.start("socat-2", ["socat", "-b", "65536", f"TCP-LISTEN:{mid},fork,reuseaddr,bind=127.0.0.1",
-                        f"TCP:127.0.0.1:{iperf_port}"], mid)
+    chain_procs = [b.start("socat-2", ["socat", "-b", "65536", f"TCP-LISTEN:{mid},fork,reuseaddr,bind=127.0.0.1",
+                                       f"TCP:127.0.0.1:{iperf_port}"], mid)]
     front = free_port()
-    b.start("socat-1", ["socat", "-b", "65536", f"TCP-LISTEN:{front},fork,reuseaddr,bind=127.0.0.1",
-                        f"TCP:127.0.0.1:{mid}"], front)
-    chain = b.iperf("socat chain (plain)", front, extra=n)
+    chain_procs.append(b.start("socat-1", ["socat", "-b", "65536",
+                                           f"TCP-LISTEN:{front},fork,reuseaddr,bind=127.0.0.1",
+                                           f"TCP:127.0.0.1:{mid}"], front))
+    chain = _measured(b, "socat chain (plain)", front, chain_procs, extra=n)
     # a socat TLS pair: plain -> TLS -> plain
     tls_mid = free_port()
-    b.start("socat-tls-2", ["socat", "-b", "65536", f"OPENSSL-LISTEN:{tls_mid},fork,reuseaddr,bind=127.0.0.1,"
-                            f"cert={tmp}/both.pem,verify=0", f"TCP:127.0.0.1:{iperf_port}"], tls_mid)
+    tls_procs = [b.start("socat-tls-2", ["socat", "-b", "65536",
+                                         f"OPENSSL-LISTEN:{tls_mid},fork,reuseaddr,bind=127.0.0.1,"
+                                         f"cert={tmp}/both.pem,verify=0", f"TCP:127.0.0.1:{iperf_port}"], tls_mid)]
     tls_front = free_port()
-    b.start("socat-tls-1", ["socat", "-b", "65536", f"TCP-LISTEN:{tls_front},fork,reuseaddr,bind=127.0.0.1",
-                            f"OPENSSL:127.0.0.1:{tls_mid},verify=0"], tls_front)
-    tls_pair = b.iperf("socat TLS pair", tls_front, extra=n)
-    plain = b.iperf("wmproxy link (plain)", iperf_port, b.chains("socks5", start_pair(b, False, tmp)[0]), extra=n)
-    tls = b.iperf("wmproxy link (TLS)", iperf_port, b.chains("socks5", start_pair(b, True, tmp)[0]), extra=n)
+    tls_procs.append(b.start("socat-tls-1", ["socat", "-b", "65536",
+                                             f"TCP-LISTEN:{tls_front},fork,reuseaddr,bind=127.0.0.1",
+                                             f"OPENSSL:127.0.0.1:{tls_mid},verify=0"], tls_front))
+    tls_pair = _measured(b, "socat TLS pair", tls_front, tls_procs, extra=n)
+    proxy, pair = start_pair(b, False, tmp)
+    plain = _measured(b, "wmproxy link (plain)", iperf_port, pair, b.chains("socks5", proxy), extra=n)
+    proxy, pair = start_pair(b, True, tmp)
+    tls = _measured(b, "wmproxy link (TLS)", iperf_port, pair, b.chains("socks5", proxy), extra=n)
     if chain and tls_pair:
         print(f"  ratios: plain link / socat chain {plain / chain:.2f}x (goal 0.5x), "
               f"TLS link / socat TLS pair {tls / tls_pair:.2f}x (goal 0.7x); direct {direct:.1f} Gbit/s")

@@ -245,7 +245,7 @@ class App:
         from .net.relay import link_owned
         from .proxy.server import ProxyContext, serve_connection
 
-        ctx = ProxyContext(proxy_cfg, self.resolver, stats, local=False, adopt=link_owned)
+        ctx = ProxyContext(proxy_cfg, self.resolver, link_owned, stats, local=False)
         return lambda conn, address: serve_connection(ctx, conn, address)
 
     # -- status --------------------------------------------------------------------------------

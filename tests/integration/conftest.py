@@ -336,6 +336,24 @@ def mirror():
     server.close()
 
 
+def tunnel(proxy_port: int, how: str, target: int) -> socket.socket:
+    """A tunnel to 127.0.0.1:``target`` through the proxy on ``proxy_port``, opened with
+    ``how``: "connect" (HTTP CONNECT) or "socks5"."""
+    s = socket.create_connection(("127.0.0.1", proxy_port), timeout=60)
+    if how == "connect":
+        s.sendall(f"CONNECT 127.0.0.1:{target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        return s
+    s.sendall(b"\x05\x01\x00")
+    assert s.recv(2) == b"\x05\x00"
+    s.sendall(b"\x05\x01\x00\x01\x7f\x00\x00\x01" + target.to_bytes(2, "big"))
+    reply = b""
+    while len(reply) < 10 and (chunk := s.recv(10 - len(reply))):
+        reply += chunk
+    assert reply[:2] == b"\x05\x00", reply
+    return s
+
+
 def mirror_check(s: socket.socket, size: int) -> str:
     """Send ``size`` random bytes on ``s`` (a thread; then a half-close) while reading what a
     mirror sends back until EOF. "" when the echo matches, else what went wrong."""

@@ -15,8 +15,8 @@ import time
 import psutil
 import pytest
 
-from conftest import (Proc, TcpServer, control, curl, free_port, http_get, mirror_check, recv_all, wait_port,
-                      websocket_echo,
+from conftest import (Proc, TcpServer, control, curl, free_port, http_get, mirror_check, recv_all, tunnel,
+                      wait_port, websocket_echo,
                       write_cert)
 
 
@@ -111,18 +111,6 @@ def test_curl_through_the_link(pair, origin, tls_origin):
     assert link["role"] == "server" and link["client"] == "alice" and link["bytes_out"] > 0
 
 
-def socks_connect(proxy_port: int, port: int) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", proxy_port), timeout=60)
-    s.sendall(b"\x05\x01\x00")
-    assert s.recv(2) == b"\x05\x00"
-    s.sendall(b"\x05\x01\x00\x01\x7f\x00\x00\x01" + port.to_bytes(2, "big"))
-    reply = b""
-    while len(reply) < 10:
-        reply += s.recv(10 - len(reply))
-    assert reply[:2] == b"\x05\x00", reply
-    return s
-
-
 @pytest.mark.timeout(300)
 def test_200_concurrent_streams_both_ways(pair, mirror):
     p = pair()
@@ -133,7 +121,7 @@ def test_200_concurrent_streams_both_ways(pair, mirror):
 
     def one(size: int) -> None:
         try:
-            if wrong := mirror_check(socks_connect(p.proxy, mirror), size):
+            if wrong := mirror_check(tunnel(p.proxy, "socks5", mirror), size):
                 errors.append(wrong)
         except OSError as e:
             errors.append(repr(e))
@@ -150,14 +138,14 @@ def test_200_concurrent_streams_both_ways(pair, mirror):
 def test_stalled_reader_does_not_slow_another_stream(pair, mirror, echo_server):
     p = pair()
     p.wait_link()
-    stalled = socks_connect(p.proxy, mirror)
+    stalled = tunnel(p.proxy, "socks5", mirror)
     flood = threading.Thread(target=lambda: _flood(stalled, 20 << 20), daemon=True)
     flood.start()  # the mirror echoes, nobody reads the echo: that stream's window fills up
     time.sleep(1)
     server_proc = psutil.Process(p.server.popen.pid)
     rss_before = server_proc.memory_info().rss
     payload = os.urandom(1 << 20) * 100  # 100 MB
-    s = socks_connect(p.proxy, echo_server.port)
+    s = tunnel(p.proxy, "socks5", echo_server.port)
     t0 = time.monotonic()
     s.sendall(payload)
     s.shutdown(socket.SHUT_WR)
@@ -181,7 +169,7 @@ def _flood(s: socket.socket, n: int) -> None:
 def test_link_loss_closes_streams_and_the_client_reconnects(pair, echo_server, origin):
     p = pair()
     p.wait_link()
-    live = socks_connect(p.proxy, echo_server.port)
+    live = tunnel(p.proxy, "socks5", echo_server.port)
     live.sendall(b"partial")
     p.server.popen.send_signal(signal.SIGKILL)  # the link dies under a live stream
     p.server.popen.wait()
@@ -663,7 +651,7 @@ def test_tunnels_relayed_by_callbacks_count_against_the_limit_and_the_grace(pair
     p = pair(start_client=False)
     p.client = p.start_client(tail="max_connections = 2\n")
     p.wait_link()
-    first, second = socks_connect(p.proxy, mirror), socks_connect(p.proxy, mirror)
+    first, second = tunnel(p.proxy, "socks5", mirror), tunnel(p.proxy, "socks5", mirror)
     for s in (first, second):
         s.sendall(b"ping")
         assert s.recv(4) == b"ping"  # (one segment on loopback)

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import curl, mirror_check, read_response, recv_all
+from conftest import curl, mirror_check, read_response, recv_all, tunnel
 
 
 def test_http_proxy_get(start_proxy, origin):
@@ -152,23 +152,10 @@ def test_large_upload_and_download_sha256(start_proxy, origin, big_blob, tmp_pat
     assert r.stdout.decode() == f"{len(big_blob)} {want}"
 
 
-def _tunnel(port: int, how: str, target: int) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=60)
-    if how == "connect":
-        s.sendall(f"CONNECT 127.0.0.1:{target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        assert s.recv(4096).startswith(b"HTTP/1.1 200")
-    else:
-        s.sendall(b"\x05\x01\x00")
-        assert s.recv(2) == b"\x05\x00"
-        s.sendall(b"\x05\x01\x00\x01\x7f\x00\x00\x01" + target.to_bytes(2, "big"))
-        assert s.recv(10)[:2] == b"\x05\x00"
-    return s
-
-
 @pytest.mark.parametrize("how", ["connect", "socks5"])
 def test_half_close_passes_through(start_proxy, echo_server, how):
     p = start_proxy()
-    s = _tunnel(p.port, how, echo_server.port)
+    s = tunnel(p.port, how, echo_server.port)
     payload = b"x" * 300_000
     s.sendall(payload)
     s.shutdown(socket.SHUT_WR)  # our side is done; the answer must still arrive in full
@@ -189,7 +176,7 @@ def test_100_concurrent_tunnels_both_ways(start_proxy, mirror):
 
     def one(how: str, size: int) -> None:
         try:
-            if wrong := mirror_check(_tunnel(p.port, how, mirror), size):
+            if wrong := mirror_check(tunnel(p.port, how, mirror), size):
                 errors.append(f"{how} {wrong}")
         except (OSError, AssertionError) as e:
             errors.append(f"{how} {size}: {e!r}")

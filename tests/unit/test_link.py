@@ -22,11 +22,11 @@ from wmproxy.prot import frame as fr
 WINDOW = 65536
 
 
-def make_pair(on_create):
+def make_pair(on_create, window: int = WINDOW):
     a, b = gsocket.socketpair()
-    client = CenterLink(a, Reader(a), is_client=True, window=WINDOW, max_frame=1 << 20, heartbeat=30,
+    client = CenterLink(a, Reader(a), is_client=True, window=window, max_frame=1 << 20, heartbeat=30,
                         on_create=lambda *args: None, name="client")
-    server = CenterLink(b, Reader(b), is_client=False, window=WINDOW, max_frame=1 << 20, heartbeat=30,
+    server = CenterLink(b, Reader(b), is_client=False, window=window, max_frame=1 << 20, heartbeat=30,
                         on_create=on_create, name="server")
     runs = [gevent.spawn(client.run), gevent.spawn(server.run)]
     return client, server, runs
@@ -234,5 +234,35 @@ def test_bridge_takes_over_what_the_stream_queued_before():
     assert stream.recv(100) == b"answer" and stream.recv(100) == b""
     gevent.sleep(0.1)
     assert done and done[0].reason == "eof"
+    client.close("done")
+    gevent.joinall(runs, timeout=5)
+
+
+def test_bridge_sends_early_socket_bytes_larger_than_a_frame():
+    """Bytes read from the socket before the bridge (more than one DATA frame) all go to the
+    stream at once and are counted, also with a window whose grants come only after more
+    than a frame was consumed."""
+    early = os.urandom(200_000)
+    ends = []
+
+    def on_create(vc, mode, target):
+        near, far = gsocket.socketpair()
+        done = []
+        ends.append((far, done))
+        relay_then(vc, near, done.append, link_owned, b_pending=early)
+
+    client, server, runs = make_pair(on_create, window=1 << 20)  # grants after 256 KiB
+    stream = client.open_stream(fr.CreateMode.CONNECT, "x:1")
+    stream.settimeout(5)
+    got = bytearray()
+    while len(got) < len(early):
+        got += stream.recv(65536)
+    assert bytes(got) == early
+    far, done = ends[0]
+    far.close()
+    stream.shutdown(socket.SHUT_WR)
+    assert stream.recv(10) == b""
+    gevent.sleep(0.1)
+    assert done and done[0].b_to_a == len(early)
     client.close("done")
     gevent.joinall(runs, timeout=5)

@@ -179,13 +179,12 @@ class VirtualConn:
     def send_datagram(self, data: bytes) -> bool:
         """A UDP datagram as one DATA frame, never split, never waiting: False (dropped, as
         UDP may) when it is empty, does not fit the window credit now, or the stream is done."""
-        if not data or len(data) > self.credit or self.reset is not None or self.closed or self.sent_fin:
+        if not data or len(data) > self.credit:
             return False
         try:
-            self.link.send_frame(Kind.DATA, 0, self.sid, bytes(data))
-        except ConnectionResetError:
+            self.push(bytes(data))
+        except OSError:  # reset, closed for sending, or the link is gone
             return False
-        self.credit -= len(data)
         return True
 
     def recv_datagram(self) -> bytes:

@@ -129,15 +129,15 @@ class Bridge(CallbackRelay):
             self.rd.start(self._readable)
 
     def _push_pending(self) -> bool:
-        """Push what waits for credit; True once all of it went."""
-        n = min(len(self.to_stream), self.stream.credit, CHUNK)
-        if n > 0:
+        """Push what waits for credit, as far as the credit goes; True once all of it went."""
+        while self.to_stream and (n := min(len(self.to_stream), self.stream.credit, CHUNK)) > 0:
             try:
                 self.stream.push(self.to_stream[:n])
             except OSError as e:
                 self._finish(f"error: {e}")
                 return False
             self.to_stream = self.to_stream[n:]
+            self.stats.moved[self.up] += n
         return not self.to_stream
 
     def _readable(self) -> None:

@@ -53,8 +53,8 @@ class ProxyContext:
     """Settings and services one listener's handlers share. Immutable once built: a reload
     builds a new context for new connections while live ones keep theirs."""
 
-    def __init__(self, cfg: ProxyConfig, resolver: Resolver, stats: ConnStats | None = None, via=None,
-                 local: bool = True, adopt: Adopt | None = None) -> None:
+    def __init__(self, cfg: ProxyConfig, resolver: Resolver, adopt: Adopt, stats: ConnStats | None = None, via=None,
+                 local: bool = True) -> None:
         self.cfg = cfg
         self.resolver = resolver
         self.stats = stats or ConnStats()
@@ -62,7 +62,7 @@ class ProxyContext:
         # SOCKS5 UDP ASSOCIATE: only where the client can reach our relay socket, so not for
         # connections that arrive over a center link from another network
         self.udp_associate = local and cfg.udp_bind is not None
-        self.adopt = adopt  # takes over connections whose relay goes on without their greenlet
+        self.adopt = adopt  # keeps connections whose relay goes on after their handler returned
 
     def relay(self, client, upstream, info: ConnInfo, a_pending: bytes) -> None:
         """Relay the client and its upstream, filling ``info``. Where the relay can go on
@@ -78,8 +78,7 @@ class ProxyContext:
             if info.detached:
                 self.conn_done(info)
 
-        relay_then(client, upstream, done, adopt if self.adopt is not None else None, self.cfg.idle_timeout,
-                   a_pending=a_pending)
+        relay_then(client, upstream, done, adopt, self.cfg.idle_timeout, a_pending=a_pending)
 
     def conn_done(self, info: ConnInfo, log_line: bool = True, level: int = logging.INFO) -> None:
         """A connection ended: its bytes go into the listener's totals, its line to the log."""
@@ -110,8 +109,7 @@ class ProxyServer(Listener):
 
     def make_context(self, settings, app) -> ProxyContext:
         proxy_cfg, center_cfg = settings
-        return ProxyContext(proxy_cfg, app.resolver, self.stats, app.center_client if center_cfg else None,
-                            adopt=self.adopt)
+        return ProxyContext(proxy_cfg, app.resolver, self.adopt, self.stats, app.center_client if center_cfg else None)
 
     def max_connections(self, settings) -> int:
         return settings[0].max_connections

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import time
 
 import gevent
 import pytest
@@ -314,10 +315,12 @@ def test_relay_then_slow_destination_then_reset(spliced, monkeypatch):
             pass
 
     sender = gevent.spawn(flood)
-    gevent.sleep(0.5)
-    stalled = sent[0]
-    gevent.sleep(0.3)
-    assert sent[0] == stalled and not ended  # nobody reads b_out: everything upstream of it is full
+    stalled, deadline = -1, time.monotonic() + 10
+    while sent[0] != stalled:  # nobody reads b_out: the flood stops once everything upstream is full
+        assert time.monotonic() < deadline, "the source is still being read"
+        stalled = sent[0]
+        gevent.sleep(0.3)
+    assert not ended
     assert stalled < 32 << 20  # bounded: the kernel's socket buffers plus one pipe (7-16 MB here)
     b_out.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     b_out.close()  # a reset

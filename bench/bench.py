@@ -26,11 +26,15 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -41,6 +45,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_seconds(procs) -> float:
+    """User + system CPU seconds of ``procs`` (Popen objects; the wrapping taskset execs the
+    program, so the pid is the program's), of their live children (squid's kid) and of their
+    reaped ones (socat's forks)."""
+    total = 0.0
+    for p in procs:
+        try:
+            proc = psutil.Process(p.pid)
+            for q in (proc, *proc.children(recursive=True)):
+                t = q.cpu_times()
+                total += t.user + t.system + (t.children_user + t.children_system if q is proc else 0.0)
+        except psutil.Error:
+            continue
+    return total
 
 
 def wait_port(port: int, timeout: float = 15) -> None:
@@ -55,8 +75,9 @@ def wait_port(port: int, timeout: float = 15) -> None:
 
 
 class Bench:
-    def __init__(self, seconds: int, connections: int, bytes_total: int = 1 << 30) -> None:
+    def __init__(self, seconds: int, connections: int, bytes_total: int = 1 << 30, rounds: int = 3) -> None:
         self.seconds = seconds
+        self.rounds = rounds
         self.bytes_total = bytes_total
         self.connections = connections
         self.tmp = Path(tempfile.mkdtemp(prefix="wmproxy-bench-"))
@@ -158,29 +179,37 @@ DisableViaHeader Yes
         self.results["throughput_gbit"][name] = round(gbit, 2)
         return gbit
 
-    def wrk(self, name: str, proxy_port: int, origin_port: int) -> None:
+    def wrk(self, name: str, proxy_port: int, origin_port: int, procs=()) -> float:
         """Small GETs through the HTTP proxy: a Lua script sends absolute-form requests."""
         script = self.tmp / "absolute.lua"
         script.write_text(f'local target = "http://127.0.0.1:{origin_port}/small.txt"\n'
                           'request = function() return wrk.format("GET", target) end\n')
-        self.run_wrk(name, ["-s", str(script), f"http://127.0.0.1:{proxy_port}/"], "http")
+        return self.run_wrk(name, ["-s", str(script), f"http://127.0.0.1:{proxy_port}/"], "http", procs)
 
-    def run_wrk(self, name: str, args: list[str], section: str) -> float:
+    def run_wrk(self, name: str, args: list[str], section: str, procs=()) -> float:
         """wrk with keep-alive on the load CPU; prints and records req/s and p99 under
-        ``section``; returns req/s (0 when wrk failed)."""
+        ``section``, and with ``procs`` (the server under test) their CPU time per request,
+        steadier than the rate on this machine; returns req/s (0 when wrk failed)."""
         cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{self.connections}", f"-d{self.seconds}s", "--latency",
                *args]
+        before = cpu_seconds(procs)
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.seconds + 60).stdout
+        used = cpu_seconds(procs) - before
         rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        total = re.search(r"(\d+) requests in", out)
         p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-        if not rps or not p99:
+        if not rps or not p99 or not total:
             print(f"  {name}: wrk failed: {out[-400:]}")
             return 0.0
         p99_ms = float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
         note = f"   {errors.group(0)}" if errors else ""
-        print(f"  {name:<26} {float(rps.group(1)):9.0f} req/s   p99 {p99_ms:7.2f} ms{note}")
-        self.results.setdefault(section, {})[name] = {"rps": round(float(rps.group(1))), "p99_ms": round(p99_ms, 2)}
+        cpu = f"   CPU {used * 1e6 / int(total.group(1)):5.1f} us/request" if procs and int(total.group(1)) else ""
+        print(f"  {name:<26} {float(rps.group(1)):9.0f} req/s   p99 {p99_ms:7.2f} ms{cpu}{note}")
+        record = {"rps": round(float(rps.group(1))), "p99_ms": round(p99_ms, 2)}
+        if cpu:
+            record["cpu_us_per_request"] = round(used * 1e6 / int(total.group(1)), 1)
+        self.results.setdefault(section, {})[name] = record
         return float(rps.group(1))
 
     def nginx(self) -> int:
@@ -223,41 +252,66 @@ http {{
         self.start(name, ["nginx", "-c", str(conf)], port, cpu=cpu)
         return port
 
+    # -- rounds ---------------------------------------------------------------------------
+    def in_rounds(self, key: str, runs: list[tuple[str, Callable[[], float]]],
+                  ratios: list[tuple[str, str, str, float]]) -> dict[str, float]:
+        """Run every (name, run) once per round, in turn, for ``self.rounds`` rounds: this
+        machine's speed drifts 15-30% from one minute to the next, so each ratio is taken within
+        a round (a few seconds apart) and the median over the rounds is the figure. ``ratios``:
+        (label, numerator name, denominator name, goal or 0). Prints each round's ratios and the
+        medians, records them under results["ratios"][key]; returns the medians."""
+        values: dict[str, list[float]] = {name: [] for name, _ in runs}
+        for r in range(self.rounds):
+            if self.rounds > 1:
+                print(f"  round {r + 1} of {self.rounds}:")
+            for name, run in runs:
+                values[name].append(run())
+        medians, record = {}, {}
+        print(f"  ratios, median of {self.rounds} round(s) (each round's in brackets):")
+        for label, num, den, goal in ratios:
+            each = [n / d for n, d in zip(values[num], values[den]) if n and d]
+            if not each:
+                print(f"    {label}: no figure (a run failed)")
+                continue
+            medians[label] = statistics.median(each)
+            verdict = f"   goal {goal}x: {'met' if medians[label] >= goal else 'NOT met'}" if goal else ""
+            print(f"    {label:<40} {medians[label]:.2f}x  ({', '.join(f'{x:.2f}' for x in each)}){verdict}")
+            record[label] = {"median": round(medians[label], 3), "rounds": [round(x, 3) for x in each], "goal": goal}
+        self.results.setdefault("ratios", {})[key] = record
+        return medians
+
     # -- the run ------------------------------------------------------------------------
     def throughput(self) -> None:
         print(f"\niperf3 single stream, {self.seconds}s each (proxy on CPU {PROXY_CPU}, iperf3 on CPU {LOAD_CPU}):")
         iperf_port = free_port()
         self.start("iperf3-server", ["iperf3", "-s", "-p", str(iperf_port)], iperf_port, cpu=LOAD_CPU)
-        direct = self.iperf("direct", iperf_port)
-        p, port = self.socat(iperf_port)
-        socat = self.iperf("socat -b 65536", port)
-        self.stop(p)
-        for name, factory in (("wmproxy", self.wmproxy), ("pproxy", self.pproxy)):
-            p, port = factory()
-            self.iperf(f"{name} CONNECT", iperf_port, self.chains("http", port))
-            self.iperf(f"{name} SOCKS5", iperf_port, self.chains("socks5", port))
-            self.stop(p)
-        t = self.results["throughput_gbit"]
-        print("  ratios to socat:", ", ".join(f"{k} {v / socat:.2f}x" for k, v in t.items() if socat and v))
-        if direct:
-            print(f"  (direct/socat {direct / socat:.2f}x)")
+        self.iperf("direct", iperf_port)
+        _, socat = self.socat(iperf_port)
+        _, wm = self.wmproxy()
+        _, pp = self.pproxy()
+        runs = [("socat", lambda: self.iperf("socat -b 65536", socat))]
+        for name, port in (("wmproxy", wm), ("pproxy", pp)):
+            for kind, chain in (("CONNECT", "http"), ("SOCKS5", "socks5")):
+                runs.append((f"{name} {kind}", lambda port=port, name=f"{name} {kind}", chain=chain:
+                             self.iperf(name, iperf_port, self.chains(chain, port))))
+        goal = {"wmproxy": 1.2, "pproxy": 0.0}
+        self.in_rounds("throughput", runs, [(f"{name} / socat", name, "socat", goal[name.split()[0]])
+                                            for name, _ in runs[1:]])
 
     def http(self) -> None:
         print(f"\nHTTP proxy, small GETs with keep-alive, wrk -c{self.connections} {self.seconds}s "
               f"(proxy on CPU {PROXY_CPU}; wrk and nginx on CPU {LOAD_CPU}):")
         origin = self.nginx()
+        runs = []
         for name, factory in (("wmproxy", self.wmproxy), ("pproxy", self.pproxy), ("squid", self.squid),
                               ("tinyproxy", self.tinyproxy)):
             if name in ("squid", "tinyproxy") and not shutil.which(name):
                 print(f"  {name}: not installed")
                 continue
             p, port = factory()
-            self.wrk(name, port, origin)
-            self.stop(p)
-        h = self.results["http"]
-        if "pproxy" in h:
-            base = h["pproxy"]["rps"]
-            print("  ratios to pproxy:", ", ".join(f"{k} {v['rps'] / base:.2f}x" for k, v in h.items()))
+            runs.append((name, lambda name=name, port=port, p=p: self.wrk(name, port, origin, [p])))
+        self.in_rounds("http", runs, [(f"{name} / pproxy", name, "pproxy", 1.0 if name == "wmproxy" else 0.0)
+                                      for name, _ in runs if name != "pproxy"])
 
 
 def main() -> int:
@@ -269,9 +323,11 @@ def main() -> int:
                     help="run one part")
     ap.add_argument("--bytes", type=int, default=1 << 30, help="size of the center link transfer")
     ap.add_argument("--streams", default="1000,10000", help="idle virtual connection counts to measure")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternating rounds of the compared runs; ratios are the median over them")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
-    b = Bench(args.seconds, args.connections, args.bytes)
+    b = Bench(args.seconds, args.connections, args.bytes, args.rounds)
     try:
         if args.only in (None, "throughput"):
             b.throughput()

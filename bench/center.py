@@ -11,10 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
-
 import idle
-from bench import LOAD_CPU, ROOT, free_port
+from bench import LOAD_CPU, ROOT, cpu_seconds, free_port
 
 
 def certs(tmp: Path) -> Path:
@@ -63,24 +61,14 @@ def start_mapped(b, name: str, mappings: str, ready: int, server_extra: str = ""
     b.start(f"{name}-client", [sys.executable, str(ROOT / "bin" / "wmproxy-client"), "-c", str(client)], ready)
 
 
-def _cpu(procs) -> float:
-    """CPU seconds used so far by ``procs`` and their reaped children (socat forks one per
-    connection)."""
-    total = 0.0
-    for p in procs:
-        t = psutil.Process(p.pid).cpu_times()
-        total += t.user + t.system + t.children_user + t.children_system
-    return total
-
-
 def _measured(b, name: str, port: int, procs, prefix=(), extra=None) -> float:
     """b.iperf through a relay made of ``procs``, plus their CPU seconds per GiB moved (steadier
     than the rate on a machine whose speed drifts)."""
-    before = _cpu(procs)
+    before = cpu_seconds(procs)
     time.sleep(0.2)
     gbit = b.iperf(name, port, list(prefix), extra=extra)
     time.sleep(0.5)  # socat's parent reaps its child
-    per_gib = (_cpu(procs) - before) * (1 << 30) / b.bytes_total
+    per_gib = (cpu_seconds(procs) - before) * (1 << 30) / b.bytes_total
     print(f"  {'':<22} CPU {per_gib:.2f} s per GiB moved (both ends)")
     b.results.setdefault("center_cpu_s_per_gib", {})[name] = round(per_gib, 2)
     return gbit
@@ -103,7 +91,6 @@ def throughput(b) -> None:
     chain_procs.append(b.start("socat-1", ["socat", "-b", "65536",
                                            f"TCP-LISTEN:{front},fork,reuseaddr,bind=127.0.0.1",
                                            f"TCP:127.0.0.1:{mid}"], front))
-    chain = _measured(b, "socat chain (plain)", front, chain_procs, extra=n)
     # a socat TLS pair: plain -> TLS -> plain
     tls_mid = free_port()
     tls_procs = [b.start("socat-tls-2", ["socat", "-b", "65536",
@@ -113,14 +100,17 @@ def throughput(b) -> None:
     tls_procs.append(b.start("socat-tls-1", ["socat", "-b", "65536",
                                              f"TCP-LISTEN:{tls_front},fork,reuseaddr,bind=127.0.0.1",
                                              f"OPENSSL:127.0.0.1:{tls_mid},verify=0"], tls_front))
-    tls_pair = _measured(b, "socat TLS pair", tls_front, tls_procs, extra=n)
-    proxy, pair = start_pair(b, False, tmp)
-    plain = _measured(b, "wmproxy link (plain)", iperf_port, pair, b.chains("socks5", proxy), extra=n)
-    proxy, pair = start_pair(b, True, tmp)
-    tls = _measured(b, "wmproxy link (TLS)", iperf_port, pair, b.chains("socks5", proxy), extra=n)
-    if chain and tls_pair:
-        print(f"  ratios: plain link / socat chain {plain / chain:.2f}x (goal 0.5x), "
-              f"TLS link / socat TLS pair {tls / tls_pair:.2f}x (goal 0.7x); direct {direct:.1f} Gbit/s")
+    proxy_plain, plain_procs = start_pair(b, False, tmp)
+    proxy_tls, tls_link_procs = start_pair(b, True, tmp)
+    runs = [("socat chain", lambda: _measured(b, "socat chain (plain)", front, chain_procs, extra=n)),
+            ("socat TLS pair", lambda: _measured(b, "socat TLS pair", tls_front, tls_procs, extra=n)),
+            ("wmproxy link (plain)", lambda: _measured(b, "wmproxy link (plain)", iperf_port, plain_procs,
+                                                       b.chains("socks5", proxy_plain), extra=n)),
+            ("wmproxy link (TLS)", lambda: _measured(b, "wmproxy link (TLS)", iperf_port, tls_link_procs,
+                                                     b.chains("socks5", proxy_tls), extra=n))]
+    b.in_rounds("center", runs, [("plain link / socat chain", "wmproxy link (plain)", "socat chain", 0.5),
+                                 ("TLS link / socat TLS pair", "wmproxy link (TLS)", "socat TLS pair", 0.7)])
+    print(f"  (direct {direct:.1f} Gbit/s)")
 
 
 def memory(b, counts=(1000, 10000)) -> None:

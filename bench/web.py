@@ -50,7 +50,7 @@ def measure(b, name: str, start, url: str) -> float:
     before = len(b.procs)
     port = start()
     try:
-        return b.run_wrk(name, [f"http://127.0.0.1:{port}{url}"], "web")
+        return b.run_wrk(name, [f"http://127.0.0.1:{port}{url}"], "web", b.procs[before:])
     finally:
         for p in b.procs[before:]:
             b.stop(p)
@@ -61,17 +61,19 @@ def run(b) -> None:
     url = "/small.txt"
     print(f"\n[http] small GETs with keep-alive, wrk -c{b.connections} {b.seconds}s (server on CPU {PROXY_CPU}; "
           "wrk and the origin on the other CPU; one server under test running at a time):")
-    nginx_static = measure(b, "nginx static", lambda: b.start_nginx("nginx-static", f"location / {{ root {b.www()}; }}",
-                                                                   PROXY_CPU), url)
-    wm_static = measure(b, "wmproxy static",
-                        lambda: wmproxy_web(b, "wmproxy-static", f'file_server = {{ root = "{b.www()}" }}'), url)
     proxied = 'location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }'
     pool = f"upstream origin {{ server 127.0.0.1:{origin}; keepalive 64; }}"
-    nginx_proxy = measure(b, "nginx -> nginx", lambda: b.start_nginx("nginx-proxy", proxied, PROXY_CPU, pool), url)
+    runs = [
+        ("nginx static", lambda: measure(b, "nginx static", lambda: b.start_nginx(
+            "nginx-static", f"location / {{ root {b.www()}; }}", PROXY_CPU), url)),
+        ("wmproxy static", lambda: measure(b, "wmproxy static", lambda: wmproxy_web(
+            b, "wmproxy-static", f'file_server = {{ root = "{b.www()}" }}'), url)),
+        ("nginx -> nginx", lambda: measure(b, "nginx -> nginx", lambda: b.start_nginx(
+            "nginx-proxy", proxied, PROXY_CPU, pool), url)),
+    ]
     if shutil.which("haproxy"):
-        measure(b, "haproxy -> nginx", lambda: haproxy(b, origin), url)
-    wm_proxy = measure(b, "wmproxy -> nginx",
-                       lambda: wmproxy_web(b, "wmproxy-proxy", f'proxy_url = "http://127.0.0.1:{origin}"'), url)
-    if nginx_static and nginx_proxy:
-        print(f"  ratios: wmproxy static / nginx static {wm_static / nginx_static:.2f}x (goal 0.25x), "
-              f"wmproxy -> nginx / nginx -> nginx {wm_proxy / nginx_proxy:.2f}x (goal 0.4x)")
+        runs.append(("haproxy -> nginx", lambda: measure(b, "haproxy -> nginx", lambda: haproxy(b, origin), url)))
+    runs.append(("wmproxy -> nginx", lambda: measure(b, "wmproxy -> nginx", lambda: wmproxy_web(
+        b, "wmproxy-proxy", f'proxy_url = "http://127.0.0.1:{origin}"'), url)))
+    b.in_rounds("web", runs, [("wmproxy static / nginx static", "wmproxy static", "nginx static", 0.25),
+                              ("wmproxy -> nginx / nginx -> nginx", "wmproxy -> nginx", "nginx -> nginx", 0.4)])

@@ -204,11 +204,12 @@ DisableViaHeader Yes
             return 0.0
         p99_ms = float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
         note = f"   {errors.group(0)}" if errors else ""
-        cpu = f"   CPU {used * 1e6 / int(total.group(1)):5.1f} us/request" if procs and int(total.group(1)) else ""
-        print(f"  {name:<26} {float(rps.group(1)):9.0f} req/s   p99 {p99_ms:7.2f} ms{cpu}{note}")
         record = {"rps": round(float(rps.group(1))), "p99_ms": round(p99_ms, 2)}
-        if cpu:
+        cpu = ""
+        if procs and int(total.group(1)):
             record["cpu_us_per_request"] = round(used * 1e6 / int(total.group(1)), 1)
+            cpu = f"   CPU {record['cpu_us_per_request']:5.1f} us/request"
+        print(f"  {name:<26} {float(rps.group(1)):9.0f} req/s   p99 {p99_ms:7.2f} ms{cpu}{note}")
         self.results.setdefault(section, {})[name] = record
         return float(rps.group(1))
 
@@ -254,31 +255,29 @@ http {{
 
     # -- rounds ---------------------------------------------------------------------------
     def in_rounds(self, key: str, runs: list[tuple[str, Callable[[], float]]],
-                  ratios: list[tuple[str, str, str, float]]) -> dict[str, float]:
+                  ratios: list[tuple[str, str, str, float]]) -> None:
         """Run every (name, run) once per round, in turn, for ``self.rounds`` rounds: this
         machine's speed drifts 15-30% from one minute to the next, so each ratio is taken within
         a round (a few seconds apart) and the median over the rounds is the figure. ``ratios``:
         (label, numerator name, denominator name, goal or 0). Prints each round's ratios and the
-        medians, records them under results["ratios"][key]; returns the medians."""
+        medians, records them under results["ratios"][key]."""
         values: dict[str, list[float]] = {name: [] for name, _ in runs}
         for r in range(self.rounds):
             if self.rounds > 1:
                 print(f"  round {r + 1} of {self.rounds}:")
             for name, run in runs:
                 values[name].append(run())
-        medians, record = {}, {}
+        record = self.results.setdefault("ratios", {}).setdefault(key, {})
         print(f"  ratios, median of {self.rounds} round(s) (each round's in brackets):")
         for label, num, den, goal in ratios:
             each = [n / d for n, d in zip(values[num], values[den]) if n and d]
             if not each:
                 print(f"    {label}: no figure (a run failed)")
                 continue
-            medians[label] = statistics.median(each)
-            verdict = f"   goal {goal}x: {'met' if medians[label] >= goal else 'NOT met'}" if goal else ""
-            print(f"    {label:<40} {medians[label]:.2f}x  ({', '.join(f'{x:.2f}' for x in each)}){verdict}")
-            record[label] = {"median": round(medians[label], 3), "rounds": [round(x, 3) for x in each], "goal": goal}
-        self.results.setdefault("ratios", {})[key] = record
-        return medians
+            median = statistics.median(each)
+            verdict = f"   goal {goal}x: {'met' if median >= goal else 'NOT met'}" if goal else ""
+            print(f"    {label:<40} {median:.2f}x  ({', '.join(f'{x:.2f}' for x in each)}){verdict}")
+            record[label] = {"median": round(median, 3), "rounds": [round(x, 3) for x in each], "goal": goal}
 
     # -- the run ------------------------------------------------------------------------
     def throughput(self) -> None:
@@ -294,9 +293,8 @@ http {{
             for kind, chain in (("CONNECT", "http"), ("SOCKS5", "socks5")):
                 runs.append((f"{name} {kind}", lambda port=port, name=f"{name} {kind}", chain=chain:
                              self.iperf(name, iperf_port, self.chains(chain, port))))
-        goal = {"wmproxy": 1.2, "pproxy": 0.0}
-        self.in_rounds("throughput", runs, [(f"{name} / socat", name, "socat", goal[name.split()[0]])
-                                            for name, _ in runs[1:]])
+        self.in_rounds("throughput", runs, [(f"{name} / socat", name, "socat",
+                                             1.2 if name.startswith("wmproxy") else 0.0) for name, _ in runs[1:]])
 
     def http(self) -> None:
         print(f"\nHTTP proxy, small GETs with keep-alive, wrk -c{self.connections} {self.seconds}s "

@@ -89,6 +89,87 @@ def test_response_framing():
     assert (h.status, h.reason) == (404, b"Nope Here")
 
 
+def _passed(response):
+    """What a client gets from a Response: the head (status, reason, headers with their values'
+    surrounding spaces stripped), the framing, the server's keep-alive."""
+    out = http1.parse_response_head(response.encode(b"\r\nVia: t"))
+    return (out.status, out.reason, [(k, v.strip()) for k, v in out.headers]), response.framing, response.reusable
+
+
+PASSABLE = [  # heads quick_response passes through as bytes: the result must equal the full parse's
+    (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\nContent-Length: 17\r\n"
+     b"Connection: keep-alive\r\nETag: \"5f-11\"\r\n\r\n", "GET"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "HEAD"),
+    (b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n", "GET"),
+    (b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n", "DELETE"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nX-A: 1\r\n\r\n", "GET"),
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding:  Chunked \r\n\r\n", "GET"),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n", "GET"),
+    (b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 3\r\n\r\n", "GET"),
+    (b"HTTP/1.1 200 OK\r\n\r\n", "GET"),  # until close
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive, close\r\n\r\n", "GET"),
+    (b"HTTP/1.1 404 \r\nProxy-Authenticate: Basic\r\nUpgrade: h2c\r\nTE: x\r\nProxy-Connection: close\r\n"
+     b"Content-Length: 2\r\nX-Last: 1\r\n\r\n", "GET"),
+    (b"HTTP/1.1 502\r\nContent-Length: 2\r\n\r\n", "POST"),
+    (b"HTTP/1.1 200 OK\r\nX-Connection: a\r\nX-Content-Length: 9\r\nConnectionX: b\r\nContent-Length: 1\r\n\r\n",
+     "GET"),
+]
+NOT_PASSABLE = [  # heads left to the full parse (None), or refused
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: 1\r\nContent-Length: 1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+    b"HTTP/1.2 200 OK\r\nContent-Length: 1\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("raw,method", PASSABLE)
+def test_quick_response_is_the_full_parse(raw, method):
+    quick = http1.quick_response(raw, method)
+    assert quick is not None and quick.head is None
+    assert _passed(quick) == _passed(http1.Response.of(http1.parse_response_head(raw), method))
+
+
+def test_quick_response_leaves_the_rest_to_the_parser():
+    for raw in NOT_PASSABLE:
+        try:
+            assert http1.quick_response(raw, "GET") is None, raw
+        except ProtocolError:  # llhttp refuses some (a duplicate Content-Length): so does the full parse
+            with pytest.raises(ProtocolError):
+                http1.Response.of(http1.parse_response_head(raw), "GET")
+    with pytest.raises(ProtocolError):
+        http1.quick_response(b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n", "GET")
+    # both framings (a smuggling shape): refused, never passed on
+    both = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nX: 1\r\n\r\n"
+    with pytest.raises(ProtocolError):
+        http1.quick_response(both, "GET")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["Connection", "content-length", "Transfer-Encoding", "Keep-Alive", "TE",
+                                           "X-A", "Upgrade", "Trailer", "Proxy-Connection"]),
+                          st.sampled_from(["keep-alive", "close", "chunked", "5", "0", "x", "", " 7 ", "Chunked"])),
+                max_size=6),
+       st.sampled_from(["HTTP/1.1 200 OK", "HTTP/1.0 200 OK", "HTTP/1.1 304 Not Modified", "HTTP/1.1 500 "]),
+       st.sampled_from(["GET", "HEAD"]))
+def test_quick_response_agrees_with_the_full_parse(headers, start, method):
+    raw = (start + "".join(f"\r\n{k}: {v}" for k, v in headers) + "\r\n\r\n").encode()
+    try:
+        full = _passed(http1.Response.of(http1.parse_response_head(raw), method))
+    except ProtocolError:
+        full = None
+    try:
+        quick = http1.quick_response(raw, method)
+    except ProtocolError:
+        assert full is None
+        return
+    if quick is not None:
+        assert _passed(quick) == full
+
+
 def test_hop_by_hop_and_connection_named_headers_dropped():
     h = http1.parse_request_head(b"GET / HTTP/1.1\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nTE: trailers\r\n"
                                  b"Proxy-Authorization: Basic x\r\nUpgrade: h2c\r\nX-Keep: 1\r\n\r\n")

@@ -153,6 +153,8 @@ class MapHttpServer(Listener):
                     (b"X-Forwarded-Proto", ctx.scheme.encode())]
         headers = http1.apply_header_rules(headers, route.request_rules, variables)
         out = http1.encode_head(f"{head.method} {head.target} HTTP/1.1", headers)
+        rules = route.response_rules
+        finish = (lambda h: http1.apply_header_rules(h, rules, variables)) if rules else None
         # a kept stream the service closed (keep-alive timeout) as we sent: once more on a new one,
         # when nothing but the head was sent
         tries = 2 if up.take(route, ctx.idle_timeout) and framing == http1.NO_BODY else 1
@@ -162,15 +164,14 @@ class MapHttpServer(Listener):
                     up.close()
                     up.take(route, ctx.idle_timeout)
                 httpio.copy_body(reader, up.stream.sendall, framing, True, prefix=out)
-                rhead = http1.parse_response_head(httpio.read_head(up.reader, MAX_HEAD))
+                response = httpio.read_response(up.reader, MAX_HEAD, head.method, finish=finish)
                 break
             except (PeerClosed, ConnectionError, ProtocolError) as e:
                 if attempt + 1 == tries or isinstance(e, ProtocolError):
                     _reply(client, 502, f"the mapped service did not answer: {e}")
                     return False
-        done = httpio.forward_response(client, reader, head, rhead, up.stream, up.reader,
-                                       lambda h: http1.apply_header_rules(h, route.response_rules, variables),
-                                       ctx.idle_timeout, upgrade)
+        done = httpio.forward_response(client, reader, head, response, up.stream, up.reader, finish, ctx.idle_timeout,
+                                       upgrade)
         host = variables["host"]
         if done.upgraded is not None:
             stats = done.upgraded

@@ -160,32 +160,56 @@ class Forwarded:
         self.upgraded = None
 
 
-def forward_response(client, creader: Reader, head: http1.Head, rhead: http1.Head, upstream, ureader: Reader,
+def read_response(reader: Reader, limit: int, method: str, interim=None, finish=None) -> http1.Response:
+    """The server's final response to a ``method`` request, ready to pass on: its head's bytes
+    passed through when they can be (:func:`http1.quick_response`; not with header rules), else
+    parsed, ``finish`` (headers -> headers: the header rules) applied. Interim 1xx heads (101 is
+    final here) go to ``interim`` (a Head -> None) or are skipped. Raises PeerClosed,
+    ProtocolError, socket.timeout."""
+    while True:
+        data = read_head(reader, limit)
+        if finish is None:
+            response = http1.quick_response(data, method)
+            if response is not None:
+                return response
+        rhead = http1.parse_response_head(data)
+        if rhead.status >= 200 or rhead.status == 101:
+            return http1.Response.of(rhead, method, finish)
+        if interim is not None:
+            interim(rhead)
+
+
+def head_lines(head: http1.Head, chunked_out: bool, keep: bool) -> bytes:
+    """The lines a response to request ``head`` gets beside the server's own (Response.encode's
+    ``extra``): the chunked coding the proxy sends, and the connection's fate."""
+    extra = b"\r\nTransfer-Encoding: chunked" if chunked_out else b""
+    if not keep:
+        return extra + b"\r\nConnection: close"
+    if head.version == "1.0":
+        return extra + b"\r\nConnection: keep-alive"
+    return extra
+
+
+def forward_response(client, creader: Reader, head: http1.Head, response: http1.Response, upstream, ureader: Reader,
                      finish, idle_timeout: float, upgrade: bytes | None) -> Forwarded:
-    """Send the server's response ``rhead`` (and its body from ``ureader``) to the client of
-    request ``head``: ``finish`` (headers -> headers: the header rules) applied, chunked
-    re-encoded for HTTP/1.1 clients, a 101 to an upgrade request followed by a relay of both
-    connections until they end (it closes them). Raises PeerClosed, ProtocolError, OSError as copy_body does."""
-    done = Forwarded(rhead.status)
-    if rhead.status == 101 and upgrade:
-        client.sendall(http1.encode_head(f"HTTP/1.1 101 {rhead.reason.decode('latin-1')}",
-                                         finish(rhead.headers)))
+    """Send the server's ``response`` (from :func:`read_response`, and its body from
+    ``ureader``) to the client of request ``head``: chunked re-encoded for HTTP/1.1 clients,
+    a 101 to an upgrade request (``finish``, the header rules, applied to its headers) followed
+    by a relay of both connections until they end (it closes them). Raises PeerClosed,
+    ProtocolError, OSError as copy_body does."""
+    done = Forwarded(response.status)
+    if response.status == 101 and upgrade:
+        headers = response.head.headers
+        client.sendall(http1.encode_head(f"HTTP/1.1 101 {response.head.reason.decode('latin-1')}",
+                                         finish(headers) if finish is not None else headers))
         done.upgraded = relay(client, upstream, idle_timeout, a_pending=creader.take_pending(),
                               b_pending=ureader.take_pending())
         return done
-    rframing = http1.response_framing(head.method, rhead)
-    keep = head.wants_keep_alive() and rframing != http1.UNTIL_CLOSE
+    rframing = response.framing
     chunked_out = rframing == http1.CHUNKED and head.version == "1.1"
-    if rframing == http1.CHUNKED and not chunked_out:
-        keep = False
-    rheaders = finish(rhead.end_to_end())
-    if chunked_out:
-        rheaders.append((b"Transfer-Encoding", b"chunked"))
-    if not keep:
-        rheaders.append((b"Connection", b"close"))
-    reason = rhead.reason.decode("latin-1") or http1.REASONS.get(rhead.status, "")
+    keep = head.wants_keep_alive() and rframing != http1.UNTIL_CLOSE and (chunked_out or rframing != http1.CHUNKED)
     done.size = copy_body(ureader, partial(send_all, client), rframing, chunked_out,
-                          prefix=http1.encode_head(f"HTTP/1.1 {rhead.status} {reason}", rheaders))
+                          prefix=response.encode(head_lines(head, chunked_out, keep)))
     done.keep = keep
-    done.reusable = rframing != http1.UNTIL_CLOSE and rhead.wants_keep_alive()
+    done.reusable = response.reusable
     return done

@@ -14,6 +14,7 @@ import base64
 import binascii
 import functools
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Optional
 import httptools
@@ -361,12 +362,126 @@ def response_framing(request_method: str, head: Head) -> tuple[str, int]:
     return ("length", n) if n else NO_BODY
 
 
+class Response:
+    """A server's final response head as the proxy passes it on: ``lines`` are its end-to-end
+    header lines (each ``b"\r\nName: value"``), ``framing`` its body's, ``reusable`` whether the
+    server keeps its connection open after the body; ``head`` the parsed Head, or None when
+    the head was passed through as bytes (:func:`quick_response`)."""
+
+    __slots__ = ("status", "reason", "lines", "framing", "reusable", "head")
+
+    def __init__(self, status: int, reason: bytes, lines: bytes, framing: tuple[str, int], reusable: bool,
+                 head: Optional[Head] = None) -> None:
+        self.status = status
+        self.reason = reason or REASONS.get(status, "").encode("latin-1")
+        self.lines = lines
+        self.framing = framing
+        self.reusable = reusable
+        self.head = head
+
+    @classmethod
+    def of(cls, head: Head, method: str, finish=None) -> "Response":
+        """From a parsed head; ``finish`` (headers -> headers: header rules) applied to its
+        end-to-end headers."""
+        framing = response_framing(method, head)
+        headers = head.end_to_end()  # (llhttp refuses a Content-Length beside a Transfer-Encoding)
+        if finish is not None:
+            headers = finish(headers)
+        return cls(head.status, head.reason, encode_lines(headers), framing,
+                   framing != UNTIL_CLOSE and head.wants_keep_alive(), head)
+
+    def encode(self, extra: bytes = b"") -> bytes:
+        """The head to send to an HTTP/1.1 or 1.0 client, ``extra`` lines (same form) appended."""
+        return b"HTTP/1.1 %d %s%s%s\r\n\r\n" % (self.status, self.reason, self.lines, extra)
+
+
+class _Check:
+    """httptools callbacks for a head validated, not collected."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
+_check = _Check()  # shared: feed_data never yields to another greenlet
+# The lines a passed-on response loses or that decide its framing, in the lower-cased head;
+# llhttp (strict) has made sure every line ends in CRLF, with no folding and no space before ':'.
+_PASS_LINES = re.compile(rb"\r\n(connection|content-length|transfer-encoding|keep-alive|proxy-connection"
+                         rb"|proxy-authenticate|proxy-authorization|te|trailer|upgrade):([^\r]*)")
+_PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b""))
+
+
+def quick_response(data: bytes, method: str) -> Optional[Response]:
+    """The common final response passed on without building its header list: validated by
+    llhttp, hop-by-hop lines cut out of the bytes. None when the head needs :func:`parse_response_head`
+    (1xx and 101, a version other than 1.0/1.1, a Connection header naming other headers, several
+    or invalid Content-Length values, a Transfer-Encoding other than a lone chunked). Raises
+    ProtocolError for a malformed head."""
+    _check.done = False
+    parser = httptools.HttpResponseParser(_check)
+    if _feed(parser, _check, data):
+        return None
+    status = parser.get_status_code()
+    version = data[:9]
+    if status < 200 or (version != b"HTTP/1.1 " and version != b"HTTP/1.0 "):
+        return None
+    eol = data.find(b"\r\n")
+    kept = []
+    pos = eol
+    connection = length = coding = None
+    for m in _PASS_LINES.finditer(data.lower(), eol):
+        name, value = m.groups()
+        if name == b"connection":
+            tokens = {t.strip() for t in value.split(b",")}
+            if not tokens <= _PLAIN_CONNECTION:
+                return None
+            connection = tokens if connection is None else connection | tokens
+        elif name == b"content-length":  # kept: an end-to-end header
+            value = value.strip()
+            if length is not None or coding is not None or not value.isdigit() or len(value) > 18:
+                return None
+            length = value
+            continue
+        elif name == b"transfer-encoding":
+            if coding is not None or length is not None or value.strip() != b"chunked":
+                return None
+            coding = value
+        start, end = m.span()
+        if start > pos:
+            kept.append(data[pos:start])
+        pos = end
+    kept.append(data[pos:-4])
+    if method == "HEAD" or status == 204 or status == 304:
+        framing = NO_BODY
+    elif coding is not None:
+        framing = CHUNKED
+    elif length is None:
+        framing = UNTIL_CLOSE
+    else:
+        n = int(length)
+        framing = ("length", n) if n else NO_BODY
+    if version == b"HTTP/1.1 ":
+        keep = connection is None or b"close" not in connection
+    else:
+        keep = connection is not None and b"keep-alive" in connection and b"close" not in connection
+    return Response(status, data[13:eol], b"".join(kept), framing, keep and framing != UNTIL_CLOSE)
+
+
 def parse_chunk_size(line: bytes) -> int:
     """The size on a chunk-size line (without its CRLF); extensions are ignored."""
     size = line.split(b";", 1)[0].strip()
     if not size or len(size) > 15 or any(c not in b"0123456789abcdefABCDEF" for c in size):
         raise ProtocolError(f"invalid chunk size line {line[:40]!r}")
     return int(size, 16)
+
+
+def encode_lines(headers: Headers) -> bytes:
+    """Header lines as a Response keeps them: each b"\r\nName: value"."""
+    return b"".join([b"\r\n%s: %s" % kv for kv in headers])
 
 
 def encode_head(start_line: str, headers: Headers) -> bytes:

@@ -29,6 +29,7 @@ log = logging.getLogger("wmproxy.proxy")
 
 
 VIA = b"1.1 wmproxy"
+VIA_LINE = b"\r\nVia: " + VIA
 PROXY_AUTHENTICATE = [(b"Proxy-Authenticate", b'Basic realm="wmproxy"')]
 _NOT_FORWARDED = frozenset((b"host", b"expect"))  # Host is rebuilt from the URL; Expect is answered here
 
@@ -196,39 +197,29 @@ class HttpSession:
             # would otherwise stall the client for its expect timeout.
             self.client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
-            up, rhead = self._exchange(head, target, data, framing)
+            up, response = self._exchange(head, target, data, framing)
         except UpstreamError as e:
             self._reply_log(head, e.http_status, str(e), started)
             return False
-        if rhead.status == 101 and upgrade:
-            return self._switch(head, rhead, up, started)
-        rframing = http1.response_framing(head.method, rhead)
+        if response.status == 101 and upgrade:
+            return self._switch(head, response.head, up, started)
+        rframing = response.framing
         chunked_out = rframing == http1.CHUNKED and head.version == "1.1"
         if rframing == http1.UNTIL_CLOSE or (rframing == http1.CHUNKED and not chunked_out):
             client_keep = False
-        upstream_keep = rhead.wants_keep_alive() and rframing != http1.UNTIL_CLOSE
-        headers = rhead.end_to_end()
-        if chunked_out:
-            headers.append((b"Transfer-Encoding", b"chunked"))
-        headers.append((b"Via", VIA))
-        if not client_keep:
-            headers.append((b"Connection", b"close"))
-        elif head.version == "1.0":
-            headers.append((b"Connection", b"keep-alive"))
-        reason = rhead.reason.decode("latin-1") or http1.REASONS.get(rhead.status, "")
-        out_head = http1.encode_head(f"HTTP/1.1 {rhead.status} {reason}", headers)
+        out_head = response.encode(VIA_LINE + httpio.head_lines(head, chunked_out, client_keep))
         try:
             size = httpio.copy_body(up.reader, self._send_client, rframing, chunked_out, prefix=out_head)
         except (PeerClosed, ProtocolError, socket.timeout) as e:
-            self._log(head, rhead.status, 0, started, f"upstream broke mid-body: {e}")
+            self._log(head, response.status, 0, started, f"upstream broke mid-body: {e}")
             return False
         up.used = True
-        if not upstream_keep:
+        if not response.reusable:
             self._drop_upstream()
-        self._log(head, rhead.status, size, started)
+        self._log(head, response.status, size, started)
         return client_keep
 
-    def _exchange(self, head: Head, target: http1.Target, data: bytes, framing) -> tuple[_Upstream, Head]:
+    def _exchange(self, head: Head, target: http1.Target, data: bytes, framing) -> tuple[_Upstream, http1.Response]:
         """Send the request (head and body) and read the final response head.
 
         A reused upstream connection that turns out closed is replaced once, when the
@@ -241,7 +232,8 @@ class HttpSession:
             try:
                 self.info.up += httpio.copy_body(self.reader, up.send, framing, True, prefix=data)
                 sent = True
-                return up, self._response_head(up, head.version == "1.1")
+                interim = self._interim if head.version == "1.1" else None
+                return up, httpio.read_response(up.reader, self.cfg.max_header_size, head.method, interim)
             except (PeerClosed, ConnectionError) as e:
                 self._drop_upstream()
                 if isinstance(e, PeerClosed) and not sent:
@@ -257,16 +249,12 @@ class HttpSession:
                 raise UpstreamError(f"upstream {target.authority} sent a bad response: {e}") from None
         raise AssertionError("unreachable")
 
-    def _response_head(self, up: _Upstream, interim_ok: bool) -> Head:
-        """The final response head; interim 1xx ones go to an HTTP/1.1 client on the way
-        (100 Continue excepted: the proxy gave that one itself)."""
-        while True:
-            rhead = http1.parse_response_head(httpio.read_head(up.reader, self.cfg.max_header_size))
-            if rhead.status >= 200 or rhead.status == 101:
-                return rhead
-            if rhead.status != 100 and interim_ok:
-                self.client.sendall(http1.encode_head(f"HTTP/1.1 {rhead.status} {rhead.reason.decode('latin-1')}",
-                                                      rhead.headers))
+    def _interim(self, rhead: Head) -> None:
+        """An interim 1xx response goes to an HTTP/1.1 client on the way (100 Continue excepted:
+        the proxy gave that one itself)."""
+        if rhead.status != 100:
+            self.client.sendall(http1.encode_head(f"HTTP/1.1 {rhead.status} {rhead.reason.decode('latin-1')}",
+                                                  rhead.headers))
 
     def _upstream_for(self, target: http1.Target) -> _Upstream:
         key = (target.host, target.port)

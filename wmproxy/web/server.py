@@ -406,17 +406,19 @@ class WebServer(Listener):
         exception that stopped it before any response byte reached the client."""
         loc = req.location
         req.state.waiting(conn.reader, loc.proxy_read_timeout)
+        rules = req.response_rules()
+        finish = (lambda h: req.apply(h, rules)) if rules else None
         try:
             httpio.copy_body(reader, partial(send_all, conn.sock), req.framing, True, prefix=out)
-            rhead = _response_head(conn.reader, ctx.max_head)
+            # interim 1xx other than 101 are skipped: the proxy answered Expect itself
+            response = httpio.read_response(conn.reader, ctx.max_head, req.head.method, finish=finish)
         except (PeerClosed, ProtocolError, OSError) as e:  # socket.timeout and ConnectionError included
             return e
-        if rhead.status == 101 and upgrade:
+        if response.status == 101 and upgrade:
             req.state.stop()  # the relay that follows watches its own idle time
-        rules = req.response_rules()
         try:
-            done = httpio.forward_response(client, reader, req.head, rhead, conn.sock, conn.reader,
-                                           lambda h: req.apply(h, rules), loc.proxy_read_timeout, upgrade)
+            done = httpio.forward_response(client, reader, req.head, response, conn.sock, conn.reader,
+                                           finish, loc.proxy_read_timeout, upgrade)
         except BaseException:
             conn.close()
             req.keep = False
@@ -437,15 +439,6 @@ class WebServer(Listener):
             return
         log_access(req.ip, "", req.head, req.raw_host + req.target, req.status, req.size, req.started,
                    req.note)
-
-
-def _response_head(reader: Reader, limit: int) -> http1.Head:
-    """The final response head (interim 1xx other than 101 are skipped: the proxy already
-    answered Expect itself)."""
-    while True:
-        rhead = http1.parse_response_head(httpio.read_head(reader, limit))
-        if not 100 <= rhead.status < 200 or rhead.status == 101:
-            return rhead
 
 
 def listener_specs(cfg: Config) -> list[ListenerSpec]:

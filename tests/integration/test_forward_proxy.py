@@ -104,6 +104,29 @@ def test_chunked_request_body(start_proxy, origin):
     assert body.decode() == f"{len(data)} {hashlib.sha256(data).hexdigest()}"
 
 
+def test_bodies_by_length_on_one_connection_then_close(start_proxy, origin):
+    """POST and PUT bodies framed by Content-Length, HEAD and GET, on one kept connection; a
+    request with Connection: close gets its answer and then the close."""
+    p = start_proxy()
+    url = f"http://127.0.0.1:{origin.port}"
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        for method, size in (("POST", 70_000), ("PUT", 1), ("POST", 0)):
+            body = random.randbytes(size)
+            s.sendall(f"{method} {url}/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode() + body)
+            head, answer = read_response(s)
+            assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower(), head
+            assert answer.decode() == f"{size} {hashlib.sha256(body).hexdigest()}"
+        s.sendall(f"HEAD {url}/hello HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += s.recv(1)
+        assert head.startswith(b"HTTP/1.1 200") and b"via: 1.1 wmproxy" in head.lower(), head
+        s.sendall(f"GET {url}/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        answer = recv_all(s)  # ends: the proxy closes after it
+    assert answer.startswith(b"HTTP/1.1 200") and b"\r\nconnection: close\r\n" in answer.lower()
+    assert answer.endswith(b"\r\n\r\nhello from origin-A")
+
+
 def test_hop_by_hop_headers_removed(start_proxy, origin):
     p = start_proxy()
     with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:

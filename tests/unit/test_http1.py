@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+import httptools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -168,6 +169,22 @@ def test_quick_response_agrees_with_the_full_parse(headers, start, method):
         return
     if quick is not None:
         assert _passed(quick) == full
+
+
+@pytest.mark.parametrize("closing", [b"Proxy-Connection: close", b"Connection: close", b"X: 1"])
+def test_one_clients_close_never_fails_the_next_head(closing):
+    """llhttp ends its message stream after a close (Proxy-Connection too): the parser of
+    such a head must not be kept for the next request, which may be another client's."""
+    raw = b"GET http://a/ HTTP/1.1\r\n" + closing + b"\r\n\r\n"
+    http1.parse_request_head(raw)
+    assert http1.parse_request_head(b"GET http://b/ HTTP/1.1\r\n\r\n").target == "http://b/"
+    # and should a kept parser be past its stream's end anyway, a fresh one gives the verdict
+    stale = http1._Collector()
+    parser = httptools.HttpRequestParser(stale)
+    parser.feed_data(raw.replace(b"X: 1", b"Connection: close"))
+    stale.__init__()
+    http1._spare.append((parser, stale))
+    assert http1.parse_request_head(b"GET http://c/ HTTP/1.1\r\n\r\n").target == "http://c/"
 
 
 def test_hop_by_hop_and_connection_named_headers_dropped():

@@ -173,23 +173,39 @@ def _feed(parser, collector: _Collector, data: bytes) -> bool:
 _spare: list = []  # a request parser and its collector back at the start of a message
 
 
+def _reusable(version: str, connection: frozenset[bytes], proxy_connection: bool) -> bool:
+    """Whether llhttp is back at the start of a message after a complete head without a body
+    and without an upgrade: not after a close, which llhttp also reads from Proxy-Connection."""
+    if proxy_connection or b"close" in connection:
+        return False
+    return version == "1.1" or b"keep-alive" in connection
+
+
 def parse_request_head(data: bytes) -> Head:
     """Parse a request head ending in CRLF CRLF. Raises ProtocolError (status 400).
 
     A parser whose message ended with its head (no body, keep-alive, no upgrade) is clean
-    again and kept for the next call (creating one costs as much as parsing a short head)."""
+    again and kept for the next call (creating one costs as much as parsing a short head).
+    A kept parser that refuses a head is not trusted with the verdict: a fresh one parses it
+    again (one client's message must never fail another's)."""
     if _spare:
         p, c = _spare.pop()
+        try:
+            upgrade = _feed(p, c, data)
+        except ProtocolError:
+            p = None
     else:
+        p = None
+    if p is None:
         c = _Collector()
         p = httptools.HttpRequestParser(c)
-    upgrade = _feed(p, c, data)
+        upgrade = _feed(p, c, data)
     version = p.get_http_version()
     if version not in ("1.1", "1.0"):
         raise ProtocolError(f"HTTP version {version} is not supported", 505)
     head = Head(version, c.headers, p.get_method().decode("ascii"), c.url.decode("latin-1"), upgrade=upgrade,
                 index=c.index)
-    if c.complete and not upgrade and head.wants_keep_alive():
+    if c.complete and not upgrade and _reusable(version, head.connection, b"proxy-connection" in c.index):
         c.__init__()  # new lists for the next message (the head keeps these)
         _spare.append((p, c))
     return head
@@ -408,19 +424,41 @@ class _Check:
 
 
 _check = _Check()  # shared: feed_data never yields to another greenlet
-# The lines a passed-on response loses or that decide its framing, in the lower-cased head;
-# llhttp (strict) has made sure every line ends in CRLF, with no folding and no space before ':'.
-_PASS_LINES = re.compile(rb"\r\n(connection|content-length|transfer-encoding|keep-alive|proxy-connection"
-                         rb"|proxy-authenticate|proxy-authorization|te|trailer|upgrade):([^\r]*)")
+# The lines a passed-on head loses (hop-by-hop, RFC 9110 7.6.1): split out of the head's bytes,
+# names in their own case. llhttp (strict) has made sure every line ends in CRLF, with no
+# folding and no space before ':'.
+_HOP_LINES = re.compile(rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
+                        rb"|proxy-authenticate|proxy-authorization):([^\r]*)", re.I)
+_LENGTH_LINES = re.compile(rb"\r\ncontent-length:([^\r]*)", re.I)  # kept, and read
 _PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b""))
+
+
+def _connection_tokens(value: bytes) -> Optional[frozenset[bytes]]:
+    """The tokens of a Connection value, lower-case; None when it names other headers (which
+    then go too: the full parse does that)."""
+    value = value.strip().lower()
+    tokens = frozenset((value,)) if b"," not in value else frozenset(t.strip() for t in value.split(b","))
+    return tokens if tokens <= _PLAIN_CONNECTION else None
+
+
+def _length(data: bytes) -> Optional[int]:
+    """The Content-Length of a head: -1 without one, None when there are several or it is not
+    a plain number (the full parse decides)."""
+    values = _LENGTH_LINES.findall(data)
+    if not values:
+        return -1
+    value = values[0].strip()
+    if len(values) > 1 or not value.isdigit() or len(value) > 18:
+        return None
+    return int(value)
 
 
 def quick_response(data: bytes, method: str) -> Optional[Response]:
     """The common final response passed on without building its header list: validated by
-    llhttp, hop-by-hop lines cut out of the bytes. None when the head needs :func:`parse_response_head`
-    (1xx and 101, a version other than 1.0/1.1, a Connection header naming other headers, several
-    or invalid Content-Length values, a Transfer-Encoding other than a lone chunked). Raises
-    ProtocolError for a malformed head."""
+    llhttp, hop-by-hop lines split out of the bytes by one regex. None when the head needs
+    :func:`parse_response_head` (1xx and 101, a version other than 1.0/1.1, a Connection header
+    naming other headers, several or invalid Content-Length values, a Transfer-Encoding other
+    than a lone chunked). Raises ProtocolError for a malformed head."""
     _check.done = False
     parser = httptools.HttpResponseParser(_check)
     if _feed(parser, _check, data):
@@ -430,45 +468,40 @@ def quick_response(data: bytes, method: str) -> Optional[Response]:
     if status < 200 or (version != b"HTTP/1.1 " and version != b"HTTP/1.0 "):
         return None
     eol = data.find(b"\r\n")
-    kept = []
-    pos = eol
-    connection = length = coding = None
-    for m in _PASS_LINES.finditer(data.lower(), eol):
-        name, value = m.groups()
-        if name == b"connection":
-            tokens = {t.strip() for t in value.split(b",")}
-            if not tokens <= _PLAIN_CONNECTION:
-                return None
-            connection = tokens if connection is None else connection | tokens
-        elif name == b"content-length":  # kept: an end-to-end header
-            value = value.strip()
-            if length is not None or coding is not None or not value.isdigit() or len(value) > 18:
-                return None
-            length = value
-            continue
-        elif name == b"transfer-encoding":
-            if coding is not None or length is not None or value.strip() != b"chunked":
-                return None
-            coding = value
-        start, end = m.span()
-        if start > pos:
-            kept.append(data[pos:start])
-        pos = end
-    kept.append(data[pos:-4])
+    parts = _HOP_LINES.split(data)  # [kept, name, value, kept, name, value, ..., kept]
+    connection = _NONE
+    chunked = False
+    if len(parts) == 1:
+        lines = data[eol:-4]
+    else:
+        for name, value in zip(parts[1::3], parts[2::3]):
+            name = name.lower()
+            if name == b"connection":
+                tokens = _connection_tokens(value)
+                if tokens is None:
+                    return None
+                connection |= tokens
+            elif name == b"transfer-encoding":
+                if chunked or value.strip().lower() != b"chunked":
+                    return None
+                chunked = True
+        lines = b"".join(parts[::3])[eol:-4]
+    length = _length(data)
+    if length is None:
+        return None
     if method == "HEAD" or status == 204 or status == 304:
         framing = NO_BODY
-    elif coding is not None:
+    elif chunked:
         framing = CHUNKED
-    elif length is None:
+    elif length < 0:
         framing = UNTIL_CLOSE
     else:
-        n = int(length)
-        framing = ("length", n) if n else NO_BODY
-    if version == b"HTTP/1.1 ":
-        keep = connection is None or b"close" not in connection
+        framing = ("length", length) if length else NO_BODY
+    if b"close" in connection:
+        keep = False
     else:
-        keep = connection is not None and b"keep-alive" in connection and b"close" not in connection
-    return Response(status, data[13:eol], b"".join(kept), framing, keep and framing != UNTIL_CLOSE)
+        keep = version == b"HTTP/1.1 " or b"keep-alive" in connection
+    return Response(status, data[13:eol], lines, framing, keep and framing != UNTIL_CLOSE)
 
 
 def parse_chunk_size(line: bytes) -> int:

@@ -47,6 +47,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# A fixed pure-Python workload (parse a small request head and rebuild it), timed on the proxy
+# CPU: this machine's Python speed, which drifted threefold between sessions here.
+_CALIBRATION = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from wmproxy.prot import http1
+raw = b"GET http://127.0.0.1:8080/small.txt HTTP/1.1\\r\\nHost: 127.0.0.1:8080\\r\\nUser-Agent: wrk\\r\\n\\r\\n"
+best = 1e9
+for _ in range(5):
+    t = time.perf_counter()
+    for _ in range(20000):
+        http1.encode_head("GET /small.txt HTTP/1.1", http1.parse_request_head(raw).end_to_end())
+    best = min(best, (time.perf_counter() - t) / 20000)
+print(f"{best * 1e6:.2f}")
+"""
+
+
+def calibrate() -> dict:
+    """The interpreter the proxies run on and its speed on the reference workload."""
+    out = subprocess.run(["taskset", "-c", PROXY_CPU, sys.executable, "-c", _CALIBRATION, str(ROOT)],
+                         capture_output=True, text=True, timeout=120)
+    machine = {"python": f"{os.path.realpath(sys.executable)} {sys.version.split()[0]}",
+               "reference_us": float(out.stdout) if out.returncode == 0 else None}
+    print(f"python: {machine['python']}; reference loop (parse and rebuild one request head, CPU {PROXY_CPU}): "
+          f"{machine['reference_us']} us")
+    return machine
+
+
 def cpu_seconds(procs) -> float:
     """User + system CPU seconds of ``procs`` (Popen objects; the wrapping taskset execs the
     program, so the pid is the program's), of their live children (squid's kid) and of their
@@ -326,6 +354,7 @@ def main() -> int:
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
     b = Bench(args.seconds, args.connections, args.bytes, args.rounds)
+    b.results["machine"] = calibrate()
     try:
         if args.only in (None, "throughput"):
             b.throughput()

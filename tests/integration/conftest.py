@@ -322,6 +322,30 @@ def echo_server():
     server.close()
 
 
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+
+
+@pytest.fixture
+def early_hints():
+    """An origin that answers every request of a keep-alive connection with an interim 103
+    (EARLY_HINTS) and then '200 OK' with the body 'after hints'."""
+
+    def serve(conn):
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            buf = buf.split(b"\r\n\r\n", 1)[1]
+            conn.sendall(EARLY_HINTS + b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nafter hints")
+
+    server = TcpServer(serve)
+    yield server
+    server.close()
+
+
 @pytest.fixture
 def mirror():
     """Echoes every byte back as it arrives; half-closes when the client does. Its port."""

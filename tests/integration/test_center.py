@@ -460,6 +460,20 @@ def test_http_mapping_keeps_its_stream_across_keep_alive_requests(pair, origin):
         service.close()
 
 
+def test_http_mapping_skips_interim_responses(pair, early_hints):
+    """A 103 from the service is not taken for the final response (it used to be passed on as
+    if final, with the real answer left for the next request)."""
+    web = free_port()
+    p = pair(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"')
+    p.client = p.start_client(tail=http_mapping("svc", early_hints.port, "svc.test"))
+    p.client.wait_log("mapping 'svc' published")
+    wait_port(web)
+    with socket.create_connection(("127.0.0.1", web), timeout=20) as s:
+        for _ in range(2):
+            head, body = host_get(web, "svc.test", sock=s)
+            assert head.startswith(b"HTTP/1.1 200") and body == b"after hints", head
+
+
 def test_http_mapping_header_rules(pair, origin):
     web = free_port()
     p = pair(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"')

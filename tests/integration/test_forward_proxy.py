@@ -127,6 +127,28 @@ def test_bodies_by_length_on_one_connection_then_close(start_proxy, origin):
     assert answer.endswith(b"\r\n\r\nhello from origin-A")
 
 
+def test_interim_responses_reach_http11_clients_only(start_proxy, early_hints):
+    """A 103 before the final response is passed on to an HTTP/1.1 client (which then gets the
+    200 on the same kept connection), and left out for an HTTP/1.0 one (RFC 9110 15.2)."""
+    p = start_proxy()
+    url = f"http://127.0.0.1:{early_hints.port}/"
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        for _ in range(2):
+            s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            data = b""
+            while not data.endswith(b"after hints"):
+                chunk = s.recv(65536)
+                assert chunk, data
+                data += chunk
+            interim, _, final = data.partition(b"\r\n\r\n")
+            assert interim.startswith(b"HTTP/1.1 103 ") and b"</style.css>" in interim, data
+            assert final.startswith(b"HTTP/1.1 200 "), data
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(f"GET {url} HTTP/1.0\r\n\r\n".encode())
+        data = recv_all(s)
+    assert data.startswith(b"HTTP/1.1 200 ") and b"103" not in data and data.endswith(b"\r\n\r\nafter hints"), data
+
+
 def test_hop_by_hop_headers_removed(start_proxy, origin):
     p = start_proxy()
     with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:

@@ -277,6 +277,15 @@ def test_pooled_connection_the_server_closed_is_replaced(start_proxy):
         origin.close()
 
 
+def test_interim_responses_are_not_taken_for_the_final_one(start_proxy, early_hints):
+    p, port = web(start_proxy, f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n[[http.server.location]]\n'
+                               f'proxy_url = "http://127.0.0.1:{early_hints.port}"\n')
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for _ in range(2):  # the next request on the same connections finds nothing left over
+            head, body = get(port, "/", sock=s)
+            assert head.startswith(b"HTTP/1.1 200") and body == b"after hints", head
+
+
 def test_active_health_check_takes_a_server_out_and_back(start_proxy, origins):
     a, b = origins
     hc = '\nhealth_check = { path = "/health", interval = "200ms", timeout = "1s", rise = 2, fall = 2 }'

@@ -15,7 +15,9 @@
   lost, directly, through socat, the [stream] UDP forwarder and a udp mapping of the center link.
 
 Proxies run pinned to CPU 0 (taskset), the load and the origin on CPU 1. Run through `bench/run`,
-which installs the peers and puts the whole run in a loopback-only network namespace.
+which installs the peers and puts the whole run in a loopback-only network namespace. A run
+starts by timing a fixed pure-Python loop on CPU 0 (:func:`calibrate`): the machine's Python
+speed, to read Python-bound figures of different days by.
 """
 
 from __future__ import annotations

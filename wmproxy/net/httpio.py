@@ -27,8 +27,16 @@ def read_head(reader: Reader, limit: int) -> bytes:
     buf = reader.buf
     if not buf:
         reader.wait_readable()
-        if not reader.fill():
+        data = reader.read_some()
+        if not data:
             raise PeerClosed("peer closed after 0 bytes without a head")
+        end = data.find(b"\r\n\r\n")
+        if 0 < end <= limit - 4 and data[0] != 13:  # the common case: one recv, a whole head
+            if end + 4 == len(data):
+                return data  # and nothing else (a request without a body): no copy at all
+            buf += memoryview(data)[end + 4:]  # the start of its body stays buffered
+            return data[:end + 4]
+        buf += data
     end = buf.find(b"\r\n\r\n")
     if 0 < end <= limit - 4 and buf[0] != 13:  # the common case: a whole head, no leading CRLF
         head = bytes(buf) if end + 4 == len(buf) else bytes(buf[:end + 4])

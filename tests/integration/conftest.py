@@ -322,6 +322,18 @@ def echo_server():
     server.close()
 
 
+def next_head(conn, buf: bytes) -> tuple[bytes | None, bytes]:
+    """For the raw origins of the tests: the next head from ``conn`` (``buf``: bytes read
+    before) without its CRLF CRLF, and what followed it; (None, buf) when the peer closes first."""
+    while b"\r\n\r\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None, buf
+        buf += data
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    return head, rest
+
+
 EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
 
 
@@ -333,12 +345,9 @@ def early_hints():
     def serve(conn):
         buf = b""
         while True:
-            while b"\r\n\r\n" not in buf:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buf += data
-            buf = buf.split(b"\r\n\r\n", 1)[1]
+            head, buf = next_head(conn, buf)
+            if head is None:
+                return
             conn.sendall(EARLY_HINTS + b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nafter hints")
 
     server = TcpServer(serve)

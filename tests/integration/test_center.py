@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from conftest import (Proc, TcpServer, control, curl, free_port, http_get, mirror_check, recv_all, tunnel,
+from conftest import (Proc, TcpServer, control, curl, free_port, http_get, mirror_check, next_head, recv_all, tunnel,
                       wait_port, websocket_echo,
                       write_cert)
 
@@ -433,12 +433,9 @@ def test_http_mapping_keeps_its_stream_across_keep_alive_requests(pair, origin):
         n = len(accepted)
         buf = b""
         for i in range(2):
-            while b"\r\n\r\n" not in buf:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buf += data
-            buf = buf.split(b"\r\n\r\n", 1)[1]
+            head, buf = next_head(conn, buf)
+            if head is None:
+                return
             body = f"conn{n}-req{i + 1}".encode()
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import TcpServer, curl, free_port, read_response, wait_port, websocket_echo, write_cert
+from conftest import TcpServer, curl, free_port, next_head, read_response, wait_port, websocket_echo, write_cert
 
 
 def web(start_proxy, body: str) -> tuple:
@@ -152,12 +152,9 @@ class CountingOrigin:
         self.connections += 1
         buf = b""
         while True:
-            while b"\r\n\r\n" not in buf:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buf += data
-            head, buf = buf.split(b"\r\n\r\n", 1)
+            head, buf = next_head(conn, buf)
+            if head is None:
+                return
             self.headers.append(head.decode("latin-1"))
             if b"transfer-encoding: chunked" in head.lower():
                 while b"\r\n0\r\n\r\n" not in b"\r\n" + buf:

@@ -187,15 +187,21 @@ def read_response(reader: Reader, limit: int, method: str, interim=None, finish=
             interim(rhead)
 
 
-def head_lines(head: http1.Head, chunked_out: bool, keep: bool) -> bytes:
-    """The lines a response to request ``head`` gets beside the server's own (Response.encode's
-    ``extra``): the chunked coding the proxy sends, and the connection's fate."""
-    extra = b"\r\nTransfer-Encoding: chunked" if chunked_out else b""
+def to_client(head: http1.Head, response: http1.Response, extra: bytes = b"") -> tuple[bytes, bool, bool]:
+    """How ``response`` goes to the client of request ``head``: (the head to send, ``extra``
+    lines added; whether the body goes out chunked: to HTTP/1.1 clients; whether the client's
+    connection stays open: not after a body ended by close, nor a chunked one sent bare to an
+    HTTP/1.0 client)."""
+    framing = response.framing
+    chunked_out = framing == http1.CHUNKED and head.version == "1.1"
+    keep = head.wants_keep_alive() and framing != http1.UNTIL_CLOSE and (chunked_out or framing != http1.CHUNKED)
+    if chunked_out:
+        extra += b"\r\nTransfer-Encoding: chunked"
     if not keep:
-        return extra + b"\r\nConnection: close"
-    if head.version == "1.0":
-        return extra + b"\r\nConnection: keep-alive"
-    return extra
+        extra += b"\r\nConnection: close"
+    elif head.version == "1.0":
+        extra += b"\r\nConnection: keep-alive"
+    return response.encode(extra), chunked_out, keep
 
 
 def forward_response(client, creader: Reader, head: http1.Head, response: http1.Response, upstream, ureader: Reader,
@@ -213,11 +219,8 @@ def forward_response(client, creader: Reader, head: http1.Head, response: http1.
         done.upgraded = relay(client, upstream, idle_timeout, a_pending=creader.take_pending(),
                               b_pending=ureader.take_pending())
         return done
-    rframing = response.framing
-    chunked_out = rframing == http1.CHUNKED and head.version == "1.1"
-    keep = head.wants_keep_alive() and rframing != http1.UNTIL_CLOSE and (chunked_out or rframing != http1.CHUNKED)
-    done.size = copy_body(ureader, partial(send_all, client), rframing, chunked_out,
-                          prefix=response.encode(head_lines(head, chunked_out, keep)))
+    out_head, chunked_out, keep = to_client(head, response)
+    done.size = copy_body(ureader, partial(send_all, client), response.framing, chunked_out, prefix=out_head)
     done.keep = keep
     done.reusable = response.reusable
     return done

@@ -188,14 +188,13 @@ def parse_request_head(data: bytes) -> Head:
     again and kept for the next call (creating one costs as much as parsing a short head).
     A kept parser that refuses a head is not trusted with the verdict: a fresh one parses it
     again (one client's message must never fail another's)."""
+    p = None
     if _spare:
         p, c = _spare.pop()
         try:
             upgrade = _feed(p, c, data)
         except ProtocolError:
             p = None
-    else:
-        p = None
     if p is None:
         c = _Collector()
         p = httptools.HttpRequestParser(c)

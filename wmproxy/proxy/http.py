@@ -191,7 +191,6 @@ class HttpSession:
             self._reply_log(head, e.http_status, str(e), started)
             return False
         data, upgrade = self._request_bytes(head, target, framing)
-        client_keep = head.wants_keep_alive()
         if framing != http1.NO_BODY and head.version == "1.1" and head.expects_continue():
             # We answer 100 ourselves and send the body on: an upstream that ignores Expect
             # would otherwise stall the client for its expect timeout.
@@ -203,13 +202,9 @@ class HttpSession:
             return False
         if response.status == 101 and upgrade:
             return self._switch(head, response.head, up, started)
-        rframing = response.framing
-        chunked_out = rframing == http1.CHUNKED and head.version == "1.1"
-        if rframing == http1.UNTIL_CLOSE or (rframing == http1.CHUNKED and not chunked_out):
-            client_keep = False
-        out_head = response.encode(VIA_LINE + httpio.head_lines(head, chunked_out, client_keep))
+        out_head, chunked_out, client_keep = httpio.to_client(head, response, VIA_LINE)
         try:
-            size = httpio.copy_body(up.reader, self._send_client, rframing, chunked_out, prefix=out_head)
+            size = httpio.copy_body(up.reader, self._send_client, response.framing, chunked_out, prefix=out_head)
         except (PeerClosed, ProtocolError, socket.timeout) as e:
             self._log(head, response.status, 0, started, f"upstream broke mid-body: {e}")
             return False

@@ -383,7 +383,8 @@ class CenterConfig:
     password: str = key(to_str, "", "client: its password; server: the single account's")
     users: tuple = key(table_list(CenterUser), (), "server: several accounts")
     heartbeat: float = key(to_duration, 15.0, "PING an idle link this often; 3 x without a frame = dead")
-    window: int = key(to_size, 262144, "per-stream flow-control window")
+    window: int = key(to_size, 262144, "per-stream flow-control window to start with (the same on both ends)")
+    max_window: int = key(to_size, 4 << 20, "a busy stream's window grows up to this (= window: never grows)")
     max_frame: int = key(to_size, 1 << 20, "largest frame body accepted")
     allow_ports: tuple = key(list_of(to_port_range), (), "server: ports a client's tcp, udp and proxy mappings "
                                                           "may open (empty: any)")
@@ -415,6 +416,8 @@ class CenterConfig:
             raise Invalid("heartbeat must be more than 0", ".heartbeat")
         if not 16384 <= self.window <= 1 << 30:
             raise Invalid("window must be from 16k to 1g", ".window")
+        if not self.window <= self.max_window <= 1 << 30:
+            raise Invalid("max_window must be from window to 1g", ".max_window")
         if not 65536 <= self.max_frame <= (1 << 24) - 1:
             raise Invalid("max_frame must be from 64k to 16m - 1", ".max_frame")
 

@@ -76,7 +76,9 @@ def test_mappings_and_allow_ports():
     for bad, path in (({"mappings": [{"name": "x", "mode": "tcp", "local_addr": "127.0.0.1:1",
                                       "remote_bind": "0.0.0.0:2"}]}, "mappings"),
                       ({"center": {"bind": "0.0.0.0:1", "tls": False, "allow_ports": ["9-2"]}},
-                       "center.allow_ports[0]")):
+                       "center.allow_ports[0]"),
+                      ({"center": {"bind": "0.0.0.0:1", "tls": False, "window": "1m", "max_window": "512k"}},
+                       "center.max_window")):
         with pytest.raises(config.Invalid) as e:
             config.build(config.Config, bad)
         assert e.value.subpath == path

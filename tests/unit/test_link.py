@@ -22,12 +22,12 @@ from wmproxy.prot import frame as fr
 WINDOW = 65536
 
 
-def make_pair(on_create, window: int = WINDOW):
+def make_pair(on_create, window: int = WINDOW, max_window: int = 0):
     a, b = gsocket.socketpair()
     client = CenterLink(a, Reader(a), is_client=True, window=window, max_frame=1 << 20, heartbeat=30,
-                        on_create=lambda *args: None, name="client")
+                        on_create=lambda *args: None, name="client", max_window=max_window)
     server = CenterLink(b, Reader(b), is_client=False, window=window, max_frame=1 << 20, heartbeat=30,
-                        on_create=on_create, name="server")
+                        on_create=on_create, name="server", max_window=max_window)
     runs = [gevent.spawn(client.run), gevent.spawn(server.run)]
     return client, server, runs
 
@@ -53,18 +53,49 @@ def test_stalled_consumer_holds_at_most_one_window():
         accepted.append(vc)
         gevent.sleep(30)  # never reads
 
-    client, server, runs = make_pair(on_create)
+    client, server, runs = make_pair(on_create, max_window=16 * WINDOW)
     stream = client.open_stream(fr.CreateMode.CONNECT, "x:1")
     sender = gevent.spawn(stream.sendall, b"x" * (10 * WINDOW))
     gevent.sleep(0.5)
     assert not sender.dead  # blocked: no credit left
-    assert accepted[0].buffered == WINDOW and stream.credit == 0
+    # the window may grow up to 16 x, but only while the consumer keeps up: this one never took a byte
+    assert accepted[0].buffered == WINDOW == accepted[0].window and stream.credit == 0
     # a second stream is not held up by the first
     other = client.open_stream(fr.CreateMode.CONNECT, "y:1")
     other.sendall(b"y" * 1000)
     gevent.sleep(0.1)
     assert accepted[1].buffered == 1000
     sender.kill()
+    client.close("done")
+    gevent.joinall(runs, timeout=5)
+
+
+def test_a_busy_stream_s_window_grows_up_to_max_window_and_then_holds():
+    got = []
+
+    def on_create(vc, mode, target):
+        n, high = 0, 0
+        while data := vc.recv(65536):
+            n += len(data)
+            high = max(high, vc.buffered + len(data))
+        got.append((n, vc.window, high))
+
+    client, server, runs = make_pair(on_create, max_window=8 * WINDOW)
+    gevent.sleep(0.1)
+    assert client.rtt is not None and client.rtt < 1  # the first PING's round trip
+    stream = client.open_stream(fr.CreateMode.CONNECT, "x:1")
+    payload = os.urandom(1 << 20) * 8
+    stream.sendall(payload)
+    stream.shutdown(socket.SHUT_WR)
+    deadline = gevent.Timeout(20)
+    with deadline:
+        while not got:
+            gevent.sleep(0.05)
+    n, window, high = got[0]
+    assert n == len(payload)
+    assert window == 8 * WINDOW  # doubled 64k -> 512k while the consumer kept up, no further
+    assert high <= window  # never more in flight than the window granted (else a ProtocolError)
+    stream.close()
     client.close("done")
     gevent.joinall(runs, timeout=5)
 

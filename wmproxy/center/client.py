@@ -94,9 +94,9 @@ class CenterClient:
         except BaseException:
             sock.close()
             raise
-        link = CenterLink(sock, reader, is_client=True, window=cfg.window, max_frame=cfg.max_frame,
-                          heartbeat=cfg.heartbeat, on_create=self._serve_stream, name=f"to {cfg.server}",
-                          on_mapping_answer=self._answered)
+        link = CenterLink(sock, reader, is_client=True, window=cfg.window, max_window=cfg.max_window,
+                          max_frame=cfg.max_frame, heartbeat=cfg.heartbeat, on_create=self._serve_stream,
+                          name=f"to {cfg.server}", on_mapping_answer=self._answered)
         self.link = link
         log.info("center link to %s is up (attempt %d)", cfg.server, self.attempts)
         self._answered(answers)

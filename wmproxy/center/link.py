@@ -8,7 +8,11 @@ the relay and the proxy handlers run on it unchanged.
 Flow control: a sender may have at most ``window`` DATA bytes that the far consumer has not
 taken yet; the receiver grants more with WINDOW once its consumer has taken a quarter of a
 window. So a stream whose reader stalls holds at most one window of memory and the link's
-reader never blocks on it: the other streams keep their speed.
+reader never blocks on it: the other streams keep their speed. A stream starts with the link's
+``window`` (both ends assume it) and the receiver may grow it, up to ``max_window``, by granting
+more than was taken: it doubles each time its consumer took a quarter of it within
+``max(4 x RTT, 10 ms)`` of the previous grant (the sender was waiting on the window, not on the
+consumer; go-yamux grows its windows the same way). A stalled consumer's window never grows.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Group
 from gevent.queue import Empty, Queue
+from gevent.socket import socket as GeventSocket
 
 from ..errors import ProtocolError
 from ..net.reader import PeerClosed, Reader
@@ -33,6 +38,8 @@ log = logging.getLogger("wmproxy.center")
 
 DATA_CHUNK = 65536
 WRITE_BATCH = 262144
+READ_BUFFER = 262144  # the link reader's kept buffer: several DATA frames per recv
+_KINDS = frozenset(Kind)
 _RESET = object()  # in a stream's inbox: the stream was aborted
 
 
@@ -67,16 +74,18 @@ class VirtualConn:
     attached streams cost a few small objects each.
     """
 
-    __slots__ = ("link", "sid", "_inbox", "pending", "credit", "_credit_event", "consumed", "buffered",
-                 "sent_fin", "got_fin", "reset", "closed", "timeout", "sink")
+    __slots__ = ("link", "sid", "_inbox", "pending", "credit", "_credit_event", "window", "granted_at", "consumed",
+                 "buffered", "sent_fin", "got_fin", "reset", "closed", "timeout", "sink")
 
     def __init__(self, link: "CenterLink", sid: int) -> None:
         self.link = link
         self.sid = sid
         self._inbox: Queue | None = None  # bytes chunks; b"" = EOF; _RESET = aborted (bounded by the window)
         self.pending = b""
-        self.credit = link.window
+        self.credit = link.window  # what this end may still send
         self._credit_event: Event | None = None
+        self.window = link.window  # what the far end may have in flight to us: grows up to link.max_window
+        self.granted_at = 0.0  # when the last WINDOW went out (monotonic)
         self.consumed = 0
         self.buffered = 0  # bytes received and not yet taken by the consumer: at most one window
         self.sent_fin = False
@@ -141,11 +150,21 @@ class VirtualConn:
 
     def consume(self, n: int) -> None:
         """``n`` received bytes were taken by the consumer: window credit goes back to the
-        far end once a quarter of a window was taken. Never blocks."""
+        far end once a quarter of a window was taken, with the window's growth if the
+        consumer keeps up (see the module's doc). Never blocks."""
         self.buffered -= n
         self.consumed += n
-        if self.consumed >= self.link.window // 4 and not self.closed and not self.reset:
-            self.link.send_frame(Kind.WINDOW, 0, self.sid, fr.encode_window(self.consumed))
+        window = self.window
+        if self.consumed >= window >> 2 and not self.closed and not self.reset:
+            grant, link = self.consumed, self.link
+            if window < link.max_window:
+                now = time.monotonic()
+                if now - self.granted_at < link.grow_within:
+                    grow = min(window, link.max_window - window)
+                    self.window = window + grow
+                    grant += grow
+                self.granted_at = now
+            link.send_frame(Kind.WINDOW, 0, self.sid, fr.encode_window(grant))
             self.consumed = 0
 
     def sendall(self, data) -> None:
@@ -244,9 +263,9 @@ class VirtualConn:
     def _on_data(self, body: bytes) -> None:
         if not self.closed and not self.got_fin:
             self.buffered += len(body)
-            if self.buffered > self.link.window:
+            if self.buffered > self.window:
                 raise ProtocolError(f"stream {self.sid}: {self.buffered} bytes sent beyond the "
-                                    f"{self.link.window}-byte window (flow control violated)")
+                                    f"{self.window}-byte window (flow control violated)")
             if self.sink is not None:
                 self.sink.data(body)
             else:
@@ -286,13 +305,16 @@ class CenterLink:
     """One established link (after the handshake). :meth:`run` serves it until it ends."""
 
     def __init__(self, sock, reader: Reader, *, is_client: bool, window: int, max_frame: int, heartbeat: float,
-                 on_create: Callable[[VirtualConn, fr.CreateMode, str], None], name: str,
+                 on_create: Callable[[VirtualConn, fr.CreateMode, str], None], name: str, max_window: int = 0,
                  on_mapping: Callable[[list], list] | None = None,
                  on_mapping_answer: Callable[[list], None] | None = None) -> None:
         self.sock = sock
         self.reader = reader
         self.is_client = is_client
         self.window = window
+        self.max_window = max(window, max_window)
+        self.rtt: float | None = None  # measured by the first PING
+        self._ping: tuple[bytes, float] | None = None  # the last PING sent and when
         self.max_frame = max_frame
         self.heartbeat = heartbeat
         self.on_create = on_create
@@ -377,13 +399,25 @@ class CenterLink:
         except OSError as e:
             self.close(f"write failed: {e}")
 
+    @property
+    def grow_within(self) -> float:
+        """A stream's window grows when a quarter of it was taken within this many seconds
+        of the previous grant."""
+        return max(4 * (self.rtt if self.rtt is not None else 0.05), 0.01)
+
+    def _send_ping(self) -> None:
+        body = os.urandom(fr.PING_SIZE)
+        self._ping = (body, time.monotonic())
+        self.send_frame(Kind.PING, 0, 0, body, quiet=True)
+
     def _heartbeats(self) -> None:
+        self._send_ping()  # at once: its answer measures the round trip
         while True:
             gevent.sleep(self.heartbeat)
             if time.monotonic() - self.last_rx > 3 * self.heartbeat:
                 self.close(f"no frame for {3 * self.heartbeat:.0f}s (dead link)")
                 return
-            self.send_frame(Kind.PING, 0, 0, os.urandom(fr.PING_SIZE), quiet=True)
+            self._send_ping()
 
     # -- the reader ------------------------------------------------------------------------------
     def run(self) -> str:
@@ -392,11 +426,7 @@ class CenterLink:
         self.sock.settimeout(None)
         helpers = [gevent.spawn(self._writer), gevent.spawn(self._heartbeats)]
         try:
-            while not self.closed:
-                frame = read_frame(self.reader, self.max_frame)
-                self.last_rx = time.monotonic()
-                self.bytes_in += fr.HEADER_SIZE + len(frame.body)
-                self._dispatch(frame)
+            self._read_frames()
         except PeerClosed:
             self.close("the far end closed the link")
         except ProtocolError as e:
@@ -413,6 +443,71 @@ class CenterLink:
             gevent.killall(helpers)
             self.handlers.kill(block=False)
         return self.close_reason
+
+    def _read_frames(self) -> None:
+        """Read and dispatch frames until the link ends. Each frame is exactly 8 header bytes,
+        then exactly ``length`` body bytes (read_frame's rules: a header is checked before its
+        body is waited for, EOF inside a frame is a ProtocolError, EOF between frames
+        PeerClosed), but the bytes come by ``recv_into`` a kept buffer and every whole frame in
+        it is handled before the next recv: one syscall and one copy (the body's) for several
+        DATA frames. DATA and WINDOW, the frames of a transfer, go to their stream inline."""
+        sock, streams, max_body, unpack = self.sock, self.streams, self.max_frame, fr.HEADER_STRUCT.unpack_from
+        native = type(sock) is GeventSocket
+        recv_into = sock._sock.recv_into if native else sock.recv_into
+        buf = bytearray(READ_BUFFER)
+        mv = memoryview(buf)
+        pending = self.reader.take_pending()  # what came after the handshake
+        start, end = 0, len(pending)
+        buf[:end] = pending
+        need = fr.HEADER_SIZE  # bytes from ``start`` the next step waits for
+        while not self.closed:
+            while end - start >= need:
+                first, second = unpack(buf, start)
+                length, kind, sid = first >> 8, first & 0xFF, second & 0xFFFFFF
+                if end - start < fr.HEADER_SIZE + length:
+                    if length > max_body or kind not in _KINDS:
+                        fr.decode_header(bytes(mv[start:start + fr.HEADER_SIZE]), max_body)  # raises
+                    need = fr.HEADER_SIZE + length
+                    break
+                body, start = start + fr.HEADER_SIZE, start + fr.HEADER_SIZE + length
+                need = fr.HEADER_SIZE
+                if kind == Kind.DATA and length <= max_body:
+                    vc = streams.get(sid)
+                    if vc is not None:
+                        vc._on_data(bytes(mv[body:start]))
+                    elif sid:  # like TCP's RST for data to a closed socket: the sender stops waiting
+                        self.send_frame(Kind.CLOSE, 0, sid, fr.encode_close("stream closed"), quiet=True)
+                elif kind == Kind.WINDOW and length == 4:
+                    vc = streams.get(sid)
+                    if vc is not None:
+                        vc._on_window(int.from_bytes(mv[body:start], "big"))
+                else:
+                    k = fr.decode_header(bytes(mv[body - fr.HEADER_SIZE:body]), max_body)[1]
+                    self._dispatch(fr.Frame(k, second >> 24, sid, bytes(mv[body:start])))
+                    if self.closed:
+                        return
+            if start == end:
+                start = end = 0
+            elif start + need > len(buf):  # make room: the partial frame to the front, or a bigger buffer
+                rest = bytes(mv[start:end])
+                if need > len(buf):
+                    mv.release()
+                    buf = bytearray(max(need, READ_BUFFER))
+                    mv = memoryview(buf)
+                buf[:len(rest)] = rest
+                start, end = 0, len(rest)
+            try:
+                n = recv_into(mv[end:])
+            except BlockingIOError:  # a plain socket with nothing yet: wait for it
+                sock._wait(sock._read_event)
+                continue
+            if not n:
+                if start != end:
+                    raise ProtocolError("link closed in the middle of a frame")
+                raise PeerClosed("the far end closed the link")
+            end += n
+            self.last_rx = time.monotonic()
+            self.bytes_in += n
 
     def _dispatch(self, f: fr.Frame) -> None:
         kind, sid = f.kind, f.sock_map
@@ -445,8 +540,12 @@ class CenterLink:
             vc = self.streams[sid] = VirtualConn(self, sid)
             self.handlers.spawn(self._serve_stream, vc, mode, target)
         elif kind == Kind.PING:
+            body = fr.decode_ping(f.body)
             if not f.flag & Flag.ACK:
-                self.send_frame(Kind.PING, Flag.ACK, 0, fr.decode_ping(f.body), quiet=True)
+                self.send_frame(Kind.PING, Flag.ACK, 0, body, quiet=True)
+            elif self._ping is not None and body == self._ping[0]:
+                self.rtt = time.monotonic() - self._ping[1]
+                self._ping = None
         elif kind == Kind.MAPPING:  # after the handshake: a client's changed mappings (reload)
             if f.flag & Flag.ACK:
                 if self.on_mapping_answer is not None:

@@ -95,8 +95,8 @@ class CenterServer(Listener):
 
     def _serve_link(self, ctx: CenterServerContext, sock, reader: Reader, user: str, peer: str, ports: list) -> None:
         cfg = ctx.cfg
-        link = CenterLink(sock, reader, is_client=False, window=cfg.window, max_frame=cfg.max_frame,
-                          heartbeat=cfg.heartbeat, name=f"{user or 'anonymous'}@{peer}",
+        link = CenterLink(sock, reader, is_client=False, window=cfg.window, max_window=cfg.max_window,
+                          max_frame=cfg.max_frame, heartbeat=cfg.heartbeat, name=f"{user or 'anonymous'}@{peer}",
                           on_create=lambda vc, mode, target: self._serve_stream(ctx, link, vc, mode, target),
                           on_mapping=lambda specs: self.mappings.update(user or peer, link, ports, specs, ctx))
         link.user = user

@@ -33,7 +33,7 @@ PROTOCOL_VERSION = 1
 NONCE_SIZE = 16
 PING_SIZE = 8
 
-_HEADER = struct.Struct("!II")
+HEADER_STRUCT = _HEADER = struct.Struct("!II")  # (length << 8 | kind, flag << 24 | sock_map)
 
 
 class Kind(enum.IntEnum):

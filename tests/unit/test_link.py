@@ -137,6 +137,66 @@ def test_link_loss_resets_every_stream():
     assert client.closed
 
 
+# -- the reader, fed raw bytes -----------------------------------------------------------------------
+
+def raw_server(window: int = WINDOW, max_frame: int = 1 << 20):
+    """A server link on one end of a socket pair; the test writes raw frames to the other end."""
+    got = []
+
+    def on_create(vc, mode, target):
+        data = b""
+        while chunk := vc.recv(1 << 20):
+            data += chunk
+        got.append((target, data))
+
+    a, b = gsocket.socketpair()
+    link = CenterLink(b, Reader(b), is_client=False, window=window, max_frame=max_frame, heartbeat=30,
+                      on_create=on_create, name="server")
+    return a, link, gevent.spawn(link.run), got
+
+
+def frame(kind, sid, body=b"", flag=0) -> bytes:
+    return fr.encode_header(len(body), kind, flag, sid) + body
+
+
+def test_reader_takes_frames_in_any_split_and_larger_than_its_buffer():
+    big = os.urandom(700_000)  # more than the reader's 256 KiB buffer: it grows for it
+    raw = (frame(fr.Kind.CREATE, 1, fr.encode_create(fr.CreateMode.CONNECT, "a:1"))
+           + frame(fr.Kind.DATA, 1, b"x" * 1000) + frame(fr.Kind.DATA, 1, big)
+           + frame(fr.Kind.PING, 0, b"12345678") + frame(fr.Kind.CLOSE, 1, fr.encode_close(""), fr.Flag.FIN))
+    for pieces in ([raw], [raw[i:i + 1] for i in range(300)] + [raw[300:]], [raw[:7], raw[7:9], raw[9:400_003],
+                                                                            raw[400_003:]]):
+        sock, link, run, got = raw_server(window=1 << 20)
+        for piece in pieces:
+            sock.sendall(piece)
+            gevent.sleep(0)
+        with gevent.Timeout(10):
+            while not got:
+                gevent.sleep(0.01)
+        assert got == [("a:1", b"x" * 1000 + big)]
+        sock.shutdown(socket.SHUT_WR)  # EOF between frames: a clean end
+        run.join(5)
+        assert link.close_reason == "the far end closed the link"
+        sock.close()
+
+
+@pytest.mark.parametrize("raw,why", [
+    (fr.encode_header(2 << 20, fr.Kind.DATA, 0, 1), "over the limit"),  # refused before its body comes
+    (fr.encode_header(4, 99, 0, 1), "unknown frame kind 99"),
+    (fr.encode_header(100, fr.Kind.DATA, 0, 1) + b"only part", "in the middle of a frame"),
+    (b"\x00\x00", "in the middle of a frame"),
+    (frame(fr.Kind.PING, 0, b"12345"), "PING body must be 8 bytes"),
+])
+def test_reader_refuses_bad_frames_and_eof_inside_one(raw, why):
+    sock, link, run, got = raw_server()
+    sock.sendall(raw)
+    if "middle" in why:
+        sock.shutdown(socket.SHUT_WR)
+    run.join(5)
+    assert link.closed and why in link.close_reason, link.close_reason
+    sock.close()
+
+
 # -- streams relayed by callbacks (net.bridge): no greenlet per stream --------------------------------
 
 def bridged_pair(idle_timeout=None):

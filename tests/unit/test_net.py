@@ -88,23 +88,21 @@ def test_kept_read_watcher_wakes_its_reader_and_is_released():
     reader = Reader(a, keep_watching=True)
     try:
         gevent.spawn_later(0.05, b.sendall, b"x")
-        reader.wait_readable()
-        assert reader.fill() and reader.take_pending() == b"x"
+        assert reader.receive() == b"x"
         assert loop.activecnt == base + 1  # still started between waits
         b.sendall(b"y")  # readiness while nobody waits: the watcher stops, nothing spins
         gevent.sleep(0.05)
         assert loop.activecnt == base
         with gevent.Timeout(1):
-            reader.wait_readable()  # started again: the waiting byte wakes it at once
-        assert reader.fill() and reader.take_pending() == b"y"
+            assert reader.receive() == b"y"  # started again: the waiting byte wakes it at once
         with pytest.raises(gevent.Timeout):
             with gevent.Timeout(0.05):
-                reader.wait_readable()  # a waiter killed mid-wait leaves nothing behind
+                reader.receive()  # a waiter killed mid-wait leaves nothing behind
         b.sendall(b"z")
         gevent.sleep(0.05)
         assert loop.activecnt == base
-        reader.wait_readable()
-        assert reader.fill() and reader.take_pending() == b"z"
+        assert reader.receive() == b"z"
+        assert reader.reads == 3
     finally:
         reader.release()
         a.close()

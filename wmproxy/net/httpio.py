@@ -26,8 +26,7 @@ def read_head(reader: Reader, limit: int) -> bytes:
     """
     buf = reader.buf
     if not buf:
-        reader.wait_readable()
-        data = reader.read_some()
+        data = reader.receive()
         if not data:
             raise PeerClosed("peer closed after 0 bytes without a head")
         end = data.find(b"\r\n\r\n")

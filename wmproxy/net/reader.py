@@ -66,21 +66,23 @@ class Reader:
         self.buf += data
         return True
 
-    def wait_readable(self) -> None:
-        """Block until the socket has data or EOF, without calling recv.
+    def receive(self) -> bytes:
+        """For an empty buffer: block until the socket has data or EOF, then one recv (b'' at EOF).
 
         For the points where the peer's bytes cannot be there yet (the next request after a
         response, the response after a request): gevent's recv would first try and fail with
-        EAGAIN, a syscall per message. Uses gevent's socket watcher where there is one (any
+        EAGAIN, a syscall per message. Waits on gevent's socket watcher where there is one (any
         other socket-like object simply waits in its recv).
         """
-        if self.buf or self._wait is None:
-            return
         if self._watch is not None:
             self._watch.wait()
-            return
-        wait, event = self._wait
-        wait(event)
+        elif self._wait is not None:
+            self._wait[0](self._wait[1])
+        self.reads += 1
+        try:
+            return self._recv(RECV_SIZE)
+        except BlockingIOError:
+            return self.sock.recv(RECV_SIZE)
 
     def read_exact(self, n: int) -> bytes:
         """Exactly ``n`` bytes. Raises PeerClosed if the peer closes first."""

@@ -109,10 +109,11 @@ class Head:
         return value is not None and value.lower() == b"100-continue"
 
     def wants_keep_alive(self) -> bool:
-        """Whether the sender of this head asks to keep the connection open."""
-        if self.version == "1.0":
-            return b"keep-alive" in self.connection
-        return b"close" not in self.connection
+        """Whether the sender of this head asks to keep the connection open ("close" wins over
+        "keep-alive", RFC 9112 9.3)."""
+        if b"close" in self.connection:
+            return False
+        return self.version == "1.1" or b"keep-alive" in self.connection
 
 
 _NONE: frozenset[bytes] = frozenset()
@@ -423,41 +424,36 @@ class _Check:
 
 
 _check = _Check()  # shared: feed_data never yields to another greenlet
-# The lines a passed-on head loses (hop-by-hop, RFC 9110 7.6.1): split out of the head's bytes,
-# names in their own case. llhttp (strict) has made sure every line ends in CRLF, with no
-# folding and no space before ':'.
-_HOP_LINES = re.compile(rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
-                        rb"|proxy-authenticate|proxy-authorization):([^\r]*)", re.I)
-_LENGTH_LINES = re.compile(rb"\r\ncontent-length:([^\r]*)", re.I)  # kept, and read
+# The lines a passed-on head reads: the hop-by-hop ones (RFC 9110 7.6.1), which it loses, and
+# Content-Length, names in their own case. llhttp (strict) has made sure every line ends in
+# CRLF, with no folding and no space before ':'. (The lookahead on the first letter makes sre
+# skip the other lines three times faster.)
+_READ_LINES = re.compile(rb"\r\n(?=[cCkKpPtTuU])(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding"
+                         rb"|upgrade|proxy-authenticate|proxy-authorization|content-length):([^\r]*)", re.I)
 _PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b""))
+_KEEP_ALIVE, _CLOSE = frozenset((b"keep-alive",)), frozenset((b"close",))
+_COMMON_CONNECTION = {b" keep-alive": _KEEP_ALIVE, b" close": _CLOSE, b"keep-alive": _KEEP_ALIVE, b"close": _CLOSE,
+                      b" Keep-Alive": _KEEP_ALIVE, b" Close": _CLOSE}
 
 
 def _connection_tokens(value: bytes) -> Optional[frozenset[bytes]]:
     """The tokens of a Connection value, lower-case; None when it names other headers (which
     then go too: the full parse does that)."""
+    tokens = _COMMON_CONNECTION.get(value)
+    if tokens is not None:
+        return tokens
     value = value.strip().lower()
     tokens = frozenset((value,)) if b"," not in value else frozenset(t.strip() for t in value.split(b","))
     return tokens if tokens <= _PLAIN_CONNECTION else None
 
 
-def _length(data: bytes) -> Optional[int]:
-    """The Content-Length of a head: -1 without one, None when there are several or it is not
-    a plain number (the full parse decides)."""
-    values = _LENGTH_LINES.findall(data)
-    if not values:
-        return -1
-    value = values[0].strip()
-    if len(values) > 1 or not value.isdigit() or len(value) > 18:
-        return None
-    return int(value)
-
-
 def quick_response(data: bytes, method: str) -> Optional[Response]:
     """The common final response passed on without building its header list: validated by
-    llhttp, hop-by-hop lines split out of the bytes by one regex. None when the head needs
-    :func:`parse_response_head` (1xx and 101, a version other than 1.0/1.1, a Connection header
-    naming other headers, several or invalid Content-Length values, a Transfer-Encoding other
-    than a lone chunked). Raises ProtocolError for a malformed head."""
+    llhttp; the hop-by-hop lines and Content-Length found by one regex pass, the former cut
+    out with bytes.replace. None when the head needs :func:`parse_response_head` (1xx and 101, a
+    version other than 1.0/1.1, a Connection header naming other headers, several or invalid
+    Content-Length values, a Transfer-Encoding other than a lone chunked). Raises
+    ProtocolError for a malformed head."""
     _check.done = False
     parser = httptools.HttpResponseParser(_check)
     if _feed(parser, _check, data):
@@ -466,28 +462,33 @@ def quick_response(data: bytes, method: str) -> Optional[Response]:
     version = data[:9]
     if status < 200 or (version != b"HTTP/1.1 " and version != b"HTTP/1.0 "):
         return None
-    eol = data.find(b"\r\n")
-    parts = _HOP_LINES.split(data)  # [kept, name, value, kept, name, value, ..., kept]
     connection = _NONE
     chunked = False
-    if len(parts) == 1:
-        lines = data[eol:-4]
-    else:
-        for name, value in zip(parts[1::3], parts[2::3]):
-            name = name.lower()
-            if name == b"connection":
-                tokens = _connection_tokens(value)
-                if tokens is None:
-                    return None
-                connection |= tokens
-            elif name == b"transfer-encoding":
-                if chunked or value.strip().lower() != b"chunked":
-                    return None
-                chunked = True
-        lines = b"".join(parts[::3])[eol:-4]
-    length = _length(data)
-    if length is None:
-        return None
+    length = -1
+    kept = data
+    for name, value in _READ_LINES.findall(data):
+        lower = name.lower()
+        if lower == b"content-length":
+            value = value.strip()
+            if length >= 0 or not value.isdigit() or len(value) > 18:
+                return None  # several, or not a plain number: the full parse decides
+            length = int(value)
+            continue
+        # out with the line: its first occurrence is this one (an earlier line starting the
+        # same way would have the same hop-by-hop name, so it was found and cut before it)
+        kept = kept.replace(b"\r\n%s:%s" % (name, value), b"", 1)
+        name = lower
+        if name == b"connection":
+            tokens = _connection_tokens(value)
+            if tokens is None:
+                return None
+            connection = connection | tokens if connection else tokens
+        elif name == b"transfer-encoding":
+            if chunked or value.strip().lower() != b"chunked":
+                return None
+            chunked = True
+    eol = data.find(b"\r\n")
+    lines = kept[eol:-4]
     if method == "HEAD" or status == 204 or status == 304:
         framing = NO_BODY
     elif chunked:

@@ -63,7 +63,7 @@ class WebContext:
             self._plans[id(srv)] = _Plan(srv.headers)
             for loc in srv.location:
                 self._plans[id(loc)] = _Plan((*srv.headers, *loc.headers))
-        self._servers: dict[str, object] = {}  # host -> server
+        self._servers: dict[str, object] = {}  # Host value -> server
         self._locations: dict[tuple[int, str], object] = {}  # (server, path) -> location
         for upstream in http.upstream:  # now, not at the first request: their health checks start
             if upstream not in self.groups:
@@ -90,13 +90,14 @@ class WebContext:
             plan.group = self._group_for(loc)
         return plan.group
 
-    def server_for(self, host: str):
-        """pick_server, remembered (for up to ROUTES_CACHED names)."""
-        server = self._servers.get(host)
+    def server_for(self, raw_host: str):
+        """pick_server for a Host value (its port dropped first), remembered (for up to
+        ROUTES_CACHED values)."""
+        server = self._servers.get(raw_host)
         if server is None:
             if len(self._servers) >= ROUTES_CACHED:
                 self._servers.clear()
-            server = self._servers[host] = pick_server(self.servers, host)
+            server = self._servers[raw_host] = pick_server(self.servers, http1.host_name(raw_host))
         return server
 
     def location_for(self, server, path: str):
@@ -170,7 +171,7 @@ class RateLimit:
 class Request:
     """One request being served: the parsed head and what was decided about it."""
 
-    __slots__ = ("head", "framing", "ip", "target", "raw_host", "host", "path", "server", "location", "_variables",
+    __slots__ = ("head", "framing", "ip", "target", "raw_host", "path", "server", "location", "_variables",
                  "started", "status", "size", "note", "keep", "state", "ctx")
 
     def __init__(self, head: http1.Head, ip: str, ctx: WebContext) -> None:
@@ -179,13 +180,12 @@ class Request:
         self.framing = http1.request_framing(head)
         self.ip = ip
         self.target = target = head.target
-        host = head.get(b"host")
-        raw_host = host.decode("latin-1").strip() if host else ""
+        host = head.index.get(b"host")
+        raw_host = host[0].decode("latin-1").strip() if host else ""
         if target[:1] != "/" and "://" in target:  # absolute-form: its host wins (RFC 9112 3.2.2)
             url = urlsplit(target)
             raw_host, self.target = url.netloc, (url.path or "/") + (f"?{url.query}" if url.query else "")
         self.raw_host = raw_host
-        self.host = http1.host_name(raw_host)
         self._variables = None
         self.started = time.monotonic()
         self.status = 0
@@ -277,7 +277,7 @@ class WebServer(Listener):
             client.sendall(http1.simple_response(e.http_status, f"wmproxy: {e}"))
             log.info("%s http: bad request: %s", ip, e)
             return False
-        req.server = ctx.server_for(req.host)
+        req.server = ctx.server_for(req.raw_host)
         req.state = state
         try:
             self._route(client, reader, req, ctx)
@@ -301,7 +301,7 @@ class WebServer(Listener):
         if loc is None:
             self._discard_body(reader, req)
             return self._reply(client, req, 404, "no location for this path")
-        if not ip_allowed(req.ip, loc.allow_ip, loc.deny_ip):
+        if (loc.allow_ip or loc.deny_ip) and not ip_allowed(req.ip, loc.allow_ip, loc.deny_ip):
             self._discard_body(reader, req)
             return self._reply(client, req, 403, "client address not allowed here")
         if loc.limit_req is not None and not ctx.limiter(loc).take(req.ip):
@@ -339,7 +339,8 @@ class WebServer(Listener):
     # -- proxy_url ------------------------------------------------------------------------------
     def _proxy(self, client, reader: Reader, req: Request, ctx: WebContext) -> None:
         loc, head = req.location, req.head
-        group, base = ctx.group_for(loc)
+        plan = ctx.plan(req.server, loc)
+        group, base = plan.group or ctx.group_for(loc)
         target = req.target
         if base and loc.rule.kind in ("prefix", "prefix-stop") and target.startswith(loc.rule.text):
             target = base + target[len(loc.rule.text):]  # as nginx's proxy_pass with a URI
@@ -347,7 +348,8 @@ class WebServer(Listener):
         ip = req.ip.encode()
         headers += [(b"X-Forwarded-For", http1.forwarded_for(head, ip)), (b"X-Forwarded-Proto", ctx.scheme_bytes),
                     (b"X-Real-IP", ip)]
-        headers = req.apply(headers, ctx.plan(req.server, loc).request_rules)
+        if plan.request_rules:
+            headers = req.apply(headers, plan.request_rules)
         out = http1.encode_head(f"{head.method} {target} HTTP/1.1", headers)
         if req.framing != http1.NO_BODY and head.expects_continue():
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -369,11 +371,12 @@ class WebServer(Listener):
                     break  # the next server: nothing was sent
                 server.active += 1
                 try:
-                    outcome = self._attempt(client, reader, req, ctx, conn, out, upgrade)
+                    outcome = self._attempt(client, reader, req, ctx, conn, out, upgrade, plan.response_rules)
                 finally:
                     server.active -= 1
                 if isinstance(outcome, httpio.Forwarded):
-                    server.succeeded()
+                    if server.fails:
+                        server.succeeded()
                     req.note = server.addr
                     if outcome.upgraded is not None:
                         conn.reader.release()  # the relay closed the socket
@@ -401,12 +404,12 @@ class WebServer(Listener):
         self._discard_body(reader, req)
         return self._reply(client, req, 502, f"no upstream server could be reached ({failure})")
 
-    def _attempt(self, client, reader: Reader, req: Request, ctx: WebContext, conn, out: bytes, upgrade):
-        """Send the request on ``conn`` and forward the response -> httpio.Forwarded, or the
-        exception that stopped it before any response byte reached the client."""
+    def _attempt(self, client, reader: Reader, req: Request, ctx: WebContext, conn, out: bytes, upgrade, rules):
+        """Send the request on ``conn`` and forward the response (``rules``: the response's
+        header rules) -> httpio.Forwarded, or the exception that stopped it before any response
+        byte reached the client."""
         loc = req.location
         req.state.waiting(conn.reader, loc.proxy_read_timeout)
-        rules = req.response_rules()
         finish = (lambda h: req.apply(h, rules)) if rules else None
         try:
             httpio.copy_body(reader, partial(send_all, conn.sock), req.framing, True, prefix=out)

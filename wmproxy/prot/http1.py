@@ -124,17 +124,29 @@ def _dropped(also: frozenset[bytes]) -> frozenset[bytes]:
     return HOP_BY_HOP | also
 
 
-class _Collector:
+class _Silent:
+    """httptools callbacks for a head validated, not collected: none. A parser looks up every
+    callback name when it is made, and a missing one costs it an exception: here they are
+    all present, as None (the parser then does not call back)."""
+
+    __slots__ = ()
+    on_message_begin = on_url = on_status = on_header = on_headers_complete = on_body = None
+    on_message_complete = on_chunk_header = on_chunk_complete = None
+
+
+_SILENT = _Silent()
+
+
+class _Collector(_Silent):
     """httptools callbacks that gather one head."""
 
-    __slots__ = ("url", "headers", "index", "reason", "done", "complete")
+    __slots__ = ("url", "headers", "index", "reason", "complete")
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: Headers = []
         self.index: dict[bytes, list[bytes]] = {}
         self.reason = b""
-        self.done = False
         self.complete = False
 
     def on_url(self, url: bytes) -> None:
@@ -151,27 +163,28 @@ class _Collector:
         else:
             self.index[lower] = [value]
 
-    def on_headers_complete(self) -> None:
-        self.done = True
-
     def on_message_complete(self) -> None:
         self.complete = True
 
 
-def _feed(parser, collector: _Collector, data: bytes) -> bool:
-    """Feed a complete head; returns whether llhttp flagged an upgrade (CONNECT/Upgrade)."""
+def _feed(parser, data: bytes) -> bool:
+    """Feed a complete head (up to its first CRLF CRLF, as httpio.read_head cuts it); returns
+    whether llhttp flagged an upgrade (CONNECT/Upgrade). llhttp requires CRLF at the end of
+    every line, so a head it takes without an error ends its header section exactly at the
+    end of ``data``: no callback is needed to know it did."""
+    if data[-4:] != b"\r\n\r\n":
+        raise ProtocolError("malformed HTTP head: incomplete")
     try:
         parser.feed_data(data)
     except httptools.HttpParserUpgrade:
         return True
     except httptools.HttpParserError as e:
         raise ProtocolError(f"malformed HTTP head: {e}") from None
-    if not collector.done:
-        raise ProtocolError("malformed HTTP head: incomplete")
     return False
 
 
 _spare: list = []  # a request parser and its collector back at the start of a message
+_VERSIONS = {b" HTTP/1.1": "1.1", b" HTTP/1.0": "1.0"}
 
 
 def _reusable(version: str, connection: frozenset[bytes], proxy_connection: bool) -> bool:
@@ -193,16 +206,17 @@ def parse_request_head(data: bytes) -> Head:
     if _spare:
         p, c = _spare.pop()
         try:
-            upgrade = _feed(p, c, data)
+            upgrade = _feed(p, data)
         except ProtocolError:
             p = None
     if p is None:
         c = _Collector()
         p = httptools.HttpRequestParser(c)
-        upgrade = _feed(p, c, data)
-    version = p.get_http_version()
-    if version not in ("1.1", "1.0"):
-        raise ProtocolError(f"HTTP version {version} is not supported", 505)
+        upgrade = _feed(p, data)
+    eol = data.find(b"\r\n")  # the request line, which llhttp has checked, ends in HTTP/x.y
+    version = _VERSIONS.get(data[eol - 9:eol])
+    if version is None:
+        raise ProtocolError(f"HTTP version {p.get_http_version()} is not supported", 505)
     head = Head(version, c.headers, p.get_method().decode("ascii"), c.url.decode("latin-1"), upgrade=upgrade,
                 index=c.index)
     if c.complete and not upgrade and _reusable(version, head.connection, b"proxy-connection" in c.index):
@@ -215,7 +229,7 @@ def parse_response_head(data: bytes) -> Head:
     """Parse a response head ending in CRLF CRLF. Raises ProtocolError."""
     c = _Collector()
     p = httptools.HttpResponseParser(c)
-    upgrade = _feed(p, c, data)
+    upgrade = _feed(p, data)
     return Head(p.get_http_version(), c.headers, status=p.get_status_code(), reason=c.reason, upgrade=upgrade,
                 index=c.index)
 
@@ -411,19 +425,6 @@ class Response:
         return b"HTTP/1.1 %d %s%s%s\r\n\r\n" % (self.status, self.reason, self.lines, extra)
 
 
-class _Check:
-    """httptools callbacks for a head validated, not collected."""
-
-    __slots__ = ("done",)
-
-    def __init__(self) -> None:
-        self.done = False
-
-    def on_headers_complete(self) -> None:
-        self.done = True
-
-
-_check = _Check()  # shared: feed_data never yields to another greenlet
 # The lines a passed-on head reads: the hop-by-hop ones (RFC 9110 7.6.1), which it loses, and
 # Content-Length, names in their own case. llhttp (strict) has made sure every line ends in
 # CRLF, with no folding and no space before ':'. (The lookahead on the first letter makes sre
@@ -454,9 +455,8 @@ def quick_response(data: bytes, method: str) -> Optional[Response]:
     version other than 1.0/1.1, a Connection header naming other headers, several or invalid
     Content-Length values, a Transfer-Encoding other than a lone chunked). Raises
     ProtocolError for a malformed head."""
-    _check.done = False
-    parser = httptools.HttpResponseParser(_check)
-    if _feed(parser, _check, data):
+    parser = httptools.HttpResponseParser(_SILENT)
+    if _feed(parser, data):
         return None
     status = parser.get_status_code()
     version = data[:9]

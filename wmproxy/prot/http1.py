@@ -100,8 +100,9 @@ class Head:
     def end_to_end(self, also: frozenset[bytes] = frozenset()) -> Headers:
         """The headers to forward: without hop-by-hop ones (RFC 9110 7.6.1), those the
         Connection header names, and ``also``."""
+        drop = _DROPPED.get(also) or _dropped(also)
         named = self.connection
-        return self.without(_dropped(also) | named if named else _dropped(also))
+        return self.without(drop | named if named else drop)
 
     def expects_continue(self) -> bool:
         """Whether the request asks for a 100 (Continue) before sending its body."""
@@ -119,9 +120,14 @@ class Head:
 _NONE: frozenset[bytes] = frozenset()
 
 
-@functools.lru_cache(maxsize=64)
+_DROPPED: dict[frozenset[bytes], frozenset[bytes]] = {}  # also -> HOP_BY_HOP | also
+
+
 def _dropped(also: frozenset[bytes]) -> frozenset[bytes]:
-    return HOP_BY_HOP | also
+    if len(_DROPPED) > 64:  # callers pass a few constant sets; bounded all the same
+        _DROPPED.clear()
+    drop = _DROPPED[also] = HOP_BY_HOP | also
+    return drop
 
 
 class _Silent:
@@ -217,8 +223,7 @@ def parse_request_head(data: bytes) -> Head:
     version = _VERSIONS.get(data[eol - 9:eol])
     if version is None:
         raise ProtocolError(f"HTTP version {p.get_http_version()} is not supported", 505)
-    head = Head(version, c.headers, p.get_method().decode("ascii"), c.url.decode("latin-1"), upgrade=upgrade,
-                index=c.index)
+    head = Head(version, c.headers, p.get_method().decode("ascii"), c.url.decode("latin-1"), 0, b"", upgrade, c.index)
     if c.complete and not upgrade and _reusable(version, head.connection, b"proxy-connection" in c.index):
         c.__init__()  # new lists for the next message (the head keeps these)
         _spare.append((p, c))
@@ -429,8 +434,8 @@ class Response:
 # Content-Length, names in their own case. llhttp (strict) has made sure every line ends in
 # CRLF, with no folding and no space before ':'. (The lookahead on the first letter makes sre
 # skip the other lines three times faster.)
-_READ_LINES = re.compile(rb"\r\n(?=[cCkKpPtTuU])(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding"
-                         rb"|upgrade|proxy-authenticate|proxy-authorization|content-length):([^\r]*)", re.I)
+_READ_LINES = re.compile(rb"(\r\n(?=[cCkKpPtTuU])(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding"
+                         rb"|upgrade|proxy-authenticate|proxy-authorization|content-length):([^\r]*))", re.I)
 _PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b""))
 _KEEP_ALIVE, _CLOSE = frozenset((b"keep-alive",)), frozenset((b"close",))
 _COMMON_CONNECTION = {b" keep-alive": _KEEP_ALIVE, b" close": _CLOSE, b"keep-alive": _KEEP_ALIVE, b"close": _CLOSE,
@@ -466,9 +471,9 @@ def quick_response(data: bytes, method: str) -> Optional[Response]:
     chunked = False
     length = -1
     kept = data
-    for name, value in _READ_LINES.findall(data):
-        lower = name.lower()
-        if lower == b"content-length":
+    for line, name, value in _READ_LINES.findall(data):
+        name = name.lower()
+        if name == b"content-length":
             value = value.strip()
             if length >= 0 or not value.isdigit() or len(value) > 18:
                 return None  # several, or not a plain number: the full parse decides
@@ -476,8 +481,7 @@ def quick_response(data: bytes, method: str) -> Optional[Response]:
             continue
         # out with the line: its first occurrence is this one (an earlier line starting the
         # same way would have the same hop-by-hop name, so it was found and cut before it)
-        kept = kept.replace(b"\r\n%s:%s" % (name, value), b"", 1)
-        name = lower
+        kept = kept.replace(line, b"", 1)
         if name == b"connection":
             tokens = _connection_tokens(value)
             if tokens is None:

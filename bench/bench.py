@@ -12,7 +12,10 @@
 - [http] (bench/web.py): a small static file from wmproxy vs nginx, and a reverse-proxied small
   response through wmproxy, nginx and haproxy to an nginx origin;
 - UDP (bench/udp.py): 1,200-byte datagrams at fixed rates (iperf3 -u), received per second and
-  lost, directly, through socat, the [stream] UDP forwarder and a udp mapping of the center link.
+  lost, directly, through socat, the [stream] UDP forwarder and a udp mapping of the center link;
+- with ``--only instructions`` (bench/instructions.py): user-space instructions per small GET
+  under callgrind, wmproxy beside pproxy and the floor of the design: a count that does not
+  drift with the machine's speed.
 
 Proxies run pinned to CPU 0 (taskset), the load and the origin on CPU 1. Run through `bench/run`,
 which installs the peers and puts the whole run in a loopback-only network namespace. A run
@@ -347,8 +350,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=8, help="length of each measurement")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections")
     ap.add_argument("--only", choices=("throughput", "proxy-memory", "http", "center", "center-memory", "mapping",
-                                       "udp", "web"),
-                    help="run one part")
+                                       "udp", "web", "instructions"),
+                    help="run one part (instructions: callgrind counts, not in a full run)")
+    ap.add_argument("--requests", type=int, default=2000, help="requests counted by --only instructions")
     ap.add_argument("--bytes", type=int, default=1 << 30, help="size of the center link transfer")
     ap.add_argument("--streams", default="1000,10000", help="idle virtual connection counts to measure")
     ap.add_argument("--rounds", type=int, default=3,
@@ -384,6 +388,10 @@ def main() -> int:
             import web
 
             web.run(b)
+        if args.only == "instructions":
+            import instructions
+
+            instructions.run(b, args.requests)
     finally:
         b.close()
     if args.json:

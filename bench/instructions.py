@@ -1,0 +1,105 @@
+"""User-space instructions per small proxied GET (valgrind callgrind): a count that does not
+drift with the machine's speed, for comparing builds and peers where the rates move by 10-30%.
+
+Each server runs under callgrind (not pinned; time does not matter here); ten keep-alive
+connections send GETs in lock step to an nginx origin (sent, then answered, ten at a time).
+After 500 requests the counters are zeroed, then REQUESTS more are counted:
+
+- wmproxy's forward proxy (absolute-form requests), pproxy's, and bench/floor.py (the same
+  gevent loop parsing nothing: the floor of this design);
+- wmproxy's reverse proxy (a location with proxy_url to the origin).
+
+Instructions are not time: the kernel's part (the syscalls) is not counted, and code that
+misses the caches more runs slower per instruction (see docs/BENCHMARKS.md).
+
+    bench/instructions.py [--requests N] [--root CHECKOUT]   (through bench/run: --only instructions)
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import socket
+import subprocess
+import sys
+
+from bench import ROOT, VENV_BIN, free_port, wait_port
+
+WARMUP = 500
+CONNECTIONS = 10
+
+
+def _drive(port: int, request: bytes, n: int, end: bytes) -> None:
+    conns = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(CONNECTIONS)]
+    try:
+        for _ in range(n // CONNECTIONS):
+            for c in conns:
+                c.sendall(request)
+            for c in conns:
+                data = b""
+                while not data.endswith(end):
+                    chunk = c.recv(65536)
+                    if not chunk:
+                        raise ConnectionError(f"closed after {data[:200]!r}")
+                    data += chunk
+    finally:
+        for c in conns:
+            c.close()
+
+
+def count(b, name: str, cmd: list[str], port: int, request: bytes, requests: int) -> float:
+    """Instructions per request of the server ``cmd`` (listening on ``port``) under callgrind."""
+    slug = re.sub(r"\W+", "-", name)
+    out = b.tmp / f"callgrind-{slug}.out"
+    log = b.tmp / f"callgrind-{slug}.log"
+    with open(log, "wb") as f:
+        p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
+                             stdout=f, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_port(port, 120)
+        except TimeoutError:
+            raise RuntimeError(f"{name} did not start under callgrind: {log.read_text()[-600:]}") from None
+        end = b"hello from nginx\n"
+        _drive(port, request, WARMUP, end)
+        subprocess.run(["callgrind_control", "--zero", str(p.pid)], capture_output=True, timeout=60)
+        _drive(port, request, requests, end)
+        subprocess.run(["callgrind_control", "--dump", str(p.pid)], capture_output=True, timeout=60)
+        dumps = sorted(glob.glob(f"{out}*"), key=os.path.getmtime)
+        total = int(re.search(r"^(?:summary|totals):\s+(\d+)", open(dumps[-1]).read(), re.M).group(1))
+    finally:
+        p.terminate()
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    per = total / requests
+    print(f"  {name:<28} {per:10,.0f} instructions per request")
+    b.results.setdefault("instructions_per_request", {})[name] = round(per)
+    return per
+
+
+def run(b, requests: int = 2000, root=ROOT) -> None:
+    origin = b.nginx()
+    print(f"\ninstructions per small GET (callgrind, user space, {requests} requests over {CONNECTIONS} "
+          "keep-alive connections):")
+    server = [sys.executable, str(root / "bin" / "wmproxy-server")]
+    absolute = f"GET http://127.0.0.1:{origin}/small.txt HTTP/1.1\r\nHost: 127.0.0.1:{origin}\r\n\r\n".encode()
+    port = free_port()
+    count(b, "floor (bench/floor.py)", [sys.executable, str(ROOT / "bench" / "floor.py"), str(port), str(origin)],
+          port, absolute, requests)
+    port = free_port()
+    wm = count(b, "wmproxy forward proxy", [*server, "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
+               port, absolute, requests)
+    port = free_port()
+    pp = count(b, "pproxy", [str(VENV_BIN / "pproxy"), "-l", f"http+socks5://127.0.0.1:{port}"], port, absolute,
+               requests)
+    port = free_port()
+    conf = b.tmp / "instructions-web.toml"
+    conf.write_text(f'log_level = "warning"\n[[http.server]]\nbind = "127.0.0.1:{port}"\n'
+                    f'[[http.server.location]]\nproxy_url = "http://127.0.0.1:{origin}"\n')
+    count(b, "wmproxy reverse proxy", [*server, "-c", str(conf)], port,
+          f"GET /small.txt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode(), requests)
+    print(f"  wmproxy forward proxy / pproxy: {wm / pp:.2f}x the instructions")

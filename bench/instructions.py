@@ -69,12 +69,7 @@ def count(b, name: str, cmd: list[str], port: int, request: bytes, requests: int
         dumps = sorted(glob.glob(f"{out}*"), key=os.path.getmtime)
         total = int(re.search(r"^(?:summary|totals):\s+(\d+)", open(dumps[-1]).read(), re.M).group(1))
     finally:
-        p.terminate()
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        b.stop(p)  # (the counts needed were dumped above)
     per = total / requests
     print(f"  {name:<28} {per:10,.0f} instructions per request")
     b.results.setdefault("instructions_per_request", {})[name] = round(per)

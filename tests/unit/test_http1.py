@@ -129,6 +129,14 @@ NOT_PASSABLE = [  # heads left to the full parse (None), or refused
 ]
 
 
+@pytest.mark.parametrize("raw,what", [(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", "HTTP/2.0"),
+                                      (b"DESCRIBE rtsp://x/a RTSP/1.0\r\nCSeq: 1\r\n\r\n", "RTSP/1.0")])
+def test_other_versions_and_protocols_are_505(raw, what):
+    with pytest.raises(ProtocolError) as e:
+        http1.parse_request_head(raw)
+    assert e.value.http_status == 505 and what in str(e.value)
+
+
 @pytest.mark.parametrize("raw,method", PASSABLE)
 def test_quick_response_is_the_full_parse(raw, method):
     quick = http1.quick_response(raw, method)

@@ -33,7 +33,7 @@ PROTOCOL_VERSION = 1
 NONCE_SIZE = 16
 PING_SIZE = 8
 
-HEADER_STRUCT = _HEADER = struct.Struct("!II")  # (length << 8 | kind, flag << 24 | sock_map)
+HEADER_STRUCT = struct.Struct("!II")  # (length << 8 | kind, flag << 24 | sock_map)
 
 
 class Kind(enum.IntEnum):
@@ -76,7 +76,7 @@ def encode_header(length: int, kind: int, flag: int, sock_map: int) -> bytes:
     if not 0 <= length <= MAX_LENGTH or not 0 <= sock_map <= MAX_SOCK_MAP or not 0 <= kind < 256 \
             or not 0 <= flag < 256:
         raise ValueError(f"frame header out of range: length={length} kind={kind} flag={flag} sock_map={sock_map}")
-    return _HEADER.pack((length << 8) | kind, (flag << 24) | sock_map)
+    return HEADER_STRUCT.pack((length << 8) | kind, (flag << 24) | sock_map)
 
 
 def decode_header(data: bytes, max_body: int = DEFAULT_MAX_BODY) -> tuple[int, Kind, int, int]:
@@ -84,7 +84,7 @@ def decode_header(data: bytes, max_body: int = DEFAULT_MAX_BODY) -> tuple[int, K
     kind or a body longer than ``max_body``."""
     if len(data) != HEADER_SIZE:
         raise ProtocolError(f"a frame header is {HEADER_SIZE} bytes, got {len(data)}")
-    first, second = _HEADER.unpack(data)
+    first, second = HEADER_STRUCT.unpack(data)
     length, kind, flag, sock_map = first >> 8, first & 0xFF, second >> 24, second & 0xFFFFFF
     try:
         kind = Kind(kind)

@@ -222,7 +222,7 @@ def parse_request_head(data: bytes) -> Head:
     eol = data.find(b"\r\n")  # the request line, which llhttp has checked, ends in HTTP/x.y
     version = _VERSIONS.get(data[eol - 9:eol])
     if version is None:
-        raise ProtocolError(f"HTTP version {p.get_http_version()} is not supported", 505)
+        raise ProtocolError(f"{data[eol - 8:eol].decode('latin-1')} is not supported (HTTP/1.1 and 1.0 are)", 505)
     head = Head(version, c.headers, p.get_method().decode("ascii"), c.url.decode("latin-1"), 0, b"", upgrade, c.index)
     if c.complete and not upgrade and _reusable(version, head.connection, b"proxy-connection" in c.index):
         c.__init__()  # new lists for the next message (the head keeps these)
@@ -432,8 +432,8 @@ class Response:
 
 # The lines a passed-on head reads: the hop-by-hop ones (RFC 9110 7.6.1), which it loses, and
 # Content-Length, names in their own case. llhttp (strict) has made sure every line ends in
-# CRLF, with no folding and no space before ':'. (The lookahead on the first letter makes sre
-# skip the other lines three times faster.)
+# CRLF, with no folding and no space before ':'. (The lookahead on the first letter lets sre
+# leave the other lines sooner: a third fewer instructions per head.)
 _READ_LINES = re.compile(rb"(\r\n(?=[cCkKpPtTuU])(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding"
                          rb"|upgrade|proxy-authenticate|proxy-authorization|content-length):([^\r]*))", re.I)
 _PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b""))

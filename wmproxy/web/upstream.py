@@ -119,8 +119,7 @@ class UpstreamGroup:
         """The live servers to try, the method's pick first. Empty when every one is out."""
         now = time.monotonic()
         if len(self.servers) == 1:
-            one = self.servers[0]
-            return self.servers if now >= one.down_until and not one.checked_down else []
+            return self.servers if self.servers[0].live(now) else []
         live = [i for i, s in enumerate(self.servers) if s.live(now)]
         if not live:
             return []

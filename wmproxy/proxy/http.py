@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from functools import partial
 
 import gevent
 
@@ -37,16 +38,14 @@ _NOT_FORWARDED = frozenset((b"host", b"expect"))  # Host is rebuilt from the URL
 class _Upstream:
     """The current upstream connection of one client connection."""
 
-    __slots__ = ("key", "sock", "reader", "used")
+    __slots__ = ("key", "sock", "reader", "used", "send")
 
     def __init__(self, key: tuple[str, int], sock: socket.socket) -> None:
         self.key = key
         self.sock = sock
         self.reader = Reader(sock, keep_watching=True)
         self.used = False  # True once a response came back on it (then it may go stale)
-
-    def send(self, data) -> None:
-        send_all(self.sock, data)
+        self.send = partial(send_all, sock)
 
     def close(self) -> None:
         self.reader.release()
@@ -60,6 +59,7 @@ class HttpSession:
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.client = client
+        self.send_client = partial(send_all, client)
         self.reader = reader
         self.info = info
         self.upstream: _Upstream | None = None
@@ -132,9 +132,6 @@ class HttpSession:
             if self.upstream:
                 self.upstream.close()
 
-    def _send_client(self, data) -> None:
-        send_all(self.client, data)
-
     def _authorized(self, head: Head) -> bool:
         creds = http1.parse_basic_auth(head.get(b"proxy-authorization"))
         return creds is not None and self.ctx.credentials_ok(*creds)
@@ -204,7 +201,7 @@ class HttpSession:
             return self._switch(head, response.head, up, started)
         out_head, chunked_out, client_keep = httpio.to_client(head, response, VIA_LINE)
         try:
-            size = httpio.copy_body(up.reader, self._send_client, response.framing, chunked_out, prefix=out_head)
+            size = httpio.copy_body(up.reader, self.send_client, response.framing, chunked_out, prefix=out_head)
         except (PeerClosed, ProtocolError, socket.timeout) as e:
             self._log(head, response.status, 0, started, f"upstream broke mid-body: {e}")
             return False
@@ -225,7 +222,10 @@ class HttpSession:
             stale_ok = up.used and framing == http1.NO_BODY and attempt == 1
             sent = False
             try:
-                self.info.up += httpio.copy_body(self.reader, up.send, framing, True, prefix=data)
+                if framing == http1.NO_BODY:
+                    up.send(data)
+                else:
+                    self.info.up += httpio.copy_body(self.reader, up.send, framing, True, prefix=data)
                 sent = True
                 interim = self._interim if head.version == "1.1" else None
                 return up, httpio.read_response(up.reader, self.cfg.max_header_size, head.method, interim)

@@ -412,7 +412,10 @@ class WebServer(Listener):
         req.state.waiting(conn.reader, loc.proxy_read_timeout)
         finish = (lambda h: req.apply(h, rules)) if rules else None
         try:
-            httpio.copy_body(reader, partial(send_all, conn.sock), req.framing, True, prefix=out)
+            if req.framing == http1.NO_BODY:
+                send_all(conn.sock, out)
+            else:
+                httpio.copy_body(reader, partial(send_all, conn.sock), req.framing, True, prefix=out)
             # interim 1xx other than 101 are skipped: the proxy answered Expect itself
             response = httpio.read_response(conn.reader, ctx.max_head, req.head.method, finish=finish)
         except (PeerClosed, ProtocolError, OSError) as e:  # socket.timeout and ConnectionError included

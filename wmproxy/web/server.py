@@ -180,8 +180,8 @@ class Request:
         self.framing = http1.request_framing(head)
         self.ip = ip
         self.target = target = head.target
-        host = head.index.get(b"host")
-        raw_host = host[0].decode("latin-1").strip() if host else ""
+        host = head.get(b"host")
+        raw_host = host.decode("latin-1").strip() if host else ""
         if target[:1] != "/" and "://" in target:  # absolute-form: its host wins (RFC 9112 3.2.2)
             url = urlsplit(target)
             raw_host, self.target = url.netloc, (url.path or "/") + (f"?{url.query}" if url.query else "")
@@ -301,7 +301,7 @@ class WebServer(Listener):
         if loc is None:
             self._discard_body(reader, req)
             return self._reply(client, req, 404, "no location for this path")
-        if (loc.allow_ip or loc.deny_ip) and not ip_allowed(req.ip, loc.allow_ip, loc.deny_ip):
+        if not ip_allowed(req.ip, loc.allow_ip, loc.deny_ip):
             self._discard_body(reader, req)
             return self._reply(client, req, 403, "client address not allowed here")
         if loc.limit_req is not None and not ctx.limiter(loc).take(req.ip):
@@ -375,8 +375,7 @@ class WebServer(Listener):
                 finally:
                     server.active -= 1
                 if isinstance(outcome, httpio.Forwarded):
-                    if server.fails:
-                        server.succeeded()
+                    server.succeeded()
                     req.note = server.addr
                     if outcome.upgraded is not None:
                         conn.reader.release()  # the relay closed the socket

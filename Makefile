@@ -3,7 +3,11 @@
 # make bench - install the peers (iperf3, socat, wrk, squid, tinyproxy, pproxy) and measure
 # make install - a venv in $(PREFIX), programs in /usr/local/bin, configs in /etc/wmproxy,
 #                init scripts in /etc/init.d, systemd units in /etc/systemd/system
-PYTHON ?= python3
+# The system's python3 (Debian's build: PGO, LTO and libpython linked in) before another python3
+# on PATH, such as a pyenv build without --enable-optimizations: per request the proxy runs 7-8%
+# more instructions and serves 10-25% fewer requests on that one (docs/BENCHMARKS.md).
+# `make PYTHON=python3 ...` takes the one on PATH.
+PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
 PREFIX ?= /opt/wmproxy
 DESTDIR ?=
 VENV   := .venv
@@ -13,7 +17,7 @@ ARGS   ?=
 .PHONY: run test bench install check clean
 
 $(BIN)/python:
-	@tools/apt-need py:ensurepip:python3-venv
+	@PYTHON=$(PYTHON) tools/apt-need py:ensurepip:python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
@@ -40,7 +44,7 @@ check: $(VENV)/.installed
 	$(BIN)/python bin/wmproxy-client --check -c conf/client.toml
 
 install:
-	@tools/apt-need py:ensurepip:python3-venv
+	@PYTHON=$(PYTHON) tools/apt-need py:ensurepip:python3-venv
 	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
 	$(DESTDIR)$(PREFIX)/bin/pip install -q --upgrade pip
 	$(DESTDIR)$(PREFIX)/bin/pip install -q .

@@ -193,6 +193,23 @@ def proxy_config(servers: str, method: str = "round_robin", extra: str = "") -> 
             f'proxy_url = "http://app/v1/"\nheaders = ["proxy + X-Tag {{client_ip}}", "X-Answer yes"]\n{extra}')
 
 
+def test_request_headers_go_upstream_as_sent_or_rebuilt(start_proxy, origin):
+    """Without header rules the client's lines go on as they came, X-Forwarded-For, -Proto and
+    X-Real-IP added; an X-Forwarded-For of the client's own or a hop-by-hop header makes the
+    list be built again (extended, dropped)."""
+    p, port = web(start_proxy, f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n[[http.server.location]]\n'
+                               f'proxy_url = "http://127.0.0.1:{origin.port}"\n')
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        head, body = get(port, "/headers", headers="X-A: 1\r\nAccept: */*\r\n", sock=s)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert body.decode().split("\n") == ["Host: a.test", "X-A: 1", "Accept: */*", "X-Forwarded-For: 127.0.0.1",
+                                             "X-Forwarded-Proto: http", "X-Real-IP: 127.0.0.1"]
+        head, body = get(port, "/headers", headers="X-Forwarded-For: 10.0.0.1\r\nConnection: keep-alive, X-Gone\r\n"
+                                                    "X-Gone: 1\r\nX-A: 2\r\n", sock=s)
+        assert body.decode().split("\n") == ["Host: a.test", "X-A: 2", "X-Forwarded-For: 10.0.0.1, 127.0.0.1",
+                                             "X-Forwarded-Proto: http", "X-Real-IP: 127.0.0.1"]
+
+
 def test_round_robin_keep_alive_pool_and_headers(start_proxy, origins):
     a, b = origins
     p, port = web(start_proxy, proxy_config(f'{{ addr = "127.0.0.1:{a.port}", weight = 2 }}, '

@@ -323,6 +323,18 @@ def parse_absolute(url: str) -> Target:
     return Target(host, port, path)
 
 
+def passthrough_lines(head: Head, data: bytes, drop: frozenset[bytes]) -> Optional[bytes]:
+    """The header lines of ``data``, the request head ``head`` was parsed from, as they came
+    (each ``b"\r\nName: value"``), when all of them go on unchanged: no hop-by-hop header (so no
+    Connection header either, nor anything it could name) and none in ``drop``. None when one
+    must go: then :func:`upstream_headers` builds the list. llhttp has checked the bytes: every
+    line ends in CRLF, no folding, no space before a colon (Python building the same lines
+    again cost a tenth of a proxied request)."""
+    if not (_DROPPED.get(drop) or _dropped(drop)).isdisjoint(head.index):
+        return None
+    return data[data.find(b"\r\n"):-4]
+
+
 def upstream_headers(head: Head, framing: tuple[str, int], drop: frozenset[bytes]) -> tuple[Headers, Optional[bytes]]:
     """The headers of request ``head`` to pass on to its server: end to end ones without
     ``drop``, with the upgrade the client asks for and the chunked coding of its body (which

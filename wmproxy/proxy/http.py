@@ -33,6 +33,8 @@ VIA = b"1.1 wmproxy"
 VIA_LINE = b"\r\nVia: " + VIA
 PROXY_AUTHENTICATE = [(b"Proxy-Authenticate", b'Basic realm="wmproxy"')]
 _NOT_FORWARDED = frozenset((b"host", b"expect"))  # Host is rebuilt from the URL; Expect is answered here
+_EXPECT = frozenset((b"expect",))
+VIA_END = VIA_LINE + b"\r\n\r\n"
 
 
 class _Upstream:
@@ -125,7 +127,7 @@ class HttpSession:
                 if "http" not in self.cfg.flag:
                     self._reply_log(head, 405, "plain HTTP proxying is disabled (flag)", started)
                     return
-                if not self._forward(head, started):
+                if not self._forward(head, raw, started):
                     return
         finally:
             self._stop_watchdog()
@@ -172,14 +174,20 @@ class HttpSession:
                     fail_reply=lambda e: simple_response(e.http_status, f"wmproxy: {e}"))
 
     # -- absolute-form requests --------------------------------------------------------------
-    def _request_bytes(self, head: Head, target: http1.Target, framing) -> tuple[bytes, bool]:
-        """The head to send upstream, and whether the client asked to upgrade."""
+    def _request_bytes(self, head: Head, raw: bytes, target: http1.Target, framing) -> tuple[bytes, bool]:
+        """The head to send upstream (``raw``: the client's, ``head`` parsed from it), and whether
+        the client asked to upgrade. Its header lines go on as they came when none is dropped and
+        its one Host is the URL's already (RFC 9112 3.2.2)."""
+        if head.index.get(b"host") == [target.host_header]:
+            lines = http1.passthrough_lines(head, raw, _EXPECT)
+            if lines is not None:
+                return f"{head.method} {target.path} HTTP/1.1".encode("latin-1") + lines + VIA_END, False
         headers, upgrade = http1.upstream_headers(head, framing, _NOT_FORWARDED)
         headers.insert(0, (b"Host", target.host_header))
         headers.append((b"Via", VIA))
         return http1.encode_head(f"{head.method} {target.path} HTTP/1.1", headers), bool(upgrade)
 
-    def _forward(self, head: Head, started: float) -> bool:
+    def _forward(self, head: Head, raw: bytes, started: float) -> bool:
         """Serve one request. Returns whether the client connection stays open."""
         try:
             target = http1.parse_absolute(head.target)
@@ -187,7 +195,7 @@ class HttpSession:
         except ProtocolError as e:
             self._reply_log(head, e.http_status, str(e), started)
             return False
-        data, upgrade = self._request_bytes(head, target, framing)
+        data, upgrade = self._request_bytes(head, raw, target, framing)
         if framing != http1.NO_BODY and head.version == "1.1" and head.expects_continue():
             # We answer 100 ourselves and send the body on: an upstream that ignores Expect
             # would otherwise stall the client for its expect timeout.

@@ -171,12 +171,13 @@ class RateLimit:
 class Request:
     """One request being served: the parsed head and what was decided about it."""
 
-    __slots__ = ("head", "framing", "ip", "target", "raw_host", "path", "server", "location", "_variables",
+    __slots__ = ("head", "raw", "framing", "ip", "target", "raw_host", "path", "server", "location", "_variables",
                  "started", "status", "size", "note", "keep", "state", "ctx")
 
-    def __init__(self, head: http1.Head, ip: str, ctx: WebContext) -> None:
+    def __init__(self, head: http1.Head, raw: bytes, ip: str, ctx: WebContext) -> None:
         self.ctx = ctx
         self.head = head
+        self.raw = raw  # the head as it came, ``head`` parsed from it
         self.framing = http1.request_framing(head)
         self.ip = ip
         self.target = target = head.target
@@ -270,7 +271,8 @@ class WebServer(Listener):
     def _one(self, client, reader: Reader, ip: str, ctx: WebContext, state: "Watched") -> bool:
         """Serve one request; returns whether the connection stays open."""
         try:
-            req = Request(http1.parse_request_head(httpio.read_head(reader, ctx.max_head)), ip, ctx)
+            raw = httpio.read_head(reader, ctx.max_head)
+            req = Request(http1.parse_request_head(raw), raw, ip, ctx)
         except PeerClosed:
             return False
         except ProtocolError as e:  # a malformed head, or a body framed two ways
@@ -344,13 +346,21 @@ class WebServer(Listener):
         target = req.target
         if base and loc.rule.kind in ("prefix", "prefix-stop") and target.startswith(loc.rule.text):
             target = base + target[len(loc.rule.text):]  # as nginx's proxy_pass with a URI
-        headers, upgrade = http1.upstream_headers(head, req.framing, _REPLACED)
         ip = req.ip.encode()
-        headers += [(b"X-Forwarded-For", http1.forwarded_for(head, ip)), (b"X-Forwarded-Proto", ctx.scheme_bytes),
-                    (b"X-Real-IP", ip)]
-        if plan.request_rules:
-            headers = req.apply(headers, plan.request_rules)
-        out = http1.encode_head(f"{head.method} {target} HTTP/1.1", headers)
+        # the client's header lines as they came when none goes or changes (no X-Forwarded-For
+        # to extend, no header rules), else the list built again
+        lines = None if plan.request_rules else http1.passthrough_lines(head, req.raw, _REPLACED)
+        if lines is not None:
+            upgrade = None  # (an upgrade needs Connection, which is hop-by-hop)
+            out = b"".join((f"{head.method} {target} HTTP/1.1".encode("latin-1"), lines, b"\r\nX-Forwarded-For: ", ip,
+                            b"\r\nX-Forwarded-Proto: ", ctx.scheme_bytes, b"\r\nX-Real-IP: ", ip, b"\r\n\r\n"))
+        else:
+            headers, upgrade = http1.upstream_headers(head, req.framing, _REPLACED)
+            headers += [(b"X-Forwarded-For", http1.forwarded_for(head, ip)), (b"X-Forwarded-Proto", ctx.scheme_bytes),
+                        (b"X-Real-IP", ip)]
+            if plan.request_rules:
+                headers = req.apply(headers, plan.request_rules)
+            out = http1.encode_head(f"{head.method} {target} HTTP/1.1", headers)
         if req.framing != http1.NO_BODY and head.expects_continue():
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         servers = group.order(req.ip)

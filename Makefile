@@ -7,7 +7,9 @@
 # on PATH, such as a pyenv build without --enable-optimizations: per request the proxy runs 7-8%
 # more instructions and serves 10-25% fewer requests on that one (docs/BENCHMARKS.md).
 # `make PYTHON=python3 ...` takes the one on PATH.
-PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || echo python3)
+endif
 PREFIX ?= /opt/wmproxy
 DESTDIR ?=
 VENV   := .venv

@@ -100,7 +100,7 @@ class Head:
     def end_to_end(self, also: frozenset[bytes] = frozenset()) -> Headers:
         """The headers to forward: without hop-by-hop ones (RFC 9110 7.6.1), those the
         Connection header names, and ``also``."""
-        drop = _DROPPED.get(also) or _dropped(also)
+        drop = _dropped(also)
         named = self.connection
         return self.without(drop | named if named else drop)
 
@@ -124,9 +124,12 @@ _DROPPED: dict[frozenset[bytes], frozenset[bytes]] = {}  # also -> HOP_BY_HOP | 
 
 
 def _dropped(also: frozenset[bytes]) -> frozenset[bytes]:
-    if len(_DROPPED) > 64:  # callers pass a few constant sets; bounded all the same
-        _DROPPED.clear()
-    drop = _DROPPED[also] = HOP_BY_HOP | also
+    """HOP_BY_HOP | also, remembered (a dict, not lru_cache: a lookup per head)."""
+    drop = _DROPPED.get(also)
+    if drop is None:
+        if len(_DROPPED) > 64:  # callers pass a few constant sets; bounded all the same
+            _DROPPED.clear()
+        drop = _DROPPED[also] = HOP_BY_HOP | also
     return drop
 
 
@@ -323,16 +326,17 @@ def parse_absolute(url: str) -> Target:
     return Target(host, port, path)
 
 
-def passthrough_lines(head: Head, data: bytes, drop: frozenset[bytes]) -> Optional[bytes]:
-    """The header lines of ``data``, the request head ``head`` was parsed from, as they came
-    (each ``b"\r\nName: value"``), when all of them go on unchanged: no hop-by-hop header (so no
-    Connection header either, nor anything it could name) and none in ``drop``. None when one
-    must go: then :func:`upstream_headers` builds the list. llhttp has checked the bytes: every
-    line ends in CRLF, no folding, no space before a colon (Python building the same lines
-    again cost a twentieth of a proxied request)."""
-    if not (_DROPPED.get(drop) or _dropped(drop)).isdisjoint(head.index):
+def passthrough_head(head: Head, data: bytes, start_line: str, extra: bytes, drop: frozenset[bytes]) -> Optional[bytes]:
+    """The head to send on for request ``head`` (parsed from ``data``): ``start_line``, the
+    header lines of ``data`` as they came, then ``extra`` lines (each ``b"\r\nName: value"``),
+    when every header goes on unchanged: no hop-by-hop one (so no Connection header either,
+    nor anything it could name) and none in ``drop``. None when one must go: then
+    :func:`upstream_headers` builds the list. llhttp has checked the bytes: every line ends in
+    CRLF, no folding, no space before a colon (Python building the same lines again cost a
+    twentieth of a proxied request)."""
+    if not _dropped(drop).isdisjoint(head.index):
         return None
-    return data[data.find(b"\r\n"):-4]
+    return b"".join((start_line.encode("latin-1"), data[data.find(b"\r\n"):-4], extra, b"\r\n\r\n"))
 
 
 def upstream_headers(head: Head, framing: tuple[str, int], drop: frozenset[bytes]) -> tuple[Headers, Optional[bytes]]:

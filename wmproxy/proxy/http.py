@@ -34,7 +34,6 @@ VIA_LINE = b"\r\nVia: " + VIA
 PROXY_AUTHENTICATE = [(b"Proxy-Authenticate", b'Basic realm="wmproxy"')]
 _NOT_FORWARDED = frozenset((b"host", b"expect"))  # Host is rebuilt from the URL; Expect is answered here
 _EXPECT = frozenset((b"expect",))
-VIA_END = VIA_LINE + b"\r\n\r\n"
 
 
 class _Upstream:
@@ -178,14 +177,15 @@ class HttpSession:
         """The head to send upstream (``raw``: the client's, ``head`` parsed from it), and whether
         the client asked to upgrade. Its header lines go on as they came when none is dropped and
         its one Host is the URL's already (RFC 9112 3.2.2)."""
+        line = f"{head.method} {target.path} HTTP/1.1"
         if head.index.get(b"host") == [target.host_header]:
-            lines = http1.passthrough_lines(head, raw, _EXPECT)
-            if lines is not None:
-                return f"{head.method} {target.path} HTTP/1.1".encode("latin-1") + lines + VIA_END, False
+            data = http1.passthrough_head(head, raw, line, VIA_LINE, _EXPECT)
+            if data is not None:
+                return data, False
         headers, upgrade = http1.upstream_headers(head, framing, _NOT_FORWARDED)
         headers.insert(0, (b"Host", target.host_header))
         headers.append((b"Via", VIA))
-        return http1.encode_head(f"{head.method} {target.path} HTTP/1.1", headers), bool(upgrade)
+        return http1.encode_head(line, headers), bool(upgrade)
 
     def _forward(self, head: Head, raw: bytes, started: float) -> bool:
         """Serve one request. Returns whether the client connection stays open."""

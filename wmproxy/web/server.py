@@ -347,20 +347,20 @@ class WebServer(Listener):
         if base and loc.rule.kind in ("prefix", "prefix-stop") and target.startswith(loc.rule.text):
             target = base + target[len(loc.rule.text):]  # as nginx's proxy_pass with a URI
         ip = req.ip.encode()
+        line = f"{head.method} {target} HTTP/1.1"
         # the client's header lines as they came when none goes or changes (no X-Forwarded-For
-        # to extend, no header rules), else the list built again
-        lines = None if plan.request_rules else http1.passthrough_lines(head, req.raw, _REPLACED)
-        if lines is not None:
-            upgrade = None  # (an upgrade needs Connection, which is hop-by-hop)
-            out = b"".join((f"{head.method} {target} HTTP/1.1".encode("latin-1"), lines, b"\r\nX-Forwarded-For: ", ip,
-                            b"\r\nX-Forwarded-Proto: ", ctx.scheme_bytes, b"\r\nX-Real-IP: ", ip, b"\r\n\r\n"))
-        else:
+        # to extend, no header rules), else the list built again; (an upgrade needs Connection,
+        # which is hop-by-hop: never passed through)
+        out = upgrade = None
+        if not plan.request_rules:
+            extra = b"".join((b"\r\nX-Forwarded-For: ", ip, b"\r\nX-Forwarded-Proto: ", ctx.scheme_bytes,
+                              b"\r\nX-Real-IP: ", ip))
+            out = http1.passthrough_head(head, req.raw, line, extra, _REPLACED)
+        if out is None:
             headers, upgrade = http1.upstream_headers(head, req.framing, _REPLACED)
             headers += [(b"X-Forwarded-For", http1.forwarded_for(head, ip)), (b"X-Forwarded-Proto", ctx.scheme_bytes),
                         (b"X-Real-IP", ip)]
-            if plan.request_rules:
-                headers = req.apply(headers, plan.request_rules)
-            out = http1.encode_head(f"{head.method} {target} HTTP/1.1", headers)
+            out = http1.encode_head(line, req.apply(headers, plan.request_rules))
         if req.framing != http1.NO_BODY and head.expects_continue():
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         servers = group.order(req.ip)

@@ -78,14 +78,19 @@ def test_keep_alive_each_request_to_its_own_host(start_proxy, origin, origin_b):
 
 
 def test_request_headers_go_on_as_sent_or_rebuilt(start_proxy, origin):
-    """Lines with nothing to drop go on as they came (Via added); otherwise the list is built
-    again: Host from the URL, hop-by-hop headers and those Connection names gone."""
+    """Lines with nothing to drop go on as they came (Via added), a Host line other than the
+    URL's set to it in its place; otherwise the list is built again: Host from the URL first,
+    hop-by-hop headers and those Connection names gone."""
     p = start_proxy()
     url = f"http://127.0.0.1:{origin.port}/headers"
     with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
         s.sendall(f"GET {url} HTTP/1.1\r\nX-First: 1\r\nHost: 127.0.0.1:{origin.port}\r\nX-Two: a  b\r\n\r\n".encode())
         head, body = read_response(s)
         assert head.startswith(b"HTTP/1.1 200"), head
+        assert body.decode().split("\n") == ["X-First: 1", f"Host: 127.0.0.1:{origin.port}", "X-Two: a  b",
+                                             "Via: 1.1 wmproxy"]
+        s.sendall(f"GET {url} HTTP/1.1\r\nX-First: 1\r\nHost: proxy.test:8090\r\nX-Two: a  b\r\n\r\n".encode())
+        head, body = read_response(s)
         assert body.decode().split("\n") == ["X-First: 1", f"Host: 127.0.0.1:{origin.port}", "X-Two: a  b",
                                              "Via: 1.1 wmproxy"]
         s.sendall(f"GET {url} HTTP/1.1\r\nHost: elsewhere\r\nConnection: X-Secret\r\nX-Secret: s\r\n"

@@ -289,22 +289,47 @@ def test_passthrough_head_is_the_head_as_it_came():
                                       frozenset((b"expect",))) is None, name
 
 
+def test_passthrough_head_sets_the_one_host_line():
+    raw = _request([("X-A", "1"), ("Host", "proxy.test:8090"), ("Accept", "*/*")])
+    head = http1.parse_request_head(raw)
+    out = http1.passthrough_head(head, raw, "GET /q HTTP/1.1", b"\r\nVia: t", frozenset(), b"origin.test:81")
+    assert out == b"GET /q HTTP/1.1\r\nX-A: 1\r\nHost: origin.test:81\r\nAccept: */*\r\nVia: t\r\n\r\n"
+    last = _request([("Host", "a")])  # the last line, and a value that is the new one already
+    for host in (b"b.test", b"a"):
+        out = http1.passthrough_head(http1.parse_request_head(last), last, "GET / HTTP/1.1", b"", frozenset(), host)
+        assert out == b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+    tab = _request([("Host", "a\t")])  # llhttp keeps trailing white space in the value: the line is whole
+    assert http1.passthrough_head(http1.parse_request_head(tab), tab, "GET / HTTP/1.1", b"", frozenset(),
+                                  b"b") == b"GET / HTTP/1.1\r\nHost: b\r\n\r\n"
+    # no Host, two of them, or one not in the usual form: the list is built again
+    for headers in ([("X-A", "1")], [("Host", "a"), ("Host", "b")], [("host", "a")], [("Host", " a")]):
+        raw = _request(headers)
+        assert http1.passthrough_head(http1.parse_request_head(raw), raw, "GET / HTTP/1.1", b"", frozenset(),
+                                      b"b.test") is None, headers
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["Host", "X-A", "Connection", "connection", "Keep-Alive", "TE", "Expect",
                                            "X-Forwarded-For", "Proxy-Connection", "Content-Length", "Via", "x-a"]),
                           st.sampled_from(["x", "keep-alive", "close", "X-A", "0", "", "a b", "keep-alive, X-A"])),
                 max_size=6),
-       st.sampled_from([frozenset((b"expect",)), frozenset((b"x-forwarded-for", b"expect"))]))
-def test_passthrough_head_agrees_with_the_list_built_again(headers, drop):
-    """Passed on as they came exactly when rebuilding the list would drop nothing, and then
-    they are the same headers in the same order."""
+       st.sampled_from([frozenset((b"expect",)), frozenset((b"x-forwarded-for", b"expect"))]),
+       st.sampled_from([None, b"x", b"new.test:81"]))
+def test_passthrough_head_agrees_with_the_list_built_again(headers, drop, host):
+    """Passed on as they came exactly when rebuilding the list would drop nothing (and, given
+    ``host``, the one Host line is in the usual form), and then they are the same headers in
+    the same order, the Host value replaced."""
     raw = _request(headers)
     try:
         head = http1.parse_request_head(raw)
     except ProtocolError:
         return
-    out = http1.passthrough_head(head, raw, "GET /p HTTP/1.1", b"", drop)
+    out = http1.passthrough_head(head, raw, "GET /p HTTP/1.1", b"", drop, host)
     kept = head.end_to_end(drop)
-    assert (out is None) == (kept != head.headers)
+    hosts = [k for k, _ in headers if k.lower() == "host"]
+    usual = host is None or hosts == ["Host"]
+    assert (out is None) == (kept != head.headers or not usual)
     if out is not None:
+        if host is not None:
+            kept = [(k, host if k == b"Host" else v) for k, v in kept]
         assert http1.parse_request_head(out).headers == kept

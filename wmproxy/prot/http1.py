@@ -326,17 +326,32 @@ def parse_absolute(url: str) -> Target:
     return Target(host, port, path)
 
 
-def passthrough_head(head: Head, data: bytes, start_line: str, extra: bytes, drop: frozenset[bytes]) -> Optional[bytes]:
+def passthrough_head(head: Head, data: bytes, start_line: str, extra: bytes, drop: frozenset[bytes],
+                     host: Optional[bytes] = None) -> Optional[bytes]:
     """The head to send on for request ``head`` (parsed from ``data``): ``start_line``, the
     header lines of ``data`` as they came, then ``extra`` lines (each ``b"\r\nName: value"``),
     when every header goes on unchanged: no hop-by-hop one (so no Connection header either,
-    nor anything it could name) and none in ``drop``. None when one must go: then
-    :func:`upstream_headers` builds the list. llhttp has checked the bytes: every line ends in
-    CRLF, no folding, no space before a colon (Python building the same lines again cost a
-    twentieth of a proxied request)."""
+    nor anything it could name) and none in ``drop``. With ``host``, the request's one Host
+    line says that instead (a forward proxy's Host is the URL's, RFC 9112 3.2.2), when the line
+    is in the usual form ``Host: value``. None when a line must go or the Host line is not
+    there as expected: then :func:`upstream_headers` builds the list. llhttp has checked the
+    bytes: every line ends in CRLF, no folding, no space before a colon, no CR or LF inside a
+    value (Python building the same lines again cost a twentieth of a proxied request)."""
     if not _dropped(drop).isdisjoint(head.index):
         return None
-    return b"".join((start_line.encode("latin-1"), data[data.find(b"\r\n"):-4], extra, b"\r\n\r\n"))
+    eol = data.find(b"\r\n")
+    if host is not None:
+        values = head.index.get(b"host")
+        if values is None or len(values) != 1:
+            return None
+        if values[0] != host:
+            line = b"\r\nHost: " + values[0] + b"\r\n"
+            i = data.find(line, eol)  # a CRLF starts a line: this is the one Host line
+            if i < 0:
+                return None
+            return b"".join((start_line.encode("latin-1"), data[eol:i], b"\r\nHost: ", host,
+                             data[i + len(line) - 2:-4], extra, b"\r\n\r\n"))
+    return b"".join((start_line.encode("latin-1"), data[eol:-4], extra, b"\r\n\r\n"))
 
 
 def upstream_headers(head: Head, framing: tuple[str, int], drop: frozenset[bytes]) -> tuple[Headers, Optional[bytes]]:

@@ -176,12 +176,11 @@ class HttpSession:
     def _request_bytes(self, head: Head, raw: bytes, target: http1.Target, framing) -> tuple[bytes, bool]:
         """The head to send upstream (``raw``: the client's, ``head`` parsed from it), and whether
         the client asked to upgrade. Its header lines go on as they came when none is dropped and
-        its one Host is the URL's already (RFC 9112 3.2.2)."""
+        its one Host line is set to the URL's authority (RFC 9112 3.2.2)."""
         line = f"{head.method} {target.path} HTTP/1.1"
-        if head.index.get(b"host") == [target.host_header]:
-            data = http1.passthrough_head(head, raw, line, VIA_LINE, _EXPECT)
-            if data is not None:
-                return data, False
+        data = http1.passthrough_head(head, raw, line, VIA_LINE, _EXPECT, target.host_header)
+        if data is not None:
+            return data, False
         headers, upgrade = http1.upstream_headers(head, framing, _NOT_FORWARDED)
         headers.insert(0, (b"Host", target.host_header))
         headers.append((b"Via", VIA))

@@ -23,11 +23,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: setup.py $(BIN)/python
+$(VENV)/.installed: setup.py wmproxy/prot/_speedups.c $(BIN)/python
 	$(BIN)/pip install -q -e .
 	@touch $@
 
-$(VENV)/.installed-test: setup.py $(VENV)/.installed
+# Tests run the C speedups (wmproxy/prot/_speedups.c, optional for `make run`) beside their
+# Python versions: a compiler and the headers of the venv's python first, then a build that must work.
+$(VENV)/.installed-test: setup.py wmproxy/prot/_speedups.c $(VENV)/.installed
+	@PYTHON=$(BIN)/python tools/apt-need 'cc:gcc libc6-dev' pyh:python3-dev
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
@@ -36,7 +39,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	@tools/apt-need curl:curl ip:iproute2 unshare:util-linux nginx:nginx
-	tools/in-netns $(BIN)/python -m pytest $(PYTEST_ARGS)
+	WMPROXY_REQUIRE_SPEEDUPS=1 tools/in-netns $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	bench/run

@@ -1,6 +1,6 @@
 import re
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 version = re.search(r'__version__ = "([^"]+)"', open("wmproxy/__init__.py").read()).group(1)
 
@@ -13,6 +13,9 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["wmproxy", "wmproxy.*"]),
     scripts=["bin/wmproxy-server", "bin/wmproxy-client"],
+    # C versions of hot pure-Python functions (wmproxy/prot/_speedups.c); optional: where no C
+    # compiler or Python headers are found, wmproxy installs and runs on the Python ones.
+    ext_modules=[Extension("wmproxy.prot._speedups", ["wmproxy/prot/_speedups.c"], optional=True)],
     install_requires=[
         "gevent>=24.2",
         "dnspython>=2.4",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 
 import httptools
 import pytest
@@ -191,10 +192,10 @@ def test_one_clients_close_never_fails_the_next_head(closing):
     http1.parse_request_head(raw)
     assert http1.parse_request_head(b"GET http://b/ HTTP/1.1\r\n\r\n").target == "http://b/"
     # and should a kept parser be past its stream's end anyway, a fresh one gives the verdict
-    stale = http1._Collector()
+    stale = http1._Ending()
     parser = httptools.HttpRequestParser(stale)
     parser.feed_data(raw.replace(b"X: 1", b"Connection: close"))
-    stale.__init__()
+    stale.complete = False
     http1._spare.append((parser, stale))
     assert http1.parse_request_head(b"GET http://c/ HTTP/1.1\r\n\r\n").target == "http://c/"
 
@@ -333,3 +334,92 @@ def test_passthrough_head_agrees_with_the_list_built_again(headers, drop, host):
         if host is not None:
             kept = [(k, host if k == b"Host" else v) for k, v in kept]
         assert http1.parse_request_head(out).headers == kept
+
+
+# -- the C versions (wmproxy/prot/_speedups.c) against the Python ones ---------------------------
+try:
+    from wmproxy.prot import _speedups
+except ImportError:
+    _speedups = None
+
+
+def test_speedups_built_where_required():
+    """`make test` installs a C compiler and Python's headers first: there the C versions must
+    be built and in use (a silently skipped build would leave them untested)."""
+    if not os.environ.get("WMPROXY_REQUIRE_SPEEDUPS"):
+        pytest.skip("WMPROXY_REQUIRE_SPEEDUPS not set")
+    assert _speedups is not None
+    if not os.environ.get("WMPROXY_NO_SPEEDUPS"):
+        assert http1.split_headers is _speedups.split_headers and http1.scan_response is _speedups.scan_response
+
+
+class _Lines:
+    """httptools callbacks collecting the headers: the reference split_headers must equal."""
+
+    def __init__(self) -> None:
+        self.headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+
+_NAMES = ["Host", "host", "X-A", "x-a", "Connection", "Content-Length", "content-length", "Transfer-Encoding", "TE",
+          "te", "Trailer", "Keep-Alive", "Upgrade", "Proxy-Connection", "Proxy-Authorization", "Proxy-Authenticate",
+          "Connection-X", "X-Connection", "Tee", "T", "C", "Content-Lengths", "u"]
+_VALUES = ["", " ", "x", " x ", "\tx\t", "a b", "keep-alive", " close", "Keep-Alive, Close", "keep-alive, x",
+           ",,close,", "chunked", " Chunked\t", "chunked, chunked", "gzip", "0", "17", " 17 ", "007", "1,1",
+           "123456789012345678", "1234567890123456789", "-1", "x:y", "\x80\xff", "é"]
+_heads = st.tuples(
+    st.sampled_from(["GET http://a/ HTTP/1.1", "POST / HTTP/1.0", "HTTP/1.1 200 OK", "HTTP/1.0 404 Not Found",
+                     "HTTP/1.1 204 ", "HTTP/1.1 101 Switching"]),
+    st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from(_VALUES)), max_size=8),
+).map(lambda t: (t[0] + "".join(f"\r\n{k}:{v}" for k, v in t[1]) + "\r\n\r\n").encode("utf-8"))
+
+
+def _llhttp(raw: bytes):
+    """The headers llhttp gives for ``raw``, or None when it refuses it."""
+    lines = _Lines()
+    parser = (httptools.HttpResponseParser if raw.startswith(b"HTTP/") else httptools.HttpRequestParser)(lines)
+    try:
+        parser.feed_data(raw)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError:
+        return None
+    return lines.headers
+
+
+@settings(max_examples=500, deadline=None)
+@given(_heads)
+def test_split_headers_is_what_llhttp_gives(raw):
+    headers = _llhttp(raw)
+    if headers is None:
+        return
+    index = {}
+    for k, v in headers:
+        index.setdefault(k.lower(), []).append(v)
+    assert http1.split_headers_py(raw) == (headers, index)
+    if _speedups is not None:
+        assert _speedups.split_headers(raw) == (headers, index)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_heads.filter(lambda raw: raw.startswith(b"HTTP/")))
+def test_scan_response_in_c_is_the_python_one(raw):
+    if _llhttp(raw) is None:
+        return
+    if _speedups is None:
+        pytest.skip("the C versions are not built here")
+    assert _speedups.scan_response(raw) == http1.scan_response_py(raw)
+
+
+def test_speedups_take_only_bytes_and_odd_bytes_safely():
+    if _speedups is None:
+        pytest.skip("the C versions are not built here")
+    for f in (_speedups.split_headers, _speedups.scan_response):
+        with pytest.raises(TypeError):
+            f("HTTP/1.1 200 OK\r\n\r\n")
+        # bytes llhttp would refuse: an answer of some kind, never a crash
+        for raw in (b"", b"\r", b"\r\n", b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK\r\nA", b"HTTP/1.1 200 OK\r\nA: 1\r",
+                    b"X\r\n:\r\n\r\n", b"\r\n\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n"):
+            f(raw)

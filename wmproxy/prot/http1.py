@@ -14,6 +14,7 @@ import base64
 import binascii
 import functools
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from typing import Optional
@@ -146,34 +147,39 @@ class _Silent:
 _SILENT = _Silent()
 
 
-class _Collector(_Silent):
-    """httptools callbacks that gather one head."""
+class _Ending(_Silent):
+    """httptools callbacks for a request head split apart afterwards (:func:`split_headers`):
+    only whether llhttp saw its message end with it."""
 
-    __slots__ = ("url", "headers", "index", "reason", "complete")
+    __slots__ = ("complete",)
 
     def __init__(self) -> None:
-        self.url = b""
-        self.headers: Headers = []
-        self.index: dict[bytes, list[bytes]] = {}
-        self.reason = b""
         self.complete = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-        lower = name.lower()
-        if lower in self.index:
-            self.index[lower].append(value)
-        else:
-            self.index[lower] = [value]
 
     def on_message_complete(self) -> None:
         self.complete = True
+
+
+def split_headers_py(data: bytes) -> tuple[Headers, dict[bytes, list[bytes]]]:
+    """The header list of a head llhttp has validated, as its callbacks would give it (each
+    value without its leading white space: llhttp keeps the trailing), and its index: lower-case
+    name -> values. ``split_headers`` is this function in C (wmproxy/prot/_speedups.c) where it
+    was built."""
+    headers: Headers = []
+    index: dict[bytes, list[bytes]] = {}
+    eol = data.find(b"\r\n")
+    if eol + 4 == len(data):
+        return headers, index
+    for line in data[eol + 2:-4].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        value = value.lstrip(b" \t")
+        headers.append((name, value))
+        lower = name.lower()
+        if lower in index:
+            index[lower].append(value)
+        else:
+            index[lower] = [value]
+    return headers, index
 
 
 def _feed(parser, data: bytes) -> bool:
@@ -207,10 +213,11 @@ def _reusable(version: str, connection: frozenset[bytes], proxy_connection: bool
 def parse_request_head(data: bytes) -> Head:
     """Parse a request head ending in CRLF CRLF. Raises ProtocolError (status 400).
 
-    A parser whose message ended with its head (no body, keep-alive, no upgrade) is clean
-    again and kept for the next call (creating one costs as much as parsing a short head).
-    A kept parser that refuses a head is not trusted with the verdict: a fresh one parses it
-    again (one client's message must never fail another's)."""
+    llhttp validates it; :func:`split_headers` then takes it apart (one call, not a callback
+    per header). A parser whose message ended with its head (no body, keep-alive, no upgrade)
+    is clean again and kept for the next call (creating one costs as much as parsing a short
+    head). A kept parser that refuses a head is not trusted with the verdict: a fresh one
+    parses it again (one client's message must never fail another's)."""
     p = None
     if _spare:
         p, c = _spare.pop()
@@ -219,27 +226,30 @@ def parse_request_head(data: bytes) -> Head:
         except ProtocolError:
             p = None
     if p is None:
-        c = _Collector()
+        c = _Ending()
         p = httptools.HttpRequestParser(c)
         upgrade = _feed(p, data)
-    eol = data.find(b"\r\n")  # the request line, which llhttp has checked, ends in HTTP/x.y
+    eol = data.find(b"\r\n")  # the request line, which llhttp has checked: METHOD SP target SP HTTP/x.y
     version = _VERSIONS.get(data[eol - 9:eol])
     if version is None:
         raise ProtocolError(f"{data[eol - 8:eol].decode('latin-1')} is not supported (HTTP/1.1 and 1.0 are)", 505)
-    head = Head(version, c.headers, p.get_method().decode("ascii"), c.url.decode("latin-1"), 0, b"", upgrade, c.index)
-    if c.complete and not upgrade and _reusable(version, head.connection, b"proxy-connection" in c.index):
-        c.__init__()  # new lists for the next message (the head keeps these)
+    method = p.get_method().decode("ascii")
+    headers, index = split_headers(data)
+    head = Head(version, headers, method, data[len(method) + 1:eol - 9].decode("latin-1"), 0, b"", upgrade, index)
+    if c.complete and not upgrade and _reusable(version, head.connection, b"proxy-connection" in index):
+        c.complete = False
         _spare.append((p, c))
     return head
 
 
 def parse_response_head(data: bytes) -> Head:
     """Parse a response head ending in CRLF CRLF. Raises ProtocolError."""
-    c = _Collector()
-    p = httptools.HttpResponseParser(c)
+    p = httptools.HttpResponseParser(_SILENT)
     upgrade = _feed(p, data)
-    return Head(p.get_http_version(), c.headers, status=p.get_status_code(), reason=c.reason, upgrade=upgrade,
-                index=c.index)
+    headers, index = split_headers(data)
+    # the status line, which llhttp has checked: HTTP/x.y SP 3DIGIT SP reason
+    return Head(p.get_http_version(), headers, status=p.get_status_code(), reason=data[13:data.find(b"\r\n")],
+                upgrade=upgrade, index=index)
 
 
 @dataclass(frozen=True)
@@ -467,30 +477,36 @@ class Response:
 # leave the other lines sooner: a third fewer instructions per head.)
 _READ_LINES = re.compile(rb"(\r\n(?=[cCkKpPtTuU])(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding"
                          rb"|upgrade|proxy-authenticate|proxy-authorization|content-length):([^\r]*))", re.I)
-_PLAIN_CONNECTION = frozenset((b"keep-alive", b"close", b""))
-_KEEP_ALIVE, _CLOSE = frozenset((b"keep-alive",)), frozenset((b"close",))
-_COMMON_CONNECTION = {b" keep-alive": _KEEP_ALIVE, b" close": _CLOSE, b"keep-alive": _KEEP_ALIVE, b"close": _CLOSE,
-                      b" Keep-Alive": _KEEP_ALIVE, b" Close": _CLOSE}
+CONN_KEEP_ALIVE, CONN_CLOSE = 1, 2  # Connection tokens as scan_response gives them
+_CONNECTION_FLAGS = {b" keep-alive": CONN_KEEP_ALIVE, b" close": CONN_CLOSE, b"keep-alive": CONN_KEEP_ALIVE,
+                     b"close": CONN_CLOSE, b" Keep-Alive": CONN_KEEP_ALIVE, b" Close": CONN_CLOSE}
 
 
-def _connection_tokens(value: bytes) -> Optional[frozenset[bytes]]:
-    """The tokens of a Connection value, lower-case; None when it names other headers (which
-    then go too: the full parse does that)."""
-    tokens = _COMMON_CONNECTION.get(value)
-    if tokens is not None:
-        return tokens
-    value = value.strip().lower()
-    tokens = frozenset((value,)) if b"," not in value else frozenset(t.strip() for t in value.split(b","))
-    return tokens if tokens <= _PLAIN_CONNECTION else None
+def _connection_flags(value: bytes) -> Optional[int]:
+    """The tokens of a Connection value as CONN_* flags; None when one names another header
+    (which then goes too: the full parse does that)."""
+    flags = _CONNECTION_FLAGS.get(value)
+    if flags is not None:
+        return flags
+    flags = 0
+    for token in value.split(b","):
+        token = token.strip().lower()
+        if token == b"keep-alive":
+            flags |= CONN_KEEP_ALIVE
+        elif token == b"close":
+            flags |= CONN_CLOSE
+        elif token:
+            return None
+    return flags
 
 
 def quick_response(data: bytes, method: str) -> Optional[Response]:
     """The common final response passed on without building its header list: validated by
-    llhttp; the hop-by-hop lines and Content-Length found by one regex pass, the former cut
-    out with bytes.replace. None when the head needs :func:`parse_response_head` (1xx and 101, a
-    version other than 1.0/1.1, a Connection header naming other headers, several or invalid
-    Content-Length values, a Transfer-Encoding other than a lone chunked). Raises
-    ProtocolError for a malformed head."""
+    llhttp; its end-to-end lines and what frames its body read by :func:`scan_response`. None
+    when the head needs :func:`parse_response_head` (1xx and 101, a version other than
+    1.0/1.1, a Connection header naming other headers, several or invalid Content-Length
+    values, a Transfer-Encoding other than a lone chunked). Raises ProtocolError for a
+    malformed head."""
     parser = httptools.HttpResponseParser(_SILENT)
     if _feed(parser, data):
         return None
@@ -498,7 +514,33 @@ def quick_response(data: bytes, method: str) -> Optional[Response]:
     version = data[:9]
     if status < 200 or (version != b"HTTP/1.1 " and version != b"HTTP/1.0 "):
         return None
-    connection = _NONE
+    scanned = scan_response(data)
+    if scanned is None:
+        return None
+    length, chunked, connection, lines = scanned
+    if method == "HEAD" or status == 204 or status == 304:
+        framing = NO_BODY
+    elif chunked:
+        framing = CHUNKED
+    elif length < 0:
+        framing = UNTIL_CLOSE
+    else:
+        framing = ("length", length) if length else NO_BODY
+    if connection & CONN_CLOSE:
+        keep = False
+    else:
+        keep = version == b"HTTP/1.1 " or connection & CONN_KEEP_ALIVE
+    return Response(status, data[13:data.find(b"\r\n")], lines, framing, keep and framing != UNTIL_CLOSE)
+
+
+def scan_response_py(data: bytes) -> Optional[tuple[int, bool, int, bytes]]:
+    """For a response head llhttp has validated: (its Content-Length or -1, whether its
+    Transfer-Encoding is a lone chunked, its Connection tokens as CONN_* flags, its end-to-end
+    header lines: each ``b"\r\nName: value"``, the hop-by-hop ones cut out). None when the
+    full parse must decide: several or invalid Content-Length values, another
+    Transfer-Encoding, a Connection header naming other headers. ``scan_response`` is this
+    function in C (wmproxy/_speedups.c) where it was built."""
+    connection = 0
     chunked = False
     length = -1
     kept = data
@@ -514,29 +556,25 @@ def quick_response(data: bytes, method: str) -> Optional[Response]:
         # same way would have the same hop-by-hop name, so it was found and cut before it)
         kept = kept.replace(line, b"", 1)
         if name == b"connection":
-            tokens = _connection_tokens(value)
-            if tokens is None:
+            flags = _connection_flags(value)
+            if flags is None:
                 return None
-            connection = connection | tokens if connection else tokens
+            connection |= flags
         elif name == b"transfer-encoding":
             if chunked or value.strip().lower() != b"chunked":
                 return None
             chunked = True
-    eol = data.find(b"\r\n")
-    lines = kept[eol:-4]
-    if method == "HEAD" or status == 204 or status == 304:
-        framing = NO_BODY
-    elif chunked:
-        framing = CHUNKED
-    elif length < 0:
-        framing = UNTIL_CLOSE
-    else:
-        framing = ("length", length) if length else NO_BODY
-    if b"close" in connection:
-        keep = False
-    else:
-        keep = version == b"HTTP/1.1 " or b"keep-alive" in connection
-    return Response(status, data[13:eol], lines, framing, keep and framing != UNTIL_CLOSE)
+    return length, chunked, connection, kept[data.find(b"\r\n"):-4]
+
+
+# The C versions of split_headers_py and scan_response_py, where setup.py could build them.
+if os.environ.get("WMPROXY_NO_SPEEDUPS"):  # the Python ones even so (tests, or to rule C out)
+    split_headers, scan_response = split_headers_py, scan_response_py
+else:
+    try:
+        from ._speedups import scan_response, split_headers
+    except ImportError:  # not built (no C compiler or Python headers at install): same answers, slower
+        split_headers, scan_response = split_headers_py, scan_response_py
 
 
 def parse_chunk_size(line: bytes) -> int:

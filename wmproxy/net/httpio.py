@@ -192,8 +192,15 @@ def to_client(head: http1.Head, response: http1.Response, extra: bytes = b"") ->
     connection stays open: not after a body ended by close, nor a chunked one sent bare to an
     HTTP/1.0 client)."""
     framing = response.framing
-    chunked_out = framing == http1.CHUNKED and head.version == "1.1"
-    keep = head.wants_keep_alive() and framing != http1.UNTIL_CLOSE and (chunked_out or framing != http1.CHUNKED)
+    kind = framing[0]
+    if kind == "length" or kind == "none":  # the usual answer: the client's head alone decides
+        if head.version == "1.1" and not head.connection:
+            return response.encode(extra), False, True
+        chunked_out = False
+        keep = head.wants_keep_alive()
+    else:
+        chunked_out = framing == http1.CHUNKED and head.version == "1.1"
+        keep = head.wants_keep_alive() and framing != http1.UNTIL_CLOSE and (chunked_out or framing != http1.CHUNKED)
     if chunked_out:
         extra += b"\r\nTransfer-Encoding: chunked"
     if not keep:

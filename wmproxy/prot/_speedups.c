@@ -30,15 +30,31 @@ static int is_space(unsigned char c) {
 
 static int lower(unsigned char c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
 
-/* Whether name[0:n] equals the lower-case word w, ignoring ASCII case. */
-static int name_is(const char *name, Py_ssize_t n, const char *w) {
+/* Whether name[0:n] equals the lower-case word w (of length wn), ignoring ASCII case. */
+static int name_is_n(const char *name, Py_ssize_t n, const char *w, Py_ssize_t wn) {
     Py_ssize_t i;
-    if ((Py_ssize_t)strlen(w) != n)
+    if (wn != n)
         return 0;
     for (i = 0; i < n; i++)
         if (lower((unsigned char)name[i]) != (unsigned char)w[i])
             return 0;
     return 1;
+}
+
+#define name_is(name, n, w) name_is_n((name), (n), (w), (Py_ssize_t)sizeof(w) - 1)
+
+/* The index of the CRLF at or after pos, or n when there is none. */
+static Py_ssize_t find_crlf(const char *s, Py_ssize_t pos, Py_ssize_t n) {
+    while (pos + 1 < n) {
+        const char *cr = memchr(s + pos, '\r', (size_t)(n - 1 - pos));
+        if (cr == NULL)
+            return n;
+        pos = cr - s;
+        if (s[pos + 1] == '\n')
+            return pos;
+        pos++;
+    }
+    return n;
 }
 
 static enum kind name_kind(const char *name, Py_ssize_t n) {
@@ -92,6 +108,7 @@ static int connection_flags(const char *s, Py_ssize_t b, Py_ssize_t e) {
 }
 
 static PyObject *scan_response(PyObject *self, PyObject *arg) {
+    (void)self;
     const char *s;
     Py_ssize_t n, pos, eol, out_len = 0, length = -1;
     int chunked = 0, connection = 0;
@@ -104,9 +121,8 @@ static PyObject *scan_response(PyObject *self, PyObject *arg) {
     }
     s = PyBytes_AS_STRING(arg);
     n = PyBytes_GET_SIZE(arg);
-    for (eol = 0; eol + 1 < n && !(s[eol] == '\r' && s[eol + 1] == '\n'); eol++)
-        ;
-    if (eol + 1 >= n)
+    eol = find_crlf(s, 0, n);
+    if (eol >= n)
         Py_RETURN_NONE;
     lines = PyBytes_FromStringAndSize(NULL, n - eol);
     if (lines == NULL)
@@ -114,14 +130,15 @@ static PyObject *scan_response(PyObject *self, PyObject *arg) {
     out = PyBytes_AS_STRING(lines);
     pos = eol; /* at the CRLF before a header line, or before the blank line that ends the head */
     while (pos + 3 < n && !(s[pos + 2] == '\r' && s[pos + 3] == '\n')) {
-        Py_ssize_t start = pos + 2, end = start, colon = -1, vb, ve;
+        Py_ssize_t start = pos + 2, end = find_crlf(s, pos + 2, n), colon, vb, ve;
+        const char *c;
         enum kind kind;
-        while (end + 1 < n && !(s[end] == '\r' && s[end + 1] == '\n')) {
-            if (colon < 0 && s[end] == ':') colon = end;
-            end++;
-        }
-        if (end + 1 >= n || colon <= start)
-            goto full_parse; /* no CRLF after it, or no name: not a head llhttp took */
+        if (end >= n)
+            goto full_parse; /* no CRLF after it: not a head llhttp took */
+        c = memchr(s + start, ':', (size_t)(end - start));
+        colon = c == NULL ? start : c - s;
+        if (colon == start)
+            goto full_parse; /* no name */
         kind = name_kind(s + start, colon - start);
         vb = colon + 1;
         ve = end;
@@ -164,6 +181,7 @@ full_parse:
 }
 
 static PyObject *split_headers(PyObject *self, PyObject *arg) {
+    (void)self;
     const char *s;
     Py_ssize_t n, pos;
     PyObject *headers = NULL, *index = NULL, *name = NULL, *value = NULL, *key = NULL, *pair, *values;
@@ -178,17 +196,17 @@ static PyObject *split_headers(PyObject *self, PyObject *arg) {
     index = PyDict_New();
     if (headers == NULL || index == NULL)
         goto error;
-    for (pos = 0; pos + 1 < n && !(s[pos] == '\r' && s[pos + 1] == '\n'); pos++)
-        ;
+    pos = find_crlf(s, 0, n);
     while (pos + 3 < n && !(s[pos + 2] == '\r' && s[pos + 3] == '\n')) {
-        Py_ssize_t start = pos + 2, end = start, colon = -1, vb, i;
+        Py_ssize_t start = pos + 2, end = find_crlf(s, pos + 2, n), colon, vb, i;
+        const char *c;
         char *k;
-        while (end + 1 < n && !(s[end] == '\r' && s[end + 1] == '\n')) {
-            if (colon < 0 && s[end] == ':') colon = end;
-            end++;
-        }
-        if (end + 1 >= n || colon < start)
+        if (end >= n)
             break; /* not a line llhttp took: the caller's parse has failed already */
+        c = memchr(s + start, ':', (size_t)(end - start));
+        if (c == NULL)
+            break;
+        colon = c - s;
         vb = colon + 1;
         while (vb < end && (s[vb] == ' ' || s[vb] == '\t')) vb++; /* llhttp drops leading white space only */
         name = PyBytes_FromStringAndSize(s + start, colon - start);

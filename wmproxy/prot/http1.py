@@ -347,11 +347,12 @@ def passthrough_head(head: Head, data: bytes, start_line: str, extra: bytes, dro
     there as expected: then :func:`upstream_headers` builds the list. llhttp has checked the
     bytes: every line ends in CRLF, no folding, no space before a colon, no CR or LF inside a
     value (Python building the same lines again cost a twentieth of a proxied request)."""
-    if not _dropped(drop).isdisjoint(head.index):
+    index = head.index
+    if not (HOP_BY_HOP.isdisjoint(index) and drop.isdisjoint(index)):
         return None
     eol = data.find(b"\r\n")
     if host is not None:
-        values = head.index.get(b"host")
+        values = index.get(b"host")
         if values is None or len(values) != 1:
             return None
         if values[0] != host:

@@ -91,10 +91,11 @@ class HttpSession:
 
     def serve(self, allowed: bool) -> None:
         self._start_watchdog()
+        reader, limit, plain = self.reader, self.cfg.max_header_size, "http" in self.cfg.flag
         try:
             while True:
                 try:
-                    raw = httpio.read_head(self.reader, self.cfg.max_header_size)
+                    raw = httpio.read_head(reader, limit)
                 except PeerClosed:
                     if self.first:
                         raise
@@ -123,7 +124,7 @@ class HttpSession:
                 if head.method == "CONNECT":
                     self._connect(head, started)
                     return
-                if "http" not in self.cfg.flag:
+                if not plain:
                     self._reply_log(head, 405, "plain HTTP proxying is disabled (flag)", started)
                     return
                 if not self._forward(head, raw, started):
@@ -226,7 +227,7 @@ class HttpSession:
         """
         for attempt in (1, 2):
             up = self._upstream_for(target)
-            stale_ok = up.used and framing == http1.NO_BODY and attempt == 1
+            used = up.used
             sent = False
             try:
                 if framing == http1.NO_BODY:
@@ -234,13 +235,13 @@ class HttpSession:
                 else:
                     self.info.up += httpio.copy_body(self.reader, up.send, framing, True, prefix=data)
                 sent = True
-                interim = self._interim if head.version == "1.1" else None
-                return up, httpio.read_response(up.reader, self.cfg.max_header_size, head.method, interim)
+                return up, httpio.read_response(up.reader, self.cfg.max_header_size, head.method,
+                                                self._interim if head.version == "1.1" else None)
             except (PeerClosed, ConnectionError) as e:
                 self._drop_upstream()
                 if isinstance(e, PeerClosed) and not sent:
                     raise  # the client went away in the middle of its request body
-                if stale_ok:
+                if used and framing == http1.NO_BODY and attempt == 1:
                     continue
                 raise UpstreamError(f"upstream {target.authority} closed the connection: {e}") from None
             except socket.timeout:
@@ -259,9 +260,10 @@ class HttpSession:
                                                   rhead.headers))
 
     def _upstream_for(self, target: http1.Target) -> _Upstream:
+        up = self.upstream
+        if up is not None and up.key[0] == target.host and up.key[1] == target.port:
+            return up
         key = (target.host, target.port)
-        if self.upstream is not None and self.upstream.key == key:
-            return self.upstream
         self._drop_upstream()
         self.upstream = _Upstream(key, self.ctx.dial(target.host, target.port))
         return self.upstream

@@ -5,8 +5,9 @@ Each server runs under callgrind (not pinned; time does not matter here); ten ke
 connections send GETs in lock step to an nginx origin (sent, then answered, ten at a time).
 After 500 requests the counters are zeroed, then REQUESTS more are counted:
 
-- wmproxy's forward proxy (absolute-form requests), pproxy's, and bench/floor.py (the same
-  gevent loop parsing nothing: the floor of this design);
+- wmproxy's forward proxy (absolute-form requests, Host the URL's as curl sends it, and again
+  with Host naming the proxy as wrk sends it: that Host line is replaced), pproxy's, and
+  bench/floor.py (the same gevent loop parsing nothing: the floor of this design);
 - wmproxy's reverse proxy (a location with proxy_url to the origin).
 
 Instructions are not time: the kernel's part (the syscalls) is not counted, and code that
@@ -88,6 +89,9 @@ def run(b, requests: int = 2000, root=ROOT) -> None:
     port = free_port()
     wm = count(b, "wmproxy forward proxy", [*server, "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
                port, absolute, requests)
+    port = free_port()
+    count(b, "wmproxy forward, wrk's Host", [*server, "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
+          port, absolute.replace(f"Host: 127.0.0.1:{origin}".encode(), f"Host: 127.0.0.1:{port}".encode()), requests)
     port = free_port()
     pp = count(b, "pproxy", [str(VENV_BIN / "pproxy"), "-l", f"http+socks5://127.0.0.1:{port}"], port, absolute,
                requests)

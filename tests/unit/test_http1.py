@@ -413,6 +413,24 @@ def test_scan_response_in_c_is_the_python_one(raw):
     assert _speedups.scan_response(raw) == http1.scan_response_py(raw)
 
 
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b":", b" ", b"\t", b",", b"a", b"Connection", b"close",
+                                 b"Content-Length", b"7", b"Transfer-Encoding", b"chunked", b"HTTP/1.1 200 OK",
+                                 b"\x00", b"\xff"]), max_size=30).map(b"".join))
+def test_speedups_on_any_bytes_answer_and_never_crash(raw):
+    """Bytes llhttp would refuse break the C functions' promises: they still answer (what, the
+    callers never ask: they run after llhttp), with the types they promise."""
+    if _speedups is None:
+        pytest.skip("the C versions are not built here")
+    headers, index = _speedups.split_headers(raw)
+    assert all(type(k) is bytes and type(v) is bytes for k, v in headers)
+    assert sum(len(v) for v in index.values()) == len(headers)
+    scanned = _speedups.scan_response(raw)
+    if scanned is not None:
+        length, chunked, connection, lines = scanned
+        assert length >= -1 and chunked in (0, 1) and 0 <= connection <= 3 and len(lines) <= len(raw)
+
+
 def test_speedups_take_only_bytes_and_odd_bytes_safely():
     if _speedups is None:
         pytest.skip("the C versions are not built here")

@@ -108,13 +108,13 @@ static int connection_flags(const char *s, Py_ssize_t b, Py_ssize_t e) {
 }
 
 static PyObject *scan_response(PyObject *self, PyObject *arg) {
-    (void)self;
     const char *s;
     Py_ssize_t n, pos, eol, out_len = 0, length = -1;
     int chunked = 0, connection = 0;
     char *out;
-    PyObject *lines, *result;
+    PyObject *lines;
 
+    (void)self;
     if (!PyBytes_Check(arg)) {
         PyErr_SetString(PyExc_TypeError, "scan_response takes bytes");
         return NULL;
@@ -172,8 +172,7 @@ static PyObject *scan_response(PyObject *self, PyObject *arg) {
     }
     if (_PyBytes_Resize(&lines, out_len) < 0)
         return NULL;
-    result = Py_BuildValue("(niiN)", length, chunked, connection, lines);
-    return result;
+    return Py_BuildValue("(niiN)", length, chunked, connection, lines);
 
 full_parse:
     Py_DECREF(lines);
@@ -181,11 +180,11 @@ full_parse:
 }
 
 static PyObject *split_headers(PyObject *self, PyObject *arg) {
-    (void)self;
     const char *s;
     Py_ssize_t n, pos;
     PyObject *headers = NULL, *index = NULL, *name = NULL, *value = NULL, *key = NULL, *pair, *values;
 
+    (void)self;
     if (!PyBytes_Check(arg)) {
         PyErr_SetString(PyExc_TypeError, "split_headers takes bytes");
         return NULL;

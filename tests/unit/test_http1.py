@@ -22,6 +22,21 @@ def test_request_head():
     assert (t.host, t.port, t.path, t.authority) == ("a.example", 8080, "/x?y=1", "a.example:8080")
 
 
+@pytest.mark.parametrize("line", [b"GET  /x?a HTTP/1.1", b"GET /x?a   HTTP/1.1", b"GET   /x?a  HTTP/1.1"])
+def test_request_target_as_llhttp_gives_it(line):
+    """llhttp lets more than one space through around the target; its URL callback gives the
+    target alone, and so must the head."""
+    urls = []
+
+    class Url:
+        def on_url(self, url: bytes) -> None:
+            urls.append(url)
+
+    raw = line + b"\r\nHost: a\r\n\r\n"
+    httptools.HttpRequestParser(Url()).feed_data(raw)
+    assert http1.parse_request_head(raw).target == urls[0].decode() == "/x?a"
+
+
 def test_connect_head_and_authority():
     h = http1.parse_request_head(b"CONNECT [::1]:443 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert h.method == "CONNECT" and h.upgrade

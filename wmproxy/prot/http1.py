@@ -235,7 +235,8 @@ def parse_request_head(data: bytes) -> Head:
         raise ProtocolError(f"{data[eol - 8:eol].decode('latin-1')} is not supported (HTTP/1.1 and 1.0 are)", 505)
     method = p.get_method().decode("ascii")
     headers, index = split_headers(data)
-    head = Head(version, headers, method, data[len(method) + 1:eol - 9].decode("latin-1"), 0, b"", upgrade, index)
+    target = data[len(method) + 1:eol - 9].strip(b" ")  # (llhttp lets more than one space through)
+    head = Head(version, headers, method, target.decode("latin-1"), 0, b"", upgrade, index)
     if c.complete and not upgrade and _reusable(version, head.connection, b"proxy-connection" in index):
         c.complete = False
         _spare.append((p, c))
@@ -540,7 +541,7 @@ def scan_response_py(data: bytes) -> Optional[tuple[int, bool, int, bytes]]:
     header lines: each ``b"\r\nName: value"``, the hop-by-hop ones cut out). None when the
     full parse must decide: several or invalid Content-Length values, another
     Transfer-Encoding, a Connection header naming other headers. ``scan_response`` is this
-    function in C (wmproxy/_speedups.c) where it was built."""
+    function in C (wmproxy/prot/_speedups.c) where it was built."""
     connection = 0
     chunked = False
     length = -1

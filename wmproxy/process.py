@@ -21,6 +21,7 @@ from .app import App, BindError
 from .config import Config
 from .errors import ConfigError
 from .logs import setup_logging
+from .prot import http1
 
 log = logging.getLogger("wmproxy")
 READY_FD = "WMPROXY_READY_FD"
@@ -148,6 +149,11 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
     def ready() -> None:  # the signal handlers are in place: SIGHUP from now on reloads
         log.info("%s %s started (pid %d%s)", prog, __version__, os.getpid(),
                  f", config {config_file}" if config_file else ", embedded default config")
+        if not http1.SPEEDUPS:
+            log.info("the C speedups of the HTTP head readers are not in use (%s): the Python versions "
+                     "run, about a sixth more CPU per proxied request", "WMPROXY_NO_SPEEDUPS is set"
+                     if os.environ.get("WMPROXY_NO_SPEEDUPS") else "not built: install gcc and python3-dev, "
+                     "then install wmproxy again")
         if wfd is not None:
             os.chdir("/")  # a daemon keeps no directory busy; every path it uses is absolute
         _report(wfd, "ok")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import socket
 import threading
@@ -21,6 +22,18 @@ def test_http_proxy_get(start_proxy, origin):
     assert r.stdout == b"hello from origin-A"
     assert "Via" in origin.last_headers and "wmproxy" in origin.last_headers["Via"]
     p.wait_log('"GET http://127.0.0.1:')
+
+
+def test_python_head_readers_serve_alike_and_say_so(start_proxy, origin):
+    """WMPROXY_NO_SPEEDUPS=1 (or no C build) runs the Python head readers: the same answers, and
+    a line at start that says the C ones are not in use (none where they are)."""
+    p = start_proxy(env={"WMPROXY_NO_SPEEDUPS": "1"})
+    r = curl("-x", p.url, f"http://127.0.0.1:{origin.port}/hello")
+    assert r.returncode == 0 and r.stdout == b"hello from origin-A", r.stderr
+    p.wait_log("C speedups of the HTTP head readers are not in use (WMPROXY_NO_SPEEDUPS is set)")
+    q = start_proxy()
+    q.wait_log("started (pid")
+    assert "C speedups" not in q.log() or not os.environ.get("WMPROXY_REQUIRE_SPEEDUPS")
 
 
 def test_connect_to_tls_origin(start_proxy, tls_origin):

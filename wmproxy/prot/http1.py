@@ -577,6 +577,7 @@ else:
         from ._speedups import scan_response, split_headers
     except ImportError:  # not built (no C compiler or Python headers at install): same answers, slower
         split_headers, scan_response = split_headers_py, scan_response_py
+SPEEDUPS = scan_response is not scan_response_py  # whether the C versions are in use
 
 
 def parse_chunk_size(line: bytes) -> int:

@@ -186,6 +186,27 @@ def read_response(reader: Reader, limit: int, method: str, interim=None, finish=
             interim(rhead)
 
 
+def read_response_whole(reader: Reader, limit: int, method: str, interim=None) -> tuple[http1.Response, bytes | None]:
+    """:func:`read_response` without header rules, and the body too when it came whole with
+    its head in the reader's first recv, the usual small answer on a kept connection: returned
+    then, not buffered (None when it is left to :func:`copy_body`). Raises as read_response."""
+    if not reader.buf:
+        data = reader.receive()
+        if not data:
+            raise PeerClosed("peer closed after 0 bytes without a head")
+        end = data.find(b"\r\n\r\n")
+        if 0 < end <= limit - 4 and data[0] != 13:
+            response = http1.quick_response(data[:end + 4], method)
+            if response is not None:
+                kind, length = response.framing
+                if len(data) - end - 4 == length and (kind == "length" or kind == "none"):
+                    return response, data[end + 4:]
+                reader.buf += memoryview(data)[end + 4:]
+                return response, None
+        reader.buf += data
+    return read_response(reader, limit, method, interim), None
+
+
 def to_client(head: http1.Head, response: http1.Response, extra: bytes = b"") -> tuple[bytes, bool, bool]:
     """How ``response`` goes to the client of request ``head``: (the head to send, ``extra``
     lines added; whether the body goes out chunked: to HTTP/1.1 clients; whether the client's

@@ -201,26 +201,32 @@ class HttpSession:
             # would otherwise stall the client for its expect timeout.
             self.client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
-            up, response = self._exchange(head, target, data, framing)
+            up, response, body = self._exchange(head, target, data, framing)
         except UpstreamError as e:
             self._reply_log(head, e.http_status, str(e), started)
             return False
         if response.status == 101 and upgrade:
             return self._switch(head, response.head, up, started)
         out_head, chunked_out, client_keep = httpio.to_client(head, response, VIA_LINE)
-        try:
-            size = httpio.copy_body(up.reader, self.send_client, response.framing, chunked_out, prefix=out_head)
-        except (PeerClosed, ProtocolError, socket.timeout) as e:
-            self._log(head, response.status, 0, started, f"upstream broke mid-body: {e}")
-            return False
+        if body is not None:  # it came whole with the head: one send, nothing buffered
+            self.send_client(out_head + body)
+            size = len(body)
+        else:
+            try:
+                size = httpio.copy_body(up.reader, self.send_client, response.framing, chunked_out, prefix=out_head)
+            except (PeerClosed, ProtocolError, socket.timeout) as e:
+                self._log(head, response.status, 0, started, f"upstream broke mid-body: {e}")
+                return False
         up.used = True
         if not response.reusable:
             self._drop_upstream()
         self._log(head, response.status, size, started)
         return client_keep
 
-    def _exchange(self, head: Head, target: http1.Target, data: bytes, framing) -> tuple[_Upstream, http1.Response]:
-        """Send the request (head and body) and read the final response head.
+    def _exchange(self, head: Head, target: http1.Target, data: bytes,
+                  framing) -> tuple[_Upstream, http1.Response, bytes | None]:
+        """Send the request (head and body) and read the final response head, and its body
+        when that came whole with it (else None: the body waits in the upstream's reader).
 
         A reused upstream connection that turns out closed is replaced once, when the
         request has no body (so nothing the client sent is lost). Raises UpstreamError.
@@ -235,8 +241,8 @@ class HttpSession:
                 else:
                     self.info.up += httpio.copy_body(self.reader, up.send, framing, True, prefix=data)
                 sent = True
-                return up, httpio.read_response(up.reader, self.cfg.max_header_size, head.method,
-                                                self._interim if head.version == "1.1" else None)
+                return (up, *httpio.read_response_whole(up.reader, self.cfg.max_header_size, head.method,
+                                                         self._interim if head.version == "1.1" else None))
             except (PeerClosed, ConnectionError) as e:
                 self._drop_upstream()
                 if isinstance(e, PeerClosed) and not sent:

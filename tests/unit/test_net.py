@@ -22,14 +22,15 @@ from wmproxy.net.relay import relay, relay_then
 from wmproxy.prot import http1
 
 
-def feeder(data: bytes, piece: int):
-    """A socket pair whose far end sends ``data`` in ``piece``-byte writes, then closes."""
+def feeder(data: bytes, piece: int, gap: float = 0):
+    """A socket pair whose far end sends ``data`` in ``piece``-byte writes (``gap`` seconds
+    apart), then closes."""
     a, b = gsocket.socketpair()
 
     def send():
         for i in range(0, len(data), piece):
             b.sendall(data[i:i + piece])
-            gevent.sleep(0)
+            gevent.sleep(gap)
         b.close()
 
     return a, gevent.spawn(send)
@@ -46,6 +47,32 @@ def test_chunked_body_any_split(piece):
     assert httpio.copy_body(reader, out.append, http1.CHUNKED, chunked_out=False) == 11
     assert b"".join(out) == b"hello world"
     assert reader.read_exact(4) == b"NEXT"  # the next message is left in place
+    g.join()
+    sock.close()
+
+
+WHOLE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello"
+
+
+@pytest.mark.parametrize("data,piece,whole,rest", [
+    (WHOLE, 1000, True, b""),  # head and body in the first read: the body comes back, nothing buffered
+    (WHOLE, len(WHOLE) - 2, False, b""),  # the body's end in a second read: buffered, copy_body ends it
+    (WHOLE, 20, False, b""),  # the head in pieces: the reader's buffer collects it
+    (b"HTTP/1.1 100 Continue\r\n\r\n" + WHOLE, 1000, False, b""),  # an interim answer first
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 1000, False, b""),
+    (WHOLE + b"HTTP/1.1 200 OK", 1000, False, b"HTTP/1.1 200 OK"),  # more than the answer: left buffered
+])
+def test_read_response_whole_or_buffered(data, piece, whole, rest):
+    sock, g = feeder(data, piece, 0.05)
+    reader = Reader(sock)
+    seen = []
+    response, body = httpio.read_response_whole(reader, 8192, "GET", seen.append)
+    assert response.status == 200 and (body is not None) == whole
+    if body is None:
+        body = bytearray()
+        httpio.copy_body(reader, body.extend, response.framing, False)
+    assert bytes(body) == b"hello" and bytes(reader.buf) == rest
+    assert [h.status for h in seen] == ([100] if b"100 Continue" in data else [])
     g.join()
     sock.close()
 

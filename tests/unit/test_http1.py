@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 
 import httptools
 import pytest
@@ -456,3 +457,199 @@ def test_speedups_take_only_bytes_and_odd_bytes_safely():
         for raw in (b"", b"\r", b"\r\n", b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK\r\nA", b"HTTP/1.1 200 OK\r\nA: 1\r",
                     b"X\r\n:\r\n\r\n", b"\r\n\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n"):
             f(raw)
+
+
+# -- request_head and response_head: a strict grammar, a subset of what llhttp takes ---------------
+class _Request(_Lines):
+    """httptools callbacks for the reference parse of a request: URL and headers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+
+_ODD = ["\x00", "\x7f", "\r", "\n", "\r\n", " ", "\t", ":", "|", "{", "\\", '"', "<", "^", "`", "#", "?", "@", "[",
+        "/", "%", ",", "\x80", "\xff", "\x0b"]
+
+
+def _mutated(heads):
+    """Heads, most of them in the usual form, many with a byte or two put in or changed
+    anywhere: the edges of both grammars."""
+    edits = st.lists(st.tuples(st.integers(0, 400), st.sampled_from(_ODD), st.booleans()), max_size=2)
+
+    def apply(t):
+        raw, changes = t
+        for pos, odd, replace in changes:
+            pos %= len(raw)
+            raw = raw[:pos] + odd.encode("latin-1") + raw[pos + replace:]
+        return raw
+    return st.one_of(heads, heads, heads, st.tuples(heads, edits).map(apply))
+
+
+_USUAL_HEADER = st.tuples(
+    st.sampled_from(["Host", "X-A", "x-a", "Connection", "Keep-Alive", "TE", "Proxy-Connection", "User-Agent", "Accept",
+                     "Content-Length", "Transfer-Encoding", "Expect", "Via", "Cookie"]),
+    st.sampled_from(["", "a", "keep-alive", "close", "Keep-Alive, close", "x, y", "0", "17", "chunked", "*/*",
+                     "a b\tc", "100-continue", "a=1; b=2", "trailers"]),
+    st.sampled_from([":", ": ", ":\t", ":  "]))
+_PATH = st.text(st.sampled_from(list("aZ09-._~!$&'()*+,;=:@%/?#[]")), max_size=12)
+_TARGETS = st.one_of(
+    _PATH.map(lambda p: "/" + p),
+    _PATH.map(lambda p: "http://127.0.0.1:8080/" + p),
+    _PATH.map(lambda p: "http://a.example/" + p),
+    st.tuples(st.sampled_from(["http://127.0.0.1:8080", "http://a.example", "HTTP://A", "https://[::1]:8443",
+                               "http://a:", "ftp://a", "http://%61", "http://a@b", "http://a.example:80"]), _PATH)
+    .map(lambda t: t[0] + ("/" + t[1] if t[1] or t[0].endswith("a") else "")),
+    st.sampled_from(["*", "a.example:443", "http:/a", "http:///a", "http//a", "1http://a/", "h-t://a/", "//a",
+                     "http://", "http://a?b", "http://a#b"]),
+)
+_requests = _mutated(st.tuples(
+    st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"] * 4
+                    + ["CONNECT", "PROPFIND", "M-SEARCH", "PRI", "QUERY", "get", "GETS"]),
+    _TARGETS,
+    st.sampled_from([" HTTP/1.1", " HTTP/1.0"] * 4 + [" HTTP/2.0", " HTTP/1.2", " HTTP/0.9"]),
+    st.lists(st.one_of(_USUAL_HEADER, _USUAL_HEADER, _USUAL_HEADER, st.tuples(
+        st.sampled_from(_NAMES + ["Upgrade", "Expect"]), st.sampled_from(_VALUES + ["a\x7fb", "h2c"]),
+        st.sampled_from([":", ": ", ":\t"]))), max_size=6),
+).map(lambda t: (t[0] + " " + t[1] + t[2] + "".join(f"\r\n{k}{sep}{v}" for k, v, sep in t[3]) + "\r\n\r\n")
+      .encode("utf-8")))
+
+
+def _llhttp_request(raw: bytes):
+    """What llhttp gives for a request head: (method, target, version, headers), or None when
+    it refuses it or sees an upgrade."""
+    seen = _Request()
+    parser = httptools.HttpRequestParser(seen)
+    try:
+        parser.feed_data(raw)
+    except (httptools.HttpParserUpgrade, httptools.HttpParserError):
+        return None
+    return parser.get_method().decode(), seen.url.decode("latin-1"), parser.get_http_version(), seen.headers
+
+
+def _index(headers):
+    index = {}
+    for k, v in headers:
+        index.setdefault(k.lower(), []).append(v)
+    return index
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_requests)
+def test_request_head_in_c_takes_only_what_llhttp_takes(raw):
+    """Whatever the C grammar takes, llhttp takes too (no error, no upgrade) and reads the same
+    method, target, version and headers; and the head the proxy builds from it is llhttp's."""
+    if _speedups is None:
+        pytest.skip("the C versions are not built here")
+    fast = _speedups.request_head(raw)
+    if fast is None:
+        return
+    method, target, version, headers, index = fast
+    assert _llhttp_request(raw) == (method, target, version, headers)
+    assert index == _index(headers)
+    slow = http1.parse_request_head_llhttp(raw)
+    assert (slow.method, slow.target, slow.version, slow.headers, slow.index, slow.upgrade) == (
+        method, target, version, headers, index, False)
+
+
+_responses = _mutated(st.tuples(
+    st.sampled_from(["HTTP/1.1 200 OK", "HTTP/1.1 200 OK", "HTTP/1.0 404 Not Found", "HTTP/1.1 200 ", "HTTP/1.1 200",
+                     "HTTP/1.1 099 x", "HTTP/1.1 600 x", "HTTP/1.1 599 x", "HTTP/1.1 101 Switching",
+                     "HTTP/1.1 204 No Content", "HTTP/1.1 304 x", "HTTP/1.1 100 Continue", "HTTP/1.2 200 OK"]),
+    st.lists(st.one_of(_USUAL_HEADER, _USUAL_HEADER, _USUAL_HEADER, st.tuples(
+        st.sampled_from(_NAMES + ["Upgrade", "Server"]), st.sampled_from(_VALUES + ["a\x7fb", "Chunked", "chunked "]),
+        st.sampled_from([":", ": ", ":\t"]))), max_size=6),
+).map(lambda t: (t[0] + "".join(f"\r\n{k}{sep}{v}" for k, v, sep in t[1]) + "\r\n\r\n").encode("utf-8")))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_responses)
+def test_response_head_in_c_takes_only_what_llhttp_takes(raw):
+    """Whatever the C grammar takes, llhttp takes too, as a final answer, with the same status
+    and version; its other parts are scan_response's (checked against the Python one)."""
+    if _speedups is None:
+        pytest.skip("the C versions are not built here")
+    fast = _speedups.response_head(raw)
+    if fast is None:
+        return
+    status, reason, http11, *scanned = fast
+    parser = httptools.HttpResponseParser(_Lines())
+    parser.feed_data(raw)  # raises (fails the test) on a head llhttp refuses or an upgrade
+    assert (status, http11) == (parser.get_status_code(), parser.get_http_version() == "1.1")
+    assert 200 <= status < 600 and raw[:9] in (b"HTTP/1.1 ", b"HTTP/1.0 ")
+    assert reason == raw[13:raw.find(b"\r\n")]
+    assert tuple(scanned) == http1.scan_response_py(raw)
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET http://127.0.0.1:8080/small.txt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: curl/7.88.1\r\n"
+    b"Accept: */*\r\nProxy-Connection: Keep-Alive\r\n\r\n",
+    b"GET http://a.example/x?y=1&z=%20 HTTP/1.1\r\nHost: 127.0.0.1:8090\r\n\r\n",
+    b"POST /api/items HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"GET /index.html HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:120.0)\r\n"
+    b"Accept: text/html,application/xhtml+xml;q=0.9,*/*;q=0.8\r\nAccept-Language: en-US,en;q=0.5\r\n"
+    b"Cookie: a=1; b=\"2\"\r\nIf-None-Match: W/\"abc\"\r\n\r\n",
+])
+def test_request_head_in_c_takes_the_usual_heads(raw):
+    """Not a vacuous subset: the heads clients send every day are read in C, as llhttp reads them."""
+    if _speedups is None:
+        pytest.skip("the C versions are not built here")
+    fast = _speedups.request_head(raw)
+    assert fast is not None
+    assert _llhttp_request(raw) == fast[:4]
+    head = http1.parse_request_head(raw)
+    slow = http1.parse_request_head_llhttp(raw)
+    assert (head.method, head.target, head.version, head.headers, head.index, head.upgrade, head.connection) == (
+        slow.method, slow.target, slow.version, slow.headers, slow.index, slow.upgrade, slow.connection)
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 03 Dec 2026 17:00:00 GMT\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 17\r\nConnection: keep-alive\r\nETag: \"abc-11\"\r\nAccept-Ranges: bytes\r\n\r\n",
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+])
+def test_response_head_in_c_takes_the_usual_heads(raw):
+    if _speedups is None:
+        pytest.skip("the C versions are not built here")
+    assert _speedups.response_head(raw) is not None
+    fast = http1.quick_response(raw, "GET")
+    parser = httptools.HttpResponseParser(_Lines())
+    parser.feed_data(raw)
+    assert fast.status == parser.get_status_code()
+    assert (fast.lines, fast.reason) == (http1.scan_response_py(raw)[3], raw[13:raw.find(b"\r\n")])
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET http://a/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",  # request bodies by chunks: llhttp's rules
+    b"GET http://a/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+    b"GET http://a/ HTTP/1.1\r\nContent-Length: 1 \r\n\r\n",
+    b"GET http://a/ HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+    b"GET /\xc3\xa9 HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: \xc3\xa9\r\n\r\n",
+    b"GET  / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX : y\r\n\r\n",
+    b"GET / HTTP/1.1\nX: y\r\n\r\n",
+    b"GET / HTTP/1.1\r\n X: y\r\n\r\n",
+])
+def test_request_head_in_c_leaves_the_rest_to_llhttp(raw):
+    """Outside the grammar C answers None, and parse_request_head answers as llhttp does: the
+    same head, or the same refusal."""
+    if _speedups is None:
+        pytest.skip("the C versions are not built here")
+    assert _speedups.request_head(raw) is None
+    try:
+        slow = http1.parse_request_head_llhttp(raw)
+    except ProtocolError as e:
+        with pytest.raises(ProtocolError, match=re.escape(str(e))):
+            http1.parse_request_head(raw)
+        return
+    head = http1.parse_request_head(raw)
+    assert (head.method, head.target, head.headers, head.upgrade) == (
+        slow.method, slow.target, slow.headers, slow.upgrade)

@@ -13,6 +13,25 @@
  * split_headers(data: bytes) -> (headers, index)
  *     The header list of a head and its index by lower-case name, as llhttp's callbacks give
  *     them: see http1.split_headers_py.
+ *
+ * And two that validate as well, for heads llhttp has not seen: each checks the head against a
+ * strict grammar, a subset of what llhttp (strict, as httptools runs it) accepts, and answers
+ * None for anything outside it, never an error: the caller then has llhttp parse the head,
+ * and llhttp decides (so a refusal and its message are llhttp's alone). The subset is the
+ * usual head: a start line in its plain form, header names that are tokens followed at once
+ * by a colon, values of visible ASCII, space and tab, every line ending in CRLF, and no header
+ * whose meaning llhttp enforces beyond that (Upgrade, Transfer-Encoding in a request, several
+ * or odd Content-Length values, Content-Length beside Transfer-Encoding). The tests hold that
+ * whatever these take, llhttp takes, with the same parts.
+ *
+ * request_head(data: bytes) -> (method, target, version, headers, index) | None
+ *     A request head whose method is one of GET HEAD POST PUT DELETE OPTIONS PATCH TRACE,
+ *     its target origin-form or absolute-form (http://authority/path), its version
+ *     HTTP/1.1 or HTTP/1.0: method, target and version ("1.1" or "1.0") as str, and
+ *     split_headers' two parts.
+ * response_head(data: bytes) -> (status, reason, http11, length, chunked, connection, lines) | None
+ *     A response head with a status from 200 to 599 and its version HTTP/1.1 or HTTP/1.0:
+ *     the status, its reason phrase, whether the version is 1.1, and scan_response's parts.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -107,23 +126,83 @@ static int connection_flags(const char *s, Py_ssize_t b, Py_ssize_t e) {
     return flags;
 }
 
-static PyObject *scan_response(PyObject *self, PyObject *arg) {
-    const char *s;
-    Py_ssize_t n, pos, eol, out_len = 0, length = -1;
+
+/* -- the strict grammar of request_head and response_head --------------------------------- */
+
+static unsigned char TOKEN[256];   /* tchar (RFC 9110 5.6.2) */
+static unsigned char VALUE[256];   /* a field value's bytes here: HTAB, SP and visible ASCII */
+static unsigned char PATH[256];    /* a target's path and query: unreserved, sub-delims, ":@/?#%[]" */
+static unsigned char SERVER[256];  /* an absolute-form authority: unreserved, sub-delims, ":@%[]" */
+static PyObject *STR_11, *STR_10, *METHOD_STR[8];
+static const char *METHODS[8] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"};
+
+static void init_tables(void) {
+    const char *p;
+    int c;
+    for (c = '0'; c <= '9'; c++) TOKEN[c] = PATH[c] = SERVER[c] = 1;
+    for (c = 'a'; c <= 'z'; c++) TOKEN[c] = PATH[c] = SERVER[c] = TOKEN[c - 32] = PATH[c - 32] = SERVER[c - 32] = 1;
+    for (p = "!#$%&'*+-.^_`|~"; *p; p++) TOKEN[(unsigned char)*p] = 1;
+    for (p = "-._~!$&'()*+,;=:@%[]"; *p; p++) PATH[(unsigned char)*p] = SERVER[(unsigned char)*p] = 1;
+    for (p = "/?#"; *p; p++) PATH[(unsigned char)*p] = 1;
+    for (c = 0x20; c < 0x7f; c++) VALUE[c] = 1;
+    VALUE['\t'] = 1;
+}
+
+/* Whether the header lines from pos (the CRLF that ends the start line) to the end of the
+ * n bytes are in the strict grammar: each line `token ":" value CRLF`, then the blank line as
+ * the last two bytes; no Upgrade; in a request no Transfer-Encoding; at most one
+ * Content-Length, of digits alone, and in a response at most one Transfer-Encoding, a lone
+ * "chunked", never with a Content-Length. */
+static int strict_lines(const char *s, Py_ssize_t pos, Py_ssize_t n, int request) {
+    int length = 0, chunked = 0;
+    for (;;) {
+        Py_ssize_t start = pos + 2, i = start, vb, ve;
+        if (start + 2 > n)
+            return 0;
+        if (s[start] == '\r')
+            return s[start + 1] == '\n' && start + 2 == n;
+        while (i < n && TOKEN[(unsigned char)s[i]]) i++;
+        if (i == start || i >= n || s[i] != ':')
+            return 0;
+        vb = i + 1;
+        ve = vb;
+        while (ve < n && VALUE[(unsigned char)s[ve]]) ve++;
+        if (ve + 1 >= n || s[ve] != '\r' || s[ve + 1] != '\n')
+            return 0;
+        switch (name_kind(s + start, i - start)) {
+        case CONTENT_LENGTH:
+            while (vb < ve && (s[vb] == ' ' || s[vb] == '\t')) vb++;
+            if (length || chunked || vb == ve || ve - vb > 18)
+                return 0;
+            for (; vb < ve; vb++)
+                if (s[vb] < '0' || s[vb] > '9')
+                    return 0;
+            length = 1;
+            break;
+        case TRANSFER_ENCODING:
+            while (vb < ve && (s[vb] == ' ' || s[vb] == '\t')) vb++;
+            if (request || length || chunked || !name_is(s + vb, ve - vb, "chunked"))
+                return 0;
+            chunked = 1;
+            break;
+        case HOP:
+            if (name_is(s + start, i - start, "upgrade"))
+                return 0;
+            break;
+        default:
+            break;
+        }
+        pos = ve;
+    }
+}
+
+/* scan_response's work on the n bytes at s, whose start line ends at eol (< n). */
+static PyObject *scan(const char *s, Py_ssize_t n, Py_ssize_t eol) {
+    Py_ssize_t pos, out_len = 0, length = -1;
     int chunked = 0, connection = 0;
     char *out;
     PyObject *lines;
 
-    (void)self;
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "scan_response takes bytes");
-        return NULL;
-    }
-    s = PyBytes_AS_STRING(arg);
-    n = PyBytes_GET_SIZE(arg);
-    eol = find_crlf(s, 0, n);
-    if (eol >= n)
-        Py_RETURN_NONE;
     lines = PyBytes_FromStringAndSize(NULL, n - eol);
     if (lines == NULL)
         return NULL;
@@ -179,23 +258,29 @@ full_parse:
     Py_RETURN_NONE;
 }
 
-static PyObject *split_headers(PyObject *self, PyObject *arg) {
-    const char *s;
-    Py_ssize_t n, pos;
-    PyObject *headers = NULL, *index = NULL, *name = NULL, *value = NULL, *key = NULL, *pair, *values;
+static PyObject *scan_response(PyObject *self, PyObject *arg) {
+    Py_ssize_t eol;
 
     (void)self;
     if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "split_headers takes bytes");
+        PyErr_SetString(PyExc_TypeError, "scan_response takes bytes");
         return NULL;
     }
-    s = PyBytes_AS_STRING(arg);
-    n = PyBytes_GET_SIZE(arg);
+    eol = find_crlf(PyBytes_AS_STRING(arg), 0, PyBytes_GET_SIZE(arg));
+    if (eol >= PyBytes_GET_SIZE(arg))
+        Py_RETURN_NONE;
+    return scan(PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg), eol);
+}
+
+/* split_headers' work on the n bytes at s, from pos (the CRLF that ends the start line):
+ * (headers, index), or NULL with an exception set. */
+static PyObject *split(const char *s, Py_ssize_t n, Py_ssize_t pos) {
+    PyObject *headers = NULL, *index = NULL, *name = NULL, *value = NULL, *key = NULL, *pair, *values;
+
     headers = PyList_New(0);
     index = PyDict_New();
     if (headers == NULL || index == NULL)
         goto error;
-    pos = find_crlf(s, 0, n);
     while (pos + 3 < n && !(s[pos + 2] == '\r' && s[pos + 3] == '\n')) {
         Py_ssize_t start = pos + 2, end = find_crlf(s, pos + 2, n), colon, vb, i;
         const char *c;
@@ -257,13 +342,130 @@ error:
     return NULL;
 }
 
+static PyObject *split_headers(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "split_headers takes bytes");
+        return NULL;
+    }
+    return split(PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg), find_crlf(PyBytes_AS_STRING(arg), 0, PyBytes_GET_SIZE(arg)));
+}
+
+/* The end of an absolute-form target's scheme and authority (http://authority) starting at i,
+ * followed by its path or the space that ends the target; 0 when the bytes there are not one. */
+static Py_ssize_t absolute_prefix(const char *s, Py_ssize_t i, Py_ssize_t end) {
+    Py_ssize_t b = i;
+    while (i < end && ((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z'))) i++;
+    if (i == b || i + 3 > end || s[i] != ':' || s[i + 1] != '/' || s[i + 2] != '/')
+        return 0;
+    i += 3;
+    b = i;
+    while (i < end && SERVER[(unsigned char)s[i]]) i++;
+    if (i == b || i >= end || (s[i] != '/' && s[i] != ' '))
+        return 0;
+    return i;
+}
+
+static PyObject *request_head(PyObject *self, PyObject *arg) {
+    const char *s;
+    Py_ssize_t n, i, start, end, eol;
+    int m;
+    PyObject *parts, *target, *result;
+
+    (void)self;
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "request_head takes bytes");
+        return NULL;
+    }
+    s = PyBytes_AS_STRING(arg);
+    n = PyBytes_GET_SIZE(arg);
+    for (m = 0; m < 8; m++) {
+        size_t len = strlen(METHODS[m]);
+        if ((Py_ssize_t)len + 1 < n && memcmp(s, METHODS[m], len) == 0 && s[len] == ' ')
+            break;
+    }
+    if (m == 8)
+        Py_RETURN_NONE;
+    start = i = (Py_ssize_t)strlen(METHODS[m]) + 1;
+    if (i < n && s[i] != '/') {
+        i = absolute_prefix(s, i, n);
+        if (i == 0)
+            Py_RETURN_NONE;
+    }
+    while (i < n && PATH[(unsigned char)s[i]]) i++;
+    end = i;
+    if (end == start || end + 11 > n || memcmp(s + end, " HTTP/1.", 8) != 0 || (s[end + 8] != '1' && s[end + 8] != '0') ||
+        s[end + 9] != '\r' || s[end + 10] != '\n')
+        Py_RETURN_NONE;
+    eol = end + 9;
+    if (!strict_lines(s, eol, n, 1))
+        Py_RETURN_NONE;
+    parts = split(s, n, eol);
+    if (parts == NULL)
+        return NULL;
+    target = PyUnicode_DecodeLatin1(s + start, end - start, NULL);
+    if (target == NULL) {
+        Py_DECREF(parts);
+        return NULL;
+    }
+    result = Py_BuildValue("(ONOOO)", METHOD_STR[m], target, s[end + 8] == '1' ? STR_11 : STR_10,
+                           PyTuple_GET_ITEM(parts, 0), PyTuple_GET_ITEM(parts, 1));
+    Py_DECREF(parts);
+    return result;
+}
+
+static PyObject *response_head(PyObject *self, PyObject *arg) {
+    const char *s;
+    Py_ssize_t n, eol;
+    PyObject *scanned, *result;
+
+    (void)self;
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "response_head takes bytes");
+        return NULL;
+    }
+    s = PyBytes_AS_STRING(arg);
+    n = PyBytes_GET_SIZE(arg);
+    /* HTTP/1.x SP 3DIGIT SP reason CRLF */
+    if (n < 15 || memcmp(s, "HTTP/1.", 7) != 0 || (s[7] != '1' && s[7] != '0') || s[8] != ' ' || s[9] < '2' ||
+        s[9] > '5' || s[10] < '0' || s[10] > '9' || s[11] < '0' || s[11] > '9' || s[12] != ' ')
+        Py_RETURN_NONE;
+    for (eol = 13; eol < n && VALUE[(unsigned char)s[eol]]; eol++)
+        ;
+    if (eol + 1 >= n || s[eol] != '\r' || s[eol + 1] != '\n' || !strict_lines(s, eol, n, 0))
+        Py_RETURN_NONE;
+    scanned = scan(s, n, eol);
+    if (scanned == NULL || scanned == Py_None)
+        return scanned;
+    result = Py_BuildValue("(iy#OOOOO)", (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0'), s + 13,
+                           eol - 13, s[7] == '1' ? Py_True : Py_False, PyTuple_GET_ITEM(scanned, 0),
+                           PyTuple_GET_ITEM(scanned, 1), PyTuple_GET_ITEM(scanned, 2), PyTuple_GET_ITEM(scanned, 3));
+    Py_DECREF(scanned);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan_response", scan_response, METH_O,
      "scan_response(head: bytes) -> (length, chunked, connection flags, end-to-end lines) | None"},
     {"split_headers", split_headers, METH_O, "split_headers(head: bytes) -> (headers, index by lower-case name)"},
+    {"request_head", request_head, METH_O,
+     "request_head(head: bytes) -> (method, target, version, headers, index) | None (None: llhttp decides)"},
+    {"response_head", response_head, METH_O,
+     "response_head(head: bytes) -> (status, reason, http11, length, chunked, connection, lines) | None"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "wmproxy.prot._speedups", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__speedups(void) {
+    int m;
+    init_tables();
+    STR_11 = PyUnicode_InternFromString("1.1");
+    STR_10 = PyUnicode_InternFromString("1.0");
+    if (STR_11 == NULL || STR_10 == NULL)
+        return NULL;
+    for (m = 0; m < 8; m++)
+        if ((METHOD_STR[m] = PyUnicode_InternFromString(METHODS[m])) == NULL)
+            return NULL;
+    return PyModule_Create(&module);
+}

@@ -213,11 +213,25 @@ def _reusable(version: str, connection: frozenset[bytes], proxy_connection: bool
 def parse_request_head(data: bytes) -> Head:
     """Parse a request head ending in CRLF CRLF. Raises ProtocolError (status 400).
 
-    llhttp validates it; :func:`split_headers` then takes it apart (one call, not a callback
-    per header). A parser whose message ended with its head (no body, keep-alive, no upgrade)
-    is clean again and kept for the next call (creating one costs as much as parsing a short
-    head). A kept parser that refuses a head is not trusted with the verdict: a fresh one
-    parses it again (one client's message must never fail another's)."""
+    Where the C speedups are built, ``request_head`` reads the usual head in one call: it
+    checks a strict grammar, a subset of what llhttp takes (the tests hold it to that), and
+    answers None for anything outside it (wmproxy/prot/_speedups.c). Every other head goes to
+    :func:`parse_request_head_llhttp`: llhttp decides, so a refusal is always llhttp's."""
+    if request_head is not None:
+        parsed = request_head(data)
+        if parsed is not None:
+            method, target, version, headers, index = parsed
+            return Head(version, headers, method, target, 0, b"", False, index)
+    return parse_request_head_llhttp(data)
+
+
+def parse_request_head_llhttp(data: bytes) -> Head:
+    """:func:`parse_request_head` by llhttp alone. llhttp validates the head;
+    :func:`split_headers` then takes it apart (one call, not a callback per header). A parser
+    whose message ended with its head (no body, keep-alive, no upgrade) is clean again and kept
+    for the next call (creating one costs as much as parsing a short head). A kept parser that
+    refuses a head is not trusted with the verdict: a fresh one parses it again (one client's
+    message must never fail another's)."""
     p = None
     if _spare:
         p, c = _spare.pop()
@@ -508,18 +522,24 @@ def quick_response(data: bytes, method: str) -> Optional[Response]:
     when the head needs :func:`parse_response_head` (1xx and 101, a version other than
     1.0/1.1, a Connection header naming other headers, several or invalid Content-Length
     values, a Transfer-Encoding other than a lone chunked). Raises ProtocolError for a
-    malformed head."""
-    parser = httptools.HttpResponseParser(_SILENT)
-    if _feed(parser, data):
-        return None
-    status = parser.get_status_code()
-    version = data[:9]
-    if status < 200 or (version != b"HTTP/1.1 " and version != b"HTTP/1.0 "):
-        return None
-    scanned = scan_response(data)
-    if scanned is None:
-        return None
-    length, chunked, connection, lines = scanned
+    malformed head. The C ``response_head``, where built, takes the usual head without llhttp
+    (a strict grammar, a subset of llhttp's; anything outside it goes to llhttp)."""
+    fast = response_head(data) if response_head is not None else None
+    if fast is not None:
+        status, reason, http11, length, chunked, connection, lines = fast
+    else:
+        parser = httptools.HttpResponseParser(_SILENT)
+        if _feed(parser, data):
+            return None
+        status = parser.get_status_code()
+        version = data[:9]
+        if status < 200 or (version != b"HTTP/1.1 " and version != b"HTTP/1.0 "):
+            return None
+        scanned = scan_response(data)
+        if scanned is None:
+            return None
+        length, chunked, connection, lines = scanned
+        http11, reason = version == b"HTTP/1.1 ", data[13:data.find(b"\r\n")]
     if method == "HEAD" or status == 204 or status == 304:
         framing = NO_BODY
     elif chunked:
@@ -531,8 +551,8 @@ def quick_response(data: bytes, method: str) -> Optional[Response]:
     if connection & CONN_CLOSE:
         keep = False
     else:
-        keep = version == b"HTTP/1.1 " or connection & CONN_KEEP_ALIVE
-    return Response(status, data[13:data.find(b"\r\n")], lines, framing, keep and framing != UNTIL_CLOSE)
+        keep = http11 or connection & CONN_KEEP_ALIVE
+    return Response(status, reason, lines, framing, keep and framing != UNTIL_CLOSE)
 
 
 def scan_response_py(data: bytes) -> Optional[tuple[int, bool, int, bytes]]:
@@ -569,14 +589,15 @@ def scan_response_py(data: bytes) -> Optional[tuple[int, bool, int, bytes]]:
     return length, chunked, connection, kept[data.find(b"\r\n"):-4]
 
 
-# The C versions of split_headers_py and scan_response_py, where setup.py could build them.
+# The C versions of split_headers_py and scan_response_py, where setup.py could build them, and
+# the C readers of the usual heads (request_head, response_head; without them llhttp reads all).
 if os.environ.get("WMPROXY_NO_SPEEDUPS"):  # the Python ones even so (tests, or to rule C out)
-    split_headers, scan_response = split_headers_py, scan_response_py
+    split_headers, scan_response, request_head, response_head = split_headers_py, scan_response_py, None, None
 else:
     try:
-        from ._speedups import scan_response, split_headers
+        from ._speedups import request_head, response_head, scan_response, split_headers
     except ImportError:  # not built (no C compiler or Python headers at install): same answers, slower
-        split_headers, scan_response = split_headers_py, scan_response_py
+        split_headers, scan_response, request_head, response_head = split_headers_py, scan_response_py, None, None
 SPEEDUPS = scan_response is not scan_response_py  # whether the C versions are in use
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import curl, mirror_check, read_response, recv_all, tunnel
+from conftest import TcpServer, curl, mirror_check, next_head, read_response, recv_all, tunnel
 
 from wmproxy.prot import http1
 
@@ -184,6 +184,37 @@ def test_interim_responses_reach_http11_clients_only(start_proxy, early_hints):
         s.sendall(f"GET {url} HTTP/1.0\r\n\r\n".encode())
         data = recv_all(s)
     assert data.startswith(b"HTTP/1.1 200 ") and b"103" not in data and data.endswith(b"\r\n\r\nafter hints"), data
+
+
+def test_upstream_closing_a_kept_connection(start_proxy):
+    """An origin that closes its kept connection between requests (its idle timeout): the next
+    request without a body goes again on a new connection, unseen by the client; one with a
+    body is not sent twice (the client gets 502, the origin never sees that body)."""
+    seen = []
+
+    def serve(conn):  # one request per connection, answered as if the connection stayed open
+        head, _ = next_head(conn, b"")
+        if head is not None:
+            seen.append(head.split(b"\r\n")[0])
+            body = b"answer %d" % len(seen)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    server = TcpServer(serve)
+    try:
+        p = start_proxy()
+        url = f"http://127.0.0.1:{server.port}/"
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            for n in (1, 2):
+                s.sendall(f"GET {url}n{n} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                head, body = read_response(s)
+                assert head.startswith(b"HTTP/1.1 200 ") and body == b"answer %d" % n, (head, body)
+                time.sleep(0.3)  # the origin has closed that connection by now
+            s.sendall(f"POST {url}body HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc".encode())
+            head, body = read_response(s)
+        assert head.startswith(b"HTTP/1.1 502 ") and b"closed the connection" in body, (head, body)
+        assert seen == [b"GET /n1 HTTP/1.1", b"GET /n2 HTTP/1.1"]
+    finally:
+        server.close()
 
 
 def test_hop_by_hop_headers_removed(start_proxy, origin):

@@ -296,32 +296,32 @@ def _request(headers: list[tuple[str, str]]) -> bytes:
 
 def test_passthrough_head_is_the_head_as_it_came():
     raw = _request([("Host", "a.test"), ("X-A", "1"), ("x-b", "two  words"), ("Accept", "*/*")])
-    out = http1.passthrough_head(http1.parse_request_head(raw), raw, "GET /q HTTP/1.1", b"\r\nVia: t",
+    out = http1.passthrough_head(http1.parse_request_head(raw), raw, b"GET /q HTTP/1.1", b"\r\nVia: t",
                                  frozenset((b"expect",)))
     assert out == b"GET /q HTTP/1.1\r\nHost: a.test\r\nX-A: 1\r\nx-b: two  words\r\nAccept: */*\r\nVia: t\r\n\r\n"
     for name in ("Connection", "proxy-connection", "Keep-Alive", "TE", "Trailer", "Upgrade", "Proxy-Authorization",
                  "EXPECT"):
         raw = _request([("Host", "a.test"), (name, "x")])
-        assert http1.passthrough_head(http1.parse_request_head(raw), raw, "GET /p HTTP/1.1", b"",
+        assert http1.passthrough_head(http1.parse_request_head(raw), raw, b"GET /p HTTP/1.1", b"",
                                       frozenset((b"expect",))) is None, name
 
 
 def test_passthrough_head_sets_the_one_host_line():
     raw = _request([("X-A", "1"), ("Host", "proxy.test:8090"), ("Accept", "*/*")])
     head = http1.parse_request_head(raw)
-    out = http1.passthrough_head(head, raw, "GET /q HTTP/1.1", b"\r\nVia: t", frozenset(), b"origin.test:81")
+    out = http1.passthrough_head(head, raw, b"GET /q HTTP/1.1", b"\r\nVia: t", frozenset(), b"origin.test:81")
     assert out == b"GET /q HTTP/1.1\r\nX-A: 1\r\nHost: origin.test:81\r\nAccept: */*\r\nVia: t\r\n\r\n"
     last = _request([("Host", "a")])  # the last line, and a value that is the new one already
     for host in (b"b.test", b"a"):
-        out = http1.passthrough_head(http1.parse_request_head(last), last, "GET / HTTP/1.1", b"", frozenset(), host)
+        out = http1.passthrough_head(http1.parse_request_head(last), last, b"GET / HTTP/1.1", b"", frozenset(), host)
         assert out == b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
     tab = _request([("Host", "a\t")])  # llhttp keeps trailing white space in the value: the line is whole
-    assert http1.passthrough_head(http1.parse_request_head(tab), tab, "GET / HTTP/1.1", b"", frozenset(),
+    assert http1.passthrough_head(http1.parse_request_head(tab), tab, b"GET / HTTP/1.1", b"", frozenset(),
                                   b"b") == b"GET / HTTP/1.1\r\nHost: b\r\n\r\n"
     # no Host, two of them, or one not in the usual form: the list is built again
     for headers in ([("X-A", "1")], [("Host", "a"), ("Host", "b")], [("host", "a")], [("Host", " a")]):
         raw = _request(headers)
-        assert http1.passthrough_head(http1.parse_request_head(raw), raw, "GET / HTTP/1.1", b"", frozenset(),
+        assert http1.passthrough_head(http1.parse_request_head(raw), raw, b"GET / HTTP/1.1", b"", frozenset(),
                                       b"b.test") is None, headers
 
 
@@ -341,7 +341,7 @@ def test_passthrough_head_agrees_with_the_list_built_again(headers, drop, host):
         head = http1.parse_request_head(raw)
     except ProtocolError:
         return
-    out = http1.passthrough_head(head, raw, "GET /p HTTP/1.1", b"", drop, host)
+    out = http1.passthrough_head(head, raw, b"GET /p HTTP/1.1", b"", drop, host)
     kept = head.end_to_end(drop)
     hosts = [k for k, _ in headers if k.lower() == "host"]
     usual = host is None or hosts == ["Host"]
@@ -653,3 +653,25 @@ def test_request_head_in_c_leaves_the_rest_to_llhttp(raw):
     head = http1.parse_request_head(raw)
     assert (head.method, head.target, head.headers, head.upgrade) == (
         slow.method, slow.target, slow.headers, slow.upgrade)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_requests, st.sampled_from([b"GET / HTTP/1.1", b""]), st.sampled_from([b"", b"\r\nVia: 1.1 wmproxy"]),
+       st.sampled_from([None, b"", b"a", b"127.0.0.1:8080", b"x y", b"*/*", b"a\r\nb"]),
+       st.sampled_from([b"", b"o.test:81", b"[::1]:8080"]))
+def test_join_head_in_c_is_the_python_one(raw, start, extra, old, host):
+    """Any bytes, not only valid heads: C answers as Python does (and never reads out of bounds)."""
+    if _speedups is None:
+        pytest.skip("the C versions are not built here")
+    if old is None:
+        host = None
+    if raw.endswith(b"\r\n\r\n") and raw.find(b"\r\n") + 4 <= len(raw):
+        assert _speedups.join_head(raw, start, extra, old, host) == http1.join_head_py(raw, start, extra, old, host)
+    else:
+        _speedups.join_head(raw, start, extra, old, host)  # an answer of some kind, never a crash
+    if old is not None:
+        assert _speedups.join_head(raw[:5], start, extra, old, host) is None or raw[:5].endswith(b"\r\n\r\n")
+    with pytest.raises(TypeError):
+        _speedups.join_head(raw, start, extra, old)
+    with pytest.raises(TypeError):
+        _speedups.join_head(raw, start, extra, old, None if host is not None else b"h")

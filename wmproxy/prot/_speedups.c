@@ -13,6 +13,9 @@
  * split_headers(data: bytes) -> (headers, index)
  *     The header list of a head and its index by lower-case name, as llhttp's callbacks give
  *     them: see http1.split_headers_py.
+ * join_head(data, start_line, extra, old_host, host) -> bytes | None
+ *     A head passed on with another start line, lines appended and its Host line changed:
+ *     see http1.join_head_py.
  *
  * And two that validate as well, for heads llhttp has not seen: each checks the head against a
  * strict grammar, a subset of what llhttp (strict, as httptools runs it) accepts, and answers
@@ -444,10 +447,80 @@ static PyObject *response_head(PyObject *self, PyObject *arg) {
     return result;
 }
 
+/* join_head(data, start_line, extra, old_host, host): see http1.join_head_py. */
+static PyObject *join_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    const char *s, *old = NULL;
+    Py_ssize_t n, eol, line = -1, line_end = 0, old_n = 0, host_n = 0, size;
+    PyObject *start, *extra, *host, *out;
+    char *o;
+
+    (void)self;
+    if (nargs != 5 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1]) || !PyBytes_Check(args[2]) ||
+        (args[3] != Py_None && !PyBytes_Check(args[3])) || (args[4] != Py_None && !PyBytes_Check(args[4])) ||
+        (args[3] == Py_None) != (args[4] == Py_None)) {
+        PyErr_SetString(PyExc_TypeError, "join_head takes (bytes, bytes, bytes, bytes | None, bytes | None)");
+        return NULL;
+    }
+    s = PyBytes_AS_STRING(args[0]);
+    n = PyBytes_GET_SIZE(args[0]);
+    start = args[1];
+    extra = args[2];
+    host = args[4];
+    eol = find_crlf(s, 0, n);
+    if (eol + 4 > n)
+        Py_RETURN_NONE; /* not a head ending in CRLF CRLF */
+    if (host != Py_None) {
+        Py_ssize_t pos = eol;
+        old = PyBytes_AS_STRING(args[3]);
+        old_n = PyBytes_GET_SIZE(args[3]);
+        host_n = PyBytes_GET_SIZE(host);
+        /* the line "Host: <old>" (a CRLF starts a line: the first such is the one) */
+        while (pos + 1 < n) {
+            Py_ssize_t end = find_crlf(s, pos + 2, n);
+            if (end >= n)
+                break;
+            if (end - (pos + 2) == 6 + old_n && memcmp(s + pos + 2, "Host: ", 6) == 0 &&
+                memcmp(s + pos + 8, old, (size_t)old_n) == 0) {
+                line = pos;
+                line_end = end;
+                break;
+            }
+            pos = end;
+        }
+        if (line < 0)
+            Py_RETURN_NONE;
+    }
+    size = PyBytes_GET_SIZE(start) + (n - 4 - eol) + PyBytes_GET_SIZE(extra) + 4 +
+           (line < 0 ? 0 : host_n - old_n);
+    out = PyBytes_FromStringAndSize(NULL, size);
+    if (out == NULL)
+        return NULL;
+    o = PyBytes_AS_STRING(out);
+    memcpy(o, PyBytes_AS_STRING(start), (size_t)PyBytes_GET_SIZE(start));
+    o += PyBytes_GET_SIZE(start);
+    if (line < 0) {
+        memcpy(o, s + eol, (size_t)(n - 4 - eol));
+        o += n - 4 - eol;
+    } else {
+        memcpy(o, s + eol, (size_t)(line + 8 - eol)); /* up to and with "\r\nHost: " */
+        o += line + 8 - eol;
+        memcpy(o, PyBytes_AS_STRING(host), (size_t)host_n);
+        o += host_n;
+        memcpy(o, s + line_end, (size_t)(n - 4 - line_end));
+        o += n - 4 - line_end;
+    }
+    memcpy(o, PyBytes_AS_STRING(extra), (size_t)PyBytes_GET_SIZE(extra));
+    o += PyBytes_GET_SIZE(extra);
+    memcpy(o, "\r\n\r\n", 4);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"scan_response", scan_response, METH_O,
      "scan_response(head: bytes) -> (length, chunked, connection flags, end-to-end lines) | None"},
     {"split_headers", split_headers, METH_O, "split_headers(head: bytes) -> (headers, index by lower-case name)"},
+    {"join_head", (PyCFunction)(void (*)(void))join_head, METH_FASTCALL,
+     "join_head(data, start_line, extra, old_host, host) -> bytes | None: see http1.join_head_py"},
     {"request_head", request_head, METH_O,
      "request_head(head: bytes) -> (method, target, version, headers, index) | None (None: llhttp decides)"},
     {"response_head", response_head, METH_O,

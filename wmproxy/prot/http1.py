@@ -351,7 +351,7 @@ def parse_absolute(url: str) -> Target:
     return Target(host, port, path)
 
 
-def passthrough_head(head: Head, data: bytes, start_line: str, extra: bytes, drop: frozenset[bytes],
+def passthrough_head(head: Head, data: bytes, start_line: bytes, extra: bytes, drop: frozenset[bytes],
                      host: Optional[bytes] = None) -> Optional[bytes]:
     """The head to send on for request ``head`` (parsed from ``data``): ``start_line``, the
     header lines of ``data`` as they came, then ``extra`` lines (each ``b"\r\nName: value"``),
@@ -359,25 +359,36 @@ def passthrough_head(head: Head, data: bytes, start_line: str, extra: bytes, dro
     nor anything it could name) and none in ``drop``. With ``host``, the request's one Host
     line says that instead (a forward proxy's Host is the URL's, RFC 9112 3.2.2), when the line
     is in the usual form ``Host: value``. None when a line must go or the Host line is not
-    there as expected: then :func:`upstream_headers` builds the list. llhttp has checked the
-    bytes: every line ends in CRLF, no folding, no space before a colon, no CR or LF inside a
-    value (Python building the same lines again cost a twentieth of a proxied request)."""
+    there as expected: then :func:`upstream_headers` builds the list. The head has been
+    validated: every line ends in CRLF, no folding, no space before a colon, no CR or LF inside
+    a value (Python building the same lines again cost a twentieth of a proxied request)."""
     index = head.index
     if not (HOP_BY_HOP.isdisjoint(index) and drop.isdisjoint(index)):
         return None
+    if host is None:
+        return join_head(data, start_line, extra, None, None)
+    values = index.get(b"host")
+    if values is None or len(values) != 1:
+        return None
+    if values[0] == host:
+        return join_head(data, start_line, extra, None, None)
+    return join_head(data, start_line, extra, values[0], host)
+
+
+def join_head_py(data: bytes, start_line: bytes, extra: bytes, old_host: Optional[bytes],
+                 host: Optional[bytes]) -> Optional[bytes]:
+    """``start_line``, the header lines of the head ``data`` (its own start line and final
+    CRLF CRLF left out), ``extra``, CRLF CRLF; with ``host``, its line ``Host: <old_host>``
+    says ``Host: <host>`` instead (None when there is no such line). ``join_head`` is this
+    function in C (wmproxy/prot/_speedups.c) where it was built."""
     eol = data.find(b"\r\n")
-    if host is not None:
-        values = index.get(b"host")
-        if values is None or len(values) != 1:
-            return None
-        if values[0] != host:
-            line = b"\r\nHost: " + values[0] + b"\r\n"
-            i = data.find(line, eol)  # a CRLF starts a line: this is the one Host line
-            if i < 0:
-                return None
-            return b"".join((start_line.encode("latin-1"), data[eol:i], b"\r\nHost: ", host,
-                             data[i + len(line) - 2:-4], extra, b"\r\n\r\n"))
-    return b"".join((start_line.encode("latin-1"), data[eol:-4], extra, b"\r\n\r\n"))
+    if host is None:
+        return b"".join((start_line, data[eol:-4], extra, b"\r\n\r\n"))
+    line = b"\r\nHost: " + old_host + b"\r\n"
+    i = data.find(line, eol)  # a CRLF starts a line: this is the one Host line
+    if i < 0:
+        return None
+    return b"".join((start_line, data[eol:i], b"\r\nHost: ", host, data[i + len(line) - 2:-4], extra, b"\r\n\r\n"))
 
 
 def upstream_headers(head: Head, framing: tuple[str, int], drop: frozenset[bytes]) -> tuple[Headers, Optional[bytes]]:
@@ -592,12 +603,14 @@ def scan_response_py(data: bytes) -> Optional[tuple[int, bool, int, bytes]]:
 # The C versions of split_headers_py and scan_response_py, where setup.py could build them, and
 # the C readers of the usual heads (request_head, response_head; without them llhttp reads all).
 if os.environ.get("WMPROXY_NO_SPEEDUPS"):  # the Python ones even so (tests, or to rule C out)
-    split_headers, scan_response, request_head, response_head = split_headers_py, scan_response_py, None, None
+    split_headers, scan_response, join_head = split_headers_py, scan_response_py, join_head_py
+    request_head = response_head = None
 else:
     try:
-        from ._speedups import request_head, response_head, scan_response, split_headers
+        from ._speedups import join_head, request_head, response_head, scan_response, split_headers
     except ImportError:  # not built (no C compiler or Python headers at install): same answers, slower
-        split_headers, scan_response, request_head, response_head = split_headers_py, scan_response_py, None, None
+        split_headers, scan_response, join_head = split_headers_py, scan_response_py, join_head_py
+        request_head = response_head = None
 SPEEDUPS = scan_response is not scan_response_py  # whether the C versions are in use
 
 

@@ -179,7 +179,7 @@ class HttpSession:
         the client asked to upgrade. Its header lines go on as they came when none is dropped and
         its one Host line is set to the URL's authority (RFC 9112 3.2.2)."""
         line = f"{head.method} {target.path} HTTP/1.1"
-        data = http1.passthrough_head(head, raw, line, VIA_LINE, _EXPECT, target.host_header)
+        data = http1.passthrough_head(head, raw, line.encode("latin-1"), VIA_LINE, _EXPECT, target.host_header)
         if data is not None:
             return data, False
         headers, upgrade = http1.upstream_headers(head, framing, _NOT_FORWARDED)
@@ -223,40 +223,40 @@ class HttpSession:
         self._log(head, response.status, size, started)
         return client_keep
 
-    def _exchange(self, head: Head, target: http1.Target, data: bytes,
-                  framing) -> tuple[_Upstream, http1.Response, bytes | None]:
+    def _exchange(self, head: Head, target: http1.Target, data: bytes, framing,
+                  retry: bool = True) -> tuple[_Upstream, http1.Response, bytes | None]:
         """Send the request (head and body) and read the final response head, and its body
         when that came whole with it (else None: the body waits in the upstream's reader).
 
-        A reused upstream connection that turns out closed is replaced once, when the
-        request has no body (so nothing the client sent is lost). Raises UpstreamError.
+        A reused upstream connection that turns out closed is replaced once (``retry``), when
+        the request has no body (so nothing the client sent is lost). Raises UpstreamError.
         """
-        for attempt in (1, 2):
-            up = self._upstream_for(target)
-            used = up.used
-            sent = False
-            try:
-                if framing == http1.NO_BODY:
-                    up.send(data)
-                else:
-                    self.info.up += httpio.copy_body(self.reader, up.send, framing, True, prefix=data)
-                sent = True
-                return (up, *httpio.read_response_whole(up.reader, self.cfg.max_header_size, head.method,
-                                                         self._interim if head.version == "1.1" else None))
-            except (PeerClosed, ConnectionError) as e:
-                self._drop_upstream()
-                if isinstance(e, PeerClosed) and not sent:
-                    raise  # the client went away in the middle of its request body
-                if used and framing == http1.NO_BODY and attempt == 1:
-                    continue
-                raise UpstreamError(f"upstream {target.authority} closed the connection: {e}") from None
-            except socket.timeout:
-                self._drop_upstream()
-                raise UpstreamError(f"upstream {target.authority} did not answer in time", 504) from None
-            except ProtocolError as e:
-                self._drop_upstream()
-                raise UpstreamError(f"upstream {target.authority} sent a bad response: {e}") from None
-        raise AssertionError("unreachable")
+        up = self.upstream
+        if up is None or up.key[0] != target.host or up.key[1] != target.port:
+            up = self._new_upstream(target)
+        sent = False
+        try:
+            if framing == http1.NO_BODY:
+                up.send(data)
+            else:
+                self.info.up += httpio.copy_body(self.reader, up.send, framing, True, prefix=data)
+            sent = True
+            response, body = httpio.read_response_whole(up.reader, self.cfg.max_header_size, head.method,
+                                                        self._interim if head.version == "1.1" else None)
+            return up, response, body
+        except (PeerClosed, ConnectionError) as e:
+            self._drop_upstream()
+            if isinstance(e, PeerClosed) and not sent:
+                raise  # the client went away in the middle of its request body
+            if retry and up.used and framing == http1.NO_BODY:
+                return self._exchange(head, target, data, framing, False)
+            raise UpstreamError(f"upstream {target.authority} closed the connection: {e}") from None
+        except socket.timeout:
+            self._drop_upstream()
+            raise UpstreamError(f"upstream {target.authority} did not answer in time", 504) from None
+        except ProtocolError as e:
+            self._drop_upstream()
+            raise UpstreamError(f"upstream {target.authority} sent a bad response: {e}") from None
 
     def _interim(self, rhead: Head) -> None:
         """An interim 1xx response goes to an HTTP/1.1 client on the way (100 Continue excepted:
@@ -265,13 +265,10 @@ class HttpSession:
             self.client.sendall(http1.encode_head(f"HTTP/1.1 {rhead.status} {rhead.reason.decode('latin-1')}",
                                                   rhead.headers))
 
-    def _upstream_for(self, target: http1.Target) -> _Upstream:
-        up = self.upstream
-        if up is not None and up.key[0] == target.host and up.key[1] == target.port:
-            return up
-        key = (target.host, target.port)
+    def _new_upstream(self, target: http1.Target) -> _Upstream:
+        """Close the current upstream connection, if any, and open one to ``target``."""
         self._drop_upstream()
-        self.upstream = _Upstream(key, self.ctx.dial(target.host, target.port))
+        self.upstream = _Upstream((target.host, target.port), self.ctx.dial(target.host, target.port))
         return self.upstream
 
     def _drop_upstream(self) -> None:

@@ -355,7 +355,7 @@ class WebServer(Listener):
         if not plan.request_rules:
             extra = b"".join((b"\r\nX-Forwarded-For: ", ip, b"\r\nX-Forwarded-Proto: ", ctx.scheme_bytes,
                               b"\r\nX-Real-IP: ", ip))
-            out = http1.passthrough_head(head, req.raw, line, extra, _REPLACED)
+            out = http1.passthrough_head(head, req.raw, line.encode("latin-1"), extra, _REPLACED)
         if out is None:
             headers, upgrade = http1.upstream_headers(head, req.framing, _REPLACED)
             headers += [(b"X-Forwarded-For", http1.forwarded_for(head, ip)), (b"X-Forwarded-Proto", ctx.scheme_bytes),

@@ -212,12 +212,24 @@ DisableViaHeader Yes
         self.results["throughput_gbit"][name] = round(gbit, 2)
         return gbit
 
-    def wrk(self, name: str, proxy_port: int, origin_port: int, procs=()) -> float:
-        """Small GETs through the HTTP proxy: a Lua script sends absolute-form requests."""
+    def absolute_script(self, origin_port: int) -> Path:
+        """wrk's Lua script sending absolute-form GETs of the origin's /small.txt."""
         script = self.tmp / "absolute.lua"
         script.write_text(f'local target = "http://127.0.0.1:{origin_port}/small.txt"\n'
                           'request = function() return wrk.format("GET", target) end\n')
+        return script
+
+    def wrk(self, name: str, proxy_port: int, origin_port: int, procs=()) -> float:
+        """Small GETs through the HTTP proxy: a Lua script sends absolute-form requests."""
+        script = self.absolute_script(origin_port)
         return self.run_wrk(name, ["-s", str(script), f"http://127.0.0.1:{proxy_port}/"], "http", procs)
+
+    def warm_up(self, proxy_port: int, origin_port: int) -> None:
+        """Two unrecorded seconds of that load: the first seconds of a fresh process (pproxy's
+        more than wmproxy's) are slower than its steady state."""
+        subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{self.connections}", "-d2s", "-s",
+                        str(self.absolute_script(origin_port)), f"http://127.0.0.1:{proxy_port}/"],
+                       capture_output=True, timeout=60)
 
     def run_wrk(self, name: str, args: list[str], section: str, procs=()) -> float:
         """wrk with keep-alive on the load CPU; prints and records req/s and p99 under
@@ -291,14 +303,16 @@ http {{
                   ratios: list[tuple[str, str, str, float]]) -> None:
         """Run every (name, run) once per round, in turn, for ``self.rounds`` rounds: this
         machine's speed drifts 15-30% from one minute to the next, so each ratio is taken within
-        a round (a few seconds apart) and the median over the rounds is the figure. ``ratios``:
-        (label, numerator name, denominator name, goal or 0). Prints each round's ratios and the
-        medians, records them under results["ratios"][key]."""
+        a round (a few seconds apart) and the median over the rounds is the figure. Each round
+        starts one further along the list, so no run always follows the same one (a slow peer
+        still busy when the next run starts). ``ratios``: (label, numerator name, denominator
+        name, goal or 0). Prints each round's ratios and the medians, records them under
+        results["ratios"][key]."""
         values: dict[str, list[float]] = {name: [] for name, _ in runs}
         for r in range(self.rounds):
             if self.rounds > 1:
                 print(f"  round {r + 1} of {self.rounds}:")
-            for name, run in runs:
+            for name, run in runs[r % len(runs):] + runs[:r % len(runs)]:
                 values[name].append(run())
         record = self.results.setdefault("ratios", {}).setdefault(key, {})
         print(f"  ratios, median of {self.rounds} round(s) (each round's in brackets):")
@@ -341,6 +355,7 @@ http {{
                 continue
             p, port = factory()
             runs.append((name, lambda name=name, port=port, p=p: self.wrk(name, port, origin, [p])))
+            self.warm_up(port, origin)
         self.in_rounds("http", runs, [(f"{name} / pproxy", name, "pproxy", 1.0 if name == "wmproxy" else 0.0)
                                       for name, _ in runs if name != "pproxy"])
 

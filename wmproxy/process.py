@@ -150,8 +150,9 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
         log.info("%s %s started (pid %d%s)", prog, __version__, os.getpid(),
                  f", config {config_file}" if config_file else ", embedded default config")
         if not http1.SPEEDUPS:
-            log.info("the C speedups of the HTTP head readers are not in use (%s): the Python versions "
-                     "run, about a sixth more instructions per proxied request", "WMPROXY_NO_SPEEDUPS is set"
+            log.info("the C speedups of the HTTP head readers are not in use (%s): llhttp and the Python "
+                     "versions run, about half as many instructions again per proxied request",
+                     "WMPROXY_NO_SPEEDUPS is set"
                      if os.environ.get("WMPROXY_NO_SPEEDUPS") else "not built: install gcc and python3-dev, "
                      "then install wmproxy again")
         if wfd is not None:

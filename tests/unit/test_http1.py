@@ -493,7 +493,7 @@ _USUAL_HEADER = st.tuples(
     st.sampled_from(["Host", "X-A", "x-a", "Connection", "Keep-Alive", "TE", "Proxy-Connection", "User-Agent", "Accept",
                      "Content-Length", "Transfer-Encoding", "Expect", "Via", "Cookie"]),
     st.sampled_from(["", "a", "keep-alive", "close", "Keep-Alive, close", "x, y", "0", "17", "chunked", "*/*",
-                     "a b\tc", "100-continue", "a=1; b=2", "trailers"]),
+                     "upgrade", "a b\tc", "100-continue", "a=1; b=2", "trailers"]),
     st.sampled_from([":", ": ", ":\t", ":  "]))
 _PATH = st.text(st.sampled_from(list("aZ09-._~!$&'()*+,;=:@%/?#[]")), max_size=12)
 _TARGETS = st.one_of(
@@ -637,6 +637,8 @@ def test_response_head_in_c_takes_the_usual_heads(raw):
     b"GET / HTTP/1.1\r\nX : y\r\n\r\n",
     b"GET / HTTP/1.1\nX: y\r\n\r\n",
     b"GET / HTTP/1.1\r\n X: y\r\n\r\n",
+    b"GET http://@@127.0.0.1:8080/ HTTP/1.1\r\n\r\n",  # llhttp refuses a second '@' (found by Hypothesis)
+    b"GET http://u@a/ HTTP/1.1\r\n\r\n",
 ])
 def test_request_head_in_c_leaves_the_rest_to_llhttp(raw):
     """Outside the grammar C answers None, and parse_request_head answers as llhttp does: the

@@ -135,7 +135,8 @@ static int connection_flags(const char *s, Py_ssize_t b, Py_ssize_t e) {
 static unsigned char TOKEN[256];   /* tchar (RFC 9110 5.6.2) */
 static unsigned char VALUE[256];   /* a field value's bytes here: HTAB, SP and visible ASCII */
 static unsigned char PATH[256];    /* a target's path and query: unreserved, sub-delims, ":@/?#%[]" */
-static unsigned char SERVER[256];  /* an absolute-form authority: unreserved, sub-delims, ":@%[]" */
+static unsigned char SERVER[256];  /* an absolute-form authority: unreserved, sub-delims, ":%[]" (no
+                                      * userinfo: llhttp refuses a second '@', and a proxy any) */
 static PyObject *STR_11, *STR_10, *METHOD_STR[8];
 static const char *METHODS[8] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"};
 
@@ -145,8 +146,8 @@ static void init_tables(void) {
     for (c = '0'; c <= '9'; c++) TOKEN[c] = PATH[c] = SERVER[c] = 1;
     for (c = 'a'; c <= 'z'; c++) TOKEN[c] = PATH[c] = SERVER[c] = TOKEN[c - 32] = PATH[c - 32] = SERVER[c - 32] = 1;
     for (p = "!#$%&'*+-.^_`|~"; *p; p++) TOKEN[(unsigned char)*p] = 1;
-    for (p = "-._~!$&'()*+,;=:@%[]"; *p; p++) PATH[(unsigned char)*p] = SERVER[(unsigned char)*p] = 1;
-    for (p = "/?#"; *p; p++) PATH[(unsigned char)*p] = 1;
+    for (p = "-._~!$&'()*+,;=:%[]"; *p; p++) PATH[(unsigned char)*p] = SERVER[(unsigned char)*p] = 1;
+    for (p = "/?#@"; *p; p++) PATH[(unsigned char)*p] = 1;
     for (c = 0x20; c < 0x7f; c++) VALUE[c] = 1;
     VALUE['\t'] = 1;
 }

@@ -568,20 +568,23 @@ _responses = _mutated(st.tuples(
 @settings(max_examples=3000, deadline=None)
 @given(_responses)
 def test_response_head_in_c_takes_only_what_llhttp_takes(raw):
-    """Whatever the C grammar takes, llhttp takes too, as a final answer, with the same status
-    and version; its other parts are scan_response's (checked against the Python one)."""
+    """Whatever the C grammar takes, llhttp takes too, as a final answer with the same status
+    and version, and the Response is the one llhttp's path gives, to GET and to HEAD."""
     if _speedups is None:
         pytest.skip("the C versions are not built here")
-    fast = _speedups.response_head(raw)
-    if fast is None:
-        return
-    status, reason, http11, *scanned = fast
-    parser = httptools.HttpResponseParser(_Lines())
-    parser.feed_data(raw)  # raises (fails the test) on a head llhttp refuses or an upgrade
-    assert (status, http11) == (parser.get_status_code(), parser.get_http_version() == "1.1")
-    assert 200 <= status < 600 and raw[:9] in (b"HTTP/1.1 ", b"HTTP/1.0 ")
-    assert reason == raw[13:raw.find(b"\r\n")]
-    assert tuple(scanned) == http1.scan_response_py(raw)
+    for method in ("GET", "HEAD"):
+        fast = _speedups.response_head(raw, method == "HEAD")
+        if fast is None:
+            return
+        parser = httptools.HttpResponseParser(_Lines())
+        parser.feed_data(raw)  # raises (fails the test) on a head llhttp refuses or an upgrade
+        assert fast[0] == parser.get_status_code() and 200 <= fast[0] < 600
+        assert raw[:9] in (b"HTTP/1.1 ", b"HTTP/1.0 ")
+        assert _response_parts(http1.Response(*fast)) == _response_parts(http1.quick_response_llhttp(raw, method))
+
+
+def _response_parts(r):
+    return r.status, r.reason, r.lines, r.framing, r.reusable, r.encode(b"\r\nVia: x")
 
 
 @pytest.mark.parametrize("raw", [
@@ -617,12 +620,12 @@ def test_request_head_in_c_takes_the_usual_heads(raw):
 def test_response_head_in_c_takes_the_usual_heads(raw):
     if _speedups is None:
         pytest.skip("the C versions are not built here")
-    assert _speedups.response_head(raw) is not None
-    fast = http1.quick_response(raw, "GET")
-    parser = httptools.HttpResponseParser(_Lines())
-    parser.feed_data(raw)
-    assert fast.status == parser.get_status_code()
-    assert (fast.lines, fast.reason) == (http1.scan_response_py(raw)[3], raw[13:raw.find(b"\r\n")])
+    for method in ("GET", "HEAD"):
+        assert _speedups.response_head(raw, method == "HEAD") is not None
+        assert _response_parts(http1.quick_response(raw, method)) == _response_parts(
+            http1.quick_response_llhttp(raw, method))
+    with pytest.raises(TypeError):
+        _speedups.response_head(raw)
 
 
 @pytest.mark.parametrize("raw", [

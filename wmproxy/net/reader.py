@@ -158,11 +158,12 @@ class _Watch:
     callback is that greenlet's switch; otherwise it is the watcher's own stop, so readiness
     while nobody waits stops it (no busy loop) and the next wait starts it again."""
 
-    __slots__ = ("io", "hub")
+    __slots__ = ("io", "hub", "stop")
 
     def __init__(self, fd: int) -> None:
         self.hub = gevent.get_hub()
         self.io = self.hub.loop.io(fd, 1)
+        self.stop = self.io.stop
 
     def wait(self) -> None:
         io = self.io
@@ -173,7 +174,7 @@ class _Watch:
         try:
             self.hub.switch()
         finally:
-            io.callback = io.stop
+            io.callback = self.stop
 
     def close(self) -> None:
         self.io.stop()

@@ -32,9 +32,11 @@
  *     its target origin-form or absolute-form (http://authority/path), its version
  *     HTTP/1.1 or HTTP/1.0: method, target and version ("1.1" or "1.0") as str, and
  *     split_headers' two parts.
- * response_head(data: bytes) -> (status, reason, http11, length, chunked, connection, lines) | None
- *     A response head with a status from 200 to 599 and its version HTTP/1.1 or HTTP/1.0:
- *     the status, its reason phrase, whether the version is 1.1, and scan_response's parts.
+ * response_head(data: bytes, head_request: bool) -> (status, reason, lines, framing, reusable) | None
+ *     A final response head with a status from 200 to 599 and its version HTTP/1.1 or HTTP/1.0,
+ *     to a HEAD request or not: the arguments of http1.Response, as http1.quick_response_llhttp
+ *     gives them (its end-to-end lines from scan_response, its body's framing, whether the
+ *     server keeps the connection).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -138,6 +140,7 @@ static unsigned char PATH[256];    /* a target's path and query: unreserved, sub
 static unsigned char SERVER[256];  /* an absolute-form authority: unreserved, sub-delims, ":%[]" (no
                                       * userinfo: llhttp refuses a second '@', and a proxy any) */
 static PyObject *STR_11, *STR_10, *METHOD_STR[8];
+static PyObject *NO_BODY, *CHUNKED, *UNTIL_CLOSE, *STR_LENGTH; /* http1's framing tuples, and "length" */
 static const char *METHODS[8] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"};
 
 static void init_tables(void) {
@@ -200,8 +203,11 @@ static int strict_lines(const char *s, Py_ssize_t pos, Py_ssize_t n, int request
     }
 }
 
-/* scan_response's work on the n bytes at s, whose start line ends at eol (< n). */
-static PyObject *scan(const char *s, Py_ssize_t n, Py_ssize_t eol) {
+/* scan_response's work on the n bytes at s, whose start line ends at eol (< n): the lines
+ * (a new reference; None when the full parse must decide; NULL on an error), and through the
+ * pointers the Content-Length (-1: none), whether chunked, the Connection flags. */
+static PyObject *scan_lines(const char *s, Py_ssize_t n, Py_ssize_t eol, Py_ssize_t *length_out, int *chunked_out,
+                            int *connection_out) {
     Py_ssize_t pos, out_len = 0, length = -1;
     int chunked = 0, connection = 0;
     char *out;
@@ -255,11 +261,23 @@ static PyObject *scan(const char *s, Py_ssize_t n, Py_ssize_t eol) {
     }
     if (_PyBytes_Resize(&lines, out_len) < 0)
         return NULL;
-    return Py_BuildValue("(niiN)", length, chunked, connection, lines);
+    *length_out = length;
+    *chunked_out = chunked;
+    *connection_out = connection;
+    return lines;
 
 full_parse:
     Py_DECREF(lines);
     Py_RETURN_NONE;
+}
+
+static PyObject *scan(const char *s, Py_ssize_t n, Py_ssize_t eol) {
+    Py_ssize_t length;
+    int chunked, connection;
+    PyObject *lines = scan_lines(s, n, eol, &length, &chunked, &connection);
+    if (lines == NULL || lines == Py_None)
+        return lines;
+    return Py_BuildValue("(niiN)", length, chunked, connection, lines);
 }
 
 static PyObject *scan_response(PyObject *self, PyObject *arg) {
@@ -418,18 +436,19 @@ static PyObject *request_head(PyObject *self, PyObject *arg) {
     return result;
 }
 
-static PyObject *response_head(PyObject *self, PyObject *arg) {
+static PyObject *response_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     const char *s;
-    Py_ssize_t n, eol;
-    PyObject *scanned, *result;
+    Py_ssize_t n, eol, length;
+    int status, chunked, connection, keep, head;
+    PyObject *lines, *framing;
 
     (void)self;
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "response_head takes bytes");
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "response_head takes (bytes, bool)");
         return NULL;
     }
-    s = PyBytes_AS_STRING(arg);
-    n = PyBytes_GET_SIZE(arg);
+    s = PyBytes_AS_STRING(args[0]);
+    n = PyBytes_GET_SIZE(args[0]);
     /* HTTP/1.x SP 3DIGIT SP reason CRLF */
     if (n < 15 || memcmp(s, "HTTP/1.", 7) != 0 || (s[7] != '1' && s[7] != '0') || s[8] != ' ' || s[9] < '2' ||
         s[9] > '5' || s[10] < '0' || s[10] > '9' || s[11] < '0' || s[11] > '9' || s[12] != ' ')
@@ -438,14 +457,29 @@ static PyObject *response_head(PyObject *self, PyObject *arg) {
         ;
     if (eol + 1 >= n || s[eol] != '\r' || s[eol + 1] != '\n' || !strict_lines(s, eol, n, 0))
         Py_RETURN_NONE;
-    scanned = scan(s, n, eol);
-    if (scanned == NULL || scanned == Py_None)
-        return scanned;
-    result = Py_BuildValue("(iy#OOOOO)", (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0'), s + 13,
-                           eol - 13, s[7] == '1' ? Py_True : Py_False, PyTuple_GET_ITEM(scanned, 0),
-                           PyTuple_GET_ITEM(scanned, 1), PyTuple_GET_ITEM(scanned, 2), PyTuple_GET_ITEM(scanned, 3));
-    Py_DECREF(scanned);
-    return result;
+    lines = scan_lines(s, n, eol, &length, &chunked, &connection);
+    if (lines == NULL || lines == Py_None)
+        return lines;
+    status = (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0');
+    head = PyObject_IsTrue(args[1]);
+    if (head < 0) {
+        Py_DECREF(lines);
+        return NULL;
+    }
+    /* the body's framing (RFC 9112 6.3) and whether the server keeps the connection after it */
+    if (head || status == 204 || status == 304)
+        framing = NO_BODY;
+    else if (chunked)
+        framing = CHUNKED;
+    else if (length < 0)
+        framing = UNTIL_CLOSE;
+    else
+        framing = length ? NULL : NO_BODY;
+    keep = !(connection & CONN_CLOSE) && (s[7] == '1' || (connection & CONN_KEEP_ALIVE)) && framing != UNTIL_CLOSE;
+    if (framing == NULL)
+        return Py_BuildValue("(iy#N(On)O)", status, s + 13, eol - 13, lines, STR_LENGTH, length,
+                             keep ? Py_True : Py_False);
+    return Py_BuildValue("(iy#NOO)", status, s + 13, eol - 13, lines, framing, keep ? Py_True : Py_False);
 }
 
 /* join_head(data, start_line, extra, old_host, host): see http1.join_head_py. */
@@ -524,8 +558,8 @@ static PyMethodDef methods[] = {
      "join_head(data, start_line, extra, old_host, host) -> bytes | None: see http1.join_head_py"},
     {"request_head", request_head, METH_O,
      "request_head(head: bytes) -> (method, target, version, headers, index) | None (None: llhttp decides)"},
-    {"response_head", response_head, METH_O,
-     "response_head(head: bytes) -> (status, reason, http11, length, chunked, connection, lines) | None"},
+    {"response_head", (PyCFunction)(void (*)(void))response_head, METH_FASTCALL,
+     "response_head(head: bytes, head_request: bool) -> (status, reason, lines, framing, reusable) | None"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -541,5 +575,11 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     for (m = 0; m < 8; m++)
         if ((METHOD_STR[m] = PyUnicode_InternFromString(METHODS[m])) == NULL)
             return NULL;
+    NO_BODY = Py_BuildValue("(si)", "none", 0);
+    CHUNKED = Py_BuildValue("(si)", "chunked", 0);
+    UNTIL_CLOSE = Py_BuildValue("(si)", "close", 0);
+    STR_LENGTH = PyUnicode_InternFromString("length");
+    if (NO_BODY == NULL || CHUNKED == NULL || UNTIL_CLOSE == NULL || STR_LENGTH == NULL)
+        return NULL;
     return PyModule_Create(&module);
 }

@@ -281,6 +281,11 @@ class Target:
         return host if self.port == 80 else f"{host}:{self.port}"
 
     @functools.cached_property
+    def line_tail(self) -> bytes:
+        """The end of a request line for this target in origin-form: b" /path HTTP/1.1"."""
+        return f" {self.path} HTTP/1.1".encode("latin-1")
+
+    @functools.cached_property
     def host_header(self) -> bytes:
         text = self.authority
         return text.encode("ascii") if text.isascii() else text.encode("idna")
@@ -495,7 +500,15 @@ class Response:
 
     def encode(self, extra: bytes = b"") -> bytes:
         """The head to send to an HTTP/1.1 or 1.0 client, ``extra`` lines (same form) appended."""
+        usual = _STATUS_LINES.get(self.status)  # (its usual reason, the status line with it)
+        if usual is not None and usual[0] == self.reason:
+            return b"".join((usual[1], self.lines, extra, b"\r\n\r\n"))
         return b"HTTP/1.1 %d %s%s%s\r\n\r\n" % (self.status, self.reason, self.lines, extra)
+
+
+# status -> (the usual reason phrase, the status line saying it), built once
+_STATUS_LINES = {status: (reason.encode("latin-1"), b"HTTP/1.1 %d %s" % (status, reason.encode("latin-1")))
+                 for status, reason in REASONS.items()}
 
 
 # The lines a passed-on head reads: the hop-by-hop ones (RFC 9110 7.6.1), which it loses, and
@@ -528,29 +541,33 @@ def _connection_flags(value: bytes) -> Optional[int]:
 
 
 def quick_response(data: bytes, method: str) -> Optional[Response]:
-    """The common final response passed on without building its header list: validated by
-    llhttp; its end-to-end lines and what frames its body read by :func:`scan_response`. None
-    when the head needs :func:`parse_response_head` (1xx and 101, a version other than
-    1.0/1.1, a Connection header naming other headers, several or invalid Content-Length
-    values, a Transfer-Encoding other than a lone chunked). Raises ProtocolError for a
-    malformed head. The C ``response_head``, where built, takes the usual head without llhttp
-    (a strict grammar, a subset of llhttp's; anything outside it goes to llhttp)."""
-    fast = response_head(data) if response_head is not None else None
-    if fast is not None:
-        status, reason, http11, length, chunked, connection, lines = fast
-    else:
-        parser = httptools.HttpResponseParser(_SILENT)
-        if _feed(parser, data):
-            return None
-        status = parser.get_status_code()
-        version = data[:9]
-        if status < 200 or (version != b"HTTP/1.1 " and version != b"HTTP/1.0 "):
-            return None
-        scanned = scan_response(data)
-        if scanned is None:
-            return None
-        length, chunked, connection, lines = scanned
-        http11, reason = version == b"HTTP/1.1 ", data[13:data.find(b"\r\n")]
+    """The common final response passed on without building its header list: its end-to-end
+    lines and what frames its body read by :func:`scan_response`. None when the head needs
+    :func:`parse_response_head` (1xx and 101, a version other than 1.0/1.1, a Connection
+    header naming other headers, several or invalid Content-Length values, a
+    Transfer-Encoding other than a lone chunked). Raises ProtocolError for a malformed head.
+    The C ``response_head``, where built, reads the usual head in one call (a strict grammar,
+    a subset of what llhttp takes); any other goes to :func:`quick_response_llhttp`."""
+    if response_head is not None:
+        fast = response_head(data, method == "HEAD")
+        if fast is not None:
+            return Response(*fast)
+    return quick_response_llhttp(data, method)
+
+
+def quick_response_llhttp(data: bytes, method: str) -> Optional[Response]:
+    """:func:`quick_response` with the head validated by llhttp."""
+    parser = httptools.HttpResponseParser(_SILENT)
+    if _feed(parser, data):
+        return None
+    status = parser.get_status_code()
+    version = data[:9]
+    if status < 200 or (version != b"HTTP/1.1 " and version != b"HTTP/1.0 "):
+        return None
+    scanned = scan_response(data)
+    if scanned is None:
+        return None
+    length, chunked, connection, lines = scanned
     if method == "HEAD" or status == 204 or status == 304:
         framing = NO_BODY
     elif chunked:
@@ -562,8 +579,8 @@ def quick_response(data: bytes, method: str) -> Optional[Response]:
     if connection & CONN_CLOSE:
         keep = False
     else:
-        keep = http11 or connection & CONN_KEEP_ALIVE
-    return Response(status, reason, lines, framing, keep and framing != UNTIL_CLOSE)
+        keep = version == b"HTTP/1.1 " or connection & CONN_KEEP_ALIVE
+    return Response(status, data[13:data.find(b"\r\n")], lines, framing, keep and framing != UNTIL_CLOSE)
 
 
 def scan_response_py(data: bytes) -> Optional[tuple[int, bool, int, bytes]]:

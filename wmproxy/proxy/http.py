@@ -178,14 +178,14 @@ class HttpSession:
         """The head to send upstream (``raw``: the client's, ``head`` parsed from it), and whether
         the client asked to upgrade. Its header lines go on as they came when none is dropped and
         its one Host line is set to the URL's authority (RFC 9112 3.2.2)."""
-        line = f"{head.method} {target.path} HTTP/1.1"
-        data = http1.passthrough_head(head, raw, line.encode("latin-1"), VIA_LINE, _EXPECT, target.host_header)
+        data = http1.passthrough_head(head, raw, head.method.encode("latin-1") + target.line_tail, VIA_LINE, _EXPECT,
+                                      target.host_header)
         if data is not None:
             return data, False
         headers, upgrade = http1.upstream_headers(head, framing, _NOT_FORWARDED)
         headers.insert(0, (b"Host", target.host_header))
         headers.append((b"Via", VIA))
-        return http1.encode_head(line, headers), bool(upgrade)
+        return http1.encode_head(f"{head.method} {target.path} HTTP/1.1", headers), bool(upgrade)
 
     def _forward(self, head: Head, raw: bytes, started: float) -> bool:
         """Serve one request. Returns whether the client connection stays open."""

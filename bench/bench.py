@@ -44,6 +44,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PROXY_CPU, LOAD_CPU = "0", "1"
+SETTLE = 3.0  # seconds of quiet before each measured run (see Bench.in_rounds)
 
 
 def free_port() -> int:
@@ -304,15 +305,17 @@ http {{
         """Run every (name, run) once per round, in turn, for ``self.rounds`` rounds: this
         machine's speed drifts 15-30% from one minute to the next, so each ratio is taken within
         a round (a few seconds apart) and the median over the rounds is the figure. Each round
-        starts one further along the list, so no run always follows the same one (a slow peer
-        still busy when the next run starts). ``ratios``: (label, numerator name, denominator
-        name, goal or 0). Prints each round's ratios and the medians, records them under
-        results["ratios"][key]."""
+        starts one further along the list, so no run always follows the same one, and each run
+        starts after a pause of SETTLE seconds: a peer that was slow to finish (tinyproxy, with
+        thousands of closed connections) slowed whichever run came next by up to a third.
+        ``ratios``: (label, numerator name, denominator name, goal or 0). Prints each round's
+        ratios and the medians, records them under results["ratios"][key]."""
         values: dict[str, list[float]] = {name: [] for name, _ in runs}
         for r in range(self.rounds):
             if self.rounds > 1:
                 print(f"  round {r + 1} of {self.rounds}:")
             for name, run in runs[r % len(runs):] + runs[:r % len(runs)]:
+                time.sleep(SETTLE)
                 values[name].append(run())
         record = self.results.setdefault("ratios", {}).setdefault(key, {})
         print(f"  ratios, median of {self.rounds} round(s) (each round's in brackets):")

@@ -1,11 +1,12 @@
 /* Optional speedups for wmproxy.prot.http1: what its pure-Python fallbacks do, in C.
  *
  * Built by setup.py when a C compiler and Python's headers are there (an optional extension:
- * without them wmproxy installs and runs on the fallbacks alone). Every function here reads
- * bytes that llhttp has already validated as a complete head: each line ends in CRLF, names
- * are tokens with no space before the colon, values hold no CR or LF. They still check every
- * index against the buffer's length, so bytes that break those promises give a wrong answer
- * (which the tests compare against the fallback), never a read out of bounds.
+ * without them wmproxy installs and runs on the fallbacks and llhttp alone). The first three
+ * functions read bytes already validated as a complete head (by llhttp, or by the strict
+ * grammar of the last two): each line ends in CRLF, names are tokens with no space before the
+ * colon, values hold no CR or LF. They still check every index against the buffer's length,
+ * so bytes that break those promises give a wrong answer (which the tests compare against the
+ * fallback), never a read out of bounds.
  *
  * scan_response(data: bytes) -> (length, chunked, connection, lines) | None
  *     The end-to-end header lines of a response head and what frames its body:

@@ -445,6 +445,10 @@ def test_speedups_on_any_bytes_answer_and_never_crash(raw):
     if scanned is not None:
         length, chunked, connection, lines = scanned
         assert length >= -1 and chunked in (0, 1) and 0 <= connection <= 3 and len(lines) <= len(raw)
+    # the two that validate: None for all of these but a real head, never a crash
+    for prefix in (b"GET / HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\n", b""):
+        for parsed in (_speedups.request_head(prefix + raw), _speedups.response_head(prefix + raw, False)):
+            assert parsed is None or (type(parsed) is tuple and (prefix + raw).endswith(b"\r\n\r\n"))
 
 
 def test_speedups_take_only_bytes_and_odd_bytes_safely():

@@ -370,14 +370,15 @@ def passthrough_head(head: Head, data: bytes, start_line: bytes, extra: bytes, d
     index = head.index
     if not (HOP_BY_HOP.isdisjoint(index) and drop.isdisjoint(index)):
         return None
-    if host is None:
-        return join_head(data, start_line, extra, None, None)
-    values = index.get(b"host")
-    if values is None or len(values) != 1:
-        return None
-    if values[0] == host:
-        return join_head(data, start_line, extra, None, None)
-    return join_head(data, start_line, extra, values[0], host)
+    old = None
+    if host is not None:
+        values = index.get(b"host")
+        if values is None or len(values) != 1:
+            return None
+        old = values[0]
+        if old == host:  # the line says it already
+            old = host = None
+    return join_head(data, start_line, extra, old, host)
 
 
 def join_head_py(data: bytes, start_line: bytes, extra: bytes, old_host: Optional[bytes],

@@ -245,6 +245,7 @@ class ProxyConfig:
     idle_timeout: float = key(to_duration, 300.0, "close a connection silent this long")
     max_connections: int = key(int_range(1, 1_000_000), 10000, "concurrent client connections")
     max_header_size: int = key(to_size, 65536, "largest HTTP request or response head")
+    max_headers: int = key(int_range(1, 10000), 100, "most header lines in an HTTP request (431 beyond)")
     udp_bind: Optional[Addr] = key(optional_addr, None, "SOCKS5 UDP ASSOCIATE: the address each association's "
                                    "relay socket binds to, port 0 (one port per association); '' disables")
 
@@ -639,6 +640,7 @@ class HttpServerConfig:
     client_read_timeout: float = key(to_duration, 60.0, "time a client may take to send a request head, and "
                                                         "the keep-alive wait between requests")
     max_header_size: int = key(to_size, 65536, "largest request head (431 beyond)")
+    max_headers: int = key(int_range(1, 10000), 100, "most header lines in a request (431 beyond)")
     cert: str = key(to_str, "", "PEM certificate: TLS on this server's binds")
     # last: from here on, 'key' in this class body names this field, not the declaring function
     key: str = key(to_str, "", "PEM private key for cert")

@@ -228,7 +228,10 @@ def test_hop_by_hop_and_connection_named_headers_dropped():
 def test_chunk_size_lines():
     assert http1.parse_chunk_size(b"1a") == 26
     assert http1.parse_chunk_size(b"FF;name=value") == 255
-    for bad in (b"", b"-1", b"zz", b"1" * 16, b"0x10"):
+    assert http1.parse_chunk_size(b'5 ; a = "x y"; b') == 5
+    assert http1.parse_chunk_size(b'5;a="q\\""') == 5
+    for bad in (b"", b"-1", b"zz", b"1" * 16, b"0x10", b" 5", b"5 ", b"5;", b"5;a\nb", b"5\n", b"5;a=\"x\r\"",
+                b"5;a=\"x", b"5;a=b c", b"5\x00", b"+5", b"5;a=\"\n\""):
         with pytest.raises(ProtocolError):
             http1.parse_chunk_size(bad)
 
@@ -684,3 +687,45 @@ def test_join_head_in_c_is_the_python_one(raw, start, extra, old, host):
         _speedups.join_head(raw, start, extra, old)
     with pytest.raises(TypeError):
         _speedups.join_head(raw, start, extra, old, None if host is not None else b"h")
+
+
+def _req(text: bytes) -> http1.Head:
+    return http1.parse_request_head_llhttp(text)
+
+
+def test_check_request_host_count_and_value():
+    http1.check_request(_req(b"GET / HTTP/1.1\r\nHost: a.test:80\r\n\r\n"))
+    http1.check_request(_req(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n"))
+    http1.check_request(_req(b"GET / HTTP/1.0\r\n\r\n"))  # HTTP/1.0 may leave it out
+    http1.check_request(_req(b"CONNECT a:443 HTTP/1.1\r\n\r\n"), host_required=False)
+    for bad in (b"GET / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n"):
+        with pytest.raises(ProtocolError) as e:
+            http1.check_request(_req(bad))
+        assert e.value.http_status == 400
+
+
+def test_check_request_limits_and_http10_chunked():
+    many = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X: 1\r\n" * 100 + b"\r\n"
+    with pytest.raises(ProtocolError) as e:
+        http1.check_request(_req(many))
+    assert e.value.http_status == 431
+    http1.check_request(_req(many), max_headers=101)
+    with pytest.raises(ProtocolError):
+        http1.check_request(_req(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"))
+
+
+def test_trailer_lines():
+    http1.check_trailer_line(b"X-Sum: abc def")
+    http1.check_trailer_line(b"X-Empty:")
+    for bad in (b"X: a\nb", b" X: a", b"X : a", b"X: a\rb", b"X: a\x00", b"no colon", b": v"):
+        with pytest.raises(ProtocolError):
+            http1.check_trailer_line(bad)
+
+
+def test_connection_cannot_drop_framing_or_host():
+    head = _req(b"POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length, host, x-a\r\nX-A: 1\r\n"
+                b"Content-Length: 3\r\n\r\n")
+    names = [k.lower() for k, _ in head.end_to_end()]
+    assert names == [b"host", b"content-length"]

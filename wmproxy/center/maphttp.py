@@ -117,6 +117,7 @@ class MapHttpServer(Listener):
         """Serve one request; returns whether the connection stays open."""
         try:
             head = http1.parse_request_head(httpio.read_head(reader, MAX_HEAD))
+            http1.check_request(head)
         except PeerClosed:
             return False
         framing = http1.request_framing(head)
@@ -163,9 +164,13 @@ class MapHttpServer(Listener):
                 if attempt:
                     up.close()
                     up.take(route, ctx.idle_timeout)
-                httpio.copy_body(reader, up.stream.sendall, framing, True, prefix=out)
+                httpio.send_request(reader, up.stream.sendall, framing, out)
                 response = httpio.read_response(up.reader, MAX_HEAD, head.method, finish=finish)
                 break
+            except httpio.ClientBodyError as e:  # the public client's fault: that request alone
+                _reply(client, e.http_status, str(e))
+                log.info("%s map-http %s: %d %s", peer_ip, variables["host"], e.http_status, e)
+                return False
             except (PeerClosed, ConnectionError, ProtocolError) as e:
                 if attempt + 1 == tries or isinstance(e, ProtocolError):
                     _reply(client, 502, f"the mapped service did not answer: {e}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, ProxyError
 from ..prot import http1
 from .reader import PeerClosed, Reader
 from .relay import relay
@@ -148,9 +148,62 @@ def _read_trailers(reader: Reader) -> bytes:
         line = reader.read_until(b"\r\n", MAX_CHUNK_LINE)
         if line == b"\r\n":
             return out
+        http1.check_trailer_line(line[:-2])
         out += line
         if len(out) > MAX_TRAILERS:
             raise ProtocolError(f"trailers larger than {MAX_TRAILERS} bytes", 431)
+
+
+class ClientBodyError(ProxyError):
+    """The client's request body ended early, was too slow, or broke its framing: that request
+    fails alone (``http_status`` to answer with, if the client is still there); the server it
+    was going to is not at fault."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+        if isinstance(cause, ProtocolError):
+            self.http_status = cause.http_status
+        elif isinstance(cause, TimeoutError):  # socket.timeout
+            self.http_status = 408
+        else:
+            self.http_status = 400
+        super().__init__(f"client request body: {cause or type(cause).__name__}")
+
+
+class _UpstreamSide:
+    """A send function that remembers whether it failed: what broke a body copy was then the
+    receiving side, not the client's."""
+
+    __slots__ = ("send", "failed")
+
+    def __init__(self, send) -> None:
+        self.send = send
+        self.failed = False
+
+    def __call__(self, data) -> None:
+        try:
+            self.send(data)
+        except BaseException:
+            self.failed = True
+            raise
+
+
+def send_request(reader: Reader, send, framing: tuple[str, int], head: bytes) -> int:
+    """Send a request's ``head`` and its body (read from the client's ``reader``, chunked
+    re-encoded) with ``send``. Returns the body's data bytes. Raises ClientBodyError when the
+    client's side broke (closed, timed out, malformed chunks), and what ``send`` raised
+    (OSError, socket.timeout) when the server's did: the one rule every exchange uses to tell
+    a client's fault from an upstream's."""
+    if framing == http1.NO_BODY:
+        send(head)
+        return 0
+    side = _UpstreamSide(send)
+    try:
+        return copy_body(reader, side, framing, True, prefix=head)
+    except (PeerClosed, ProtocolError, OSError) as e:
+        if side.failed:
+            raise
+        raise ClientBodyError(e) from None
 
 
 class Forwarded:

@@ -103,7 +103,9 @@ class Head:
         Connection header names, and ``also``."""
         drop = _dropped(also)
         named = self.connection
-        return self.without(drop | named if named else drop)
+        if named:  # (never the framing or the Host: a Connection line naming those would desync the next hop)
+            drop = drop | (named - _NEVER_NAMED)
+        return self.without(drop)
 
     def expects_continue(self) -> bool:
         """Whether the request asks for a 100 (Continue) before sending its body."""
@@ -119,6 +121,7 @@ class Head:
 
 
 _NONE: frozenset[bytes] = frozenset()
+_NEVER_NAMED = frozenset((b"content-length", b"host"))
 
 
 _DROPPED: dict[frozenset[bytes], frozenset[bytes]] = {}  # also -> HOP_BY_HOP | also
@@ -632,12 +635,58 @@ else:
 SPEEDUPS = scan_response is not scan_response_py  # whether the C versions are in use
 
 
+# RFC 9112 7.1: chunk-size [ chunk-ext ] CRLF, where chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS
+# value ] ), a name a token and a value a token or a quoted-string (no CR, LF or NUL inside). The
+# line has been cut at its CRLF; a bare CR or LF anywhere in it is refused: a server that ends
+# lines at LF would read another chunk there (request smuggling).
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x20-\x7e\x80-\xff])*"'
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|"
+                         + _QUOTED + rb"))?)*")
+# a trailer field line (RFC 9112 7.1.2 and 5): name ":" OWS value, its CRLF cut off; no obs-fold
+_FIELD_LINE = re.compile(_TOKEN + rb":[ \t]*[\t \x21-\x7e\x80-\xff]*")
+
+
 def parse_chunk_size(line: bytes) -> int:
-    """The size on a chunk-size line (without its CRLF); extensions are ignored."""
-    size = line.split(b";", 1)[0].strip()
-    if not size or len(size) > 15 or any(c not in b"0123456789abcdefABCDEF" for c in size):
+    """The size on a chunk-size line (without its CRLF). Extensions are checked against their
+    grammar, then ignored. Raises ProtocolError (400) for anything else."""
+    m = _CHUNK_LINE.fullmatch(line)
+    if m is None:
         raise ProtocolError(f"invalid chunk size line {line[:40]!r}")
-    return int(size, 16)
+    return int(m.group(1), 16)
+
+
+def check_trailer_line(line: bytes) -> None:
+    """A trailer field line (without its CRLF) must be ``name: value`` with no CR, LF, NUL or
+    folding. Raises ProtocolError (400)."""
+    if _FIELD_LINE.fullmatch(line) is None:
+        raise ProtocolError(f"invalid trailer line {line[:40]!r}")
+
+
+# A Host value (RFC 9112 3.2, RFC 3986 3.2.2): uri-host [ ":" port ]
+_HOST_VALUE = re.compile(rb"(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?")
+MAX_HEADERS = 100
+
+
+def check_request(head: Head, max_headers: int = MAX_HEADERS, host_required: bool = True) -> None:
+    """What RFC 9112 asks of a request head beyond its syntax, checked by every server here:
+    at most ``max_headers`` header lines (431), one valid Host (a missing one only in
+    HTTP/1.1 and when ``host_required``), no Transfer-Encoding in HTTP/1.0 (an HTTP/1.0
+    receiver does not know chunked: a front end and a back end would frame it two ways, as
+    nginx refuses it). Raises ProtocolError."""
+    if len(head.headers) > max_headers:
+        raise ProtocolError(f"more than {max_headers} header lines", 431)
+    index = head.index
+    hosts = index.get(b"host")
+    if hosts is None:
+        if host_required and head.version == "1.1":
+            raise ProtocolError("an HTTP/1.1 request needs a Host header")
+    elif len(hosts) != 1:
+        raise ProtocolError("more than one Host header")
+    elif _HOST_VALUE.fullmatch(hosts[0].rstrip(b" \t")) is None:
+        raise ProtocolError(f"invalid Host header {hosts[0][:60]!r}")
+    if head.version == "1.0" and b"transfer-encoding" in index:
+        raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
 
 
 def encode_lines(headers: Headers) -> bytes:

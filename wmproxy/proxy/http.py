@@ -92,6 +92,7 @@ class HttpSession:
     def serve(self, allowed: bool) -> None:
         self._start_watchdog()
         reader, limit, plain = self.reader, self.cfg.max_header_size, "http" in self.cfg.flag
+        max_headers = self.cfg.max_headers
         try:
             while True:
                 try:
@@ -112,6 +113,8 @@ class HttpSession:
                 started = time.monotonic()
                 try:
                     head = http1.parse_request_head(raw)
+                    # the absolute URI decides where a request goes; the Host line must be sound
+                    http1.check_request(head, max_headers, head.method != "CONNECT")
                 except ProtocolError as e:
                     self._error(e.http_status, str(e))
                     raise
@@ -205,6 +208,9 @@ class HttpSession:
         except UpstreamError as e:
             self._reply_log(head, e.http_status, str(e), started)
             return False
+        except httpio.ClientBodyError as e:  # the client's fault: no upstream is blamed
+            self._reply_log(head, e.http_status, str(e), started)
+            return False
         if response.status == 101 and upgrade:
             return self._switch(head, response.head, up, started)
         out_head, chunked_out, client_keep = httpio.to_client(head, response, VIA_LINE)
@@ -229,25 +235,25 @@ class HttpSession:
         when that came whole with it (else None: the body waits in the upstream's reader).
 
         A reused upstream connection that turns out closed is replaced once (``retry``), when
-        the request has no body (so nothing the client sent is lost). Raises UpstreamError.
+        the request has no body (so nothing the client sent is lost). Raises UpstreamError, or
+        httpio.ClientBodyError when the client's body broke off or broke its framing.
         """
         up = self.upstream
         if up is None or up.key[0] != target.host or up.key[1] != target.port:
             up = self._new_upstream(target)
-        sent = False
         try:
             if framing == http1.NO_BODY:
                 up.send(data)
             else:
-                self.info.up += httpio.copy_body(self.reader, up.send, framing, True, prefix=data)
-            sent = True
+                self.info.up += httpio.send_request(self.reader, up.send, framing, data)
             response, body = httpio.read_response_whole(up.reader, self.cfg.max_header_size, head.method,
                                                         self._interim if head.version == "1.1" else None)
             return up, response, body
+        except httpio.ClientBodyError:
+            self._drop_upstream()  # it has part of a request: no use for another
+            raise
         except (PeerClosed, ConnectionError) as e:
             self._drop_upstream()
-            if isinstance(e, PeerClosed) and not sent:
-                raise  # the client went away in the middle of its request body
             if retry and up.used and framing == http1.NO_BODY:
                 return self._exchange(head, target, data, framing, False)
             raise UpstreamError(f"upstream {target.authority} closed the connection: {e}") from None

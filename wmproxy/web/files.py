@@ -58,6 +58,21 @@ def _inside(root: str, path: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def _checked(fs: FileServerConfig, root: str, path: str) -> Optional[str]:
+    """The one root check of every path the file server opens (the requested file, index
+    files, try_paths and path404 fallbacks, .br/.gz siblings): its real path when it stays
+    inside ``root`` (the real path of fs.root) or ``follow_symlinks`` is set, else None."""
+    real = os.path.realpath(path)
+    return real if fs.follow_symlinks or _inside(root, real) else None
+
+
+def _open(fs: FileServerConfig, real: str):
+    """Open a path :func:`_checked` gave: without following a symlink put there since (unless
+    follow_symlinks). Raises OSError."""
+    flags = os.O_RDONLY | (0 if fs.follow_symlinks else os.O_NOFOLLOW)
+    return os.fdopen(os.open(real, flags), "rb")
+
+
 class Out:
     """Where the answer goes: the client, the response header rules, keep-alive."""
 
@@ -134,17 +149,20 @@ def _lookup(fs: FileServerConfig, root: str, path: str):
     """-> ("file", fs path, status) | ("listing", dir, 200) | ("redirect", None, 301) | Reply(403/404)."""
     for candidate, status in _candidates(fs, path):
         full = os.path.join(root, candidate.lstrip("/"))
-        real = os.path.realpath(full)
-        if not os.path.exists(real):
+        if not os.path.exists(full):
             continue
-        if not fs.follow_symlinks and not _inside(root, real):
+        real = _checked(fs, root, full)
+        if real is None:
             return Reply(403)
         if os.path.isdir(real):
             if not candidate.endswith("/"):
                 return ("redirect", None, 301) if candidate == path else Reply(403)
             for index in fs.index:
                 page = os.path.join(real, index)
-                if os.path.isfile(page) and (fs.follow_symlinks or _inside(root, os.path.realpath(page))):
+                if os.path.isfile(page):
+                    page = _checked(fs, root, page)
+                    if page is None:
+                        return Reply(403)
                     return ("file", page, status)
             return ("listing", real, status) if fs.browse else Reply(403)
         if os.path.isfile(real):
@@ -201,15 +219,27 @@ def _encoded(fs: FileServerConfig, head: Head, fs_path: str) -> tuple[str, Optio
     values = head.get_all(b"accept-encoding")
     if not values:
         return fs_path, None
-    siblings = _cached(("siblings", fs_path), lambda: tuple(e for e, suffix in ENCODINGS
-                                                          if os.path.isfile(fs_path + suffix)))
+    siblings = _cached(("siblings", fs, fs_path), lambda: _siblings(fs, fs_path))
     if not siblings:
         return fs_path, None
     accepted = {part.split(";", 1)[0].strip().lower() for part in b",".join(values).decode("latin-1").split(",")}
-    for encoding, suffix in ENCODINGS:
-        if encoding in accepted and encoding in siblings:
-            return fs_path + suffix, encoding
+    for encoding, real in siblings:
+        if encoding in accepted:
+            return real, encoding
     return fs_path, None
+
+
+def _siblings(fs: FileServerConfig, fs_path: str) -> tuple:
+    """((encoding, real path), ...) of the precompressed siblings of ``fs_path`` that are
+    files and pass the root check (a sibling symlinked out of root is not one)."""
+    root = os.path.realpath(fs.root)
+    found = []
+    for encoding, suffix in ENCODINGS:
+        if os.path.isfile(fs_path + suffix):
+            real = _checked(fs, root, fs_path + suffix)
+            if real is not None:
+                found.append((encoding, real))
+    return tuple(found)
 
 
 class _Meta:
@@ -239,7 +269,7 @@ def _small_meta(fs: FileServerConfig, fs_path: str, send_path: str, encoding: Op
     from a fresh open)."""
     def read() -> Optional[_Meta]:
         try:
-            with open(send_path, "rb") as f:
+            with _open(fs, send_path) as f:
                 st = os.fstat(f.fileno())
                 if not stat.S_ISREG(st.st_mode) or st.st_size > SMALL_FILE:
                     return None
@@ -302,7 +332,7 @@ def _file(fs: FileServerConfig, out: Out, head: Head, fs_path: str, status: int,
     if meta is not None:
         return _answer(out, head, meta, None, status, head_only)
     try:
-        f = open(send_path, "rb")
+        f = _open(fs, send_path)
     except OSError:
         return _small(out, 403, "Forbidden", head_only)
     with f:

@@ -57,6 +57,7 @@ class WebContext:
         self.ssl = sni_server_context([(s.cert, s.key) for s in servers]) if scheme == "https" else None
         self.read_timeout = max(s.client_read_timeout for s in servers)
         self.max_head = max(s.max_header_size for s in servers)
+        self.max_headers = max(s.max_headers for s in servers)
         # per server and per location (by id: the config objects live as long as this context)
         self._plans: dict[int, _Plan] = {}
         for srv in servers:
@@ -272,7 +273,9 @@ class WebServer(Listener):
         """Serve one request; returns whether the connection stays open."""
         try:
             raw = httpio.read_head(reader, ctx.max_head)
-            req = Request(http1.parse_request_head(raw), raw, ip, ctx)
+            head = http1.parse_request_head(raw)
+            http1.check_request(head, ctx.max_headers)
+            req = Request(head, raw, ip, ctx)
         except PeerClosed:
             return False
         except ProtocolError as e:  # a malformed head, or a body framed two ways
@@ -384,6 +387,11 @@ class WebServer(Listener):
                     outcome = self._attempt(client, reader, req, ctx, conn, out, upgrade, plan.response_rules)
                 finally:
                     server.active -= 1
+                if isinstance(outcome, httpio.ClientBodyError):  # the client's fault, not the server's
+                    conn.close()
+                    req.keep = False
+                    req.note = f"{server.addr}: {outcome}"
+                    return self._reply(client, req, outcome.http_status, str(outcome))
                 if isinstance(outcome, httpio.Forwarded):
                     server.succeeded()
                     req.note = server.addr
@@ -416,7 +424,7 @@ class WebServer(Listener):
     def _attempt(self, client, reader: Reader, req: Request, ctx: WebContext, conn, out: bytes, upgrade, rules):
         """Send the request on ``conn`` and forward the response (``rules``: the response's
         header rules) -> httpio.Forwarded, or the exception that stopped it before any response
-        byte reached the client."""
+        byte reached the client (httpio.ClientBodyError: the client's body broke off)."""
         loc = req.location
         req.state.waiting(conn.reader, loc.proxy_read_timeout)
         finish = (lambda h: req.apply(h, rules)) if rules else None
@@ -424,10 +432,10 @@ class WebServer(Listener):
             if req.framing == http1.NO_BODY:
                 send_all(conn.sock, out)
             else:
-                httpio.copy_body(reader, partial(send_all, conn.sock), req.framing, True, prefix=out)
+                httpio.send_request(reader, partial(send_all, conn.sock), req.framing, out)
             # interim 1xx other than 101 are skipped: the proxy answered Expect itself
             response = httpio.read_response(conn.reader, ctx.max_head, req.head.method, finish=finish)
-        except (PeerClosed, ProtocolError, OSError) as e:  # socket.timeout and ConnectionError included
+        except (PeerClosed, ProtocolError, OSError, httpio.ClientBodyError) as e:  # socket.timeout included
             return e
         if response.status == 101 and upgrade:
             req.state.stop()  # the relay that follows watches its own idle time

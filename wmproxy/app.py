@@ -239,13 +239,14 @@ class App:
             seen = now
             gevent.spawn(self.reload, "file changed")
 
-    def proxy_handler(self, proxy_cfg, stats):
+    def proxy_handler(self, proxy_cfg, stats, exposed: bool):
         """The forward proxy as a function of (connection, client address), for features that
-        hand it connections of their own (the center server's PROXY streams)."""
+        hand it connections of their own (the center server's PROXY streams, proxy mappings);
+        ``exposed``: other hosts can reach them (loopback targets are then refused by default)."""
         from .net.relay import link_owned
         from .proxy.server import ProxyContext, serve_connection
 
-        ctx = ProxyContext(proxy_cfg, self.resolver, link_owned, stats, local=False)
+        ctx = ProxyContext(proxy_cfg, self.resolver, link_owned, stats, local=False, exposed=exposed)
         return lambda conn, address: serve_connection(ctx, conn, address)
 
     # -- status --------------------------------------------------------------------------------

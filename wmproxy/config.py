@@ -149,6 +149,51 @@ def to_network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     raise Invalid(f"expected an IP address or CIDR like '10.0.0.0/8', '127.0.0.1' or '::1/128', got {value!r}")
 
 
+@dataclass(frozen=True)
+class TargetRule:
+    """A deny_targets / allow_targets entry: a network and a port range (any port: 1-65535)."""
+
+    network: Optional[ipaddress.IPv4Network | ipaddress.IPv6Network]  # None: any address
+    low: int = 1
+    high: int = 65535
+
+    def matches(self, addr, port: int) -> bool:
+        return self.low <= port <= self.high and (self.network is None or (
+            addr.version == self.network.version and addr in self.network))
+
+    def __str__(self) -> str:
+        net = "*" if self.network is None else str(self.network)
+        if self.network is not None and self.network.version == 6 and (self.low, self.high) != (1, 65535):
+            net = f"[{net}]"
+        ports = "" if (self.low, self.high) == (1, 65535) else f":{self.low}" + (
+            f"-{self.high}" if self.high != self.low else "")
+        return net + ports
+
+
+_TARGET_HELP = ("expected a target rule: an address or network ('10.0.0.0/8', '::1'), optionally with a port or "
+                "range ('127.0.0.1:8080', '[::1]:22', '10.0.0.0/8:1-1023', '*:25' for any address)")
+
+
+def to_target_rule(value: Any) -> TargetRule:
+    if isinstance(value, str):
+        text = value.strip()
+        net_text, ports = text, ""
+        if text.startswith("["):
+            net_text, sep, rest = text[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise Invalid(f"{_TARGET_HELP}, got {value!r}")
+            ports = rest[1:]
+        elif text.count(":") == 1:  # IPv4 or * with a port (a bare IPv6 address has several colons)
+            net_text, _, ports = text.partition(":")
+        try:
+            network = None if net_text == "*" else ipaddress.ip_network(net_text, strict=False)
+            low, high = to_port_range(ports) if ports else (1, 65535)
+            return TargetRule(network, low, high)
+        except (ValueError, Invalid):
+            pass
+    raise Invalid(f"{_TARGET_HELP}, got {value!r}")
+
+
 def list_of(conv: Callable[[Any], Any]) -> Callable[[Any], tuple]:
     """A list converter; a single value is taken as a list of one (handy for flags)."""
 
@@ -244,8 +289,14 @@ class ProxyConfig:
     handshake_timeout: float = key(to_duration, 30.0, "time for a client to send its request head")
     idle_timeout: float = key(to_duration, 300.0, "close a connection silent this long")
     max_connections: int = key(int_range(1, 1_000_000), 10000, "concurrent client connections")
+    max_connections_per_ip: int = key(int_range(0, 1_000_000), 1000, "concurrent connections of one client address "
+                                                                     "(0: no limit)")
     max_header_size: int = key(to_size, 65536, "largest HTTP request or response head")
     max_headers: int = key(int_range(1, 10000), 100, "most header lines in an HTTP request (431 beyond)")
+    deny_targets: tuple = key(list_of(to_target_rule), (), "targets refused (networks, with ports: '10.0.0.0/8', "
+                                                           "'*:25'); checked after DNS")
+    allow_targets: tuple = key(list_of(to_target_rule), (), "targets allowed although loopback or link-local (a "
+                                                            "proxy bound to a non-loopback address refuses those)")
     udp_bind: Optional[Addr] = key(optional_addr, None, "SOCKS5 UDP ASSOCIATE: the address each association's "
                                    "relay socket binds to, port 0 (one port per association); '' disables")
 
@@ -319,6 +370,8 @@ class StreamServerConfig:
     connect_timeout: float = key(to_duration, 10.0, "time to connect to an upstream server")
     idle_timeout: float = key(to_duration, 300.0, "close a connection silent this long")
     max_connections: int = key(int_range(1, 1_000_000), 10000, "concurrent client connections")
+    max_connections_per_ip: int = key(int_range(0, 1_000_000), 1000, "concurrent connections of one client address "
+                                                                     "(0: no limit)")
     client_timeout: float = key(to_duration, 60.0, "udp: a client's session ends after this long without a datagram")
     max_sessions: int = key(int_range(1, 1_000_000), 10000, "udp: sessions kept (beyond: the oldest idle goes)")
     ws_path: str = key(to_str, "/", "tcp2ws(s): the path asked of the websocket server")
@@ -398,6 +451,9 @@ class CenterConfig:
     map_cert: tuple = key(list_of(to_str), (), "server: PEM certificates for map_https_bind (chosen by SNI; none: "
                                                "only tls_passthrough mappings)")
     map_key: tuple = key(list_of(to_str), (), "server: their keys, in the same order")
+    max_connections_per_ip: int = key(int_range(0, 1_000_000), 1000, "server: concurrent connections of one client "
+                                                                     "address on bind, map_http_bind, map_https_bind "
+                                                                     "and each mapping port (0: no limit)")
     # last: from here on, 'key' in this class body names this field, not the declaring function
     key: str = key(to_str, "", "PEM private key for cert")
 
@@ -637,10 +693,17 @@ class HttpServerConfig:
     server_name: tuple = key(list_of(to_server_name), (), "names it answers (empty: the default server)")
     location: tuple = key(table_list(HttpLocationConfig), REQUIRED, "its locations")
     headers: tuple = key(list_of(to_header_rule), (), "header rules for every location (before the location's)")
-    client_read_timeout: float = key(to_duration, 60.0, "time a client may take to send a request head, and "
-                                                        "the keep-alive wait between requests")
+    client_read_timeout: float = key(to_duration, 60.0, "the keep-alive wait between requests, and the longest "
+                                                        "silence while a client sends")
+    client_header_timeout: float = key(to_duration, 60.0, "deadline for a whole request head (and TLS handshake) "
+                                                          "from its first byte (408 beyond)")
+    client_body_timeout: float = key(to_duration, 60.0, "deadline for a request body: this long plus its length at "
+                                                        "client_body_min_rate (408 beyond)")
+    client_body_min_rate: int = key(to_size, 1024, "bytes a second a request body must arrive at, at least")
     max_header_size: int = key(to_size, 65536, "largest request head (431 beyond)")
     max_headers: int = key(int_range(1, 10000), 100, "most header lines in a request (431 beyond)")
+    max_connections_per_ip: int = key(int_range(0, 1_000_000), 1000, "concurrent connections of one client address "
+                                                                     "on its binds (0: no limit)")
     cert: str = key(to_str, "", "PEM certificate: TLS on this server's binds")
     # last: from here on, 'key' in this class body names this field, not the declaring function
     key: str = key(to_str, "", "PEM private key for cert")

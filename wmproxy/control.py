@@ -16,6 +16,7 @@ import socket
 import time
 
 import gevent
+import psutil
 
 from .config import Config
 from .errors import ProtocolError
@@ -49,6 +50,18 @@ def _json(client, status: int, value) -> None:
     _reply(client, status, json.dumps(value, indent=2).encode() + b"\n", "application/json")
 
 
+def relayed_by_us(address) -> bool:
+    """Whether the peer ``address`` is the local end of an outgoing connection of this very
+    process: a forward proxy, a mapping or a reverse proxy dialled the control port for a
+    client. (The forward proxy refuses its own listeners already; this holds whatever route.)"""
+    try:
+        conns = psutil.Process().net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return False
+    peer = (address[0], address[1])
+    return any(c.laddr and (c.laddr[0], c.laddr[1]) == peer for c in conns)
+
+
 class ControlServer(Listener):
     """The control API listener (``control = "127.0.0.1:8837"``)."""
 
@@ -62,6 +75,11 @@ class ControlServer(Listener):
 
     def serve(self, client: socket.socket, address, ctx: ControlContext) -> None:
         client.settimeout(10)
+        if relayed_by_us(address):  # a loopback peer, but one of our own connections: a proxy user's
+            _json(client, 403, {"error": "the control API does not take connections relayed by this process"})
+            log.warning("control API: refused a connection from %s relayed by this process (proxy, mapping or "
+                        "reverse proxy)", address[0])
+            return
         reader = Reader(client)
         try:
             head = http1.parse_request_head(httpio.read_head(reader, 16384))

@@ -38,6 +38,12 @@ class ProtocolError(ProxyError):
         super().__init__(message)
 
 
+class PhaseTimeout(TimeoutError):
+    """A phase a peer controls (a request head, a SOCKS or center link handshake, a request
+    body) did not end by its deadline. A TimeoutError (socket.timeout), so every handler that
+    gives up on a slow peer gives up on this one too; its message names the phase."""
+
+
 class NeedMore(ProxyError):
     """Raised by a pure parser when its buffer holds only part of a message."""
 

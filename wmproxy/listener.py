@@ -25,6 +25,7 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from .config import Addr
+from .net.limits import PerIpLimit
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class Listener(StreamServer):
         self._retired: list[Pool] = []  # pools of connections from before a limit change
         self._adopted: set[Callable[[], None]] = set()  # connections living on without their handler
         self.ctx = self.make_context(spec.settings, app)
+        self.per_ip = PerIpLimit(f"{spec.kind} {spec.bind}")
+        self._handling: dict = {}  # handler greenlet -> its client's address
+        self.per_ip_limit = self.max_per_ip(spec.settings)
         super().__init__(sock, spawn=Pool(self.max_connections(spec.settings)))
 
     # -- for subclasses ---------------------------------------------------------------------
@@ -86,6 +90,10 @@ class Listener(StreamServer):
 
     def max_connections(self, settings: Any) -> int:
         return getattr(settings, "max_connections", 10000)
+
+    def max_per_ip(self, settings: Any) -> int:
+        """Connections one client address may hold open at once (0: no limit)."""
+        return 0
 
     # -- lifecycle ----------------------------------------------------------------------------
     def set_spawn(self, spawn) -> None:
@@ -102,16 +110,24 @@ class Listener(StreamServer):
         call once it ended."""
         self._adopted.add(stop)
         self.stats.active += 1
+        ip = self._handling.pop(gevent.getcurrent(), None)  # its address's count goes with it
 
         def release() -> None:
             if stop in self._adopted:
                 self._adopted.discard(stop)
                 self.stats.active -= 1
+                if ip is not None:
+                    self.per_ip.leave(ip)
                 self._start_accepting_if_started()  # a full server accepts again
         return release
 
     def handle(self, client, address) -> None:
         ctx = self.ctx  # this connection keeps these settings whatever reloads happen
+        ip = address[0] if isinstance(address, tuple) else ""
+        if not self.per_ip.enter(ip, self.per_ip_limit):
+            return  # (the server closes it)
+        me = gevent.getcurrent()
+        self._handling[me] = ip
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # proxies forward, not batch
         except OSError:
@@ -122,6 +138,8 @@ class Listener(StreamServer):
             self.serve(client, address, ctx)
         finally:
             self.stats.active -= 1
+            if self._handling.pop(me, None) is not None:  # (not adopted: its release leaves)
+                self.per_ip.leave(ip)
 
     def update(self, spec: ListenerSpec, app) -> None:
         """New settings for new connections; live ones keep theirs. The socket stays."""
@@ -130,6 +148,7 @@ class Listener(StreamServer):
             self._retired.append(self.pool)
             self.set_spawn(Pool(limit))
         self.ctx = self.make_context(spec.settings, app)
+        self.per_ip_limit = self.max_per_ip(spec.settings)
         self.spec = spec
 
     @property

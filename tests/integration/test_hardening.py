@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import time
 
-from conftest import read_response, recv_all
+from conftest import control, free_port, read_response, recv_all, wait_port
 
 
 def _web_to(origin_port: int, extra: str = "") -> str:
@@ -93,3 +93,188 @@ def test_no_file_outside_the_root_through_siblings_index_or_fallbacks(start_prox
     p3 = start_proxy(config=_files_conf(root, ", follow_symlinks = true"), bind=False)
     head, body = _get_body(p3.port, "/a.txt", "Accept-Encoding: gzip\r\n")
     assert body == b"SECRET" and b"Content-Encoding: gzip" in head
+
+
+# -- 3: no SSRF through the proxy ------------------------------------------------------------------
+
+def _socks5(port: int, host: str, target_port: int) -> int:
+    """The SOCKS5 reply code to a CONNECT (a domain or an IPv4 literal)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"\x05\x01\x00")
+        assert s.recv(2) == b"\x05\x00"
+        try:
+            addr = b"\x01" + socket.inet_aton(host)
+        except OSError:
+            addr = b"\x03" + bytes([len(host)]) + host.encode()
+        s.sendall(b"\x05\x01\x00" + addr + target_port.to_bytes(2, "big"))
+        return s.recv(10)[1]
+
+
+def _through(port: int, request: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request.encode())
+        return recv_all(s)
+
+
+def test_control_api_and_own_ports_are_not_reachable_through_the_proxy(start_proxy, origin):
+    cport = free_port()
+    p = start_proxy(config=f'control = "127.0.0.1:{cport}"\n[proxy]\nbind = "127.0.0.1:{{port}}"\n')
+    wait_port(cport)
+    answer = _through(p.port, f"GET http://127.0.0.1:{cport}/status HTTP/1.1\r\nHost: 127.0.0.1:{cport}\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 403 ") and b"own listening" in answer, answer
+    answer = _through(p.port, f"POST http://localhost:{cport}/stop HTTP/1.1\r\nHost: localhost\r\n"
+                              f"Content-Length: 0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    answer = _through(p.port, f"CONNECT 127.0.0.1:{p.port} HTTP/1.1\r\nHost: 127.0.0.1:{p.port}\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 403 "), answer  # no CONNECT nested into itself
+    assert _socks5(p.port, "127.0.0.1", cport) == 0x02
+    assert _socks5(p.port, "0.0.0.0", p.port) == 0x02
+    # a loopback proxy may still reach loopback services that are not its own
+    assert _through(p.port, f"GET http://127.0.0.1:{origin.port}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    ).startswith(b"HTTP/1.1 200 ")
+    assert p.popen.poll() is None and control(cport, "GET", "/status")[0] == 200
+
+
+def test_exposed_proxy_refuses_local_targets_after_dns(start_proxy, origin):
+    p = start_proxy(config='[proxy]\nbind = "0.0.0.0:{port}"\n')
+    for host in ("127.0.0.1", "localhost", "0.0.0.0", "127.1.2.3"):
+        answer = _through(p.port, f"GET http://{host}:{origin.port}/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 403 "), (host, answer)
+        assert _socks5(p.port, host, origin.port) == 0x02, host
+    answer = _through(p.port, f"CONNECT [::1]:{origin.port} HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    assert origin.hits == 0
+    # the operator allows one service back
+    p2 = start_proxy(config=f'[proxy]\nbind = "0.0.0.0:{{port}}"\nallow_targets = ["127.0.0.1:{origin.port}"]\n'
+                            f'deny_targets = ["*:25"]\n')
+    assert _through(p2.port, f"GET http://localhost:{origin.port}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    ).startswith(b"HTTP/1.1 200 ")
+    assert _socks5(p2.port, "127.0.0.1", 25) == 0x02
+
+
+def test_control_api_refuses_connections_relayed_by_the_process(start_proxy):
+    cport = free_port()
+    conf = (f'control = "127.0.0.1:{cport}"\n[stream]\n[[stream.upstream]]\nname = "c"\n'
+            f'server = [{{ addr = "127.0.0.1:{cport}" }}]\n[[stream.server]]\nbind = "127.0.0.1:{{port}}"\nup_name = "c"\n')
+    p = start_proxy(config=conf, bind=False)
+    wait_port(cport)
+    answer = _through(p.port, "POST /stop HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    time.sleep(0.3)
+    assert p.popen.poll() is None and control(cport, "GET", "/status")[0] == 200
+
+
+def test_via_loop_is_refused(start_proxy, origin):
+    p = start_proxy()
+    answer = _through(p.port, f"GET http://127.0.0.1:{origin.port}/ HTTP/1.1\r\nHost: x\r\nVia: 1.1 wmproxy\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 403 ") and b"loop" in answer, answer
+    assert origin.hits == 0
+
+
+# -- 1: deadlines, not idle timers -----------------------------------------------------------------
+
+def _trickle(port: int, data: bytes, every: float = 0.25, first: bytes = b"", limit: float = 8.0) -> tuple[bytes, float]:
+    """Send ``first`` at once, then ``data`` a byte every ``every`` seconds until the server
+    answers or closes; -> (what it sent back, seconds from the first trickled byte)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=limit) as s:
+        got = b""
+        if first:
+            s.sendall(first)
+            got = read_response(s)[0]
+        started = time.monotonic()
+        s.setblocking(False)
+        for i in range(len(data)):
+            try:
+                s.send(data[i:i + 1])
+            except OSError:
+                break
+            time.sleep(every)
+            try:
+                chunk = s.recv(65536)
+                got += chunk
+                break  # answered or closed
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+            if time.monotonic() - started > limit:
+                break
+        s.setblocking(True)
+        try:
+            got += recv_all(s)
+        except OSError:
+            pass
+        return got, time.monotonic() - started
+
+
+SLOW = '[proxy]\nbind = "127.0.0.1:{port}"\nhandshake_timeout = "1s"\nidle_timeout = "30s"\n'
+
+
+def test_slow_http_head_is_cut_at_its_deadline(start_proxy, origin):
+    p = start_proxy(config=SLOW)
+    request = f"GET http://127.0.0.1:{origin.port}/ HTTP/1.1\r\nHost: x\r\n" + "X-Pad: y\r\n" * 10 + "\r\n"
+    got, took = _trickle(p.port, request.encode())
+    assert got.startswith(b"HTTP/1.1 408 "), got
+    assert took < 3.0, took  # a byte every 0.25 s never leaves a read idle for 1 s: only a deadline cuts it
+    assert "handshake_timeout" in p.wait_log("handshake_timeout")
+    # a later request on a kept connection: its head gets the same time from its first byte
+    first = f"GET http://127.0.0.1:{origin.port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    got, took = _trickle(p.port, request.encode(), first=first)
+    assert b"HTTP/1.1 408 " in got and took < 3.0, (got, took)
+
+
+def test_slow_socks_handshake_is_cut_at_its_deadline(start_proxy, origin):
+    p = start_proxy(config=SLOW)
+    request = b"\x05\x01\x00" + b"\x05\x01\x00\x03\x09" + b"localhost" + origin.port.to_bytes(2, "big")
+    got, took = _trickle(p.port, request)
+    assert took < 3.0 and not got.endswith(b"\x05\x00\x00\x01"), (got, took)
+    assert "cut: handshake not complete" in p.wait_log("cut: handshake")
+    # a prompt client is unaffected
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+        s.sendall(request)
+        assert s.recv(2) == b"\x05\x00" and s.recv(10)[1] == 0
+
+
+def test_reverse_proxy_slow_head_and_slow_body_are_cut(start_proxy, origin):
+    timeouts = 'client_read_timeout = "30s"\nclient_header_timeout = "1s"\nclient_body_timeout = "1s"\n'
+    p = start_proxy(config=_web_to(origin.port, timeouts), bind=False)
+    got, took = _trickle(p.port, b"GET / HTTP/1.1\r\nHost: a.test\r\n" + b"X-Pad: y\r\n" * 10 + b"\r\n")
+    assert got.startswith(b"HTTP/1.1 408 ") and took < 3.0, (got, took)
+    assert "client_header_timeout" in p.wait_log("client_header_timeout")
+    # a body of 100 bytes has 1 s + 100 B / 1 KiB/s to arrive; one byte each 0.25 s is too slow
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\n")
+        started = time.monotonic()
+        s.setblocking(False)
+        answer = b""
+        for _ in range(60):
+            try:
+                s.send(b"y")
+            except OSError:
+                break
+            time.sleep(0.25)
+            try:
+                answer = s.recv(65536)
+                break
+            except BlockingIOError:
+                pass
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 ") and took < 3.5, (answer, took)
+    assert _get(p.port).startswith(b"HTTP/1.1 200 ")  # the upstream was not blamed
+
+
+def test_one_address_cannot_take_every_slot(start_proxy, origin):
+    p = start_proxy(config='[proxy]\nbind = "127.0.0.1:{port}"\nmax_connections_per_ip = 3\n')
+    held = [socket.create_connection(("127.0.0.1", p.port), timeout=5) for _ in range(3)]
+    try:
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", p.port), timeout=5) as fourth:
+            assert fourth.recv(10) == b""  # closed at once
+        assert "max_connections_per_ip (3) reached" in p.wait_log("max_connections_per_ip")
+        held.pop().close()
+        time.sleep(0.2)
+        assert _through(p.port, f"GET http://127.0.0.1:{origin.port}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                        ).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for s in held:
+            s.close()

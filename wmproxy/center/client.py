@@ -213,7 +213,8 @@ class CenterClient:
         handler = self._proxies.get(key)
         if handler is None:
             cfg = ProxyConfig(username=mapping.username, password=mapping.password, idle_timeout=IDLE_TIMEOUT)
-            handler = self._proxies[key] = self.app.proxy_handler(cfg, ConnStats())
+            exposed = mapping.remote_bind is None or not mapping.remote_bind.is_loopback
+            handler = self._proxies[key] = self.app.proxy_handler(cfg, ConnStats(), exposed)
         return handler
 
     def mapping_status(self) -> list[dict]:

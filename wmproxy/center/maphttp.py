@@ -19,8 +19,10 @@ from __future__ import annotations
 import logging
 import socket
 
+import gevent
+
 from ..config import Config
-from ..errors import ProtocolError
+from ..errors import PhaseTimeout, ProtocolError
 from ..listener import Listener, ListenerSpec
 from ..net import httpio
 from ..net.dial import fmt_addr
@@ -34,6 +36,7 @@ from ..prot.tls import client_hello_sni
 log = logging.getLogger("wmproxy.center")
 
 MAX_HEAD = 65536
+HEAD_TIMEOUT = 30.0  # a request head (with the TLS handshake for the first) must be whole within it
 HELLO_TIMEOUT = 10.0  # time a client has to send its whole ClientHello
 _DROP = frozenset((b"x-forwarded-for", b"x-forwarded-proto"))
 
@@ -53,7 +56,7 @@ class MapHttpContext:
 
 
 class MapHttpServer(Listener):
-    """Settings: (bind, idle timeout, scheme, ((cert, key), ...))."""
+    """Settings: (bind, idle timeout, scheme, ((cert, key), ...), max_connections_per_ip)."""
 
     kind = "map-http"
 
@@ -64,27 +67,37 @@ class MapHttpServer(Listener):
     def max_connections(self, settings) -> int:
         return 10000
 
+    def max_per_ip(self, settings) -> int:
+        return settings[4]
+
     def serve(self, client: socket.socket, address, ctx: MapHttpContext) -> None:
         peer_ip = address[0]
         client.settimeout(ctx.idle_timeout)
+        first = gevent.Timeout.start_new(HEAD_TIMEOUT, PhaseTimeout(
+            f"TLS handshake and request head not complete within {HEAD_TIMEOUT:g}s"))
         try:
             if ctx.scheme == "https":
-                if self._passed_through(client, address, ctx):
+                if self._passed_through(client, address, ctx, first):
                     return
                 client = ctx.ssl.wrap_socket(client, server_side=True)
             reader = Reader(client)
             up = Upstream()
             try:
-                while self._one(client, reader, peer_ip, ctx, up):
-                    pass
+                if self._one(client, reader, peer_ip, ctx, up, first):
+                    while self._one(client, reader, peer_ip, ctx, up):
+                        pass
             finally:
                 up.close()
+        except PhaseTimeout as e:
+            log.info("%s map-%s: cut: %s", peer_ip, ctx.scheme, e)
         except (PeerClosed, socket.timeout, OSError):
             pass  # includes a failed TLS handshake: nothing to answer on
         except ProtocolError as e:
             _reply(client, e.http_status, str(e))
+        finally:
+            first.close()
 
-    def _passed_through(self, client, address, ctx: MapHttpContext) -> bool:
+    def _passed_through(self, client, address, ctx: MapHttpContext, deadline: gevent.Timeout) -> bool:
         """Peek at the ClientHello: when its SNI belongs to a tls_passthrough mapping, relay
         the connection's bytes, untouched, to that mapping's client (CREATE TCP) and return
         True. False when TLS is to end here. Bytes are peeked, not read, so either way the
@@ -107,19 +120,35 @@ class MapHttpServer(Listener):
             log.info("%s map-https SNI %s: client %s offline, connection closed", peer, sni, route.owner)
             return True
         route.requests += 1
+        deadline.close()  # the service's TLS sees the rest; the relay has its idle watch
         stream = route.link.open_stream(CreateMode.TCP, route.name)
         stats = relay(client, stream, ctx.idle_timeout)
         log.info("%s map-https SNI %s passed through to %s (%s) in=%d out=%d", peer, sni, route.owner,
                  stats.reason, stats.a_to_b, stats.b_to_a)
         return True
 
-    def _one(self, client, reader: Reader, peer_ip: str, ctx: MapHttpContext, up: "Upstream") -> bool:
-        """Serve one request; returns whether the connection stays open."""
+    def _one(self, client, reader: Reader, peer_ip: str, ctx: MapHttpContext, up: "Upstream",
+             deadline: gevent.Timeout | None = None) -> bool:
+        """Serve one request; returns whether the connection stays open. ``deadline``: the
+        first head's, running since the connection began; a later head gets HEAD_TIMEOUT
+        from its first bytes."""
+        def started() -> None:
+            nonlocal deadline
+            if deadline is None:
+                deadline = gevent.Timeout.start_new(HEAD_TIMEOUT, PhaseTimeout(
+                    f"request head not complete within {HEAD_TIMEOUT:g}s"))
         try:
-            head = http1.parse_request_head(httpio.read_head(reader, MAX_HEAD))
+            head = http1.parse_request_head(httpio.read_head(reader, MAX_HEAD, started))
             http1.check_request(head)
         except PeerClosed:
             return False
+        except PhaseTimeout as e:
+            _reply(client, 408, str(e))
+            log.info("%s map-http: 408 cut: %s", peer_ip, e)
+            return False
+        finally:
+            if deadline is not None:
+                deadline.close()
         framing = http1.request_framing(head)
         host = (head.get(b"host") or b"").decode("latin-1").strip()
         name = http1.host_name(host)
@@ -235,11 +264,11 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
     idle = cfg.proxy.idle_timeout if cfg.proxy else 300.0
     specs = []
     if c.map_http_bind is not None:
-        specs.append(ListenerSpec("map-http", c.map_http_bind, (c.map_http_bind, idle, "http", ()),
+        specs.append(ListenerSpec("map-http", c.map_http_bind, (c.map_http_bind, idle, "http", (), c.max_connections_per_ip),
                                   "center.map_http_bind", MapHttpServer))
     if c.map_https_bind is not None:
         certs = tuple(zip(c.map_cert, c.map_key))
-        specs.append(ListenerSpec("map-https", c.map_https_bind, (c.map_https_bind, idle, "https", certs),
+        specs.append(ListenerSpec("map-https", c.map_https_bind, (c.map_https_bind, idle, "https", certs, c.max_connections_per_ip),
                                   "center.map_https_bind", MapHttpServer,
                                   (lambda: sni_server_context(list(certs))) if certs else None))
     return specs

@@ -20,6 +20,7 @@ from gevent.server import StreamServer
 
 from ..config import Addr, to_addr
 from ..net.dial import fmt_addr
+from ..net.limits import PerIpLimit
 from ..net.listen import BindError, open_listener, open_udp
 from ..net.relay import link_owned, relay_then
 from ..net.udp import UdpSession, UdpSessions
@@ -62,8 +63,11 @@ class HttpRoute:
 class PublicPort(StreamServer):
     """The public listener of one tcp or proxy mapping; ``link`` is set once the handshake is done."""
 
-    def __init__(self, sock, name: str, owner: str, idle_timeout: float, mode: str = "tcp") -> None:
+    def __init__(self, sock, name: str, owner: str, idle_timeout: float, mode: str = "tcp",
+                 max_per_ip: int = 0) -> None:
         super().__init__(sock)
+        self.per_ip = PerIpLimit(f"mapping {name}")
+        self.max_per_ip = max_per_ip
         self.mode = mode  # tcp: the client dials the service; proxy: it runs a forward proxy
         self.create_mode = CreateMode.PROXY if mode == "proxy" else CreateMode.TCP
         self.name = name
@@ -90,15 +94,22 @@ class PublicPort(StreamServer):
         if link is None or link.closed:
             log.info("%s mapping %s: client %s is not connected, connection closed", peer, self.name, self.owner)
             return
+        ip = address[0]
+        if not self.per_ip.enter(ip, self.max_per_ip):
+            return
         try:
             stream = link.open_stream(self.create_mode, self.name)
         except ConnectionError as e:
+            self.per_ip.leave(ip)
             log.info("%s mapping %s: %s", peer, self.name, e)
             return
         self.connections += 1
-        relay_then(conn, stream, lambda stats: log.info(
-            "%s mapping %s (%s) done (%s) in=%d out=%d", peer, self.name, self.owner, stats.reason, stats.a_to_b,
-            stats.b_to_a), link_owned, self.idle_timeout)
+
+        def done(stats) -> None:
+            self.per_ip.leave(ip)
+            log.info("%s mapping %s (%s) done (%s) in=%d out=%d", peer, self.name, self.owner, stats.reason,
+                     stats.a_to_b, stats.b_to_a)
+        relay_then(conn, stream, done, link_owned, self.idle_timeout)
 
 
 class LinkSession(UdpSession):
@@ -259,7 +270,7 @@ class MappingRegistry:
                 port = PublicUdpPort(open_udp(addr, f"mapping {m.name}"), m.name, owner, policy.udp_timeout)
             else:
                 port = PublicPort(open_listener(addr, f"mapping {m.name}"), m.name, owner, policy.idle_timeout,
-                                  m.mode)
+                                  m.mode, policy.max_per_ip)
         except BindError as e:
             return str(e)
         port.bind = str(addr)

@@ -10,12 +10,15 @@ import logging
 import ssl
 import time
 
+import gevent
+
 from ..config import CenterConfig, Config, ProxyConfig
-from ..errors import ProtocolError, UpstreamError
+from ..errors import PhaseTimeout, ProtocolError, UpstreamError
 from ..listener import Listener, ListenerSpec
 from ..net.dial import dial, fmt_addr
 from ..net.reader import PeerClosed, Reader
 from ..net.relay import link_owned, relay_then
+from ..net.targets import target_policy
 from ..net.tls import server_context
 from ..prot.frame import CreateMode, Flag, Kind
 from ..prot.http1 import parse_authority
@@ -35,11 +38,13 @@ class CenterServerContext:
         self.resolver = app.resolver
         self.accounts = cfg.accounts()
         self.ssl = server_context(cfg.cert, cfg.key, cfg.client_ca) if cfg.tls else None
-        self.serve_proxy = app.proxy_handler(proxy_cfg, stats)
+        exposed = cfg.bind is None or not cfg.bind.is_loopback  # center clients may come from anywhere
+        self.serve_proxy = app.proxy_handler(proxy_cfg, stats, exposed)
+        self.targets = target_policy(proxy_cfg, exposed)  # CONNECT streams too
         # the mapping policy (MappingRegistry.register)
         self.allow_ports = cfg.allow_ports
         self.idle_timeout = proxy_cfg.idle_timeout
-        self.udp_timeout = cfg.udp_timeout
+        self.max_per_ip = cfg.max_connections_per_ip  # of each mapping port        self.udp_timeout = cfg.udp_timeout
         self.host_modes = _host_modes(cfg)
 
 
@@ -66,6 +71,9 @@ class CenterServer(Listener):
     def max_connections(self, settings) -> int:
         return 10000
 
+    def max_per_ip(self, settings) -> int:
+        return settings[0].max_connections_per_ip
+
     def serve(self, sock, address, ctx: CenterServerContext) -> None:
         peer = fmt_addr(address[0], address[1])
         sock.settimeout(HANDSHAKE_TIMEOUT)
@@ -76,11 +84,15 @@ class CenterServer(Listener):
             ports.extend(bound)
             return answers
 
+        # a deadline for the whole handshake (TLS, HELLO to accepted TOKEN, MAPPING), not only per read
+        deadline = gevent.Timeout.start_new(HANDSHAKE_TIMEOUT, PhaseTimeout(
+            f"center link handshake not complete within {HANDSHAKE_TIMEOUT:g}s"))
         try:
             if ctx.ssl is not None:
                 sock = ctx.ssl.wrap_socket(sock, server_side=True)
             reader = Reader(sock)
             user = handshake.server_side(sock, reader, ctx.accounts, decide)
+            deadline.close()
         except handshake.AuthFailed as e:
             log.warning("center: %s from %s", e, peer)
             return
@@ -88,6 +100,8 @@ class CenterServer(Listener):
             self.mappings.withdraw(ports)
             log.warning("center: handshake with %s failed: %s", peer, e)
             return
+        finally:
+            deadline.close()
         try:
             self._serve_link(ctx, sock, reader, user, peer, ports)
         finally:
@@ -122,7 +136,7 @@ class CenterServer(Listener):
         elif mode == CreateMode.CONNECT:
             try:
                 t = parse_authority(target)
-                upstream = dial(ctx.resolver, t.host, t.port, ctx.proxy_cfg.connect_timeout)
+                upstream = dial(ctx.resolver, t.host, t.port, ctx.proxy_cfg.connect_timeout, ctx.targets)
             except (ProtocolError, UpstreamError) as e:
                 vc.close(str(e))
                 log.info("center %s: CONNECT %s failed: %s", link.name, target, e)

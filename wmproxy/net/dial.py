@@ -19,6 +19,7 @@ from ..prot.socks import (
     REP_GENERAL_FAILURE,
     REP_HOST_UNREACHABLE,
     REP_NETWORK_UNREACHABLE,
+    REP_NOT_ALLOWED,
     REP_TTL_EXPIRED,
 )
 from .dns import Resolver
@@ -59,15 +60,35 @@ def fmt_addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def dial(resolver: Resolver, host: str, port: int, timeout: float) -> gsocket.socket:
+def allowed_addresses(addrs: list, port: int, policy, kind: int = socket.SOCK_STREAM) -> list:
+    """The resolved ``addrs`` (family, ip) that ``policy`` (net.targets.TargetPolicy or None)
+    lets the proxy reach on ``port`` (over TCP, or UDP for ``kind`` SOCK_DGRAM). Raises
+    UpstreamError (403, SOCKS5 'not allowed') when it lets none."""
+    if policy is None:
+        return addrs
+    kept, why = [], ""
+    for family, ip in addrs:
+        refusal = policy.refusal(ip, port, kind)
+        if refusal is None:
+            kept.append((family, ip))
+        else:
+            why = refusal
+    if not kept:
+        raise UpstreamError(f"target refused: {why}", 403, REP_NOT_ALLOWED)
+    return kept
+
+
+def dial(resolver: Resolver, host: str, port: int, timeout: float, policy=None) -> gsocket.socket:
     """Connect to ``host:port`` within ``timeout`` seconds in all (lookup included).
 
-    Tries each address in turn, sharing the time left among them. Blocks cooperatively.
-    Returns a connected socket with TCP_NODELAY and no timeout (the caller owns and closes
-    it). Raises UpstreamError (DnsError for a name that does not resolve).
+    Tries each address in turn, sharing the time left among them; with ``policy``
+    (net.targets.TargetPolicy) only the addresses it allows, checked after resolution.
+    Blocks cooperatively. Returns a connected socket with TCP_NODELAY and no timeout (the
+    caller owns and closes it). Raises UpstreamError (DnsError for a name that does not
+    resolve; 403 for a target the policy refuses).
     """
     deadline = time.monotonic() + timeout
-    addrs = resolver.resolve(host)
+    addrs = allowed_addresses(resolver.resolve(host), port, policy)
     last: UpstreamError | None = None
     for i, (family, ip) in enumerate(addrs):
         left = deadline - time.monotonic()

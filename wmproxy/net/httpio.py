@@ -19,8 +19,10 @@ MAX_TRAILERS = 16384
 STREAM_PIECE = 65536
 
 
-def read_head(reader: Reader, limit: int) -> bytes:
+def read_head(reader: Reader, limit: int, on_partial=None) -> bytes:
     """The next head, CRLF CRLF included. Leading empty lines are skipped (RFC 9112 2.2).
+    ``on_partial()`` is called when a head has begun but is not whole yet (to start its
+    deadline: the usual head comes whole in one read and costs nothing).
 
     Raises PeerClosed at EOF, ProtocolError(431) past ``limit``, socket.timeout.
     """
@@ -41,6 +43,8 @@ def read_head(reader: Reader, limit: int) -> bytes:
         head = bytes(buf) if end + 4 == len(buf) else bytes(buf[:end + 4])
         del buf[:end + 4]
         return head
+    if on_partial is not None:
+        on_partial()
     while reader.peek(2) == b"\r\n":
         reader.read_exact(2)
     return reader.read_until(b"\r\n\r\n", limit)

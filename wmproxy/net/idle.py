@@ -19,10 +19,16 @@ import gevent
 MIN_TICK, MAX_TICK = 0.05, 1.0
 
 
-class Watch:
-    """One registration; :meth:`kill` ends it (safe to call twice)."""
+INF = float("inf")
 
-    __slots__ = ("progress", "timeout", "on_idle", "seen", "since", "active")
+
+class Watch:
+    """One registration; :meth:`kill` ends it (safe to call twice). ``deadline`` (monotonic
+    seconds; none: inf) ends it too, whatever progress is made: a phase a stranger controls
+    (a request head) must be over by then, not merely keep trickling. ``expired`` says which
+    ended it: "idle" or "deadline"."""
+
+    __slots__ = ("progress", "timeout", "on_idle", "seen", "since", "active", "deadline", "expired")
 
     def __init__(self, progress: Callable[[], int], timeout: Callable[[], float], on_idle: Callable[[], None]):
         self.progress = progress
@@ -31,6 +37,8 @@ class Watch:
         self.seen = progress()
         self.since = time.monotonic()
         self.active = True
+        self.deadline = INF
+        self.expired = ""
 
     def kill(self) -> None:
         if self.active:
@@ -58,9 +66,13 @@ class _Reaper:
                 limit = watch.timeout()
                 tick = min(tick, limit / 4)
                 current = watch.progress()
-                if current != watch.seen:
+                if now >= watch.deadline:
+                    watch.expired = "deadline"
+                elif current != watch.seen:
                     watch.seen, watch.since = current, now
                 elif now - watch.since >= limit:
+                    watch.expired = "idle"
+                if watch.expired:
                     watch.kill()
                     try:
                         watch.on_idle()

@@ -6,6 +6,7 @@ import socket
 
 from ..config import Addr
 from ..errors import ProxyError
+from .targets import register_own
 
 UDP_BUFFER = 4 << 20
 
@@ -31,6 +32,7 @@ def _bound(addr: Addr, what: str, kind: int, prepare) -> socket.socket:
     except OSError as e:
         sock.close()
         raise BindError(f"{what}: cannot listen on {addr}: {e.strerror or e}") from None
+    register_own(sock)  # the forward proxy never dials its own listeners
     return sock
 
 

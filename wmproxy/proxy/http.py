@@ -15,10 +15,10 @@ from functools import partial
 
 import gevent
 
-from ..errors import ProtocolError, UpstreamError
+from ..errors import PhaseTimeout, ProtocolError, UpstreamError
 from ..logs import access_log, log_access
 from ..net import httpio
-from ..net.idle import Watch, watch_idle
+from ..net.idle import INF, Watch, watch_idle
 from ..net.reader import PeerClosed, Reader
 from ..net.relay import relay
 from ..net.writer import send_all
@@ -75,14 +75,25 @@ class HttpSession:
     def _start_watchdog(self) -> None:
         """Sockets here have no timeout (a timer per recv costs more than the parsing): a
         watchdog throws socket.timeout into this greenlet when nothing moves for
-        handshake_timeout (first request) or idle_timeout (later, and upstream waits)."""
+        handshake_timeout (first request) or idle_timeout (later, and upstream waits), and
+        PhaseTimeout at a head's deadline: the first one whole within handshake_timeout of
+        the connection's start, a later one within handshake_timeout of its first bytes."""
         me = gevent.getcurrent()
         self.client.settimeout(None)
-        self.watchdog = watch_idle(
+        self.watchdog = watch = watch_idle(
             self._progress,
             lambda: self.cfg.handshake_timeout if self.first else self.cfg.idle_timeout,
-            lambda: me.kill(socket.timeout("idle timeout"), block=False),
+            lambda: me.kill(PhaseTimeout(f"request head not complete within handshake_timeout "
+                                         f"({self.cfg.handshake_timeout:g}s)") if watch.expired == "deadline"
+                            else socket.timeout("idle timeout"), block=False),
         )
+        watch.deadline = self.info.started + self.cfg.handshake_timeout
+        self.info.end_handshake()  # the watch has the deadline now
+
+    def _head_started(self) -> None:
+        """A later request's head has begun: from here it has handshake_timeout to be whole."""
+        if self.watchdog is not None:
+            self.watchdog.deadline = time.monotonic() + self.cfg.handshake_timeout
 
     def _stop_watchdog(self) -> None:
         if self.watchdog is not None:
@@ -96,11 +107,14 @@ class HttpSession:
         try:
             while True:
                 try:
-                    raw = httpio.read_head(reader, limit)
+                    raw = httpio.read_head(reader, limit, None if self.first else self._head_started)
                 except PeerClosed:
                     if self.first:
                         raise
                     return  # a keep-alive client went away between requests: normal
+                except PhaseTimeout as e:
+                    self._error(408, str(e))
+                    raise
                 except socket.timeout:
                     if self.first:
                         self._error(408, "request head not received in time")
@@ -110,6 +124,7 @@ class HttpSession:
                     self._error(e.http_status, str(e))
                     raise
                 self.first = False
+                self.watchdog.deadline = INF  # the head is in: its deadline is over
                 started = time.monotonic()
                 try:
                     head = http1.parse_request_head(raw)
@@ -197,6 +212,10 @@ class HttpSession:
             framing = http1.request_framing(head)
         except ProtocolError as e:
             self._reply_log(head, e.http_status, str(e), started)
+            return False
+        via = head.index.get(b"via")
+        if via is not None and any(VIA in value for value in via):  # it went through a wmproxy already
+            self._reply_log(head, 403, "forwarding loop detected (this proxy's Via is in the request)", started)
             return False
         data, upgrade = self._request_bytes(head, raw, target, framing)
         if framing != http1.NO_BODY and head.version == "1.1" and head.expects_continue():

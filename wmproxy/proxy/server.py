@@ -12,11 +12,13 @@ import logging
 import socket
 import time
 
+import gevent
 from ..config import Config, ProxyConfig
-from ..errors import ProtocolError
+from ..errors import PhaseTimeout, ProtocolError
 from ..listener import ConnStats, Listener, ListenerSpec
 from ..net.dial import dial, fmt_addr, ip_allowed
 from ..net.dns import Resolver
+from ..net.targets import target_policy
 from ..net import httpio
 from ..net.reader import PeerClosed, Reader
 from ..net.relay import Adopt, RelayStats, relay_then
@@ -31,9 +33,10 @@ log = logging.getLogger("wmproxy.proxy")
 class ConnInfo:
     """What one client connection did, for its single log line."""
 
-    __slots__ = ("peer", "proto", "target", "result", "up", "down", "started", "detached")
+    __slots__ = ("peer", "proto", "target", "result", "up", "down", "started", "detached", "deadline")
 
     def __init__(self, peer: str) -> None:
+        self.deadline: gevent.Timeout | None = None  # of the handshake: whole within handshake_timeout
         self.peer = peer
         self.detached = False  # its relay goes on after the handler returned: it logs itself
         self.proto = "-"
@@ -42,6 +45,13 @@ class ConnInfo:
         self.up = 0
         self.down = 0
         self.started = time.monotonic()
+
+    def end_handshake(self) -> None:
+        """The client has said what it wants: its handshake deadline no longer applies (the
+        dial has its own timeout, the relay or the request loop its own watch)."""
+        if self.deadline is not None:
+            self.deadline.close()
+            self.deadline = None
 
     def line(self) -> str:
         took = time.monotonic() - self.started
@@ -54,7 +64,7 @@ class ProxyContext:
     builds a new context for new connections while live ones keep theirs."""
 
     def __init__(self, cfg: ProxyConfig, resolver: Resolver, adopt: Adopt, stats: ConnStats | None = None, via=None,
-                 local: bool = True) -> None:
+                 local: bool = True, exposed: bool | None = None) -> None:
         self.cfg = cfg
         self.resolver = resolver
         self.stats = stats or ConnStats()
@@ -63,6 +73,8 @@ class ProxyContext:
         # connections that arrive over a center link from another network
         self.udp_associate = local and cfg.udp_bind is not None
         self.adopt = adopt  # keeps connections whose relay goes on after their handler returned
+        # exposed: other hosts can reach the clients' side (default: the proxy's bind is not loopback)
+        self.targets = target_policy(cfg, not cfg.bind.is_loopback if exposed is None else exposed)
 
     def relay(self, client, upstream, info: ConnInfo, a_pending: bytes) -> None:
         """Relay the client and its upstream, filling ``info``. Where the relay can go on
@@ -98,7 +110,8 @@ class ProxyContext:
         return ok_user and ok_pass
 
     def dial(self, host: str, port: int) -> socket.socket:
-        return dial(self.resolver, host, port, self.cfg.connect_timeout)
+        """Connect to a client's target, as :attr:`targets` allows. Raises UpstreamError."""
+        return dial(self.resolver, host, port, self.cfg.connect_timeout, self.targets)
 
 
 class ProxyServer(Listener):
@@ -114,6 +127,9 @@ class ProxyServer(Listener):
     def max_connections(self, settings) -> int:
         return settings[0].max_connections
 
+    def max_per_ip(self, settings) -> int:
+        return settings[0].max_connections_per_ip
+
     def serve(self, client: socket.socket, address, ctx: ProxyContext) -> None:
         serve_connection(ctx, client, address)
 
@@ -123,6 +139,9 @@ def serve_connection(ctx: ProxyContext, client, address) -> None:
     Returns when it is done; never raises for what the client sends; does not close ``client``."""
     info = ConnInfo(fmt_addr(address[0], address[1]))
     client.settimeout(ctx.cfg.handshake_timeout)
+    # a deadline, not an idle timer: a client trickling a byte at a time is cut all the same
+    info.deadline = gevent.Timeout.start_new(ctx.cfg.handshake_timeout, PhaseTimeout(
+        f"handshake not complete within handshake_timeout ({ctx.cfg.handshake_timeout:g}s)"))
     reader = Reader(client, keep_watching=True)
     allowed = ctx.client_allowed(address[0])
     failed = True
@@ -145,6 +164,8 @@ def serve_connection(ctx: ProxyContext, client, address) -> None:
             info.proto = "?"
             info.result = f"refused: protocol of first byte 0x{first[0]:02x} not served"
         failed = False
+    except PhaseTimeout as e:
+        info.result = f"cut: {e}"
     except socket.timeout:
         info.result = "timeout waiting for the client"
     except PeerClosed as e:
@@ -157,6 +178,7 @@ def serve_connection(ctx: ProxyContext, client, address) -> None:
         info.result = "internal error"
         log.exception("internal error serving %s", info.peer)
     finally:
+        info.end_handshake()
         reader.release()
         if not info.detached:
             # HTTP logs one line per request itself; a connect-and-close (port probe, health
@@ -177,6 +199,7 @@ def _through_link(ctx: ProxyContext, client, reader: Reader, info: ConnInfo, all
         info.proto = "center"
         return
     info.proto, info.target = "center", link.name
+    info.end_handshake()  # the center server's proxy reads the handshake, under its own deadline
     stream = link.open_stream(CreateMode.PROXY)
     ctx.relay(client, stream, info, reader.take_pending())
 

@@ -16,6 +16,7 @@ def open_tunnel(ctx, client, reader: Reader, info, host: str, port: int,
     relay closes both sockets; on failure the caller's server closes the client. Blocks;
     raises OSError if the client is gone before the relay starts.
     """
+    info.end_handshake()
     try:
         upstream = ctx.dial(host, port)
     except UpstreamError as e:

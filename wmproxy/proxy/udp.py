@@ -22,7 +22,7 @@ import gevent
 from gevent import socket as gsocket
 
 from ..errors import ProtocolError, UpstreamError
-from ..net.dial import fmt_addr, plain_ip
+from ..net.dial import allowed_addresses, fmt_addr, plain_ip
 from ..net.listen import BindError, open_udp
 from ..net.reader import Reader
 from ..prot import socks as s5
@@ -82,7 +82,8 @@ class Association:
             frag, host, port, start = s5.parse_udp_header(datagram)
             if frag:
                 raise ProtocolError(f"fragment {frag} (fragmentation is not supported)")
-            family, ip = self.ctx.resolver.resolve(host)[0]
+            family, ip = allowed_addresses(self.ctx.resolver.resolve(host), port, self.ctx.targets,
+                                            socket.SOCK_DGRAM)[0]
             out = self._outbound(family)
             out.sendto(memoryview(datagram)[start:], (ip, port))
         except (ProtocolError, UpstreamError, OSError) as e:
@@ -132,6 +133,7 @@ def serve_udp_associate(ctx, client, reader: Reader, info, req: s5.Request) -> N
     """Open the association, answer with its relay address, and keep it until the TCP
     connection closes or it is idle for ``idle_timeout``. Fills ``info``."""
     info.proto = "socks5-udp"
+    info.end_handshake()
     bind = ctx.cfg.udp_bind
     try:
         relay_sock = gsocket.socket(fileno=open_udp(bind, "proxy.udp_bind").detach())

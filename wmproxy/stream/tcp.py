@@ -50,6 +50,9 @@ class StreamTcpServer(Listener):
     def max_connections(self, settings) -> int:
         return settings[0].max_connections
 
+    def max_per_ip(self, settings) -> int:
+        return settings[0].max_connections_per_ip
+
     def serve(self, client: socket.socket, address, ctx: StreamContext) -> None:
         peer = fmt_addr(address[0], address[1])
         mode = ctx.cfg.bind_mode

@@ -22,12 +22,12 @@ from urllib.parse import urlsplit
 import gevent
 
 from ..config import Config, HttpConfig, to_addr
-from ..errors import ProtocolError, UpstreamError
+from ..errors import PhaseTimeout, ProtocolError, UpstreamError
 from ..listener import Listener, ListenerSpec
 from ..logs import access_log, log_access
 from ..net import httpio
 from ..net.dial import fmt_addr, ip_allowed
-from ..net.idle import watch_idle
+from ..net.idle import INF, watch_idle
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import sni_server_context
 from ..net.writer import send_all
@@ -56,6 +56,9 @@ class WebContext:
         self.limits = app.http_limits
         self.ssl = sni_server_context([(s.cert, s.key) for s in servers]) if scheme == "https" else None
         self.read_timeout = max(s.client_read_timeout for s in servers)
+        self.header_timeout = max(s.client_header_timeout for s in servers)
+        self.body_timeout = max(s.client_body_timeout for s in servers)
+        self.body_min_rate = min(s.client_body_min_rate for s in servers)
         self.max_head = max(s.max_header_size for s in servers)
         self.max_headers = max(s.max_headers for s in servers)
         # per server and per location (by id: the config objects live as long as this context)
@@ -216,15 +219,30 @@ class Request:
 class Watched:
     """The idle watchdog of one client connection: its sockets have no timeout (a timer per
     recv costs more than the parsing); when neither the client's reads nor the current
-    upstream's move for the current timeout, socket.timeout is thrown into the greenlet."""
+    upstream's move for the current timeout, socket.timeout is thrown into the greenlet.
+    A phase the client controls also has a deadline (:meth:`until`): PhaseTimeout, naming
+    the phase, is thrown then whatever moves."""
 
     def __init__(self, reader: Reader, timeout: float) -> None:
         me = gevent.getcurrent()
         self.reader = reader
         self.upstream: Reader | None = None
         self.timeout = timeout
-        self.watch = watch_idle(self._progress, lambda: self.timeout,
-                                lambda: me.kill(socket.timeout("idle timeout"), block=False))
+        self.phase = ""
+        self.watch = watch = watch_idle(
+            self._progress, lambda: self.timeout,
+            lambda: me.kill(PhaseTimeout(self.phase) if watch.expired == "deadline" else socket.timeout("idle timeout"),
+                            block=False))
+
+    def until(self, deadline: float, phase: str) -> None:
+        """``phase`` must be over by ``deadline`` (monotonic seconds; an earlier deadline set
+        for it stays: a head's started at the connection's start is not moved on)."""
+        if deadline < self.watch.deadline:
+            self.watch.deadline, self.phase = deadline, phase
+
+    def done(self) -> None:
+        """The phase with a deadline is over."""
+        self.watch.deadline = INF
 
     def _progress(self) -> int:
         return self.reader.reads + (self.upstream.reads if self.upstream is not None else 0)
@@ -249,30 +267,50 @@ class WebServer(Listener):
     def max_connections(self, settings) -> int:
         return 10000
 
+    def max_per_ip(self, settings) -> int:
+        return max(s.max_connections_per_ip for s in settings[0])
+
     def serve(self, client, address, ctx: WebContext) -> None:
         ip = address[0]
+        started = time.monotonic()
         client.settimeout(ctx.read_timeout)
         try:
             if ctx.ssl is not None:
-                client = ctx.ssl.wrap_socket(client, server_side=True)
+                with gevent.Timeout(ctx.header_timeout, PhaseTimeout(
+                        f"TLS handshake not complete within client_header_timeout ({ctx.header_timeout:g}s)")):
+                    client = ctx.ssl.wrap_socket(client, server_side=True)
             client.settimeout(None)  # from here a watchdog, not a timer per recv
             reader = Reader(client, keep_watching=True)
             state = Watched(reader, ctx.read_timeout)
+            state.until(started + ctx.header_timeout, self._head_phase(ctx))  # the first head, from the start
             try:
                 while self._one(client, reader, ip, ctx, state):
                     state.waiting(None, ctx.read_timeout)
             finally:
                 state.stop()
                 reader.release()
+        except PhaseTimeout as e:
+            log.info("%s http: cut: %s", fmt_addr(address[0], address[1]), e)
         except (PeerClosed, socket.timeout, OSError):
             pass  # the client went away, was too slow, or failed its TLS handshake
         except Exception:  # a bug: this connection ends, logged; the server goes on
             log.exception("%s http: internal error", fmt_addr(address[0], address[1]))
 
+    @staticmethod
+    def _head_phase(ctx: WebContext) -> str:
+        return f"request head not complete within client_header_timeout ({ctx.header_timeout:g}s)"
+
     def _one(self, client, reader: Reader, ip: str, ctx: WebContext, state: "Watched") -> bool:
         """Serve one request; returns whether the connection stays open."""
         try:
-            raw = httpio.read_head(reader, ctx.max_head)
+            try:
+                raw = httpio.read_head(reader, ctx.max_head, lambda: state.until(
+                    time.monotonic() + ctx.header_timeout, self._head_phase(ctx)))
+            except PhaseTimeout as e:
+                client.sendall(http1.simple_response(408, f"wmproxy: {e}"))
+                log.info("%s http: 408 cut: %s", ip, e)
+                return False
+            state.done()
             head = http1.parse_request_head(raw)
             http1.check_request(head, ctx.max_headers)
             req = Request(head, raw, ip, ctx)
@@ -333,7 +371,18 @@ class WebServer(Listener):
             if req.head.expects_continue():
                 req.keep = False  # we answer without reading it: the client may not send it at all
                 return
+            self._body_deadline(req, req.ctx)
             httpio.copy_body(reader, lambda data: None, req.framing, False)
+            req.state.done()
+
+    @staticmethod
+    def _body_deadline(req: Request, ctx: WebContext) -> None:
+        """A Content-Length body must be in within client_body_timeout plus its length at
+        client_body_min_rate (a chunked one: no silence longer than client_read_timeout)."""
+        if req.framing[0] == "length":
+            allowed = ctx.body_timeout + req.framing[1] / ctx.body_min_rate
+            req.state.until(time.monotonic() + allowed, f"request body of {req.framing[1]} bytes not in within "
+                                                        f"{allowed:.0f}s (client_body_timeout, client_body_min_rate)")
 
     def _reply(self, client, req: Request, status: int, text: str, extra: list = ()) -> None:
         headers = req.apply(list(extra), req.response_rules())
@@ -432,7 +481,9 @@ class WebServer(Listener):
             if req.framing == http1.NO_BODY:
                 send_all(conn.sock, out)
             else:
+                self._body_deadline(req, ctx)
                 httpio.send_request(reader, partial(send_all, conn.sock), req.framing, out)
+                req.state.done()
             # interim 1xx other than 101 are skipped: the proxy answered Expect itself
             response = httpio.read_response(conn.reader, ctx.max_head, req.head.method, finish=finish)
         except (PeerClosed, ProtocolError, OSError, httpio.ClientBodyError) as e:  # socket.timeout included

@@ -293,6 +293,10 @@ class ProxyConfig:
                                                                      "(0: no limit)")
     max_header_size: int = key(to_size, 65536, "largest HTTP request or response head")
     max_headers: int = key(int_range(1, 10000), 100, "most header lines in an HTTP request (431 beyond)")
+    auth_fail_limit: int = key(int_range(0, 1_000_000), 10, "failed logins from one address within auth_fail_window "
+                                                            "before its attempts are refused (0: never)")
+    auth_fail_window: float = key(to_duration, 60.0, "the window of auth_fail_limit, and how long an address is "
+                                                     "refused after it")
     deny_targets: tuple = key(list_of(to_target_rule), (), "targets refused (networks, with ports: '10.0.0.0/8', "
                                                            "'*:25'); checked after DNS")
     allow_targets: tuple = key(list_of(to_target_rule), (), "targets allowed although loopback or link-local (a "
@@ -451,6 +455,10 @@ class CenterConfig:
     map_cert: tuple = key(list_of(to_str), (), "server: PEM certificates for map_https_bind (chosen by SNI; none: "
                                                "only tls_passthrough mappings)")
     map_key: tuple = key(list_of(to_str), (), "server: their keys, in the same order")
+    auth_fail_limit: int = key(int_range(0, 1_000_000), 10, "server: failed link logins from one address within "
+                                                            "auth_fail_window before it is refused (0: never)")
+    auth_fail_window: float = key(to_duration, 60.0, "server: the window of auth_fail_limit, and how long an "
+                                                     "address is refused after it")
     max_connections_per_ip: int = key(int_range(0, 1_000_000), 1000, "server: concurrent connections of one client "
                                                                      "address on bind, map_http_bind, map_https_bind "
                                                                      "and each mapping port (0: no limit)")

@@ -14,6 +14,8 @@ finish on the old settings. :meth:`Listener.drain` stops accepting and lets them
 
 from __future__ import annotations
 
+import errno
+import logging
 import socket
 import time
 from collections import Counter
@@ -59,7 +61,43 @@ class ConnStats:
         self.statuses: Counter = Counter()  # HTTP status -> requests
 
 
-class Listener(StreamServer):
+_OUT_OF_FDS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+ACCEPT_RETRY = 0.1  # seconds between accept attempts while descriptors are out
+
+
+class AcceptGuard:
+    """For a gevent StreamServer: running out of file descriptors (or kernel memory) while
+    accepting is one wmproxy log line a second with the count of failed accepts, not a
+    gevent traceback per attempt; accepting pauses ACCEPT_RETRY seconds and goes on once
+    descriptors are free (the waiting connections stay in the backlog meanwhile)."""
+
+    _fd_failures = 0
+    _fd_logged_at = 0.0
+
+    def do_read(self):
+        try:
+            return super().do_read()
+        except OSError as e:
+            if e.errno not in _OUT_OF_FDS:
+                raise
+            self._fd_failures += 1
+            now = time.monotonic()
+            if now - self._fd_logged_at >= 1.0:
+                logging.getLogger("wmproxy").error(
+                    "%s: cannot accept: %s (%d failed accept(s) in the last second); connections wait in the "
+                    "backlog, the others are served; raise the descriptor limit (LimitNOFILE, ulimit -n)",
+                    self._guard_label(), e.strerror or e, self._fd_failures)
+                self._fd_logged_at, self._fd_failures = now, 0
+            self.stop_accepting()
+            self._timer = self.loop.timer(ACCEPT_RETRY)
+            self._timer.start(self._start_accepting_if_started)
+            return None
+
+    def _guard_label(self) -> str:
+        return str(getattr(self, "address", "listener"))
+
+
+class Listener(AcceptGuard, StreamServer):
     """Base of every TCP listener kind.
 
     Subclasses implement :meth:`make_context` (settings -> what a connection needs) and
@@ -150,6 +188,9 @@ class Listener(StreamServer):
         self.ctx = self.make_context(spec.settings, app)
         self.per_ip_limit = self.max_per_ip(spec.settings)
         self.spec = spec
+
+    def _guard_label(self) -> str:
+        return f"{self.spec.kind} {self.spec.bind}"
 
     @property
     def pools(self) -> list[Pool]:

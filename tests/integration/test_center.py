@@ -685,3 +685,60 @@ def test_tunnels_relayed_by_callbacks_count_against_the_limit_and_the_grace(pair
     p.client.wait_log("removed; closed 1 connection(s) still open after the grace period", timeout=10)
     second.settimeout(5)
     assert second.recv(10) == b""  # ... and is closed after it
+
+
+def test_a_cut_link_resets_the_public_connections_of_its_streams(pair):
+    """A close-delimited HTTP/1.0 answer through a tcp mapping, and the center client dies in
+    the middle of it: the public client must see a reset, not an orderly end that would pass
+    for the whole answer."""
+    def service(conn):
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\npart of the answer")
+        time.sleep(20)
+
+    server = TcpServer(service)
+    pub = free_port()
+    p = pair(start_client=False)
+    p.client = p.start_client(tail=tcp_mapping("web", server.port, pub))
+    p.client.wait_log("mapping 'web' published")
+    with socket.create_connection(("127.0.0.1", pub), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        got = b""
+        while b"part of the answer" not in got:
+            got += s.recv(65536)
+        p.client.popen.kill()  # the link dies under the stream
+        with pytest.raises(ConnectionResetError):
+            while s.recv(65536):
+                pass
+    server.close()
+
+
+def _link_login(p: "Pair", password: str) -> bytes:
+    """One raw TLS link handshake with ``password``: the server's answer to TOKEN (b'' when
+    it closed without one)."""
+    from wmproxy.prot import frame as fr
+
+    context = ssl.create_default_context(cafile=str(p.certs / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", p.center), timeout=5) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="center.test") as s:
+                hello = s.recv(8 + 17)
+                if not hello:
+                    return b""
+                nonce = fr.decode_hello(hello[8:])[1]
+                token = fr.encode_token("alice", fr.proof(password, nonce))
+                s.sendall(fr.encode_header(len(token), fr.Kind.TOKEN, 0, 0) + token)
+                return s.recv(64)
+        except (ssl.SSLError, OSError):
+            return b""
+
+
+def test_failed_link_logins_are_throttled(pair):
+    p = pair(start_client=False, server_extra='auth_fail_limit = 3\nauth_fail_window = "3s"')
+    for _ in range(3):
+        assert b"auth failed" in _link_login(p, "wrong")
+    assert _link_login(p, "s3cret") == b""  # refused unheard, the right password too
+    p.server.wait_log("3 failed logins from 127.0.0.1")
+    time.sleep(3.1)
+    answer = _link_login(p, "s3cret")
+    assert answer[:8] == b"\x00\x00\x00\x04\x01\x00\x00\x00", answer  # TOKEN+ACK

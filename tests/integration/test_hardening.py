@@ -3,8 +3,11 @@ hostile client can do must stay with its own connection."""
 
 from __future__ import annotations
 
+import resource
 import socket
 import time
+
+import psutil
 
 from conftest import control, free_port, read_response, recv_all, wait_port
 
@@ -275,6 +278,57 @@ def test_one_address_cannot_take_every_slot(start_proxy, origin):
         time.sleep(0.2)
         assert _through(p.port, f"GET http://127.0.0.1:{origin.port}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
                         ).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for s in held:
+            s.close()
+
+
+# -- 7: failed-auth throttling -----------------------------------------------------------------------
+
+def _socks5_login(port: int, user: bytes, password: bytes, source: str = "127.0.0.1") -> int:
+    """The RFC 1929 status of a login (0: accepted)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as s:
+        s.sendall(b"\x05\x01\x02")
+        assert s.recv(2) == b"\x05\x02"
+        s.sendall(b"\x01" + bytes([len(user)]) + user + bytes([len(password)]) + password)
+        return s.recv(2)[1]
+
+
+def test_failed_logins_are_throttled_per_address(start_proxy, origin):
+    p = start_proxy(config='[proxy]\nbind = "127.0.0.1:{port}"\nusername = "u"\npassword = "right"\n'
+                           'auth_fail_limit = 5\nauth_fail_window = "2s"\n')
+    for _ in range(5):
+        assert _socks5_login(p.port, b"u", b"wrong") != 0
+    assert _socks5_login(p.port, b"u", b"right") != 0  # refused unheard, even with the right password
+    assert "5 failed logins from 127.0.0.1" in p.wait_log("failed logins")
+    answer = _through(p.port, f"GET http://127.0.0.1:{origin.port}/ HTTP/1.1\r\nHost: x\r\n"
+                              f"Proxy-Authorization: Basic dTpyaWdodA==\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 429 "), answer
+    assert _socks5_login(p.port, b"u", b"right", source="127.0.0.2") == 0  # another address is not affected
+    time.sleep(2.1)
+    assert _socks5_login(p.port, b"u", b"right") == 0  # and the window passes
+
+
+# -- 8: running out of descriptors -----------------------------------------------------------------
+
+def test_out_of_descriptors_is_one_line_a_second_and_serving_goes_on(start_proxy, origin):
+    p = start_proxy(config='[proxy]\nbind = "127.0.0.1:{port}"\nhandshake_timeout = "30s"\n')
+    proc = psutil.Process(p.popen.pid)
+    limit = proc.num_fds() + 4
+    resource.prlimit(p.popen.pid, resource.RLIMIT_NOFILE, (limit, limit))
+    held = [socket.create_connection(("127.0.0.1", p.port), timeout=5) for _ in range(12)]
+    try:
+        time.sleep(2.5)
+        log = p.log()
+        assert "cannot accept: Too many open files" in log and "Traceback" not in log, log[-2000:]
+        assert log.count("cannot accept") <= 4  # about one line a second, not one per attempt
+        for s in held:
+            s.close()
+        held = []
+        time.sleep(0.5)
+        answer = _through(p.port, f"GET http://127.0.0.1:{origin.port}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert p.popen.poll() is None
     finally:
         for s in held:
             s.close()

@@ -357,3 +357,63 @@ def test_bridge_sends_early_socket_bytes_larger_than_a_frame():
     assert done and done[0].b_to_a == len(early)
     client.close("done")
     gevent.joinall(runs, timeout=5)
+
+
+# -- bounds whatever the far end sends (issue 18) ---------------------------------------------------
+
+def test_credit_beyond_max_window_closes_the_link():
+    sock, link, run, got = raw_server()
+    sock.sendall(frame(fr.Kind.CREATE, 1, fr.encode_create(fr.CreateMode.CONNECT, "a:1"))
+                 + frame(fr.Kind.WINDOW, 1, fr.encode_window(0xFFFFFFFF)))
+    run.join(5)
+    assert link.closed and "over max_window" in link.close_reason, link.close_reason
+    sock.close()
+
+
+def test_create_with_stream_id_0_is_a_protocol_error():
+    sock, link, run, got = raw_server()
+    sock.sendall(frame(fr.Kind.CREATE, 0, fr.encode_create(fr.CreateMode.CONNECT, "a:1")))
+    run.join(5)
+    assert link.closed and "stream id 0" in link.close_reason, link.close_reason
+    answer = b""
+    with gevent.Timeout(5):
+        while chunk := sock.recv(65536):
+            answer += chunk
+    frames = []
+    while answer:
+        length, kind, flag, sid = fr.decode_header(answer[:fr.HEADER_SIZE], 1 << 20)
+        frames.append((kind, sid, answer[fr.HEADER_SIZE:fr.HEADER_SIZE + length]))
+        answer = answer[fr.HEADER_SIZE + length:]
+    # told the far end why, on stream 0: the link is over
+    assert (fr.Kind.CLOSE, 0, fr.encode_close("CREATE with stream id 0")) in frames, frames
+    sock.close()
+
+
+def test_a_far_end_that_stops_reading_holds_at_most_the_outbox_bound():
+    max_window, streams, limit = 1 << 20, 16, 1 << 20
+    senders = []
+
+    def on_create(vc, mode, target):
+        senders.append(vc)
+        vc.sendall(os.urandom(4 << 20))  # far more than the window: waits for credit, then for room
+
+    a, b = gsocket.socketpair()
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    link = CenterLink(b, Reader(b), is_client=False, window=WINDOW, max_frame=1 << 20, heartbeat=30,
+                      on_create=on_create, name="server", max_window=max_window, max_outbox=limit)
+    run = gevent.spawn(link.run)
+    raw = b""
+    for sid in range(1, 2 * streams, 2):  # each stream granted up to max_window, legally
+        raw += frame(fr.Kind.CREATE, sid, fr.encode_create(fr.CreateMode.CONNECT, "a:1"))
+        raw += frame(fr.Kind.WINDOW, sid, fr.encode_window(max_window - WINDOW))
+    a.sendall(raw)  # and then never read
+    peak = 0
+    for _ in range(40):
+        gevent.sleep(0.025)
+        peak = max(peak, link.queued)
+    assert len(senders) == streams
+    assert not link.closed and peak >= limit // 2  # the senders did fill it
+    assert peak <= limit + streams * 65536 + 4096, peak  # each may have one chunk in flight past the mark
+    link.close("test over")
+    run.join(5)
+    a.close()

@@ -13,6 +13,14 @@ reader never blocks on it: the other streams keep their speed. A stream starts w
 more than was taken: it doubles each time its consumer took a quarter of it within
 ``max(4 x RTT, 10 ms)`` of the previous grant (the sender was waiting on the window, not on the
 consumer; go-yamux grows its windows the same way). A stalled consumer's window never grows.
+
+Memory stays bounded whatever the far end sends (docs/SECURITY.md): credit that would let this
+end's window on a stream exceed ``max_window`` is a protocol error (the link is closed with
+CLOSE(0)); the writer's outbox holds at most ``max_outbox`` bytes of DATA, and while it is
+full the sources stop being read (greenlet senders wait, push-mode relays stop their read
+watchers), so a far end that stops reading holds at most ``max_outbox`` here; control frames
+(WINDOW, PING answers, CLOSE) are never held back, and an outbox past twice the bound (a far
+end that sends PINGs but reads nothing) ends the link.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ log = logging.getLogger("wmproxy.center")
 
 DATA_CHUNK = 65536
 WRITE_BATCH = 262144
+MAX_OUTBOX = 8 << 20  # bytes queued for the link's writer: DATA sources pause beyond it
 READ_BUFFER = 262144  # the link reader's kept buffer: several DATA frames per recv
 _KINDS = frozenset(Kind)
 _RESET = object()  # in a stream's inbox: the stream was aborted
@@ -178,6 +187,11 @@ class VirtualConn:
                 if not self.credit_event.wait(timeout=self.timeout):
                     raise socket.timeout("timed out waiting for window credit")
                 self._check_writable()
+            if self.link.queued >= self.link.max_outbox:  # the link's writer is behind: wait for room
+                if not self.link.room.wait(timeout=self.timeout):
+                    raise socket.timeout("timed out waiting for the center link to take more")
+                self._check_writable()
+                continue
             n = min(len(view), self.credit, DATA_CHUNK)
             # bytes as they are when they fit (the relay's common case): no copy before the writer's
             piece = data if n == len(data) and isinstance(data, bytes) else bytes(view[:n])
@@ -197,8 +211,9 @@ class VirtualConn:
 
     def send_datagram(self, data: bytes) -> bool:
         """A UDP datagram as one DATA frame, never split, never waiting: False (dropped, as
-        UDP may) when it is empty, does not fit the window credit now, or the stream is done."""
-        if not data or len(data) > self.credit:
+        UDP may) when it is empty, does not fit the window credit now, the link's outbox is
+        full, or the stream is done."""
+        if not data or len(data) > self.credit or self.link.queued >= self.link.max_outbox:
             return False
         try:
             self.push(bytes(data))
@@ -273,6 +288,9 @@ class VirtualConn:
 
     def _on_window(self, credit: int) -> None:
         self.credit += credit
+        if self.credit > self.link.max_window:  # more than the far end could ever have room for
+            raise ProtocolError(f"stream {self.sid}: WINDOW credit {credit} takes the send window to {self.credit} "
+                                f"bytes, over max_window ({self.link.max_window})")
         if self.sink is not None:
             self.sink.credit()
         elif self._credit_event is not None:
@@ -307,7 +325,7 @@ class CenterLink:
     def __init__(self, sock, reader: Reader, *, is_client: bool, window: int, max_frame: int, heartbeat: float,
                  on_create: Callable[[VirtualConn, fr.CreateMode, str], None], name: str, max_window: int = 0,
                  on_mapping: Callable[[list], list] | None = None,
-                 on_mapping_answer: Callable[[list], None] | None = None) -> None:
+                 on_mapping_answer: Callable[[list], None] | None = None, max_outbox: int = MAX_OUTBOX) -> None:
         self.sock = sock
         self.reader = reader
         self.is_client = is_client
@@ -322,7 +340,12 @@ class CenterLink:
         self.on_mapping_answer = on_mapping_answer  # client: the server's MAPPING+ACK
         self.name = name
         self.streams: dict[int, VirtualConn] = {}
-        self.outbox: Queue = Queue()
+        self.outbox: Queue = Queue()  # bounded in bytes (queued, max_outbox), not in items
+        self.queued = 0  # bytes in the outbox, not yet written
+        self.max_outbox = max_outbox
+        self.room = Event()  # set while the outbox has room for DATA
+        self.room.set()
+        self._waiting_room: set = set()  # push-mode sinks paused for room: credit() once there is
         self.handlers = Group()
         self.closed = False
         self.draining = False
@@ -381,6 +404,11 @@ class CenterLink:
         self.outbox.put(fr.encode_header(len(body), kind, flag, sid))
         if body:
             self.outbox.put(body)  # joined with its header by the writer: one copy, not two
+        self.queued += fr.HEADER_SIZE + len(body)
+        if self.queued >= self.max_outbox:
+            self.room.clear()
+            if self.queued > 2 * self.max_outbox:  # control frames alone: the far end reads nothing
+                gevent.spawn(self.close, f"the far end does not read: over {2 * self.max_outbox} bytes queued")
 
     def _writer(self) -> None:
         try:
@@ -396,8 +424,19 @@ class CenterLink:
                     size += len(item)
                 self.sock.sendall(b"".join(batch) if len(batch) > 1 else batch[0])
                 self.bytes_out += size
+                self.queued -= size
+                if not self.room.is_set() and self.queued < self.max_outbox >> 1:
+                    self.room.set()
+                    waiting, self._waiting_room = self._waiting_room, set()
+                    for sink in waiting:
+                        sink.credit()
         except OSError as e:
             self.close(f"write failed: {e}")
+
+    def when_room(self, sink) -> None:
+        """A push-mode relay paused because the outbox is full: ``sink.credit()`` is called
+        once it has room again. Never blocks."""
+        self._waiting_room.add(sink)
 
     @property
     def grow_within(self) -> float:
@@ -531,7 +570,9 @@ class CenterLink:
             if f.flag & Flag.ACK:
                 return  # the far end reached the target; data may already be flowing
             mode, target = fr.decode_create(f.body)
-            if sid == 0 or sid in self.streams or (sid % 2 == 1) == self.is_client:
+            if sid == 0:  # CLOSE(0) would close the link (PROTOCOL.md): this is a protocol error
+                raise ProtocolError("CREATE with stream id 0")
+            if sid in self.streams or (sid % 2 == 1) == self.is_client:
                 self.send_frame(Kind.CLOSE, 0, sid, fr.encode_close("bad stream id"), quiet=True)
                 return
             if self.draining:
@@ -576,6 +617,8 @@ class CenterLink:
             return
         self.closed = True
         self.close_reason = reason
+        self.room.set()  # senders waiting for room wake up and find their streams reset
+        self._waiting_room.clear()
         for vc in list(self.streams.values()):
             vc._on_close(False, f"center link closed: {reason}")
         self.streams.clear()

@@ -19,6 +19,7 @@ import gevent
 from gevent.server import StreamServer
 
 from ..config import Addr, to_addr
+from ..listener import AcceptGuard
 from ..net.dial import fmt_addr
 from ..net.limits import PerIpLimit
 from ..net.listen import BindError, open_listener, open_udp
@@ -60,7 +61,7 @@ class HttpRoute:
         return self.link is not None and not self.link.closed
 
 
-class PublicPort(StreamServer):
+class PublicPort(AcceptGuard, StreamServer):
     """The public listener of one tcp or proxy mapping; ``link`` is set once the handshake is done."""
 
     def __init__(self, sock, name: str, owner: str, idle_timeout: float, mode: str = "tcp",

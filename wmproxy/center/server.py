@@ -16,6 +16,7 @@ from ..config import CenterConfig, Config, ProxyConfig
 from ..errors import PhaseTimeout, ProtocolError, UpstreamError
 from ..listener import Listener, ListenerSpec
 from ..net.dial import dial, fmt_addr
+from ..net.limits import AuthThrottle
 from ..net.reader import PeerClosed, Reader
 from ..net.relay import link_owned, relay_then
 from ..net.targets import target_policy
@@ -44,7 +45,8 @@ class CenterServerContext:
         # the mapping policy (MappingRegistry.register)
         self.allow_ports = cfg.allow_ports
         self.idle_timeout = proxy_cfg.idle_timeout
-        self.max_per_ip = cfg.max_connections_per_ip  # of each mapping port        self.udp_timeout = cfg.udp_timeout
+        self.max_per_ip = cfg.max_connections_per_ip  # of each mapping port
+        self.udp_timeout = cfg.udp_timeout
         self.host_modes = _host_modes(cfg)
 
 
@@ -66,6 +68,11 @@ class CenterServer(Listener):
 
     def make_context(self, settings, app) -> CenterServerContext:
         center_cfg, proxy_cfg = settings
+        throttle = getattr(self, "throttle", None)  # kept across reloads
+        if throttle is None:
+            throttle = self.throttle = AuthThrottle(center_cfg.auth_fail_limit, center_cfg.auth_fail_window,
+                                                    f"center {center_cfg.bind}")
+        throttle.configure(center_cfg.auth_fail_limit, center_cfg.auth_fail_window)
         return CenterServerContext(center_cfg, proxy_cfg, app, self.stats)
 
     def max_connections(self, settings) -> int:
@@ -76,6 +83,9 @@ class CenterServer(Listener):
 
     def serve(self, sock, address, ctx: CenterServerContext) -> None:
         peer = fmt_addr(address[0], address[1])
+        if self.throttle.blocked(address[0]):
+            log.info("center: %s refused unheard: too many failed logins (auth_fail_limit)", peer)
+            return
         sock.settimeout(HANDSHAKE_TIMEOUT)
         ports: list = []
 
@@ -93,13 +103,18 @@ class CenterServer(Listener):
             reader = Reader(sock)
             user = handshake.server_side(sock, reader, ctx.accounts, decide)
             deadline.close()
+            self.throttle.succeeded(address[0])
         except handshake.AuthFailed as e:
+            self.throttle.failed(address[0])
             log.warning("center: %s from %s", e, peer)
             return
         except (ssl.SSLError, OSError, ProtocolError, PeerClosed) as e:
             self.mappings.withdraw(ports)
             log.warning("center: handshake with %s failed: %s", peer, e)
             return
+        except BaseException:  # our bug (logged by the server) or a kill: no mapping stays behind
+            self.mappings.withdraw(ports)
+            raise
         finally:
             deadline.close()
         try:

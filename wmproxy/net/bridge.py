@@ -31,6 +31,7 @@ from typing import Callable
 from gevent import get_hub
 
 from .idle import watch_idle
+from .writer import abort
 
 log = logging.getLogger("wmproxy")
 
@@ -42,13 +43,14 @@ READS_PER_CALL = 8  # reads (or pipes) from one socket per callback before the l
 class CallbackRelay:
     """What both relays share: counters, the idle watch, the end (once) and ``on_done``."""
 
-    __slots__ = ("stats", "on_done", "done", "watch")
+    __slots__ = ("stats", "on_done", "done", "watch", "cut")
 
     def __init__(self, stats, on_done: Callable) -> None:
         self.stats = stats
         self.on_done = on_done
         self.done = False
         self.watch = None
+        self.cut = False  # a side was reset: the other is reset too when the relay ends (RST, not FIN)
 
     def _watch_idle(self, idle_timeout: float | None) -> None:
         if idle_timeout:
@@ -65,6 +67,8 @@ class CallbackRelay:
         self._finish("idle")
 
     def _fail(self, e: OSError) -> None:
+        if isinstance(e, ConnectionResetError):
+            self.cut = True
         self._finish(f"error: {e}")
 
     def _release(self) -> None:
@@ -144,10 +148,15 @@ class Bridge(CallbackRelay):
         # read on while there are bytes and credit (up to a window a call): the link's writer
         # then sends them in one batch, as a pump greenlet's loop would have queued them
         stream, moved = self.stream, self.stats.moved
+        link = stream.link
         for _ in range(READS_PER_CALL):
             credit = stream.credit
             if credit <= 0:
                 self.rd.stop()  # credit() starts it again
+                return
+            if link.queued >= link.max_outbox:  # the link's writer is behind: read no more for now
+                self.rd.stop()
+                link.when_room(self)
                 return
             try:
                 data = self.sock.recv(min(CHUNK, credit))
@@ -247,6 +256,7 @@ class Bridge(CallbackRelay):
         self._maybe_done()
 
     def reset(self, reason: str) -> None:
+        self.cut = True
         self._finish(f"error: {reason}")
 
     # -- the end ------------------------------------------------------------------------------------
@@ -259,10 +269,13 @@ class Bridge(CallbackRelay):
             watcher.stop()
             watcher.close()
         self.to_sock = None
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        if self.cut:  # a cut looks like a cut: RST, so a close-delimited answer is not taken as whole
+            abort(self.sock)
+        else:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
         try:
             self.stream.close()
         except OSError:

@@ -43,3 +43,53 @@ class PerIpLimit:
             self.counts[ip] = n
         else:
             self.counts.pop(ip, None)
+
+
+class AuthThrottle:
+    """Failed logins per client address (forward proxy credentials, center link TOKEN): after
+    ``limit`` failures within ``window`` seconds, the address is refused for ``window``
+    seconds from its last failure, with one log line; other addresses are unaffected. A
+    success forgets the address's failures. Bounded: at most MAX_ADDRESSES remembered."""
+
+    MAX_ADDRESSES = 100_000
+
+    __slots__ = ("limit", "window", "failures", "label")
+
+    def __init__(self, limit: int, window: float, label: str) -> None:
+        self.limit = limit  # 0: no throttling
+        self.window = window
+        self.failures: dict[str, list[float]] = {}  # ip -> monotonic times of its recent failures
+        self.label = label
+
+    def configure(self, limit: int, window: float) -> None:
+        """New settings (a reload); what was counted stays."""
+        self.limit, self.window = limit, window
+
+    def blocked(self, ip: str) -> bool:
+        """Whether ``ip`` is refused now (``limit`` failures, the last within ``window``)."""
+        times = self.failures.get(ip)
+        if not times or not self.limit or len(times) < self.limit:
+            return False
+        if time.monotonic() - times[-1] < self.window:
+            return True
+        del self.failures[ip]
+        return False
+
+    def failed(self, ip: str) -> None:
+        """One failed attempt from ``ip``."""
+        if not self.limit:
+            return
+        now = time.monotonic()
+        times = [t for t in self.failures.get(ip, ()) if now - t < self.window]
+        times.append(now)
+        if len(self.failures) >= self.MAX_ADDRESSES and ip not in self.failures:
+            self.failures = {k: v for k, v in self.failures.items() if now - v[-1] < self.window}
+            if len(self.failures) >= self.MAX_ADDRESSES:
+                return  # a flood of addresses: counting stops, nothing grows
+        self.failures[ip] = times[-self.limit:]
+        if len(times) == self.limit:
+            log.warning("%s: %d failed logins from %s within %gs: its attempts are refused for %gs", self.label,
+                        self.limit, ip, self.window, self.window)
+
+    def succeeded(self, ip: str) -> None:
+        self.failures.pop(ip, None)

@@ -33,7 +33,7 @@ from gevent import ssl as gssl
 from .bridge import Bridge
 from .splice import HAVE_SPLICE, SocketBridge
 from .idle import watch_idle
-from .writer import send_all
+from .writer import abort, send_all
 
 CHUNK = 65536
 
@@ -143,6 +143,7 @@ def relay(a, b, idle_timeout: float | None = None, a_pending: bytes = b"", b_pen
     me = gevent.getcurrent()
     hub = get_hub()
     inline = {"running": True, "stop": None}  # the a -> b pump run here; a pending throw into it
+    cut = []  # a side was reset: the other is reset too (RST, not FIN)
 
     def stop_inline() -> None:
         # from another greenlet: end the pump this greenlet runs (a throw at its next wait)
@@ -152,6 +153,8 @@ def relay(a, b, idle_timeout: float | None = None, a_pending: bytes = b"", b_pen
     def on_error(e: BaseException) -> None:
         if stats.reason == "eof":
             stats.reason = f"error: {e}"
+        if isinstance(e, ConnectionResetError):
+            cut.append(e)
         if gevent.getcurrent() is me:
             other.kill(block=False)
         else:
@@ -182,8 +185,12 @@ def relay(a, b, idle_timeout: float | None = None, a_pending: bytes = b"", b_pen
         other.kill()
         if watchdog is not None:
             watchdog.kill()
-        _close(a)
-        _close(b)
+        if cut:  # a cut looks like a cut on the other side too
+            abort(a)
+            abort(b)
+        else:
+            _close(a)
+            _close(b)
     return stats
 
 

@@ -7,6 +7,9 @@ small message whole, and only the rest, if any, goes through ``sendall``.
 
 from __future__ import annotations
 
+import socket
+import struct
+
 from gevent.socket import socket as GeventSocket
 
 
@@ -19,3 +22,23 @@ def send_all(sock, data) -> None:
         sent = 0
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
+
+
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+def abort(sock) -> None:
+    """Close ``sock`` with a reset (RST, SO_LINGER 0) instead of a FIN, so its peer sees a cut,
+    not an orderly end: what a relay does when its other side was reset (a center link died
+    under the stream, say). A center link stream is reset with CLOSE without FIN. Never raises."""
+    try:
+        if hasattr(sock, "link"):  # a center link stream (VirtualConn)
+            sock.close("reset: the other side of the relay was cut")
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass

@@ -137,6 +137,10 @@ class HttpSession:
                     self._reply_log(head, 403, "client address not allowed", started)
                     return
                 if self.auth and not self._authorized(head):
+                    if self.ctx.auth_blocked(self._ip()):
+                        self._reply_log(head, 429, "too many failed logins from this address; try again later",
+                                        started)
+                        return
                     self._reply_log(head, 407, "proxy authentication required", started, PROXY_AUTHENTICATE)
                     return
                 if head.method == "CONNECT":
@@ -152,9 +156,17 @@ class HttpSession:
             if self.upstream:
                 self.upstream.close()
 
+    def _ip(self) -> str:
+        return self.info.peer.rpartition(":")[0].strip("[]")
+
     def _authorized(self, head: Head) -> bool:
+        """Whether the request carries the right credentials (a failure counts against its
+        address; an address refused for failing too often is not asked at all)."""
+        ip = self._ip()
+        if self.ctx.auth_blocked(ip):
+            return False
         creds = http1.parse_basic_auth(head.get(b"proxy-authorization"))
-        return creds is not None and self.ctx.credentials_ok(*creds)
+        return creds is not None and self.ctx.credentials_ok(*creds, ip)
 
     def _error(self, status: int, text: str, extra=()) -> None:
         try:

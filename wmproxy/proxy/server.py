@@ -18,6 +18,7 @@ from ..errors import PhaseTimeout, ProtocolError
 from ..listener import ConnStats, Listener, ListenerSpec
 from ..net.dial import dial, fmt_addr, ip_allowed
 from ..net.dns import Resolver
+from ..net.limits import AuthThrottle
 from ..net.targets import target_policy
 from ..net import httpio
 from ..net.reader import PeerClosed, Reader
@@ -64,7 +65,7 @@ class ProxyContext:
     builds a new context for new connections while live ones keep theirs."""
 
     def __init__(self, cfg: ProxyConfig, resolver: Resolver, adopt: Adopt, stats: ConnStats | None = None, via=None,
-                 local: bool = True, exposed: bool | None = None) -> None:
+                 local: bool = True, exposed: bool | None = None, throttle: AuthThrottle | None = None) -> None:
         self.cfg = cfg
         self.resolver = resolver
         self.stats = stats or ConnStats()
@@ -73,6 +74,8 @@ class ProxyContext:
         # connections that arrive over a center link from another network
         self.udp_associate = local and cfg.udp_bind is not None
         self.adopt = adopt  # keeps connections whose relay goes on after their handler returned
+        # failed logins per client address (None: not counted; a center link's streams all share its address)
+        self.throttle = throttle
         # exposed: other hosts can reach the clients' side (default: the proxy's bind is not loopback)
         self.targets = target_policy(cfg, not cfg.bind.is_loopback if exposed is None else exposed)
 
@@ -103,11 +106,21 @@ class ProxyContext:
         """Deny list first, then the allow list (an empty allow list allows everyone)."""
         return ip_allowed(ip, self.cfg.allow, self.cfg.deny)
 
-    def credentials_ok(self, user: str, password: str) -> bool:
-        """Both must match; compared in constant time."""
+    def credentials_ok(self, user: str, password: str, ip: str = "") -> bool:
+        """Both must match; compared in constant time. A failure counts against ``ip``."""
         ok_user = hmac.compare_digest(user.encode(), self.cfg.username.encode())
         ok_pass = hmac.compare_digest(password.encode(), self.cfg.password.encode())
-        return ok_user and ok_pass
+        ok = ok_user and ok_pass
+        if self.throttle is not None and ip:
+            if ok:
+                self.throttle.succeeded(ip)
+            else:
+                self.throttle.failed(ip)
+        return ok
+
+    def auth_blocked(self, ip: str) -> bool:
+        """Whether ``ip`` failed to log in too often lately (auth_fail_limit): refused unheard."""
+        return self.throttle is not None and self.throttle.blocked(ip)
 
     def dial(self, host: str, port: int) -> socket.socket:
         """Connect to a client's target, as :attr:`targets` allows. Raises UpstreamError."""
@@ -122,7 +135,13 @@ class ProxyServer(Listener):
 
     def make_context(self, settings, app) -> ProxyContext:
         proxy_cfg, center_cfg = settings
-        return ProxyContext(proxy_cfg, app.resolver, self.adopt, self.stats, app.center_client if center_cfg else None)
+        throttle = getattr(self, "throttle", None)  # kept across reloads: what was counted stays
+        if throttle is None:
+            throttle = self.throttle = AuthThrottle(proxy_cfg.auth_fail_limit, proxy_cfg.auth_fail_window,
+                                                    f"proxy {proxy_cfg.bind}")
+        throttle.configure(proxy_cfg.auth_fail_limit, proxy_cfg.auth_fail_window)
+        return ProxyContext(proxy_cfg, app.resolver, self.adopt, self.stats, app.center_client if center_cfg else None,
+                            throttle=throttle)
 
     def max_connections(self, settings) -> int:
         return settings[0].max_connections

@@ -28,7 +28,12 @@ def serve_socks5(ctx, client, reader: Reader, info, allowed: bool) -> None:
     client.sendall(s5.encode_method(wanted))
     if wanted == s5.METHOD_USERPASS:
         user, password = reader.read_message(s5.parse_userpass)
-        ok = ctx.credentials_ok(user, password)
+        ip = info.peer.rpartition(":")[0].strip("[]")
+        if ctx.auth_blocked(ip):
+            client.sendall(s5.encode_userpass_status(False))
+            info.result = "refused: too many failed logins from this address (auth_fail_limit)"
+            return
+        ok = ctx.credentials_ok(user, password, ip)
         client.sendall(s5.encode_userpass_status(ok))
         if not ok:
             info.result = f"refused: bad credentials for user {user[:40]!r}"

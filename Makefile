@@ -1,6 +1,7 @@
 # make run   - set up .venv and start wmproxy-server on its embedded default (127.0.0.1:8090)
 # make test  - set up .venv with test extras and the Debian tools the tests call, run pytest
 # make bench - install the peers (iperf3, socat, wrk, squid, tinyproxy, pproxy) and measure
+# make fuzz  - the live center link fuzz for FUZZ_SECONDS (300) and the parsers' property tests
 # make install - a venv in $(PREFIX), programs in /usr/local/bin, configs in /etc/wmproxy,
 #                init scripts in /etc/init.d, systemd units in /etc/systemd/system
 # The system's python3 (Debian's build: PGO, LTO and libpython linked in) before another python3
@@ -16,7 +17,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test bench install check clean
+.PHONY: run test bench fuzz install check clean
 
 $(BIN)/python:
 	@PYTHON=$(PYTHON) tools/apt-need py:ensurepip:python3-venv
@@ -43,6 +44,14 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed
 	bench/run
+
+# The live center link fuzz for FUZZ_SECONDS (make test gives it 8 s) and the parsers' property
+# tests (Hypothesis draws new examples each run), without the suite's 120 s timeout.
+FUZZ_SECONDS ?= 300
+fuzz: $(VENV)/.installed-test
+	WMPROXY_FUZZ_SECONDS=$(FUZZ_SECONDS) WMPROXY_REQUIRE_SPEEDUPS=1 tools/in-netns $(BIN)/python -m pytest \
+	  -p no:cacheprovider -o timeout=0 tests/integration/test_fuzz_link.py \
+	  tests/unit/test_fuzz_splits.py tests/unit/test_frame.py tests/unit/test_socks.py tests/unit/test_http1.py
 
 check: $(VENV)/.installed
 	$(BIN)/python bin/wmproxy-server --check -c conf/server.toml

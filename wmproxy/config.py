@@ -705,8 +705,8 @@ class HttpServerConfig:
                                                         "silence while a client sends")
     client_header_timeout: float = key(to_duration, 60.0, "deadline for a whole request head (and TLS handshake) "
                                                           "from its first byte (408 beyond)")
-    client_body_timeout: float = key(to_duration, 60.0, "deadline for a request body: this long plus its length at "
-                                                        "client_body_min_rate (408 beyond)")
+    client_body_timeout: float = key(to_duration, 60.0, "the longest silence while a request body arrives, and its "
+                                                        "deadline: this plus its length at client_body_min_rate (408)")
     client_body_min_rate: int = key(to_size, 1024, "bytes a second a request body must arrive at, at least")
     max_header_size: int = key(to_size, 65536, "largest request head (431 beyond)")
     max_headers: int = key(int_range(1, 10000), 100, "most header lines in a request (431 beyond)")

@@ -38,7 +38,7 @@ def test_example_configs_pass_check(prog, conf, tmp_path):
 
 @pytest.mark.parametrize("toml,expected", [
     ('[proxy]\nallow = ["10.0.0.0/8", "::1", "nope"]\n', "proxy.allow[2]: expected an IP address or CIDR"),
-    ('[proxy]\nbnd = "127.0.0.1:1"\n', "proxy.bnd: unknown key 'bnd'; accepted keys: allow, allow_targets, bind,"),
+    ('[proxy]\nbnd = "127.0.0.1:1"\n', "proxy.bnd: unknown key 'bnd'; accepted keys: allow, allow_targets, auth_fail_limit, auth_fail_window, bind,"),
     ('[proxy]\nbind = "127.0.0.1"\n', "proxy.bind: expected an address 'host:port'"),
     ('[proxy]\nbind = 8090\n', "proxy.bind: expected an address 'host:port'"),
     ('[proxy]\nidle_timeout = "soon"\n', "proxy.idle_timeout: expected a duration like"),

@@ -604,6 +604,9 @@ class CenterLink:
     def _serve_stream(self, vc: VirtualConn, mode: fr.CreateMode, target: str) -> None:
         try:
             self.on_create(vc, mode, target)
+        except ConnectionError as e:  # the stream or the link ended under its handler: no bug
+            log.debug("center link %s: stream %d ended while being served: %s", self.name, vc.sid, e)
+            vc.close()
         except Exception:
             log.exception("center link %s: internal error serving stream %d", self.name, vc.sid)
             vc.close()

@@ -146,7 +146,7 @@ class CenterServer(Listener):
     def _serve_stream(self, ctx: CenterServerContext, link: CenterLink, vc: VirtualConn,
                       mode: CreateMode, target: str) -> None:
         if mode == CreateMode.PROXY:
-            link.send_frame(Kind.CREATE, Flag.ACK, vc.sid)
+            link.send_frame(Kind.CREATE, Flag.ACK, vc.sid, quiet=True)
             ctx.serve_proxy(vc, link.peer_address)
         elif mode == CreateMode.CONNECT:
             try:
@@ -155,6 +155,9 @@ class CenterServer(Listener):
             except (ProtocolError, UpstreamError) as e:
                 vc.close(str(e))
                 log.info("center %s: CONNECT %s failed: %s", link.name, target, e)
+                return
+            if link.closed or vc.reset is not None:  # gone while we dialled: nothing to relay
+                upstream.close()
                 return
             link.send_frame(Kind.CREATE, Flag.ACK, vc.sid)
             relay_then(vc, upstream, lambda stats: log.info(

@@ -67,6 +67,7 @@ class HttpSession:
         self.watchdog: Watch | None = None
         self.first = True
         self.auth = ctx.cfg.auth
+        self.head_started = self._head_started  # bound once: read_head's hook for later heads
 
     # -- the request loop -----------------------------------------------------------------
     def _progress(self) -> int:
@@ -107,7 +108,7 @@ class HttpSession:
         try:
             while True:
                 try:
-                    raw = httpio.read_head(reader, limit, None if self.first else self._head_started)
+                    raw = httpio.read_head(reader, limit, None if self.first else self.head_started)
                 except PeerClosed:
                     if self.first:
                         raise

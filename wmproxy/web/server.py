@@ -378,7 +378,7 @@ class WebServer(Listener):
     @staticmethod
     def _body_deadline(req: Request, ctx: WebContext) -> None:
         """A Content-Length body must be in within client_body_timeout plus its length at
-        client_body_min_rate (a chunked one: no silence longer than client_read_timeout)."""
+        client_body_min_rate (a chunked one: no silence longer than client_body_timeout)."""
         if req.framing[0] == "length":
             allowed = ctx.body_timeout + req.framing[1] / ctx.body_min_rate
             req.state.until(time.monotonic() + allowed, f"request body of {req.framing[1]} bytes not in within "
@@ -481,9 +481,11 @@ class WebServer(Listener):
             if req.framing == http1.NO_BODY:
                 send_all(conn.sock, out)
             else:
+                req.state.waiting(None, ctx.body_timeout)  # the client's silence while it sends its body
                 self._body_deadline(req, ctx)
                 httpio.send_request(reader, partial(send_all, conn.sock), req.framing, out)
                 req.state.done()
+                req.state.waiting(conn.reader, loc.proxy_read_timeout)
             # interim 1xx other than 101 are skipped: the proxy answered Expect itself
             response = httpio.read_response(conn.reader, ctx.max_head, req.head.method, finish=finish)
         except (PeerClosed, ProtocolError, OSError, httpio.ClientBodyError) as e:  # socket.timeout included

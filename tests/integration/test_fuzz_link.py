@@ -1,0 +1,127 @@
+"""A fuzz run of a live center link: an authenticated peer sends random frame sequences (valid
+and invalid kinds, stream ids, credits, bodies, in random splits, sometimes never reading what
+comes back). The server must never crash, never log a traceback, stay within its memory bound,
+and keep serving a well-behaved center client beside it.
+
+The budget is WMPROXY_FUZZ_SECONDS (default 8 s in ``make test``; ``make fuzz`` runs longer)."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+
+import psutil
+import pytest
+
+from conftest import Proc, free_port, http_get, wait_port
+from wmproxy.prot import frame as fr
+
+BUDGET = float(os.environ.get("WMPROXY_FUZZ_SECONDS", "8"))
+RSS_BOUND = 200 << 20  # growth over the start allowed to the server (outbox and windows are bounded far below)
+
+
+def _login(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    head = b""
+    while len(head) < 8 + 17:
+        head += s.recv(8 + 17 - len(head))
+    nonce = fr.decode_hello(head[8:])[1]
+    token = fr.encode_token("alice", fr.proof("s3cret", nonce))
+    s.sendall(fr.encode_header(len(token), fr.Kind.TOKEN, 0, 0) + token)
+    mappings = fr.encode_mappings([])
+    s.sendall(fr.encode_header(len(mappings), fr.Kind.MAPPING, 0, 0) + mappings)
+    return s
+
+
+def _random_frames(rng: random.Random, target: str) -> bytes:
+    out = []
+    sids = [rng.choice((1, 3, 5, 7, 2, 0, fr.MAX_SOCK_MAP, rng.randrange(1 << 24))) for _ in range(3)]
+    for _ in range(rng.randrange(1, 40)):
+        sid = rng.choice(sids)
+        roll = rng.random()
+        flag = rng.choice((0, 0, fr.Flag.ACK, fr.Flag.FIN, 0xFF))
+        if roll < 0.2:
+            mode = rng.choice(list(fr.CreateMode))
+            body = fr.encode_create(mode, target if mode == fr.CreateMode.CONNECT else "x" * rng.randrange(20))
+            kind = fr.Kind.CREATE
+        elif roll < 0.45:
+            kind, body = fr.Kind.DATA, rng.randbytes(rng.choice((0, 1, 100, 5000, 70000)))
+        elif roll < 0.6:
+            credit = rng.choice((0, 1, 65536, 1 << 20, 4 << 20, 0xFFFFFFFF, rng.randrange(1 << 32)))
+            kind, body = fr.Kind.WINDOW, credit.to_bytes(4, "big") if rng.random() < 0.9 else rng.randbytes(3)
+        elif roll < 0.7:
+            kind, body = fr.Kind.CLOSE, fr.encode_close(rng.choice(("", "bye", "x" * 200)))
+        elif roll < 0.8:
+            kind, body = fr.Kind.PING, rng.randbytes(rng.choice((8, 8, 8, 3)))
+        elif roll < 0.87:
+            kind, body = fr.Kind.MAPPING, rng.randbytes(rng.randrange(30))
+        elif roll < 0.93:
+            kind, body = rng.choice((fr.Kind.TOKEN, fr.Kind.HELLO)), rng.randbytes(rng.randrange(30))
+        else:
+            raw = rng.randbytes(rng.randrange(1, 16))
+            out.append(raw)  # not a frame at all
+            continue
+        out.append(fr.encode_header(len(body), kind, flag, sid) + body)
+    return b"".join(out)
+
+
+@pytest.mark.timeout(120 + 2 * BUDGET)
+def test_random_frames_from_an_authenticated_peer(tmp_path, origin):
+    center, proxy, cport = free_port(), free_port(), free_port()
+    conf = tmp_path / "server.toml"
+    conf.write_text(f'control = "127.0.0.1:{cport}"\n[center]\nbind = "127.0.0.1:{center}"\ntls = false\n'
+                    f'username = "alice"\npassword = "s3cret"\nheartbeat = "2s"\nauth_fail_limit = 0\n')
+    server = Proc(["-c", str(conf)], center, tmp_path, name="server")
+    client_conf = tmp_path / "client.toml"
+    client_conf.write_text(f'[center]\nserver = "127.0.0.1:{center}"\ntls = false\nusername = "alice"\n'
+                           f'password = "s3cret"\nheartbeat = "2s"\n[proxy]\nbind = "127.0.0.1:{proxy}"\n')
+    client = None
+    try:
+        wait_port(center, proc=server.popen)
+        client = Proc(["-c", str(client_conf)], proxy, tmp_path, program="wmproxy-client", name="client")
+        wait_port(proxy, proc=client.popen)
+        client.wait_log("is up", timeout=15)
+        url = f"http://127.0.0.1:{origin.port}/whoami"
+        assert http_get(proxy, url)[1] == b"origin-A"
+        rss0 = psutil.Process(server.popen.pid).memory_info().rss
+        rng = random.Random(int(os.environ.get("WMPROXY_FUZZ_SEED", "18")))
+        deadline, rounds, peak = time.monotonic() + BUDGET, 0, 0
+        while time.monotonic() < deadline:
+            rounds += 1
+            s = _login(center)
+            try:
+                data = _random_frames(rng, f"127.0.0.1:{origin.port}")
+                reads = rng.random() < 0.7  # else: never read what comes back
+                pos = 0
+                while pos < len(data):
+                    step = rng.choice((1, 7, 64, 4096, len(data)))
+                    s.sendall(data[pos:pos + step])
+                    pos += step
+                    if reads:
+                        s.setblocking(False)
+                        try:
+                            while s.recv(1 << 20):
+                                pass
+                        except (BlockingIOError, ConnectionError):
+                            pass
+                        s.setblocking(True)
+            except (ConnectionError, socket.timeout):
+                pass  # the server closed the link: a protocol error, as it should
+            finally:
+                s.close()
+            assert server.popen.poll() is None, "the server died"
+            peak = max(peak, psutil.Process(server.popen.pid).memory_info().rss - rss0)
+            if rounds % 25 == 0:
+                assert http_get(proxy, url)[1] == b"origin-A"  # the good client is served meanwhile
+        assert rounds >= 10
+        assert peak < RSS_BOUND, f"the server grew by {peak >> 20} MiB"
+        assert http_get(proxy, url)[1] == b"origin-A"
+        log = server.log()
+        assert "Traceback" not in log and "internal error" not in log, log[-3000:]
+        assert "protocol error" in log  # the fuzzer did reach the frame checks
+    finally:
+        if client is not None:
+            client.stop()
+        server.stop()

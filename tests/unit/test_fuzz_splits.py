@@ -1,0 +1,119 @@
+"""Property tests of the blocking readers fed bytes split every way (gunicorn's treq idea): the
+chunked body decoder, the SOCKS5 handshake messages and the frame header, whole, a byte at a
+time and at random cuts, give the same answer; on arbitrary bytes they give a value or a
+ProtocolError / PeerClosed, never anything else."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+from wmproxy.errors import ProtocolError
+from wmproxy.net import httpio
+from wmproxy.net.reader import PeerClosed, Reader
+from wmproxy.prot import frame as fr
+from wmproxy.prot import http1
+from wmproxy.prot import socks as s5
+
+
+class Pieces:
+    """A socket-like source that hands out ``pieces`` one recv at a time, then EOF."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = list(pieces)
+
+    def recv(self, n: int) -> bytes:
+        if not self.pieces:
+            return b""
+        piece = self.pieces.pop(0)
+        if len(piece) > n:
+            piece, rest = piece[:n], piece[n:]
+            self.pieces.insert(0, rest)
+        return piece
+
+    def fileno(self) -> int:
+        return -1
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    out, last = [], 0
+    for p in points:
+        out.append(data[last:p])
+        last = p
+    out.append(data[last:])
+    return [p for p in out if p]
+
+
+TOKEN = st.text("abcdefghijklmnopqrstuvwxyz0123456789-!#$%&'*+.^_`|~", min_size=1, max_size=8)
+QUOTED = st.text("abc xyz\t!#", max_size=8).map(lambda t: '"' + t + '"')
+EXT = st.tuples(TOKEN, st.one_of(st.none(), TOKEN, QUOTED)).map(lambda kv: ";" + kv[0] + ("=" + kv[1] if kv[1] else ""))
+CHUNK = st.tuples(st.binary(min_size=1, max_size=300), st.lists(EXT, max_size=2), st.booleans())
+
+
+def encode_chunked(chunks, trailers: list[tuple[str, str]]) -> bytes:
+    out = b""
+    for data, exts, upper in chunks:
+        size = f"{len(data):x}"
+        out += (size.upper() if upper else size).encode() + "".join(exts).encode() + b"\r\n" + data + b"\r\n"
+    out += b"0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in trailers) + b"\r\n"
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(CHUNK, max_size=8), st.lists(st.tuples(TOKEN, st.text("abc 123", max_size=10)), max_size=2),
+       st.lists(st.integers(0, 10_000), max_size=12), st.binary(max_size=20))
+def test_chunked_bodies_decode_alike_in_any_split(chunks, trailers, cuts, after):
+    body = encode_chunked(chunks, trailers)
+    want = b"".join(data for data, _, _ in chunks)
+    for pieces in ([body + after], split(body + after, cuts), [bytes([b]) for b in body + after]):
+        reader = Reader(Pieces(pieces))
+        got = []
+        assert httpio.copy_body(reader, got.append, http1.CHUNKED, False) == len(want)
+        assert b"".join(got) == want
+        rest = bytes(reader.buf) + b"".join(reader.sock.pieces)
+        assert rest == after  # the next message's bytes stay for it
+        # and chunked out again, it decodes to the same
+        again = []
+        httpio.copy_body(Reader(Pieces(pieces)), again.append, http1.CHUNKED, True)
+        out = []
+        httpio.copy_body(Reader(Pieces([b"".join(again)])), out.append, http1.CHUNKED, False)
+        assert b"".join(out) == want
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=400), st.lists(st.integers(0, 1000), max_size=6))
+def test_chunked_decoder_on_any_bytes_answers_or_refuses(data, cuts):
+    reader = Reader(Pieces(split(data, cuts)))
+    try:
+        httpio.copy_body(reader, lambda piece: None, http1.CHUNKED, True)
+    except (ProtocolError, PeerClosed):
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([b"\x05\x01\x00", b"\x05\x02\x00\x02"]),
+       st.sampled_from([b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50", b"\x05\x01\x00\x03\x07example\x01\xbb",
+                        b"\x05\x03\x00\x04" + bytes(16) + b"\x00\x35"]),
+       st.lists(st.integers(0, 40), max_size=6))
+def test_socks5_messages_read_alike_in_any_split(greeting, request, cuts):
+    whole = Reader(Pieces([greeting + request]))
+    want = (whole.read_message(s5.parse_greeting), whole.read_message(s5.parse_request))
+    for pieces in (split(greeting + request, cuts), [bytes([b]) for b in greeting + request]):
+        reader = Reader(Pieces(pieces))
+        assert (reader.read_message(s5.parse_greeting), reader.read_message(s5.parse_request)) == want
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64), st.lists(st.integers(0, 64), max_size=6))
+def test_socks_and_frame_readers_on_any_bytes_in_any_split(data, cuts):
+    for parse in (s5.parse_greeting, s5.parse_request, s5.parse_socks4, s5.parse_userpass):
+        reader = Reader(Pieces(split(data, cuts)))
+        try:
+            reader.read_message(parse)
+        except (ProtocolError, PeerClosed):
+            pass
+    if len(data) >= fr.HEADER_SIZE:
+        try:
+            fr.decode_header(data[:fr.HEADER_SIZE], 1 << 20)
+        except ProtocolError:
+            pass

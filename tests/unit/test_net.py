@@ -368,3 +368,16 @@ def test_relay_then_slow_destination_then_reset(spliced, monkeypatch):
     sender.join(timeout=5)
     assert sender.dead and ended and ended[0].reason.startswith("error")
     a_out.close()
+
+
+def test_the_one_stale_connection_rule():
+    from wmproxy.errors import ProtocolError
+    from wmproxy.net import httpio
+    from wmproxy.net.reader import PeerClosed
+    from wmproxy.prot import http1
+
+    for error in (PeerClosed("x"), ConnectionResetError(), BrokenPipeError(), ProtocolError("garbage")):
+        assert httpio.stale_retry(True, http1.NO_BODY, error)
+        assert not httpio.stale_retry(False, http1.NO_BODY, error)  # a new connection failing is the server
+        assert not httpio.stale_retry(True, ("length", 5), error)  # a body may not be sent twice
+    assert not httpio.stale_retry(True, http1.NO_BODY, socket.timeout("slow"))  # slow is not stale

@@ -186,13 +186,13 @@ class MapHttpServer(Listener):
         rules = route.response_rules
         finish = (lambda h: http1.apply_header_rules(h, rules, variables)) if rules else None
         # a kept stream the service closed (keep-alive timeout) as we sent: once more on a new one,
-        # when nothing but the head was sent
-        tries = 2 if up.take(route, ctx.idle_timeout) and framing == http1.NO_BODY else 1
-        for attempt in range(tries):
+        # as httpio.stale_retry says
+        kept = up.take(route, ctx.idle_timeout)
+        for attempt in range(2):
             try:
                 if attempt:
                     up.close()
-                    up.take(route, ctx.idle_timeout)
+                    kept = up.take(route, ctx.idle_timeout)
                 httpio.send_request(reader, up.stream.sendall, framing, out)
                 response = httpio.read_response(up.reader, MAX_HEAD, head.method, finish=finish)
                 break
@@ -200,8 +200,8 @@ class MapHttpServer(Listener):
                 _reply(client, e.http_status, str(e))
                 log.info("%s map-http %s: %d %s", peer_ip, variables["host"], e.http_status, e)
                 return False
-            except (PeerClosed, ConnectionError, ProtocolError) as e:
-                if attempt + 1 == tries or isinstance(e, ProtocolError):
+            except httpio.STALE as e:
+                if not httpio.stale_retry(kept, framing, e):
                     _reply(client, 502, f"the mapped service did not answer: {e}")
                     return False
         done = httpio.forward_response(client, reader, head, response, up.stream, up.reader, finish, ctx.idle_timeout,

@@ -210,6 +210,19 @@ def send_request(reader: Reader, send, framing: tuple[str, int], head: bytes) ->
         raise ClientBodyError(e) from None
 
 
+STALE = (PeerClosed, ConnectionError, ProtocolError)  # what a kept connection the server closed looks like
+
+
+def stale_retry(reused: bool, framing: tuple[str, int], error: BaseException) -> bool:
+    """The one rule every exchange (forward proxy, ``[http]``, http mappings) follows when an
+    upstream connection fails before the answer: try once more on a new connection when this
+    one had served a request before (the server may have closed it as we sent: keep-alive
+    timeouts race), the request has no body (nothing the client sent is lost or sent twice),
+    and the failure is the connection's end or garbage where an answer should start (STALE),
+    not a timeout (a slow server is not a stale connection)."""
+    return reused and framing == http1.NO_BODY and isinstance(error, STALE)
+
+
 class Forwarded:
     """How :func:`forward_response` ended: status, body bytes, whether the client connection
     stays open, whether the server's may be reused, and the relay's stats after an upgrade."""

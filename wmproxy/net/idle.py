@@ -11,10 +11,13 @@ a list entry each instead of a greenlet each.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from typing import Callable
 
 import gevent
+
+from ..errors import PhaseTimeout
 
 MIN_TICK, MAX_TICK = 0.05, 1.0
 
@@ -93,3 +96,61 @@ def watch_idle(progress: Callable[[], int], timeout: Callable[[], float], on_idl
     watch = Watch(progress, timeout, on_idle)
     _REAPER.add(watch)
     return watch
+
+
+class ConnWatch:
+    """The watchdog of one client connection that proxies HTTP (the forward proxy's and
+    ``[http]``'s): its sockets have no timeout (a timer per recv costs more than the
+    parsing). When neither the client's reads nor the current upstream's move for
+    ``timeout``, socket.timeout is thrown into the connection's greenlet; a phase the client
+    controls also has a deadline (:meth:`until`), and PhaseTimeout, naming the phase, is
+    thrown then whatever moves. ``head_started`` (bound once) is read_head's hook: a head
+    that has begun has ``head_timeout`` to be whole."""
+
+    __slots__ = ("reader", "upstream", "timeout", "phase", "head_timeout", "head_phase", "head_started", "watch",
+                 "_greenlet")
+
+    def __init__(self, reader, timeout: float, head_timeout: float, head_phase: str) -> None:
+        self._greenlet = gevent.getcurrent()
+        self.reader = reader
+        self.upstream = None  # the current upstream's Reader: its reads count as progress too
+        self.timeout = timeout
+        self.phase = ""
+        self.head_timeout = head_timeout
+        self.head_phase = head_phase
+        self.head_started = self._head_started
+        self.watch = watch_idle(self._progress, self._timeout, self._expired)
+
+    def _progress(self) -> int:
+        upstream = self.upstream
+        return self.reader.reads + (upstream.reads if upstream is not None else 0)
+
+    def _timeout(self) -> float:
+        return self.timeout
+
+    def _expired(self) -> None:
+        if self.watch.expired == "deadline":
+            error: Exception = PhaseTimeout(self.phase)
+        else:
+            error = socket.timeout("idle timeout")
+        self._greenlet.kill(error, block=False)
+
+    def waiting(self, upstream, timeout: float) -> None:
+        """From now: ``upstream`` (a Reader or None) is the other side, silence ends after ``timeout``."""
+        self.upstream, self.timeout = upstream, timeout
+
+    def until(self, deadline: float, phase: str) -> None:
+        """``phase`` must be over by ``deadline`` (monotonic seconds); an earlier deadline set
+        for it stays (a first head's, from the connection's start, is not moved on)."""
+        if deadline < self.watch.deadline:
+            self.watch.deadline, self.phase = deadline, phase
+
+    def _head_started(self) -> None:
+        self.until(time.monotonic() + self.head_timeout, self.head_phase)
+
+    def done(self) -> None:
+        """The phase with a deadline is over."""
+        self.watch.deadline = INF
+
+    def stop(self) -> None:
+        self.watch.kill()

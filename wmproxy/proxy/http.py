@@ -13,12 +13,10 @@ import socket
 import time
 from functools import partial
 
-import gevent
-
 from ..errors import PhaseTimeout, ProtocolError, UpstreamError
 from ..logs import access_log, log_access
 from ..net import httpio
-from ..net.idle import INF, Watch, watch_idle
+from ..net.idle import ConnWatch
 from ..net.reader import PeerClosed, Reader
 from ..net.relay import relay
 from ..net.writer import send_all
@@ -64,51 +62,39 @@ class HttpSession:
         self.reader = reader
         self.info = info
         self.upstream: _Upstream | None = None
-        self.watchdog: Watch | None = None
+        self.watchdog: ConnWatch | None = None
         self.first = True
         self.auth = ctx.cfg.auth
-        self.head_started = self._head_started  # bound once: read_head's hook for later heads
 
     # -- the request loop -----------------------------------------------------------------
-    def _progress(self) -> int:
-        return self.reader.reads + (self.upstream.reader.reads if self.upstream else 0)
-
     def _start_watchdog(self) -> None:
-        """Sockets here have no timeout (a timer per recv costs more than the parsing): a
-        watchdog throws socket.timeout into this greenlet when nothing moves for
+        """Sockets here have no timeout (a timer per recv costs more than the parsing): the
+        connection's watch throws socket.timeout into this greenlet when nothing moves for
         handshake_timeout (first request) or idle_timeout (later, and upstream waits), and
         PhaseTimeout at a head's deadline: the first one whole within handshake_timeout of
         the connection's start, a later one within handshake_timeout of its first bytes."""
-        me = gevent.getcurrent()
+        cfg = self.cfg
         self.client.settimeout(None)
-        self.watchdog = watch = watch_idle(
-            self._progress,
-            lambda: self.cfg.handshake_timeout if self.first else self.cfg.idle_timeout,
-            lambda: me.kill(PhaseTimeout(f"request head not complete within handshake_timeout "
-                                         f"({self.cfg.handshake_timeout:g}s)") if watch.expired == "deadline"
-                            else socket.timeout("idle timeout"), block=False),
-        )
-        watch.deadline = self.info.started + self.cfg.handshake_timeout
+        self.watchdog = watch = ConnWatch(self.reader, cfg.handshake_timeout, cfg.handshake_timeout,
+                                          f"request head not complete within handshake_timeout "
+                                          f"({cfg.handshake_timeout:g}s)")
+        watch.until(self.info.started + cfg.handshake_timeout, watch.head_phase)
         self.info.end_handshake()  # the watch has the deadline now
-
-    def _head_started(self) -> None:
-        """A later request's head has begun: from here it has handshake_timeout to be whole."""
-        if self.watchdog is not None:
-            self.watchdog.deadline = time.monotonic() + self.cfg.handshake_timeout
 
     def _stop_watchdog(self) -> None:
         if self.watchdog is not None:
-            self.watchdog.kill()
+            self.watchdog.stop()
             self.watchdog = None
 
     def serve(self, allowed: bool) -> None:
         self._start_watchdog()
+        watch = self.watchdog
         reader, limit, plain = self.reader, self.cfg.max_header_size, "http" in self.cfg.flag
         max_headers = self.cfg.max_headers
         try:
             while True:
                 try:
-                    raw = httpio.read_head(reader, limit, None if self.first else self.head_started)
+                    raw = httpio.read_head(reader, limit, None if self.first else watch.head_started)
                 except PeerClosed:
                     if self.first:
                         raise
@@ -124,8 +110,10 @@ class HttpSession:
                 except ProtocolError as e:
                     self._error(e.http_status, str(e))
                     raise
-                self.first = False
-                self.watchdog.deadline = INF  # the head is in: its deadline is over
+                if self.first:
+                    self.first = False
+                    watch.timeout = self.cfg.idle_timeout  # from now on, silence ends after idle_timeout
+                watch.done()  # the head is in: its deadline is over
                 started = time.monotonic()
                 try:
                     head = http1.parse_request_head(raw)
@@ -266,8 +254,8 @@ class HttpSession:
         """Send the request (head and body) and read the final response head, and its body
         when that came whole with it (else None: the body waits in the upstream's reader).
 
-        A reused upstream connection that turns out closed is replaced once (``retry``), when
-        the request has no body (so nothing the client sent is lost). Raises UpstreamError, or
+        A reused upstream connection that turns out closed is replaced once (``retry``), as
+        httpio.stale_retry says. Raises UpstreamError, or
         httpio.ClientBodyError when the client's body broke off or broke its framing.
         """
         up = self.upstream
@@ -284,17 +272,16 @@ class HttpSession:
         except httpio.ClientBodyError:
             self._drop_upstream()  # it has part of a request: no use for another
             raise
-        except (PeerClosed, ConnectionError) as e:
+        except httpio.STALE as e:
             self._drop_upstream()
-            if retry and up.used and framing == http1.NO_BODY:
+            if retry and httpio.stale_retry(up.used, framing, e):
                 return self._exchange(head, target, data, framing, False)
+            if isinstance(e, ProtocolError):
+                raise UpstreamError(f"upstream {target.authority} sent a bad response: {e}") from None
             raise UpstreamError(f"upstream {target.authority} closed the connection: {e}") from None
         except socket.timeout:
             self._drop_upstream()
             raise UpstreamError(f"upstream {target.authority} did not answer in time", 504) from None
-        except ProtocolError as e:
-            self._drop_upstream()
-            raise UpstreamError(f"upstream {target.authority} sent a bad response: {e}") from None
 
     def _interim(self, rhead: Head) -> None:
         """An interim 1xx response goes to an HTTP/1.1 client on the way (100 Continue excepted:
@@ -307,12 +294,16 @@ class HttpSession:
         """Close the current upstream connection, if any, and open one to ``target``."""
         self._drop_upstream()
         self.upstream = _Upstream((target.host, target.port), self.ctx.dial(target.host, target.port))
+        if self.watchdog is not None:
+            self.watchdog.upstream = self.upstream.reader  # its reads are progress too
         return self.upstream
 
     def _drop_upstream(self) -> None:
         if self.upstream is not None:
             self.upstream.close()
             self.upstream = None
+            if self.watchdog is not None:
+                self.watchdog.upstream = None
 
     def _switch(self, head: Head, rhead: Head, up: _Upstream, started: float) -> bool:
         """101 Switching Protocols: hand the head on, then relay raw bytes both ways."""

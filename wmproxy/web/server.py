@@ -27,7 +27,7 @@ from ..listener import Listener, ListenerSpec
 from ..logs import access_log, log_access
 from ..net import httpio
 from ..net.dial import fmt_addr, ip_allowed
-from ..net.idle import INF, watch_idle
+from ..net.idle import ConnWatch
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import sni_server_context
 from ..net.writer import send_all
@@ -216,44 +216,6 @@ class Request:
         return http1.apply_header_rules(headers, rules, self.variables) if rules else headers
 
 
-class Watched:
-    """The idle watchdog of one client connection: its sockets have no timeout (a timer per
-    recv costs more than the parsing); when neither the client's reads nor the current
-    upstream's move for the current timeout, socket.timeout is thrown into the greenlet.
-    A phase the client controls also has a deadline (:meth:`until`): PhaseTimeout, naming
-    the phase, is thrown then whatever moves."""
-
-    def __init__(self, reader: Reader, timeout: float) -> None:
-        me = gevent.getcurrent()
-        self.reader = reader
-        self.upstream: Reader | None = None
-        self.timeout = timeout
-        self.phase = ""
-        self.watch = watch = watch_idle(
-            self._progress, lambda: self.timeout,
-            lambda: me.kill(PhaseTimeout(self.phase) if watch.expired == "deadline" else socket.timeout("idle timeout"),
-                            block=False))
-
-    def until(self, deadline: float, phase: str) -> None:
-        """``phase`` must be over by ``deadline`` (monotonic seconds; an earlier deadline set
-        for it stays: a head's started at the connection's start is not moved on)."""
-        if deadline < self.watch.deadline:
-            self.watch.deadline, self.phase = deadline, phase
-
-    def done(self) -> None:
-        """The phase with a deadline is over."""
-        self.watch.deadline = INF
-
-    def _progress(self) -> int:
-        return self.reader.reads + (self.upstream.reads if self.upstream is not None else 0)
-
-    def waiting(self, upstream: Reader | None, timeout: float) -> None:
-        self.upstream, self.timeout = upstream, timeout
-
-    def stop(self) -> None:
-        self.watch.kill()
-
-
 class WebServer(Listener):
     """The listener of one ``[[http.server]]`` bind address. Settings: (servers on it, the
     [http] config, scheme)."""
@@ -281,8 +243,9 @@ class WebServer(Listener):
                     client = ctx.ssl.wrap_socket(client, server_side=True)
             client.settimeout(None)  # from here a watchdog, not a timer per recv
             reader = Reader(client, keep_watching=True)
-            state = Watched(reader, ctx.read_timeout)
-            state.until(started + ctx.header_timeout, self._head_phase(ctx))  # the first head, from the start
+            state = ConnWatch(reader, ctx.read_timeout, ctx.header_timeout, f"request head not complete within "
+                              f"client_header_timeout ({ctx.header_timeout:g}s)")
+            state.until(started + ctx.header_timeout, state.head_phase)  # the first head, from the start
             try:
                 while self._one(client, reader, ip, ctx, state):
                     state.waiting(None, ctx.read_timeout)
@@ -296,16 +259,11 @@ class WebServer(Listener):
         except Exception:  # a bug: this connection ends, logged; the server goes on
             log.exception("%s http: internal error", fmt_addr(address[0], address[1]))
 
-    @staticmethod
-    def _head_phase(ctx: WebContext) -> str:
-        return f"request head not complete within client_header_timeout ({ctx.header_timeout:g}s)"
-
-    def _one(self, client, reader: Reader, ip: str, ctx: WebContext, state: "Watched") -> bool:
+    def _one(self, client, reader: Reader, ip: str, ctx: WebContext, state: ConnWatch) -> bool:
         """Serve one request; returns whether the connection stays open."""
         try:
             try:
-                raw = httpio.read_head(reader, ctx.max_head, lambda: state.until(
-                    time.monotonic() + ctx.header_timeout, self._head_phase(ctx)))
+                raw = httpio.read_head(reader, ctx.max_head, state.head_started)
             except PhaseTimeout as e:
                 client.sendall(http1.simple_response(408, f"wmproxy: {e}"))
                 log.info("%s http: 408 cut: %s", ip, e)
@@ -453,7 +411,7 @@ class WebServer(Listener):
                 conn.close()
                 failure = f"{server.addr}: {outcome}"
                 sent = req.framing != http1.NO_BODY
-                if pooled and not sent and not isinstance(outcome, socket.timeout):
+                if httpio.stale_retry(pooled, req.framing, outcome):
                     fresh = True  # a kept connection the server had closed: once more on a new one
                     continue
                 server.failed(str(outcome))

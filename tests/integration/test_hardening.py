@@ -332,3 +332,29 @@ def test_out_of_descriptors_is_one_line_a_second_and_serving_goes_on(start_proxy
     finally:
         for s in held:
             s.close()
+
+
+def test_tls_server_closes_after_connection_close(start_proxy, ca, tmp_path):
+    """A TLS [http] server answering 'Connection: close' closes the connection (it used to
+    keep the socket, and its slot, until the garbage collector found it)."""
+    from conftest import write_cert
+    import ssl
+
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    write_cert(ca, tmp_path, "site", "site.test")
+    p = start_proxy(config=f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\ncert = "{tmp_path}/site.pem"\n'
+                           f'key = "{tmp_path}/site.key"\n[[http.server.location]]\nstatic_response = "hi"\n',
+                    bind=False)
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", p.port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="site.test") as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
+            got = b""
+            started = time.monotonic()
+            try:
+                while chunk := s.recv(65536):
+                    got += chunk
+            except ssl.SSLError:
+                pass
+            assert time.monotonic() - started < 3, "the server kept the connection open"
+    assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"hi\n"), got

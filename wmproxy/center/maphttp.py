@@ -29,6 +29,7 @@ from ..net.dial import fmt_addr
 from ..net.reader import PeerClosed, Reader, peek_message
 from ..net.relay import relay
 from ..net.tls import sni_server_context
+from ..net.writer import close_quietly
 from ..prot import http1
 from ..prot.frame import CreateMode
 from ..prot.tls import client_hello_sni
@@ -75,6 +76,7 @@ class MapHttpServer(Listener):
         client.settimeout(ctx.idle_timeout)
         first = gevent.Timeout.start_new(HEAD_TIMEOUT, PhaseTimeout(
             f"TLS handshake and request head not complete within {HEAD_TIMEOUT:g}s"))
+        accepted = client
         try:
             if ctx.scheme == "https":
                 if self._passed_through(client, address, ctx, first):
@@ -96,6 +98,8 @@ class MapHttpServer(Listener):
             _reply(client, e.http_status, str(e))
         finally:
             first.close()
+            if client is not accepted:  # the TLS socket took the descriptor over: the server's close would not
+                close_quietly(client)
 
     def _passed_through(self, client, address, ctx: MapHttpContext, deadline: gevent.Timeout) -> bool:
         """Peek at the ClientHello: when its SNI belongs to a tls_passthrough mapping, relay

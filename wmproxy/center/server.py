@@ -21,6 +21,7 @@ from ..net.reader import PeerClosed, Reader
 from ..net.relay import link_owned, relay_then
 from ..net.targets import target_policy
 from ..net.tls import server_context
+from ..net.writer import close_quietly
 from ..prot.frame import CreateMode, Flag, Kind
 from ..prot.http1 import parse_authority
 from . import handshake
@@ -107,13 +108,16 @@ class CenterServer(Listener):
         except handshake.AuthFailed as e:
             self.throttle.failed(address[0])
             log.warning("center: %s from %s", e, peer)
+            close_quietly(sock)  # (a TLS socket holds the descriptor: the server's close would not)
             return
         except (ssl.SSLError, OSError, ProtocolError, PeerClosed) as e:
             self.mappings.withdraw(ports)
             log.warning("center: handshake with %s failed: %s", peer, e)
+            close_quietly(sock)
             return
         except BaseException:  # our bug (logged by the server) or a kill: no mapping stays behind
             self.mappings.withdraw(ports)
+            close_quietly(sock)
             raise
         finally:
             deadline.close()

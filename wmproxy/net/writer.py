@@ -42,3 +42,11 @@ def abort(sock) -> None:
         sock.close()
     except OSError:
         pass
+
+
+def close_quietly(sock) -> None:
+    """Close ``sock`` (a TLS socket: without waiting for the peer's close_notify). Never raises."""
+    try:
+        sock.close()
+    except OSError:
+        pass

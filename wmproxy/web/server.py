@@ -30,7 +30,7 @@ from ..net.dial import fmt_addr, ip_allowed
 from ..net.idle import ConnWatch
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import sni_server_context
-from ..net.writer import send_all
+from ..net.writer import close_quietly, send_all
 from ..prot import http1
 from . import files
 from .route import normalize_path, pick_location, pick_server
@@ -236,6 +236,7 @@ class WebServer(Listener):
         ip = address[0]
         started = time.monotonic()
         client.settimeout(ctx.read_timeout)
+        accepted = client
         try:
             if ctx.ssl is not None:
                 with gevent.Timeout(ctx.header_timeout, PhaseTimeout(
@@ -258,6 +259,9 @@ class WebServer(Listener):
             pass  # the client went away, was too slow, or failed its TLS handshake
         except Exception:  # a bug: this connection ends, logged; the server goes on
             log.exception("%s http: internal error", fmt_addr(address[0], address[1]))
+        finally:
+            if client is not accepted:  # the TLS socket took the descriptor over: the server's close would not
+                close_quietly(client)
 
     def _one(self, client, reader: Reader, ip: str, ctx: WebContext, state: ConnWatch) -> bool:
         """Serve one request; returns whether the connection stays open."""

@@ -346,6 +346,7 @@ class CenterLink:
         self.room = Event()  # set while the outbox has room for DATA
         self.room.set()
         self._waiting_room: set = set()  # push-mode sinks paused for room: credit() once there is
+        self._overflowed = False  # the outbox passed twice its bound: the link is being closed
         self.handlers = Group()
         self.closed = False
         self.draining = False
@@ -407,7 +408,8 @@ class CenterLink:
         self.queued += fr.HEADER_SIZE + len(body)
         if self.queued >= self.max_outbox:
             self.room.clear()
-            if self.queued > 2 * self.max_outbox:  # control frames alone: the far end reads nothing
+            if self.queued > 2 * self.max_outbox and not self._overflowed:  # control frames alone: it reads nothing
+                self._overflowed = True
                 gevent.spawn(self.close, f"the far end does not read: over {2 * self.max_outbox} bytes queued")
 
     def _writer(self) -> None:

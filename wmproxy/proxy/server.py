@@ -13,6 +13,7 @@ import socket
 import time
 
 import gevent
+
 from ..config import Config, ProxyConfig
 from ..errors import PhaseTimeout, ProtocolError
 from ..listener import ConnStats, Listener, ListenerSpec

@@ -358,3 +358,27 @@ def test_tls_server_closes_after_connection_close(start_proxy, ca, tmp_path):
                 pass
             assert time.monotonic() - started < 3, "the server kept the connection open"
     assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"hi\n"), got
+
+
+def test_a_slow_answer_after_the_body_is_no_client_timeout(start_proxy):
+    """The body's deadline and silence limit end once the body is sent: a server that thinks
+    longer than client_body_timeout before answering is waited for (proxy_read_timeout)."""
+    from conftest import TcpServer, next_head
+
+    def slow(conn):
+        head, rest = next_head(conn, b"")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(rest) < length:
+            rest += conn.recv(65536)
+        time.sleep(2.0)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+
+    server = TcpServer(slow)
+    try:
+        p = start_proxy(config=_web_to(server.port, 'client_body_timeout = "1s"\n'), bind=False)
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            s.sendall(b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+            head, body = read_response(s)
+        assert head.startswith(b"HTTP/1.1 200 ") and body == b"slow", head
+    finally:
+        server.close()

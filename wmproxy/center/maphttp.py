@@ -197,8 +197,8 @@ class MapHttpServer(Listener):
                 if attempt:
                     up.close()
                     kept = up.take(route, ctx.idle_timeout)
-                httpio.send_request(reader, up.stream.sendall, framing, out)
-                response = httpio.read_response(up.reader, MAX_HEAD, head.method, finish=finish)
+                response, _ = httpio.exchange(reader, up.stream.sendall, up.reader, framing, out, head.method, MAX_HEAD,
+                                              finish=finish)
                 break
             except httpio.ClientBodyError as e:  # the public client's fault: that request alone
                 _reply(client, e.http_status, str(e))

@@ -210,6 +210,26 @@ def send_request(reader: Reader, send, framing: tuple[str, int], head: bytes) ->
         raise ClientBodyError(e) from None
 
 
+def exchange(client: Reader, send, upstream: Reader, framing: tuple[str, int], head: bytes, method: str,
+             max_head: int, interim=None, finish=None, whole: bool = False,
+             on_sent=None) -> tuple[http1.Response, bytes | None]:
+    """One request on an upstream connection, the exchange the forward proxy, ``[http]`` and
+    http mappings share: ``head`` and the client's body (from ``client``, framed by
+    ``framing``) sent with ``send``, then the final response head read from ``upstream``
+    (interim 1xx heads to ``interim``, header rules ``finish`` applied). With ``whole`` (no
+    ``finish``), the body too when it came whole with its head (else None: it waits in
+    ``upstream``). ``on_sent()`` is called once the request is out (the client's phase is
+    over: its body deadline ends there). Blocks. Raises ClientBodyError for the client's side;
+    for the upstream's, a STALE error (see :func:`stale_retry`) or socket.timeout. Closes
+    nothing."""
+    send_request(client, send, framing, head)
+    if on_sent is not None:
+        on_sent()
+    if whole:
+        return read_response_whole(upstream, max_head, method, interim)
+    return read_response(upstream, max_head, method, interim, finish), None
+
+
 STALE = (PeerClosed, ConnectionError, ProtocolError)  # what a kept connection the server closed looks like
 
 

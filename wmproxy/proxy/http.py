@@ -262,12 +262,9 @@ class HttpSession:
         if up is None or up.key[0] != target.host or up.key[1] != target.port:
             up = self._new_upstream(target)
         try:
-            if framing == http1.NO_BODY:
-                up.send(data)
-            else:
-                self.info.up += httpio.send_request(self.reader, up.send, framing, data)
-            response, body = httpio.read_response_whole(up.reader, self.cfg.max_header_size, head.method,
-                                                        self._interim if head.version == "1.1" else None)
+            response, body = httpio.exchange(self.reader, up.send, up.reader, framing, data, head.method,
+                                             self.cfg.max_header_size, self._interim if head.version == "1.1" else None,
+                                             whole=True)
             return up, response, body
         except httpio.ClientBodyError:
             self._drop_upstream()  # it has part of a request: no use for another

@@ -439,17 +439,18 @@ class WebServer(Listener):
         loc = req.location
         req.state.waiting(conn.reader, loc.proxy_read_timeout)
         finish = (lambda h: req.apply(h, rules)) if rules else None
+        def body_sent() -> None:  # the body is in: the server's answer is waited for now
+            req.state.done()
+            req.state.waiting(conn.reader, loc.proxy_read_timeout)
+
+        if req.framing != http1.NO_BODY:
+            req.state.waiting(None, ctx.body_timeout)  # the client's silence while it sends its body
+            self._body_deadline(req, ctx)
         try:
-            if req.framing == http1.NO_BODY:
-                send_all(conn.sock, out)
-            else:
-                req.state.waiting(None, ctx.body_timeout)  # the client's silence while it sends its body
-                self._body_deadline(req, ctx)
-                httpio.send_request(reader, partial(send_all, conn.sock), req.framing, out)
-                req.state.done()
-                req.state.waiting(conn.reader, loc.proxy_read_timeout)
             # interim 1xx other than 101 are skipped: the proxy answered Expect itself
-            response = httpio.read_response(conn.reader, ctx.max_head, req.head.method, finish=finish)
+            response, _ = httpio.exchange(reader, partial(send_all, conn.sock), conn.reader, req.framing, out,
+                                          req.head.method, ctx.max_head, finish=finish,
+                                          on_sent=body_sent if req.framing != http1.NO_BODY else None)
         except (PeerClosed, ProtocolError, OSError, httpio.ClientBodyError) as e:  # socket.timeout included
             return e
         if response.status == 101 and upgrade:

@@ -382,3 +382,32 @@ def test_a_slow_answer_after_the_body_is_no_client_timeout(start_proxy):
         assert head.startswith(b"HTTP/1.1 200 ") and body == b"slow", head
     finally:
         server.close()
+
+
+def test_a_chunked_body_slower_than_the_minimum_rate_is_cut(start_proxy, origin):
+    p = start_proxy(config=_web_to(origin.port, 'client_body_timeout = "1s"\nclient_body_min_rate = "1k"\n'),
+                    bind=False)
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        started = time.monotonic()
+        s.setblocking(False)
+        answer = b""
+        for _ in range(40):  # a chunk of one byte every 0.25 s: never silent for 1 s, far under 1 KiB/s
+            try:
+                s.send(b"1\r\nx\r\n")
+            except OSError:
+                break
+            time.sleep(0.25)
+            try:
+                answer = s.recv(65536)
+                break
+            except BlockingIOError:
+                pass
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 ") and took < 4.0, (answer, took)
+    assert _get(p.port).startswith(b"HTTP/1.1 200 ")
+    # a prompt chunked upload is untouched
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                  b"5\r\nhello\r\n0\r\n\r\n")
+        assert read_response(s)[0].startswith(b"HTTP/1.1 200 ")

@@ -333,18 +333,33 @@ class WebServer(Listener):
             if req.head.expects_continue():
                 req.keep = False  # we answer without reading it: the client may not send it at all
                 return
-            self._body_deadline(req, req.ctx)
-            httpio.copy_body(reader, lambda data: None, req.framing, False)
+            httpio.copy_body(reader, self._body_deadline(req, req.ctx, lambda data: None), req.framing, False)
             req.state.done()
 
     @staticmethod
-    def _body_deadline(req: Request, ctx: WebContext) -> None:
-        """A Content-Length body must be in within client_body_timeout plus its length at
-        client_body_min_rate (a chunked one: no silence longer than client_body_timeout)."""
+    def _body_deadline(req: Request, ctx: WebContext, send):
+        """``send`` as the request body's copy should call it, with the body's deadline set: a
+        Content-Length body must be in within client_body_timeout plus its length at
+        client_body_min_rate; a chunked one within client_body_timeout plus what came so far
+        at that rate (the returned function moves the deadline on as data comes)."""
+        started = time.monotonic()
         if req.framing[0] == "length":
             allowed = ctx.body_timeout + req.framing[1] / ctx.body_min_rate
-            req.state.until(time.monotonic() + allowed, f"request body of {req.framing[1]} bytes not in within "
-                                                        f"{allowed:.0f}s (client_body_timeout, client_body_min_rate)")
+            req.state.until(started + allowed, f"request body of {req.framing[1]} bytes not in within "
+                                               f"{allowed:.0f}s (client_body_timeout, client_body_min_rate)")
+            return send
+        phase = (f"chunked request body slower than client_body_min_rate ({ctx.body_min_rate} B/s) after "
+                 f"client_body_timeout ({ctx.body_timeout:g}s)")
+        req.state.until(started + ctx.body_timeout, phase)
+        got = 0
+        watch = req.state.watch
+
+        def counted(data) -> None:
+            nonlocal got
+            got += len(data)
+            watch.deadline = started + ctx.body_timeout + got / ctx.body_min_rate
+            send(data)
+        return counted
 
     def _reply(self, client, req: Request, status: int, text: str, extra: list = ()) -> None:
         headers = req.apply(list(extra), req.response_rules())
@@ -439,16 +454,18 @@ class WebServer(Listener):
         loc = req.location
         req.state.waiting(conn.reader, loc.proxy_read_timeout)
         finish = (lambda h: req.apply(h, rules)) if rules else None
+
         def body_sent() -> None:  # the body is in: the server's answer is waited for now
             req.state.done()
             req.state.waiting(conn.reader, loc.proxy_read_timeout)
 
+        send = partial(send_all, conn.sock)
         if req.framing != http1.NO_BODY:
             req.state.waiting(None, ctx.body_timeout)  # the client's silence while it sends its body
-            self._body_deadline(req, ctx)
+            send = self._body_deadline(req, ctx, send)
         try:
             # interim 1xx other than 101 are skipped: the proxy answered Expect itself
-            response, _ = httpio.exchange(reader, partial(send_all, conn.sock), conn.reader, req.framing, out,
+            response, _ = httpio.exchange(reader, send, conn.reader, req.framing, out,
                                           req.head.method, ctx.max_head, finish=finish,
                                           on_sent=body_sent if req.framing != http1.NO_BODY else None)
         except (PeerClosed, ProtocolError, OSError, httpio.ClientBodyError) as e:  # socket.timeout included

@@ -442,7 +442,8 @@ class CenterConfig:
     users: tuple = key(table_list(CenterUser), (), "server: several accounts")
     heartbeat: float = key(to_duration, 15.0, "PING an idle link this often; 3 x without a frame = dead")
     window: int = key(to_size, 262144, "per-stream flow-control window to start with (the same on both ends)")
-    max_window: int = key(to_size, 4 << 20, "a busy stream's window grows up to this (= window: never grows)")
+    max_window: int = key(to_size, 4 << 20, "a busy stream's window grows up to this (= window: never grows); "
+                                             "the same on both ends: more credit is a protocol error")
     max_frame: int = key(to_size, 1 << 20, "largest frame body accepted")
     allow_ports: tuple = key(list_of(to_port_range), (), "server: ports a client's tcp, udp and proxy mappings "
                                                           "may open (empty: any)")

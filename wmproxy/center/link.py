@@ -290,7 +290,7 @@ class VirtualConn:
         self.credit += credit
         if self.credit > self.link.max_window:  # more than the far end could ever have room for
             raise ProtocolError(f"stream {self.sid}: WINDOW credit {credit} takes the send window to {self.credit} "
-                                f"bytes, over max_window ({self.link.max_window})")
+                                f"bytes, over max_window ({self.link.max_window}; both ends must set the same)")
         if self.sink is not None:
             self.sink.credit()
         elif self._credit_event is not None:

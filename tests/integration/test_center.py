@@ -742,3 +742,42 @@ def test_failed_link_logins_are_throttled(pair):
     time.sleep(3.1)
     answer = _link_login(p, "s3cret")
     assert answer[:8] == b"\x00\x00\x00\x04\x01\x00\x00\x00", answer  # TOKEN+ACK
+
+
+def test_a_link_handshake_trickled_byte_by_byte_is_cut_at_its_deadline(pair):
+    """Slowloris on the center port: a TOKEN sent a byte every 0.5 s never leaves a read idle
+    for the handshake timeout (10 s), so only the handshake's deadline can cut it."""
+    from wmproxy.prot import frame as fr
+
+    p = pair(start_client=False, server_extra="tls = false")
+    with socket.create_connection(("127.0.0.1", p.center), timeout=15) as s:
+        hello = s.recv(64)
+        nonce = fr.decode_hello(hello[8:])[1]
+        token = fr.encode_token("alice", fr.proof("s3cret", nonce))
+        frame = fr.encode_header(len(token), fr.Kind.TOKEN, 0, 0) + token
+        started = time.monotonic()
+        closed = False
+        for i in range(len(frame) - 1):  # never the whole frame
+            try:
+                s.sendall(frame[i:i + 1])
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.5)
+            s.setblocking(False)
+            try:
+                if s.recv(64) == b"":
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+                break
+            finally:
+                s.setblocking(True)
+            if time.monotonic() - started > 14:
+                break
+        took = time.monotonic() - started
+    assert closed and took < 12.5, took
+    p.server.wait_log("center link handshake not complete within 10s")

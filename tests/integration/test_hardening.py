@@ -210,6 +210,28 @@ def _trickle(port: int, data: bytes, every: float = 0.25, first: bytes = b"", li
         return got, time.monotonic() - started
 
 
+def _drip(port: int, head: bytes, piece: bytes, times: int, every: float = 0.25) -> tuple[bytes, float]:
+    """Send ``head``, then ``piece`` every ``every`` seconds (at most ``times``) until the
+    server answers; -> (its first answer bytes, seconds from the first piece)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head)
+        started = time.monotonic()
+        s.setblocking(False)
+        answer = b""
+        for _ in range(times):
+            try:
+                s.send(piece)
+            except OSError:
+                break
+            time.sleep(every)
+            try:
+                answer = s.recv(65536)
+                break
+            except BlockingIOError:
+                pass
+        return answer, time.monotonic() - started
+
+
 SLOW = '[proxy]\nbind = "127.0.0.1:{port}"\nhandshake_timeout = "1s"\nidle_timeout = "30s"\n'
 
 
@@ -245,23 +267,7 @@ def test_reverse_proxy_slow_head_and_slow_body_are_cut(start_proxy, origin):
     assert got.startswith(b"HTTP/1.1 408 ") and took < 3.0, (got, took)
     assert "client_header_timeout" in p.wait_log("client_header_timeout")
     # a body of 100 bytes has 1 s + 100 B / 1 KiB/s to arrive; one byte each 0.25 s is too slow
-    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
-        s.sendall(b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\n")
-        started = time.monotonic()
-        s.setblocking(False)
-        answer = b""
-        for _ in range(60):
-            try:
-                s.send(b"y")
-            except OSError:
-                break
-            time.sleep(0.25)
-            try:
-                answer = s.recv(65536)
-                break
-            except BlockingIOError:
-                pass
-        took = time.monotonic() - started
+    answer, took = _drip(p.port, b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\n", b"y", 60)
     assert answer.startswith(b"HTTP/1.1 408 ") and took < 3.5, (answer, took)
     assert _get(p.port).startswith(b"HTTP/1.1 200 ")  # the upstream was not blamed
 
@@ -387,23 +393,9 @@ def test_a_slow_answer_after_the_body_is_no_client_timeout(start_proxy):
 def test_a_chunked_body_slower_than_the_minimum_rate_is_cut(start_proxy, origin):
     p = start_proxy(config=_web_to(origin.port, 'client_body_timeout = "1s"\nclient_body_min_rate = "1k"\n'),
                     bind=False)
-    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
-        s.sendall(b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n")
-        started = time.monotonic()
-        s.setblocking(False)
-        answer = b""
-        for _ in range(40):  # a chunk of one byte every 0.25 s: never silent for 1 s, far under 1 KiB/s
-            try:
-                s.send(b"1\r\nx\r\n")
-            except OSError:
-                break
-            time.sleep(0.25)
-            try:
-                answer = s.recv(65536)
-                break
-            except BlockingIOError:
-                pass
-        took = time.monotonic() - started
+    # a chunk of one byte every 0.25 s: never silent for 1 s, far under 1 KiB/s
+    answer, took = _drip(p.port, b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+                         b"1\r\nx\r\n", 40)
     assert answer.startswith(b"HTTP/1.1 408 ") and took < 4.0, (answer, took)
     assert _get(p.port).startswith(b"HTTP/1.1 200 ")
     # a prompt chunked upload is untouched

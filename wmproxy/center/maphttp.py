@@ -268,11 +268,13 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
     idle = cfg.proxy.idle_timeout if cfg.proxy else 300.0
     specs = []
     if c.map_http_bind is not None:
-        specs.append(ListenerSpec("map-http", c.map_http_bind, (c.map_http_bind, idle, "http", (), c.max_connections_per_ip),
+        specs.append(ListenerSpec("map-http", c.map_http_bind,
+                                  (c.map_http_bind, idle, "http", (), c.max_connections_per_ip),
                                   "center.map_http_bind", MapHttpServer))
     if c.map_https_bind is not None:
         certs = tuple(zip(c.map_cert, c.map_key))
-        specs.append(ListenerSpec("map-https", c.map_https_bind, (c.map_https_bind, idle, "https", certs, c.max_connections_per_ip),
+        specs.append(ListenerSpec("map-https", c.map_https_bind,
+                                  (c.map_https_bind, idle, "https", certs, c.max_connections_per_ip),
                                   "center.map_https_bind", MapHttpServer,
                                   (lambda: sni_server_context(list(certs))) if certs else None))
     return specs

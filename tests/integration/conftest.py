@@ -422,6 +422,29 @@ def recv_all(sock: socket.socket) -> bytes:
     return out
 
 
+def drip(port: int, pieces, head: bytes = b"", every: float = 0.25) -> tuple[bytes, float]:
+    """Slowloris: send ``head``, then each of ``pieces`` every ``every`` seconds until the
+    server answers or closes; -> (its first answer bytes, seconds from the first piece)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        if head:
+            s.sendall(head)
+        started = time.monotonic()
+        s.setblocking(False)
+        answer = b""
+        for piece in pieces:
+            try:
+                s.send(piece)
+            except OSError:
+                break
+            time.sleep(every)
+            try:
+                answer = s.recv(65536)
+                break
+            except BlockingIOError:
+                pass
+        return answer, time.monotonic() - started
+
+
 def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     """One Content-Length-framed response from ``sock`` -> (head, body)."""
     buf = b""

@@ -15,9 +15,8 @@ import time
 import psutil
 import pytest
 
-from conftest import (Proc, TcpServer, control, curl, free_port, http_get, mirror_check, next_head, recv_all, tunnel,
-                      wait_port, websocket_echo,
-                      write_cert)
+from conftest import (Proc, TcpServer, control, curl, drip, free_port, http_get, mirror_check, next_head, recv_all,
+                      tunnel, wait_port, websocket_echo, write_cert)
 
 
 @pytest.fixture(scope="module")
@@ -781,3 +780,15 @@ def test_a_link_handshake_trickled_byte_by_byte_is_cut_at_its_deadline(pair):
         took = time.monotonic() - started
     assert closed and took < 12.5, took
     p.server.wait_log("center link handshake not complete within 10s")
+
+
+def test_http_mapping_head_trickled_is_cut_at_its_deadline(pair):
+    """map_http_bind faces the public: a head trickled a byte every 0.25 s is cut once
+    [proxy] handshake_timeout has passed since the connection began (408)."""
+    web = free_port()
+    pair(start_client=False, server_top=f'[proxy]\nbind = "127.0.0.1:{free_port()}"\nhandshake_timeout = "1s"',
+         server_extra=f'map_http_bind = "127.0.0.1:{web}"')
+    wait_port(web)
+    head = b"GET / HTTP/1.1\r\nHost: a.test\r\n" + b"X-Pad: y\r\n" * 10 + b"\r\n"
+    answer, took = drip(web, [head[i:i + 1] for i in range(len(head))])
+    assert answer.startswith(b"HTTP/1.1 408 ") and took < 3.0, (answer, took)

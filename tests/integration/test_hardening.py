@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from conftest import control, free_port, read_response, recv_all, wait_port
+from conftest import control, drip, free_port, read_response, recv_all, wait_port
 
 
 def _web_to(origin_port: int, extra: str = "") -> str:
@@ -210,28 +210,6 @@ def _trickle(port: int, data: bytes, every: float = 0.25, first: bytes = b"", li
         return got, time.monotonic() - started
 
 
-def _drip(port: int, head: bytes, piece: bytes, times: int, every: float = 0.25) -> tuple[bytes, float]:
-    """Send ``head``, then ``piece`` every ``every`` seconds (at most ``times``) until the
-    server answers; -> (its first answer bytes, seconds from the first piece)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(head)
-        started = time.monotonic()
-        s.setblocking(False)
-        answer = b""
-        for _ in range(times):
-            try:
-                s.send(piece)
-            except OSError:
-                break
-            time.sleep(every)
-            try:
-                answer = s.recv(65536)
-                break
-            except BlockingIOError:
-                pass
-        return answer, time.monotonic() - started
-
-
 SLOW = '[proxy]\nbind = "127.0.0.1:{port}"\nhandshake_timeout = "1s"\nidle_timeout = "30s"\n'
 
 
@@ -267,7 +245,7 @@ def test_reverse_proxy_slow_head_and_slow_body_are_cut(start_proxy, origin):
     assert got.startswith(b"HTTP/1.1 408 ") and took < 3.0, (got, took)
     assert "client_header_timeout" in p.wait_log("client_header_timeout")
     # a body of 100 bytes has 1 s + 100 B / 1 KiB/s to arrive; one byte each 0.25 s is too slow
-    answer, took = _drip(p.port, b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\n", b"y", 60)
+    answer, took = drip(p.port, [b"y"] * 60, b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 408 ") and took < 3.5, (answer, took)
     assert _get(p.port).startswith(b"HTTP/1.1 200 ")  # the upstream was not blamed
 
@@ -394,8 +372,8 @@ def test_a_chunked_body_slower_than_the_minimum_rate_is_cut(start_proxy, origin)
     p = start_proxy(config=_web_to(origin.port, 'client_body_timeout = "1s"\nclient_body_min_rate = "1k"\n'),
                     bind=False)
     # a chunk of one byte every 0.25 s: never silent for 1 s, far under 1 KiB/s
-    answer, took = _drip(p.port, b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
-                         b"1\r\nx\r\n", 40)
+    answer, took = drip(p.port, [b"1\r\nx\r\n"] * 40,
+                        b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 408 ") and took < 4.0, (answer, took)
     assert _get(p.port).startswith(b"HTTP/1.1 200 ")
     # a prompt chunked upload is untouched

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 
 import gevent
 
@@ -26,6 +27,7 @@ from ..errors import PhaseTimeout, ProtocolError
 from ..listener import Listener, ListenerSpec
 from ..net import httpio
 from ..net.dial import fmt_addr
+from ..net.idle import ConnWatch
 from ..net.reader import PeerClosed, Reader, peek_message
 from ..net.relay import relay
 from ..net.tls import sni_server_context
@@ -37,14 +39,15 @@ from ..prot.tls import client_hello_sni
 log = logging.getLogger("wmproxy.center")
 
 MAX_HEAD = 65536
-HEAD_TIMEOUT = 30.0  # a request head (with the TLS handshake for the first) must be whole within it
+HEAD_TIMEOUT = 30.0  # without [proxy]: the TLS handshake, and each request head, must be whole within it
 HELLO_TIMEOUT = 10.0  # time a client has to send its whole ClientHello
 _DROP = frozenset((b"x-forwarded-for", b"x-forwarded-proto"))
 
 
 class MapHttpContext:
-    def __init__(self, app, idle_timeout: float, scheme: str, certs: tuple) -> None:
+    def __init__(self, app, idle_timeout: float, scheme: str, certs: tuple, head_timeout: float) -> None:
         self.app = app
+        self.head_timeout = head_timeout
         self.idle_timeout = idle_timeout
         self.scheme = scheme  # "http" or "https": which mappings, and X-Forwarded-Proto
         self.ssl = sni_server_context(list(certs)) if scheme == "https" and certs else None
@@ -57,13 +60,14 @@ class MapHttpContext:
 
 
 class MapHttpServer(Listener):
-    """Settings: (bind, idle timeout, scheme, ((cert, key), ...), max_connections_per_ip)."""
+    """Settings: (bind, idle timeout, scheme, ((cert, key), ...), max_connections_per_ip, head timeout:
+    [proxy] handshake_timeout, as idle_timeout is [proxy]'s)."""
 
     kind = "map-http"
 
     def make_context(self, settings, app) -> MapHttpContext:
         self.kind = f"map-{settings[2]}"
-        return MapHttpContext(app, settings[1], settings[2], settings[3])
+        return MapHttpContext(app, settings[1], settings[2], settings[3], settings[5])
 
     def max_connections(self, settings) -> int:
         return 10000
@@ -73,21 +77,27 @@ class MapHttpServer(Listener):
 
     def serve(self, client: socket.socket, address, ctx: MapHttpContext) -> None:
         peer_ip = address[0]
+        started = time.monotonic()
         client.settimeout(ctx.idle_timeout)
-        first = gevent.Timeout.start_new(HEAD_TIMEOUT, PhaseTimeout(
-            f"TLS handshake and request head not complete within {HEAD_TIMEOUT:g}s"))
+        tls_deadline = gevent.Timeout.start_new(ctx.head_timeout, PhaseTimeout(
+            f"TLS handshake not complete within {ctx.head_timeout:g}s"))
         accepted = client
+        watch = None
         try:
             if ctx.scheme == "https":
-                if self._passed_through(client, address, ctx, first):
+                if self._passed_through(client, address, ctx, tls_deadline):
                     return
                 client = ctx.ssl.wrap_socket(client, server_side=True)
+            tls_deadline.close()
+            client.settimeout(None)  # from here the connection's watch (idle and deadlines), as [http]'s
             reader = Reader(client)
+            watch = ConnWatch(reader, ctx.idle_timeout, ctx.head_timeout,
+                              f"request head not complete within {ctx.head_timeout:g}s")
+            watch.until(started + ctx.head_timeout, watch.head_phase)  # the first head, from the start
             up = Upstream()
             try:
-                if self._one(client, reader, peer_ip, ctx, up, first):
-                    while self._one(client, reader, peer_ip, ctx, up):
-                        pass
+                while self._one(client, reader, peer_ip, ctx, up, watch):
+                    watch.waiting(None, ctx.idle_timeout)
             finally:
                 up.close()
         except PhaseTimeout as e:
@@ -97,7 +107,9 @@ class MapHttpServer(Listener):
         except ProtocolError as e:
             _reply(client, e.http_status, str(e))
         finally:
-            first.close()
+            tls_deadline.close()
+            if watch is not None:
+                watch.stop()
             if client is not accepted:  # the TLS socket took the descriptor over: the server's close would not
                 close_quietly(client)
 
@@ -132,17 +144,13 @@ class MapHttpServer(Listener):
         return True
 
     def _one(self, client, reader: Reader, peer_ip: str, ctx: MapHttpContext, up: "Upstream",
-             deadline: gevent.Timeout | None = None) -> bool:
-        """Serve one request; returns whether the connection stays open. ``deadline``: the
-        first head's, running since the connection began; a later head gets HEAD_TIMEOUT
+             watch: ConnWatch) -> bool:
+        """Serve one request; returns whether the connection stays open. The first head has
+        the head timeout from the connection's start (``watch`` holds that deadline), a later one
         from its first bytes."""
-        def started() -> None:
-            nonlocal deadline
-            if deadline is None:
-                deadline = gevent.Timeout.start_new(HEAD_TIMEOUT, PhaseTimeout(
-                    f"request head not complete within {HEAD_TIMEOUT:g}s"))
         try:
-            head = http1.parse_request_head(httpio.read_head(reader, MAX_HEAD, started))
+            head = http1.parse_request_head(httpio.read_head(reader, MAX_HEAD, watch.head_started))
+            watch.done()
             http1.check_request(head)
         except PeerClosed:
             return False
@@ -150,9 +158,6 @@ class MapHttpServer(Listener):
             _reply(client, 408, str(e))
             log.info("%s map-http: 408 cut: %s", peer_ip, e)
             return False
-        finally:
-            if deadline is not None:
-                deadline.close()
         framing = http1.request_framing(head)
         host = (head.get(b"host") or b"").decode("latin-1").strip()
         name = http1.host_name(host)
@@ -174,14 +179,14 @@ class MapHttpServer(Listener):
         variables = {"client_ip": peer_ip, "host": host, "url": head.target}
         keep = False
         try:
-            keep = self._exchange(client, reader, up, head, framing, peer_ip, ctx, route, variables)
+            keep = self._exchange(client, reader, up, head, framing, peer_ip, ctx, route, variables, watch)
         finally:
             if not keep:
                 up.close()
         return keep
 
     def _exchange(self, client, reader, up: "Upstream", head, framing, peer_ip: str, ctx: MapHttpContext, route,
-                  variables: dict) -> bool:
+                  variables: dict, watch: ConnWatch) -> bool:
         headers, upgrade = http1.upstream_headers(head, framing, _DROP)
         headers += [(b"X-Forwarded-For", http1.forwarded_for(head, peer_ip.encode())),
                     (b"X-Forwarded-Proto", ctx.scheme.encode())]
@@ -197,6 +202,7 @@ class MapHttpServer(Listener):
                 if attempt:
                     up.close()
                     kept = up.take(route, ctx.idle_timeout)
+                watch.waiting(up.reader, ctx.idle_timeout)  # the service's answer is progress too
                 response, _ = httpio.exchange(reader, up.stream.sendall, up.reader, framing, out, head.method, MAX_HEAD,
                                               finish=finish)
                 break
@@ -208,6 +214,8 @@ class MapHttpServer(Listener):
                 if not httpio.stale_retry(kept, framing, e):
                     _reply(client, 502, f"the mapped service did not answer: {e}")
                     return False
+        if response.status == 101 and upgrade:
+            watch.stop()  # the relay that follows watches its own idle time
         done = httpio.forward_response(client, reader, head, response, up.stream, up.reader, finish, ctx.idle_timeout,
                                        upgrade)
         host = variables["host"]
@@ -266,15 +274,16 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
         return []
     c = cfg.center
     idle = cfg.proxy.idle_timeout if cfg.proxy else 300.0
+    head = cfg.proxy.handshake_timeout if cfg.proxy else HEAD_TIMEOUT
     specs = []
     if c.map_http_bind is not None:
         specs.append(ListenerSpec("map-http", c.map_http_bind,
-                                  (c.map_http_bind, idle, "http", (), c.max_connections_per_ip),
+                                  (c.map_http_bind, idle, "http", (), c.max_connections_per_ip, head),
                                   "center.map_http_bind", MapHttpServer))
     if c.map_https_bind is not None:
         certs = tuple(zip(c.map_cert, c.map_key))
         specs.append(ListenerSpec("map-https", c.map_https_bind,
-                                  (c.map_https_bind, idle, "https", certs, c.max_connections_per_ip),
+                                  (c.map_https_bind, idle, "https", certs, c.max_connections_per_ip, head),
                                   "center.map_https_bind", MapHttpServer,
                                   (lambda: sni_server_context(list(certs))) if certs else None))
     return specs

@@ -5,12 +5,14 @@ ProtocolError / PeerClosed, never anything else."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from wmproxy.errors import ProtocolError
 from wmproxy.net import httpio
 from wmproxy.net.reader import PeerClosed, Reader
 from wmproxy.prot import frame as fr
+from wmproxy.prot.chunked import ChunkedDecoder
 from wmproxy.prot import http1
 from wmproxy.prot import socks as s5
 
@@ -117,3 +119,41 @@ def test_socks_and_frame_readers_on_any_bytes_in_any_split(data, cuts):
             fr.decode_header(data[:fr.HEADER_SIZE], 1 << 20)
         except ProtocolError:
             pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(CHUNK, max_size=6), st.lists(st.tuples(TOKEN, st.text("abc 123", max_size=10)), max_size=2),
+       st.lists(st.integers(0, 5000), max_size=10), st.binary(max_size=20))
+def test_the_pure_chunked_decoder_fed_in_any_split(chunks, trailers, cuts, after):
+    """prot.chunked.ChunkedDecoder without any reader: fed the pieces of a split as they come
+    (unused bytes carried to the next feed, as a reader's buffer does), it gives the data, the
+    trailers, and leaves exactly the bytes after the body unused."""
+    body = encode_chunked(chunks, trailers)
+    decoder = ChunkedDecoder()
+    pending, got = b"", []
+    for piece in split(body + after, cuts):
+        pending += piece
+        pieces, used = decoder.feed(pending)
+        got += [data for data, _, _ in pieces]
+        pending = pending[used:]
+        if decoder.done:
+            break
+    assert decoder.done and b"".join(got) == b"".join(d for d, _, _ in chunks)
+    assert decoder.trailers == b"".join(f"{k}: {v}\r\n".encode() for k, v in trailers)
+    # what was left unused is the start of the bytes after the body, never part of it
+    assert after.startswith(pending)
+
+
+def test_the_pure_chunked_decoder_refuses_and_limits():
+    for bad in (b"5\nhello\r\n", b"5\r\nhelloX\r\n", b"zz\r\n", b"5;\r\n", b"0\r\nX : y\r\n\r\n"):
+        with pytest.raises(ProtocolError):
+            ChunkedDecoder().feed(bad)
+    with pytest.raises(ProtocolError):
+        ChunkedDecoder().feed(b"1" * 5000)  # a size line that never ends
+    with pytest.raises(ProtocolError) as e:
+        ChunkedDecoder().feed(b"0\r\n" + b"X-A: " + b"y" * 4000 + b"\r\n" + (b"X-B: " + b"z" * 4000 + b"\r\n") * 4)
+    assert e.value.http_status == 431
+    decoder = ChunkedDecoder()
+    assert decoder.feed(b"a\r\n01234") == ([(b"01234", 10, False)], 8)
+    assert decoder.skip(5) == (0, True)  # the rest of the chunk moved by the caller
+    assert decoder.feed(b"\r\n0\r\n\r\nGET") == ([], 7) and decoder.done

@@ -10,12 +10,11 @@ from functools import partial
 
 from ..errors import ProtocolError, ProxyError
 from ..prot import http1
+from ..prot.chunked import ChunkedDecoder, encode_piece
 from .reader import PeerClosed, Reader
 from .relay import relay
 from .writer import send_all
 
-MAX_CHUNK_LINE = 4096
-MAX_TRAILERS = 16384
 STREAM_PIECE = 65536
 
 
@@ -121,41 +120,37 @@ def _copy_body(reader: Reader, sendall, framing: tuple[str, int], chunked_out: b
                 return total
             sendall(data)
             total += len(data)
+    return _copy_chunked(reader, sendall, chunked_out)
+
+
+def _copy_chunked(reader: Reader, sendall, chunked_out: bool) -> int:
+    """A chunked body through the pure decoder (prot/chunked.py), each data piece sent on as
+    it comes (coded again in the same chunks when ``chunked_out``, the trailers after the
+    last). The data of a large chunk that is not buffered yet is read and sent without passing
+    through the reader's buffer, and without a copy."""
+    decoder = ChunkedDecoder()
+    buf = reader.buf
     total = 0
     while True:
-        line = reader.read_until(b"\r\n", MAX_CHUNK_LINE)
-        size = http1.parse_chunk_size(line[:-2])
-        if size == 0:
-            trailers = _read_trailers(reader)
-            if chunked_out:
-                sendall(b"0\r\n" + trailers + b"\r\n")
-            return total
-        total += size
-        if size <= STREAM_PIECE:
-            data = reader.read_exact(size + 2)
-            if data[-2:] != b"\r\n":
-                raise ProtocolError("chunk data not followed by CRLF")
-            sendall(b"%x\r\n%s" % (size, data) if chunked_out else data[:-2])
-            continue
-        if chunked_out:
-            sendall(b"%x\r\n" % size)
-        _copy_exact(reader, sendall, size)
-        if reader.read_exact(2) != b"\r\n":
-            raise ProtocolError("chunk data not followed by CRLF")
-        if chunked_out:
-            sendall(b"\r\n")
-
-
-def _read_trailers(reader: Reader) -> bytes:
-    out = b""
-    while True:
-        line = reader.read_until(b"\r\n", MAX_CHUNK_LINE)
-        if line == b"\r\n":
-            return out
-        http1.check_trailer_line(line[:-2])
-        out += line
-        if len(out) > MAX_TRAILERS:
-            raise ProtocolError(f"trailers larger than {MAX_TRAILERS} bytes", 431)
+        if buf:
+            pieces, used = decoder.feed(buf)
+            del buf[:used]
+            for data, first, last in pieces:
+                total += len(data)
+                sendall(encode_piece(data, first, last) if chunked_out else data)
+            if decoder.done:
+                if chunked_out:
+                    sendall(b"0\r\n" + decoder.trailers + b"\r\n")
+                return total
+        if decoder.data_left >= STREAM_PIECE and not buf:  # the middle of a large chunk: straight from the socket
+            data = reader.read_some(min(decoder.data_left, STREAM_PIECE))
+            if not data:
+                raise PeerClosed(f"peer closed with {decoder.data_left} bytes of a chunk still due")
+            first, last = decoder.skip(len(data))
+            total += len(data)
+            sendall(encode_piece(data, first, last) if chunked_out else data)
+        elif not reader.fill():
+            raise PeerClosed(f"peer closed after {len(buf)} bytes of an incomplete chunked body")
 
 
 class ClientBodyError(ProxyError):

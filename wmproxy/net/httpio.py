@@ -213,13 +213,16 @@ def exchange(client: Reader, send, upstream: Reader, framing: tuple[str, int], h
     ``framing``) sent with ``send``, then the final response head read from ``upstream``
     (interim 1xx heads to ``interim``, header rules ``finish`` applied). With ``whole`` (no
     ``finish``), the body too when it came whole with its head (else None: it waits in
-    ``upstream``). ``on_sent()`` is called once the request is out (the client's phase is
+    ``upstream``). ``on_sent()`` is called once a request body is out (the client's phase is
     over: its body deadline ends there). Blocks. Raises ClientBodyError for the client's side;
     for the upstream's, a STALE error (see :func:`stale_retry`) or socket.timeout. Closes
     nothing."""
-    send_request(client, send, framing, head)
-    if on_sent is not None:
-        on_sent()
+    if framing == http1.NO_BODY:  # the usual request: no body, one send (and one call less)
+        send(head)
+    else:
+        send_request(client, send, framing, head)
+        if on_sent is not None:
+            on_sent()
     if whole:
         return read_response_whole(upstream, max_head, method, interim)
     return read_response(upstream, max_head, method, interim, finish), None

@@ -337,6 +337,12 @@ class WebServer(Listener):
             req.state.done()
 
     @staticmethod
+    def _body_sent(state: ConnWatch, upstream: Reader, timeout: float) -> None:
+        """The body is in: its deadline is over, the server's answer is waited for now."""
+        state.done()
+        state.waiting(upstream, timeout)
+
+    @staticmethod
     def _body_deadline(req: Request, ctx: WebContext, send):
         """``send`` as the request body's copy should call it, with the body's deadline set: a
         Content-Length body must be in within client_body_timeout plus its length at
@@ -454,20 +460,16 @@ class WebServer(Listener):
         loc = req.location
         req.state.waiting(conn.reader, loc.proxy_read_timeout)
         finish = (lambda h: req.apply(h, rules)) if rules else None
-
-        def body_sent() -> None:  # the body is in: the server's answer is waited for now
-            req.state.done()
-            req.state.waiting(conn.reader, loc.proxy_read_timeout)
-
         send = partial(send_all, conn.sock)
+        on_sent = None
         if req.framing != http1.NO_BODY:
             req.state.waiting(None, ctx.body_timeout)  # the client's silence while it sends its body
             send = self._body_deadline(req, ctx, send)
+            on_sent = partial(self._body_sent, req.state, conn.reader, loc.proxy_read_timeout)
         try:
             # interim 1xx other than 101 are skipped: the proxy answered Expect itself
-            response, _ = httpio.exchange(reader, send, conn.reader, req.framing, out,
-                                          req.head.method, ctx.max_head, finish=finish,
-                                          on_sent=body_sent if req.framing != http1.NO_BODY else None)
+            response, _ = httpio.exchange(reader, send, conn.reader, req.framing, out, req.head.method, ctx.max_head,
+                                          finish=finish, on_sent=on_sent)
         except (PeerClosed, ProtocolError, OSError, httpio.ClientBodyError) as e:  # socket.timeout included
             return e
         if response.status == 101 and upgrade:

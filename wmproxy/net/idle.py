@@ -99,8 +99,8 @@ def watch_idle(progress: Callable[[], int], timeout: Callable[[], float], on_idl
 
 
 class ConnWatch:
-    """The watchdog of one client connection that proxies HTTP (the forward proxy's and
-    ``[http]``'s): its sockets have no timeout (a timer per recv costs more than the
+    """The watchdog of one client connection that proxies HTTP (the forward proxy's,
+    ``[http]``'s and the http mappings'): its sockets have no timeout (a timer per recv costs more than the
     parsing). When neither the client's reads nor the current upstream's move for
     ``timeout``, socket.timeout is thrown into the connection's greenlet; a phase the client
     controls also has a deadline (:meth:`until`), and PhaseTimeout, naming the phase, is

@@ -10,6 +10,16 @@ setup(
     description="Proxy suite on gevent: forward proxy (HTTP, CONNECT, SOCKS5, SOCKS4/4a), tunnels, reverse proxy",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",  # as the Rust wmproxy's
+    license_files=["LICENSE"],
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Internet :: Proxy Servers",
+        "Environment :: No Input/Output (Daemon)",
+    ],
     python_requires=">=3.11",
     packages=find_packages(include=["wmproxy", "wmproxy.*"]),
     scripts=["bin/wmproxy-server", "bin/wmproxy-client"],

@@ -193,9 +193,22 @@ def run(prog: str, argv: list[str] | None = None) -> int:
     return serve(prog, cfg, config_file, overrides(prog, args, argv), daemon=args.daemon)
 
 
+def _quiet_on_closed_stdout(prog: str) -> int:
+    """run(prog), ending quietly when stdout is a pipe whose reader went away
+    (``wmproxy-server status | head -3``): as other Unix tools do, no traceback."""
+    try:
+        status = run(prog)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # (Python would flush into the closed pipe at exit)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
 def server_main() -> int:
-    return run("wmproxy-server")
+    return _quiet_on_closed_stdout("wmproxy-server")
 
 
 def client_main() -> int:
-    return run("wmproxy-client")
+    return _quiet_on_closed_stdout("wmproxy-client")

@@ -12,6 +12,7 @@ alias of ``bind``; ``flag = "http https socks5"``; top-level ``control``).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import re
@@ -845,7 +846,9 @@ def build(cls: type, data: Any, path: str = "") -> Any:
         name = names.get(raw_key)
         sub = f"{path}.{raw_key}" if path else raw_key
         if name is None:
-            raise Invalid(f"unknown key {raw_key!r}; accepted keys: {', '.join(sorted(fields))}", sub)
+            close = difflib.get_close_matches(raw_key, [*fields, *names], n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise Invalid(f"unknown key {raw_key!r}; {hint}accepted keys: {', '.join(sorted(fields))}", sub)
         if name in values:
             raise Invalid(f"given twice (as {name!r} and an alias)", sub)
         f = fields[name]

@@ -38,7 +38,8 @@ def test_example_configs_pass_check(prog, conf, tmp_path):
 
 @pytest.mark.parametrize("toml,expected", [
     ('[proxy]\nallow = ["10.0.0.0/8", "::1", "nope"]\n', "proxy.allow[2]: expected an IP address or CIDR"),
-    ('[proxy]\nbnd = "127.0.0.1:1"\n', "proxy.bnd: unknown key 'bnd'; accepted keys: allow, allow_targets, auth_fail_limit, auth_fail_window, bind,"),
+    ('[proxy]\nbnd = "127.0.0.1:1"\n',
+     "proxy.bnd: unknown key 'bnd'; did you mean 'bind'? accepted keys: allow, allow_targets, auth_fail_limit,"),
     ('[proxy]\nbind = "127.0.0.1"\n', "proxy.bind: expected an address 'host:port'"),
     ('[proxy]\nbind = 8090\n', "proxy.bind: expected an address 'host:port'"),
     ('[proxy]\nidle_timeout = "soon"\n', "proxy.idle_timeout: expected a duration like"),
@@ -97,3 +98,38 @@ def test_bind_conflict_is_a_clear_error(start_proxy):
                        timeout=30)
     assert r.returncode == 1
     assert f"proxy.bind: cannot listen on 127.0.0.1:{p.port}: Address already in use" in r.stderr
+
+
+def test_missing_certificate_files_name_the_file_and_its_key(tmp_path, ca):
+    """--check names the file that is missing and the key that names it (ssl's own error names
+    neither: 'cannot read None' before)."""
+    write_cert(ca, tmp_path, "site", "site.test")
+    path = tmp_path / "c.toml"
+    path.write_text(f'[center]\nbind = "127.0.0.1:1"\ncert = "{tmp_path}/site.pem"\nkey = "{tmp_path}/gone.key"\n')
+    r = check("-c", str(path))
+    assert r.returncode == 1 and f"center.key: cannot read {tmp_path}/gone.key: no such file" in r.stderr, r.stderr
+    path.write_text(f'[[http.server]]\nbind = "127.0.0.1:3"\n[[http.server.location]]\nstatic_response = "a"\n'
+                    f'[[http.server]]\nbind = "127.0.0.1:1"\nserver_name = "b.test"\ncert = "{tmp_path}/site.pem"\n'
+                    f'key = "{tmp_path}/site.key"\n[[http.server.location]]\nstatic_response = "b"\n'
+                    f'[[http.server]]\nbind = "127.0.0.1:2"\ncert = "{tmp_path}/nope.pem"\nkey = "{tmp_path}/site.key"\n'
+                    f'[[http.server.location]]\nstatic_response = "c"\n')
+    r = check("-c", str(path))
+    assert r.returncode == 1, r.stderr
+    assert f"http.server[2].cert: cannot read {tmp_path}/nope.pem: no such file" in r.stderr, r.stderr
+
+
+def test_python_dash_m_and_a_closed_pipe(start_proxy, tmp_path):
+    """python -m wmproxy is wmproxy-server; 'status | head -1' ends quietly."""
+    r = subprocess.run([sys.executable, "-m", "wmproxy", "--check"], capture_output=True, text=True, timeout=30,
+                       cwd=str(ROOT))
+    assert r.returncode == 0 and "configuration OK" in r.stdout, r.stderr
+    from conftest import free_port, wait_port
+
+    cport = free_port()
+    p = start_proxy(config=f'control = "127.0.0.1:{cport}"\n[proxy]\nbind = "127.0.0.1:{{port}}"\n')
+    wait_port(cport)
+    conf = next(tmp_path.glob("conf-*.toml"))
+    r = subprocess.run(f"{sys.executable} {SERVER} status -c {conf} | head -1", shell=True, capture_output=True,
+                       text=True, timeout=30)
+    assert r.stdout.strip() and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+    assert p.popen.poll() is None

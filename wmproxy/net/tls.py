@@ -7,16 +7,21 @@ with ``cert``/``key`` it presents its own certificate.
 
 from __future__ import annotations
 
+import os
 import ssl
 
 from ..errors import ConfigError
 
 
-def _load_chain(ctx: ssl.SSLContext, cert: str, key: str, what: str) -> None:
+def _load_chain(ctx: ssl.SSLContext, cert: str, key: str, what: str, key_what: str = "") -> None:
+    """Load ``cert`` and ``key`` (config keys ``what`` and ``key_what``: the error names the
+    file that is missing and its key, which ssl's own error does not)."""
     try:
         ctx.load_cert_chain(cert, key)
-    except FileNotFoundError as e:
-        raise ConfigError("", what, f"cannot read {e.filename}: no such file") from None
+    except FileNotFoundError:
+        if os.path.exists(cert) and key:
+            raise ConfigError("", key_what or what, f"cannot read {key}: no such file") from None
+        raise ConfigError("", what, f"cannot read {cert}: no such file") from None
     except (ssl.SSLError, OSError) as e:
         raise ConfigError("", what, f"cannot load certificate {cert} with key {key}: {e}") from None
 
@@ -34,7 +39,7 @@ def server_context(cert: str, key: str, client_ca: str = "") -> ssl.SSLContext:
     """Raises ConfigError naming center.cert / center.client_ca."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load_chain(ctx, cert, key, "center.cert")
+    _load_chain(ctx, cert, key, "center.cert", "center.key")
     if client_ca:
         _load_ca(ctx, client_ca, "center.client_ca")
         ctx.verify_mode = ssl.CERT_REQUIRED
@@ -51,18 +56,21 @@ def client_context(ca: str = "", cert: str = "", key: str = "", ca_key: str = "c
     else:
         ctx.load_default_certs()
     if cert:
-        _load_chain(ctx, cert, key, "center.cert")
+        _load_chain(ctx, cert, key, "center.cert", "center.key")
     return ctx
 
 
-def sni_server_context(pairs: list[tuple[str, str]]) -> ssl.SSLContext:
+def sni_server_context(pairs: list[tuple[str, str]], keys: list[tuple[str, str]] | None = None) -> ssl.SSLContext:
     """A server context over several certificates: the client's SNI picks the one whose names
-    match (exact, then '*.' wildcard), else the first. Raises ConfigError naming center.map_cert."""
+    match (exact, then '*.' wildcard), else the first. Raises ConfigError naming the config
+    keys of the file at fault: ``keys`` (cert key, key key) per pair, else center.map_cert[i]
+    and center.map_key[i]."""
     contexts = []
-    for cert, key in pairs:
+    for i, (cert, key) in enumerate(pairs):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        _load_chain(ctx, cert, key, "center.map_cert")
+        what, key_what = keys[i] if keys else (f"center.map_cert[{i}]", f"center.map_key[{i}]")
+        _load_chain(ctx, cert, key, what, key_what)
         contexts.append((_cert_names(cert), ctx))
     first = contexts[0][1]
 

@@ -512,7 +512,8 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
         servers = tuple(srv for _, srv in listed)
         scheme = "https" if servers[0].cert else "http"
         pairs = [(s.cert, s.key) for s in servers]
-        check = (lambda pairs=pairs: sni_server_context(pairs)) if scheme == "https" else None
+        keys = [(f"http.server[{i}].cert", f"http.server[{i}].key") for i, _ in listed]
+        check = (lambda pairs=pairs, keys=keys: sni_server_context(pairs, keys)) if scheme == "https" else None
         specs.append(ListenerSpec("http", bind, (servers, cfg.http, scheme), f"http.server[{listed[0][0]}].bind",
                                   WebServer, check))
     return specs

@@ -52,17 +52,40 @@ def listener_specs(cfg: Config) -> dict[tuple[str, str], ListenerSpec]:
     specs: dict[tuple[str, str], ListenerSpec] = {}
     for kind in (proxy_server, stream_tcp, stream_udp, center_server, maphttp, web_server, control):
         for spec in kind.listener_specs(cfg):
-            if spec.key in specs:
-                raise BindError(f"{spec.label}: {spec.bind} is also {specs[spec.key].label}")
+            for other in specs.values():
+                if _same_port(spec, other):
+                    raise ConfigError("", spec.label, f"{spec.bind} is also where {other.label} listens "
+                                                      f"({other.bind}): one address and port, one listener")
             specs[spec.key] = spec
     return specs
+
+
+def _same_port(a: ListenerSpec, b: ListenerSpec) -> bool:
+    """Whether two listeners would take the same port: same transport and port (0 never
+    clashes), and the same host, or a wildcard (0.0.0.0, ::) beside any host of its family."""
+    if a.transport != b.transport or a.bind.port != b.bind.port or not a.bind.port:
+        return False
+    ha, hb = a.bind.host, b.bind.host
+    if ha == hb:
+        return True
+    wild = {"0.0.0.0": False, "::": True}  # wildcard -> is IPv6
+    for w, other in ((ha, hb), (hb, ha)):
+        if w in wild:
+            return (":" in other) == wild[w]
+    return False
+
+
+STARTS_NOTHING = "this configuration starts nothing: no [proxy], [stream], [http], [center] or control listener"
 
 
 def check_files(cfg: Config, config_file: str | None) -> None:
     """Read what the config names (certificates, keys, CAs) as starting would; raises
     ConfigError naming the file and key. For --check."""
     try:
-        for spec in listener_specs(cfg).values():
+        specs = listener_specs(cfg)
+        if not specs and _center_client_cfg(cfg) is None:
+            raise ConfigError("", "", STARTS_NOTHING)
+        for spec in specs.values():
             if spec.check is not None:
                 spec.check()
         client_cfg = _center_client_cfg(cfg)
@@ -101,14 +124,18 @@ class App:
 
     # -- applying a configuration -------------------------------------------------------------
     def start(self) -> None:
-        """Open every listener; raises BindError (and opens nothing) on failure."""
+        """Open every listener; raises BindError or ConfigError (and opens nothing) on failure,
+        ConfigError too for a configuration that would start nothing."""
+        if not listener_specs(self.cfg) and _center_client_cfg(self.cfg) is None:
+            raise ConfigError(self.config_file or "", "", STARTS_NOTHING)
         self._apply(self.cfg)
-        if not self.listeners and self.center_client is None:
-            log.warning("the configuration starts no listener")
         self._follow_watch_setting()
 
     def _apply(self, new: Config) -> dict:
-        specs = listener_specs(new)
+        try:
+            specs = listener_specs(new)
+        except ConfigError as e:
+            raise ConfigError(self.config_file or "", e.path, e.message) from None
         added = [k for k in specs if k not in self.listeners]
         removed = [k for k in self.listeners if k not in specs]
         resolver_changed = new.dns_or_default != self.cfg.dns_or_default

@@ -133,3 +133,28 @@ def test_python_dash_m_and_a_closed_pipe(start_proxy, tmp_path):
                        text=True, timeout=30)
     assert r.stdout.strip() and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
     assert p.popen.poll() is None
+
+
+@pytest.mark.parametrize("toml,expected", [
+    ('control = "127.0.0.1:{p}"\n[proxy]\nbind = "127.0.0.1:{p}"\n',
+     "control: 127.0.0.1:{p} is also where proxy.bind listens (127.0.0.1:{p})"),
+    ('[proxy]\nbind = "0.0.0.0:{p}"\n[[stream.upstream]]\nname = "u"\nserver = [{{ addr = "127.0.0.1:9" }}]\n'
+     '[[stream.server]]\nbind = "127.0.0.1:{p}"\nup_name = "u"\n',
+     "stream.server[0].bind: 127.0.0.1:{p} is also where proxy.bind listens (0.0.0.0:{p})"),
+    ('[proxy]\nbind = "127.0.0.1:{p}"\n[[http.server]]\nbind = "127.0.0.1:{p}"\n[[http.server.location]]\n'
+     'static_response = "x"\n', "http.server[0].bind: 127.0.0.1:{p} is also where proxy.bind listens"),
+    ('log_level = "info"\n', "this configuration starts nothing"),
+])
+def test_check_refuses_a_port_taken_twice_and_a_config_that_starts_nothing(tmp_path, toml, expected):
+    path = tmp_path / "c.toml"
+    path.write_text(toml.format(p=18090))
+    r = check("-c", str(path))
+    assert r.returncode == 1 and f"{path}: " in r.stderr and expected.format(p=18090) in r.stderr, r.stderr
+
+
+def test_a_udp_and_a_tcp_listener_may_share_a_port_number(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[proxy]\nbind = "127.0.0.1:18090"\n[[stream.upstream]]\nname = "u"\n'
+                    'server = [{ addr = "127.0.0.1:9" }]\n[[stream.server]]\nbind = "127.0.0.1:18090"\n'
+                    'bind_mode = "udp"\nup_name = "u"\n')
+    assert check("-c", str(path)).returncode == 0

@@ -729,3 +729,27 @@ def test_connection_cannot_drop_framing_or_host():
                 b"Content-Length: 3\r\n\r\n")
     names = [k.lower() for k, _ in head.end_to_end()]
     assert names == [b"host", b"content-length"]
+
+
+def test_the_new_grammars_refuse_hostile_lines_in_linear_time():
+    """ReDoS guard: the longest lines a peer may send (a 4 KiB chunk or trailer line, a Host
+    value), shaped to make a backtracking regex try every split, are refused at once. The
+    trailer pattern once took 77 ms per such line (quadratic); now each is well under 1 ms,
+    so 50 of them under a second leaves a hundredfold margin for a slow machine."""
+    import time
+
+    hostile = [
+        (http1.check_trailer_line, b"X:" + b" " * 4000 + b"\x00"),
+        (http1.check_trailer_line, b"X:" + b"\t " * 2000 + b"\r"),
+        (http1.parse_chunk_size, b"5;a" + b" " * 4000 + b"\x00"),
+        (http1.parse_chunk_size, b"5" + b";a " * 1300 + b"\x00"),
+        (http1.parse_chunk_size, b"5;a=" + b" " * 4000 + b"\n"),
+    ]
+    started = time.perf_counter()
+    for _ in range(50):
+        for check, line in hostile:
+            with pytest.raises(ProtocolError):
+                check(line)
+        with pytest.raises(ProtocolError):
+            http1.check_request(_req(b"GET / HTTP/1.1\r\nHost: " + b"a" * 4000 + b"@\r\n\r\n"))
+    assert time.perf_counter() - started < 1.0

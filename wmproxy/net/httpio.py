@@ -188,14 +188,11 @@ class _UpstreamSide:
 
 
 def send_request(reader: Reader, send, framing: tuple[str, int], head: bytes) -> int:
-    """Send a request's ``head`` and its body (read from the client's ``reader``, chunked
-    re-encoded) with ``send``. Returns the body's data bytes. Raises ClientBodyError when the
-    client's side broke (closed, timed out, malformed chunks), and what ``send`` raised
-    (OSError, socket.timeout) when the server's did: the one rule every exchange uses to tell
-    a client's fault from an upstream's."""
-    if framing == http1.NO_BODY:
-        send(head)
-        return 0
+    """Send the ``head`` of a request with a body, and the body (read from the client's
+    ``reader``, chunked re-encoded) with ``send``. Returns the body's data bytes. Raises
+    ClientBodyError when the client's side broke (closed, timed out, malformed chunks), and
+    what ``send`` raised (OSError, socket.timeout) when the server's did: the one rule every
+    exchange uses to tell a client's fault from an upstream's."""
     side = _UpstreamSide(send)
     try:
         return copy_body(reader, side, framing, True, prefix=head)

@@ -381,3 +381,25 @@ def test_the_one_stale_connection_rule():
         assert not httpio.stale_retry(False, http1.NO_BODY, error)  # a new connection failing is the server
         assert not httpio.stale_retry(True, ("length", 5), error)  # a body may not be sent twice
     assert not httpio.stale_retry(True, http1.NO_BODY, socket.timeout("slow"))  # slow is not stale
+
+
+def test_auth_throttle_is_bounded_under_a_flood_of_addresses():
+    from wmproxy.net.limits import AuthThrottle
+
+    class Small(AuthThrottle):
+        MAX_ADDRESSES = 50
+
+    t = Small(3, 60.0, "test")
+    for _ in range(3):
+        t.failed("10.0.0.1")
+    assert t.blocked("10.0.0.1") and not t.blocked("10.0.0.2")
+    table = None
+    for i in range(5000):  # a flood of new addresses, each failing once
+        t.failed(f"fd00::{i:x}")
+        assert len(t.failures) <= Small.MAX_ADDRESSES
+        if i == 100:
+            table = t.failures
+    assert t.failures is table  # full of recent entries: not rebuilt for every new address
+    assert t.blocked("10.0.0.1")  # counted before the flood, still refused
+    t.succeeded("10.0.0.1")
+    assert not t.blocked("10.0.0.1")

@@ -53,13 +53,14 @@ class AuthThrottle:
 
     MAX_ADDRESSES = 100_000
 
-    __slots__ = ("limit", "window", "failures", "label")
+    __slots__ = ("limit", "window", "failures", "label", "_pruned_at")
 
     def __init__(self, limit: int, window: float, label: str) -> None:
         self.limit = limit  # 0: no throttling
         self.window = window
         self.failures: dict[str, list[float]] = {}  # ip -> monotonic times of its recent failures
         self.label = label
+        self._pruned_at = 0.0
 
     def configure(self, limit: int, window: float) -> None:
         """New settings (a reload); what was counted stays."""
@@ -83,7 +84,11 @@ class AuthThrottle:
         times = [t for t in self.failures.get(ip, ()) if now - t < self.window]
         times.append(now)
         if len(self.failures) >= self.MAX_ADDRESSES and ip not in self.failures:
-            self.failures = {k: v for k, v in self.failures.items() if now - v[-1] < self.window}
+            # full: the stale ones go, at most once a second (a flood of new addresses must not
+            # make every failure a walk over the whole table)
+            if now - self._pruned_at >= 1.0:
+                self._pruned_at = now
+                self.failures = {k: v for k, v in self.failures.items() if now - v[-1] < self.window}
             if len(self.failures) >= self.MAX_ADDRESSES:
                 return  # a flood of addresses: counting stops, nothing grows
         self.failures[ip] = times[-self.limit:]

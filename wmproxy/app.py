@@ -39,8 +39,13 @@ WATCH_EVERY = 1.0  # seconds between looks at the config file
 WATCH_SETTLE = 0.3  # a change must hold this long before it is loaded (editors write in steps)
 
 
+STARTS_NOTHING = "this configuration starts nothing: no [proxy], [stream], [http], [center] or control listener"
+
+
 def listener_specs(cfg: Config) -> dict[tuple[str, str], ListenerSpec]:
-    """Every listener the config asks for, by key. Each kind declares its own."""
+    """Every listener the config asks for, by key. Each kind declares its own. Raises
+    ConfigError for two on one port, and for a config that starts nothing (no listener and
+    no center client)."""
     from . import control
     from .center import maphttp
     from .center import server as center_server
@@ -57,6 +62,8 @@ def listener_specs(cfg: Config) -> dict[tuple[str, str], ListenerSpec]:
                     raise ConfigError("", spec.label, f"{spec.bind} is also where {other.label} listens "
                                                       f"({other.bind}): one address and port, one listener")
             specs[spec.key] = spec
+    if not specs and _center_client_cfg(cfg) is None:
+        raise ConfigError("", "", STARTS_NOTHING)
     return specs
 
 
@@ -75,17 +82,11 @@ def _same_port(a: ListenerSpec, b: ListenerSpec) -> bool:
     return False
 
 
-STARTS_NOTHING = "this configuration starts nothing: no [proxy], [stream], [http], [center] or control listener"
-
-
 def check_files(cfg: Config, config_file: str | None) -> None:
     """Read what the config names (certificates, keys, CAs) as starting would; raises
     ConfigError naming the file and key. For --check."""
     try:
-        specs = listener_specs(cfg)
-        if not specs and _center_client_cfg(cfg) is None:
-            raise ConfigError("", "", STARTS_NOTHING)
-        for spec in specs.values():
+        for spec in listener_specs(cfg).values():
             if spec.check is not None:
                 spec.check()
         client_cfg = _center_client_cfg(cfg)
@@ -126,8 +127,6 @@ class App:
     def start(self) -> None:
         """Open every listener; raises BindError or ConfigError (and opens nothing) on failure,
         ConfigError too for a configuration that would start nothing."""
-        if not listener_specs(self.cfg) and _center_client_cfg(self.cfg) is None:
-            raise ConfigError(self.config_file or "", "", STARTS_NOTHING)
         self._apply(self.cfg)
         self._follow_watch_setting()
 

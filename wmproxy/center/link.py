@@ -254,6 +254,11 @@ class VirtualConn:
         if self._credit_event is not None:
             self._credit_event.set()
 
+    def abort(self, reason: str) -> None:
+        """End the stream as a cut (CLOSE without FIN, carrying ``reason``), as a reset
+        socket ends."""
+        self.close(reason)
+
     def attach(self, sink) -> None:
         """Push mode, for good: the link's reader calls ``sink.data(body)``, ``sink.fin()``,
         ``sink.reset(reason)`` and ``sink.credit()`` (more window credit) as frames arrive,

@@ -103,7 +103,6 @@ class CenterServer(Listener):
                 sock = ctx.ssl.wrap_socket(sock, server_side=True)
             reader = Reader(sock)
             user = handshake.server_side(sock, reader, ctx.accounts, decide)
-            deadline.close()
             self.throttle.succeeded(address[0])
         except handshake.AuthFailed as e:
             self.throttle.failed(address[0])

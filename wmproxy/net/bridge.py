@@ -31,7 +31,7 @@ from typing import Callable
 from gevent import get_hub
 
 from .idle import watch_idle
-from .writer import abort
+from .writer import close_quietly
 
 log = logging.getLogger("wmproxy")
 
@@ -269,14 +269,5 @@ class Bridge(CallbackRelay):
             watcher.stop()
             watcher.close()
         self.to_sock = None
-        if self.cut:  # a cut looks like a cut: RST, so a close-delimited answer is not taken as whole
-            abort(self.sock)
-        else:
-            try:
-                self.sock.close()
-            except OSError:
-                pass
-        try:
-            self.stream.close()
-        except OSError:
-            pass
+        close_quietly(self.sock, self.cut)  # a cut looks like a cut: RST, not FIN
+        close_quietly(self.stream)

@@ -33,7 +33,7 @@ from gevent import ssl as gssl
 from .bridge import Bridge
 from .splice import HAVE_SPLICE, SocketBridge
 from .idle import watch_idle
-from .writer import abort, send_all
+from .writer import close_quietly, send_all
 
 CHUNK = 65536
 
@@ -102,13 +102,6 @@ def _pump(src, dst, pending: bytes, moved: list, way: int, on_error) -> None:
         on_error(e)
         return
     _shutdown_write(dst)
-
-
-def _close(s) -> None:
-    try:
-        s.close()
-    except OSError:
-        pass
 
 
 class _Stop(Exception):
@@ -185,12 +178,8 @@ def relay(a, b, idle_timeout: float | None = None, a_pending: bytes = b"", b_pen
         other.kill()
         if watchdog is not None:
             watchdog.kill()
-        if cut:  # a cut looks like a cut on the other side too
-            abort(a)
-            abort(b)
-        else:
-            _close(a)
-            _close(b)
+        close_quietly(a, bool(cut))  # a cut looks like a cut on the other side too
+        close_quietly(b, bool(cut))
     return stats
 
 

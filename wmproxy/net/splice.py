@@ -17,7 +17,7 @@ from typing import Callable
 
 from gevent import get_hub
 
-from .writer import abort
+from .writer import close_quietly
 from .bridge import CHUNK, READS_PER_CALL, CallbackRelay
 
 PIPE_SIZE = 1 << 20
@@ -190,10 +190,4 @@ class SocketBridge(CallbackRelay):
         for way in self.ways:
             way.close()
         for s in (self.a, self.b):
-            if self.cut:  # one side was reset: so is the other (a cut looks like a cut)
-                abort(s)
-                continue
-            try:
-                s.close()
-            except OSError:
-                pass
+            close_quietly(s, self.cut)  # one side was reset: so is the other (a cut looks like a cut)

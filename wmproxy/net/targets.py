@@ -26,27 +26,28 @@ import psutil
 from ..config import ProxyConfig
 from .dial import plain_ip
 
-# socket -> (host, port, type); held strongly (gevent's server keeps only the wrapped socket
-# inside, which closes with it) and dropped once closed
+# socket -> (its address as an ip_address, port, type); held strongly (gevent's server keeps
+# only the socket inside the one given to it, which closes with it) and dropped once closed
 _OWN: dict = {}
 _HOST_ADDRS: tuple[float, frozenset] = (0.0, frozenset())
 HOST_ADDRS_TTL = 5.0
 
 
 def register_own(sock: socket.socket) -> None:
-    """Remember a listening socket of this process (until it is closed or collected)."""
+    """Remember a listening socket of this process until it is closed (the closed ones are
+    forgotten here, at the next registration)."""
     try:
         host, port = sock.getsockname()[:2]
     except OSError:
         return
     for old in [s for s in _OWN if s.fileno() == -1]:
         del _OWN[old]
-    _OWN[sock] = (host, port, sock.type)
+    _OWN[sock] = (plain_ip(host), port, sock.type)
 
 
-def own_addresses(kind: int = socket.SOCK_STREAM) -> list[tuple[str, int]]:
-    """(host, port) of every listening socket of this process of ``kind`` still open."""
-    return [(host, port) for sock, (host, port, k) in list(_OWN.items()) if k == kind and sock.fileno() != -1]
+def own_addresses(kind: int = socket.SOCK_STREAM) -> list[tuple]:
+    """(address, port) of every listening socket of this process of ``kind`` still open."""
+    return [(addr, port) for sock, (addr, port, k) in list(_OWN.items()) if k == kind and sock.fileno() != -1]
 
 
 def _host_addresses() -> frozenset:
@@ -108,16 +109,14 @@ class TargetPolicy:
 
     @staticmethod
     def _own(addr, port: int, kind: int) -> bool:
-        for host, bound_port in own_addresses(kind):
+        for bound, bound_port in own_addresses(kind):
             if bound_port != port:
                 continue
-            bound = plain_ip(host)
             if bound == addr or addr.is_unspecified:  # 0.0.0.0:P reaches whatever listens on P here
                 return True
             if bound.is_unspecified and (addr.is_loopback or addr in _host_addresses()):
                 return True
         return False
-
 
 
 def target_policy(cfg: ProxyConfig, exposed: bool) -> TargetPolicy:

@@ -27,25 +27,21 @@ def send_all(sock, data) -> None:
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
-def abort(sock) -> None:
-    """Close ``sock`` with a reset (RST, SO_LINGER 0) instead of a FIN, so its peer sees a cut,
-    not an orderly end: what a relay does when its other side was reset (a center link died
-    under the stream, say). A center link stream is reset with CLOSE without FIN. Never raises."""
+def close_quietly(sock, reset: bool = False) -> None:
+    """Close ``sock`` (a TLS socket: without waiting for the peer's close_notify). With
+    ``reset``, as a cut instead of an orderly end, so the peer cannot take a close-delimited
+    answer for a whole one: what a relay does when its other side was reset (a center link
+    died under the stream, say): RST (SO_LINGER 0) for a socket, its own ``abort()`` for a
+    socket-like object that has one (a link stream: CLOSE without FIN). Never raises."""
     try:
-        if hasattr(sock, "link"):  # a center link stream (VirtualConn)
-            sock.close("reset: the other side of the relay was cut")
-            return
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        if reset:
+            abort = getattr(sock, "abort", None)
+            if abort is not None:
+                abort("reset: the other side of the relay was cut")
+                return
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
     except OSError:
         pass
-    try:
-        sock.close()
-    except OSError:
-        pass
-
-
-def close_quietly(sock) -> None:
-    """Close ``sock`` (a TLS socket: without waiting for the peer's close_notify). Never raises."""
     try:
         sock.close()
     except OSError:

@@ -125,13 +125,14 @@ class HttpSession:
                 if not allowed:
                     self._reply_log(head, 403, "client address not allowed", started)
                     return
-                if self.auth and not self._authorized(head):
-                    if self.ctx.auth_blocked(self._ip()):
+                if self.auth:
+                    if self.ctx.auth_blocked(self.info.ip):  # failed too often lately: not even asked
                         self._reply_log(head, 429, "too many failed logins from this address; try again later",
                                         started)
                         return
-                    self._reply_log(head, 407, "proxy authentication required", started, PROXY_AUTHENTICATE)
-                    return
+                    if not self._authorized(head):
+                        self._reply_log(head, 407, "proxy authentication required", started, PROXY_AUTHENTICATE)
+                        return
                 if head.method == "CONNECT":
                     self._connect(head, started)
                     return
@@ -145,17 +146,11 @@ class HttpSession:
             if self.upstream:
                 self.upstream.close()
 
-    def _ip(self) -> str:
-        return self.info.peer.rpartition(":")[0].strip("[]")
-
     def _authorized(self, head: Head) -> bool:
-        """Whether the request carries the right credentials (a failure counts against its
-        address; an address refused for failing too often is not asked at all)."""
-        ip = self._ip()
-        if self.ctx.auth_blocked(ip):
-            return False
+        """Whether the request carries the right credentials (a wrong pair counts against its
+        address; none at all, a browser's first try, does not)."""
         creds = http1.parse_basic_auth(head.get(b"proxy-authorization"))
-        return creds is not None and self.ctx.credentials_ok(*creds, ip)
+        return creds is not None and self.ctx.credentials_ok(*creds, self.info.ip)
 
     def _error(self, status: int, text: str, extra=()) -> None:
         try:
@@ -175,7 +170,7 @@ class HttpSession:
         if not access_log.isEnabledFor(logging.INFO):
             return  # (the parse of credentials below is skipped too)
         creds = http1.parse_basic_auth(head.get(b"proxy-authorization")) if self.auth else None
-        log_access(self.info.peer.rpartition(":")[0].strip("[]"), creds[0] if creds else "", head, head.target,
+        log_access(self.info.ip, creds[0] if creds else "", head, head.target,
                    status, size, started, note)
 
     # -- CONNECT ----------------------------------------------------------------------------

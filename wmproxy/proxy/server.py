@@ -35,11 +35,12 @@ log = logging.getLogger("wmproxy.proxy")
 class ConnInfo:
     """What one client connection did, for its single log line."""
 
-    __slots__ = ("peer", "proto", "target", "result", "up", "down", "started", "detached", "deadline")
+    __slots__ = ("peer", "ip", "proto", "target", "result", "up", "down", "started", "detached", "deadline")
 
-    def __init__(self, peer: str) -> None:
+    def __init__(self, ip: str, port: int) -> None:
         self.deadline: gevent.Timeout | None = None  # of the handshake: whole within handshake_timeout
-        self.peer = peer
+        self.ip = ip  # the client's address (per-address limits and login throttling count it)
+        self.peer = fmt_addr(ip, port)
         self.detached = False  # its relay goes on after the handler returned: it logs itself
         self.proto = "-"
         self.target = "-"
@@ -157,7 +158,7 @@ class ProxyServer(Listener):
 def serve_connection(ctx: ProxyContext, client, address) -> None:
     """Serve one client connection (a socket or a center link stream) as the forward proxy.
     Returns when it is done; never raises for what the client sends; does not close ``client``."""
-    info = ConnInfo(fmt_addr(address[0], address[1]))
+    info = ConnInfo(address[0], address[1])
     client.settimeout(ctx.cfg.handshake_timeout)
     # a deadline, not an idle timer: a client trickling a byte at a time is cut all the same
     info.deadline = gevent.Timeout.start_new(ctx.cfg.handshake_timeout, PhaseTimeout(

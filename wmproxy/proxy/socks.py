@@ -28,7 +28,7 @@ def serve_socks5(ctx, client, reader: Reader, info, allowed: bool) -> None:
     client.sendall(s5.encode_method(wanted))
     if wanted == s5.METHOD_USERPASS:
         user, password = reader.read_message(s5.parse_userpass)
-        ip = info.peer.rpartition(":")[0].strip("[]")
+        ip = info.ip
         if ctx.auth_blocked(ip):
             client.sendall(s5.encode_userpass_status(False))
             info.result = "refused: too many failed logins from this address (auth_fail_limit)"

@@ -22,7 +22,9 @@ from .config import Config
 from .errors import ProtocolError
 from .listener import Listener, ListenerSpec
 from .net import httpio
+from .net.dial import plain_ip
 from .net.reader import PeerClosed, Reader
+from .net.targets import host_addresses
 from .prot import http1
 
 log = logging.getLogger("wmproxy.control")
@@ -53,7 +55,15 @@ def _json(client, status: int, value) -> None:
 def relayed_by_us(address) -> bool:
     """Whether the peer ``address`` is the local end of an outgoing connection of this very
     process: a forward proxy, a mapping or a reverse proxy dialled the control port for a
-    client. (The forward proxy refuses its own listeners already; this holds whatever route.)"""
+    client. (The forward proxy refuses its own listeners already; this holds whatever route.)
+    Only a peer with one of this host's addresses can be: the others cost no scan of the
+    process's connections."""
+    try:
+        addr = plain_ip(address[0])
+    except ValueError:
+        return False
+    if not (addr.is_loopback or addr in host_addresses()):
+        return False
     try:
         conns = psutil.Process().net_connections(kind="tcp")
     except (psutil.Error, OSError):

@@ -50,7 +50,7 @@ def own_addresses(kind: int = socket.SOCK_STREAM) -> list[tuple]:
     return [(addr, port) for sock, (addr, port, k) in list(_OWN.items()) if k == kind and sock.fileno() != -1]
 
 
-def _host_addresses() -> frozenset:
+def host_addresses() -> frozenset:
     """The addresses of this host's interfaces (a wildcard listener answers on each),
     remembered for HOST_ADDRS_TTL seconds."""
     global _HOST_ADDRS
@@ -114,7 +114,7 @@ class TargetPolicy:
                 continue
             if bound == addr or addr.is_unspecified:  # 0.0.0.0:P reaches whatever listens on P here
                 return True
-            if bound.is_unspecified and (addr.is_loopback or addr in _host_addresses()):
+            if bound.is_unspecified and (addr.is_loopback or addr in host_addresses()):
                 return True
         return False
 

@@ -2,8 +2,9 @@
 # make test  - set up .venv with test extras and the Debian tools the tests call, run pytest
 # make bench - install the peers (iperf3, socat, wrk, squid, tinyproxy, pproxy) and measure
 # make fuzz  - the live center link fuzz for FUZZ_SECONDS (300) and the parsers' property tests
-# make install - a venv in $(PREFIX), programs in /usr/local/bin, configs in /etc/wmproxy,
-#                init scripts in /etc/init.d, systemd units in /etc/systemd/system
+# make install - a venv in $(PREFIX), programs in /usr/local/bin, configs in /etc/wmproxy (0640,
+#                group wmproxy), the user wmproxy, init scripts in /etc/init.d, systemd units in
+#                /etc/systemd/system, /etc/logrotate.d/wmproxy
 # The system's python3 (Debian's build: PGO, LTO and libpython linked in) before another python3
 # on PATH, such as a pyenv build without --enable-optimizations: per request the proxy runs 7-8%
 # more instructions and serves 10-25% fewer requests on that one (docs/BENCHMARKS.md).
@@ -24,22 +25,28 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: setup.py wmproxy/prot/_speedups.c $(BIN)/python
+$(VENV)/.installed: setup.py pyproject.toml wmproxy/prot/_speedups.c $(BIN)/python
 	$(BIN)/pip install -q -e .
 	@touch $@
 
 # Tests run the C speedups (wmproxy/prot/_speedups.c, optional for `make run`) beside their
 # Python versions: a compiler and the headers of the venv's python first, then a build that must work.
-$(VENV)/.installed-test: setup.py wmproxy/prot/_speedups.c $(VENV)/.installed
+$(VENV)/.installed-test: setup.py pyproject.toml wmproxy/prot/_speedups.c $(VENV)/.installed
 	@PYTHON=$(BIN)/python tools/apt-need 'cc:gcc libc6-dev' pyh:python3-dev
 	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+# The wheels of wmproxy's dependencies, for the packaging test: it installs the wheel it builds
+# into a clean venv inside the tests' network namespace, where no index can be reached.
+$(VENV)/wheelhouse/.done: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip download -q -d $(VENV)/wheelhouse . "setuptools>=77"
 	@touch $@
 
 run: $(VENV)/.installed
 	$(BIN)/python bin/wmproxy-server $(ARGS)
 
-test: $(VENV)/.installed-test
-	@tools/apt-need curl:curl ip:iproute2 unshare:util-linux nginx:nginx
+test: $(VENV)/.installed-test $(VENV)/wheelhouse/.done
+	@tools/apt-need curl:curl ip:iproute2 unshare:util-linux nginx:nginx logrotate:logrotate systemd-analyze:systemd
 	WMPROXY_REQUIRE_SPEEDUPS=1 tools/in-netns $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
@@ -57,21 +64,31 @@ check: $(VENV)/.installed
 	$(BIN)/python bin/wmproxy-server --check -c conf/server.toml
 	$(BIN)/python bin/wmproxy-client --check -c conf/client.toml
 
+# The user the services run as (the units' User=, the init scripts' RUN_USER); the configs are
+# installed 0640 root:$(SERVICE_USER) so that it reads them and nothing else does.
+SERVICE_USER ?= wmproxy
+
 install:
 	@PYTHON=$(PYTHON) tools/apt-need py:ensurepip:python3-venv
 	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
 	$(DESTDIR)$(PREFIX)/bin/pip install -q --upgrade pip
 	$(DESTDIR)$(PREFIX)/bin/pip install -q .
-	install -d $(DESTDIR)/usr/local/bin $(DESTDIR)/etc/wmproxy $(DESTDIR)/etc/init.d $(DESTDIR)/etc/systemd/system
+	[ -n "$(DESTDIR)" ] || id $(SERVICE_USER) >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
+	  --home-dir /nonexistent --shell /usr/sbin/nologin $(SERVICE_USER)
+	install -d $(DESTDIR)/usr/local/bin $(DESTDIR)/etc/wmproxy $(DESTDIR)/etc/init.d $(DESTDIR)/etc/systemd/system \
+	  $(DESTDIR)/etc/logrotate.d
 	for p in wmproxy-server wmproxy-client; do \
 	  ln -sf $(PREFIX)/bin/$$p $(DESTDIR)/usr/local/bin/$$p; \
-	  install -m 755 conf/init.d/wmproxy-server $(DESTDIR)/etc/init.d/$$p; \
+	  install -m 755 conf/init.d/$$p $(DESTDIR)/etc/init.d/$$p; \
 	  install -m 644 conf/systemd/$$p.service $(DESTDIR)/etc/systemd/system/$$p.service; \
 	done
+	install -m 644 conf/logrotate/wmproxy $(DESTDIR)/etc/logrotate.d/wmproxy
+	group=$$(getent group $(SERVICE_USER) >/dev/null && echo $(SERVICE_USER) || echo root); \
 	for c in server client; do \
-	  [ -e $(DESTDIR)/etc/wmproxy/$$c.toml ] || install -m 640 conf/$$c.toml $(DESTDIR)/etc/wmproxy/$$c.toml; \
+	  [ -e $(DESTDIR)/etc/wmproxy/$$c.toml ] || install -m 640 -g $$group conf/$$c.toml $(DESTDIR)/etc/wmproxy/$$c.toml; \
 	done
-	@echo "installed; start with: /etc/init.d/wmproxy-server start  (or systemctl enable --now wmproxy-server)"
+	@echo "installed; start with: systemctl enable --now wmproxy-server  (or /etc/init.d/wmproxy-server start)"
+	@echo "certificate keys named in /etc/wmproxy/*.toml: chgrp $(SERVICE_USER) KEY && chmod 640 KEY"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -32,6 +32,7 @@ from .listener import Listener, ListenerSpec, drain_all
 from .net.dns import Resolver
 from .net.listen import BindError, open_listener, open_udp
 from .net.tls import client_context
+from .service import notify, notify_reloading
 
 log = logging.getLogger("wmproxy")
 
@@ -213,21 +214,31 @@ class App:
         """Load the config file again and apply it as a diff. Never raises: returns
         ``{"ok": True, added, removed, changed, unchanged}`` or ``{"ok": False, "error"}``."""
         with self._reload_lock:
-            if not self.config_file:
-                return self._reload_failed(trigger, "started without a config file (-c): nothing to reload")
+            notify_reloading(trigger)
             try:
-                new = config.load(self.config_file, self.overrides)
-                changes = self._apply(new)
-            except (ConfigError, BindError) as e:
-                return self._reload_failed(trigger, str(e))
-            self.reloads += 1
-            self.loaded_at = time.time()
-            self.last_reload_error = ""
-            log.info("reloaded %s (%s): added %s, removed %s, changed %s, %d unchanged", self.config_file, trigger,
-                     changes["added"] or "none", changes["removed"] or "none", changes["changed"] or "none",
-                     changes["unchanged"])
-            self._follow_watch_setting()
-            return {"ok": True, **changes}
+                return self._reload(trigger)
+            finally:
+                notify("READY=1", "STATUS=serving")
+
+    def _reload(self, trigger: str) -> dict:
+        if not self.config_file:
+            return self._reload_failed(trigger, "started without a config file (-c): nothing to reload")
+        try:
+            new = config.load(self.config_file, self.overrides)
+            if (new.user, new.group) != (self.cfg.user, self.cfg.group):
+                raise ConfigError(self.config_file, "user", "user and group take effect at start: restart to "
+                                  "change them (the process gave up root when it started)")
+            changes = self._apply(new)
+        except (ConfigError, BindError) as e:
+            return self._reload_failed(trigger, str(e))
+        self.reloads += 1
+        self.loaded_at = time.time()
+        self.last_reload_error = ""
+        log.info("reloaded %s (%s): added %s, removed %s, changed %s, %d unchanged", self.config_file, trigger,
+                 changes["added"] or "none", changes["removed"] or "none", changes["changed"] or "none",
+                 changes["unchanged"])
+        self._follow_watch_setting()
+        return {"ok": True, **changes}
 
     def _reload_failed(self, trigger: str, error: str) -> dict:
         self.reload_failures += 1
@@ -336,6 +347,7 @@ class App:
         """Begin a graceful stop (once); returns at once."""
         if not self._stopping:
             self._stopping = True
+            notify("STOPPING=1", f"STATUS=stopping ({why})")
             log.info("%s: stopping (grace %.1fs)", why, self.cfg.grace)
             gevent.spawn(self.stop)
 

@@ -76,6 +76,8 @@ OPTIONS = (
     Opt(("--pidfile",), ("pidfile",), "write the pid to FILE; refuse to start if that pid is alive", "FILE"),
     Opt(("--control",), ("control",), "control API address, e.g. 127.0.0.1:8837 ('' disables)", "ADDR"),
     Opt(("--control-token",), ("control_token",), "bearer token for the control API (prefer the variable)", "TOKEN"),
+    Opt(("--run-user",), ("user",), "started as root: bind, then serve as this user", "USER"),
+    Opt(("--run-group",), ("group",), "with --run-user: serve with this group (default: the user's)", "GROUP"),
     Opt(("--grace",), ("grace",), "on stop, time live connections get to finish, e.g. 10s", "TIME"),
 )
 

@@ -800,6 +800,9 @@ class Config:
     log_file: str = key(to_str, "", "log to this file instead of stderr (reopened on SIGUSR1)")
     pidfile: str = key(to_str, "", "write the process id here; refuse to start if it is alive")
     grace: float = key(to_duration, 10.0, "on stop, time live connections get to finish")
+    user: str = key(to_str, "", "started as root: bind, then serve as this user (name or uid); the config "
+                    "and the files it names must be readable by it, for reloads")
+    group: str = key(to_str, "", "with user: serve with this group (default: the user's own)")
     control: Optional[Addr] = key(optional_addr, None, "control API address ('' disables)")
     control_token: str = key(to_str, "", "bearer token the control API requires")
     watch: bool = key(to_bool, False, "reload when the config file changes")
@@ -811,6 +814,8 @@ class Config:
     http: Optional[HttpConfig] = section(HttpConfig, "reverse proxy and static files")
 
     def validate(self) -> None:
+        if self.group and not self.user:
+            raise Invalid("group is used with user: set user too", ".group")
         _unique_names(self.mappings, "mapping", "mappings")
         if self.mappings and (self.center is None or self.center.is_server):
             raise Invalid("mappings are published through a center server: set [center] server", "mappings")

@@ -41,10 +41,15 @@ def setup_logging(level: str, log_file: str = "", capture_stdio: bool = False) -
             os.close(fd)
 
     def reopen() -> None:
+        try:
+            stream = file_handler._open()
+        except OSError as e:  # keep writing to the old file rather than to nothing
+            logging.getLogger("wmproxy").error("cannot reopen log file %s (SIGUSR1): %s", log_file, e.strerror)
+            return
         file_handler.acquire()
         try:
-            file_handler.close()
-            file_handler.stream = file_handler._open()
+            old, file_handler.stream = file_handler.stream, stream
+            old.close()
         finally:
             file_handler.release()
         point_stdio()

@@ -7,6 +7,7 @@ prints why it could not start and exits 1, so an init script sees a failed start
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import resource
@@ -17,11 +18,12 @@ import sys
 import psutil
 
 from . import __version__
-from .app import App, BindError
+from .app import App, BindError, check_files
 from .config import Config
 from .errors import ConfigError
 from .logs import setup_logging
 from .prot import http1
+from .service import PrivilegeError, drop_privileges, notify
 
 log = logging.getLogger("wmproxy")
 READY_FD = "WMPROXY_READY_FD"
@@ -114,6 +116,16 @@ def _report(wfd: int | None, message: str) -> None:
         os.close(wfd)
 
 
+def _check_readable(cfg: Config, config_file: str | None) -> None:
+    """After dropping root: what a reload reads (the config file, the certificates and keys it
+    names) must be readable now, not found unreadable at the first reload. Raises ConfigError."""
+    if config_file and not os.access(config_file, os.R_OK):
+        group = grp.getgrgid(os.getgid()).gr_name
+        raise ConfigError(config_file, "user", f"the configuration file is not readable by user {cfg.user}, so "
+                          f"no reload could read it: chgrp {group} {config_file} && chmod g+r {config_file}")
+    check_files(cfg, config_file)
+
+
 def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daemon: bool = False) -> int:
     """Start ``prog`` with ``cfg`` and serve until stopped. Returns the exit status."""
     pidfile = os.path.abspath(cfg.pidfile) if cfg.pidfile else ""
@@ -141,9 +153,15 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
         app.start()
         if pidfile:
             write_pidfile(pidfile)
-    except (BindError, ConfigError, OSError) as e:
+        if cfg.user:
+            log.info("%s", drop_privileges(cfg.user, cfg.group, own=(log_file,)))
+            _check_readable(cfg, config_file)
+    except (BindError, ConfigError, OSError, PrivilegeError) as e:
         log.error("%s", e)
         _report(wfd, f"{prog}: {e}")
+        app.stop(0)
+        if pidfile:
+            remove_pidfile(pidfile)
         return 1
 
     def ready() -> None:  # the signal handlers are in place: SIGHUP from now on reloads
@@ -158,6 +176,7 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
         if wfd is not None:
             os.chdir("/")  # a daemon keeps no directory busy; every path it uses is absolute
         _report(wfd, "ok")
+        notify("READY=1", f"MAINPID={os.getpid()}", "STATUS=serving")
 
     try:
         app.serve_forever(on_sigusr1=reopen, on_ready=ready)

@@ -1,0 +1,34 @@
+"""The programs' entry points (console scripts, ``bin/``, ``python -m wmproxy``).
+
+Imported before anything else of wmproxy: signals that would kill a starting process are
+ignored, and gevent patches the standard library before any module takes a socket from it.
+"""
+
+import signal
+import sys
+
+
+def _prepare() -> None:
+    # Reload (SIGHUP) and log reopening (SIGUSR1) must never kill a starting process: ignored
+    # until the running process installs its handlers.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    from gevent import monkey
+
+    monkey.patch_all()
+
+
+def server() -> None:
+    """wmproxy-server; exits with its status."""
+    _prepare()
+    from .cli import server_main
+
+    sys.exit(server_main())
+
+
+def client() -> None:
+    """wmproxy-client; exits with its status."""
+    _prepare()
+    from .cli import client_main
+
+    sys.exit(client_main())

@@ -46,7 +46,7 @@ run: $(VENV)/.installed
 	$(BIN)/python bin/wmproxy-server $(ARGS)
 
 test: $(VENV)/.installed-test $(VENV)/wheelhouse/.done
-	@tools/apt-need curl:curl ip:iproute2 unshare:util-linux nginx:nginx logrotate:logrotate systemd-analyze:systemd
+	@tools/apt-need curl:curl ip:iproute2 unshare:util-linux nginx:nginx logrotate:logrotate systemd-analyze:systemd goaccess:goaccess
 	WMPROXY_REQUIRE_SPEEDUPS=1 tools/in-netns $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed

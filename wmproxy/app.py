@@ -32,6 +32,8 @@ from .listener import Listener, ListenerSpec, drain_all
 from .net.dns import Resolver
 from .net.listen import BindError, open_listener, open_udp
 from .net.tls import client_context
+from . import logs
+from .logs import LogSettings
 from .service import notify, notify_reloading
 
 log = logging.getLogger("wmproxy")
@@ -234,6 +236,12 @@ class App:
         self.reloads += 1
         self.loaded_at = time.time()
         self.last_reload_error = ""
+        if LogSettings.of(new) != logs.current():
+            try:
+                logs.setup_logging(LogSettings.of(new))
+            except OSError as e:
+                log.error("reload (%s): cannot open log file %s: %s; the old log settings stay", trigger,
+                          e.filename, e.strerror)
         log.info("reloaded %s (%s): added %s, removed %s, changed %s, %d unchanged", self.config_file, trigger,
                  changes["added"] or "none", changes["removed"] or "none", changes["changed"] or "none",
                  changes["unchanged"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 from dataclasses import dataclass
 
 import configargparse
@@ -31,13 +32,15 @@ def file_server_config(root: str, listen: str, browse: bool) -> dict:
 
 @dataclass(frozen=True)
 class Opt:
-    """A flag that sets one config key."""
+    """A flag that sets one config key. ``only``: the one program that has it ('' = both)."""
 
     flags: tuple[str, ...]
     path: tuple[str, ...]
     help: str
     metavar: str
+    group: str
     append: bool = False
+    only: str = ""
 
     @property
     def dest(self) -> str:
@@ -49,73 +52,117 @@ class Opt:
         return "WMPROXY_" + self.flags[-1].lstrip("-").replace("-", "_").upper()
 
 
+SERVER, CLIENT = "wmproxy-server", "wmproxy-client"
+PROXY, LINK, SERVICE, LOGS, CONTROL = "proxy", "center link", "service", "logs", "control API"
+GROUPS = {
+    PROXY: {SERVER: "forward proxy ([proxy])", CLIENT: "local proxy ([proxy]; its traffic leaves at the center server)"},
+    LINK: {SERVER: "center server ([center]: center clients link to it)", CLIENT: "center link ([center])"},
+    SERVICE: "running as a service",
+    LOGS: "logs",
+    CONTROL: "control API (status, reload, stop, metrics)",
+}
+
 OPTIONS = (
-    Opt(("-b", "--bind"), ("proxy", "bind"), "forward proxy address (default 127.0.0.1:8090)", "ADDR"),
-    Opt(("--user", "--username"), ("proxy", "username"), "username clients must give", "USER"),
+    Opt(("-b", "--bind"), ("proxy", "bind"), "forward proxy address (default 127.0.0.1:8090)", "ADDR", PROXY),
+    Opt(("--user", "--username"), ("proxy", "username"), "username clients must give", "USER", PROXY, only=SERVER),
     Opt(("--pass", "--password"), ("proxy", "password"),
-        "password clients must give (prefer WMPROXY_PASSWORD: flags show in ps)", "PASS"),
-    Opt(("--center-bind",), ("center", "bind"), "be a center server: address center clients connect to", "ADDR"),
-    Opt(("--server",), ("center", "server"), "be a center client of this center server", "ADDR"),
-    Opt(("--tls",), ("center", "tls"), "TLS on the center link: true (default) or false", "BOOL"),
-    Opt(("--ca",), ("center", "ca"), "center client: CA file to verify the server with", "FILE"),
-    Opt(("--server-name",), ("center", "server_name"), "center client: name the server certificate carries",
-        "NAME"),
-    Opt(("--cert",), ("center", "cert"), "center link certificate (PEM)", "FILE"),
-    Opt(("--key",), ("center", "key"), "center link private key (PEM)", "FILE"),
-    Opt(("--allow",), ("proxy", "allow"), "client network allowed, e.g. 10.0.0.0/8 (repeatable)", "CIDR",
+        "password clients must give (prefer WMPROXY_PASSWORD: flags show in ps)", "PASS", PROXY, only=SERVER),
+    Opt(("--allow",), ("proxy", "allow"), "client network allowed, e.g. 10.0.0.0/8 (repeatable)", "CIDR", PROXY,
         append=True),
-    Opt(("--deny",), ("proxy", "deny"), "client network refused (repeatable)", "CIDR", append=True),
+    Opt(("--deny",), ("proxy", "deny"), "client network refused (repeatable)", "CIDR", PROXY, append=True),
     Opt(("--udp-bind",), ("proxy", "udp_bind"), "enable SOCKS5 UDP ASSOCIATE with relay sockets on this "
-        "address, port 0, e.g. 127.0.0.1:0", "ADDR"),
-    Opt(("--flag",), ("proxy", "flag"), "protocols served: 'http https socks5 socks4'", "LIST"),
-    Opt(("--connect-timeout",), ("proxy", "connect_timeout"), "upstream connect timeout, e.g. 10s", "TIME"),
-    Opt(("--idle-timeout",), ("proxy", "idle_timeout"), "close connections idle this long, e.g. 5min", "TIME"),
-    Opt(("--max-connections",), ("proxy", "max_connections"), "concurrent client connections", "N"),
-    Opt(("--log-level",), ("log_level",), "debug, info, warning or error", "LEVEL"),
-    Opt(("--log-file",), ("log_file",), "log to FILE instead of stderr; SIGUSR1 reopens it", "FILE"),
-    Opt(("--pidfile",), ("pidfile",), "write the pid to FILE; refuse to start if that pid is alive", "FILE"),
-    Opt(("--control",), ("control",), "control API address, e.g. 127.0.0.1:8837 ('' disables)", "ADDR"),
-    Opt(("--control-token",), ("control_token",), "bearer token for the control API (prefer the variable)", "TOKEN"),
-    Opt(("--run-user",), ("user",), "started as root: bind, then serve as this user", "USER"),
-    Opt(("--run-group",), ("group",), "with --run-user: serve with this group (default: the user's)", "GROUP"),
-    Opt(("--grace",), ("grace",), "on stop, time live connections get to finish, e.g. 10s", "TIME"),
+        "address, port 0, e.g. 127.0.0.1:0", "ADDR", PROXY),
+    Opt(("--flag",), ("proxy", "flag"), "protocols served: 'http https socks5 socks4'", "LIST", PROXY),
+    Opt(("--connect-timeout",), ("proxy", "connect_timeout"), "upstream connect timeout, e.g. 10s", "TIME", PROXY),
+    Opt(("--idle-timeout",), ("proxy", "idle_timeout"), "close connections idle this long, e.g. 5min", "TIME", PROXY),
+    Opt(("--max-connections",), ("proxy", "max_connections"), "concurrent client connections", "N", PROXY),
+
+    Opt(("--center-bind",), ("center", "bind"), "address center clients connect to", "ADDR", LINK, only=SERVER),
+    Opt(("--server",), ("center", "server"), "the center server to link to", "ADDR", LINK, only=CLIENT),
+    Opt(("--user", "--username"), ("center", "username"), "who to log in to the center server as", "USER", LINK,
+        only=CLIENT),
+    Opt(("--pass", "--password"), ("center", "password"),
+        "the password to log in with (prefer WMPROXY_PASSWORD: flags show in ps)", "PASS", LINK, only=CLIENT),
+    Opt(("--tls",), ("center", "tls"), "TLS on the center link: true (default) or false", "BOOL", LINK),
+    Opt(("--ca",), ("center", "ca"), "CA file to verify the server with (default: the system store)", "FILE",
+        LINK, only=CLIENT),
+    Opt(("--server-name",), ("center", "server_name"), "name the server certificate carries (default: its host)",
+        "NAME", LINK, only=CLIENT),
+    Opt(("--cert",), ("center", "cert"), "the link's certificate (PEM)", "FILE", LINK, only=SERVER),
+    Opt(("--key",), ("center", "key"), "its private key (PEM)", "FILE", LINK, only=SERVER),
+    Opt(("--cert",), ("center", "cert"), "client certificate for mutual TLS (PEM)", "FILE", LINK, only=CLIENT),
+    Opt(("--key",), ("center", "key"), "its private key (PEM)", "FILE", LINK, only=CLIENT),
+
+    Opt(("--pidfile",), ("pidfile",), "write the pid to FILE; refuse to start if that pid is alive", "FILE", SERVICE),
+    Opt(("--run-user",), ("user",), "started as root: bind, then serve as this user", "USER", SERVICE),
+    Opt(("--run-group",), ("group",), "with --run-user: serve with this group (default: the user's)", "GROUP",
+        SERVICE),
+    Opt(("--grace",), ("grace",), "on stop, time live connections get to finish, e.g. 10s", "TIME", SERVICE),
+
+    Opt(("--log-level",), ("log_level",), "debug, info (default), warning or error", "LEVEL", LOGS),
+    Opt(("--log-file",), ("log_file",), "log to FILE instead of stderr; SIGUSR1 reopens it", "FILE", LOGS),
+    Opt(("--log-format",), ("log_format",), "text (default) or json", "FORMAT", LOGS),
+    Opt(("--access-log-file",), ("access_log_file",), "HTTP access lines to FILE of their own", "FILE", LOGS),
+    Opt(("--access-log-format",), ("access_log_format",), "wmproxy (default) or combined", "FORMAT", LOGS),
+
+    Opt(("--control",), ("control",), "control API address, e.g. 127.0.0.1:8837 ('' disables)", "ADDR", CONTROL),
+    Opt(("--control-token",), ("control_token",), "bearer token for the control API (prefer the variable)", "TOKEN",
+        CONTROL),
 )
 
 
 def options(prog: str) -> tuple[Opt, ...]:
-    """The flags of ``prog``. In wmproxy-client --username/--password are the center link's
-    credentials (its local proxy is authenticated by the server's [proxy])."""
-    if prog != "wmproxy-client":
-        return OPTIONS
-    moved = {("proxy", "username"): ("center", "username"), ("proxy", "password"): ("center", "password")}
-    return tuple(Opt(o.flags, moved[o.path], o.help.replace("clients must give", "to log in to the center server"),
-                     o.metavar, o.append) if o.path in moved else o for o in OPTIONS)
+    """The flags of ``prog`` (in wmproxy-client --username/--password are the center link's
+    credentials: its local proxy is authenticated by the server's [proxy])."""
+    return tuple(o for o in OPTIONS if o.only in ("", prog))
+
+
+def commands(prog: str) -> dict[str, str]:
+    out = {"run": "serve (the default)",
+           "status": "print the running process's status (through its control API)",
+           "reload": "make the running process reload its configuration file",
+           "stop": "make the running process stop gracefully"}
+    if prog == SERVER:
+        out["file-server"] = "serve the files of --root on --listen, without a configuration file"
+    return out
 
 
 def make_parser(prog: str) -> configargparse.ArgumentParser:
+    what = ("forward proxy (HTTP, HTTPS CONNECT, SOCKS5, SOCKS4/4a) on one port, center server of tunnels, "
+            "reverse proxy and static files ([http]), TCP/UDP forwarding ([stream])" if prog == SERVER else
+            "center client: keeps one TLS link to a center server, serves a local proxy whose traffic leaves "
+            "there, and publishes this network's services through it ([[mappings]])")
+    listing = "\n".join(f"  {name:<12} {text}" for name, text in commands(prog).items())
     p = configargparse.ArgumentParser(
-        prog=prog,
-        description="wmproxy: forward proxy (HTTP, HTTPS CONNECT, SOCKS5, SOCKS4/4a) on one port, "
-        "the center link (tunnel), [stream] TCP forwarding, control API.",
-        epilog="Each flag also reads a WMPROXY_* variable (shown in brackets). Without -c the embedded "
-        "default runs: a forward proxy on 127.0.0.1:8090. The commands status, reload and stop talk to "
-        "the control API named in the configuration.",
+        prog=prog, formatter_class=configargparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(f"{prog}: {what}.", 79) + f"\n\ncommands:\n{listing}",
+        epilog=textwrap.fill("Each flag also reads a WMPROXY_* variable (shown in brackets) and sets the "
+                             "configuration key of the same name over the file's. Without -c the embedded default "
+                             "runs: a forward proxy on 127.0.0.1:8090. The commands status, reload and stop talk "
+                             "to the control API the configuration names.", 79),
     )
-    p.add_argument("command", nargs="?", default="run", choices=COMMANDS,
-                   help="run (default): serve; status: print the running process's status; reload: make it "
-                   "reload its configuration; stop: make it stop gracefully; file-server: serve the files "
-                   "of --root on --listen (no config file)")
-    p.add_argument("-r", "--root", metavar="DIR", help="file-server: the directory served (default: .)")
-    p.add_argument("-l", "--listen", metavar="ADDR", help=f"file-server: address (default {FILE_SERVER_BIND})")
-    p.add_argument("--browse", action="store_true", help="file-server: list directories without an index file")
+    p.add_argument("command", nargs="?", default="run", choices=tuple(commands(prog)), metavar="COMMAND",
+                   help="one of: " + ", ".join(commands(prog)))
     p.add_argument("-c", "--config", env_var="WMPROXY_CONFIG", metavar="FILE", help="TOML configuration file")
-    p.add_argument("--check", action="store_true", help="validate the configuration, print the result, exit 0 or 1")
+    p.add_argument("--check", action="store_true", help="validate the configuration and the files it names, "
+                   "print the result, exit 0 or 1")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--daemon", action="store_true", env_var="WMPROXY_DAEMON",
-                   help="detach and run in the background (logs to --log-file)")
+    groups = {}
     for o in options(prog):
-        p.add_argument(*o.flags, dest=o.dest, env_var=o.env, help=o.help, metavar=o.metavar,
-                       action="append" if o.append else "store", default=None)
+        if o.group not in groups:
+            title = GROUPS[o.group]
+            groups[o.group] = p.add_argument_group(title if isinstance(title, str) else title[prog])
+            if o.group == SERVICE:
+                groups[o.group].add_argument("--daemon", action="store_true", env_var="WMPROXY_DAEMON",
+                                             help="detach and run in the background (logs to --log-file); "
+                                             "returns once the listeners are bound")
+        groups[o.group].add_argument(*o.flags, dest=o.dest, env_var=o.env, help=o.help, metavar=o.metavar,
+                                     action="append" if o.append else "store", default=None)
+    if prog == SERVER:
+        g = p.add_argument_group("file-server command")
+        g.add_argument("-r", "--root", metavar="DIR", help="the directory served (default: .)")
+        g.add_argument("-l", "--listen", metavar="ADDR", help=f"address (default {FILE_SERVER_BIND})")
+        g.add_argument("--browse", action="store_true", help="list directories that have no index file")
     return p
 
 
@@ -164,13 +211,15 @@ def run(prog: str, argv: list[str] | None = None) -> int:
     args = make_parser(prog).parse_args(argv)
     config_file = os.path.abspath(args.config) if args.config else None
     default = EMBEDDED_DEFAULT
+    source = config_file or "embedded default config"
     if args.command == "file-server":
         if config_file:
             print(f"{prog}: file-server takes --root and --listen, not a configuration file", file=sys.stderr)
             return 2
         default = file_server_config(args.root or ".", args.listen or FILE_SERVER_BIND, args.browse)
         args.command = "run"
-    elif args.root or args.listen or args.browse:
+        source = f"file-server of {os.path.abspath(args.root or '.')}"
+    elif getattr(args, "root", None) or getattr(args, "listen", None) or getattr(args, "browse", False):
         print(f"{prog}: --root, --listen and --browse go with the file-server command", file=sys.stderr)
         return 2
     try:
@@ -186,13 +235,13 @@ def run(prog: str, argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(f"{prog}: configuration error: {e}", file=sys.stderr)
             return 1
-        print(f"{prog}: configuration OK ({args.config or 'embedded default'})")
+        print(f"{prog}: configuration OK ({args.config or source})")
         return 0
     if args.command != "run":
         return _control_command(prog, args.command, cfg)
     from .process import serve  # imported late: --check, --help and the commands need no gevent hub
 
-    return serve(prog, cfg, config_file, overrides(prog, args, argv), daemon=args.daemon)
+    return serve(prog, cfg, config_file, overrides(prog, args, argv), daemon=args.daemon, source=source)
 
 
 def _quiet_on_closed_stdout(prog: str) -> int:

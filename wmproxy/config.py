@@ -790,6 +790,8 @@ class HttpConfig:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+ACCESS_FORMATS = ("wmproxy", "combined")
 
 
 @dataclass(frozen=True)
@@ -798,6 +800,12 @@ class Config:
 
     log_level: str = key(one_of(LOG_LEVELS), "info", "log verbosity")
     log_file: str = key(to_str, "", "log to this file instead of stderr (reopened on SIGUSR1)")
+    log_format: str = key(one_of(LOG_FORMATS), "text", "text, or json (one object per line); under systemd "
+                          "text lines carry no time of their own (the journal stamps them)")
+    access_log_file: str = key(to_str, "", "HTTP access lines to this file of their own, bare (default: in the "
+                               "main log)")
+    access_log_format: str = key(one_of(ACCESS_FORMATS), "wmproxy", "combined: exactly the NCSA combined format "
+                                 "(goaccess, awstats); wmproxy: combined plus the time taken and a note")
     pidfile: str = key(to_str, "", "write the process id here; refuse to start if it is alive")
     grace: float = key(to_duration, 10.0, "on stop, time live connections get to finish")
     user: str = key(to_str, "", "started as root: bind, then serve as this user (name or uid); the config "

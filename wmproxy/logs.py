@@ -1,81 +1,228 @@
-"""Logging setup: stderr, or a file that SIGUSR1 reopens (for logrotate).
+"""Logging: where lines go (stderr, the journal, a file SIGUSR1 reopens) and how they look.
 
-Lines look like ``2026-11-22 04:16:00,123 INFO wmproxy.proxy: ...``; the HTTP access log
-(logger ``wmproxy.access``) carries combined-format lines in the same stream.
+- ``log_format = "text"``: ``2026-11-22 04:16:00,123 INFO wmproxy.proxy: ...``. Under systemd
+  (stderr is the journal's stream, ``$JOURNAL_STREAM``) the journal stamps each line itself:
+  ours carry no time, and a ``<N>`` syslog priority the journal reads as the line's level.
+- ``log_format = "json"``: one JSON object per line (time, level, logger, message; an access
+  line's fields as keys of their own).
+- The access log (logger ``wmproxy.access``): ``access_log_format = "wmproxy"`` (combined plus the
+  time taken and a note) or ``"combined"``, exactly the NCSA combined format that goaccess and
+  awstats read. ``access_log_file`` gives it a file of its own, its lines bare (no prefix).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
-from typing import Callable
+from dataclasses import dataclass
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def setup_logging(level: str, log_file: str = "", capture_stdio: bool = False) -> Callable[[], None]:
-    """Configure the root logger. Returns the function that reopens the log file (a no-op
-    for stderr). With ``capture_stdio`` (daemon mode) file descriptors 1 and 2 point at the
-    log file too, so a stray traceback is not lost. Raises OSError if the file cannot be opened.
-    """
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    root.setLevel(level.upper())
-    if not log_file:
-        handler: logging.Handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(FORMAT))
-        root.addHandler(handler)
-        return lambda: None
-    file_handler = logging.FileHandler(log_file, encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter(FORMAT))
-    root.addHandler(file_handler)
-
-    def point_stdio() -> None:
-        if capture_stdio:
-            fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            os.close(fd)
-
-    def reopen() -> None:
-        try:
-            stream = file_handler._open()
-        except OSError as e:  # keep writing to the old file rather than to nothing
-            logging.getLogger("wmproxy").error("cannot reopen log file %s (SIGUSR1): %s", log_file, e.strerror)
-            return
-        file_handler.acquire()
-        try:
-            old, file_handler.stream = file_handler.stream, stream
-            old.close()
-        finally:
-            file_handler.release()
-        point_stdio()
-        logging.getLogger("wmproxy").info("log file reopened (SIGUSR1)")
-
-    point_stdio()
-    return reopen
-
+TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JOURNAL = "%(levelname)s %(name)s: %(message)s"
+_SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 access_log = logging.getLogger("wmproxy.access")
 
 
-def _text(value: bytes | None) -> str:
-    """A header value for the access log: '-' when absent, quotes and controls escaped."""
+@dataclass(frozen=True)
+class LogSettings:
+    """What a configuration says about logging (the keys of the same names)."""
+
+    level: str = "info"
+    file: str = ""
+    format: str = "text"
+    access_file: str = ""
+    access_format: str = "wmproxy"
+
+    @classmethod
+    def of(cls, cfg) -> "LogSettings":
+        """The settings of a config.Config; file names made absolute (a daemon runs in /)."""
+        return cls(cfg.log_level, os.path.abspath(cfg.log_file) if cfg.log_file else "", cfg.log_format,
+                   os.path.abspath(cfg.access_log_file) if cfg.access_log_file else "", cfg.access_log_format)
+
+
+def stderr_is_journal() -> bool:
+    """Whether stderr is the stream systemd's journal reads (``JOURNAL_STREAM=dev:inode``)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+class JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One object per line; an access line carries its fields (client_ip, status, bytes...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+               + f".{int(record.msecs):03d}" + time.strftime("%z", time.localtime(record.created)),
+               "level": record.levelname.lower(), "logger": record.name}
+        fields = getattr(record, "access", None)
+        if fields is not None:
+            out.update(fields.as_dict())
+        else:
+            out["message"] = record.getMessage()
+        if record.exc_info:
+            out["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+class _Reopenable(logging.FileHandler):
+    def reopen(self) -> None:
+        """Open the file again (logrotate moved it); on failure keep writing to the old one."""
+        stream = self._open()
+        self.acquire()
+        try:
+            old, self.stream = self.stream, stream
+            old.close()
+        finally:
+            self.release()
+
+
+class _State:
+    files: list[_Reopenable] = []
+    settings = LogSettings()
+    capture_stdio = False
+
+
+def _formatter(fmt: str, bare: bool = False) -> logging.Formatter:
+    if fmt == "json":
+        return JsonFormatter()
+    if bare:
+        return logging.Formatter("%(message)s")
+    return logging.Formatter(TEXT)
+
+
+def setup_logging(settings: LogSettings, capture_stdio: bool | None = None) -> None:
+    """Configure the root logger and the access logger; again on a reload whose settings
+    changed. Every file is opened before anything is replaced: raises OSError (and changes
+    nothing) if one cannot be. With ``capture_stdio`` (daemon mode) file descriptors 1 and 2
+    point at the log file too, so that a stray traceback is not lost (None: as before)."""
+    main = _Reopenable(settings.file, encoding="utf-8") if settings.file else None
+    try:
+        access = _Reopenable(settings.access_file, encoding="utf-8") if settings.access_file else None
+    except OSError:
+        if main is not None:
+            main.close()
+        raise
+    if main is not None:
+        main.setFormatter(_formatter(settings.format))
+    else:
+        main = logging.StreamHandler(sys.stderr)
+        journal = settings.format == "text" and stderr_is_journal()
+        main.setFormatter(JournalFormatter(JOURNAL) if journal else _formatter(settings.format))
+    root = logging.getLogger()
+    old = [*root.handlers, *access_log.handlers]
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in list(access_log.handlers):
+        access_log.removeHandler(h)
+    root.addHandler(main)
+    root.setLevel(settings.level.upper())
+    access_log.propagate = access is None
+    if access is not None:
+        access.setFormatter(_formatter(settings.format, bare=True))
+        access_log.addHandler(access)
+    for h in old:
+        h.close()
+    _State.files = [h for h in (main, access) if isinstance(h, _Reopenable)]
+    _State.settings = settings
+    if capture_stdio is not None:
+        _State.capture_stdio = capture_stdio
+    global _render
+    _render = _RENDER[settings.access_format] if settings.format == "text" else _no_text
+    _point_stdio()
+
+
+def current() -> LogSettings:
+    return _State.settings
+
+
+def _point_stdio() -> None:
+    if _State.capture_stdio and _State.settings.file:
+        fd = os.open(_State.settings.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
+def reopen() -> None:
+    """SIGUSR1: open the log files again (logrotate moved them)."""
+    for h in _State.files:
+        try:
+            h.reopen()
+        except OSError as e:  # keep writing to the old file rather than to nothing
+            logging.getLogger("wmproxy").error("cannot reopen log file %s (SIGUSR1): %s", h.baseFilename, e.strerror)
+            return
+    _point_stdio()
+    logging.getLogger("wmproxy").info("log file reopened (SIGUSR1)")
+
+
+# -- the access log ---------------------------------------------------------------------------
+
+
+def _text(value: bytes | None, limit: int = 300) -> str:
+    """A value for the access log: '-' when absent, quotes and controls escaped."""
     if not value:
         return "-"
-    return value[:300].decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return value[:limit].decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+@dataclass(frozen=True, slots=True)
+class AccessFields:
+    ip: str
+    user: str
+    created: float
+    method: str
+    target: str
+    version: str
+    status: int
+    size: int
+    referer: bytes | None
+    agent: bytes | None
+    ms: float
+    note: str
+
+    def as_dict(self) -> dict:
+        return {"client_ip": self.ip, "user": self.user or None, "method": self.method, "target": self.target,
+                "protocol": f"HTTP/{self.version}", "status": self.status, "bytes": self.size,
+                "referer": self.referer.decode("latin-1") if self.referer else None,
+                "user_agent": self.agent.decode("latin-1") if self.agent else None,
+                "duration_ms": round(self.ms, 3), "note": self.note or None}
+
+
+def _combined(f: AccessFields) -> str:
+    when = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(f.created))
+    return (f'{f.ip} - {f.user or "-"} [{when}] "{f.method} {_text(f.target.encode("latin-1", "replace"), 2000)} '
+            f'HTTP/{f.version}" {f.status} {f.size} "{_text(f.referer)}" "{_text(f.agent)}"')
+
+
+def _wmproxy(f: AccessFields) -> str:
+    return f"{_combined(f)} {f.ms:.1f}ms" + (f" ({f.note})" if f.note else "")
+
+
+def _no_text(f: AccessFields) -> str:
+    return ""
+
+
+_RENDER = {"combined": _combined, "wmproxy": _wmproxy}
+_render = _wmproxy
 
 
 def log_access(ip: str, user: str, head, target: str, status: int, size: int, started: float, note: str = "") -> None:
-    """One combined-like access line: ``ip - user [time] "METHOD target HTTP/v" status bytes
-    "referer" "user-agent" 1.2ms (note)``. ``head`` is the request's http1.Head."""
+    """One access line for a request (``head``: its http1.Head; ``size``: the body bytes sent,
+    as nginx's $body_bytes_sent)."""
     if not access_log.isEnabledFor(logging.INFO):
         return
-    when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
-    ms = (time.monotonic() - started) * 1000
-    access_log.info('%s - %s [%s] "%s %s HTTP/%s" %d %d "%s" "%s" %.1fms%s', ip, user or "-", when, head.method,
-                    target[:2000], head.version, status, size, _text(head.get(b"referer")),
-                    _text(head.get(b"user-agent")), ms, f" ({note})" if note else "")
+    fields = AccessFields(ip, user, time.time(), head.method, target[:2000], head.version, status, size,
+                          head.get(b"referer"), head.get(b"user-agent"), (time.monotonic() - started) * 1000, note)
+    access_log.info("%s", _render(fields), extra={"access": fields})

@@ -21,7 +21,7 @@ from . import __version__
 from .app import App, BindError, check_files
 from .config import Config
 from .errors import ConfigError
-from .logs import setup_logging
+from .logs import LogSettings, reopen, setup_logging
 from .prot import http1
 from .service import PrivilegeError, drop_privileges, notify
 
@@ -126,8 +126,10 @@ def _check_readable(cfg: Config, config_file: str | None) -> None:
     check_files(cfg, config_file)
 
 
-def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daemon: bool = False) -> int:
-    """Start ``prog`` with ``cfg`` and serve until stopped. Returns the exit status."""
+def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daemon: bool = False,
+          source: str = "") -> int:
+    """Start ``prog`` with ``cfg`` (``source``: where it came from, for the log) and serve until
+    stopped. Returns the exit status."""
     pidfile = os.path.abspath(cfg.pidfile) if cfg.pidfile else ""
     log_file = os.path.abspath(cfg.log_file) if cfg.log_file else ""
     try:
@@ -142,10 +144,10 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
         _daemonize()
     wfd = _ready_fd()
     try:
-        reopen = setup_logging(cfg.log_level, log_file, capture_stdio=wfd is not None)
+        setup_logging(LogSettings.of(cfg), capture_stdio=wfd is not None)
     except OSError as e:
-        _report(wfd, f"{prog}: cannot open log file {log_file}: {e.strerror}")
-        print(f"{prog}: cannot open log file {log_file}: {e.strerror}", file=sys.stderr)
+        _report(wfd, f"{prog}: cannot open log file {e.filename}: {e.strerror}")
+        print(f"{prog}: cannot open log file {e.filename}: {e.strerror}", file=sys.stderr)
         return 1
     _raise_fd_limit()
     app = App(cfg, config_file, overrides, prog)
@@ -154,7 +156,7 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
         if pidfile:
             write_pidfile(pidfile)
         if cfg.user:
-            log.info("%s", drop_privileges(cfg.user, cfg.group, own=(log_file,)))
+            log.info("%s", drop_privileges(cfg.user, cfg.group, own=(log_file, LogSettings.of(cfg).access_file)))
             _check_readable(cfg, config_file)
     except (BindError, ConfigError, OSError, PrivilegeError) as e:
         log.error("%s", e)
@@ -165,8 +167,8 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
         return 1
 
     def ready() -> None:  # the signal handlers are in place: SIGHUP from now on reloads
-        log.info("%s %s started (pid %d%s)", prog, __version__, os.getpid(),
-                 f", config {config_file}" if config_file else ", embedded default config")
+        log.info("%s %s started (pid %d, %s)", prog, __version__, os.getpid(),
+                 f"config {config_file}" if config_file else source or "embedded default config")
         if not http1.SPEEDUPS:
             log.info("the C speedups of the HTTP head readers are not in use (%s): llhttp and the Python "
                      "versions run, about half as many instructions again per proxied request",

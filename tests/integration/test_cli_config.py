@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, curl, write_cert
+from conftest import ROOT, curl, free_port, write_cert
 
 SERVER = str(ROOT / "bin" / "wmproxy-server")
 CLIENT = str(ROOT / "bin" / "wmproxy-client")
@@ -158,3 +158,39 @@ def test_a_udp_and_a_tcp_listener_may_share_a_port_number(tmp_path):
                     'server = [{ addr = "127.0.0.1:9" }]\n[[stream.server]]\nbind = "127.0.0.1:18090"\n'
                     'bind_mode = "udp"\nup_name = "u"\n')
     assert check("-c", str(path)).returncode == 0
+
+
+def _help(prog: str) -> str:
+    r = subprocess.run([sys.executable, prog, "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_help_groups_options_and_describes_the_commands():
+    text = _help(SERVER)
+    titles = [line for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert titles == ["commands:", "positional arguments:", "options:", "forward proxy ([proxy]):",
+                      "center server ([center]: center clients link to it):", "running as a service:", "logs:",
+                      "control API (status, reload, stop, metrics):", "file-server command:"]
+    for command in ("run", "status", "reload", "stop", "file-server"):
+        assert f"\n  {command} " in text
+    assert "--run-user USER" in text and "--center-bind ADDR" in text
+
+
+def test_client_help_shows_client_options_only():
+    text = _help(CLIENT)
+    for server_only in ("--center-bind", "file-server", "--root", "--browse", "clients must give"):
+        assert server_only not in text
+    assert "--server ADDR" in text and "center link ([center]):" in text
+    assert "who to log in to the center server as" in text  # its --user is the link's account
+    r = subprocess.run([sys.executable, CLIENT, "file-server"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "invalid choice: 'file-server'" in r.stderr
+
+
+def test_file_server_says_what_it_serves(start_proxy, tmp_path):
+    (tmp_path / "a.txt").write_text("A")
+    port = free_port()
+    p = start_proxy("file-server", "--root", str(tmp_path), "--listen", f"127.0.0.1:{port}", bind=False, wait=False)
+    log = p.wait_log("started", timeout=10)
+    assert f"file-server of {tmp_path})" in log and "embedded default" not in log
+    assert curl(f"http://127.0.0.1:{port}/a.txt").stdout == b"A"

@@ -152,15 +152,17 @@ class HttpSession:
         creds = http1.parse_basic_auth(head.get(b"proxy-authorization"))
         return creds is not None and self.ctx.credentials_ok(*creds, self.info.ip)
 
-    def _error(self, status: int, text: str, extra=()) -> None:
+    def _error(self, status: int, text: str, extra=(), body: bool = True) -> int:
+        """Send one of our own answers; returns the body bytes sent (0 if the client is gone)."""
+        data = simple_response(status, f"wmproxy: {text}", extra, body=body)
         try:
-            self.client.sendall(simple_response(status, f"wmproxy: {text}", extra))
+            self.client.sendall(data)
         except OSError:
-            pass
+            return 0
+        return len(data) - data.index(b"\r\n\r\n") - 4
 
     def _reply_log(self, head: Head, status: int, text: str, started: float, extra=()) -> None:
-        self._error(status, text, extra)
-        self._log(head, status, 0, started, text)
+        self._log(head, status, self._error(status, text, extra, head.method != "HEAD"), started, text)
 
     def _log(self, head: Head, status: int, size: int, started: float, note: str = "") -> None:
         """One access-log line per request, combined-like, plus the listener's counters."""

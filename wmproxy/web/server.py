@@ -371,7 +371,7 @@ class WebServer(Listener):
         headers = req.apply(list(extra), req.response_rules())
         body = req.head.method != "HEAD"
         client.sendall(http1.simple_response(status, text, headers, close=not req.keep, body=body))
-        req.status, req.size = status, len(text.rstrip("\n")) + 1 if body else 0
+        req.status, req.size = status, len(text.rstrip("\n").encode()) + 1 if body else 0
 
     # -- proxy_url ------------------------------------------------------------------------------
     def _proxy(self, client, reader: Reader, req: Request, ctx: WebContext) -> None:

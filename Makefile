@@ -4,7 +4,8 @@
 # make fuzz  - the live center link fuzz for FUZZ_SECONDS (300) and the parsers' property tests
 # make install - a venv in $(PREFIX), programs in /usr/local/bin, configs in /etc/wmproxy (0640,
 #                group wmproxy), the user wmproxy, init scripts in /etc/init.d, systemd units in
-#                /etc/systemd/system, /etc/logrotate.d/wmproxy
+#                /etc/systemd/system, /etc/logrotate.d/wmproxy, man pages, bash/zsh completion
+# make docs    - regenerate docs/CONFIG.md, docs/man/ and conf/completion/ from the code
 # The system's python3 (Debian's build: PGO, LTO and libpython linked in) before another python3
 # on PATH, such as a pyenv build without --enable-optimizations: per request the proxy runs 7-8%
 # more instructions and serves 10-25% fewer requests on that one (docs/BENCHMARKS.md).
@@ -18,7 +19,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test bench fuzz install check clean
+.PHONY: run test bench fuzz install check docs clean
 
 $(BIN)/python:
 	@PYTHON=$(PYTHON) tools/apt-need py:ensurepip:python3-venv
@@ -46,7 +47,7 @@ run: $(VENV)/.installed
 	$(BIN)/python bin/wmproxy-server $(ARGS)
 
 test: $(VENV)/.installed-test $(VENV)/wheelhouse/.done
-	@tools/apt-need curl:curl ip:iproute2 unshare:util-linux nginx:nginx logrotate:logrotate systemd-analyze:systemd goaccess:goaccess
+	@tools/apt-need curl:curl ip:iproute2 unshare:util-linux nginx:nginx logrotate:logrotate systemd-analyze:systemd goaccess:goaccess groff:groff-base
 	WMPROXY_REQUIRE_SPEEDUPS=1 tools/in-netns $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
@@ -60,9 +61,14 @@ fuzz: $(VENV)/.installed-test
 	  -p no:cacheprovider -o timeout=0 tests/integration/test_fuzz_link.py \
 	  tests/unit/test_fuzz_splits.py tests/unit/test_frame.py tests/unit/test_socks.py tests/unit/test_http1.py
 
+# docs/CONFIG.md, the man pages and the shell completions, generated from the code (a test
+# checks that they are current)
+docs: $(VENV)/.installed-test
+	$(BIN)/python tools/gen_docs.py
+
+# the examples that name no certificate (the tests check every one, with certificates made for them)
 check: $(VENV)/.installed
-	$(BIN)/python bin/wmproxy-server --check -c conf/server.toml
-	$(BIN)/python bin/wmproxy-client --check -c conf/client.toml
+	for c in server web stream; do $(BIN)/python bin/wmproxy-server --check -c conf/$$c.toml || exit 1; done
 
 # The user the services run as (the units' User=, the init scripts' RUN_USER); the configs are
 # installed 0640 root:$(SERVICE_USER) so that it reads them and nothing else does.
@@ -83,6 +89,13 @@ install:
 	  install -m 644 conf/systemd/$$p.service $(DESTDIR)/etc/systemd/system/$$p.service; \
 	done
 	install -m 644 conf/logrotate/wmproxy $(DESTDIR)/etc/logrotate.d/wmproxy
+	install -d $(DESTDIR)/usr/local/share/man/man1 $(DESTDIR)/usr/local/share/bash-completion/completions \
+	  $(DESTDIR)/usr/local/share/zsh/site-functions
+	for p in wmproxy-server wmproxy-client; do \
+	  install -m 644 docs/man/$$p.1 $(DESTDIR)/usr/local/share/man/man1/$$p.1; \
+	  install -m 644 conf/completion/$$p.bash $(DESTDIR)/usr/local/share/bash-completion/completions/$$p; \
+	  install -m 644 conf/completion/_$$p $(DESTDIR)/usr/local/share/zsh/site-functions/_$$p; \
+	done
 	group=$$(getent group $(SERVICE_USER) >/dev/null && echo $(SERVICE_USER) || echo root); \
 	for c in server client; do \
 	  [ -e $(DESTDIR)/etc/wmproxy/$$c.toml ] || install -m 640 -g $$group conf/$$c.toml $(DESTDIR)/etc/wmproxy/$$c.toml; \

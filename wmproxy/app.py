@@ -99,6 +99,10 @@ def check_files(cfg: Config, config_file: str | None) -> None:
         raise ConfigError(config_file or "", e.path, e.message) from None
 
 
+#: the listeners that answer HTTP requests (a request duration histogram each)
+HTTP_KINDS = frozenset(("proxy", "http", "map-http"))
+
+
 class App:
     """Owns the listeners of one process and applies configurations to them."""
 
@@ -310,6 +314,7 @@ class App:
                 "bytes_in": st.bytes_in,
                 "bytes_out": st.bytes_out,
                 "requests": {str(code): n for code, n in sorted(st.statuses.items())},
+                **({"request_seconds": st.request_seconds.as_dict()} if listener.kind in HTTP_KINDS else {}),
             })
         proc = self._process
         with proc.oneshot():
@@ -347,6 +352,7 @@ class App:
                   for row in listener.mappings.status()),
                 *(self.center_client.mapping_status() if self.center_client is not None else []),
             ],
+            "upstreams": [row for group in self.http_groups.values() for row in group.status()],
             "process": process,
         }
 

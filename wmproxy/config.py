@@ -249,6 +249,7 @@ def table_list(cls: type) -> Callable[[Any], tuple]:
             raise Invalid(f"expected an array of tables ([[...]]), got {type(value).__name__} {value!r}")
         return tuple(build(cls, item, f"[{i}]") for i, item in enumerate(value))
 
+    convert.table = cls  # type: ignore[attr-defined]  # (for the generated reference, docs/CONFIG.md)
     return convert
 
 

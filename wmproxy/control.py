@@ -160,12 +160,22 @@ def metrics_text(st: dict) -> str:
             text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
             out.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
 
+    def histogram(name: str, help_: str, samples: list[tuple[dict, dict]]) -> None:
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} histogram")
+        for labels, h in samples:
+            text = "".join(f'{k}="{_label(v)}",' for k, v in labels.items())
+            out.extend(f'{name}_bucket{{{text}le="{le}"}} {n}' for le, n in h["buckets"].items())
+            out.append(f"{name}_sum{{{text.rstrip(',')}}} {h['sum']}")
+            out.append(f"{name}_count{{{text.rstrip(',')}}} {h['count']}")
+
     rows = st["listeners"]
-    per = [({"kind": r["kind"], "bind": r["bind"], "state": r["state"]}, r) for r in rows]
+    # labels that stay while a series lives: a listener's state is a series of its own
+    per = [({"kind": r["kind"], "bind": r["bind"]}, r) for r in rows]
     metric("wmproxy_info", "gauge", "Version of the running program.",
            [({"version": st["version"], "program": st["program"]}, 1)])
     metric("wmproxy_uptime_seconds", "gauge", "Seconds since the process started.", [({}, st["uptime_seconds"])])
-    metric("wmproxy_connections", "gauge", "Open client connections per listener.",
+    metric("wmproxy_open_connections", "gauge", "Open client connections per listener.",
            [(labels, r["connections"]) for labels, r in per])
     metric("wmproxy_connections_total", "counter", "Client connections accepted per listener.",
            [(labels, r["connections_total"]) for labels, r in per])
@@ -175,6 +185,21 @@ def metrics_text(st: dict) -> str:
            [(labels, r["bytes_out"]) for labels, r in per])
     metric("wmproxy_http_requests_total", "counter", "HTTP requests answered, by status.",
            [({**labels, "status": code}, n) for labels, r in per for code, n in r["requests"].items()])
+    metric("wmproxy_listener_draining", "gauge", "1 while a listener removed by a reload drains.",
+           [(labels, int(r["state"] == "draining")) for labels, r in per])
+    histogram("wmproxy_http_request_duration_seconds", "HTTP requests from the head read to the answer's end.",
+              [(labels, r["request_seconds"]) for labels, r in per if "request_seconds" in r])
+    ups = [({"upstream": u["upstream"], "server": u["server"]}, u) for u in st["upstreams"]]
+    metric("wmproxy_upstream_up", "gauge", "1 while an upstream server is in use (not out after failures or checks).",
+           [(labels, int(u["up"])) for labels, u in ups])
+    metric("wmproxy_upstream_requests_total", "counter", "Requests sent to an upstream server.",
+           [(labels, u["requests"]) for labels, u in ups])
+    metric("wmproxy_upstream_failures_total", "counter", "Connects and requests an upstream server failed.",
+           [(labels, u["failures"]) for labels, u in ups])
+    histogram("wmproxy_upstream_connect_seconds", "New connections to an upstream server (DNS, TCP, TLS).",
+              [(labels, u["connect_seconds"]) for labels, u in ups])
+    histogram("wmproxy_upstream_first_byte_seconds", "From the request sent to the response head received.",
+              [(labels, u["first_byte_seconds"]) for labels, u in ups])
     metric("wmproxy_center_links", "gauge", "Center links that are up.", [({}, len(st["center_links"]))])
     metric("wmproxy_reloads_total", "counter", "Configuration reloads applied.", [({}, st["reloads"])])
     metric("wmproxy_reload_failures_total", "counter", "Configuration reloads refused (old one kept).",

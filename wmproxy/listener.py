@@ -27,6 +27,7 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from .config import Addr
+from .metrics import Histogram
 from .net.limits import PerIpLimit
 
 
@@ -51,7 +52,7 @@ class ListenerSpec:
 class ConnStats:
     """Counters of one listener, kept across updates (for /status and /metrics)."""
 
-    __slots__ = ("active", "total", "bytes_in", "bytes_out", "statuses")
+    __slots__ = ("active", "total", "bytes_in", "bytes_out", "statuses", "request_seconds")
 
     def __init__(self) -> None:
         self.active = 0
@@ -59,6 +60,7 @@ class ConnStats:
         self.bytes_in = 0  # from clients
         self.bytes_out = 0  # to clients
         self.statuses: Counter = Counter()  # HTTP status -> requests
+        self.request_seconds = Histogram()  # HTTP requests: from the head read to the answer's end
 
 
 _OUT_OF_FDS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))

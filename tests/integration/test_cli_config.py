@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
@@ -22,7 +24,7 @@ def check(*args: str, env: dict | None = None, prog: str = SERVER) -> subprocess
 
 @pytest.mark.parametrize("prog,conf", [(SERVER, "conf/server.toml"), (CLIENT, "conf/client.toml"),
                                        (SERVER, "conf/center-server.toml"), (CLIENT, "conf/center-client.toml"),
-                                       (SERVER, "conf/web.toml")])
+                                       (SERVER, "conf/web.toml"), (SERVER, "conf/stream.toml")])
 def test_example_configs_pass_check(prog, conf, tmp_path):
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()  # the examples name certificates under /etc/wmproxy/certs: put real ones here instead
@@ -34,6 +36,36 @@ def test_example_configs_pass_check(prog, conf, tmp_path):
     r = check("-c", str(path), prog=prog)
     assert r.returncode == 0, r.stderr
     assert "configuration OK" in r.stdout
+
+
+def _tables(cls: type, path: str = ""):
+    for f in dataclasses.fields(cls):
+        inner = f.metadata.get("section") or getattr(f.metadata.get("conv"), "table", None)
+        if inner is not None:
+            name = f"{path}.{f.name}" if path else f.name
+            yield name
+            yield from _tables(inner, name)
+
+
+def _present(data: dict, path: str = ""):
+    for k, v in data.items():
+        name = f"{path}.{k}" if path else k
+        if isinstance(v, dict):
+            yield name
+            yield from _present(v, name)
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            yield name
+            for x in v:
+                yield from _present(x, name)
+
+
+def test_example_configs_cover_every_section():
+    from wmproxy import config
+
+    shown = set()
+    for path in (ROOT / "conf").glob("*.toml"):
+        shown |= set(_present(tomllib.loads(path.read_text())))
+    assert set(_tables(config.Config)) <= shown, set(_tables(config.Config)) - shown
 
 
 @pytest.mark.parametrize("toml,expected", [

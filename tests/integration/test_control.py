@@ -50,10 +50,15 @@ def test_status_and_metrics_count_what_happened(start_proxy, origin, tmp_path):
     status, body = control(cport, "GET", "/metrics")
     assert status == 200
     m = samples(body.decode())
-    labels = {"kind": "proxy", "bind": f"127.0.0.1:{p.port}", "state": "serving"}
+    labels = {"kind": "proxy", "bind": f"127.0.0.1:{p.port}"}  # no label that changes while the series lives
     assert m[("wmproxy_http_requests_total", frozenset({**labels, "status": "200"}.items()))] == 3
     assert m[("wmproxy_http_requests_total", frozenset({**labels, "status": "502"}.items()))] == 1
     assert m[("wmproxy_connections_total", frozenset(labels.items()))] == proxy["connections_total"]
+    assert m[("wmproxy_listener_draining", frozenset(labels.items()))] == 0
+    # every HTTP request in the duration histogram (the SOCKS5 tunnel is not a request)
+    assert m[("wmproxy_http_request_duration_seconds_count", frozenset(labels.items()))] == 4
+    assert m[("wmproxy_http_request_duration_seconds_bucket", frozenset({**labels, "le": "+Inf"}.items()))] == 4
+    assert proxy["request_seconds"]["count"] == 4
     assert m[("wmproxy_reloads_total", frozenset())] == 0
     assert m[("wmproxy_reload_failures_total", frozenset())] == 0
     assert m[("process_open_fds", frozenset())] > 3
@@ -102,3 +107,49 @@ def test_non_loopback_control_needs_a_token(tmp_path):
     conf.write_text('control = "0.0.0.0:8837"\n')
     r = subprocess.run([sys.executable, SERVER, "--check", "-c", str(conf)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "control: 0.0.0.0:8837 is reachable from other hosts: set control_token" in r.stderr
+
+
+def test_upstream_server_metrics_and_the_grafana_dashboard(start_proxy, origin, origin_b):
+    """Per upstream server: requests, failures, connect and first-byte histograms; then every
+    query of conf/grafana/wmproxy.json is checked against this live scrape: each metric it names
+    is exported, and each label it groups by is on that metric."""
+    import re
+
+    cport, hport, dead = free_port(), free_port(), free_port()
+    p = start_proxy(config=f'control = "127.0.0.1:{cport}"\n[proxy]\nbind = "127.0.0.1:{{port}}"\n'
+                           f'[[http.upstream]]\nname = "app"\nserver = [{{ addr = "127.0.0.1:{origin.port}" }}, '
+                           f'{{ addr = "127.0.0.1:{origin_b.port}" }}, {{ addr = "127.0.0.1:{dead}", max_fails = 1 }}]\n'
+                           f'[[http.server]]\nbind = "127.0.0.1:{hport}"\n'
+                           '[[http.server.location]]\nrule = "/"\nproxy_url = "http://app"\n')
+    p.wait_log(" started (pid")
+    for _ in range(6):
+        assert curl(f"http://127.0.0.1:{hport}/whoami").stdout in (b"origin-A", b"origin-B")
+    status, body = control(cport, "GET", "/status")
+    ups = {u["server"]: u for u in json.loads(body)["upstreams"]}
+    a, b, d = ups[f"127.0.0.1:{origin.port}"], ups[f"127.0.0.1:{origin_b.port}"], ups[f"127.0.0.1:{dead}"]
+    assert a["requests"] + b["requests"] == 6 and a["failures"] == b["failures"] == 0
+    assert d["failures"] == 1 and not d["up"] and d["requests"] == 0  # refused: out after max_fails = 1
+    assert a["first_byte_seconds"]["count"] == a["requests"] and a["connect_seconds"]["count"] >= 1
+
+    text = control(cport, "GET", "/metrics")[1].decode()
+    m = samples(text)
+    labels = frozenset({"upstream": "app", "server": f"127.0.0.1:{dead}"}.items())
+    assert m[("wmproxy_upstream_failures_total", labels)] == 1 and m[("wmproxy_upstream_up", labels)] == 0
+    web = frozenset({"kind": "http", "bind": f"127.0.0.1:{hport}"}.items())
+    assert m[("wmproxy_http_request_duration_seconds_count", web)] == 6
+
+    series = {}  # sample name -> the label names it carries
+    for f in text_string_to_metric_families(text):
+        for s in f.samples:
+            series.setdefault(s.name, set()).update(s.labels)
+    dashboard = json.loads((ROOT / "conf" / "grafana" / "wmproxy.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 10
+    for expr in exprs:
+        names = re.findall(r"\b((?:wmproxy|process)_[a-z_]+)\b", expr)
+        assert names, expr
+        for name in names:
+            assert name in series, f"{name} (in {expr!r}) is not exported"
+            for group in re.findall(r"by \(([^)]*)\)", expr):
+                for label in (x.strip() for x in group.split(",")):
+                    assert label == "le" or label in series[name], f"{name} has no label {label!r}"

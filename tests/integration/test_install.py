@@ -32,9 +32,18 @@ def test_make_install_lays_out_programs_services_and_private_configs(tmp_path):
     for name in ("server", "client"):
         conf = dest / "etc/wmproxy" / f"{name}.toml"
         assert stat.S_IMODE(conf.stat().st_mode) == 0o640  # passwords and tokens are not for everyone
-        installed = dest / "opt/wmproxy/bin" / f"wmproxy-{name}"
-        r = subprocess.run([str(installed), "--check", "-c", str(conf)], capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0 and "configuration OK" in r.stdout, r.stdout + r.stderr
+    bin_dir = dest / "opt/wmproxy/bin"
+    r = subprocess.run([str(bin_dir / "wmproxy-server"), "--check", "-c", str(dest / "etc/wmproxy/server.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "configuration OK" in r.stdout, r.stdout + r.stderr
+    # the client is not ready until its operator has named the center server's CA: it says so
+    r = subprocess.run([str(bin_dir / "wmproxy-client"), "--check", "-c", str(dest / "etc/wmproxy/client.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "center.ca: cannot read /etc/wmproxy/certs/ca.pem" in r.stderr, r.stderr
+    for page in ("man1/wmproxy-server.1", "man1/wmproxy-client.1"):
+        assert (dest / "usr/local/share/man" / page).exists()
+    assert (dest / "usr/local/share/bash-completion/completions/wmproxy-client").exists()
+    assert (dest / "usr/local/share/zsh/site-functions/_wmproxy-server").exists()
     # a second install keeps the operator's edited configs
     (dest / "etc/wmproxy/server.toml").write_text("# mine\n[proxy]\n")
     r = subprocess.run(["make", "-C", str(ROOT), "install", f"DESTDIR={dest}", "PREFIX=/opt/wmproxy"],

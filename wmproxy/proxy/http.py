@@ -168,7 +168,9 @@ class HttpSession:
         """One access-log line per request, combined-like, plus the listener's counters."""
         self.info.proto = "http"
         self.info.down += size
-        self.ctx.stats.statuses[status] += 1
+        stats = self.ctx.stats
+        stats.statuses[status] += 1
+        stats.request_seconds.observe(time.monotonic() - started)
         if not access_log.isEnabledFor(logging.INFO):
             return  # (the parse of credentials below is skipped too)
         creds = http1.parse_basic_auth(head.get(b"proxy-authorization")) if self.auth else None

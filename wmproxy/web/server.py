@@ -25,6 +25,7 @@ from ..config import Config, HttpConfig, to_addr
 from ..errors import PhaseTimeout, ProtocolError, UpstreamError
 from ..listener import Listener, ListenerSpec
 from ..logs import access_log, log_access
+from ..metrics import Histogram
 from ..net import httpio
 from ..net.dial import fmt_addr, ip_allowed
 from ..net.idle import ConnWatch
@@ -415,8 +416,10 @@ class WebServer(Listener):
                     failure = str(e)
                     break  # the next server: nothing was sent
                 server.active += 1
+                server.requests += 1
                 try:
-                    outcome = self._attempt(client, reader, req, ctx, conn, out, upgrade, plan.response_rules)
+                    outcome = self._attempt(client, reader, req, ctx, conn, out, upgrade, plan.response_rules,
+                                            server.first_byte_seconds)
                 finally:
                     server.active -= 1
                 if isinstance(outcome, httpio.ClientBodyError):  # the client's fault, not the server's
@@ -453,10 +456,12 @@ class WebServer(Listener):
         self._discard_body(reader, req)
         return self._reply(client, req, 502, f"no upstream server could be reached ({failure})")
 
-    def _attempt(self, client, reader: Reader, req: Request, ctx: WebContext, conn, out: bytes, upgrade, rules):
+    def _attempt(self, client, reader: Reader, req: Request, ctx: WebContext, conn, out: bytes, upgrade, rules,
+                 first_byte: Histogram):
         """Send the request on ``conn`` and forward the response (``rules``: the response's
-        header rules) -> httpio.Forwarded, or the exception that stopped it before any response
-        byte reached the client (httpio.ClientBodyError: the client's body broke off)."""
+        header rules; ``first_byte``: the time from sending to the response head is observed
+        there) -> httpio.Forwarded, or the exception that stopped it before any response byte
+        reached the client (httpio.ClientBodyError: the client's body broke off)."""
         loc = req.location
         req.state.waiting(conn.reader, loc.proxy_read_timeout)
         finish = (lambda h: req.apply(h, rules)) if rules else None
@@ -466,12 +471,14 @@ class WebServer(Listener):
             req.state.waiting(None, ctx.body_timeout)  # the client's silence while it sends its body
             send = self._body_deadline(req, ctx, send)
             on_sent = partial(self._body_sent, req.state, conn.reader, loc.proxy_read_timeout)
+        sent_at = time.monotonic()
         try:
             # interim 1xx other than 101 are skipped: the proxy answered Expect itself
             response, _ = httpio.exchange(reader, send, conn.reader, req.framing, out, req.head.method, ctx.max_head,
                                           finish=finish, on_sent=on_sent)
         except (PeerClosed, ProtocolError, OSError, httpio.ClientBodyError) as e:  # socket.timeout included
             return e
+        first_byte.observe(time.monotonic() - sent_at)
         if response.status == 101 and upgrade:
             req.state.stop()  # the relay that follows watches its own idle time
         try:
@@ -486,6 +493,7 @@ class WebServer(Listener):
 
     def _log(self, req: Request) -> None:
         self.stats.statuses[req.status] += 1
+        self.stats.request_seconds.observe(time.monotonic() - req.started)
         fmt = req.location.access_log if req.location is not None else ""
         if fmt == "off" or not access_log.isEnabledFor(logging.INFO):
             return

@@ -34,6 +34,7 @@ from .net.listen import BindError, open_listener, open_udp
 from .net.tls import client_context
 from . import logs
 from .logs import LogSettings
+from .metrics import merge_servers
 from .service import notify, notify_reloading
 
 log = logging.getLogger("wmproxy")
@@ -352,7 +353,9 @@ class App:
                   for row in listener.mappings.status()),
                 *(self.center_client.mapping_status() if self.center_client is not None else []),
             ],
-            "upstreams": [row for group in self.http_groups.values() for row in group.status()],
+            "upstreams": merge_servers([*(row for group in self.http_groups.values() for row in group.status()),
+                                        *(row for listener in self.listeners.values()
+                                          for row in listener.upstream_status())]),
             "process": process,
         }
 

@@ -52,12 +52,13 @@ def _json(client, status: int, value) -> None:
     _reply(client, status, json.dumps(value, indent=2).encode() + b"\n", "application/json")
 
 
-def relayed_by_us(address) -> bool:
-    """Whether the peer ``address`` is the local end of an outgoing connection of this very
-    process: a forward proxy, a mapping or a reverse proxy dialled the control port for a
-    client. (The forward proxy refuses its own listeners already; this holds whatever route.)
-    Only a peer with one of this host's addresses can be: the others cost no scan of the
-    process's connections."""
+def relayed_by_us(address, local) -> bool:
+    """Whether the connection from the peer ``address`` to ``local`` (the control socket's end)
+    is an outgoing connection of this very process: a forward proxy, a mapping or a reverse
+    proxy dialled the control port for a client. (The forward proxy refuses its own listeners
+    already; this holds whatever route.) Both ends must match: the kernel gives one local port
+    to connections to different destinations, so a port alone is not ours. Only a peer with one
+    of this host's addresses can be: the others cost no scan of the process's connections."""
     try:
         addr = plain_ip(address[0])
     except ValueError:
@@ -68,8 +69,9 @@ def relayed_by_us(address) -> bool:
         conns = psutil.Process().net_connections(kind="tcp")
     except (psutil.Error, OSError):
         return False
-    peer = (address[0], address[1])
-    return any(c.laddr and (c.laddr[0], c.laddr[1]) == peer for c in conns)
+    peer, ours = (address[0], address[1]), (local[0], local[1])
+    return any(c.laddr and c.raddr and (c.laddr[0], c.laddr[1]) == peer and (c.raddr[0], c.raddr[1]) == ours
+               for c in conns)
 
 
 class ControlServer(Listener):
@@ -85,7 +87,8 @@ class ControlServer(Listener):
 
     def serve(self, client: socket.socket, address, ctx: ControlContext) -> None:
         client.settimeout(10)
-        if relayed_by_us(address):  # a loopback peer, but one of our own connections: a proxy user's
+        # a loopback peer, but one of our own connections: a proxy user's
+        if relayed_by_us(address, client.getsockname()):
             _json(client, 403, {"error": "the control API does not take connections relayed by this process"})
             log.warning("control API: refused a connection from %s relayed by this process (proxy, mapping or "
                         "reverse proxy)", address[0])
@@ -189,7 +192,7 @@ def metrics_text(st: dict) -> str:
            [(labels, int(r["state"] == "draining")) for labels, r in per])
     histogram("wmproxy_http_request_duration_seconds", "HTTP requests from the head read to the answer's end.",
               [(labels, r["request_seconds"]) for labels, r in per if "request_seconds" in r])
-    ups = [({"upstream": u["upstream"], "server": u["server"]}, u) for u in st["upstreams"]]
+    ups = [({"kind": u["kind"], "upstream": u["upstream"], "server": u["server"]}, u) for u in st["upstreams"]]
     metric("wmproxy_upstream_up", "gauge", "1 while an upstream server is in use (not out after failures or checks).",
            [(labels, int(u["up"])) for labels, u in ups])
     metric("wmproxy_upstream_requests_total", "counter", "Requests sent to an upstream server.",

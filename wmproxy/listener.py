@@ -122,6 +122,10 @@ class Listener(AcceptGuard, StreamServer):
         super().__init__(sock, spawn=Pool(self.max_connections(spec.settings)))
 
     # -- for subclasses ---------------------------------------------------------------------
+    def upstream_status(self) -> list[dict]:
+        """Its upstream servers' figures (metrics.ServerMetrics.row), for /status and /metrics."""
+        return []
+
     def make_context(self, settings: Any, app) -> Any:
         raise NotImplementedError
 

@@ -115,8 +115,12 @@ def test_upstream_server_metrics_and_the_grafana_dashboard(start_proxy, origin, 
     is exported, and each label it groups by is on that metric."""
     import re
 
-    cport, hport, dead = free_port(), free_port(), free_port()
+    cport, hport, sport, dead = free_port(), free_port(), free_port(), free_port()
     p = start_proxy(config=f'control = "127.0.0.1:{cport}"\n[proxy]\nbind = "127.0.0.1:{{port}}"\n'
+                           # a [stream] upstream of the same name: its own series (kind="stream")
+                           f'[[stream.upstream]]\nname = "app"\nserver = [{{ addr = "127.0.0.1:{dead}" }}, '
+                           f'{{ addr = "127.0.0.1:{origin.port}" }}]\n'
+                           f'[[stream.server]]\nbind = "127.0.0.1:{sport}"\nup_name = "app"\n'
                            f'[[http.upstream]]\nname = "app"\nserver = [{{ addr = "127.0.0.1:{origin.port}" }}, '
                            f'{{ addr = "127.0.0.1:{origin_b.port}" }}, {{ addr = "127.0.0.1:{dead}", max_fails = 1 }}]\n'
                            f'[[http.server]]\nbind = "127.0.0.1:{hport}"\n'
@@ -124,8 +128,15 @@ def test_upstream_server_metrics_and_the_grafana_dashboard(start_proxy, origin, 
     p.wait_log(" started (pid")
     for _ in range(6):
         assert curl(f"http://127.0.0.1:{hport}/whoami").stdout in (b"origin-A", b"origin-B")
+    for _ in range(2):
+        assert curl(f"http://127.0.0.1:{sport}/whoami").stdout == b"origin-A"
     status, body = control(cport, "GET", "/status")
-    ups = {u["server"]: u for u in json.loads(body)["upstreams"]}
+    rows = json.loads(body)["upstreams"]
+    streamed = {u["server"]: u for u in rows if u["kind"] == "stream"}
+    assert streamed[f"127.0.0.1:{origin.port}"]["requests"] == 2
+    assert streamed[f"127.0.0.1:{origin.port}"]["connect_seconds"]["count"] == 2
+    assert streamed[f"127.0.0.1:{dead}"]["failures"] == streamed[f"127.0.0.1:{dead}"]["requests"] >= 1
+    ups = {u["server"]: u for u in rows if u["kind"] == "http"}
     a, b, d = ups[f"127.0.0.1:{origin.port}"], ups[f"127.0.0.1:{origin_b.port}"], ups[f"127.0.0.1:{dead}"]
     assert a["requests"] + b["requests"] == 6 and a["failures"] == b["failures"] == 0
     assert d["failures"] == 1 and not d["up"] and d["requests"] == 0  # refused: out after max_fails = 1
@@ -133,7 +144,7 @@ def test_upstream_server_metrics_and_the_grafana_dashboard(start_proxy, origin, 
 
     text = control(cport, "GET", "/metrics")[1].decode()
     m = samples(text)
-    labels = frozenset({"upstream": "app", "server": f"127.0.0.1:{dead}"}.items())
+    labels = frozenset({"kind": "http", "upstream": "app", "server": f"127.0.0.1:{dead}"}.items())
     assert m[("wmproxy_upstream_failures_total", labels)] == 1 and m[("wmproxy_upstream_up", labels)] == 0
     web = frozenset({"kind": "http", "bind": f"127.0.0.1:{hport}"}.items())
     assert m[("wmproxy_http_request_duration_seconds_count", web)] == 6

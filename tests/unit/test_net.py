@@ -403,3 +403,19 @@ def test_auth_throttle_is_bounded_under_a_flood_of_addresses():
     assert t.blocked("10.0.0.1")  # counted before the flood, still refused
     t.succeeded("10.0.0.1")
     assert not t.blocked("10.0.0.1")
+
+
+def test_histogram_buckets_are_cumulative_and_merged_rows_add_up():
+    from wmproxy.metrics import Histogram, merge_servers
+
+    h = Histogram()
+    for seconds in (0.001, 0.005, 0.2, 3.0, 60.0):
+        h.observe(seconds)
+    d = h.as_dict()
+    assert d["buckets"]["0.005"] == 2 and d["buckets"]["0.25"] == 3 and d["buckets"]["5"] == 4
+    assert d["buckets"]["+Inf"] == d["count"] == 5 and abs(d["sum"] - 63.206) < 1e-9
+    row = {"kind": "http", "upstream": "app", "server": "a:1", "up": False, "active": 1, "requests": 2, "failures": 1,
+           "connect_seconds": d, "first_byte_seconds": Histogram().as_dict()}
+    (merged,) = merge_servers([row, {**row, "up": True}])
+    assert merged["up"] and merged["requests"] == 4 and merged["connect_seconds"]["buckets"]["+Inf"] == 10
+    assert len(merge_servers([row, {**row, "server": "b:1"}])) == 2

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import time
 
 from ..config import Config, StreamServerConfig, StreamUpstreamConfig
 from ..errors import ProtocolError, UpstreamError
 from ..listener import ConnStats, Listener, ListenerSpec
+from ..metrics import ServerMetrics
 from ..net import ws
 from ..net.balance import WeightedRoundRobin, hash_index
 from ..net.dial import dial, fmt_addr
@@ -31,6 +33,7 @@ class StreamContext:
         self.resolver = resolver
         self.stats = stats
         self.balancer = WeightedRoundRobin(upstream.server)
+        self.metrics = {str(s.addr): ServerMetrics() for s in upstream.server}
         # tcp2wss: the verifying TLS context, once (not a CA file read per connection)
         self.ws_tls = client_context(server.ws_ca, ca_key="stream.server.ws_ca") \
             if server.bind_mode == "tcp2wss" else None
@@ -53,6 +56,10 @@ class StreamTcpServer(Listener):
     def max_per_ip(self, settings) -> int:
         return settings[0].max_connections_per_ip
 
+    def upstream_status(self) -> list[dict]:
+        ctx = self.ctx
+        return [figures.row("stream", ctx.upstream.name, addr, True, 0) for addr, figures in ctx.metrics.items()]
+
     def serve(self, client: socket.socket, address, ctx: StreamContext) -> None:
         peer = fmt_addr(address[0], address[1])
         mode = ctx.cfg.bind_mode
@@ -71,9 +78,13 @@ class StreamTcpServer(Listener):
         else:
             order = ctx.balancer.order()
         for server in order:
+            figures = ctx.metrics[str(server.addr)]
+            figures.requests += 1
+            started = time.monotonic()
             try:
                 upstream = dial(ctx.resolver, server.addr.host, server.addr.port, ctx.cfg.connect_timeout)
             except UpstreamError as e:
+                figures.failures += 1
                 errors.append(str(e))
                 continue
             if mode in ("tcp2ws", "tcp2wss"):
@@ -81,8 +92,10 @@ class StreamTcpServer(Listener):
                     upstream = self._websocket(upstream, server.addr, ctx)
                 except (UpstreamError, ssl.SSLError, OSError) as e:
                     upstream.close()
+                    figures.failures += 1
                     errors.append(str(e))
                     continue
+            figures.connect_seconds.observe(time.monotonic() - started)
             break
         else:
             log.warning("%s stream %s -> upstream %r: every server failed: %s", peer, ctx.cfg.bind,

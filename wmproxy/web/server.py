@@ -416,10 +416,10 @@ class WebServer(Listener):
                     failure = str(e)
                     break  # the next server: nothing was sent
                 server.active += 1
-                server.requests += 1
+                server.metrics.requests += 1
                 try:
                     outcome = self._attempt(client, reader, req, ctx, conn, out, upgrade, plan.response_rules,
-                                            server.first_byte_seconds)
+                                            server.metrics.first_byte_seconds)
                 finally:
                     server.active -= 1
                 if isinstance(outcome, httpio.ClientBodyError):  # the client's fault, not the server's

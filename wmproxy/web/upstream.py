@@ -20,7 +20,7 @@ import gevent
 
 from ..config import Addr, HttpUpstreamConfig, HttpUpstreamServerConfig
 from ..errors import ProtocolError, UpstreamError
-from ..metrics import Histogram
+from ..metrics import ServerMetrics
 from ..net.balance import WeightedRoundRobin, hash_index
 from ..net.dial import dial
 from ..net.reader import Reader
@@ -75,16 +75,13 @@ class ServerState:
         self.idle: list[Conn] = []
         self.checked_down = False  # taken out by the active health check
         self.streak = 0  # checks in a row with the same outcome, against rise/fall
-        self.requests = 0  # sent to it (a retry on another server counts there too)
-        self.failures = 0  # connects and requests that failed (what max_fails counts)
-        self.connect_seconds = Histogram()  # new connections: DNS, TCP and TLS
-        self.first_byte_seconds = Histogram()  # request sent -> response head in
+        self.metrics = ServerMetrics()
 
     def live(self, now: float) -> bool:
         return now >= self.down_until and not self.checked_down
 
     def failed(self, why: str) -> None:
-        self.failures += 1
+        self.metrics.failures += 1
         if self.cfg.max_fails == 0:
             return
         now = time.monotonic()
@@ -171,7 +168,7 @@ class UpstreamGroup:
                 sock.close()
                 raise UpstreamError(f"TLS with {server.cfg.addr} ({name}): {e}") from None
             sock.settimeout(None)
-        server.connect_seconds.observe(time.monotonic() - started)
+        server.metrics.connect_seconds.observe(time.monotonic() - started)
         return Conn(sock), False
 
     def release(self, server: ServerState, conn: Conn, reusable: bool) -> None:
@@ -186,9 +183,7 @@ class UpstreamGroup:
     def status(self) -> list[dict]:
         """Each server's health and figures, for /status and /metrics."""
         now = time.monotonic()
-        return [{"upstream": self.cfg.name, "server": s.addr, "up": s.live(now), "active": s.active,
-                 "requests": s.requests, "failures": s.failures, "connect_seconds": s.connect_seconds.as_dict(),
-                 "first_byte_seconds": s.first_byte_seconds.as_dict()} for s in self.servers]
+        return [s.metrics.row("http", self.cfg.name, s.addr, s.live(now), s.active) for s in self.servers]
 
     # -- active health checks ------------------------------------------------------------------
     def _check_forever(self) -> None:

@@ -92,6 +92,7 @@ class _State:
     files: list[_Reopenable] = []
     settings = LogSettings()
     capture_stdio = False
+    access_style = "wmproxy"  # or "combined", or "json"
 
 
 def _formatter(fmt: str, bare: bool = False) -> logging.Formatter:
@@ -138,8 +139,7 @@ def setup_logging(settings: LogSettings, capture_stdio: bool | None = None) -> N
     _State.settings = settings
     if capture_stdio is not None:
         _State.capture_stdio = capture_stdio
-    global _render
-    _render = _RENDER[settings.access_format] if settings.format == "text" else _no_text
+    _State.access_style = "json" if settings.format == "json" else settings.access_format
     _point_stdio()
 
 
@@ -177,20 +177,17 @@ def _text(value: bytes | None, limit: int = 300) -> str:
     return value[:limit].decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
-@dataclass(frozen=True, slots=True)
 class AccessFields:
-    ip: str
-    user: str
-    created: float
-    method: str
-    target: str
-    version: str
-    status: int
-    size: int
-    referer: bytes | None
-    agent: bytes | None
-    ms: float
-    note: str
+    """One access line's values, for the JSON format."""
+
+    __slots__ = ("ip", "user", "created", "method", "target", "version", "status", "size", "referer", "agent",
+                 "ms", "note")
+
+    def __init__(self, ip: str, user: str, created: float, method: str, target: str, version: str, status: int,
+                 size: int, referer: bytes | None, agent: bytes | None, ms: float, note: str) -> None:
+        self.ip, self.user, self.created, self.method, self.target, self.version = \
+            ip, user, created, method, target, version
+        self.status, self.size, self.referer, self.agent, self.ms, self.note = status, size, referer, agent, ms, note
 
     def as_dict(self) -> dict:
         return {"client_ip": self.ip, "user": self.user or None, "method": self.method, "target": self.target,
@@ -200,22 +197,27 @@ class AccessFields:
                 "duration_ms": round(self.ms, 3), "note": self.note or None}
 
 
-def _combined(f: AccessFields) -> str:
-    when = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(f.created))
-    return (f'{f.ip} - {f.user or "-"} [{when}] "{f.method} {_text(f.target.encode("latin-1", "replace"), 2000)} '
-            f'HTTP/{f.version}" {f.status} {f.size} "{_text(f.referer)}" "{_text(f.agent)}"')
+class _Clock:
+    """The access log's time, formatted once a second rather than per request."""
+
+    second = -1
+    text = ""
+
+    @classmethod
+    def now(cls) -> str:
+        t = time.time()
+        if int(t) != cls.second:
+            cls.second = int(t)
+            cls.text = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(t))
+        return cls.text
 
 
-def _wmproxy(f: AccessFields) -> str:
-    return f"{_combined(f)} {f.ms:.1f}ms" + (f" ({f.note})" if f.note else "")
-
-
-def _no_text(f: AccessFields) -> str:
-    return ""
-
-
-_RENDER = {"combined": _combined, "wmproxy": _wmproxy}
-_render = _wmproxy
+def _combined(ip: str, user: str, method: str, target: str, version: str, status: int, size: int,
+              referer: bytes | None, agent: bytes | None) -> str:
+    if not (target.isprintable() and '"' not in target and "\\" not in target and len(target) <= 2000):
+        target = _text(target.encode("latin-1", "replace"), 2000)
+    return (f'{ip} - {user or "-"} [{_Clock.now()}] "{method} {target} '
+            f'HTTP/{version}" {status} {size} "{_text(referer)}" "{_text(agent)}"')
 
 
 def log_access(ip: str, user: str, head, target: str, status: int, size: int, started: float, note: str = "") -> None:
@@ -223,6 +225,15 @@ def log_access(ip: str, user: str, head, target: str, status: int, size: int, st
     as nginx's $body_bytes_sent)."""
     if not access_log.isEnabledFor(logging.INFO):
         return
-    fields = AccessFields(ip, user, time.time(), head.method, target[:2000], head.version, status, size,
-                          head.get(b"referer"), head.get(b"user-agent"), (time.monotonic() - started) * 1000, note)
-    access_log.info("%s", _render(fields), extra={"access": fields})
+    ms = (time.monotonic() - started) * 1000
+    style = _State.access_style
+    if style == "json":
+        fields = AccessFields(ip, user, time.time(), head.method, target[:2000], head.version, status, size,
+                              head.get(b"referer"), head.get(b"user-agent"), ms, note)
+        access_log.info("", extra={"access": fields})
+        return
+    line = _combined(ip, user, head.method, target, head.version, status, size, head.get(b"referer"),
+                     head.get(b"user-agent"))
+    if style == "wmproxy":
+        line = f"{line} {ms:.1f}ms" + (f" ({note})" if note else "")
+    access_log.info("%s", line)

@@ -1,11 +1,14 @@
 """Latency histograms for /metrics (Prometheus histograms: cumulative buckets, sum, count).
 
-Pure and cheap: an observation is one bisect and two additions, no lock (one gevent hub).
+Pure and cheap: an observation is a comparison (or a bisect) and two additions, no lock (one
+gevent hub); in C (prot/_speedups.c) where it was built, as http1's speedups.
 """
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
+from functools import partial
 
 #: upper bounds in seconds, Prometheus's default buckets (a request, a connect, a first byte)
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -29,18 +32,31 @@ class ServerMetrics:
                 "first_byte_seconds": self.first_byte_seconds.as_dict()}
 
 
+def observe_py(counts: list, seconds: float) -> None:
+    """Count ``seconds`` in ``counts`` (one count per bucket, the last above every bound, then
+    the sum). The C version (prot/_speedups.c) gives the same answers in a tenth of the time."""
+    # most requests take less than the first bound: one comparison instead of a bisect
+    counts[0 if seconds <= BUCKETS[0] else bisect_left(BUCKETS, seconds)] += 1
+    counts[-1] += seconds
+
+
+if os.environ.get("WMPROXY_NO_SPEEDUPS"):
+    _observe = observe_py
+else:
+    try:
+        from .prot._speedups import observe as _observe
+    except ImportError:  # not built: the same, slower
+        _observe = observe_py
+
+
 class Histogram:
-    __slots__ = ("counts", "sum", "count")
+    """Request latencies in BUCKETS. ``observe(seconds)`` counts one."""
+
+    __slots__ = ("counts", "observe")
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)  # the last: above every bound (+Inf only)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(BUCKETS, seconds)] += 1
-        self.sum += seconds
-        self.count += 1
+        self.counts: list = [0] * (len(BUCKETS) + 1) + [0.0]
+        self.observe = partial(_observe, self.counts)
 
     def as_dict(self) -> dict:
         """Cumulative counts per upper bound ('+Inf' last), as /status shows and /metrics prints."""
@@ -48,7 +64,7 @@ class Histogram:
         for bound, n in zip((*(f"{b:g}" for b in BUCKETS), "+Inf"), self.counts):
             total += n
             out[bound] = total
-        return {"buckets": out, "sum": round(self.sum, 6), "count": self.count}
+        return {"buckets": out, "sum": round(self.counts[-1], 6), "count": total}
 
 
 def _add(a: dict, b: dict) -> dict:

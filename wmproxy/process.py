@@ -22,6 +22,7 @@ from .app import App, BindError, check_files
 from .config import Config
 from .errors import ConfigError
 from .logs import LogSettings, reopen, setup_logging
+from .net import gevent_io
 from .prot import http1
 from .service import PrivilegeError, drop_privileges, notify
 
@@ -150,6 +151,12 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
         print(f"{prog}: cannot open log file {e.filename}: {e.strerror}", file=sys.stderr)
         return 1
     _raise_fd_limit()
+    try:
+        gevent_io.check()
+    except gevent_io.GeventChanged as e:
+        log.error("%s", e)
+        _report(wfd, f"{prog}: {e}")
+        return 1
     app = App(cfg, config_file, overrides, prog)
     try:
         app.start()

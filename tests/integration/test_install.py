@@ -64,6 +64,10 @@ def test_logrotate_rotates_and_the_running_proxy_writes_to_the_new_file(tmp_path
                           str(logs / "wmproxy-server.log"), "--pidfile", str(run / "wmproxy-server.pid")])
     try:
         wait_port(port, proc=p)
+        deadline = time.monotonic() + 10
+        while " started (pid" not in (logs / "wmproxy-server.log").read_text():  # SIGUSR1 is handled from then on
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         assert curl("-x", f"127.0.0.1:{port}", f"http://127.0.0.1:{origin.port}/whoami").stdout == b"origin-A"
         r = subprocess.run(["logrotate", "-f", "-s", str(tmp_path / "state"), str(tmp_path / "rules")],
                            capture_output=True, text=True, timeout=60)

@@ -117,6 +117,10 @@ def test_a_reload_applies_new_log_settings(tmp_path, origin):
     p = subprocess.Popen([sys.executable, SERVER, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, proc=p)
+        deadline = time.monotonic() + 10
+        while " started (pid" not in log.read_text():  # the SIGHUP handler is in place from then on
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         conf.write_text(f'log_file = "{log}"\nlog_format = "json"\naccess_log_file = "{access}"\n'
                         f'[proxy]\nbind = "127.0.0.1:{port}"\n')
         p.send_signal(signal.SIGHUP)

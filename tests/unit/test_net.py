@@ -7,6 +7,7 @@ import hashlib
 import os
 import socket
 import time
+from pathlib import Path
 
 import gevent
 import pytest
@@ -417,5 +418,33 @@ def test_histogram_buckets_are_cumulative_and_merged_rows_add_up():
     row = {"kind": "http", "upstream": "app", "server": "a:1", "up": False, "active": 1, "requests": 2, "failures": 1,
            "connect_seconds": d, "first_byte_seconds": Histogram().as_dict()}
     (merged,) = merge_servers([row, {**row, "up": True}])
+    # the C observation (prot/_speedups.c) and the Python one agree, bounds included
+    from wmproxy.metrics import BUCKETS, observe_py
+
+    speedups = pytest.importorskip("wmproxy.prot._speedups")
+    values = [0.0, -1.0, *BUCKETS, *(b * 1.0000001 for b in BUCKETS), *(b * 0.9999999 for b in BUCKETS), 1e9]
+    c_counts, py_counts = [0] * 12 + [0.0], [0] * 12 + [0.0]
+    for v in values:
+        speedups.observe(c_counts, v)
+        observe_py(py_counts, v)
+    assert c_counts == py_counts
+    with pytest.raises(TypeError):
+        speedups.observe([0, 0], 1.0)
     assert merged["up"] and merged["requests"] == 4 and merged["connect_seconds"]["buckets"]["+Inf"] == 10
     assert len(merge_servers([row, {**row, "server": "b:1"}])) == 2
+
+
+def test_gevent_internals_are_there_and_gevent_is_within_the_tested_versions():
+    import tomllib
+
+    import gevent
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    from wmproxy.net import gevent_io
+
+    gevent_io.check()  # what a process checks when it starts
+    deps = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["dependencies"]
+    (req,) = [Requirement(d) for d in deps if d.startswith("gevent")]
+    assert str(req.specifier) == ",".join(sorted(gevent_io.GEVENT_TESTED.split(",")))
+    assert Version(gevent.__version__) in req.specifier  # what CI installed is within the bound

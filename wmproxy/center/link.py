@@ -35,9 +35,9 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Group
 from gevent.queue import Empty, Queue
-from gevent.socket import socket as GeventSocket
 
 from ..errors import ProtocolError
+from ..net.gevent_io import kernel_socket, read_waiter
 from ..net.reader import PeerClosed, Reader
 from ..prot import frame as fr
 from ..prot.frame import Flag, Kind
@@ -498,8 +498,9 @@ class CenterLink:
         it is handled before the next recv: one syscall and one copy (the body's) for several
         DATA frames. DATA and WINDOW, the frames of a transfer, go to their stream inline."""
         sock, streams, max_body, unpack = self.sock, self.streams, self.max_frame, fr.HEADER_STRUCT.unpack_from
-        native = type(sock) is GeventSocket
-        recv_into = sock._sock.recv_into if native else sock.recv_into
+        kernel = kernel_socket(sock)
+        recv_into = kernel.recv_into if kernel is not None else sock.recv_into
+        wait_readable = read_waiter(sock)
         buf = bytearray(READ_BUFFER)
         mv = memoryview(buf)
         pending = self.reader.take_pending()  # what came after the handshake
@@ -545,7 +546,7 @@ class CenterLink:
             try:
                 n = recv_into(mv[end:])
             except BlockingIOError:  # a plain socket with nothing yet: wait for it
-                sock._wait(sock._read_event)
+                wait_readable()
                 continue
             if not n:
                 if start != end:

@@ -1,4 +1,4 @@
-"""The one place that calls ``recv``: a buffered reader over any socket-like object.
+"""A buffered reader over any socket-like object, for parsers that want whole messages.
 
 Works over a real (gevent) socket or a virtual connection alike: all it needs is
 ``recv(n)``. Parsers stay pure; this reader feeds them until they have a whole message.
@@ -11,9 +11,9 @@ import time
 from typing import Callable, TypeVar
 
 import gevent
-from gevent.socket import socket as GeventSocket
 
 from ..errors import NeedMore, ProtocolError
+from .gevent_io import kernel_socket, read_waiter
 
 T = TypeVar("T")
 
@@ -40,13 +40,12 @@ class Reader:
         self.sock = sock
         self.buf = bytearray()
         self.reads = 0
-        native = type(sock) is GeventSocket
+        kernel = kernel_socket(sock)
         # a plain gevent socket is read with the kernel socket's recv first (one Python layer
         # less per message); gevent's recv, which waits, only when nothing is there yet
-        self._recv = sock._sock.recv if native else sock.recv
-        wait, event = getattr(sock, "_wait", None), getattr(sock, "_read_event", None)
-        self._wait = (wait, event) if wait is not None and event is not None else None
-        self._watch = _Watch(sock.fileno()) if native and keep_watching else None
+        self._recv = kernel.recv if kernel is not None else sock.recv
+        self._wait = read_waiter(sock)
+        self._watch = _Watch(sock.fileno()) if kernel is not None and keep_watching else None
 
     def release(self) -> None:
         """Stop and drop the kept watcher, if any (call before or after closing the socket)."""
@@ -77,7 +76,7 @@ class Reader:
         if self._watch is not None:
             self._watch.wait()
         elif self._wait is not None:
-            self._wait[0](self._wait[1])
+            self._wait()
         self.reads += 1
         try:
             return self._recv(RECV_SIZE)

@@ -1,28 +1,14 @@
-"""Writing to a socket-like object without gevent's per-call overhead.
-
-gevent's ``sendall`` asks the kernel for SO_SNDBUF on every call (a syscall, costly under
-gVisor and visible at tens of thousands of requests a second); one ``send`` usually takes a
-small message whole, and only the rest, if any, goes through ``sendall``.
-"""
+"""Writing to and closing socket-like objects: ``send_all`` (in gevent_io, beside the gevent
+internals it uses) and ``close_quietly``."""
 
 from __future__ import annotations
 
 import socket
 import struct
 
-from gevent.socket import socket as GeventSocket
+from .gevent_io import send_all  # (it lives with the gevent internals it uses)
 
-
-def send_all(sock, data) -> None:
-    """Send all of ``data``. Blocks cooperatively; raises OSError like ``sendall``."""
-    try:
-        # a plain gevent socket: the kernel socket's send (non-blocking), one Python layer less
-        sent = sock._sock.send(data) if type(sock) is GeventSocket else sock.send(data)
-    except BlockingIOError:
-        sent = 0
-    if sent < len(data):
-        sock.sendall(memoryview(data)[sent:])
-
+__all__ = ["send_all", "close_quietly"]
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 

@@ -344,13 +344,11 @@ class App:
             "bytes_in": sum(r["bytes_in"] for r in rows),
             "bytes_out": sum(r["bytes_out"] for r in rows),
             "center_links": [
-                *(row for listener in self.listeners.values() if hasattr(listener, "link_status")
-                  for row in listener.link_status()),
+                *(row for listener in self.listeners.values() for row in listener.link_status()),
                 *([self.center_client.status()] if self.center_client is not None else []),
             ],
             "mappings": [
-                *(row for listener in self.listeners.values() if hasattr(listener, "mappings")
-                  for row in listener.mappings.status()),
+                *(row for listener in self.listeners.values() for row in listener.mapping_status()),
                 *(self.center_client.mapping_status() if self.center_client is not None else []),
             ],
             "upstreams": merge_servers([*(row for group in self.http_groups.values() for row in group.status()),

@@ -1,7 +1,7 @@
 """What every listener kind shares, so the app starts, diffs, updates and drains them alike.
 
-A kind (forward proxy, stream forwarding, control API; later the center link, mappings and
-``[http]``) declares itself with :class:`ListenerSpec` values built from a config:
+A kind (forward proxy, ``[stream]`` TCP and UDP, ``[http]``, the center server, mapping
+ports and shared mapping listeners, the control API) declares itself with :class:`ListenerSpec` values built from a config:
 
 - ``key`` (kind and bind address) says which listener it is: same key on reload, same socket;
 - ``settings`` (frozen config values) say whether it changed: equal settings, nothing to do;
@@ -122,8 +122,17 @@ class Listener(AcceptGuard, StreamServer):
         super().__init__(sock, spawn=Pool(self.max_connections(spec.settings)))
 
     # -- for subclasses ---------------------------------------------------------------------
+    # -- what /status and /metrics show of a listener beside its ConnStats (none by default) ----
     def upstream_status(self) -> list[dict]:
-        """Its upstream servers' figures (metrics.ServerMetrics.row), for /status and /metrics."""
+        """Its upstream servers' figures (metrics.ServerMetrics.row)."""
+        return []
+
+    def link_status(self) -> list[dict]:
+        """The center links it holds, one row each."""
+        return []
+
+    def mapping_status(self) -> list[dict]:
+        """The mappings published through it, one row each."""
         return []
 
     def make_context(self, settings: Any, app) -> Any:

@@ -88,3 +88,5 @@ def test_readme_first_screen_and_links():
             assert stale not in body, f"{doc.name}: {stale}"
     for conf in (ROOT / "conf").glob("*.toml"):
         assert "Until the center link lands" not in conf.read_text()
+    for source in (ROOT / "wmproxy").rglob("*.py"):  # the spec is cited from the project's own copy
+        assert "shared/docs" not in source.read_text(), source

@@ -25,7 +25,8 @@ from ..net.relay import link_owned, relay_then
 from ..prot import frame as fr
 from ..prot.frame import CreateMode, Flag, Kind
 from . import handshake
-from .link import CenterLink, VirtualConn
+from .link import CenterLink
+from .vconn import VirtualConn
 
 log = logging.getLogger("wmproxy.center")
 

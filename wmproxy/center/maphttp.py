@@ -94,7 +94,7 @@ class MapHttpServer(Listener):
             watch = ConnWatch(reader, ctx.idle_timeout, ctx.head_timeout,
                               f"request head not complete within {ctx.head_timeout:g}s")
             watch.until(started + ctx.head_timeout, watch.head_phase)  # the first head, from the start
-            up = Upstream()
+            up = RouteStream()
             try:
                 while self._one(client, reader, peer_ip, ctx, up, watch):
                     watch.waiting(None, ctx.idle_timeout)
@@ -143,7 +143,7 @@ class MapHttpServer(Listener):
                  stats.reason, stats.a_to_b, stats.b_to_a)
         return True
 
-    def _one(self, client, reader: Reader, peer_ip: str, ctx: MapHttpContext, up: "Upstream",
+    def _one(self, client, reader: Reader, peer_ip: str, ctx: MapHttpContext, up: "RouteStream",
              watch: ConnWatch) -> bool:
         """Serve one request; returns whether the connection stays open. The first head has
         the head timeout from the connection's start (``watch`` holds that deadline), a later one
@@ -185,7 +185,7 @@ class MapHttpServer(Listener):
                 up.close()
         return keep
 
-    def _exchange(self, client, reader, up: "Upstream", head, framing, peer_ip: str, ctx: MapHttpContext, route,
+    def _exchange(self, client, reader, up: "RouteStream", head, framing, peer_ip: str, ctx: MapHttpContext, route,
                   variables: dict, watch: ConnWatch) -> bool:
         headers, upgrade = http1.upstream_headers(head, framing, _DROP)
         headers += [(b"X-Forwarded-For", http1.forwarded_for(head, peer_ip.encode())),
@@ -230,7 +230,7 @@ class MapHttpServer(Listener):
         return done.keep
 
 
-class Upstream:
+class RouteStream:
     """The stream of one public connection to its current route's client. Kept across
     keep-alive requests while they go to the same route, so the client keeps its connection
     to the service too; a request for another route closes it and opens one for that route."""

@@ -25,7 +25,8 @@ from ..net.writer import close_quietly
 from ..prot.frame import CreateMode, Flag, Kind
 from ..prot.http1 import parse_authority
 from . import handshake
-from .link import CenterLink, VirtualConn
+from .link import CenterLink
+from .vconn import VirtualConn
 from .mapping import MappingRegistry
 
 log = logging.getLogger("wmproxy.center")
@@ -175,6 +176,9 @@ class CenterServer(Listener):
         for link in list(self.links):
             link.drain()
         return super().drain(grace)
+
+    def mapping_status(self) -> list[dict]:
+        return self.mappings.status()
 
     def link_status(self) -> list[dict]:
         return [{"role": "server", "client": getattr(link, "user", "") or "anonymous",

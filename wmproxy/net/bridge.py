@@ -4,7 +4,7 @@ relay() parks a greenlet per direction on each end of a tunnel; a parked greenle
 saved C stack and a CPython data-stack page, about 8 KiB, and a tunnel's objects come on top.
 A proxy with thousands of idle tunnels spends most of its memory there. These relays keep a
 few small objects per tunnel instead. Here: what they share (:class:`CallbackRelay`) and
-:class:`Bridge`, a push-mode stream (a center link's VirtualConn) and a kernel socket::
+:class:`StreamSocketRelay`, a push-mode stream (a center link's VirtualConn) and a kernel socket::
 
     kernel socket --(read watcher: recv up to the stream's credit)--> stream.push()
     kernel socket <--(send now; the rest waits for a write watcher)-- sink.data() from the link
@@ -89,7 +89,7 @@ class CallbackRelay:
             log.exception("relay end callback failed")
 
 
-class Bridge(CallbackRelay):
+class StreamSocketRelay(CallbackRelay):
     """Relays ``stream`` <-> ``sock`` until both directions end, then closes both and calls
     ``on_done(stats)``. ``sock`` is a non-blocking kernel socket the bridge owns. Build it,
     then :meth:`start`; :meth:`stop` ends it early."""

@@ -1,6 +1,6 @@
 """Moving HTTP/1.x heads and bodies between sockets, by the framing rules of prot/http1.
 
-Shared by the forward proxy and (later) the reverse proxy. Blocking-style over a Reader;
+Shared by the forward proxy, the reverse proxy ([http]) and http mappings. Blocking-style over a Reader;
 timeouts are the sockets' own.
 """
 

@@ -7,9 +7,9 @@ sockets are closed when the relay is done.
 
 How the bytes move depends on the pair:
 
-- two plain kernel sockets: :class:`~.splice.SocketBridge`, ``splice(2)`` through a pipe per
+- two plain kernel sockets: :class:`~.splice.SpliceRelay`, ``splice(2)`` through a pipe per
   direction (zero copy), driven by libev callbacks;
-- a center link stream and a plain socket: :class:`~.bridge.Bridge`, callbacks as well;
+- a center link stream and a plain socket: :class:`~.bridge.StreamSocketRelay`, callbacks as well;
 - anything else (TLS, websocket wrappers): two pumps, one per direction (the calling greenlet
   runs one, a spawned greenlet the other), each a copy loop reusing one buffer.
 
@@ -30,8 +30,8 @@ from gevent.event import Event
 from gevent import socket as gsocket
 from gevent import ssl as gssl
 
-from .bridge import Bridge
-from .splice import HAVE_SPLICE, SocketBridge
+from .bridge import StreamSocketRelay
+from .splice import HAVE_SPLICE, SpliceRelay
 from .idle import watch_idle
 from .writer import close_quietly, send_all
 
@@ -224,14 +224,14 @@ def relay_then(a, b, on_done: Callable[[RelayStats], None], adopt: Adopt | None,
 
 
 def _callback_relay(a, b, a_pending: bytes, b_pending: bytes, stats: RelayStats, on_done):
-    """A Bridge or SocketBridge for this pair (not started; the kernel sockets taken out of
+    """A StreamSocketRelay or SpliceRelay for this pair (not started; the kernel sockets taken out of
     their gevent wrappers), or None when the pair needs pumps (TLS, websocket...)."""
     if _spliceable(a) and _spliceable(b):
-        return SocketBridge(_take(a), _take(b), stats, on_done, a_pending, b_pending)
+        return SpliceRelay(_take(a), _take(b), stats, on_done, a_pending, b_pending)
     for stream, sock, sock_is_a in ((b, a, True), (a, b, False)):
         if hasattr(stream, "attach") and _spliceable(sock):
             to_stream, to_sock = (a_pending, b_pending) if sock_is_a else (b_pending, a_pending)
-            return Bridge(stream, _take(sock), stats, sock_is_a, on_done, to_stream, to_sock)
+            return StreamSocketRelay(stream, _take(sock), stats, sock_is_a, on_done, to_stream, to_sock)
     return None
 
 

@@ -1,4 +1,4 @@
-"""SocketBridge: two kernel sockets relayed with ``splice(2)`` on libev callbacks, no greenlet.
+"""SpliceRelay: two kernel sockets relayed with ``splice(2)`` on libev callbacks, no greenlet.
 
 Each direction moves through a pipe of its own (zero copy: the bytes never reach Python),
 made when its first byte comes, with a buffer instead where the kernel refuses splice. The
@@ -38,13 +38,13 @@ def make_pipe() -> tuple[int, int]:
 
 
 class _Way:
-    """One direction of a SocketBridge, ``src`` -> ``dst``: spliced through a pipe made on the
+    """One direction of a SpliceRelay, ``src`` -> ``dst``: spliced through a pipe made on the
     first byte, or copied through a buffer where the kernel refuses splice. The source is read
     only when what was read before is out, so a slow destination holds at most one pipe."""
 
     __slots__ = ("owner", "src", "dst", "slot", "rd", "wr", "pipe", "in_pipe", "pending", "copy")
 
-    def __init__(self, owner: "SocketBridge", src, dst, slot: int, loop, pending: bytes) -> None:
+    def __init__(self, owner: "SpliceRelay", src, dst, slot: int, loop, pending: bytes) -> None:
         self.owner = owner
         self.src = src
         self.dst = dst
@@ -160,7 +160,7 @@ class _Way:
         self.pending = None
 
 
-class SocketBridge(CallbackRelay):
+class SpliceRelay(CallbackRelay):
     """Relays kernel sockets ``a`` <-> ``b`` (both owned, non-blocking) until both
     directions end, then closes both and calls ``on_done(stats)``. :meth:`start` it;
     :meth:`stop` ends it early."""

@@ -1,4 +1,4 @@
-"""The center link's frames (shared/docs/PROTOCOL.md), declared once. Pure: bytes in, values out.
+"""The center link's frames (docs/PROTOCOL.md), declared once. Pure: bytes in, values out.
 
 Header: exactly 8 bytes, big-endian, then exactly ``length`` body bytes.
 

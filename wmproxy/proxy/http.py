@@ -34,7 +34,7 @@ _NOT_FORWARDED = frozenset((b"host", b"expect"))  # Host is rebuilt from the URL
 _EXPECT = frozenset((b"expect",))
 
 
-class _Upstream:
+class _UpstreamConn:
     """The current upstream connection of one client connection."""
 
     __slots__ = ("key", "sock", "reader", "used", "send")
@@ -61,7 +61,7 @@ class HttpSession:
         self.send_client = partial(send_all, client)
         self.reader = reader
         self.info = info
-        self.upstream: _Upstream | None = None
+        self.upstream: _UpstreamConn | None = None
         self.watchdog: ConnWatch | None = None
         self.first = True
         self.auth = ctx.cfg.auth
@@ -249,7 +249,7 @@ class HttpSession:
         return client_keep
 
     def _exchange(self, head: Head, target: http1.Target, data: bytes, framing,
-                  retry: bool = True) -> tuple[_Upstream, http1.Response, bytes | None]:
+                  retry: bool = True) -> tuple[_UpstreamConn, http1.Response, bytes | None]:
         """Send the request (head and body) and read the final response head, and its body
         when that came whole with it (else None: the body waits in the upstream's reader).
 
@@ -286,10 +286,10 @@ class HttpSession:
             self.client.sendall(http1.encode_head(f"HTTP/1.1 {rhead.status} {rhead.reason.decode('latin-1')}",
                                                   rhead.headers))
 
-    def _new_upstream(self, target: http1.Target) -> _Upstream:
+    def _new_upstream(self, target: http1.Target) -> _UpstreamConn:
         """Close the current upstream connection, if any, and open one to ``target``."""
         self._drop_upstream()
-        self.upstream = _Upstream((target.host, target.port), self.ctx.dial(target.host, target.port))
+        self.upstream = _UpstreamConn((target.host, target.port), self.ctx.dial(target.host, target.port))
         if self.watchdog is not None:
             self.watchdog.upstream = self.upstream.reader  # its reads are progress too
         return self.upstream
@@ -301,7 +301,7 @@ class HttpSession:
             if self.watchdog is not None:
                 self.watchdog.upstream = None
 
-    def _switch(self, head: Head, rhead: Head, up: _Upstream, started: float) -> bool:
+    def _switch(self, head: Head, rhead: Head, up: _UpstreamConn, started: float) -> bool:
         """101 Switching Protocols: hand the head on, then relay raw bytes both ways."""
         self.client.sendall(http1.encode_head(f"HTTP/1.1 101 {rhead.reason.decode('latin-1')}", rhead.headers))
         self.upstream = None  # the relay owns and closes it now

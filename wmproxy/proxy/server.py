@@ -63,8 +63,9 @@ class ConnInfo:
 
 
 class ProxyContext:
-    """Settings and services one listener's handlers share. Immutable once built: a reload
-    builds a new context for new connections while live ones keep theirs."""
+    """Settings and services one listener's handlers share. Built for one configuration: a
+    reload builds a new context for new connections while live ones keep theirs. Its settings
+    are not changed afterwards; its counters (``stats``) and the login throttle count on."""
 
     def __init__(self, cfg: ProxyConfig, resolver: Resolver, adopt: Adopt, stats: ConnStats | None = None, via=None,
                  local: bool = True, exposed: bool | None = None, throttle: AuthThrottle | None = None) -> None:

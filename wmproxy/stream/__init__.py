@@ -1,1 +1,1 @@
-"""Layer-4 forwarding ([stream]): TCP now, UDP later."""
+"""Layer-4 forwarding ([stream]): TCP (tcp.py, with the websocket bridges) and UDP sessions (udp.py)."""

@@ -195,7 +195,7 @@ class App:
             self.listeners[k] = listener
             log.info("%s listening on %s", specs[k].kind, _bound(sockets[k]))
             if specs[k].kind == "proxy":
-                _warn_if_open(specs[k].settings[0])
+                _warn_if_open(specs[k].settings.proxy)
         names = lambda keys: [f"{kind} {bind}" for kind, bind in keys]  # noqa: E731
         return {"added": names(added), "removed": names(removed), "changed": names(changed),
                 "unchanged": len(specs) - len(added) - len(changed)}

@@ -14,11 +14,12 @@ import json
 import logging
 import socket
 import time
+from dataclasses import dataclass
 
 import gevent
 import psutil
 
-from .config import Config
+from .config import Addr, Config
 from .errors import ProtocolError
 from .listener import Listener, ListenerSpec
 from .net import httpio
@@ -79,8 +80,8 @@ class ControlServer(Listener):
 
     kind = "control"
 
-    def make_context(self, settings, app) -> ControlContext:
-        return ControlContext(settings[1], app)
+    def make_context(self, settings: "ControlSettings", app) -> ControlContext:
+        return ControlContext(settings.token, app)
 
     def max_connections(self, settings) -> int:
         return 64
@@ -143,7 +144,16 @@ class ControlServer(Listener):
 def listener_specs(cfg: Config) -> list[ListenerSpec]:
     if cfg.control is None:
         return []
-    return [ListenerSpec("control", cfg.control, (cfg.control, cfg.control_token), "control", ControlServer)]
+    return [ListenerSpec("control", cfg.control, ControlSettings(cfg.control, cfg.control_token), "control",
+                         ControlServer)]
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """What the control API listener is made from (compared on reload)."""
+
+    bind: Addr
+    token: str
 
 
 # -- Prometheus text format ------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """What every listener kind shares, so the app starts, diffs, updates and drains them alike.
 
 A kind (forward proxy, ``[stream]`` TCP and UDP, ``[http]``, the center server, mapping
-ports and shared mapping listeners, the control API) declares itself with :class:`ListenerSpec` values built from a config:
+ports and shared mapping listeners, the control API) declares itself with
+:class:`ListenerSpec` values built from a config:
 
 - ``key`` (kind and bind address) says which listener it is: same key on reload, same socket;
 - ``settings`` (frozen config values) say whether it changed: equal settings, nothing to do;
@@ -37,7 +38,7 @@ class ListenerSpec:
 
     kind: str  # "proxy", "stream", "control", ...
     bind: Addr
-    settings: Any  # frozen; compared on reload
+    settings: Any  # the kind's frozen *Settings dataclass (ProxySettings, WebSettings...); compared on reload
     label: str  # the config key path of the bind address, for errors
     factory: Callable[..., "Listener"] = field(compare=False)
     check: Callable[[], None] | None = field(default=None, compare=False)  # raises ConfigError (files...)

@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from dataclasses import dataclass
 
 import gevent
 
-from ..config import Config
+from ..config import Addr, Config
 from ..errors import PhaseTimeout, ProtocolError
 from ..listener import Listener, ListenerSpec
 from ..net import httpio
@@ -59,21 +60,32 @@ class MapHttpContext:
         return None
 
 
+@dataclass(frozen=True)
+class MapHttpSettings:
+    """What a shared mapping listener is made from (compared on reload)."""
+
+    bind: Addr
+    idle_timeout: float  # [proxy]'s
+    scheme: str  # "http" or "https"
+    certs: tuple  # ((cert, key), ...) for https: chosen by SNI; none: passthrough only
+    max_connections_per_ip: int
+    head_timeout: float  # [proxy]'s handshake_timeout
+
+
 class MapHttpServer(Listener):
-    """Settings: (bind, idle timeout, scheme, ((cert, key), ...), max_connections_per_ip, head timeout:
-    [proxy] handshake_timeout, as idle_timeout is [proxy]'s)."""
+    """``[center] map_http_bind`` / ``map_https_bind``: the public side of http(s) mappings."""
 
     kind = "map-http"
 
-    def make_context(self, settings, app) -> MapHttpContext:
-        self.kind = f"map-{settings[2]}"
-        return MapHttpContext(app, settings[1], settings[2], settings[3], settings[5])
+    def make_context(self, settings: MapHttpSettings, app) -> MapHttpContext:
+        self.kind = f"map-{settings.scheme}"
+        return MapHttpContext(app, settings.idle_timeout, settings.scheme, settings.certs, settings.head_timeout)
 
-    def max_connections(self, settings) -> int:
+    def max_connections(self, settings: MapHttpSettings) -> int:
         return 10000
 
-    def max_per_ip(self, settings) -> int:
-        return settings[4]
+    def max_per_ip(self, settings: MapHttpSettings) -> int:
+        return settings.max_connections_per_ip
 
     def serve(self, client: socket.socket, address, ctx: MapHttpContext) -> None:
         peer_ip = address[0]
@@ -278,12 +290,13 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
     specs = []
     if c.map_http_bind is not None:
         specs.append(ListenerSpec("map-http", c.map_http_bind,
-                                  (c.map_http_bind, idle, "http", (), c.max_connections_per_ip, head),
+                                  MapHttpSettings(c.map_http_bind, idle, "http", (), c.max_connections_per_ip, head),
                                   "center.map_http_bind", MapHttpServer))
     if c.map_https_bind is not None:
         certs = tuple(zip(c.map_cert, c.map_key))
         specs.append(ListenerSpec("map-https", c.map_https_bind,
-                                  (c.map_https_bind, idle, "https", certs, c.max_connections_per_ip, head),
+                                  MapHttpSettings(c.map_https_bind, idle, "https", certs, c.max_connections_per_ip,
+                                                  head),
                                   "center.map_https_bind", MapHttpServer,
                                   (lambda: sni_server_context(list(certs))) if certs else None))
     return specs

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from dataclasses import dataclass
 
 import gevent
 
@@ -53,7 +54,7 @@ class CenterServerContext:
 
 
 class CenterServer(Listener):
-    """``[center] bind``: where center clients connect. Settings: (CenterConfig, ProxyConfig)."""
+    """``[center] bind``: where center clients connect."""
 
     kind = "center"
 
@@ -61,15 +62,16 @@ class CenterServer(Listener):
         self.links: set[CenterLink] = set()
         self.mappings = MappingRegistry()
         super().__init__(sock, spec, app)
-        if not spec.settings[0].tls:
+        if not spec.settings.center.tls:
             log.warning("center.bind %s: tls = false, the link is plain TCP: anyone on the path can read "
                         "and alter the traffic", spec.bind)
-        if not spec.settings[0].accounts() and not spec.settings[0].client_ca and not spec.bind.is_loopback:
+        center = spec.settings.center
+        if not center.accounts() and not center.client_ca and not spec.bind.is_loopback:
             log.warning("center.bind %s: no username/password or users and no client_ca: any center client "
                         "that reaches this port may use it", spec.bind)
 
-    def make_context(self, settings, app) -> CenterServerContext:
-        center_cfg, proxy_cfg = settings
+    def make_context(self, settings: "CenterSettings", app) -> CenterServerContext:
+        center_cfg, proxy_cfg = settings.center, settings.proxy
         throttle = getattr(self, "throttle", None)  # kept across reloads
         if throttle is None:
             throttle = self.throttle = AuthThrottle(center_cfg.auth_fail_limit, center_cfg.auth_fail_window,
@@ -77,11 +79,11 @@ class CenterServer(Listener):
         throttle.configure(center_cfg.auth_fail_limit, center_cfg.auth_fail_window)
         return CenterServerContext(center_cfg, proxy_cfg, app, self.stats)
 
-    def max_connections(self, settings) -> int:
+    def max_connections(self, settings: "CenterSettings") -> int:
         return 10000
 
-    def max_per_ip(self, settings) -> int:
-        return settings[0].max_connections_per_ip
+    def max_per_ip(self, settings: "CenterSettings") -> int:
+        return settings.center.max_connections_per_ip
 
     def serve(self, sock, address, ctx: CenterServerContext) -> None:
         peer = fmt_addr(address[0], address[1])
@@ -203,11 +205,19 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
     """The center server listener (``[center] bind``)."""
     if cfg.center is None or not cfg.center.is_server:
         return []
-    settings = (cfg.center, cfg.proxy or ProxyConfig())
+    settings = CenterSettings(cfg.center, cfg.proxy or ProxyConfig())
 
     def check() -> None:  # certificate files are read before anything changes
         if cfg.center.tls:
             server_context(cfg.center.cert, cfg.center.key, cfg.center.client_ca)
 
     return [ListenerSpec("center", cfg.center.bind, settings, "center.bind", CenterServer, check)]
+
+
+@dataclass(frozen=True)
+class CenterSettings:
+    """What the center server listener is made from (compared on reload)."""
+
+    center: CenterConfig
+    proxy: ProxyConfig  # the forward proxy that serves the clients' PROXY streams
 

@@ -71,4 +71,5 @@ def check() -> None:
         b.close()
     if missing:
         raise GeventChanged(f"gevent {gevent.__version__} lacks {', '.join(missing)} on its sockets: wmproxy is "
-                            f"tested with gevent{GEVENT_TESTED}; install one of those (pip install 'gevent{GEVENT_TESTED}')")
+                            f"tested with gevent{GEVENT_TESTED}; install one of those "
+                            f"(pip install 'gevent{GEVENT_TESTED}')")

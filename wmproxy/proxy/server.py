@@ -11,10 +11,12 @@ import hmac
 import logging
 import socket
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import gevent
 
-from ..config import Config, ProxyConfig
+from ..config import CenterConfig, Config, ProxyConfig
 from ..errors import PhaseTimeout, ProtocolError
 from ..listener import ConnStats, Listener, ListenerSpec
 from ..net.dial import dial, fmt_addr, ip_allowed
@@ -137,7 +139,7 @@ class ProxyServer(Listener):
     kind = "proxy"
 
     def make_context(self, settings, app) -> ProxyContext:
-        proxy_cfg, center_cfg = settings
+        proxy_cfg, center_cfg = settings.proxy, settings.center
         throttle = getattr(self, "throttle", None)  # kept across reloads: what was counted stays
         if throttle is None:
             throttle = self.throttle = AuthThrottle(proxy_cfg.auth_fail_limit, proxy_cfg.auth_fail_window,
@@ -146,11 +148,11 @@ class ProxyServer(Listener):
         return ProxyContext(proxy_cfg, app.resolver, self.adopt, self.stats, app.center_client if center_cfg else None,
                             throttle=throttle)
 
-    def max_connections(self, settings) -> int:
-        return settings[0].max_connections
+    def max_connections(self, settings: "ProxySettings") -> int:
+        return settings.proxy.max_connections
 
-    def max_per_ip(self, settings) -> int:
-        return settings[0].max_connections_per_ip
+    def max_per_ip(self, settings: "ProxySettings") -> int:
+        return settings.proxy.max_connections_per_ip
 
     def serve(self, client: socket.socket, address, ctx: ProxyContext) -> None:
         serve_connection(ctx, client, address)
@@ -247,4 +249,12 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
     if cfg.proxy is None:
         return []
     center_client = cfg.center if cfg.center is not None and not cfg.center.is_server else None
-    return [ListenerSpec("proxy", cfg.proxy.bind, (cfg.proxy, center_client), "proxy.bind", ProxyServer)]
+    return [ListenerSpec("proxy", cfg.proxy.bind, ProxySettings(cfg.proxy, center_client), "proxy.bind", ProxyServer)]
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """What a forward proxy listener is made from (compared on reload)."""
+
+    proxy: ProxyConfig
+    center: Optional[CenterConfig]  # a center client's [center]: connections go through its link

@@ -11,6 +11,7 @@ import logging
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 
 from ..config import Config, StreamServerConfig, StreamUpstreamConfig
 from ..errors import ProtocolError, UpstreamError
@@ -39,6 +40,14 @@ class StreamContext:
             if server.bind_mode == "tcp2wss" else None
 
 
+@dataclass(frozen=True)
+class StreamSettings:
+    """What a [[stream.server]] listener (TCP or UDP) is made from (compared on reload)."""
+
+    server: StreamServerConfig
+    upstream: StreamUpstreamConfig
+
+
 class StreamTcpServer(Listener):
     """One ``[[stream.server]]`` with ``bind_mode`` "tcp", or a websocket bridge: "ws2tcp"
     (the clients speak websocket, the servers TCP), "tcp2ws"/"tcp2wss" (the other way round,
@@ -46,15 +55,14 @@ class StreamTcpServer(Listener):
 
     kind = "stream"
 
-    def make_context(self, settings, app) -> StreamContext:
-        server, upstream = settings
-        return StreamContext(server, upstream, app.resolver, self.stats)
+    def make_context(self, settings: "StreamSettings", app) -> StreamContext:
+        return StreamContext(settings.server, settings.upstream, app.resolver, self.stats)
 
-    def max_connections(self, settings) -> int:
-        return settings[0].max_connections
+    def max_connections(self, settings: "StreamSettings") -> int:
+        return settings.server.max_connections
 
-    def max_per_ip(self, settings) -> int:
-        return settings[0].max_connections_per_ip
+    def max_per_ip(self, settings: "StreamSettings") -> int:
+        return settings.server.max_connections_per_ip
 
     def upstream_status(self) -> list[dict]:
         ctx = self.ctx
@@ -133,7 +141,7 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
     if cfg.stream is None:
         return []
     return [
-        ListenerSpec("stream", srv.bind, (srv, cfg.stream.upstream_named(srv.up_name)),
+        ListenerSpec("stream", srv.bind, StreamSettings(srv, cfg.stream.upstream_named(srv.up_name)),
                      f"stream.server[{i}].bind", StreamTcpServer,
                      (lambda ca=srv.ws_ca, at=f"stream.server[{i}].ws_ca": client_context(ca, ca_key=at))
                      if srv.bind_mode == "tcp2wss" else None)

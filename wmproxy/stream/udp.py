@@ -21,7 +21,7 @@ from ..listener import ListenerSpec
 from ..net.balance import hash_index
 from ..net.dial import fmt_addr
 from ..net.udp import MAX_DATAGRAM, UdpSession, UdpSessions
-from .tcp import StreamContext
+from .tcp import StreamContext, StreamSettings
 
 log = logging.getLogger("wmproxy.stream")
 
@@ -72,7 +72,7 @@ class UdpForwarder(UdpSessions):
     # -- the app's listener interface ---------------------------------------------------------
     def update(self, spec: ListenerSpec, app) -> None:
         """New sessions use the new settings; live ones keep their server."""
-        self.ctx = StreamContext(spec.settings[0], spec.settings[1], app.resolver, self.stats)
+        self.ctx = StreamContext(spec.settings.server, spec.settings.upstream, app.resolver, self.stats)
         self.spec = spec
         self.label = f"udp {spec.bind}"
         self.timeout = self.ctx.cfg.client_timeout
@@ -107,6 +107,6 @@ def listener_specs(cfg) -> list[ListenerSpec]:
     """One forwarder per ``[[stream.server]]`` with ``bind_mode = "udp"``."""
     if cfg.stream is None:
         return []
-    return [ListenerSpec("stream-udp", srv.bind, (srv, cfg.stream.upstream_named(srv.up_name)),
+    return [ListenerSpec("stream-udp", srv.bind, StreamSettings(srv, cfg.stream.upstream_named(srv.up_name)),
                          f"stream.server[{i}].bind", UdpForwarder, transport="udp")
             for i, srv in enumerate(cfg.stream.server) if srv.bind_mode == "udp"]

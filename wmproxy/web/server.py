@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from dataclasses import dataclass
 from functools import partial
 from urllib.parse import urlsplit
 
@@ -217,21 +218,29 @@ class Request:
         return http1.apply_header_rules(headers, rules, self.variables) if rules else headers
 
 
+@dataclass(frozen=True)
+class WebSettings:
+    """What an [http] listener is made from (compared on reload): the [[http.server]] tables that
+    share its address, the whole [http] (upstreams), and http or https."""
+
+    servers: tuple
+    http: HttpConfig
+    scheme: str
+
+
 class WebServer(Listener):
-    """The listener of one ``[[http.server]]`` bind address. Settings: (servers on it, the
-    [http] config, scheme)."""
+    """The listener of one ``[[http.server]]`` bind address (settings: WebSettings)."""
 
     kind = "http"
 
-    def make_context(self, settings, app) -> WebContext:
-        servers, http, scheme = settings
-        return WebContext(servers, http, scheme, app)
+    def make_context(self, settings: "WebSettings", app) -> WebContext:
+        return WebContext(settings.servers, settings.http, settings.scheme, app)
 
-    def max_connections(self, settings) -> int:
+    def max_connections(self, settings: "WebSettings") -> int:
         return 10000
 
-    def max_per_ip(self, settings) -> int:
-        return max(s.max_connections_per_ip for s in settings[0])
+    def max_per_ip(self, settings: "WebSettings") -> int:
+        return max(s.max_connections_per_ip for s in settings.servers)
 
     def serve(self, client, address, ctx: WebContext) -> None:
         ip = address[0]
@@ -522,6 +531,7 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
         pairs = [(s.cert, s.key) for s in servers]
         keys = [(f"http.server[{i}].cert", f"http.server[{i}].key") for i, _ in listed]
         check = (lambda pairs=pairs, keys=keys: sni_server_context(pairs, keys)) if scheme == "https" else None
-        specs.append(ListenerSpec("http", bind, (servers, cfg.http, scheme), f"http.server[{listed[0][0]}].bind",
+        specs.append(ListenerSpec("http", bind, WebSettings(servers, cfg.http, scheme),
+                                  f"http.server[{listed[0][0]}].bind",
                                   WebServer, check))
     return specs

@@ -43,7 +43,7 @@ class ChunkedDecoder:
         self.trailers = b""
         self.done = False
 
-    def feed(self, buf) -> tuple[list[tuple[bytes, int, bool]], int]:
+    def feed(self, buf: bytes | bytearray) -> tuple[list[tuple[bytes, int, bool]], int]:
         """Decode from the start of ``buf`` (bytes or bytearray; not resized meanwhile) as far
         as it goes -> (data pieces, bytes used). What is left unused is an incomplete line, or
         the next message. Raises ProtocolError (400; 431 for trailers over MAX_TRAILERS)."""

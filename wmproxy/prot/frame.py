@@ -137,10 +137,10 @@ class _Body:
         return self.take(1)[0]
 
     def u16(self) -> int:
-        return struct.unpack("!H", self.take(2))[0]
+        return int.from_bytes(self.take(2), "big")
 
     def u32(self) -> int:
-        return struct.unpack("!I", self.take(4))[0]
+        return int.from_bytes(self.take(4), "big")
 
     def short(self) -> str:
         raw = self.take(self.u8())

@@ -17,13 +17,14 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional, Sequence
 import httptools
 
 from ..errors import ProtocolError
-from .frame import HeaderOp
+from .frame import HeaderOp, HeaderRule
 
-Headers = list  # list[tuple[bytes, bytes]], original case and order kept
+Headers = list[tuple[bytes, bytes]]  # original case and order kept
+Index = dict[bytes, list[bytes]]  # lower-case name -> values
 
 # RFC 9110 7.6.1, plus the proxy-only ones a proxy consumes.
 HOP_BY_HOP = frozenset(
@@ -51,7 +52,7 @@ class Head:
     __slots__ = ("version", "headers", "method", "target", "status", "reason", "upgrade", "index", "connection")
 
     def __init__(self, version: str, headers: Headers, method: str = "", target: str = "", status: int = 0,
-                 reason: bytes = b"", upgrade: bool = False, index: Optional[dict] = None) -> None:
+                 reason: bytes = b"", upgrade: bool = False, index: Optional[Index] = None) -> None:
         self.version = version  # "1.1" or "1.0"
         self.headers = headers
         self.method = method
@@ -144,7 +145,8 @@ class _Silent:
 
     __slots__ = ()
     on_message_begin = on_url = on_status = on_header = on_headers_complete = on_body = None
-    on_message_complete = on_chunk_header = on_chunk_complete = None
+    on_chunk_header = on_chunk_complete = None
+    on_message_complete: Any = None  # (a subclass's method)
 
 
 _SILENT = _Silent()
@@ -185,7 +187,7 @@ def split_headers_py(data: bytes) -> tuple[Headers, dict[bytes, list[bytes]]]:
     return headers, index
 
 
-def _feed(parser, data: bytes) -> bool:
+def _feed(parser: Any, data: bytes) -> bool:
     """Feed a complete head (up to its first CRLF CRLF, as httpio.read_head cuts it); returns
     whether llhttp flagged an upgrade (CONNECT/Upgrade). llhttp requires CRLF at the end of
     every line, so a head it takes without an error ends its header section exactly at the
@@ -201,7 +203,7 @@ def _feed(parser, data: bytes) -> bool:
     return False
 
 
-_spare: list = []  # a request parser and its collector back at the start of a message
+_spare: list[tuple[Any, Any]] = []  # a request parser and its collector back at the start of a message
 _VERSIONS = {b" HTTP/1.1": "1.1", b" HTTP/1.0": "1.0"}
 
 
@@ -391,7 +393,9 @@ def join_head_py(data: bytes, start_line: bytes, extra: bytes, old_host: Optiona
     says ``Host: <host>`` instead (None when there is no such line). ``join_head`` is this
     function in C (wmproxy/prot/_speedups.c) where it was built."""
     eol = data.find(b"\r\n")
-    if host is None:
+    if (host is None) != (old_host is None):
+        raise TypeError("join_head takes a host and the old host together, or neither")
+    if host is None or old_host is None:
         return b"".join((start_line, data[eol:-4], extra, b"\r\n\r\n"))
     line = b"\r\nHost: " + old_host + b"\r\n"
     i = data.find(line, eol)  # a CRLF starts a line: this is the one Host line
@@ -492,7 +496,7 @@ class Response:
         self.head = head
 
     @classmethod
-    def of(cls, head: Head, method: str, finish=None) -> "Response":
+    def of(cls, head: Head, method: str, finish: Optional[Callable[[Headers], Headers]] = None) -> "Response":
         """From a parsed head; ``finish`` (headers -> headers: header rules) applied to its
         end-to-end headers."""
         framing = response_framing(method, head)
@@ -583,7 +587,7 @@ def quick_response_llhttp(data: bytes, method: str) -> Optional[Response]:
     if connection & CONN_CLOSE:
         keep = False
     else:
-        keep = version == b"HTTP/1.1 " or connection & CONN_KEEP_ALIVE
+        keep = version == b"HTTP/1.1 " or bool(connection & CONN_KEEP_ALIVE)
     return Response(status, data[13:data.find(b"\r\n")], lines, framing, keep and framing != UNTIL_CLOSE)
 
 
@@ -623,15 +627,19 @@ def scan_response_py(data: bytes) -> Optional[tuple[int, bool, int, bytes]]:
 
 # The C versions of split_headers_py and scan_response_py, where setup.py could build them, and
 # the C readers of the usual heads (request_head, response_head; without them llhttp reads all).
-if os.environ.get("WMPROXY_NO_SPEEDUPS"):  # the Python ones even so (tests, or to rule C out)
-    split_headers, scan_response, join_head = split_headers_py, scan_response_py, join_head_py
-    request_head = response_head = None
-else:
+split_headers: Callable[[bytes], tuple[Headers, Index]] = split_headers_py
+scan_response: Callable[[bytes], Optional[tuple[int, bool, int, bytes]]] = scan_response_py
+join_head: Callable[[bytes, bytes, bytes, Optional[bytes], Optional[bytes]], Optional[bytes]] = join_head_py
+request_head: Optional[Callable[[bytes], Optional[tuple[str, str, str, Headers, Index]]]] = None
+response_head: Optional[Callable[[bytes, bool], Optional[tuple[int, bytes, bytes, tuple[str, int], bool]]]] = None
+if not os.environ.get("WMPROXY_NO_SPEEDUPS"):  # (set: the Python ones even so, for tests or to rule C out)
     try:
-        from ._speedups import join_head, request_head, response_head, scan_response, split_headers
+        from . import _speedups
     except ImportError:  # not built (no C compiler or Python headers at install): same answers, slower
-        split_headers, scan_response, join_head = split_headers_py, scan_response_py, join_head_py
-        request_head = response_head = None
+        pass
+    else:
+        split_headers, scan_response, join_head = _speedups.split_headers, _speedups.scan_response, _speedups.join_head
+        request_head, response_head = _speedups.request_head, _speedups.response_head
 SPEEDUPS = scan_response is not scan_response_py  # whether the C versions are in use
 
 
@@ -714,7 +722,8 @@ def encode_head(start_line: str, headers: Headers) -> bytes:
     return b"".join(parts)
 
 
-def simple_response(status: int, text: str, extra: Headers = (), close: bool = True, body: bool = True) -> bytes:
+def simple_response(status: int, text: str, extra: Sequence[tuple[bytes, bytes]] = (), close: bool = True,
+                    body: bool = True) -> bytes:
     """A complete short text/plain response for the proxy's own errors (without its body,
     Content-Length kept, when ``body`` is False: the answer to HEAD)."""
     data = (text.rstrip("\n") + "\n").encode("utf-8")
@@ -757,7 +766,7 @@ def fill(template: str, variables: dict[str, str]) -> str:
     return template
 
 
-def apply_header_rules(headers: Headers, rules, variables: dict[str, str]) -> Headers:
+def apply_header_rules(headers: Headers, rules: Sequence[HeaderRule], variables: dict[str, str]) -> Headers:
     """Headers after mapping rules (prot.frame.HeaderRule): ADD appends, DELETE removes every
     header of that name, SET_IF_ABSENT adds only when missing, REPLACE removes then adds.
     ``{name}`` in a value is replaced from ``variables``. Without rules, ``headers`` itself."""

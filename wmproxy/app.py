@@ -28,7 +28,9 @@ from . import __version__, config
 from .config import Addr, Config
 from .errors import ConfigError
 from .center.client import CenterClient
+from .center.server import CenterServer
 from .listener import Listener, ListenerSpec, drain_all
+from .services import Services
 from .net.dns import Resolver
 from .net.listen import BindError, open_listener, open_udp
 from .net.tls import client_context
@@ -130,6 +132,9 @@ class App:
         self._watcher: gevent.Greenlet | None = None
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # the first reading primes the counter
+        # all that listeners and the center client get of the process
+        self.services = Services(self.resolver, self.http_groups, self.http_limits, self.proxy_handler,
+                                 lambda: self.center_client, self._mapping_registry, self)
 
     # -- applying a configuration -------------------------------------------------------------
     def start(self) -> None:
@@ -155,7 +160,7 @@ class App:
                 if specs[k].check is not None:
                     specs[k].check()
             if client_cfg != _center_client_cfg(self.cfg) or (client_cfg and self.center_client is None):
-                new_client = CenterClient(client_cfg, self, new.mappings) if client_cfg else False
+                new_client = CenterClient(client_cfg, self.services, new.mappings) if client_cfg else False
         except ConfigError as e:
             raise ConfigError(self.config_file or "", e.path, e.message) from None
         sockets: dict = {}
@@ -188,9 +193,9 @@ class App:
             gevent.spawn(self._drain_removed, listener)
         self._forget_upstreams(new)
         for k in changed:
-            self.listeners[k].update(specs[k], self)
+            self.listeners[k].update(specs[k], self.services)
         for k in added:
-            listener = specs[k].factory(sockets[k], specs[k], self)
+            listener = specs[k].factory(sockets[k], specs[k], self.services)
             listener.start()
             self.listeners[k] = listener
             log.info("%s listening on %s", specs[k].kind, _bound(sockets[k]))
@@ -288,6 +293,15 @@ class App:
                 continue  # still being written: look again next round
             seen = now
             gevent.spawn(self.reload, "file changed")
+
+    @property
+    def grace(self) -> float:
+        return self.cfg.grace
+
+    def _mapping_registry(self):
+        """The center server's mapping registry, for the shared http(s) mapping listeners."""
+        return next((listener.mappings for listener in self.listeners.values() if isinstance(listener, CenterServer)),
+                    None)
 
     def proxy_handler(self, proxy_cfg, stats, exposed: bool):
         """The forward proxy as a function of (connection, client address), for features that

@@ -20,6 +20,7 @@ import gevent
 import psutil
 
 from .config import Addr, Config
+from .services import ProcessControl, Services
 from .errors import ProtocolError
 from .listener import Listener, ListenerSpec
 from .net import httpio
@@ -34,9 +35,9 @@ MAX_BODY = 65536
 
 
 class ControlContext:
-    def __init__(self, token: str, app) -> None:
+    def __init__(self, token: str, process: ProcessControl) -> None:
         self.token = token
-        self.app = app
+        self.process = process
 
 
 def _reply(client, status: int, body: bytes, content_type: str) -> None:
@@ -80,8 +81,8 @@ class ControlServer(Listener):
 
     kind = "control"
 
-    def make_context(self, settings: "ControlSettings", app) -> ControlContext:
-        return ControlContext(settings.token, app)
+    def make_context(self, settings: "ControlSettings", services: Services) -> ControlContext:
+        return ControlContext(settings.token, services.process)
 
     def max_connections(self, settings) -> int:
         return 64
@@ -112,16 +113,16 @@ class ControlServer(Listener):
                 _json(client, 401, {"error": "missing or wrong 'Authorization: Bearer <control_token>'"})
                 log.warning("control API: refused %s %s from %s (bad token)", head.method, head.target, address[0])
                 return
-        self._route(client, head, ctx.app)
+        self._route(client, head, ctx.process)
 
-    def _route(self, client, head, app) -> None:
+    def _route(self, client, head, process: ProcessControl) -> None:
         path = head.target.split("?", 1)[0]
         routes = {
-            "/status": ("GET", lambda: _json(client, 200, app.status())),
-            "/metrics": ("GET", lambda: _reply(client, 200, metrics_text(app.status()).encode(),
+            "/status": ("GET", lambda: _json(client, 200, process.status())),
+            "/metrics": ("GET", lambda: _reply(client, 200, metrics_text(process.status()).encode(),
                                                "text/plain; version=0.0.4; charset=utf-8")),
-            "/reload": ("POST", lambda: self._reload(client, app)),
-            "/stop": ("POST", lambda: self._stop(client, app)),
+            "/reload": ("POST", lambda: self._reload(client, process)),
+            "/stop": ("POST", lambda: self._stop(client, process)),
         }
         if path not in routes:
             _json(client, 404, {"error": f"no such endpoint {path!r}", "endpoints": sorted(routes)})
@@ -132,13 +133,13 @@ class ControlServer(Listener):
             return
         action()
 
-    def _reload(self, client, app) -> None:
-        result = app.reload("control API")
+    def _reload(self, client, process: ProcessControl) -> None:
+        result = process.reload("control API")
         _json(client, 200 if result["ok"] else 400, result)
 
-    def _stop(self, client, app) -> None:
-        _json(client, 202, {"ok": True, "stopping": True, "grace_seconds": app.cfg.grace})
-        gevent.spawn_later(0.05, app.request_stop, "POST /stop")
+    def _stop(self, client, process: ProcessControl) -> None:
+        _json(client, 202, {"ok": True, "stopping": True, "grace_seconds": process.grace})
+        gevent.spawn_later(0.05, process.request_stop, "POST /stop")
 
 
 def listener_specs(cfg: Config) -> list[ListenerSpec]:

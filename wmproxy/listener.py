@@ -30,6 +30,7 @@ from gevent.server import StreamServer
 from .config import Addr
 from .metrics import Histogram
 from .net.limits import PerIpLimit
+from .services import Services
 
 
 @dataclass(frozen=True)
@@ -109,14 +110,14 @@ class Listener(AcceptGuard, StreamServer):
 
     kind = "?"
 
-    def __init__(self, sock, spec: ListenerSpec, app) -> None:
+    def __init__(self, sock, spec: ListenerSpec, services: Services) -> None:
         self.spec = spec
         self.stats = ConnStats()
         self.started_at = time.time()
         self.draining = False
         self._retired: list[Pool] = []  # pools of connections from before a limit change
         self._adopted: set[Callable[[], None]] = set()  # connections living on without their handler
-        self.ctx = self.make_context(spec.settings, app)
+        self.ctx = self.make_context(spec.settings, services)
         self.per_ip = PerIpLimit(f"{spec.kind} {spec.bind}")
         self._handling: dict = {}  # handler greenlet -> its client's address
         self.per_ip_limit = self.max_per_ip(spec.settings)
@@ -136,7 +137,7 @@ class Listener(AcceptGuard, StreamServer):
         """The mappings published through it, one row each."""
         return []
 
-    def make_context(self, settings: Any, app) -> Any:
+    def make_context(self, settings: Any, services: Services) -> Any:
         raise NotImplementedError
 
     def serve(self, client, address, ctx) -> None:
@@ -195,13 +196,13 @@ class Listener(AcceptGuard, StreamServer):
             if self._handling.pop(me, None) is not None:  # (not adopted: its release leaves)
                 self.per_ip.leave(ip)
 
-    def update(self, spec: ListenerSpec, app) -> None:
+    def update(self, spec: ListenerSpec, services: Services) -> None:
         """New settings for new connections; live ones keep theirs. The socket stays."""
         limit = self.max_connections(spec.settings)
         if limit != self.max_connections(self.spec.settings):
             self._retired.append(self.pool)
             self.set_spawn(Pool(limit))
-        self.ctx = self.make_context(spec.settings, app)
+        self.ctx = self.make_context(spec.settings, services)
         self.per_ip_limit = self.max_per_ip(spec.settings)
         self.spec = spec
 

@@ -24,6 +24,7 @@ from ..net.udp import MAX_DATAGRAM
 from ..net.relay import link_owned, relay_then
 from ..prot import frame as fr
 from ..prot.frame import CreateMode, Flag, Kind
+from ..services import Services
 from . import handshake
 from .link import CenterLink
 from .vconn import VirtualConn
@@ -39,9 +40,9 @@ IDLE_TIMEOUT = 300.0  # a mapped connection with no traffic this long is closed
 class CenterClient:
     """Owned by the App; :meth:`start` and :meth:`stop` it."""
 
-    def __init__(self, cfg: CenterConfig, app, mappings: tuple = ()) -> None:
+    def __init__(self, cfg: CenterConfig, services: Services, mappings: tuple = ()) -> None:
         self.cfg = cfg
-        self.app = app
+        self.services = services
         self.mappings = {m.name: m for m in mappings}  # MappingConfig by name
         self.answers: dict[str, fr.MappingAnswer] = {}
         self._proxies: dict = {}
@@ -85,7 +86,7 @@ class CenterClient:
 
     def _connect_and_serve(self) -> None:
         cfg = self.cfg
-        sock = dial(self.app.resolver, cfg.server.host, cfg.server.port, HANDSHAKE_TIMEOUT)
+        sock = dial(self.services.resolver, cfg.server.host, cfg.server.port, HANDSHAKE_TIMEOUT)
         try:
             sock.settimeout(HANDSHAKE_TIMEOUT)
             if self.ssl is not None:
@@ -144,7 +145,7 @@ class CenterClient:
             self._serve_udp(vc, mapping)
             return
         try:
-            local = dial(self.app.resolver, mapping.local_addr.host, mapping.local_addr.port, HANDSHAKE_TIMEOUT)
+            local = dial(self.services.resolver, mapping.local_addr.host, mapping.local_addr.port, HANDSHAKE_TIMEOUT)
         except UpstreamError as e:
             log.warning("mapping %r: %s", target, e)
             vc.close(str(e))
@@ -159,7 +160,7 @@ class CenterClient:
         local service from a socket of its own, the service's answers come back the same way.
         Ends when the server ends the stream (the peer went quiet) or after IDLE_TIMEOUT."""
         try:
-            family, ip = self.app.resolver.resolve(mapping.local_addr.host)[0]
+            family, ip = self.services.resolver.resolve(mapping.local_addr.host)[0]
             sock = gsocket.socket(family, socket.SOCK_DGRAM)
             sock.connect((ip, mapping.local_addr.port))
         except (UpstreamError, OSError) as e:
@@ -215,7 +216,7 @@ class CenterClient:
         if handler is None:
             cfg = ProxyConfig(username=mapping.username, password=mapping.password, idle_timeout=IDLE_TIMEOUT)
             exposed = mapping.remote_bind is None or not mapping.remote_bind.is_loopback
-            handler = self._proxies[key] = self.app.proxy_handler(cfg, ConnStats(), exposed)
+            handler = self._proxies[key] = self.services.proxy_handler(cfg, ConnStats(), exposed)
         return handler
 
     def mapping_status(self) -> list[dict]:

@@ -26,6 +26,7 @@ import gevent
 from ..config import Addr, Config
 from ..errors import PhaseTimeout, ProtocolError
 from ..listener import Listener, ListenerSpec
+from ..services import Services
 from ..net import httpio
 from ..net.dial import fmt_addr
 from ..net.idle import ConnWatch
@@ -46,18 +47,12 @@ _DROP = frozenset((b"x-forwarded-for", b"x-forwarded-proto"))
 
 
 class MapHttpContext:
-    def __init__(self, app, idle_timeout: float, scheme: str, certs: tuple, head_timeout: float) -> None:
-        self.app = app
+    def __init__(self, services: Services, idle_timeout: float, scheme: str, certs: tuple, head_timeout: float) -> None:
+        self.registry = services.mapping_registry  # the center server's, for the configuration in force
         self.head_timeout = head_timeout
         self.idle_timeout = idle_timeout
         self.scheme = scheme  # "http" or "https": which mappings, and X-Forwarded-Proto
         self.ssl = sni_server_context(list(certs)) if scheme == "https" and certs else None
-
-    def registry(self):
-        for listener in self.app.listeners.values():
-            if listener.kind == "center":
-                return listener.mappings
-        return None
 
 
 @dataclass(frozen=True)
@@ -77,9 +72,9 @@ class MapHttpServer(Listener):
 
     kind = "map-http"
 
-    def make_context(self, settings: MapHttpSettings, app) -> MapHttpContext:
+    def make_context(self, settings: MapHttpSettings, services: Services) -> MapHttpContext:
         self.kind = f"map-{settings.scheme}"
-        return MapHttpContext(app, settings.idle_timeout, settings.scheme, settings.certs, settings.head_timeout)
+        return MapHttpContext(services, settings.idle_timeout, settings.scheme, settings.certs, settings.head_timeout)
 
     def max_connections(self, settings: MapHttpSettings) -> int:
         return 10000

@@ -25,6 +25,7 @@ from ..net.tls import server_context
 from ..net.writer import close_quietly
 from ..prot.frame import CreateMode, Flag, Kind
 from ..prot.http1 import parse_authority
+from ..services import Services
 from . import handshake
 from .link import CenterLink
 from .vconn import VirtualConn
@@ -36,14 +37,14 @@ HANDSHAKE_TIMEOUT = 10.0
 
 
 class CenterServerContext:
-    def __init__(self, cfg: CenterConfig, proxy_cfg: ProxyConfig, app, stats) -> None:
+    def __init__(self, cfg: CenterConfig, proxy_cfg: ProxyConfig, services: Services, stats) -> None:
         self.cfg = cfg
         self.proxy_cfg = proxy_cfg
-        self.resolver = app.resolver
+        self.resolver = services.resolver
         self.accounts = cfg.accounts()
         self.ssl = server_context(cfg.cert, cfg.key, cfg.client_ca) if cfg.tls else None
         exposed = cfg.bind is None or not cfg.bind.is_loopback  # center clients may come from anywhere
-        self.serve_proxy = app.proxy_handler(proxy_cfg, stats, exposed)
+        self.serve_proxy = services.proxy_handler(proxy_cfg, stats, exposed)
         self.targets = target_policy(proxy_cfg, exposed)  # CONNECT streams too
         # the mapping policy (MappingRegistry.register)
         self.allow_ports = cfg.allow_ports
@@ -58,10 +59,10 @@ class CenterServer(Listener):
 
     kind = "center"
 
-    def __init__(self, sock, spec: ListenerSpec, app) -> None:
+    def __init__(self, sock, spec: ListenerSpec, services: Services) -> None:
         self.links: set[CenterLink] = set()
         self.mappings = MappingRegistry()
-        super().__init__(sock, spec, app)
+        super().__init__(sock, spec, services)
         if not spec.settings.center.tls:
             log.warning("center.bind %s: tls = false, the link is plain TCP: anyone on the path can read "
                         "and alter the traffic", spec.bind)
@@ -70,14 +71,14 @@ class CenterServer(Listener):
             log.warning("center.bind %s: no username/password or users and no client_ca: any center client "
                         "that reaches this port may use it", spec.bind)
 
-    def make_context(self, settings: "CenterSettings", app) -> CenterServerContext:
+    def make_context(self, settings: "CenterSettings", services: Services) -> CenterServerContext:
         center_cfg, proxy_cfg = settings.center, settings.proxy
         throttle = getattr(self, "throttle", None)  # kept across reloads
         if throttle is None:
             throttle = self.throttle = AuthThrottle(center_cfg.auth_fail_limit, center_cfg.auth_fail_window,
                                                     f"center {center_cfg.bind}")
         throttle.configure(center_cfg.auth_fail_limit, center_cfg.auth_fail_window)
-        return CenterServerContext(center_cfg, proxy_cfg, app, self.stats)
+        return CenterServerContext(center_cfg, proxy_cfg, services, self.stats)
 
     def max_connections(self, settings: "CenterSettings") -> int:
         return 10000

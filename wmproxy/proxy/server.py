@@ -29,6 +29,7 @@ from ..net.relay import Adopt, RelayStats, relay_then
 from ..prot import socks as s5
 from ..prot.frame import CreateMode
 from ..prot.http1 import simple_response
+from ..services import Services
 from . import http, socks
 
 log = logging.getLogger("wmproxy.proxy")
@@ -138,14 +139,15 @@ class ProxyServer(Listener):
 
     kind = "proxy"
 
-    def make_context(self, settings, app) -> ProxyContext:
+    def make_context(self, settings: "ProxySettings", services: Services) -> ProxyContext:
         proxy_cfg, center_cfg = settings.proxy, settings.center
         throttle = getattr(self, "throttle", None)  # kept across reloads: what was counted stays
         if throttle is None:
             throttle = self.throttle = AuthThrottle(proxy_cfg.auth_fail_limit, proxy_cfg.auth_fail_window,
                                                     f"proxy {proxy_cfg.bind}")
         throttle.configure(proxy_cfg.auth_fail_limit, proxy_cfg.auth_fail_window)
-        return ProxyContext(proxy_cfg, app.resolver, self.adopt, self.stats, app.center_client if center_cfg else None,
+        return ProxyContext(proxy_cfg, services.resolver, self.adopt, self.stats,
+                            services.center_client() if center_cfg else None,
                             throttle=throttle)
 
     def max_connections(self, settings: "ProxySettings") -> int:

@@ -17,6 +17,7 @@ from ..config import Config, StreamServerConfig, StreamUpstreamConfig
 from ..errors import ProtocolError, UpstreamError
 from ..listener import ConnStats, Listener, ListenerSpec
 from ..metrics import ServerMetrics
+from ..services import Services
 from ..net import ws
 from ..net.balance import WeightedRoundRobin, hash_index
 from ..net.dial import dial, fmt_addr
@@ -55,8 +56,8 @@ class StreamTcpServer(Listener):
 
     kind = "stream"
 
-    def make_context(self, settings: "StreamSettings", app) -> StreamContext:
-        return StreamContext(settings.server, settings.upstream, app.resolver, self.stats)
+    def make_context(self, settings: "StreamSettings", services: Services) -> StreamContext:
+        return StreamContext(settings.server, settings.upstream, services.resolver, self.stats)
 
     def max_connections(self, settings: "StreamSettings") -> int:
         return settings.server.max_connections

@@ -21,6 +21,7 @@ from ..listener import ListenerSpec
 from ..net.balance import hash_index
 from ..net.dial import fmt_addr
 from ..net.udp import MAX_DATAGRAM, UdpSession, UdpSessions
+from ..services import Services
 from .tcp import StreamContext, StreamSettings
 
 log = logging.getLogger("wmproxy.stream")
@@ -64,15 +65,15 @@ class UdpForwarder(UdpSessions):
 
     kind = "stream-udp"
 
-    def __init__(self, sock, spec: ListenerSpec, app) -> None:
+    def __init__(self, sock, spec: ListenerSpec, services: Services) -> None:
         super().__init__(sock)
         self.draining = False
-        self.update(spec, app)
+        self.update(spec, services)
 
     # -- the app's listener interface ---------------------------------------------------------
-    def update(self, spec: ListenerSpec, app) -> None:
+    def update(self, spec: ListenerSpec, services: Services) -> None:
         """New sessions use the new settings; live ones keep their server."""
-        self.ctx = StreamContext(spec.settings.server, spec.settings.upstream, app.resolver, self.stats)
+        self.ctx = StreamContext(spec.settings.server, spec.settings.upstream, services.resolver, self.stats)
         self.spec = spec
         self.label = f"udp {spec.bind}"
         self.timeout = self.ctx.cfg.client_timeout

@@ -25,6 +25,7 @@ import gevent
 from ..config import Config, HttpConfig, to_addr
 from ..errors import PhaseTimeout, ProtocolError, UpstreamError
 from ..listener import Listener, ListenerSpec
+from ..services import Services
 from ..logs import access_log, log_access
 from ..metrics import Histogram
 from ..net import httpio
@@ -48,14 +49,14 @@ _IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
 class WebContext:
     """What the requests of one listener share: its servers, the upstream groups, TLS."""
 
-    def __init__(self, servers: tuple, http: HttpConfig, scheme: str, app) -> None:
+    def __init__(self, servers: tuple, http: HttpConfig, scheme: str, services: Services) -> None:
         self.servers = servers
         self.http = http
         self.scheme = scheme
         self.scheme_bytes = scheme.encode()
-        self.resolver = app.resolver
-        self.groups = app.http_groups  # shared by every listener, kept across reloads while unchanged
-        self.limits = app.http_limits
+        self.resolver = services.resolver
+        self.groups = services.http_groups  # shared by every listener, kept across reloads while unchanged
+        self.limits = services.http_limits
         self.ssl = sni_server_context([(s.cert, s.key) for s in servers]) if scheme == "https" else None
         self.read_timeout = max(s.client_read_timeout for s in servers)
         self.header_timeout = max(s.client_header_timeout for s in servers)
@@ -233,8 +234,8 @@ class WebServer(Listener):
 
     kind = "http"
 
-    def make_context(self, settings: "WebSettings", app) -> WebContext:
-        return WebContext(settings.servers, settings.http, settings.scheme, app)
+    def make_context(self, settings: "WebSettings", services: Services) -> WebContext:
+        return WebContext(settings.servers, settings.http, settings.scheme, services)
 
     def max_connections(self, settings: "WebSettings") -> int:
         return 10000

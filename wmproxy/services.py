@@ -1,0 +1,51 @@
+"""What the running process hands its listeners: the services they share, instead of the App.
+
+A listener (and the center client) receives one :class:`Services` and uses nothing else of the
+process: no feature reaches into the App, scans its listeners or asks it for attributes. What
+changes with a reload (the center client, the center server's mapping registry) is reached
+through a function that answers for the configuration in force.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+
+if TYPE_CHECKING:
+    from .config import ProxyConfig
+    from .listener import ConnStats
+    from .net.dns import Resolver
+
+#: the forward proxy as a function of (connection, client address)
+Handler = Callable[[Any, Any], None]
+
+
+class ProxyHandlerFactory(Protocol):
+    def __call__(self, proxy_cfg: "ProxyConfig", stats: "ConnStats", exposed: bool) -> Handler:
+        """The forward proxy for connections a feature accepted itself (the center server's
+        PROXY streams, proxy mappings); ``exposed``: other hosts can reach them."""
+
+
+class ProcessControl(Protocol):
+    """What the control API may do to the process."""
+
+    grace: float  # seconds live connections get on stop
+
+    def status(self) -> dict[str, Any]: ...
+
+    def reload(self, trigger: str) -> dict[str, Any]: ...
+
+    def request_stop(self, why: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Services:
+    resolver: "Resolver"
+    #: [http] upstream groups (pools, health checks) and limit_req buckets: shared by the http
+    #: listeners, kept across reloads while their configuration is unchanged
+    http_groups: dict[Any, Any]
+    http_limits: dict[Any, Any]
+    proxy_handler: ProxyHandlerFactory
+    center_client: Callable[[], Optional[Any]]  # the center client in force (a CenterClient), or None
+    mapping_registry: Callable[[], Optional[Any]]  # the center server's MappingRegistry, or None
+    process: ProcessControl

@@ -55,7 +55,8 @@ class Opt:
 SERVER, CLIENT = "wmproxy-server", "wmproxy-client"
 PROXY, LINK, SERVICE, LOGS, CONTROL = "proxy", "center link", "service", "logs", "control API"
 GROUPS = {
-    PROXY: {SERVER: "forward proxy ([proxy])", CLIENT: "local proxy ([proxy]; its traffic leaves at the center server)"},
+    PROXY: {SERVER: "forward proxy ([proxy])",
+            CLIENT: "local proxy ([proxy]; its traffic leaves at the center server)"},
     LINK: {SERVER: "center server ([center]: center clients link to it)", CLIENT: "center link ([center])"},
     SERVICE: "running as a service",
     LOGS: "logs",

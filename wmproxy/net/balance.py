@@ -7,21 +7,22 @@ never interleaved with another greenlet's.
 from __future__ import annotations
 
 import zlib
+from typing import Any, Iterable, Sequence
 
 
 class WeightedRoundRobin:
     """Smooth weighted round robin over ``servers`` (anything with a ``weight``): with weights
     5,1,1 the order is a a b a c a a, spread out rather than bunched."""
 
-    def __init__(self, servers) -> None:
+    def __init__(self, servers: Iterable[Any]) -> None:
         self.servers = tuple(servers)
         self.current = [0] * len(self.servers)
 
-    def pick(self, among: list[int] | None = None) -> int:
+    def pick(self, among: Sequence[int] | None = None) -> int:
         """The index of the next server, among the indexes ``among`` (default: all)."""
-        among = range(len(self.servers)) if among is None else among
-        best, total = among[0], 0
-        for i in among:
+        indexes: Sequence[int] = range(len(self.servers)) if among is None else among
+        best, total = indexes[0], 0
+        for i in indexes:
             weight = self.servers[i].weight
             self.current[i] += weight
             total += weight
@@ -30,7 +31,7 @@ class WeightedRoundRobin:
         self.current[best] -= total
         return best
 
-    def order(self) -> list:
+    def order(self) -> list[Any]:
         """The server to try first, then the others in their configured order."""
         first = self.pick()
         return [self.servers[first], *(s for i, s in enumerate(self.servers) if i != first)]

@@ -23,15 +23,19 @@ and none raises for a peer's error.
 from __future__ import annotations
 
 import logging
+import _socket
 import socket
 from collections import deque
 from itertools import islice
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from gevent import get_hub
 
-from .idle import watch_idle
+from .idle import Watch, watch_idle
 from .writer import close_quietly
+
+if TYPE_CHECKING:
+    from .relay import RelayStats
 
 log = logging.getLogger("wmproxy")
 
@@ -45,16 +49,20 @@ class CallbackRelay:
 
     __slots__ = ("stats", "on_done", "done", "watch", "cut")
 
-    def __init__(self, stats, on_done: Callable) -> None:
+    def __init__(self, stats: RelayStats, on_done: Callable[[RelayStats], None]) -> None:
         self.stats = stats
         self.on_done = on_done
         self.done = False
-        self.watch = None
+        self.watch: Optional[Watch] = None
         self.cut = False  # a side was reset: the other is reset too when the relay ends (RST, not FIN)
 
     def _watch_idle(self, idle_timeout: float | None) -> None:
         if idle_timeout:
             self.watch = watch_idle(self._progress, lambda: idle_timeout, self._idle)
+
+    def start(self, idle_timeout: float | None) -> None:
+        """Begin relaying (from the event loop from now on)."""
+        raise NotImplementedError
 
     def stop(self, reason: str = "stopped") -> None:
         """End now (a drain past its grace period, say): both ends closed."""
@@ -97,8 +105,8 @@ class StreamSocketRelay(CallbackRelay):
     __slots__ = ("stream", "sock", "up", "down", "rd", "wr", "to_stream", "to_sock", "preconsumed", "fin_pending",
                  "up_open", "down_open")
 
-    def __init__(self, stream, sock, stats, sock_is_a: bool, on_done: Callable, to_stream: bytes = b"",
-                 to_sock: bytes = b"") -> None:
+    def __init__(self, stream: Any, sock: _socket.socket, stats: RelayStats, sock_is_a: bool,
+                 on_done: Callable[[RelayStats], None], to_stream: bytes = b"", to_sock: bytes = b"") -> None:
         super().__init__(stats, on_done)
         self.stream = stream
         self.sock = sock
@@ -107,7 +115,8 @@ class StreamSocketRelay(CallbackRelay):
         self.rd = loop.io(sock.fileno(), 1)
         self.wr = loop.io(sock.fileno(), 2)
         self.to_stream = to_stream  # read from the socket, waiting for window credit
-        self.to_sock: deque | None = deque((memoryview(to_sock),)) if to_sock else None  # waiting for the socket
+        # waiting for the socket
+        self.to_sock: deque[bytes | memoryview] | None = deque((memoryview(to_sock),)) if to_sock else None
         self.preconsumed = len(to_sock)  # its first bytes the stream counted as taken already (recv)
         self.fin_pending = False  # the stream ended: shut the socket's write side once to_sock is out
         self.up_open = self.down_open = True
@@ -184,7 +193,7 @@ class StreamSocketRelay(CallbackRelay):
                 return  # the socket is drained for now
 
     # -- stream -> socket (the stream's sink) -------------------------------------------------------
-    def data(self, body) -> None:
+    def data(self, body: bytes) -> None:
         if self.done:
             return
         if self.to_sock is not None:
@@ -205,6 +214,8 @@ class StreamSocketRelay(CallbackRelay):
 
     def _writable(self) -> None:
         queue = self.to_sock
+        if queue is None:
+            return
         try:  # everything waiting in one gathering syscall, as much as the socket takes
             sent = self.sock.sendmsg(queue if len(queue) <= GATHER else list(islice(queue, GATHER)))
         except (BlockingIOError, InterruptedError):

@@ -10,6 +10,7 @@ import errno
 import ipaddress
 import socket
 import time
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from gevent import socket as gsocket
 
@@ -23,6 +24,11 @@ from ..prot.socks import (
     REP_TTL_EXPIRED,
 )
 from .dns import Resolver
+
+if TYPE_CHECKING:
+    from .targets import TargetPolicy
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 _ERRNO_REPLY = {
     errno.ECONNREFUSED: REP_CONNECTION_REFUSED,
@@ -42,7 +48,7 @@ def plain_ip(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return addr
 
 
-def ip_allowed(ip: str, allow: tuple, deny: tuple) -> bool:
+def ip_allowed(ip: str, allow: tuple[Network, ...], deny: tuple[Network, ...]) -> bool:
     """The deny networks first, then the allow ones (none allows everyone)."""
     if not allow and not deny:
         return True
@@ -60,7 +66,8 @@ def fmt_addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def allowed_addresses(addrs: list, port: int, policy, kind: int = socket.SOCK_STREAM) -> list:
+def allowed_addresses(addrs: list[tuple[int, str]], port: int, policy: Optional[TargetPolicy],
+                      kind: int = socket.SOCK_STREAM) -> list[tuple[int, str]]:
     """The resolved ``addrs`` (family, ip) that ``policy`` (net.targets.TargetPolicy or None)
     lets the proxy reach on ``port`` (over TCP, or UDP for ``kind`` SOCK_DGRAM). Raises
     UpstreamError (403, SOCKS5 'not allowed') when it lets none."""
@@ -78,7 +85,7 @@ def allowed_addresses(addrs: list, port: int, policy, kind: int = socket.SOCK_ST
     return kept
 
 
-def dial(resolver: Resolver, host: str, port: int, timeout: float, policy=None) -> gsocket.socket:
+def dial(resolver: Resolver, host: str, port: int, timeout: float, policy: Optional[TargetPolicy] = None) -> Any:
     """Connect to ``host:port`` within ``timeout`` seconds in all (lookup included).
 
     Tries each address in turn, sharing the time left among them; with ``policy``
@@ -104,7 +111,7 @@ def dial(resolver: Resolver, host: str, port: int, timeout: float, policy=None) 
         except OSError as e:
             reason = e.strerror or str(e)
             last = UpstreamError(f"connect to {fmt_addr(ip, port)}: {reason}", 502,
-                                 _ERRNO_REPLY.get(e.errno, REP_GENERAL_FAILURE))
+                                 _ERRNO_REPLY.get(e.errno or 0, REP_GENERAL_FAILURE))
         else:
             sock.settimeout(None)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

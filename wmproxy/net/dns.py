@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
+from typing import Optional, Union
 
 import dns.exception
 import dns.resolver
@@ -53,7 +54,7 @@ class Resolver:
         self._cache: OrderedDict[str, tuple[float, list[Address] | DnsError]] = OrderedDict()
         self._inflight: dict[str, AsyncResult] = {}
         self._hosts: dict[str, list[Address]] = {}
-        self._hosts_mtime = None
+        self._hosts_mtime: Optional[int] = None
         self._hosts_checked = 0.0
         self._dns = self._make_resolver()
 
@@ -110,7 +111,8 @@ class Resolver:
             del self._cache[name]
         pending = self._inflight.get(name)
         if pending is not None:
-            return pending.get()
+            shared: list[Address] = pending.get()
+            return shared
         pending = self._inflight[name] = AsyncResult()
         try:
             addrs, ttl = self._query(name)
@@ -124,7 +126,7 @@ class Resolver:
         pending.set(addrs)
         return addrs
 
-    def _store(self, name: str, value, ttl: float) -> None:
+    def _store(self, name: str, value: Union[list[Address], DnsError], ttl: float) -> None:
         if self.cfg.cache_size <= 0 or ttl <= 0:
             return
         self._cache[name] = (time.monotonic() + ttl, value)
@@ -152,7 +154,7 @@ class Resolver:
             raise DnsError(f"cannot resolve {name!r}: {errors[0] if errors else 'no address'}")
         return addrs, min(ttls)
 
-    def _query_type(self, name: str, rdtype: str):
+    def _query_type(self, name: str, rdtype: str) -> Union[tuple[list[Address], float], str]:
         """(addresses, ttl) or an error text; never raises."""
         family = socket.AF_INET if rdtype == "A" else socket.AF_INET6
         try:

@@ -18,17 +18,19 @@ from typing import Callable, Optional
 import gevent
 from gevent.socket import socket as GeventSocket
 
+from .conn import Conn, Data
+
 #: the gevent versions whose internals this module was checked against (pyproject.toml says so too)
 GEVENT_TESTED = ">=24.2,<27"
 
 
-def kernel_socket(sock) -> Optional[socket.socket]:
+def kernel_socket(sock: Conn) -> Optional[socket.socket]:
     """The kernel socket under a plain gevent socket (not a TLS one, not a link stream), else
     None. Its calls never wait: they raise BlockingIOError when nothing can be done now."""
-    return sock._sock if type(sock) is GeventSocket else None
+    return sock._sock if type(sock) is GeventSocket else None  # type: ignore[attr-defined]
 
 
-def read_waiter(sock) -> Optional[Callable[[], None]]:
+def read_waiter(sock: Conn) -> Optional[Callable[[], None]]:
     """A function that blocks (cooperatively) until ``sock`` is readable, for a gevent socket
     (TLS ones too); None for any other socket-like object (whose recv waits by itself)."""
     wait, event = getattr(sock, "_wait", None), getattr(sock, "_read_event", None)
@@ -37,7 +39,7 @@ def read_waiter(sock) -> Optional[Callable[[], None]]:
     return partial(wait, event)
 
 
-def send_all(sock, data) -> None:
+def send_all(sock: Conn, data: Data) -> None:
     """Send all of ``data``. Blocks cooperatively; raises OSError like ``sendall``.
 
     gevent's ``sendall`` asks the kernel for SO_SNDBUF on every call (a syscall, costly under
@@ -45,7 +47,7 @@ def send_all(sock, data) -> None:
     small message whole, and only the rest, if any, goes through ``sendall``. A plain gevent
     socket is sent on with the kernel socket's ``send`` (non-blocking), one Python layer less."""
     try:
-        sent = sock._sock.send(data) if type(sock) is GeventSocket else sock.send(data)
+        sent = sock._sock.send(data) if type(sock) is GeventSocket else sock.send(data)  # type: ignore[attr-defined]
     except BlockingIOError:
         sent = 0
     if sent < len(data):

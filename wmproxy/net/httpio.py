@@ -7,18 +7,24 @@ timeouts are the sockets' own.
 from __future__ import annotations
 
 from functools import partial
+from typing import Callable, Optional
 
 from ..errors import ProtocolError, ProxyError
 from ..prot import http1
 from ..prot.chunked import ChunkedDecoder, encode_piece
 from .reader import PeerClosed, Reader
-from .relay import relay
+from .conn import Conn, Data
+from .relay import RelayStats, relay
 from .writer import send_all
+
+Send = Callable[[Data], None]  # sends all of its argument, or raises OSError
+Interim = Callable[[http1.Head], None]  # told of each interim (1xx) response skipped
+Finish = Callable[[http1.Headers], http1.Headers]  # header rules applied to the response's headers
 
 STREAM_PIECE = 65536
 
 
-def read_head(reader: Reader, limit: int, on_partial=None) -> bytes:
+def read_head(reader: Reader, limit: int, on_partial: Optional[Callable[[], None]] = None) -> bytes:
     """The next head, CRLF CRLF included. Leading empty lines are skipped (RFC 9112 2.2).
     ``on_partial()`` is called when a head has begun but is not whole yet (to start its
     deadline: the usual head comes whole in one read and costs nothing).
@@ -55,11 +61,11 @@ class _Joiner:
 
     __slots__ = ("send", "prefix")
 
-    def __init__(self, send, prefix: bytes) -> None:
+    def __init__(self, send: Send, prefix: bytes) -> None:
         self.send = send
         self.prefix = prefix
 
-    def __call__(self, data) -> None:
+    def __call__(self, data: Data) -> None:
         if self.prefix:
             data, self.prefix = self.prefix + data, b""
         self.send(data)
@@ -70,7 +76,7 @@ class _Joiner:
             self.prefix = b""
 
 
-def _copy_exact(reader: Reader, send, n: int) -> None:
+def _copy_exact(reader: Reader, send: Send, n: int) -> None:
     while n:
         data = reader.read_some(min(n, STREAM_PIECE))
         if not data:
@@ -79,7 +85,7 @@ def _copy_exact(reader: Reader, send, n: int) -> None:
         n -= len(data)
 
 
-def copy_body(reader: Reader, send, framing: tuple[str, int], chunked_out: bool, prefix: bytes = b"") -> int:
+def copy_body(reader: Reader, send: Send, framing: tuple[str, int], chunked_out: bool, prefix: bytes = b"") -> int:
     """Send ``prefix`` (the head), then copy one message body from ``reader`` to ``send``
     as framed by ``framing``.
 
@@ -105,7 +111,7 @@ def copy_body(reader: Reader, send, framing: tuple[str, int], chunked_out: bool,
     return total
 
 
-def _copy_body(reader: Reader, sendall, framing: tuple[str, int], chunked_out: bool) -> int:
+def _copy_body(reader: Reader, sendall: Send, framing: tuple[str, int], chunked_out: bool) -> int:
     kind, length = framing
     if kind == "none":
         return 0
@@ -123,7 +129,7 @@ def _copy_body(reader: Reader, sendall, framing: tuple[str, int], chunked_out: b
     return _copy_chunked(reader, sendall, chunked_out)
 
 
-def _copy_chunked(reader: Reader, sendall, chunked_out: bool) -> int:
+def _copy_chunked(reader: Reader, sendall: Send, chunked_out: bool) -> int:
     """A chunked body through the pure decoder (prot/chunked.py), each data piece sent on as
     it comes (coded again in the same chunks when ``chunked_out``, the trailers after the
     last). The data of a large chunk that is not buffered yet is read and sent without passing
@@ -175,11 +181,11 @@ class _UpstreamSide:
 
     __slots__ = ("send", "failed")
 
-    def __init__(self, send) -> None:
+    def __init__(self, send: Send) -> None:
         self.send = send
         self.failed = False
 
-    def __call__(self, data) -> None:
+    def __call__(self, data: Data) -> None:
         try:
             self.send(data)
         except BaseException:
@@ -187,7 +193,7 @@ class _UpstreamSide:
             raise
 
 
-def send_request(reader: Reader, send, framing: tuple[str, int], head: bytes) -> int:
+def send_request(reader: Reader, send: Send, framing: tuple[str, int], head: bytes) -> int:
     """Send the ``head`` of a request with a body, and the body (read from the client's
     ``reader``, chunked re-encoded) with ``send``. Returns the body's data bytes. Raises
     ClientBodyError when the client's side broke (closed, timed out, malformed chunks), and
@@ -202,9 +208,9 @@ def send_request(reader: Reader, send, framing: tuple[str, int], head: bytes) ->
         raise ClientBodyError(e) from None
 
 
-def exchange(client: Reader, send, upstream: Reader, framing: tuple[str, int], head: bytes, method: str,
-             max_head: int, interim=None, finish=None, whole: bool = False,
-             on_sent=None) -> tuple[http1.Response, bytes | None]:
+def exchange(client: Reader, send: Send, upstream: Reader, framing: tuple[str, int], head: bytes, method: str,
+             max_head: int, interim: Optional[Interim] = None, finish: Optional[Finish] = None, whole: bool = False,
+             on_sent: Optional[Callable[[], None]] = None) -> tuple[http1.Response, bytes | None]:
     """One request on an upstream connection, the exchange the forward proxy, ``[http]`` and
     http mappings share: ``head`` and the client's body (from ``client``, framed by
     ``framing``) sent with ``send``, then the final response head read from ``upstream``
@@ -249,10 +255,11 @@ class Forwarded:
         self.size = 0
         self.keep = False
         self.reusable = False
-        self.upgraded = None
+        self.upgraded: Optional[RelayStats] = None
 
 
-def read_response(reader: Reader, limit: int, method: str, interim=None, finish=None) -> http1.Response:
+def read_response(reader: Reader, limit: int, method: str, interim: Optional[Interim] = None,
+                  finish: Optional[Finish] = None) -> http1.Response:
     """The server's final response to a ``method`` request, ready to pass on: its head's bytes
     passed through when they can be (:func:`http1.quick_response`; not with header rules), else
     parsed, ``finish`` (headers -> headers: the header rules) applied. Interim 1xx heads (101 is
@@ -271,7 +278,8 @@ def read_response(reader: Reader, limit: int, method: str, interim=None, finish=
             interim(rhead)
 
 
-def read_response_whole(reader: Reader, limit: int, method: str, interim=None) -> tuple[http1.Response, bytes | None]:
+def read_response_whole(reader: Reader, limit: int, method: str,
+                        interim: Optional[Interim] = None) -> tuple[http1.Response, bytes | None]:
     """:func:`read_response` without header rules, and the body too when it came whole with
     its head in the reader's first recv, the usual small answer on a kept connection: returned
     then, not buffered (None when it is left to :func:`copy_body`). Raises as read_response."""
@@ -316,15 +324,16 @@ def to_client(head: http1.Head, response: http1.Response, extra: bytes = b"") ->
     return response.encode(extra), chunked_out, keep
 
 
-def forward_response(client, creader: Reader, head: http1.Head, response: http1.Response, upstream, ureader: Reader,
-                     finish, idle_timeout: float, upgrade: bytes | None) -> Forwarded:
+def forward_response(client: Conn, creader: Reader, head: http1.Head, response: http1.Response, upstream: Conn,
+                     ureader: Reader, finish: Optional[Finish], idle_timeout: float,
+                     upgrade: bytes | None) -> Forwarded:
     """Send the server's ``response`` (from :func:`read_response`, and its body from
     ``ureader``) to the client of request ``head``: chunked re-encoded for HTTP/1.1 clients,
     a 101 to an upgrade request (``finish``, the header rules, applied to its headers) followed
     by a relay of both connections until they end (it closes them). Raises PeerClosed,
     ProtocolError, OSError as copy_body does."""
     done = Forwarded(response.status)
-    if response.status == 101 and upgrade:
+    if response.status == 101 and upgrade and response.head is not None:
         headers = response.head.headers
         client.sendall(http1.encode_head(f"HTTP/1.1 101 {response.head.reason.decode('latin-1')}",
                                          finish(headers) if finish is not None else headers))

@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import gevent
 
 from ..errors import PhaseTimeout
+from .reader import Reader
 
 MIN_TICK, MAX_TICK = 0.05, 1.0
 
@@ -110,10 +111,10 @@ class ConnWatch:
     __slots__ = ("reader", "upstream", "timeout", "phase", "head_timeout", "head_phase", "head_started", "watch",
                  "_greenlet")
 
-    def __init__(self, reader, timeout: float, head_timeout: float, head_phase: str) -> None:
+    def __init__(self, reader: Reader, timeout: float, head_timeout: float, head_phase: str) -> None:
         self._greenlet = gevent.getcurrent()
         self.reader = reader
-        self.upstream = None  # the current upstream's Reader: its reads count as progress too
+        self.upstream: Optional[Reader] = None  # the current upstream's Reader: its reads count as progress too
         self.timeout = timeout
         self.phase = ""
         self.head_timeout = head_timeout
@@ -135,7 +136,7 @@ class ConnWatch:
             error = socket.timeout("idle timeout")
         self._greenlet.kill(error, block=False)
 
-    def waiting(self, upstream, timeout: float) -> None:
+    def waiting(self, upstream: Optional[Reader], timeout: float) -> None:
         """From now: ``upstream`` (a Reader or None) is the other side, silence ends after ``timeout``."""
         self.upstream, self.timeout = upstream, timeout
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Callable
 
 from ..config import Addr
 from ..errors import ProxyError
@@ -15,7 +16,7 @@ class BindError(ProxyError):
     """A listening address could not be opened."""
 
 
-def _bound(addr: Addr, what: str, kind: int, prepare) -> socket.socket:
+def _bound(addr: Addr, what: str, kind: int, prepare: Callable[[socket.socket], None]) -> socket.socket:
     """A socket of ``kind`` bound to ``addr`` (IPv6 sockets v6-only); ``prepare(sock)`` runs
     before bind. Raises BindError naming the config key, the address and the reason."""
     try:

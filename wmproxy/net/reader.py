@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import gevent
 
 from ..errors import NeedMore, ProtocolError
+from .conn import Conn
 from .gevent_io import kernel_socket, read_waiter
 
 T = TypeVar("T")
@@ -33,7 +34,7 @@ class Reader:
 
     __slots__ = ("sock", "buf", "reads", "_recv", "_wait", "_watch")
 
-    def __init__(self, sock, keep_watching: bool = False) -> None:
+    def __init__(self, sock: Conn, keep_watching: bool = False) -> None:
         """``keep_watching``: the owner of a plain gevent socket promises to call
         :meth:`release` when done; then the readiness watcher stays started between waits
         (no epoll_ctl and no waiter object per message)."""
@@ -43,9 +44,9 @@ class Reader:
         kernel = kernel_socket(sock)
         # a plain gevent socket is read with the kernel socket's recv first (one Python layer
         # less per message); gevent's recv, which waits, only when nothing is there yet
-        self._recv = kernel.recv if kernel is not None else sock.recv
+        self._recv: Callable[[int], bytes] = kernel.recv if kernel is not None else sock.recv
         self._wait = read_waiter(sock)
-        self._watch = _Watch(sock.fileno()) if kernel is not None and keep_watching else None
+        self._watch = _Watch(kernel.fileno()) if kernel is not None and keep_watching else None
 
     def release(self) -> None:
         """Stop and drop the kept watcher, if any (call before or after closing the socket)."""
@@ -115,7 +116,7 @@ class Reader:
                 raise PeerClosed(f"peer closed after {len(self.buf)} bytes without {delim!r}")
         raise ProtocolError(f"no {delim!r} within {limit} bytes", 431)
 
-    def read_message(self, parse: Callable[[bytes], tuple[T, int]]) -> T:
+    def read_message(self, parse: Callable[[Any], tuple[T, int]]) -> T:
         """Feed a pure parser (returns (value, consumed) or raises NeedMore) until it answers."""
         while True:
             try:
@@ -183,7 +184,7 @@ class _Watch:
 PEEK_LIMIT = 65536 + 1024
 
 
-def peek_message(sock, parse: Callable[[bytes], T], timeout: float) -> T:
+def peek_message(sock: Any, parse: Callable[[bytes], T], timeout: float) -> T:
     """Parse the first bytes of ``sock`` without consuming them (MSG_PEEK): ``parse(data)``
     answers or raises NeedMore. For routing on a message that must still reach whoever
     handles the connection (a TLS ClientHello). Raises PeerClosed at EOF, socket.timeout

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import _socket
 import socket
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import gevent
 from gevent import get_hub
@@ -30,7 +30,8 @@ from gevent.event import Event
 from gevent import socket as gsocket
 from gevent import ssl as gssl
 
-from .bridge import StreamSocketRelay
+from .bridge import CallbackRelay, StreamSocketRelay
+from .conn import Conn
 from .splice import HAVE_SPLICE, SpliceRelay
 from .idle import watch_idle
 from .writer import close_quietly, send_all
@@ -60,11 +61,11 @@ class RelayStats:
         return self.moved[0] + self.moved[1]
 
 
-def _spliceable(s) -> bool:
+def _spliceable(s: object) -> bool:
     return HAVE_SPLICE and isinstance(s, gsocket.socket) and not isinstance(s, gssl.SSLSocket)
 
 
-def _copy_pump(src, dst, moved: list, way: int) -> None:
+def _copy_pump(src: Conn, dst: Conn, moved: list[int], way: int) -> None:
     # The reusable buffer is allocated once data flows: an idle tunnel (thousands of them on a
     # center link) costs no 64 KiB per direction.
     data = src.recv(CHUNK)
@@ -85,14 +86,15 @@ def _copy_pump(src, dst, moved: list, way: int) -> None:
         send_all(dst, view[:n])
 
 
-def _shutdown_write(s) -> None:
+def _shutdown_write(s: Conn) -> None:
     try:
         s.shutdown(socket.SHUT_WR)
     except OSError:
         pass
 
 
-def _pump(src, dst, pending: bytes, moved: list, way: int, on_error) -> None:
+def _pump(src: Conn, dst: Conn, pending: bytes, moved: list[int], way: int,
+          on_error: Callable[[BaseException], None]) -> None:
     try:
         if pending:
             dst.sendall(pending)
@@ -108,7 +110,7 @@ class _Stop(Exception):
     """Thrown into the greenlet running a relay's inline pump to end it."""
 
 
-def relay(a, b, idle_timeout: float | None = None, a_pending: bytes = b"", b_pending: bytes = b"",
+def relay(a: Conn, b: Conn, idle_timeout: float | None = None, a_pending: bytes = b"", b_pending: bytes = b"",
           stats: RelayStats | None = None) -> RelayStats:
     """Copy bytes both ways between ``a`` and ``b`` until both directions end.
 
@@ -135,8 +137,9 @@ def relay(a, b, idle_timeout: float | None = None, a_pending: bytes = b"", b_pen
         s.settimeout(None)
     me = gevent.getcurrent()
     hub = get_hub()
-    inline = {"running": True, "stop": None}  # the a -> b pump run here; a pending throw into it
-    cut = []  # a side was reset: the other is reset too (RST, not FIN)
+    inline: dict[str, Any] = {"running": True, "stop": None}  # the a -> b pump run here; a pending throw into it
+    cut: list[BaseException] = []  # a side was reset: the other is reset too (RST, not FIN)
+    other: gevent.Greenlet  # the b -> a pump, spawned below
 
     def stop_inline() -> None:
         # from another greenlet: end the pump this greenlet runs (a throw at its next wait)
@@ -196,7 +199,8 @@ def link_owned(stop: Callable[[], None]) -> Callable[[], None]:
     return _nothing
 
 
-def relay_then(a, b, on_done: Callable[[RelayStats], None], adopt: Adopt | None, idle_timeout: float | None = None,
+def relay_then(a: Conn, b: Conn, on_done: Callable[[RelayStats], None], adopt: Adopt | None,
+               idle_timeout: float | None = None,
                a_pending: bytes = b"", b_pending: bytes = b"", stats: RelayStats | None = None) -> bool:
     """Relay ``a`` and ``b`` like :func:`relay`, then ``on_done(stats)``; returns whether the
     relay goes on without the caller.
@@ -210,6 +214,8 @@ def relay_then(a, b, on_done: Callable[[RelayStats], None], adopt: Adopt | None,
     """
     stats = stats or RelayStats()
     if adopt is not None:
+        release: Callable[[], None]
+
         def done(stats: RelayStats) -> None:
             release()
             on_done(stats)
@@ -223,7 +229,8 @@ def relay_then(a, b, on_done: Callable[[RelayStats], None], adopt: Adopt | None,
     return False
 
 
-def _callback_relay(a, b, a_pending: bytes, b_pending: bytes, stats: RelayStats, on_done):
+def _callback_relay(a: Conn, b: Conn, a_pending: bytes, b_pending: bytes, stats: RelayStats,
+                    on_done: Callable[[RelayStats], None]) -> Optional[CallbackRelay]:
     """A StreamSocketRelay or SpliceRelay for this pair (not started; the kernel sockets taken out of
     their gevent wrappers), or None when the pair needs pumps (TLS, websocket...)."""
     if _spliceable(a) and _spliceable(b):
@@ -235,7 +242,7 @@ def _callback_relay(a, b, a_pending: bytes, b_pending: bytes, stats: RelayStats,
     return None
 
 
-def _take(sock):
+def _take(sock: Any) -> _socket.socket:
     """The kernel socket out of its gevent wrapper, non-blocking (the wrapper's owner may
     still close the wrapper: nothing happens)."""
     family, kind, proto = sock.family, sock.type, sock.proto

@@ -12,13 +12,17 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import _socket
 import socket
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from gevent import get_hub
 
 from .writer import close_quietly
 from .bridge import CHUNK, READS_PER_CALL, CallbackRelay
+
+if TYPE_CHECKING:
+    from .relay import RelayStats
 
 PIPE_SIZE = 1 << 20
 SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
@@ -44,7 +48,8 @@ class _Way:
 
     __slots__ = ("owner", "src", "dst", "slot", "rd", "wr", "pipe", "in_pipe", "pending", "copy")
 
-    def __init__(self, owner: "SpliceRelay", src, dst, slot: int, loop, pending: bytes) -> None:
+    def __init__(self, owner: "SpliceRelay", src: _socket.socket, dst: _socket.socket, slot: int, loop: Any,
+                 pending: bytes) -> None:
         self.owner = owner
         self.src = src
         self.dst = dst
@@ -90,6 +95,7 @@ class _Way:
         return self._drain()
 
     def _drain(self) -> bool:
+        assert self.pipe is not None  # (bytes are in it: it was made)
         while self.in_pipe:
             try:
                 self.in_pipe -= os.splice(self.pipe[0], self.dst.fileno(), self.in_pipe, flags=SPLICE_FLAGS)
@@ -131,7 +137,7 @@ class _Way:
         self._read_again()
         return True
 
-    def _wait_writable(self, then: Callable) -> None:
+    def _wait_writable(self, then: Callable[[], Any]) -> None:
         self.rd.stop()
         if not self.wr.active:
             self.wr.start(then)
@@ -167,7 +173,8 @@ class SpliceRelay(CallbackRelay):
 
     __slots__ = ("a", "b", "ways", "open_ways")
 
-    def __init__(self, a, b, stats, on_done: Callable, a_pending: bytes = b"", b_pending: bytes = b"") -> None:
+    def __init__(self, a: _socket.socket, b: _socket.socket, stats: RelayStats, on_done: Callable[[RelayStats], None],
+                 a_pending: bytes = b"", b_pending: bytes = b"") -> None:
         super().__init__(stats, on_done)
         self.a, self.b = a, b
         loop = get_hub().loop

@@ -17,19 +17,22 @@ The own addresses come from the registry that ``net.listen`` fills for every soc
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 from typing import Optional
 
 import psutil
 
-from ..config import ProxyConfig
+from ..config import ProxyConfig, TargetRule
 from .dial import plain_ip
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # socket -> (its address as an ip_address, port, type); held strongly (gevent's server keeps
 # only the socket inside the one given to it, which closes with it) and dropped once closed
-_OWN: dict = {}
-_HOST_ADDRS: tuple[float, frozenset] = (0.0, frozenset())
+_OWN: dict[socket.socket, tuple[IPAddress, int, int]] = {}
+_HOST_ADDRS: tuple[float, frozenset[IPAddress]] = (0.0, frozenset())
 HOST_ADDRS_TTL = 5.0
 
 
@@ -45,12 +48,12 @@ def register_own(sock: socket.socket) -> None:
     _OWN[sock] = (plain_ip(host), port, sock.type)
 
 
-def own_addresses(kind: int = socket.SOCK_STREAM) -> list[tuple]:
+def own_addresses(kind: int = socket.SOCK_STREAM) -> list[tuple[IPAddress, int]]:
     """(address, port) of every listening socket of this process of ``kind`` still open."""
     return [(addr, port) for sock, (addr, port, k) in list(_OWN.items()) if k == kind and sock.fileno() != -1]
 
 
-def host_addresses() -> frozenset:
+def host_addresses() -> frozenset[IPAddress]:
     """The addresses of this host's interfaces (a wildcard listener answers on each),
     remembered for HOST_ADDRS_TTL seconds."""
     global _HOST_ADDRS
@@ -71,11 +74,11 @@ def host_addresses() -> frozenset:
     return _HOST_ADDRS[1]
 
 
-def _is_local(addr) -> bool:
-    return addr.is_loopback or addr.is_unspecified or addr.is_link_local
+def _is_local(addr: IPAddress) -> bool:
+    return bool(addr.is_loopback or addr.is_unspecified or addr.is_link_local)
 
 
-def _matches(rules: tuple, addr, port: int) -> bool:
+def _matches(rules: tuple[TargetRule, ...], addr: IPAddress, port: int) -> bool:
     return any(rule.matches(addr, port) for rule in rules)
 
 
@@ -85,7 +88,8 @@ class TargetPolicy:
 
     __slots__ = ("deny", "allow", "deny_local")
 
-    def __init__(self, deny: tuple = (), allow: tuple = (), deny_local: bool = False) -> None:
+    def __init__(self, deny: tuple[TargetRule, ...] = (), allow: tuple[TargetRule, ...] = (),
+                 deny_local: bool = False) -> None:
         self.deny = deny
         self.allow = allow
         self.deny_local = deny_local
@@ -108,7 +112,7 @@ class TargetPolicy:
         return None
 
     @staticmethod
-    def _own(addr, port: int, kind: int) -> bool:
+    def _own(addr: IPAddress, port: int, kind: int) -> bool:
         for bound, bound_port in own_addresses(kind):
             if bound_port != port:
                 continue

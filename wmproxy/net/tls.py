@@ -74,7 +74,7 @@ def sni_server_context(pairs: list[tuple[str, str]], keys: list[tuple[str, str]]
         contexts.append((_cert_names(cert), ctx))
     first = contexts[0][1]
 
-    def pick(sslobj, server_name, _ctx) -> None:
+    def pick(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
         if not server_name:
             return
         name = server_name.lower()
@@ -92,7 +92,7 @@ def sni_server_context(pairs: list[tuple[str, str]], keys: list[tuple[str, str]]
 def _cert_names(path: str) -> set[str]:
     """DNS names of a PEM certificate (subjectAltName, else the common name)."""
     try:
-        info = ssl._ssl._test_decode_cert(path)  # the stdlib's own PEM decoder
+        info = ssl._ssl._test_decode_cert(path)  # type: ignore[attr-defined]  # the stdlib's own PEM decoder
     except (ssl.SSLError, OSError, AttributeError):
         return set()
     names = {value.lower() for kind, value in info.get("subjectAltName", ()) if kind == "DNS"}

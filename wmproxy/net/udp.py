@@ -11,8 +11,10 @@ logged). Datagrams keep their boundaries, up to 65,535 bytes.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import OrderedDict
+from typing import Optional
 
 import gevent
 from gevent.server import DatagramServer
@@ -31,7 +33,7 @@ class UdpSession:
 
     __slots__ = ("peer", "last", "greenlet")
 
-    def __init__(self, peer) -> None:
+    def __init__(self, peer: tuple[str, int]) -> None:
         self.peer = peer
         self.last = time.monotonic()
         self.greenlet: gevent.Greenlet | None = None
@@ -44,7 +46,7 @@ class UdpSession:
             self.greenlet.kill(block=False)
 
 
-class UdpSessions(DatagramServer):
+class UdpSessions(DatagramServer):  # type: ignore[misc]  # (gevent publishes no types)
     """Subclasses set ``label``, ``timeout`` and ``max_sessions`` and implement
     :meth:`open_session` (a UdpSession for a new peer, or None to drop its datagram)."""
 
@@ -52,23 +54,25 @@ class UdpSessions(DatagramServer):
     timeout = 60.0
     max_sessions = 10000
 
-    def __init__(self, sock) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         super().__init__(sock)
         self.stats = ConnStats()
-        self.sessions: OrderedDict = OrderedDict()  # peer address -> session, least recently active first
+        # peer address -> session, least recently active first
+        self.sessions: OrderedDict[tuple[str, int], UdpSession] = OrderedDict()
         self._reaper = gevent.spawn(self._expire)
 
-    def open_session(self, peer) -> UdpSession | None:
+    def open_session(self, peer: tuple[str, int]) -> UdpSession | None:
         raise NotImplementedError
 
-    def do_read(self):
+    def do_read(self) -> Optional[tuple[bytes, tuple[str, int]]]:
         """gevent reads 8,192 bytes at most: take whole datagrams (up to 65,535)."""
         try:
-            return self._socket.recvfrom(MAX_DATAGRAM)
+            got: tuple[bytes, tuple[str, int]] = self._socket.recvfrom(MAX_DATAGRAM)
+            return got
         except BlockingIOError:
             return None
 
-    def handle(self, data: bytes, peer) -> None:
+    def handle(self, data: bytes, peer: tuple[str, int]) -> None:
         session = self.sessions.get(peer)
         if session is None:
             if len(self.sessions) >= self.max_sessions:

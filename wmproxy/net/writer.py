@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 
+from .conn import Conn
 from .gevent_io import send_all  # (it lives with the gevent internals it uses)
 
 __all__ = ["send_all", "close_quietly"]
@@ -13,7 +14,7 @@ __all__ = ["send_all", "close_quietly"]
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
-def close_quietly(sock, reset: bool = False) -> None:
+def close_quietly(sock: Conn, reset: bool = False) -> None:
     """Close ``sock`` (a TLS socket: without waiting for the peer's close_notify). With
     ``reset``, as a cut instead of an orderly end, so the peer cannot take a close-delimited
     answer for a whole one: what a relay does when its other side was reset (a center link

@@ -11,6 +11,7 @@ websocket service) are the ordinary relay between a socket and a WsSocket.
 from __future__ import annotations
 
 import socket
+from typing import Any, Optional
 
 from gevent.lock import Semaphore
 from wsproto import ConnectionType, WSConnection
@@ -19,6 +20,7 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Mess
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ..errors import ProtocolError, UpstreamError
+from .conn import Conn, Data
 from .reader import PeerClosed
 
 RECV = 65536
@@ -26,17 +28,17 @@ MAX_HANDSHAKE = 65536
 
 
 class WsSocket:
-    def __init__(self, sock, ws: WSConnection) -> None:
+    def __init__(self, sock: Conn, ws: WSConnection) -> None:
         self.sock = sock
         self.ws = ws
         self.inbox = bytearray()
         self.eof = False
         self._write = Semaphore()  # two pumps may send (data, a pong): frames must not interleave
 
-    def settimeout(self, timeout) -> None:
+    def settimeout(self, timeout: Optional[float]) -> None:
         self.sock.settimeout(timeout)
 
-    def gettimeout(self):
+    def gettimeout(self) -> Optional[float]:
         return self.sock.gettimeout()
 
     def _send(self, data: bytes) -> None:
@@ -67,12 +69,12 @@ class WsSocket:
         del self.inbox[:n]
         return out
 
-    def sendall(self, data) -> None:
+    def sendall(self, data: Data) -> None:
         if self.ws.state != ConnectionState.OPEN:
             raise BrokenPipeError("the websocket is closing")
         self._send(self.ws.send(BytesMessage(data=bytes(data))))
 
-    def send(self, data) -> int:
+    def send(self, data: Data) -> int:
         self.sendall(data)
         return len(data)
 
@@ -87,7 +89,7 @@ class WsSocket:
         self.sock.close()
 
 
-def _events_until(sock, ws: WSConnection, wanted: tuple):
+def _events_until(sock: Conn, ws: WSConnection, wanted: tuple[type, ...]) -> Any:
     """Feed ``ws`` from ``sock`` until one of ``wanted`` events (the handshake's)."""
     seen = 0
     while True:
@@ -106,7 +108,7 @@ def _events_until(sock, ws: WSConnection, wanted: tuple):
             raise ProtocolError(f"not a websocket handshake: {e}") from None
 
 
-def accept(sock) -> WsSocket:
+def accept(sock: Conn) -> WsSocket:
     """Server side: read the client's upgrade request and accept it. Raises ProtocolError
     (after answering 400) for anything else, PeerClosed, OSError."""
     ws = WSConnection(ConnectionType.SERVER)
@@ -120,7 +122,7 @@ def accept(sock) -> WsSocket:
     return WsSocket(sock, ws)
 
 
-def connect(sock, host: str, path: str) -> WsSocket:
+def connect(sock: Conn, host: str, path: str) -> WsSocket:
     """Client side: ask ``host``/``path`` to upgrade. Raises UpstreamError when refused."""
     ws = WSConnection(ConnectionType.CLIENT)
     sock.sendall(ws.send(Request(host=host, target=path)))

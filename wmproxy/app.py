@@ -134,7 +134,8 @@ class App:
         self._process.cpu_percent(None)  # the first reading primes the counter
         # all that listeners and the center client get of the process
         self.services = Services(self.resolver, self.http_groups, self.http_limits, self.proxy_handler,
-                                 lambda: self.center_client, self._mapping_registry, self)
+                                 lambda: self.center_client.entry if self.center_client else None,
+                                 self._mapping_registry, self)
 
     # -- applying a configuration -------------------------------------------------------------
     def start(self) -> None:

@@ -46,6 +46,8 @@ class Services:
     http_groups: dict[Any, Any]
     http_limits: dict[Any, Any]
     proxy_handler: ProxyHandlerFactory
-    center_client: Callable[[], Optional[Any]]  # the center client in force (a CenterClient), or None
+    #: the local entry of the center client in force (center.entry), or None: a forward proxy
+    #: listener of a center client hands it every connection
+    center_entry: Callable[[], Optional[Callable[..., None]]]
     mapping_registry: Callable[[], Optional[Any]]  # the center server's MappingRegistry, or None
     process: ProcessControl

@@ -25,6 +25,7 @@ from ..net.relay import link_owned, relay_then
 from ..prot import frame as fr
 from ..prot.frame import CreateMode, Flag, Kind
 from ..services import Services
+from .entry import entry_for
 from . import handshake
 from .link import CenterLink
 from .vconn import VirtualConn
@@ -43,6 +44,7 @@ class CenterClient:
     def __init__(self, cfg: CenterConfig, services: Services, mappings: tuple = ()) -> None:
         self.cfg = cfg
         self.services = services
+        self.entry = entry_for(self)  # what its local proxy port hands every connection
         self.mappings = {m.name: m for m in mappings}  # MappingConfig by name
         self.answers: dict[str, fr.MappingAnswer] = {}
         self._proxies: dict = {}

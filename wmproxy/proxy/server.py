@@ -12,7 +12,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import gevent
 
@@ -27,7 +27,6 @@ from ..net import httpio
 from ..net.reader import PeerClosed, Reader
 from ..net.relay import Adopt, RelayStats, relay_then
 from ..prot import socks as s5
-from ..prot.frame import CreateMode
 from ..prot.http1 import simple_response
 from ..services import Services
 from . import http, socks
@@ -70,12 +69,14 @@ class ProxyContext:
     reload builds a new context for new connections while live ones keep theirs. Its settings
     are not changed afterwards; its counters (``stats``) and the login throttle count on."""
 
-    def __init__(self, cfg: ProxyConfig, resolver: Resolver, adopt: Adopt, stats: ConnStats | None = None, via=None,
+    def __init__(self, cfg: ProxyConfig, resolver: Resolver, adopt: Adopt, stats: ConnStats | None = None,
+                 entry: Optional[Callable[..., None]] = None,
                  local: bool = True, exposed: bool | None = None, throttle: AuthThrottle | None = None) -> None:
         self.cfg = cfg
         self.resolver = resolver
         self.stats = stats or ConnStats()
-        self.via = via  # a center client (its .link, None while down): connections go through it
+        # a center client's local entry (center.entry): it serves every connection, the proxy protocols do not
+        self.entry = entry
         # SOCKS5 UDP ASSOCIATE: only where the client can reach our relay socket, so not for
         # connections that arrive over a center link from another network
         self.udp_associate = local and cfg.udp_bind is not None
@@ -134,8 +135,9 @@ class ProxyContext:
 
 
 class ProxyServer(Listener):
-    """A forward proxy on one listening socket. Settings: (ProxyConfig, the center client's
-    config or None); with a center client, connections go through its link."""
+    """A forward proxy on one listening socket (settings: ProxySettings). In a center client
+    every connection goes to the center client's local entry (center.entry), not to the proxy
+    protocols here."""
 
     kind = "proxy"
 
@@ -147,7 +149,7 @@ class ProxyServer(Listener):
                                                     f"proxy {proxy_cfg.bind}")
         throttle.configure(proxy_cfg.auth_fail_limit, proxy_cfg.auth_fail_window)
         return ProxyContext(proxy_cfg, services.resolver, self.adopt, self.stats,
-                            services.center_client() if center_cfg else None,
+                            services.center_entry() if center_cfg else None,
                             throttle=throttle)
 
     def max_connections(self, settings: "ProxySettings") -> int:
@@ -178,8 +180,8 @@ def serve_connection(ctx: ProxyContext, client, address) -> None:
             info.result = "closed before sending"
             return
         flags = ctx.cfg.flag
-        if ctx.via is not None:
-            _through_link(ctx, client, reader, info, allowed, first[0])
+        if ctx.entry is not None:
+            ctx.entry(ctx, client, reader, info, allowed, first[0])
         elif first[0] == socks.SOCKS5 and "socks5" in flags:
             socks.serve_socks5(ctx, client, reader, info, allowed)
         elif first[0] == socks.SOCKS4 and "socks4" in flags:
@@ -212,24 +214,6 @@ def serve_connection(ctx: ProxyContext, client, address) -> None:
             ctx.conn_done(info, info.proto != "http" or failed, logging.DEBUG if first == b"" else logging.INFO)
 
 
-def _through_link(ctx: ProxyContext, client, reader: Reader, info: ConnInfo, allowed: bool, first: int) -> None:
-    """A center client's local proxy: the connection's bytes go, unparsed, to a PROXY stream
-    and the center server's forward proxy serves them. While the link is down the client
-    gets its protocol's failure at once."""
-    link = ctx.via.link
-    if not allowed or link is None:
-        reason = "client address not allowed" if not allowed else "the center link is down"
-        info.proto = {socks.SOCKS5: "socks5", socks.SOCKS4: "socks4"}.get(first, "http")
-        refuse(client, reader, first, reason, ctx.cfg.max_header_size, not_allowed=not allowed)
-        info.result = f"refused: {reason}"
-        info.proto = "center"
-        return
-    info.proto, info.target = "center", link.name
-    info.end_handshake()  # the center server's proxy reads the handshake, under its own deadline
-    stream = link.open_stream(CreateMode.PROXY)
-    ctx.relay(client, stream, info, reader.take_pending())
-
-
 def refuse(client, reader: Reader, first: int, reason: str, max_header: int, not_allowed: bool = False) -> None:
     """Read the request just far enough to answer it with the protocol's refusal."""
     if first == socks.SOCKS5:
@@ -247,7 +231,7 @@ def refuse(client, reader: Reader, first: int, reason: str, max_header: int, not
 
 def listener_specs(cfg: Config) -> list[ListenerSpec]:
     """The forward proxy listener a config asks for (none without [proxy]). In a center
-    client (``[center] server``), its connections go through the link."""
+    client (``[center] server``), its connections go to the center client's entry."""
     if cfg.proxy is None:
         return []
     center_client = cfg.center if cfg.center is not None and not cfg.center.is_server else None

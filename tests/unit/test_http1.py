@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from wmproxy.errors import ProtocolError
 from wmproxy.prot import http1
+from wmproxy.prot.rules import apply_header_rules
 
 
 def test_request_head():
@@ -267,7 +268,7 @@ def test_header_rules():
     rules = [to_header_rule(r) for r in ("+ X-A {client_ip}", "- X-Gone", "? X-B kept", "? X-New set",
                                          "X-R 'replaced value'")]
     headers = [(b"X-Gone", b"1"), (b"x-gone", b"2"), (b"X-B", b"orig"), (b"X-R", b"old")]
-    out = http1.apply_header_rules(headers, rules, {"client_ip": "10.1.2.3"})
+    out = apply_header_rules(headers, rules, {"client_ip": "10.1.2.3"})
     assert out == [(b"X-B", b"orig"), (b"X-A", b"10.1.2.3"), (b"X-New", b"set"), (b"X-R", b"replaced value")]
     assert to_header_rule("proxy + X-Real-IP {client_ip}").is_proxy
 

@@ -35,6 +35,7 @@ from ..net.relay import relay
 from ..net.tls import sni_server_context
 from ..net.writer import close_quietly
 from ..prot import http1
+from ..prot.rules import apply_header_rules
 from ..prot.frame import CreateMode
 from ..prot.tls import client_hello_sni
 
@@ -197,10 +198,10 @@ class MapHttpServer(Listener):
         headers, upgrade = http1.upstream_headers(head, framing, _DROP)
         headers += [(b"X-Forwarded-For", http1.forwarded_for(head, peer_ip.encode())),
                     (b"X-Forwarded-Proto", ctx.scheme.encode())]
-        headers = http1.apply_header_rules(headers, route.request_rules, variables)
+        headers = apply_header_rules(headers, route.request_rules, variables)
         out = http1.encode_head(f"{head.method} {head.target} HTTP/1.1", headers)
         rules = route.response_rules
-        finish = (lambda h: http1.apply_header_rules(h, rules, variables)) if rules else None
+        finish = (lambda h: apply_header_rules(h, rules, variables)) if rules else None
         # a kept stream the service closed (keep-alive timeout) as we sent: once more on a new one,
         # as httpio.stale_retry says
         kept = up.take(route, ctx.idle_timeout)

@@ -21,7 +21,6 @@ from typing import Any, Callable, Optional, Sequence
 import httptools
 
 from ..errors import ProtocolError
-from .frame import HeaderOp, HeaderRule
 
 Headers = list[tuple[bytes, bytes]]  # original case and order kept
 Index = dict[bytes, list[bytes]]  # lower-case name -> values
@@ -757,29 +756,3 @@ def host_name(host: str) -> str:
     if host.startswith("["):
         return host[1:].partition("]")[0]
     return host.rpartition(":")[0] or host
-
-
-def fill(template: str, variables: dict[str, str]) -> str:
-    """``{name}`` in ``template`` replaced from ``variables`` ({client_ip}, {host}, {url}...)."""
-    for name, value in variables.items():
-        template = template.replace("{" + name + "}", value)
-    return template
-
-
-def apply_header_rules(headers: Headers, rules: Sequence[HeaderRule], variables: dict[str, str]) -> Headers:
-    """Headers after mapping rules (prot.frame.HeaderRule): ADD appends, DELETE removes every
-    header of that name, SET_IF_ABSENT adds only when missing, REPLACE removes then adds.
-    ``{name}`` in a value is replaced from ``variables``. Without rules, ``headers`` itself."""
-    if not rules:
-        return headers
-    out = list(headers)
-    for rule in rules:
-        name = rule.key.encode("latin-1")
-        lower = name.lower()
-        value = fill(rule.value, variables)
-        present = any(k.lower() == lower for k, _ in out)
-        if rule.op in (HeaderOp.DELETE, HeaderOp.REPLACE):
-            out = [(k, v) for k, v in out if k.lower() != lower]
-        if rule.op in (HeaderOp.ADD, HeaderOp.REPLACE) or (rule.op == HeaderOp.SET_IF_ABSENT and not present):
-            out.append((name, value.encode("latin-1", "replace")))
-    return out

@@ -35,6 +35,7 @@ from ..net.reader import PeerClosed, Reader
 from ..net.tls import sni_server_context
 from ..net.writer import close_quietly, send_all
 from ..prot import http1
+from ..prot.rules import apply_header_rules, fill
 from . import files
 from .route import normalize_path, pick_location, pick_server
 from .upstream import UpstreamGroup
@@ -216,7 +217,7 @@ class Request:
 
     def apply(self, headers: list, rules: tuple) -> list:
         """``headers`` after header ``rules``, with this request's variables."""
-        return http1.apply_header_rules(headers, rules, self.variables) if rules else headers
+        return apply_header_rules(headers, rules, self.variables) if rules else headers
 
 
 @dataclass(frozen=True)
@@ -333,10 +334,10 @@ class WebServer(Listener):
                                 lambda headers: req.apply(headers, rules), ctx.read_timeout)
             req.status, req.size = reply.status, reply.size
         elif loc.redirect:
-            target = http1.fill(loc.redirect, req.variables)
+            target = fill(loc.redirect, req.variables)
             self._reply(client, req, loc.status or 302, f"moved to {target}", [(b"Location", target.encode())])
         else:
-            self._reply(client, req, loc.status or 200, http1.fill(loc.static_response, req.variables))
+            self._reply(client, req, loc.status or 200, fill(loc.static_response, req.variables))
 
     def _discard_body(self, reader: Reader, req: Request) -> None:
         """A request body nobody wants is read and dropped, so the next request is in step."""
@@ -511,7 +512,7 @@ class WebServer(Listener):
             took = time.monotonic() - req.started
             fields = {**req.variables, "method": req.head.method, "status": str(req.status), "bytes": str(req.size),
                       "time": f"{took:.3f}", "upstream": req.note}
-            access_log.info("%s", http1.fill(fmt, fields))
+            access_log.info("%s", fill(fmt, fields))
             return
         log_access(req.ip, "", req.head, req.raw_host + req.target, req.status, req.size, req.started,
                    req.note)

@@ -103,7 +103,7 @@ def check_files(cfg: Config, config_file: str | None) -> None:
 
 
 #: the listeners that answer HTTP requests (a request duration histogram each)
-HTTP_KINDS = frozenset(("proxy", "http"))  # (http mappings count no requests yet)
+HTTP_KINDS = frozenset(("proxy", "http", "map-http", "map-https"))
 
 
 class App:

@@ -439,8 +439,9 @@ def test_http_mapping_keeps_its_stream_across_keep_alive_requests(pair, origin):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
     service = TcpServer(twice_then_close)
-    web = free_port()
-    p = pair(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"')
+    web, cport = free_port(), free_port()
+    p = pair(start_client=False, server_top=f'control = "127.0.0.1:{cport}"',
+             server_extra=f'map_http_bind = "127.0.0.1:{web}"')
     p.client = p.start_client(tail=http_mapping("svc", service.port, "svc.test") +
                               http_mapping("other", origin.port, "other.test"))
     p.client.wait_log("mapping 'other' published")
@@ -454,6 +455,10 @@ def test_http_mapping_keeps_its_stream_across_keep_alive_requests(pair, origin):
         assert len(accepted) == 3
     finally:
         service.close()
+    # each request in the shared listener's duration histogram (/status, /metrics)
+    st = json.loads(control(cport, "GET", "/status")[1])
+    (row,) = [r for r in st["listeners"] if r["kind"] == "map-http"]
+    assert row["request_seconds"]["count"] == 6 and row["request_seconds"]["buckets"]["+Inf"] == 6
 
 
 def test_http_mapping_skips_interim_responses(pair, early_hints):

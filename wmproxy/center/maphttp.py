@@ -166,6 +166,15 @@ class MapHttpServer(Listener):
             _reply(client, 408, str(e))
             log.info("%s map-http: 408 cut: %s", peer_ip, e)
             return False
+        began = time.monotonic()
+        try:
+            return self._serve(client, reader, head, peer_ip, ctx, up, watch)
+        finally:
+            self.stats.request_seconds.observe(time.monotonic() - began)
+
+    def _serve(self, client, reader: Reader, head: http1.Head, peer_ip: str, ctx: MapHttpContext, up: "RouteStream",
+               watch: ConnWatch) -> bool:
+        """Route one request by its Host and pass it on; returns whether the connection stays open."""
         framing = http1.request_framing(head)
         host = (head.get(b"host") or b"").decode("latin-1").strip()
         name = http1.host_name(host)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from wmproxy.errors import ProtocolError
+from wmproxy.errors import NeedMore, ProtocolError
 from wmproxy.net import httpio
 from wmproxy.net.reader import PeerClosed, Reader
 from wmproxy.prot import frame as fr
@@ -157,3 +157,56 @@ def test_the_pure_chunked_decoder_refuses_and_limits():
     assert decoder.feed(b"a\r\n01234") == ([(b"01234", 10, False)], 8)
     assert decoder.skip(5) == (0, True)  # the rest of the chunk moved by the caller
     assert decoder.feed(b"\r\n0\r\n\r\nGET") == ([], 7) and decoder.done
+
+
+def _scan_all(pieces: list[bytes], max_body: int) -> list[fr.Frame]:
+    """Feed ``pieces`` to scan_frames as the link does (a kept buffer, the unused tail carried)."""
+    buf, start, need, out = bytearray(), 0, fr.HEADER_SIZE, []
+    for piece in pieces:
+        buf += piece
+        if len(buf) - start >= need:
+            frames, start, need = fr.scan_frames(buf, start, len(buf), max_body)
+            out += [fr.Frame(fr.Kind(k), flag, sid, bytes(buf[b:e])) for k, flag, sid, b, e in frames]
+    return out
+
+
+FRAME = st.builds(lambda kind, flag, sid, body: fr.Frame(kind, flag, sid, body), st.sampled_from(list(fr.Kind)),
+                  st.integers(0, 255), st.integers(0, fr.MAX_SOCK_MAP), st.binary(max_size=200))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(FRAME, max_size=8), st.lists(st.integers(0, 2000), max_size=8))
+def test_the_link_frame_decoder_finds_every_frame_in_any_split(frames, cuts):
+    """prot.frame.scan_frames, the link's production decoder: fed a stream of frames cut
+    anywhere (bytes carried to the next feed as the link's buffer does), it finds exactly the
+    frames parse_frame finds one by one."""
+    data = b"".join(f.encode() for f in frames)
+    assert _scan_all(split(data, cuts), 1 << 20) == frames
+    assert _scan_all([bytes([b]) for b in data], 1 << 20) == frames
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=80), st.lists(st.integers(0, 80), max_size=6), st.integers(0, 40))
+def test_the_link_frame_decoder_refuses_what_parse_frame_refuses(data, cuts, max_body):
+    """On any bytes: the frames scan_frames finds before a refusal are parse_frame's, and it
+    refuses (ProtocolError) exactly when parse_frame meets a bad header in the bytes given."""
+    want, rest, refused = [], data, False
+    while True:
+        try:
+            f, used = fr.parse_frame(rest, max_body)
+        except NeedMore:
+            break
+        except ProtocolError:
+            refused = True
+            break
+        want.append(f)
+        rest = rest[used:]
+    got = []
+    try:
+        got = _scan_all(split(data, cuts), max_body)
+        scan_refused = False
+    except ProtocolError:
+        scan_refused = True
+    assert scan_refused == refused
+    if not refused:
+        assert got == want

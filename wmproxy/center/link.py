@@ -48,7 +48,6 @@ log = logging.getLogger("wmproxy.center")
 WRITE_BATCH = 262144
 MAX_OUTBOX = 8 << 20  # bytes queued for the link's writer: DATA sources pause beyond it
 READ_BUFFER = 262144  # the link reader's kept buffer: several DATA frames per recv
-_KINDS = frozenset(Kind)
 
 
 def read_frame(reader: Reader, max_body: int) -> fr.Frame:
@@ -247,8 +246,9 @@ class CenterLink:
         body is waited for, EOF inside a frame is a ProtocolError, EOF between frames
         PeerClosed), but the bytes come by ``recv_into`` a kept buffer and every whole frame in
         it is handled before the next recv: one syscall and one copy (the body's) for several
-        DATA frames. DATA and WINDOW, the frames of a transfer, go to their stream inline."""
-        sock, streams, max_body, unpack = self.sock, self.streams, self.max_frame, fr.HEADER_STRUCT.unpack_from
+        DATA frames. The frames are found by prot.frame.scan_frames (the decoder the tests fuzz);
+        DATA and WINDOW, the frames of a transfer, go to their stream inline."""
+        sock, streams, max_body, scan = self.sock, self.streams, self.max_frame, fr.scan_frames
         kernel = kernel_socket(sock)
         recv_into = kernel.recv_into if kernel is not None else sock.recv_into
         wait_readable = read_waiter(sock)
@@ -259,31 +259,23 @@ class CenterLink:
         buf[:end] = pending
         need = fr.HEADER_SIZE  # bytes from ``start`` the next step waits for
         while not self.closed:
-            while end - start >= need:
-                first, second = unpack(buf, start)
-                length, kind, sid = first >> 8, first & 0xFF, second & 0xFFFFFF
-                if end - start < fr.HEADER_SIZE + length:
-                    if length > max_body or kind not in _KINDS:
-                        fr.decode_header(bytes(mv[start:start + fr.HEADER_SIZE]), max_body)  # raises
-                    need = fr.HEADER_SIZE + length
-                    break
-                body, start = start + fr.HEADER_SIZE, start + fr.HEADER_SIZE + length
-                need = fr.HEADER_SIZE
-                if kind == Kind.DATA and length <= max_body:
-                    vc = streams.get(sid)
-                    if vc is not None:
-                        vc._on_data(bytes(mv[body:start]))
-                    elif sid:  # like TCP's RST for data to a closed socket: the sender stops waiting
-                        self.send_frame(Kind.CLOSE, 0, sid, fr.encode_close("stream closed"), quiet=True)
-                elif kind == Kind.WINDOW and length == 4:
-                    vc = streams.get(sid)
-                    if vc is not None:
-                        vc._on_window(int.from_bytes(mv[body:start], "big"))
-                else:
-                    k = fr.decode_header(bytes(mv[body - fr.HEADER_SIZE:body]), max_body)[1]
-                    self._dispatch(fr.Frame(k, second >> 24, sid, bytes(mv[body:start])))
-                    if self.closed:
-                        return
+            if end - start >= need:
+                frames, start, need = scan(buf, start, end, max_body)  # (raises for a bad header)
+                for kind, flag, sid, body, stop in frames:
+                    if kind == Kind.DATA:
+                        vc = streams.get(sid)
+                        if vc is not None:
+                            vc._on_data(bytes(mv[body:stop]))
+                        elif sid:  # like TCP's RST for data to a closed socket: the sender stops waiting
+                            self.send_frame(Kind.CLOSE, 0, sid, fr.encode_close("stream closed"), quiet=True)
+                    elif kind == Kind.WINDOW and stop - body == 4:
+                        vc = streams.get(sid)
+                        if vc is not None:
+                            vc._on_window(int.from_bytes(mv[body:stop], "big"))
+                    else:
+                        self._dispatch(fr.Frame(Kind(kind), flag, sid, bytes(mv[body:stop])))
+                        if self.closed:
+                            return
             if start == end:
                 start = end = 0
             elif start + need > len(buf):  # make room: the partial frame to the front, or a bigger buffer

@@ -106,6 +106,37 @@ def parse_frame(buf: bytes, max_body: int = DEFAULT_MAX_BODY) -> tuple[Frame, in
     return Frame(kind, flag, sock_map, bytes(buf[HEADER_SIZE:end])), end
 
 
+_KIND_VALUES = frozenset(int(k) for k in Kind)
+
+#: a whole frame found by :func:`scan_frames`: (kind, flag, sock_map, body start, body end)
+Found = tuple[int, int, int, int, int]
+
+
+def scan_frames(buf: bytes | bytearray | memoryview, start: int, end: int,
+                max_body: int = DEFAULT_MAX_BODY) -> tuple[list[Found], int, int]:
+    """The frame decoder of the link (center.link reads with it) and of the tests that fuzz it:
+    the whole frames in ``buf[start:end]``, without copying their bodies.
+
+    Returns (frames, new start, need): each frame as (kind, flag, sock_map, body start, body
+    end) offsets into ``buf``; the start of the first incomplete frame; and how many bytes from
+    there it needs (HEADER_SIZE, or its header and body once its header is in). A header is
+    checked as soon as it is in, before its body is waited for: ProtocolError (decode_header's)
+    for an unknown kind or a body over ``max_body``."""
+    frames: list[Found] = []
+    unpack = HEADER_STRUCT.unpack_from
+    while end - start >= HEADER_SIZE:
+        first, second = unpack(buf, start)
+        length, kind = first >> 8, first & 0xFF
+        if length > max_body or kind not in _KIND_VALUES:
+            decode_header(bytes(buf[start:start + HEADER_SIZE]), max_body)  # raises, saying which
+        if end - start < HEADER_SIZE + length:
+            return frames, start, HEADER_SIZE + length
+        body = start + HEADER_SIZE
+        start = body + length
+        frames.append((kind, second >> 24, second & 0xFFFFFF, body, start))
+    return frames, start, HEADER_SIZE
+
+
 # -- body fields ------------------------------------------------------------------------------
 
 def encode_short(text: str) -> bytes:

@@ -68,10 +68,11 @@ def config_reference() -> str:
     out = [
         "# Configuration reference",
         "",
-        "Generated from the typed configuration (`wmproxy/config.py`) by `tools/gen_docs.py`; a test",
-        "checks that it is current. Every key a file may hold is here: an unknown key is an error that",
-        "names the file, the key path and the keys accepted there. Durations take `30`, `\"10s\"`,",
-        "`\"500ms\"`, `\"2min\"`, `\"1h\"`; sizes `65536`, `\"64k\"`, `\"1m\"`; addresses `\"host:port\"`.",
+        "Generated from the typed configuration (`wmproxy/config/`, a module per section) by",
+        "`tools/gen_docs.py`; a test checks that it is current. Every key a file may hold is here: an",
+        "unknown key is an error that names the file, the key path and the keys accepted there.",
+        "Durations take `30`, `\"10s\"`, `\"500ms\"`, `\"2min\"`, `\"1h\"`; sizes `65536`, `\"64k\"`,",
+        "`\"1m\"`; addresses `\"host:port\"`.",
         "The examples in `conf/` show them in use.",
         "",
     ]

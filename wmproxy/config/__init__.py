@@ -1,0 +1,119 @@
+"""Configuration: TOML (plus command-line and environment overrides) into frozen dataclasses.
+
+Pure: no gevent, no sockets. Each section is a frozen dataclass whose fields carry their
+converter in ``metadata``; :func:`build` walks a dict against it, so an unknown key, a wrong
+type or a bad address raises a :class:`ConfigError` naming the source (file, command line or
+environment variable), the key path (``proxy.allow[2]``) and what is accepted.
+
+Key names follow the Rust wmproxy where one exists (``[proxy] bind_addr`` is accepted as an
+alias of ``bind``; ``flag = "http https socks5"``; top-level ``control``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..errors import ConfigError
+
+# the sections, one module each; their names are this package's (``from ..config import X``)
+from .center import CenterConfig, CenterUser, MappingConfig
+from .http import (
+    FileServerConfig, HealthCheckConfig, HttpConfig, HttpLocationConfig, HttpServerConfig, HttpUpstreamConfig,
+    HttpUpstreamServerConfig, LimitReqConfig,
+)
+from .keys import (
+    REQUIRED, Addr, Invalid, TargetRule, _unique_names, accepted_keys, build, key, list_of, one_of, optional_addr,
+    read_toml, section, table_list, to_addr, to_bool, to_duration, to_header_rule, to_network, to_size, to_str,
+)
+from .proxy import DnsConfig, ProxyConfig
+from .stream import StreamConfig, StreamServerConfig, StreamUpstreamConfig, UpstreamServerConfig
+
+__all__ = [
+    "Addr", "CenterConfig", "CenterUser", "Config", "ConfigError", "DnsConfig", "FileServerConfig", "HealthCheckConfig",
+    "HttpConfig", "HttpLocationConfig", "HttpServerConfig", "HttpUpstreamConfig", "HttpUpstreamServerConfig",
+    "Invalid", "LimitReqConfig", "MappingConfig", "Override", "ProxyConfig", "REQUIRED", "StreamConfig",
+    "StreamServerConfig", "StreamUpstreamConfig", "TargetRule", "UpstreamServerConfig", "accepted_keys", "build",
+    "list_of", "load", "read_toml", "to_addr", "to_duration", "to_header_rule", "to_network", "to_size",
+]
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+ACCESS_FORMATS = ("wmproxy", "combined")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole file. Sections absent from the file are None and start nothing."""
+
+    log_level: str = key(one_of(LOG_LEVELS), "info", "log verbosity")
+    log_file: str = key(to_str, "", "log to this file instead of stderr (reopened on SIGUSR1)")
+    log_format: str = key(one_of(LOG_FORMATS), "text", "text, or json (one object per line); under systemd "
+                          "text lines carry no time of their own (the journal stamps them)")
+    access_log_file: str = key(to_str, "", "HTTP access lines to this file of their own, bare (default: in the "
+                               "main log)")
+    access_log_format: str = key(one_of(ACCESS_FORMATS), "wmproxy", "combined: exactly the NCSA combined format "
+                                 "(goaccess, awstats); wmproxy: combined plus the time taken and a note")
+    pidfile: str = key(to_str, "", "write the process id here; refuse to start if it is alive")
+    grace: float = key(to_duration, 10.0, "on stop, time live connections get to finish")
+    user: str = key(to_str, "", "started as root: bind, then serve as this user (name or uid); the config "
+                    "and the files it names must be readable by it, for reloads")
+    group: str = key(to_str, "", "with user: serve with this group (default: the user's own)")
+    control: Optional[Addr] = key(optional_addr, None, "control API address ('' disables)")
+    control_token: str = key(to_str, "", "bearer token the control API requires")
+    watch: bool = key(to_bool, False, "reload when the config file changes")
+    dns: Optional[DnsConfig] = section(DnsConfig, "name resolution")
+    proxy: Optional[ProxyConfig] = section(ProxyConfig, "forward proxy")
+    stream: Optional[StreamConfig] = section(StreamConfig, "layer-4 forwarding")
+    center: Optional[CenterConfig] = section(CenterConfig, "the center link (tunnel)")
+    mappings: tuple = key(table_list(MappingConfig), (), "center client: services the server publishes")
+    http: Optional[HttpConfig] = section(HttpConfig, "reverse proxy and static files")
+
+    def validate(self) -> None:
+        if self.group and not self.user:
+            raise Invalid("group is used with user: set user too", ".group")
+        _unique_names(self.mappings, "mapping", "mappings")
+        if self.mappings and (self.center is None or self.center.is_server):
+            raise Invalid("mappings are published through a center server: set [center] server", "mappings")
+        if self.center is not None and not self.center.is_server and self.proxy is not None and self.proxy.auth:
+            raise Invalid("in a center client the local proxy's traffic is served by the center server's "
+                          "forward proxy: set username/password in the server's [proxy]", ".proxy.username")
+        if self.control is not None and not self.control.is_loopback and not self.control_token:
+            raise Invalid(f"{self.control} is reachable from other hosts: set control_token, or bind the "
+                          "control API to a loopback address", ".control")
+
+    @property
+    def dns_or_default(self) -> DnsConfig:
+        return self.dns or DnsConfig()
+
+
+@dataclass(frozen=True)
+class Override:
+    """A value from the command line or the environment, placed at a key path."""
+
+    path: tuple[str, ...]
+    value: Any
+    origin: str  # 'command line --bind' or 'environment WMPROXY_BIND'
+
+
+def load(file: Optional[str], overrides: list[Override] = (), default: Optional[dict] = None) -> Config:
+    """Load a config: the TOML ``file`` (or ``default`` when no file), then ``overrides``.
+
+    Blocks on file I/O only. Raises ConfigError naming the source and key path.
+    """
+    data = read_toml(file) if file else dict(default or {})
+    origins: dict[str, str] = {}
+    for o in overrides:
+        node = data
+        for part in o.path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(file or "", ".".join(o.path[:-1]), "expected a table")
+        node[o.path[-1]] = o.value
+        origins[".".join(o.path)] = o.origin
+    try:
+        return build(Config, data)
+    except Invalid as e:
+        source = next((src for p, src in origins.items() if e.subpath == p or e.subpath.startswith(p + "[")), None)
+        fallback = file or ("command line / environment" if origins else "built-in default")
+        raise ConfigError(source or fallback, e.subpath, str(e)) from None

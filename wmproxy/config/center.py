@@ -1,0 +1,131 @@
+"""``[center]`` (the link, both ends), its accounts, and ``[[mappings]]`` (what a client publishes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .keys import (
+    Addr, Invalid, REQUIRED, int_range, key, list_of, one_of, optional_addr, table_list, to_bool,
+    to_domain, to_duration, to_header_rule, to_port_range, to_size, to_str,
+)
+
+
+@dataclass(frozen=True)
+class CenterUser:
+    """``[[center.users]]``: one account a center client may log in with."""
+
+    username: str = key(to_str, REQUIRED, "the client's name")
+    password: str = key(to_str, REQUIRED, "its password (never sent: the client proves it with HMAC)")
+
+
+@dataclass(frozen=True)
+class CenterConfig:
+    """``[center]``: the center link. ``bind`` makes this end the server, ``server`` the client."""
+
+    bind: Optional[Addr] = key(optional_addr, None, "server: address the center clients connect to")
+    server: Optional[Addr] = key(optional_addr, None, "client: the center server to connect to")
+    tls: bool = key(to_bool, True, "TLS on the link (plain TCP only with tls = false, with a warning)")
+    cert: str = key(to_str, "", "PEM certificate (server; client too for mutual TLS)")
+    client_ca: str = key(to_str, "", "server: require client certificates signed by this CA")
+    ca: str = key(to_str, "", "client: CA file to verify the server with ('' = the system store)")
+    server_name: str = key(to_str, "", "client: name the server certificate must carry (default: server host)")
+    username: str = key(to_str, "", "client: who to log in as; server: the single account")
+    password: str = key(to_str, "", "client: its password; server: the single account's")
+    users: tuple = key(table_list(CenterUser), (), "server: several accounts")
+    heartbeat: float = key(to_duration, 15.0, "PING an idle link this often; 3 x without a frame = dead")
+    window: int = key(to_size, 262144, "per-stream flow-control window to start with (the same on both ends)")
+    max_window: int = key(to_size, 4 << 20, "a busy stream's window grows up to this (= window: never grows); "
+                                             "the same on both ends: more credit is a protocol error")
+    max_frame: int = key(to_size, 1 << 20, "largest frame body accepted")
+    allow_ports: tuple = key(list_of(to_port_range), (), "server: ports a client's tcp, udp and proxy mappings "
+                                                          "may open (empty: any)")
+    udp_timeout: float = key(to_duration, 60.0, "server: a udp mapping's session with one public peer ends after "
+                                                "this long without a datagram")
+    map_http_bind: Optional[Addr] = key(optional_addr, None, "server: the shared listener of http mappings "
+                                                             "(routed by Host)")
+    map_https_bind: Optional[Addr] = key(optional_addr, None, "server: the shared TLS listener of https mappings "
+                                                              "(routed by SNI, then by Host)")
+    map_cert: tuple = key(list_of(to_str), (), "server: PEM certificates for map_https_bind (chosen by SNI; none: "
+                                               "only tls_passthrough mappings)")
+    map_key: tuple = key(list_of(to_str), (), "server: their keys, in the same order")
+    auth_fail_limit: int = key(int_range(0, 1_000_000), 10, "server: failed link logins from one address within "
+                                                            "auth_fail_window before it is refused (0: never)")
+    auth_fail_window: float = key(to_duration, 60.0, "server: the window of auth_fail_limit, and how long an "
+                                                     "address is refused after it")
+    max_connections_per_ip: int = key(int_range(0, 1_000_000), 1000, "server: concurrent connections of one client "
+                                                                     "address on bind, map_http_bind, map_https_bind "
+                                                                     "and each mapping port (0: no limit)")
+    # last: from here on, 'key' in this class body names this field, not the declaring function
+    key: str = key(to_str, "", "PEM private key for cert")
+
+    def validate(self) -> None:
+        if (self.bind is None) == (self.server is None):
+            raise Invalid("set bind (this end is the center server) or server (this end is a center client), "
+                          "not both and not neither", ".bind")
+        if self.tls and self.bind is not None and not (self.cert and self.key):
+            raise Invalid("a TLS center server needs cert and key (or tls = false, plain TCP)", ".cert")
+        if bool(self.cert) != bool(self.key):
+            raise Invalid("cert and key go together", ".key")
+        if len(self.map_cert) != len(self.map_key):
+            raise Invalid("map_cert and map_key need one key per certificate", ".map_key")
+        if bool(self.username) != bool(self.password):
+            raise Invalid("username and password go together", ".password")
+        if self.heartbeat <= 0:
+            raise Invalid("heartbeat must be more than 0", ".heartbeat")
+        if not 16384 <= self.window <= 1 << 30:
+            raise Invalid("window must be from 16k to 1g", ".window")
+        if not self.window <= self.max_window <= 1 << 30:
+            raise Invalid("max_window must be from window to 1g", ".max_window")
+        if not 65536 <= self.max_frame <= (1 << 24) - 1:
+            raise Invalid("max_frame must be from 64k to 16m - 1", ".max_frame")
+
+    @property
+    def is_server(self) -> bool:
+        return self.bind is not None
+
+    def accounts(self) -> dict[str, str]:
+        """username -> password; empty when the server takes anyone (no credentials set)."""
+        out = {u.username: u.password for u in self.users}
+        if self.username:
+            out[self.username] = self.password
+        return out
+
+
+MAPPING_MODES = ("tcp", "http", "https", "proxy", "udp")
+
+@dataclass(frozen=True)
+class MappingConfig:
+    """``[[mappings]]`` (center client): a private service the center server publishes."""
+
+    name: str = key(to_str, REQUIRED, "the mapping's name (unique on this client)")
+    mode: str = key(one_of(MAPPING_MODES), REQUIRED, "how it is published")
+    local_addr: Optional[Addr] = key(optional_addr, None, "tcp, udp, http, https: the private service, as this "
+                                                          "client reaches it")
+    remote_bind: Optional[Addr] = key(optional_addr, None, "tcp, udp, proxy: the public address the center server "
+                                                           "opens")
+    domain: str = key(to_domain, "", "http, https: the Host it answers on the server's map_http(s)_bind")
+    headers: tuple = key(list_of(to_header_rule), (), "http: header rules on requests and responses")
+    username: str = key(to_str, "", "proxy: user its forward proxy asks for (with password)")
+    password: str = key(to_str, "", "proxy: password its forward proxy asks for")
+    tls_passthrough: bool = key(to_bool, False, "https: route by SNI and pass the TLS bytes through to local_addr "
+                                                "(the service terminates TLS) instead of terminating on the server")
+
+    @property
+    def wire_mode(self) -> str:
+        """The mode named in MAPPING: 'tls' for an https mapping passed through by SNI."""
+        return "tls" if self.tls_passthrough else self.mode
+
+    def validate(self) -> None:
+        if self.tls_passthrough and self.mode != "https":
+            raise Invalid("tls_passthrough is for mode = \"https\" mappings", ".tls_passthrough")
+        if self.mode in ("tcp", "udp", "http", "https") and self.local_addr is None:
+            raise Invalid(f"a {self.mode} mapping needs local_addr (the private service)", ".local_addr")
+        if self.mode == "https" and not self.domain:
+            raise Invalid("an https mapping needs domain (the name it answers)", ".domain")
+        if self.mode in ("tcp", "udp", "proxy") and self.remote_bind is None:
+            raise Invalid(f"a {self.mode} mapping needs remote_bind (the public address to open)", ".remote_bind")
+        if bool(self.username) != bool(self.password):
+            raise Invalid("username and password go together", ".password")
+        if self.mode == "http" and not self.domain:
+            raise Invalid("an http mapping needs domain (the Host it answers)", ".domain")

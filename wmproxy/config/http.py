@@ -1,0 +1,228 @@
+"""``[http]``: the reverse proxy, static files, locations, upstreams and health checks."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .keys import (
+    Addr, Invalid, REQUIRED, _unique_names, int_range, key, list_of, one_of, section, table_list,
+    to_addr, to_bool, to_duration, to_header_rule, to_network, to_size, to_str,
+)
+
+
+@dataclass(frozen=True)
+class LocationRule:
+    """How a location matches a path, as nginx: ``= /x`` exact, ``^~ /x`` prefix that stops
+    the regex search, ``~ re`` / ``~* re`` regex (case-insensitive), ``/x`` prefix."""
+
+    kind: str  # "exact", "prefix", "prefix-stop", "regex"
+    text: str
+    regex: Optional[re.Pattern] = None
+
+    def __str__(self) -> str:
+        regex = "~* " if self.regex is not None and self.regex.flags & re.IGNORECASE else "~ "
+        return {"exact": "= ", "prefix-stop": "^~ ", "regex": regex}.get(self.kind, "") + self.text
+
+
+def to_location_rule(value: Any) -> LocationRule:
+    if isinstance(value, str):
+        op, _, rest = value.strip().partition(" ")
+        rest = rest.strip()
+        if op in ("~", "~*") and rest:
+            try:
+                return LocationRule("regex", rest, re.compile(rest, re.IGNORECASE if op == "~*" else 0))
+            except re.error as e:
+                raise Invalid(f"bad regular expression {rest!r}: {e}") from None
+        if op in ("=", "^~") and rest.startswith("/"):
+            return LocationRule("exact" if op == "=" else "prefix-stop", rest)
+        if op.startswith("/") and not rest:
+            return LocationRule("prefix", op)
+    raise Invalid(f"expected a location rule: a path prefix '/api/', '= /exact', '^~ /prefix' or '~ regex' "
+                  f"('~*' ignores case), got {value!r}")
+
+
+def to_server_name(value: Any) -> str:
+    """A host name, '*.example.com' or 'example.*'."""
+    if isinstance(value, str):
+        name = value.strip().lower().rstrip(".")
+        plain = name[2:] if name.startswith("*.") else name[:-2] if name.endswith(".*") else name
+        if plain and re.match(r"^[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?$", plain):
+            return name
+    raise Invalid(f"expected a server name like 'example.com', '*.example.com' or 'example.*', got {value!r}")
+
+
+def to_proxy_url(value: Any) -> str:
+    if isinstance(value, str) and re.match(r"^https?://[^/\s?#]+(/\S*)?$", value.strip()):
+        return value.strip()
+    raise Invalid(f"expected 'http://upstream-name', 'http://host:port', https:// for TLS, or any of them with a "
+                  f"path, got {value!r}")
+
+
+@dataclass(frozen=True)
+class FileServerConfig:
+    """``file_server = { root = "...", ... }``: static files of a location."""
+
+    root: str = key(to_str, REQUIRED, "directory served")
+    index: tuple = key(list_of(to_str), ("index.html",), "files tried for a directory, in order")
+    browse: bool = key(to_bool, False, "list a directory without an index file (else 403)")
+    cache_time: float = key(to_duration, 0.0, "Cache-Control max-age sent with files (0: none)")
+    path404: str = key(to_str, "", "file under root answered, with status 404, for a missing path")
+    try_paths: tuple = key(list_of(to_str), (), "fallbacks tried when a path is missing, with {path}, e.g. "
+                                                "['{path}.html', '/index.html']")
+    precompressed: bool = key(to_bool, True, "serve a .br or .gz sibling to a client that accepts it")
+    follow_symlinks: bool = key(to_bool, False, "serve symlinks that point outside root (else 403)")
+
+    def validate(self) -> None:
+        if not os.path.isdir(self.root):
+            raise Invalid(f"no such directory: {self.root}", ".root")
+
+
+def to_rate(value: Any) -> float:
+    """Requests per second from '10r/s', '600r/m' or a number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    if isinstance(value, str):
+        m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*r/(s|m)\s*$", value)
+        if m and float(m.group(1)) > 0:
+            return float(m.group(1)) / (60 if m.group(2) == "m" else 1)
+    raise Invalid(f"expected a rate like '10r/s', '600r/m' or 5, got {value!r}")
+
+
+@dataclass(frozen=True)
+class LimitReqConfig:
+    """``limit_req = { rate = "10r/s", burst = 20 }``: requests per client address."""
+
+    rate: float = key(to_rate, REQUIRED, "requests per second a client address may make")
+    burst: int = key(int_range(0, 1_000_000), 0, "requests beyond the rate allowed at once")
+
+
+HTTP_ACTIONS = ("proxy_url", "file_server", "static_response", "redirect")
+
+
+@dataclass(frozen=True)
+class HttpLocationConfig:
+    """``[[http.server.location]]``: what a path of a server does (exactly one action)."""
+
+    rule: LocationRule = key(to_location_rule, LocationRule("prefix", "/"), "the paths it matches")
+    proxy_url: str = key(to_proxy_url, "", "reverse proxy to 'http://upstream-name' or a URL")
+    file_server: Optional[FileServerConfig] = section(FileServerConfig, "static files")
+    static_response: str = key(to_str, "", "answer with this text ({client_ip}, {host}, {url} filled in)")
+    redirect: str = key(to_str, "", "redirect to this URL ({host}, {url} filled in)")
+    status: int = key(int_range(0, 599), 0, "status of static_response (200) or redirect (302)")
+    headers: tuple = key(list_of(to_header_rule), (), "header rules: 'proxy ...' on the request upstream, "
+                                                      "the others on the response")
+    allow_ip: tuple = key(list_of(to_network), (), "client networks allowed (empty: all)")
+    deny_ip: tuple = key(list_of(to_network), (), "client networks refused with 403 (checked first)")
+    limit_req: Optional[LimitReqConfig] = section(LimitReqConfig, "rate limit per client address (429 beyond)")
+    access_log: str = key(to_str, "", "access log line format with {client_ip}, {host}, {url}, {method}, {status}, "
+                                      "{bytes}, {time}, {upstream}; 'off' for none ('': the default line)")
+    proxy_connect_timeout: float = key(to_duration, 10.0, "proxy_url: time to connect to a server")
+    proxy_read_timeout: float = key(to_duration, 60.0, "proxy_url: time a server may be silent")
+    proxy_ssl_ca: str = key(to_str, "", "https proxy_url: CA file the servers are verified with ('' = system store)")
+    proxy_ssl_name: str = key(to_str, "", "https proxy_url: the name their certificates must carry (and SNI); "
+                                          "default: proxy_url's host")
+
+    def validate(self) -> None:
+        if self.proxy_ssl_ca and not os.path.isfile(self.proxy_ssl_ca):
+            raise Invalid(f"no such file: {self.proxy_ssl_ca}", ".proxy_ssl_ca")
+        actions = [a for a in HTTP_ACTIONS if getattr(self, a)]
+        if len(actions) != 1:
+            raise Invalid(f"a location does exactly one of {', '.join(HTTP_ACTIONS)}; "
+                          f"got {', '.join(actions) or 'none'}", "")
+
+
+@dataclass(frozen=True)
+class HttpServerConfig:
+    """``[[http.server]]``: a virtual server, picked by the request's Host among those on its bind."""
+
+    bind: tuple = key(list_of(to_addr), REQUIRED, "listening address or addresses", aliases=("bind_addr",))
+    server_name: tuple = key(list_of(to_server_name), (), "names it answers (empty: the default server)")
+    location: tuple = key(table_list(HttpLocationConfig), REQUIRED, "its locations")
+    headers: tuple = key(list_of(to_header_rule), (), "header rules for every location (before the location's)")
+    client_read_timeout: float = key(to_duration, 60.0, "the keep-alive wait between requests, and the longest "
+                                                        "silence while a client sends")
+    client_header_timeout: float = key(to_duration, 60.0, "deadline for a whole request head (and TLS handshake) "
+                                                          "from its first byte (408 beyond)")
+    client_body_timeout: float = key(to_duration, 60.0, "the longest silence while a request body arrives, and its "
+                                                        "deadline: this plus its length at client_body_min_rate (408)")
+    client_body_min_rate: int = key(to_size, 1024, "bytes a second a request body must arrive at, at least")
+    max_header_size: int = key(to_size, 65536, "largest request head (431 beyond)")
+    max_headers: int = key(int_range(1, 10000), 100, "most header lines in a request (431 beyond)")
+    max_connections_per_ip: int = key(int_range(0, 1_000_000), 1000, "concurrent connections of one client address "
+                                                                     "on its binds (0: no limit)")
+    cert: str = key(to_str, "", "PEM certificate: TLS on this server's binds")
+    # last: from here on, 'key' in this class body names this field, not the declaring function
+    key: str = key(to_str, "", "PEM private key for cert")
+
+    def validate(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise Invalid("cert and key go together", ".key")
+        if not self.location:
+            raise Invalid("a server needs at least one location", ".location")
+
+
+@dataclass(frozen=True)
+class HttpUpstreamServerConfig:
+    """One server of an http upstream: ``{ addr = "127.0.0.1:8080", weight = 2 }``."""
+
+    addr: Addr = key(to_addr, REQUIRED, "server address")
+    weight: int = key(int_range(1, 1000), 1, "share of requests (round robin by weight)")
+    max_fails: int = key(int_range(0, 1000), 1, "failures within fail_timeout that take it out (0: never)")
+    fail_timeout: float = key(to_duration, 10.0, "the window for max_fails, and how long it stays out")
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    """``health_check = { path = "/health", interval = "5s" }``: active checks of each server."""
+
+    path: str = key(to_str, "/", "path asked with GET; a 2xx or 3xx answer is healthy")
+    interval: float = key(to_duration, 5.0, "time between two checks of a server")
+    timeout: float = key(to_duration, 2.0, "time a check may take")
+    rise: int = key(int_range(1, 100), 2, "healthy checks in a row that bring a server back")
+    fall: int = key(int_range(1, 100), 3, "failed checks in a row that take a server out")
+
+    def validate(self) -> None:
+        if not self.path.startswith("/"):
+            raise Invalid("expected a path starting with /", ".path")
+        if self.interval <= 0:
+            raise Invalid("interval must be more than 0", ".interval")
+
+
+@dataclass(frozen=True)
+class HttpUpstreamConfig:
+    """``[[http.upstream]]``: servers a ``proxy_url = "http://name"`` balances over."""
+
+    name: str = key(to_str, REQUIRED, "the name proxy_url refers to")
+    server: tuple = key(table_list(HttpUpstreamServerConfig), REQUIRED, "the servers")
+    method: str = key(one_of(("round_robin", "least_conn", "ip_hash")), "round_robin", "how a request picks "
+                                                                                       "its server")
+    keepalive: int = key(int_range(0, 10000), 128, "idle connections kept open to each server")
+    health_check: Optional[HealthCheckConfig] = section(HealthCheckConfig, "active health checks")
+
+    def validate(self) -> None:
+        if not self.server:
+            raise Invalid("an upstream needs at least one server", ".server")
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """``[http]``: reverse proxy, static files (names as in the Rust wmproxy)."""
+
+    server: tuple = key(table_list(HttpServerConfig), (), "virtual servers")
+    upstream: tuple = key(table_list(HttpUpstreamConfig), (), "upstream groups")
+
+    def validate(self) -> None:
+        _unique_names(self.upstream, "upstream", ".upstream")
+        tls: dict[str, tuple[int, bool]] = {}
+        for i, srv in enumerate(self.server):
+            for bind in srv.bind:
+                first = tls.setdefault(str(bind), (i, bool(srv.cert)))
+                if first[1] != bool(srv.cert):
+                    raise Invalid(f"{bind} is shared with server[{first[0]}]: servers on one address are all TLS "
+                                  f"(cert and key) or none", f".server[{i}].cert")
+
+    def upstream_named(self, name: str) -> Optional[HttpUpstreamConfig]:
+        return next((u for u in self.upstream if u.name == name), None)

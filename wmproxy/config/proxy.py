@@ -1,0 +1,69 @@
+"""``[proxy]`` (the forward proxy) and ``[dns]``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .keys import (
+    Addr, DEFAULT_PROXY_BIND, Invalid, choice_set, int_range, key, list_of, optional_addr, to_addr,
+    to_duration, to_network, to_size, to_str, to_target_rule
+)
+
+
+PROXY_PROTOCOLS = ("http", "https", "socks5", "socks4")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """``[proxy]``: the forward proxy on one port (HTTP, CONNECT, SOCKS5, SOCKS4/4a)."""
+
+    bind: Addr = key(to_addr, to_addr(DEFAULT_PROXY_BIND), "listening address", aliases=("bind_addr",))
+    flag: frozenset = key(choice_set(PROXY_PROTOCOLS), frozenset(PROXY_PROTOCOLS), "protocols served")
+    username: str = key(to_str, "", "user required from clients (with password)")
+    password: str = key(to_str, "", "password required from clients (with username)")
+    allow: tuple = key(list_of(to_network), (), "client networks allowed (empty: all)")
+    deny: tuple = key(list_of(to_network), (), "client networks refused (checked first)")
+    connect_timeout: float = key(to_duration, 10.0, "time to open the upstream connection")
+    handshake_timeout: float = key(to_duration, 30.0, "time for a client to send its request head")
+    idle_timeout: float = key(to_duration, 300.0, "close a connection silent this long")
+    max_connections: int = key(int_range(1, 1_000_000), 10000, "concurrent client connections")
+    max_connections_per_ip: int = key(int_range(0, 1_000_000), 1000, "concurrent connections of one client address "
+                                                                     "(0: no limit)")
+    max_header_size: int = key(to_size, 65536, "largest HTTP request or response head")
+    max_headers: int = key(int_range(1, 10000), 100, "most header lines in an HTTP request (431 beyond)")
+    auth_fail_limit: int = key(int_range(0, 1_000_000), 10, "failed logins from one address within auth_fail_window "
+                                                            "before its attempts are refused (0: never)")
+    auth_fail_window: float = key(to_duration, 60.0, "the window of auth_fail_limit, and how long an address is "
+                                                     "refused after it")
+    deny_targets: tuple = key(list_of(to_target_rule), (), "targets refused (networks, with ports: '10.0.0.0/8', "
+                                                           "'*:25'); checked after DNS")
+    allow_targets: tuple = key(list_of(to_target_rule), (), "targets allowed although loopback or link-local (a "
+                                                            "proxy bound to a non-loopback address refuses those)")
+    udp_bind: Optional[Addr] = key(optional_addr, None, "SOCKS5 UDP ASSOCIATE: the address each association's "
+                                   "relay socket binds to, port 0 (one port per association); '' disables")
+
+    def validate(self) -> None:
+        if bool(self.username) != bool(self.password):
+            which = "password" if self.username else "username"
+            raise Invalid(f"username and password go together; {which} is missing", "." + which)
+        if self.udp_bind is not None and self.udp_bind.port != 0:
+            raise Invalid(f"expected port 0, got {self.udp_bind}: every UDP association gets its own relay "
+                          f"port on this address (write \"{self.udp_bind.host}:0\")", ".udp_bind")
+
+    @property
+    def auth(self) -> bool:
+        return bool(self.username)
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """``[dns]``: how target names are resolved (dnspython, TTL cache, hosts file)."""
+
+    nameservers: tuple = key(list_of(to_str), (), "resolver addresses (empty: /etc/resolv.conf)")
+    hosts_file: str = key(to_str, "/etc/hosts", "hosts file consulted first ('' to skip)")
+    timeout: float = key(to_duration, 5.0, "time for one lookup")
+    cache_size: int = key(int_range(0, 1_000_000), 4096, "names kept in the cache")
+    min_ttl: float = key(to_duration, 0.0, "shortest time an answer is cached")
+    max_ttl: float = key(to_duration, 3600.0, "longest time an answer is cached")
+    negative_ttl: float = key(to_duration, 5.0, "time a failed lookup is remembered")

@@ -6,9 +6,10 @@ gevent hub); in C (prot/_speedups.c) where it was built, as http1's speedups.
 
 from __future__ import annotations
 
-import os
 from bisect import bisect_left
 from functools import partial
+
+from .prot import speedups
 
 #: upper bounds in seconds, Prometheus's default buckets (a request, a connect, a first byte)
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -40,13 +41,7 @@ def observe_py(counts: list, seconds: float) -> None:
     counts[-1] += seconds
 
 
-if os.environ.get("WMPROXY_NO_SPEEDUPS"):
-    _observe = observe_py
-else:
-    try:
-        from .prot._speedups import observe as _observe
-    except ImportError:  # not built: the same, slower
-        _observe = observe_py
+_observe = speedups.C.observe if speedups.C is not None else observe_py  # (prot/speedups.py decides)
 
 
 class Histogram:

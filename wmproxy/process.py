@@ -23,7 +23,7 @@ from .config import Config
 from .errors import ConfigError
 from .logs import LogSettings, reopen, setup_logging
 from .net import gevent_io
-from .prot import http1
+from .prot import http1, speedups
 from .service import PrivilegeError, drop_privileges, notify
 
 log = logging.getLogger("wmproxy")
@@ -180,7 +180,7 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
             log.info("the C speedups of the HTTP head readers are not in use (%s): llhttp and the Python "
                      "versions run, about half as many instructions again per proxied request",
                      "WMPROXY_NO_SPEEDUPS is set"
-                     if os.environ.get("WMPROXY_NO_SPEEDUPS") else "not built: install gcc and python3-dev, "
+                     if speedups.DISABLED else "not built: install gcc and python3-dev, "
                      "then install wmproxy again")
         if wfd is not None:
             os.chdir("/")  # a daemon keeps no directory busy; every path it uses is absolute

@@ -14,13 +14,13 @@ import base64
 import binascii
 import functools
 import ipaddress
-import os
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 import httptools
 
 from ..errors import ProtocolError
+from . import speedups
 
 Headers = list[tuple[bytes, bytes]]  # original case and order kept
 Index = dict[bytes, list[bytes]]  # lower-case name -> values
@@ -631,14 +631,9 @@ scan_response: Callable[[bytes], Optional[tuple[int, bool, int, bytes]]] = scan_
 join_head: Callable[[bytes, bytes, bytes, Optional[bytes], Optional[bytes]], Optional[bytes]] = join_head_py
 request_head: Optional[Callable[[bytes], Optional[tuple[str, str, str, Headers, Index]]]] = None
 response_head: Optional[Callable[[bytes, bool], Optional[tuple[int, bytes, bytes, tuple[str, int], bool]]]] = None
-if not os.environ.get("WMPROXY_NO_SPEEDUPS"):  # (set: the Python ones even so, for tests or to rule C out)
-    try:
-        from . import _speedups
-    except ImportError:  # not built (no C compiler or Python headers at install): same answers, slower
-        pass
-    else:
-        split_headers, scan_response, join_head = _speedups.split_headers, _speedups.scan_response, _speedups.join_head
-        request_head, response_head = _speedups.request_head, _speedups.response_head
+if speedups.C is not None:  # (prot/speedups.py decides)
+    split_headers, scan_response, join_head = speedups.C.split_headers, speedups.C.scan_response, speedups.C.join_head
+    request_head, response_head = speedups.C.request_head, speedups.C.response_head
 SPEEDUPS = scan_response is not scan_response_py  # whether the C versions are in use
 
 

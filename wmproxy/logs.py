@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any, Optional
 
 TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOURNAL = "%(levelname)s %(name)s: %(message)s"
@@ -37,7 +38,7 @@ class LogSettings:
     access_format: str = "wmproxy"
 
     @classmethod
-    def of(cls, cfg) -> "LogSettings":
+    def of(cls, cfg: Any) -> "LogSettings":
         """The settings of a config.Config; file names made absolute (a daemon runs in /)."""
         return cls(cfg.log_level, os.path.abspath(cfg.log_file) if cfg.log_file else "", cfg.log_format,
                    os.path.abspath(cfg.access_log_file) if cfg.access_log_file else "", cfg.access_log_format)
@@ -83,7 +84,8 @@ class _Reopenable(logging.FileHandler):
         self.acquire()
         try:
             old, self.stream = self.stream, stream
-            old.close()
+            if old is not None:
+                old.close()
         finally:
             self.release()
 
@@ -108,7 +110,7 @@ def setup_logging(settings: LogSettings, capture_stdio: bool | None = None) -> N
     changed. Every file is opened before anything is replaced: raises OSError (and changes
     nothing) if one cannot be. With ``capture_stdio`` (daemon mode) file descriptors 1 and 2
     point at the log file too, so that a stray traceback is not lost (None: as before)."""
-    main = _Reopenable(settings.file, encoding="utf-8") if settings.file else None
+    main: Optional[logging.Handler] = _Reopenable(settings.file, encoding="utf-8") if settings.file else None
     try:
         access = _Reopenable(settings.access_file, encoding="utf-8") if settings.access_file else None
     except OSError:
@@ -189,7 +191,7 @@ class AccessFields:
             ip, user, created, method, target, version
         self.status, self.size, self.referer, self.agent, self.ms, self.note = status, size, referer, agent, ms, note
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"client_ip": self.ip, "user": self.user or None, "method": self.method, "target": self.target,
                 "protocol": f"HTTP/{self.version}", "status": self.status, "bytes": self.size,
                 "referer": self.referer.decode("latin-1") if self.referer else None,
@@ -220,7 +222,8 @@ def _combined(ip: str, user: str, method: str, target: str, version: str, status
             f'HTTP/{version}" {status} {size} "{_text(referer)}" "{_text(agent)}"')
 
 
-def log_access(ip: str, user: str, head, target: str, status: int, size: int, started: float, note: str = "") -> None:
+def log_access(ip: str, user: str, head: Any, target: str, status: int, size: int, started: float,
+               note: str = "") -> None:
     """One access line for a request (``head``: its http1.Head; ``size``: the body bytes sent,
     as nginx's $body_bytes_sent)."""
     if not access_log.isEnabledFor(logging.INFO):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from functools import partial
+from typing import Any
 
 from .prot import speedups
 
@@ -26,14 +27,14 @@ class ServerMetrics:
         self.connect_seconds = Histogram()  # new connections: DNS, TCP and TLS
         self.first_byte_seconds = Histogram()  # [http]: request sent -> response head in
 
-    def row(self, kind: str, upstream: str, server: str, up: bool, active: int) -> dict:
+    def row(self, kind: str, upstream: str, server: str, up: bool, active: int) -> dict[str, Any]:
         return {"kind": kind, "upstream": upstream, "server": server, "up": up, "active": active,
                 "requests": self.requests, "failures": self.failures,
                 "connect_seconds": self.connect_seconds.as_dict(),
                 "first_byte_seconds": self.first_byte_seconds.as_dict()}
 
 
-def observe_py(counts: list, seconds: float) -> None:
+def observe_py(counts: list[Any], seconds: float) -> None:
     """Count ``seconds`` in ``counts`` (one count per bucket, the last above every bound, then
     the sum). The C version (prot/_speedups.c) gives the same answers in a tenth of the time."""
     # most requests take less than the first bound: one comparison instead of a bisect
@@ -50,10 +51,10 @@ class Histogram:
     __slots__ = ("counts", "observe")
 
     def __init__(self) -> None:
-        self.counts: list = [0] * (len(BUCKETS) + 1) + [0.0]
+        self.counts: list[Any] = [0] * (len(BUCKETS) + 1) + [0.0]
         self.observe = partial(_observe, self.counts)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """Cumulative counts per upper bound ('+Inf' last), as /status shows and /metrics prints."""
         out, total = {}, 0
         for bound, n in zip((*(f"{b:g}" for b in BUCKETS), "+Inf"), self.counts):
@@ -62,16 +63,16 @@ class Histogram:
         return {"buckets": out, "sum": round(self.counts[-1], 6), "count": total}
 
 
-def _add(a: dict, b: dict) -> dict:
+def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {"buckets": {le: n + b["buckets"][le] for le, n in a["buckets"].items()},
             "sum": round(a["sum"] + b["sum"], 6), "count": a["count"] + b["count"]}
 
 
-def merge_servers(rows: list[dict]) -> list[dict]:
+def merge_servers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (kind, upstream, server): a name reached both in plain HTTP and over TLS is two
     pools but one series (Prometheus refuses a scrape with a series twice). Counts and
     histograms add up; a server is up when it is up in one of them."""
-    out: dict[tuple[str, str, str], dict] = {}
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
     for row in rows:
         key = (row["kind"], row["upstream"], row["server"])
         seen = out.get(key)

@@ -102,10 +102,6 @@ def check_files(cfg: Config, config_file: str | None) -> None:
         raise ConfigError(config_file or "", e.path, e.message) from None
 
 
-#: the listeners that answer HTTP requests (a request duration histogram each)
-HTTP_KINDS = frozenset(("proxy", "http", "map-http", "map-https"))
-
-
 class App:
     """Owns the listeners of one process and applies configurations to them."""
 
@@ -247,9 +243,10 @@ class App:
         self.reloads += 1
         self.loaded_at = time.time()
         self.last_reload_error = ""
-        if LogSettings.of(new) != logs.current():
+        new_logs = LogSettings.of(new)
+        if new_logs != logs.current():
             try:
-                logs.setup_logging(LogSettings.of(new))
+                logs.setup_logging(new_logs)
             except OSError as e:
                 log.error("reload (%s): cannot open log file %s: %s; the old log settings stay", trigger,
                           e.filename, e.strerror)
@@ -330,7 +327,7 @@ class App:
                 "bytes_in": st.bytes_in,
                 "bytes_out": st.bytes_out,
                 "requests": {str(code): n for code, n in sorted(st.statuses.items())},
-                **({"request_seconds": st.request_seconds.as_dict()} if listener.kind in HTTP_KINDS else {}),
+                **({"request_seconds": st.request_seconds.as_dict()} if listener.answers_http else {}),
             })
         proc = self._process
         with proc.oneshot():

@@ -124,6 +124,9 @@ class Listener(AcceptGuard, StreamServer):
         super().__init__(sock, spawn=Pool(self.max_connections(spec.settings)))
 
     # -- for subclasses ---------------------------------------------------------------------
+    #: it answers HTTP requests: /status and /metrics show its request duration histogram
+    answers_http = False
+
     # -- what /status and /metrics show of a listener beside its ConnStats (none by default) ----
     def upstream_status(self) -> list[dict]:
         """Its upstream servers' figures (metrics.ServerMetrics.row)."""

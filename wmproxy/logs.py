@@ -194,8 +194,8 @@ class AccessFields:
     def as_dict(self) -> dict[str, Any]:
         return {"client_ip": self.ip, "user": self.user or None, "method": self.method, "target": self.target,
                 "protocol": f"HTTP/{self.version}", "status": self.status, "bytes": self.size,
-                "referer": self.referer.decode("latin-1") if self.referer else None,
-                "user_agent": self.agent.decode("latin-1") if self.agent else None,
+                "referer": self.referer[:300].decode("latin-1") if self.referer else None,
+                "user_agent": self.agent[:300].decode("latin-1") if self.agent else None,
                 "duration_ms": round(self.ms, 3), "note": self.note or None}
 
 
@@ -222,13 +222,13 @@ def _combined(ip: str, user: str, method: str, target: str, version: str, status
             f'HTTP/{version}" {status} {size} "{_text(referer)}" "{_text(agent)}"')
 
 
-def log_access(ip: str, user: str, head: Any, target: str, status: int, size: int, started: float,
+def log_access(ip: str, user: str, head: Any, target: str, status: int, size: int, took: float,
                note: str = "") -> None:
     """One access line for a request (``head``: its http1.Head; ``size``: the body bytes sent,
-    as nginx's $body_bytes_sent)."""
+    as nginx's $body_bytes_sent; ``took``: seconds, as the listener's histogram counted them)."""
     if not access_log.isEnabledFor(logging.INFO):
         return
-    ms = (time.monotonic() - started) * 1000
+    ms = took * 1000
     style = _State.access_style
     if style == "json":
         fields = AccessFields(ip, user, time.time(), head.method, target[:2000], head.version, status, size,

@@ -72,6 +72,7 @@ class MapHttpServer(Listener):
     """``[center] map_http_bind`` / ``map_https_bind``: the public side of http(s) mappings."""
 
     kind = "map-http"
+    answers_http = True
 
     def make_context(self, settings: MapHttpSettings, services: Services) -> MapHttpContext:
         self.kind = f"map-{settings.scheme}"

@@ -170,12 +170,12 @@ class HttpSession:
         self.info.down += size
         stats = self.ctx.stats
         stats.statuses[status] += 1
-        stats.request_seconds.observe(time.monotonic() - started)
+        took = time.monotonic() - started
+        stats.request_seconds.observe(took)
         if not access_log.isEnabledFor(logging.INFO):
             return  # (the parse of credentials below is skipped too)
         creds = http1.parse_basic_auth(head.get(b"proxy-authorization")) if self.auth else None
-        log_access(self.info.ip, creds[0] if creds else "", head, head.target,
-                   status, size, started, note)
+        log_access(self.info.ip, creds[0] if creds else "", head, head.target, status, size, took, note)
 
     # -- CONNECT ----------------------------------------------------------------------------
     def _connect(self, head: Head, started: float) -> None:

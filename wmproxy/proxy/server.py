@@ -140,6 +140,7 @@ class ProxyServer(Listener):
     protocols here."""
 
     kind = "proxy"
+    answers_http = True
 
     def make_context(self, settings: "ProxySettings", services: Services) -> ProxyContext:
         proxy_cfg, center_cfg = settings.proxy, settings.center

@@ -234,6 +234,7 @@ class WebServer(Listener):
     """The listener of one ``[[http.server]]`` bind address (settings: WebSettings)."""
 
     kind = "http"
+    answers_http = True
 
     def make_context(self, settings: "WebSettings", services: Services) -> WebContext:
         return WebContext(settings.servers, settings.http, settings.scheme, services)
@@ -503,19 +504,18 @@ class WebServer(Listener):
         return done
 
     def _log(self, req: Request) -> None:
+        took = time.monotonic() - req.started
         self.stats.statuses[req.status] += 1
-        self.stats.request_seconds.observe(time.monotonic() - req.started)
+        self.stats.request_seconds.observe(took)
         fmt = req.location.access_log if req.location is not None else ""
         if fmt == "off" or not access_log.isEnabledFor(logging.INFO):
             return
         if fmt:
-            took = time.monotonic() - req.started
             fields = {**req.variables, "method": req.head.method, "status": str(req.status), "bytes": str(req.size),
                       "time": f"{took:.3f}", "upstream": req.note}
             access_log.info("%s", fill(fmt, fields))
             return
-        log_access(req.ip, "", req.head, req.raw_host + req.target, req.status, req.size, req.started,
-                   req.note)
+        log_access(req.ip, "", req.head, req.raw_host + req.target, req.status, req.size, took, req.note)
 
 
 def listener_specs(cfg: Config) -> list[ListenerSpec]:

@@ -28,6 +28,7 @@ from .net.dial import plain_ip
 from .net.reader import PeerClosed, Reader
 from .net.targets import host_addresses
 from .prot import http1
+from .prot.framing import NO_BODY, request_framing
 
 log = logging.getLogger("wmproxy.control")
 
@@ -98,8 +99,8 @@ class ControlServer(Listener):
         reader = Reader(client)
         try:
             head = http1.parse_request_head(httpio.read_head(reader, 16384))
-            framing = http1.request_framing(head)
-            if framing != http1.NO_BODY and (framing[0] != "length" or framing[1] > MAX_BODY):
+            framing = request_framing(head)
+            if framing != NO_BODY and (framing.kind != "length" or framing.length > MAX_BODY):
                 raise ProtocolError("request body too large or chunked")
             httpio.copy_body(reader, lambda data: None, framing, False)
         except ProtocolError as e:

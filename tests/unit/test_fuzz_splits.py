@@ -11,9 +11,9 @@ from hypothesis import given, settings, strategies as st
 from wmproxy.errors import NeedMore, ProtocolError
 from wmproxy.net import httpio
 from wmproxy.net.reader import PeerClosed, Reader
+from wmproxy.prot.framing import CHUNKED
 from wmproxy.prot import frame as fr
 from wmproxy.prot.chunked import ChunkedDecoder
-from wmproxy.prot import http1
 from wmproxy.prot import socks as s5
 
 
@@ -70,15 +70,15 @@ def test_chunked_bodies_decode_alike_in_any_split(chunks, trailers, cuts, after)
     for pieces in ([body + after], split(body + after, cuts), [bytes([b]) for b in body + after]):
         reader = Reader(Pieces(pieces))
         got = []
-        assert httpio.copy_body(reader, got.append, http1.CHUNKED, False) == len(want)
+        assert httpio.copy_body(reader, got.append, CHUNKED, False) == len(want)
         assert b"".join(got) == want
         rest = bytes(reader.buf) + b"".join(reader.sock.pieces)
         assert rest == after  # the next message's bytes stay for it
         # and chunked out again, it decodes to the same
         again = []
-        httpio.copy_body(Reader(Pieces(pieces)), again.append, http1.CHUNKED, True)
+        httpio.copy_body(Reader(Pieces(pieces)), again.append, CHUNKED, True)
         out = []
-        httpio.copy_body(Reader(Pieces([b"".join(again)])), out.append, http1.CHUNKED, False)
+        httpio.copy_body(Reader(Pieces([b"".join(again)])), out.append, CHUNKED, False)
         assert b"".join(out) == want
 
 
@@ -87,7 +87,7 @@ def test_chunked_bodies_decode_alike_in_any_split(chunks, trailers, cuts, after)
 def test_chunked_decoder_on_any_bytes_answers_or_refuses(data, cuts):
     reader = Reader(Pieces(split(data, cuts)))
     try:
-        httpio.copy_body(reader, lambda piece: None, http1.CHUNKED, True)
+        httpio.copy_body(reader, lambda piece: None, CHUNKED, True)
     except (ProtocolError, PeerClosed):
         pass
 

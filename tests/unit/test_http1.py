@@ -13,6 +13,10 @@ from hypothesis import strategies as st
 
 from wmproxy.errors import ProtocolError
 from wmproxy.prot import http1
+from wmproxy.prot.framing import CHUNKED, NO_BODY, UNTIL_CLOSE, Framing, request_framing, response_framing
+from wmproxy.prot.target import parse_absolute, parse_authority
+from wmproxy.prot.auth import parse_basic_auth
+from wmproxy.prot.chunked import check_trailer_line, parse_chunk_size
 from wmproxy.prot.rules import apply_header_rules
 
 
@@ -20,7 +24,7 @@ def test_request_head():
     h = http1.parse_request_head(b"GET http://a.example:8080/x?y=1 HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nx-a: 2\r\n\r\n")
     assert (h.method, h.target, h.version) == ("GET", "http://a.example:8080/x?y=1", "1.1")
     assert h.get(b"host") == b"a" and h.get_all(b"x-a") == [b"1", b"2"]
-    t = http1.parse_absolute(h.target)
+    t = parse_absolute(h.target)
     assert (t.host, t.port, t.path, t.authority) == ("a.example", 8080, "/x?y=1", "a.example:8080")
 
 
@@ -42,11 +46,11 @@ def test_request_target_as_llhttp_gives_it(line):
 def test_connect_head_and_authority():
     h = http1.parse_request_head(b"CONNECT [::1]:443 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert h.method == "CONNECT" and h.upgrade
-    t = http1.parse_authority(h.target)
+    t = parse_authority(h.target)
     assert (t.host, t.port) == ("::1", 443)
     for bad in ("example.com", "example.com:0", "example.com:http", ":80", "a b:80"):
         with pytest.raises(ProtocolError):
-            http1.parse_authority(bad)
+            parse_authority(bad)
 
 
 @pytest.mark.parametrize("url,host,port,path", [
@@ -57,7 +61,7 @@ def test_connect_head_and_authority():
     ("http://127.0.0.1/a/b?c", "127.0.0.1", 80, "/a/b?c"),
 ])
 def test_absolute_urls(url, host, port, path):
-    t = http1.parse_absolute(url)
+    t = parse_absolute(url)
     assert (t.host, t.port, t.path) == (host, port, path)
 
 
@@ -65,17 +69,17 @@ def test_absolute_urls(url, host, port, path):
                                  "http://a b/", "http://host:x/"])
 def test_bad_absolute_urls(url):
     with pytest.raises(ProtocolError):
-        http1.parse_absolute(url)
+        parse_absolute(url)
 
 
 def test_absolute_form_required():
     with pytest.raises(ProtocolError) as e:
-        http1.parse_absolute("/relative")
+        parse_absolute("/relative")
     assert e.value.http_status == 400
     with pytest.raises(ProtocolError) as e:
-        http1.parse_absolute("ftp://x/")
+        parse_absolute("ftp://x/")
     assert e.value.http_status == 501
-    assert http1.parse_absolute("http://[::1]/").authority == "[::1]"
+    assert parse_absolute("http://[::1]/").authority == "[::1]"
 
 
 def test_keep_alive_rules():
@@ -88,30 +92,32 @@ def test_keep_alive_rules():
 
 def test_request_framing():
     parse = http1.parse_request_head
-    assert http1.request_framing(parse(b"GET / HTTP/1.1\r\n\r\n")) == http1.NO_BODY
-    assert http1.request_framing(parse(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n")) == ("length", 12)
-    assert http1.request_framing(parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")) == http1.CHUNKED
+    assert request_framing(parse(b"GET / HTTP/1.1\r\n\r\n")) == NO_BODY
+    assert request_framing(parse(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n")) == ("length", 12)
+    assert request_framing(parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")) == CHUNKED
     with pytest.raises(ProtocolError):  # smuggling shape: both, rejected by llhttp or by us
-        http1.request_framing(parse(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"))
+        request_framing(parse(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"))
 
 
 def test_response_framing():
     def rf(method, raw):
-        return http1.response_framing(method, http1.parse_response_head(raw))
+        return response_framing(method, http1.parse_response_head(raw))
 
-    assert rf("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n") == http1.NO_BODY
-    assert rf("GET", b"HTTP/1.1 304 Not Modified\r\n\r\n") == http1.NO_BODY
+    assert rf("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n") == NO_BODY
+    assert rf("GET", b"HTTP/1.1 304 Not Modified\r\n\r\n") == NO_BODY
     assert rf("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n") == ("length", 5)
-    assert rf("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n") == http1.CHUNKED
-    assert rf("GET", b"HTTP/1.0 200 OK\r\n\r\n") == http1.UNTIL_CLOSE
+    assert rf("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n") == CHUNKED
+    assert rf("GET", b"HTTP/1.0 200 OK\r\n\r\n") == UNTIL_CLOSE
     h = http1.parse_response_head(b"HTTP/1.1 404 Nope Here\r\nA: b\r\n\r\n")
     assert (h.status, h.reason) == (404, b"Nope Here")
 
 
 def _passed(response):
     """What a client gets from a Response: the head (status, reason, headers with their values'
-    surrounding spaces stripped), the framing, the server's keep-alive."""
+    surrounding spaces stripped), the framing (a Framing, whichever reader built it), the
+    server's keep-alive."""
     out = http1.parse_response_head(response.encode(b"\r\nVia: t"))
+    assert type(response.framing) is Framing
     return (out.status, out.reason, [(k, v.strip()) for k, v in out.headers]), response.framing, response.reusable
 
 
@@ -227,23 +233,23 @@ def test_hop_by_hop_and_connection_named_headers_dropped():
 
 
 def test_chunk_size_lines():
-    assert http1.parse_chunk_size(b"1a") == 26
-    assert http1.parse_chunk_size(b"FF;name=value") == 255
-    assert http1.parse_chunk_size(b'5 ; a = "x y"; b') == 5
-    assert http1.parse_chunk_size(b'5;a="q\\""') == 5
+    assert parse_chunk_size(b"1a") == 26
+    assert parse_chunk_size(b"FF;name=value") == 255
+    assert parse_chunk_size(b'5 ; a = "x y"; b') == 5
+    assert parse_chunk_size(b'5;a="q\\""') == 5
     for bad in (b"", b"-1", b"zz", b"1" * 16, b"0x10", b" 5", b"5 ", b"5;", b"5;a\nb", b"5\n", b"5;a=\"x\r\"",
                 b"5;a=\"x", b"5;a=b c", b"5\x00", b"+5", b"5;a=\"\n\""):
         with pytest.raises(ProtocolError):
-            http1.parse_chunk_size(bad)
+            parse_chunk_size(bad)
 
 
 def test_basic_auth():
     token = base64.b64encode(b"user:pa:ss")
-    assert http1.parse_basic_auth(b"Basic " + token) == ("user", "pa:ss")
-    assert http1.parse_basic_auth(b"basic " + token) == ("user", "pa:ss")
-    assert http1.parse_basic_auth(b"Bearer x") is None
-    assert http1.parse_basic_auth(b"Basic !!!") is None
-    assert http1.parse_basic_auth(None) is None
+    assert parse_basic_auth(b"Basic " + token) == ("user", "pa:ss")
+    assert parse_basic_auth(b"basic " + token) == ("user", "pa:ss")
+    assert parse_basic_auth(b"Bearer x") is None
+    assert parse_basic_auth(b"Basic !!!") is None
+    assert parse_basic_auth(None) is None
 
 
 def test_bad_heads_are_protocol_errors():
@@ -592,6 +598,7 @@ def test_response_head_in_c_takes_only_what_llhttp_takes(raw):
 
 
 def _response_parts(r):
+    assert type(r.framing) is Framing  # the C reader builds the same type as the Python one
     return r.status, r.reason, r.lines, r.framing, r.reusable, r.encode(b"\r\nVia: x")
 
 
@@ -718,11 +725,11 @@ def test_check_request_limits_and_http10_chunked():
 
 
 def test_trailer_lines():
-    http1.check_trailer_line(b"X-Sum: abc def")
-    http1.check_trailer_line(b"X-Empty:")
+    check_trailer_line(b"X-Sum: abc def")
+    check_trailer_line(b"X-Empty:")
     for bad in (b"X: a\nb", b" X: a", b"X : a", b"X: a\rb", b"X: a\x00", b"no colon", b": v"):
         with pytest.raises(ProtocolError):
-            http1.check_trailer_line(bad)
+            check_trailer_line(bad)
 
 
 def test_connection_cannot_drop_framing_or_host():
@@ -740,11 +747,11 @@ def test_the_new_grammars_refuse_hostile_lines_in_linear_time():
     import time
 
     hostile = [
-        (http1.check_trailer_line, b"X:" + b" " * 4000 + b"\x00"),
-        (http1.check_trailer_line, b"X:" + b"\t " * 2000 + b"\r"),
-        (http1.parse_chunk_size, b"5;a" + b" " * 4000 + b"\x00"),
-        (http1.parse_chunk_size, b"5" + b";a " * 1300 + b"\x00"),
-        (http1.parse_chunk_size, b"5;a=" + b" " * 4000 + b"\n"),
+        (check_trailer_line, b"X:" + b" " * 4000 + b"\x00"),
+        (check_trailer_line, b"X:" + b"\t " * 2000 + b"\r"),
+        (parse_chunk_size, b"5;a" + b" " * 4000 + b"\x00"),
+        (parse_chunk_size, b"5" + b";a " * 1300 + b"\x00"),
+        (parse_chunk_size, b"5;a=" + b" " * 4000 + b"\n"),
     ]
     started = time.perf_counter()
     for _ in range(50):

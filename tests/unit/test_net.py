@@ -20,7 +20,7 @@ from wmproxy.net.dns import Resolver, parse_hosts
 from wmproxy.net.reader import PeerClosed, Reader
 from wmproxy.net import splice
 from wmproxy.net.relay import relay, relay_then
-from wmproxy.prot import http1
+from wmproxy.prot import framing
 
 
 def feeder(data: bytes, piece: int, gap: float = 0):
@@ -45,7 +45,7 @@ def test_chunked_body_any_split(piece):
     sock, g = feeder(CHUNKED, piece)
     reader = Reader(sock)
     out = []
-    assert httpio.copy_body(reader, out.append, http1.CHUNKED, chunked_out=False) == 11
+    assert httpio.copy_body(reader, out.append, framing.CHUNKED, chunked_out=False) == 11
     assert b"".join(out) == b"hello world"
     assert reader.read_exact(4) == b"NEXT"  # the next message is left in place
     g.join()
@@ -81,7 +81,7 @@ def test_read_response_whole_or_buffered(data, piece, whole, rest):
 def test_chunked_reencoded_keeps_trailers():
     sock, g = feeder(CHUNKED, 4)
     out = []
-    httpio.copy_body(Reader(sock), out.append, http1.CHUNKED, chunked_out=True)
+    httpio.copy_body(Reader(sock), out.append, framing.CHUNKED, chunked_out=True)
     assert b"".join(out) == b"5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n"
     g.join()
     sock.close()
@@ -90,7 +90,7 @@ def test_chunked_reencoded_keeps_trailers():
 def test_bad_chunk_and_early_close():
     sock, g = feeder(b"zz\r\n", 10)
     with pytest.raises(ProtocolError):
-        httpio.copy_body(Reader(sock), lambda d: None, http1.CHUNKED, True)
+        httpio.copy_body(Reader(sock), lambda d: None, framing.CHUNKED, True)
     g.join()
     sock.close()
     sock, g = feeder(b"abc", 10)
@@ -375,13 +375,12 @@ def test_the_one_stale_connection_rule():
     from wmproxy.errors import ProtocolError
     from wmproxy.net import httpio
     from wmproxy.net.reader import PeerClosed
-    from wmproxy.prot import http1
 
     for error in (PeerClosed("x"), ConnectionResetError(), BrokenPipeError(), ProtocolError("garbage")):
-        assert httpio.stale_retry(True, http1.NO_BODY, error)
-        assert not httpio.stale_retry(False, http1.NO_BODY, error)  # a new connection failing is the server
+        assert httpio.stale_retry(True, framing.NO_BODY, error)
+        assert not httpio.stale_retry(False, framing.NO_BODY, error)  # a new connection failing is the server
         assert not httpio.stale_retry(True, ("length", 5), error)  # a body may not be sent twice
-    assert not httpio.stale_retry(True, http1.NO_BODY, socket.timeout("slow"))  # slow is not stale
+    assert not httpio.stale_retry(True, framing.NO_BODY, socket.timeout("slow"))  # slow is not stale
 
 
 def test_auth_throttle_is_bounded_under_a_flood_of_addresses():

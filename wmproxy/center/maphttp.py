@@ -35,6 +35,8 @@ from ..net.relay import relay
 from ..net.tls import sni_server_context
 from ..net.writer import close_quietly
 from ..prot import http1
+from ..prot.framing import request_framing
+from ..prot.target import host_name
 from ..prot.rules import apply_header_rules
 from ..prot.frame import CreateMode
 from ..prot.tls import client_hello_sni
@@ -176,9 +178,9 @@ class MapHttpServer(Listener):
     def _serve(self, client, reader: Reader, head: http1.Head, peer_ip: str, ctx: MapHttpContext, up: "RouteStream",
                watch: ConnWatch) -> bool:
         """Route one request by its Host and pass it on; returns whether the connection stays open."""
-        framing = http1.request_framing(head)
+        framing = request_framing(head)
         host = (head.get(b"host") or b"").decode("latin-1").strip()
-        name = http1.host_name(host)
+        name = host_name(host)
         registry = ctx.registry()
         route = registry.find_route(name, ctx.scheme) if registry is not None and name else None
         if route is not None and route.passthrough:  # TLS ended here for another name (SNI) than this Host

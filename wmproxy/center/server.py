@@ -24,7 +24,7 @@ from ..net.targets import target_policy
 from ..net.tls import server_context
 from ..net.writer import close_quietly
 from ..prot.frame import CreateMode, Flag, Kind
-from ..prot.http1 import parse_authority
+from ..prot.target import parse_authority
 from ..services import Services
 from . import handshake
 from .link import CenterLink

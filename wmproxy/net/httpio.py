@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 from ..errors import ProtocolError, ProxyError
 from ..prot import http1
+from ..prot.framing import CHUNKED, NO_BODY, UNTIL_CLOSE, Framing
 from ..prot.chunked import ChunkedDecoder, encode_piece
 from .reader import PeerClosed, Reader
 from .conn import Conn, Data
@@ -85,7 +86,7 @@ def _copy_exact(reader: Reader, send: Send, n: int) -> None:
         n -= len(data)
 
 
-def copy_body(reader: Reader, send: Send, framing: tuple[str, int], chunked_out: bool, prefix: bytes = b"") -> int:
+def copy_body(reader: Reader, send: Send, framing: Framing, chunked_out: bool, prefix: bytes = b"") -> int:
     """Send ``prefix`` (the head), then copy one message body from ``reader`` to ``send``
     as framed by ``framing``.
 
@@ -111,7 +112,7 @@ def copy_body(reader: Reader, send: Send, framing: tuple[str, int], chunked_out:
     return total
 
 
-def _copy_body(reader: Reader, sendall: Send, framing: tuple[str, int], chunked_out: bool) -> int:
+def _copy_body(reader: Reader, sendall: Send, framing: Framing, chunked_out: bool) -> int:
     kind, length = framing
     if kind == "none":
         return 0
@@ -193,7 +194,7 @@ class _UpstreamSide:
             raise
 
 
-def send_request(reader: Reader, send: Send, framing: tuple[str, int], head: bytes) -> int:
+def send_request(reader: Reader, send: Send, framing: Framing, head: bytes) -> int:
     """Send the ``head`` of a request with a body, and the body (read from the client's
     ``reader``, chunked re-encoded) with ``send``. Returns the body's data bytes. Raises
     ClientBodyError when the client's side broke (closed, timed out, malformed chunks), and
@@ -208,7 +209,7 @@ def send_request(reader: Reader, send: Send, framing: tuple[str, int], head: byt
         raise ClientBodyError(e) from None
 
 
-def exchange(client: Reader, send: Send, upstream: Reader, framing: tuple[str, int], head: bytes, method: str,
+def exchange(client: Reader, send: Send, upstream: Reader, framing: Framing, head: bytes, method: str,
              max_head: int, interim: Optional[Interim] = None, finish: Optional[Finish] = None, whole: bool = False,
              on_sent: Optional[Callable[[], None]] = None) -> tuple[http1.Response, bytes | None]:
     """One request on an upstream connection, the exchange the forward proxy, ``[http]`` and
@@ -220,7 +221,7 @@ def exchange(client: Reader, send: Send, upstream: Reader, framing: tuple[str, i
     over: its body deadline ends there). Blocks. Raises ClientBodyError for the client's side;
     for the upstream's, a STALE error (see :func:`stale_retry`) or socket.timeout. Closes
     nothing."""
-    if framing == http1.NO_BODY:  # the usual request: no body, one send (and one call less)
+    if framing == NO_BODY:  # the usual request: no body, one send (and one call less)
         send(head)
     else:
         send_request(client, send, framing, head)
@@ -234,14 +235,14 @@ def exchange(client: Reader, send: Send, upstream: Reader, framing: tuple[str, i
 STALE = (PeerClosed, ConnectionError, ProtocolError)  # what a kept connection the server closed looks like
 
 
-def stale_retry(reused: bool, framing: tuple[str, int], error: BaseException) -> bool:
+def stale_retry(reused: bool, framing: Framing, error: BaseException) -> bool:
     """The one rule every exchange (forward proxy, ``[http]``, http mappings) follows when an
     upstream connection fails before the answer: try once more on a new connection when this
     one had served a request before (the server may have closed it as we sent: keep-alive
     timeouts race), the request has no body (nothing the client sent is lost or sent twice),
     and the failure is the connection's end or garbage where an answer should start (STALE),
     not a timeout (a slow server is not a stale connection)."""
-    return reused and framing == http1.NO_BODY and isinstance(error, STALE)
+    return reused and framing == NO_BODY and isinstance(error, STALE)
 
 
 class Forwarded:
@@ -313,8 +314,8 @@ def to_client(head: http1.Head, response: http1.Response, extra: bytes = b"") ->
         chunked_out = False
         keep = head.wants_keep_alive()
     else:
-        chunked_out = framing == http1.CHUNKED and head.version == "1.1"
-        keep = head.wants_keep_alive() and framing != http1.UNTIL_CLOSE and (chunked_out or framing != http1.CHUNKED)
+        chunked_out = framing == CHUNKED and head.version == "1.1"
+        keep = head.wants_keep_alive() and framing != UNTIL_CLOSE and (chunked_out or framing != CHUNKED)
     if chunked_out:
         extra += b"\r\nTransfer-Encoding: chunked"
     if not keep:

@@ -141,7 +141,8 @@ static unsigned char PATH[256];    /* a target's path and query: unreserved, sub
 static unsigned char SERVER[256];  /* an absolute-form authority: unreserved, sub-delims, ":%[]" (no
                                       * userinfo: llhttp refuses a second '@', and a proxy any) */
 static PyObject *STR_11, *STR_10, *METHOD_STR[8];
-static PyObject *NO_BODY, *CHUNKED, *UNTIL_CLOSE, *STR_LENGTH; /* http1's framing tuples, and "length" */
+static PyObject *NO_BODY, *CHUNKED, *UNTIL_CLOSE, *STR_LENGTH; /* framing.py's constants, and "length" */
+static PyTypeObject *FRAMING;                                    /* framing.Framing (a tuple subclass) */
 static const char *METHODS[8] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"};
 
 static void init_tables(void) {
@@ -477,9 +478,19 @@ static PyObject *response_head(PyObject *self, PyObject *const *args, Py_ssize_t
     else
         framing = length ? NULL : NO_BODY;
     keep = !(connection & CONN_CLOSE) && (s[7] == '1' || (connection & CONN_KEEP_ALIVE)) && framing != UNTIL_CLOSE;
-    if (framing == NULL)
-        return Py_BuildValue("(iy#N(On)O)", status, s + 13, eol - 13, lines, STR_LENGTH, length,
-                             keep ? Py_True : Py_False);
+    if (framing == NULL) {
+        /* Framing("length", length), built as the tuple it is (its __new__ is Python code) */
+        PyObject *n = PyLong_FromSsize_t(length);
+        if (n == NULL || (framing = FRAMING->tp_alloc(FRAMING, 2)) == NULL) {
+            Py_XDECREF(n);
+            Py_DECREF(lines);
+            return NULL;
+        }
+        Py_INCREF(STR_LENGTH);
+        PyTuple_SET_ITEM(framing, 0, STR_LENGTH);
+        PyTuple_SET_ITEM(framing, 1, n);
+        return Py_BuildValue("(iy#NNO)", status, s + 13, eol - 13, lines, framing, keep ? Py_True : Py_False);
+    }
     return Py_BuildValue("(iy#NOO)", status, s + 13, eol - 13, lines, framing, keep ? Py_True : Py_False);
 }
 
@@ -605,6 +616,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "wmproxy.prot._speedu
 
 PyMODINIT_FUNC PyInit__speedups(void) {
     int m;
+    PyObject *framing;
     init_tables();
     ONE = PyLong_FromLong(1);
     if (ONE == NULL)
@@ -616,11 +628,20 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     for (m = 0; m < 8; m++)
         if ((METHOD_STR[m] = PyUnicode_InternFromString(METHODS[m])) == NULL)
             return NULL;
-    NO_BODY = Py_BuildValue("(si)", "none", 0);
-    CHUNKED = Py_BuildValue("(si)", "chunked", 0);
-    UNTIL_CLOSE = Py_BuildValue("(si)", "close", 0);
-    STR_LENGTH = PyUnicode_InternFromString("length");
-    if (NO_BODY == NULL || CHUNKED == NULL || UNTIL_CLOSE == NULL || STR_LENGTH == NULL)
+    framing = PyImport_ImportModule("wmproxy.prot.framing"); /* pure Python, imports no C */
+    if (framing == NULL)
         return NULL;
+    NO_BODY = PyObject_GetAttrString(framing, "NO_BODY");
+    CHUNKED = PyObject_GetAttrString(framing, "CHUNKED");
+    UNTIL_CLOSE = PyObject_GetAttrString(framing, "UNTIL_CLOSE");
+    FRAMING = (PyTypeObject *)PyObject_GetAttrString(framing, "Framing");
+    Py_DECREF(framing);
+    STR_LENGTH = PyUnicode_InternFromString("length");
+    if (NO_BODY == NULL || CHUNKED == NULL || UNTIL_CLOSE == NULL || FRAMING == NULL || STR_LENGTH == NULL)
+        return NULL;
+    if (!PyType_Check(FRAMING) || !PyType_IsSubtype(FRAMING, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "wmproxy.prot.framing.Framing must be a tuple type");
+        return NULL;
+    }
     return PyModule_Create(&module);
 }

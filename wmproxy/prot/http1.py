@@ -1,26 +1,24 @@
-"""HTTP/1.x message heads for the proxy: parsing through httptools (llhttp), framing rules,
-hop-by-hop headers (RFC 9110 7.6.1) and chunked-coding lines. Pure: bytes in, values out.
+"""HTTP/1.x message heads for the proxy: parsing through httptools (llhttp) or the C readers,
+hop-by-hop headers (RFC 9110 7.6.1), the heads passed on and the proxy's own short answers.
+Pure: bytes in, values out.
 
 A head is parsed only once its terminating blank line is in hand (the reader finds it), so a
-fresh parser per head is fed exactly the head bytes; bodies are framed here by
-:func:`request_framing` / :func:`response_framing` and moved by the caller.
+fresh parser per head is fed exactly the head bytes. The neighbours: prot/framing.py says how
+a body is delimited, prot/chunked.py decodes the chunked coding, prot/target.py reads request
+targets, prot/rules.py applies header rules, prot/auth.py reads Basic credentials.
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
 
-import base64
-import binascii
-import functools
-import ipaddress
 import re
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 import httptools
 
 from ..errors import ProtocolError
 from . import speedups
+from .framing import CHUNKED, NO_BODY, UNTIL_CLOSE, Framing, of_length, response_framing
 
 Headers = list[tuple[bytes, bytes]]  # original case and order kept
 Index = dict[bytes, list[bytes]]  # lower-case name -> values
@@ -271,95 +269,6 @@ def parse_response_head(data: bytes) -> Head:
                 upgrade=upgrade, index=index)
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where an absolute-form request or a CONNECT goes."""
-
-    host: str
-    port: int
-    path: str = "/"  # origin-form to send upstream
-
-    @property
-    def authority(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == 80 else f"{host}:{self.port}"
-
-    @functools.cached_property
-    def line_tail(self) -> bytes:
-        """The end of a request line for this target in origin-form: b" /path HTTP/1.1"."""
-        return f" {self.path} HTTP/1.1".encode("latin-1")
-
-    @functools.cached_property
-    def host_header(self) -> bytes:
-        text = self.authority
-        return text.encode("ascii") if text.isascii() else text.encode("idna")
-
-
-@functools.lru_cache(maxsize=4096)
-def _check_host(host: str, what: str) -> str:
-    """A host from a request, normalised (IP literal canonical, name lower-case). Cached:
-    the same few hosts come back request after request."""
-    if not host:
-        raise ProtocolError(f"{what} has no host")
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    if len(host) > 253 or any(c in host for c in " /\\@?#%[]\0") or host.startswith("."):
-        raise ProtocolError(f"{what} has an invalid host {host[:60]!r}")
-    return host.lower()
-
-
-def _host_port(authority: str, default_port: int | None, what: str) -> tuple[str, int]:
-    if authority.startswith("["):
-        host, sep, rest = authority[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ProtocolError(f"{what} {authority[:80]!r} is not host:port")
-        port = rest[1:]
-    else:
-        host, sep, port = authority.rpartition(":")
-        if not sep:
-            host, port = authority, ""
-    if not port:
-        if default_port is None:
-            raise ProtocolError(f"{what} {authority[:80]!r} is not host:port")
-        return _check_host(host, what), default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ProtocolError(f"{what} {authority[:80]!r} has an invalid port")
-    return _check_host(host, what), int(port)
-
-
-def parse_authority(text: str) -> Target:
-    """CONNECT target 'host:port' or '[v6]:port'. Raises ProtocolError."""
-    host, port = _host_port(text, None, "CONNECT target")
-    return Target(host, port, "")
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_absolute(url: str) -> Target:
-    """Absolute-form target 'http://host[:port]/path?q'. Raises ProtocolError (400, or 501
-    for another scheme). Cached: a Target is immutable and clients ask for the same URLs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ProtocolError("this is a proxy: the request target must be absolute (http://host/path)")
-    if scheme.lower() != "http":
-        if scheme.isalpha():
-            raise ProtocolError(f"scheme {scheme[:20]!r} is not served; use CONNECT for https", 501)
-        raise ProtocolError(f"request target {url[:80]!r} is not a valid URL")
-    end = len(rest)
-    for c in "/?#":
-        i = rest.find(c, 0, end)
-        if i >= 0:
-            end = i
-    authority, path = rest[:end], rest[end:].partition("#")[0]
-    if "@" in authority:
-        raise ProtocolError("user information in the request URL is not allowed")
-    host, port = _host_port(authority, 80, "request URL")
-    if not path.startswith("/"):
-        path = "/" + path
-    return Target(host, port, path)
-
-
 def passthrough_head(head: Head, data: bytes, start_line: bytes, extra: bytes, drop: frozenset[bytes],
                      host: Optional[bytes] = None) -> Optional[bytes]:
     """The head to send on for request ``head`` (parsed from ``data``): ``start_line``, the
@@ -403,7 +312,7 @@ def join_head_py(data: bytes, start_line: bytes, extra: bytes, old_host: Optiona
     return b"".join((start_line, data[eol:i], b"\r\nHost: ", host, data[i + len(line) - 2:-4], extra, b"\r\n\r\n"))
 
 
-def upstream_headers(head: Head, framing: tuple[str, int], drop: frozenset[bytes]) -> tuple[Headers, Optional[bytes]]:
+def upstream_headers(head: Head, framing: Framing, drop: frozenset[bytes]) -> tuple[Headers, Optional[bytes]]:
     """The headers of request ``head`` to pass on to its server: end to end ones without
     ``drop``, with the upgrade the client asks for and the chunked coding of its body (which
     the proxy decodes and codes again); and that upgrade's protocol (None: none)."""
@@ -422,61 +331,6 @@ def forwarded_for(head: Head, ip: bytes) -> bytes:
     return b", ".join([*earlier, ip]) if earlier else ip
 
 
-# Body framing ------------------------------------------------------------------------
-NO_BODY = ("none", 0)
-CHUNKED = ("chunked", 0)
-UNTIL_CLOSE = ("close", 0)
-
-
-def _content_length(head: Head) -> Optional[int]:
-    values = head.index.get(b"content-length")
-    if not values:
-        return None
-    if len(values) == 1 and values[0].isdigit() and len(values[0]) <= 18:
-        return int(values[0])
-    numbers = {v.strip() for v in b",".join(values).split(b",")}
-    if len(numbers) != 1:
-        raise ProtocolError("conflicting Content-Length values")
-    (n,) = numbers
-    if not n.isdigit() or len(n) > 18:
-        raise ProtocolError(f"invalid Content-Length {n[:20]!r}")
-    return int(n)
-
-
-def _is_chunked(head: Head) -> bool:
-    te = head.get_all(b"transfer-encoding")
-    if not te:
-        return False
-    return b",".join(te).split(b",")[-1].strip().lower() == b"chunked"
-
-
-def request_framing(head: Head) -> tuple[str, int]:
-    """How the request body is delimited (RFC 9112 6.3): none, ('length', n) or chunked."""
-    index = head.index
-    if b"transfer-encoding" not in index and b"content-length" not in index:
-        return NO_BODY  # the usual GET
-    if head.get(b"transfer-encoding") is not None:
-        if not _is_chunked(head):
-            raise ProtocolError("request Transfer-Encoding must end in chunked", 400)
-        if head.get(b"content-length") is not None:
-            raise ProtocolError("request has both Transfer-Encoding and Content-Length", 400)
-        return CHUNKED
-    n = _content_length(head)
-    return ("length", n) if n else NO_BODY
-
-
-def response_framing(request_method: str, head: Head) -> tuple[str, int]:
-    """How the response body is delimited: none, ('length', n), chunked, or until close."""
-    if request_method == "HEAD" or head.status in (204, 304) or 100 <= head.status < 200:
-        return NO_BODY
-    if head.get(b"transfer-encoding") is not None:
-        return CHUNKED if _is_chunked(head) else UNTIL_CLOSE
-    n = _content_length(head)
-    if n is None:
-        return UNTIL_CLOSE
-    return ("length", n) if n else NO_BODY
-
-
 class Response:
     """A server's final response head as the proxy passes it on: ``lines`` are its end-to-end
     header lines (each ``b"\r\nName: value"``), ``framing`` its body's, ``reusable`` whether the
@@ -485,7 +339,7 @@ class Response:
 
     __slots__ = ("status", "reason", "lines", "framing", "reusable", "head")
 
-    def __init__(self, status: int, reason: bytes, lines: bytes, framing: tuple[str, int], reusable: bool,
+    def __init__(self, status: int, reason: bytes, lines: bytes, framing: Framing, reusable: bool,
                  head: Optional[Head] = None) -> None:
         self.status = status
         self.reason = reason or REASONS.get(status, "").encode("latin-1")
@@ -582,7 +436,7 @@ def quick_response_llhttp(data: bytes, method: str) -> Optional[Response]:
     elif length < 0:
         framing = UNTIL_CLOSE
     else:
-        framing = ("length", length) if length else NO_BODY
+        framing = of_length(length)
     if connection & CONN_CLOSE:
         keep = False
     else:
@@ -630,41 +484,11 @@ split_headers: Callable[[bytes], tuple[Headers, Index]] = split_headers_py
 scan_response: Callable[[bytes], Optional[tuple[int, bool, int, bytes]]] = scan_response_py
 join_head: Callable[[bytes, bytes, bytes, Optional[bytes], Optional[bytes]], Optional[bytes]] = join_head_py
 request_head: Optional[Callable[[bytes], Optional[tuple[str, str, str, Headers, Index]]]] = None
-response_head: Optional[Callable[[bytes, bool], Optional[tuple[int, bytes, bytes, tuple[str, int], bool]]]] = None
+response_head: Optional[Callable[[bytes, bool], Optional[tuple[int, bytes, bytes, Framing, bool]]]] = None
 if speedups.C is not None:  # (prot/speedups.py decides)
     split_headers, scan_response, join_head = speedups.C.split_headers, speedups.C.scan_response, speedups.C.join_head
     request_head, response_head = speedups.C.request_head, speedups.C.response_head
 SPEEDUPS = scan_response is not scan_response_py  # whether the C versions are in use
-
-
-# RFC 9112 7.1: chunk-size [ chunk-ext ] CRLF, where chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS
-# value ] ), a name a token and a value a token or a quoted-string (no CR, LF or NUL inside). The
-# line has been cut at its CRLF; a bare CR or LF anywhere in it is refused: a server that ends
-# lines at LF would read another chunk there (request smuggling).
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x20-\x7e\x80-\xff])*"'
-_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|"
-                         + _QUOTED + rb"))?)*")
-# a trailer field line (RFC 9112 7.1.2 and 5): name ":" OWS value, its CRLF cut off; no obs-fold.
-# (OWS is not a group of its own before the value: "[ \t]*[\t ...]*" backtracks in quadratic
-# time over a line of spaces ending in a bad byte, 77 ms for 4 KiB, a peer's CPU for free.)
-_FIELD_LINE = re.compile(_TOKEN + rb":[\t \x21-\x7e\x80-\xff]*")
-
-
-def parse_chunk_size(line: bytes) -> int:
-    """The size on a chunk-size line (without its CRLF). Extensions are checked against their
-    grammar, then ignored. Raises ProtocolError (400) for anything else."""
-    m = _CHUNK_LINE.fullmatch(line)
-    if m is None:
-        raise ProtocolError(f"invalid chunk size line {line[:40]!r}")
-    return int(m.group(1), 16)
-
-
-def check_trailer_line(line: bytes) -> None:
-    """A trailer field line (without its CRLF) must be ``name: value`` with no CR, LF, NUL or
-    folding. Raises ProtocolError (400)."""
-    if _FIELD_LINE.fullmatch(line) is None:
-        raise ProtocolError(f"invalid trailer line {line[:40]!r}")
 
 
 # A Host value (RFC 9112 3.2, RFC 3986 3.2.2): uri-host [ ":" port ]
@@ -729,25 +553,3 @@ def simple_response(status: int, text: str, extra: Sequence[tuple[bytes, bytes]]
     if close:
         headers.append((b"Connection", b"close"))
     return encode_head(f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", headers) + (data if body else b"")
-
-
-def parse_basic_auth(value: Optional[bytes]) -> Optional[tuple[str, str]]:
-    """(user, password) from a 'Basic ...' credentials value, or None when absent/invalid."""
-    if not value:
-        return None
-    scheme, _, token = value.strip().partition(b" ")
-    if scheme.lower() != b"basic":
-        return None
-    try:
-        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, sep, password = decoded.partition(":")
-    return (user, password) if sep else None
-
-
-def host_name(host: str) -> str:
-    """The name of a Host header value, its port dropped: 'a.test:8080' -> 'a.test', '[::1]:80' -> '::1'."""
-    if host.startswith("["):
-        return host[1:].partition("]")[0]
-    return host.rpartition(":")[0] or host

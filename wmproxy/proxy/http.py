@@ -21,6 +21,9 @@ from ..net.reader import PeerClosed, Reader
 from ..net.relay import relay
 from ..net.writer import send_all
 from ..prot import http1
+from ..prot.framing import NO_BODY, request_framing
+from ..prot.target import Target, parse_absolute, parse_authority
+from ..prot.auth import parse_basic_auth
 from ..prot.http1 import Head, simple_response
 from .tunnel import open_tunnel
 
@@ -149,7 +152,7 @@ class HttpSession:
     def _authorized(self, head: Head) -> bool:
         """Whether the request carries the right credentials (a wrong pair counts against its
         address; none at all, a browser's first try, does not)."""
-        creds = http1.parse_basic_auth(head.get(b"proxy-authorization"))
+        creds = parse_basic_auth(head.get(b"proxy-authorization"))
         return creds is not None and self.ctx.credentials_ok(*creds, self.info.ip)
 
     def _error(self, status: int, text: str, extra=(), body: bool = True) -> int:
@@ -174,7 +177,7 @@ class HttpSession:
         stats.request_seconds.observe(took)
         if not access_log.isEnabledFor(logging.INFO):
             return  # (the parse of credentials below is skipped too)
-        creds = http1.parse_basic_auth(head.get(b"proxy-authorization")) if self.auth else None
+        creds = parse_basic_auth(head.get(b"proxy-authorization")) if self.auth else None
         log_access(self.info.ip, creds[0] if creds else "", head, head.target, status, size, took, note)
 
     # -- CONNECT ----------------------------------------------------------------------------
@@ -184,7 +187,7 @@ class HttpSession:
             self._error(405, "CONNECT is disabled (flag)")
             self.info.result = "refused: CONNECT disabled"
             return
-        target = http1.parse_authority(head.target)
+        target = parse_authority(head.target)
         self.info.target = f"{target.host}:{target.port}"
         self._stop_watchdog()  # the dial has its timeout, the relay its idle watchdog
         open_tunnel(self.ctx, self.client, self.reader, self.info, target.host, target.port,
@@ -192,7 +195,7 @@ class HttpSession:
                     fail_reply=lambda e: simple_response(e.http_status, f"wmproxy: {e}"))
 
     # -- absolute-form requests --------------------------------------------------------------
-    def _request_bytes(self, head: Head, raw: bytes, target: http1.Target, framing) -> tuple[bytes, bool]:
+    def _request_bytes(self, head: Head, raw: bytes, target: Target, framing) -> tuple[bytes, bool]:
         """The head to send upstream (``raw``: the client's, ``head`` parsed from it), and whether
         the client asked to upgrade. Its header lines go on as they came when none is dropped and
         its one Host line is set to the URL's authority (RFC 9112 3.2.2)."""
@@ -208,8 +211,8 @@ class HttpSession:
     def _forward(self, head: Head, raw: bytes, started: float) -> bool:
         """Serve one request. Returns whether the client connection stays open."""
         try:
-            target = http1.parse_absolute(head.target)
-            framing = http1.request_framing(head)
+            target = parse_absolute(head.target)
+            framing = request_framing(head)
         except ProtocolError as e:
             self._reply_log(head, e.http_status, str(e), started)
             return False
@@ -218,7 +221,7 @@ class HttpSession:
             self._reply_log(head, 403, "forwarding loop detected (this proxy's Via is in the request)", started)
             return False
         data, upgrade = self._request_bytes(head, raw, target, framing)
-        if framing != http1.NO_BODY and head.version == "1.1" and head.expects_continue():
+        if framing != NO_BODY and head.version == "1.1" and head.expects_continue():
             # We answer 100 ourselves and send the body on: an upstream that ignores Expect
             # would otherwise stall the client for its expect timeout.
             self.client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -248,7 +251,7 @@ class HttpSession:
         self._log(head, response.status, size, started)
         return client_keep
 
-    def _exchange(self, head: Head, target: http1.Target, data: bytes, framing,
+    def _exchange(self, head: Head, target: Target, data: bytes, framing,
                   retry: bool = True) -> tuple[_UpstreamConn, http1.Response, bytes | None]:
         """Send the request (head and body) and read the final response head, and its body
         when that came whole with it (else None: the body waits in the upstream's reader).
@@ -286,7 +289,7 @@ class HttpSession:
             self.client.sendall(http1.encode_head(f"HTTP/1.1 {rhead.status} {rhead.reason.decode('latin-1')}",
                                                   rhead.headers))
 
-    def _new_upstream(self, target: http1.Target) -> _UpstreamConn:
+    def _new_upstream(self, target: Target) -> _UpstreamConn:
         """Close the current upstream connection, if any, and open one to ``target``."""
         self._drop_upstream()
         self.upstream = _UpstreamConn((target.host, target.port), self.ctx.dial(target.host, target.port))

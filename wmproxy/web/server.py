@@ -35,6 +35,8 @@ from ..net.reader import PeerClosed, Reader
 from ..net.tls import sni_server_context
 from ..net.writer import close_quietly, send_all
 from ..prot import http1
+from ..prot.framing import NO_BODY, request_framing
+from ..prot.target import host_name
 from ..prot.rules import apply_header_rules, fill
 from . import files
 from .route import normalize_path, pick_location, pick_server
@@ -105,7 +107,7 @@ class WebContext:
         if server is None:
             if len(self._servers) >= ROUTES_CACHED:
                 self._servers.clear()
-            server = self._servers[raw_host] = pick_server(self.servers, http1.host_name(raw_host))
+            server = self._servers[raw_host] = pick_server(self.servers, host_name(raw_host))
         return server
 
     def location_for(self, server, path: str):
@@ -186,7 +188,7 @@ class Request:
         self.ctx = ctx
         self.head = head
         self.raw = raw  # the head as it came, ``head`` parsed from it
-        self.framing = http1.request_framing(head)
+        self.framing = request_framing(head)
         self.ip = ip
         self.target = target = head.target
         host = head.get(b"host")
@@ -342,7 +344,7 @@ class WebServer(Listener):
 
     def _discard_body(self, reader: Reader, req: Request) -> None:
         """A request body nobody wants is read and dropped, so the next request is in step."""
-        if req.framing != http1.NO_BODY:
+        if req.framing != NO_BODY:
             if req.head.expects_continue():
                 req.keep = False  # we answer without reading it: the client may not send it at all
                 return
@@ -362,9 +364,9 @@ class WebServer(Listener):
         client_body_min_rate; a chunked one within client_body_timeout plus what came so far
         at that rate (the returned function moves the deadline on as data comes)."""
         started = time.monotonic()
-        if req.framing[0] == "length":
-            allowed = ctx.body_timeout + req.framing[1] / ctx.body_min_rate
-            req.state.until(started + allowed, f"request body of {req.framing[1]} bytes not in within "
+        if req.framing.kind == "length":
+            allowed = ctx.body_timeout + req.framing.length / ctx.body_min_rate
+            req.state.until(started + allowed, f"request body of {req.framing.length} bytes not in within "
                                                f"{allowed:.0f}s (client_body_timeout, client_body_min_rate)")
             return send
         phase = (f"chunked request body slower than client_body_min_rate ({ctx.body_min_rate} B/s) after "
@@ -409,7 +411,7 @@ class WebServer(Listener):
             headers += [(b"X-Forwarded-For", http1.forwarded_for(head, ip)), (b"X-Forwarded-Proto", ctx.scheme_bytes),
                         (b"X-Real-IP", ip)]
             out = http1.encode_head(line, req.apply(headers, plan.request_rules))
-        if req.framing != http1.NO_BODY and head.expects_continue():
+        if req.framing != NO_BODY and head.expects_continue():
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         servers = group.order(req.ip)
         if not servers:
@@ -422,7 +424,7 @@ class WebServer(Listener):
             while True:
                 try:
                     conn, pooled = group.connect(server, loc.proxy_connect_timeout, fresh,
-                                                 retry_safe=req.framing == http1.NO_BODY)
+                                                 retry_safe=req.framing == NO_BODY)
                 except UpstreamError as e:
                     server.failed(str(e))
                     failure = str(e)
@@ -450,7 +452,7 @@ class WebServer(Listener):
                     return None
                 conn.close()
                 failure = f"{server.addr}: {outcome}"
-                sent = req.framing != http1.NO_BODY
+                sent = req.framing != NO_BODY
                 if httpio.stale_retry(pooled, req.framing, outcome):
                     fresh = True  # a kept connection the server had closed: once more on a new one
                     continue
@@ -479,7 +481,7 @@ class WebServer(Listener):
         finish = (lambda h: req.apply(h, rules)) if rules else None
         send = partial(send_all, conn.sock)
         on_sent = None
-        if req.framing != http1.NO_BODY:
+        if req.framing != NO_BODY:
             req.state.waiting(None, ctx.body_timeout)  # the client's silence while it sends its body
             send = self._body_deadline(req, ctx, send)
             on_sent = partial(self._body_sent, req.state, conn.reader, loc.proxy_read_timeout)

@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import time
+from typing import Callable, Optional, Sequence
 
 import gevent
 import psutil
@@ -25,12 +26,13 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from . import __version__, config
-from .config import Addr, Config
+from .config import Addr, CenterConfig, Config, ProxyConfig
 from .errors import ConfigError
 from .center.client import CenterClient
+from .center.mapping import MappingRegistry
 from .center.server import CenterServer
-from .listener import Listener, ListenerSpec, drain_all
-from .services import Services
+from .listener import ConnStats, Listener, ListenerSpec, StatusSource, drain_all
+from .services import Handler, Services
 from .net.dns import Resolver
 from .net.listen import BindError, open_listener, open_udp
 from .net.tls import client_context
@@ -105,7 +107,7 @@ def check_files(cfg: Config, config_file: str | None) -> None:
 class App:
     """Owns the listeners of one process and applies configurations to them."""
 
-    def __init__(self, cfg: Config, config_file: str | None = None, overrides: list = (),
+    def __init__(self, cfg: Config, config_file: str | None = None, overrides: Sequence[config.Override] = (),
                  prog: str = "wmproxy") -> None:
         self.cfg = cfg
         self.config_file = config_file
@@ -113,7 +115,7 @@ class App:
         self.prog = prog
         self.resolver = Resolver(cfg.dns_or_default)
         self.listeners: dict[tuple[str, str], Listener] = {}
-        self.center_client = None  # a CenterClient when [center] server is set
+        self.center_client: Optional[CenterClient] = None  # a CenterClient when [center] server is set
         self.http_groups: dict = {}  # [http] upstream groups (pools, health), shared by the http listeners
         self.http_limits: dict = {}  # [http] limit_req token buckets, shared by them too
         self.draining: list[Listener] = []
@@ -151,11 +153,12 @@ class App:
         changed = [k for k in specs if k in self.listeners
                    and (resolver_changed or self.listeners[k].spec != specs[k])]
         client_cfg = _center_client_cfg(new)
-        new_client = None
+        new_client: CenterClient | bool | None = None  # False: no client any more
         try:  # certificate files and the like are read before anything changes
             for k in [*added, *changed]:
-                if specs[k].check is not None:
-                    specs[k].check()
+                check = specs[k].check
+                if check is not None:
+                    check()
             if client_cfg != _center_client_cfg(self.cfg) or (client_cfg and self.center_client is None):
                 new_client = CenterClient(client_cfg, self.services, new.mappings) if client_cfg else False
         except ConfigError as e:
@@ -180,7 +183,7 @@ class App:
         if new_client is not None:  # before the listeners: a proxy's new context picks it up
             if self.center_client is not None:
                 self.center_client.stop()
-            self.center_client = new_client or None
+            self.center_client = new_client or None  # type: ignore[assignment]  # (False: none)
             if self.center_client is not None:
                 self.center_client.start()
         for k in removed:
@@ -271,7 +274,9 @@ class App:
             self._watcher.kill(block=False)
             self._watcher = None
 
-    def _file_state(self):
+    def _file_state(self) -> Optional[tuple[int, int, int]]:
+        if self.config_file is None:
+            return None
         try:
             st = os.stat(self.config_file)
             return (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -296,12 +301,12 @@ class App:
     def grace(self) -> float:
         return self.cfg.grace
 
-    def _mapping_registry(self):
+    def _mapping_registry(self) -> Optional[MappingRegistry]:
         """The center server's mapping registry, for the shared http(s) mapping listeners."""
         return next((listener.mappings for listener in self.listeners.values() if isinstance(listener, CenterServer)),
                     None)
 
-    def proxy_handler(self, proxy_cfg, stats, exposed: bool):
+    def proxy_handler(self, proxy_cfg: ProxyConfig, stats: ConnStats, exposed: bool) -> Handler:
         """The forward proxy as a function of (connection, client address), for features that
         hand it connections of their own (the center server's PROXY streams, proxy mappings);
         ``exposed``: other hosts can reach them (loopback targets are then refused by default)."""
@@ -339,6 +344,8 @@ class App:
                 "open_fds": proc.num_fds(),
                 "threads": proc.num_threads(),
             }
+        sources: list[StatusSource] = [*self.listeners.values(),
+                                       *([self.center_client] if self.center_client is not None else [])]
         return {
             "program": self.prog,
             "version": __version__,
@@ -355,17 +362,10 @@ class App:
             "connections": sum(r["connections"] for r in rows),
             "bytes_in": sum(r["bytes_in"] for r in rows),
             "bytes_out": sum(r["bytes_out"] for r in rows),
-            "center_links": [
-                *(row for listener in self.listeners.values() for row in listener.link_status()),
-                *([self.center_client.status()] if self.center_client is not None else []),
-            ],
-            "mappings": [
-                *(row for listener in self.listeners.values() for row in listener.mapping_status()),
-                *(self.center_client.mapping_status() if self.center_client is not None else []),
-            ],
+            "center_links": [row for source in sources for row in source.link_status()],
+            "mappings": [row for source in sources for row in source.mapping_status()],
             "upstreams": merge_servers([*(row for group in self.http_groups.values() for row in group.status()),
-                                        *(row for listener in self.listeners.values()
-                                          for row in listener.upstream_status())]),
+                                        *(row for source in sources for row in source.upstream_status())]),
             "process": process,
         }
 
@@ -391,7 +391,8 @@ class App:
             log.info("closed %d connection(s) still open after the %.1fs grace period", left, grace)
         self._stopped.set()
 
-    def serve_forever(self, on_sigusr1=None, on_ready=None) -> None:
+    def serve_forever(self, on_sigusr1: Optional[Callable[[], None]] = None,
+                      on_ready: Optional[Callable[[], None]] = None) -> None:
         """Block until stopped: SIGTERM/SIGINT stop gracefully, SIGHUP reloads, SIGUSR1
         calls ``on_sigusr1`` (log reopening). ``on_ready()`` is called once the handlers are
         in place (a SIGHUP before that is ignored, not fatal)."""
@@ -409,7 +410,7 @@ class App:
         log.info("stopped")
 
 
-def _center_client_cfg(cfg: Config):
+def _center_client_cfg(cfg: Config) -> Optional[CenterConfig]:
     return cfg.center if cfg.center is not None and not cfg.center.is_server else None
 
 
@@ -418,7 +419,7 @@ def _bound(sock: socket.socket) -> str:
     return str(Addr(host, port))
 
 
-def _warn_if_open(pc) -> None:
+def _warn_if_open(pc: ProxyConfig) -> None:
     if not pc.bind.is_loopback and not pc.auth and not pc.allow:
         log.warning("proxy.bind %s is reachable from other hosts with no username/password and no "
                     "allow list: this is an open proxy", pc.bind)

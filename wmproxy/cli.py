@@ -8,6 +8,7 @@ names where the value came from.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -54,7 +55,7 @@ class Opt:
 
 SERVER, CLIENT = "wmproxy-server", "wmproxy-client"
 PROXY, LINK, SERVICE, LOGS, CONTROL = "proxy", "center link", "service", "logs", "control API"
-GROUPS = {
+GROUPS: dict[str, str | dict[str, str]] = {  # a title, or one per program
     PROXY: {SERVER: "forward proxy ([proxy])",
             CLIENT: "local proxy ([proxy]; its traffic leaves at the center server)"},
     LINK: {SERVER: "center server ([center]: center clients link to it)", CLIENT: "center link ([center])"},
@@ -167,7 +168,7 @@ def make_parser(prog: str) -> configargparse.ArgumentParser:
     return p
 
 
-def overrides(prog: str, args, argv: list[str]) -> list[config.Override]:
+def overrides(prog: str, args: argparse.Namespace, argv: list[str]) -> list[config.Override]:
     """The flags and variables that were given, as config overrides naming their origin."""
     out = []
     for o in options(prog):

@@ -24,6 +24,7 @@ from .services import ProcessControl, Services
 from .errors import ProtocolError
 from .listener import Listener, ListenerSpec
 from .net import httpio
+from .net.conn import Address, Conn
 from .net.dial import plain_ip
 from .net.reader import PeerClosed, Reader
 from .net.targets import host_addresses
@@ -41,7 +42,7 @@ class ControlContext:
         self.process = process
 
 
-def _reply(client, status: int, body: bytes, content_type: str) -> None:
+def _reply(client: Conn, status: int, body: bytes, content_type: str) -> None:
     head = http1.encode_head(f"HTTP/1.1 {status} {http1.REASONS.get(status, 'OK')}", [
         (b"Content-Type", content_type.encode()),
         (b"Content-Length", str(len(body)).encode()),
@@ -51,11 +52,11 @@ def _reply(client, status: int, body: bytes, content_type: str) -> None:
     client.sendall(head + body)
 
 
-def _json(client, status: int, value) -> None:
+def _json(client: Conn, status: int, value: object) -> None:
     _reply(client, status, json.dumps(value, indent=2).encode() + b"\n", "application/json")
 
 
-def relayed_by_us(address, local) -> bool:
+def relayed_by_us(address: Address, local: Address) -> bool:
     """Whether the connection from the peer ``address`` to ``local`` (the control socket's end)
     is an outgoing connection of this very process: a forward proxy, a mapping or a reverse
     proxy dialled the control port for a client. (The forward proxy refuses its own listeners
@@ -85,10 +86,10 @@ class ControlServer(Listener):
     def make_context(self, settings: "ControlSettings", services: Services) -> ControlContext:
         return ControlContext(settings.token, services.process)
 
-    def max_connections(self, settings) -> int:
+    def max_connections(self, settings: "ControlSettings") -> int:
         return 64
 
-    def serve(self, client: socket.socket, address, ctx: ControlContext) -> None:
+    def serve(self, client: socket.socket, address: Address, ctx: ControlContext) -> None:
         client.settimeout(10)
         # a loopback peer, but one of our own connections: a proxy user's
         if relayed_by_us(address, client.getsockname()):
@@ -116,7 +117,7 @@ class ControlServer(Listener):
                 return
         self._route(client, head, ctx.process)
 
-    def _route(self, client, head, process: ProcessControl) -> None:
+    def _route(self, client: Conn, head: http1.Head, process: ProcessControl) -> None:
         path = head.target.split("?", 1)[0]
         routes = {
             "/status": ("GET", lambda: _json(client, 200, process.status())),
@@ -134,11 +135,11 @@ class ControlServer(Listener):
             return
         action()
 
-    def _reload(self, client, process: ProcessControl) -> None:
+    def _reload(self, client: Conn, process: ProcessControl) -> None:
         result = process.reload("control API")
         _json(client, 200 if result["ok"] else 400, result)
 
-    def _stop(self, client, process: ProcessControl) -> None:
+    def _stop(self, client: Conn, process: ProcessControl) -> None:
         _json(client, 202, {"ok": True, "stopping": True, "grace_seconds": process.grace})
         gevent.spawn_later(0.05, process.request_stop, "POST /stop")
 

@@ -21,7 +21,7 @@ import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import gevent
 from gevent.pool import Pool
@@ -29,8 +29,23 @@ from gevent.server import StreamServer
 
 from .config import Addr
 from .metrics import Histogram
+from .net.conn import Address
 from .net.limits import PerIpLimit
 from .services import Services
+
+
+class StatusSource(Protocol):
+    """What /status and /metrics read from a part of the process beside its ConnStats: every
+    Listener (none of each by default) and the center client."""
+
+    def upstream_status(self) -> list[dict[str, Any]]:
+        """Its upstream servers' figures (metrics.ServerMetrics.row)."""
+
+    def link_status(self) -> list[dict[str, Any]]:
+        """The center links it holds, one row each."""
+
+    def mapping_status(self) -> list[dict[str, Any]]:
+        """The mappings published through it, one row each."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,7 @@ class ListenerSpec:
     settings: Any  # the kind's frozen *Settings dataclass (ProxySettings, WebSettings...); compared on reload
     label: str  # the config key path of the bind address, for errors
     factory: Callable[..., "Listener"] = field(compare=False)
-    check: Callable[[], None] | None = field(default=None, compare=False)  # raises ConfigError (files...)
+    check: Callable[[], object] | None = field(default=None, compare=False)  # raises ConfigError (files...)
     transport: str = "tcp"  # or "udp": what socket the app binds for it
 
     @property
@@ -69,7 +84,7 @@ _OUT_OF_FDS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM
 ACCEPT_RETRY = 0.1  # seconds between accept attempts while descriptors are out
 
 
-class AcceptGuard:
+class AcceptGuard(StreamServer):  # type: ignore[misc]  # (gevent publishes no types)
     """For a gevent StreamServer: running out of file descriptors (or kernel memory) while
     accepting is one wmproxy log line a second with the count of failed accepts, not a
     gevent traceback per attempt; accepting pauses ACCEPT_RETRY seconds and goes on once
@@ -78,7 +93,7 @@ class AcceptGuard:
     _fd_failures = 0
     _fd_logged_at = 0.0
 
-    def do_read(self):
+    def do_read(self) -> Any:
         try:
             return super().do_read()
         except OSError as e:
@@ -110,7 +125,7 @@ class Listener(AcceptGuard, StreamServer):
 
     kind = "?"
 
-    def __init__(self, sock, spec: ListenerSpec, services: Services) -> None:
+    def __init__(self, sock: socket.socket, spec: ListenerSpec, services: Services) -> None:
         self.spec = spec
         self.stats = ConnStats()
         self.started_at = time.time()
@@ -127,23 +142,20 @@ class Listener(AcceptGuard, StreamServer):
     #: it answers HTTP requests: /status and /metrics show its request duration histogram
     answers_http = False
 
-    # -- what /status and /metrics show of a listener beside its ConnStats (none by default) ----
-    def upstream_status(self) -> list[dict]:
-        """Its upstream servers' figures (metrics.ServerMetrics.row)."""
+    # -- a StatusSource: what /status and /metrics show beside its ConnStats (none by default) ----
+    def upstream_status(self) -> list[dict[str, Any]]:
         return []
 
-    def link_status(self) -> list[dict]:
-        """The center links it holds, one row each."""
+    def link_status(self) -> list[dict[str, Any]]:
         return []
 
-    def mapping_status(self) -> list[dict]:
-        """The mappings published through it, one row each."""
+    def mapping_status(self) -> list[dict[str, Any]]:
         return []
 
     def make_context(self, settings: Any, services: Services) -> Any:
         raise NotImplementedError
 
-    def serve(self, client, address, ctx) -> None:
+    def serve(self, client: socket.socket, address: Address, ctx: Any) -> None:
         raise NotImplementedError
 
     def max_connections(self, settings: Any) -> int:
@@ -154,7 +166,7 @@ class Listener(AcceptGuard, StreamServer):
         return 0
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def set_spawn(self, spawn) -> None:
+    def set_spawn(self, spawn: Any) -> None:
         super().set_spawn(spawn)
         self.full = self._full  # the pool's own test knows nothing of adopted connections
 
@@ -179,7 +191,7 @@ class Listener(AcceptGuard, StreamServer):
                 self._start_accepting_if_started()  # a full server accepts again
         return release
 
-    def handle(self, client, address) -> None:
+    def handle(self, client: socket.socket, address: Address) -> None:
         ctx = self.ctx  # this connection keeps these settings whatever reloads happen
         ip = address[0] if isinstance(address, tuple) else ""
         if not self.per_ip.enter(ip, self.per_ip_limit):

@@ -29,7 +29,9 @@ class ProxyHandlerFactory(Protocol):
 class ProcessControl(Protocol):
     """What the control API may do to the process."""
 
-    grace: float  # seconds live connections get on stop
+    @property
+    def grace(self) -> float:
+        """Seconds live connections get on stop."""
 
     def status(self) -> dict[str, Any]: ...
 

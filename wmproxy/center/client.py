@@ -10,11 +10,12 @@ import random
 import socket
 import ssl
 import time
+from typing import Any
 
 import gevent
 from gevent import socket as gsocket
 
-from ..config import CenterConfig, ProxyConfig
+from ..config import CenterConfig, MappingConfig, ProxyConfig
 from ..listener import ConnStats
 from ..errors import ProtocolError, UpstreamError
 from ..net.dial import dial
@@ -24,7 +25,7 @@ from ..net.udp import MAX_DATAGRAM
 from ..net.relay import link_owned, relay_then
 from ..prot import frame as fr
 from ..prot.frame import CreateMode, Flag, Kind
-from ..services import Services
+from ..services import Handler, Services
 from .entry import entry_for
 from . import handshake
 from .link import CenterLink
@@ -88,6 +89,7 @@ class CenterClient:
 
     def _connect_and_serve(self) -> None:
         cfg = self.cfg
+        assert cfg.server is not None  # (a client config names its server)
         sock = dial(self.services.resolver, cfg.server.host, cfg.server.port, HANDSHAKE_TIMEOUT)
         try:
             sock.settimeout(HANDSHAKE_TIMEOUT)
@@ -157,10 +159,11 @@ class CenterClient:
             "mapping %r: connection done (%s) in=%d out=%d", target, stats.reason, stats.a_to_b, stats.b_to_a),
             link_owned, IDLE_TIMEOUT)
 
-    def _serve_udp(self, vc: VirtualConn, mapping) -> None:
+    def _serve_udp(self, vc: VirtualConn, mapping: MappingConfig) -> None:
         """One public peer of a udp mapping: its datagrams (one DATA frame each) go to the
         local service from a socket of its own, the service's answers come back the same way.
         Ends when the server ends the stream (the peer went quiet) or after IDLE_TIMEOUT."""
+        assert mapping.local_addr is not None  # (a udp mapping has its local address)
         try:
             family, ip = self.services.resolver.resolve(mapping.local_addr.host)[0]
             sock = gsocket.socket(family, socket.SOCK_DGRAM)
@@ -211,7 +214,7 @@ class CenterClient:
             sock.close()
         log.info("mapping %r: udp session done (%s) in=%d out=%d datagrams", mapping.name, why, *counts)
 
-    def _proxy_for(self, mapping):
+    def _proxy_for(self, mapping: MappingConfig) -> Handler:
         """The forward proxy of a proxy mapping (its own credentials), built once per mapping."""
         key = (mapping.name, mapping.username, mapping.password)
         handler = self._proxies.get(key)
@@ -221,7 +224,14 @@ class CenterClient:
             handler = self._proxies[key] = self.services.proxy_handler(cfg, ConnStats(), exposed)
         return handler
 
-    def mapping_status(self) -> list[dict]:
+    # -- a StatusSource (listener.StatusSource) --------------------------------------------------
+    def upstream_status(self) -> list[dict[str, Any]]:
+        return []
+
+    def link_status(self) -> list[dict[str, Any]]:
+        return [self.status()]
+
+    def mapping_status(self) -> list[dict[str, Any]]:
         return [{"name": m.name, "mode": m.mode, "local_addr": str(m.local_addr) if m.local_addr else "",
                  "remote_bind": str(m.remote_bind) if m.remote_bind else "", "domain": m.domain,
                  "state": ("published" if self.answers[m.name].accepted else "refused") if m.name in self.answers

@@ -7,9 +7,11 @@ Blocking-style over a Reader; the socket's timeout bounds each step.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..errors import ProtocolError
+from ..net.conn import Conn
+from ..net.reader import Reader
 from ..prot import frame as fr
 from ..prot.frame import Flag, Kind
 from .link import read_frame
@@ -22,11 +24,11 @@ class AuthFailed(Exception):
 HANDSHAKE_MAX_BODY = 65536
 
 
-def _send(sock, kind: Kind, flag: int, body: bytes = b"") -> None:
+def _send(sock: Conn, kind: Kind, flag: int, body: bytes = b"") -> None:
     sock.sendall(fr.Frame(kind, flag, 0, body).encode())
 
 
-def _expect(reader, kind: Kind, want_ack: bool) -> fr.Frame:
+def _expect(reader: Reader, kind: Kind, want_ack: bool) -> fr.Frame:
     f = read_frame(reader, HANDSHAKE_MAX_BODY)
     if f.kind == Kind.CLOSE and f.sock_map == 0:
         raise AuthFailed(fr.decode_close(f.body) or "closed by the far end")
@@ -35,7 +37,7 @@ def _expect(reader, kind: Kind, want_ack: bool) -> fr.Frame:
     return f
 
 
-def server_side(sock, reader, accounts: dict[str, str],
+def server_side(sock: Conn, reader: Reader, accounts: dict[str, str],
                 decide: Callable[[str, list[fr.MappingSpec]], list[fr.MappingAnswer]]) -> str:
     """Run the server's half; returns the client's user name ('' when no accounts are set).
     ``decide(user, mappings)`` answers the client's mappings. Raises AuthFailed (after
@@ -54,8 +56,8 @@ def server_side(sock, reader, accounts: dict[str, str],
     return username
 
 
-def client_side(sock, reader, username: str, password: str,
-                mappings: list[fr.MappingSpec] = ()) -> list[fr.MappingAnswer]:
+def client_side(sock: Conn, reader: Reader, username: str, password: str,
+                mappings: Sequence[fr.MappingSpec] = ()) -> list[fr.MappingAnswer]:
     """Run the client's half; returns the server's answer per mapping. Raises AuthFailed,
     ProtocolError, PeerClosed, OSError."""
     version, nonce = fr.decode_hello(_expect(reader, Kind.HELLO, False).body)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from typing import Callable
 
@@ -37,6 +38,7 @@ from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
 from ..errors import ProtocolError
+from ..net.conn import StreamSink
 from ..net.gevent_io import kernel_socket, read_waiter
 from ..net.reader import PeerClosed, Reader
 from ..prot import frame as fr
@@ -77,7 +79,7 @@ class LinkClosed(Exception):
 class CenterLink:
     """One established link (after the handshake). :meth:`run` serves it until it ends."""
 
-    def __init__(self, sock, reader: Reader, *, is_client: bool, window: int, max_frame: int, heartbeat: float,
+    def __init__(self, sock: socket.socket, reader: Reader, *, is_client: bool, window: int, max_frame: int, heartbeat: float,
                  on_create: Callable[[VirtualConn, fr.CreateMode, str], None], name: str, max_window: int = 0,
                  on_mapping: Callable[[list], list] | None = None,
                  on_mapping_answer: Callable[[list], None] | None = None, max_outbox: int = MAX_OUTBOX) -> None:
@@ -94,6 +96,7 @@ class CenterLink:
         self.on_mapping = on_mapping  # server: a client's new MAPPING -> the answers
         self.on_mapping_answer = on_mapping_answer  # client: the server's MAPPING+ACK
         self.name = name
+        self.user = ""  # the account the far side proved (the center server sets it)
         self.streams: dict[int, VirtualConn] = {}
         self.outbox: Queue = Queue()  # bounded in bytes (queued, max_outbox), not in items
         self.queued = 0  # bytes in the outbox, not yet written
@@ -190,7 +193,7 @@ class CenterLink:
         except OSError as e:
             self.close(f"write failed: {e}")
 
-    def when_room(self, sink) -> None:
+    def when_room(self, sink: StreamSink) -> None:
         """A push-mode relay paused because the outbox is full: ``sink.credit()`` is called
         once it has room again. Never blocks."""
         self._waiting_room.add(sink)
@@ -289,6 +292,8 @@ class CenterLink:
             try:
                 n = recv_into(mv[end:])
             except BlockingIOError:  # a plain socket with nothing yet: wait for it
+                if wait_readable is None:
+                    raise
                 wait_readable()
                 continue
             if not n:

@@ -28,6 +28,7 @@ from ..errors import PhaseTimeout, ProtocolError
 from ..listener import Listener, ListenerSpec
 from ..services import Services
 from ..net import httpio
+from ..net.conn import Address, Conn
 from ..net.dial import fmt_addr
 from ..net.idle import ConnWatch
 from ..net.reader import PeerClosed, Reader, peek_message
@@ -35,11 +36,13 @@ from ..net.relay import relay
 from ..net.tls import sni_server_context
 from ..net.writer import close_quietly
 from ..prot import http1
-from ..prot.framing import request_framing
+from ..prot.framing import Framing, request_framing
 from ..prot.target import host_name
 from ..prot.rules import apply_header_rules
 from ..prot.frame import CreateMode
 from ..prot.tls import client_hello_sni
+from .mapping import HttpRoute
+from .vconn import VirtualConn
 
 log = logging.getLogger("wmproxy.center")
 
@@ -86,7 +89,7 @@ class MapHttpServer(Listener):
     def max_per_ip(self, settings: MapHttpSettings) -> int:
         return settings.max_connections_per_ip
 
-    def serve(self, client: socket.socket, address, ctx: MapHttpContext) -> None:
+    def serve(self, client: socket.socket, address: Address, ctx: MapHttpContext) -> None:
         peer_ip = address[0]
         started = time.monotonic()
         client.settimeout(ctx.idle_timeout)
@@ -98,6 +101,7 @@ class MapHttpServer(Listener):
             if ctx.scheme == "https":
                 if self._passed_through(client, address, ctx, tls_deadline):
                     return
+                assert ctx.ssl is not None  # (without certificates every connection passes through)
                 client = ctx.ssl.wrap_socket(client, server_side=True)
             tls_deadline.close()
             client.settimeout(None)  # from here the connection's watch (idle and deadlines), as [http]'s
@@ -124,7 +128,7 @@ class MapHttpServer(Listener):
             if client is not accepted:  # the TLS socket took the descriptor over: the server's close would not
                 close_quietly(client)
 
-    def _passed_through(self, client, address, ctx: MapHttpContext, deadline: gevent.Timeout) -> bool:
+    def _passed_through(self, client: socket.socket, address: Address, ctx: MapHttpContext, deadline: gevent.Timeout) -> bool:
         """Peek at the ClientHello: when its SNI belongs to a tls_passthrough mapping, relay
         the connection's bytes, untouched, to that mapping's client (CREATE TCP) and return
         True. False when TLS is to end here. Bytes are peeked, not read, so either way the
@@ -154,7 +158,7 @@ class MapHttpServer(Listener):
                  stats.reason, stats.a_to_b, stats.b_to_a)
         return True
 
-    def _one(self, client, reader: Reader, peer_ip: str, ctx: MapHttpContext, up: "RouteStream",
+    def _one(self, client: Conn, reader: Reader, peer_ip: str, ctx: MapHttpContext, up: "RouteStream",
              watch: ConnWatch) -> bool:
         """Serve one request; returns whether the connection stays open. The first head has
         the head timeout from the connection's start (``watch`` holds that deadline), a later one
@@ -175,7 +179,7 @@ class MapHttpServer(Listener):
         finally:
             self.stats.request_seconds.observe(time.monotonic() - began)
 
-    def _serve(self, client, reader: Reader, head: http1.Head, peer_ip: str, ctx: MapHttpContext, up: "RouteStream",
+    def _serve(self, client: Conn, reader: Reader, head: http1.Head, peer_ip: str, ctx: MapHttpContext, up: "RouteStream",
                watch: ConnWatch) -> bool:
         """Route one request by its Host and pass it on; returns whether the connection stays open."""
         framing = request_framing(head)
@@ -205,8 +209,8 @@ class MapHttpServer(Listener):
                 up.close()
         return keep
 
-    def _exchange(self, client, reader, up: "RouteStream", head, framing, peer_ip: str, ctx: MapHttpContext, route,
-                  variables: dict, watch: ConnWatch) -> bool:
+    def _exchange(self, client: Conn, reader: Reader, up: "RouteStream", head: http1.Head, framing: Framing,
+                  peer_ip: str, ctx: MapHttpContext, route: HttpRoute, variables: dict[str, str], watch: ConnWatch) -> bool:
         headers, upgrade = http1.upstream_headers(head, framing, _DROP)
         headers += [(b"X-Forwarded-For", http1.forwarded_for(head, peer_ip.encode())),
                     (b"X-Forwarded-Proto", ctx.scheme.encode())]
@@ -222,8 +226,9 @@ class MapHttpServer(Listener):
                 if attempt:
                     up.close()
                     kept = up.take(route, ctx.idle_timeout)
-                watch.waiting(up.reader, ctx.idle_timeout)  # the service's answer is progress too
-                response, _ = httpio.exchange(reader, up.stream.sendall, up.reader, framing, out, head.method, MAX_HEAD,
+                stream, ureader = up.ready()
+                watch.waiting(ureader, ctx.idle_timeout)  # the service's answer is progress too
+                response, _ = httpio.exchange(reader, stream.sendall, ureader, framing, out, head.method, MAX_HEAD,
                                               finish=finish)
                 break
             except httpio.ClientBodyError as e:  # the public client's fault: that request alone
@@ -236,13 +241,13 @@ class MapHttpServer(Listener):
                     return False
         if response.status == 101 and upgrade:
             watch.stop()  # the relay that follows watches its own idle time
-        done = httpio.forward_response(client, reader, head, response, up.stream, up.reader, finish, ctx.idle_timeout,
+        done = httpio.forward_response(client, reader, head, response, stream, ureader, finish, ctx.idle_timeout,
                                        upgrade)
         host = variables["host"]
         if done.upgraded is not None:
             stats = done.upgraded
             log.info("%s map-http %s %s%s 101 upgraded to %s, done (%s) in=%d out=%d", peer_ip, head.method, host,
-                     head.target[:200], upgrade.decode("latin-1")[:40], stats.reason, stats.a_to_b, stats.b_to_a)
+                     head.target[:200], (upgrade or b"").decode("latin-1")[:40], stats.reason, stats.a_to_b, stats.b_to_a)
             return False
         log.info("%s map-http %s %s%s %d %dB", peer_ip, head.method, host, head.target[:200], done.status, done.size)
         if not done.reusable:
@@ -258,16 +263,22 @@ class RouteStream:
     __slots__ = ("route", "stream", "reader")
 
     def __init__(self) -> None:
-        self.route = None
-        self.stream = None
+        self.route: HttpRoute | None = None
+        self.stream: VirtualConn | None = None
         self.reader: Reader | None = None
 
-    def take(self, route, timeout: float) -> bool:
+    def ready(self) -> tuple[VirtualConn, Reader]:
+        """The stream :meth:`take` made ready, and its reader."""
+        assert self.stream is not None and self.reader is not None
+        return self.stream, self.reader
+
+    def take(self, route: HttpRoute, timeout: float) -> bool:
         """Have a stream to ``route`` ready; True when it is the kept one of earlier requests."""
         vc = self.stream
         if vc is not None and self.route is route and not (vc.closed or vc.got_fin or vc.reset or vc.link.closed):
             return True
         self.close()
+        assert route.link is not None  # (the registry gives routes with a link)
         self.stream = route.link.open_stream(CreateMode.HTTP, route.name)
         self.stream.settimeout(timeout)
         self.reader = Reader(self.stream)
@@ -280,7 +291,7 @@ class RouteStream:
         self.route = self.stream = self.reader = None
 
 
-def _reply(client, status: int, text: str) -> None:
+def _reply(client: Conn, status: int, text: str) -> None:
     try:
         client.sendall(http1.simple_response(status, f"wmproxy: {text}"))
     except OSError:

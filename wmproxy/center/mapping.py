@@ -14,19 +14,30 @@ close when it ends, and open again when the client comes back.
 from __future__ import annotations
 
 import logging
+import socket
+from typing import TYPE_CHECKING, Optional, Union
 
 import gevent
 from gevent.server import StreamServer
 
 from ..config import Addr, to_addr
 from ..listener import AcceptGuard
+from ..net.conn import Address
 from ..net.dial import fmt_addr
 from ..net.limits import PerIpLimit
 from ..net.listen import BindError, open_listener, open_udp
-from ..net.relay import link_owned, relay_then
+from ..net.relay import RelayStats, link_owned, relay_then
 from ..net.udp import UdpSession, UdpSessions
 from ..prot import frame as fr
 from ..prot.frame import CreateMode
+
+if TYPE_CHECKING:
+    from .server import CenterServerContext
+    from .link import CenterLink
+    from .vconn import VirtualConn
+
+#: what a link published: its port listeners and its http/https routes
+Published = Union["PublicPort", "PublicUdpPort", "HttpRoute"]
 
 log = logging.getLogger("wmproxy.center")
 
@@ -46,14 +57,14 @@ class HttpRoute:
         self.request_rules = tuple(r for r in rules if r.is_proxy)  # on the request to the service
         self.response_rules = tuple(r for r in rules if not r.is_proxy)
         self.rules = tuple(rules)
-        self.link = None
+        self.link: Optional[CenterLink] = None
         self.requests = 0
 
     @property
     def label(self) -> str:
         return f"https SNI {self.domain} (passed through)" if self.passthrough else f"{self.mode} Host {self.domain}"
 
-    def attach(self, link) -> None:
+    def attach(self, link: "CenterLink") -> None:
         self.link = link
 
     @property
@@ -64,7 +75,7 @@ class HttpRoute:
 class PublicPort(AcceptGuard, StreamServer):
     """The public listener of one tcp or proxy mapping; ``link`` is set once the handshake is done."""
 
-    def __init__(self, sock, name: str, owner: str, idle_timeout: float, mode: str = "tcp",
+    def __init__(self, sock: socket.socket, name: str, owner: str, idle_timeout: float, mode: str = "tcp",
                  max_per_ip: int = 0) -> None:
         super().__init__(sock)
         self.per_ip = PerIpLimit(f"mapping {name}")
@@ -74,7 +85,7 @@ class PublicPort(AcceptGuard, StreamServer):
         self.name = name
         self.owner = owner
         self.idle_timeout = idle_timeout
-        self.link = None
+        self.link: Optional[CenterLink] = None
         self.bind = ""
         self.connections = 0
 
@@ -82,14 +93,14 @@ class PublicPort(AcceptGuard, StreamServer):
     def label(self) -> str:
         return self.bind
 
-    def attach(self, link) -> None:
+    def attach(self, link: "CenterLink") -> None:
         self.link = link
         self.start()
 
     def withdraw(self) -> None:
         self.close()
 
-    def handle(self, conn, address) -> None:
+    def handle(self, conn: socket.socket, address: Address) -> None:
         link = self.link
         peer = fmt_addr(address[0], address[1])
         if link is None or link.closed:
@@ -106,7 +117,7 @@ class PublicPort(AcceptGuard, StreamServer):
             return
         self.connections += 1
 
-        def done(stats) -> None:
+        def done(stats: RelayStats) -> None:
             self.per_ip.leave(ip)
             log.info("%s mapping %s (%s) done (%s) in=%d out=%d", peer, self.name, self.owner, stats.reason,
                      stats.a_to_b, stats.b_to_a)
@@ -118,7 +129,7 @@ class LinkSession(UdpSession):
 
     __slots__ = ("vc", "port")
 
-    def __init__(self, peer, vc, port: "PublicUdpPort") -> None:
+    def __init__(self, peer: Address, vc: "VirtualConn", port: "PublicUdpPort") -> None:
         super().__init__(peer)
         self.vc = vc
         self.port = port
@@ -148,31 +159,31 @@ class PublicUdpPort(UdpSessions):
 
     mode = "udp"
 
-    def __init__(self, sock, name: str, owner: str, timeout: float) -> None:
+    def __init__(self, sock: socket.socket, name: str, owner: str, timeout: float) -> None:
         super().__init__(sock)
         self.name = name
         self.owner = owner
         self.timeout = timeout
-        self.link = None
+        self.link: Optional[CenterLink] = None
         self.bind = ""
         self.dropped = 0
 
     @property
-    def label(self) -> str:
+    def label(self) -> str:  # type: ignore[override]  # (a class attribute in UdpSessions)
         return f"udp {self.bind}"
 
     @property
     def connections(self) -> int:
         return self.stats.total
 
-    def attach(self, link) -> None:
+    def attach(self, link: "CenterLink") -> None:
         self.link = link
         self.start()
 
     def withdraw(self) -> None:
         self.close_sessions()
 
-    def open_session(self, peer) -> LinkSession | None:
+    def open_session(self, peer: Address) -> LinkSession | None:
         link = self.link
         if link is None or link.closed:
             log.debug("%s mapping %s: client %s is not connected, datagram dropped", fmt_addr(*peer[:2]),
@@ -214,13 +225,14 @@ class MappingRegistry:
                 best = candidate
         return best
 
-    def register(self, owner: str, mappings: list[fr.MappingSpec], policy) -> tuple[list[fr.MappingAnswer], list]:
+    def register(self, owner: str, mappings: list[fr.MappingSpec], policy: CenterServerContext) -> tuple[list[fr.MappingAnswer], list[Published]]:
         """Check and bind what ``owner``'s mappings need (a public port per tcp, udp or proxy
         mapping, a route per http(s) one) under ``policy`` (the server's: ``allow_ports``,
         ``idle_timeout``, ``udp_timeout``, ``host_modes``). Returns the answers and the
         published items, not yet attached: the caller attaches the link (a port then starts
         serving)."""
-        answers, published = [], []
+        answers: list[fr.MappingAnswer] = []
+        published: list[Published] = []
         for m in mappings:
             reason = ""
             if m.mode in ("http", "https", "tls"):
@@ -234,7 +246,7 @@ class MappingRegistry:
             answers.append(fr.MappingAnswer(m.name, not reason, reason))
         return answers, published
 
-    def _route(self, owner: str, m: fr.MappingSpec, host_modes: frozenset, published: list) -> str:
+    def _route(self, owner: str, m: fr.MappingSpec, host_modes: frozenset, published: list[Published]) -> str:
         """Register an http(s) mapping's domain, or say why not."""
         if m.mode not in host_modes:
             if m.mode == "https" and "tls" in host_modes:
@@ -252,7 +264,7 @@ class MappingRegistry:
         published.append(route)
         return ""
 
-    def _port(self, owner: str, m: fr.MappingSpec, policy, published: list) -> str:
+    def _port(self, owner: str, m: fr.MappingSpec, policy: CenterServerContext, published: list[Published]) -> str:
         """Open a tcp, udp or proxy mapping's public port, or say why not."""
         try:
             addr = to_addr(m.remote_bind)
@@ -279,12 +291,13 @@ class MappingRegistry:
         published.append(port)
         return ""
 
-    def update(self, owner: str, link, ports: list, specs: list[fr.MappingSpec], policy) -> list[fr.MappingAnswer]:
+    def update(self, owner: str, link: "CenterLink", ports: list[Published], specs: list[fr.MappingSpec],
+               policy: CenterServerContext) -> list[fr.MappingAnswer]:
         """A live link's new mappings: withdraw the removed and moved ones, publish the new
         ones, leave the unchanged ones (and their connections) alone. Updates ``ports``."""
         wanted = {m.name: m for m in specs}
 
-        def same(item) -> bool:
+        def same(item: Published) -> bool:
             m = wanted.get(item.name)
             if isinstance(item, HttpRoute):
                 return m is not None and m.mode == item.wire_mode and m.domain.lower() == item.domain and \

@@ -7,6 +7,7 @@ dialling the target.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ import gevent
 
 from ..config import CenterConfig, Config, ProxyConfig
 from ..errors import PhaseTimeout, ProtocolError, UpstreamError
-from ..listener import Listener, ListenerSpec
+from ..listener import ConnStats, Listener, ListenerSpec
+from ..net.conn import Address
 from ..net.dial import dial, fmt_addr
 from ..net.limits import AuthThrottle
 from ..net.reader import PeerClosed, Reader
@@ -29,7 +31,7 @@ from ..services import Services
 from . import handshake
 from .link import CenterLink
 from .vconn import VirtualConn
-from .mapping import MappingRegistry
+from .mapping import MappingRegistry, Published
 
 log = logging.getLogger("wmproxy.center")
 
@@ -37,7 +39,7 @@ HANDSHAKE_TIMEOUT = 10.0
 
 
 class CenterServerContext:
-    def __init__(self, cfg: CenterConfig, proxy_cfg: ProxyConfig, services: Services, stats) -> None:
+    def __init__(self, cfg: CenterConfig, proxy_cfg: ProxyConfig, services: Services, stats: ConnStats) -> None:
         self.cfg = cfg
         self.proxy_cfg = proxy_cfg
         self.resolver = services.resolver
@@ -59,7 +61,7 @@ class CenterServer(Listener):
 
     kind = "center"
 
-    def __init__(self, sock, spec: ListenerSpec, services: Services) -> None:
+    def __init__(self, sock: socket.socket, spec: ListenerSpec, services: Services) -> None:
         self.links: set[CenterLink] = set()
         self.mappings = MappingRegistry()
         super().__init__(sock, spec, services)
@@ -86,7 +88,7 @@ class CenterServer(Listener):
     def max_per_ip(self, settings: "CenterSettings") -> int:
         return settings.center.max_connections_per_ip
 
-    def serve(self, sock, address, ctx: CenterServerContext) -> None:
+    def serve(self, sock: socket.socket, address: Address, ctx: CenterServerContext) -> None:
         peer = fmt_addr(address[0], address[1])
         if self.throttle.blocked(address[0]):
             log.info("center: %s refused unheard: too many failed logins (auth_fail_limit)", peer)
@@ -129,7 +131,8 @@ class CenterServer(Listener):
         finally:
             self.mappings.withdraw(ports)
 
-    def _serve_link(self, ctx: CenterServerContext, sock, reader: Reader, user: str, peer: str, ports: list) -> None:
+    def _serve_link(self, ctx: CenterServerContext, sock: socket.socket, reader: Reader, user: str, peer: str,
+                    ports: list[Published]) -> None:
         cfg = ctx.cfg
         link = CenterLink(sock, reader, is_client=False, window=cfg.window, max_window=cfg.max_window,
                           max_frame=cfg.max_frame, heartbeat=cfg.heartbeat, name=f"{user or 'anonymous'}@{peer}",
@@ -206,13 +209,15 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
     """The center server listener (``[center] bind``)."""
     if cfg.center is None or not cfg.center.is_server:
         return []
-    settings = CenterSettings(cfg.center, cfg.proxy or ProxyConfig())
+    center = cfg.center
+    settings = CenterSettings(center, cfg.proxy or ProxyConfig())
 
     def check() -> None:  # certificate files are read before anything changes
-        if cfg.center.tls:
-            server_context(cfg.center.cert, cfg.center.key, cfg.center.client_ca)
+        if center.tls:
+            server_context(center.cert, center.key, center.client_ca)
 
-    return [ListenerSpec("center", cfg.center.bind, settings, "center.bind", CenterServer, check)]
+    assert center.bind is not None  # (a server config has its bind)
+    return [ListenerSpec("center", center.bind, settings, "center.bind", CenterServer, check)]
 
 
 @dataclass(frozen=True)

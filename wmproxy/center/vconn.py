@@ -16,6 +16,7 @@ from gevent.event import Event
 from gevent.queue import Empty, Queue
 
 from ..errors import ProtocolError
+from ..net.conn import Address, Data, StreamSink
 from ..prot import frame as fr
 from ..prot.frame import Flag, Kind
 
@@ -56,7 +57,7 @@ class VirtualConn:
         self.reset: str | None = None
         self.closed = False
         self.timeout: float | None = None
-        self.sink = None  # push mode: gets data(body), fin(), reset(reason), credit()
+        self.sink: StreamSink | None = None  # push mode: gets data(body), fin(), reset(reason), credit()
 
     def __repr__(self) -> str:
         return f"<VirtualConn {self.sid} of {self.link.name}>"
@@ -80,13 +81,13 @@ class VirtualConn:
     def gettimeout(self) -> float | None:
         return self.timeout
 
-    def setsockopt(self, *args) -> None:
+    def setsockopt(self, *args: object) -> None:
         pass
 
-    def getsockname(self):
+    def getsockname(self) -> Address:
         return self.link.local_address
 
-    def getpeername(self):
+    def getpeername(self) -> Address:
         return self.link.peer_address
 
     def recv(self, n: int) -> bytes:
@@ -130,7 +131,7 @@ class VirtualConn:
             link.send_frame(Kind.WINDOW, 0, self.sid, fr.encode_window(grant))
             self.consumed = 0
 
-    def sendall(self, data) -> None:
+    def sendall(self, data: Data) -> None:
         """Send all of ``data`` as DATA frames, waiting for window credit. Raises
         BrokenPipeError after shutdown/close, ConnectionResetError when reset."""
         view = memoryview(data)
@@ -159,7 +160,7 @@ class VirtualConn:
         self.link.send_frame(Kind.DATA, 0, self.sid, data)
         self.credit -= len(data)
 
-    def send(self, data) -> int:
+    def send(self, data: Data) -> int:
         self.sendall(data)
         return len(data)
 
@@ -213,7 +214,7 @@ class VirtualConn:
         socket ends."""
         self.close(reason)
 
-    def attach(self, sink) -> None:
+    def attach(self, sink: StreamSink) -> None:
         """Push mode, for good: the link's reader calls ``sink.data(body)``, ``sink.fin()``,
         ``sink.reset(reason)`` and ``sink.credit()`` (more window credit) as frames arrive,
         in the reader's greenlet, so the sink must not block. What arrived before is handed

@@ -12,7 +12,7 @@ alias of ``bind``; ``flag = "http https socks5"``; top-level ``control``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ..errors import ConfigError
 
@@ -96,7 +96,7 @@ class Override:
     origin: str  # 'command line --bind' or 'environment WMPROXY_BIND'
 
 
-def load(file: Optional[str], overrides: list[Override] = (), default: Optional[dict] = None) -> Config:
+def load(file: Optional[str], overrides: Sequence[Override] = (), default: Optional[dict] = None) -> Config:
     """Load a config: the TOML ``file`` (or ``default`` when no file), then ``overrides``.
 
     Blocks on file I/O only. Raises ConfigError naming the source and key path.

@@ -150,7 +150,7 @@ class TargetRule:
     low: int = 1
     high: int = 65535
 
-    def matches(self, addr, port: int) -> bool:
+    def matches(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bool:
         return self.low <= port <= self.high and (self.network is None or (
             addr.version == self.network.version and addr in self.network))
 

@@ -7,9 +7,11 @@ stream in push mode hands its events to (net.bridge.StreamSocketRelay).
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, Union
+from typing import Any, Optional, Protocol, Union
 
 Data = Union[bytes, bytearray, memoryview]
+#: a socket address as accept() and getpeername() give it: (host, port) or, for IPv6, 4 items
+Address = tuple[Any, ...]
 
 
 class Conn(Protocol):
@@ -28,6 +30,10 @@ class Conn(Protocol):
     def close(self) -> None: ...
 
     def setsockopt(self, level: int, option: int, value: Union[int, bytes]) -> None: ...
+
+    def getsockname(self) -> Address: ...
+
+    def getpeername(self) -> Address: ...
 
 
 class StreamSink(Protocol):

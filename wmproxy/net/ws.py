@@ -11,7 +11,7 @@ websocket service) are the ordinary relay between a socket and a WsSocket.
 from __future__ import annotations
 
 import socket
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from gevent.lock import Semaphore
 from wsproto import ConnectionType, WSConnection
@@ -20,7 +20,7 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Mess
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ..errors import ProtocolError, UpstreamError
-from .conn import Conn, Data
+from .conn import Address, Conn, Data
 from .reader import PeerClosed
 
 RECV = 65536
@@ -40,6 +40,15 @@ class WsSocket:
 
     def gettimeout(self) -> Optional[float]:
         return self.sock.gettimeout()
+
+    def setsockopt(self, level: int, option: int, value: Union[int, bytes]) -> None:
+        self.sock.setsockopt(level, option, value)
+
+    def getsockname(self) -> Address:
+        return self.sock.getsockname()
+
+    def getpeername(self) -> Address:
+        return self.sock.getpeername()
 
     def _send(self, data: bytes) -> None:
         if data:

@@ -12,20 +12,25 @@ import logging
 import socket
 import time
 from functools import partial
+from typing import TYPE_CHECKING, Sequence
 
 from ..errors import PhaseTimeout, ProtocolError, UpstreamError
 from ..logs import access_log, log_access
 from ..net import httpio
+from ..net.conn import Conn
 from ..net.idle import ConnWatch
 from ..net.reader import PeerClosed, Reader
 from ..net.relay import relay
 from ..net.writer import send_all
 from ..prot import http1
-from ..prot.framing import NO_BODY, request_framing
+from ..prot.framing import NO_BODY, Framing, request_framing
 from ..prot.target import Target, parse_absolute, parse_authority
 from ..prot.auth import parse_basic_auth
 from ..prot.http1 import Head, simple_response
 from .tunnel import open_tunnel
+
+if TYPE_CHECKING:
+    from .server import ConnInfo, ProxyContext
 
 log = logging.getLogger("wmproxy.proxy")
 
@@ -57,7 +62,7 @@ class _UpstreamConn:
 class HttpSession:
     """One client connection speaking HTTP to the proxy."""
 
-    def __init__(self, ctx, client: socket.socket, reader: Reader, info) -> None:
+    def __init__(self, ctx: ProxyContext, client: Conn, reader: Reader, info: ConnInfo) -> None:
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.client = client
@@ -70,7 +75,7 @@ class HttpSession:
         self.auth = ctx.cfg.auth
 
     # -- the request loop -----------------------------------------------------------------
-    def _start_watchdog(self) -> None:
+    def _start_watchdog(self) -> ConnWatch:
         """Sockets here have no timeout (a timer per recv costs more than the parsing): the
         connection's watch throws socket.timeout into this greenlet when nothing moves for
         handshake_timeout (first request) or idle_timeout (later, and upstream waits), and
@@ -83,6 +88,7 @@ class HttpSession:
                                           f"({cfg.handshake_timeout:g}s)")
         watch.until(self.info.started + cfg.handshake_timeout, watch.head_phase)
         self.info.end_handshake()  # the watch has the deadline now
+        return watch
 
     def _stop_watchdog(self) -> None:
         if self.watchdog is not None:
@@ -90,8 +96,7 @@ class HttpSession:
             self.watchdog = None
 
     def serve(self, allowed: bool) -> None:
-        self._start_watchdog()
-        watch = self.watchdog
+        watch = self._start_watchdog()
         reader, limit, plain = self.reader, self.cfg.max_header_size, "http" in self.cfg.flag
         max_headers = self.cfg.max_headers
         try:
@@ -155,7 +160,7 @@ class HttpSession:
         creds = parse_basic_auth(head.get(b"proxy-authorization"))
         return creds is not None and self.ctx.credentials_ok(*creds, self.info.ip)
 
-    def _error(self, status: int, text: str, extra=(), body: bool = True) -> int:
+    def _error(self, status: int, text: str, extra: Sequence[tuple[bytes, bytes]] = (), body: bool = True) -> int:
         """Send one of our own answers; returns the body bytes sent (0 if the client is gone)."""
         data = simple_response(status, f"wmproxy: {text}", extra, body=body)
         try:
@@ -164,7 +169,8 @@ class HttpSession:
             return 0
         return len(data) - data.index(b"\r\n\r\n") - 4
 
-    def _reply_log(self, head: Head, status: int, text: str, started: float, extra=()) -> None:
+    def _reply_log(self, head: Head, status: int, text: str, started: float,
+                   extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
         self._log(head, status, self._error(status, text, extra, head.method != "HEAD"), started, text)
 
     def _log(self, head: Head, status: int, size: int, started: float, note: str = "") -> None:
@@ -195,7 +201,7 @@ class HttpSession:
                     fail_reply=lambda e: simple_response(e.http_status, f"wmproxy: {e}"))
 
     # -- absolute-form requests --------------------------------------------------------------
-    def _request_bytes(self, head: Head, raw: bytes, target: Target, framing) -> tuple[bytes, bool]:
+    def _request_bytes(self, head: Head, raw: bytes, target: Target, framing: Framing) -> tuple[bytes, bool]:
         """The head to send upstream (``raw``: the client's, ``head`` parsed from it), and whether
         the client asked to upgrade. Its header lines go on as they came when none is dropped and
         its one Host line is set to the URL's authority (RFC 9112 3.2.2)."""
@@ -234,6 +240,7 @@ class HttpSession:
             self._reply_log(head, e.http_status, str(e), started)
             return False
         if response.status == 101 and upgrade:
+            assert response.head is not None  # (a 101 is always parsed whole)
             return self._switch(head, response.head, up, started)
         out_head, chunked_out, client_keep = httpio.to_client(head, response, VIA_LINE)
         if body is not None:  # it came whole with the head: one send, nothing buffered
@@ -251,7 +258,7 @@ class HttpSession:
         self._log(head, response.status, size, started)
         return client_keep
 
-    def _exchange(self, head: Head, target: Target, data: bytes, framing,
+    def _exchange(self, head: Head, target: Target, data: bytes, framing: Framing,
                   retry: bool = True) -> tuple[_UpstreamConn, http1.Response, bytes | None]:
         """Send the request (head and body) and read the final response head, and its body
         when that came whole with it (else None: the body waits in the upstream's reader).
@@ -316,6 +323,6 @@ class HttpSession:
         return False
 
 
-def serve_http(ctx, client, reader: Reader, info, allowed: bool) -> None:
+def serve_http(ctx: ProxyContext, client: Conn, reader: Reader, info: ConnInfo, allowed: bool) -> None:
     """Serve an HTTP client connection until it closes or a request ends it."""
     HttpSession(ctx, client, reader, info).serve(allowed)

@@ -19,6 +19,7 @@ import gevent
 from ..config import CenterConfig, Config, ProxyConfig
 from ..errors import PhaseTimeout, ProtocolError
 from ..listener import ConnStats, Listener, ListenerSpec
+from ..net.conn import Address, Conn
 from ..net.dial import dial, fmt_addr, ip_allowed
 from ..net.dns import Resolver
 from ..net.limits import AuthThrottle
@@ -86,12 +87,12 @@ class ProxyContext:
         # exposed: other hosts can reach the clients' side (default: the proxy's bind is not loopback)
         self.targets = target_policy(cfg, not cfg.bind.is_loopback if exposed is None else exposed)
 
-    def relay(self, client, upstream, info: ConnInfo, a_pending: bytes) -> None:
+    def relay(self, client: Conn, upstream: Conn, info: ConnInfo, a_pending: bytes) -> None:
         """Relay the client and its upstream, filling ``info``. Where the relay can go on
         without this greenlet (a link stream and a socket), it does: the handler returns at
         once, and the connection's line is logged when the relay ends."""
 
-        def adopt(stop):
+        def adopt(stop: Callable[[], None]) -> Callable[[], None]:
             info.detached = True
             return self.adopt(stop)
 
@@ -159,11 +160,11 @@ class ProxyServer(Listener):
     def max_per_ip(self, settings: "ProxySettings") -> int:
         return settings.proxy.max_connections_per_ip
 
-    def serve(self, client: socket.socket, address, ctx: ProxyContext) -> None:
+    def serve(self, client: socket.socket, address: Address, ctx: ProxyContext) -> None:
         serve_connection(ctx, client, address)
 
 
-def serve_connection(ctx: ProxyContext, client, address) -> None:
+def serve_connection(ctx: ProxyContext, client: Conn, address: Address) -> None:
     """Serve one client connection (a socket or a center link stream) as the forward proxy.
     Returns when it is done; never raises for what the client sends; does not close ``client``."""
     info = ConnInfo(address[0], address[1])
@@ -215,7 +216,7 @@ def serve_connection(ctx: ProxyContext, client, address) -> None:
             ctx.conn_done(info, info.proto != "http" or failed, logging.DEBUG if first == b"" else logging.INFO)
 
 
-def refuse(client, reader: Reader, first: int, reason: str, max_header: int, not_allowed: bool = False) -> None:
+def refuse(client: Conn, reader: Reader, first: int, reason: str, max_header: int, not_allowed: bool = False) -> None:
     """Read the request just far enough to answer it with the protocol's refusal."""
     if first == socks.SOCKS5:
         reader.read_message(s5.parse_greeting)

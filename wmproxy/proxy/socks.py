@@ -7,8 +7,10 @@ closes the client socket. Credentials are checked before any upstream connection
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 
 from ..errors import ProtocolError
+from ..net.conn import Conn
 from ..net.dial import fmt_addr
 from ..net.reader import Reader
 from ..prot import socks as s5
@@ -16,8 +18,11 @@ from ..prot.socks import SOCKS4, SOCKS5  # noqa: F401  (the server sniffs with t
 from .tunnel import open_tunnel
 from .udp import serve_udp_associate
 
+if TYPE_CHECKING:
+    from .server import ConnInfo, ProxyContext
 
-def serve_socks5(ctx, client, reader: Reader, info, allowed: bool) -> None:
+
+def serve_socks5(ctx: ProxyContext, client: Conn, reader: Reader, info: ConnInfo, allowed: bool) -> None:
     info.proto = "socks5"
     methods = reader.read_message(s5.parse_greeting)
     wanted = s5.METHOD_USERPASS if ctx.cfg.auth and allowed else s5.METHOD_NO_AUTH
@@ -62,7 +67,7 @@ def serve_socks5(ctx, client, reader: Reader, info, allowed: bool) -> None:
     )
 
 
-def serve_socks4(ctx, client, reader: Reader, info, allowed: bool) -> None:
+def serve_socks4(ctx: ProxyContext, client: Conn, reader: Reader, info: ConnInfo, allowed: bool) -> None:
     info.proto = "socks4"
     req = reader.read_message(s5.parse_socks4)
     info.proto = "socks4a" if not _is_ip(req.host) else "socks4"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import UpstreamError
+from ..net.conn import Conn
 from ..net.reader import Reader
 
+if TYPE_CHECKING:
+    from .server import ConnInfo, ProxyContext
 
-def open_tunnel(ctx, client, reader: Reader, info, host: str, port: int,
+
+def open_tunnel(ctx: ProxyContext, client: Conn, reader: Reader, info: ConnInfo, host: str, port: int,
                 ok_reply: Callable[[str, int], bytes], fail_reply: Callable[[UpstreamError], bytes]) -> None:
     """Dial ``host:port``; answer the client with ``ok_reply(bound host, bound port)`` or
     ``fail_reply(error)``; then relay with ``ctx.relay`` (bytes the client sent early, still

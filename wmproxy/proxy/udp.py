@@ -17,15 +17,20 @@ import logging
 import socket
 import time
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import gevent
 from gevent import socket as gsocket
 
 from ..errors import ProtocolError, UpstreamError
+from ..net.conn import Address, Conn
 from ..net.dial import allowed_addresses, fmt_addr, plain_ip
 from ..net.listen import BindError, open_udp
 from ..net.reader import Reader
 from ..prot import socks as s5
+
+if TYPE_CHECKING:
+    from .server import ConnInfo, ProxyContext
 
 log = logging.getLogger("wmproxy.proxy")
 
@@ -41,7 +46,7 @@ class Association:
     """One client's UDP relay: the client-facing socket, one outbound socket per address
     family (made on first use), and the greenlets that pump them."""
 
-    def __init__(self, ctx, client_ip: str, client_port: int, relay_sock, label: str) -> None:
+    def __init__(self, ctx: ProxyContext, client_ip: str, client_port: int, relay_sock: socket.socket, label: str) -> None:
         self.ctx = ctx
         self.client_ip = client_ip
         self.client_port = client_port  # 0 until the first datagram when the request named none
@@ -50,7 +55,7 @@ class Association:
         self.out: dict[int, socket.socket] = {}
         self.peers: OrderedDict = OrderedDict()  # (ip, port) the client sent to -> None
         self.greenlets: list[gevent.Greenlet] = []
-        self.relay_to = None  # the client's UDP address, known from its first datagram
+        self.relay_to: Address | None = None  # the client's UDP address, known from its first datagram
         self.last = time.monotonic()
         self.up = self.down = self.dropped = 0
 
@@ -77,7 +82,7 @@ class Association:
             self.client_port = source[1]
             self._forward(datagram, source)
 
-    def _forward(self, datagram: bytes, source) -> None:
+    def _forward(self, datagram: bytes, source: Address) -> None:
         try:
             frag, host, port, start = s5.parse_udp_header(datagram)
             if frag:
@@ -107,7 +112,7 @@ class Association:
         return sock
 
     # -- targets -> client ----------------------------------------------------------------------
-    def _from_targets(self, sock) -> None:
+    def _from_targets(self, sock: socket.socket) -> None:
         while True:
             try:
                 data, sender = sock.recvfrom(MAX_DATAGRAM)
@@ -116,7 +121,7 @@ class Association:
             except OSError:
                 return
             host, port = sender[0], sender[1]
-            if (host, port) not in self.peers:
+            if (host, port) not in self.peers or self.relay_to is None:  # (the client sends first)
                 self.dropped += 1
                 continue
             try:
@@ -129,12 +134,13 @@ class Association:
             self.down += len(data)
 
 
-def serve_udp_associate(ctx, client, reader: Reader, info, req: s5.Request) -> None:
+def serve_udp_associate(ctx: ProxyContext, client: Conn, reader: Reader, info: ConnInfo, req: s5.Request) -> None:
     """Open the association, answer with its relay address, and keep it until the TCP
     connection closes or it is idle for ``idle_timeout``. Fills ``info``."""
     info.proto = "socks5-udp"
     info.end_handshake()
     bind = ctx.cfg.udp_bind
+    assert bind is not None  # (UDP ASSOCIATE is served only with udp_bind set)
     try:
         relay_sock = gsocket.socket(fileno=open_udp(bind, "proxy.udp_bind").detach())
     except BindError as e:
@@ -167,7 +173,7 @@ def _is_ip_of(host: str, ip: str) -> bool:
         return False
 
 
-def _hold(ctx, client, reader: Reader, assoc: Association) -> str:
+def _hold(ctx: ProxyContext, client: Conn, reader: Reader, assoc: Association) -> str:
     """Wait for the control connection to close (its bytes, if any, mean nothing)."""
     timeout = ctx.cfg.idle_timeout
     client.settimeout(min(timeout, 5.0))

@@ -12,13 +12,16 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from functools import partial
 
-from ..config import Config, StreamServerConfig, StreamUpstreamConfig
+from ..config import Addr, Config, StreamServerConfig, StreamUpstreamConfig
 from ..errors import ProtocolError, UpstreamError
 from ..listener import ConnStats, Listener, ListenerSpec
 from ..metrics import ServerMetrics
 from ..services import Services
 from ..net import ws
+from ..net.conn import Address, Conn
+from ..net.dns import Resolver
 from ..net.balance import WeightedRoundRobin, hash_index
 from ..net.dial import dial, fmt_addr
 from ..net.reader import PeerClosed
@@ -29,7 +32,8 @@ log = logging.getLogger("wmproxy.stream")
 
 
 class StreamContext:
-    def __init__(self, server: StreamServerConfig, upstream: StreamUpstreamConfig, resolver, stats: ConnStats):
+    def __init__(self, server: StreamServerConfig, upstream: StreamUpstreamConfig, resolver: Resolver,
+                 stats: ConnStats) -> None:
         self.cfg = server
         self.upstream = upstream
         self.resolver = resolver
@@ -69,13 +73,14 @@ class StreamTcpServer(Listener):
         ctx = self.ctx
         return [figures.row("stream", ctx.upstream.name, addr, True, 0) for addr, figures in ctx.metrics.items()]
 
-    def serve(self, client: socket.socket, address, ctx: StreamContext) -> None:
+    def serve(self, client: socket.socket, address: Address, ctx: StreamContext) -> None:
         peer = fmt_addr(address[0], address[1])
         mode = ctx.cfg.bind_mode
+        conn: Conn = client
         if mode == "ws2tcp":
             client.settimeout(ctx.cfg.connect_timeout)
             try:
-                client = ws.accept(client)
+                conn = ws.accept(client)
             except (ProtocolError, PeerClosed, OSError) as e:
                 log.info("%s stream %s (ws2tcp): %s", peer, ctx.cfg.bind, e)
                 return
@@ -91,16 +96,17 @@ class StreamTcpServer(Listener):
             figures.requests += 1
             started = time.monotonic()
             try:
-                upstream = dial(ctx.resolver, server.addr.host, server.addr.port, ctx.cfg.connect_timeout)
+                sock = dial(ctx.resolver, server.addr.host, server.addr.port, ctx.cfg.connect_timeout)
             except UpstreamError as e:
                 figures.failures += 1
                 errors.append(str(e))
                 continue
+            upstream: Conn = sock
             if mode in ("tcp2ws", "tcp2wss"):
                 try:
-                    upstream = self._websocket(upstream, server.addr, ctx)
+                    upstream = self._websocket(sock, server.addr, ctx)
                 except (UpstreamError, ssl.SSLError, OSError) as e:
-                    upstream.close()
+                    sock.close()
                     figures.failures += 1
                     errors.append(str(e))
                     continue
@@ -118,10 +124,10 @@ class StreamTcpServer(Listener):
                      ctx.upstream.name, stats.reason, stats.a_to_b, stats.b_to_a)
 
         # plain TCP both ways: relayed by callbacks after this returns (the listener keeps the slot)
-        relay_then(client, upstream, done, self.adopt, ctx.cfg.idle_timeout)
+        relay_then(conn, upstream, done, self.adopt, ctx.cfg.idle_timeout)
 
 
-    def _websocket(self, sock, addr, ctx: StreamContext):
+    def _websocket(self, sock: socket.socket, addr: Addr, ctx: StreamContext) -> ws.WsSocket:
         """tcp2ws(s): the websocket client handshake (over TLS for tcp2wss) on ``sock``."""
         host = ctx.cfg.ws_host or addr.host
         sock.settimeout(ctx.cfg.connect_timeout)
@@ -144,7 +150,7 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
     return [
         ListenerSpec("stream", srv.bind, StreamSettings(srv, cfg.stream.upstream_named(srv.up_name)),
                      f"stream.server[{i}].bind", StreamTcpServer,
-                     (lambda ca=srv.ws_ca, at=f"stream.server[{i}].ws_ca": client_context(ca, ca_key=at))
+                     partial(client_context, srv.ws_ca, ca_key=f"stream.server[{i}].ws_ca")
                      if srv.bind_mode == "tcp2wss" else None)
         for i, srv in enumerate(cfg.stream.server) if srv.bind_mode != "udp"
     ]

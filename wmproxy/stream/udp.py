@@ -16,9 +16,11 @@ import socket
 import gevent
 from gevent import socket as gsocket
 
+from ..config import Addr, Config
 from ..errors import UpstreamError
 from ..listener import ListenerSpec
 from ..net.balance import hash_index
+from ..net.conn import Address
 from ..net.dial import fmt_addr
 from ..net.udp import MAX_DATAGRAM, UdpSession, UdpSessions
 from ..services import Services
@@ -32,7 +34,7 @@ class Session(UdpSession):
 
     __slots__ = ("sock", "server", "forwarder")
 
-    def __init__(self, peer, sock, server, forwarder: "UdpForwarder") -> None:
+    def __init__(self, peer: Address, sock: socket.socket, server: Addr, forwarder: "UdpForwarder") -> None:
         super().__init__(peer)
         self.sock = sock
         self.server = server
@@ -65,7 +67,7 @@ class UdpForwarder(UdpSessions):
 
     kind = "stream-udp"
 
-    def __init__(self, sock, spec: ListenerSpec, services: Services) -> None:
+    def __init__(self, sock: socket.socket, spec: ListenerSpec, services: Services) -> None:
         super().__init__(sock)
         self.draining = False
         self.update(spec, services)
@@ -84,7 +86,7 @@ class UdpForwarder(UdpSessions):
         return self.close_sessions()
 
     # -- sessions -----------------------------------------------------------------------------
-    def open_session(self, peer) -> Session | None:
+    def open_session(self, peer: Address) -> Session | None:
         ctx = self.ctx
         servers = ctx.upstream.server
         if ctx.upstream.method == "ip_hash":
@@ -104,7 +106,7 @@ class UdpForwarder(UdpSessions):
         return session
 
 
-def listener_specs(cfg) -> list[ListenerSpec]:
+def listener_specs(cfg: Config) -> list[ListenerSpec]:
     """One forwarder per ``[[stream.server]]`` with ``bind_mode = "udp"``."""
     if cfg.stream is None:
         return []

@@ -23,14 +23,17 @@ import socket
 import stat
 import time
 from email.utils import formatdate, parsedate_to_datetime
-from typing import Optional
+from typing import Any, BinaryIO, Callable, Iterator, Optional, Sequence
 from urllib.parse import quote
 
 from gevent import Timeout, get_hub
 from gevent import ssl as gssl
 
 from ..config import FileServerConfig
-from ..prot.http1 import REASONS, Head, encode_head, simple_response
+from ..prot.http1 import REASONS, Head, Headers, encode_head, simple_response
+
+Finish = Callable[[Headers], Headers]  # header rules applied to an answer's headers
+Found = Any  # what a lookup found: a _lookup tuple, a Reply or a _Meta
 from .route import normalize_path
 
 CHUNK = 1 << 16
@@ -66,7 +69,7 @@ def _checked(fs: FileServerConfig, root: str, path: str) -> Optional[str]:
     return real if fs.follow_symlinks or _inside(root, real) else None
 
 
-def _open(fs: FileServerConfig, real: str):
+def _open(fs: FileServerConfig, real: str) -> BinaryIO:
     """Open a path :func:`_checked` gave: without following a symlink put there since (unless
     follow_symlinks). Raises OSError."""
     flags = os.O_RDONLY | (0 if fs.follow_symlinks else os.O_NOFOLLOW)
@@ -78,7 +81,7 @@ class Out:
 
     __slots__ = ("client", "finish", "keep", "timeout")
 
-    def __init__(self, client, finish, keep: bool, timeout: float | None) -> None:
+    def __init__(self, client: socket.socket, finish: Finish, keep: bool, timeout: float | None) -> None:
         self.client = client
         self.finish = finish  # headers -> headers (the location's response rules)
         self.keep = keep
@@ -91,13 +94,13 @@ class Out:
         return encode_head(f"HTTP/1.1 {status} {REASONS.get(status, '')}", headers)
 
 
-def _small(out: Out, status: int, text: str, head_only: bool, extra: list = ()) -> Reply:
+def _small(out: Out, status: int, text: str, head_only: bool, extra: Sequence[tuple[bytes, bytes]] = ()) -> Reply:
     data = simple_response(status, text, out.finish(list(extra)), close=not out.keep, body=not head_only)
     out.client.sendall(data)
     return Reply(status, 0 if head_only else len(text.rstrip("\n")) + 1)
 
 
-def serve(fs: FileServerConfig, client, head: Head, path: str, keep: bool, finish=lambda h: h,
+def serve(fs: FileServerConfig, client: socket.socket, head: Head, path: str, keep: bool, finish: Finish = lambda h: h,
           timeout: float | None = None) -> Reply:
     """Answer ``head`` (its normalized ``path``) from ``fs``; the connection stays open when
     ``keep``; ``finish`` applies the response header rules; a client that takes no bytes for
@@ -119,13 +122,13 @@ def serve(fs: FileServerConfig, client, head: Head, path: str, keep: bool, finis
     return _file(fs, out, head, fs_path, status, head_only)
 
 
-def _cached_lookup(fs: FileServerConfig, path: str):
+def _cached_lookup(fs: FileServerConfig, path: str) -> Found:
     """:func:`_lookup`, remembered for LOOKUP_TTL (as nginx's open_file_cache): the path
     checks (realpath, stats) cost more than sending a small file."""
     return _cached((fs, path), lambda: _lookup(fs, os.path.realpath(fs.root), path))
 
 
-def _cached(key, compute):
+def _cached(key: tuple[object, ...], compute: Callable[[], Found]) -> Found:
     """``compute()``, remembered under ``key`` for LOOKUP_TTL (at most LOOKUP_ENTRIES keys and
     CACHE_BYTES of small files' bytes)."""
     global _cache_bytes
@@ -134,9 +137,9 @@ def _cached(key, compute):
     if hit is not None and hit[0] > now:
         return hit[1]
     if hit is not None and isinstance(hit[1], _Meta):
-        _cache_bytes -= len(hit[1].data)
+        _cache_bytes -= len(hit[1].data or b"")
     found = compute()
-    size = len(found.data) if isinstance(found, _Meta) else 0
+    size = len(found.data or b"") if isinstance(found, _Meta) else 0
     if len(_LOOKUPS) >= LOOKUP_ENTRIES or _cache_bytes + size > CACHE_BYTES:
         _LOOKUPS.clear()
         _cache_bytes = 0
@@ -145,7 +148,7 @@ def _cached(key, compute):
     return found
 
 
-def _lookup(fs: FileServerConfig, root: str, path: str):
+def _lookup(fs: FileServerConfig, root: str, path: str) -> Found:
     """-> ("file", fs path, status) | ("listing", dir, 200) | ("redirect", None, 301) | Reply(403/404)."""
     for candidate, status in _candidates(fs, path):
         full = os.path.join(root, candidate.lstrip("/"))
@@ -160,10 +163,10 @@ def _lookup(fs: FileServerConfig, root: str, path: str):
             for index in fs.index:
                 page = os.path.join(real, index)
                 if os.path.isfile(page):
-                    page = _checked(fs, root, page)
-                    if page is None:
+                    checked = _checked(fs, root, page)
+                    if checked is None:
                         return Reply(403)
-                    return ("file", page, status)
+                    return ("file", checked, status)
             return ("listing", real, status) if fs.browse else Reply(403)
         if os.path.isfile(real):
             return ("file", real, status)
@@ -171,7 +174,7 @@ def _lookup(fs: FileServerConfig, root: str, path: str):
     return Reply(404)
 
 
-def _candidates(fs: FileServerConfig, path: str):
+def _candidates(fs: FileServerConfig, path: str) -> Iterator[tuple[str, int]]:
     yield path, 200
     for pattern in fs.try_paths:
         tried = _normalized(pattern.replace("{path}", path))
@@ -248,7 +251,8 @@ class _Meta:
 
     __slots__ = ("size", "mtime", "etag", "headers", "data")
 
-    def __init__(self, fs: FileServerConfig, fs_path: str, encoding: Optional[str], st, data: Optional[bytes]):
+    def __init__(self, fs: FileServerConfig, fs_path: str, encoding: Optional[str], st: os.stat_result,
+                 data: Optional[bytes]) -> None:
         self.size = st.st_size
         self.mtime = int(st.st_mtime)
         self.data = data
@@ -342,7 +346,7 @@ def _file(fs: FileServerConfig, out: Out, head: Head, fs_path: str, status: int,
         return _answer(out, head, _Meta(fs, fs_path, encoding, st, None), f, status, head_only)
 
 
-def _answer(out: Out, head: Head, meta: _Meta, f, status: int, head_only: bool) -> Reply:
+def _answer(out: Out, head: Head, meta: _Meta, f: Optional[BinaryIO], status: int, head_only: bool) -> Reply:
     """The answer to a file: from ``meta.data`` (a small file) or the open file ``f``."""
     client, size = out.client, meta.size
     headers = list(meta.headers)
@@ -374,12 +378,13 @@ def _answer(out: Out, head: Head, meta: _Meta, f, status: int, head_only: bool) 
     return Reply(status, count)
 
 
-def _send(out: Out, meta: _Meta, f, prefix: bytes, start: int, count: int) -> None:
+def _send(out: Out, meta: _Meta, f: Optional[BinaryIO], prefix: bytes, start: int, count: int) -> None:
     """``prefix``, then ``count`` bytes of the file from ``start``: in one send from memory for
     a small file, else with sendfile."""
     if meta.data is not None:
         out.client.sendall(prefix + meta.data[start:start + count])
     else:
+        assert f is not None  # (a file not kept in memory is open)
         out.client.sendall(prefix)
         send_file(out.client, f, start, count, out.timeout)
 
@@ -396,7 +401,7 @@ def _if_range_ok(head: Head, etag: bytes, mtime: int) -> bool:
         return False
 
 
-def _multipart(out: Out, meta: _Meta, f, headers: list, ranges: list, head_only: bool) -> Reply:
+def _multipart(out: Out, meta: _Meta, f: Optional[BinaryIO], headers: Headers, ranges: list[tuple[int, int]], head_only: bool) -> Reply:
     client, size = out.client, meta.size
     boundary = f"wmproxy-{time.monotonic_ns():x}"
     content_type = dict(headers)[b"Content-Type"]
@@ -415,7 +420,7 @@ def _multipart(out: Out, meta: _Meta, f, headers: list, ranges: list, head_only:
     return Reply(206, 0 if head_only else length)
 
 
-def send_file(client, f, offset: int, count: int, timeout: float | None = None) -> None:
+def send_file(client: socket.socket, f: BinaryIO, offset: int, count: int, timeout: float | None = None) -> None:
     """``count`` bytes of ``f`` from ``offset``: sendfile(2) on a plain socket (waiting for
     room cooperatively), read-and-send on TLS. socket.timeout when a wait for room lasts
     ``timeout``."""

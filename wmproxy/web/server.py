@@ -18,17 +18,19 @@ import socket
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import Optional, Sequence
 from urllib.parse import urlsplit
 
 import gevent
 
-from ..config import Config, HttpConfig, to_addr
+from ..config import Config, HttpConfig, HttpLocationConfig, HttpServerConfig, to_addr
 from ..errors import PhaseTimeout, ProtocolError, UpstreamError
 from ..listener import Listener, ListenerSpec
 from ..services import Services
 from ..logs import access_log, log_access
 from ..metrics import Histogram
 from ..net import httpio
+from ..net.conn import Address, Data
 from ..net.dial import fmt_addr, ip_allowed
 from ..net.idle import ConnWatch
 from ..net.reader import PeerClosed, Reader
@@ -37,10 +39,11 @@ from ..net.writer import close_quietly, send_all
 from ..prot import http1
 from ..prot.framing import NO_BODY, request_framing
 from ..prot.target import host_name
+from ..prot.frame import HeaderRule
 from ..prot.rules import apply_header_rules, fill
 from . import files
 from .route import normalize_path, pick_location, pick_server
-from .upstream import UpstreamGroup
+from .upstream import Conn as UpstreamConn, UpstreamGroup
 
 log = logging.getLogger("wmproxy.http")
 
@@ -73,26 +76,27 @@ class WebContext:
             self._plans[id(srv)] = _Plan(srv.headers)
             for loc in srv.location:
                 self._plans[id(loc)] = _Plan((*srv.headers, *loc.headers))
-        self._servers: dict[str, object] = {}  # Host value -> server
-        self._locations: dict[tuple[int, str], object] = {}  # (server, path) -> location
+        self._servers: dict[str, HttpServerConfig] = {}  # Host value -> server
+        self._locations: dict[tuple[int, str], HttpLocationConfig | None] = {}  # (server, path) -> location
         for upstream in http.upstream:  # now, not at the first request: their health checks start
             if upstream not in self.groups:
                 self.groups[upstream] = UpstreamGroup(upstream, self.resolver)
 
-    def limiter(self, loc) -> "RateLimit":
+    def limiter(self, loc: HttpLocationConfig) -> "RateLimit":
         """The token buckets of a location with limit_req (shared by the listeners; a reload
         starts them afresh)."""
         key = (loc.rule, loc.limit_req)
         limit = self.limits.get(key)
         if limit is None:
+            assert loc.limit_req is not None
             limit = self.limits[key] = RateLimit(loc.limit_req.rate, loc.limit_req.burst)
         return limit
 
-    def plan(self, server, loc) -> "_Plan":
+    def plan(self, server: HttpServerConfig | None, loc: HttpLocationConfig | None) -> "_Plan":
         """What is worked out once for a location (None: for its server alone)."""
         return self._plans[id(loc if loc is not None else server)]
 
-    def group_for(self, loc) -> tuple[UpstreamGroup, str]:
+    def group_for(self, loc: HttpLocationConfig) -> tuple[UpstreamGroup, str]:
         """The group a location's proxy_url names (an upstream, else its host:port; over TLS for
         https) and the URL's path ('' if none). Worked out at its first request."""
         plan = self._plans[id(loc)]
@@ -100,7 +104,7 @@ class WebContext:
             plan.group = self._group_for(loc)
         return plan.group
 
-    def server_for(self, raw_host: str):
+    def server_for(self, raw_host: str) -> HttpServerConfig:
         """pick_server for a Host value (its port dropped first), remembered (for up to
         ROUTES_CACHED values)."""
         server = self._servers.get(raw_host)
@@ -110,7 +114,7 @@ class WebContext:
             server = self._servers[raw_host] = pick_server(self.servers, host_name(raw_host))
         return server
 
-    def location_for(self, server, path: str):
+    def location_for(self, server: HttpServerConfig, path: str) -> HttpLocationConfig | None:
         """pick_location, remembered (for up to ROUTES_CACHED paths)."""
         key = (id(server), path)
         try:
@@ -121,7 +125,7 @@ class WebContext:
             loc = self._locations[key] = pick_location(server, path)
             return loc
 
-    def _group_for(self, loc) -> tuple[UpstreamGroup, str]:
+    def _group_for(self, loc: HttpLocationConfig) -> tuple[UpstreamGroup, str]:
         parts = urlsplit(loc.proxy_url)
         upstream = self.http.upstream_named(parts.netloc)
         tls = None
@@ -183,6 +187,11 @@ class Request:
 
     __slots__ = ("head", "raw", "framing", "ip", "target", "raw_host", "path", "server", "location", "_variables",
                  "started", "status", "size", "note", "keep", "state", "ctx")
+    path: Optional[str]  # normalised; None: above the root
+    server: HttpServerConfig  # set once the head is read
+    location: Optional[HttpLocationConfig]  # None: the server has no location for the path
+    state: ConnWatch
+    _variables: Optional[dict[str, str]]
 
     def __init__(self, head: http1.Head, raw: bytes, ip: str, ctx: WebContext) -> None:
         self.ctx = ctx
@@ -204,11 +213,10 @@ class Request:
         self.note = ""
         self.keep = head.wants_keep_alive()
         self.path = None
-        self.server = None
         self.location = None
 
     @property
-    def variables(self) -> dict:
+    def variables(self) -> dict[str, str]:
         """{client_ip}, {host}, {url} for header rules, static texts and log formats."""
         if self._variables is None:
             self._variables = {"client_ip": self.ip, "host": self.raw_host, "url": self.target}
@@ -247,7 +255,7 @@ class WebServer(Listener):
     def max_per_ip(self, settings: "WebSettings") -> int:
         return max(s.max_connections_per_ip for s in settings.servers)
 
-    def serve(self, client, address, ctx: WebContext) -> None:
+    def serve(self, client: socket.socket, address: Address, ctx: WebContext) -> None:
         ip = address[0]
         started = time.monotonic()
         client.settimeout(ctx.read_timeout)
@@ -278,7 +286,7 @@ class WebServer(Listener):
             if client is not accepted:  # the TLS socket took the descriptor over: the server's close would not
                 close_quietly(client)
 
-    def _one(self, client, reader: Reader, ip: str, ctx: WebContext, state: ConnWatch) -> bool:
+    def _one(self, client: socket.socket, reader: Reader, ip: str, ctx: WebContext, state: ConnWatch) -> bool:
         """Serve one request; returns whether the connection stays open."""
         try:
             try:
@@ -308,7 +316,7 @@ class WebServer(Listener):
             self._log(req)
         return req.keep
 
-    def _route(self, client, reader: Reader, req: Request, ctx: WebContext) -> None:
+    def _route(self, client: socket.socket, reader: Reader, req: Request, ctx: WebContext) -> None:
         try:
             req.path = normalize_path(req.target)
         except ValueError as e:
@@ -358,7 +366,7 @@ class WebServer(Listener):
         state.waiting(upstream, timeout)
 
     @staticmethod
-    def _body_deadline(req: Request, ctx: WebContext, send):
+    def _body_deadline(req: Request, ctx: WebContext, send: httpio.Send) -> httpio.Send:
         """``send`` as the request body's copy should call it, with the body's deadline set: a
         Content-Length body must be in within client_body_timeout plus its length at
         client_body_min_rate; a chunked one within client_body_timeout plus what came so far
@@ -375,22 +383,24 @@ class WebServer(Listener):
         got = 0
         watch = req.state.watch
 
-        def counted(data) -> None:
+        def counted(data: Data) -> None:
             nonlocal got
             got += len(data)
             watch.deadline = started + ctx.body_timeout + got / ctx.body_min_rate
             send(data)
         return counted
 
-    def _reply(self, client, req: Request, status: int, text: str, extra: list = ()) -> None:
+    def _reply(self, client: socket.socket, req: Request, status: int, text: str,
+               extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
         headers = req.apply(list(extra), req.response_rules())
         body = req.head.method != "HEAD"
         client.sendall(http1.simple_response(status, text, headers, close=not req.keep, body=body))
         req.status, req.size = status, len(text.rstrip("\n").encode()) + 1 if body else 0
 
     # -- proxy_url ------------------------------------------------------------------------------
-    def _proxy(self, client, reader: Reader, req: Request, ctx: WebContext) -> None:
+    def _proxy(self, client: socket.socket, reader: Reader, req: Request, ctx: WebContext) -> None:
         loc, head = req.location, req.head
+        assert loc is not None and loc.proxy_url  # (routed here for its proxy_url)
         plan = ctx.plan(req.server, loc)
         group, base = plan.group or ctx.group_for(loc)
         target = req.target
@@ -470,16 +480,18 @@ class WebServer(Listener):
         self._discard_body(reader, req)
         return self._reply(client, req, 502, f"no upstream server could be reached ({failure})")
 
-    def _attempt(self, client, reader: Reader, req: Request, ctx: WebContext, conn, out: bytes, upgrade, rules,
-                 first_byte: Histogram):
+    def _attempt(self, client: socket.socket, reader: Reader, req: Request, ctx: WebContext, conn: UpstreamConn, out: bytes,
+                 upgrade: Optional[bytes], rules: tuple[HeaderRule, ...],
+                 first_byte: Histogram) -> httpio.Forwarded | BaseException:
         """Send the request on ``conn`` and forward the response (``rules``: the response's
         header rules; ``first_byte``: the time from sending to the response head is observed
         there) -> httpio.Forwarded, or the exception that stopped it before any response byte
         reached the client (httpio.ClientBodyError: the client's body broke off)."""
         loc = req.location
+        assert loc is not None
         req.state.waiting(conn.reader, loc.proxy_read_timeout)
         finish = (lambda h: req.apply(h, rules)) if rules else None
-        send = partial(send_all, conn.sock)
+        send: httpio.Send = partial(send_all, conn.sock)
         on_sent = None
         if req.framing != NO_BODY:
             req.state.waiting(None, ctx.body_timeout)  # the client's silence while it sends its body

@@ -18,11 +18,12 @@ import time
 
 import gevent
 
-from ..config import Addr, HttpUpstreamConfig, HttpUpstreamServerConfig
+from ..config import Addr, HealthCheckConfig, HttpUpstreamConfig, HttpUpstreamServerConfig
 from ..errors import ProtocolError, UpstreamError
 from ..metrics import ServerMetrics
 from ..net.balance import WeightedRoundRobin, hash_index
 from ..net.dial import dial
+from ..net.dns import Resolver
 from ..net.reader import Reader
 from ..net.tls import client_context
 
@@ -36,7 +37,7 @@ class Conn:
 
     __slots__ = ("sock", "reader", "pooled_at")
 
-    def __init__(self, sock) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.reader = Reader(sock, keep_watching=True)
         self.pooled_at = 0.0
@@ -102,7 +103,7 @@ class ServerState:
 class UpstreamGroup:
     """The servers of one upstream and their state; shared by the requests of every listener."""
 
-    def __init__(self, cfg: HttpUpstreamConfig, resolver, tls: tuple[str, str] | None = None) -> None:
+    def __init__(self, cfg: HttpUpstreamConfig, resolver: Resolver, tls: tuple[str, str] | None = None) -> None:
         self.cfg = cfg
         self.resolver = resolver
         # TLS to the servers: (name their certificates carry, CA file or '' for the system store)
@@ -114,7 +115,7 @@ class UpstreamGroup:
         self.checker = gevent.spawn(self._check_forever) if cfg.health_check is not None else None
 
     @classmethod
-    def single(cls, addr: Addr, resolver, tls: tuple[str, str] | None = None) -> "UpstreamGroup":
+    def single(cls, addr: Addr, resolver: Resolver, tls: tuple[str, str] | None = None) -> "UpstreamGroup":
         """A group of the one ``host:port`` a proxy_url names."""
         return cls(HttpUpstreamConfig(name=str(addr), server=(HttpUpstreamServerConfig(addr=addr),)), resolver, tls)
 
@@ -188,6 +189,7 @@ class UpstreamGroup:
     # -- active health checks ------------------------------------------------------------------
     def _check_forever(self) -> None:
         hc = self.cfg.health_check
+        assert hc is not None  # (started only for an upstream with health checks)
         while True:
             for server in self.servers:
                 gevent.spawn(self._check, server)
@@ -195,6 +197,7 @@ class UpstreamGroup:
 
     def _check(self, server: ServerState) -> None:
         hc = self.cfg.health_check
+        assert hc is not None
         try:
             ok, why = self._probe(server, hc)
         except Exception as e:  # a check never takes the process down
@@ -217,7 +220,7 @@ class UpstreamGroup:
             log.warning("upstream %s: server %s is out: %d health checks failed (%s)", self.cfg.name,
                         server.cfg.addr, hc.fall, why)
 
-    def _probe(self, server: ServerState, hc) -> tuple[bool, str]:
+    def _probe(self, server: ServerState, hc: HealthCheckConfig) -> tuple[bool, str]:
         addr = server.cfg.addr
         try:
             with gevent.Timeout(hc.timeout, UpstreamError(f"health check of {addr} timed out")):

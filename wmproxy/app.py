@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import gevent
@@ -32,7 +33,7 @@ from .center.client import CenterClient
 from .center.mapping import MappingRegistry
 from .center.server import CenterServer
 from .listener import ConnStats, Listener, ListenerSpec, StatusSource, drain_all
-from .services import Handler, Services
+from .services import Handler, ProcessControl, Services
 from .net.dns import Resolver
 from .net.listen import BindError, open_listener, open_udp
 from .net.tls import client_context
@@ -45,6 +46,28 @@ log = logging.getLogger("wmproxy")
 
 WATCH_EVERY = 1.0  # seconds between looks at the config file
 WATCH_SETTLE = 0.3  # a change must hold this long before it is loaded (editors write in steps)
+
+
+def _open(spec: ListenerSpec) -> socket.socket:
+    return open_udp(spec.bind, spec.label) if spec.transport == "udp" else open_listener(spec.bind, spec.label)
+
+
+@dataclass(frozen=True)
+class Role:
+    """What of a configuration this process serves (workers.py makes the roles of a master
+    and its workers; the default is all of it, alone).
+
+    ``serves`` picks the listeners (spec, the configuration being applied); ``bind`` gives a listener's socket (bound here, or one the
+    master bound); ``center_client`` says whether the center client runs here; ``watch_file``
+    whether this process follows the file (``watch``); ``process`` is what the control API
+    drives (None: this App); ``worker`` the worker's number, shown in /status."""
+
+    serves: Callable[[ListenerSpec, Config], bool] = lambda spec, cfg: True
+    bind: Callable[[ListenerSpec], socket.socket] = _open
+    center_client: bool = True
+    watch_file: bool = True
+    process: Optional[ProcessControl] = None
+    worker: Optional[int] = None
 
 
 STARTS_NOTHING = "this configuration starts nothing: no [proxy], [stream], [http], [center] or control listener"
@@ -108,8 +131,9 @@ class App:
     """Owns the listeners of one process and applies configurations to them."""
 
     def __init__(self, cfg: Config, config_file: str | None = None, overrides: Sequence[config.Override] = (),
-                 prog: str = "wmproxy") -> None:
+                 prog: str = "wmproxy", role: Role = Role()) -> None:
         self.cfg = cfg
+        self.role = role
         self.config_file = config_file
         self.overrides = list(overrides)
         self.prog = prog
@@ -133,7 +157,7 @@ class App:
         # all that listeners and the center client get of the process
         self.services = Services(self.resolver, self.http_groups, self.http_limits, self.proxy_handler,
                                  lambda: self.center_client.entry if self.center_client else None,
-                                 self._mapping_registry, self)
+                                 self._mapping_registry, role.process or self)
 
     # -- applying a configuration -------------------------------------------------------------
     def start(self) -> None:
@@ -144,7 +168,7 @@ class App:
 
     def _apply(self, new: Config) -> dict:
         try:
-            specs = listener_specs(new)
+            specs = {k: spec for k, spec in listener_specs(new).items() if self.role.serves(spec, new)}
         except ConfigError as e:
             raise ConfigError(self.config_file or "", e.path, e.message) from None
         added = [k for k in specs if k not in self.listeners]
@@ -152,22 +176,21 @@ class App:
         resolver_changed = new.dns_or_default != self.cfg.dns_or_default
         changed = [k for k in specs if k in self.listeners
                    and (resolver_changed or self.listeners[k].spec != specs[k])]
-        client_cfg = _center_client_cfg(new)
+        client_cfg = _center_client_cfg(new) if self.role.center_client else None
         new_client: CenterClient | bool | None = None  # False: no client any more
         try:  # certificate files and the like are read before anything changes
             for k in [*added, *changed]:
                 check = specs[k].check
                 if check is not None:
                     check()
-            if client_cfg != _center_client_cfg(self.cfg) or (client_cfg and self.center_client is None):
+            if client_cfg != self._client_cfg() or (client_cfg and self.center_client is None):
                 new_client = CenterClient(client_cfg, self.services, new.mappings) if client_cfg else False
         except ConfigError as e:
             raise ConfigError(self.config_file or "", e.path, e.message) from None
         sockets: dict = {}
         try:  # bind everything new first: a failure here changes nothing
             for k in added:
-                opener = open_udp if specs[k].transport == "udp" else open_listener
-                sockets[k] = opener(specs[k].bind, specs[k].label)
+                sockets[k] = self.role.bind(specs[k])
         except BindError:
             for sock in sockets.values():
                 sock.close()
@@ -205,6 +228,9 @@ class App:
         return {"added": names(added), "removed": names(removed), "changed": names(changed),
                 "unchanged": len(specs) - len(added) - len(changed)}
 
+    def _client_cfg(self) -> Optional[CenterConfig]:
+        return _center_client_cfg(self.cfg) if self.role.center_client else None
+
     def _forget_upstreams(self, new: Config) -> None:
         """[http] upstreams gone from the config (or changed: a new group replaces them) close
         their idle connections; the ones unchanged keep their pools and health. Rate limits
@@ -232,17 +258,19 @@ class App:
             finally:
                 notify("READY=1", "STATUS=serving")
 
-    def _reload(self, trigger: str) -> dict:
-        if not self.config_file:
-            return self._reload_failed(trigger, "started without a config file (-c): nothing to reload")
+    def apply(self, new: Config, trigger: str) -> dict:
+        """Apply ``new``, loaded elsewhere (a worker's master loaded and checked it), as
+        :meth:`reload` applies the file's. Never raises: returns as reload."""
+        with self._reload_lock:
+            return self._reload(trigger, new)
+
+    def _reload(self, trigger: str, new: Optional[Config] = None) -> dict:
         try:
-            new = config.load(self.config_file, self.overrides)
-            if (new.user, new.group) != (self.cfg.user, self.cfg.group):
-                raise ConfigError(self.config_file, "user", "user and group take effect at start: restart to "
-                                  "change them (the process gave up root when it started)")
+            if new is None:
+                new = self.load_again()
             changes = self._apply(new)
         except (ConfigError, BindError) as e:
-            return self._reload_failed(trigger, str(e))
+            return self.reload_failed(trigger, str(e))
         self.reloads += 1
         self.loaded_at = time.time()
         self.last_reload_error = ""
@@ -259,7 +287,22 @@ class App:
         self._follow_watch_setting()
         return {"ok": True, **changes}
 
-    def _reload_failed(self, trigger: str, error: str) -> dict:
+    def load_again(self) -> Config:
+        """The config file loaded again (with the same command-line overrides), for a reload.
+        Raises ConfigError."""
+        if not self.config_file:
+            raise ConfigError("", "", "started without a config file (-c): nothing to reload")
+        new = config.load(self.config_file, self.overrides)
+        if (new.user, new.group) != (self.cfg.user, self.cfg.group):
+            raise ConfigError(self.config_file, "user", "user and group take effect at start: restart to "
+                              "change them (the process gave up root when it started)")
+        if new.worker_count > 1 and self.role.process is None and self.role.worker is None:
+            raise ConfigError(self.config_file, "workers", "this process was started with workers = 1 and serves "
+                              "alone: restart it to start a master with workers (a master takes any number, "
+                              "1 included, on reload)")
+        return new
+
+    def reload_failed(self, trigger: str, error: str) -> dict:
         self.reload_failures += 1
         self.last_reload_error = error
         log.error("reload (%s) failed, the old configuration keeps serving: %s", trigger, error)
@@ -267,7 +310,7 @@ class App:
 
     # -- watching the file ---------------------------------------------------------------------
     def _follow_watch_setting(self) -> None:
-        want = bool(self.cfg.watch and self.config_file)
+        want = bool(self.cfg.watch and self.config_file and self.role.watch_file)
         if want and self._watcher is None:
             self._watcher = gevent.spawn(self._watch_file)
         elif not want and self._watcher is not None:
@@ -392,12 +435,14 @@ class App:
         self._stopped.set()
 
     def serve_forever(self, on_sigusr1: Optional[Callable[[], None]] = None,
-                      on_ready: Optional[Callable[[], None]] = None) -> None:
-        """Block until stopped: SIGTERM/SIGINT stop gracefully, SIGHUP reloads, SIGUSR1
-        calls ``on_sigusr1`` (log reopening). ``on_ready()`` is called once the handlers are
-        in place (a SIGHUP before that is ignored, not fatal)."""
+                      on_ready: Optional[Callable[[], None]] = None, reload_on_hup: bool = True) -> None:
+        """Block until stopped: SIGTERM/SIGINT stop gracefully, SIGHUP reloads (unless not
+        ``reload_on_hup``: a worker, whose master reloads), SIGUSR1 calls ``on_sigusr1`` (log
+        reopening). ``on_ready()`` is called once the handlers are in place (a SIGHUP before
+        that is ignored, not fatal)."""
         handlers = [gevent.signal_handler(sig, self.request_stop, sig.name) for sig in (signal.SIGTERM, signal.SIGINT)]
-        handlers.append(gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload, "SIGHUP")))
+        if reload_on_hup:
+            handlers.append(gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload, "SIGHUP")))
         if on_sigusr1 is not None:
             handlers.append(gevent.signal_handler(signal.SIGUSR1, on_sigusr1))
         try:

@@ -100,6 +100,8 @@ OPTIONS = (
     Opt(("--run-group",), ("group",), "with --run-user: serve with this group (default: the user's)", "GROUP",
         SERVICE),
     Opt(("--grace",), ("grace",), "on stop, time live connections get to finish, e.g. 10s", "TIME", SERVICE),
+    Opt(("--workers",), ("workers",), "worker processes sharing the listeners: N, or auto (one per core); "
+        "1 (default) serves in this process", "N", SERVICE),
 
     Opt(("--log-level",), ("log_level",), "debug, info (default), warning or error", "LEVEL", LOGS),
     Opt(("--log-file",), ("log_file",), "log to FILE instead of stderr; SIGUSR1 reopens it", "FILE", LOGS),

@@ -58,7 +58,7 @@ def _json(client: Conn, status: int, value: object) -> None:
 
 def relayed_by_us(address: Address, local: Address) -> bool:
     """Whether the connection from the peer ``address`` to ``local`` (the control socket's end)
-    is an outgoing connection of this very process: a forward proxy, a mapping or a reverse
+    is an outgoing connection of this very process or of its workers: a forward proxy, a mapping or a reverse
     proxy dialled the control port for a client. (The forward proxy refuses its own listeners
     already; this holds whatever route.) Both ends must match: the kernel gives one local port
     to connections to different destinations, so a port alone is not ours. Only a peer with one
@@ -69,10 +69,18 @@ def relayed_by_us(address: Address, local: Address) -> bool:
         return False
     if not (addr.is_loopback or addr in host_addresses()):
         return False
+    me = psutil.Process()
+    conns = []
     try:
-        conns = psutil.Process().net_connections(kind="tcp")
+        procs = [me, *me.children()]  # (a master's workers too)
     except (psutil.Error, OSError):
-        return False
+        procs = [me]
+    for proc in procs:
+        try:
+            conns += proc.net_connections(kind="tcp")
+        except (psutil.Error, OSError):  # (a worker that just exited)
+            if proc is me:
+                return False
     peer, ours = (address[0], address[1]), (local[0], local[1])
     return any(c.laddr and c.raddr and (c.laddr[0], c.laddr[1]) == peer and (c.raddr[0], c.raddr[1]) == ours
                for c in conns)
@@ -222,7 +230,19 @@ def metrics_text(st: dict) -> str:
            [({}, st["reload_failures"])])
     metric("wmproxy_config_loaded_timestamp_seconds", "gauge", "When the configuration in use was loaded.",
            [({}, st["config_loaded_at"])])
-    p = st["process"]
+    if "workers" in st:  # a master: each worker's own figures beside the sums above
+        ws = [({"worker": str(w["id"])}, w) for w in st["workers"]]
+        metric("wmproxy_worker_up", "gauge", "1 while a worker answers the master.",
+               [(labels, int(w["state"] == "serving")) for labels, w in ws])
+        metric("wmproxy_worker_restarts_total", "counter", "Times the master started a worker again after it died.",
+               [(labels, w["restarts"]) for labels, w in ws])
+        metric("wmproxy_worker_open_connections", "gauge", "Open client connections per worker.",
+               [(labels, w["connections"]) for labels, w in ws if "connections" in w])
+        metric("wmproxy_worker_resident_memory_bytes", "gauge", "Resident memory of each worker.",
+               [(labels, w["rss_bytes"]) for labels, w in ws if "rss_bytes" in w])
+        metric("wmproxy_worker_cpu_seconds_total", "counter", "User and system CPU time of each worker.",
+               [(labels, w["cpu_seconds"]) for labels, w in ws if "cpu_seconds" in w])
+    p = st["process"]  # (a master: its workers' summed in, the whole tree)
     metric("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", [({}, p["rss_bytes"])])
     metric("process_cpu_seconds_total", "counter", "User and system CPU time in seconds.", [({}, p["cpu_seconds"])])
     metric("process_open_fds", "gauge", "Open file descriptors.", [({}, p["open_fds"])])
@@ -285,6 +305,10 @@ def format_status(st: dict) -> str:
     ]
     if st["last_reload_error"]:
         lines.append(f"last reload error: {st['last_reload_error']}")
+    for w in st.get("workers", []):  # a master's workers
+        lines.append(f"worker {w['id']}  pid {w['pid']}  {w['state']}  up {_duration(time.time() - w['started_at'])}  "
+                     f"restarts {w['restarts']}" + (f"  conns {w['connections']}  rss {_size(w['rss_bytes'])}  "
+                                                    f"cpu {w['cpu_seconds']:.1f}s" if "rss_bytes" in w else ""))
     lines.append("")
     header = ("KIND", "BIND", "STATE", "CONNS", "TOTAL", "IN", "OUT", "REQUESTS")
     rows = [header] + [

@@ -32,3 +32,16 @@ def client() -> None:
     from .cli import client_main
 
     sys.exit(client_main())
+
+
+def worker() -> None:
+    """A worker process of a master (wmproxy/workers.py starts ``python -m wmproxy.launch
+    worker <program>``); exits with its status."""
+    _prepare()
+    from .workers import worker_main
+
+    sys.exit(worker_main())
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
+    worker()

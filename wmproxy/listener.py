@@ -116,7 +116,24 @@ class AcceptGuard(StreamServer):  # type: ignore[misc]  # (gevent publishes no t
         return str(getattr(self, "address", "listener"))
 
 
-class Listener(AcceptGuard, StreamServer):
+class ShownInStatus:
+    """What App.status reads of every listener beside its ConnStats, with nothing to show by
+    default: a StatusSource, not answering HTTP (TCP listeners and UDP forwarders alike)."""
+
+    #: it answers HTTP requests: /status and /metrics show its request duration histogram
+    answers_http = False
+
+    def upstream_status(self) -> list[dict[str, Any]]:
+        return []
+
+    def link_status(self) -> list[dict[str, Any]]:
+        return []
+
+    def mapping_status(self) -> list[dict[str, Any]]:
+        return []
+
+
+class Listener(ShownInStatus, AcceptGuard, StreamServer):
     """Base of every TCP listener kind.
 
     Subclasses implement :meth:`make_context` (settings -> what a connection needs) and
@@ -139,19 +156,6 @@ class Listener(AcceptGuard, StreamServer):
         super().__init__(sock, spawn=Pool(self.max_connections(spec.settings)))
 
     # -- for subclasses ---------------------------------------------------------------------
-    #: it answers HTTP requests: /status and /metrics show its request duration histogram
-    answers_http = False
-
-    # -- a StatusSource: what /status and /metrics show beside its ConnStats (none by default) ----
-    def upstream_status(self) -> list[dict[str, Any]]:
-        return []
-
-    def link_status(self) -> list[dict[str, Any]]:
-        return []
-
-    def mapping_status(self) -> list[dict[str, Any]]:
-        return []
-
     def make_context(self, settings: Any, services: Services) -> Any:
         raise NotImplementedError
 

@@ -20,11 +20,31 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-JOURNAL = "%(levelname)s %(name)s: %(message)s"
+TEXT = "%(asctime)s %(levelname)s %(worker)s%(name)s: %(message)s"
+JOURNAL = "%(levelname)s %(worker)s%(name)s: %(message)s"
 _SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 access_log = logging.getLogger("wmproxy.access")
+
+_make_record = logging.getLogRecordFactory()
+class _Worker:  # set in a worker process: its lines say which one
+    prefix = ""
+    id: Optional[int] = None
+
+
+def _record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    record = _make_record(*args, **kwargs)
+    record.worker = _Worker.prefix  # (every record has it: the formats name it)
+    return record
+
+
+logging.setLogRecordFactory(_record)
+
+
+def set_worker(worker_id: int) -> None:
+    """This process is worker ``worker_id`` of a master: every log line says so (``worker 2
+    wmproxy.proxy: ...`` in text, ``"worker": 2`` in JSON)."""
+    _Worker.prefix, _Worker.id = f"worker {worker_id} ", worker_id
 
 
 @dataclass(frozen=True)
@@ -64,9 +84,11 @@ class JsonFormatter(logging.Formatter):
     """One object per line; an access line carries its fields (client_ip, status, bytes...)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+        out: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
                + f".{int(record.msecs):03d}" + time.strftime("%z", time.localtime(record.created)),
                "level": record.levelname.lower(), "logger": record.name}
+        if _Worker.id is not None:
+            out["worker"] = _Worker.id
         fields = getattr(record, "access", None)
         if fields is not None:
             out.update(fields.as_dict())

@@ -63,7 +63,8 @@ class Histogram:
         return {"buckets": out, "sum": round(self.counts[-1], 6), "count": total}
 
 
-def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def add_histograms(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two histograms' as_dict() added up."""
     return {"buckets": {le: n + b["buckets"][le] for le, n in a["buckets"].items()},
             "sum": round(a["sum"] + b["sum"], 6), "count": a["count"] + b["count"]}
 
@@ -83,5 +84,5 @@ def merge_servers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for name in ("active", "requests", "failures"):
             seen[name] += row[name]
         for name in ("connect_seconds", "first_byte_seconds"):
-            seen[name] = _add(seen[name], row[name])
+            seen[name] = add_histograms(seen[name], row[name])
     return list(out.values())

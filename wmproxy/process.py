@@ -25,6 +25,7 @@ from .logs import LogSettings, reopen, setup_logging
 from .net import gevent_io
 from .prot import http1, speedups
 from .service import PrivilegeError, drop_privileges, notify
+from .workers import Master
 
 log = logging.getLogger("wmproxy")
 READY_FD = "WMPROXY_READY_FD"
@@ -157,18 +158,28 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
         log.error("%s", e)
         _report(wfd, f"{prog}: {e}")
         return 1
-    app = App(cfg, config_file, overrides, prog)
-    try:
-        app.start()
+    def settle() -> None:  # bound: the pid file, then (started as root) the user to serve as
         if pidfile:
             write_pidfile(pidfile)
         if cfg.user:
             log.info("%s", drop_privileges(cfg.user, cfg.group, own=(log_file, LogSettings.of(cfg).access_file)))
             _check_readable(cfg, config_file)
+
+    runner: App | Master
+    if cfg.worker_count > 1:  # a master: it binds, the workers (started after settle) serve
+        runner = Master(cfg, config_file, overrides, prog)
+    else:
+        runner = App(cfg, config_file, overrides, prog)
+    try:
+        if isinstance(runner, Master):
+            runner.start(before_workers=settle)
+        else:
+            runner.start()
+            settle()
     except (BindError, ConfigError, OSError, PrivilegeError) as e:
         log.error("%s", e)
         _report(wfd, f"{prog}: {e}")
-        app.stop(0)
+        runner.stop(0)
         if pidfile:
             remove_pidfile(pidfile)
         return 1
@@ -188,7 +199,10 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
         notify("READY=1", f"MAINPID={os.getpid()}", "STATUS=serving")
 
     try:
-        app.serve_forever(on_sigusr1=reopen, on_ready=ready)
+        if isinstance(runner, Master):
+            runner.serve_forever(on_ready=ready)
+        else:
+            runner.serve_forever(on_sigusr1=reopen, on_ready=ready)
     finally:
         if pidfile:
             remove_pidfile(pidfile)

@@ -22,6 +22,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,6 +104,10 @@ class Proc:
         return log
 
     def stop(self) -> int:
+        try:  # a master's workers (workers > 1): none may outlive the test
+            children = psutil.Process(self.popen.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -110,6 +115,9 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+        _, alive = psutil.wait_procs(children, timeout=10)
+        for child in alive:
+            child.kill()
         self._log.close()
         return self.popen.returncode
 
@@ -264,6 +272,18 @@ def write_cert(ca, directory: Path, stem: str, *names: str) -> None:
     cert = ca.issue_cert(*names)
     cert.private_key_pem.write_to_path(str(directory / f"{stem}.key"))
     cert.cert_chain_pems[0].write_to_path(str(directory / f"{stem}.pem"))
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """A CA, a center server certificate for center.test and 127.0.0.1, and another CA."""
+    trustme = pytest.importorskip("trustme")
+    d = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    write_cert(ca, d, "server", "center.test", "127.0.0.1")
+    trustme.CA().cert_pem.write_to_path(str(d / "other-ca.pem"))
+    return d
 
 
 @pytest.fixture

@@ -19,17 +19,6 @@ from conftest import (Proc, TcpServer, control, curl, drip, free_port, http_get,
                       tunnel, wait_port, websocket_echo, write_cert)
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    trustme = pytest.importorskip("trustme")
-    d = tmp_path_factory.mktemp("certs")
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    write_cert(ca, d, "server", "center.test", "127.0.0.1")
-    trustme.CA().cert_pem.write_to_path(str(d / "other-ca.pem"))
-    return d
-
-
 class Pair:
     """A center server and a center client on free ports, with configs in tmp_path."""
 

@@ -21,7 +21,7 @@ class Setup:
     def __init__(self, start_proxy, tmp_path, **values) -> None:
         self.path = tmp_path / "wm.toml"
         self.values = {"control": free_port(), "proxy": free_port(), "watch": "false", "grace": "10s",
-                       "proxy_extra": "", "stream": "", **values}
+                       "proxy_extra": "", "stream": "", "workers": 1, **values}
         self.write()
         self.proc = start_proxy("-c", str(self.path))
         # every listener is up (the proxy port alone may answer before the control port is
@@ -32,6 +32,7 @@ class Setup:
         self.values.update(changes)
         v = self.values
         text = (f'control = "127.0.0.1:{v["control"]}"\nwatch = {v["watch"]}\ngrace = "{v["grace"]}"\n'
+                f'workers = {v["workers"]}\n'
                 f'[proxy]\nbind = "127.0.0.1:{v["proxy"]}"\n{v["proxy_extra"]}\n{v["stream"]}\n')
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(text)
@@ -47,10 +48,13 @@ class Setup:
         return json.loads(control(self.values["control"], "GET", "/status")[1])
 
 
-@pytest.fixture
-def setup(start_proxy, tmp_path):
+@pytest.fixture(params=[1, 2], ids=["one process", "workers=2"])
+def setup(start_proxy, tmp_path, request):
+    """Each reload test runs on one process and on a master with two workers (workers.py),
+    which must behave the same."""
     def make(**values) -> Setup:
-        return Setup(lambda *a: start_proxy(*a, wait=False, bind=False), tmp_path, **values)
+        return Setup(lambda *a: start_proxy(*a, wait=False, bind=False), tmp_path,
+                     **{"workers": request.param, **values})
 
     return make
 

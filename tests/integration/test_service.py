@@ -48,10 +48,11 @@ def read_pid(path) -> int:
     return int(open(path).read().strip())
 
 
-def test_init_script_start_status_reload_restart_stop(tmp_path, origin):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_init_script_start_status_reload_restart_stop(tmp_path, origin, workers):
     proxy, stream = free_port(), free_port()
     conf = tmp_path / "server.toml"
-    conf.write_text(f'grace = "2s"\n[proxy]\nbind = "127.0.0.1:{proxy}"\n')
+    conf.write_text(f'grace = "2s"\nworkers = {workers}\n[proxy]\nbind = "127.0.0.1:{proxy}"\n')
     env = {"DAEMON": SERVER, "CONFIG": str(conf), "PIDFILE": str(tmp_path / "run" / "wm.pid"),
            "LOGFILE": str(tmp_path / "log" / "wm.log"), "DEFAULTS": str(tmp_path / "none"), "STOP_TIMEOUT": "20",
            "RUN_USER": ""}
@@ -82,9 +83,11 @@ def test_init_script_start_status_reload_restart_stop(tmp_path, origin):
         assert new_pid != pid
         wait_port(stream)
 
+        tree = [new_pid, *(c.pid for c in psutil.Process(new_pid).children())]
+        assert len(tree) == (1 if workers == 1 else 1 + workers)
         r = init("stop", env)
         assert r.returncode == 0 and "Stopping wmproxy server" in r.stdout
-        assert not os.path.exists(env["PIDFILE"]) and not psutil.pid_exists(new_pid)
+        assert not os.path.exists(env["PIDFILE"]) and not any(psutil.pid_exists(pid) for pid in tree)
         assert init("status", env).returncode == 3
         assert init("stop", env).returncode == 0
         log = open(env["LOGFILE"]).read()
@@ -213,8 +216,8 @@ def test_user_errors_are_clear(tmp_path):
 # -- systemd's notify protocol ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("abstract", [False, True])
-def test_sd_notify_ready_reloading_stopping(start_proxy, tmp_path, abstract):
+@pytest.mark.parametrize("abstract,workers", [(False, 1), (True, 1), (False, 2)])
+def test_sd_notify_ready_reloading_stopping(start_proxy, tmp_path, abstract, workers):
     """What systemd's Type=notify (and notify-reload) reads: READY=1 once the listeners are bound,
     RELOADING=1 with MONOTONIC_USEC then READY=1 around each reload, STOPPING=1 on stop."""
     name = f"@wm-notify-{os.getpid()}" if abstract else str(tmp_path / "notify.sock")
@@ -223,7 +226,7 @@ def test_sd_notify_ready_reloading_stopping(start_proxy, tmp_path, abstract):
     listen.settimeout(10)
     port = free_port()
     conf = tmp_path / "server.toml"
-    conf.write_text(f'[proxy]\nbind = "127.0.0.1:{port}"\n')
+    conf.write_text(f'workers = {workers}\n[proxy]\nbind = "127.0.0.1:{port}"\n')
     p = start_proxy("-c", str(conf), env={"NOTIFY_SOCKET": name}, bind=False, wait=False)
 
     def message() -> dict:
@@ -245,11 +248,12 @@ def test_sd_notify_ready_reloading_stopping(start_proxy, tmp_path, abstract):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give it up")
-def test_init_script_runs_the_daemon_as_run_user(shared_dir, origin):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_init_script_runs_the_daemon_as_run_user(shared_dir, origin, workers):
     nobody = pwd.getpwnam("nobody")
     port = free_port()
     conf = shared_dir / "client.toml"
-    conf.write_text(f'[proxy]\nbind = "127.0.0.1:{port}"\n')
+    conf.write_text(f'workers = {workers}\n[proxy]\nbind = "127.0.0.1:{port}"\n')
     conf.chmod(0o644)
     env = {"DAEMON": str(ROOT / "bin" / "wmproxy-client"), "CONFIG": str(conf), "RUN_USER": "nobody",
            "PIDFILE": str(shared_dir / "run" / "c.pid"), "LOGFILE": str(shared_dir / "log" / "c.log"),
@@ -259,11 +263,14 @@ def test_init_script_runs_the_daemon_as_run_user(shared_dir, origin):
         r = init("start", env, script)
         assert r.returncode == 0 and "Starting wmproxy client" in r.stdout, r.stdout + r.stderr
         pid = read_pid(env["PIDFILE"])
-        assert _ids(pid)["Uid"] == [str(nobody.pw_uid)] * 4
+        tree = [pid, *(c.pid for c in psutil.Process(pid).children())]
+        assert len(tree) == workers + (workers > 1)
+        for each in tree:  # the master gave up root before it started the workers
+            assert _ids(each)["Uid"] == [str(nobody.pw_uid)] * 4
         assert http_get(port, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"
         assert os.stat(shared_dir / "run").st_uid == nobody.pw_uid  # the daemon removes its own pid file
         assert init("stop", env, script).returncode == 0
-        assert not os.path.exists(env["PIDFILE"]) and not psutil.pid_exists(pid)
+        assert not os.path.exists(env["PIDFILE"]) and not any(psutil.pid_exists(each) for each in tree)
         assert "switched to user nobody" in (shared_dir / "log" / "c.log").read_text()
     finally:
         if os.path.exists(env["PIDFILE"]):

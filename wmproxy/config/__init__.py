@@ -11,6 +11,7 @@ alias of ``bind``; ``flag = "http https socks5"``; top-level ``control``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -25,6 +26,7 @@ from .http import (
 from .keys import (
     REQUIRED, Addr, Invalid, TargetRule, _unique_names, accepted_keys, build, key, list_of, one_of, optional_addr,
     read_toml, section, table_list, to_addr, to_bool, to_duration, to_header_rule, to_network, to_size, to_str,
+    to_workers,
 )
 from .proxy import DnsConfig, ProxyConfig
 from .stream import StreamConfig, StreamServerConfig, StreamUpstreamConfig, UpstreamServerConfig
@@ -56,6 +58,8 @@ class Config:
                                  "(goaccess, awstats); wmproxy: combined plus the time taken and a note")
     pidfile: str = key(to_str, "", "write the process id here; refuse to start if it is alive")
     grace: float = key(to_duration, 10.0, "on stop, time live connections get to finish")
+    workers: int = key(to_workers, 1, "worker processes: 1 serves in this process; more (or \"auto\": one per "
+                       "core) start a master that forks that many workers sharing the listeners")
     user: str = key(to_str, "", "started as root: bind, then serve as this user (name or uid); the config "
                     "and the files it names must be readable by it, for reloads")
     group: str = key(to_str, "", "with user: serve with this group (default: the user's own)")
@@ -81,6 +85,11 @@ class Config:
         if self.control is not None and not self.control.is_loopback and not self.control_token:
             raise Invalid(f"{self.control} is reachable from other hosts: set control_token, or bind the "
                           "control API to a loopback address", ".control")
+
+    @property
+    def worker_count(self) -> int:
+        """How many workers serve: ``workers``, with "auto" (0) as the cores this process may use."""
+        return self.workers or max(1, len(os.sched_getaffinity(0)))
 
     @property
     def dns_or_default(self) -> DnsConfig:

@@ -103,6 +103,20 @@ def int_range(lo: int, hi: int) -> Callable[[Any], int]:
     return conv
 
 
+MAX_WORKERS = 256
+
+
+def to_workers(value: Any) -> int:
+    """A number of worker processes: 1 to MAX_WORKERS, or "auto" (0): one per core this
+    process may run on."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return 0
+    try:
+        return int_range(1, MAX_WORKERS)(value)
+    except Invalid:
+        raise Invalid(f'expected a whole number from 1 to {MAX_WORKERS}, or "auto", got {value!r}') from None
+
+
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|sec|s|min|m|h|d)?\s*$")
 

@@ -57,6 +57,13 @@ def _udp_buffers(sock: socket.socket) -> None:
             pass
 
 
-def open_udp(addr: Addr, what: str) -> socket.socket:
-    """A bound UDP socket for ``addr`` with large buffers. Raises BindError."""
-    return _bound(addr, what, socket.SOCK_DGRAM, _udp_buffers)
+def open_udp(addr: Addr, what: str, reuseport: bool = False) -> socket.socket:
+    """A bound UDP socket for ``addr`` with large buffers; with ``reuseport`` one of a group
+    bound to the same address (SO_REUSEPORT: the kernel gives each client's datagrams, by a
+    hash of their addresses, to one socket of the group). Raises BindError."""
+    def prepare(sock: socket.socket) -> None:
+        _udp_buffers(sock)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+
+    return _bound(addr, what, socket.SOCK_DGRAM, prepare)

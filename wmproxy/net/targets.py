@@ -32,6 +32,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # socket -> (its address as an ip_address, port, type); held strongly (gevent's server keeps
 # only the socket inside the one given to it, which closes with it) and dropped once closed
 _OWN: dict[socket.socket, tuple[IPAddress, int, int]] = {}
+# (address, port, type) of the listening sockets of the rest of this process tree: a worker's
+# master tells it those it bound (every listener's, the control API's)
+_TREE: list[tuple[IPAddress, int, int]] = []
 _HOST_ADDRS: tuple[float, frozenset[IPAddress]] = (0.0, frozenset())
 HOST_ADDRS_TTL = 5.0
 
@@ -48,9 +51,17 @@ def register_own(sock: socket.socket) -> None:
     _OWN[sock] = (plain_ip(host), port, sock.type)
 
 
+def register_tree(addresses: list[tuple[str, int, int]]) -> None:
+    """The (host, port, type) of the listening sockets the rest of this process tree holds
+    (a worker's master's list, replacing the last one): never dialled either."""
+    _TREE[:] = [(plain_ip(host), port, kind) for host, port, kind in addresses]
+
+
 def own_addresses(kind: int = socket.SOCK_STREAM) -> list[tuple[IPAddress, int]]:
-    """(address, port) of every listening socket of this process of ``kind`` still open."""
-    return [(addr, port) for sock, (addr, port, k) in list(_OWN.items()) if k == kind and sock.fileno() != -1]
+    """(address, port) of every listening socket of this process (and of its process tree:
+    register_tree) of ``kind`` still open."""
+    mine = [(addr, port) for sock, (addr, port, k) in list(_OWN.items()) if k == kind and sock.fileno() != -1]
+    return mine + [(addr, port) for addr, port, k in _TREE if k == kind]
 
 
 def host_addresses() -> frozenset[IPAddress]:

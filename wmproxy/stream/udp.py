@@ -18,7 +18,7 @@ from gevent import socket as gsocket
 
 from ..config import Addr, Config
 from ..errors import UpstreamError
-from ..listener import ListenerSpec
+from ..listener import ListenerSpec, ShownInStatus
 from ..net.balance import hash_index
 from ..net.conn import Address
 from ..net.dial import fmt_addr
@@ -62,7 +62,7 @@ class Session(UdpSession):
             self.forwarder.answer(self, data)
 
 
-class UdpForwarder(UdpSessions):
+class UdpForwarder(ShownInStatus, UdpSessions):
     """One ``[[stream.server]]`` with ``bind_mode = "udp"``; plugs into the app like a Listener."""
 
     kind = "stream-udp"

@@ -13,6 +13,8 @@
   response through wmproxy, nginx and haproxy to an nginx origin;
 - UDP (bench/udp.py): 1,200-byte datagrams at fixed rates (iperf3 -u), received per second and
   lost, directly, through socat, the [stream] UDP forwarder and a udp mapping of the center link;
+- workers (bench/workers.py): workers = 2 beside workers = 1, requests/s and CPU per request
+  where wmproxy is the bound and against nginx, and CONNECT with 4 streams;
 - with ``--only instructions`` (bench/instructions.py): user-space instructions per small GET
   under callgrind, wmproxy beside pproxy and the floor of the design: a count that does not
   drift with the machine's speed.
@@ -368,7 +370,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=8, help="length of each measurement")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections")
     ap.add_argument("--only", choices=("throughput", "proxy-memory", "http", "center", "center-memory", "mapping",
-                                       "udp", "web", "instructions"),
+                                       "udp", "web", "workers", "instructions"),
                     help="run one part (instructions: callgrind counts, not in a full run)")
     ap.add_argument("--requests", type=int, default=2000, help="requests counted by --only instructions")
     ap.add_argument("--bytes", type=int, default=1 << 30, help="size of the center link transfer")
@@ -406,6 +408,10 @@ def main() -> int:
             import web
 
             web.run(b)
+        if args.only in (None, "workers"):
+            import workers
+
+            workers.run(b)
         if args.only == "instructions":
             import instructions
 

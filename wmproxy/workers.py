@@ -331,6 +331,8 @@ class Master:
             worker.channel = None
         for waiting in list(worker.pending.values()):
             waiting.set({"op": "answer", "ok": False, "error": f"worker {worker.id} exited"})
+        if status == 0 and not self.stopping:  # it was told to stop: systemd's KillMode=control-group
+            gevent.sleep(1.0)                  # signals the whole group, the master too
         if self.stopping or worker.retired or worker.proc is not proc:
             return
         lived = time.time() - worker.started_at
@@ -445,6 +447,7 @@ class Master:
                            **{k: st["process"][k] for k in ("rss_bytes", "cpu_percent", "cpu_seconds", "open_fds")})
             rows.append(row)
         merged = merge_status([mine, *parts])
+        merged["master"] = {"pid": os.getpid(), **mine["process"]}
         merged["workers"] = rows
         merged["mode"] = "master"
         return merged

@@ -72,7 +72,7 @@ def test_connections_land_on_every_worker_and_status_sums_them(server, origin):
         t.join(60)
     assert results == [b"origin-A"] * 200
     st = status(cport)
-    assert st["mode"] == "master" and st["pid"] == p.popen.pid
+    assert st["mode"] == "master" and st["pid"] == st["master"]["pid"] == p.popen.pid
     rows = {w["id"]: w for w in st["workers"]}
     assert sorted(rows) == [0, 1] and sorted(w["pid"] for w in rows.values()) == pids
     assert all(w["state"] == "serving" and w["rss_bytes"] > 0 and w["restarts"] == 0 for w in rows.values())

@@ -5,8 +5,8 @@ is one, on CPU 1 too: on this 2-core machine the load generator and the origin t
 workers, so each figure says what bounds it.
 
 - ``[http] static_response`` (an answer wmproxy makes itself): wmproxy is the bound;
-- the forward proxy in front of such a location, in the same process tree: wmproxy is the bound
-  (two hops of it per request);
+- the forward proxy in front of such a location (another wmproxy with as many workers: a proxy
+  never dials its own listeners): wmproxy is the bound, two hops of it per request;
 - the forward proxy and ``[http]`` against an nginx origin: nginx and wrk share CPU 1, so
   workers = 2 has the rest of CPU 0 and what CPU 1 leaves;
 - CONNECT throughput, 4 parallel iperf3 streams through proxychains4.
@@ -26,14 +26,14 @@ from bench import LOAD_CPU, ROOT, free_port
 BOTH = "0,1"
 
 
-def start(b, name: str, workers: int, body: str) -> tuple[list, int]:
-    """wmproxy with ``workers`` on both CPUs, from ``body`` (with {port} for a free port):
+def start(b, name: str, workers: int, body: str, cpu: str = BOTH) -> tuple[list, int]:
+    """wmproxy with ``workers`` on ``cpu`` (both), from ``body`` (with {port} for a free port):
     (its processes as b.start gives them, the port)."""
     port = free_port()
     conf = b.tmp / f"{name}.toml"
     conf.write_text(f'log_level = "warning"\nworkers = {workers}\n' + body.replace("{port}", str(port)))
     before = len(b.procs)
-    b.start(name, [sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c", str(conf)], port, cpu=BOTH)
+    b.start(name, [sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c", str(conf)], port, cpu=cpu)
     return b.procs[before:], port
 
 
@@ -44,11 +44,18 @@ def warm(b, args: list[str]) -> None:
 
 def run(b) -> None:
     origin = b.nginx()
-    static = free_port()
     cpu: dict[str, list[float]] = {}
 
-    def measured(name: str, workers: int, body: str, args) -> float:
-        procs, port = start(b, name.replace(" ", "-").replace("=", ""), workers, body)
+    def measured(name: str, workers: int, body: str, args, cpu_list: str = BOTH) -> float:
+        procs = []
+        if "{static}" in body:  # a wmproxy [http] static_response location behind, with as many workers
+            procs, port = start(b, f"static-w{workers}", workers, made)
+            body = body.replace("{static}", str(port))
+            (made_script).write_text(f'local target = "http://127.0.0.1:{port}/small.txt"\n'
+                                     'request = function() return wrk.format("GET", target) end\n')
+        more, port = start(b, name.replace(" ", "-").replace("=", "").replace(">", "").replace("(", "")
+                           .replace(")", ""), workers, body, cpu_list)
+        procs += more
         try:
             wrk_args = args(port)
             warm(b, wrk_args)
@@ -63,16 +70,15 @@ def run(b) -> None:
 
     made = ('[[http.server]]\nbind = "127.0.0.1:{port}"\n'
             '[[http.server.location]]\nstatic_response = "hello from wmproxy\\n"\n')
-    # the forward proxy and, in the same processes, the location it is in front of
-    forward_made = (f'[proxy]\nbind = "127.0.0.1:{{port}}"\n[[http.server]]\nbind = "127.0.0.1:{static}"\n'
-                    '[[http.server.location]]\nstatic_response = "hello from wmproxy\\n"\n')
+    # the forward proxy in front of such a location (another wmproxy: a proxy never dials its own
+    # listeners), both with the same workers: two hops of wmproxy per request
+    forward_made = '[proxy]\nbind = "127.0.0.1:{port}"\n# {static}\n'
     forward_nginx = '[proxy]\nbind = "127.0.0.1:{port}"\n'
     web_nginx = (f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n'
                  f'[[http.server.location]]\nproxy_url = "http://127.0.0.1:{origin}"\n')
     made_script, nginx_script = b.tmp / "absolute-made.lua", b.tmp / "absolute-nginx.lua"
-    for script, port in ((made_script, static), (nginx_script, origin)):
-        script.write_text(f'local target = "http://127.0.0.1:{port}/small.txt"\n'
-                          'request = function() return wrk.format("GET", target) end\n')
+    nginx_script.write_text(f'local target = "http://127.0.0.1:{origin}/small.txt"\n'
+                            'request = function() return wrk.format("GET", target) end\n')
     loads = [
         ("static_response", made, lambda port: [f"http://127.0.0.1:{port}/"]),
         ("forward -> static_response", forward_made,
@@ -89,12 +95,23 @@ def run(b) -> None:
             name = f"{label} w={workers}"
             runs.append((name, lambda name=name, workers=workers, body=body, args=args:
                          measured(name, workers, body, args)))
-        ratios.append((f"{label}: w=2 / w=1", f"{label} w=2", f"{label} w=1", 1.3 if "nginx" not in label else 0))
+        # (the goal where wmproxy alone is the bound: two wmproxy hops fill both CPUs at w=1 already)
+        ratios.append((f"{label}: w=2 / w=1", f"{label} w=2", f"{label} w=1", 1.3 if label == "static_response" else 0))
+    # the model's own cost, apart from the CPU the origin and wrk take: two workers on CPU 0 alone
+    # beside one (the same CPU time to share: any extra CPU per request is the model's)
+    for label, body, args in loads[2:3]:
+        for workers in (1, 2):
+            name = f"{label} w={workers} (CPU 0)"
+            runs.append((name, lambda name=name, workers=workers, body=body, args=args:
+                         measured(name, workers, body, args, "0")))
+        ratios.append((f"{label} on CPU 0: w=2 / w=1", f"{label} w=2 (CPU 0)", f"{label} w=1 (CPU 0)", 0))
     b.in_rounds("workers", runs, ratios)
     print("  CPU per request (master and workers), median of the rounds; w=2 / w=1 (goal at most 1.1x):")
     record = b.results.setdefault("ratios", {}).setdefault("workers-cpu", {})
-    for label, _, _ in loads:
-        one, two = cpu.get(f"{label} w=1"), cpu.get(f"{label} w=2")
+    for label in [label for label, _, _ in loads] + [f"{loads[2][0]} (CPU 0)"]:
+        base, _, where = label.partition(" (")
+        where = f" ({where}" if where else ""
+        one, two = cpu.get(f"{base} w=1{where}"), cpu.get(f"{base} w=2{where}")
         if one and two:
             ratio = statistics.median(two) / statistics.median(one)
             print(f"    {label:<30} w=1 {statistics.median(one):6.1f} us   w=2 {statistics.median(two):6.1f} us   "

@@ -219,6 +219,11 @@ class App:
             self.listeners[k].update(specs[k], self.services)
         for k in added:
             listener = specs[k].factory(sockets[k], specs[k], self.services)
+            if self.role.worker is not None and specs[k].transport == "tcp":
+                # one accept per wake-up: workers share the socket, and one that took a whole
+                # burst (gevent takes up to 100) would serve alone the keep-alive clients that
+                # came at once, while the other idles
+                listener.max_accept = 1
             listener.start()
             self.listeners[k] = listener
             log.info("%s listening on %s", specs[k].kind, _bound(sockets[k]))
@@ -440,19 +445,28 @@ class App:
         ``reload_on_hup``: a worker, whose master reloads), SIGUSR1 calls ``on_sigusr1`` (log
         reopening). ``on_ready()`` is called once the handlers are in place (a SIGHUP before
         that is ignored, not fatal)."""
-        handlers = [gevent.signal_handler(sig, self.request_stop, sig.name) for sig in (signal.SIGTERM, signal.SIGINT)]
+        actions: dict[signal.Signals, Callable[[], object]] = {
+            signal.SIGTERM: lambda: self.request_stop("SIGTERM"), signal.SIGINT: lambda: self.request_stop("SIGINT")}
         if reload_on_hup:
-            handlers.append(gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload, "SIGHUP")))
+            actions[signal.SIGHUP] = lambda: gevent.spawn(self.reload, "SIGHUP")
         if on_sigusr1 is not None:
-            handlers.append(gevent.signal_handler(signal.SIGUSR1, on_sigusr1))
-        try:
-            if on_ready is not None:
-                on_ready()
-            self._stopped.wait()
-        finally:
-            for h in handlers:
-                h.cancel()
-        log.info("stopped")
+            actions[signal.SIGUSR1] = on_sigusr1
+        serve_until(self._stopped, actions, on_ready)
+
+
+def serve_until(stopped: Event, actions: dict[signal.Signals, Callable[[], object]],
+                on_ready: Optional[Callable[[], None]]) -> None:
+    """Run ``actions[sig]()`` on each of those signals, call ``on_ready()`` once they are in
+    place, and block until ``stopped`` is set (then the handlers go)."""
+    handlers = [gevent.signal_handler(sig, action) for sig, action in actions.items()]
+    try:
+        if on_ready is not None:
+            on_ready()
+        stopped.wait()
+    finally:
+        for h in handlers:
+            h.cancel()
+    log.info("stopped")
 
 
 def _center_client_cfg(cfg: Config) -> Optional[CenterConfig]:

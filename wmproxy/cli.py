@@ -125,7 +125,8 @@ def commands(prog: str) -> dict[str, str]:
     out = {"run": "serve (the default)",
            "status": "print the running process's status (through its control API)",
            "reload": "make the running process reload its configuration file",
-           "stop": "make the running process stop gracefully"}
+           "stop": "make the running process stop gracefully",
+           "upgrade": "with workers: new workers on the installed code take over, the old ones drain"}
     if prog == SERVER:
         out["file-server"] = "serve the files of --root on --listen, without a configuration file"
     return out
@@ -186,9 +187,10 @@ def overrides(prog: str, args: argparse.Namespace, argv: list[str]) -> list[conf
 def _control_command(prog: str, command: str, cfg: config.Config) -> int:
     from . import control
 
-    method, path = {"status": ("GET", "/status"), "reload": ("POST", "/reload"), "stop": ("POST", "/stop")}[command]
+    method, path = {"status": ("GET", "/status"), "reload": ("POST", "/reload"), "stop": ("POST", "/stop"),
+                    "upgrade": ("POST", "/upgrade")}[command]
     try:
-        status, body = control.call(cfg, method, path)
+        status, body = control.call(cfg, method, path, timeout=600.0 if command == "upgrade" else 30.0)
     except control.ControlClientError as e:
         print(f"{prog} {command}: {e}", file=sys.stderr)
         return 1
@@ -201,6 +203,8 @@ def _control_command(prog: str, command: str, cfg: config.Config) -> int:
         return 1
     if command == "status":
         print(control.format_status(answer))
+    elif command == "upgrade":
+        print(f"upgraded: workers {' '.join(map(str, answer['workers']))} serve, the old ones drain")
     elif command == "reload":
         print(f"reloaded: added {answer['added'] or 'none'}, removed {answer['removed'] or 'none'}, "
               f"changed {answer['changed'] or 'none'}, {answer['unchanged']} unchanged")

@@ -133,6 +133,7 @@ class ControlServer(Listener):
                                                "text/plain; version=0.0.4; charset=utf-8")),
             "/reload": ("POST", lambda: self._reload(client, process)),
             "/stop": ("POST", lambda: self._stop(client, process)),
+            "/upgrade": ("POST", lambda: self._upgrade(client, process)),
         }
         if path not in routes:
             _json(client, 404, {"error": f"no such endpoint {path!r}", "endpoints": sorted(routes)})
@@ -146,6 +147,15 @@ class ControlServer(Listener):
     def _reload(self, client: Conn, process: ProcessControl) -> None:
         result = process.reload("control API")
         _json(client, 200 if result["ok"] else 400, result)
+
+    def _upgrade(self, client: Conn, process: ProcessControl) -> None:
+        upgrade = getattr(process, "upgrade", None)  # (a master's: workers.Master.upgrade)
+        if upgrade is None:
+            _json(client, 409, {"error": "an upgrade replaces worker processes: this process serves alone "
+                                         "(workers = 1); restart it instead"})
+            return
+        result = upgrade("control API")
+        _json(client, 200 if result["ok"] else 500, result)
 
     def _stop(self, client: Conn, process: ProcessControl) -> None:
         _json(client, 202, {"ok": True, "stopping": True, "grace_seconds": process.grace})

@@ -21,6 +21,8 @@ small master that proxies nothing. It:
   ``workers`` starts or stops workers (the stopped ones drain).
 - **stops** (SIGTERM, ``POST /stop``): every worker stops accepting at once and drains for
   ``grace``; the master exits 0 when they are gone.
+- **upgrades** (SIGUSR2, ``POST /upgrade``, ``upgrade``): new workers, running the code
+  installed now, take over the listening sockets while the old ones drain.
 - serves the **control API** itself: ``/status`` and ``/metrics`` sum the workers' figures (and
   show each worker), so one scrape covers the whole process tree.
 
@@ -53,7 +55,7 @@ from gevent.event import AsyncResult, Event
 from gevent.lock import Semaphore
 
 from . import config, logs
-from .app import App, Role, check_files, listener_specs
+from .app import App, Role, check_files, listener_specs, serve_until
 from .config import Config
 from .errors import ConfigError
 from .listener import ListenerSpec
@@ -488,6 +490,56 @@ class Master:
         self.tcp.clear()
         self.udp.clear()
 
+    # -- upgrade ------------------------------------------------------------------------------
+    def upgrade(self, trigger: str) -> dict[str, Any]:
+        """New workers, running the code installed now, take over the listening sockets while
+        the old ones drain (for ``grace``): an upgrade of wmproxy without a refused connection.
+        A new worker starts beside each old one and the old one retires once it is ready;
+        with a center link, worker 0 (the link's: its mapping ports and registry cannot be in
+        two processes) retires first and its successor starts once it is gone, as when it dies:
+        its links' clients reconnect. The master's own code changes only on a restart.
+        Never raises: ``{"ok": True, "workers": [pids]}`` or ``{"ok": False, "error"}``."""
+        with self._lock:
+            log.info("upgrade (%s): new workers take over from %s", trigger,
+                     " ".join(str(w.pid) for w in self.workers.values()))
+            center = self.cfg.center is not None
+            for wid in sorted(self.workers):
+                old = self.workers[wid]
+                new = Worker(wid, restarts=old.restarts)
+                first = wid == 0 and center  # the old one goes before the new one starts
+                if first:
+                    self._retire(old)
+                    try:
+                        old.proc.wait(timeout=self.cfg.grace + 5)
+                    except gsubprocess.TimeoutExpired:
+                        old.proc.kill()
+                self.workers[wid] = new
+                try:
+                    self._start_worker(new)
+                except OSError as e:
+                    return {"ok": False, "error": f"worker {wid}: cannot start: {e}"}
+                new.ready.wait(START_TIMEOUT)
+                if new.failed or not new.ready.is_set():
+                    error = new.failed or f"not ready within {START_TIMEOUT:g}s"
+                    log.error("upgrade (%s): the new worker %d did not start: %s; the old one keeps serving",
+                              trigger, wid, error)
+                    self._retire(new)
+                    self.workers[wid] = old
+                    if first:  # (gone already: started again as after a death)
+                        old.retired = False
+                        gevent.spawn(self._supervise, old, old.proc)
+                    return {"ok": False, "error": f"worker {wid}: {error}"}
+                if not first:
+                    self._retire(old)
+            pids = [self.workers[wid].pid for wid in sorted(self.workers)]
+            log.info("upgrade (%s) done: workers %s serve, the old ones drain", trigger, " ".join(map(str, pids)))
+            return {"ok": True, "workers": pids}
+
+    def _retire(self, worker: Worker) -> None:
+        worker.retired = True
+        if worker.proc is not None and worker.proc.poll() is None:
+            worker.proc.send_signal(signal.SIGTERM)
+
     def reopen_logs(self) -> None:
         """SIGUSR1: this process's log files, then each worker's."""
         logs.reopen()
@@ -496,17 +548,13 @@ class Master:
                 worker.proc.send_signal(signal.SIGUSR1)
 
     def serve_forever(self, on_ready: Optional[Callable[[], None]] = None) -> None:
-        handlers = [gevent.signal_handler(sig, self.request_stop, sig.name) for sig in (signal.SIGTERM, signal.SIGINT)]
-        handlers.append(gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload, "SIGHUP")))
-        handlers.append(gevent.signal_handler(signal.SIGUSR1, self.reopen_logs))
-        try:
-            if on_ready is not None:
-                on_ready()
-            self._stopped.wait()
-        finally:
-            for h in handlers:
-                h.cancel()
-        log.info("stopped")
+        """Block until stopped: SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 reopens every
+        process's logs, SIGUSR2 upgrades the workers."""
+        serve_until(self._stopped, {signal.SIGTERM: lambda: self.request_stop("SIGTERM"),
+                                    signal.SIGINT: lambda: self.request_stop("SIGINT"),
+                                    signal.SIGHUP: lambda: gevent.spawn(self.reload, "SIGHUP"),
+                                    signal.SIGUSR1: self.reopen_logs,
+                                    signal.SIGUSR2: lambda: gevent.spawn(self.upgrade, "SIGUSR2")}, on_ready)
 
 
 def merge_status(parts: list[dict[str, Any]]) -> dict[str, Any]:

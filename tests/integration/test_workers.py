@@ -309,3 +309,60 @@ def test_a_center_client_with_workers_keeps_its_link_and_proxy_in_worker_0(tmp_p
             assert http_get(p.proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"
     finally:
         p.stop()
+
+
+@pytest.mark.timeout(120)
+def test_upgrade_hands_the_sockets_to_new_workers_while_the_old_ones_drain(server, origin, echo_server):
+    """POST /upgrade (SIGUSR2, `upgrade`): new worker processes, on the code installed now, take
+    over; a tunnel open on an old worker goes on to its end; no new connection is refused."""
+    p, proxy, cport = server(workers=2, grace="30s")
+    old = worker_pids(p)
+    tunnel = socket.create_connection(("127.0.0.1", proxy), timeout=30)
+    tunnel.sendall(f"CONNECT 127.0.0.1:{echo_server.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert tunnel.recv(4096).startswith(b"HTTP/1.1 200")
+    tunnel.sendall(b"before ")
+    stop = threading.Event()
+    results: list[str] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                body = http_get(proxy, f"http://127.0.0.1:{origin.port}/whoami")[1]
+                results.append("ok" if body == b"origin-A" else f"bad {body[:40]!r}")
+            except (OSError, EOFError) as e:
+                results.append(f"error {e!r}")
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        status_code, body = control(cport, "POST", "/upgrade")
+        answer = json.loads(body)
+        assert status_code == 200 and answer["ok"], answer
+        assert len(answer["workers"]) == 2 and not set(answer["workers"]) & set(old)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert results and set(results) == {"ok"}, [r for r in results if r != "ok"][:5]
+    assert sorted(w["pid"] for w in status(cport)["workers"]) == sorted(answer["workers"])
+    # the old worker holding the tunnel still serves it; the other old one is gone
+    tunnel.sendall(b"after")
+    tunnel.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := tunnel.recv(4096):
+        data += chunk
+    tunnel.close()
+    assert data.decode().startswith("got 12 ")
+    gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in old if psutil.pid_exists(pid)], timeout=15)
+    assert not alive  # once its last connection ended, the old worker exited
+    p.wait_log("upgrade (control API) done")
+
+
+def test_upgrade_needs_a_master(start_proxy):
+    p = start_proxy("--control", f"127.0.0.1:{(cport := free_port())}")
+    p.wait_log(" started (pid", timeout=20)
+    status_code, body = control(cport, "POST", "/upgrade")
+    assert status_code == 409 and "workers = 1" in json.loads(body)["error"]

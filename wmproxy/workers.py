@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import gevent
-import psutil
 from gevent import socket as gsocket
 from gevent import subprocess as gsubprocess
 from gevent.event import AsyncResult, Event
@@ -175,23 +174,20 @@ class Master:
     """The master of ``workers`` processes (see the module's doc). Runs like an App: start(),
     serve_forever(), stop()."""
 
-    def __init__(self, cfg: Config, config_file: str | None, overrides: list[config.Override], prog: str,
-                 default: Optional[dict[str, Any]] = None) -> None:
+    def __init__(self, cfg: Config, config_file: str | None, overrides: list[config.Override], prog: str) -> None:
         self.cfg = cfg
         self.config_file = config_file
         self.overrides = overrides
         self.prog = prog
-        self.default = default
         self.count = cfg.worker_count
         self.tcp: dict[Key, socket.socket] = {}  # one listening socket per TCP listener, every worker's
         self.udp: dict[tuple[Key, int], socket.socket] = {}  # one SO_REUSEPORT socket per UDP listener and worker
         self.workers: dict[int, Worker] = {}
         self.stopping = False
+        self.running = False  # every worker of the start is ready
         self._stopped = Event()
         self._lock = Semaphore()
         self.started_at = time.time()
-        self._process = psutil.Process()
-        self._process.cpu_percent(None)
         # the control API, served here (its App serves nothing else)
         self.app = App(cfg, config_file, overrides, prog,
                        Role(serves=lambda spec, cfg: spec.kind == "control", center_client=False, process=self))
@@ -247,12 +243,12 @@ class Master:
             out.append((host, port, int(sock.type)))
         return out
 
-    def _sockets_for(self, worker: int, keys: Optional[set[Key]] = None) -> tuple[list[Key], list[int]]:
-        """The (keys, descriptors) a worker gets: every TCP listener's, its own UDP ones
-        (only ``keys`` when given)."""
+    def _sockets_for(self, worker: int) -> tuple[list[Key], list[int]]:
+        """The (keys, descriptors) a worker gets, at its start and with each reload: every TCP
+        listener's and its own UDP ones (it keeps those it serves: which it serves may change
+        with a reload, a center client's coming or going moves the local proxy)."""
         out = [(key, sock) for key, sock in self.tcp.items()]
         out += [(key, sock) for (key, i), sock in self.udp.items() if i == worker]
-        out = [(key, sock) for key, sock in out if keys is None or key in keys]
         return [key for key, _ in out], [sock.fileno() for _, sock in out]
 
     # -- starting ---------------------------------------------------------------------------
@@ -280,6 +276,7 @@ class Master:
             self._close_sockets()
             self.app.stop(0)
             raise
+        self.running = True
         log.info("master %d: %d workers started (pids %s)", os.getpid(), len(self.workers),
                  " ".join(str(w.pid) for w in self.workers.values()))
 
@@ -328,14 +325,20 @@ class Master:
     def _supervise(self, worker: Worker, proc: Any) -> None:
         """Wait for the worker's end; start it again unless the master stops or retired it."""
         status = proc.wait()
+        if worker.proc is not proc:
+            return
         if worker.channel is not None:
             worker.channel.close()
             worker.channel = None
         for waiting in list(worker.pending.values()):
             waiting.set({"op": "answer", "ok": False, "error": f"worker {worker.id} exited"})
+        if not self.running and not worker.ready.is_set():  # at start: the start fails, no retry
+            worker.failed = worker.failed or f"it exited with status {status} before it was ready"
+            worker.ready.set()
+            return
         if status == 0 and not self.stopping:  # it was told to stop: systemd's KillMode=control-group
             gevent.sleep(1.0)                  # signals the whole group, the master too
-        if self.stopping or worker.retired or worker.proc is not proc:
+        if self.stopping or worker.retired:
             return
         lived = time.time() - worker.started_at
         how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
@@ -388,12 +391,11 @@ class Master:
         self.tcp.update(tcp)
         self.udp.update(udp)
         self.cfg = new
-        new_keys = set(tcp) | {key for key, _ in udp}
         failures = []
         jobs = []
         for worker in list(self.workers.values()):
             if worker.id < count:
-                keys, fds = self._sockets_for(worker.id, new_keys)
+                keys, fds = self._sockets_for(worker.id)
                 jobs.append((worker, gevent.spawn(worker.ask, "reload", START_TIMEOUT, fds, config=new,
                                                    trigger=trigger, keys=keys, tree=self._tree_addresses())))
         for worker, job in jobs:

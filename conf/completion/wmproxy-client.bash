@@ -18,7 +18,7 @@ _shtab_wmproxy_client___pidfile_COMPGEN=_shtab_compgen_files
 _shtab_wmproxy_client___log_file_COMPGEN=_shtab_compgen_files
 _shtab_wmproxy_client___access_log_file_COMPGEN=_shtab_compgen_files
 
-_shtab_wmproxy_client_pos_0_choices=(run status reload stop)
+_shtab_wmproxy_client_pos_0_choices=(run status reload stop upgrade)
 
 _shtab_wmproxy_client__h_nargs=0
 _shtab_wmproxy_client___help_nargs=0

@@ -19,7 +19,7 @@ _shtab_wmproxy_server___access_log_file_COMPGEN=_shtab_compgen_files
 _shtab_wmproxy_server__r_COMPGEN=_shtab_compgen_dirs
 _shtab_wmproxy_server___root_COMPGEN=_shtab_compgen_dirs
 
-_shtab_wmproxy_server_pos_0_choices=(run status reload stop file-server)
+_shtab_wmproxy_server_pos_0_choices=(run status reload stop upgrade file-server)
 
 _shtab_wmproxy_server__h_nargs=0
 _shtab_wmproxy_server___help_nargs=0

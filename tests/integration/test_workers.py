@@ -366,3 +366,26 @@ def test_upgrade_needs_a_master(start_proxy):
     p.wait_log(" started (pid", timeout=20)
     status_code, body = control(cport, "POST", "/upgrade")
     assert status_code == 409 and "workers = 1" in json.loads(body)["error"]
+
+
+def test_a_reload_that_ends_the_center_client_spreads_its_proxy_over_every_worker(tmp_path, certs, origin):
+    """In a center client the local proxy lives in worker 0 with the link; a reload without
+    [center] makes it a plain forward proxy, which worker 1 then serves too (the master hands
+    every worker every socket with each reload)."""
+    p = Pair(tmp_path, certs, start_client=False)
+    try:
+        cport = free_port()
+        conf = tmp_path / "client-w.toml"
+        conf.write_text(f'workers = 2\ncontrol = "127.0.0.1:{cport}"\n' + p.client_config())
+        c = Proc(["-c", str(conf)], p.proxy, tmp_path, program="wmproxy-client", name="client-w")
+        p.procs.append(c)
+        c.wait_log("is up", timeout=30)
+        assert "worker 1 wmproxy: proxy listening" not in c.log()
+        conf.write_text(f'workers = 2\ncontrol = "127.0.0.1:{cport}"\n[proxy]\nbind = "127.0.0.1:{p.proxy}"\n')
+        answer = json.loads(control(cport, "POST", "/reload")[1])
+        assert answer["ok"] and "worker_errors" not in answer, answer
+        c.wait_log(f"worker 1 wmproxy: proxy listening on 127.0.0.1:{p.proxy}", timeout=10)
+        for _ in range(10):
+            assert http_get(p.proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"
+    finally:
+        p.stop()

@@ -57,10 +57,11 @@ class Role:
     """What of a configuration this process serves (workers.py makes the roles of a master
     and its workers; the default is all of it, alone).
 
-    ``serves`` picks the listeners (spec, the configuration being applied); ``bind`` gives a listener's socket (bound here, or one the
-    master bound); ``center_client`` says whether the center client runs here; ``watch_file``
-    whether this process follows the file (``watch``); ``process`` is what the control API
-    drives (None: this App); ``worker`` the worker's number, shown in /status."""
+    ``serves`` picks the listeners (by spec, and the configuration being applied); ``bind``
+    gives a listener's socket (bound here, or one the master bound); ``center_client`` says
+    whether the center client runs here; ``watch_file`` whether this process follows the file
+    (``watch``); ``process`` is what the control API drives (None: this App); ``worker`` the
+    worker's number (None: not a worker)."""
 
     serves: Callable[[ListenerSpec, Config], bool] = lambda spec, cfg: True
     bind: Callable[[ListenerSpec], socket.socket] = _open

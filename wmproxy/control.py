@@ -58,8 +58,8 @@ def _json(client: Conn, status: int, value: object) -> None:
 
 def relayed_by_us(address: Address, local: Address) -> bool:
     """Whether the connection from the peer ``address`` to ``local`` (the control socket's end)
-    is an outgoing connection of this very process or of its workers: a forward proxy, a mapping or a reverse
-    proxy dialled the control port for a client. (The forward proxy refuses its own listeners
+    is an outgoing connection of this very process or of its workers: a forward proxy, a
+    mapping or a reverse proxy dialled the control port for a client. (The forward proxy refuses its own listeners
     already; this holds whatever route.) Both ends must match: the kernel gives one local port
     to connections to different destinations, so a port alone is not ours. Only a peer with one
     of this host's addresses can be: the others cost no scan of the process's connections."""

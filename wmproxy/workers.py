@@ -198,7 +198,8 @@ class Master:
         return self.cfg.grace
 
     # -- sockets ----------------------------------------------------------------------------
-    def _bind_new(self, cfg: Config, count: int) -> tuple[dict[Key, socket.socket], dict[tuple[Key, int], socket.socket]]:
+    def _bind_new(self, cfg: Config,
+                  count: int) -> tuple[dict[Key, socket.socket], dict[tuple[Key, int], socket.socket]]:
         """Bind what ``cfg`` asks for that is not bound yet (for ``count`` workers). Raises
         BindError or ConfigError, having closed what it bound."""
         specs = listener_specs(cfg)

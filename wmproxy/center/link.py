@@ -79,7 +79,8 @@ class LinkClosed(Exception):
 class CenterLink:
     """One established link (after the handshake). :meth:`run` serves it until it ends."""
 
-    def __init__(self, sock: socket.socket, reader: Reader, *, is_client: bool, window: int, max_frame: int, heartbeat: float,
+    def __init__(self, sock: socket.socket, reader: Reader, *, is_client: bool, window: int, max_frame: int,
+                 heartbeat: float,
                  on_create: Callable[[VirtualConn, fr.CreateMode, str], None], name: str, max_window: int = 0,
                  on_mapping: Callable[[list], list] | None = None,
                  on_mapping_answer: Callable[[list], None] | None = None, max_outbox: int = MAX_OUTBOX) -> None:

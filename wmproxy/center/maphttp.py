@@ -128,7 +128,8 @@ class MapHttpServer(Listener):
             if client is not accepted:  # the TLS socket took the descriptor over: the server's close would not
                 close_quietly(client)
 
-    def _passed_through(self, client: socket.socket, address: Address, ctx: MapHttpContext, deadline: gevent.Timeout) -> bool:
+    def _passed_through(self, client: socket.socket, address: Address, ctx: MapHttpContext,
+                        deadline: gevent.Timeout) -> bool:
         """Peek at the ClientHello: when its SNI belongs to a tls_passthrough mapping, relay
         the connection's bytes, untouched, to that mapping's client (CREATE TCP) and return
         True. False when TLS is to end here. Bytes are peeked, not read, so either way the
@@ -179,7 +180,8 @@ class MapHttpServer(Listener):
         finally:
             self.stats.request_seconds.observe(time.monotonic() - began)
 
-    def _serve(self, client: Conn, reader: Reader, head: http1.Head, peer_ip: str, ctx: MapHttpContext, up: "RouteStream",
+    def _serve(self, client: Conn, reader: Reader, head: http1.Head, peer_ip: str, ctx: MapHttpContext,
+               up: "RouteStream",
                watch: ConnWatch) -> bool:
         """Route one request by its Host and pass it on; returns whether the connection stays open."""
         framing = request_framing(head)
@@ -210,7 +212,8 @@ class MapHttpServer(Listener):
         return keep
 
     def _exchange(self, client: Conn, reader: Reader, up: "RouteStream", head: http1.Head, framing: Framing,
-                  peer_ip: str, ctx: MapHttpContext, route: HttpRoute, variables: dict[str, str], watch: ConnWatch) -> bool:
+                  peer_ip: str, ctx: MapHttpContext, route: HttpRoute, variables: dict[str, str],
+                  watch: ConnWatch) -> bool:
         headers, upgrade = http1.upstream_headers(head, framing, _DROP)
         headers += [(b"X-Forwarded-For", http1.forwarded_for(head, peer_ip.encode())),
                     (b"X-Forwarded-Proto", ctx.scheme.encode())]
@@ -247,7 +250,8 @@ class MapHttpServer(Listener):
         if done.upgraded is not None:
             stats = done.upgraded
             log.info("%s map-http %s %s%s 101 upgraded to %s, done (%s) in=%d out=%d", peer_ip, head.method, host,
-                     head.target[:200], (upgrade or b"").decode("latin-1")[:40], stats.reason, stats.a_to_b, stats.b_to_a)
+                     head.target[:200], (upgrade or b"").decode("latin-1")[:40], stats.reason, stats.a_to_b,
+                     stats.b_to_a)
             return False
         log.info("%s map-http %s %s%s %d %dB", peer_ip, head.method, host, head.target[:200], done.status, done.size)
         if not done.reusable:

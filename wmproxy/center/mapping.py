@@ -225,7 +225,8 @@ class MappingRegistry:
                 best = candidate
         return best
 
-    def register(self, owner: str, mappings: list[fr.MappingSpec], policy: CenterServerContext) -> tuple[list[fr.MappingAnswer], list[Published]]:
+    def register(self, owner: str, mappings: list[fr.MappingSpec],
+                 policy: CenterServerContext) -> tuple[list[fr.MappingAnswer], list[Published]]:
         """Check and bind what ``owner``'s mappings need (a public port per tcp, udp or proxy
         mapping, a route per http(s) one) under ``policy`` (the server's: ``allow_ports``,
         ``idle_timeout``, ``udp_timeout``, ``host_modes``). Returns the answers and the

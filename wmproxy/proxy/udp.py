@@ -46,7 +46,8 @@ class Association:
     """One client's UDP relay: the client-facing socket, one outbound socket per address
     family (made on first use), and the greenlets that pump them."""
 
-    def __init__(self, ctx: ProxyContext, client_ip: str, client_port: int, relay_sock: socket.socket, label: str) -> None:
+    def __init__(self, ctx: ProxyContext, client_ip: str, client_port: int, relay_sock: socket.socket,
+                 label: str) -> None:
         self.ctx = ctx
         self.client_ip = client_ip
         self.client_port = client_port  # 0 until the first datagram when the request named none

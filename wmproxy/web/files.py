@@ -401,7 +401,8 @@ def _if_range_ok(head: Head, etag: bytes, mtime: int) -> bool:
         return False
 
 
-def _multipart(out: Out, meta: _Meta, f: Optional[BinaryIO], headers: Headers, ranges: list[tuple[int, int]], head_only: bool) -> Reply:
+def _multipart(out: Out, meta: _Meta, f: Optional[BinaryIO], headers: Headers, ranges: list[tuple[int, int]],
+               head_only: bool) -> Reply:
     client, size = out.client, meta.size
     boundary = f"wmproxy-{time.monotonic_ns():x}"
     content_type = dict(headers)[b"Content-Type"]

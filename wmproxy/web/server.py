@@ -480,8 +480,8 @@ class WebServer(Listener):
         self._discard_body(reader, req)
         return self._reply(client, req, 502, f"no upstream server could be reached ({failure})")
 
-    def _attempt(self, client: socket.socket, reader: Reader, req: Request, ctx: WebContext, conn: UpstreamConn, out: bytes,
-                 upgrade: Optional[bytes], rules: tuple[HeaderRule, ...],
+    def _attempt(self, client: socket.socket, reader: Reader, req: Request, ctx: WebContext, conn: UpstreamConn,
+                 out: bytes, upgrade: Optional[bytes], rules: tuple[HeaderRule, ...],
                  first_byte: Histogram) -> httpio.Forwarded | BaseException:
         """Send the request on ``conn`` and forward the response (``rules``: the response's
         header rules; ``first_byte``: the time from sending to the response head is observed

@@ -48,7 +48,8 @@ WATCH_EVERY = 1.0  # seconds between looks at the config file
 WATCH_SETTLE = 0.3  # a change must hold this long before it is loaded (editors write in steps)
 
 
-def _open(spec: ListenerSpec) -> socket.socket:
+def open_socket(spec: ListenerSpec) -> socket.socket:
+    """A listener's socket, bound here (TCP listening, or UDP)."""
     return open_udp(spec.bind, spec.label) if spec.transport == "udp" else open_listener(spec.bind, spec.label)
 
 
@@ -64,7 +65,7 @@ class Role:
     worker's number (None: not a worker)."""
 
     serves: Callable[[ListenerSpec, Config], bool] = lambda spec, cfg: True
-    bind: Callable[[ListenerSpec], socket.socket] = _open
+    bind: Callable[[ListenerSpec], socket.socket] = open_socket
     center_client: bool = True
     watch_file: bool = True
     process: Optional[ProcessControl] = None
@@ -450,6 +451,9 @@ class App:
             signal.SIGTERM: lambda: self.request_stop("SIGTERM"), signal.SIGINT: lambda: self.request_stop("SIGINT")}
         if reload_on_hup:
             actions[signal.SIGHUP] = lambda: gevent.spawn(self.reload, "SIGHUP")
+            actions[signal.SIGUSR2] = lambda: log.warning(
+                "SIGUSR2 upgrades a master and its workers; this process serves alone (workers = 1): ignored, "
+                "restart it to run the installed code")
         if on_sigusr1 is not None:
             actions[signal.SIGUSR1] = on_sigusr1
         serve_until(self._stopped, actions, on_ready)

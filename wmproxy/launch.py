@@ -9,10 +9,11 @@ import sys
 
 
 def _prepare() -> None:
-    # Reload (SIGHUP) and log reopening (SIGUSR1) must never kill a starting process: ignored
+    # Reload (SIGHUP), log reopening (SIGUSR1) and upgrade (SIGUSR2) must never kill a starting process: ignored
     # until the running process installs its handlers.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # (a master's upgrade; nothing else's)
     from gevent import monkey
 
     monkey.patch_all()

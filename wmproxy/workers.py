@@ -21,8 +21,11 @@ small master that proxies nothing. It:
   ``workers`` starts or stops workers (the stopped ones drain).
 - **stops** (SIGTERM, ``POST /stop``): every worker stops accepting at once and drains for
   ``grace``; the master exits 0 when they are gone.
-- **upgrades** (SIGUSR2, ``POST /upgrade``, ``upgrade``): new workers, running the code
-  installed now, take over the listening sockets while the old ones drain.
+- **upgrades**: ``POST /upgrade`` (``upgrade``) starts new workers, running the code installed
+  now, beside the old ones, which drain once their successors are ready; SIGUSR2 executes the
+  master itself again first (same pid, every listening socket kept open across the exec, the
+  installed code's ``--check`` passed first), whose new image starts new workers while the old
+  ones drain.
 - serves the **control API** itself: ``/status`` and ``/metrics`` sum the workers' figures (and
   show each worker), so one scrape covers the whole process tree.
 
@@ -36,6 +39,7 @@ worker 0 loses the links (their clients reconnect to the new worker 0), nothing 
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import pickle
@@ -54,7 +58,7 @@ from gevent.event import AsyncResult, Event
 from gevent.lock import Semaphore
 
 from . import config, logs
-from .app import App, Role, check_files, listener_specs, serve_until
+from .app import App, Role, check_files, listener_specs, open_socket, serve_until
 from .config import Config
 from .errors import ConfigError
 from .listener import ListenerSpec
@@ -66,6 +70,7 @@ from .service import notify, notify_reloading
 log = logging.getLogger("wmproxy")
 
 WORKER_FD = "WMPROXY_WORKER_FD"  # the worker's end of its Unix socket to the master
+INHERIT = "WMPROXY_INHERIT"  # a re-executed master's sockets and old workers (JSON)
 MASTER_PID = "WMPROXY_MASTER_PID"
 START_TIMEOUT = 30.0  # seconds a worker has to report ready
 ASK_TIMEOUT = 5.0  # seconds a worker has to answer a status request
@@ -188,9 +193,14 @@ class Master:
         self._stopped = Event()
         self._lock = Semaphore()
         self.started_at = time.time()
+        # what the master had before it re-executed itself (SIGUSR2): its sockets, its old workers
+        self.inherited: dict[tuple[Key, int], socket.socket] = {}  # (key, worker or -1) -> socket
+        self.old_workers: list[int] = []
+        self._inherit()
         # the control API, served here (its App serves nothing else)
         self.app = App(cfg, config_file, overrides, prog,
-                       Role(serves=lambda spec, cfg: spec.kind == "control", center_client=False, process=self))
+                       Role(serves=lambda spec, cfg: spec.kind == "control", bind=self._control_socket,
+                            center_client=False, process=self))
         self.app.reload = self.reload  # type: ignore[method-assign]  # (its file watch reloads the master)
 
     @property
@@ -212,9 +222,11 @@ class Master:
                 if spec.transport == "udp":
                     for i in range(count):
                         if (key, i) not in self.udp:
-                            udp[(key, i)] = open_udp(spec.bind, spec.label, reuseport=True)
+                            kept = self.inherited.pop((key, i), None)
+                            udp[(key, i)] = kept or open_udp(spec.bind, spec.label, reuseport=True)
                 elif key not in self.tcp:
-                    tcp[key] = open_listener(spec.bind, spec.label)
+                    kept = self.inherited.pop((key, -1), None)
+                    tcp[key] = kept or open_listener(spec.bind, spec.label)
         except BindError:
             for sock in [*tcp.values(), *udp.values()]:
                 sock.close()
@@ -229,6 +241,79 @@ class Master:
             self.tcp.pop(key).close()
         for key, i in [k for k in self.udp if k[0] not in keys or k[1] >= count]:
             self.udp.pop((key, i)).close()
+
+    def _control_socket(self, spec: ListenerSpec) -> socket.socket:
+        kept = self.inherited.pop((spec.key, -1), None)
+        return kept or open_socket(spec)
+
+    def _inherit(self) -> None:
+        """After a re-execution (SIGUSR2): the sockets this same process held before, and the
+        workers it had, which drain (their channel closed with the old image) and are reaped here."""
+        text = os.environ.pop(INHERIT, "")
+        if not text:
+            return
+        state = json.loads(text)
+        for kind, bind, worker, fd in state["sockets"]:
+            self.inherited[((kind, bind), worker)] = socket.socket(fileno=fd)
+        self.old_workers = list(state["workers"])
+        for pid in self.old_workers:
+            gevent.spawn(self._reap, pid)
+
+    def _reap(self, pid: int) -> None:
+        """Wait for an old worker (from before a re-execution: no Popen here) to end."""
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                if pid in self.old_workers:
+                    self.old_workers.remove(pid)
+                return
+            gevent.sleep(0.5)
+
+    def reexec(self, trigger: str) -> None:
+        """SIGUSR2: run the installed code in this process again (execv: same pid, so the pid
+        file and systemd's MAINPID stay right), keeping every listening socket open across it.
+        The new image starts new workers; the old ones see their channel close with the old
+        image, stop accepting and drain for ``grace`` (connections that come meanwhile wait in
+        the shared accept queues, which stay open). First the installed code checks the
+        configuration (``--check``, in a process of its own): a new version that cannot start,
+        or a file it refuses, leaves this master serving. Returns only on failure."""
+        argv = [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
+        try:
+            check = gsubprocess.run([*argv, "--check"], capture_output=True, text=True, timeout=120)
+        except (OSError, gsubprocess.TimeoutExpired) as e:
+            log.error("upgrade (%s): the installed code could not be checked (%s); this master keeps serving",
+                      trigger, e)
+            return
+        if check.returncode != 0:
+            why = (check.stderr or check.stdout).strip().splitlines()[-1:] or ["(no output)"]
+            log.error("upgrade (%s): the installed code refuses to start (%s); this master keeps serving",
+                      trigger, why[0])
+            return
+        with self._lock:
+            sockets = [(key, -1, sock) for key, sock in self.tcp.items()]
+            sockets += [(key, i, sock) for (key, i), sock in self.udp.items()]
+            sockets += [(key, -1, listener.socket) for key, listener in self.app.listeners.items()
+                        if listener.socket is not None]
+            old = [*self.old_workers, *(w.pid for w in self.workers.values()
+                                        if w.proc is not None and w.proc.poll() is None)]
+            state = {"sockets": [[key[0], key[1], i, sock.fileno()] for key, i, sock in sockets], "workers": old}
+            for _, _, sock in sockets:
+                os.set_inheritable(sock.fileno(), True)
+            notify_reloading(trigger)
+            log.info("upgrade (%s): the master runs the installed code again (pid %d stays), then new workers "
+                     "take over while the old ones (%s) drain", trigger, os.getpid(),
+                     " ".join(map(str, old)))
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            try:
+                os.execve(sys.executable, argv, {**os.environ, INHERIT: json.dumps(state)})
+            except OSError as e:
+                log.error("upgrade (%s): cannot run %s again: %s; this master keeps serving", trigger,
+                          sys.executable, e.strerror or e)
+                notify("READY=1", "STATUS=serving")
 
     def _tree_addresses(self) -> list[tuple[str, int, int]]:
         """(host, port, type) of every listening socket here, the control API's too: the
@@ -277,6 +362,9 @@ class Master:
             self._close_sockets()
             self.app.stop(0)
             raise
+        for sock in self.inherited.values():  # listeners the configuration no longer has
+            sock.close()
+        self.inherited.clear()
         self.running = True
         log.info("master %d: %d workers started (pids %s)", os.getpid(), len(self.workers),
                  " ".join(str(w.pid) for w in self.workers.values()))
@@ -474,6 +562,11 @@ class Master:
         self._stopped.set()
 
     def _stop_workers(self, grace: float) -> None:
+        for pid in self.old_workers:  # (from before a re-execution, still draining)
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
         procs = [w.proc for w in self.workers.values() if w.proc is not None]
         for proc in procs:
             if proc.poll() is None:
@@ -486,6 +579,13 @@ class Master:
                 log.warning("worker pid %d still running %.1fs after the grace period: killed", proc.pid, 5.0)
                 proc.kill()
                 proc.wait()
+        while self.old_workers and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+        for pid in self.old_workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def _close_sockets(self) -> None:
         for sock in [*self.tcp.values(), *self.udp.values()]:
@@ -552,12 +652,12 @@ class Master:
 
     def serve_forever(self, on_ready: Optional[Callable[[], None]] = None) -> None:
         """Block until stopped: SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 reopens every
-        process's logs, SIGUSR2 upgrades the workers."""
+        process's logs, SIGUSR2 re-executes the master and so upgrades every process."""
         serve_until(self._stopped, {signal.SIGTERM: lambda: self.request_stop("SIGTERM"),
                                     signal.SIGINT: lambda: self.request_stop("SIGINT"),
                                     signal.SIGHUP: lambda: gevent.spawn(self.reload, "SIGHUP"),
                                     signal.SIGUSR1: self.reopen_logs,
-                                    signal.SIGUSR2: lambda: gevent.spawn(self.upgrade, "SIGUSR2")}, on_ready)
+                                    signal.SIGUSR2: lambda: gevent.spawn(self.reexec, "SIGUSR2")}, on_ready)
 
 
 def merge_status(parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -366,6 +366,9 @@ def test_upgrade_needs_a_master(start_proxy):
     p.wait_log(" started (pid", timeout=20)
     status_code, body = control(cport, "POST", "/upgrade")
     assert status_code == 409 and "workers = 1" in json.loads(body)["error"]
+    p.popen.send_signal(signal.SIGUSR2)  # logged and ignored, not fatal
+    p.wait_log("SIGUSR2 upgrades a master and its workers; this process serves alone")
+    assert p.popen.poll() is None and control(cport, "GET", "/status")[0] == 200
 
 
 def test_a_reload_that_ends_the_center_client_spreads_its_proxy_over_every_worker(tmp_path, certs, origin):
@@ -389,3 +392,73 @@ def test_a_reload_that_ends_the_center_client_spreads_its_proxy_over_every_worke
             assert http_get(p.proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"
     finally:
         p.stop()
+
+
+@pytest.mark.timeout(120)
+def test_sigusr2_runs_the_installed_code_in_the_master_too(server, origin, echo_server, tmp_path):
+    """SIGUSR2: the master executes itself again (same pid: the pid file and systemd stay right)
+    with every listening socket kept open, starts new workers, and the old ones drain: a tunnel
+    on one goes on to its end, and no connection is refused meanwhile (they wait in the queue).
+    A configuration the installed code refuses leaves the old master serving."""
+    p, proxy, cport = server(workers=2, grace="30s")
+    before = status(cport)
+    old = worker_pids(p)
+    tunnel = socket.create_connection(("127.0.0.1", proxy), timeout=30)
+    tunnel.sendall(f"CONNECT 127.0.0.1:{echo_server.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert tunnel.recv(4096).startswith(b"HTTP/1.1 200")
+    tunnel.sendall(b"before ")
+    stop = threading.Event()
+    results: list[str] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                body = http_get(proxy, f"http://127.0.0.1:{origin.port}/whoami")[1]
+                results.append("ok" if body == b"origin-A" else f"bad {body[:40]!r}")
+            except (OSError, EOFError) as e:
+                results.append(f"error {e!r}")
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        p.popen.send_signal(signal.SIGUSR2)
+        p.wait_log("the master runs the installed code again", timeout=30)
+        deadline = time.monotonic() + 40
+        while True:
+            try:
+                st = status(cport)
+                if st["started_at"] > before["started_at"] and len(
+                        [w for w in st["workers"] if w["state"] == "serving" and w["pid"] not in old]) == 2:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass  # (the control API is between two images)
+            assert time.monotonic() < deadline, p.log()[-3000:]
+            time.sleep(0.3)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert st["pid"] == p.popen.pid and p.popen.poll() is None
+    assert results and set(results) == {"ok"}, [r for r in results if r != "ok"][:5]
+    tunnel.sendall(b"after")
+    tunnel.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := tunnel.recv(4096):
+        data += chunk
+    tunnel.close()
+    assert data.decode().startswith("got 12 ")
+    deadline = time.monotonic() + 20
+    while [pid for pid in old if psutil.pid_exists(pid)]:  # ended, and reaped by the new image
+        assert time.monotonic() < deadline, [psutil.Process(pid).status() for pid in old if psutil.pid_exists(pid)]
+        time.sleep(0.2)
+    # a file the installed code refuses: the master stays as it is
+    conf = tmp_path / f"w-{proxy}.toml"
+    conf.write_text(conf.read_text() + "nonsense = 1\n")
+    started = status(cport)["started_at"]
+    p.popen.send_signal(signal.SIGUSR2)
+    p.wait_log("the installed code refuses to start", timeout=60)
+    assert status(cport)["started_at"] == started
+    assert http_get(proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"

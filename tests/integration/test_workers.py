@@ -311,30 +311,53 @@ def test_a_center_client_with_workers_keeps_its_link_and_proxy_in_worker_0(tmp_p
         p.stop()
 
 
+class Traffic:
+    """A CONNECT tunnel opened now (to finish later) and client threads sending requests through
+    the proxy until ``done()``: what an upgrade must carry across."""
+
+    def __init__(self, proxy: int, origin_port: int, echo_port: int, threads: int = 3) -> None:
+        self.tunnel = socket.create_connection(("127.0.0.1", proxy), timeout=30)
+        self.tunnel.sendall(f"CONNECT 127.0.0.1:{echo_port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert self.tunnel.recv(4096).startswith(b"HTTP/1.1 200")
+        self.tunnel.sendall(b"before ")
+        self.stop = threading.Event()
+        self.results: list[str] = []
+        self.url = f"http://127.0.0.1:{origin_port}/whoami"
+        self.proxy = proxy
+        self.threads = [threading.Thread(target=self._client) for _ in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _client(self) -> None:
+        while not self.stop.is_set():
+            try:
+                body = http_get(self.proxy, self.url)[1]
+                self.results.append("ok" if body == b"origin-A" else f"bad {body[:40]!r}")
+            except (OSError, EOFError) as e:
+                self.results.append(f"error {e!r}")
+
+    def done(self) -> None:
+        """Stop the clients; every request must have succeeded, and the tunnel must finish."""
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+        assert self.results and set(self.results) == {"ok"}, [r for r in self.results if r != "ok"][:5]
+        self.tunnel.sendall(b"after")
+        self.tunnel.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := self.tunnel.recv(4096):
+            data += chunk
+        self.tunnel.close()
+        assert data.decode().startswith("got 12 ")
+
+
 @pytest.mark.timeout(120)
 def test_upgrade_hands_the_sockets_to_new_workers_while_the_old_ones_drain(server, origin, echo_server):
     """POST /upgrade (SIGUSR2, `upgrade`): new worker processes, on the code installed now, take
     over; a tunnel open on an old worker goes on to its end; no new connection is refused."""
     p, proxy, cport = server(workers=2, grace="30s")
     old = worker_pids(p)
-    tunnel = socket.create_connection(("127.0.0.1", proxy), timeout=30)
-    tunnel.sendall(f"CONNECT 127.0.0.1:{echo_server.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    assert tunnel.recv(4096).startswith(b"HTTP/1.1 200")
-    tunnel.sendall(b"before ")
-    stop = threading.Event()
-    results: list[str] = []
-
-    def client() -> None:
-        while not stop.is_set():
-            try:
-                body = http_get(proxy, f"http://127.0.0.1:{origin.port}/whoami")[1]
-                results.append("ok" if body == b"origin-A" else f"bad {body[:40]!r}")
-            except (OSError, EOFError) as e:
-                results.append(f"error {e!r}")
-
-    threads = [threading.Thread(target=client) for _ in range(3)]
-    for t in threads:
-        t.start()
+    traffic = Traffic(proxy, origin.port, echo_server.port)
     try:
         time.sleep(0.5)
         status_code, body = control(cport, "POST", "/upgrade")
@@ -343,19 +366,8 @@ def test_upgrade_hands_the_sockets_to_new_workers_while_the_old_ones_drain(serve
         assert len(answer["workers"]) == 2 and not set(answer["workers"]) & set(old)
         time.sleep(1)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
-    assert results and set(results) == {"ok"}, [r for r in results if r != "ok"][:5]
+        traffic.done()  # (the old worker holding the tunnel still serves it)
     assert sorted(w["pid"] for w in status(cport)["workers"]) == sorted(answer["workers"])
-    # the old worker holding the tunnel still serves it; the other old one is gone
-    tunnel.sendall(b"after")
-    tunnel.shutdown(socket.SHUT_WR)
-    data = b""
-    while chunk := tunnel.recv(4096):
-        data += chunk
-    tunnel.close()
-    assert data.decode().startswith("got 12 ")
     gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in old if psutil.pid_exists(pid)], timeout=15)
     assert not alive  # once its last connection ended, the old worker exited
     p.wait_log("upgrade (control API) done")
@@ -403,24 +415,7 @@ def test_sigusr2_runs_the_installed_code_in_the_master_too(server, origin, echo_
     p, proxy, cport = server(workers=2, grace="30s")
     before = status(cport)
     old = worker_pids(p)
-    tunnel = socket.create_connection(("127.0.0.1", proxy), timeout=30)
-    tunnel.sendall(f"CONNECT 127.0.0.1:{echo_server.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    assert tunnel.recv(4096).startswith(b"HTTP/1.1 200")
-    tunnel.sendall(b"before ")
-    stop = threading.Event()
-    results: list[str] = []
-
-    def client() -> None:
-        while not stop.is_set():
-            try:
-                body = http_get(proxy, f"http://127.0.0.1:{origin.port}/whoami")[1]
-                results.append("ok" if body == b"origin-A" else f"bad {body[:40]!r}")
-            except (OSError, EOFError) as e:
-                results.append(f"error {e!r}")
-
-    threads = [threading.Thread(target=client) for _ in range(2)]
-    for t in threads:
-        t.start()
+    traffic = Traffic(proxy, origin.port, echo_server.port, threads=2)
     try:
         time.sleep(0.5)
         p.popen.send_signal(signal.SIGUSR2)
@@ -438,18 +433,8 @@ def test_sigusr2_runs_the_installed_code_in_the_master_too(server, origin, echo_
             time.sleep(0.3)
         time.sleep(1)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
+        traffic.done()
     assert st["pid"] == p.popen.pid and p.popen.poll() is None
-    assert results and set(results) == {"ok"}, [r for r in results if r != "ok"][:5]
-    tunnel.sendall(b"after")
-    tunnel.shutdown(socket.SHUT_WR)
-    data = b""
-    while chunk := tunnel.recv(4096):
-        data += chunk
-    tunnel.close()
-    assert data.decode().startswith("got 12 ")
     deadline = time.monotonic() + 20
     while [pid for pid in old if psutil.pid_exists(pid)]:  # ended, and reaped by the new image
         assert time.monotonic() < deadline, [psutil.Process(pid).status() for pid in old if psutil.pid_exists(pid)]

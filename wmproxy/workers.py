@@ -24,8 +24,8 @@ small master that proxies nothing. It:
 - **upgrades**: ``POST /upgrade`` (``upgrade``) starts new workers, running the code installed
   now, beside the old ones, which drain once their successors are ready; SIGUSR2 executes the
   master itself again first (same pid, every listening socket kept open across the exec, the
-  installed code's ``--check`` passed first), whose new image starts new workers while the old
-  ones drain.
+  installed code's ``--check`` passed first), whose new image starts new workers; once they are
+  ready the old ones drain.
 - serves the **control API** itself: ``/status`` and ``/metrics`` sum the workers' figures (and
   show each worker), so one scrape covers the whole process tree.
 
@@ -196,6 +196,7 @@ class Master:
         # what the master had before it re-executed itself (SIGUSR2): its sockets, its old workers
         self.inherited: dict[tuple[Key, int], socket.socket] = {}  # (key, worker or -1) -> socket
         self.old_workers: list[int] = []
+        self.old_channels: list[socket.socket] = []
         self._inherit()
         # the control API, served here (its App serves nothing else)
         self.app = App(cfg, config_file, overrides, prog,
@@ -248,13 +249,16 @@ class Master:
 
     def _inherit(self) -> None:
         """After a re-execution (SIGUSR2): the sockets this same process held before, and the
-        workers it had, which drain (their channel closed with the old image) and are reaped here."""
+        workers it had, reaped here. Their channels came across too: closed once the new workers
+        are ready (:meth:`start`), which makes the old ones stop accepting and drain, so that
+        the listeners are never without a worker accepting."""
         text = os.environ.pop(INHERIT, "")
         if not text:
             return
         state = json.loads(text)
         for kind, bind, worker, fd in state["sockets"]:
             self.inherited[((kind, bind), worker)] = socket.socket(fileno=fd)
+        self.old_channels = [socket.socket(fileno=fd) for fd in state.get("channels", [])]
         self.old_workers = list(state["workers"])
         for pid in self.old_workers:
             gevent.spawn(self._reap, pid)
@@ -275,9 +279,9 @@ class Master:
     def reexec(self, trigger: str) -> None:
         """SIGUSR2: run the installed code in this process again (execv: same pid, so the pid
         file and systemd's MAINPID stay right), keeping every listening socket open across it.
-        The new image starts new workers; the old ones see their channel close with the old
-        image, stop accepting and drain for ``grace`` (connections that come meanwhile wait in
-        the shared accept queues, which stay open). First the installed code checks the
+        The new image starts new workers; the old ones serve meanwhile, and stop accepting and
+        drain for ``grace`` once those are ready (their channels cross the exec, and the new
+        image closes them then). First the installed code checks the
         configuration (``--check``, in a process of its own): a new version that cannot start,
         or a file it refuses, leaves this master serving. Returns only on failure."""
         argv = [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
@@ -299,9 +303,12 @@ class Master:
                         if listener.socket is not None]
             old = [*self.old_workers, *(w.pid for w in self.workers.values()
                                         if w.proc is not None and w.proc.poll() is None)]
-            state = {"sockets": [[key[0], key[1], i, sock.fileno()] for key, i, sock in sockets], "workers": old}
-            for _, _, sock in sockets:
-                os.set_inheritable(sock.fileno(), True)
+            channels = [w.channel.sock.fileno() for w in self.workers.values() if w.channel is not None]
+            channels += [sock.fileno() for sock in self.old_channels]
+            state = {"sockets": [[key[0], key[1], i, sock.fileno()] for key, i, sock in sockets], "workers": old,
+                     "channels": channels}
+            for fd in [*(sock.fileno() for _, _, sock in sockets), *channels]:
+                os.set_inheritable(fd, True)
             notify_reloading(trigger)
             log.info("upgrade (%s): the master runs the installed code again (pid %d stays), then new workers "
                      "take over while the old ones (%s) drain", trigger, os.getpid(),
@@ -365,6 +372,9 @@ class Master:
         for sock in self.inherited.values():  # listeners the configuration no longer has
             sock.close()
         self.inherited.clear()
+        for sock in self.old_channels:  # the new workers are ready: the old ones stop and drain
+            sock.close()
+        self.old_channels.clear()
         self.running = True
         log.info("master %d: %d workers started (pids %s)", os.getpid(), len(self.workers),
                  " ".join(str(w.pid) for w in self.workers.values()))
@@ -780,7 +790,7 @@ def worker_main() -> int:
             try:
                 request, fds = channel.receive()
             except (EOFError, OSError):
-                app.request_stop("the master is gone")
+                app.request_stop("the master closed our channel (it stopped, died or was upgraded)")
                 return
             gevent.spawn(answer, request, fds)
 

@@ -435,6 +435,9 @@ def test_sigusr2_runs_the_installed_code_in_the_master_too(server, origin, echo_
     finally:
         traffic.done()
     assert st["pid"] == p.popen.pid and p.popen.poll() is None
+    # the old workers went on accepting until the new ones were ready
+    after = p.log().split("the master runs the installed code again", 1)[1]
+    assert after.index("2 workers started") < after.index("the master closed our channel"), after[:3000]
     deadline = time.monotonic() + 20
     while [pid for pid in old if psutil.pid_exists(pid)]:  # ended, and reaped by the new image
         assert time.monotonic() < deadline, [psutil.Process(pid).status() for pid in old if psutil.pid_exists(pid)]

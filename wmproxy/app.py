@@ -62,7 +62,8 @@ class Role:
     gives a listener's socket (bound here, or one the master bound); ``center_client`` says
     whether the center client runs here; ``watch_file`` whether this process follows the file
     (``watch``); ``process`` is what the control API drives (None: this App); ``worker`` the
-    worker's number (None: not a worker)."""
+    worker's number (None: not a worker); ``max_accept`` the connections a TCP listener takes
+    per wake-up (None: gevent's 100)."""
 
     serves: Callable[[ListenerSpec, Config], bool] = lambda spec, cfg: True
     bind: Callable[[ListenerSpec], socket.socket] = open_socket
@@ -70,6 +71,7 @@ class Role:
     watch_file: bool = True
     process: Optional[ProcessControl] = None
     worker: Optional[int] = None
+    max_accept: Optional[int] = None
 
 
 STARTS_NOTHING = "this configuration starts nothing: no [proxy], [stream], [http], [center] or control listener"
@@ -221,11 +223,8 @@ class App:
             self.listeners[k].update(specs[k], self.services)
         for k in added:
             listener = specs[k].factory(sockets[k], specs[k], self.services)
-            if self.role.worker is not None and specs[k].transport == "tcp":
-                # one accept per wake-up: workers share the socket, and one that took a whole
-                # burst (gevent takes up to 100) would serve alone the keep-alive clients that
-                # came at once, while the other idles
-                listener.max_accept = 1
+            if self.role.max_accept and specs[k].transport == "tcp":
+                listener.max_accept = self.role.max_accept
             listener.start()
             self.listeners[k] = listener
             log.info("%s listening on %s", specs[k].kind, _bound(sockets[k]))

@@ -184,7 +184,6 @@ class Master:
         self.config_file = config_file
         self.overrides = overrides
         self.prog = prog
-        self.count = cfg.worker_count
         self.tcp: dict[Key, socket.socket] = {}  # one listening socket per TCP listener, every worker's
         self.udp: dict[tuple[Key, int], socket.socket] = {}  # one SO_REUSEPORT socket per UDP listener and worker
         self.workers: dict[int, Worker] = {}
@@ -352,11 +351,11 @@ class Master:
             listener_specs(self.cfg)  # (a configuration that starts nothing is refused here)
         except ConfigError as e:
             raise ConfigError(self.config_file or "", e.path, e.message) from None
-        self.tcp, self.udp = self._bind_new(self.cfg, self.count)
+        self.tcp, self.udp = self._bind_new(self.cfg, self.cfg.worker_count)
         try:
             self.app.start()  # the control API
             before_workers()
-            for i in range(self.count):
+            for i in range(self.cfg.worker_count):
                 self._start_worker(self.workers.setdefault(i, Worker(i)))
             for worker in list(self.workers.values()):
                 worker.ready.wait(START_TIMEOUT)
@@ -492,11 +491,12 @@ class Master:
         self.cfg = new
         failures = []
         jobs = []
+        tree = self._tree_addresses()
         for worker in list(self.workers.values()):
             if worker.id < count:
                 keys, fds = self._sockets_for(worker.id)
                 jobs.append((worker, gevent.spawn(worker.ask, "reload", START_TIMEOUT, fds, config=new,
-                                                   trigger=trigger, keys=keys, tree=self._tree_addresses())))
+                                                   trigger=trigger, keys=keys, tree=tree)))
         for worker, job in jobs:
             job.join()
             result = job.value if job.successful() else {"ok": False, "error": str(job.exception)}
@@ -504,7 +504,6 @@ class Master:
                 failures.append(f"worker {worker.id}: {result.get('error')}")
         self._resize(count)
         self._forget_sockets(new, count)
-        self.count = count
         old_specs = {k: s for k, s in listener_specs(old).items()}
         changes = {
             "added": [f"{k[0]} {k[1]}" for k in specs if k not in old_specs],
@@ -525,10 +524,8 @@ class Master:
                 log.info("worker %d started (workers = %d)", i, count)
         for i in [i for i in self.workers if i >= count]:
             worker = self.workers.pop(i)
-            worker.retired = True
-            if worker.proc is not None and worker.proc.poll() is None:
-                worker.proc.send_signal(signal.SIGTERM)
-                log.info("worker %d (pid %d) stops: workers = %d", i, worker.pid, count)
+            self._retire(worker)
+            log.info("worker %d (pid %d) stops: workers = %d", i, worker.pid, count)
 
     # -- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -756,7 +753,10 @@ def worker_main() -> int:
     register_tree(message["tree"])
     app = App(cfg, message["config_file"], message["overrides"], message["prog"],
               Role(serves=lambda spec, cfg: worker_serves(wid, spec, cfg), bind=bind, center_client=wid == 0,
-                   watch_file=False, worker=wid))
+                   watch_file=False, worker=wid,
+                   # one accept per wake-up: the workers share each socket, and one that took a whole
+                   # burst would serve alone the keep-alive clients that came at once (bench/accept.py)
+                   max_accept=1))
     try:
         app.start()
     except (BindError, ConfigError, OSError) as e:

@@ -85,8 +85,9 @@ def test_connections_land_on_every_worker_and_status_sums_them(server, origin):
     # /metrics: the same sums, one series each, and the whole tree's memory
     metrics = control(cport, "GET", "/metrics")[1].decode()
     assert f'wmproxy_connections_total{{kind="proxy",bind="127.0.0.1:{proxy}"}} 200' in metrics
-    rss = float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("process_resident_memory")))
-    assert rss >= sum(w["rss_bytes"] for w in rows.values())
+    assert st["process"]["rss_bytes"] == st["master"]["rss_bytes"] + sum(w["rss_bytes"] for w in rows.values())
+    assert float(next(line.split()[1] for line in metrics.splitlines()
+                      if line.startswith("process_resident_memory"))) > st["master"]["rss_bytes"]
     assert 'wmproxy_worker_up{worker="0"} 1' in metrics and 'wmproxy_worker_restarts_total{worker="1"} 0' in metrics
     table = subprocess.run([sys.executable, str(ROOT / "bin" / "wmproxy-server"), "status", "--control",
                             f"127.0.0.1:{cport}"], capture_output=True, text=True, timeout=30).stdout

@@ -368,15 +368,16 @@ class Master:
             self._close_sockets()
             self.app.stop(0)
             raise
+        self.running = True
+        # (logged before the old workers hear of it: the log tells the handover in its order)
+        log.info("master %d: %d workers started (pids %s)", os.getpid(), len(self.workers),
+                 " ".join(str(w.pid) for w in self.workers.values()))
         for sock in self.inherited.values():  # listeners the configuration no longer has
             sock.close()
         self.inherited.clear()
         for sock in self.old_channels:  # the new workers are ready: the old ones stop and drain
             sock.close()
         self.old_channels.clear()
-        self.running = True
-        log.info("master %d: %d workers started (pids %s)", os.getpid(), len(self.workers),
-                 " ".join(str(w.pid) for w in self.workers.values()))
 
     def _start_worker(self, worker: Worker) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

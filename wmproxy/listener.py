@@ -31,6 +31,7 @@ from .config import Addr
 from .metrics import Histogram
 from .net.conn import Address
 from .net.limits import PerIpLimit
+from .net.proxyproto import ProxyProtocolIn, accept as accept_proxy_header
 from .services import Services
 
 
@@ -153,6 +154,7 @@ class Listener(ShownInStatus, AcceptGuard, StreamServer):
         self.per_ip = PerIpLimit(f"{spec.kind} {spec.bind}")
         self._handling: dict = {}  # handler greenlet -> its client's address
         self.per_ip_limit = self.max_per_ip(spec.settings)
+        self.proxy_in = self.proxy_protocol(spec.settings)
         super().__init__(sock, spawn=Pool(self.max_connections(spec.settings)))
 
     # -- for subclasses ---------------------------------------------------------------------
@@ -168,6 +170,10 @@ class Listener(ShownInStatus, AcceptGuard, StreamServer):
     def max_per_ip(self, settings: Any) -> int:
         """Connections one client address may hold open at once (0: no limit)."""
         return 0
+
+    def proxy_protocol(self, settings: Any) -> ProxyProtocolIn | None:
+        """Its PROXY protocol policy (None: connections start with the client's own bytes)."""
+        return None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def set_spawn(self, spawn: Any) -> None:
@@ -197,6 +203,11 @@ class Listener(ShownInStatus, AcceptGuard, StreamServer):
 
     def handle(self, client: socket.socket, address: Address) -> None:
         ctx = self.ctx  # this connection keeps these settings whatever reloads happen
+        if self.proxy_in is not None:  # a balancer's connection: the header says whose it is
+            real = accept_proxy_header(client, address, self.proxy_in, self._guard_label())
+            if real is None:
+                return  # (refused and logged; the server closes it)
+            address = real
         ip = address[0] if isinstance(address, tuple) else ""
         if not self.per_ip.enter(ip, self.per_ip_limit):
             return  # (the server closes it)
@@ -223,6 +234,7 @@ class Listener(ShownInStatus, AcceptGuard, StreamServer):
             self.set_spawn(Pool(limit))
         self.ctx = self.make_context(spec.settings, services)
         self.per_ip_limit = self.max_per_ip(spec.settings)
+        self.proxy_in = self.proxy_protocol(spec.settings)
         self.spec = spec
 
     def _guard_label(self) -> str:

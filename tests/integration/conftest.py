@@ -555,3 +555,117 @@ def websocket_echo(ssl_context=None):
     server = serve(echo, "127.0.0.1", 0, ssl=ssl_context, max_size=None, compression=None)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+# -- a center server and client ------------------------------------------------------------
+
+class Pair:
+    """A center server and a center client on free ports, with configs in tmp_path."""
+
+    def __init__(self, tmp_path, certs, server_extra: str = "", client_extra: str = "", start_client: bool = True,
+                 server_top: str = ""):
+        self.tmp = tmp_path
+        self.certs = certs
+        self.center = free_port()
+        self.proxy = free_port()
+        self.procs: list[Proc] = []
+        self.server_conf = tmp_path / "server.toml"
+        self.server_conf.write_text(
+            f'grace = "2s"\n{server_top}\n[center]\nbind = "127.0.0.1:{self.center}"\ncert = "{certs}/server.pem"\n'
+            f'key = "{certs}/server.key"\nusername = "alice"\npassword = "s3cret"\nheartbeat = "1s"\n{server_extra}\n')
+        self.server = self.start("server", self.server_conf)
+        wait_port(self.center, proc=self.server.popen)
+        self.client = None
+        if start_client:
+            self.client = self.start_client(client_extra)
+
+    def client_config(self, extra: str = "", password: str = "s3cret", ca: str = "ca.pem",
+                      server_name: str = "center.test", user: str = "alice") -> str:
+        return (f'grace = "2s"\n[center]\nserver = "127.0.0.1:{self.center}"\nca = "{self.certs}/{ca}"\n'
+                f'server_name = "{server_name}"\nusername = "{user}"\npassword = "{password}"\nheartbeat = "1s"\n'
+                f'{extra}\n[proxy]\nbind = "127.0.0.1:{self.proxy}"\n')
+
+    def start_client(self, extra: str = "", tail: str = "", **kw) -> Proc:
+        conf = self.tmp / f"client-{len(self.procs)}.toml"
+        conf.write_text(self.client_config(extra, **kw) + tail)
+        p = self.start("client", conf)
+        wait_port(self.proxy, proc=p.popen)
+        return p
+
+    def start(self, which: str, conf) -> Proc:
+        p = Proc(["-c", str(conf)], 0, self.tmp, program=f"wmproxy-{which}", name=f"{which}-{len(self.procs)}")
+        self.procs.append(p)
+        return p
+
+    def wait_link(self, timeout: float = 15) -> None:
+        self.client.wait_log("is up", timeout=timeout)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+
+@pytest.fixture
+def pair(tmp_path, certs):
+    made = []
+
+    def make(**kw) -> Pair:
+        made.append(Pair(tmp_path, certs, **kw))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.stop()
+
+
+# -- HAProxy, the real PROXY protocol peer ----------------------------------------------------
+
+class HAProxy:
+    """``haproxy -db`` on a config of frontends and backends (text after its global and defaults
+    sections: TCP mode, raw log lines to its output file); ``log()`` reads what it logged."""
+
+    def __init__(self, tmp: Path, sections: str, ports: list[int]) -> None:
+        exe = "/usr/sbin/haproxy"
+        if not os.path.exists(exe):
+            pytest.skip("haproxy is not installed (make test installs it)")
+        self.conf = tmp / f"haproxy-{ports[0]}.cfg"
+        self.conf.write_text("global\n  log stdout format raw local0\n"
+                             "defaults\n  mode tcp\n  log global\n  option tcplog\n  timeout connect 5s\n"
+                             "  timeout client 30s\n  timeout server 30s\n" + sections)
+        self.log_path = tmp / f"haproxy-{ports[0]}.log"
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen([exe, "-f", str(self.conf), "-db"], stdout=self._log, stderr=subprocess.STDOUT)
+        for port in ports:
+            wait_port(port, proc=self.popen)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def haproxy(tmp_path):
+    """``haproxy(sections, *ports)`` starts one, waiting for the listed frontend ports."""
+    running: list[HAProxy] = []
+
+    def start(sections: str, *ports: int) -> HAProxy:
+        running.append(HAProxy(tmp_path, sections, list(ports)))
+        return running[-1]
+
+    yield start
+    for h in running:
+        h.stop()
+
+
+def source_connection(port: int, source: str, timeout: float = 20) -> socket.socket:
+    """A connection to 127.0.0.1:port from the loopback address ``source`` (127.0.0.0/8 is all ours)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))

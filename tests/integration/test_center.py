@@ -15,67 +15,8 @@ import time
 import psutil
 import pytest
 
-from conftest import (Proc, TcpServer, control, curl, drip, free_port, http_get, mirror_check, next_head, recv_all,
+from conftest import (Pair, TcpServer, control, curl, drip, free_port, http_get, mirror_check, next_head, recv_all,
                       tunnel, wait_port, websocket_echo, write_cert)
-
-
-class Pair:
-    """A center server and a center client on free ports, with configs in tmp_path."""
-
-    def __init__(self, tmp_path, certs, server_extra: str = "", client_extra: str = "", start_client: bool = True,
-                 server_top: str = ""):
-        self.tmp = tmp_path
-        self.certs = certs
-        self.center = free_port()
-        self.proxy = free_port()
-        self.procs: list[Proc] = []
-        self.server_conf = tmp_path / "server.toml"
-        self.server_conf.write_text(
-            f'grace = "2s"\n{server_top}\n[center]\nbind = "127.0.0.1:{self.center}"\ncert = "{certs}/server.pem"\n'
-            f'key = "{certs}/server.key"\nusername = "alice"\npassword = "s3cret"\nheartbeat = "1s"\n{server_extra}\n')
-        self.server = self.start("server", self.server_conf)
-        wait_port(self.center, proc=self.server.popen)
-        self.client = None
-        if start_client:
-            self.client = self.start_client(client_extra)
-
-    def client_config(self, extra: str = "", password: str = "s3cret", ca: str = "ca.pem",
-                      server_name: str = "center.test", user: str = "alice") -> str:
-        return (f'grace = "2s"\n[center]\nserver = "127.0.0.1:{self.center}"\nca = "{self.certs}/{ca}"\n'
-                f'server_name = "{server_name}"\nusername = "{user}"\npassword = "{password}"\nheartbeat = "1s"\n'
-                f'{extra}\n[proxy]\nbind = "127.0.0.1:{self.proxy}"\n')
-
-    def start_client(self, extra: str = "", tail: str = "", **kw) -> Proc:
-        conf = self.tmp / f"client-{len(self.procs)}.toml"
-        conf.write_text(self.client_config(extra, **kw) + tail)
-        p = self.start("client", conf)
-        wait_port(self.proxy, proc=p.popen)
-        return p
-
-    def start(self, which: str, conf) -> Proc:
-        p = Proc(["-c", str(conf)], 0, self.tmp, program=f"wmproxy-{which}", name=f"{which}-{len(self.procs)}")
-        self.procs.append(p)
-        return p
-
-    def wait_link(self, timeout: float = 15) -> None:
-        self.client.wait_log("is up", timeout=timeout)
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.stop()
-
-
-@pytest.fixture
-def pair(tmp_path, certs):
-    made = []
-
-    def make(**kw) -> Pair:
-        made.append(Pair(tmp_path, certs, **kw))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.stop()
 
 
 def test_curl_through_the_link(pair, origin, tls_origin):

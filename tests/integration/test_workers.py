@@ -16,8 +16,8 @@ import time
 import psutil
 import pytest
 
-from conftest import ROOT, Proc, control, free_port, http_get, wait_port
-from test_center import Pair, host_get, http_mapping, tcp_mapping, through, udp_ask, udp_mapping
+from conftest import ROOT, Pair, Proc, control, free_port, http_get, wait_port
+from test_center import host_get, http_mapping, tcp_mapping, through, udp_ask, udp_mapping
 
 
 def start(tmp_path, workers: int = 2, extra: str = "", grace: str = "3s",

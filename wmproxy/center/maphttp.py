@@ -35,6 +35,7 @@ from ..net.reader import PeerClosed, Reader, peek_message
 from ..net.relay import relay
 from ..net.tls import sni_server_context
 from ..net.writer import close_quietly
+from ..net.proxyproto import ProxyProtocolIn, policy
 from ..prot import http1
 from ..prot.framing import Framing, request_framing
 from ..prot.target import host_name
@@ -71,6 +72,7 @@ class MapHttpSettings:
     certs: tuple  # ((cert, key), ...) for https: chosen by SNI; none: passthrough only
     max_connections_per_ip: int
     head_timeout: float  # [proxy]'s handshake_timeout
+    proxy_in: ProxyProtocolIn | None = None  # [center] map_proxy_protocol
 
 
 class MapHttpServer(Listener):
@@ -88,6 +90,9 @@ class MapHttpServer(Listener):
 
     def max_per_ip(self, settings: MapHttpSettings) -> int:
         return settings.max_connections_per_ip
+
+    def proxy_protocol(self, settings: MapHttpSettings) -> ProxyProtocolIn | None:
+        return settings.proxy_in
 
     def serve(self, client: socket.socket, address: Address, ctx: MapHttpContext) -> None:
         peer_ip = address[0]
@@ -310,16 +315,18 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
     c = cfg.center
     idle = cfg.proxy.idle_timeout if cfg.proxy else 300.0
     head = cfg.proxy.handshake_timeout if cfg.proxy else HEAD_TIMEOUT
+    pp = policy(c.map_proxy_protocol, c.map_proxy_protocol_from, head)
     specs = []
     if c.map_http_bind is not None:
         specs.append(ListenerSpec("map-http", c.map_http_bind,
-                                  MapHttpSettings(c.map_http_bind, idle, "http", (), c.max_connections_per_ip, head),
+                                  MapHttpSettings(c.map_http_bind, idle, "http", (), c.max_connections_per_ip, head,
+                                                  pp),
                                   "center.map_http_bind", MapHttpServer))
     if c.map_https_bind is not None:
         certs = tuple(zip(c.map_cert, c.map_key))
         specs.append(ListenerSpec("map-https", c.map_https_bind,
                                   MapHttpSettings(c.map_https_bind, idle, "https", certs, c.max_connections_per_ip,
-                                                  head),
+                                                  head, pp),
                                   "center.map_https_bind", MapHttpServer,
                                   (lambda: sni_server_context(list(certs))) if certs else None))
     return specs

@@ -26,6 +26,7 @@ from ..net.conn import Address
 from ..net.dial import fmt_addr
 from ..net.limits import PerIpLimit
 from ..net.listen import BindError, open_listener, open_udp
+from ..net.proxyproto import ProxyProtocolIn, accept as accept_proxy_header
 from ..net.relay import RelayStats, link_owned, relay_then
 from ..net.udp import UdpSession, UdpSessions
 from ..prot import frame as fr
@@ -76,8 +77,9 @@ class PublicPort(AcceptGuard, StreamServer):
     """The public listener of one tcp or proxy mapping; ``link`` is set once the handshake is done."""
 
     def __init__(self, sock: socket.socket, name: str, owner: str, idle_timeout: float, mode: str = "tcp",
-                 max_per_ip: int = 0) -> None:
+                 max_per_ip: int = 0, proxy_in: ProxyProtocolIn | None = None) -> None:
         super().__init__(sock)
+        self.proxy_in = proxy_in  # [center] map_proxy_protocol
         self.per_ip = PerIpLimit(f"mapping {name}")
         self.max_per_ip = max_per_ip
         self.mode = mode  # tcp: the client dials the service; proxy: it runs a forward proxy
@@ -102,6 +104,11 @@ class PublicPort(AcceptGuard, StreamServer):
 
     def handle(self, conn: socket.socket, address: Address) -> None:
         link = self.link
+        if self.proxy_in is not None:
+            real = accept_proxy_header(conn, address, self.proxy_in, f"mapping {self.name}")
+            if real is None:
+                return
+            address = real
         peer = fmt_addr(address[0], address[1])
         if link is None or link.closed:
             log.info("%s mapping %s: client %s is not connected, connection closed", peer, self.name, self.owner)
@@ -284,7 +291,7 @@ class MappingRegistry:
                 port = PublicUdpPort(open_udp(addr, f"mapping {m.name}"), m.name, owner, policy.udp_timeout)
             else:
                 port = PublicPort(open_listener(addr, f"mapping {m.name}"), m.name, owner, policy.idle_timeout,
-                                  m.mode, policy.max_per_ip)
+                                  m.mode, policy.max_per_ip, policy.map_proxy_in)
         except BindError as e:
             return str(e)
         port.bind = str(addr)

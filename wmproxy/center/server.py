@@ -18,6 +18,7 @@ from ..config import CenterConfig, Config, ProxyConfig
 from ..errors import PhaseTimeout, ProtocolError, UpstreamError
 from ..listener import ConnStats, Listener, ListenerSpec
 from ..net.conn import Address
+from ..net.proxyproto import ProxyProtocolIn, policy
 from ..net.dial import dial, fmt_addr
 from ..net.limits import AuthThrottle
 from ..net.reader import PeerClosed, Reader
@@ -52,6 +53,7 @@ class CenterServerContext:
         self.allow_ports = cfg.allow_ports
         self.idle_timeout = proxy_cfg.idle_timeout
         self.max_per_ip = cfg.max_connections_per_ip  # of each mapping port
+        self.map_proxy_in = policy(cfg.map_proxy_protocol, cfg.map_proxy_protocol_from, proxy_cfg.handshake_timeout)
         self.udp_timeout = cfg.udp_timeout
         self.host_modes = _host_modes(cfg)
 
@@ -87,6 +89,10 @@ class CenterServer(Listener):
 
     def max_per_ip(self, settings: "CenterSettings") -> int:
         return settings.center.max_connections_per_ip
+
+    def proxy_protocol(self, settings: "CenterSettings") -> ProxyProtocolIn | None:
+        c = settings.center
+        return policy(c.proxy_protocol, c.proxy_protocol_from, HANDSHAKE_TIMEOUT)
 
     def serve(self, sock: socket.socket, address: Address, ctx: CenterServerContext) -> None:
         peer = fmt_addr(address[0], address[1])
@@ -127,18 +133,20 @@ class CenterServer(Listener):
         finally:
             deadline.close()
         try:
-            self._serve_link(ctx, sock, reader, user, peer, ports)
+            self._serve_link(ctx, sock, reader, user, address, ports)
         finally:
             self.mappings.withdraw(ports)
 
-    def _serve_link(self, ctx: CenterServerContext, sock: socket.socket, reader: Reader, user: str, peer: str,
+    def _serve_link(self, ctx: CenterServerContext, sock: socket.socket, reader: Reader, user: str, address: Address,
                     ports: list[Published]) -> None:
         cfg = ctx.cfg
+        peer = fmt_addr(address[0], address[1])
         link = CenterLink(sock, reader, is_client=False, window=cfg.window, max_window=cfg.max_window,
                           max_frame=cfg.max_frame, heartbeat=cfg.heartbeat, name=f"{user or 'anonymous'}@{peer}",
                           on_create=lambda vc, mode, target: self._serve_stream(ctx, link, vc, mode, target),
                           on_mapping=lambda specs: self.mappings.update(user or peer, link, ports, specs, ctx))
         link.user = user
+        link.peer_address = address  # (behind a balancer, the PROXY protocol header's)
         self.links.add(link)
         log.info("center: client %r connected from %s", user or "anonymous", peer)
         for item in ports:

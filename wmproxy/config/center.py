@@ -7,7 +7,8 @@ from typing import Optional
 
 from .keys import (
     Addr, Invalid, REQUIRED, int_range, key, list_of, one_of, optional_addr, table_list, to_bool,
-    to_domain, to_duration, to_header_rule, to_port_range, to_size, to_str,
+    to_domain, to_duration, to_header_rule, to_port_range, to_size, to_str, proxy_protocol_key,
+    proxy_protocol_from_key, check_proxy_protocol,
 )
 
 
@@ -56,10 +57,16 @@ class CenterConfig:
     max_connections_per_ip: int = key(int_range(0, 1_000_000), 1000, "server: concurrent connections of one client "
                                                                      "address on bind, map_http_bind, map_https_bind "
                                                                      "and each mapping port (0: no limit)")
+    proxy_protocol: bool = proxy_protocol_key("server: bind")
+    proxy_protocol_from: tuple = proxy_protocol_from_key("proxy_protocol")
+    map_proxy_protocol: bool = proxy_protocol_key("server: map_http_bind, map_https_bind and every mapping port")
+    map_proxy_protocol_from: tuple = proxy_protocol_from_key("map_proxy_protocol")
     # last: from here on, 'key' in this class body names this field, not the declaring function
     key: str = key(to_str, "", "PEM private key for cert")
 
     def validate(self) -> None:
+        check_proxy_protocol(self.proxy_protocol, self.proxy_protocol_from, "proxy_protocol")
+        check_proxy_protocol(self.map_proxy_protocol, self.map_proxy_protocol_from, "map_proxy_protocol")
         if (self.bind is None) == (self.server is None):
             raise Invalid("set bind (this end is the center server) or server (this end is a center client), "
                           "not both and not neither", ".bind")

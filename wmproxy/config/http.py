@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 from .keys import (
     Addr, Invalid, REQUIRED, _unique_names, int_range, key, list_of, one_of, section, table_list,
-    to_addr, to_bool, to_duration, to_header_rule, to_network, to_size, to_str,
+    to_addr, to_bool, to_duration, to_header_rule, to_network, to_size, to_str, proxy_protocol_key,
+    proxy_protocol_from_key, check_proxy_protocol,
 )
 
 
@@ -153,11 +154,14 @@ class HttpServerConfig:
     max_headers: int = key(int_range(1, 10000), 100, "most header lines in a request (431 beyond)")
     max_connections_per_ip: int = key(int_range(0, 1_000_000), 1000, "concurrent connections of one client address "
                                                                      "on its binds (0: no limit)")
+    proxy_protocol: bool = proxy_protocol_key("its binds (every server on a bind must say the same)")
+    proxy_protocol_from: tuple = proxy_protocol_from_key("proxy_protocol")
     cert: str = key(to_str, "", "PEM certificate: TLS on this server's binds")
     # last: from here on, 'key' in this class body names this field, not the declaring function
     key: str = key(to_str, "", "PEM private key for cert")
 
     def validate(self) -> None:
+        check_proxy_protocol(self.proxy_protocol, self.proxy_protocol_from, "proxy_protocol")
         if bool(self.cert) != bool(self.key):
             raise Invalid("cert and key go together", ".key")
         if not self.location:
@@ -216,13 +220,17 @@ class HttpConfig:
 
     def validate(self) -> None:
         _unique_names(self.upstream, "upstream", ".upstream")
-        tls: dict[str, tuple[int, bool]] = {}
+        first_on: dict[str, tuple[int, HttpServerConfig]] = {}  # (the socket's settings: alike on one address)
         for i, srv in enumerate(self.server):
             for bind in srv.bind:
-                first = tls.setdefault(str(bind), (i, bool(srv.cert)))
-                if first[1] != bool(srv.cert):
-                    raise Invalid(f"{bind} is shared with server[{first[0]}]: servers on one address are all TLS "
+                j, first = first_on.setdefault(str(bind), (i, srv))
+                if bool(first.cert) != bool(srv.cert):
+                    raise Invalid(f"{bind} is shared with server[{j}]: servers on one address are all TLS "
                                   f"(cert and key) or none", f".server[{i}].cert")
+                if (first.proxy_protocol, set(first.proxy_protocol_from)) != (srv.proxy_protocol,
+                                                                             set(srv.proxy_protocol_from)):
+                    raise Invalid(f"{bind} is shared with server[{j}]: servers on one address have the same "
+                                  f"proxy_protocol and proxy_protocol_from", f".server[{i}].proxy_protocol")
 
     def upstream_named(self, name: str) -> Optional[HttpUpstreamConfig]:
         return next((u for u in self.upstream if u.name == name), None)

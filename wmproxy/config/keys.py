@@ -272,6 +272,25 @@ def key(conv: Callable[[Any], Any], default: Any, doc: str, aliases: tuple[str, 
     return field(default=default, metadata={"conv": conv, "doc": doc, "aliases": aliases})
 
 
+def proxy_protocol_key(where: str) -> Any:
+    """``proxy_protocol``: the listener(s) ``where`` read a PROXY protocol header first."""
+    return key(to_bool, False, f"{where}: each connection starts with a PROXY protocol header (v1 or v2, "
+                               f"from an L4 balancer); its client address stands for the peer's")
+
+
+def proxy_protocol_from_key(name: str) -> Any:
+    """``proxy_protocol_from``: the peers trusted to send that header (``name``: the switch)."""
+    return key(list_of(to_network), (), f"the balancers allowed to send it (required with {name}); any other peer "
+                                        f"is refused")
+
+
+def check_proxy_protocol(on: bool, sources: tuple, name: str) -> None:
+    """Invalid when the switch ``name`` is on without the ``<name>_from`` list that says whom to believe."""
+    if on and not sources:
+        raise Invalid(f"{name} = true needs {name}_from: the networks of the balancers that send the header "
+                      f"(a header from anyone else would let them choose their address)", f".{name}_from")
+
+
 def section(cls: type, doc: str) -> Any:
     """Declare an optional sub-table; None when absent."""
     return field(default=None, metadata={"section": cls, "doc": doc, "aliases": ()})

@@ -7,7 +7,8 @@ from typing import Optional
 
 from .keys import (
     Addr, DEFAULT_PROXY_BIND, Invalid, choice_set, int_range, key, list_of, optional_addr, to_addr,
-    to_duration, to_network, to_size, to_str, to_target_rule
+    to_duration, to_network, to_size, to_str, to_target_rule, proxy_protocol_key, proxy_protocol_from_key,
+    check_proxy_protocol,
 )
 
 
@@ -42,8 +43,11 @@ class ProxyConfig:
                                                             "proxy bound to a non-loopback address refuses those)")
     udp_bind: Optional[Addr] = key(optional_addr, None, "SOCKS5 UDP ASSOCIATE: the address each association's "
                                    "relay socket binds to, port 0 (one port per association); '' disables")
+    proxy_protocol: bool = proxy_protocol_key("bind")
+    proxy_protocol_from: tuple = proxy_protocol_from_key("proxy_protocol")
 
     def validate(self) -> None:
+        check_proxy_protocol(self.proxy_protocol, self.proxy_protocol_from, "proxy_protocol")
         if bool(self.username) != bool(self.password):
             which = "password" if self.username else "username"
             raise Invalid(f"username and password go together; {which} is missing", "." + which)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .keys import (
     Addr, Invalid, REQUIRED, _unique_names, int_range, key, one_of, table_list, to_addr, to_duration,
-    to_str,
+    to_str, proxy_protocol_key, proxy_protocol_from_key, check_proxy_protocol,
 )
 
 
@@ -52,6 +52,13 @@ class StreamServerConfig:
     ws_path: str = key(to_str, "/", "tcp2ws(s): the path asked of the websocket server")
     ws_host: str = key(to_str, "", "tcp2ws(s): its Host (and TLS name); default: the server's host")
     ws_ca: str = key(to_str, "", "tcp2wss: CA file to verify the websocket server with ('' = the system store)")
+    proxy_protocol: bool = proxy_protocol_key("tcp modes")
+    proxy_protocol_from: tuple = proxy_protocol_from_key("proxy_protocol")
+
+    def validate(self) -> None:
+        check_proxy_protocol(self.proxy_protocol, self.proxy_protocol_from, "proxy_protocol")
+        if self.proxy_protocol and self.bind_mode == "udp":
+            raise Invalid("proxy_protocol is read on TCP connections; a udp server cannot take it", ".proxy_protocol")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from ..config import CenterConfig, Config, ProxyConfig
 from ..errors import PhaseTimeout, ProtocolError
 from ..listener import ConnStats, Listener, ListenerSpec
 from ..net.conn import Address, Conn
+from ..net.proxyproto import ProxyProtocolIn, policy
 from ..net.dial import dial, fmt_addr, ip_allowed
 from ..net.dns import Resolver
 from ..net.limits import AuthThrottle
@@ -159,6 +160,10 @@ class ProxyServer(Listener):
 
     def max_per_ip(self, settings: "ProxySettings") -> int:
         return settings.proxy.max_connections_per_ip
+
+    def proxy_protocol(self, settings: "ProxySettings") -> ProxyProtocolIn | None:
+        cfg = settings.proxy
+        return policy(cfg.proxy_protocol, cfg.proxy_protocol_from, cfg.handshake_timeout)
 
     def serve(self, client: socket.socket, address: Address, ctx: ProxyContext) -> None:
         serve_connection(ctx, client, address)

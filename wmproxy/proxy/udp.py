@@ -149,9 +149,9 @@ def serve_udp_associate(ctx: ProxyContext, client: Conn, reader: Reader, info: C
         info.result = f"failed: {e}"
         log.warning("%s", e)
         return
-    peer = client.getpeername()
-    port = req.port if req.host in ("0.0.0.0", "::", "0") or _is_ip_of(req.host, peer[0]) else 0
-    assoc = Association(ctx, _unmapped(peer[0]), port, relay_sock, info.peer)
+    ip = info.ip  # (the client's: behind a balancer, the PROXY protocol header's)
+    port = req.port if req.host in ("0.0.0.0", "::", "0") or _is_ip_of(req.host, ip) else 0
+    assoc = Association(ctx, _unmapped(ip), port, relay_sock, info.peer)
     try:
         host, relay_port = relay_sock.getsockname()[:2]
         if ipaddress.ip_address(host).is_unspecified:

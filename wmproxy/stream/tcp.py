@@ -21,6 +21,7 @@ from ..metrics import ServerMetrics
 from ..services import Services
 from ..net import ws
 from ..net.conn import Address, Conn
+from ..net.proxyproto import HEADER_TIMEOUT, ProxyProtocolIn, policy
 from ..net.dns import Resolver
 from ..net.balance import WeightedRoundRobin, hash_index
 from ..net.dial import dial, fmt_addr
@@ -68,6 +69,10 @@ class StreamTcpServer(Listener):
 
     def max_per_ip(self, settings: "StreamSettings") -> int:
         return settings.server.max_connections_per_ip
+
+    def proxy_protocol(self, settings: "StreamSettings") -> ProxyProtocolIn | None:
+        srv = settings.server
+        return policy(srv.proxy_protocol, srv.proxy_protocol_from, HEADER_TIMEOUT)
 
     def upstream_status(self) -> list[dict]:
         ctx = self.ctx

@@ -33,6 +33,7 @@ from ..net import httpio
 from ..net.conn import Address, Data
 from ..net.dial import fmt_addr, ip_allowed
 from ..net.idle import ConnWatch
+from ..net.proxyproto import ProxyProtocolIn, policy
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import sni_server_context
 from ..net.writer import close_quietly, send_all
@@ -254,6 +255,10 @@ class WebServer(Listener):
 
     def max_per_ip(self, settings: "WebSettings") -> int:
         return max(s.max_connections_per_ip for s in settings.servers)
+
+    def proxy_protocol(self, settings: "WebSettings") -> ProxyProtocolIn | None:
+        srv = settings.servers[0]  # (the same on every server of the address: the config says so)
+        return policy(srv.proxy_protocol, srv.proxy_protocol_from, srv.client_header_timeout)
 
     def serve(self, client: socket.socket, address: Address, ctx: WebContext) -> None:
         ip = address[0]

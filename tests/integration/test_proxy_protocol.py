@@ -1,0 +1,179 @@
+"""The PROXY protocol in: HAProxy (send-proxy, send-proxy-v2) in front of the forward proxy,
+``[http]``, the center server and its mapping ports; the visitor's address (a loopback address
+of its own, 127.0.0.2) stands for the balancer's (127.0.0.3) in logs, ACLs, per-address limits
+and forwarded headers. And an attacker's headers: untrusted, malformed, late."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import (ROOT, Pair, curl, free_port, read_response, recv_all, source_connection, wait_port)
+from test_center import http_mapping, tcp_mapping
+
+BALANCER = "127.0.0.3"  # HAProxy's source address towards wmproxy
+VISITOR = "127.0.0.2"
+TRUST = f'proxy_protocol = true\nproxy_protocol_from = ["{BALANCER}/32"]\n'
+SENDS = ["send-proxy", "send-proxy-v2"]
+
+
+def front(listen: int, target: int, send: str) -> str:
+    """HAProxy sections: ``listen`` forwarded to wmproxy's ``target`` with a PROXY header."""
+    return (f"frontend f{listen}\n  bind 127.0.0.1:{listen}\n  default_backend b{listen}\n"
+            f"backend b{listen}\n  server w 127.0.0.1:{target} {send} source {BALANCER}\n")
+
+
+def fetch(port: int, url: str, source: str, proxy: str = "http") -> str:
+    """The body and the status, from curl through a proxy on ``port`` from ``source``."""
+    return curl("-s", "--interface", source, "-x", f"{proxy}://127.0.0.1:{port}", url,
+                "-w", "\n%{http_code}").stdout.decode()
+
+
+def closed_unanswered(s: socket.socket) -> bool:
+    """The peer closed (or reset) ``s`` without sending a byte."""
+    try:
+        return s.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.parametrize("send", SENDS)
+def test_forward_proxy_behind_haproxy_sees_the_visitor(start_proxy, haproxy, origin, echo_server, send):
+    p = start_proxy(config=f'[proxy]\nbind = "127.0.0.1:{{port}}"\n{TRUST}deny = ["127.0.0.66"]\n'
+                           f'max_connections_per_ip = 1\n')
+    h = free_port()
+    haproxy(front(h, p.port, send), h)
+    url = f"http://127.0.0.1:{origin.port}/whoami"
+    assert fetch(h, url, VISITOR) == "origin-A\n200"
+    assert fetch(h, url, VISITOR, "socks5h") == "origin-A\n200"
+    assert fetch(h, url, "127.0.0.66").endswith("403")  # a deny of the visitor holds behind the balancer
+    log = p.wait_log("127.0.0.66")
+    assert f'{VISITOR} - - [' in log and f"{VISITOR}:" in log and f"{BALANCER}" not in log
+    # max_connections_per_ip counts visitors, not the balancer: one tunnel held by 127.0.0.2...
+    with source_connection(h, VISITOR) as held:
+        held.sendall(f"CONNECT 127.0.0.1:{echo_server.port} HTTP/1.1\r\n\r\n".encode())
+        assert held.recv(100).startswith(b"HTTP/1.1 200")
+        assert fetch(h, url, "127.0.0.4").endswith("200")  # ...another visitor still gets in
+        assert not fetch(h, url, VISITOR).endswith("200")  # ...the same one does not
+        assert f"from {VISITOR}: max_connections_per_ip (1) reached" in p.wait_log("max_connections_per_ip")
+    # a peer that is not the balancer may not speak at all, header or not
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(b"PROXY TCP4 10.9.9.9 127.0.0.1 1000 80\r\nGET / HTTP/1.1\r\n\r\n")
+        assert closed_unanswered(s)
+    assert "not in proxy_protocol_from" in p.wait_log("not in proxy_protocol_from")
+    assert "10.9.9.9" not in p.log()
+
+
+@pytest.mark.parametrize("send", SENDS)
+def test_http_server_behind_haproxy_forwards_the_visitor(start_proxy, haproxy, origin, send):
+    p = start_proxy(bind=False, config=f'''[[http.server]]
+bind = "127.0.0.1:{{port}}"
+{TRUST}
+[[http.server.location]]
+rule = "/"
+proxy_url = "http://127.0.0.1:{origin.port}"
+headers = ["proxy + X-Real-IP {{client_ip}}"]
+deny_ip = ["127.0.0.66"]
+''')
+    h = free_port()
+    haproxy(front(h, p.port, send), h)
+    got = curl("-s", "--interface", VISITOR, f"http://127.0.0.1:{h}/headers").stdout.decode()
+    assert f"X-Forwarded-For: {VISITOR}" in got and f"X-Real-IP: {VISITOR}" in got, got
+    assert curl("-s", "--interface", "127.0.0.66", f"http://127.0.0.1:{h}/headers", "-o", "/dev/null",
+                "-w", "%{http_code}").stdout == b"403"
+    log = p.wait_log("127.0.0.66")
+    assert f'{VISITOR} - - [' in log and BALANCER not in log
+
+
+def test_center_server_and_its_public_side_behind_haproxy(tmp_path, certs, haproxy, echo_server, origin):
+    remote, mport = free_port(), free_port()
+    p = Pair(tmp_path, certs, start_client=False,
+             server_extra=f'{TRUST}map_proxy_protocol = true\nmap_proxy_protocol_from = ["{BALANCER}"]\n'
+                          f'map_http_bind = "127.0.0.1:{mport}"\n')
+    try:
+        link, pub, web = free_port(), free_port(), free_port()
+        haproxy(front(link, p.center, "send-proxy-v2") + front(pub, remote, "send-proxy")
+                      + front(web, mport, "send-proxy-v2"), link, pub, web)
+        p.center = link  # the client dials the balancer
+        p.client = p.start_client(tcp_mapping("echo", echo_server.port, remote)
+                                  + http_mapping("site", origin.port, "a.test"))
+        p.wait_link()
+        # the link's peer is the client's address (127.0.0.1), not the balancer's
+        assert "connected from 127.0.0.1:" in p.server.wait_log("connected from")
+        wait_port(remote)
+        with source_connection(pub, VISITOR) as s:
+            s.sendall(b"hello")
+            s.shutdown(socket.SHUT_WR)
+            assert recv_all(s).startswith(b"got 5 ")
+        assert f"{VISITOR}:" in p.server.wait_log("mapping echo (alice) done")
+        with source_connection(web, VISITOR) as s:
+            s.sendall(b"GET /headers HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            head, body = read_response(s)
+        assert head.startswith(b"HTTP/1.1 200") and f"X-Forwarded-For: {VISITOR}".encode() in body, body
+        assert BALANCER not in p.server.log()
+    finally:
+        p.stop()
+
+
+V2_BAD_FAMILY = b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x41]) + struct.pack("!H", 12) + bytes(12)
+V2_SHORT = b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", 200) + bytes(20)
+
+
+@pytest.mark.parametrize("garbage,says", [
+    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1000", "not complete within 1s"),  # truncated, then silence
+    (b"PROXY TCP4 " + b"1" * 120 + b"\r\n", "without CRLF in its first 107 bytes"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "not a PROXY protocol header"),
+    (b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 80\r\n", "invalid port"),
+    (V2_SHORT, "not complete within 1s"),  # a length past the data
+    (V2_BAD_FAMILY, "unknown address family 4"),
+    (b"\r\n\r\n\x00\r\nQUIT\n\x31\x11\x00\x0c" + bytes(12), "version 3"),
+], ids=["truncated", "v1-oversized", "signature", "v1-port", "v2-length", "v2-family", "v2-version"])
+def test_malformed_headers_from_the_balancer_are_refused(start_proxy, origin, garbage, says):
+    p = start_proxy(config=f'[proxy]\nbind = "127.0.0.1:{{port}}"\n{TRUST}handshake_timeout = "1s"\n')
+    started = time.monotonic()
+    with source_connection(p.port, BALANCER) as s:
+        s.sendall(garbage)
+        assert closed_unanswered(s)
+    assert time.monotonic() - started < 5
+    assert says in p.wait_log(says)
+    # the next one, well formed, is served (and LOCAL, a balancer's health check, is the balancer's own)
+    local = b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"
+    with source_connection(p.port, BALANCER) as s:
+        s.sendall(local + f"GET http://127.0.0.1:{origin.port}/whoami HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head, body = read_response(s)
+    assert head.startswith(b"HTTP/1.1 200") and body == b"origin-A"
+    assert f"{BALANCER} - - [" in p.wait_log(f"{BALANCER} - - [")
+
+
+def test_a_header_trickled_byte_by_byte_is_taken_exactly(start_proxy, origin):
+    """A v1 header sent a byte at a time, the request in the same write as its last byte: the
+    reader takes the header and not one byte more."""
+    p = start_proxy(config=f'[proxy]\nbind = "127.0.0.1:{{port}}"\n{TRUST}')
+    header = b"PROXY TCP6 2001:db8::7 ::1 40000 80\r\n"
+    with source_connection(p.port, BALANCER) as s:
+        for b in header[:-1]:
+            s.sendall(bytes([b]))
+            time.sleep(0.005)
+        s.sendall(header[-1:] + f"GET http://127.0.0.1:{origin.port}/whoami HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head, body = read_response(s)
+    assert head.startswith(b"HTTP/1.1 200") and body == b"origin-A"
+    assert "2001:db8::7 - - [" in p.wait_log("2001:db8::7")
+
+
+@pytest.mark.parametrize("where,path", [
+    ('[proxy]\nbind = "127.0.0.1:0"\nproxy_protocol = true\n', "proxy.proxy_protocol_from"),
+    ('[stream]\n[[stream.upstream]]\nname = "u"\nserver = [{ addr = "127.0.0.1:1" }]\n[[stream.server]]\n'
+     'bind = "127.0.0.1:0"\nup_name = "u"\nbind_mode = "udp"\nproxy_protocol = true\nproxy_protocol_from = ["10.0.0.1"]\n',
+     "stream.server[0].proxy_protocol"),
+])
+def test_proxy_protocol_config_errors(tmp_path, where, path):
+    conf = tmp_path / "bad.toml"
+    conf.write_text(where)
+    r = subprocess.run([sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c", str(conf), "--check"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and path in r.stderr and str(conf) in r.stderr, r.stderr

@@ -1,0 +1,109 @@
+"""The PROXY protocol on a listener: whom to believe, and reading the header off a fresh
+connection before anything else touches it (TLS included).
+
+A listener with ``proxy_protocol = true`` takes connections only from ``proxy_protocol_from``
+(the balancers) and only with a valid header, read whole within a deadline. The header's source
+address then stands for the peer's everywhere: limits, ACLs, logs, forwarded headers.
+
+The header is read without taking a byte past it (the client's data that follows belongs to
+TLS or to the proxied protocol): each read first peeks at what has arrived, and takes only what
+:func:`prot.proxyproto.parse` says is header. Bytes peeked that are all still a header prefix
+are taken before waiting for more, so the peek never spins.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Optional
+
+import gevent
+
+from ..errors import NeedMore, PhaseTimeout, ProtocolError
+from ..prot import proxyproto as pp
+from .conn import Address
+from .dial import fmt_addr
+
+log = logging.getLogger("wmproxy")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: the header's deadline on listeners without a handshake deadline of their own ([stream])
+HEADER_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class ProxyProtocolIn:
+    """A listener's policy: the trusted balancers' networks and the header's deadline."""
+
+    trusted: tuple[Network, ...]
+    timeout: float
+
+    def trusts(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.trusted)
+
+
+def policy(on: bool, trusted: tuple[Network, ...], timeout: float) -> Optional[ProxyProtocolIn]:
+    """The policy of a listener whose config says ``proxy_protocol = on``; None when off."""
+    return ProxyProtocolIn(tuple(trusted), timeout) if on else None
+
+
+def read_header(sock: socket.socket, timeout: float) -> pp.ProxyHeader:
+    """Read one PROXY protocol header (v1 or v2) from the start of ``sock``, whole within
+    ``timeout`` seconds, taking no byte past it. Blocks (the greenlet). Raises PhaseTimeout,
+    ProtocolError (malformed, or the connection closed before the header's end), OSError."""
+    taken = b""
+    with gevent.Timeout(timeout, PhaseTimeout(f"PROXY protocol header not complete within {timeout:g}s")):
+        while True:
+            seen = sock.recv(pp.V2_HEAD + pp.MAX_V2 - len(taken), socket.MSG_PEEK)
+            if not seen:
+                raise ProtocolError(f"closed after {len(taken)} byte(s), before a whole PROXY protocol header")
+            try:
+                header = pp.parse(taken + seen)
+            except NeedMore:
+                taken += _take(sock, len(seen))  # all of it is header: take it, then wait for more
+                continue
+            _take(sock, header.size - len(taken))
+            return header
+
+
+def _take(sock: socket.socket, n: int) -> bytes:
+    """``n`` bytes already peeked at (so present: recv does not wait)."""
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise ProtocolError("closed inside a PROXY protocol header")
+        out += chunk
+    return out
+
+
+def accept(sock: socket.socket, address: Address, rule: ProxyProtocolIn, label: str) -> Optional[Address]:
+    """The client's address of a connection to a listener with ``rule``: the header's source
+    (the peer's own for LOCAL and UNKNOWN headers). None, with one log line, when the peer is
+    not trusted or its header is missing, malformed or late: the caller closes the connection.
+    Blocks up to the rule's timeout; never raises for what the peer sends."""
+    peer = fmt_addr(address[0], address[1]) if isinstance(address, tuple) else str(address)
+    if not isinstance(address, tuple) or not rule.trusts(address[0]):
+        log.warning("%s: refused %s: not in proxy_protocol_from, it may not send a PROXY protocol header",
+                    label, peer)
+        return None
+    try:
+        header = read_header(sock, rule.timeout)
+    except (ProtocolError, PhaseTimeout) as e:
+        log.warning("%s: refused %s: %s", label, peer, e)
+        return None
+    except OSError as e:
+        log.info("%s: %s: %s before its PROXY protocol header", label, peer, e.strerror or e)
+        return None
+    if header.source is None:
+        return address
+    return header.source

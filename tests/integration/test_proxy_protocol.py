@@ -177,3 +177,31 @@ def test_proxy_protocol_config_errors(tmp_path, where, path):
     r = subprocess.run([sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c", str(conf), "--check"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and path in r.stderr and str(conf) in r.stderr, r.stderr
+
+
+def test_http_behind_an_http_proxy_believes_only_real_ip_from(start_proxy, haproxy, origin):
+    """[http] real_ip_from: HAProxy (mode http, option forwardfor) in front; its X-Forwarded-For
+    gives the client's address; the same header from anyone else is not believed."""
+    p = start_proxy(bind=False, config=f'''[http]
+real_ip_from = ["{BALANCER}/32"]
+[[http.server]]
+bind = "127.0.0.1:{{port}}"
+[[http.server.location]]
+rule = "/"
+proxy_url = "http://127.0.0.1:{origin.port}"
+deny_ip = ["127.0.0.66"]
+''')
+    h = free_port()
+    haproxy(f"frontend web\n  mode http\n  option forwardfor\n  bind 127.0.0.1:{h}\n  default_backend app\n"
+            f"backend app\n  mode http\n  server w 127.0.0.1:{p.port} source {BALANCER}\n", h)
+    got = curl("-s", "--interface", VISITOR, f"http://127.0.0.1:{h}/headers").stdout.decode()
+    # X-Real-IP: the visitor; X-Forwarded-For: the chain of hops, the balancer last
+    assert f"X-Real-IP: {VISITOR}" in got and f"X-Forwarded-For: {VISITOR}, {BALANCER}" in got, got
+    assert curl("-s", "--interface", "127.0.0.66", f"http://127.0.0.1:{h}/headers", "-o", "/dev/null",
+                "-w", "%{http_code}").stdout == b"403"
+    # a client of its own may say what it likes: its address is its own
+    got = curl("-s", "--interface", "127.0.0.5", "-H", "X-Forwarded-For: 127.0.0.2",
+               f"http://127.0.0.1:{p.port}/headers").stdout.decode()
+    assert "X-Real-IP: 127.0.0.5" in got and "X-Forwarded-For: 127.0.0.2, 127.0.0.5" in got, got
+    log = p.wait_log("127.0.0.5 - - [")
+    assert f'{VISITOR} - - [' in log and "127.0.0.66 - - [" in log and f"{BALANCER} - - [" not in log

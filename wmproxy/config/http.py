@@ -217,9 +217,16 @@ class HttpConfig:
 
     server: tuple = key(table_list(HttpServerConfig), (), "virtual servers")
     upstream: tuple = key(table_list(HttpUpstreamConfig), (), "upstream groups")
+    real_ip_from: tuple = key(list_of(to_network), (), "HTTP proxies in front whose real_ip_header is believed "
+                                                       "(nginx set_real_ip_from): it gives the client's address")
+    real_ip_header: str = key(to_str, "X-Forwarded-For", "the header those proxies put the client's address in; of a "
+                                                         "list, the right-most address not in real_ip_from is taken")
 
     def validate(self) -> None:
         _unique_names(self.upstream, "upstream", ".upstream")
+        if not self.real_ip_header or not all(c.isalnum() or c in "-_" for c in self.real_ip_header):
+            raise Invalid(f"expected a header name like 'X-Forwarded-For' or 'X-Real-IP', got "
+                          f"{self.real_ip_header!r}", ".real_ip_header")
         first_on: dict[str, tuple[int, HttpServerConfig]] = {}  # (the socket's settings: alike on one address)
         for i, srv in enumerate(self.server):
             for bind in srv.bind:

@@ -61,6 +61,15 @@ def ip_allowed(ip: str, allow: tuple[Network, ...], deny: tuple[Network, ...]) -
     return not allow or any(addr in net for net in allow)
 
 
+def in_networks(ip: str, nets: tuple[Network, ...]) -> bool:
+    """``ip`` (a peer address as given, any form) is in one of ``nets``; False for no IP literal."""
+    try:
+        addr = plain_ip(ip)
+    except ValueError:
+        return False
+    return any(addr in net for net in nets)
+
+
 def fmt_addr(host: str, port: int) -> str:
     """'host:port', with brackets around an IPv6 address."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,5 +1,6 @@
-"""The PROXY protocol on a listener: whom to believe, and reading the header off a fresh
-connection before anything else touches it (TLS included).
+"""The client's own address behind a balancer: the PROXY protocol on a listener (whom to
+believe, and reading the header off a fresh connection before anything else touches it, TLS
+included), and ``[http] real_ip_from`` (the address an HTTP proxy in front put in a header).
 
 A listener with ``proxy_protocol = true`` takes connections only from ``proxy_protocol_from``
 (the balancers) and only with a valid header, read whole within a deadline. The header's source
@@ -13,7 +14,6 @@ are taken before waiting for more, so the peek never spins.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
@@ -24,11 +24,9 @@ import gevent
 from ..errors import NeedMore, PhaseTimeout, ProtocolError
 from ..prot import proxyproto as pp
 from .conn import Address
-from .dial import fmt_addr
+from .dial import Network, fmt_addr, in_networks, plain_ip
 
 log = logging.getLogger("wmproxy")
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: the header's deadline on listeners without a handshake deadline of their own ([stream])
 HEADER_TIMEOUT = 10.0
@@ -42,13 +40,7 @@ class ProxyProtocolIn:
     timeout: float
 
     def trusts(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.trusted)
+        return in_networks(ip, self.trusted)
 
 
 def policy(on: bool, trusted: tuple[Network, ...], timeout: float) -> Optional[ProxyProtocolIn]:
@@ -107,3 +99,28 @@ def accept(sock: socket.socket, address: Address, rule: ProxyProtocolIn, label: 
     if header.source is None:
         return address
     return header.source
+
+
+def real_ip(peer: str, values: list[bytes], trusted: tuple[Network, ...]) -> str:
+    """The client's address of a request from ``peer`` carrying ``values`` (the lines of the
+    real_ip_header, e.g. X-Forwarded-For): when ``peer`` is trusted, the right-most address of
+    the list that is not (each trusted proxy appends the address it got the request from, so
+    the first untrusted one from the right is the last that no trusted hop could have
+    invented; nginx's real_ip_recursive on). ``peer`` itself when it is not trusted, or when
+    the list holds no IP literal where one is needed (a malformed value is not believed)."""
+    if not values or not in_networks(peer, trusted):
+        return peer
+    found = peer
+    for value in reversed(b",".join(values).split(b",")):
+        text = value.strip().decode("latin-1")
+        if text.startswith("[") and "]" in text:  # ([v6]:port, as some proxies write it)
+            text = text[1:text.index("]")]
+        elif text.count(":") == 1:  # (v4:port)
+            text = text.split(":", 1)[0]
+        try:
+            found = str(plain_ip(text))
+        except ValueError:
+            return found  # garbage: the last address believed so far stands
+        if not in_networks(found, trusted):
+            return found
+    return found

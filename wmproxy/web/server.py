@@ -33,7 +33,7 @@ from ..net import httpio
 from ..net.conn import Address, Data
 from ..net.dial import fmt_addr, ip_allowed
 from ..net.idle import ConnWatch
-from ..net.proxyproto import ProxyProtocolIn, policy
+from ..net.proxyproto import ProxyProtocolIn, policy, real_ip
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import sni_server_context
 from ..net.writer import close_quietly, send_all
@@ -71,6 +71,8 @@ class WebContext:
         self.body_min_rate = min(s.client_body_min_rate for s in servers)
         self.max_head = max(s.max_header_size for s in servers)
         self.max_headers = max(s.max_headers for s in servers)
+        self.real_ip_from = http.real_ip_from
+        self.real_ip_header = http.real_ip_header.lower().encode("latin-1")
         # per server and per location (by id: the config objects live as long as this context)
         self._plans: dict[int, _Plan] = {}
         for srv in servers:
@@ -82,6 +84,17 @@ class WebContext:
         for upstream in http.upstream:  # now, not at the first request: their health checks start
             if upstream not in self.groups:
                 self.groups[upstream] = UpstreamGroup(upstream, self.resolver)
+
+    def believe(self, req: "Request") -> None:
+        """A request from a proxy of real_ip_from: the client's address is its header's word.
+        When that word is the X-Forwarded-For list, the list goes on extended by the proxy's
+        own address (it stays the chain of hops); else by the client's."""
+        values = req.head.index.get(self.real_ip_header)
+        if values:
+            real = real_ip(req.ip, values, self.real_ip_from)
+            if real != req.ip and self.real_ip_header == b"x-forwarded-for":
+                req.forward_as = req.ip
+            req.ip = real
 
     def limiter(self, loc: HttpLocationConfig) -> "RateLimit":
         """The token buckets of a location with limit_req (shared by the listeners; a reload
@@ -186,7 +199,7 @@ class RateLimit:
 class Request:
     """One request being served: the parsed head and what was decided about it."""
 
-    __slots__ = ("head", "raw", "framing", "ip", "target", "raw_host", "path", "server", "location", "_variables",
+    __slots__ = ("head", "raw", "framing", "ip", "forward_as", "target", "raw_host", "path", "server", "location", "_variables",
                  "started", "status", "size", "note", "keep", "state", "ctx")
     path: Optional[str]  # normalised; None: above the root
     server: HttpServerConfig  # set once the head is read
@@ -199,7 +212,8 @@ class Request:
         self.head = head
         self.raw = raw  # the head as it came, ``head`` parsed from it
         self.framing = request_framing(head)
-        self.ip = ip
+        self.ip = ip  # the client's address: the peer's, or a trusted proxy's word for it (real_ip_from)
+        self.forward_as = ip  # appended to X-Forwarded-For
         self.target = target = head.target
         host = head.get(b"host")
         raw_host = host.decode("latin-1").strip() if host else ""
@@ -304,6 +318,8 @@ class WebServer(Listener):
             head = http1.parse_request_head(raw)
             http1.check_request(head, ctx.max_headers)
             req = Request(head, raw, ip, ctx)
+            if ctx.real_ip_from:
+                ctx.believe(req)
         except PeerClosed:
             return False
         except ProtocolError as e:  # a malformed head, or a body framed two ways
@@ -411,19 +427,19 @@ class WebServer(Listener):
         target = req.target
         if base and loc.rule.kind in ("prefix", "prefix-stop") and target.startswith(loc.rule.text):
             target = base + target[len(loc.rule.text):]  # as nginx's proxy_pass with a URI
-        ip = req.ip.encode()
+        ip, hops = req.ip.encode(), req.forward_as.encode()
         line = f"{head.method} {target} HTTP/1.1"
         # the client's header lines as they came when none goes or changes (no X-Forwarded-For
         # to extend, no header rules), else the list built again; (an upgrade needs Connection,
         # which is hop-by-hop: never passed through)
         out = upgrade = None
         if not plan.request_rules:
-            extra = b"".join((b"\r\nX-Forwarded-For: ", ip, b"\r\nX-Forwarded-Proto: ", ctx.scheme_bytes,
+            extra = b"".join((b"\r\nX-Forwarded-For: ", hops, b"\r\nX-Forwarded-Proto: ", ctx.scheme_bytes,
                               b"\r\nX-Real-IP: ", ip))
             out = http1.passthrough_head(head, req.raw, line.encode("latin-1"), extra, _REPLACED)
         if out is None:
             headers, upgrade = http1.upstream_headers(head, req.framing, _REPLACED)
-            headers += [(b"X-Forwarded-For", http1.forwarded_for(head, ip)), (b"X-Forwarded-Proto", ctx.scheme_bytes),
+            headers += [(b"X-Forwarded-For", http1.forwarded_for(head, hops)), (b"X-Forwarded-Proto", ctx.scheme_bytes),
                         (b"X-Real-IP", ip)]
             out = http1.encode_head(line, req.apply(headers, plan.request_rules))
         if req.framing != NO_BODY and head.expects_continue():

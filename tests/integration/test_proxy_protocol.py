@@ -205,3 +205,49 @@ deny_ip = ["127.0.0.66"]
     assert "X-Real-IP: 127.0.0.5" in got and "X-Forwarded-For: 127.0.0.2, 127.0.0.5" in got, got
     log = p.wait_log("127.0.0.5 - - [")
     assert f'{VISITOR} - - [' in log and "127.0.0.66 - - [" in log and f"{BALANCER} - - [" not in log
+
+
+def source_echo(port: int) -> str:
+    """HAProxy sections: an HTTP answer of the source address it was told, on a port that
+    takes a PROXY header first (accept-proxy)."""
+    return (f"frontend echo{port}\n  mode http\n  bind 127.0.0.1:{port} accept-proxy\n"
+            f'  http-request return status 200 content-type text/plain lf-string "src=%[src] dst=%[dst]"\n')
+
+
+def wait_for(read, text: str, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (got := read()):
+        assert time.monotonic() < deadline, got
+        time.sleep(0.05)
+    return got
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_stream_passes_the_visitor_on_both_ways(start_proxy, haproxy, version):
+    """HAProxy send-proxy -> [stream] (proxy_protocol) -> send_proxy_protocol -> HAProxy
+    accept-proxy: the last hop hears of the visitor, and so does a client without a balancer."""
+    echo, front_port, plain = free_port(), free_port(), free_port()
+    p = start_proxy(bind=False, config=f'''[stream]
+[[stream.upstream]]
+name = "echo"
+server = [{{ addr = "127.0.0.1:{echo}" }}]
+send_proxy_protocol = "{version}"
+[[stream.server]]
+bind = "127.0.0.1:{{port}}"
+up_name = "echo"
+{TRUST}
+[[stream.server]]
+bind = "127.0.0.1:{plain}"
+up_name = "echo"
+''')
+    hap = haproxy(source_echo(echo) + front(front_port, p.port, "send-proxy-v2" if version == "v1" else "send-proxy"),
+                  echo, front_port)
+    got = curl("-s", "--interface", VISITOR, f"http://127.0.0.1:{front_port}/").stdout.decode()
+    assert got == f"src={VISITOR} dst=127.0.0.1", got
+    got = curl("-s", "--interface", "127.0.0.5", f"http://127.0.0.1:{plain}/").stdout.decode()
+    assert got == "src=127.0.0.5 dst=127.0.0.1", got
+    wait_for(hap.log, "127.0.0.5:")  # HAProxy's own log names the visitors, not wmproxy's address
+    lines = [line for line in hap.log().splitlines() if f"echo{echo} echo{echo}/" in line]  # (its answers)
+    sources = {line.split(":", 1)[0] for line in lines}  # (127.0.0.1: the probes of the ports by the test)
+    assert {VISITOR, "127.0.0.5"} <= sources and BALANCER not in sources, lines
+    assert f"{VISITOR}:" in p.wait_log(f"{VISITOR}:")

@@ -26,6 +26,9 @@ class StreamUpstreamConfig:
     server: tuple = key(table_list(UpstreamServerConfig), REQUIRED, "the servers")
     method: str = key(one_of(("round_robin", "ip_hash")), "round_robin",
                       "how a connection or UDP session picks its server")
+    send_proxy_protocol: str = key(one_of(("", "v1", "v2")), "", "tcp: start each connection to a server with a "
+                                   "PROXY protocol header of this version (HAProxy send-proxy): the client's "
+                                   "address and the one it came in on")
 
     def validate(self) -> None:
         if not self.server:

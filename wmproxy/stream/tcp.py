@@ -21,7 +21,7 @@ from ..metrics import ServerMetrics
 from ..services import Services
 from ..net import ws
 from ..net.conn import Address, Conn
-from ..net.proxyproto import HEADER_TIMEOUT, ProxyProtocolIn, policy
+from ..net.proxyproto import HEADER_TIMEOUT, ProxyProtocolIn, header_for, policy
 from ..net.dns import Resolver
 from ..net.balance import WeightedRoundRobin, hash_index
 from ..net.dial import dial, fmt_addr
@@ -107,6 +107,14 @@ class StreamTcpServer(Listener):
                 errors.append(str(e))
                 continue
             upstream: Conn = sock
+            if ctx.upstream.send_proxy_protocol:
+                try:
+                    sock.sendall(header_for(ctx.upstream.send_proxy_protocol, address, client.getsockname()))
+                except OSError as e:
+                    sock.close()
+                    figures.failures += 1
+                    errors.append(f"{server.addr}: {e.strerror or e}")
+                    continue
             if mode in ("tcp2ws", "tcp2wss"):
                 try:
                     upstream = self._websocket(sock, server.addr, ctx)

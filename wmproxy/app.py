@@ -356,14 +356,15 @@ class App:
                     None)
 
     def proxy_handler(self, proxy_cfg: ProxyConfig, stats: ConnStats, exposed: bool) -> Handler:
-        """The forward proxy as a function of (connection, client address), for features that
-        hand it connections of their own (the center server's PROXY streams, proxy mappings);
+        """The forward proxy as a function of (connection, client address[, the address of the
+        client it serves on that client's behalf, for its log]), for features that hand it
+        connections of their own (the center server's PROXY streams, proxy mappings);
         ``exposed``: other hosts can reach them (loopback targets are then refused by default)."""
         from .net.relay import link_owned
         from .proxy.server import ProxyContext, serve_connection
 
         ctx = ProxyContext(proxy_cfg, self.resolver, link_owned, stats, local=False, exposed=exposed)
-        return lambda conn, address: serve_connection(ctx, conn, address)
+        return lambda conn, address, behalf=None: serve_connection(ctx, conn, address, behalf)
 
     # -- status --------------------------------------------------------------------------------
     def status(self) -> dict:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .net.dns import Resolver
 
 #: the forward proxy as a function of (connection, client address)
-Handler = Callable[[Any, Any], None]
+Handler = Callable[..., None]  # (connection, client address[, on whose behalf]) -> served
 
 
 class ProxyHandlerFactory(Protocol):

@@ -251,3 +251,47 @@ up_name = "echo"
     sources = {line.split(":", 1)[0] for line in lines}  # (127.0.0.1: the probes of the ports by the test)
     assert {VISITOR, "127.0.0.5"} <= sources and BALANCER not in sources, lines
     assert f"{VISITOR}:" in p.wait_log(f"{VISITOR}:")
+
+
+def test_mappings_tell_the_service_who_the_visitor_is(tmp_path, certs, haproxy, origin):
+    """The server tells the center client each public visitor's address (CREATE with PEER); a
+    mapping with proxy_protocol starts its connection to the service with it: HAProxy
+    (accept-proxy) as the service answers with the visitor's address, whether the visitor came
+    straight or through a balancer in front of the server."""
+    remote, mport, echo, balanced, exit_port = free_port(), free_port(), free_port(), free_port(), free_port()
+    p = Pair(tmp_path, certs, start_client=False,
+             server_extra=f'map_http_bind = "127.0.0.1:{mport}"\n[proxy]\nbind = "127.0.0.1:{free_port()}"\n')
+    try:
+        hap = haproxy(source_echo(echo), echo)
+        p.client = p.start_client(
+            tcp_mapping("svc", echo, remote) + 'proxy_protocol = "v2"\n'
+            + http_mapping("site", echo, "a.test") + 'proxy_protocol = "v1"\n'
+            + f'[[mappings]]\nname = "exit"\nmode = "proxy"\nremote_bind = "127.0.0.1:{exit_port}"\n')
+        p.wait_link()
+        wait_port(remote)
+        got = curl("-s", "--interface", VISITOR, f"http://127.0.0.1:{remote}/").stdout.decode()
+        assert got == f"src={VISITOR} dst=127.0.0.1", got
+        got = curl("-s", "--interface", "127.0.0.6", "-H", "Host: a.test", f"http://127.0.0.1:{mport}/").stdout.decode()
+        assert got == "src=127.0.0.6 dst=127.0.0.1", got
+        assert f"{VISITOR}:" in p.client.wait_log("mapping 'svc': connection done")
+        # a proxy mapping: the client's forward proxy serves (and logs) the visitor
+        assert curl("-s", "--interface", "127.0.0.7", "-x", f"http://127.0.0.1:{exit_port}",
+                    f"http://127.0.0.1:{origin.port}/whoami").stdout == b"origin-A"
+        assert "127.0.0.7 - - [" in p.client.wait_log("127.0.0.7 - - [")
+        # the client's local proxy: the server logs the stream's client beside the link's address
+        assert curl("-s", "--interface", "127.0.0.8", "-x", f"http://127.0.0.1:{p.proxy}",
+                    f"http://127.0.0.1:{origin.port}/whoami").stdout == b"origin-A"
+        assert "(for 127.0.0.8:" in p.server.wait_log("(for 127.0.0.8:")
+        # and behind a balancer in front of the server's public side
+        p.server.stop()
+        p.server_conf.write_text(p.server_conf.read_text().replace(
+            "[proxy]", f'map_proxy_protocol = true\nmap_proxy_protocol_from = ["{BALANCER}"]\n[proxy]'))
+        p.server = p.start("server", p.server_conf)
+        haproxy(front(balanced, remote, "send-proxy"), balanced)
+        p.client.wait_log("is up (attempt 2)", timeout=20)
+        wait_port(remote)
+        got = curl("-s", "--interface", VISITOR, f"http://127.0.0.1:{balanced}/").stdout.decode()
+        assert got == f"src={VISITOR} dst=127.0.0.1", got
+        assert f"{VISITOR}:" in hap.log()
+    finally:
+        p.stop()

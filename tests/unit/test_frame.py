@@ -77,7 +77,7 @@ def test_bodies_decode_to_what_was_encoded():
     assert web.domain == "*.example.com" and web.headers[0] == f.HeaderRule(True, f.HeaderOp.ADD, "X-Real-IP",
                                                                             "{client_ip}")
     assert ssh == f.MappingSpec("ssh", "tcp", "", "0.0.0.0:2222")
-    assert f.decode_create(frames[f.Kind.CREATE].body) == (f.CreateMode.CONNECT, "example.com:443")
+    assert f.decode_create(frames[f.Kind.CREATE].body) == (f.CreateMode.CONNECT, "example.com:443", None)
     assert f.decode_window(frames[f.Kind.WINDOW].body) == 65536
     assert f.decode_close(frames[f.Kind.CLOSE].body) == "auth failed"
     assert f.decode_close(b"") == ""
@@ -112,7 +112,25 @@ def test_refusals():
         f.encode_header(0, 0, 0, 1 << 24)
 
 
-DECODERS = (f.decode_create, f.decode_close, f.decode_token, f.decode_hello, f.decode_ping, f.decode_window,
+def test_create_with_the_visitor_address():
+    """CREATE with the flag PEER: the visitor's and the reached address after the target."""
+    body = f.encode_create(f.CreateMode.TCP, "ssh", ("[2001:db8::7]:40000", "192.0.2.1:22"))
+    assert f.decode_create(body, peer=True) == (f.CreateMode.TCP, "ssh", (("2001:db8::7", 40000), ("192.0.2.1", 22)))
+    with pytest.raises(ProtocolError, match="trailing"):  # to an end that did not ask for it: refused
+        f.decode_create(body)
+    with pytest.raises(ProtocolError, match="truncated"):  # the flag without the addresses
+        f.decode_create(f.encode_create(f.CreateMode.TCP, "ssh"), peer=True)
+    for bad in ("example.com:22", "1.2.3.4", "1.2.3.4:65536", "1.2.3.4:-1", "::1:22", "[::1]:x", "[1.2.3.4]:", ""):
+        with pytest.raises(ProtocolError, match="not an ip:port"):
+            f.parse_endpoint(bad)
+    assert f.parse_endpoint(f.format_endpoint("::1", 0)) == ("::1", 0)
+
+
+def _decode_create_peer(body: bytes) -> object:
+    return f.decode_create(body, peer=True)
+
+
+DECODERS = (f.decode_create, _decode_create_peer, f.decode_close, f.decode_token, f.decode_hello, f.decode_ping, f.decode_window,
             f.decode_mappings, f.decode_mapping_answers)
 
 

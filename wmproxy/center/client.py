@@ -18,7 +18,8 @@ from gevent import socket as gsocket
 from ..config import CenterConfig, MappingConfig, ProxyConfig
 from ..listener import ConnStats
 from ..errors import ProtocolError, UpstreamError
-from ..net.dial import dial
+from ..net.dial import dial, fmt_addr
+from ..net.proxyproto import header_for
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import client_context
 from ..net.udp import MAX_DATAGRAM
@@ -96,13 +97,14 @@ class CenterClient:
             if self.ssl is not None:
                 sock = self.ssl.wrap_socket(sock, server_hostname=cfg.server_name or cfg.server.host)
             reader = Reader(sock)
-            answers = handshake.client_side(sock, reader, cfg.username, cfg.password, self._specs())
+            answers, peer_aware = handshake.client_side(sock, reader, cfg.username, cfg.password, self._specs())
         except BaseException:
             sock.close()
             raise
         link = CenterLink(sock, reader, is_client=True, window=cfg.window, max_window=cfg.max_window,
                           max_frame=cfg.max_frame, heartbeat=cfg.heartbeat, on_create=self._serve_stream,
                           name=f"to {cfg.server}", on_mapping_answer=self._answered)
+        link.peer_aware = peer_aware
         self.link = link
         log.info("center link to %s is up (attempt %d)", cfg.server, self.attempts)
         self._answered(answers)
@@ -141,9 +143,10 @@ class CenterClient:
         if mapping is None or mapping.wire_mode not in (wanted or ()):
             vc.close(f"no {mode.name} mapping named {target!r} on this client")
             return
+        visitor = vc.visitor  # (the public client and the address it reached, from a server that tells)
         if mapping.mode == "proxy":  # a forward proxy whose traffic leaves from this network
             vc.link.send_frame(Kind.CREATE, Flag.ACK, vc.sid)
-            self._proxy_for(mapping)(vc, vc.link.peer_address)
+            self._proxy_for(mapping)(vc, visitor[0] if visitor else vc.link.peer_address)
             return
         if mapping.mode == "udp":
             self._serve_udp(vc, mapping)
@@ -154,10 +157,18 @@ class CenterClient:
             log.warning("mapping %r: %s", target, e)
             vc.close(str(e))
             return
+        if mapping.proxy_protocol:  # the service hears of the public visitor (or of no one: UNKNOWN/LOCAL)
+            try:
+                local.sendall(header_for(mapping.proxy_protocol, *(visitor or (None, None))))
+            except OSError as e:
+                local.close()
+                vc.close(f"{mapping.local_addr}: {e.strerror or e}")
+                return
         vc.link.send_frame(Kind.CREATE, Flag.ACK, vc.sid)
+        who = f"{fmt_addr(*visitor[0])} " if visitor else ""
         relay_then(vc, local, lambda stats: log.info(
-            "mapping %r: connection done (%s) in=%d out=%d", target, stats.reason, stats.a_to_b, stats.b_to_a),
-            link_owned, IDLE_TIMEOUT)
+            "%smapping %r: connection done (%s) in=%d out=%d", who, target, stats.reason, stats.a_to_b,
+            stats.b_to_a), link_owned, IDLE_TIMEOUT)
 
     def _serve_udp(self, vc: VirtualConn, mapping: MappingConfig) -> None:
         """One public peer of a udp mapping: its datagrams (one DATA frame each) go to the

@@ -37,7 +37,7 @@ def entry_for(client: "CenterClient") -> EntryHandler:
             return
         info.proto, info.target = "center", link.name
         info.end_handshake()  # the center server's proxy reads the handshake, under its own deadline
-        stream = link.open_stream(CreateMode.PROXY)
+        stream = link.open_stream(CreateMode.PROXY, "", ((info.ip, info.port), conn.getsockname()))
         ctx.relay(conn, stream, info, reader.take_pending())
 
     return serve

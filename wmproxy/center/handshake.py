@@ -38,8 +38,9 @@ def _expect(reader: Reader, kind: Kind, want_ack: bool) -> fr.Frame:
 
 
 def server_side(sock: Conn, reader: Reader, accounts: dict[str, str],
-                decide: Callable[[str, list[fr.MappingSpec]], list[fr.MappingAnswer]]) -> str:
-    """Run the server's half; returns the client's user name ('' when no accounts are set).
+                decide: Callable[[str, list[fr.MappingSpec]], list[fr.MappingAnswer]]) -> tuple[str, bool]:
+    """Run the server's half; returns the client's user name ('' when no accounts are set)
+    and whether it reads a visitor's address on CREATE (it set PEER on its MAPPING).
     ``decide(user, mappings)`` answers the client's mappings. Raises AuthFailed (after
     telling the client), ProtocolError, PeerClosed, OSError."""
     nonce = os.urandom(fr.NONCE_SIZE)
@@ -51,19 +52,22 @@ def server_side(sock: Conn, reader: Reader, accounts: dict[str, str],
             _send(sock, Kind.CLOSE, 0, fr.encode_close("auth failed"))
             raise AuthFailed(f"auth failed for user {username[:40]!r}")
     _send(sock, Kind.TOKEN, Flag.ACK)
-    mappings = fr.decode_mappings(_expect(reader, Kind.MAPPING, False).body)
-    _send(sock, Kind.MAPPING, Flag.ACK, fr.encode_mapping_answers(decide(username, mappings)))
-    return username
+    mapping = _expect(reader, Kind.MAPPING, False)
+    mappings = fr.decode_mappings(mapping.body)
+    _send(sock, Kind.MAPPING, Flag.ACK | Flag.PEER, fr.encode_mapping_answers(decide(username, mappings)))
+    return username, bool(mapping.flag & Flag.PEER)
 
 
 def client_side(sock: Conn, reader: Reader, username: str, password: str,
-                mappings: Sequence[fr.MappingSpec] = ()) -> list[fr.MappingAnswer]:
-    """Run the client's half; returns the server's answer per mapping. Raises AuthFailed,
-    ProtocolError, PeerClosed, OSError."""
+                mappings: Sequence[fr.MappingSpec] = ()) -> tuple[list[fr.MappingAnswer], bool]:
+    """Run the client's half; returns the server's answer per mapping and whether it reads a
+    visitor's address on CREATE (it set PEER on its answer). Raises AuthFailed, ProtocolError,
+    PeerClosed, OSError."""
     version, nonce = fr.decode_hello(_expect(reader, Kind.HELLO, False).body)
     if version != fr.PROTOCOL_VERSION:
         raise ProtocolError(f"the server speaks link protocol {version}, this client {fr.PROTOCOL_VERSION}")
     _send(sock, Kind.TOKEN, 0, fr.encode_token(username, fr.proof(password, nonce) if username else ""))
     _expect(reader, Kind.TOKEN, True)
-    _send(sock, Kind.MAPPING, 0, fr.encode_mappings(list(mappings)))
-    return fr.decode_mapping_answers(_expect(reader, Kind.MAPPING, True).body)
+    _send(sock, Kind.MAPPING, Flag.PEER, fr.encode_mappings(list(mappings)))
+    answer = _expect(reader, Kind.MAPPING, True)
+    return fr.decode_mapping_answers(answer.body), bool(answer.flag & Flag.PEER)

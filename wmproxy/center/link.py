@@ -30,7 +30,7 @@ import logging
 import os
 import socket
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import gevent
 from gevent.event import Event
@@ -38,7 +38,7 @@ from gevent.pool import Group
 from gevent.queue import Empty, Queue
 
 from ..errors import ProtocolError
-from ..net.conn import StreamSink
+from ..net.conn import Address, StreamSink
 from ..net.gevent_io import kernel_socket, read_waiter
 from ..net.reader import PeerClosed, Reader
 from ..prot import frame as fr
@@ -111,6 +111,7 @@ class CenterLink:
         self.draining = False
         self.close_reason = ""
         self.started_at = time.time()
+        self.peer_aware = False  # the far end reads a visitor's address on CREATE (its handshake said PEER)
         self.last_rx = time.monotonic()
         self.bytes_in = 0
         self.bytes_out = 0
@@ -122,14 +123,21 @@ class CenterLink:
             self.local_address = self.peer_address = ("0.0.0.0", 0)
 
     # -- streams ---------------------------------------------------------------------------------
-    def open_stream(self, mode: fr.CreateMode, target: str = "") -> VirtualConn:
-        """A new stream asking the far end for ``mode``/``target``. Data may follow at once.
-        Raises ConnectionResetError when the link is closed."""
+    def open_stream(self, mode: fr.CreateMode, target: str = "", visitor: Optional[tuple[Address, Address]] = None
+                    ) -> VirtualConn:
+        """A new stream asking the far end for ``mode``/``target``; ``visitor``: the (client,
+        reached) addresses of the connection it carries, told to a far end that reads them
+        (``peer_aware``). Data may follow at once. Raises ConnectionResetError when the link
+        is closed."""
         if self.closed:
             raise ConnectionResetError(f"center link {self.name} is closed")
         sid = self._allocate()
         vc = self.streams[sid] = VirtualConn(self, sid)
-        self.send_frame(Kind.CREATE, 0, sid, fr.encode_create(mode, target))
+        if visitor is not None and self.peer_aware:
+            told = (fr.format_endpoint(*visitor[0][:2]), fr.format_endpoint(*visitor[1][:2]))
+            self.send_frame(Kind.CREATE, Flag.PEER, sid, fr.encode_create(mode, target, told))
+        else:
+            self.send_frame(Kind.CREATE, 0, sid, fr.encode_create(mode, target))
         return vc
 
     def _allocate(self) -> int:
@@ -326,7 +334,7 @@ class CenterLink:
         elif kind == Kind.CREATE:
             if f.flag & Flag.ACK:
                 return  # the far end reached the target; data may already be flowing
-            mode, target = fr.decode_create(f.body)
+            mode, target, visitor = fr.decode_create(f.body, bool(f.flag & Flag.PEER))
             if sid == 0:  # CLOSE(0) would close the link (PROTOCOL.md): this is a protocol error
                 raise ProtocolError("CREATE with stream id 0")
             if sid in self.streams or (sid % 2 == 1) == self.is_client:
@@ -336,6 +344,7 @@ class CenterLink:
                 self.send_frame(Kind.CLOSE, 0, sid, fr.encode_close("server stopping"), quiet=True)
                 return
             vc = self.streams[sid] = VirtualConn(self, sid)
+            vc.visitor = visitor
             self.handlers.spawn(self._serve_stream, vc, mode, target)
         elif kind == Kind.PING:
             body = fr.decode_ping(f.body)

@@ -103,6 +103,7 @@ class MapHttpServer(Listener):
         accepted = client
         watch = None
         try:
+            visitor = (address, client.getsockname())  # (told to the center client; before TLS takes the socket)
             if ctx.scheme == "https":
                 if self._passed_through(client, address, ctx, tls_deadline):
                     return
@@ -114,7 +115,7 @@ class MapHttpServer(Listener):
             watch = ConnWatch(reader, ctx.idle_timeout, ctx.head_timeout,
                               f"request head not complete within {ctx.head_timeout:g}s")
             watch.until(started + ctx.head_timeout, watch.head_phase)  # the first head, from the start
-            up = RouteStream()
+            up = RouteStream(visitor)
             try:
                 while self._one(client, reader, peer_ip, ctx, up, watch):
                     watch.waiting(None, ctx.idle_timeout)
@@ -158,7 +159,7 @@ class MapHttpServer(Listener):
             return True
         route.requests += 1
         deadline.close()  # the service's TLS sees the rest; the relay has its idle watch
-        stream = route.link.open_stream(CreateMode.TCP, route.name)
+        stream = route.link.open_stream(CreateMode.TCP, route.name, (address, client.getsockname()))
         stats = relay(client, stream, ctx.idle_timeout)
         log.info("%s map-https SNI %s passed through to %s (%s) in=%d out=%d", peer, sni, route.owner,
                  stats.reason, stats.a_to_b, stats.b_to_a)
@@ -269,9 +270,10 @@ class RouteStream:
     keep-alive requests while they go to the same route, so the client keeps its connection
     to the service too; a request for another route closes it and opens one for that route."""
 
-    __slots__ = ("route", "stream", "reader")
+    __slots__ = ("route", "stream", "reader", "visitor")
 
-    def __init__(self) -> None:
+    def __init__(self, visitor: tuple[Address, Address]) -> None:
+        self.visitor = visitor  # (the client, the address it reached): told to the center client
         self.route: HttpRoute | None = None
         self.stream: VirtualConn | None = None
         self.reader: Reader | None = None
@@ -288,7 +290,7 @@ class RouteStream:
             return True
         self.close()
         assert route.link is not None  # (the registry gives routes with a link)
-        self.stream = route.link.open_stream(CreateMode.HTTP, route.name)
+        self.stream = route.link.open_stream(CreateMode.HTTP, route.name, self.visitor)
         self.stream.settimeout(timeout)
         self.reader = Reader(self.stream)
         self.route = route

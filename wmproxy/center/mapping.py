@@ -117,7 +117,7 @@ class PublicPort(AcceptGuard, StreamServer):
         if not self.per_ip.enter(ip, self.max_per_ip):
             return
         try:
-            stream = link.open_stream(self.create_mode, self.name)
+            stream = link.open_stream(self.create_mode, self.name, (address, conn.getsockname()))
         except ConnectionError as e:
             self.per_ip.leave(ip)
             log.info("%s mapping %s: %s", peer, self.name, e)
@@ -197,7 +197,7 @@ class PublicUdpPort(UdpSessions):
                       self.name, self.owner)
             return None
         try:
-            vc = link.open_stream(CreateMode.TCP, self.name)
+            vc = link.open_stream(CreateMode.TCP, self.name, (peer, self.socket.getsockname()))
         except ConnectionError as e:
             log.info("%s mapping %s: %s", fmt_addr(*peer[:2]), self.name, e)
             return None

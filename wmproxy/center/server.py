@@ -114,7 +114,7 @@ class CenterServer(Listener):
             if ctx.ssl is not None:
                 sock = ctx.ssl.wrap_socket(sock, server_side=True)
             reader = Reader(sock)
-            user = handshake.server_side(sock, reader, ctx.accounts, decide)
+            user, peer_aware = handshake.server_side(sock, reader, ctx.accounts, decide)
             self.throttle.succeeded(address[0])
         except handshake.AuthFailed as e:
             self.throttle.failed(address[0])
@@ -133,12 +133,12 @@ class CenterServer(Listener):
         finally:
             deadline.close()
         try:
-            self._serve_link(ctx, sock, reader, user, address, ports)
+            self._serve_link(ctx, sock, reader, user, address, ports, peer_aware)
         finally:
             self.mappings.withdraw(ports)
 
     def _serve_link(self, ctx: CenterServerContext, sock: socket.socket, reader: Reader, user: str, address: Address,
-                    ports: list[Published]) -> None:
+                    ports: list[Published], peer_aware: bool) -> None:
         cfg = ctx.cfg
         peer = fmt_addr(address[0], address[1])
         link = CenterLink(sock, reader, is_client=False, window=cfg.window, max_window=cfg.max_window,
@@ -147,6 +147,7 @@ class CenterServer(Listener):
                           on_mapping=lambda specs: self.mappings.update(user or peer, link, ports, specs, ctx))
         link.user = user
         link.peer_address = address  # (behind a balancer, the PROXY protocol header's)
+        link.peer_aware = peer_aware
         self.links.add(link)
         log.info("center: client %r connected from %s", user or "anonymous", peer)
         for item in ports:
@@ -165,7 +166,7 @@ class CenterServer(Listener):
                       mode: CreateMode, target: str) -> None:
         if mode == CreateMode.PROXY:
             link.send_frame(Kind.CREATE, Flag.ACK, vc.sid, quiet=True)
-            ctx.serve_proxy(vc, link.peer_address)
+            ctx.serve_proxy(vc, link.peer_address, vc.visitor[0] if vc.visitor else None)
         elif mode == CreateMode.CONNECT:
             try:
                 t = parse_authority(target)

@@ -39,7 +39,7 @@ class VirtualConn:
     """
 
     __slots__ = ("link", "sid", "_inbox", "pending", "credit", "_credit_event", "window", "granted_at", "consumed",
-                 "buffered", "sent_fin", "got_fin", "reset", "closed", "timeout", "sink")
+                 "buffered", "sent_fin", "got_fin", "reset", "closed", "timeout", "sink", "visitor")
 
     def __init__(self, link: "CenterLink", sid: int) -> None:
         self.link = link
@@ -58,6 +58,8 @@ class VirtualConn:
         self.closed = False
         self.timeout: float | None = None
         self.sink: StreamSink | None = None  # push mode: gets data(body), fin(), reset(reason), credit()
+        #: the (client, reached) addresses of the connection it carries, when the far end said (CREATE+PEER)
+        self.visitor: tuple[tuple[str, int], tuple[str, int]] | None = None
 
     def __repr__(self) -> str:
         return f"<VirtualConn {self.sid} of {self.link.name}>"

@@ -117,6 +117,9 @@ class MappingConfig:
     password: str = key(to_str, "", "proxy: password its forward proxy asks for")
     tls_passthrough: bool = key(to_bool, False, "https: route by SNI and pass the TLS bytes through to local_addr "
                                                 "(the service terminates TLS) instead of terminating on the server")
+    proxy_protocol: str = key(one_of(("", "v1", "v2")), "", "tcp, http, https: start each connection to local_addr "
+                              "with a PROXY protocol header of this version naming the public visitor (the server "
+                              "tells it over the link)")
 
     @property
     def wire_mode(self) -> str:
@@ -124,6 +127,9 @@ class MappingConfig:
         return "tls" if self.tls_passthrough else self.mode
 
     def validate(self) -> None:
+        if self.proxy_protocol and self.mode not in ("tcp", "http", "https"):
+            raise Invalid(f"proxy_protocol is for tcp, http and https mappings (a {self.mode} mapping has no "
+                          f"connection to start with it)", ".proxy_protocol")
         if self.tls_passthrough and self.mode != "https":
             raise Invalid("tls_passthrough is for mode = \"https\" mappings", ".tls_passthrough")
         if self.mode in ("tcp", "udp", "http", "https") and self.local_addr is None:

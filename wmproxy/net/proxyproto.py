@@ -126,10 +126,10 @@ def real_ip(peer: str, values: list[bytes], trusted: tuple[Network, ...]) -> str
     return found
 
 
-def header_for(version: str, source: Address, dest: Address) -> bytes:
+def header_for(version: str, source: Optional[Address], dest: Optional[Address]) -> bytes:
     """The header that tells the next hop a connection from ``source`` (the client) came in
     on ``dest``: ``version`` "v1" (text) or "v2" (binary). A v2 header says LOCAL, and a v1
-    header UNKNOWN, when either address is not an IP one (a UNIX socket...)."""
+    header UNKNOWN, when either address is unknown or not an IP one (a UNIX socket...)."""
     src = (source[0], source[1]) if isinstance(source, tuple) and len(source) >= 2 else None
     dst = (dest[0], dest[1]) if isinstance(dest, tuple) and len(dest) >= 2 else None
     try:

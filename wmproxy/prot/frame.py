@@ -20,10 +20,14 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import ipaddress
 import struct
 from dataclasses import dataclass
+from typing import Optional
 
 from ..errors import NeedMore, ProtocolError
+
+Endpoint = tuple[str, int]  # (IP literal, port): a visitor's address on CREATE
 
 HEADER_SIZE = 8
 MAX_LENGTH = (1 << 24) - 1  # what the u24 length can say
@@ -51,6 +55,9 @@ class Flag(enum.IntFlag):
     NONE = 0
     ACK = 0x01  #: answers a frame of the same kind
     FIN = 0x10  #: on CLOSE: half-close only
+    #: on MAPPING (client) and MAPPING+ACK (server): this end reads a visitor's address on CREATE;
+    #: on CREATE: its body carries one (only to an end that said it reads them)
+    PEER = 0x20
 
 
 class CreateMode(enum.IntEnum):
@@ -187,11 +194,18 @@ class _Body:
 
 # -- one encoder and decoder per body -----------------------------------------------------------
 
-def encode_create(mode: CreateMode, target: str = "") -> bytes:
-    return bytes((mode,)) + encode_short(target)
+def encode_create(mode: CreateMode, target: str = "", visitor: Optional[tuple[str, str]] = None) -> bytes:
+    """A CREATE body; with ``visitor`` (the flag PEER goes with it): the ``"ip:port"`` of the
+    connection's client and of the address it reached, after the target."""
+    body = bytes((mode,)) + encode_short(target)
+    if visitor is not None:
+        body += encode_short(visitor[0]) + encode_short(visitor[1])
+    return body
 
 
-def decode_create(body: bytes) -> tuple[CreateMode, str]:
+def decode_create(body: bytes, peer: bool = False) -> tuple[CreateMode, str, Optional[tuple[Endpoint, Endpoint]]]:
+    """(mode, target, visitor): ``visitor`` the (client, reached) endpoints that a CREATE with
+    the flag PEER (``peer``) carries, else None."""
     b = _Body(body, "CREATE")
     raw_mode = b.u8()
     try:
@@ -199,8 +213,33 @@ def decode_create(body: bytes) -> tuple[CreateMode, str]:
     except ValueError:
         raise ProtocolError(f"CREATE mode {raw_mode} is not known") from None
     target = b.short()
+    visitor = (parse_endpoint(b.short()), parse_endpoint(b.short())) if peer else None
     b.end()
-    return mode, target
+    return mode, target, visitor
+
+
+
+def format_endpoint(host: str, port: int) -> str:
+    """``ip:port``, ``[v6]:port``: how CREATE carries an endpoint."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """The endpoint of :func:`format_endpoint`. Raises ProtocolError unless it is an IP literal
+    and a port."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        sep = ""
+    try:
+        ip = ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        ip, number = None, -1
+    if not sep or ip is None or not 0 <= number <= 65535 or not port.isdigit():
+        raise ProtocolError(f"CREATE: {text[:60]!r} is not an ip:port")
+    return str(ip), number
 
 
 def encode_close(reason: str = "") -> bytes:

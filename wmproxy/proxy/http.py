@@ -184,6 +184,8 @@ class HttpSession:
         if not access_log.isEnabledFor(logging.INFO):
             return  # (the parse of credentials below is skipped too)
         creds = parse_basic_auth(head.get(b"proxy-authorization")) if self.auth else None
+        if self.info.behalf:
+            note = f"for {self.info.behalf}" + (f"; {note}" if note else "")
         log_access(self.info.ip, creds[0] if creds else "", head, head.target, status, size, took, note)
 
     # -- CONNECT ----------------------------------------------------------------------------

@@ -39,12 +39,17 @@ log = logging.getLogger("wmproxy.proxy")
 class ConnInfo:
     """What one client connection did, for its single log line."""
 
-    __slots__ = ("peer", "ip", "proto", "target", "result", "up", "down", "started", "detached", "deadline")
+    __slots__ = ("peer", "ip", "port", "behalf", "proto", "target", "result", "up", "down", "started", "detached", "deadline")
 
-    def __init__(self, ip: str, port: int) -> None:
+    def __init__(self, ip: str, port: int, behalf: Optional[Address] = None) -> None:
         self.deadline: gevent.Timeout | None = None  # of the handshake: whole within handshake_timeout
         self.ip = ip  # the client's address (per-address limits and login throttling count it)
+        self.port = port
         self.peer = fmt_addr(ip, port)
+        #: a center client's stream: the address of the client it serves, as it says (for the log)
+        self.behalf = fmt_addr(behalf[0], behalf[1]) if behalf is not None else ""
+        if behalf is not None:
+            self.peer += f" (for {self.behalf})"
         self.detached = False  # its relay goes on after the handler returned: it logs itself
         self.proto = "-"
         self.target = "-"
@@ -169,10 +174,13 @@ class ProxyServer(Listener):
         serve_connection(ctx, client, address)
 
 
-def serve_connection(ctx: ProxyContext, client: Conn, address: Address) -> None:
-    """Serve one client connection (a socket or a center link stream) as the forward proxy.
-    Returns when it is done; never raises for what the client sends; does not close ``client``."""
-    info = ConnInfo(address[0], address[1])
+def serve_connection(ctx: ProxyContext, client: Conn, address: Address, behalf: Optional[Address] = None) -> None:
+    """Serve one client connection (a socket or a center link stream) as the forward proxy;
+    ``behalf``: for a center client's stream, the address of the client it serves, as that
+    center client says (shown in the log; limits and ACLs count ``address``, the center
+    client's, which authenticated). Returns when it is done; never raises for what the client
+    sends; does not close ``client``."""
+    info = ConnInfo(address[0], address[1], behalf)
     client.settimeout(ctx.cfg.handshake_timeout)
     # a deadline, not an idle timer: a client trickling a byte at a time is cut all the same
     info.deadline = gevent.Timeout.start_new(ctx.cfg.handshake_timeout, PhaseTimeout(

@@ -5,6 +5,8 @@ and forwarded headers. And an attacker's headers: untrusted, malformed, late."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -295,3 +297,66 @@ def test_mappings_tell_the_service_who_the_visitor_is(tmp_path, certs, haproxy, 
         assert f"{VISITOR}:" in hap.log()
     finally:
         p.stop()
+
+
+@pytest.fixture
+def nginx_pp(tmp_path):
+    """nginx listening with proxy_protocol: it answers with the address the header named, its
+    connection number (reuse shows), and logs $proxy_protocol_addr."""
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(exe):
+        pytest.skip("nginx is not installed (make test installs it)")
+    port = free_port()
+    conf = tmp_path / "nginx-pp.conf"
+    conf.write_text(f"""user root; worker_processes 1; daemon off;
+pid {tmp_path}/nginx-pp.pid; error_log {tmp_path}/nginx-pp.err;
+events {{ worker_connections 64; }}
+http {{ client_body_temp_path {tmp_path}/b; proxy_temp_path {tmp_path}/p; fastcgi_temp_path {tmp_path}/f;
+  uwsgi_temp_path {tmp_path}/u; scgi_temp_path {tmp_path}/s;
+  log_format pp '$proxy_protocol_addr:$proxy_protocol_port via $remote_addr';
+  access_log {tmp_path}/nginx-pp.log pp;
+  server {{ listen 127.0.0.1:{port} proxy_protocol;
+    location / {{ return 200 "$proxy_protocol_addr:$proxy_protocol_port conn=$connection"; }} }} }}
+""")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    wait_port(port)
+    yield port, tmp_path / "nginx-pp.log"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_http_upstream_hears_of_each_client_and_keeps_its_connection_to_it(start_proxy, nginx_pp, version):
+    """[[http.upstream]] send_proxy_protocol in front of nginx (listen ... proxy_protocol): each
+    client connection gets upstream connections of its own, kept across its requests."""
+    nport, nlog = nginx_pp
+    p = start_proxy(bind=False, config=f'''[[http.upstream]]
+name = "pp"
+server = [{{ addr = "127.0.0.1:{nport}" }}]
+send_proxy_protocol = "{version}"
+health_check = {{ interval = "0.1s", fall = 1 }}
+[[http.server]]
+bind = "127.0.0.1:{{port}}"
+[[http.server.location]]
+rule = "/"
+proxy_url = "http://pp"
+''')
+    # its health checks speak the PROXY protocol too (LOCAL / UNKNOWN: its own connections)
+    wait_for(lambda: nlog.read_text() if nlog.exists() else "", "via 127.0.0.1")
+    time.sleep(0.5)
+    assert "is out" not in p.log()
+    answers = {}
+    for source in (VISITOR, "127.0.0.5"):
+        with source_connection(p.port, source) as s:
+            answers[source] = []
+            for _ in range(2):  # two requests on one client connection
+                s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                head, body = read_response(s)
+                assert head.startswith(b"HTTP/1.1 200"), head
+                answers[source].append(body.decode())
+            port = s.getsockname()[1]
+        first, second = answers[source]
+        assert first.startswith(f"{source}:{port} conn=") and first == second, answers  # the same connection
+    assert answers[VISITOR][0] != answers["127.0.0.5"][0]
+    log = wait_for(lambda: nlog.read_text() if nlog.exists() else "", "127.0.0.5:")
+    assert f"{VISITOR}:" in log and "via 127.0.0.1" in log

@@ -204,6 +204,9 @@ class HttpUpstreamConfig:
     method: str = key(one_of(("round_robin", "least_conn", "ip_hash")), "round_robin", "how a request picks "
                                                                                        "its server")
     keepalive: int = key(int_range(0, 10000), 128, "idle connections kept open to each server")
+    send_proxy_protocol: str = key(one_of(("", "v1", "v2")), "", "start each connection to a server with a PROXY "
+                                   "protocol header of this version naming the client; such a connection then serves "
+                                   "that client connection's requests only (HAProxy's private connections)")
     health_check: Optional[HealthCheckConfig] = section(HealthCheckConfig, "active health checks")
 
     def validate(self) -> None:

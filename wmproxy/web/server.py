@@ -33,7 +33,7 @@ from ..net import httpio
 from ..net.conn import Address, Data
 from ..net.dial import fmt_addr, ip_allowed
 from ..net.idle import ConnWatch
-from ..net.proxyproto import ProxyProtocolIn, policy, real_ip
+from ..net.proxyproto import ProxyProtocolIn, header_for, policy, real_ip
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import sni_server_context
 from ..net.writer import close_quietly, send_all
@@ -44,7 +44,7 @@ from ..prot.frame import HeaderRule
 from ..prot.rules import apply_header_rules, fill
 from . import files
 from .route import normalize_path, pick_location, pick_server
-from .upstream import Conn as UpstreamConn, UpstreamGroup
+from .upstream import Conn as UpstreamConn, ServerState, UpstreamGroup
 
 log = logging.getLogger("wmproxy.http")
 
@@ -196,10 +196,53 @@ class RateLimit:
         return True
 
 
+class Downstream:
+    """One client connection: whose (the PROXY protocol header's address when one came), the
+    address it reached, and the upstream connections that are its own: a connection that began
+    with a PROXY header naming this client serves no other (send_proxy_protocol), so it is kept
+    here between the client's requests instead of in the shared pool, and closed with it."""
+
+    __slots__ = ("address", "reached", "private")
+
+    def __init__(self, address: Address, reached: Address) -> None:
+        self.address = address
+        self.reached = reached
+        self.private: dict[ServerState, UpstreamConn] = {}
+
+    @property
+    def ip(self) -> str:
+        return str(self.address[0])
+
+    def connect(self, group: UpstreamGroup, server: ServerState, timeout: float, fresh: bool,
+                version: str) -> tuple[UpstreamConn, bool]:
+        """This client's connection to ``server`` (kept from an earlier request if still open)
+        or a new one that starts with a PROXY header. Raises UpstreamError."""
+        kept = self.private.pop(server, None)
+        if kept is not None:
+            if not fresh and kept.still_open():
+                return kept, True
+            kept.close()
+        return group.connect(server, timeout, header=header_for(version, self.address, self.reached))
+
+    def keep(self, server: ServerState, conn: UpstreamConn, reusable: bool) -> None:
+        old = self.private.pop(server, None)
+        if old is not None:
+            old.close()
+        if reusable:
+            self.private[server] = conn
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        for conn in self.private.values():
+            conn.close()
+        self.private.clear()
+
+
 class Request:
     """One request being served: the parsed head and what was decided about it."""
 
-    __slots__ = ("head", "raw", "framing", "ip", "forward_as", "target", "raw_host", "path", "server", "location", "_variables",
+    __slots__ = ("head", "raw", "framing", "down", "ip", "forward_as", "target", "raw_host", "path", "server", "location", "_variables",
                  "started", "status", "size", "note", "keep", "state", "ctx")
     path: Optional[str]  # normalised; None: above the root
     server: HttpServerConfig  # set once the head is read
@@ -207,8 +250,10 @@ class Request:
     state: ConnWatch
     _variables: Optional[dict[str, str]]
 
-    def __init__(self, head: http1.Head, raw: bytes, ip: str, ctx: WebContext) -> None:
+    def __init__(self, head: http1.Head, raw: bytes, down: Downstream, ctx: WebContext) -> None:
         self.ctx = ctx
+        self.down = down
+        ip = down.ip
         self.head = head
         self.raw = raw  # the head as it came, ``head`` parsed from it
         self.framing = request_framing(head)
@@ -275,11 +320,12 @@ class WebServer(Listener):
         return policy(srv.proxy_protocol, srv.proxy_protocol_from, srv.client_header_timeout)
 
     def serve(self, client: socket.socket, address: Address, ctx: WebContext) -> None:
-        ip = address[0]
         started = time.monotonic()
         client.settimeout(ctx.read_timeout)
         accepted = client
+        down = None
         try:
+            down = Downstream(address, client.getsockname())
             if ctx.ssl is not None:
                 with gevent.Timeout(ctx.header_timeout, PhaseTimeout(
                         f"TLS handshake not complete within client_header_timeout ({ctx.header_timeout:g}s)")):
@@ -290,7 +336,7 @@ class WebServer(Listener):
                               f"client_header_timeout ({ctx.header_timeout:g}s)")
             state.until(started + ctx.header_timeout, state.head_phase)  # the first head, from the start
             try:
-                while self._one(client, reader, ip, ctx, state):
+                while self._one(client, reader, down, ctx, state):
                     state.waiting(None, ctx.read_timeout)
             finally:
                 state.stop()
@@ -302,11 +348,14 @@ class WebServer(Listener):
         except Exception:  # a bug: this connection ends, logged; the server goes on
             log.exception("%s http: internal error", fmt_addr(address[0], address[1]))
         finally:
+            if down is not None:
+                down.close()
             if client is not accepted:  # the TLS socket took the descriptor over: the server's close would not
                 close_quietly(client)
 
-    def _one(self, client: socket.socket, reader: Reader, ip: str, ctx: WebContext, state: ConnWatch) -> bool:
+    def _one(self, client: socket.socket, reader: Reader, down: Downstream, ctx: WebContext, state: ConnWatch) -> bool:
         """Serve one request; returns whether the connection stays open."""
+        ip = down.ip
         try:
             try:
                 raw = httpio.read_head(reader, ctx.max_head, state.head_started)
@@ -317,7 +366,7 @@ class WebServer(Listener):
             state.done()
             head = http1.parse_request_head(raw)
             http1.check_request(head, ctx.max_headers)
-            req = Request(head, raw, ip, ctx)
+            req = Request(head, raw, down, ctx)
             if ctx.real_ip_from:
                 ctx.believe(req)
         except PeerClosed:
@@ -450,12 +499,16 @@ class WebServer(Listener):
             req.note = f"upstream {group.cfg.name}: no live server"
             return self._reply(client, req, 502, f"no live server in upstream {group.cfg.name}")
         failure = "no server tried"
+        proxy_header = group.cfg.send_proxy_protocol
         for server in servers:
             fresh = False
             while True:
                 try:
-                    conn, pooled = group.connect(server, loc.proxy_connect_timeout, fresh,
-                                                 retry_safe=req.framing == NO_BODY)
+                    if proxy_header:
+                        conn, pooled = req.down.connect(group, server, loc.proxy_connect_timeout, fresh, proxy_header)
+                    else:
+                        conn, pooled = group.connect(server, loc.proxy_connect_timeout, fresh,
+                                                     retry_safe=req.framing == NO_BODY)
                 except UpstreamError as e:
                     server.failed(str(e))
                     failure = str(e)
@@ -479,7 +532,10 @@ class WebServer(Listener):
                         conn.reader.release()  # the relay closed the socket
                         req.note += f" upgraded, done ({outcome.upgraded.reason})"
                         return None
-                    group.release(server, conn, outcome.reusable)
+                    if proxy_header:
+                        req.down.keep(server, conn, outcome.reusable)
+                    else:
+                        group.release(server, conn, outcome.reusable)
                     return None
                 conn.close()
                 failure = f"{server.addr}: {outcome}"

@@ -24,6 +24,7 @@ from ..metrics import ServerMetrics
 from ..net.balance import WeightedRoundRobin, hash_index
 from ..net.dial import dial
 from ..net.dns import Resolver
+from ..net.proxyproto import header_for
 from ..net.reader import Reader
 from ..net.tls import client_context
 
@@ -140,14 +141,17 @@ class UpstreamGroup:
 
     # -- connections -------------------------------------------------------------------------
     def connect(self, server: ServerState, timeout: float, fresh: bool = False,
-                retry_safe: bool = False) -> tuple[Conn, bool]:
+                retry_safe: bool = False, header: bytes = b"") -> tuple[Conn, bool]:
         """A pooled connection to ``server`` if one is still open, else (or when ``fresh``: the
         pooled ones are dropped) a new one. Returns it and whether it was pooled. Raises
-        UpstreamError.
+        UpstreamError. With ``header`` (a PROXY protocol header: send_proxy_protocol), always a
+        new one that starts with it, before TLS; it is the caller's, not the pool's, from then.
 
         ``retry_safe``: the caller sends the request again on a fresh connection if a pooled
         one turns out closed; then one pooled within RECHECK_AFTER is taken unprobed (a peek
         per request costs more than the rare retry)."""
+        if header:
+            return self._dial(server, timeout, header), False
         if fresh:
             for conn in server.idle:
                 conn.close()
@@ -158,8 +162,17 @@ class UpstreamGroup:
             if (retry_safe and now - conn.pooled_at < RECHECK_AFTER) or conn.still_open():
                 return conn, True
             conn.close()
+        return self._dial(server, timeout), False
+
+    def _dial(self, server: ServerState, timeout: float, header: bytes = b"") -> Conn:
         started = time.monotonic()
         sock = dial(self.resolver, server.cfg.addr.host, server.cfg.addr.port, timeout)
+        if header:
+            try:
+                sock.sendall(header)
+            except OSError as e:
+                sock.close()
+                raise UpstreamError(f"{server.cfg.addr}: {e.strerror or e}") from None
         if self.tls is not None:
             name, context = self.tls
             sock.settimeout(timeout)
@@ -170,7 +183,7 @@ class UpstreamGroup:
                 raise UpstreamError(f"TLS with {server.cfg.addr} ({name}): {e}") from None
             sock.settimeout(None)
         server.metrics.connect_seconds.observe(time.monotonic() - started)
-        return Conn(sock), False
+        return Conn(sock)
 
     def release(self, server: ServerState, conn: Conn, reusable: bool) -> None:
         """Done with a request on ``conn``: pooled when ``reusable`` and there is room."""
@@ -226,6 +239,8 @@ class UpstreamGroup:
             with gevent.Timeout(hc.timeout, UpstreamError(f"health check of {addr} timed out")):
                 sock = dial(self.resolver, addr.host, addr.port, hc.timeout)
                 try:
+                    if self.cfg.send_proxy_protocol:  # our own connection: LOCAL (v2), UNKNOWN (v1)
+                        sock.sendall(header_for(self.cfg.send_proxy_protocol, None, None))
                     sock.sendall(f"GET {hc.path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: wmproxy-health-check\r\n"
                                  f"Connection: close\r\n\r\n".encode())
                     line = Reader(sock).read_until(b"\r\n", 4096)

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import (ROOT, Pair, curl, free_port, read_response, recv_all, source_connection, wait_port)
-from test_center import http_mapping, tcp_mapping
+from test_center import http_mapping, passthrough_mapping, tcp_mapping
 
 BALANCER = "127.0.0.3"  # HAProxy's source address towards wmproxy
 VISITOR = "127.0.0.2"
@@ -261,13 +261,19 @@ def test_mappings_tell_the_service_who_the_visitor_is(tmp_path, certs, haproxy, 
     (accept-proxy) as the service answers with the visitor's address, whether the visitor came
     straight or through a balancer in front of the server."""
     remote, mport, echo, balanced, exit_port = free_port(), free_port(), free_port(), free_port(), free_port()
+    tls_port, tls_echo = free_port(), free_port()
     p = Pair(tmp_path, certs, start_client=False,
-             server_extra=f'map_http_bind = "127.0.0.1:{mport}"\n[proxy]\nbind = "127.0.0.1:{free_port()}"\n')
+             server_extra=f'map_http_bind = "127.0.0.1:{mport}"\nmap_https_bind = "127.0.0.1:{tls_port}"\n'
+                          f'[proxy]\nbind = "127.0.0.1:{free_port()}"\n')
     try:
-        hap = haproxy(source_echo(echo), echo)
+        pem = tmp_path / "echo.pem"  # (HAProxy takes the certificate and its key in one file)
+        pem.write_text((certs / "server.pem").read_text() + (certs / "server.key").read_text())
+        hap = haproxy(source_echo(echo) + source_echo(tls_echo).replace("accept-proxy", f"accept-proxy ssl crt {pem}"),
+                      echo, tls_echo)
         p.client = p.start_client(
             tcp_mapping("svc", echo, remote) + 'proxy_protocol = "v2"\n'
             + http_mapping("site", echo, "a.test") + 'proxy_protocol = "v1"\n'
+            + passthrough_mapping("tls", tls_echo, "center.test") + 'proxy_protocol = "v2"\n'
             + f'[[mappings]]\nname = "exit"\nmode = "proxy"\nremote_bind = "127.0.0.1:{exit_port}"\n')
         p.wait_link()
         wait_port(remote)
@@ -276,6 +282,10 @@ def test_mappings_tell_the_service_who_the_visitor_is(tmp_path, certs, haproxy, 
         got = curl("-s", "--interface", "127.0.0.6", "-H", "Host: a.test", f"http://127.0.0.1:{mport}/").stdout.decode()
         assert got == "src=127.0.0.6 dst=127.0.0.1", got
         assert f"{VISITOR}:" in p.client.wait_log("mapping 'svc': connection done")
+        # an https mapping passed through by SNI: the TLS service hears of the visitor first
+        got = curl("-s", "--interface", "127.0.0.9", "--cacert", str(certs / "ca.pem"), "--resolve",
+                   f"center.test:{tls_port}:127.0.0.1", f"https://center.test:{tls_port}/").stdout.decode()
+        assert got == "src=127.0.0.9 dst=127.0.0.1", got
         # a proxy mapping: the client's forward proxy serves (and logs) the visitor
         assert curl("-s", "--interface", "127.0.0.7", "-x", f"http://127.0.0.1:{exit_port}",
                     f"http://127.0.0.1:{origin.port}/whoami").stdout == b"origin-A"
@@ -290,7 +300,7 @@ def test_mappings_tell_the_service_who_the_visitor_is(tmp_path, certs, haproxy, 
             "[proxy]", f'map_proxy_protocol = true\nmap_proxy_protocol_from = ["{BALANCER}"]\n[proxy]'))
         p.server = p.start("server", p.server_conf)
         haproxy(front(balanced, remote, "send-proxy"), balanced)
-        p.client.wait_log("is up (attempt 2)", timeout=20)
+        wait_for(lambda: p.client.log().split("lost:", 1)[-1], "is up (attempt", timeout=20)  # (linked again)
         wait_port(remote)
         got = curl("-s", "--interface", VISITOR, f"http://127.0.0.1:{balanced}/").stdout.decode()
         assert got == f"src={VISITOR} dst=127.0.0.1", got

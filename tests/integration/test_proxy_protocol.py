@@ -370,3 +370,25 @@ proxy_url = "http://pp"
     assert answers[VISITOR][0] != answers["127.0.0.5"][0]
     log = wait_for(lambda: nlog.read_text() if nlog.exists() else "", "127.0.0.5:")
     assert f"{VISITOR}:" in log and "via 127.0.0.1" in log
+
+
+def test_a_flood_of_strangers_is_refused_in_few_log_lines(start_proxy, origin):
+    p = start_proxy(config=f'[proxy]\nbind = "127.0.0.1:{{port}}"\n{TRUST}')
+    started = time.monotonic()
+    for _ in range(200):
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            s.sendall(b"PROXY TCP4 10.1.1.1 127.0.0.1 1 2\r\n")
+            assert closed_unanswered(s)
+    took = time.monotonic() - started
+    time.sleep(1.1)
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:  # the next line says how many
+        assert closed_unanswered(s)
+    log = p.wait_log("more refused since the last line")
+    lines = log.count("not in proxy_protocol_from")
+    assert 2 <= lines <= took + 3, log  # one a second at most, whatever the flood
+    # the balancer is served all along
+    with source_connection(p.port, BALANCER) as s:
+        s.sendall(f"PROXY TCP4 10.1.1.1 127.0.0.1 1 2\r\nGET http://127.0.0.1:{origin.port}/whoami HTTP/1.1\r\n"
+                  f"Host: x\r\n\r\n".encode())
+        head, body = read_response(s)
+    assert head.startswith(b"HTTP/1.1 200") and body == b"origin-A"

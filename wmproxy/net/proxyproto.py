@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -30,6 +31,23 @@ log = logging.getLogger("wmproxy")
 
 #: the header's deadline on listeners without a handshake deadline of their own ([stream])
 HEADER_TIMEOUT = 10.0
+LOG_EVERY = 1.0  # seconds: refusals of one listener are logged at most this often (a flood is one line)
+
+_refusals: dict[tuple[str, bool], tuple[float, int]] = {}  # (label, untrusted) -> (last logged, refused since)
+
+
+def _refused(label: str, peer: str, why: str, untrusted: bool) -> None:
+    """One warning for a refused connection, at most one a second per listener and kind
+    (untrusted peers, bad headers), with the count of those refused in between: a stranger
+    hammering the port cannot flood the log, nor hide a balancer's bad headers in the flood."""
+    now = time.monotonic()
+    logged_at, since = _refusals.get((label, untrusted), (0.0, 0))
+    if now - logged_at < LOG_EVERY:
+        _refusals[(label, untrusted)] = (logged_at, since + 1)
+        return
+    more = f" ({since} more refused since the last line)" if since else ""
+    log.warning("%s: refused %s: %s%s", label, peer, why, more)
+    _refusals[(label, untrusted)] = (now, 0)
 
 
 @dataclass(frozen=True)
@@ -85,13 +103,12 @@ def accept(sock: socket.socket, address: Address, rule: ProxyProtocolIn, label: 
     Blocks up to the rule's timeout; never raises for what the peer sends."""
     peer = fmt_addr(address[0], address[1]) if isinstance(address, tuple) else str(address)
     if not isinstance(address, tuple) or not rule.trusts(address[0]):
-        log.warning("%s: refused %s: not in proxy_protocol_from, it may not send a PROXY protocol header",
-                    label, peer)
+        _refused(label, peer, "not in proxy_protocol_from, it may not send a PROXY protocol header", True)
         return None
     try:
         header = read_header(sock, rule.timeout)
     except (ProtocolError, PhaseTimeout) as e:
-        log.warning("%s: refused %s: %s", label, peer, e)
+        _refused(label, peer, str(e), False)
         return None
     except OSError as e:
         log.info("%s: %s: %s before its PROXY protocol header", label, peer, e.strerror or e)

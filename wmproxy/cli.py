@@ -78,6 +78,10 @@ OPTIONS = (
     Opt(("--connect-timeout",), ("proxy", "connect_timeout"), "upstream connect timeout, e.g. 10s", "TIME", PROXY),
     Opt(("--idle-timeout",), ("proxy", "idle_timeout"), "close connections idle this long, e.g. 5min", "TIME", PROXY),
     Opt(("--max-connections",), ("proxy", "max_connections"), "concurrent client connections", "N", PROXY),
+    Opt(("--proxy-protocol",), ("proxy", "proxy_protocol"), "behind a balancer: each connection starts with a "
+        "PROXY protocol header (v1 or v2): true or false (default)", "BOOL", PROXY),
+    Opt(("--proxy-protocol-from",), ("proxy", "proxy_protocol_from"), "a balancer network allowed to send it "
+        "(repeatable; required with --proxy-protocol)", "CIDR", PROXY, append=True),
 
     Opt(("--center-bind",), ("center", "bind"), "address center clients connect to", "ADDR", LINK, only=SERVER),
     Opt(("--server",), ("center", "server"), "the center server to link to", "ADDR", LINK, only=CLIENT),

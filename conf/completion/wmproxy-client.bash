@@ -7,7 +7,7 @@
 
 
 
-_shtab_wmproxy_client_option_strings=(-h --help -c --config --check -V --version -b --bind --allow --deny --udp-bind --flag --connect-timeout --idle-timeout --max-connections --server --user --username --pass --password --tls --ca --server-name --cert --key --daemon --pidfile --run-user --run-group --grace --workers --log-level --log-file --log-format --access-log-file --access-log-format --control --control-token)
+_shtab_wmproxy_client_option_strings=(-h --help -c --config --check -V --version -b --bind --allow --deny --udp-bind --flag --connect-timeout --idle-timeout --max-connections --proxy-protocol --proxy-protocol-from --server --user --username --pass --password --tls --ca --server-name --cert --key --daemon --pidfile --run-user --run-group --grace --workers --log-level --log-file --log-format --access-log-file --access-log-format --control --control-token)
 
 _shtab_wmproxy_client__c_COMPGEN=_shtab_compgen_files
 _shtab_wmproxy_client___config_COMPGEN=_shtab_compgen_files

@@ -7,7 +7,7 @@
 
 
 
-_shtab_wmproxy_server_option_strings=(-h --help -c --config --check -V --version -b --bind --user --username --pass --password --allow --deny --udp-bind --flag --connect-timeout --idle-timeout --max-connections --center-bind --tls --cert --key --daemon --pidfile --run-user --run-group --grace --workers --log-level --log-file --log-format --access-log-file --access-log-format --control --control-token -r --root -l --listen --browse)
+_shtab_wmproxy_server_option_strings=(-h --help -c --config --check -V --version -b --bind --user --username --pass --password --allow --deny --udp-bind --flag --connect-timeout --idle-timeout --max-connections --proxy-protocol --proxy-protocol-from --center-bind --tls --cert --key --daemon --pidfile --run-user --run-group --grace --workers --log-level --log-file --log-format --access-log-file --access-log-format --control --control-token -r --root -l --listen --browse)
 
 _shtab_wmproxy_server__c_COMPGEN=_shtab_compgen_files
 _shtab_wmproxy_server___config_COMPGEN=_shtab_compgen_files

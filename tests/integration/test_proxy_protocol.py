@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -392,3 +393,25 @@ def test_a_flood_of_strangers_is_refused_in_few_log_lines(start_proxy, origin):
                   f"Host: x\r\n\r\n".encode())
         head, body = read_response(s)
     assert head.startswith(b"HTTP/1.1 200") and body == b"origin-A"
+
+
+def test_reload_turns_the_proxy_protocol_on_for_new_connections(start_proxy, origin, tmp_path):
+    p = start_proxy(config='[proxy]\nbind = "127.0.0.1:{port}"\n')
+    request = f"GET http://127.0.0.1:{origin.port}/whoami HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    held = socket.create_connection(("127.0.0.1", p.port), timeout=10)  # a live connection from before
+    try:
+        conf = next(tmp_path.glob("conf-*.toml"))
+        conf.write_text(conf.read_text() + TRUST)
+        p.popen.send_signal(signal.SIGHUP)
+        p.wait_log("reloaded")
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:  # a new one: refused
+            s.sendall(request)
+            assert closed_unanswered(s)
+        with source_connection(p.port, BALANCER) as s:
+            s.sendall(b"PROXY TCP4 10.7.7.7 127.0.0.1 1 2\r\n" + request)
+            assert read_response(s)[1] == b"origin-A"
+        assert "10.7.7.7 - - [" in p.wait_log("10.7.7.7")
+        held.sendall(request)  # the old one keeps the settings it came with
+        assert read_response(held)[1] == b"origin-A"
+    finally:
+        held.close()

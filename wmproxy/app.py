@@ -29,7 +29,7 @@ from gevent.lock import Semaphore
 from . import __version__, config
 from .config import Addr, CenterConfig, Config, ProxyConfig
 from .errors import ConfigError
-from .center.client import CenterClient
+from .center.client import CenterClient, default_client_id
 from .center.mapping import MappingRegistry
 from .center.server import CenterServer
 from .listener import ConnStats, Listener, ListenerSpec, StatusSource, drain_all
@@ -188,7 +188,9 @@ class App:
                 if check is not None:
                     check()
             if client_cfg != self._client_cfg() or (client_cfg and self.center_client is None):
-                new_client = CenterClient(client_cfg, self.services, new.mappings) if client_cfg else False
+                new_client = CenterClient(client_cfg, self.services, new.mappings,
+                                          client_cfg.client_id or default_client_id(self.config_file)) \
+                    if client_cfg else False
         except ConfigError as e:
             raise ConfigError(self.config_file or "", e.path, e.message) from None
         sockets: dict = {}

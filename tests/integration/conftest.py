@@ -563,8 +563,9 @@ class Pair:
     """A center server and a center client on free ports, with configs in tmp_path."""
 
     def __init__(self, tmp_path, certs, server_extra: str = "", client_extra: str = "", start_client: bool = True,
-                 server_top: str = ""):
+                 server_top: str = "", heartbeat: str = "1s"):
         self.tmp = tmp_path
+        self.heartbeat = heartbeat
         self.certs = certs
         self.center = free_port()
         self.proxy = free_port()
@@ -572,7 +573,8 @@ class Pair:
         self.server_conf = tmp_path / "server.toml"
         self.server_conf.write_text(
             f'grace = "2s"\n{server_top}\n[center]\nbind = "127.0.0.1:{self.center}"\ncert = "{certs}/server.pem"\n'
-            f'key = "{certs}/server.key"\nusername = "alice"\npassword = "s3cret"\nheartbeat = "1s"\n{server_extra}\n')
+            f'key = "{certs}/server.key"\nusername = "alice"\npassword = "s3cret"\nheartbeat = "{heartbeat}"\n'
+            f'{server_extra}\n')
         self.server = self.start("server", self.server_conf)
         wait_port(self.center, proc=self.server.popen)
         self.client = None
@@ -580,16 +582,17 @@ class Pair:
             self.client = self.start_client(client_extra)
 
     def client_config(self, extra: str = "", password: str = "s3cret", ca: str = "ca.pem",
-                      server_name: str = "center.test", user: str = "alice") -> str:
+                      server_name: str = "center.test", user: str = "alice", proxy: int | None = None) -> str:
         return (f'grace = "2s"\n[center]\nserver = "127.0.0.1:{self.center}"\nca = "{self.certs}/{ca}"\n'
-                f'server_name = "{server_name}"\nusername = "{user}"\npassword = "{password}"\nheartbeat = "1s"\n'
-                f'{extra}\n[proxy]\nbind = "127.0.0.1:{self.proxy}"\n')
+                f'server_name = "{server_name}"\nusername = "{user}"\npassword = "{password}"\n'
+                f'heartbeat = "{self.heartbeat}"\n{extra}\n[proxy]\nbind = "127.0.0.1:{proxy or self.proxy}"\n')
 
-    def start_client(self, extra: str = "", tail: str = "", **kw) -> Proc:
+    def start_client(self, extra: str = "", tail: str = "", proxy: int | None = None, **kw) -> Proc:
+        """Another center client (its local proxy on ``proxy``, default the pair's)."""
         conf = self.tmp / f"client-{len(self.procs)}.toml"
-        conf.write_text(self.client_config(extra, **kw) + tail)
+        conf.write_text(self.client_config(extra, proxy=proxy, **kw) + tail)
         p = self.start("client", conf)
-        wait_port(self.proxy, proc=p.popen)
+        wait_port(proxy or self.proxy, proc=p.popen)
         return p
 
     def start(self, which: str, conf) -> Proc:

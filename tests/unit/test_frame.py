@@ -71,7 +71,8 @@ def test_bodies_decode_to_what_was_encoded():
     frames = {fr.kind: fr for fr in sample_frames() if not fr.flag}
     version, nonce = f.decode_hello(frames[f.Kind.HELLO].body)
     assert version == 1 and len(nonce) == 16
-    user, proof = f.decode_token(frames[f.Kind.TOKEN].body)
+    user, proof, client_id = f.decode_token(frames[f.Kind.TOKEN].body)
+    assert client_id is None
     assert user == "alice" and f.proof_matches("pw", nonce, proof) and not f.proof_matches("pW", nonce, proof)
     web, ssh = f.decode_mappings(frames[f.Kind.MAPPING].body)
     assert web.domain == "*.example.com" and web.headers[0] == f.HeaderRule(True, f.HeaderOp.ADD, "X-Real-IP",
@@ -126,12 +127,29 @@ def test_create_with_the_visitor_address():
     assert f.parse_endpoint(f.format_endpoint("::1", 0)) == ("::1", 0)
 
 
+def test_token_with_the_client_id():
+    """TOKEN with the flag ID: the client's id after the proof, checked."""
+    body = f.encode_token("alice", "ab" * 32, "office-1.example:a_b@c")
+    assert f.decode_token(body, with_id=True) == ("alice", "ab" * 32, "office-1.example:a_b@c")
+    with pytest.raises(ProtocolError, match="trailing"):  # to a server that did not ask for it: refused
+        f.decode_token(body)
+    with pytest.raises(ProtocolError, match="truncated"):
+        f.decode_token(f.encode_token("alice", "x"), with_id=True)
+    for bad in ("", "x" * 65, "a b", "ö", "a/b"):
+        with pytest.raises(ProtocolError, match="TOKEN: "):
+            f.decode_token(f.encode_token("alice", "x", bad), with_id=True)
+
+
+def _decode_token_id(body: bytes) -> object:
+    return f.decode_token(body, with_id=True)
+
+
 def _decode_create_peer(body: bytes) -> object:
     return f.decode_create(body, peer=True)
 
 
-DECODERS = (f.decode_create, _decode_create_peer, f.decode_close, f.decode_token, f.decode_hello, f.decode_ping, f.decode_window,
-            f.decode_mappings, f.decode_mapping_answers)
+DECODERS = (f.decode_create, _decode_create_peer, f.decode_close, f.decode_token, _decode_token_id, f.decode_hello,
+            f.decode_ping, f.decode_window, f.decode_mappings, f.decode_mapping_answers)
 
 
 @settings(max_examples=500, deadline=None)

@@ -5,7 +5,9 @@ backoff and jitter (1 s doubling to 30 s) whenever it drops, forever, one log li
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import random
 import socket
 import ssl
@@ -40,11 +42,21 @@ STABLE_AFTER = 10.0  # a link that lived this long resets the backoff
 IDLE_TIMEOUT = 300.0  # a mapped connection with no traffic this long is closed
 
 
+def default_client_id(config_file: str | None) -> str:
+    """A client's id when its config names none: the host name and a digest of the config
+    file's path (``host-1a2b3c4d``): the same across restarts, another for each config on a
+    host, nothing to store."""
+    host = "".join(c if c.isascii() and (c.isalnum() or c in ".-") else "-" for c in socket.gethostname())[:40]
+    where = os.path.realpath(config_file) if config_file else "(command line)"
+    return f"{host or 'host'}-{hashlib.sha256(where.encode()).hexdigest()[:8]}"
+
+
 class CenterClient:
     """Owned by the App; :meth:`start` and :meth:`stop` it."""
 
-    def __init__(self, cfg: CenterConfig, services: Services, mappings: tuple = ()) -> None:
+    def __init__(self, cfg: CenterConfig, services: Services, mappings: tuple = (), client_id: str = "") -> None:
         self.cfg = cfg
+        self.client_id = client_id  # told to a server that reads ids: a new link of ours replaces an old one
         self.services = services
         self.entry = entry_for(self)  # what its local proxy port hands every connection
         self.mappings = {m.name: m for m in mappings}  # MappingConfig by name
@@ -97,7 +109,8 @@ class CenterClient:
             if self.ssl is not None:
                 sock = self.ssl.wrap_socket(sock, server_hostname=cfg.server_name or cfg.server.host)
             reader = Reader(sock)
-            answers, peer_aware = handshake.client_side(sock, reader, cfg.username, cfg.password, self._specs())
+            answers, peer_aware = handshake.client_side(sock, reader, cfg.username, cfg.password, self._specs(),
+                                                        self.client_id)
         except BaseException:
             sock.close()
             raise

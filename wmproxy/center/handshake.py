@@ -1,5 +1,6 @@
-"""The link handshake (PROTOCOL.md): HELLO nonce, TOKEN with an HMAC proof, TOKEN+ACK or
-CLOSE(0, "auth failed"), then MAPPING and MAPPING+ACK. The password never crosses the wire.
+"""The link handshake (PROTOCOL.md): HELLO nonce, TOKEN with an HMAC proof (and the client's
+id, to a server whose HELLO said ID), TOKEN+ACK or CLOSE(0, "auth failed"), then MAPPING and
+MAPPING+ACK. The password never crosses the wire.
 
 Blocking-style over a Reader; the socket's timeout bounds each step.
 """
@@ -7,7 +8,8 @@ Blocking-style over a Reader; the socket's timeout bounds each step.
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 from ..errors import ProtocolError
 from ..net.conn import Conn
@@ -19,6 +21,15 @@ from .link import read_frame
 
 class AuthFailed(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Login:
+    """Who linked, as the server's handshake learnt it."""
+
+    user: str  # the account ('' when the server takes anyone)
+    client_id: Optional[str]  # the client's id (None: a client from before ids: one id per link)
+    peer_aware: bool = False  # it reads a visitor's address on CREATE (PEER on its MAPPING)
 
 
 HANDSHAKE_MAX_BODY = 65536
@@ -38,14 +49,14 @@ def _expect(reader: Reader, kind: Kind, want_ack: bool) -> fr.Frame:
 
 
 def server_side(sock: Conn, reader: Reader, accounts: dict[str, str],
-                decide: Callable[[str, list[fr.MappingSpec]], list[fr.MappingAnswer]]) -> tuple[str, bool]:
-    """Run the server's half; returns the client's user name ('' when no accounts are set)
-    and whether it reads a visitor's address on CREATE (it set PEER on its MAPPING).
-    ``decide(user, mappings)`` answers the client's mappings. Raises AuthFailed (after
-    telling the client), ProtocolError, PeerClosed, OSError."""
+                decide: Callable[[Login, list[fr.MappingSpec]], list[fr.MappingAnswer]]) -> Login:
+    """Run the server's half; returns who linked. ``decide(login, mappings)`` answers the
+    client's mappings. Raises AuthFailed (after telling the client), ProtocolError,
+    PeerClosed, OSError."""
     nonce = os.urandom(fr.NONCE_SIZE)
-    _send(sock, Kind.HELLO, 0, fr.encode_hello(nonce))
-    username, proof = fr.decode_token(_expect(reader, Kind.TOKEN, False).body)
+    _send(sock, Kind.HELLO, Flag.ID, fr.encode_hello(nonce))
+    token = _expect(reader, Kind.TOKEN, False)
+    username, proof, client_id = fr.decode_token(token.body, bool(token.flag & Flag.ID))
     if accounts:
         password = accounts.get(username)
         if password is None or not fr.proof_matches(password, nonce, proof):
@@ -54,19 +65,25 @@ def server_side(sock: Conn, reader: Reader, accounts: dict[str, str],
     _send(sock, Kind.TOKEN, Flag.ACK)
     mapping = _expect(reader, Kind.MAPPING, False)
     mappings = fr.decode_mappings(mapping.body)
-    _send(sock, Kind.MAPPING, Flag.ACK | Flag.PEER, fr.encode_mapping_answers(decide(username, mappings)))
-    return username, bool(mapping.flag & Flag.PEER)
+    login = Login(username, client_id, bool(mapping.flag & Flag.PEER))
+    _send(sock, Kind.MAPPING, Flag.ACK | Flag.PEER, fr.encode_mapping_answers(decide(login, mappings)))
+    return login
 
 
 def client_side(sock: Conn, reader: Reader, username: str, password: str,
-                mappings: Sequence[fr.MappingSpec] = ()) -> tuple[list[fr.MappingAnswer], bool]:
-    """Run the client's half; returns the server's answer per mapping and whether it reads a
-    visitor's address on CREATE (it set PEER on its answer). Raises AuthFailed, ProtocolError,
-    PeerClosed, OSError."""
-    version, nonce = fr.decode_hello(_expect(reader, Kind.HELLO, False).body)
+                mappings: Sequence[fr.MappingSpec] = (), client_id: str = "") -> tuple[list[fr.MappingAnswer], bool]:
+    """Run the client's half (``client_id`` sent to a server that reads it); returns the
+    server's answer per mapping and whether it reads a visitor's address on CREATE (it set PEER
+    on its answer). Raises AuthFailed, ProtocolError, PeerClosed, OSError."""
+    hello = _expect(reader, Kind.HELLO, False)
+    version, nonce = fr.decode_hello(hello.body)
     if version != fr.PROTOCOL_VERSION:
         raise ProtocolError(f"the server speaks link protocol {version}, this client {fr.PROTOCOL_VERSION}")
-    _send(sock, Kind.TOKEN, 0, fr.encode_token(username, fr.proof(password, nonce) if username else ""))
+    proof = fr.proof(password, nonce) if username else ""
+    if client_id and hello.flag & Flag.ID:
+        _send(sock, Kind.TOKEN, Flag.ID, fr.encode_token(username, proof, client_id))
+    else:
+        _send(sock, Kind.TOKEN, 0, fr.encode_token(username, proof))
     _expect(reader, Kind.TOKEN, True)
     _send(sock, Kind.MAPPING, Flag.PEER, fr.encode_mappings(list(mappings)))
     answer = _expect(reader, Kind.MAPPING, True)

@@ -54,6 +54,7 @@ class HttpRoute:
         self.mode = "https" if self.passthrough else mode  # the listener: http (map_http_bind), https (map_https_bind)
         self.name = name
         self.owner = owner
+        self.holder = owner  # who holds it (account and client id): another holder's claim is a conflict
         self.domain = domain
         self.request_rules = tuple(r for r in rules if r.is_proxy)  # on the request to the service
         self.response_rules = tuple(r for r in rules if not r.is_proxy)
@@ -86,6 +87,7 @@ class PublicPort(AcceptGuard, StreamServer):
         self.create_mode = CreateMode.PROXY if mode == "proxy" else CreateMode.TCP
         self.name = name
         self.owner = owner
+        self.holder = owner
         self.idle_timeout = idle_timeout
         self.link: Optional[CenterLink] = None
         self.bind = ""
@@ -97,7 +99,8 @@ class PublicPort(AcceptGuard, StreamServer):
 
     def attach(self, link: "CenterLink") -> None:
         self.link = link
-        self.start()
+        if not self.started:  # (a port handed over to its client's new link is serving already)
+            self.start()
 
     def withdraw(self) -> None:
         self.close()
@@ -170,6 +173,7 @@ class PublicUdpPort(UdpSessions):
         super().__init__(sock)
         self.name = name
         self.owner = owner
+        self.holder = owner
         self.timeout = timeout
         self.link: Optional[CenterLink] = None
         self.bind = ""
@@ -185,7 +189,8 @@ class PublicUdpPort(UdpSessions):
 
     def attach(self, link: "CenterLink") -> None:
         self.link = link
-        self.start()
+        if not self.started:
+            self.start()
 
     def withdraw(self) -> None:
         self.close_sessions()
@@ -205,6 +210,15 @@ class PublicUdpPort(UdpSessions):
         session.greenlet = gevent.spawn(session.answers)
         log.info("%s mapping %s (%s, udp): new session", fmt_addr(*peer[:2]), self.name, self.owner)
         return session
+
+
+def _same(item: Published, m: fr.MappingSpec) -> bool:
+    """``item`` is published as mapping ``m`` asks (same name, mode and public side)."""
+    if item.name != m.name:
+        return False
+    if isinstance(item, HttpRoute):
+        return m.mode == item.wire_mode and m.domain.lower() == item.domain and tuple(m.headers) == item.rules
+    return m.mode == item.mode and m.remote_bind == item.bind
 
 
 def _port_key(mode: str, addr: Addr) -> str:
@@ -232,29 +246,41 @@ class MappingRegistry:
                 best = candidate
         return best
 
-    def register(self, owner: str, mappings: list[fr.MappingSpec],
-                 policy: CenterServerContext) -> tuple[list[fr.MappingAnswer], list[Published]]:
+    def register(self, owner: str, holder: str, mappings: list[fr.MappingSpec], policy: CenterServerContext,
+                 reuse: list[Published] | tuple = ()) -> tuple[list[fr.MappingAnswer], list[Published]]:
         """Check and bind what ``owner``'s mappings need (a public port per tcp, udp or proxy
         mapping, a route per http(s) one) under ``policy`` (the server's: ``allow_ports``,
-        ``idle_timeout``, ``udp_timeout``, ``host_modes``). Returns the answers and the
+        ``idle_timeout``, ``udp_timeout``, ``host_modes``). ``holder`` (account and client id)
+        tells clients apart: a domain or port another holder has is refused. ``reuse``: the
+        published items of the holder's replaced link: those it asks for again are kept as
+        they are (a port keeps its socket), the others withdrawn. Returns the answers and the
         published items, not yet attached: the caller attaches the link (a port then starts
         serving)."""
         answers: list[fr.MappingAnswer] = []
         published: list[Published] = []
+        kept: dict[str, Published] = {}
+        for m in mappings:
+            match = next((item for item in reuse if _same(item, m) and item not in kept.values()), None)
+            if match is not None:
+                kept[m.name] = match
+        self.withdraw([item for item in reuse if item not in kept.values()], forget=True)
         for m in mappings:
             reason = ""
-            if m.mode in ("http", "https", "tls"):
-                reason = self._route(owner, m, policy.host_modes, published)
+            if m.name in kept:
+                published.append(kept[m.name])
+            elif m.mode in ("http", "https", "tls"):
+                reason = self._route(owner, holder, m, policy.host_modes, published)
             elif m.mode not in ("tcp", "udp", "proxy"):
                 reason = f"mode {m.mode!r} is not served by this server (tcp, udp, http, https, tls and proxy)"
             else:
-                reason = self._port(owner, m, policy, published)
+                reason = self._port(owner, holder, m, policy, published)
             if reason:
                 log.warning("center: mapping %r of client %s refused: %s", m.name, owner, reason)
             answers.append(fr.MappingAnswer(m.name, not reason, reason))
         return answers, published
 
-    def _route(self, owner: str, m: fr.MappingSpec, host_modes: frozenset, published: list[Published]) -> str:
+    def _route(self, owner: str, holder: str, m: fr.MappingSpec, host_modes: frozenset,
+               published: list[Published]) -> str:
         """Register an http(s) mapping's domain, or say why not."""
         if m.mode not in host_modes:
             if m.mode == "https" and "tls" in host_modes:
@@ -265,14 +291,16 @@ class MappingRegistry:
         if not domain:
             return f"an {m.mode} mapping needs a domain"
         route = HttpRoute(m.name, owner, domain, m.headers, m.mode)
+        route.holder = holder
         held = self.routes.get((route.mode, domain))
-        if held is not None and held.owner != owner and held.online:
+        if held is not None and held.holder != holder and held.online:
             return f"domain {domain} is already held by client {held.owner} (mapping {held.name})"
-        self.routes[(route.mode, domain)] = route  # an offline holder's or this owner's old route is replaced
+        self.routes[(route.mode, domain)] = route  # an offline holder's or this holder's old route is replaced
         published.append(route)
         return ""
 
-    def _port(self, owner: str, m: fr.MappingSpec, policy: CenterServerContext, published: list[Published]) -> str:
+    def _port(self, owner: str, holder: str, m: fr.MappingSpec, policy: CenterServerContext,
+              published: list[Published]) -> str:
         """Open a tcp, udp or proxy mapping's public port, or say why not."""
         try:
             addr = to_addr(m.remote_bind)
@@ -294,29 +322,22 @@ class MappingRegistry:
                                   m.mode, policy.max_per_ip, policy.map_proxy_in)
         except BindError as e:
             return str(e)
+        port.holder = holder
         port.bind = str(addr)
         self.ports[where] = port
         published.append(port)
         return ""
 
-    def update(self, owner: str, link: "CenterLink", ports: list[Published], specs: list[fr.MappingSpec],
+    def update(self, owner: str, holder: str, link: "CenterLink", ports: list[Published], specs: list[fr.MappingSpec],
                policy: CenterServerContext) -> list[fr.MappingAnswer]:
         """A live link's new mappings: withdraw the removed and moved ones, publish the new
         ones, leave the unchanged ones (and their connections) alone. Updates ``ports``."""
         wanted = {m.name: m for m in specs}
-
-        def same(item: Published) -> bool:
-            m = wanted.get(item.name)
-            if isinstance(item, HttpRoute):
-                return m is not None and m.mode == item.wire_mode and m.domain.lower() == item.domain and \
-                    tuple(m.headers) == item.rules
-            return m is not None and m.mode == item.mode and m.remote_bind == item.bind
-
-        gone = [p for p in ports if not same(p)]
+        gone = [p for p in ports if p.name not in wanted or not _same(p, wanted[p.name])]
         self.withdraw(gone, forget=True)
         ports[:] = [p for p in ports if p not in gone]
         kept = {p.name for p in ports}
-        answers, bound = self.register(owner, [m for m in specs if m.name not in kept], policy)
+        answers, bound = self.register(owner, holder, [m for m in specs if m.name not in kept], policy)
         for item in bound:
             item.attach(link)
             ports.append(item)

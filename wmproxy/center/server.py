@@ -65,6 +65,7 @@ class CenterServer(Listener):
 
     def __init__(self, sock: socket.socket, spec: ListenerSpec, services: Services) -> None:
         self.links: set[CenterLink] = set()
+        self.clients: dict[str, tuple[CenterLink, list[Published]]] = {}  # holder -> its live link, its mappings
         self.mappings = MappingRegistry()
         super().__init__(sock, spec, services)
         if not spec.settings.center.tls:
@@ -102,8 +103,9 @@ class CenterServer(Listener):
         sock.settimeout(HANDSHAKE_TIMEOUT)
         ports: list = []
 
-        def decide(user: str, mappings: list) -> list:
-            answers, bound = self.mappings.register(user or peer, mappings, ctx)
+        def decide(login: handshake.Login, mappings: list) -> list:
+            moved = self._take_over(login, peer)
+            answers, bound = self.mappings.register(login.user or peer, _holder(login, peer), mappings, ctx, moved)
             ports.extend(bound)
             return answers
 
@@ -114,7 +116,7 @@ class CenterServer(Listener):
             if ctx.ssl is not None:
                 sock = ctx.ssl.wrap_socket(sock, server_side=True)
             reader = Reader(sock)
-            user, peer_aware = handshake.server_side(sock, reader, ctx.accounts, decide)
+            login = handshake.server_side(sock, reader, ctx.accounts, decide)
             self.throttle.succeeded(address[0])
         except handshake.AuthFailed as e:
             self.throttle.failed(address[0])
@@ -133,23 +135,44 @@ class CenterServer(Listener):
         finally:
             deadline.close()
         try:
-            self._serve_link(ctx, sock, reader, user, address, ports, peer_aware)
+            self._serve_link(ctx, sock, reader, login, address, ports)
         finally:
             self.mappings.withdraw(ports)
 
-    def _serve_link(self, ctx: CenterServerContext, sock: socket.socket, reader: Reader, user: str, address: Address,
-                    ports: list[Published], peer_aware: bool) -> None:
+    def _take_over(self, login: handshake.Login, peer: str) -> list[Published]:
+        """A client that links again with its id while its old link still looks alive (the
+        heartbeat has not noticed it died yet): the old link is closed at once and its mappings
+        handed over (frp's run_id). Returns them, for the new link to keep what it still asks for."""
+        if login.client_id is None:
+            return []
+        old = self.clients.pop(_holder(login, peer), None)
+        if old is None:
+            return []
+        link, ports = old
+        moved = ports[:]
+        ports.clear()  # (the old link's end withdraws nothing of them now)
+        log.info("center: client %r (id %s) linked again from %s: its link %s is replaced", login.user or "anonymous",
+                 login.client_id, peer, link.name)
+        link.close(f"replaced by a new link of the same client from {peer}")
+        return moved
+
+    def _serve_link(self, ctx: CenterServerContext, sock: socket.socket, reader: Reader, login: handshake.Login,
+                    address: Address, ports: list[Published]) -> None:
         cfg = ctx.cfg
         peer = fmt_addr(address[0], address[1])
+        user, holder = login.user, _holder(login, peer)
         link = CenterLink(sock, reader, is_client=False, window=cfg.window, max_window=cfg.max_window,
                           max_frame=cfg.max_frame, heartbeat=cfg.heartbeat, name=f"{user or 'anonymous'}@{peer}",
                           on_create=lambda vc, mode, target: self._serve_stream(ctx, link, vc, mode, target),
-                          on_mapping=lambda specs: self.mappings.update(user or peer, link, ports, specs, ctx))
+                          on_mapping=lambda specs: self.mappings.update(user or peer, holder, link, ports, specs, ctx))
         link.user = user
+        link.client_id = login.client_id or ""
         link.peer_address = address  # (behind a balancer, the PROXY protocol header's)
-        link.peer_aware = peer_aware
+        link.peer_aware = login.peer_aware
         self.links.add(link)
-        log.info("center: client %r connected from %s", user or "anonymous", peer)
+        self.clients[holder] = (link, ports)
+        log.info("center: client %r connected from %s%s", user or "anonymous", peer,
+                 f" (id {login.client_id})" if login.client_id else "")
         for item in ports:
             item.attach(link)
             log.info("center: mapping %r of client %s published on %s", item.name, user or peer, item.label)
@@ -157,6 +180,8 @@ class CenterServer(Listener):
             reason = link.run()
         finally:
             self.links.discard(link)
+            if self.clients.get(holder, (None,))[0] is link:
+                del self.clients[holder]
             self.stats.bytes_in += link.bytes_in
             self.stats.bytes_out += link.bytes_out
         log.info("center: link %s ended: %s (in %d bytes, out %d bytes, %.0fs)", link.name, reason,
@@ -196,9 +221,15 @@ class CenterServer(Listener):
         return self.mappings.status()
 
     def link_status(self) -> list[dict]:
-        return [{"role": "server", "client": getattr(link, "user", "") or "anonymous",
+        return [{"role": "server", "client": link.user or "anonymous", "client_id": link.client_id,
                  "peer": fmt_addr(*link.peer_address[:2]), "since": link.started_at, "streams": link.stream_count,
                  "bytes_in": link.bytes_in, "bytes_out": link.bytes_out} for link in self.links]
+
+
+def _holder(login: handshake.Login, peer: str) -> str:
+    """Who holds a link's mappings: the account and the client's id; a client from before ids
+    is one holder per link (its address)."""
+    return f"{login.user}#{login.client_id}" if login.client_id is not None else f"{login.user}@{peer}"
 
 
 def _host_modes(cfg: CenterConfig) -> frozenset:

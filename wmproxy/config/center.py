@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ..prot.frame import check_client_id
 from .keys import (
     Addr, Invalid, REQUIRED, int_range, key, list_of, one_of, optional_addr, table_list, to_bool,
     to_domain, to_duration, to_header_rule, to_port_range, to_size, to_str, proxy_protocol_key,
@@ -31,6 +32,8 @@ class CenterConfig:
     client_ca: str = key(to_str, "", "server: require client certificates signed by this CA")
     ca: str = key(to_str, "", "client: CA file to verify the server with ('' = the system store)")
     server_name: str = key(to_str, "", "client: name the server certificate must carry (default: server host)")
+    client_id: str = key(to_str, "", "client: its id, told to the server (one link per id; default: the host "
+                                     "name and a digest of the config file's path)")
     username: str = key(to_str, "", "client: who to log in as; server: the single account")
     password: str = key(to_str, "", "client: its password; server: the single account's")
     users: tuple = key(table_list(CenterUser), (), "server: several accounts")
@@ -67,6 +70,8 @@ class CenterConfig:
     def validate(self) -> None:
         check_proxy_protocol(self.proxy_protocol, self.proxy_protocol_from, "proxy_protocol")
         check_proxy_protocol(self.map_proxy_protocol, self.map_proxy_protocol_from, "map_proxy_protocol")
+        if self.client_id and (why := check_client_id(self.client_id)) is not None:
+            raise Invalid(why, ".client_id")
         if (self.bind is None) == (self.server is None):
             raise Invalid("set bind (this end is the center server) or server (this end is a center client), "
                           "not both and not neither", ".bind")

@@ -58,6 +58,8 @@ class Flag(enum.IntFlag):
     #: on MAPPING (client) and MAPPING+ACK (server): this end reads a visitor's address on CREATE;
     #: on CREATE: its body carries one (only to an end that said it reads them)
     PEER = 0x20
+    #: on HELLO (server): this server reads a client id on TOKEN; on TOKEN: its body carries one
+    ID = 0x40
 
 
 class CreateMode(enum.IntEnum):
@@ -255,15 +257,34 @@ def decode_close(body: bytes) -> str:
     return reason
 
 
-def encode_token(username: str, proof: str) -> bytes:
-    return encode_short(username) + encode_short(proof)
+def encode_token(username: str, proof: str, client_id: Optional[str] = None) -> bytes:
+    """A TOKEN body; with ``client_id`` (the flag ID goes with it) the client's id after the proof."""
+    body = encode_short(username) + encode_short(proof)
+    return body + encode_short(client_id) if client_id is not None else body
 
 
-def decode_token(body: bytes) -> tuple[str, str]:
+CLIENT_ID_MAX = 64
+
+
+def check_client_id(client_id: str) -> Optional[str]:
+    """Why ``client_id`` is not a client id (1-64 of A-Z a-z 0-9 . _ : @ -), or None."""
+    if not 1 <= len(client_id) <= CLIENT_ID_MAX:
+        return f"a client id has 1 to {CLIENT_ID_MAX} characters, not {len(client_id)}"
+    if not all(c.isascii() and (c.isalnum() or c in "._:@-") for c in client_id):
+        return f"{client_id[:40]!r} has characters other than letters, digits and . _ : @ -"
+    return None
+
+
+def decode_token(body: bytes, with_id: bool = False) -> tuple[str, str, Optional[str]]:
+    """(username, proof, client id): the id that a TOKEN with the flag ID (``with_id``)
+    carries, else None. Raises ProtocolError, for an id out of :func:`check_client_id` too."""
     b = _Body(body, "TOKEN")
     username, proof = b.short(), b.short()
+    client_id = b.short() if with_id else None
     b.end()
-    return username, proof
+    if client_id is not None and (why := check_client_id(client_id)) is not None:
+        raise ProtocolError(f"TOKEN: {why}")
+    return username, proof, client_id
 
 
 def encode_hello(nonce: bytes, version: int = PROTOCOL_VERSION) -> bytes:

@@ -1,0 +1,83 @@
+"""Center clients told apart by their ids (TOKEN with the flag ID): a client that links again
+replaces its own old link at once; two clients of one account cannot take each other's domain
+or port."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+
+from conftest import Pair, control, curl, free_port, read_response, recv_all, wait_port
+from test_center import http_mapping, tcp_mapping
+
+
+def echo_through(port: int, payload: bytes = b"hello") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        return recv_all(s)
+
+
+def host_get(port: int, host: str) -> tuple[bytes, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET /whoami HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        return read_response(s)
+
+
+def test_a_client_linking_again_replaces_its_silent_old_link_at_once(tmp_path, certs, echo_server, origin):
+    """The old client hangs (SIGSTOP: its link stays open, silent); a new one with the same id
+    takes its place at once, not after 3 x heartbeat (here 3 x 30 s), with the same mappings."""
+    remote, web, cport = free_port(), free_port(), free_port()
+    p = Pair(tmp_path, certs, start_client=False, heartbeat="30s", server_top=f'control = "127.0.0.1:{cport}"',
+             server_extra=f'map_http_bind = "127.0.0.1:{web}"\n')
+    mappings = tcp_mapping("echo", echo_server.port, remote) + http_mapping("site", origin.port, "a.test")
+    try:
+        old = p.client = p.start_client('client_id = "office"\n' + mappings)
+        p.wait_link()
+        wait_port(remote)
+        assert echo_through(remote).startswith(b"got 5 ")
+        assert host_get(web, "a.test")[1] == b"origin-A"
+        old.popen.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        new = p.start_client('client_id = "office"\n' + mappings, proxy=free_port())
+        new.wait_log("is up", timeout=10)
+        assert "mapping 'echo' published" in new.wait_log("mapping 'site' published")
+        assert echo_through(remote).startswith(b"got 5 ")  # through the new link
+        assert host_get(web, "a.test")[1] == b"origin-A"
+        took = time.monotonic() - started
+        assert took < 10, took  # (the heartbeat would have taken 90 s)
+        log = p.server.wait_log("is replaced")
+        assert "client 'alice' (id office) linked again" in log
+        status = json.loads(control(cport, "GET", "/status")[1])
+        assert [link["client_id"] for link in status["center_links"]] == ["office"], status["center_links"]
+    finally:
+        if p.client is not None and p.client.popen.poll() is None:
+            p.client.popen.kill()  # (stopped: SIGTERM would wait)
+        p.stop()
+
+
+def test_two_clients_of_one_account_keep_their_own_domains_and_ports(tmp_path, certs, echo_server, origin, origin_b):
+    """Two live clients of one account, each with its id: the later one's claim of the first
+    one's domain or port is refused and reported to it; the first keeps serving."""
+    remote, web = free_port(), free_port()
+    p = Pair(tmp_path, certs, start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"\n')
+    try:
+        first = p.client = p.start_client('client_id = "one"\n' + tcp_mapping("echo", echo_server.port, remote)
+                                          + http_mapping("site", origin.port, "app.test"))
+        p.wait_link()
+        second = p.start_client('client_id = "two"\n' + tcp_mapping("echo2", echo_server.port, remote)
+                                + http_mapping("site2", origin_b.port, "app.test"), proxy=free_port())
+        log = second.wait_log("mapping 'site2' refused")
+        assert "mapping 'site2' refused by the server: domain app.test is already held by client alice" in log
+        assert "mapping 'echo2' refused by the server:" in log and "is already held by client alice" in log
+        assert host_get(web, "app.test")[1] == b"origin-A"  # still the first one's
+        assert echo_through(remote).startswith(b"got 5 ")
+        # with no id at all (a client from before ids), each link is a client of its own: refused too
+        third = p.start_client(http_mapping("site3", origin_b.port, "app.test"), proxy=free_port())
+        third.wait_log("mapping 'site3' refused by the server: domain app.test is already held")
+        assert host_get(web, "app.test")[1] == b"origin-A"
+        assert curl("-s", "-H", "Host: app.test", f"http://127.0.0.1:{web}/whoami").stdout == b"origin-A"
+    finally:
+        p.stop()

@@ -64,8 +64,8 @@ def test_two_clients_of_one_account_keep_their_own_domains_and_ports(tmp_path, c
     remote, web = free_port(), free_port()
     p = Pair(tmp_path, certs, start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"\n')
     try:
-        first = p.client = p.start_client('client_id = "one"\n' + tcp_mapping("echo", echo_server.port, remote)
-                                          + http_mapping("site", origin.port, "app.test"))
+        p.client = p.start_client('client_id = "one"\n' + tcp_mapping("echo", echo_server.port, remote)
+                                  + http_mapping("site", origin.port, "app.test"))
         p.wait_link()
         second = p.start_client('client_id = "two"\n' + tcp_mapping("echo2", echo_server.port, remote)
                                 + http_mapping("site2", origin_b.port, "app.test"), proxy=free_port())

@@ -32,6 +32,7 @@ log = logging.getLogger("wmproxy")
 #: the header's deadline on listeners without a handshake deadline of their own ([stream])
 HEADER_TIMEOUT = 10.0
 LOG_EVERY = 1.0  # seconds: refusals of one listener are logged at most this often (a flood is one line)
+MAX_LABELS = 1024  # listeners whose last refusal is remembered
 
 _refusals: dict[tuple[str, bool], tuple[float, int]] = {}  # (label, untrusted) -> (last logged, refused since)
 
@@ -47,6 +48,8 @@ def _refused(label: str, peer: str, why: str, untrusted: bool) -> None:
         return
     more = f" ({since} more refused since the last line)" if since else ""
     log.warning("%s: refused %s: %s%s", label, peer, why, more)
+    if len(_refusals) >= MAX_LABELS:  # (labels of mapping ports come and go with their clients)
+        _refusals.clear()
     _refusals[(label, untrusted)] = (now, 0)
 
 

@@ -9,7 +9,7 @@ import signal
 import socket
 import time
 
-from conftest import Pair, control, curl, free_port, read_response, recv_all, wait_port
+from conftest import Pair, TcpServer, control, curl, free_port, read_response, recv_all, wait_port
 from test_center import http_mapping, tcp_mapping
 
 
@@ -81,3 +81,52 @@ def test_two_clients_of_one_account_keep_their_own_domains_and_ports(tmp_path, c
         assert curl("-s", "-H", "Host: app.test", f"http://127.0.0.1:{web}/whoami").stdout == b"origin-A"
     finally:
         p.stop()
+
+
+def test_a_mapping_whose_service_fails_its_checks_is_withdrawn_until_it_recovers(tmp_path, certs, origin):
+    """health_check on a mapping: its local service stops: withdrawn from the server after
+    ``fails`` checks (the public port closes); it comes back: published again."""
+    def serve(conn):
+        conn.sendall(b"up")
+
+    service = TcpServer(serve)
+    port = service.port
+    remote, web = free_port(), free_port()
+    p = Pair(tmp_path, certs, start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"\n')
+    check = 'health_check = { type = "tcp", interval = "0.2s", timeout = "1s", fails = 2, passes = 2 }\n'
+    try:
+        p.client = p.start_client(tcp_mapping("svc", port, remote) + check + http_mapping("site", origin.port, "a.test")
+                                  + 'health_check = { type = "http", path = "/whoami", status = [404], '
+                                    'interval = "0.2s", fails = 1 }\n')
+        p.wait_link()
+        wait_port(remote)
+        assert through_port(remote) == b"up"
+        # the http check expects 404 and gets 200: that mapping goes, the other stays
+        p.client.wait_log("mapping 'site': the local service is unhealthy (1 failed check(s), the last: answered 200)")
+        p.server.wait_log("mapping 'site' of client alice withdrawn")
+        assert host_get(web, "a.test")[0].split()[1] in (b"404", b"502")
+        service.close()
+        started = time.monotonic()
+        p.client.wait_log("mapping 'svc': the local service is unhealthy (2 failed check(s)")
+        p.server.wait_log("mapping 'svc' of client alice withdrawn")
+        assert time.monotonic() - started < 3  # (interval x fails: 0.4 s, and a check's own time)
+        try:
+            assert through_port(remote) == b""
+        except ConnectionRefusedError:
+            pass  # the public port is closed
+        service = TcpServer(serve, port=port)
+        p.client.wait_log("mapping 'svc': the local service is healthy again (2 passed check(s))")
+        deadline = time.monotonic() + 10
+        while p.client.log().count("mapping 'svc' published") < 2:  # (the server's answer, once more)
+            assert time.monotonic() < deadline, p.client.log()
+            time.sleep(0.05)
+        wait_port(remote)
+        assert through_port(remote) == b"up"
+    finally:
+        service.close()
+        p.stop()
+
+
+def through_port(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        return recv_all(s)

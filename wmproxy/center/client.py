@@ -30,6 +30,7 @@ from ..prot import frame as fr
 from ..prot.frame import CreateMode, Flag, Kind
 from ..services import Handler, Services
 from .entry import entry_for
+from .health import HealthWatch
 from . import handshake
 from .link import CenterLink
 from .vconn import VirtualConn
@@ -67,18 +68,42 @@ class CenterClient:
         self.attempts = 0
         self.last_error = ""
         self._greenlet: gevent.Greenlet | None = None
+        self.unhealthy: set[str] = set()  # mappings withdrawn while their local service fails its checks
+        self._watches: list[HealthWatch] = []
 
     def start(self) -> None:
         if not self.cfg.tls:
             log.warning("center.server %s: tls = false, the link is plain TCP: anyone on the path can read and "
                         "alter the traffic", self.cfg.server)
         self._greenlet = gevent.spawn(self._run)
+        self._watch()
 
     def stop(self) -> None:
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
+        for watch in self._watches:
+            watch.stop()
         if self.link is not None:
             self.link.close("center client stopped")
+
+    def _watch(self) -> None:
+        """(Re)start the health checks of the mappings that have one; all start healthy."""
+        for watch in self._watches:
+            watch.stop()
+        self.unhealthy.clear()
+        self._watches = [HealthWatch(self.services.resolver, m, self._health_changed)
+                         for m in self.mappings.values() if m.health_check is not None]
+
+    def _health_changed(self, name: str, healthy: bool, why: str) -> None:
+        """A checked service failed or came back: its mapping is withdrawn from the server or
+        published again (a MAPPING over the live link; the next handshake otherwise)."""
+        if healthy:
+            self.unhealthy.discard(name)
+            log.info("mapping %r: the local service is healthy again (%s): publishing it", name, why)
+        else:
+            self.unhealthy.add(name)
+            log.warning("mapping %r: the local service is unhealthy (%s): withdrawn from the server", name, why)
+        self._send_mappings()
 
     def _run(self) -> None:
         failures = 0
@@ -128,7 +153,7 @@ class CenterClient:
 
     def _specs(self) -> list[fr.MappingSpec]:
         return [fr.MappingSpec(m.name, m.wire_mode, m.domain, str(m.remote_bind) if m.remote_bind else "", m.headers)
-                for m in self.mappings.values()]
+                for m in self.mappings.values() if m.name not in self.unhealthy]
 
     def _answered(self, answers: list[fr.MappingAnswer]) -> None:
         self.answers = {a.name: a for a in answers}
@@ -144,6 +169,10 @@ class CenterClient:
         """New mappings from a reload: sent over the live link (the server applies the
         difference; the link and its other streams stay), or with the next handshake."""
         self.mappings = {m.name: m for m in mappings}
+        self._watch()
+        self._send_mappings()
+
+    def _send_mappings(self) -> None:
         link = self.link
         if link is not None and not link.closed:
             link.send_frame(Kind.MAPPING, 0, 0, fr.encode_mappings(self._specs()), quiet=True)

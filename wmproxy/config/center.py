@@ -7,7 +7,7 @@ from typing import Optional
 
 from ..prot.frame import check_client_id
 from .keys import (
-    Addr, Invalid, REQUIRED, int_range, key, list_of, one_of, optional_addr, table_list, to_bool,
+    Addr, Invalid, REQUIRED, int_range, key, list_of, one_of, optional_addr, section, table_list, to_bool,
     to_domain, to_duration, to_header_rule, to_port_range, to_size, to_str, proxy_protocol_key,
     proxy_protocol_from_key, check_proxy_protocol,
 )
@@ -106,6 +106,27 @@ class CenterConfig:
 
 MAPPING_MODES = ("tcp", "http", "https", "proxy", "udp")
 
+
+@dataclass(frozen=True)
+class MappingHealthConfig:
+    """``health_check = { type = "http", path = "/health" }`` on a mapping (center client): its
+    local service is checked, and withdrawn from the server while it fails (frp's healthCheck)."""
+
+    type: str = key(one_of(("tcp", "http")), "tcp", "tcp: a connection is opened; http: GET path, then the status")
+    path: str = key(to_str, "/", "http: the path asked")
+    status: tuple = key(list_of(int_range(100, 599)), (), "http: the statuses that are healthy (empty: 2xx and 3xx)")
+    interval: float = key(to_duration, 10.0, "time between two checks")
+    timeout: float = key(to_duration, 3.0, "time a check may take")
+    fails: int = key(int_range(1, 100), 3, "failed checks in a row that withdraw the mapping")
+    passes: int = key(int_range(1, 100), 1, "passed checks in a row that publish it again")
+
+    def validate(self) -> None:
+        if not self.path.startswith("/") or any(c in self.path for c in " \r\n"):
+            raise Invalid(f"expected a path like '/health', got {self.path!r}", ".path")
+        if self.interval <= 0 or self.timeout <= 0:
+            raise Invalid("interval and timeout must be more than 0", ".interval")
+
+
 @dataclass(frozen=True)
 class MappingConfig:
     """``[[mappings]]`` (center client): a private service the center server publishes."""
@@ -125,6 +146,8 @@ class MappingConfig:
     proxy_protocol: str = key(one_of(("", "v1", "v2")), "", "tcp, http, https: start each connection to local_addr "
                               "with a PROXY protocol header of this version naming the public visitor (the server "
                               "tells it over the link)")
+    health_check: Optional[MappingHealthConfig] = section(MappingHealthConfig, "tcp, http, https: check the local "
+                                                          "service; withdraw the mapping while it fails")
 
     @property
     def wire_mode(self) -> str:
@@ -132,6 +155,10 @@ class MappingConfig:
         return "tls" if self.tls_passthrough else self.mode
 
     def validate(self) -> None:
+        if self.health_check is not None and (self.mode not in ("tcp", "http", "https") or (
+                self.health_check.type == "http" and self.mode == "https" and self.tls_passthrough)):
+            raise Invalid("health_check is for tcp, http and https mappings (type = \"tcp\" for one passed through "
+                          "by SNI: its service speaks TLS)", ".health_check")
         if self.proxy_protocol and self.mode not in ("tcp", "http", "https"):
             raise Invalid(f"proxy_protocol is for tcp, http and https mappings (a {self.mode} mapping has no "
                           f"connection to start with it)", ".proxy_protocol")

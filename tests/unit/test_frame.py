@@ -140,6 +140,21 @@ def test_token_with_the_client_id():
             f.decode_token(f.encode_token("alice", "x", bad), with_id=True)
 
 
+def test_mappings_with_their_groups():
+    """MAPPING with the flag ID: each mapping's group and key after its header rules."""
+    specs = [f.MappingSpec("web", "http", "app.test", "", (f.HeaderRule(True, f.HeaderOp.ADD, "X-A", "1"),), "g", "k"),
+             f.MappingSpec("ssh", "tcp", "", "0.0.0.0:2222")]
+    assert f.decode_mappings(f.encode_mappings(specs, groups=True), groups=True) == specs
+    plain = f.decode_mappings(f.encode_mappings(specs))  # to a server from before groups: none sent
+    assert [(m.group, m.group_key) for m in plain] == [("", ""), ("", "")]
+    with pytest.raises(ProtocolError):
+        f.decode_mappings(f.encode_mappings(specs, groups=True))
+
+
+def _decode_mappings_groups(body: bytes) -> object:
+    return f.decode_mappings(body, groups=True)
+
+
 def _decode_token_id(body: bytes) -> object:
     return f.decode_token(body, with_id=True)
 
@@ -149,7 +164,7 @@ def _decode_create_peer(body: bytes) -> object:
 
 
 DECODERS = (f.decode_create, _decode_create_peer, f.decode_close, f.decode_token, _decode_token_id, f.decode_hello,
-            f.decode_ping, f.decode_window, f.decode_mappings, f.decode_mapping_answers)
+            f.decode_ping, f.decode_window, f.decode_mappings, _decode_mappings_groups, f.decode_mapping_answers)
 
 
 @settings(max_examples=500, deadline=None)

@@ -68,6 +68,7 @@ class CenterClient:
         self.attempts = 0
         self.last_error = ""
         self._greenlet: gevent.Greenlet | None = None
+        self.server_reads_groups = False  # (its HELLO said ID: MAPPING carries each mapping's group)
         self.unhealthy: set[str] = set()  # mappings withdrawn while their local service fails its checks
         self._watches: list[HealthWatch] = []
 
@@ -134,8 +135,8 @@ class CenterClient:
             if self.ssl is not None:
                 sock = self.ssl.wrap_socket(sock, server_hostname=cfg.server_name or cfg.server.host)
             reader = Reader(sock)
-            answers, peer_aware = handshake.client_side(sock, reader, cfg.username, cfg.password, self._specs(),
-                                                        self.client_id)
+            answers, peer_aware, ids = handshake.client_side(sock, reader, cfg.username, cfg.password,
+                                                             self._specs(), self.client_id)
         except BaseException:
             sock.close()
             raise
@@ -143,6 +144,7 @@ class CenterClient:
                           max_frame=cfg.max_frame, heartbeat=cfg.heartbeat, on_create=self._serve_stream,
                           name=f"to {cfg.server}", on_mapping_answer=self._answered)
         link.peer_aware = peer_aware
+        self.server_reads_groups = ids
         self.link = link
         log.info("center link to %s is up (attempt %d)", cfg.server, self.attempts)
         self._answered(answers)
@@ -152,7 +154,8 @@ class CenterClient:
         log.warning("center link to %s lost: %s", cfg.server, reason)
 
     def _specs(self) -> list[fr.MappingSpec]:
-        return [fr.MappingSpec(m.name, m.wire_mode, m.domain, str(m.remote_bind) if m.remote_bind else "", m.headers)
+        return [fr.MappingSpec(m.name, m.wire_mode, m.domain, str(m.remote_bind) if m.remote_bind else "", m.headers,
+                               m.group, m.group_key)
                 for m in self.mappings.values() if m.name not in self.unhealthy]
 
     def _answered(self, answers: list[fr.MappingAnswer]) -> None:
@@ -175,7 +178,9 @@ class CenterClient:
     def _send_mappings(self) -> None:
         link = self.link
         if link is not None and not link.closed:
-            link.send_frame(Kind.MAPPING, 0, 0, fr.encode_mappings(self._specs()), quiet=True)
+            groups = self.server_reads_groups
+            link.send_frame(Kind.MAPPING, Flag.ID if groups else 0, 0, fr.encode_mappings(self._specs(), groups),
+                            quiet=True)
 
     def _serve_stream(self, vc: VirtualConn, mode: CreateMode, target: str) -> None:
         """A public connection to one of our mappings: dial its local address, relay."""

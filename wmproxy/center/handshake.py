@@ -64,17 +64,18 @@ def server_side(sock: Conn, reader: Reader, accounts: dict[str, str],
             raise AuthFailed(f"auth failed for user {username[:40]!r}")
     _send(sock, Kind.TOKEN, Flag.ACK)
     mapping = _expect(reader, Kind.MAPPING, False)
-    mappings = fr.decode_mappings(mapping.body)
+    mappings = fr.decode_mappings(mapping.body, bool(mapping.flag & Flag.ID))
     login = Login(username, client_id, bool(mapping.flag & Flag.PEER))
     _send(sock, Kind.MAPPING, Flag.ACK | Flag.PEER, fr.encode_mapping_answers(decide(login, mappings)))
     return login
 
 
 def client_side(sock: Conn, reader: Reader, username: str, password: str,
-                mappings: Sequence[fr.MappingSpec] = (), client_id: str = "") -> tuple[list[fr.MappingAnswer], bool]:
+                mappings: Sequence[fr.MappingSpec] = (), client_id: str = "") -> tuple[list[fr.MappingAnswer], bool, bool]:
     """Run the client's half (``client_id`` sent to a server that reads it); returns the
-    server's answer per mapping and whether it reads a visitor's address on CREATE (it set PEER
-    on its answer). Raises AuthFailed, ProtocolError, PeerClosed, OSError."""
+    server's answer per mapping, whether it reads a visitor's address on CREATE (it set PEER
+    on its answer) and whether it reads client ids and mapping groups (ID on its HELLO).
+    Raises AuthFailed, ProtocolError, PeerClosed, OSError."""
     hello = _expect(reader, Kind.HELLO, False)
     version, nonce = fr.decode_hello(hello.body)
     if version != fr.PROTOCOL_VERSION:
@@ -85,6 +86,7 @@ def client_side(sock: Conn, reader: Reader, username: str, password: str,
     else:
         _send(sock, Kind.TOKEN, 0, fr.encode_token(username, proof))
     _expect(reader, Kind.TOKEN, True)
-    _send(sock, Kind.MAPPING, Flag.PEER, fr.encode_mappings(list(mappings)))
+    ids = bool(hello.flag & Flag.ID)
+    _send(sock, Kind.MAPPING, Flag.PEER | (Flag.ID if ids else 0), fr.encode_mappings(list(mappings), ids))
     answer = _expect(reader, Kind.MAPPING, True)
-    return fr.decode_mapping_answers(answer.body), bool(answer.flag & Flag.PEER)
+    return fr.decode_mapping_answers(answer.body), bool(answer.flag & Flag.PEER), ids

@@ -359,7 +359,7 @@ class CenterLink:
                 if self.on_mapping_answer is not None:
                     self.on_mapping_answer(fr.decode_mapping_answers(f.body))
                 return
-            specs = fr.decode_mappings(f.body)
+            specs = fr.decode_mappings(f.body, bool(f.flag & Flag.ID))
             if self.on_mapping is not None:
                 answers = self.on_mapping(specs)
             else:

@@ -13,6 +13,7 @@ close when it ends, and open again when the client comes back.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import socket
 from typing import TYPE_CHECKING, Optional, Union
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
     from .link import CenterLink
     from .vconn import VirtualConn
 
-#: what a link published: its port listeners and its http/https routes
-Published = Union["PublicPort", "PublicUdpPort", "HttpRoute"]
+#: what a link published: its memberships of tcp/proxy ports, its udp ports, its http/https routes
+Published = Union["PortMember", "PublicUdpPort", "HttpRoute"]
 
 log = logging.getLogger("wmproxy.center")
 
@@ -48,7 +49,10 @@ class HttpRoute:
     its client is offline: then they get 502). A ``passthrough`` route (wire mode tls) takes
     whole TLS connections by SNI on map_https_bind instead."""
 
-    def __init__(self, name: str, owner: str, domain: str, rules: tuple = (), mode: str = "http") -> None:
+    def __init__(self, name: str, owner: str, domain: str, rules: tuple = (), mode: str = "http",
+                 group: str = "", group_key: str = "") -> None:
+        self.group = group  # several clients' routes of one group share the domain
+        self.group_key = group_key
         self.wire_mode = mode  # as in MAPPING: http, https or tls
         self.passthrough = mode == "tls"
         self.mode = "https" if self.passthrough else mode  # the listener: http (map_http_bind), https (map_https_bind)
@@ -74,62 +78,99 @@ class HttpRoute:
         return self.link is not None and not self.link.closed
 
 
-class PublicPort(AcceptGuard, StreamServer):
-    """The public listener of one tcp or proxy mapping; ``link`` is set once the handshake is done."""
+class PortMember:
+    """One client's publication of a tcp or proxy mapping's public port: the port's only
+    member, or one of its group's (``group``, ``group_key``)."""
 
-    def __init__(self, sock: socket.socket, name: str, owner: str, idle_timeout: float, mode: str = "tcp",
+    def __init__(self, port: "PublicPort", name: str, owner: str, holder: str, group: str = "",
+                 group_key: str = "") -> None:
+        self.port = port
+        self.name = name
+        self.owner = owner
+        self.holder = holder  # who holds it (account and client id): another holder's claim is a conflict
+        self.group = group
+        self.group_key = group_key
+        self.link: Optional[CenterLink] = None
+        self.connections = 0
+
+    @property
+    def mode(self) -> str:
+        return self.port.mode
+
+    @property
+    def bind(self) -> str:
+        return self.port.bind
+
+    @property
+    def label(self) -> str:
+        return self.port.bind
+
+    @property
+    def online(self) -> bool:
+        return self.link is not None and not self.link.closed
+
+    def attach(self, link: "CenterLink") -> None:
+        self.link = link
+        if not self.port.started:  # (a port already serving: another member's, or handed over to a new link)
+            self.port.start()
+
+
+class PublicPort(AcceptGuard, StreamServer):
+    """The public listener of a tcp or proxy mapping: each connection goes to one of its
+    members (round robin over those whose link is up; one member unless a group shares it)."""
+
+    def __init__(self, sock: socket.socket, name: str, idle_timeout: float, mode: str = "tcp",
                  max_per_ip: int = 0, proxy_in: ProxyProtocolIn | None = None) -> None:
         super().__init__(sock)
         self.proxy_in = proxy_in  # [center] map_proxy_protocol
+        self.name = name  # (the first member's: for log lines about the port itself)
         self.per_ip = PerIpLimit(f"mapping {name}")
         self.max_per_ip = max_per_ip
         self.mode = mode  # tcp: the client dials the service; proxy: it runs a forward proxy
         self.create_mode = CreateMode.PROXY if mode == "proxy" else CreateMode.TCP
-        self.name = name
-        self.owner = owner
-        self.holder = owner
         self.idle_timeout = idle_timeout
-        self.link: Optional[CenterLink] = None
+        self.members: list[PortMember] = []
+        self._turn = 0
         self.bind = ""
-        self.connections = 0
-
-    @property
-    def label(self) -> str:
-        return self.bind
-
-    def attach(self, link: "CenterLink") -> None:
-        self.link = link
-        if not self.started:  # (a port handed over to its client's new link is serving already)
-            self.start()
 
     def withdraw(self) -> None:
         self.close()
 
+    def pick(self) -> Optional[PortMember]:
+        """The next member whose link is up (round robin), or None."""
+        count = len(self.members)
+        for i in range(count):
+            member = self.members[(self._turn + i) % count]
+            if member.online:
+                self._turn = (self._turn + i + 1) % count
+                return member
+        return None
+
     def handle(self, conn: socket.socket, address: Address) -> None:
-        link = self.link
         if self.proxy_in is not None:
             real = accept_proxy_header(conn, address, self.proxy_in, f"mapping {self.name}")
             if real is None:
                 return
             address = real
         peer = fmt_addr(address[0], address[1])
-        if link is None or link.closed:
-            log.info("%s mapping %s: client %s is not connected, connection closed", peer, self.name, self.owner)
+        member = self.pick()
+        if member is None or member.link is None:
+            log.info("%s mapping %s: no client of it is connected, connection closed", peer, self.name)
             return
         ip = address[0]
         if not self.per_ip.enter(ip, self.max_per_ip):
             return
         try:
-            stream = link.open_stream(self.create_mode, self.name, (address, conn.getsockname()))
+            stream = member.link.open_stream(self.create_mode, member.name, (address, conn.getsockname()))
         except ConnectionError as e:
             self.per_ip.leave(ip)
-            log.info("%s mapping %s: %s", peer, self.name, e)
+            log.info("%s mapping %s: %s", peer, member.name, e)
             return
-        self.connections += 1
+        member.connections += 1
 
         def done(stats: RelayStats) -> None:
             self.per_ip.leave(ip)
-            log.info("%s mapping %s (%s) done (%s) in=%d out=%d", peer, self.name, self.owner, stats.reason,
+            log.info("%s mapping %s (%s) done (%s) in=%d out=%d", peer, member.name, member.owner, stats.reason,
                      stats.a_to_b, stats.b_to_a)
         relay_then(conn, stream, done, link_owned, self.idle_timeout)
 
@@ -213,12 +254,24 @@ class PublicUdpPort(UdpSessions):
 
 
 def _same(item: Published, m: fr.MappingSpec) -> bool:
-    """``item`` is published as mapping ``m`` asks (same name, mode and public side)."""
+    """``item`` is published as mapping ``m`` asks (same name, mode, public side and group)."""
     if item.name != m.name:
         return False
     if isinstance(item, HttpRoute):
-        return m.mode == item.wire_mode and m.domain.lower() == item.domain and tuple(m.headers) == item.rules
+        return m.mode == item.wire_mode and m.domain.lower() == item.domain and tuple(m.headers) == item.rules \
+            and (m.group, m.group_key) == (item.group, item.group_key)
+    if isinstance(item, PortMember):
+        return m.mode == item.mode and m.remote_bind == item.bind and (m.group, m.group_key) == (item.group,
+                                                                                               item.group_key)
     return m.mode == item.mode and m.remote_bind == item.bind
+
+
+def _joins(members: list, holder: str, m: fr.MappingSpec) -> bool:
+    """Mapping ``m`` of ``holder`` may join ``members`` (another holder's routes or port
+    members): all of one group, ``m``'s, with its key."""
+    return bool(m.group) and all(
+        x.holder != holder and x.group == m.group and hmac.compare_digest(x.group_key.encode(), m.group_key.encode())
+        for x in members)
 
 
 def _port_key(mode: str, addr: Addr) -> str:
@@ -231,20 +284,34 @@ class MappingRegistry:
 
     def __init__(self) -> None:
         self.ports: dict[str, PublicPort | PublicUdpPort] = {}  # "host:port" (tcp, proxy), "host:port/udp"
-        self.routes: dict[tuple[str, str], HttpRoute] = {}  # (mode, domain or '*.domain') -> route
+        # (mode, domain or '*.domain') -> its routes: one, or the members of its group
+        self.routes: dict[tuple[str, str], list[HttpRoute]] = {}
+        self._turns: dict[tuple[str, str], int] = {}  # round robin over a group's members
 
     def find_route(self, host: str, mode: str = "http") -> HttpRoute | None:
-        """The http(s) mapping for a Host: exact name first, then the longest matching wildcard."""
+        """The http(s) mapping for a Host: exact name first, then the longest matching wildcard;
+        of a group, the next member whose link is up (round robin), else an offline one (502)."""
         host = host.lower().rstrip(".")
-        route = self.routes.get((mode, host))
-        if route is not None:
-            return route
-        best = None
-        for (route_mode, domain), candidate in self.routes.items():
-            longer = best is None or len(domain) > len(best.domain)
-            if route_mode == mode and domain.startswith("*.") and host.endswith(domain[1:]) and longer:
-                best = candidate
-        return best
+        where = (mode, host)
+        if where not in self.routes:
+            best = ""
+            for route_mode, domain in self.routes:
+                if route_mode == mode and domain.startswith("*.") and host.endswith(domain[1:]) and \
+                        len(domain) > len(best):
+                    best = domain
+            if not best:
+                return None
+            where = (mode, best)
+        members = self.routes[where]
+        if len(members) == 1:
+            return members[0]
+        turn = self._turns.get(where, 0)
+        for i in range(len(members)):
+            route = members[(turn + i) % len(members)]
+            if route.online:
+                self._turns[where] = (turn + i + 1) % len(members)
+                return route
+        return members[0]
 
     def register(self, owner: str, holder: str, mappings: list[fr.MappingSpec], policy: CenterServerContext,
                  reuse: list[Published] | tuple = ()) -> tuple[list[fr.MappingAnswer], list[Published]]:
@@ -290,12 +357,13 @@ class MappingRegistry:
         domain = m.domain.strip().lower()
         if not domain:
             return f"an {m.mode} mapping needs a domain"
-        route = HttpRoute(m.name, owner, domain, m.headers, m.mode)
+        route = HttpRoute(m.name, owner, domain, m.headers, m.mode, m.group, m.group_key)
         route.holder = holder
-        held = self.routes.get((route.mode, domain))
-        if held is not None and held.holder != holder and held.online:
-            return f"domain {domain} is already held by client {held.owner} (mapping {held.name})"
-        self.routes[(route.mode, domain)] = route  # an offline holder's or this holder's old route is replaced
+        others = [r for r in self.routes.get((route.mode, domain), []) if r.online and r.holder != holder]
+        if others and not _joins(others, holder, m):
+            return f"domain {domain} is already held by client {others[0].owner} (mapping {others[0].name})"
+        # (offline holders' and this holder's old routes are replaced)
+        self.routes[(route.mode, domain)] = [*others, route]
         published.append(route)
         return ""
 
@@ -312,20 +380,31 @@ class MappingRegistry:
             return f"port {addr.port} is outside allow_ports ({ranges})"
         where = _port_key(m.mode, addr)
         held = self.ports.get(where)
+        if isinstance(held, PublicPort) and held.mode == m.mode and _joins(held.members, holder, m):
+            member = PortMember(held, m.name, owner, holder, m.group, m.group_key)
+            held.members.append(member)  # (serving once attached to its link)
+            published.append(member)
+            return ""
         if held is not None:
-            return f"{where} is already held by client {held.owner} (mapping {held.name})"
+            first = held.members[0] if isinstance(held, PublicPort) and held.members else held
+            return f"{where} is already held by client {first.owner} (mapping {first.name})"
         try:
             if m.mode == "udp":
-                port = PublicUdpPort(open_udp(addr, f"mapping {m.name}"), m.name, owner, policy.udp_timeout)
-            else:
-                port = PublicPort(open_listener(addr, f"mapping {m.name}"), m.name, owner, policy.idle_timeout,
-                                  m.mode, policy.max_per_ip, policy.map_proxy_in)
+                udp = PublicUdpPort(open_udp(addr, f"mapping {m.name}"), m.name, owner, policy.udp_timeout)
+                udp.holder = holder
+                udp.bind = str(addr)
+                self.ports[where] = udp
+                published.append(udp)
+                return ""
+            port = PublicPort(open_listener(addr, f"mapping {m.name}"), m.name, policy.idle_timeout, m.mode,
+                              policy.max_per_ip, policy.map_proxy_in)
         except BindError as e:
             return str(e)
-        port.holder = holder
         port.bind = str(addr)
+        member = PortMember(port, m.name, owner, holder, m.group, m.group_key)
+        port.members.append(member)
         self.ports[where] = port
-        published.append(port)
+        published.append(member)
         return ""
 
     def update(self, owner: str, holder: str, link: "CenterLink", ports: list[Published], specs: list[fr.MappingSpec],
@@ -351,19 +430,38 @@ class MappingRegistry:
         for item in items:
             if isinstance(item, HttpRoute):
                 item.link = None
-                if forget and self.routes.get((item.mode, item.domain)) is item:
-                    del self.routes[(item.mode, item.domain)]
+                where = (item.mode, item.domain)
+                members = self.routes.get(where, [])
+                if forget and item in members:
+                    members.remove(item)
+                    if not members:
+                        del self.routes[where]
+                        self._turns.pop(where, None)
+            elif isinstance(item, PortMember):
+                item.link = None
+                port = item.port
+                if item in port.members:
+                    port.members.remove(item)
+                if not port.members:  # the last member: the port closes
+                    self._forget_port(port)
+                    port.withdraw()
             else:
-                for key, value in list(self.ports.items()):
-                    if value is item:
-                        del self.ports[key]
+                self._forget_port(item)
                 item.withdraw()
             log.info("center: mapping %r of client %s withdrawn", item.name, item.owner)
 
+    def _forget_port(self, port: PublicPort | PublicUdpPort) -> None:
+        for key, value in list(self.ports.items()):
+            if value is port:
+                del self.ports[key]
+
     def status(self) -> list[dict]:
+        ports: list[PortMember | PublicUdpPort] = [
+            member for p in self.ports.values() for member in (p.members if isinstance(p, PublicPort) else [p])]
         return [*({"name": p.name, "mode": p.mode, "client": p.owner, "remote_bind": p.bind,
-                   "connected": p.link is not None and not p.link.closed, "connections": p.connections}
-                  for p in self.ports.values()),
+                   "connected": p.link is not None and not p.link.closed, "connections": p.connections,
+                   **({"group": p.group} if getattr(p, "group", "") else {})} for p in ports),
                 *({"name": r.name, "mode": "https passthrough" if r.passthrough else r.mode, "client": r.owner,
-                   "domain": r.domain, "connected": r.online,
-                   "requests": r.requests} for r in self.routes.values())]
+                   "domain": r.domain, "connected": r.online, "requests": r.requests,
+                   **({"group": r.group} if r.group else {})}
+                  for members in self.routes.values() for r in members)]

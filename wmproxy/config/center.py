@@ -146,6 +146,9 @@ class MappingConfig:
     proxy_protocol: str = key(one_of(("", "v1", "v2")), "", "tcp, http, https: start each connection to local_addr "
                               "with a PROXY protocol header of this version naming the public visitor (the server "
                               "tells it over the link)")
+    group: str = key(to_str, "", "tcp, proxy, http, https: clients whose mappings name one group (with one "
+                                 "group_key) share its port or domain: the server balances over them")
+    group_key: str = key(to_str, "", "the group's shared secret (required with group)")
     health_check: Optional[MappingHealthConfig] = section(MappingHealthConfig, "tcp, http, https: check the local "
                                                           "service; withdraw the mapping while it fails")
 
@@ -155,6 +158,14 @@ class MappingConfig:
         return "tls" if self.tls_passthrough else self.mode
 
     def validate(self) -> None:
+        if self.group and self.mode == "udp":
+            raise Invalid("groups are for tcp, proxy, http and https mappings", ".group")
+        if self.group and not self.group_key:
+            raise Invalid("a group needs a group_key (the secret its members share)", ".group_key")
+        if self.group_key and not self.group:
+            raise Invalid("group_key goes with group", ".group")
+        if len(self.group) > 255 or len(self.group_key.encode()) > 255:
+            raise Invalid("group and group_key are at most 255 bytes", ".group")
         if self.health_check is not None and (self.mode not in ("tcp", "http", "https") or (
                 self.health_check.type == "http" and self.mode == "https" and self.tls_passthrough)):
             raise Invalid("health_check is for tcp, http and https mappings (type = \"tcp\" for one passed through "

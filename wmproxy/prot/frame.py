@@ -353,6 +353,8 @@ class MappingSpec:
     domain: str = ""
     remote_bind: str = ""
     headers: tuple[HeaderRule, ...] = ()
+    group: str = ""  # clients whose mappings share a group (and its key) serve one domain or port together
+    group_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -362,17 +364,22 @@ class MappingAnswer:
     reason: str = ""
 
 
-def encode_mappings(mappings: list[MappingSpec] | tuple[MappingSpec, ...]) -> bytes:
+def encode_mappings(mappings: list[MappingSpec] | tuple[MappingSpec, ...], groups: bool = False) -> bytes:
+    """A MAPPING body; with ``groups`` (the flag ID goes with it) each mapping's group and
+    group key after its header rules."""
     out = [struct.pack("!H", len(mappings))]
     for m in mappings:
         out += [encode_short(m.name), encode_short(m.mode), encode_short(m.domain), encode_short(m.remote_bind),
                 struct.pack("!H", len(m.headers))]
         for h in m.headers:
             out += [bytes((int(h.is_proxy), h.op)), encode_short(h.key), encode_short(h.value)]
+        if groups:
+            out += [encode_short(m.group), encode_short(m.group_key)]
     return b"".join(out)
 
 
-def decode_mappings(body: bytes) -> list[MappingSpec]:
+def decode_mappings(body: bytes, groups: bool = False) -> list[MappingSpec]:
+    """The mappings of a MAPPING body (with the flag ID: ``groups``, each with its group)."""
     b = _Body(body, "MAPPING")
     mappings = []
     for _ in range(b.u16()):
@@ -387,7 +394,8 @@ def decode_mappings(body: bytes) -> list[MappingSpec]:
             except ValueError:
                 raise ProtocolError(f"MAPPING header rule op {raw_op} is not known") from None
             headers.append(HeaderRule(bool(is_proxy), op, b.short(), b.short()))
-        mappings.append(MappingSpec(name, mode, domain, remote_bind, tuple(headers)))
+        group, group_key = (b.short(), b.short()) if groups else ("", "")
+        mappings.append(MappingSpec(name, mode, domain, remote_bind, tuple(headers), group, group_key))
     b.end()
     return mappings
 

@@ -1,6 +1,6 @@
-"""Center clients told apart by their ids (TOKEN with the flag ID): a client that links again
-replaces its own old link at once; two clients of one account cannot take each other's domain
-or port."""
+"""Center clients: told apart by their ids (TOKEN with the flag ID): a client that links again
+replaces its own old link at once, two clients of one account cannot take each other's domain
+or port; mapping groups that several clients serve together; health checks of local services."""
 
 from __future__ import annotations
 
@@ -130,3 +130,85 @@ def test_a_mapping_whose_service_fails_its_checks_is_withdrawn_until_it_recovers
 def through_port(port: int) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         return recv_all(s)
+
+
+def group_mappings(web_port: int, tcp_local: int, remote: int, key: str = "k", extra: str = "") -> str:
+    return (http_mapping("site", web_port, "app.test") + f'group = "web"\ngroup_key = "{key}"\n'
+            + tcp_mapping("svc", tcp_local, remote) + f'group = "svc"\ngroup_key = "{key}"\n{extra}')
+
+
+def says(text: bytes):
+    def serve(conn):
+        conn.sendall(text)
+    return serve
+
+
+def spread(remote: int, web: int, n: int = 8) -> tuple[set, set]:
+    """What n connections to the tcp port and n requests to the domain reached."""
+    tcp = {through_port(remote) for _ in range(n)}
+    http = {host_get(web, "app.test")[1] for _ in range(n)}
+    return tcp, http
+
+
+def test_a_group_of_two_clients_serves_one_domain_and_one_port(tmp_path, certs, origin, origin_b):
+    a, b = TcpServer(says(b"A")), TcpServer(says(b"B"))
+    remote, web = free_port(), free_port()
+    p = Pair(tmp_path, certs, start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"\n')
+    try:
+        p.client = one = p.start_client('client_id = "one"\n' + group_mappings(origin.port, a.port, remote))
+        two = p.start_client('client_id = "two"\n' + group_mappings(origin_b.port, b.port, remote),
+                             proxy=free_port())
+        for client in (one, two):
+            client.wait_log("mapping 'svc' published")
+            client.wait_log("mapping 'site' published")
+        wait_port(remote)
+        assert spread(remote, web) == ({b"A", b"B"}, {b"origin-A", b"origin-B"})  # both serve
+        # the group's key is its secret: a wrong one is refused
+        three = p.start_client('client_id = "three"\n' + group_mappings(origin_b.port, b.port, remote, "bad"),
+                               proxy=free_port())
+        three.wait_log("mapping 'site' refused by the server: domain app.test is already held")
+        three.wait_log("mapping 'svc' refused by the server:")
+        three.stop()
+        # one member dies: the other serves everything, from the moment its link is seen gone
+        one.popen.kill()
+        deadline = time.monotonic() + 10
+        while "mapping 'svc' of client alice withdrawn" not in p.server.log():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert spread(remote, web, 12) == ({b"B"}, {b"origin-B"})
+    finally:
+        a.close()
+        b.close()
+        p.stop()
+
+
+def test_a_group_member_whose_service_fails_leaves_its_share_to_the_others(tmp_path, certs, origin, origin_b):
+    a, b = TcpServer(says(b"A")), TcpServer(says(b"B"))
+    a_port = a.port
+    remote, web = free_port(), free_port()
+    p = Pair(tmp_path, certs, start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"\n')
+    check = 'health_check = { interval = "0.2s", timeout = "1s", fails = 2, passes = 1 }\n'
+    try:
+        p.client = one = p.start_client('client_id = "one"\n' + group_mappings(origin.port, a.port, remote,
+                                                                                extra=check))
+        two = p.start_client('client_id = "two"\n' + group_mappings(origin_b.port, b.port, remote),
+                             proxy=free_port())
+        two.wait_log("mapping 'svc' published")
+        wait_port(remote)
+        assert spread(remote, web)[0] == {b"A", b"B"}
+        a.close()
+        started = time.monotonic()
+        one.wait_log("mapping 'svc': the local service is unhealthy")
+        p.server.wait_log("mapping 'svc' of client alice withdrawn")
+        assert time.monotonic() - started < 3  # interval x fails (0.4 s) and the checks' own time
+        assert spread(remote, web, 10)[0] == {b"B"}  # none lost: the other member takes them all
+        a = TcpServer(says(b"A"), port=a_port)
+        one.wait_log("mapping 'svc': the local service is healthy again")
+        deadline = time.monotonic() + 10
+        while spread(remote, web, 4)[0] != {b"A", b"B"}:  # back in its group
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        a.close()
+        b.close()
+        p.stop()

@@ -212,3 +212,82 @@ def test_a_group_member_whose_service_fails_leaves_its_share_to_the_others(tmp_p
         a.close()
         b.close()
         p.stop()
+
+
+class TwoServers:
+    """Two center servers (same certificate and account, each its own map_http_bind) and a
+    client of both (``mode``: servers_mode), with an http mapping that each may publish."""
+
+    def __init__(self, tmp_path, certs, origin, mode: str = "all"):
+        self.webs = [free_port(), free_port()]
+        self.pair = p = Pair(tmp_path, certs, start_client=False,
+                             server_extra=f'map_http_bind = "127.0.0.1:{self.webs[0]}"\n')
+        self.centers = [p.center, free_port()]
+        conf_b = tmp_path / "server-b.toml"
+        conf_b.write_text(p.server_conf.read_text().replace(f":{p.center}", f":{self.centers[1]}")
+                          .replace(f":{self.webs[0]}", f":{self.webs[1]}"))
+        self.confs = [p.server_conf, conf_b]
+        self.servers = [p.server, p.start("server", conf_b)]
+        wait_port(self.centers[1], proc=self.servers[1].popen)
+        self.cport = free_port()
+        listed = ", ".join(f'"127.0.0.1:{port}"' for port in self.centers)
+        text = (f'control = "127.0.0.1:{self.cport}"\n'
+                + p.client_config(f'servers_mode = "{mode}"\n').replace(f'server = "127.0.0.1:{p.center}"',
+                                                                        f"server = [{listed}]")
+                + http_mapping("site", origin.port, "a.test"))
+        conf = tmp_path / "client-two-servers.toml"
+        conf.write_text(text)
+        p.client = self.client = p.start("client", conf)
+        wait_port(p.proxy, proc=self.client.popen)
+
+    def restart(self, i: int) -> None:
+        self.servers[i] = self.pair.start("server", self.confs[i])
+        wait_port(self.centers[i], proc=self.servers[i].popen)
+
+    def links(self) -> list[dict]:
+        return json.loads(control(self.cport, "GET", "/status")[1])["center_links"]
+
+    def stop(self):
+        self.pair.stop()
+
+
+def test_a_client_of_two_servers_publishes_on_both_and_survives_one(tmp_path, certs, origin):
+    """servers_mode = "all": a link to each server, the mapping on each; the local proxy's
+    streams over the live links; one server killed: nothing fails once its link is seen gone;
+    back: the client links and publishes again."""
+    t = TwoServers(tmp_path, certs, origin)
+    try:
+        for server in t.servers:
+            server.wait_log("mapping 'site' of client alice published")
+        assert [host_get(web, "a.test")[1] for web in t.webs] == [b"origin-A"] * 2
+        assert sorted(link["state"] for link in t.links()) == ["up", "up"]
+        url = f"http://127.0.0.1:{origin.port}/whoami"
+        for _ in range(6):  # over both links (the one with fewer streams)
+            assert curl("-s", "-x", f"http://127.0.0.1:{t.pair.proxy}", url).stdout == b"origin-A"
+        t.servers[0].popen.kill()
+        t.client.wait_log(f"center link to 127.0.0.1:{t.centers[0]} lost")
+        results = [curl("-s", "-x", f"http://127.0.0.1:{t.pair.proxy}", url).stdout for _ in range(20)]
+        assert results == [b"origin-A"] * 20  # every one over the other link
+        assert host_get(t.webs[1], "a.test")[1] == b"origin-A"
+        assert sorted(link["state"] for link in t.links()) == ["down", "up"]
+        t.restart(0)
+        t.servers[0].wait_log("mapping 'site' of client alice published", timeout=20)
+        assert host_get(t.webs[0], "a.test")[1] == b"origin-A"
+    finally:
+        t.stop()
+
+
+def test_failover_keeps_one_link_and_moves_on_when_it_dies(tmp_path, certs, origin):
+    t = TwoServers(tmp_path, certs, origin, mode="failover")
+    try:
+        t.servers[0].wait_log("mapping 'site' of client alice published")
+        assert [link["state"] for link in t.links()] == ["up", "down"]
+        assert "connected from" not in t.servers[1].log()  # one link at a time
+        t.servers[0].popen.kill()
+        t.servers[1].wait_log("mapping 'site' of client alice published", timeout=20)
+        assert host_get(t.webs[1], "a.test")[1] == b"origin-A"
+        assert [link["state"] for link in t.links()] == ["down", "up"]
+        url = f"http://127.0.0.1:{origin.port}/whoami"
+        assert curl("-s", "-x", f"http://127.0.0.1:{t.pair.proxy}", url).stdout == b"origin-A"
+    finally:
+        t.stop()

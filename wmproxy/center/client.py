@@ -1,6 +1,7 @@
-"""The center client: keeps one link to the center server, dialling again with exponential
-backoff and jitter (1 s doubling to 30 s) whenever it drops, forever, one log line per attempt.
-``link`` is the live link, or None while it is down (new local connections then fail at once).
+"""The center client: keeps a link to each of its center servers (``servers_mode = "all"``) or
+to one at a time, in order (``"failover"``), each dialled again with backoff whenever it drops
+(uplink.py). ``link`` is the live link with the fewest open streams, or None while none is up
+(new local connections then fail at once); mapped connections come over any of them.
 """
 
 from __future__ import annotations
@@ -8,9 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
 import socket
-import ssl
 import time
 from typing import Any
 
@@ -19,10 +18,9 @@ from gevent import socket as gsocket
 
 from ..config import CenterConfig, MappingConfig, ProxyConfig
 from ..listener import ConnStats
-from ..errors import ProtocolError, UpstreamError
+from ..errors import UpstreamError
 from ..net.dial import dial, fmt_addr
 from ..net.proxyproto import header_for
-from ..net.reader import PeerClosed, Reader
 from ..net.tls import client_context
 from ..net.udp import MAX_DATAGRAM
 from ..net.relay import link_owned, relay_then
@@ -31,15 +29,12 @@ from ..prot.frame import CreateMode, Flag, Kind
 from ..services import Handler, Services
 from .entry import entry_for
 from .health import HealthWatch
-from . import handshake
 from .link import CenterLink
+from .uplink import HANDSHAKE_TIMEOUT, ServerLink, backoff
 from .vconn import VirtualConn
 
 log = logging.getLogger("wmproxy.center")
 
-HANDSHAKE_TIMEOUT = 10.0
-FIRST_DELAY, MAX_DELAY = 1.0, 30.0
-STABLE_AFTER = 10.0  # a link that lived this long resets the backoff
 IDLE_TIMEOUT = 300.0  # a mapped connection with no traffic this long is closed
 
 
@@ -61,14 +56,12 @@ class CenterClient:
         self.services = services
         self.entry = entry_for(self)  # what its local proxy port hands every connection
         self.mappings = {m.name: m for m in mappings}  # MappingConfig by name
-        self.answers: dict[str, fr.MappingAnswer] = {}
         self._proxies: dict = {}
         self.ssl = client_context(cfg.ca, cfg.cert, cfg.key) if cfg.tls else None
-        self.link: CenterLink | None = None
-        self.attempts = 0
-        self.last_error = ""
-        self._greenlet: gevent.Greenlet | None = None
-        self.server_reads_groups = False  # (its HELLO said ID: MAPPING carries each mapping's group)
+        names = cfg.server_name * len(cfg.server) if len(cfg.server_name) == 1 else cfg.server_name
+        self.servers = [ServerLink(self, addr, names[i] if names else "", f"to {addr}")
+                        for i, addr in enumerate(cfg.server)]
+        self._greenlet: gevent.Greenlet | None = None  # failover mode: the one driving the links in turn
         self.unhealthy: set[str] = set()  # mappings withdrawn while their local service fails its checks
         self._watches: list[HealthWatch] = []
 
@@ -76,7 +69,11 @@ class CenterClient:
         if not self.cfg.tls:
             log.warning("center.server %s: tls = false, the link is plain TCP: anyone on the path can read and "
                         "alter the traffic", self.cfg.server)
-        self._greenlet = gevent.spawn(self._run)
+        if self.cfg.servers_mode == "failover" and len(self.servers) > 1:
+            self._greenlet = gevent.spawn(self._failover)
+        else:
+            for server in self.servers:
+                server.start()
         self._watch()
 
     def stop(self) -> None:
@@ -84,8 +81,29 @@ class CenterClient:
             self._greenlet.kill(block=False)
         for watch in self._watches:
             watch.stop()
-        if self.link is not None:
-            self.link.close("center client stopped")
+        for server in self.servers:
+            server.stop()
+
+    @property
+    def link(self) -> CenterLink | None:
+        """The live link new local streams go over: the one with the fewest open streams."""
+        links = [link for server in self.servers if (link := server.up) is not None]
+        return min(links, key=lambda link: link.stream_count) if links else None
+
+    def _failover(self) -> None:
+        """servers_mode = "failover": one link at a time, the servers in order, moving on to the
+        next when one cannot be reached or its link dies; the backoff grows once every server
+        failed in a row."""
+        turn, failures = 0, 0
+        while True:
+            server = self.servers[turn]
+            stable = server.attempt()
+            failures = 0 if stable else failures + 1
+            turn = (turn + 1) % len(self.servers)
+            delay = backoff(failures // len(self.servers)) if failures >= len(self.servers) else 0.0
+            log.warning("center link %s: attempt %d: %s; next: %s%s", server.label, server.attempts,
+                        server.last_error, self.servers[turn].label, f" in {delay:.1f}s" if delay else "")
+            gevent.sleep(delay)
 
     def _watch(self) -> None:
         """(Re)start the health checks of the mappings that have one; all start healthy."""
@@ -106,67 +124,11 @@ class CenterClient:
             log.warning("mapping %r: the local service is unhealthy (%s): withdrawn from the server", name, why)
         self._send_mappings()
 
-    def _run(self) -> None:
-        failures = 0
-        while True:
-            self.attempts += 1
-            started = time.monotonic()
-            try:
-                self._connect_and_serve()
-            except handshake.AuthFailed as e:
-                self.last_error = f"refused by the server: {e}"
-            except (UpstreamError, ssl.SSLError, OSError, ProtocolError, PeerClosed) as e:
-                self.last_error = str(e) or type(e).__name__
-            else:
-                self.last_error = "link lost"
-            self.link = None
-            failures = 0 if time.monotonic() - started > STABLE_AFTER else failures + 1
-            delay = min(MAX_DELAY, FIRST_DELAY * 2 ** max(0, failures - 1)) * random.uniform(0.75, 1.0)
-            log.warning("center link to %s: attempt %d: %s; next attempt in %.1fs", self.cfg.server, self.attempts,
-                        self.last_error, max(FIRST_DELAY * 0.75, delay))
-            gevent.sleep(max(FIRST_DELAY * 0.75, delay))
-
-    def _connect_and_serve(self) -> None:
-        cfg = self.cfg
-        assert cfg.server is not None  # (a client config names its server)
-        sock = dial(self.services.resolver, cfg.server.host, cfg.server.port, HANDSHAKE_TIMEOUT)
-        try:
-            sock.settimeout(HANDSHAKE_TIMEOUT)
-            if self.ssl is not None:
-                sock = self.ssl.wrap_socket(sock, server_hostname=cfg.server_name or cfg.server.host)
-            reader = Reader(sock)
-            answers, peer_aware, ids = handshake.client_side(sock, reader, cfg.username, cfg.password,
-                                                             self._specs(), self.client_id)
-        except BaseException:
-            sock.close()
-            raise
-        link = CenterLink(sock, reader, is_client=True, window=cfg.window, max_window=cfg.max_window,
-                          max_frame=cfg.max_frame, heartbeat=cfg.heartbeat, on_create=self._serve_stream,
-                          name=f"to {cfg.server}", on_mapping_answer=self._answered)
-        link.peer_aware = peer_aware
-        self.server_reads_groups = ids
-        self.link = link
-        log.info("center link to %s is up (attempt %d)", cfg.server, self.attempts)
-        self._answered(answers)
-        self.last_error = ""
-        reason = link.run()
-        self.link = None
-        log.warning("center link to %s lost: %s", cfg.server, reason)
-
-    def _specs(self) -> list[fr.MappingSpec]:
+    def specs(self) -> list[fr.MappingSpec]:
+        """Our mappings as MAPPING tells them (the withdrawn unhealthy ones left out)."""
         return [fr.MappingSpec(m.name, m.wire_mode, m.domain, str(m.remote_bind) if m.remote_bind else "", m.headers,
                                m.group, m.group_key)
                 for m in self.mappings.values() if m.name not in self.unhealthy]
-
-    def _answered(self, answers: list[fr.MappingAnswer]) -> None:
-        self.answers = {a.name: a for a in answers}
-        for a in answers:
-            if a.accepted:
-                m = self.mappings.get(a.name)
-                where = (m.remote_bind or f"Host {m.domain}") if m else "?"
-                log.info("mapping %r published by the server on %s", a.name, where)
-            else:
-                log.warning("mapping %r refused by the server: %s", a.name, a.reason)
 
     def update_mappings(self, mappings: tuple) -> None:
         """New mappings from a reload: sent over the live link (the server applies the
@@ -176,13 +138,10 @@ class CenterClient:
         self._send_mappings()
 
     def _send_mappings(self) -> None:
-        link = self.link
-        if link is not None and not link.closed:
-            groups = self.server_reads_groups
-            link.send_frame(Kind.MAPPING, Flag.ID if groups else 0, 0, fr.encode_mappings(self._specs(), groups),
-                            quiet=True)
+        for server in self.servers:
+            server.send_mappings(self.specs)
 
-    def _serve_stream(self, vc: VirtualConn, mode: CreateMode, target: str) -> None:
+    def serve_stream(self, vc: VirtualConn, mode: CreateMode, target: str) -> None:
         """A public connection to one of our mappings: dial its local address, relay."""
         mapping = self.mappings.get(target)
         wanted = {CreateMode.TCP: ("tcp", "udp", "tls"), CreateMode.HTTP: ("http", "https"),
@@ -287,18 +246,18 @@ class CenterClient:
         return []
 
     def link_status(self) -> list[dict[str, Any]]:
-        return [self.status()]
+        return [server.status() for server in self.servers]
 
     def mapping_status(self) -> list[dict[str, Any]]:
-        return [{"name": m.name, "mode": m.mode, "local_addr": str(m.local_addr) if m.local_addr else "",
-                 "remote_bind": str(m.remote_bind) if m.remote_bind else "", "domain": m.domain,
-                 "state": ("published" if self.answers[m.name].accepted else "refused") if m.name in self.answers
-                 and self.link else "down", "reason": self.answers[m.name].reason if m.name in self.answers else ""}
-                for m in self.mappings.values()]
-
-    def status(self) -> dict:
-        link = self.link
-        return {"role": "client", "server": str(self.cfg.server), "state": "up" if link else "down",
-                "since": link.started_at if link else None, "streams": link.stream_count if link else 0,
-                "attempts": self.attempts, "last_error": self.last_error,
-                "bytes_in": link.bytes_in if link else 0, "bytes_out": link.bytes_out if link else 0}
+        rows = []
+        for m in self.mappings.values():
+            live = [server for server in self.servers if server.up is not None]
+            said = [server.answers[m.name] for server in live if m.name in server.answers]
+            published = sum(1 for a in said if a.accepted)
+            state = "withdrawn (unhealthy)" if m.name in self.unhealthy else "down" if not said else \
+                "published" if published else "refused"
+            rows.append({"name": m.name, "mode": m.mode, "local_addr": str(m.local_addr) if m.local_addr else "",
+                         "remote_bind": str(m.remote_bind) if m.remote_bind else "", "domain": m.domain,
+                         "state": state, "servers": published,
+                         "reason": next((a.reason for a in said if not a.accepted), "")})
+        return rows

@@ -7,7 +7,7 @@ from typing import Optional
 
 from ..prot.frame import check_client_id
 from .keys import (
-    Addr, Invalid, REQUIRED, int_range, key, list_of, one_of, optional_addr, section, table_list, to_bool,
+    Addr, Invalid, REQUIRED, int_range, key, list_of, one_of, optional_addr, section, table_list, to_addr, to_bool,
     to_domain, to_duration, to_header_rule, to_port_range, to_size, to_str, proxy_protocol_key,
     proxy_protocol_from_key, check_proxy_protocol,
 )
@@ -26,12 +26,15 @@ class CenterConfig:
     """``[center]``: the center link. ``bind`` makes this end the server, ``server`` the client."""
 
     bind: Optional[Addr] = key(optional_addr, None, "server: address the center clients connect to")
-    server: Optional[Addr] = key(optional_addr, None, "client: the center server to connect to")
+    server: tuple = key(list_of(to_addr), (), "client: the center server to link to, or a list of them")
+    servers_mode: str = key(one_of(("all", "failover")), "all", "client with several servers: all (a link to each, "
+                            "the mappings published on each) or failover (one link at a time, in order)")
     tls: bool = key(to_bool, True, "TLS on the link (plain TCP only with tls = false, with a warning)")
     cert: str = key(to_str, "", "PEM certificate (server; client too for mutual TLS)")
     client_ca: str = key(to_str, "", "server: require client certificates signed by this CA")
     ca: str = key(to_str, "", "client: CA file to verify the server with ('' = the system store)")
-    server_name: str = key(to_str, "", "client: name the server certificate must carry (default: server host)")
+    server_name: tuple = key(list_of(to_str), (), "client: name the server certificate must carry (default: the "
+                                                 "server's host); one for every server, or a list in their order")
     client_id: str = key(to_str, "", "client: its id, told to the server (one link per id; default: the host "
                                      "name and a digest of the config file's path)")
     username: str = key(to_str, "", "client: who to log in as; server: the single account")
@@ -72,9 +75,14 @@ class CenterConfig:
         check_proxy_protocol(self.map_proxy_protocol, self.map_proxy_protocol_from, "map_proxy_protocol")
         if self.client_id and (why := check_client_id(self.client_id)) is not None:
             raise Invalid(why, ".client_id")
-        if (self.bind is None) == (self.server is None):
+        if (self.bind is None) == (not self.server):
             raise Invalid("set bind (this end is the center server) or server (this end is a center client), "
                           "not both and not neither", ".bind")
+        if len(self.server_name) > 1 and len(self.server_name) != len(self.server):
+            raise Invalid(f"server_name: one name for every server, or one per server ({len(self.server)}), "
+                          f"not {len(self.server_name)}", ".server_name")
+        if len(set(map(str, self.server))) != len(self.server):
+            raise Invalid("a server is listed twice", ".server")
         if self.tls and self.bind is not None and not (self.cert and self.key):
             raise Invalid("a TLS center server needs cert and key (or tls = false, plain TCP)", ".cert")
         if bool(self.cert) != bool(self.key):

@@ -234,7 +234,21 @@ def metrics_text(st: dict) -> str:
               [(labels, u["connect_seconds"]) for labels, u in ups])
     histogram("wmproxy_upstream_first_byte_seconds", "From the request sent to the response head received.",
               [(labels, u["first_byte_seconds"]) for labels, u in ups])
-    metric("wmproxy_center_links", "gauge", "Center links that are up.", [({}, len(st["center_links"]))])
+    # (a server's row: the client as the server tells clients apart, by id or else by address)
+    links = [({"role": "client", "server": c["server"]} if c["role"] == "client" else
+               {"role": "server", "client": c["client"] + (f"#{c['client_id']}" if c.get("client_id") else
+                                                           f"@{c['peer']}")}, c)
+             for c in st["center_links"]]
+    metric("wmproxy_center_links", "gauge", "Center links that are up.",
+           [({}, sum(1 for _, c in links if c.get("state", "up") == "up"))])
+    metric("wmproxy_center_link_up", "gauge", "1 while a center link is up (a client's row per server).",
+           [(labels, int(c.get("state", "up") == "up")) for labels, c in links])
+    metric("wmproxy_center_link_streams", "gauge", "Streams open on a center link.",
+           [(labels, c["streams"]) for labels, c in links])
+    metric("wmproxy_center_link_rtt_seconds", "gauge", "A center link's round trip time (its last PING).",
+           [(labels, c["rtt"]) for labels, c in links if c.get("rtt") is not None])
+    metric("wmproxy_center_link_bytes_total", "counter", "Bytes a center link carried (frames, both ways).",
+           [({**labels, "direction": d}, c[f"bytes_{d}"]) for labels, c in links for d in ("in", "out")])
     metric("wmproxy_reloads_total", "counter", "Configuration reloads applied.", [({}, st["reloads"])])
     metric("wmproxy_reload_failures_total", "counter", "Configuration reloads refused (old one kept).",
            [({}, st["reload_failures"])])

@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import threading
 import time
 
-from conftest import Pair, TcpServer, control, curl, free_port, read_response, recv_all, wait_port
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import Pair, TcpServer, control, curl, free_port, http_get, read_response, recv_all, wait_port
 from test_center import http_mapping, tcp_mapping
 
 
@@ -79,6 +82,11 @@ def test_two_clients_of_one_account_keep_their_own_domains_and_ports(tmp_path, c
         third.wait_log("mapping 'site3' refused by the server: domain app.test is already held")
         assert host_get(web, "app.test")[1] == b"origin-A"
         assert curl("-s", "-H", "Host: app.test", f"http://127.0.0.1:{web}/whoami").stdout == b"origin-A"
+        # the first one dies: the others do not take its domain over (only a group's members would)
+        p.client.popen.kill()
+        p.server.wait_log("mapping 'site' of client alice withdrawn")
+        head, body = host_get(web, "app.test")
+        assert head.split()[1] == b"502" and b"origin-B" not in body
     finally:
         p.stop()
 
@@ -152,8 +160,9 @@ def spread(remote: int, web: int, n: int = 8) -> tuple[set, set]:
 
 def test_a_group_of_two_clients_serves_one_domain_and_one_port(tmp_path, certs, origin, origin_b):
     a, b = TcpServer(says(b"A")), TcpServer(says(b"B"))
-    remote, web = free_port(), free_port()
-    p = Pair(tmp_path, certs, start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"\n')
+    remote, web, cport = free_port(), free_port(), free_port()
+    p = Pair(tmp_path, certs, start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"\n',
+             server_top=f'control = "127.0.0.1:{cport}"')
     try:
         p.client = one = p.start_client('client_id = "one"\n' + group_mappings(origin.port, a.port, remote))
         two = p.start_client('client_id = "two"\n' + group_mappings(origin_b.port, b.port, remote),
@@ -163,6 +172,10 @@ def test_a_group_of_two_clients_serves_one_domain_and_one_port(tmp_path, certs, 
             client.wait_log("mapping 'site' published")
         wait_port(remote)
         assert spread(remote, web) == ({b"A", b"B"}, {b"origin-A", b"origin-B"})  # both serve
+        rows = json.loads(control(cport, "GET", "/status")[1])["mappings"]  # and the server counts each one's share
+        shares = sorted((r["name"], r.get("connections", r.get("requests"))) for r in rows)
+        assert [name for name, _ in shares] == ["site", "site", "svc", "svc"], rows
+        assert all(n >= 4 for _, n in shares), rows  # (round robin; the port's probe is one more)
         # the group's key is its secret: a wrong one is refused
         three = p.start_client('client_id = "three"\n' + group_mappings(origin_b.port, b.port, remote, "bad"),
                                proxy=free_port())
@@ -247,6 +260,15 @@ class TwoServers:
     def links(self) -> list[dict]:
         return json.loads(control(self.cport, "GET", "/status")[1])["center_links"]
 
+    def link_up_metrics(self) -> dict[str, float]:
+        """wmproxy_center_link_up per server, from the client's /metrics."""
+        out = {}
+        for family in text_string_to_metric_families(control(self.cport, "GET", "/metrics")[1].decode()):
+            for sample in family.samples:
+                if sample.name == "wmproxy_center_link_up":
+                    out[sample.labels["server"]] = sample.value
+        return out
+
     def stop(self):
         self.pair.stop()
 
@@ -261,15 +283,37 @@ def test_a_client_of_two_servers_publishes_on_both_and_survives_one(tmp_path, ce
             server.wait_log("mapping 'site' of client alice published")
         assert [host_get(web, "a.test")[1] for web in t.webs] == [b"origin-A"] * 2
         assert sorted(link["state"] for link in t.links()) == ["up", "up"]
-        url = f"http://127.0.0.1:{origin.port}/whoami"
-        for _ in range(6):  # over both links (the one with fewer streams)
-            assert curl("-s", "-x", f"http://127.0.0.1:{t.pair.proxy}", url).stdout == b"origin-A"
+        a, b = (f"127.0.0.1:{port}" for port in t.centers)
+        assert t.link_up_metrics() == {a: 1.0, b: 1.0}
+        # a stream of requests through the local proxy while server a is killed
+        results: list[tuple[float, bool]] = []
+        stop = threading.Event()
+
+        def requests() -> None:
+            while not stop.is_set():
+                try:
+                    ok = http_get(t.pair.proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"
+                except OSError:
+                    ok = False
+                results.append((time.monotonic(), ok))
+
+        worker = threading.Thread(target=requests, daemon=True)
+        worker.start()
+        time.sleep(0.5)
         t.servers[0].popen.kill()
-        t.client.wait_log(f"center link to 127.0.0.1:{t.centers[0]} lost")
-        results = [curl("-s", "-x", f"http://127.0.0.1:{t.pair.proxy}", url).stdout for _ in range(20)]
-        assert results == [b"origin-A"] * 20  # every one over the other link
+        t.client.wait_log(f"center link to {a} lost")
+        detected = time.monotonic()
+        time.sleep(1.5)
+        stop.set()
+        worker.join(10)
+        after = [ok for at, ok in results if at > detected]
+        before = [ok for at, ok in results if at <= detected]
+        print(f"requests before the loss was seen: {len(before)}, failed: {before.count(False)}; "
+              f"after: {len(after)}, failed: {after.count(False)}")
+        assert len(after) > 10 and all(after)  # none failed once the dead link was seen
         assert host_get(t.webs[1], "a.test")[1] == b"origin-A"
         assert sorted(link["state"] for link in t.links()) == ["down", "up"]
+        assert t.link_up_metrics() == {a: 0.0, b: 1.0}
         t.restart(0)
         t.servers[0].wait_log("mapping 'site' of client alice published", timeout=20)
         assert host_get(t.webs[0], "a.test")[1] == b"origin-A"

@@ -223,7 +223,7 @@ class CenterServer(Listener):
     def link_status(self) -> list[dict]:
         return [{"role": "server", "client": link.user or "anonymous", "client_id": link.client_id,
                  "peer": fmt_addr(*link.peer_address[:2]), "since": link.started_at, "streams": link.stream_count,
-                 "bytes_in": link.bytes_in, "bytes_out": link.bytes_out} for link in self.links]
+                 "rtt": link.rtt, "bytes_in": link.bytes_in, "bytes_out": link.bytes_out} for link in self.links]
 
 
 def _holder(login: handshake.Login, peer: str) -> str:

@@ -68,7 +68,7 @@ class CenterClient:
     def start(self) -> None:
         if not self.cfg.tls:
             log.warning("center.server %s: tls = false, the link is plain TCP: anyone on the path can read and "
-                        "alter the traffic", self.cfg.server)
+                        "alter the traffic", ", ".join(map(str, self.cfg.server)))
         if self.cfg.servers_mode == "failover" and len(self.servers) > 1:
             self._greenlet = gevent.spawn(self._failover)
         else:

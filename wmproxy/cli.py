@@ -1,6 +1,6 @@
 """Command lines of ``wmproxy-server`` and ``wmproxy-client`` (configargparse).
 
-Three layers, highest first: flags, ``WMPROXY_*`` environment variables, the TOML file
+Three layers, highest first: flags, ``WMPROXY_*`` environment variables, the TOML (or YAML) file
 (``-c FILE``). Without a file the embedded default runs: a forward proxy on 127.0.0.1:8090.
 Flags and variables are placed at their key path and validated with the file, so an error
 names where the value came from.
@@ -152,7 +152,7 @@ def make_parser(prog: str) -> configargparse.ArgumentParser:
     )
     p.add_argument("command", nargs="?", default="run", choices=tuple(commands(prog)), metavar="COMMAND",
                    help="one of: " + ", ".join(commands(prog)))
-    p.add_argument("-c", "--config", env_var="WMPROXY_CONFIG", metavar="FILE", help="TOML configuration file")
+    p.add_argument("-c", "--config", env_var="WMPROXY_CONFIG", metavar="FILE", help="configuration file: TOML, or YAML when it ends in .yaml/.yml")
     p.add_argument("--check", action="store_true", help="validate the configuration and the files it names, "
                    "print the result, exit 0 or 1")
     p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")

@@ -25,7 +25,7 @@ from .http import (
 )
 from .keys import (
     REQUIRED, Addr, Invalid, TargetRule, _unique_names, accepted_keys, build, key, list_of, one_of, optional_addr,
-    read_toml, section, table_list, to_addr, to_bool, to_duration, to_header_rule, to_network, to_size, to_str,
+    read_config_file, read_toml, section, table_list, to_addr, to_bool, to_duration, to_header_rule, to_network, to_size, to_str,
     to_workers,
 )
 from .proxy import DnsConfig, ProxyConfig
@@ -36,7 +36,7 @@ __all__ = [
     "HttpConfig", "HttpLocationConfig", "HttpServerConfig", "HttpUpstreamConfig", "HttpUpstreamServerConfig",
     "Invalid", "LimitReqConfig", "MappingConfig", "Override", "ProxyConfig", "REQUIRED", "StreamConfig",
     "StreamServerConfig", "StreamUpstreamConfig", "TargetRule", "UpstreamServerConfig", "accepted_keys", "build",
-    "list_of", "load", "read_toml", "to_addr", "to_duration", "to_header_rule", "to_network", "to_size",
+    "list_of", "load", "read_config_file", "read_toml", "to_addr", "to_duration", "to_header_rule", "to_network", "to_size",
 ]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -106,11 +106,11 @@ class Override:
 
 
 def load(file: Optional[str], overrides: Sequence[Override] = (), default: Optional[dict] = None) -> Config:
-    """Load a config: the TOML ``file`` (or ``default`` when no file), then ``overrides``.
+    """Load a config: the TOML or YAML ``file`` (or ``default`` when no file), then ``overrides``.
 
     Blocks on file I/O only. Raises ConfigError naming the source and key path.
     """
-    data = read_toml(file) if file else dict(default or {})
+    data = read_config_file(file) if file else dict(default or {})
     origins: dict[str, str] = {}
     for o in overrides:
         node = data

@@ -405,3 +405,49 @@ def read_toml(path: str) -> dict:
         raise ConfigError(path, "", f"cannot read the file: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "", f"not valid TOML: {e}") from None
+
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def read_yaml(path: str) -> dict:
+    """Read a YAML file with PyYAML's safe loader (no tags that build objects); raises
+    ConfigError naming the file (and the line) on any read or syntax error, or when the
+    document is not a mapping of keys."""
+    import yaml  # type: ignore[import-untyped]  # (only a YAML config needs it; PyYAML has no type hints)
+
+    try:
+        with open(path, "rb") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read the file: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(path, "", f"not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, "", f"expected a mapping of keys at the top, got a {type(data).__name__}")
+    return _string_keys(data, path, "")
+
+
+def _string_keys(node: Any, path: str, where: str) -> Any:
+    """YAML allows keys that are numbers, booleans or null; a config's keys are names."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            sub = f"{where}.{k}" if where else str(k)
+            if not isinstance(k, str):
+                raise ConfigError(path, sub, f"a key must be a name, got {k!r}")
+            out[k] = _string_keys(v, path, sub)
+        return out
+    if isinstance(node, list):
+        return [_string_keys(v, path, f"{where}[{i}]") for i, v in enumerate(node)]
+    return node
+
+
+def read_config_file(path: str) -> dict:
+    """A config file's keys: YAML for a .yaml/.yml name, TOML for any other."""
+    return read_yaml(path) if path.lower().endswith(YAML_SUFFIXES) else read_toml(path)

@@ -345,10 +345,12 @@ def format_status(st: dict) -> str:
     lines.append(f"\ncenter links: {len(st['center_links'])}  mappings: {len(st['mappings'])}")
     for link in st["center_links"]:
         if link["role"] == "server":
-            lines.append(f"  client {link['client']} from {link['peer']}: {link['streams']} streams, "
+            who = f"{link['client']} (id {link['client_id']})" if link.get("client_id") else link["client"]
+            lines.append(f"  client {who} from {link['peer']}: {link['streams']} streams, "
                          f"in {_size(link['bytes_in'])}, out {_size(link['bytes_out'])}")
         else:
-            lines.append(f"  to {link['server']}: {link['state']}, {link['streams']} streams, "
+            rtt = f", rtt {link['rtt'] * 1000:.1f}ms" if link.get("rtt") is not None else ""
+            lines.append(f"  to {link['server']}: {link['state']}{rtt}, {link['streams']} streams, "
                          f"{link['attempts']} attempts" + (f", last error: {link['last_error']}"
                                                            if link["last_error"] else ""))
     return "\n".join(lines)

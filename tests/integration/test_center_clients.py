@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Pair, TcpServer, control, curl, free_port, http_get, read_response, recv_all, wait_port
+from conftest import ROOT, Pair, TcpServer, control, curl, free_port, http_get, read_response, recv_all, wait_port
 from test_center import http_mapping, tcp_mapping
 
 
@@ -248,7 +250,7 @@ class TwoServers:
                 + p.client_config(f'servers_mode = "{mode}"\n').replace(f'server = "127.0.0.1:{p.center}"',
                                                                         f"server = [{listed}]")
                 + http_mapping("site", origin.port, "a.test"))
-        conf = tmp_path / "client-two-servers.toml"
+        self.client_conf = conf = tmp_path / "client-two-servers.toml"
         conf.write_text(text)
         p.client = self.client = p.start("client", conf)
         wait_port(p.proxy, proc=self.client.popen)
@@ -314,6 +316,9 @@ def test_a_client_of_two_servers_publishes_on_both_and_survives_one(tmp_path, ce
         assert host_get(t.webs[1], "a.test")[1] == b"origin-A"
         assert sorted(link["state"] for link in t.links()) == ["down", "up"]
         assert t.link_up_metrics() == {a: 0.0, b: 1.0}
+        shown = subprocess.run([sys.executable, str(ROOT / "bin" / "wmproxy-client"), "status", "-c",
+                                str(t.client_conf)], capture_output=True, text=True, timeout=30).stdout
+        assert f"to {a}: down" in shown and f"to {b}: up" in shown, shown
         t.restart(0)
         t.servers[0].wait_log("mapping 'site' of client alice published", timeout=20)
         assert host_get(t.webs[0], "a.test")[1] == b"origin-A"

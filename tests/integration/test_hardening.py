@@ -341,7 +341,7 @@ def test_tls_server_closes_after_connection_close(start_proxy, ca, tmp_path):
             except ssl.SSLError:
                 pass
             assert time.monotonic() - started < 3, "the server kept the connection open"
-    assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"hi\n"), got
+    assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"\r\n\r\nhi"), got
 
 
 def test_a_slow_answer_after_the_body_is_no_client_timeout(start_proxy):

@@ -89,14 +89,14 @@ status = 202
 
 def test_servers_by_host_and_locations_like_nginx(start_proxy):
     p, port = web(start_proxy, ROUTING)
-    assert get(port, "/exact")[1] == b"exact\n"
-    assert get(port, "/exact/more")[1] == b"hello 127.0.0.1 at a.test for /exact/more\n"
-    assert get(port, "/files/a.txt")[1] == b"prefix /files/\n"
-    assert get(port, "/files/pic.png")[1] == b"regex png\n"  # a regex beats the longest prefix
-    assert get(port, "/files/stop/pic.png")[1] == b"prefix-stop\n"  # ... unless that prefix is ^~
-    assert get(port, "/x.png", host="shop.wild.test")[1] == b"regex png\n"
+    assert get(port, "/exact")[1] == b"exact"
+    assert get(port, "/exact/more")[1] == b"hello 127.0.0.1 at a.test for /exact/more"
+    assert get(port, "/files/a.txt")[1] == b"prefix /files/"
+    assert get(port, "/files/pic.png")[1] == b"regex png"  # a regex beats the longest prefix
+    assert get(port, "/files/stop/pic.png")[1] == b"prefix-stop"  # ... unless that prefix is ^~
+    assert get(port, "/x.png", host="shop.wild.test")[1] == b"regex png"
     head, body = get(port, "/", host="b.test:8080")  # port ignored
-    assert head.startswith(b"HTTP/1.1 202") and body == b"server b\n"
+    assert head.startswith(b"HTTP/1.1 202") and body == b"server b"
     assert get(port, "/", host="unknown.test")[1].startswith(b"hello")  # the default server: the first
     head, body = get(port, "/exact")
     assert header(head, "X-Served-By") == "wmproxy"
@@ -106,17 +106,17 @@ def test_servers_by_host_and_locations_like_nginx(start_proxy):
     assert head.startswith(b"HTTP/1.1 403")
     p.wait_log("custom 127.0.0.1 GET a.test/private/x -> 403 32B")
     head, body = get(port, "/exact", method="HEAD")
-    assert head.startswith(b"HTTP/1.1 200") and header(head, "Content-Length") == "6"
+    assert head.startswith(b"HTTP/1.1 200") and header(head, "Content-Length") == "5"
     # keep-alive: several requests on one connection, each routed on its own; an unwanted body is skipped
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"POST /exact HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nabcde")
-        assert read_response(s)[1] == b"exact\n"
+        assert read_response(s)[1] == b"exact"
         s.sendall(b"POST /exact HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
-        assert read_response(s)[1] == b"exact\n"
-        assert get(port, "/exact", sock=s)[1] == b"exact\n"
-        assert get(port, "/", host="b.test", sock=s)[1] == b"server b\n"
-        assert get(port, "/files/x", sock=s)[1] == b"prefix /files/\n"
-    p.wait_log('"GET a.test/exact HTTP/1.1" 200 6 "-" "-"')
+        assert read_response(s)[1] == b"exact"
+        assert get(port, "/exact", sock=s)[1] == b"exact"
+        assert get(port, "/", host="b.test", sock=s)[1] == b"server b"
+        assert get(port, "/files/x", sock=s)[1] == b"prefix /files/"
+    p.wait_log('"GET a.test/exact HTTP/1.1" 200 5 "-" "-"')
 
 
 def test_bad_config_is_named(tmp_path):
@@ -491,7 +491,7 @@ def test_try_paths_and_tls_servers_by_sni(start_proxy, site, tmp_path, ca):
     for name in ("one", "two"):
         r = curl("-s", "--cacert", str(tmp_path / "ca.pem"), "--resolve", f"{name}.test:{port}:127.0.0.1",
                  f"https://{name}.test:{port}/")
-        assert r.stdout == f"{name}\n".encode(), r.stderr
+        assert r.stdout == name.encode(), r.stderr
     # two requests in two TLS records sent in one write (the server waits for readability
     # between requests: the second record must still be found)
     context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
@@ -509,7 +509,7 @@ def test_try_paths_and_tls_servers_by_sni(start_proxy, site, tmp_path, ca):
         tls.write(b"GET /b HTTP/1.1\r\nHost: two.test\r\n\r\n")
         raw.sendall(outgoing.read())
         answers = b""
-        while answers.count(b"two\n") < 2:
+        while answers.count(b"two") < 2:
             data = raw.recv(65536)  # a timeout here: the second request was not seen
             assert data, answers
             incoming.write(data)
@@ -537,12 +537,12 @@ def test_reload_new_routes_for_new_connections(start_proxy, tmp_path):
     conf = '[[http.server]]\nbind = "127.0.0.1:{port}"\n[[http.server.location]]\nstatic_response = "VERSION"\n'
     p, port = web(start_proxy, conf.replace("VERSION", "v1"))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as live:
-        assert get(port, "/", sock=live)[1] == b"v1\n"
+        assert get(port, "/", sock=live)[1] == b"v1"
         (tmp_path / f"conf-{port}.toml").write_text(conf.replace("VERSION", "v2").replace("{port}", str(port)))
         p.popen.send_signal(signal.SIGHUP)
         p.wait_log("reloaded")
-        assert get(port, "/")[1] == b"v2\n"  # a new connection: the new routes
-        assert get(port, "/", sock=live)[1] == b"v1\n"  # the live one finishes on the old ones
+        assert get(port, "/")[1] == b"v2"  # a new connection: the new routes
+        assert get(port, "/", sock=live)[1] == b"v1"  # the live one finishes on the old ones
 
 
 def test_limit_req_per_client_address(start_proxy):
@@ -594,7 +594,7 @@ def test_bad_requests_get_their_error_and_the_server_goes_on(start_proxy):
             s.sendall(junk)
             head, _ = read_response(s)
             assert head.split(b" ")[1] == status, (junk[:40], head)
-    assert get(port, "/")[1] == b"fine\n"
+    assert get(port, "/")[1] == b"fine"
 
 
 def test_https_upstream_verified(start_proxy, tls_origin):

@@ -110,7 +110,7 @@ class HttpLocationConfig:
     rule: LocationRule = key(to_location_rule, LocationRule("prefix", "/"), "the paths it matches")
     proxy_url: str = key(to_proxy_url, "", "reverse proxy to 'http://upstream-name' or a URL")
     file_server: Optional[FileServerConfig] = section(FileServerConfig, "static files")
-    static_response: str = key(to_str, "", "answer with this text ({client_ip}, {host}, {url} filled in)")
+    static_response: str = key(to_str, "", "answer with this text, exactly ({client_ip}, {host}, {url} filled in)")
     redirect: str = key(to_str, "", "redirect to this URL ({host}, {url} filled in)")
     status: int = key(int_range(0, 599), 0, "status of static_response (200) or redirect (302)")
     headers: tuple = key(list_of(to_header_rule), (), "header rules: 'proxy ...' on the request upstream, "

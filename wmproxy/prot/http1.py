@@ -541,10 +541,11 @@ def encode_head(start_line: str, headers: Headers) -> bytes:
 
 
 def simple_response(status: int, text: str, extra: Sequence[tuple[bytes, bytes]] = (), close: bool = True,
-                    body: bool = True) -> bytes:
-    """A complete short text/plain response for the proxy's own errors (without its body,
-    Content-Length kept, when ``body`` is False: the answer to HEAD)."""
-    data = (text.rstrip("\n") + "\n").encode("utf-8")
+                    body: bool = True, exact: bool = False) -> bytes:
+    """A complete short text/plain response for the proxy's own errors, ending in one newline
+    (``exact``: ``text`` as it is, a static_response's); without its body, Content-Length kept,
+    when ``body`` is False: the answer to HEAD."""
+    data = (text if exact else text.rstrip("\n") + "\n").encode("utf-8")
     headers = [
         (b"Content-Type", b"text/plain; charset=utf-8"),
         (b"Content-Length", str(len(data)).encode()),

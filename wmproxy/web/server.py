@@ -418,7 +418,8 @@ class WebServer(Listener):
             target = fill(loc.redirect, req.variables)
             self._reply(client, req, loc.status or 302, f"moved to {target}", [(b"Location", target.encode())])
         else:
-            self._reply(client, req, loc.status or 200, fill(loc.static_response, req.variables))
+            # (exactly as written, as the Rust wmproxy and nginx's return do: no newline added)
+            self._reply(client, req, loc.status or 200, fill(loc.static_response, req.variables), exact=True)
 
     def _discard_body(self, reader: Reader, req: Request) -> None:
         """A request body nobody wants is read and dropped, so the next request is in step."""
@@ -461,11 +462,12 @@ class WebServer(Listener):
         return counted
 
     def _reply(self, client: socket.socket, req: Request, status: int, text: str,
-               extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+               extra: Sequence[tuple[bytes, bytes]] = (), exact: bool = False) -> None:
         headers = req.apply(list(extra), req.response_rules())
         body = req.head.method != "HEAD"
-        client.sendall(http1.simple_response(status, text, headers, close=not req.keep, body=body))
-        req.status, req.size = status, len(text.rstrip("\n").encode()) + 1 if body else 0
+        client.sendall(http1.simple_response(status, text, headers, close=not req.keep, body=body, exact=exact))
+        size = len(text.encode()) if exact else len(text.rstrip("\n").encode()) + 1
+        req.status, req.size = status, size if body else 0
 
     # -- proxy_url ------------------------------------------------------------------------------
     def _proxy(self, client: socket.socket, reader: Reader, req: Request, ctx: WebContext) -> None:

@@ -145,6 +145,7 @@ class App:
         self.listeners: dict[tuple[str, str], Listener] = {}
         self.center_client: Optional[CenterClient] = None  # a CenterClient when [center] server is set
         self.http_groups: dict = {}  # [http] upstream groups (pools, health), shared by the http listeners
+        self.stream_health: dict = {}  # [stream] upstreams' health checkers, shared by the stream listeners
         self.http_limits: dict = {}  # [http] limit_req token buckets, shared by them too
         self.draining: list[Listener] = []
         self.started_at = time.time()
@@ -161,7 +162,7 @@ class App:
         # all that listeners and the center client get of the process
         self.services = Services(self.resolver, self.http_groups, self.http_limits, self.proxy_handler,
                                  lambda: self.center_client.entry if self.center_client else None,
-                                 self._mapping_registry, role.process or self)
+                                 self._mapping_registry, role.process or self, self.stream_health)
 
     # -- applying a configuration -------------------------------------------------------------
     def start(self) -> None:
@@ -249,6 +250,9 @@ class App:
             upstream = key[0] if isinstance(key, tuple) else key  # (upstream or "addr", netloc, tls) for TLS ones
             if upstream != "addr" and upstream not in kept:
                 self.http_groups.pop(key).close()
+        kept_stream = set(new.stream.upstream) if new.stream is not None else set()
+        for upstream in [u for u in self.stream_health if u not in kept_stream]:
+            self.stream_health.pop(upstream).close()
 
     def _drain_removed(self, listener: Listener) -> None:
         left = listener.drain(self.cfg.grace)

@@ -8,7 +8,7 @@ through a function that answers for the configuration in force.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 if TYPE_CHECKING:
@@ -53,3 +53,5 @@ class Services:
     center_entry: Callable[[], Optional[Callable[..., None]]]
     mapping_registry: Callable[[], Optional[Any]]  # the center server's MappingRegistry, or None
     process: ProcessControl
+    #: [stream] upstreams' health checkers (stream.health), shared and kept as http_groups are
+    stream_health: dict[Any, Any] = field(default_factory=dict)

@@ -127,3 +127,47 @@ def test_tcp2ws_and_tcp2wss_to_a_websocket_echo_server(start_proxy, ca, tmp_path
     finally:
         plain.shutdown()
         secure.shutdown()
+
+
+def test_health_checks_take_a_dead_server_out_and_bring_it_back(start_proxy):
+    """health_check on an upstream: a TCP connect per interval; a server out is not dialled
+    first any more (its failures stop growing), and comes back once it accepts again."""
+    import json
+    import time
+
+    from conftest import TcpServer, control
+
+    def says(text):
+        return lambda conn: conn.sendall(text)
+
+    a, b = TcpServer(says(b"A")), TcpServer(says(b"B"))
+    a_port, cport = a.port, free_port()
+    p = start_proxy(config=f'control = "127.0.0.1:{cport}"\n' + stream_config(
+        f'{{ addr = "127.0.0.1:{a_port}" }}, {{ addr = "127.0.0.1:{b.port}" }}')
+        .replace('server = [', 'health_check = { interval = "0.2s", timeout = "1s", fall = 2, rise = 1 }\nserver = ['))
+
+    def through() -> bytes:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            return recv_all(s)
+
+    def row(port: int) -> dict:
+        rows = json.loads(control(cport, "GET", "/status")[1])["upstreams"]
+        return next(r for r in rows if r["server"] == f"127.0.0.1:{port}")
+
+    try:
+        assert {through() for _ in range(4)} == {b"A", b"B"}
+        a.close()
+        p.wait_log(f"stream upstream web: server 127.0.0.1:{a_port} is out: 2 TCP checks failed")
+        assert row(a_port)["up"] is False
+        failures = row(a_port)["failures"]
+        assert [through() for _ in range(6)] == [b"B"] * 6
+        assert row(a_port)["failures"] == failures  # not even tried
+        a = TcpServer(says(b"A"), port=a_port)
+        p.wait_log(f"server 127.0.0.1:{a_port} is back")
+        deadline = time.monotonic() + 5
+        while b"A" not in {through() for _ in range(4)}:
+            assert time.monotonic() < deadline
+        assert row(a_port)["up"] is True
+    finally:
+        a.close()
+        b.close()

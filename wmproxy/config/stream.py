@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from .keys import (
     Addr, Invalid, REQUIRED, _unique_names, int_range, key, one_of, table_list, to_addr, to_duration,
-    to_str, proxy_protocol_key, proxy_protocol_from_key, check_proxy_protocol,
+    to_str, section, proxy_protocol_key, proxy_protocol_from_key, check_proxy_protocol,
 )
 
 
@@ -16,6 +17,21 @@ class UpstreamServerConfig:
 
     addr: Addr = key(to_addr, REQUIRED, "server address")
     weight: int = key(int_range(1, 1000), 1, "share of connections (round robin by weight)")
+
+
+@dataclass(frozen=True)
+class StreamHealthConfig:
+    """``health_check = { interval = "5s" }`` on a ``[[stream.upstream]]``: each server is
+    checked by a TCP connect; one that fails ``fall`` in a row is out until ``rise`` pass."""
+
+    interval: float = key(to_duration, 5.0, "time between two checks of a server")
+    timeout: float = key(to_duration, 2.0, "time a connect may take")
+    fall: int = key(int_range(1, 100), 3, "failed checks in a row that take a server out")
+    rise: int = key(int_range(1, 100), 2, "passed checks in a row that bring it back")
+
+    def validate(self) -> None:
+        if self.interval <= 0 or self.timeout <= 0:
+            raise Invalid("interval and timeout must be more than 0", ".interval")
 
 
 @dataclass(frozen=True)
@@ -29,6 +45,8 @@ class StreamUpstreamConfig:
     send_proxy_protocol: str = key(one_of(("", "v1", "v2")), "", "tcp: start each connection to a server with a "
                                    "PROXY protocol header of this version (HAProxy send-proxy): the client's "
                                    "address and the one it came in on")
+    health_check: Optional[StreamHealthConfig] = section(StreamHealthConfig, "active checks of its servers "
+                                                         "(TCP connect)")
 
     def validate(self) -> None:
         if not self.server:

@@ -28,14 +28,16 @@ from ..net.dial import dial, fmt_addr
 from ..net.reader import PeerClosed
 from ..net.relay import RelayStats, relay_then
 from ..net.tls import client_context
+from .health import StreamHealth, checker
 
 log = logging.getLogger("wmproxy.stream")
 
 
 class StreamContext:
     def __init__(self, server: StreamServerConfig, upstream: StreamUpstreamConfig, resolver: Resolver,
-                 stats: ConnStats) -> None:
+                 stats: ConnStats, health: StreamHealth | None = None) -> None:
         self.cfg = server
+        self.health = health  # its upstream's active checks (health_check), or None
         self.upstream = upstream
         self.resolver = resolver
         self.stats = stats
@@ -62,7 +64,8 @@ class StreamTcpServer(Listener):
     kind = "stream"
 
     def make_context(self, settings: "StreamSettings", services: Services) -> StreamContext:
-        return StreamContext(settings.server, settings.upstream, services.resolver, self.stats)
+        return StreamContext(settings.server, settings.upstream, services.resolver, self.stats,
+                             checker(services.stream_health, settings.upstream, services.resolver))
 
     def max_connections(self, settings: "StreamSettings") -> int:
         return settings.server.max_connections
@@ -76,7 +79,8 @@ class StreamTcpServer(Listener):
 
     def upstream_status(self) -> list[dict]:
         ctx = self.ctx
-        return [figures.row("stream", ctx.upstream.name, addr, True, 0) for addr, figures in ctx.metrics.items()]
+        return [figures.row("stream", ctx.upstream.name, addr, ctx.health is None or ctx.health.live(addr), 0)
+                for addr, figures in ctx.metrics.items()]
 
     def serve(self, client: socket.socket, address: Address, ctx: StreamContext) -> None:
         peer = fmt_addr(address[0], address[1])
@@ -96,6 +100,9 @@ class StreamTcpServer(Listener):
             order = [*servers[start:], *servers[:start]]
         else:
             order = ctx.balancer.order()
+        health = ctx.health
+        if health is not None:  # the servers its checks took out go last (tried once the live ones failed)
+            order = sorted(order, key=lambda s: not health.live(str(s.addr)))
         for server in order:
             figures = ctx.metrics[str(server.addr)]
             figures.requests += 1

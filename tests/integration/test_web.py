@@ -667,3 +667,39 @@ def test_websocket_cases_unchanged_through_the_proxy(start_proxy):
     finally:
         server.shutdown()
 
+
+
+def test_locations_with_conditions_like_the_rust_wmproxy(start_proxy):
+    """method, host, client_ip and scheme on a location: a request that does not meet them goes
+    on to the next location nginx's order would give."""
+    p, port = web(start_proxy, '''[[http.server]]
+bind = "127.0.0.1:{port}"
+[[http.server.location]]
+rule = "/api/"
+method = ["post", "PUT"]
+static_response = "writes"
+[[http.server.location]]
+rule = "/api/"
+host = ["*.admin.test"]
+static_response = "admin reads"
+[[http.server.location]]
+rule = "= /api/x"
+client_ip = ["10.0.0.0/8"]
+static_response = "internal only"
+[[http.server.location]]
+rule = "/api/"
+scheme = "https"
+static_response = "never over http"
+[[http.server.location]]
+rule = "= /mine"
+client_ip = ["127.0.0.0/8"]
+static_response = "local only"
+[[http.server.location]]
+rule = "/"
+static_response = "reads"
+''')
+    assert get(port, "/api/x", method="POST", headers="Content-Length: 0\r\n")[1] == b"writes"
+    assert get(port, "/api/x", host="A.Admin.test:8080")[1] == b"admin reads"
+    assert get(port, "/api/x")[1] == b"reads"  # not 10/8, not POST, not admin, not https: the next prefix
+    assert get(port, "/api/x", method="PUT", headers="Content-Length: 0\r\n")[1] == b"writes"
+    assert get(port, "/mine")[1] == b"local only"

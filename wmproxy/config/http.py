@@ -55,6 +55,13 @@ def to_server_name(value: Any) -> str:
     raise Invalid(f"expected a server name like 'example.com', '*.example.com' or 'example.*', got {value!r}")
 
 
+def to_method(value: Any) -> str:
+    """An HTTP method name (a token), upper case: 'get' -> 'GET'."""
+    if isinstance(value, str) and re.match(r"^[A-Za-z]{1,20}$", value.strip()):
+        return value.strip().upper()
+    raise Invalid(f"expected an HTTP method like 'GET' or 'POST', got {value!r}")
+
+
 def to_proxy_url(value: Any) -> str:
     if isinstance(value, str) and re.match(r"^https?://[^/\s?#]+(/\S*)?$", value.strip()):
         return value.strip()
@@ -108,6 +115,12 @@ class HttpLocationConfig:
     """``[[http.server.location]]``: what a path of a server does (exactly one action)."""
 
     rule: LocationRule = key(to_location_rule, LocationRule("prefix", "/"), "the paths it matches")
+    method: tuple = key(list_of(to_method), (), "only requests with one of these methods (empty: any)")
+    host: tuple = key(list_of(to_server_name), (), "only requests for one of these hosts ('a.test', '*.a.test', "
+                                                   "'a.*'; empty: any)")
+    client_ip: tuple = key(list_of(to_network), (), "only requests from these networks (empty: any; unlike "
+                                                    "deny_ip, another location may take the others)")
+    scheme: str = key(one_of(("", "http", "https")), "", "only requests that came over http or https ('': both)")
     proxy_url: str = key(to_proxy_url, "", "reverse proxy to 'http://upstream-name' or a URL")
     file_server: Optional[FileServerConfig] = section(FileServerConfig, "static files")
     static_response: str = key(to_str, "", "answer with this text, exactly ({client_ip}, {host}, {url} filled in)")

@@ -6,7 +6,9 @@ server (the first one without names, or else the first one), as nginx does.
 
 Location, as nginx: an ``= exact`` match wins at once; otherwise the longest matching prefix
 is remembered; if it is a ``^~`` prefix it wins, else the regexes (``~``, ``~*``) are tried in
-their order and the first that matches wins; when none does, the longest prefix wins.
+their order and the first that matches wins; when none does, the longest prefix wins. A
+location with conditions (``method``, ``host``, ``client_ip``, ``scheme``, as the Rust wmproxy
+has) is passed over by a request that does not meet them: the next in that order is tried.
 """
 
 from __future__ import annotations
@@ -40,20 +42,30 @@ def pick_server(servers: tuple[HttpServerConfig, ...], host: str) -> HttpServerC
     return next((srv for srv in servers if not srv.server_name), servers[0])
 
 
+def name_matches(patterns: tuple[str, ...], host: str) -> bool:
+    """``host`` (lower case, port off) is one of ``patterns``: 'a.test', '*.a.test' or 'a.*'."""
+    return any(host == p or (p.startswith("*.") and host.endswith(p[1:])) or
+               (p.endswith(".*") and host.startswith(p[:-1])) for p in patterns)
+
+
 def pick_location(server: HttpServerConfig, path: str) -> Optional[HttpLocationConfig]:
-    prefix, prefix_len = None, -1
-    for loc in server.location:
-        rule = loc.rule
-        if rule.kind == "exact" and path == rule.text:
-            return loc
-        if rule.kind in ("prefix", "prefix-stop") and path.startswith(rule.text) and len(rule.text) > prefix_len:
-            prefix, prefix_len = loc, len(rule.text)
-    if prefix is not None and prefix.rule.kind == "prefix-stop":
-        return prefix
-    for loc in server.location:
-        if loc.rule.kind == "regex" and loc.rule.regex.search(path):
-            return loc
-    return prefix
+    """The location nginx would pick for ``path`` (conditions aside: :func:`candidates`)."""
+    found = candidates(server, path)
+    return found[0] if found else None
+
+
+def candidates(server: HttpServerConfig, path: str) -> tuple[HttpLocationConfig, ...]:
+    """Every location whose rule matches ``path``, in nginx's order of preference: exact
+    matches, then (unless the longest matching prefix is ``^~``) the regexes in their order,
+    then the prefixes longest first. A request takes the first whose conditions (method, host,
+    client_ip, scheme) it meets."""
+    exact = [loc for loc in server.location if loc.rule.kind == "exact" and path == loc.rule.text]
+    prefixes = sorted((loc for loc in server.location if loc.rule.kind in ("prefix", "prefix-stop")
+                       and path.startswith(loc.rule.text)), key=lambda loc: -len(loc.rule.text))
+    if prefixes and prefixes[0].rule.kind == "prefix-stop":
+        return (*exact, *prefixes)
+    regexes = [loc for loc in server.location if loc.rule.kind == "regex" and loc.rule.regex.search(path)]
+    return (*exact, *regexes, *prefixes)
 
 
 @functools.lru_cache(maxsize=4096)

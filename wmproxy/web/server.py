@@ -31,7 +31,7 @@ from ..logs import access_log, log_access
 from ..metrics import Histogram
 from ..net import httpio
 from ..net.conn import Address, Data
-from ..net.dial import fmt_addr, ip_allowed
+from ..net.dial import fmt_addr, in_networks, ip_allowed
 from ..net.idle import ConnWatch
 from ..net.proxyproto import ProxyProtocolIn, header_for, policy, real_ip
 from ..net.reader import PeerClosed, Reader
@@ -43,7 +43,7 @@ from ..prot.target import host_name
 from ..prot.frame import HeaderRule
 from ..prot.rules import apply_header_rules, fill
 from . import files
-from .route import normalize_path, pick_location, pick_server
+from .route import candidates, name_matches, normalize_path, pick_server
 from .upstream import Conn as UpstreamConn, ServerState, UpstreamGroup
 
 log = logging.getLogger("wmproxy.http")
@@ -80,7 +80,9 @@ class WebContext:
             for loc in srv.location:
                 self._plans[id(loc)] = _Plan((*srv.headers, *loc.headers))
         self._servers: dict[str, HttpServerConfig] = {}  # Host value -> server
-        self._locations: dict[tuple[int, str], HttpLocationConfig | None] = {}  # (server, path) -> location
+        self._locations: dict[tuple[int, str], tuple[HttpLocationConfig, ...]] = {}  # (server, path) -> candidates
+        self._conditional = {id(loc) for srv in servers for loc in srv.location  # locations with conditions
+                             if loc.method or loc.host or loc.client_ip or loc.scheme}
         for upstream in http.upstream:  # now, not at the first request: their health checks start
             if upstream not in self.groups:
                 self.groups[upstream] = UpstreamGroup(upstream, self.resolver)
@@ -128,16 +130,29 @@ class WebContext:
             server = self._servers[raw_host] = pick_server(self.servers, host_name(raw_host))
         return server
 
-    def location_for(self, server: HttpServerConfig, path: str) -> HttpLocationConfig | None:
-        """pick_location, remembered (for up to ROUTES_CACHED paths)."""
+    def location_for(self, server: HttpServerConfig, path: str, req: "Request") -> HttpLocationConfig | None:
+        """The location of a request for ``path`` on ``server``: the first of route.candidates
+        (remembered for up to ROUTES_CACHED paths) whose conditions it meets."""
         key = (id(server), path)
         try:
-            return self._locations[key]
+            found = self._locations[key]
         except KeyError:
             if len(self._locations) >= ROUTES_CACHED:
                 self._locations.clear()
-            loc = self._locations[key] = pick_location(server, path)
-            return loc
+            found = self._locations[key] = candidates(server, path)
+        for loc in found:
+            if id(loc) not in self._conditional or self._meets(loc, req):
+                return loc
+        return None
+
+    def _meets(self, loc: HttpLocationConfig, req: "Request") -> bool:
+        if loc.method and req.head.method not in loc.method:
+            return False
+        if loc.scheme and loc.scheme != self.scheme:
+            return False
+        if loc.host and not name_matches(loc.host, host_name(req.raw_host).lower().rstrip(".")):
+            return False
+        return not loc.client_ip or in_networks(req.ip, loc.client_ip)
 
     def _group_for(self, loc: HttpLocationConfig) -> tuple[UpstreamGroup, str]:
         parts = urlsplit(loc.proxy_url)
@@ -395,7 +410,7 @@ class WebServer(Listener):
         if req.path is None:  # above the root: '..', '%2e%2e'
             req.keep = False
             return self._reply(client, req, 403, "the path leaves the root")
-        req.location = loc = ctx.location_for(req.server, req.path)
+        req.location = loc = ctx.location_for(req.server, req.path, req)
         if loc is None:
             self._discard_body(reader, req)
             return self._reply(client, req, 404, "no location for this path")

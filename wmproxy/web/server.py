@@ -140,6 +140,8 @@ class WebContext:
             if len(self._locations) >= ROUTES_CACHED:
                 self._locations.clear()
             found = self._locations[key] = candidates(server, path)
+        if not self._conditional:  # (the usual server: no location has conditions)
+            return found[0] if found else None
         for loc in found:
             if id(loc) not in self._conditional or self._meets(loc, req):
                 return loc
@@ -217,16 +219,13 @@ class Downstream:
     with a PROXY header naming this client serves no other (send_proxy_protocol), so it is kept
     here between the client's requests instead of in the shared pool, and closed with it."""
 
-    __slots__ = ("address", "reached", "private")
+    __slots__ = ("address", "ip", "reached", "private")
 
     def __init__(self, address: Address, reached: Address) -> None:
         self.address = address
+        self.ip = str(address[0])
         self.reached = reached
         self.private: dict[ServerState, UpstreamConn] = {}
-
-    @property
-    def ip(self) -> str:
-        return str(self.address[0])
 
     def connect(self, group: UpstreamGroup, server: ServerState, timeout: float, fresh: bool,
                 version: str) -> tuple[UpstreamConn, bool]:
@@ -493,7 +492,8 @@ class WebServer(Listener):
         target = req.target
         if base and loc.rule.kind in ("prefix", "prefix-stop") and target.startswith(loc.rule.text):
             target = base + target[len(loc.rule.text):]  # as nginx's proxy_pass with a URI
-        ip, hops = req.ip.encode(), req.forward_as.encode()
+        ip = req.ip.encode()
+        hops = ip if req.forward_as is req.ip else req.forward_as.encode()
         line = f"{head.method} {target} HTTP/1.1"
         # the client's header lines as they came when none goes or changes (no X-Forwarded-For
         # to extend, no header rules), else the list built again; (an upgrade needs Connection,

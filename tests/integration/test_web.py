@@ -703,3 +703,27 @@ static_response = "reads"
     assert get(port, "/api/x")[1] == b"reads"  # not 10/8, not POST, not admin, not https: the next prefix
     assert get(port, "/api/x", method="PUT", headers="Content-Length: 0\r\n")[1] == b"writes"
     assert get(port, "/mine")[1] == b"local only"
+
+
+def test_file_server_hide_cors_robots_and_media_types(start_proxy, site):
+    """The Rust wmproxy's file server keys: hide (404, and out of listings), cors, robots,
+    ext_mimetype."""
+    (site / ".git").mkdir()
+    (site / ".git" / "config").write_text("secret")
+    (site / ".env").write_text("PASSWORD=x")
+    (site / "docs" / ".hidden.txt").write_text("dot file")
+    (site / "notes.md").write_text("# notes")
+    p, port = web(start_proxy, files_config(site, ', browse = true, hide = [".git", ".*"], cors = true, '
+                                                  'robots = "User-agent: *\\nDisallow: /", '
+                                                  'ext_mimetype = { md = "text/markdown" }'))
+    for path in ("/.git/config", "/.env", "/docs/.hidden.txt", "/.git/"):
+        head, body = get(port, path)
+        assert head.startswith(b"HTTP/1.1 404") and b"secret" not in body and b"PASSWORD" not in body, (path, head)
+    listing = get(port, "/docs/")[1]
+    assert b"a.txt" in listing and b".hidden" not in listing
+    head, body = get(port, "/robots.txt")
+    assert head.startswith(b"HTTP/1.1 200") and body == b"User-agent: *\nDisallow: /"
+    head, body = get(port, "/notes.md")
+    assert header(head, "Content-Type") == "text/markdown; charset=utf-8" and body == b"# notes"
+    assert header(head, "Access-Control-Allow-Origin") == "*"
+    assert "Range" in header(head, "Access-Control-Allow-Headers")

@@ -69,6 +69,26 @@ def to_proxy_url(value: Any) -> str:
                   f"path, got {value!r}")
 
 
+def to_hidden_name(value: Any) -> str:
+    """A file or directory name to hide ('.git'), or a prefix with '*' ('.*')."""
+    if isinstance(value, str) and value.strip() and "/" not in value and value.strip() not in (".", ".."):
+        return value.strip()
+    raise Invalid(f"expected a file or directory name like '.git', or '.*' for every dot file, got {value!r}")
+
+
+def to_ext_mimetypes(value: Any) -> tuple:
+    """{ md = "text/markdown" } -> (("md", "text/markdown"),): hashable, the extension in lower case."""
+    if isinstance(value, dict):
+        out = []
+        for ext, kind in value.items():
+            name = str(ext).strip().lower().lstrip(".")
+            if not name or not isinstance(kind, str) or not re.match(r"^[\w.+-]+/[\w.+-]+(\s*;.*)?$", kind.strip()):
+                raise Invalid(f"expected a media type like 'text/markdown' for {ext!r}, got {kind!r}", f".{ext}")
+            out.append((name, kind.strip()))
+        return tuple(sorted(out))
+    raise Invalid(f"expected a table of extensions and media types like {{ md = \"text/markdown\" }}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class FileServerConfig:
     """``file_server = { root = "...", ... }``: static files of a location."""
@@ -82,6 +102,12 @@ class FileServerConfig:
                                                 "['{path}.html', '/index.html']")
     precompressed: bool = key(to_bool, True, "serve a .br or .gz sibling to a client that accepts it")
     follow_symlinks: bool = key(to_bool, False, "serve symlinks that point outside root (else 403)")
+    hide: tuple = key(list_of(to_hidden_name), (), "names never served nor listed, at any depth (404): '.git', "
+                                                   "'.env', '.*' for every dot file")
+    cors: bool = key(to_bool, False, "Access-Control-Allow-Origin: * (and -Allow-Headers) on its answers")
+    robots: str = key(to_str, "", "the text answered for /robots.txt ('': the file under root, if any)")
+    ext_mimetype: tuple = key(to_ext_mimetypes, (), "Content-Type by file extension, over the built-in table: "
+                                                    "{ md = \"text/markdown\" }")
 
     def validate(self) -> None:
         if not os.path.isdir(self.root):

@@ -94,10 +94,13 @@ class Out:
         return encode_head(f"HTTP/1.1 {status} {REASONS.get(status, '')}", headers)
 
 
-def _small(out: Out, status: int, text: str, head_only: bool, extra: Sequence[tuple[bytes, bytes]] = ()) -> Reply:
-    data = simple_response(status, text, out.finish(list(extra)), close=not out.keep, body=not head_only)
+def _small(out: Out, status: int, text: str, head_only: bool, extra: Sequence[tuple[bytes, bytes]] = (),
+           exact: bool = False) -> Reply:
+    data = simple_response(status, text, out.finish(list(extra)), close=not out.keep, body=not head_only,
+                           exact=exact)
     out.client.sendall(data)
-    return Reply(status, 0 if head_only else len(text.rstrip("\n")) + 1)
+    size = len(text.encode()) if exact else len(text.rstrip("\n")) + 1
+    return Reply(status, 0 if head_only else size)
 
 
 def serve(fs: FileServerConfig, client: socket.socket, head: Head, path: str, keep: bool, finish: Finish = lambda h: h,
@@ -109,6 +112,8 @@ def serve(fs: FileServerConfig, client: socket.socket, head: Head, path: str, ke
     head_only = head.method == "HEAD"
     if head.method not in ("GET", "HEAD"):
         return _small(out, 405, "only GET and HEAD here", False, [(b"Allow", b"GET, HEAD")])
+    if fs.robots and path == "/robots.txt":
+        return _small(out, 200, fs.robots, head_only, _cors(fs), exact=True)
     found = _cached_lookup(fs, path)
     if isinstance(found, Reply):
         return _small(out, found.status, REASONS.get(found.status, ""), head_only)
@@ -118,7 +123,7 @@ def serve(fs: FileServerConfig, client: socket.socket, head: Head, path: str, ke
         location = quote(path + "/") + query
         return _small(out, 301, f"moved to {location}", head_only, [(b"Location", location.encode())])
     if kind == "listing":
-        return _listing(out, fs_path, path, head_only)
+        return _listing(fs, out, fs_path, path, head_only)
     return _file(fs, out, head, fs_path, status, head_only)
 
 
@@ -151,6 +156,8 @@ def _cached(key: tuple[object, ...], compute: Callable[[], Found]) -> Found:
 def _lookup(fs: FileServerConfig, root: str, path: str) -> Found:
     """-> ("file", fs path, status) | ("listing", dir, 200) | ("redirect", None, 301) | Reply(403/404)."""
     for candidate, status in _candidates(fs, path):
+        if fs.hide and _hidden(fs, candidate):
+            continue  # (as if it were not there)
         full = os.path.join(root, candidate.lstrip("/"))
         if not os.path.exists(full):
             continue
@@ -193,22 +200,47 @@ def _normalized(path: str) -> Optional[str]:
         return None
 
 
-def _listing(out: Out, directory: str, path: str, head_only: bool) -> Reply:
+def _hidden(fs: FileServerConfig, path: str) -> bool:
+    """A component of ``path`` is one of ``hide`` (or starts with a ``'prefix*'`` of it)."""
+    return any(_hides(fs.hide, part) for part in path.split("/") if part)
+
+
+def _hides(hide: tuple, name: str) -> bool:
+    return any(name == h or (h.endswith("*") and name.startswith(h[:-1])) for h in hide)
+
+
+def _cors(fs: FileServerConfig) -> list[tuple[bytes, bytes]]:
+    return [(b"Access-Control-Allow-Origin", b"*"),
+            (b"Access-Control-Allow-Headers", b"Origin, X-Requested-With, Content-Type, Accept, Range")] \
+        if fs.cors else []
+
+
+def _listing(fs: FileServerConfig, out: Out, directory: str, path: str, head_only: bool) -> Reply:
     rows = []
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if fs.hide and _hides(fs.hide, entry.name):
+            continue
         name = entry.name + ("/" if entry.is_dir() else "")
         rows.append(f'<li><a href="{quote(name)}">{html.escape(name)}</a></li>')
     title = html.escape(path)
     body = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>"
             f"<body><h1>Index of {title}</h1><ul><li><a href=\"../\">../</a></li>{''.join(rows)}</ul></body></html>\n"
             ).encode()
-    headers = [(b"Content-Type", b"text/html; charset=utf-8"), (b"Content-Length", str(len(body)).encode())]
+    headers = [(b"Content-Type", b"text/html; charset=utf-8"), (b"Content-Length", str(len(body)).encode()),
+               *_cors(fs)]
     out.client.sendall(out.head(200, headers) + (b"" if head_only else body))
     return Reply(200, 0 if head_only else len(body))
 
 
-def _content_type(path: str) -> bytes:
-    kind, _ = mimetypes.guess_type(path)
+def _content_type(path: str, ext_mimetype: tuple = ()) -> bytes:
+    kind = None
+    if ext_mimetype:
+        ext = os.path.splitext(path)[1].lower().lstrip(".")
+        kind = next((k for e, k in ext_mimetype if e == ext), None)
+        if kind is not None and "charset" in kind:
+            return kind.encode()
+    if kind is None:
+        kind, _ = mimetypes.guess_type(path)
     kind = kind or "application/octet-stream"
     if kind.startswith("text/") or kind in ("application/javascript", "application/json", "image/svg+xml"):
         kind += "; charset=utf-8"
@@ -257,7 +289,7 @@ class _Meta:
         self.mtime = int(st.st_mtime)
         self.data = data
         self.etag = f'"{st.st_mtime_ns:x}-{self.size:x}{"-" + encoding if encoding else ""}"'.encode()
-        headers = [(b"Content-Type", _content_type(fs_path)), (b"ETag", self.etag),
+        headers = [(b"Content-Type", _content_type(fs_path, fs.ext_mimetype)), (b"ETag", self.etag),
                    (b"Last-Modified", formatdate(st.st_mtime, usegmt=True).encode()), (b"Accept-Ranges", b"bytes")]
         if encoding:
             headers += [(b"Content-Encoding", encoding.encode()), (b"Vary", b"Accept-Encoding")]
@@ -265,7 +297,7 @@ class _Meta:
             headers.append((b"Vary", b"Accept-Encoding"))
         if fs.cache_time:
             headers.append((b"Cache-Control", f"max-age={int(fs.cache_time)}".encode()))
-        self.headers = tuple(headers)
+        self.headers = tuple(headers + _cors(fs))
 
 
 def _small_meta(fs: FileServerConfig, fs_path: str, send_path: str, encoding: Optional[str]) -> Optional[_Meta]:

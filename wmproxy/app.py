@@ -260,6 +260,11 @@ class App:
         log.info("%s %s removed%s", listener.kind, listener.spec.bind,
                  f"; closed {left} connection(s) still open after the grace period" if left else "")
 
+    def upgrade(self, trigger: str) -> dict:
+        """A process serving alone has no workers to replace (ProcessControl.upgrade)."""
+        return {"ok": False, "alone": True, "error": "an upgrade replaces worker processes: this process serves "
+                                                      "alone (workers = 1); restart it instead"}
+
     def reload(self, trigger: str) -> dict:
         """Load the config file again and apply it as a diff. Never raises: returns
         ``{"ok": True, added, removed, changed, unchanged}`` or ``{"ok": False, "error"}``."""

@@ -149,13 +149,8 @@ class ControlServer(Listener):
         _json(client, 200 if result["ok"] else 400, result)
 
     def _upgrade(self, client: Conn, process: ProcessControl) -> None:
-        upgrade = getattr(process, "upgrade", None)  # (a master's: workers.Master.upgrade)
-        if upgrade is None:
-            _json(client, 409, {"error": "an upgrade replaces worker processes: this process serves alone "
-                                         "(workers = 1); restart it instead"})
-            return
-        result = upgrade("control API")
-        _json(client, 200 if result["ok"] else 500, result)
+        result = process.upgrade("control API")
+        _json(client, 200 if result["ok"] else 409 if result.get("alone") else 500, result)
 
     def _stop(self, client: Conn, process: ProcessControl) -> None:
         _json(client, 202, {"ok": True, "stopping": True, "grace_seconds": process.grace})

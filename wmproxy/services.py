@@ -37,6 +37,10 @@ class ProcessControl(Protocol):
 
     def reload(self, trigger: str) -> dict[str, Any]: ...
 
+    def upgrade(self, trigger: str) -> dict[str, Any]:
+        """New worker processes on the installed code; ``{"ok": False, "alone": True, ...}``
+        from a process that serves alone (it has no workers to replace)."""
+
     def request_stop(self, why: str) -> None: ...
 
 

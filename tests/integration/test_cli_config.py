@@ -85,6 +85,11 @@ def test_example_configs_cover_every_section():
     ('[[stream.server]]\nbind = "127.0.0.1:0"\nbind_mode = "tcp2wss"\nup_name = "u"\nws_ca = "/etc/passwd"\n'
      '[[stream.upstream]]\nname = "u"\nserver = [{ addr = "127.0.0.1:9" }]\n',
      "stream.server[0].ws_ca: cannot load CA file /etc/passwd"),
+    ('[proxy]\nbind = "127.0.0.1:0"\nproxy_protocol = true\n',
+     "proxy.proxy_protocol_from: proxy_protocol = true needs proxy_protocol_from"),
+    ('[[stream.upstream]]\nname = "u"\nserver = [{ addr = "127.0.0.1:1" }]\n[[stream.server]]\nbind = "127.0.0.1:0"\n'
+     'up_name = "u"\nbind_mode = "udp"\nproxy_protocol = true\nproxy_protocol_from = ["10.0.0.1"]\n',
+     "stream.server[0].proxy_protocol: proxy_protocol is read on TCP connections"),
 ])
 def test_config_errors_name_file_and_key_path(tmp_path, toml, expected):
     path = tmp_path / "bad.toml"

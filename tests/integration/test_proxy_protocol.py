@@ -11,12 +11,11 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import (ROOT, Pair, curl, free_port, read_response, recv_all, source_connection, wait_port)
+from conftest import Pair, curl, free_port, read_response, recv_all, source_connection, wait_port
 from test_center import http_mapping, passthrough_mapping, tcp_mapping
 
 BALANCER = "127.0.0.3"  # HAProxy's source address towards wmproxy
@@ -166,20 +165,6 @@ def test_a_header_trickled_byte_by_byte_is_taken_exactly(start_proxy, origin):
         head, body = read_response(s)
     assert head.startswith(b"HTTP/1.1 200") and body == b"origin-A"
     assert "2001:db8::7 - - [" in p.wait_log("2001:db8::7")
-
-
-@pytest.mark.parametrize("where,path", [
-    ('[proxy]\nbind = "127.0.0.1:0"\nproxy_protocol = true\n', "proxy.proxy_protocol_from"),
-    ('[stream]\n[[stream.upstream]]\nname = "u"\nserver = [{ addr = "127.0.0.1:1" }]\n[[stream.server]]\n'
-     'bind = "127.0.0.1:0"\nup_name = "u"\nbind_mode = "udp"\nproxy_protocol = true\nproxy_protocol_from = ["10.0.0.1"]\n',
-     "stream.server[0].proxy_protocol"),
-])
-def test_proxy_protocol_config_errors(tmp_path, where, path):
-    conf = tmp_path / "bad.toml"
-    conf.write_text(where)
-    r = subprocess.run([sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c", str(conf), "--check"],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0 and path in r.stderr and str(conf) in r.stderr, r.stderr
 
 
 def test_http_behind_an_http_proxy_believes_only_real_ip_from(start_proxy, haproxy, origin):

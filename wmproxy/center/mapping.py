@@ -215,6 +215,7 @@ class PublicUdpPort(UdpSessions):
         self.name = name
         self.owner = owner
         self.holder = owner
+        self.group = ""  # (udp mappings are in no group)
         self.timeout = timeout
         self.link: Optional[CenterLink] = None
         self.bind = ""
@@ -460,7 +461,7 @@ class MappingRegistry:
             member for p in self.ports.values() for member in (p.members if isinstance(p, PublicPort) else [p])]
         return [*({"name": p.name, "mode": p.mode, "client": p.owner, "remote_bind": p.bind,
                    "connected": p.link is not None and not p.link.closed, "connections": p.connections,
-                   **({"group": p.group} if getattr(p, "group", "") else {})} for p in ports),
+                   **({"group": p.group} if p.group else {})} for p in ports),
                 *({"name": r.name, "mode": "https passthrough" if r.passthrough else r.mode, "client": r.owner,
                    "domain": r.domain, "connected": r.online, "requests": r.requests,
                    **({"group": r.group} if r.group else {})}

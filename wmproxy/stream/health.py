@@ -11,9 +11,8 @@ import logging
 import gevent
 
 from ..config import StreamUpstreamConfig
-from ..errors import UpstreamError
-from ..net.dial import dial
 from ..net.dns import Resolver
+from ..net.health import Streak, probe
 
 log = logging.getLogger("wmproxy.stream")
 
@@ -37,27 +36,21 @@ class StreamHealth:
             greenlet.kill(block=False)
 
     def _watch(self, label: str, host: str, port: int) -> None:
-        failed = passed = 0
+        hc = self.hc
+        checks = Streak(hc.fall, hc.rise)
         while True:
-            gevent.sleep(self.hc.interval)
-            why = ""
-            try:
-                with gevent.Timeout(self.hc.timeout, UpstreamError(f"no connection within {self.hc.timeout:g}s")):
-                    dial(self.resolver, host, port, self.hc.timeout).close()
-            except (UpstreamError, OSError) as e:
-                why = str(e) or type(e).__name__
-            if why:
-                failed, passed = failed + 1, 0
-                if label not in self.out and failed >= self.hc.fall:
-                    self.out.add(label)
-                    log.warning("stream upstream %s: server %s is out: %d TCP checks failed (%s)",
-                                self.upstream.name, label, failed, why)
+            gevent.sleep(hc.interval)
+            status, why = probe(self.resolver, host, port, hc.timeout)
+            if not checks.saw(status is not None):
+                continue
+            if checks.up:
+                self.out.discard(label)
+                log.info("stream upstream %s: server %s is back: %d TCP checks passed", self.upstream.name, label,
+                         hc.rise)
             else:
-                failed, passed = 0, passed + 1
-                if label in self.out and passed >= self.hc.rise:
-                    self.out.discard(label)
-                    log.info("stream upstream %s: server %s is back: %d TCP checks passed", self.upstream.name,
-                             label, passed)
+                self.out.add(label)
+                log.warning("stream upstream %s: server %s is out: %d TCP checks failed (%s)", self.upstream.name,
+                            label, hc.fall, why)
 
 
 def checker(checkers: dict[StreamUpstreamConfig, StreamHealth], upstream: StreamUpstreamConfig,

@@ -219,12 +219,12 @@ class Downstream:
     with a PROXY header naming this client serves no other (send_proxy_protocol), so it is kept
     here between the client's requests instead of in the shared pool, and closed with it."""
 
-    __slots__ = ("address", "ip", "reached", "private")
+    __slots__ = ("address", "ip", "sock", "private")
 
-    def __init__(self, address: Address, reached: Address) -> None:
+    def __init__(self, address: Address, sock: socket.socket) -> None:
         self.address = address
         self.ip = str(address[0])
-        self.reached = reached
+        self.sock = sock  # (its address reached, asked only for a PROXY header: no syscall per connection)
         self.private: dict[ServerState, UpstreamConn] = {}
 
     def connect(self, group: UpstreamGroup, server: ServerState, timeout: float, fresh: bool,
@@ -236,7 +236,7 @@ class Downstream:
             if not fresh and kept.still_open():
                 return kept, True
             kept.close()
-        return group.connect(server, timeout, header=header_for(version, self.address, self.reached))
+        return group.connect(server, timeout, header=header_for(version, self.address, self.sock.getsockname()))
 
     def keep(self, server: ServerState, conn: UpstreamConn, reusable: bool) -> None:
         old = self.private.pop(server, None)
@@ -339,11 +339,11 @@ class WebServer(Listener):
         accepted = client
         down = None
         try:
-            down = Downstream(address, client.getsockname())
             if ctx.ssl is not None:
                 with gevent.Timeout(ctx.header_timeout, PhaseTimeout(
                         f"TLS handshake not complete within client_header_timeout ({ctx.header_timeout:g}s)")):
                     client = ctx.ssl.wrap_socket(client, server_side=True)
+            down = Downstream(address, client)
             client.settimeout(None)  # from here a watchdog, not a timer per recv
             reader = Reader(client, keep_watching=True)
             state = ConnWatch(reader, ctx.read_timeout, ctx.header_timeout, f"request head not complete within "

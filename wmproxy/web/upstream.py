@@ -15,15 +15,17 @@ import logging
 import socket
 import ssl
 import time
+from typing import Optional
 
 import gevent
 
-from ..config import Addr, HealthCheckConfig, HttpUpstreamConfig, HttpUpstreamServerConfig
-from ..errors import ProtocolError, UpstreamError
+from ..config import Addr, HttpUpstreamConfig, HttpUpstreamServerConfig
+from ..errors import UpstreamError
 from ..metrics import ServerMetrics
 from ..net.balance import WeightedRoundRobin, hash_index
 from ..net.dial import dial
 from ..net.dns import Resolver
+from ..net.health import Streak, get_request, probe
 from ..net.proxyproto import header_for
 from ..net.reader import Reader
 from ..net.tls import client_context
@@ -67,7 +69,7 @@ class Conn:
 class ServerState:
     """One server of a group: health, active requests, idle connections."""
 
-    def __init__(self, cfg: HttpUpstreamServerConfig, label: str) -> None:
+    def __init__(self, cfg: HttpUpstreamServerConfig, label: str, checks: Optional[Streak] = None) -> None:
         self.cfg = cfg
         self.label = label
         self.addr = str(cfg.addr)
@@ -75,12 +77,11 @@ class ServerState:
         self.down_until = 0.0
         self.active = 0
         self.idle: list[Conn] = []
-        self.checked_down = False  # taken out by the active health check
-        self.streak = 0  # checks in a row with the same outcome, against rise/fall
+        self.checks = checks  # the active health check's verdict (health_check), or None
         self.metrics = ServerMetrics()
 
     def live(self, now: float) -> bool:
-        return now >= self.down_until and not self.checked_down
+        return now >= self.down_until and (self.checks is None or self.checks.up)
 
     def failed(self, why: str) -> None:
         self.metrics.failures += 1
@@ -111,7 +112,9 @@ class UpstreamGroup:
         self.tls = None
         if tls is not None:
             self.tls = (tls[0], client_context(tls[1], ca_key="http.server.location.proxy_ssl_ca"))
-        self.servers = [ServerState(s, cfg.name) for s in cfg.server]
+        hc = cfg.health_check
+        self.servers = [ServerState(s, cfg.name, Streak(hc.fall, hc.rise) if hc is not None else None)
+                        for s in cfg.server]
         self.balancer = WeightedRoundRobin(cfg.server)
         self.checker = gevent.spawn(self._check_forever) if cfg.health_check is not None else None
 
@@ -209,49 +212,29 @@ class UpstreamGroup:
             gevent.sleep(hc.interval)
 
     def _check(self, server: ServerState) -> None:
-        hc = self.cfg.health_check
-        assert hc is not None
+        hc, checks = self.cfg.health_check, server.checks
+        assert hc is not None and checks is not None  # (started only for an upstream with health checks)
+        addr = server.cfg.addr
+        # (our own connection: a PROXY protocol header says LOCAL (v2) or UNKNOWN (v1))
+        preface = header_for(self.cfg.send_proxy_protocol, None, None) if self.cfg.send_proxy_protocol else b""
         try:
-            ok, why = self._probe(server, hc)
+            status, why = probe(self.resolver, addr.host, addr.port, hc.timeout,
+                                preface + get_request(hc.path, str(addr)))
         except Exception as e:  # a check never takes the process down
-            ok, why = False, f"internal error: {e}"
-        if ok == (not server.checked_down):
-            server.streak = 0
+            status, why = None, f"internal error: {e}"
+        ok = status is not None and 200 <= status < 400
+        if not checks.saw(ok):
             return
-        server.streak += 1
-        if server.checked_down and server.streak >= hc.rise:
-            server.checked_down, server.streak = False, 0
+        if ok:
             server.fails.clear()
             server.down_until = 0.0
-            log.warning("upstream %s: server %s is back: %d health checks passed", self.cfg.name, server.cfg.addr,
-                        hc.rise)
-        elif not server.checked_down and server.streak >= hc.fall:
-            server.checked_down, server.streak = True, 0
+            log.warning("upstream %s: server %s is back: %d health checks passed", self.cfg.name, addr, hc.rise)
+        else:
             for conn in server.idle:
                 conn.close()
             server.idle.clear()
-            log.warning("upstream %s: server %s is out: %d health checks failed (%s)", self.cfg.name,
-                        server.cfg.addr, hc.fall, why)
-
-    def _probe(self, server: ServerState, hc: HealthCheckConfig) -> tuple[bool, str]:
-        addr = server.cfg.addr
-        try:
-            with gevent.Timeout(hc.timeout, UpstreamError(f"health check of {addr} timed out")):
-                sock = dial(self.resolver, addr.host, addr.port, hc.timeout)
-                try:
-                    if self.cfg.send_proxy_protocol:  # our own connection: LOCAL (v2), UNKNOWN (v1)
-                        sock.sendall(header_for(self.cfg.send_proxy_protocol, None, None))
-                    sock.sendall(f"GET {hc.path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: wmproxy-health-check\r\n"
-                                 f"Connection: close\r\n\r\n".encode())
-                    line = Reader(sock).read_until(b"\r\n", 4096)
-                finally:
-                    sock.close()
-        except (UpstreamError, OSError, EOFError, ProtocolError) as e:
-            return False, str(e)
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] in (b"2", b"3"):
-            return True, ""
-        return False, f"answered {line.strip()[:60]!r}"
+            log.warning("upstream %s: server %s is out: %d health checks failed (%s)", self.cfg.name, addr,
+                        hc.fall, why or f"answered {status}")
 
     def close(self) -> None:
         if self.checker is not None:

@@ -495,6 +495,6 @@ def _bound(sock: socket.socket) -> str:
 
 
 def _warn_if_open(pc: ProxyConfig) -> None:
-    if not pc.bind.is_loopback and not pc.auth and not pc.allow:
+    if pc.bind is not None and not pc.bind.is_loopback and not pc.auth and not pc.allow:
         log.warning("proxy.bind %s is reachable from other hosts with no username/password and no "
                     "allow list: this is an open proxy", pc.bind)

@@ -235,7 +235,7 @@ def run(prog: str, argv: list[str] | None = None) -> int:
         print(f"{prog}: --root, --listen and --browse go with the file-server command", file=sys.stderr)
         return 2
     try:
-        cfg = config.load(config_file, overrides(prog, args, argv), default=default)
+        cfg, reading = config.load_reading(config_file, overrides(prog, args, argv), default=default)
     except ConfigError as e:
         print(f"{prog}: configuration error: {e}", file=sys.stderr)
         return 1
@@ -247,13 +247,20 @@ def run(prog: str, argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(f"{prog}: configuration error: {e}", file=sys.stderr)
             return 1
+        if reading is not None:
+            print(f"{args.config}: read as a Rust wmproxy config:")
+            for line in reading.notes:
+                print(f"  {line}")
+            for line in reading.warnings:
+                print(f"  warning: {line}")
         print(f"{prog}: configuration OK ({args.config or source})")
         return 0
     if args.command != "run":
         return _control_command(prog, args.command, cfg)
     from .process import serve  # imported late: --check, --help and the commands need no gevent hub
 
-    return serve(prog, cfg, config_file, overrides(prog, args, argv), daemon=args.daemon, source=source)
+    return serve(prog, cfg, config_file, overrides(prog, args, argv), daemon=args.daemon, source=source,
+                 warnings=[f"{config_file}: {w}" for w in reading.warnings] if reading is not None else [])
 
 
 def _quiet_on_closed_stdout(prog: str) -> int:

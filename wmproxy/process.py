@@ -14,6 +14,7 @@ import resource
 import select
 import subprocess
 import sys
+from typing import Sequence
 
 import psutil
 
@@ -129,9 +130,10 @@ def _check_readable(cfg: Config, config_file: str | None) -> None:
 
 
 def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daemon: bool = False,
-          source: str = "") -> int:
-    """Start ``prog`` with ``cfg`` (``source``: where it came from, for the log) and serve until
-    stopped. Returns the exit status."""
+          source: str = "", warnings: Sequence[str] = ()) -> int:
+    """Start ``prog`` with ``cfg`` (``source``: where it came from, for the log; ``warnings``:
+    what its reading found, logged once logging is set up) and serve until stopped. Returns
+    the exit status."""
     pidfile = os.path.abspath(cfg.pidfile) if cfg.pidfile else ""
     log_file = os.path.abspath(cfg.log_file) if cfg.log_file else ""
     try:
@@ -151,6 +153,8 @@ def serve(prog: str, cfg: Config, config_file: str | None, overrides: list, daem
         _report(wfd, f"{prog}: cannot open log file {e.filename}: {e.strerror}")
         print(f"{prog}: cannot open log file {e.filename}: {e.strerror}", file=sys.stderr)
         return 1
+    for line in warnings:
+        log.warning("%s", line)
     _raise_fd_limit()
     try:
         gevent_io.check()

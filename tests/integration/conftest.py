@@ -79,12 +79,12 @@ class Proc:
     """A wmproxy process under test."""
 
     def __init__(self, args: list[str], port: int, tmp: Path, env: dict | None = None,
-                 program: str = "wmproxy-server", name: str = "") -> None:
+                 program: str = "wmproxy-server", name: str = "", cwd: str | None = None) -> None:
         self.port = port
         self.log_path = tmp / f"{name or f'wmproxy-{port}'}.log"
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen([sys.executable, str(ROOT / "bin" / program), *args], stdout=self._log,
-                                      stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                                      stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd)
 
     @property
     def url(self) -> str:

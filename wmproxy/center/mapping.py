@@ -83,8 +83,9 @@ class PortMember:
     member, or one of its group's (``group``, ``group_key``)."""
 
     def __init__(self, port: "PublicPort", name: str, owner: str, holder: str, group: str = "",
-                 group_key: str = "") -> None:
+                 group_key: str = "", asked: str = "") -> None:
         self.port = port
+        self.asked = asked  # the remote_bind the mapping named ('': the server's map_tcp_bind / map_proxy_bind)
         self.name = name
         self.owner = owner
         self.holder = holder  # who holds it (account and client id): another holder's claim is a conflict
@@ -262,8 +263,8 @@ def _same(item: Published, m: fr.MappingSpec) -> bool:
         return m.mode == item.wire_mode and m.domain.lower() == item.domain and tuple(m.headers) == item.rules \
             and (m.group, m.group_key) == (item.group, item.group_key)
     if isinstance(item, PortMember):
-        return m.mode == item.mode and m.remote_bind == item.bind and (m.group, m.group_key) == (item.group,
-                                                                                               item.group_key)
+        return m.mode == item.mode and m.remote_bind == item.asked and (m.group, m.group_key) == (item.group,
+                                                                                                item.group_key)
     return m.mode == item.mode and m.remote_bind == item.bind
 
 
@@ -371,18 +372,24 @@ class MappingRegistry:
     def _port(self, owner: str, holder: str, m: fr.MappingSpec, policy: CenterServerContext,
               published: list[Published]) -> str:
         """Open a tcp, udp or proxy mapping's public port, or say why not."""
-        try:
-            addr = to_addr(m.remote_bind)
-        except ValueError as e:
-            return f"remote_bind: {e}"
+        shared = policy.shared_ports.get(m.mode) if not m.remote_bind else None
+        if shared is not None:
+            addr = shared  # (the operator's own port: allow_ports does not apply)
+        elif not m.remote_bind:
+            return f"no remote_bind, and this server has no map_{m.mode}_bind for {m.mode} mappings without one"
+        else:
+            try:
+                addr = to_addr(m.remote_bind)
+            except ValueError as e:
+                return f"remote_bind: {e}"
         allow_ports = policy.allow_ports
-        if allow_ports and not any(lo <= addr.port <= hi for lo, hi in allow_ports):
+        if shared is None and allow_ports and not any(lo <= addr.port <= hi for lo, hi in allow_ports):
             ranges = ", ".join(f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in allow_ports)
             return f"port {addr.port} is outside allow_ports ({ranges})"
         where = _port_key(m.mode, addr)
         held = self.ports.get(where)
         if isinstance(held, PublicPort) and held.mode == m.mode and _joins(held.members, holder, m):
-            member = PortMember(held, m.name, owner, holder, m.group, m.group_key)
+            member = PortMember(held, m.name, owner, holder, m.group, m.group_key, m.remote_bind)
             held.members.append(member)  # (serving once attached to its link)
             published.append(member)
             return ""
@@ -402,7 +409,7 @@ class MappingRegistry:
         except BindError as e:
             return str(e)
         port.bind = str(addr)
-        member = PortMember(port, m.name, owner, holder, m.group, m.group_key)
+        member = PortMember(port, m.name, owner, holder, m.group, m.group_key, m.remote_bind)
         port.members.append(member)
         self.ports[where] = port
         published.append(member)

@@ -51,6 +51,7 @@ class CenterServerContext:
         self.targets = target_policy(proxy_cfg, exposed)  # CONNECT streams too
         # the mapping policy (MappingRegistry.register)
         self.allow_ports = cfg.allow_ports
+        self.shared_ports = {"tcp": cfg.map_tcp_bind, "proxy": cfg.map_proxy_bind}  # for mappings without remote_bind
         self.idle_timeout = proxy_cfg.idle_timeout
         self.max_per_ip = cfg.max_connections_per_ip  # of each mapping port
         self.map_proxy_in = policy(cfg.map_proxy_protocol, cfg.map_proxy_protocol_from, proxy_cfg.handshake_timeout)

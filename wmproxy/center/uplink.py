@@ -128,7 +128,8 @@ class ServerLink:
         for a in answers:
             if a.accepted:
                 m = self.client.mappings.get(a.name)
-                where = (m.remote_bind or f"Host {m.domain}") if m else "?"
+                where = "?" if m is None else str(m.remote_bind) if m.remote_bind else f"Host {m.domain}" if m.domain \
+                    else f"its map_{m.mode}_bind"
                 log.info("mapping %r published by the server on %s%s", a.name, where, where_server)
             else:
                 log.warning("mapping %r refused by the server%s: %s", a.name, where_server, a.reason)

@@ -11,11 +11,13 @@ alias of ``bind``; ``flag = "http https socks5"``; top-level ``control``).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from ..errors import ConfigError
+from . import compat
 
 # the sections, one module each; their names are this package's (``from ..config import X``)
 from .center import CenterConfig, CenterUser, MappingConfig
@@ -107,10 +109,28 @@ class Override:
 
 def load(file: Optional[str], overrides: Sequence[Override] = (), default: Optional[dict] = None) -> Config:
     """Load a config: the TOML or YAML ``file`` (or ``default`` when no file), then ``overrides``.
+    A file of the Rust wmproxy is translated first (config.compat); its warnings are logged.
 
     Blocks on file I/O only. Raises ConfigError naming the source and key path.
     """
+    cfg, reading = load_reading(file, overrides, default)
+    if reading is not None:
+        for line in reading.warnings:
+            logging.getLogger("wmproxy").warning("%s: %s", file, line)
+    return cfg
+
+
+def load_reading(file: Optional[str], overrides: Sequence[Override] = (),
+                 default: Optional[dict] = None) -> tuple[Config, Optional[compat.Reading]]:
+    """:func:`load`, and how a file of the Rust wmproxy was read (None for this project's own)."""
     data = read_config_file(file) if file else dict(default or {})
+    reading = None
+    if file and compat.is_original(data):
+        try:
+            reading = compat.translate(data)
+        except Invalid as e:
+            raise ConfigError(file, e.subpath, f"{e} (read as a Rust wmproxy config)") from None
+        data = reading.data
     origins: dict[str, str] = {}
     for o in overrides:
         node = data
@@ -121,8 +141,9 @@ def load(file: Optional[str], overrides: Sequence[Override] = (), default: Optio
         node[o.path[-1]] = o.value
         origins[".".join(o.path)] = o.origin
     try:
-        return build(Config, data)
+        return build(Config, data), reading
     except Invalid as e:
         source = next((src for p, src in origins.items() if e.subpath == p or e.subpath.startswith(p + "[")), None)
         fallback = file or ("command line / environment" if origins else "built-in default")
-        raise ConfigError(source or fallback, e.subpath, str(e)) from None
+        how = " (read as a Rust wmproxy config, translated: see --check)" if reading is not None and not source else ""
+        raise ConfigError(source or fallback, e.subpath, f"{e}{how}") from None

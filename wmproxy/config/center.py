@@ -53,6 +53,9 @@ class CenterConfig:
                                                              "(routed by Host)")
     map_https_bind: Optional[Addr] = key(optional_addr, None, "server: the shared TLS listener of https mappings "
                                                               "(routed by SNI, then by Host)")
+    map_tcp_bind: Optional[Addr] = key(optional_addr, None, "server: the shared port of tcp mappings that name no "
+                                                            "remote_bind (one mapping, or one group, at a time)")
+    map_proxy_bind: Optional[Addr] = key(optional_addr, None, "server: the same for proxy mappings")
     map_cert: tuple = key(list_of(to_str), (), "server: PEM certificates for map_https_bind (chosen by SNI; none: "
                                                "only tls_passthrough mappings)")
     map_key: tuple = key(list_of(to_str), (), "server: their keys, in the same order")
@@ -144,7 +147,8 @@ class MappingConfig:
     local_addr: Optional[Addr] = key(optional_addr, None, "tcp, udp, http, https: the private service, as this "
                                                           "client reaches it")
     remote_bind: Optional[Addr] = key(optional_addr, None, "tcp, udp, proxy: the public address the center server "
-                                                           "opens")
+                                                           "opens (tcp, proxy: none takes the server's map_tcp_bind "
+                                                           "or map_proxy_bind)")
     domain: str = key(to_domain, "", "http, https: the Host it answers on the server's map_http(s)_bind")
     headers: tuple = key(list_of(to_header_rule), (), "http: header rules on requests and responses")
     username: str = key(to_str, "", "proxy: user its forward proxy asks for (with password)")
@@ -187,8 +191,8 @@ class MappingConfig:
             raise Invalid(f"a {self.mode} mapping needs local_addr (the private service)", ".local_addr")
         if self.mode == "https" and not self.domain:
             raise Invalid("an https mapping needs domain (the name it answers)", ".domain")
-        if self.mode in ("tcp", "udp", "proxy") and self.remote_bind is None:
-            raise Invalid(f"a {self.mode} mapping needs remote_bind (the public address to open)", ".remote_bind")
+        if self.mode == "udp" and self.remote_bind is None:
+            raise Invalid("a udp mapping needs remote_bind (the public address to open)", ".remote_bind")
         if bool(self.username) != bool(self.password):
             raise Invalid("username and password go together", ".password")
         if self.mode == "http" and not self.domain:

@@ -94,6 +94,8 @@ class FileServerConfig:
     """``file_server = { root = "...", ... }``: static files of a location."""
 
     root: str = key(to_str, REQUIRED, "directory served")
+    prefix: str = key(to_str, "", "taken off the request's path before it is looked up under root (nginx's alias; "
+                                  "the Rust wmproxy's prefix): with '/static', /static/a.css is root/a.css")
     index: tuple = key(list_of(to_str), ("index.html",), "files tried for a directory, in order")
     browse: bool = key(to_bool, False, "list a directory without an index file (else 403)")
     cache_time: float = key(to_duration, 0.0, "Cache-Control max-age sent with files (0: none)")
@@ -112,6 +114,8 @@ class FileServerConfig:
     def validate(self) -> None:
         if not os.path.isdir(self.root):
             raise Invalid(f"no such directory: {self.root}", ".root")
+        if self.prefix and not self.prefix.startswith("/"):
+            raise Invalid(f"expected a path like '/static', got {self.prefix!r}", ".prefix")
 
 
 def to_rate(value: Any) -> float:

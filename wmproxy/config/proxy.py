@@ -19,7 +19,8 @@ PROXY_PROTOCOLS = ("http", "https", "socks5", "socks4")
 class ProxyConfig:
     """``[proxy]``: the forward proxy on one port (HTTP, CONNECT, SOCKS5, SOCKS4/4a)."""
 
-    bind: Addr = key(to_addr, to_addr(DEFAULT_PROXY_BIND), "listening address", aliases=("bind_addr",))
+    bind: Optional[Addr] = key(optional_addr, to_addr(DEFAULT_PROXY_BIND), "listening address ('': none; in a center "
+                               "server, [proxy] then only serves its clients' proxy traffic)", aliases=("bind_addr",))
     flag: frozenset = key(choice_set(PROXY_PROTOCOLS), frozenset(PROXY_PROTOCOLS), "protocols served")
     username: str = key(to_str, "", "user required from clients (with password)")
     password: str = key(to_str, "", "password required from clients (with username)")

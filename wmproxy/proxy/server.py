@@ -91,7 +91,7 @@ class ProxyContext:
         # failed logins per client address (None: not counted; a center link's streams all share its address)
         self.throttle = throttle
         # exposed: other hosts can reach the clients' side (default: the proxy's bind is not loopback)
-        self.targets = target_policy(cfg, not cfg.bind.is_loopback if exposed is None else exposed)
+        self.targets = target_policy(cfg, (cfg.bind is None or not cfg.bind.is_loopback) if exposed is None else exposed)
 
     def relay(self, client: Conn, upstream: Conn, info: ConnInfo, a_pending: bytes) -> None:
         """Relay the client and its upstream, filling ``info``. Where the relay can go on
@@ -247,7 +247,7 @@ def refuse(client: Conn, reader: Reader, first: int, reason: str, max_header: in
 def listener_specs(cfg: Config) -> list[ListenerSpec]:
     """The forward proxy listener a config asks for (none without [proxy]). In a center
     client (``[center] server``), its connections go to the center client's entry."""
-    if cfg.proxy is None:
+    if cfg.proxy is None or cfg.proxy.bind is None:
         return []
     center_client = cfg.center if cfg.center is not None and not cfg.center.is_server else None
     return [ListenerSpec("proxy", cfg.proxy.bind, ProxySettings(cfg.proxy, center_client), "proxy.bind", ProxyServer)]

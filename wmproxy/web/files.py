@@ -114,7 +114,13 @@ def serve(fs: FileServerConfig, client: socket.socket, head: Head, path: str, ke
         return _small(out, 405, "only GET and HEAD here", False, [(b"Allow", b"GET, HEAD")])
     if fs.robots and path == "/robots.txt":
         return _small(out, 200, fs.robots, head_only, _cors(fs), exact=True)
-    found = _cached_lookup(fs, path)
+    lookup = path
+    if fs.prefix:  # (the Rust wmproxy's prefix, nginx's alias: taken off the path before it is looked up)
+        base = fs.prefix.rstrip("/")
+        if path != base and not path.startswith(base + "/"):
+            return _small(out, 404, REASONS[404], head_only)
+        lookup = path[len(base):] or "/"
+    found = _cached_lookup(fs, lookup)
     if isinstance(found, Reply):
         return _small(out, found.status, REASONS.get(found.status, ""), head_only)
     kind, fs_path, status = found

@@ -90,6 +90,7 @@ install:
 	  install -m 755 conf/init.d/$$p $(DESTDIR)/etc/init.d/$$p; \
 	  install -m 644 conf/systemd/$$p.service $(DESTDIR)/etc/systemd/system/$$p.service; \
 	done
+	ln -sf $(PREFIX)/bin/wmproxy $(DESTDIR)/usr/local/bin/wmproxy  # (the Rust wmproxy's command line)
 	install -m 644 conf/logrotate/wmproxy $(DESTDIR)/etc/logrotate.d/wmproxy
 	install -d $(DESTDIR)/usr/local/share/man/man1 $(DESTDIR)/usr/local/share/bash-completion/completions \
 	  $(DESTDIR)/usr/local/share/zsh/site-functions

@@ -370,7 +370,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=8, help="length of each measurement")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections")
     ap.add_argument("--only", choices=("throughput", "proxy-memory", "http", "center", "center-memory", "mapping",
-                                       "udp", "web", "workers", "accept", "instructions"),
+                                       "udp", "web", "workers", "accept", "ratelimit", "instructions"),
                     help="run one part (instructions: callgrind counts, not in a full run)")
     ap.add_argument("--requests", type=int, default=2000, help="requests counted by --only instructions")
     ap.add_argument("--bytes", type=int, default=1 << 30, help="size of the center link transfer")
@@ -416,6 +416,10 @@ def main() -> int:
             import accept
 
             accept.run(b)
+        if args.only in (None, "ratelimit"):
+            import ratelimit
+
+            ratelimit.run(b)
         if args.only == "instructions":
             import instructions
 

@@ -35,6 +35,19 @@ def client() -> None:
     sys.exit(client_main())
 
 
+def rust() -> None:
+    """wmproxy, the Rust wmproxy's command line (wmproxy/rustcli.py); exits with its status.
+    With --forever a plain supervisor (no gevent) runs it again each time it dies."""
+    if "--forever" in sys.argv[1:] and "--daemon" not in sys.argv[1:]:
+        from .rustcli import forever
+
+        sys.exit(forever(sys.argv[1:]))
+    _prepare()
+    from .rustcli import main
+
+    sys.exit(main())
+
+
 def worker() -> None:
     """A worker process of a master (wmproxy/workers.py starts ``python -m wmproxy.launch
     worker <program>``); exits with its status."""
@@ -46,3 +59,6 @@ def worker() -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
     worker()
+elif __name__ == "__main__" and sys.argv[1:2] == ["rust"]:  # (rustcli.forever's child)
+    del sys.argv[1]
+    rust()

@@ -53,7 +53,7 @@ def test_the_wheel_installs_into_a_clean_venv_and_its_commands_serve(built, tmp_
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import wmproxy.prot._speedups, wmproxy; "
                             "print(wmproxy.__file__)"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert where.stdout.startswith(str(venv)), where  # the installed copy, with its C speedups
-    for program in ("wmproxy-server", "wmproxy-client"):
+    for program in ("wmproxy-server", "wmproxy-client", "wmproxy"):
         r = subprocess.run([str(venv / "bin" / program), "--version"], capture_output=True, text=True, env=env)
         assert r.stdout.strip().startswith(program), r
     r = subprocess.run([str(venv / "bin" / "python"), "-m", "wmproxy", "--version"], capture_output=True, text=True,

@@ -174,7 +174,7 @@ class CenterClient:
         who = f"{fmt_addr(*visitor[0])} " if visitor else ""
         relay_then(vc, local, lambda stats: log.info(
             "%smapping %r: connection done (%s) in=%d out=%d", who, target, stats.reason, stats.a_to_b,
-            stats.b_to_a), link_owned, IDLE_TIMEOUT)
+            stats.b_to_a), link_owned, IDLE_TIMEOUT, rate=mapping.rate_limit)
 
     def _serve_udp(self, vc: VirtualConn, mapping: MappingConfig) -> None:
         """One public peer of a udp mapping: its datagrams (one DATA frame each) go to the

@@ -120,16 +120,30 @@ def load(file: Optional[str], overrides: Sequence[Override] = (), default: Optio
     return cfg
 
 
+def _translate(data: dict, source: str) -> compat.Reading:
+    try:
+        return compat.translate(data)
+    except Invalid as e:
+        raise ConfigError(source, e.subpath, f"{e} (read as a Rust wmproxy config)") from None
+
+
+def from_original(data: dict, source: str) -> tuple[Config, compat.Reading]:
+    """A config in the Rust wmproxy's keys (the ``wmproxy`` command line builds one), read as a
+    file of it would be. Raises ConfigError naming ``source``."""
+    reading = _translate(data, source)
+    try:
+        return build(Config, reading.data), reading
+    except Invalid as e:
+        raise ConfigError(source, e.subpath, str(e)) from None
+
+
 def load_reading(file: Optional[str], overrides: Sequence[Override] = (),
                  default: Optional[dict] = None) -> tuple[Config, Optional[compat.Reading]]:
     """:func:`load`, and how a file of the Rust wmproxy was read (None for this project's own)."""
     data = read_config_file(file) if file else dict(default or {})
     reading = None
     if file and compat.is_original(data):
-        try:
-            reading = compat.translate(data)
-        except Invalid as e:
-            raise ConfigError(file, e.subpath, f"{e} (read as a Rust wmproxy config)") from None
+        reading = _translate(data, file)
         data = reading.data
     origins: dict[str, str] = {}
     for o in overrides:

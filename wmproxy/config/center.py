@@ -9,7 +9,7 @@ from ..prot.frame import check_client_id
 from .keys import (
     Addr, Invalid, REQUIRED, int_range, key, list_of, one_of, optional_addr, section, table_list, to_addr, to_bool,
     to_domain, to_duration, to_header_rule, to_port_range, to_size, to_str, proxy_protocol_key,
-    proxy_protocol_from_key, check_proxy_protocol,
+    proxy_protocol_from_key, check_proxy_protocol, rate_limit_key,
 )
 
 
@@ -158,6 +158,7 @@ class MappingConfig:
     proxy_protocol: str = key(one_of(("", "v1", "v2")), "", "tcp, http, https: start each connection to local_addr "
                               "with a PROXY protocol header of this version naming the public visitor (the server "
                               "tells it over the link)")
+    rate_limit: float = rate_limit_key("each connection to local_addr (tcp, http, https)")
     group: str = key(to_str, "", "tcp, proxy, http, https: clients whose mappings name one group (with one "
                                  "group_key) share its port or domain: the server balances over them")
     group_key: str = key(to_str, "", "the group's shared secret (required with group)")

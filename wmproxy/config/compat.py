@@ -29,6 +29,7 @@ The translation, in short (docs/MIGRATING.md has the table):
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -79,8 +80,6 @@ RUST_ONLY = {
     "fall_times": "passive checks take a server out after max_fails failures",
     "rise_times": "a server taken out comes back after fail_timeout",
     "center": "the 0.1 switch; [proxy] mode or center_addr says it",
-    "disable_stdout": "logs go to stderr unless log_file is set",
-    "rate_limit": "bandwidth limits are not enforced yet (see docs/MIGRATING.md)",
     "log_format": "the Rust program's log patterns are not read: access lines use access_log_format",
 }
 
@@ -176,9 +175,7 @@ def translate(data: dict) -> Reading:
             raise Invalid(f"expected one of {', '.join(LEVELS)}, got {level!r}", "default_level")
         out["log_level"] = LEVELS[str(level).lower()]
         r.note(f"default_level = {level!r} -> log_level = {out['log_level']!r}")
-    if "disable_stdout" in top:
-        top.pop("disable_stdout")
-        r.warn("disable_stdout", "disable_stdout")
+    quiet = top.pop("disable_stdout", False) is True
     disabled = top.pop("disable_control", False) is True
     if disabled:
         out["control"] = ""
@@ -192,6 +189,9 @@ def translate(data: dict) -> Reading:
         _stream(r, top.pop("stream"))
     for k, v in top.items():  # this project's own keys, as they are
         out[k] = v
+    if quiet and "log_file" not in out:
+        out["log_file"] = os.devnull
+        r.note("disable_stdout = true -> log_file = /dev/null (no log: set log_file or [http] error_log to keep one)")
     return r
 
 
@@ -702,6 +702,8 @@ def _location(r: Reading, loc: dict, path: str, base: _Inherited, srv: dict, zon
     for k in ("proxy_read_timeout", "proxy_timeout"):
         if k in inherit.values and action == "proxy_url":
             out["proxy_read_timeout"] = inherit.values[k]
+    if "rate_limit" in inherit.values:
+        out["rate_limit"] = inherit.values["rate_limit"]
     if "access_log" in loc and str(loc["access_log"]).strip() == "off":
         out["access_log"] = "off"
     _warn_rust_only(r, loc, path)
@@ -768,7 +770,7 @@ def _stream(r: Reading, value: Any) -> None:
                                       "ws_host", "ws_ca", "proxy_protocol", "proxy_protocol_from"}, sub,
                     "[[stream.server]]")
         mode = str(s.get("bind_mode", "tcp")).lower()
-        base = {k: v for k, v in s.items() if k in ("connect_timeout", "idle_timeout", "max_connections",
+        base = {k: v for k, v in s.items() if k in ("rate_limit", "connect_timeout", "idle_timeout", "max_connections",
                                                     "max_connections_per_ip", "client_timeout", "max_sessions",
                                                     "ws_path", "ws_host", "ws_ca", "proxy_protocol",
                                                     "proxy_protocol_from", "up_name")}

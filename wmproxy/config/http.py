@@ -10,7 +10,7 @@ from typing import Any, Optional
 from .keys import (
     Addr, Invalid, REQUIRED, _unique_names, int_range, key, list_of, one_of, section, table_list,
     to_addr, to_bool, to_duration, to_header_rule, to_network, to_size, to_str, proxy_protocol_key,
-    proxy_protocol_from_key, check_proxy_protocol,
+    proxy_protocol_from_key, check_proxy_protocol, rate_limit_key,
 )
 
 
@@ -161,6 +161,7 @@ class HttpLocationConfig:
     allow_ip: tuple = key(list_of(to_network), (), "client networks allowed (empty: all)")
     deny_ip: tuple = key(list_of(to_network), (), "client networks refused with 403 (checked first)")
     limit_req: Optional[LimitReqConfig] = section(LimitReqConfig, "rate limit per client address (429 beyond)")
+    rate_limit: float = rate_limit_key("each request's answer to the client and body to the server")
     access_log: str = key(to_str, "", "access log line format with {client_ip}, {host}, {url}, {method}, {status}, "
                                       "{bytes}, {time}, {upstream}; 'off' for none ('': the default line)")
     proxy_connect_timeout: float = key(to_duration, 10.0, "proxy_url: time to connect to a server")

@@ -147,6 +147,31 @@ def to_size(value: Any) -> int:
     raise Invalid(f"expected a size like 65536, '64k' or '1m', got {value!r}")
 
 
+_BANDWIDTH_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?\s*/\s*(\d*(?:\.\d+)?)\s*(ms|s|sec|min|m|h)?\s*$",
+                           re.IGNORECASE)
+
+
+def to_bandwidth(value: Any) -> float:
+    """Bytes a second from '4m/s' (MiB), '512k/s', '1g/s', '10m/2s' or a number; 0 or '' for no limit."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if value == "":
+        return 0.0
+    if isinstance(value, str):
+        m = _BANDWIDTH_RE.match(value)
+        if m:
+            size = float(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+            per = float(m.group(3) or 1) * _DURATION_UNITS[(m.group(4) or "s").lower()]
+            if per > 0:
+                return size / per
+    raise Invalid(f"expected a bandwidth like '4m/s', '512k/s' or '1g/s' (bytes a second; 0: no limit), got {value!r}")
+
+
+def rate_limit_key(what: str) -> Any:
+    """``rate_limit``: bytes a second ``what`` may move, each way."""
+    return key(to_bandwidth, 0.0, f"bandwidth of {what}, each way, as a token bucket: '4m/s', '512k/s' (0: no limit)")
+
+
 def to_network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     if isinstance(value, str):
         try:

@@ -8,7 +8,7 @@ from typing import Optional
 from .keys import (
     Addr, DEFAULT_PROXY_BIND, Invalid, choice_set, int_range, key, list_of, optional_addr, to_addr,
     to_duration, to_network, to_size, to_str, to_target_rule, proxy_protocol_key, proxy_protocol_from_key,
-    check_proxy_protocol,
+    check_proxy_protocol, rate_limit_key,
 )
 
 
@@ -44,6 +44,7 @@ class ProxyConfig:
                                                             "proxy bound to a non-loopback address refuses those)")
     udp_bind: Optional[Addr] = key(optional_addr, None, "SOCKS5 UDP ASSOCIATE: the address each association's "
                                    "relay socket binds to, port 0 (one port per association); '' disables")
+    rate_limit: float = rate_limit_key("each connection (CONNECT and SOCKS tunnels; plain HTTP: the server's side)")
     proxy_protocol: bool = proxy_protocol_key("bind")
     proxy_protocol_from: tuple = proxy_protocol_from_key("proxy_protocol")
 

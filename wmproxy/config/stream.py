@@ -7,7 +7,7 @@ from typing import Optional
 
 from .keys import (
     Addr, Invalid, REQUIRED, _unique_names, int_range, key, one_of, table_list, to_addr, to_duration,
-    to_str, section, proxy_protocol_key, proxy_protocol_from_key, check_proxy_protocol,
+    to_str, section, proxy_protocol_key, proxy_protocol_from_key, check_proxy_protocol, rate_limit_key,
 )
 
 
@@ -68,6 +68,7 @@ class StreamServerConfig:
     max_connections: int = key(int_range(1, 1_000_000), 10000, "concurrent client connections")
     max_connections_per_ip: int = key(int_range(0, 1_000_000), 1000, "concurrent connections of one client address "
                                                                      "(0: no limit)")
+    rate_limit: float = rate_limit_key("each tcp connection")
     client_timeout: float = key(to_duration, 60.0, "udp: a client's session ends after this long without a datagram")
     max_sessions: int = key(int_range(1, 1_000_000), 10000, "udp: sessions kept (beyond: the oldest idle goes)")
     ws_path: str = key(to_str, "/", "tcp2ws(s): the path asked of the websocket server")

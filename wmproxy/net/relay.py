@@ -34,6 +34,7 @@ from .bridge import CallbackRelay, StreamSocketRelay
 from .conn import Conn
 from .splice import HAVE_SPLICE, SpliceRelay
 from .idle import watch_idle
+from .throttle import Bucket
 from .writer import close_quietly, send_all
 
 CHUNK = 65536
@@ -65,9 +66,15 @@ def _spliceable(s: object) -> bool:
     return HAVE_SPLICE and isinstance(s, gsocket.socket) and not isinstance(s, gssl.SSLSocket)
 
 
-def _copy_pump(src: Conn, dst: Conn, moved: list[int], way: int) -> None:
+def _copy_pump(src: Conn, dst: Conn, moved: list[int], way: int, bucket: Optional[Bucket] = None) -> None:
     # The reusable buffer is allocated once data flows: an idle tunnel (thousands of them on a
     # center link) costs no 64 KiB per direction.
+    if bucket is not None:  # (rate_limit: at most a burst per read, paid for after its send)
+        while data := src.recv(bucket.burst):
+            moved[way] += len(data)
+            send_all(dst, data)
+            bucket.pay(len(data))
+        return
     data = src.recv(CHUNK)
     if not data:
         return
@@ -94,12 +101,15 @@ def _shutdown_write(s: Conn) -> None:
 
 
 def _pump(src: Conn, dst: Conn, pending: bytes, moved: list[int], way: int,
-          on_error: Callable[[BaseException], None]) -> None:
+          on_error: Callable[[BaseException], None], rate: float = 0) -> None:
+    bucket = Bucket(rate) if rate else None
     try:
         if pending:
             dst.sendall(pending)
             moved[way] += len(pending)
-        _copy_pump(src, dst, moved, way)
+            if bucket is not None:
+                bucket.pay(len(pending))
+        _copy_pump(src, dst, moved, way, bucket)
     except (OSError, EOFError) as e:
         on_error(e)
         return
@@ -111,8 +121,9 @@ class _Stop(Exception):
 
 
 def relay(a: Conn, b: Conn, idle_timeout: float | None = None, a_pending: bytes = b"", b_pending: bytes = b"",
-          stats: RelayStats | None = None) -> RelayStats:
-    """Copy bytes both ways between ``a`` and ``b`` until both directions end.
+          stats: RelayStats | None = None, rate: float = 0) -> RelayStats:
+    """Copy bytes both ways between ``a`` and ``b`` until both directions end; with ``rate``,
+    each direction at most that many bytes a second (net.throttle: pumps, never callbacks).
 
     ``a_pending`` are bytes already read from ``a`` (to go to ``b`` first), ``b_pending``
     likewise from ``b``. Blocks the calling greenlet: it waits for the callback relay, or
@@ -123,7 +134,7 @@ def relay(a: Conn, b: Conn, idle_timeout: float | None = None, a_pending: bytes 
     """
     stats = stats or RelayStats()
     ended = Event()
-    bridge = _callback_relay(a, b, a_pending, b_pending, stats, lambda _stats: ended.set())
+    bridge = None if rate else _callback_relay(a, b, a_pending, b_pending, stats, lambda _stats: ended.set())
     if bridge is not None:  # the pair relays on callbacks: only this greenlet waits
         bridge.start(idle_timeout)
         try:
@@ -156,7 +167,7 @@ def relay(a: Conn, b: Conn, idle_timeout: float | None = None, a_pending: bytes 
         else:
             stop_inline()
 
-    other = gevent.spawn(_pump, b, a, b_pending, stats.moved, 1, on_error)
+    other = gevent.spawn(_pump, b, a, b_pending, stats.moved, 1, on_error, rate)
 
     def on_idle() -> None:
         stats.reason = "idle"
@@ -166,7 +177,7 @@ def relay(a: Conn, b: Conn, idle_timeout: float | None = None, a_pending: bytes 
     watchdog = watch_idle(lambda: stats.total, lambda: idle_timeout, on_idle) if idle_timeout else None
     try:
         try:
-            _pump(a, b, a_pending, stats.moved, 0, on_error)
+            _pump(a, b, a_pending, stats.moved, 0, on_error, rate)
         except _Stop:
             pass
         finally:
@@ -201,7 +212,8 @@ def link_owned(stop: Callable[[], None]) -> Callable[[], None]:
 
 def relay_then(a: Conn, b: Conn, on_done: Callable[[RelayStats], None], adopt: Adopt | None,
                idle_timeout: float | None = None,
-               a_pending: bytes = b"", b_pending: bytes = b"", stats: RelayStats | None = None) -> bool:
+               a_pending: bytes = b"", b_pending: bytes = b"", stats: RelayStats | None = None,
+               rate: float = 0) -> bool:
     """Relay ``a`` and ``b`` like :func:`relay`, then ``on_done(stats)``; returns whether the
     relay goes on without the caller.
 
@@ -213,7 +225,7 @@ def relay_then(a: Conn, b: Conn, on_done: Callable[[RelayStats], None], adopt: A
     ``on_done`` and returns False. Either way both sides end up closed.
     """
     stats = stats or RelayStats()
-    if adopt is not None:
+    if adopt is not None and not rate:
         release: Callable[[], None]
 
         def done(stats: RelayStats) -> None:
@@ -225,7 +237,7 @@ def relay_then(a: Conn, b: Conn, on_done: Callable[[RelayStats], None], adopt: A
             release = adopt(bridge.stop)
             bridge.start(idle_timeout)
             return True
-    on_done(relay(a, b, idle_timeout, a_pending, b_pending, stats))
+    on_done(relay(a, b, idle_timeout, a_pending, b_pending, stats, rate))
     return False
 
 

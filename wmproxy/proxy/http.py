@@ -12,7 +12,7 @@ import logging
 import socket
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import PhaseTimeout, ProtocolError, UpstreamError
 from ..logs import access_log, log_access
@@ -21,6 +21,7 @@ from ..net.conn import Conn
 from ..net.idle import ConnWatch
 from ..net.reader import PeerClosed, Reader
 from ..net.relay import relay
+from ..net.throttle import Throttled
 from ..net.writer import send_all
 from ..prot import http1
 from ..prot.framing import NO_BODY, Framing, request_framing
@@ -301,7 +302,10 @@ class HttpSession:
     def _new_upstream(self, target: Target) -> _UpstreamConn:
         """Close the current upstream connection, if any, and open one to ``target``."""
         self._drop_upstream()
-        self.upstream = _UpstreamConn((target.host, target.port), self.ctx.dial(target.host, target.port))
+        sock: Any = self.ctx.dial(target.host, target.port)
+        if self.cfg.rate_limit:  # (both ways: what the server sends, and the request bodies to it)
+            sock = Throttled(sock, self.cfg.rate_limit)
+        self.upstream = _UpstreamConn((target.host, target.port), sock)
         if self.watchdog is not None:
             self.watchdog.upstream = self.upstream.reader  # its reads are progress too
         return self.upstream

@@ -107,7 +107,7 @@ class ProxyContext:
             if info.detached:
                 self.conn_done(info)
 
-        relay_then(client, upstream, done, adopt, self.cfg.idle_timeout, a_pending=a_pending)
+        relay_then(client, upstream, done, adopt, self.cfg.idle_timeout, a_pending=a_pending, rate=self.cfg.rate_limit)
 
     def conn_done(self, info: ConnInfo, log_line: bool = True, level: int = logging.INFO) -> None:
         """A connection ended: its bytes go into the listener's totals, its line to the log."""

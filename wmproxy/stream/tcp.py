@@ -144,7 +144,7 @@ class StreamTcpServer(Listener):
                      ctx.upstream.name, stats.reason, stats.a_to_b, stats.b_to_a)
 
         # plain TCP both ways: relayed by callbacks after this returns (the listener keeps the slot)
-        relay_then(conn, upstream, done, self.adopt, ctx.cfg.idle_timeout)
+        relay_then(conn, upstream, done, self.adopt, ctx.cfg.idle_timeout, rate=ctx.cfg.rate_limit)
 
 
     def _websocket(self, sock: socket.socket, addr: Addr, ctx: StreamContext) -> ws.WsSocket:

@@ -463,7 +463,7 @@ def send_file(client: socket.socket, f: BinaryIO, offset: int, count: int, timeo
     """``count`` bytes of ``f`` from ``offset``: sendfile(2) on a plain socket (waiting for
     room cooperatively), read-and-send on TLS. socket.timeout when a wait for room lasts
     ``timeout``."""
-    if isinstance(client, gssl.SSLSocket) or not hasattr(os, "sendfile"):
+    if isinstance(client, gssl.SSLSocket) or not isinstance(client, socket.socket) or not hasattr(os, "sendfile"):
         f.seek(offset)
         while count > 0:
             data = f.read(min(CHUNK, count))

@@ -18,7 +18,7 @@ import socket
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 from urllib.parse import urlsplit
 
 import gevent
@@ -36,6 +36,7 @@ from ..net.idle import ConnWatch
 from ..net.proxyproto import ProxyProtocolIn, header_for, policy, real_ip
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import sni_server_context
+from ..net.throttle import Throttled
 from ..net.writer import close_quietly, send_all
 from ..prot import http1
 from ..prot.framing import NO_BODY, request_framing
@@ -419,6 +420,8 @@ class WebServer(Listener):
         if loc.limit_req is not None and not ctx.limiter(loc).take(req.ip):
             self._discard_body(reader, req)
             return self._reply(client, req, 429, "too many requests", [(b"Retry-After", b"1")])
+        if loc.rate_limit:  # what goes to the client: an answer, a file, a websocket's both ways
+            client = cast(socket.socket, Throttled(client, loc.rate_limit))
         if loc.proxy_url:
             return self._proxy(client, reader, req, ctx)
         self._discard_body(reader, req)
@@ -586,6 +589,8 @@ class WebServer(Listener):
         req.state.waiting(conn.reader, loc.proxy_read_timeout)
         finish = (lambda h: req.apply(h, rules)) if rules else None
         send: httpio.Send = partial(send_all, conn.sock)
+        if loc.rate_limit and req.framing != NO_BODY:  # (the body's way to the server; the client's way: _route)
+            send = Throttled(conn.sock, loc.rate_limit).sendall
         on_sent = None
         if req.framing != NO_BODY:
             req.state.waiting(None, ctx.body_timeout)  # the client's silence while it sends its body

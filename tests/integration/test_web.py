@@ -406,6 +406,45 @@ def files_config(root, extra: str = "") -> str:
             f'file_server = {{ root = "{root}", cache_time = "1h", path404 = "404.html"{extra} }}\n')
 
 
+def test_text_files_are_gzipped_on_the_fly_without_a_sibling(start_proxy, site):
+    """No .gz sibling: a text-like file goes gzipped to a client that takes it (small: with
+    its length, from the cache; large: chunked as it is read), never with ranges, never to
+    a client that refuses it (q=0) or speaks HTTP/1.0 (the large one), nor binary types."""
+    (site / "small.js").write_text("let a = 1;\n" * 200)  # 2,400 bytes
+    (site / "tiny.txt").write_text("hi")  # under 256 bytes: as it is
+    (site / "large.json").write_text('{"k": ' + '"v",'.join(['"x"'] * 40000) + "}")  # > 32 KiB
+    big_json = (site / "large.json").read_bytes()
+    p, port = web(start_proxy, files_config(site))
+    head, body = get(port, "/small.js", headers="Accept-Encoding: gzip\r\n")
+    assert header(head, "Content-Encoding") == "gzip" and header(head, "Vary") == "Accept-Encoding"
+    assert gzip.decompress(body) == (site / "small.js").read_bytes() and int(header(head, "Content-Length")) == len(body)
+    assert header(head, "Accept-Ranges") is None and header(head, "ETag").endswith('-gzip"')
+    assert get(port, "/small.js", headers=f"Accept-Encoding: gzip\r\nIf-None-Match: {header(head, 'ETag')}\r\n"
+               )[0].startswith(b"HTTP/1.1 304")
+    r = curl("-s", "-D", "-", "-H", "Accept-Encoding: deflate, gzip;q=0.5", f"http://127.0.0.1:{port}/large.json")
+    head, _, body = r.stdout.partition(b"\r\n\r\n")  # (curl takes the chunks apart, not the gzip)
+    assert header(head, "Content-Encoding") == "gzip" and header(head, "Transfer-Encoding") == "chunked"
+    assert gzip.decompress(body) == big_json and len(body) < len(big_json) // 10
+    r = curl("-s", "--compressed", f"http://127.0.0.1:{port}/large.json")  # curl's own decoder agrees
+    assert r.stdout == big_json
+    for refused in ("Accept-Encoding: gzip;q=0\r\n", "Accept-Encoding: br\r\n", "",
+                    "Accept-Encoding: gzip\r\nRange: bytes=0-9\r\n"):
+        head, body = get(port, "/small.js", headers=refused)
+        assert header(head, "Content-Encoding") is None and body in ((site / "small.js").read_bytes(),
+                                                                  b"let a = 1;"), refused
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /large.json HTTP/1.0\r\nHost: a.test\r\nAccept-Encoding: gzip\r\n\r\n")
+        head, body = read_response(s)
+    assert header(head, "Content-Encoding") is None and body == big_json
+    head, body = get(port, "/tiny.txt", headers="Accept-Encoding: gzip\r\n")
+    assert header(head, "Content-Encoding") is None and body == b"hi"
+    head, body = get(port, "/big.bin", headers="Accept-Encoding: gzip\r\n", method="HEAD")
+    assert header(head, "Content-Encoding") is None  # (not a text type)
+    p2, port2 = web(start_proxy, files_config(site, ", gzip = false"))
+    head, _ = get(port2, "/small.js", headers="Accept-Encoding: gzip\r\n")
+    assert header(head, "Content-Encoding") is None
+
+
 def test_static_files(start_proxy, site):
     p, port = web(start_proxy, files_config(site, ', browse = true'))
     head, body = get(port, "/")

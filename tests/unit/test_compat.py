@@ -153,11 +153,11 @@ def test_http_keys_flow_down_and_locations_keep_their_order(tmp_path):
 
 def test_the_0_1_file_server_is_served_on_bind_addr(tmp_path):
     cfg, _ = load(tmp_path, f'bind_addr: 127.0.0.1:8090\nreverse:\n  file_server:\n    root: "{tmp_path}"\n'
-                            f'    prefix: /root\n    hide: [.git]\n', "c.yaml")
+                            f'    prefix: /root\n    hide: [.git]\n    disable_compress: true\n', "c.yaml")
     (srv,) = cfg.http.server
     assert str(srv.bind[0]) == "127.0.0.1:8090" and cfg.proxy is None
     fs = srv.location[0].file_server
-    assert fs.root == str(tmp_path) and fs.prefix == "/root" and fs.hide == (".git",)
+    assert fs.root == str(tmp_path) and fs.prefix == "/root" and fs.hide == (".git",) and not fs.gzip
 
 
 def test_stream_address_ranges_timeouts_and_websocket_urls(tmp_path):

@@ -72,7 +72,6 @@ RUST_ONLY = {
     "proxy_write_timeout": "each write here is bounded by proxy_read_timeout's idle time",
     "match_names": "named matchers of the Rust program",
     "default_mimetype": "files of unknown type are application/octet-stream",
-    "disable_compress": "files are compressed only where a .gz or .br sibling exists",
     "comm": "a file server's own copy of the common keys",
     "up_name": "the Rust program's name of the location's upstream",
     "is_ws": "a websocket upgrade passes through every proxy_url location",
@@ -735,6 +734,8 @@ def _file_server(r: Reading, fs: dict, path: str, root: Optional[str]) -> dict:
         out["prefix"] = fs["prefix"]
     if "precompressed" in fs:
         out["precompressed"] = bool(fs["precompressed"])
+    if "disable_compress" in fs:
+        out["gzip"] = not fs["disable_compress"]
     if "status" in fs and fs["status"] != 404:
         r.warn(f"{path}.status", "status", "a missing file is 404")
     _warn_rust_only(r, fs, path)

@@ -103,6 +103,8 @@ class FileServerConfig:
     try_paths: tuple = key(list_of(to_str), (), "fallbacks tried when a path is missing, with {path}, e.g. "
                                                 "['{path}.html', '/index.html']")
     precompressed: bool = key(to_bool, True, "serve a .br or .gz sibling to a client that accepts it")
+    gzip: bool = key(to_bool, True, "without such a sibling, compress text-like files (text/*, JSON, JavaScript, "
+                                    "XML, SVG; 256 bytes or more) on the fly for a client that accepts gzip")
     follow_symlinks: bool = key(to_bool, False, "serve symlinks that point outside root (else 403)")
     hide: tuple = key(list_of(to_hidden_name), (), "names never served nor listed, at any depth (404): '.git', "
                                                    "'.env', '.*' for every dot file")

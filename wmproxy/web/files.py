@@ -6,7 +6,9 @@ GET and HEAD; the path is the request's (decoded, normalized) path under ``root`
 types from the extension; ``ETag``/``Last-Modified`` with ``If-None-Match``/
 ``If-Modified-Since`` (304); ``Range`` with one or several ranges (206, multipart/byteranges),
 ``If-Range``, 416 when none is satisfiable; ``Cache-Control: max-age`` from ``cache_time``; a
-``.br`` or ``.gz`` sibling for a client that accepts it (``Vary: Accept-Encoding``). Bodies
+``.br`` or ``.gz`` sibling for a client that accepts it (``Vary: Accept-Encoding``), else a
+text-like file gzipped on the fly (``gzip``: small ones once per LOOKUP_TTL, larger ones as they
+are sent, chunked; never with ranges). Bodies
 go out with ``sendfile(2)`` on plain sockets, never read whole into memory, except files up
 to SMALL_FILE, whose bytes are kept for LOOKUP_TTL as their lookup is (head and body then go
 in one send). A path that leaves ``root`` through a symlink is 403 unless ``follow_symlinks``;
@@ -16,12 +18,14 @@ in one send). A path that leaves ``root`` through a symlink is 403 unless ``foll
 
 from __future__ import annotations
 
+import gzip
 import html
 import mimetypes
 import os
 import socket
 import stat
 import time
+import zlib
 from email.utils import formatdate, parsedate_to_datetime
 from typing import Any, BinaryIO, Callable, Iterator, Optional, Sequence
 from urllib.parse import quote
@@ -45,6 +49,12 @@ CACHE_BYTES = 16 << 20  # at most this much of them
 _cache_bytes = 0
 MAX_RANGES = 32
 ENCODINGS = (("br", ".br"), ("gzip", ".gz"))
+GZIP_MIN = 256  # smaller files go as they are (the gzip wrapper alone is 18 bytes)
+GZIP_LEVEL = 6  # small files: compressed once per LOOKUP_TTL
+GZIP_STREAM_LEVEL = 1  # larger ones, as they are sent (nginx's gzip_comp_level)
+COMPRESSIBLE = frozenset((b"application/json", b"application/javascript", b"application/xml", b"image/svg+xml",
+                          b"application/xhtml+xml", b"application/rss+xml", b"application/atom+xml",
+                          b"application/wasm", b"application/x-javascript", b"application/manifest+json"))
 
 
 class Reply:
@@ -299,7 +309,7 @@ class _Meta:
                    (b"Last-Modified", formatdate(st.st_mtime, usegmt=True).encode()), (b"Accept-Ranges", b"bytes")]
         if encoding:
             headers += [(b"Content-Encoding", encoding.encode()), (b"Vary", b"Accept-Encoding")]
-        elif fs.precompressed:
+        elif fs.precompressed or fs.gzip:
             headers.append((b"Vary", b"Accept-Encoding"))
         if fs.cache_time:
             headers.append((b"Cache-Control", f"max-age={int(fs.cache_time)}".encode()))
@@ -320,6 +330,91 @@ def _small_meta(fs: FileServerConfig, fs_path: str, send_path: str, encoding: Op
             return None
         return _Meta(fs, fs_path, encoding, st, data) if len(data) == st.st_size else None
     return _cached(("small", fs, send_path, encoding), read)
+
+
+def _gzip_wanted(fs: FileServerConfig, head: Head, fs_path: str) -> bool:
+    """Compress this answer on the fly: the client takes gzip (a q=0 refuses it), asks no
+    range (ranges are of the file as it is), and the type is text-like."""
+    if head.get(b"range") is not None or not _compressible(fs, fs_path):
+        return False
+    values = head.get_all(b"accept-encoding")
+    if not values:
+        return False
+    for part in b",".join(values).decode("latin-1").split(","):
+        name, _, params = part.partition(";")
+        if name.strip().lower() in ("gzip", "*"):
+            q = params.strip().lower()
+            if q.startswith("q="):
+                try:
+                    return float(q[2:]) > 0
+                except ValueError:
+                    return False
+            return True
+    return False
+
+
+def _compressible(fs: FileServerConfig, fs_path: str) -> bool:
+    kind = _content_type(fs_path, fs.ext_mimetype).split(b";", 1)[0].strip().lower()
+    return kind.startswith(b"text/") or kind in COMPRESSIBLE
+
+
+def _gzipped(fs: FileServerConfig, out: Out, head: Head, fs_path: str, status: int, head_only: bool) -> Reply:
+    """A text-like file compressed for this answer (no .gz sibling): a small one from the
+    cache (compressed once per LOOKUP_TTL, with its length), a larger one compressed as it is
+    sent (chunked; to an HTTP/1.0 client it goes as it is). No ranges of either."""
+    try:
+        f = _open(fs, fs_path)
+    except OSError:
+        return _small(out, 403, "Forbidden", head_only)
+    with f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return _small(out, 403, "Forbidden", head_only)
+        if st.st_size < GZIP_MIN:  # (not worth it: the file as it is)
+            return _answer(out, head, _Meta(fs, fs_path, None, st, None), f, status, head_only)
+        if st.st_size <= SMALL_FILE:
+            def compress() -> Optional[_Meta]:
+                data = f.read(SMALL_FILE + 1)
+                if len(data) != st.st_size:
+                    return None
+                meta = _Meta(fs, fs_path, "gzip", st, gzip.compress(data, GZIP_LEVEL, mtime=0))
+                meta.size = len(meta.data or b"")
+                meta.headers = tuple(h for h in meta.headers if h[0] != b"Accept-Ranges")
+                return meta
+            meta = _cached(("gzip", fs, fs_path, st.st_mtime_ns, st.st_size), compress)
+            if meta is not None:
+                return _answer(out, head, meta, None, status, head_only)
+            f.seek(0)
+        if head.version != "1.1":  # (no chunked: a body of unknown length would end the connection)
+            return _answer(out, head, _Meta(fs, fs_path, None, st, None), f, status, head_only)
+        meta = _Meta(fs, fs_path, "gzip", st, None)
+        headers = [(k, v) for k, v in meta.headers if k != b"Accept-Ranges"]
+        if status == 200 and _not_modified(head, meta.etag, meta.mtime):
+            out.client.sendall(out.head(304, headers))
+            return Reply(304)
+        out.client.sendall(out.head(status, [*headers, (b"Transfer-Encoding", b"chunked")]))
+        if head_only:
+            return Reply(status)
+        return Reply(status, _send_gzip(out, f))
+
+
+def _send_gzip(out: Out, f: BinaryIO) -> int:
+    """The file compressed as it is read, in chunks (chunked encoding); the compressed bytes sent."""
+    z = zlib.compressobj(GZIP_STREAM_LEVEL, zlib.DEFLATED, 31)  # (31: the gzip wrapper)
+    sent = 0
+
+    def put(data: bytes, last: bytes = b"") -> None:
+        nonlocal sent
+        with Timeout(out.timeout, socket.timeout("timed out sending a file")):
+            out.client.sendall((b"%x\r\n%s\r\n" % (len(data), data) if data else b"") + last)
+        sent += len(data)
+
+    while block := f.read(CHUNK):
+        data = z.compress(block)
+        if data:
+            put(data)
+    put(z.flush(), b"0\r\n\r\n")
+    return sent
 
 
 def _not_modified(head: Head, etag: bytes, mtime: int) -> bool:
@@ -370,6 +465,8 @@ def parse_ranges(value: str, size: int) -> Optional[list[tuple[int, int]]]:
 
 def _file(fs: FileServerConfig, out: Out, head: Head, fs_path: str, status: int, head_only: bool) -> Reply:
     send_path, encoding = _encoded(fs, head, fs_path)
+    if encoding is None and fs.gzip and _gzip_wanted(fs, head, fs_path):
+        return _gzipped(fs, out, head, fs_path, status, head_only)
     meta = _small_meta(fs, fs_path, send_path, encoding)
     if meta is not None:
         return _answer(out, head, meta, None, status, head_only)

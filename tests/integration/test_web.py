@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from wmproxy import config
+from wmproxy.errors import ConfigError
 from conftest import TcpServer, curl, free_port, next_head, read_response, wait_port, websocket_echo, write_cert
 
 
@@ -766,3 +768,75 @@ def test_file_server_hide_cors_robots_and_media_types(start_proxy, site):
     assert header(head, "Content-Type") == "text/markdown; charset=utf-8" and body == b"# notes"
     assert header(head, "Access-Control-Allow-Origin") == "*"
     assert "Range" in header(head, "Access-Control-Allow-Headers")
+
+
+# -- error_page and named locations (nginx's, and the Rust wmproxy's @name) -------------------
+
+def test_error_pages_and_named_locations(start_proxy, site, origin):
+    dead = free_port()
+    (site / "maint.html").write_text("down for maintenance")
+    (site / "spa").mkdir()
+    (site / "spa" / "page.html").write_text("the page")
+    text = (f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\nerror_page = ["404 /404.html", "502 504 =200 /maint.html"]\n'
+              f'[[http.server.location]]\nrule = "/"\nfile_server = {{ root = "{site}" }}\n'
+              f'[[http.server.location]]\nrule = "/api/"\nproxy_url = "http://127.0.0.1:{dead}"\n'
+              f'[[http.server.location]]\nrule = "/fallback/"\nproxy_url = "http://127.0.0.1:{dead}"\n'
+              f'error_page = ["502 = @static"]\n'
+              f'[[http.server.location]]\nrule = "/spa/"\n'
+              f'file_server = {{ root = "{site}", try_paths = ["{{path}}.html", "@app"] }}\n'
+              f'[[http.server.location]]\nrule = "/gone/"\nfile_server = {{ root = "{site}", try_paths = ["=410"] }}\n'
+              f'[[http.server.location]]\nrule = "/loop/"\nfile_server = {{ root = "{site}" }}\n'
+              f'error_page = ["404 /loop/again"]\n'
+              f'[[http.server.location]]\nrule = "@static"\nstatic_response = "from the named location"\n'
+              f'[[http.server.location]]\nrule = "@app"\nproxy_url = "http://127.0.0.1:{origin.port}"\n')
+    p, port = web(start_proxy, text)
+    head, body = get(port, "/nothing-here")  # the server's page, with the error's status
+    assert head.startswith(b"HTTP/1.1 404") and body == b"custom not found"
+    head, body = get(port, "/api/x")  # =200: the page's status forced
+    assert head.startswith(b"HTTP/1.1 200") and body == b"down for maintenance"
+    head, body = get(port, "/fallback/x")  # '=': the named location's own status; its page replaces the server's
+    assert head.startswith(b"HTTP/1.1 200") and body == b"from the named location"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # a body before the error: read, kept alive
+        s.sendall(b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        head, body = read_response(s)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"down for maintenance"
+        head, body = get(port, "/index.html", sock=s)
+        assert body == b"<h1>home</h1>"
+    head, body = get(port, "/spa/whoami")  # try_paths' @name: the app answers, the path kept
+    assert head.startswith(b"HTTP/1.1 200") and body == b"hello from origin-A"  # (asked for /spa/whoami)
+    head, body = get(port, "/spa/page")  # found first: page.html
+    assert body == b"the page"
+    head, _ = get(port, "/gone/x")  # try_paths' =410
+    assert head.startswith(b"HTTP/1.1 410")
+    head, _ = get(port, "/loop/x")  # an error page that errs again: given up after 10 redirects
+    assert head.startswith(b"HTTP/1.1 404")
+    head, body = get(port, "/@static")  # a named location is no path
+    assert head.startswith(b"HTTP/1.1 404") and body == b"custom not found"
+    assert "-> @static" in p.wait_log("-> /maint.html")  # (the access log says where an answer came from)
+
+
+@pytest.mark.parametrize("extra,path,says", [
+    ('error_page = ["404 @nowhere"]\n', "http.server[0].error_page[0]", "no location named @nowhere"),
+    ('error_page = ["200 /x"]\n', "http.server[0].error_page[0]", "expected an error page like"),
+    ('error_page = ["404"]\n', "http.server[0].error_page[0]", "expected an error page like"),
+])
+def test_error_page_config_errors(tmp_path, extra, path, says):
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[[http.server]]\nbind = "127.0.0.1:1"\n{extra}[[http.server.location]]\nrule = "/"\n'
+                    f'static_response = "x"\n')
+    with pytest.raises(ConfigError) as e:
+        config.load(str(conf))
+    assert e.value.path == path and says in e.value.message, str(e.value)
+
+
+def test_try_paths_names_and_statuses_come_last(tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[[http.server]]\nbind = "127.0.0.1:1"\n[[http.server.location]]\nrule = "/"\n'
+                    f'file_server = {{ root = "{tmp_path}", try_paths = ["@app", "/x"] }}\n'
+                    f'[[http.server.location]]\nrule = "@app"\nstatic_response = "x"\n')
+    with pytest.raises(ConfigError, match="comes last in try_paths"):
+        config.load(str(conf))
+    conf.write_text('[[http.server]]\nbind = "127.0.0.1:1"\n[[http.server.location]]\nrule = "@only"\n'
+                    'static_response = "x"\n')
+    with pytest.raises(ConfigError, match="not only named ones"):
+        config.load(str(conf))

@@ -144,7 +144,7 @@ def is_original(data: dict) -> bool:
             rule = loc.get("rule")
             if _only_theirs(loc, LOCATION_KEYS, HttpLocationConfig) or isinstance(rule, dict) or \
                     isinstance(loc.get("limit_req"), str) or isinstance(rule, str) and (
-                        rule.startswith("@") or "*" in rule and not rule.startswith("~")) or \
+                        "*" in rule and not rule.startswith("~")) or \
                     isinstance(loc.get("method"), str) and " " in loc["method"].strip() or \
                     _only_theirs(loc.get("file_server"), FILE_SERVER_KEYS, FileServerConfig):
                 return True
@@ -657,9 +657,9 @@ def _location(r: Reading, loc: dict, path: str, base: _Inherited, srv: dict, zon
     inherit = base.under(loc)
     rule = loc.get("rule", "*")
     if isinstance(rule, str) and rule.startswith("@"):
-        r.warnings.append(f"{path}.rule: named location {rule!r} is left out (named locations: not yet)")
-        return None
-    text, cond = _rule(rule, f"{path}.rule")
+        text, cond = rule, {}  # a named location: try_paths and error pages reach it, no path does
+    else:
+        text, cond = _rule(rule, f"{path}.rule")
     out: dict = {"rule": text, **cond}
     for k in ("host", "client_ip", "scheme", "redirect", "status", "proxy_ssl_ca", "proxy_ssl_name"):
         if k in loc:
@@ -710,17 +710,19 @@ def _location(r: Reading, loc: dict, path: str, base: _Inherited, srv: dict, zon
 
 
 def _try_paths(r: Reading, value: Any, out: dict, path: str) -> None:
-    """'{path}/ /index.html =404' on a file server -> its try_paths; rewrites and @names: left out."""
+    """'{path}/ /index.html @app =404' on a file server -> its try_paths (a named location or a
+    status last, the first of them); regex rewrites ('re {path} to'): left out."""
     fs = out.get("file_server")
     words = re.findall(r"'[^']*'|\"[^\"]*\"|\S+", str(value))
-    kept = [w for w in words if not w.startswith(("=", "@", "'", '"'))]
-    left = [w for w in words if w.startswith(("@", "'", '"'))]
+    paths = [w for w in words if not w.startswith(("=", "@", "'", '"'))]
+    last = [w for w in words if w.startswith(("@", "="))][:1]
+    left = [w for w in words if w.startswith(("'", '"'))]
     if fs is None:
         r.warnings.append(f"{path}: accepted, no effect here (try_paths works on a file_server location)")
         return
-    fs["try_paths"] = kept
+    fs["try_paths"] = paths + last
     if left:
-        r.warnings.append(f"{path}: {' '.join(left)} left out (regex rewrites and named locations: not yet)")
+        r.warnings.append(f"{path}: {' '.join(left)} left out (regex rewrites: not yet)")
 
 
 def _file_server(r: Reading, fs: dict, path: str, root: Optional[str]) -> dict:

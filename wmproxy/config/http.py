@@ -19,7 +19,7 @@ class LocationRule:
     """How a location matches a path, as nginx: ``= /x`` exact, ``^~ /x`` prefix that stops
     the regex search, ``~ re`` / ``~* re`` regex (case-insensitive), ``/x`` prefix."""
 
-    kind: str  # "exact", "prefix", "prefix-stop", "regex"
+    kind: str  # "exact", "prefix", "prefix-stop", "regex", "named"
     text: str
     regex: Optional[re.Pattern] = None
 
@@ -29,6 +29,8 @@ class LocationRule:
 
 
 def to_location_rule(value: Any) -> LocationRule:
+    if isinstance(value, str) and re.match(r"^@[A-Za-z0-9_-]{1,64}$", value.strip()):
+        return LocationRule("named", value.strip())  # (no path reaches it: try_paths and error_page do)
     if isinstance(value, str):
         op, _, rest = value.strip().partition(" ")
         rest = rest.strip()
@@ -41,8 +43,41 @@ def to_location_rule(value: Any) -> LocationRule:
             return LocationRule("exact" if op == "=" else "prefix-stop", rest)
         if op.startswith("/") and not rest:
             return LocationRule("prefix", op)
-    raise Invalid(f"expected a location rule: a path prefix '/api/', '= /exact', '^~ /prefix' or '~ regex' "
-                  f"('~*' ignores case), got {value!r}")
+    raise Invalid(f"expected a location rule: a path prefix '/api/', '= /exact', '^~ /prefix', '~ regex' "
+                  f"('~*' ignores case) or a name '@fallback', got {value!r}")
+
+
+@dataclass(frozen=True)
+class ErrorPage:
+    """``error_page = ["404 /404.html", "500 502 =200 @fallback"]``, as nginx's: the codes it
+    takes, the status answered (0: the code itself; -1, ``=``: the page's own), where to go."""
+
+    codes: frozenset
+    status: int
+    target: str  # a path ('/404.html') or a named location ('@fallback')
+
+    def __str__(self) -> str:
+        status = {0: "", -1: "= "}.get(self.status, f"={self.status} ")
+        return f"{' '.join(map(str, sorted(self.codes)))} {status}{self.target}"
+
+
+def to_error_page(value: Any) -> ErrorPage:
+    words = value.split() if isinstance(value, str) else []
+    codes = []
+    while words and words[0].isdigit():
+        codes.append(int(words.pop(0)))
+    status = 0
+    if words and words[0].startswith("="):
+        text = words.pop(0)[1:]
+        status = int(text) if text.isdigit() else -1
+        if text and not text.isdigit():
+            words = []
+    if len(words) == 1 and codes and all(300 <= c <= 599 for c in codes) and (status <= 0 or 100 <= status <= 599) \
+            and (re.match(r"^/\S*$", words[0]) or re.match(r"^@[A-Za-z0-9_-]{1,64}$", words[0])):
+        return ErrorPage(frozenset(codes), status, words[0])
+    raise Invalid(f"expected an error page like '404 /404.html', '500 502 503 504 /50x.html', '404 =200 /index.html' "
+                  f"or '502 = @fallback' (codes 300-599, then =CODE or =, then a path or a named location), "
+                  f"got {value!r}")
 
 
 def to_server_name(value: Any) -> str:
@@ -101,7 +136,8 @@ class FileServerConfig:
     cache_time: float = key(to_duration, 0.0, "Cache-Control max-age sent with files (0: none)")
     path404: str = key(to_str, "", "file under root answered, with status 404, for a missing path")
     try_paths: tuple = key(list_of(to_str), (), "fallbacks tried when a path is missing, with {path}, e.g. "
-                                                "['{path}.html', '/index.html']")
+                                                "['{path}.html', '/index.html']; the last may be a named location "
+                                                "'@fallback' or a status '=404' (nginx's try_files)")
     precompressed: bool = key(to_bool, True, "serve a .br or .gz sibling to a client that accepts it")
     gzip: bool = key(to_bool, True, "without such a sibling, compress text-like files (text/*, JSON, JavaScript, "
                                     "XML, SVG; 256 bytes or more) on the fly for a client that accepts gzip")
@@ -164,6 +200,9 @@ class HttpLocationConfig:
     deny_ip: tuple = key(list_of(to_network), (), "client networks refused with 403 (checked first)")
     limit_req: Optional[LimitReqConfig] = section(LimitReqConfig, "rate limit per client address (429 beyond)")
     rate_limit: float = rate_limit_key("each request's answer to the client and body to the server")
+    error_page: tuple = key(list_of(to_error_page), (), "pages for the errors wmproxy answers itself here (404, 403, "
+                                                        "429, 502, 504...): '404 /404.html', '502 =200 @fallback' "
+                                                        "(replace the server's error_page when given)")
     access_log: str = key(to_str, "", "access log line format with {client_ip}, {host}, {url}, {method}, {status}, "
                                       "{bytes}, {time}, {upstream}; 'off' for none ('': the default line)")
     proxy_connect_timeout: float = key(to_duration, 10.0, "proxy_url: time to connect to a server")
@@ -175,6 +214,13 @@ class HttpLocationConfig:
     def validate(self) -> None:
         if self.proxy_ssl_ca and not os.path.isfile(self.proxy_ssl_ca):
             raise Invalid(f"no such file: {self.proxy_ssl_ca}", ".proxy_ssl_ca")
+        if self.file_server is not None:
+            for i, entry in enumerate(self.file_server.try_paths):
+                if entry.startswith(("@", "=")) and i != len(self.file_server.try_paths) - 1:
+                    raise Invalid(f"{entry!r}: a named location or a status comes last in try_paths",
+                                  f".file_server.try_paths[{i}]")
+                if entry.startswith("=") and not (entry[1:].isdigit() and 200 <= int(entry[1:]) <= 599):
+                    raise Invalid(f"expected a status like '=404', got {entry!r}", f".file_server.try_paths[{i}]")
         actions = [a for a in HTTP_ACTIONS if getattr(self, a)]
         if len(actions) != 1:
             raise Invalid(f"a location does exactly one of {', '.join(HTTP_ACTIONS)}; "
@@ -189,6 +235,9 @@ class HttpServerConfig:
     server_name: tuple = key(list_of(to_server_name), (), "names it answers (empty: the default server)")
     location: tuple = key(table_list(HttpLocationConfig), REQUIRED, "its locations")
     headers: tuple = key(list_of(to_header_rule), (), "header rules for every location (before the location's)")
+    error_page: tuple = key(list_of(to_error_page), (), "pages for the errors wmproxy answers itself (404, 403, 429, "
+                                                        "502, 504...), for locations without their own: "
+                                                        "'404 /404.html', '502 = @fallback'")
     client_read_timeout: float = key(to_duration, 60.0, "the keep-alive wait between requests, and the longest "
                                                         "silence while a client sends")
     client_header_timeout: float = key(to_duration, 60.0, "deadline for a whole request head (and TLS handshake) "
@@ -212,6 +261,22 @@ class HttpServerConfig:
             raise Invalid("cert and key go together", ".key")
         if not self.location:
             raise Invalid("a server needs at least one location", ".location")
+        names = [loc.rule.text for loc in self.location if loc.rule.kind == "named"]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise Invalid(f"two locations are named {name}", ".location")
+        if len(names) == len(self.location):
+            raise Invalid("a server needs a location that a path reaches (not only named ones)", ".location")
+        wanted = [(f".error_page[{j}]", page.target) for j, page in enumerate(self.error_page)]
+        for i, loc in enumerate(self.location):
+            wanted += [(f".location[{i}].error_page[{j}]", page.target) for j, page in enumerate(loc.error_page)]
+            if loc.file_server is not None:
+                wanted += [(f".location[{i}].file_server.try_paths[{j}]", entry)
+                           for j, entry in enumerate(loc.file_server.try_paths)]
+        for where, target in wanted:
+            if target.startswith("@") and target not in names:
+                raise Invalid(f"no location named {target} on this server (named: {', '.join(names) or 'none'})",
+                              where)
 
 
 @dataclass(frozen=True)

@@ -58,13 +58,17 @@ COMPRESSIBLE = frozenset((b"application/json", b"application/javascript", b"appl
 
 
 class Reply:
-    """What the file server answered: status and body bytes, for the access log."""
+    """What the file server answered: status and body bytes, for the access log. ``sent``
+    False: nothing went out, the caller answers ``status`` (an error it has a page for, or
+    ``then``: try_paths' last entry, a named location '@name' or a status '=404')."""
 
-    __slots__ = ("status", "size")
+    __slots__ = ("status", "size", "sent", "then")
 
-    def __init__(self, status: int, size: int = 0) -> None:
+    def __init__(self, status: int, size: int = 0, sent: bool = True, then: str = "") -> None:
         self.status = status
         self.size = size
+        self.sent = sent
+        self.then = then
 
 
 def _inside(root: str, path: str) -> bool:
@@ -114,10 +118,12 @@ def _small(out: Out, status: int, text: str, head_only: bool, extra: Sequence[tu
 
 
 def serve(fs: FileServerConfig, client: socket.socket, head: Head, path: str, keep: bool, finish: Finish = lambda h: h,
-          timeout: float | None = None) -> Reply:
+          timeout: float | None = None, pages: frozenset = frozenset(), status: int = 0) -> Reply:
     """Answer ``head`` (its normalized ``path``) from ``fs``; the connection stays open when
     ``keep``; ``finish`` applies the response header rules; a client that takes no bytes for
-    ``timeout`` is given up. Raises OSError when the client goes away (socket.timeout)."""
+    ``timeout`` is given up. An error whose status is in ``pages`` (the caller's error pages)
+    is not sent: the Reply says so. ``status``: answer a file with it (an error page's).
+    Raises OSError when the client goes away (socket.timeout)."""
     out = Out(client, finish, keep, timeout)
     head_only = head.method == "HEAD"
     if head.method not in ("GET", "HEAD"):
@@ -132,8 +138,14 @@ def serve(fs: FileServerConfig, client: socket.socket, head: Head, path: str, ke
         lookup = path[len(base):] or "/"
     found = _cached_lookup(fs, lookup)
     if isinstance(found, Reply):
+        last = fs.try_paths[-1] if fs.try_paths else ""
+        if found.status == 404 and last.startswith(("@", "=")):
+            return Reply(int(last[1:]) if last[0] == "=" else 404, sent=False, then=last)
+        if found.status in pages:
+            return Reply(found.status, sent=False)
         return _small(out, found.status, REASONS.get(found.status, ""), head_only)
-    kind, fs_path, status = found
+    kind, fs_path, found_status = found
+    status = status or found_status
     if kind == "redirect":
         query = head.target[len(head.target.split("?", 1)[0]):]
         location = quote(path + "/") + query
@@ -200,6 +212,8 @@ def _lookup(fs: FileServerConfig, root: str, path: str) -> Found:
 def _candidates(fs: FileServerConfig, path: str) -> Iterator[tuple[str, int]]:
     yield path, 200
     for pattern in fs.try_paths:
+        if pattern.startswith(("@", "=")):
+            break  # (the last entry, for the caller: serve)
         tried = _normalized(pattern.replace("{path}", path))
         if tried is not None:
             yield tried, 200

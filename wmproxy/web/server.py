@@ -13,6 +13,7 @@ per request.
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import time
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 import gevent
 
+from ..config.http import ErrorPage
 from ..config import Config, HttpConfig, HttpLocationConfig, HttpServerConfig, to_addr
 from ..errors import PhaseTimeout, ProtocolError, UpstreamError
 from ..listener import Listener, ListenerSpec
@@ -52,6 +54,7 @@ log = logging.getLogger("wmproxy.http")
 _REPLACED = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-real-ip", b"expect"))
 ROUTES_CACHED = 4096
 _IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
+MAX_REDIRECTS = 10  # internal redirects of one request (error_page, try_paths' @name), as nginx's
 
 
 class WebContext:
@@ -84,9 +87,26 @@ class WebContext:
         self._locations: dict[tuple[int, str], tuple[HttpLocationConfig, ...]] = {}  # (server, path) -> candidates
         self._conditional = {id(loc) for srv in servers for loc in srv.location  # locations with conditions
                              if loc.method or loc.host or loc.client_ip or loc.scheme}
+        # error_page: status -> page, per server and per location that has its own; named locations
+        self._pages: dict[int, dict[int, ErrorPage]] = {}
+        self._named: dict[tuple[int, str], HttpLocationConfig] = {}
+        for srv in servers:
+            self._pages[id(srv)] = {code: page for page in srv.error_page for code in page.codes}
+            for loc in srv.location:
+                if loc.error_page:
+                    self._pages[id(loc)] = {code: page for page in loc.error_page for code in page.codes}
+                if loc.rule.kind == "named":
+                    self._named[(id(srv), loc.rule.text)] = loc
         for upstream in http.upstream:  # now, not at the first request: their health checks start
             if upstream not in self.groups:
                 self.groups[upstream] = UpstreamGroup(upstream, self.resolver)
+
+    def pages(self, server: HttpServerConfig, loc: Optional[HttpLocationConfig]) -> dict[int, ErrorPage]:
+        """The error pages in force: the location's own, else its server's."""
+        return (self._pages.get(id(loc)) if loc is not None else None) or self._pages[id(server)]
+
+    def named(self, server: HttpServerConfig, name: str) -> Optional[HttpLocationConfig]:
+        return self._named.get((id(server), name))
 
     def believe(self, req: "Request") -> None:
         """A request from a proxy of real_ip_from: the client's address is its header's word.
@@ -258,7 +278,7 @@ class Request:
     """One request being served: the parsed head and what was decided about it."""
 
     __slots__ = ("head", "raw", "framing", "down", "ip", "forward_as", "target", "raw_host", "path", "server", "location", "_variables",
-                 "started", "status", "size", "note", "keep", "state", "ctx")
+                 "started", "status", "size", "note", "keep", "state", "ctx", "redirects", "had_body")
     path: Optional[str]  # normalised; None: above the root
     server: HttpServerConfig  # set once the head is read
     location: Optional[HttpLocationConfig]  # None: the server has no location for the path
@@ -271,7 +291,9 @@ class Request:
         ip = down.ip
         self.head = head
         self.raw = raw  # the head as it came, ``head`` parsed from it
-        self.framing = request_framing(head)
+        self.framing = request_framing(head)  # NO_BODY once the body is read (or sent) whole
+        self.had_body = self.framing != NO_BODY
+        self.redirects = 0  # internal redirects so far (error_page, try_paths' @name): at most MAX_REDIRECTS
         self.ip = ip  # the client's address: the peer's, or a trusted proxy's word for it (real_ip_from)
         self.forward_as = ip  # appended to X-Forwarded-For
         self.target = target = head.target
@@ -412,31 +434,72 @@ class WebServer(Listener):
             return self._reply(client, req, 403, "the path leaves the root")
         req.location = loc = ctx.location_for(req.server, req.path, req)
         if loc is None:
-            self._discard_body(reader, req)
-            return self._reply(client, req, 404, "no location for this path")
+            return self._error(client, reader, req, ctx, 404, "no location for this path")
         if not ip_allowed(req.ip, loc.allow_ip, loc.deny_ip):
-            self._discard_body(reader, req)
-            return self._reply(client, req, 403, "client address not allowed here")
+            return self._error(client, reader, req, ctx, 403, "client address not allowed here")
         if loc.limit_req is not None and not ctx.limiter(loc).take(req.ip):
-            self._discard_body(reader, req)
-            return self._reply(client, req, 429, "too many requests", [(b"Retry-After", b"1")])
+            return self._error(client, reader, req, ctx, 429, "too many requests", [(b"Retry-After", b"1")])
+        self._act(client, reader, req, ctx)
+
+    def _act(self, client: socket.socket, reader: Reader, req: Request, ctx: WebContext, status: int = 0) -> None:
+        """What the request's location does; ``status``: the answer's (an error page's), 0 its own."""
+        loc = req.location
+        assert loc is not None and req.path is not None
         if loc.rate_limit:  # what goes to the client: an answer, a file, a websocket's both ways
             client = cast(socket.socket, Throttled(client, loc.rate_limit))
         if loc.proxy_url:
+            if req.redirects and req.had_body:  # (its body is gone: nothing to send on)
+                req.keep = False
+                return self._reply(client, req, status or 502, "an error page cannot send the request body on")
             return self._proxy(client, reader, req, ctx)
         self._discard_body(reader, req)
         if loc.file_server is not None:
             rules = req.response_rules()
             req.state.waiting(None, float("inf"))  # a long download is no idle client: sends time out on their own
-            reply = files.serve(loc.file_server, client, req.head, req.path, req.keep,
-                                lambda headers: req.apply(headers, rules), ctx.read_timeout)
+            pages = frozenset(ctx.pages(req.server, loc)) if req.redirects < MAX_REDIRECTS else frozenset()
+            head = req.head
+            if req.redirects and head.method not in ("GET", "HEAD"):  # (an error page is got, as nginx does)
+                head = copy.copy(head)
+                head.method = "GET"
+            reply = files.serve(loc.file_server, client, head, req.path, req.keep,
+                                lambda headers: req.apply(headers, rules), ctx.read_timeout, pages, status)
+            if not reply.sent:
+                if reply.then.startswith("@") and req.redirects < MAX_REDIRECTS:  # try_paths' last entry
+                    return self._internal(client, reader, req, ctx, reply.then, status)
+                return self._error(client, reader, req, ctx, reply.status, http1.REASONS.get(reply.status, ""))
             req.status, req.size = reply.status, reply.size
         elif loc.redirect:
             target = fill(loc.redirect, req.variables)
             self._reply(client, req, loc.status or 302, f"moved to {target}", [(b"Location", target.encode())])
         else:
             # (exactly as written, as the Rust wmproxy and nginx's return do: no newline added)
-            self._reply(client, req, loc.status or 200, fill(loc.static_response, req.variables), exact=True)
+            self._reply(client, req, status or loc.status or 200, fill(loc.static_response, req.variables), exact=True)
+
+    def _error(self, client: socket.socket, reader: Reader, req: Request, ctx: WebContext, status: int, text: str,
+               extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """An error wmproxy answers itself: its error page (error_page) if one is set for
+        ``status``, else the plain answer."""
+        page = ctx.pages(req.server, req.location).get(status) if req.redirects < MAX_REDIRECTS else None
+        self._discard_body(reader, req)
+        if page is None:
+            return self._reply(client, req, status, text, extra)
+        self._internal(client, reader, req, ctx, page.target, status if page.status == 0 else max(page.status, 0))
+
+    def _internal(self, client: socket.socket, reader: Reader, req: Request, ctx: WebContext, target: str,
+                  status: int) -> None:
+        """An internal redirect, as nginx's: ``target`` (a path, or a named location that keeps
+        the request's path) answers the request, with ``status`` (0: its own)."""
+        req.redirects += 1
+        if target.startswith("@"):
+            loc = ctx.named(req.server, target)
+        else:
+            req.path = normalize_path(target.split("?", 1)[0])
+            loc = ctx.location_for(req.server, req.path, req) if req.path is not None else None
+        if loc is None:
+            return self._reply(client, req, status or 404, "no location for the error page")
+        req.location = loc
+        req.note = (req.note + " " if req.note else "") + f"-> {target}"
+        self._act(client, reader, req, ctx, status)
 
     def _discard_body(self, reader: Reader, req: Request) -> None:
         """A request body nobody wants is read and dropped, so the next request is in step."""
@@ -446,6 +509,7 @@ class WebServer(Listener):
                 return
             httpio.copy_body(reader, self._body_deadline(req, req.ctx, lambda data: None), req.framing, False)
             req.state.done()
+            req.framing = NO_BODY  # (read: nothing more to take)
 
     @staticmethod
     def _body_sent(state: ConnWatch, upstream: Reader, timeout: float) -> None:
@@ -515,9 +579,8 @@ class WebServer(Listener):
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         servers = group.order(req.ip)
         if not servers:
-            self._discard_body(reader, req)
             req.note = f"upstream {group.cfg.name}: no live server"
-            return self._reply(client, req, 502, f"no live server in upstream {group.cfg.name}")
+            return self._error(client, reader, req, ctx, 502, f"no live server in upstream {group.cfg.name}")
         failure = "no server tried"
         proxy_header = group.cfg.send_proxy_protocol
         for server in servers:
@@ -567,15 +630,16 @@ class WebServer(Listener):
                 if isinstance(outcome, socket.timeout):
                     req.keep = False
                     req.note = failure
-                    return self._reply(client, req, 504, f"the upstream server {server.addr} timed out")
+                    req.framing = NO_BODY  # (sent, or cut short: never read again)
+                    return self._error(client, reader, req, ctx, 504, f"the upstream server {server.addr} timed out")
                 if sent or head.method not in _IDEMPOTENT:
                     req.keep = False
                     req.note = failure
-                    return self._reply(client, req, 502, f"the upstream server failed: {outcome}")
+                    req.framing = NO_BODY
+                    return self._error(client, reader, req, ctx, 502, f"the upstream server failed: {outcome}")
                 break  # an idempotent request without a body: the next server
         req.note = failure
-        self._discard_body(reader, req)
-        return self._reply(client, req, 502, f"no upstream server could be reached ({failure})")
+        return self._error(client, reader, req, ctx, 502, f"no upstream server could be reached ({failure})")
 
     def _attempt(self, client: socket.socket, reader: Reader, req: Request, ctx: WebContext, conn: UpstreamConn,
                  out: bytes, upgrade: Optional[bytes], rules: tuple[HeaderRule, ...],

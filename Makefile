@@ -99,6 +99,8 @@ install:
 	  install -m 644 conf/completion/$$p.bash $(DESTDIR)/usr/local/share/bash-completion/completions/$$p; \
 	  install -m 644 conf/completion/_$$p $(DESTDIR)/usr/local/share/zsh/site-functions/_$$p; \
 	done
+	install -d -m 700 $(DESTDIR)/var/lib/wmproxy  # (center cert = "auto" and the pins; the service user's)
+	[ -n "$(DESTDIR)" ] || ! id $(SERVICE_USER) >/dev/null 2>&1 || chown $(SERVICE_USER):$(SERVICE_USER) /var/lib/wmproxy
 	group=$$(getent group $(SERVICE_USER) >/dev/null && echo $(SERVICE_USER) || echo root); \
 	for c in server client; do \
 	  [ -e $(DESTDIR)/etc/wmproxy/$$c.toml ] || install -m 640 -g $$group conf/$$c.toml $(DESTDIR)/etc/wmproxy/$$c.toml; \

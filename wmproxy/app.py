@@ -126,7 +126,9 @@ def check_files(cfg: Config, config_file: str | None) -> None:
                 spec.check()
         client_cfg = _center_client_cfg(cfg)
         if client_cfg is not None and client_cfg.tls:
-            client_context(client_cfg.ca, client_cfg.cert, client_cfg.key)
+            auto = client_cfg.cert == "auto"  # (made at start, not by --check)
+            client_context("" if client_cfg.ca == "pin" else client_cfg.ca, "" if auto else client_cfg.cert,
+                           "" if auto else client_cfg.key)
     except ConfigError as e:
         raise ConfigError(config_file or "", e.path, e.message) from None
 

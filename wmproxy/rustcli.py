@@ -29,8 +29,9 @@ DEFAULT_FROM = "127.0.0.1:8869"  # the original's file-server, reverse-proxy and
 DIFFERENCES = """\
 differences from the Rust wmproxy, on purpose:
   - the center link's password never crosses the wire (the client proves it with an HMAC);
-  - TLS peers are verified (--ts checks the server's certificate against the system store and
-    --cert's file); the original's built-in certificate pair is not shipped: give --cert/--key;
+  - TLS peers are verified: by --cert's file, or, without one, each install makes its own pair
+    and the two ends pin each other's certificate on first use (the original's built-in pair,
+    private key included, is not shipped);
   - a proxy that other hosts can reach refuses loopback and private targets (allow_targets in a
     config file lets them);
   - no pid file unless --pidfile is given (the original writes wmproxy.pid in the current
@@ -86,9 +87,12 @@ def make_parser() -> argparse.ArgumentParser:
                         help=f"center server: the shared listener of {kind} mappings")
     px.add_argument("--map-cert", metavar="FILE", help="center server: certificate of https mappings")
     px.add_argument("--map-key", metavar="FILE", help="its key")
-    px.add_argument("--ts", action="store_true", help="TLS to the center server (verified)")
-    px.add_argument("--tc", action="store_true", help="TLS from center clients (needs --cert/--key)")
-    px.add_argument("--two-way-tls", action="store_true", help="both ends present a certificate (--cert/--key)")
+    px.add_argument("--ts", action="store_true", help="TLS to the center server (verified with --cert, else its "
+                    "certificate pinned on first use)")
+    px.add_argument("--tc", action="store_true", help="TLS from center clients (--cert/--key, else this install's "
+                    "own pair)")
+    px.add_argument("--two-way-tls", action="store_true", help="both ends present a certificate (--cert/--key, else "
+                    "this install's own, pinned by the other end on first use)")
     px.add_argument("--domain", metavar="NAME", help="the name the center server's certificate carries")
     px.add_argument("--cert", metavar="FILE", help="PEM certificate (server: its own; client: trusted, and its "
                     "own with --two-way-tls)")

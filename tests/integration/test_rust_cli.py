@@ -178,7 +178,7 @@ def test_forever_starts_the_program_again_when_it_dies(tmp_path, origin):
 
 
 @pytest.mark.parametrize("args,says", [
-    (["proxy", "--tc", "--mode", "server", "-b", "127.0.0.1:1"], "tc = true without cert and key"),
+    (["proxy", "--tc", "--cert", "a.pem", "--mode", "server", "-b", "127.0.0.1:1"], "cert and key go together"),
     (["ws-proxy", "-t", "127.0.0.1:1", "--mode", "udp"], "invalid choice: 'udp'"),
     (["proxy", "--daemon", "--forever"], "--daemon and --forever cannot go together"),
     (["file-server", "-e", "md"], "expected EXT=TYPE"),

@@ -5,6 +5,7 @@ client's mappings; its reverse file serves its locations and streams."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -35,49 +36,23 @@ def original(name: str, ports: dict[int, int], extra: str = "", tls: str = "", d
     return extra + "\n" + "\n".join(lines) + "\n"
 
 
-@pytest.fixture(scope="module")
-def pair_pem(tmp_path_factory):
-    """The original's way with certificates: one pair on both ends, its file also the trust
-    anchor (the chain with its CA), as its built-in pair is used."""
-    trustme = pytest.importorskip("trustme")
-    d = tmp_path_factory.mktemp("pair")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    (d / "pair.pem").write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems) + ca.cert_pem.bytes())
-    cert.private_key_pem.write_to_path(str(d / "pair.key"))
-    return d
-
-
-def tls_lines(fmt: str, d) -> str:
-    sep = " = " if fmt == "toml" else ": "
-    q = '"' if fmt == "toml" else ""
-    return f"cert{sep}{q}{d}/pair.pem{q}\nkey{sep}{q}{d}/pair.key{q}"
-
-
 def check(path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, SERVER, "-c", str(path), "--check"], capture_output=True, text=True,
-                          timeout=30)
+                          timeout=30, env={**os.environ, "STATE_DIRECTORY": str(path.parent / "state")})
 
 
-@pytest.mark.parametrize("name,says", [
-    ("reverse.toml", "http.aa: unknown key 'aa'"),
-    ("server.toml", "proxy.cert: tc = true without cert and key: the Rust wmproxy's built-in certificate is not "
-                    "shipped here"),
-    ("client.yaml", "proxy.cert: two_way_tls without cert and key"),
-])
-def test_what_the_released_files_need_is_named(tmp_path, name, says):
-    """As released: reverse.toml's stray key (the Rust program ignores keys it does not know;
-    here they are errors), and TLS without certificate files."""
-    (tmp_path / name).write_text((DATA / name).read_text())
-    got = check(tmp_path / name)
-    assert got.returncode == 1 and says in got.stderr and "read as a Rust wmproxy config" in got.stderr, got.stderr
+def test_reverse_toml_as_released_names_its_stray_key(tmp_path):
+    """The Rust program ignores keys it does not know; here they are errors."""
+    (tmp_path / "reverse.toml").write_text((DATA / "reverse.toml").read_text())
+    got = check(tmp_path / "reverse.toml")
+    assert got.returncode == 1 and "http.aa: unknown key 'aa'" in got.stderr, got.stderr
+    assert "read as a Rust wmproxy config" in got.stderr
 
 
 @pytest.mark.parametrize("name", ["server.toml", "client.toml", "reverse.toml", "server.yaml", "client.yaml",
                                   "reverse.yaml", "server-0.1.yaml", "client-0.1.yaml"])
-def test_each_released_file_passes_check_and_says_how_it_was_read(tmp_path, pair_pem, name):
-    fmt = "toml" if name.endswith(".toml") else "yaml"
-    text = original(name, {}, tls=tls_lines(fmt, pair_pem), drop=('aa = "b"',))
+def test_each_released_file_passes_check_and_says_how_it_was_read(tmp_path, name):
+    text = original(name, {}, drop=('aa = "b"',))
     (tmp_path / name).write_text(text)
     got = check(tmp_path / name)
     assert got.returncode == 0, got.stderr
@@ -103,48 +78,103 @@ def tcp_get(port: int) -> bytes:
         return recv_all(s)
 
 
-@pytest.mark.parametrize("fmt", ["toml", "yaml"])
-def test_the_server_and_client_files_publish_the_clients_mappings(tmp_path, pair_pem, origin, fmt):
-    """server.toml + client.toml (and the YAML twins) as released, ports changed: the client
-    links over mutual TLS with the account wmproxy/wmproxy; its http mapping answers Host
-    localhost on map_http_bind with its header rules, its tcp mapping (no remote_bind) takes
-    map_tcp_bind, and its local proxy's traffic exits at the server (proxy login the same)."""
-    center, mhttp, mtcp, mhttps, proxy = (free_port() for _ in range(5))
-    sport, cport = free_port(), free_port()
-    server_ports = {8091: center, 8001: mhttp, 8002: mtcp, 8003: mhttps}
-    sep = " = " if fmt == "toml" else ": "
-    q = '"' if fmt == "toml" else ""
-    targets = f"allow_targets = [\"127.0.0.1:{origin.port}\"]" if fmt == "toml" else \
-        f"allow_targets: ['127.0.0.1:{origin.port}']"
-    server_text = original(f"server.{fmt}", server_ports, extra=f"control{sep}{q}127.0.0.1:{sport}{q}",
-                           tls=tls_lines(fmt, pair_pem) + "\n" + targets)
-    client_text = original(f"client.{fmt}", {8091: center, 8090: proxy, 8080: origin.port, 8838: cport},
-                           extra=f"control{sep}{q}127.0.0.1:{cport}{q}" if fmt == "yaml" else "",
-                           tls=tls_lines(fmt, pair_pem))
+def start_pair(tmp_path, fmt: str, origin_port: int, tls: bool = True) -> tuple[Proc, Proc, dict]:
+    """server.FMT and client.FMT as released, ports changed, each with a state directory of its
+    own (two installs): no certificate files anywhere."""
+    ports = dict(center=free_port(), mhttp=free_port(), mtcp=free_port(), mhttps=free_port(), proxy=free_port(),
+                 sport=free_port(), cport=free_port())
+    sep, q = (" = ", '"') if fmt == "toml" else (": ", "")
+    targets = f'allow_targets = ["127.0.0.1:{origin_port}"]' if fmt == "toml" else \
+        f"allow_targets: ['127.0.0.1:{origin_port}']"
+    server_text = original(f"server.{fmt}", {8091: ports["center"], 8001: ports["mhttp"], 8002: ports["mtcp"],
+                                             8003: ports["mhttps"]},
+                           extra=f"control{sep}{q}127.0.0.1:{ports['sport']}{q}", tls=targets)
+    client_text = original(f"client.{fmt}", {8091: ports["center"], 8090: ports["proxy"], 8080: origin_port,
+                                             8838: ports["cport"]},
+                           extra=f"control{sep}{q}127.0.0.1:{ports['cport']}{q}" if fmt == "yaml" else "")
     (tmp_path / f"server.{fmt}").write_text(server_text)
     (tmp_path / f"client.{fmt}").write_text(client_text)
-    server = Proc(["-c", str(tmp_path / f"server.{fmt}")], 0, tmp_path, program="wmproxy-server", name="server")
-    client = None
+    server = Proc(["-c", str(tmp_path / f"server.{fmt}")], 0, tmp_path, program="wmproxy-server", name="server",
+                  env={"STATE_DIRECTORY": str(tmp_path / "server-state")})
+    wait_port(ports["center"], proc=server.popen)
+    client = Proc(["-c", str(tmp_path / f"client.{fmt}")], 0, tmp_path, program="wmproxy-client", name="client",
+                  env={"STATE_DIRECTORY": str(tmp_path / "client-state")})
+    return server, client, ports
+
+
+@pytest.mark.parametrize("fmt", ["toml", "yaml"])
+def test_the_server_and_client_files_publish_the_clients_mappings(tmp_path, origin, fmt):
+    """server.toml + client.toml (and the YAML twins) exactly as released, ports changed, no
+    certificate files: each end makes its own pair; the client pins the server's, the server
+    pins the client's (enrolled once), and the link is mutual TLS with the account
+    wmproxy/wmproxy. Its http mapping answers Host localhost on map_http_bind with its header
+    rules, its tcp mapping (no remote_bind) takes map_tcp_bind, and its local proxy's traffic
+    exits at the server (proxy login the same)."""
+    server, client, ports = start_pair(tmp_path, fmt, origin.port)
     try:
-        wait_port(center, proc=server.popen)
-        client = Proc(["-c", str(tmp_path / f"client.{fmt}")], 0, tmp_path, program="wmproxy-client", name="client")
         client.wait_log("is up", timeout=15)
         client.wait_log("mapping 'tcp' published by the server on its map_tcp_bind")
-        head, body = host_get_body(mhttp, "localhost")
+        assert "the server pinned this client's certificate" in client.log()
+        assert "pinned the certificate of center server 127.0.0.1:" in client.log()
+        assert "pinned the certificate of center client wmproxy#" in server.log()
+        for state in ("server-state", "client-state"):
+            assert os.stat(tmp_path / state / "identity.key").st_mode & 0o777 == 0o600
+        head, body = host_get_body(ports["mhttp"], "localhost")
         assert body == b"origin-A", (head, body)
         if fmt == "toml":
             assert b"last-modified: from proxy" in head.lower() and b"etag" not in head.lower(), head
         else:
             assert b"key: value" in head.lower(), head
-        assert tcp_get(mtcp).endswith(b"origin-A")
-        got = curl("-sS", "-x", f"http://wmproxy:wmproxy@127.0.0.1:{proxy}", f"http://127.0.0.1:{origin.port}/whoami")
+        assert tcp_get(ports["mtcp"]).endswith(b"origin-A")
+        got = curl("-sS", "-x", f"http://wmproxy:wmproxy@127.0.0.1:{ports['proxy']}",
+                   f"http://127.0.0.1:{origin.port}/whoami")
         assert got.stdout == b"origin-A", got.stderr
-        refused = curl("-sS", "-o", "/dev/null", "-w", "%{http_code}", "-x", f"http://127.0.0.1:{proxy}",
+        refused = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-x", f"http://127.0.0.1:{ports['proxy']}",
                        f"http://127.0.0.1:{origin.port}/whoami")
         assert refused.stdout == b"407", refused  # (the server's proxy login: the account's)
     finally:
-        if client is not None:
-            client.stop()
+        client.stop()
+        server.stop()
+
+
+def test_pins_refuse_another_certificate_on_either_end(tmp_path, origin):
+    """After the first link: a server answering with another certificate (a new install in its
+    place) is refused by the client, naming the file to edit; a client of the same account and
+    id with another certificate is refused by the server; a client with none (ts without
+    two_way_tls) is refused where two_way_tls is on."""
+    server, client, ports = start_pair(tmp_path, "toml", origin.port)
+    try:
+        client.wait_log("is up", timeout=15)
+        client.stop()
+        server.stop()
+        impostor = Proc(["-c", str(tmp_path / "server.toml")], 0, tmp_path, program="wmproxy-server",
+                        name="impostor", env={"STATE_DIRECTORY": str(tmp_path / "impostor-state")})
+        wait_port(ports["center"], proc=impostor.popen)
+        client = Proc(["-c", str(tmp_path / "client.toml")], 0, tmp_path, program="wmproxy-client", name="client2",
+                      env={"STATE_DIRECTORY": str(tmp_path / "client-state")})
+        log = client.wait_log("but " + str(tmp_path / "client-state" / "known_servers") + " pins", timeout=15)
+        assert "delete the line '127.0.0.1:" in log and "is up" not in log
+        assert "pinned the certificate of center client" not in impostor.log()  # (nothing was offered to it)
+        client.stop()
+        impostor.stop()
+
+        server = Proc(["-c", str(tmp_path / "server.toml")], 0, tmp_path, program="wmproxy-server", name="server2",
+                      env={"STATE_DIRECTORY": str(tmp_path / "server-state")})
+        wait_port(ports["center"], proc=server.popen)
+        other = Proc(["-c", str(tmp_path / "client.toml")], 0, tmp_path, program="wmproxy-client", name="other",
+                     env={"STATE_DIRECTORY": str(tmp_path / "other-client-state")})
+        other.wait_log("refused by the server: the center client wmproxy#", timeout=15)
+        assert "is up" not in other.log()
+        assert str(tmp_path / "server-state" / "known_clients") in server.wait_log("known_clients")
+        other.stop()
+        bare = tmp_path / "bare.toml"
+        bare.write_text((tmp_path / "client.toml").read_text().replace("two_way_tls = true", ""))
+        nocert = Proc(["-c", str(bare)], 0, tmp_path, program="wmproxy-client", name="nocert",
+                      env={"STATE_DIRECTORY": str(tmp_path / "client-state")})
+        nocert.wait_log("a client certificate is required here (two_way_tls)", timeout=15)
+        nocert.stop()
+    finally:
+        client.stop()
         server.stop()
 
 

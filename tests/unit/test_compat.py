@@ -103,6 +103,16 @@ server_id = 3
     assert reading.warnings == ["proxy.server_id: accepted, no effect here (the Rust program's proxy id)"]
 
 
+def test_tls_without_certificate_files_is_a_pair_per_install_and_pins(tmp_path):
+    cfg, reading = load(tmp_path, '[proxy]\nmode = "server"\nbind_addr = "127.0.0.1:1"\ntc = true\ntwo_way_tls = true\n')
+    assert (cfg.center.cert, cfg.center.key, cfg.center.client_ca) == ("auto", "auto", "pin")
+    assert any('cert = "auto"' in n for n in reading.notes)
+    cfg, _ = load(tmp_path, '[proxy]\nserver = "127.0.0.1:1"\nts = true\ntwo_way_tls = true\n')
+    assert (cfg.center.cert, cfg.center.key, cfg.center.ca) == ("auto", "auto", "pin")
+    cfg, _ = load(tmp_path, '[proxy]\nserver = "127.0.0.1:1"\nts = true\ncert = "/etc/ssl/certs/ca-certificates.crt"\n')
+    assert cfg.center.ca == "/etc/ssl/certs/ca-certificates.crt" and not cfg.center.cert  # (a CA file: verified)
+
+
 def test_center_addr_keeps_the_forward_proxy_on_bind(tmp_path):
     cfg, _ = load(tmp_path, '[proxy]\nbind = "127.0.0.1:8090"\ncenter_addr = "127.0.0.1:8091"\n')
     assert str(cfg.center.bind) == "127.0.0.1:8091" and str(cfg.proxy.bind) == "127.0.0.1:8090"
@@ -190,7 +200,8 @@ bind_mode = "tcp2ws"
     ('[proxy]\nmode = "relay"\n', "proxy.mode", "expected 'server' or 'client'"),
     ('[proxy]\nmode = "client"\n', "proxy.server", "needs server"),
     ('[proxy]\nserver = "127.0.0.1:1"\nflag = 9\n', "proxy.flag", "expected a number from 1 to 7"),
-    ('[proxy]\nmode = "server"\nbind_addr = "127.0.0.1:1"\ntc = true\n', "proxy.cert", "tc = true without cert"),
+    ('[proxy]\nmode = "server"\nbind_addr = "127.0.0.1:1"\ntc = true\ncert = "a.pem"\n', "proxy.key",
+     "cert and key go together"),
     ('[http]\nerror_log = "nope"\n', "http.error_log", "'nope' is not in log_names"),
     ('[http]\naccess_log = "a"\n[[http.server]]\nbind_addr = "127.0.0.1:1"\nlimit_req = "zone=z"\n'
      '[[http.server.location]]\nstatic_response = "x"\n', "http.access_log", "'a' is not in log_names"),

@@ -21,7 +21,7 @@ from ..listener import ConnStats
 from ..errors import UpstreamError
 from ..net.dial import dial, fmt_addr
 from ..net.proxyproto import header_for
-from ..net.tls import client_context
+from .trust import ClientTrust
 from ..net.udp import MAX_DATAGRAM
 from ..net.relay import link_owned, relay_then
 from ..prot import frame as fr
@@ -57,7 +57,7 @@ class CenterClient:
         self.entry = entry_for(self)  # what its local proxy port hands every connection
         self.mappings = {m.name: m for m in mappings}  # MappingConfig by name
         self._proxies: dict = {}
-        self.ssl = client_context(cfg.ca, cfg.cert, cfg.key) if cfg.tls else None
+        self.trust = ClientTrust(cfg) if cfg.tls else None
         names = cfg.server_name * len(cfg.server) if len(cfg.server_name) == 1 else cfg.server_name
         self.servers = [ServerLink(self, addr, names[i] if names else "", f"to {addr}")
                         for i, addr in enumerate(cfg.server)]
@@ -98,6 +98,8 @@ class CenterClient:
         while True:
             server = self.servers[turn]
             stable = server.attempt()
+            if server.last_error == "enrolled":
+                stable = server.attempt()  # (at once, presenting the certificate it pinned)
             failures = 0 if stable else failures + 1
             turn = (turn + 1) % len(self.servers)
             delay = backoff(failures // len(self.servers)) if failures >= len(self.servers) else 0.0

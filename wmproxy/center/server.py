@@ -25,6 +25,7 @@ from ..net.reader import PeerClosed, Reader
 from ..net.relay import link_owned, relay_then
 from ..net.targets import target_policy
 from ..net.tls import server_context
+from .trust import ServerTrust
 from ..net.writer import close_quietly
 from ..prot.frame import CreateMode, Flag, Kind
 from ..prot.target import parse_authority
@@ -45,7 +46,10 @@ class CenterServerContext:
         self.proxy_cfg = proxy_cfg
         self.resolver = services.resolver
         self.accounts = cfg.accounts()
-        self.ssl = server_context(cfg.cert, cfg.key, cfg.client_ca) if cfg.tls else None
+        self.trust = ServerTrust(cfg) if cfg.tls else None
+        self.ssl = self.trust.ssl if self.trust is not None else None
+        # client_ca = "pin": the certificate a client presents or offers is checked against its pin
+        self.check_cert = self.trust.check if self.trust is not None and self.trust.pins is not None else None
         exposed = cfg.bind is None or not cfg.bind.is_loopback  # center clients may come from anywhere
         self.serve_proxy = services.proxy_handler(proxy_cfg, stats, exposed)
         self.targets = target_policy(proxy_cfg, exposed)  # CONNECT streams too
@@ -114,11 +118,20 @@ class CenterServer(Listener):
         deadline = gevent.Timeout.start_new(HANDSHAKE_TIMEOUT, PhaseTimeout(
             f"center link handshake not complete within {HANDSHAKE_TIMEOUT:g}s"))
         try:
+            presented = None
             if ctx.ssl is not None:
+                if ctx.check_cert is not None and ctx.trust is not None:
+                    ctx.trust.refresh()  # (pins another worker wrote)
                 sock = ctx.ssl.wrap_socket(sock, server_side=True)
+                if ctx.check_cert is not None:
+                    presented = sock.getpeercert(binary_form=True) or None
             reader = Reader(sock)
-            login = handshake.server_side(sock, reader, ctx.accounts, decide)
+            login = handshake.server_side(sock, reader, ctx.accounts, decide, ctx.check_cert, presented)
             self.throttle.succeeded(address[0])
+        except handshake.Enrolled as e:
+            log.info("center: %s (from %s)", e, peer)
+            close_quietly(sock)
+            return
         except handshake.AuthFailed as e:
             self.throttle.failed(address[0])
             log.warning("center: %s from %s", e, peer)
@@ -253,9 +266,9 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
     center = cfg.center
     settings = CenterSettings(center, cfg.proxy or ProxyConfig())
 
-    def check() -> None:  # certificate files are read before anything changes
-        if center.tls:
-            server_context(center.cert, center.key, center.client_ca)
+    def check() -> None:  # certificate files are read before anything changes (an "auto" pair: at start)
+        if center.tls and center.cert != "auto":
+            server_context(center.cert, center.key, "" if center.client_ca == "pin" else center.client_ca)
 
     assert center.bind is not None  # (a server config has its bind)
     return [ListenerSpec("center", center.bind, settings, "center.bind", CenterServer, check)]

@@ -20,6 +20,7 @@ from ..net.reader import PeerClosed, Reader
 from ..prot import frame as fr
 from ..prot.frame import Flag, Kind
 from . import handshake
+from .trust import PinMismatch
 from .link import CenterLink
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ class ServerLink:
         self.reads_groups = False  # its HELLO said ID: MAPPING carries each mapping's group
         self.answers: dict[str, fr.MappingAnswer] = {}
         self._greenlet: Optional[gevent.Greenlet] = None
+        # with cert = "auto": present it in TLS (once the server pinned it; before, it is offered on TOKEN)
+        self.present = False
 
     @property
     def up(self) -> Optional[CenterLink]:
@@ -72,6 +75,8 @@ class ServerLink:
         failures = 0
         while True:
             stable = self.attempt()
+            if self.last_error == "enrolled":
+                continue  # (at once: the same server, now presenting the certificate it pinned)
             failures = 0 if stable else failures + 1
             delay = backoff(failures)
             log.warning("center link %s: attempt %d: %s; next attempt in %.1fs", self.label, self.attempts,
@@ -86,9 +91,17 @@ class ServerLink:
         started = time.monotonic()
         try:
             self._connect_and_serve()
+        except handshake.Enrolled:
+            self.present = True  # (this install's certificate is pinned there: link again, presenting it)
+            self.last_error = "enrolled"
+            log.info("center link %s: the server pinned this client's certificate; linking again with it", self.label)
+            return True
         except handshake.AuthFailed as e:
             self.last_error = f"refused by the server: {e}"
-        except (UpstreamError, ssl.SSLError, OSError, ProtocolError, PeerClosed) as e:
+        except ssl.SSLError as e:
+            self.present = False  # (a server that no longer knows our certificate: enroll again)
+            self.last_error = str(e) or type(e).__name__
+        except (UpstreamError, OSError, ProtocolError, PeerClosed, PinMismatch) as e:
             self.last_error = str(e) or type(e).__name__
         else:
             self.last_error = "link lost"
@@ -100,11 +113,13 @@ class ServerLink:
         sock = dial(client.services.resolver, self.addr.host, self.addr.port, HANDSHAKE_TIMEOUT)
         try:
             sock.settimeout(HANDSHAKE_TIMEOUT)
-            if client.ssl is not None:
-                sock = client.ssl.wrap_socket(sock, server_hostname=self.server_name or self.addr.host)
+            trust = client.trust
+            if trust is not None:
+                sock = trust.wrap(sock, self.server_name or self.addr.host, str(self.addr), self.present)
             reader = Reader(sock)
+            enroll = trust.der if trust is not None and not self.present else None
             answers, peer_aware, ids = handshake.client_side(sock, reader, cfg.username, cfg.password,
-                                                             client.specs(), client.client_id)
+                                                             client.specs(), client.client_id, enroll)
         except BaseException:
             sock.close()
             raise

@@ -30,9 +30,14 @@ class CenterConfig:
     servers_mode: str = key(one_of(("all", "failover")), "all", "client with several servers: all (a link to each, "
                             "the mappings published on each) or failover (one link at a time, in order)")
     tls: bool = key(to_bool, True, "TLS on the link (plain TCP only with tls = false, with a warning)")
-    cert: str = key(to_str, "", "PEM certificate (server; client too for mutual TLS)")
-    client_ca: str = key(to_str, "", "server: require client certificates signed by this CA")
-    ca: str = key(to_str, "", "client: CA file to verify the server with ('' = the system store)")
+    cert: str = key(to_str, "", "PEM certificate (server; client too for mutual TLS); \"auto\": this install's own, "
+                                "made on first start in state_dir (key = \"auto\" too)")
+    client_ca: str = key(to_str, "", "server: require client certificates signed by this CA; \"pin\": require one, "
+                                     "pinned per account on first use in state_dir/known_clients")
+    ca: str = key(to_str, "", "client: CA file to verify the server with ('' = the system store); \"pin\": pin its "
+                              "certificate on first use in state_dir/known_servers (weaker than a CA)")
+    state_dir: str = key(to_str, "", "where cert = \"auto\" and the pins live (default: $STATE_DIRECTORY, "
+                                     "/var/lib/wmproxy as root, else ~/.local/state/wmproxy)")
     server_name: tuple = key(list_of(to_str), (), "client: name the server certificate must carry (default: the "
                                                  "server's host); one for every server, or a list in their order")
     client_id: str = key(to_str, "", "client: its id, told to the server (one link per id; default: the host "
@@ -88,8 +93,12 @@ class CenterConfig:
             raise Invalid("a server is listed twice", ".server")
         if self.tls and self.bind is not None and not (self.cert and self.key):
             raise Invalid("a TLS center server needs cert and key (or tls = false, plain TCP)", ".cert")
-        if bool(self.cert) != bool(self.key):
-            raise Invalid("cert and key go together", ".key")
+        if bool(self.cert) != bool(self.key) or (self.cert == "auto") != (self.key == "auto"):
+            raise Invalid("cert and key go together (\"auto\" both, or two files)", ".key")
+        if self.client_ca == "pin" and (self.bind is None or not self.tls):
+            raise Invalid("client_ca = \"pin\" is for a TLS center server", ".client_ca")
+        if self.ca == "pin" and (self.bind is not None or not self.tls):
+            raise Invalid("ca = \"pin\" is for a TLS center client", ".ca")
         if len(self.map_cert) != len(self.map_key):
             raise Invalid("map_cert and map_key need one key per certificate", ".map_key")
         if bool(self.username) != bool(self.password):
@@ -106,6 +115,13 @@ class CenterConfig:
     @property
     def is_server(self) -> bool:
         return self.bind is not None
+
+    @property
+    def state_path(self) -> str:
+        """state_dir, or its default."""
+        from ..center.trust import default_state_dir
+
+        return self.state_dir or default_state_dir()
 
     def accounts(self) -> dict[str, str]:
         """username -> password; empty when the server takes anyone (no credentials set)."""

@@ -272,15 +272,18 @@ def _proxy(r: Reading, p: dict, where: str) -> None:
                    f"proxy serves only their proxy traffic, [proxy] bind = '')")
         center["tls"] = bool(p.get("tc", False))
         if center["tls"]:
-            if not (cert and key):
-                raise Invalid("tc = true without cert and key: the Rust wmproxy's built-in certificate is not "
-                              "shipped here; set cert and key (PEM files)", path("cert"))
-            center["cert"], center["key"] = cert, key
-            r.note(f"{path('tc')} = true -> center.tls with cert {cert!r}")
+            if bool(cert) != bool(key):
+                raise Invalid("cert and key go together", path("key" if cert else "cert"))
+            center["cert"], center["key"] = (cert, key) if cert else ("auto", "auto")
+            r.note(f"{path('tc')} = true -> center.tls with cert {cert!r}" if cert else
+                   f"{path('tc')} = true without cert -> cert = \"auto\": this install's own pair, made on first "
+                   f"start (the original's built-in pair, private key included, is not shipped)")
             if p.get("two_way_tls"):
-                center["client_ca"] = cert
+                center["client_ca"] = cert or "pin"
                 r.note(f"{path('two_way_tls')} = true -> center.client_ca = {cert!r} (clients present a "
-                       f"certificate signed by it, as the original)")
+                       f"certificate signed by it, as the original)" if cert else
+                       f"{path('two_way_tls')} = true without cert -> client_ca = \"pin\": each client's "
+                       f"certificate pinned on first use, then required (weaker than a CA)")
         else:
             r.note(f"{path('tc')} is off -> center.tls = false (plain TCP: a warning at start)")
             if p.get("two_way_tls"):
@@ -308,18 +311,19 @@ def _proxy(r: Reading, p: dict, where: str) -> None:
         center["server"] = servers
         center["tls"] = bool(p.get("ts", False))
         if center["tls"]:
-            if cert:
-                center["ca"] = cert
+            center["ca"] = cert or "pin"
             if p.get("domain"):
                 center["server_name"] = p["domain"]
-            r.note(f"{path('ts')} = true -> center.tls, the server verified with "
-                   f"{repr(cert) + ' and the system store' if cert else 'the system store'}")
+            r.note(f"{path('ts')} = true -> center.tls, the server verified with {cert!r}" if cert else
+                   f"{path('ts')} = true without cert -> ca = \"pin\": the server's certificate pinned on first use "
+                   f"(weaker than a CA)")
             if p.get("two_way_tls"):
-                if not (cert and key):
-                    raise Invalid("two_way_tls without cert and key: the Rust wmproxy's built-in certificate is not "
-                                  "shipped here; set cert and key (PEM files)", path("cert"))
-                center["cert"], center["key"] = cert, key
-                r.note(f"{path('two_way_tls')} = true -> center.cert/key (this client's certificate)")
+                if bool(cert) != bool(key):
+                    raise Invalid("cert and key go together", path("key" if cert else "cert"))
+                center["cert"], center["key"] = (cert, key) if cert else ("auto", "auto")
+                r.note(f"{path('two_way_tls')} = true -> center.cert/key (this client's certificate)" if cert else
+                       f"{path('two_way_tls')} = true without cert -> cert = \"auto\": this install's own pair, "
+                       f"pinned by the server on first use")
         else:
             r.note(f"{path('ts')} is off -> center.tls = false (plain TCP: a warning at start)")
         if user is not None or password is not None:
@@ -657,7 +661,7 @@ def _location(r: Reading, loc: dict, path: str, base: _Inherited, srv: dict, zon
     inherit = base.under(loc)
     rule = loc.get("rule", "*")
     if isinstance(rule, str) and rule.startswith("@"):
-        text, cond = rule, {}  # a named location: try_paths and error pages reach it, no path does
+        text, cond = rule, dict[str, Any]()  # a named location: try_paths and error pages reach it, no path does
     else:
         text, cond = _rule(rule, f"{path}.rule")
     out: dict = {"rule": text, **cond}

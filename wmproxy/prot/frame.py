@@ -60,6 +60,9 @@ class Flag(enum.IntFlag):
     PEER = 0x20
     #: on HELLO (server): this server reads a client id on TOKEN; on TOKEN: its body carries one
     ID = 0x40
+    #: on HELLO (server): this server pins client certificates on first use and takes one on
+    #: TOKEN; on TOKEN: its body ends with the client's certificate (enrollment, PROTOCOL.md)
+    CERT = 0x80
 
 
 class CreateMode(enum.IntEnum):
@@ -257,10 +260,20 @@ def decode_close(body: bytes) -> str:
     return reason
 
 
-def encode_token(username: str, proof: str, client_id: Optional[str] = None) -> bytes:
-    """A TOKEN body; with ``client_id`` (the flag ID goes with it) the client's id after the proof."""
+CERT_MAX = 16384  # a client certificate on TOKEN+CERT (DER)
+
+
+def encode_token(username: str, proof: str, client_id: Optional[str] = None, cert: Optional[bytes] = None) -> bytes:
+    """A TOKEN body; with ``client_id`` (the flag ID goes with it) the client's id after the
+    proof; with ``cert`` (the flag CERT goes with it) its certificate (u16 length, DER) last."""
     body = encode_short(username) + encode_short(proof)
-    return body + encode_short(client_id) if client_id is not None else body
+    if client_id is not None:
+        body += encode_short(client_id)
+    if cert is not None:
+        if not 0 < len(cert) <= CERT_MAX:
+            raise ValueError(f"a certificate on TOKEN is 1 to {CERT_MAX} bytes")
+        body += len(cert).to_bytes(2, "big") + cert
+    return body
 
 
 CLIENT_ID_MAX = 64
@@ -278,13 +291,25 @@ def check_client_id(client_id: str) -> Optional[str]:
 def decode_token(body: bytes, with_id: bool = False) -> tuple[str, str, Optional[str]]:
     """(username, proof, client id): the id that a TOKEN with the flag ID (``with_id``)
     carries, else None. Raises ProtocolError, for an id out of :func:`check_client_id` too."""
+    username, proof, client_id, _ = decode_token_cert(body, with_id, False)
+    return username, proof, client_id
+
+
+def decode_token_cert(body: bytes, with_id: bool, with_cert: bool) -> tuple[str, str, Optional[str], Optional[bytes]]:
+    """:func:`decode_token`, and the certificate a TOKEN with the flag CERT carries (else None)."""
     b = _Body(body, "TOKEN")
     username, proof = b.short(), b.short()
     client_id = b.short() if with_id else None
+    cert = None
+    if with_cert:
+        n = b.u16()
+        if not 0 < n <= CERT_MAX:
+            raise ProtocolError(f"TOKEN: a certificate of {n} bytes (1 to {CERT_MAX})")
+        cert = b.take(n)
     b.end()
     if client_id is not None and (why := check_client_id(client_id)) is not None:
         raise ProtocolError(f"TOKEN: {why}")
-    return username, proof, client_id
+    return username, proof, client_id, cert
 
 
 def encode_hello(nonce: bytes, version: int = PROTOCOL_VERSION) -> bytes:
@@ -325,6 +350,12 @@ def proof(password: str, nonce: bytes) -> str:
 
 def proof_matches(password: str, nonce: bytes, given: str) -> bool:
     return hmac.compare_digest(proof(password, nonce), given)
+
+
+def cert_proof(password: str, nonce: bytes, cert: bytes) -> str:
+    """The proof of a TOKEN+CERT: HMAC-SHA256(key=password, msg=nonce + SHA-256(cert)): the
+    certificate enrolled is the password holder's choice."""
+    return hmac.new(password.encode("utf-8"), nonce + hashlib.sha256(cert).digest(), hashlib.sha256).hexdigest()
 
 
 # -- MAPPING ------------------------------------------------------------------------------------

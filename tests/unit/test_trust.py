@@ -1,0 +1,60 @@
+"""center.trust: the certificate made per install, and pins on first use."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import stat
+
+import pytest
+
+from wmproxy.center import trust
+from wmproxy.errors import ProtocolError
+from wmproxy.prot import frame as fr
+
+
+def test_identity_is_made_once_with_a_private_key_only_its_owner_reads(tmp_path):
+    state = tmp_path / "state"
+    cert, key = trust.identity(str(state))
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600 and stat.S_IMODE(os.stat(state).st_mode) == 0o700
+    der = trust.identity_der(str(state))
+    assert trust.identity(str(state)) == (cert, key) and trust.identity_der(str(state)) == der  # not made again
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)  # a usable pair
+    other = tmp_path / "other"
+    assert trust.identity_der(str(other)) != der  # one per install
+
+
+def test_a_pin_is_taken_once_and_a_different_certificate_is_refused_naming_the_file(tmp_path):
+    pins = trust.KnownPeers(str(tmp_path / "known_servers"), "center server")
+    a, b = b"certificate A", b"certificate B"
+    assert pins.check("h:1", a) is True and pins.check("h:1", a) is False
+    with pytest.raises(trust.PinMismatch) as e:
+        pins.check("h:1", b)
+    assert str(tmp_path / "known_servers") in str(e.value) and "delete the line 'h:1 ...'" in str(e.value)
+    assert pins.check("h:2", b) is True  # another name, its own pin
+    text = (tmp_path / "known_servers").read_text()
+    assert text == f"h:1 {trust.fingerprint(a)}\nh:2 {trust.fingerprint(b)}\n"
+    (tmp_path / "known_servers").write_text(f"# edited\nh:2 {trust.fingerprint(b)}\n")  # the operator removed h:1
+    assert pins.check("h:1", b) is True
+
+
+def test_kept_certificates_are_the_servers_anchors(tmp_path):
+    pins = trust.KnownPeers(str(tmp_path / "known_clients"), "center client")
+    pins.check("alice#office", b"\x30\x03der", keep_der=True)
+    pins.check("bob", b"plain")
+    assert pins.anchors() == [b"\x30\x03der"]
+    (tmp_path / "known_clients").write_text("broken line\nx sha256:00 !!notbase64\n")
+    assert pins.anchors() == [] and pins.pinned("x") == "sha256:00"
+
+
+def test_token_with_a_certificate_round_trips_and_is_bounded():
+    body = fr.encode_token("alice", "p" * 64, "office", b"DER")
+    assert fr.decode_token_cert(body, True, True) == ("alice", "p" * 64, "office", b"DER")
+    with pytest.raises(ProtocolError, match="trailing bytes"):
+        fr.decode_token(body, True)  # (a server that did not ask for one)
+    with pytest.raises(ProtocolError, match="a certificate of 0 bytes"):
+        fr.decode_token_cert(fr.encode_short("a") + fr.encode_short("b") + (0).to_bytes(2, "big"), False, True)
+    with pytest.raises(ValueError):
+        fr.encode_token("a", "b", None, b"x" * (fr.CERT_MAX + 1))
+    assert fr.cert_proof("pw", b"n" * 16, b"A") != fr.cert_proof("pw", b"n" * 16, b"B") != fr.proof("pw", b"n" * 16)

@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -62,8 +63,7 @@ def test_each_released_file_passes_check_and_says_how_it_was_read(tmp_path, name
     assert expect[name.split(".")[0].split("-")[0]] in got.stdout, got.stdout
     if name == "reverse.toml":
         assert "warning: http.max_read_buf: accepted, no effect here" in got.stdout
-        assert "warning: http.server[0].location[0].try_paths: '/ro(\\w+)/(.*) {path} /ro$1/Cargo.toml' left out " \
-               "(regex rewrites: not yet)" in got.stdout, got.stdout
+        assert "warning: http.server[0].location[1].is_ws: accepted, no effect here" in got.stdout, got.stdout
 
 
 def host_get_body(port: int, host: str) -> tuple[bytes, bytes]:
@@ -202,6 +202,13 @@ def test_the_reverse_file_serves_its_locations_and_streams(tmp_path, origin, ech
         assert got.stdout == b"hello file", got
         listing = curl("-sS", f"http://127.0.0.1:{ports[82]}/root/")
         assert b"hello.txt" in listing.stdout, listing
+        (tmp_path / "root" / "Cargo.toml").write_text("[package]")  # try_paths' rewrite: /ro(\w+)/(.*) -> /ro$1/Cargo.toml
+        got = curl("-sS", f"http://127.0.0.1:{ports[82]}/root/no/such/file")
+        assert got.stdout == b"[package]", got
+        time.sleep(1.1)  # (the access lines, in log_format main: flushed per line)
+        access = (tmp_path / "logs-access.log").read_text()
+        assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d 127\.0\.0\.1 INFO /static path:/static query: "
+                         r"host:soft\.wm-proxy\.com status: 200 200 referer: - user_agent: curl/", access), access
         got = curl("-sS", "-x", f"http://wmproxy:wmproxy@127.0.0.1:{ports[8090]}",
                    f"http://127.0.0.1:{origin.port}/whoami")
         assert got.stdout == b"origin-A", got

@@ -234,3 +234,45 @@ def test_a_rule_matches_as_the_originals(rule, matches, misses):
 def test_a_rule_that_is_no_regex_is_refused():
     with pytest.raises(Invalid, match="bad regular expression"):
         compat._rule("/a(b", "rule")
+
+
+def test_log_format_becomes_the_locations_access_line(tmp_path):
+    cfg, reading = load(tmp_path, """
+[http]
+access_log = "access main trace"
+[http.log_format]
+main = "{d(%Y-%m-%d %H:%M:%S)} {client_ip} {l} {url} status: {status} {up_status} x: {nope}"
+[http.log_names]
+access = "logs/access.log trace"
+[[http.server]]
+bind_addr = "127.0.0.1:1"
+[[http.server.location]]
+rule = "/a"
+static_response = "a"
+[[http.server.location]]
+rule = "/b"
+static_response = "b"
+""")
+    lines = {loc.access_log for loc in cfg.http.server[0].location}
+    assert lines == {"{date} {client_ip} INFO {url} status: {status} {status} x: {nope}"}
+    assert cfg.access_log_file == "logs/access.log"
+    assert [w for w in reading.warnings if "{nope}" in w] == [
+        "http.server[0].location[0].access_log: {nope} of log_format.main have no value here (written as they are)"]
+
+
+@pytest.mark.parametrize("entry,path,tried", [
+    ("/ro(\\w+)/(.*) {path} /ro$1/Cargo.toml", "/root/x/y", "/root/Cargo.toml"),
+    ("^/old/(?P<rest>.*) {path} /new/${rest}", "/old/a/b", "/new/a/b"),
+    ("^/nomatch/ {path} /x", "/other", "/other"),  # (no match: the source as it is)
+])
+def test_a_try_paths_rewrite_as_the_originals(entry, path, tried):
+    from wmproxy.web.files import _rewrite
+
+    assert _rewrite(entry, path) == tried
+
+
+def test_a_try_paths_rewrite_with_a_bad_regex_is_refused(tmp_path):
+    (tmp_path / "c.toml").write_text(f'[[http.server]]\nbind = "127.0.0.1:1"\n[[http.server.location]]\n'
+                                     f'file_server = {{ root = "{tmp_path}", try_paths = ["/a(b {{path}} /c"] }}\n')
+    with pytest.raises(ConfigError, match="bad regular expression"):
+        config.load(str(tmp_path / "c.toml"))

@@ -79,7 +79,6 @@ RUST_ONLY = {
     "fall_times": "passive checks take a server out after max_fails failures",
     "rise_times": "a server taken out comes back after fail_timeout",
     "center": "the 0.1 switch; [proxy] mode or center_addr says it",
-    "log_format": "the Rust program's log patterns are not read: access lines use access_log_format",
 }
 
 DEFAULT_CONTROL = "127.0.0.1:8837"  # the original's control port, on unless disable_control
@@ -94,6 +93,7 @@ class Reading:
     data: dict
     notes: list[str] = field(default_factory=list)  # "proxy.server -> center.server"
     warnings: list[str] = field(default_factory=list)  # keys accepted without effect here
+    formats_seen: set[str] = field(default_factory=set)  # log formats warned about
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -707,26 +707,49 @@ def _location(r: Reading, loc: dict, path: str, base: _Inherited, srv: dict, zon
             out["proxy_read_timeout"] = inherit.values[k]
     if "rate_limit" in inherit.values:
         out["rate_limit"] = inherit.values["rate_limit"]
+    if "access_log" in inherit.values and str(inherit.values["access_log"]).strip() != "off":
+        line = _log_line(r, inherit, f"{path}.access_log")
+        if line:
+            out["access_log"] = line
     if "access_log" in loc and str(loc["access_log"]).strip() == "off":
         out["access_log"] = "off"
     _warn_rust_only(r, loc, path)
     return out
 
 
+_LOG_FIELDS = {"client_ip", "host", "url", "path", "query", "method", "status", "bytes", "time", "upstream", "date",
+               "referer", "user_agent", "cookie"}
+
+
+def _log_line(r: Reading, inherit: _Inherited, path: str) -> str:
+    """The location's access line from the original's ``access_log = "NAME FORMAT LEVEL"`` and
+    ``log_format.FORMAT``: {d(...)} is {date} (%Y-%m-%d %H:%M:%S), {l} the level, {up_status}
+    the status; '' for the default line (no FORMAT, or one not in log_format)."""
+    words = str(inherit.values["access_log"]).split()
+    formats = _dict(inherit.values.get("log_format"))
+    if len(words) < 2 or words[1] not in formats:
+        return ""
+    line = re.sub(r"\{d\([^)]*\)\}", "{date}", str(formats[words[1]]))
+    line = line.replace("{l}", "INFO").replace("{up_status}", "{status}")
+    unknown = sorted(set(re.findall(r"\{(\w+)\}", line)) - _LOG_FIELDS)
+    if unknown and words[1] not in r.formats_seen:
+        r.formats_seen.add(words[1])
+        r.warnings.append(f"{path}: {', '.join('{' + u + '}' for u in unknown)} of log_format.{words[1]} have no "
+                          f"value here (written as they are)")
+    return line
+
+
 def _try_paths(r: Reading, value: Any, out: dict, path: str) -> None:
-    """'{path}/ /index.html @app =404' on a file server -> its try_paths (a named location or a
-    status last, the first of them); regex rewrites ('re {path} to'): left out."""
+    """'{path}/ '/ro(\\w+)/(.*) {path} /ro$1/x' /index.html @app =404' on a file server -> its
+    try_paths (a quoted entry: a regex rewrite; a named location or a status last)."""
     fs = out.get("file_server")
     words = re.findall(r"'[^']*'|\"[^\"]*\"|\S+", str(value))
-    paths = [w for w in words if not w.startswith(("=", "@", "'", '"'))]
+    paths = [w.strip("'\"") for w in words if not w.startswith(("=", "@"))]  # (a quoted one: a regex rewrite)
     last = [w for w in words if w.startswith(("@", "="))][:1]
-    left = [w for w in words if w.startswith(("'", '"'))]
     if fs is None:
         r.warnings.append(f"{path}: accepted, no effect here (try_paths works on a file_server location)")
         return
     fs["try_paths"] = paths + last
-    if left:
-        r.warnings.append(f"{path}: {' '.join(left)} left out (regex rewrites: not yet)")
 
 
 def _file_server(r: Reading, fs: dict, path: str, root: Optional[str]) -> dict:

@@ -136,7 +136,8 @@ class FileServerConfig:
     cache_time: float = key(to_duration, 0.0, "Cache-Control max-age sent with files (0: none)")
     path404: str = key(to_str, "", "file under root answered, with status 404, for a missing path")
     try_paths: tuple = key(list_of(to_str), (), "fallbacks tried when a path is missing, with {path}, e.g. "
-                                                "['{path}.html', '/index.html']; the last may be a named location "
+                                                "['{path}.html', '/index.html'], or a rewrite 'REGEX SOURCE REPLACEMENT' "
+                                                "('^/a/(.*) {path} /b/$1'); the last may be a named location "
                                                 "'@fallback' or a status '=404' (nginx's try_files)")
     precompressed: bool = key(to_bool, True, "serve a .br or .gz sibling to a client that accepts it")
     gzip: bool = key(to_bool, True, "without such a sibling, compress text-like files (text/*, JSON, JavaScript, "
@@ -203,8 +204,9 @@ class HttpLocationConfig:
     error_page: tuple = key(list_of(to_error_page), (), "pages for the errors wmproxy answers itself here (404, 403, "
                                                         "429, 502, 504...): '404 /404.html', '502 =200 @fallback' "
                                                         "(replace the server's error_page when given)")
-    access_log: str = key(to_str, "", "access log line format with {client_ip}, {host}, {url}, {method}, {status}, "
-                                      "{bytes}, {time}, {upstream}; 'off' for none ('': the default line)")
+    access_log: str = key(to_str, "", "access log line format with {client_ip}, {host}, {url}, {path}, {query}, "
+                                      "{method}, {status}, {bytes}, {time}, {upstream}, {date}, {referer}, "
+                                      "{user_agent}, {cookie}; 'off' for none ('': the default line)")
     proxy_connect_timeout: float = key(to_duration, 10.0, "proxy_url: time to connect to a server")
     proxy_read_timeout: float = key(to_duration, 60.0, "proxy_url: time a server may be silent")
     proxy_ssl_ca: str = key(to_str, "", "https proxy_url: CA file the servers are verified with ('' = system store)")
@@ -216,6 +218,16 @@ class HttpLocationConfig:
             raise Invalid(f"no such file: {self.proxy_ssl_ca}", ".proxy_ssl_ca")
         if self.file_server is not None:
             for i, entry in enumerate(self.file_server.try_paths):
+                if " " in entry:
+                    words = entry.split(" ", 2)
+                    try:
+                        re.compile(words[0])
+                    except re.error as e:
+                        raise Invalid(f"bad regular expression {words[0]!r}: {e}", f".file_server.try_paths[{i}]") \
+                            from None
+                    if len(words) != 3 or not words[2].strip():
+                        raise Invalid(f"expected a path like '{{path}}.html' or a rewrite 'REGEX SOURCE REPLACEMENT' "
+                                      f"like '^/a/(.*) {{path}} /b/$1', got {entry!r}", f".file_server.try_paths[{i}]")
                 if entry.startswith(("@", "=")) and i != len(self.file_server.try_paths) - 1:
                     raise Invalid(f"{entry!r}: a named location or a status comes last in try_paths",
                                   f".file_server.try_paths[{i}]")

@@ -18,10 +18,12 @@ in one send). A path that leaves ``root`` through a symlink is 403 unless ``foll
 
 from __future__ import annotations
 
+import functools
 import gzip
 import html
 import mimetypes
 import os
+import re
 import socket
 import stat
 import time
@@ -214,6 +216,11 @@ def _candidates(fs: FileServerConfig, path: str) -> Iterator[tuple[str, int]]:
     for pattern in fs.try_paths:
         if pattern.startswith(("@", "=")):
             break  # (the last entry, for the caller: serve)
+        if " " in pattern:  # 'REGEX SOURCE REPLACEMENT' (the Rust wmproxy's): SOURCE rewritten by REGEX
+            tried = _normalized(_rewrite(pattern, path))
+            if tried is not None:
+                yield tried, 200
+            continue
         tried = _normalized(pattern.replace("{path}", path))
         if tried is not None:
             yield tried, 200
@@ -221,6 +228,20 @@ def _candidates(fs: FileServerConfig, path: str) -> Iterator[tuple[str, int]]:
         page = _normalized("/" + fs.path404.lstrip("/"))
         if page is not None:
             yield page, 404
+
+
+def _rewrite(entry: str, path: str) -> str:
+    """'/ro(\\w+)/(.*) {path} /ro$1/Cargo.toml' on /root/x -> /root/Cargo.toml: each match of
+    REGEX in SOURCE (with {path}) replaced by REPLACEMENT ($1, ${name}), as the Rust wmproxy's
+    replace_all (no match: SOURCE as it is)."""
+    regex, source, replacement = entry.split(" ", 2)
+    template = re.sub(r"\$(\d+|\{(\w+)\})", lambda m: f"\\g<{m.group(2) or m.group(1)}>", replacement)
+    return _rewrite_regex(regex).sub(template, source.replace("{path}", path))
+
+
+@functools.lru_cache(maxsize=256)
+def _rewrite_regex(regex: str) -> "re.Pattern[str]":
+    return re.compile(regex)
 
 
 def _normalized(path: str) -> Optional[str]:

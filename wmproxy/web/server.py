@@ -688,11 +688,20 @@ class WebServer(Listener):
         if fmt == "off" or not access_log.isEnabledFor(logging.INFO):
             return
         if fmt:
-            fields = {**req.variables, "method": req.head.method, "status": str(req.status), "bytes": str(req.size),
-                      "time": f"{took:.3f}", "upstream": req.note}
+            head = req.head
+            path, _, query = req.target.partition("?")
+            fields = {**req.variables, "method": head.method, "status": str(req.status), "bytes": str(req.size),
+                      "time": f"{took:.3f}", "upstream": req.note, "path": path, "query": query,
+                      "date": time.strftime("%Y-%m-%d %H:%M:%S"), "referer": _header(head, b"referer"),
+                      "user_agent": _header(head, b"user-agent"), "cookie": _header(head, b"cookie")}
             access_log.info("%s", fill(fmt, fields))
             return
         log_access(req.ip, "", req.head, req.raw_host + req.target, req.status, req.size, took, req.note)
+
+
+def _header(head: http1.Head, name: bytes) -> str:
+    value = head.get(name)
+    return value.decode("latin-1") if value is not None else "-"
 
 
 def listener_specs(cfg: Config) -> list[ListenerSpec]:

@@ -92,6 +92,28 @@ def test_file_server_with_cors_robots_and_a_header(tmp_path):
         p.stop()
 
 
+def test_file_server_on_tls_too(tmp_path, ca):
+    from conftest import write_cert
+
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "a.txt").write_text("over TLS")
+    write_cert(ca, tmp_path, "site", "files.test")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    port, tls = free_port(), free_port()
+    p = start(tmp_path, "file-server", "-r", str(root), "-l", f"127.0.0.1:{port}", "--listen-ssl",
+              f"127.0.0.1:{tls}", "--cert", str(tmp_path / "site.pem"), "--key", str(tmp_path / "site.key"),
+              "-d", "files.test", port=port)
+    try:
+        wait_port(tls, proc=p.popen)
+        got = curl("-sS", "--cacert", str(tmp_path / "ca.pem"), "--resolve", f"files.test:{tls}:127.0.0.1",
+                   f"https://files.test:{tls}/a.txt")
+        assert got.stdout == b"over TLS", got
+        assert curl("-sS", "-H", "Host: files.test", f"http://127.0.0.1:{port}/a.txt").stdout == b"over TLS"
+    finally:
+        p.stop()
+
+
 def test_reverse_proxy_with_a_header_rule(tmp_path, origin):
     port = free_port()
     p = start(tmp_path, "reverse-proxy", "-f", f"127.0.0.1:{port}", "-t", f"127.0.0.1:{origin.port}", "-H",

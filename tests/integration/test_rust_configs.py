@@ -78,20 +78,23 @@ def tcp_get(port: int) -> bytes:
         return recv_all(s)
 
 
-def start_pair(tmp_path, fmt: str, origin_port: int, tls: bool = True) -> tuple[Proc, Proc, dict]:
-    """server.FMT and client.FMT as released, ports changed, each with a state directory of its
-    own (two installs): no certificate files anywhere."""
+def start_pair(tmp_path, fmt: str, origin_port: int, tls: bool = True, names: tuple = ()) -> tuple[Proc, Proc, dict]:
+    """server.FMT and client.FMT (or ``names``) as released, ports changed, each with a state
+    directory of its own (two installs): no certificate files anywhere."""
     ports = dict(center=free_port(), mhttp=free_port(), mtcp=free_port(), mhttps=free_port(), proxy=free_port(),
                  sport=free_port(), cport=free_port())
     sep, q = (" = ", '"') if fmt == "toml" else (": ", "")
     targets = f'allow_targets = ["127.0.0.1:{origin_port}"]' if fmt == "toml" else \
         f"allow_targets: ['127.0.0.1:{origin_port}']"
-    server_text = original(f"server.{fmt}", {8091: ports["center"], 8001: ports["mhttp"], 8002: ports["mtcp"],
-                                             8003: ports["mhttps"]},
-                           extra=f"control{sep}{q}127.0.0.1:{ports['sport']}{q}", tls=targets)
-    client_text = original(f"client.{fmt}", {8091: ports["center"], 8090: ports["proxy"], 8080: origin_port,
-                                             8838: ports["cport"]},
-                           extra=f"control{sep}{q}127.0.0.1:{ports['cport']}{q}" if fmt == "yaml" else "")
+    server_name, client_name = names or (f"server.{fmt}", f"client.{fmt}")
+    server_text = original(server_name, {8091: ports["center"], 8001: ports["mhttp"], 8002: ports["mtcp"],
+                                         8003: ports["mhttps"]},
+                           extra=f"control{sep}{q}127.0.0.1:{ports['sport']}{q}", tls=targets if tls else "")
+    client_extra = f"control{sep}{q}127.0.0.1:{ports['cport']}{q}" if fmt == "yaml" else ""
+    if names:  # (0.1's client has no bind_addr: the default would be 8090)
+        client_extra += f"\nbind_addr: 127.0.0.1:{ports['proxy']}"
+    client_text = original(client_name, {8091: ports["center"], 8090: ports["proxy"], 8080: origin_port,
+                                         8838: ports["cport"]}, extra=client_extra)
     (tmp_path / f"server.{fmt}").write_text(server_text)
     (tmp_path / f"client.{fmt}").write_text(client_text)
     server = Proc(["-c", str(tmp_path / f"server.{fmt}")], 0, tmp_path, program="wmproxy-server", name="server",
@@ -135,6 +138,43 @@ def test_the_server_and_client_files_publish_the_clients_mappings(tmp_path, orig
     finally:
         client.stop()
         server.stop()
+
+
+def test_the_0_1_files_link_and_publish_too(tmp_path, origin):
+    """The 0.1 shape (the [proxy] keys at the top, no account): ts and tc without files, so a
+    pair per install and the server pinned by the client; its http and tcp mappings serve."""
+    server, client, ports = start_pair(tmp_path, "yaml", origin.port, tls=False,
+                                       names=("server-0.1.yaml", "client-0.1.yaml"))
+    try:
+        client.wait_log("is up", timeout=15)
+        client.wait_log("mapping 'tcp' published by the server on its map_tcp_bind")
+        assert "pinned the certificate of center server 127.0.0.1:" in client.log()
+        assert host_get_body(ports["mhttp"], "localhost")[1] == b"origin-A"
+        assert tcp_get(ports["mtcp"]).endswith(b"origin-A")
+    finally:
+        client.stop()
+        server.stop()
+
+
+def test_the_0_1_reverse_file_serves_its_directory(tmp_path):
+    """reverse.yaml (0.1): the top-level bind_addr serves reverse.file_server: root '' (the
+    directory it starts in), prefix /root, .git hidden."""
+    port = free_port()
+    (tmp_path / "reverse.yaml").write_text(original("reverse.yaml", {8090: port}).replace("0.0.0.0", "127.0.0.1")
+                                           + "disable_control: true\n")
+    (tmp_path / "a.txt").write_text("file a")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "config").write_text("secret")
+    p = Proc(["-c", str(tmp_path / "reverse.yaml")], port, tmp_path, program="wmproxy-server", name="reverse01",
+             cwd=str(tmp_path))
+    try:
+        wait_port(port, proc=p.popen)
+        assert curl("-sS", f"http://127.0.0.1:{port}/root/a.txt").stdout == b"file a"
+        assert curl("-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/root/.git/config"
+                    ).stdout == b"404"
+        assert curl("-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/a.txt").stdout == b"404"
+    finally:
+        p.stop()
 
 
 def test_pins_refuse_another_certificate_on_either_end(tmp_path, origin):

@@ -233,23 +233,31 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 def _control_config(args: argparse.Namespace) -> Any:
-    """The config naming the control API of stop and reload: -c FILE, -u URL or --control."""
+    """The config naming the control API of stop and reload: -c FILE, -u URL or --control (its
+    token, where one is set, from $WMPROXY_CONTROL_TOKEN). Raises ConfigError."""
     from . import config
+    from .errors import ConfigError
 
     if args.config:
         return config.load(os.path.abspath(args.config))
-    parts = urlsplit(args.url if "//" in (args.url or "") else f"http://{args.url or args.control or '127.0.0.1:8837'}")
-    return config.build(config.Config, {"control": f"{parts.hostname}:{parts.port or 80}"})
+    url = args.url or args.control or "127.0.0.1:8837"
+    parts = urlsplit(url if "//" in url else f"http://{url}")
+    try:
+        return config.build(config.Config, {"control": f"{parts.hostname}:{parts.port or 80}",
+                                            "control_token": os.environ.get("WMPROXY_CONTROL_TOKEN", "")})
+    except (config.Invalid, ValueError) as e:
+        raise ConfigError("-u" if args.url else "--control", "", f"{url}: {e} ($WMPROXY_CONTROL_TOKEN gives the "
+                          f"token)") from None
 
 
 def _by_pidfile(path: str) -> int:
     try:
         with open(path, encoding="ascii") as f:
             pid = int(f.read().strip())
+        os.kill(pid, signal.SIGTERM)
     except (OSError, ValueError) as e:
-        print(f"{PROG} stop: no -c, -u nor a readable pid file {path}: {e}", file=sys.stderr)
+        print(f"{PROG} stop: no -c nor -u, and the pid file {path} names no process to stop: {e}", file=sys.stderr)
         return 1
-    os.kill(pid, signal.SIGTERM)
     print(f"stopping process {pid}")
     return 0
 

@@ -204,6 +204,8 @@ def test_forever_starts_the_program_again_when_it_dies(tmp_path, origin):
     (["ws-proxy", "-t", "127.0.0.1:1", "--mode", "udp"], "invalid choice: 'udp'"),
     (["proxy", "--daemon", "--forever"], "--daemon and --forever cannot go together"),
     (["file-server", "-e", "md"], "expected EXT=TYPE"),
+    (["stop", "-u", "http://10.9.9.9:8837"], "is reachable from other hosts: set control_token"),
+    (["stop", "--pidfile", "/nonexistent/wmproxy.pid"], "names no process to stop"),
 ])
 def test_bad_commands_say_why(args, says):
     got = run(*args)

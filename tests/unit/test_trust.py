@@ -58,3 +58,22 @@ def test_token_with_a_certificate_round_trips_and_is_bounded():
     with pytest.raises(ValueError):
         fr.encode_token("a", "b", None, b"x" * (fr.CERT_MAX + 1))
     assert fr.cert_proof("pw", b"n" * 16, b"A") != fr.cert_proof("pw", b"n" * 16, b"B") != fr.proof("pw", b"n" * 16)
+
+
+def test_a_server_pins_at_most_max_pins_clients(tmp_path, monkeypatch):
+    from wmproxy.center.handshake import AuthFailed, Enrolled
+    from wmproxy.config import CenterConfig
+
+    monkeypatch.setattr(trust, "MAX_PINS", 3)
+    cfg = CenterConfig(bind=None, server=(), tls=True, cert="auto", key="auto", state_dir=str(tmp_path))
+    server = trust.ServerTrust(cfg)
+    server.pins = trust.KnownPeers(str(tmp_path / "known_clients"), "center client")
+    client_der = trust.identity_der(str(tmp_path / "client"))
+    for i in range(3):
+        with pytest.raises(Enrolled):
+            server.check(f"a#{i}", None, client_der)
+    with pytest.raises(AuthFailed, match="3 clients are pinned in .* already"):
+        server.check("a#3", None, client_der)
+    server.check("a#1", client_der, None)  # (a pinned one still links)
+    with pytest.raises(AuthFailed, match="a client certificate is required"):
+        server.check("a#1", None, None)

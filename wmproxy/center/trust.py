@@ -39,6 +39,7 @@ IDENTITY_CERT = "identity.pem"
 IDENTITY_KEY = "identity.key"
 KNOWN_SERVERS = "known_servers"
 KNOWN_CLIENTS = "known_clients"
+MAX_PINS = 10000  # clients a server pins (client_ca = "pin")
 WEAKER = ("trust on first use is weaker than a CA: to verify with one, give [center] ca (client) and client_ca "
           "(server) a CA file, and cert/key a pair it signed")
 
@@ -278,10 +279,15 @@ class ServerTrust:
                 self._anchored.add(seen)
 
     def check(self, name: str, presented: Optional[bytes], offered: Optional[bytes]) -> None:
-        """The handshake's CertCheck (center.handshake)."""
+        """The handshake's CertCheck (center.handshake). At most MAX_PINS clients are pinned
+        (an account-less server lets anyone enroll: the file and the trust store stay bounded)."""
         from .handshake import AuthFailed, Enrolled
 
         assert self.pins is not None
+        known = self.pins.entries()
+        if name not in known and len(known) >= MAX_PINS:
+            raise AuthFailed(f"{MAX_PINS} clients are pinned in {self.pins.path} already: remove the lines of "
+                             f"clients that are gone to pin new ones")
         try:
             if presented is not None:
                 self.pins.check(name, presented, keep_der=True)

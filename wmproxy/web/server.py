@@ -97,6 +97,7 @@ class WebContext:
                     self._pages[id(loc)] = {code: page for page in loc.error_page for code in page.codes}
                 if loc.rule.kind == "named":
                     self._named[(id(srv), loc.rule.text)] = loc
+        self._codes = {key: frozenset(pages) for key, pages in self._pages.items()}
         for upstream in http.upstream:  # now, not at the first request: their health checks start
             if upstream not in self.groups:
                 self.groups[upstream] = UpstreamGroup(upstream, self.resolver)
@@ -104,6 +105,10 @@ class WebContext:
     def pages(self, server: HttpServerConfig, loc: Optional[HttpLocationConfig]) -> dict[int, ErrorPage]:
         """The error pages in force: the location's own, else its server's."""
         return (self._pages.get(id(loc)) if loc is not None else None) or self._pages[id(server)]
+
+    def page_codes(self, server: HttpServerConfig, loc: HttpLocationConfig) -> frozenset:
+        """The statuses of :meth:`pages` (computed once per context)."""
+        return self._codes.get(id(loc)) or self._codes[id(server)]
 
     def named(self, server: HttpServerConfig, name: str) -> Optional[HttpLocationConfig]:
         return self._named.get((id(server), name))
@@ -445,8 +450,8 @@ class WebServer(Listener):
         """What the request's location does; ``status``: the answer's (an error page's), 0 its own."""
         loc = req.location
         assert loc is not None and req.path is not None
-        if loc.rate_limit:  # what goes to the client: an answer, a file, a websocket's both ways
-            client = cast(socket.socket, Throttled(client, loc.rate_limit))
+        if loc.rate_limit and not isinstance(client, Throttled):  # what goes to the client: an answer, a file,
+            client = cast(socket.socket, Throttled(client, loc.rate_limit))  # a websocket's both ways (once)
         if loc.proxy_url:
             if req.redirects and req.had_body:  # (its body is gone: nothing to send on)
                 req.keep = False
@@ -456,7 +461,7 @@ class WebServer(Listener):
         if loc.file_server is not None:
             rules = req.response_rules()
             req.state.waiting(None, float("inf"))  # a long download is no idle client: sends time out on their own
-            pages = frozenset(ctx.pages(req.server, loc)) if req.redirects < MAX_REDIRECTS else frozenset()
+            pages = ctx.page_codes(req.server, loc) if req.redirects < MAX_REDIRECTS else frozenset()
             head = req.head
             if req.redirects and head.method not in ("GET", "HEAD"):  # (an error page is got, as nginx does)
                 head = copy.copy(head)

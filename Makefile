@@ -94,7 +94,7 @@ install:
 	install -m 644 conf/logrotate/wmproxy $(DESTDIR)/etc/logrotate.d/wmproxy
 	install -d $(DESTDIR)/usr/local/share/man/man1 $(DESTDIR)/usr/local/share/bash-completion/completions \
 	  $(DESTDIR)/usr/local/share/zsh/site-functions
-	for p in wmproxy-server wmproxy-client; do \
+	for p in wmproxy-server wmproxy-client wmproxy; do \
 	  install -m 644 docs/man/$$p.1 $(DESTDIR)/usr/local/share/man/man1/$$p.1; \
 	  install -m 644 conf/completion/$$p.bash $(DESTDIR)/usr/local/share/bash-completion/completions/$$p; \
 	  install -m 644 conf/completion/_$$p $(DESTDIR)/usr/local/share/zsh/site-functions/_$$p; \

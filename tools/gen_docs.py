@@ -99,8 +99,16 @@ def config_reference() -> str:
 # -- man pages and completions -----------------------------------------------------------------
 
 
+RUST = "wmproxy"  # the Rust wmproxy's command line (wmproxy/rustcli.py)
+
+
 def _parser(prog: str):
-    p = make_parser(prog)
+    if prog == RUST:
+        from wmproxy.rustcli import make_parser as rust_parser
+
+        p = rust_parser()
+    else:
+        p = make_parser(prog)
     for action in p._actions:
         if action.metavar == "FILE":
             action.complete = COMPLETE_FILES
@@ -113,11 +121,14 @@ def man_page(prog: str) -> str:
     from argparse_manpage.manpage import Manpage
 
     short = {SERVER: "forward proxy, reverse proxy and center (tunnel) server of wmproxy",
-             CLIENT: "center (tunnel) client of wmproxy: local proxy and published mappings"}[prog]
+             CLIENT: "center (tunnel) client of wmproxy: local proxy and published mappings",
+             RUST: "the Rust wmproxy's commands and config files, served by this wmproxy"}[prog]
     data = {"description": short, "date": f"wmproxy {__version__}", "project_name": "wmproxy", "version": __version__,
-            "manual_title": "wmproxy manual", "include": str(ROOT / "docs" / "man" / "sections.txt")}
+            "manual_title": "wmproxy manual"}
+    if prog != RUST:  # (the environment, signals and files of the two programs)
+        data["include"] = str(ROOT / "docs" / "man" / "sections.txt")
     page = Manpage(_parser(prog), _data=data)
-    return str(page).replace("CONFIG_FILE", f"/etc/wmproxy/{prog.split('-')[1]}.toml")
+    return str(page) if prog == RUST else str(page).replace("CONFIG_FILE", f"/etc/wmproxy/{prog.split('-')[1]}.toml")
 
 
 def completion(prog: str, shell: str) -> str:
@@ -128,7 +139,7 @@ def completion(prog: str, shell: str) -> str:
 
 def render_all() -> dict[Path, str]:
     files = {ROOT / "docs" / "CONFIG.md": config_reference()}
-    for prog in PROGRAMS:
+    for prog in (*PROGRAMS, RUST):
         files[ROOT / "docs" / "man" / f"{prog}.1"] = man_page(prog)
         files[ROOT / "conf" / "completion" / f"{prog}.bash"] = completion(prog, "bash")
         files[ROOT / "conf" / "completion" / f"_{prog}"] = completion(prog, "zsh")

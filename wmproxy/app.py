@@ -19,7 +19,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import gevent
 import psutil
@@ -266,6 +266,21 @@ class App:
         """A process serving alone has no workers to replace (ProcessControl.upgrade)."""
         return {"ok": False, "alone": True, "error": "an upgrade replaces worker processes: this process serves "
                                                       "alone (workers = 1); restart it instead"}
+
+    def act(self, action: str, **args: Any) -> dict:
+        """An operator's action on what this process serves (ProcessControl.act): "kick" a
+        center client (``id``). Never raises: ``{"ok": ...}``, with ``status`` when refused."""
+        centers = [listener for listener in self.listeners.values() if listener.kind == "center"]
+        if action == "kick":
+            if not centers:
+                return {"ok": False, "status": 404, "error": "this process has no center server ([center] bind)"}
+            who = str(args.get("id", ""))
+            if any(getattr(c, "kick")(who, str(args.get("why", "control API"))) for c in centers):
+                return {"ok": True, "kicked": who, "note": "its link is closed and its mappings withdrawn; it may "
+                                                           "link again"}
+            return {"ok": False, "status": 404, "error": f"no center client {who!r} is linked (GET /api/clients "
+                                                        f"lists their ids)"}
+        return {"ok": False, "status": 400, "error": f"unknown action {action!r}"}
 
     def reload(self, trigger: str) -> dict:
         """Load the config file again and apply it as a diff. Never raises: returns

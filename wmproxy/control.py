@@ -15,6 +15,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import gevent
 import psutil
@@ -127,6 +128,8 @@ class ControlServer(Listener):
 
     def _route(self, client: Conn, head: http1.Head, process: ProcessControl) -> None:
         path = head.target.split("?", 1)[0]
+        if path.startswith("/api/"):
+            return _api(client, head.method, path, process)
         routes = {
             "/status": ("GET", lambda: _json(client, 200, process.status())),
             "/metrics": ("GET", lambda: _reply(client, 200, metrics_text(process.status()).encode(),
@@ -155,6 +158,53 @@ class ControlServer(Listener):
     def _stop(self, client: Conn, process: ProcessControl) -> None:
         _json(client, 202, {"ok": True, "stopping": True, "grace_seconds": process.grace})
         gevent.spawn_later(0.05, process.request_stop, "POST /stop")
+
+
+# -- /api: lists of what the process serves, and actions on it (docs/openapi.yaml) -----------------
+
+def api_clients(st: dict) -> list[dict]:
+    """GET /api/clients: the center clients linked to this server."""
+    return [{"id": c["id"], "account": c["client"], "client_id": c["client_id"] or None, "address": c["peer"],
+             "tls": c["tls"], "since": c["since"], "rtt_seconds": c["rtt"], "streams": c["streams"],
+             "bytes_in": c["bytes_in"], "bytes_out": c["bytes_out"]}
+            for c in st["center_links"] if c["role"] == "server"]
+
+
+def api_mappings(st: dict) -> list[dict]:
+    """GET /api/mappings: the mappings this server publishes (their public side)."""
+    return [{"name": m["name"], "account": m["client"], "mode": m["mode"],
+             "public": m.get("remote_bind") or f"Host {m.get('domain')}",
+             "state": "connected" if m["connected"] else "offline",
+             "connections": m.get("connections"), "requests": m.get("requests"), "group": m.get("group")}
+            for m in st["mappings"]]
+
+
+def api_listeners(st: dict) -> list[dict]:
+    return [{k: row[k] for k in ("kind", "bind", "config_key", "state", "connections", "connections_total",
+                                 "bytes_in", "bytes_out", "requests")} for row in st["listeners"]]
+
+
+def api_upstreams(st: dict) -> list[dict]:
+    return [{k: u[k] for k in ("kind", "upstream", "server", "up", "active", "requests", "failures")}
+            for u in st["upstreams"]]
+
+
+_LISTS = {"/api/clients": api_clients, "/api/mappings": api_mappings, "/api/listeners": api_listeners,
+          "/api/upstreams": api_upstreams}
+
+
+def _api(client: Conn, method: str, path: str, process: ProcessControl) -> None:
+    if path in _LISTS:
+        if method not in ("GET", "HEAD"):
+            return _json(client, 405, {"error": f"{path} takes GET"})
+        return _json(client, 200, _LISTS[path](process.status()))
+    if path.startswith("/api/clients/"):
+        who = unquote(path[len("/api/clients/"):])
+        if method != "DELETE":
+            return _json(client, 405, {"error": "/api/clients/{id} takes DELETE (kick the client)"})
+        result = process.act("kick", id=who, why="DELETE /api/clients (control API)")
+        return _json(client, result.pop("status", 200 if result.get("ok") else 400), result)
+    _json(client, 404, {"error": f"no such endpoint {path!r}", "endpoints": [*sorted(_LISTS), "/api/clients/{id}"]})
 
 
 def listener_specs(cfg: Config) -> list[ListenerSpec]:

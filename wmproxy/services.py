@@ -43,6 +43,10 @@ class ProcessControl(Protocol):
 
     def request_stop(self, why: str) -> None: ...
 
+    def act(self, action: str, **args: Any) -> dict[str, Any]:
+        """An operator's action (the control API's /api): ``{"ok": ...}``, with an HTTP
+        ``status`` when refused."""
+
 
 @dataclass(frozen=True)
 class Services:

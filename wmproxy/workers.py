@@ -602,6 +602,17 @@ class Master:
         self.udp.clear()
 
     # -- upgrade ------------------------------------------------------------------------------
+    def act(self, action: str, **args: Any) -> dict[str, Any]:
+        """ProcessControl.act: done by worker 0, which holds the center link's listeners."""
+        worker = self.workers.get(0)
+        if worker is None:
+            return {"ok": False, "status": 503, "error": "worker 0 is not running"}
+        try:
+            answer = worker.ask("act", ASK_TIMEOUT, action=action, args=args)
+        except (OSError, EOFError, gevent.Timeout) as e:
+            return {"ok": False, "status": 503, "error": f"worker 0 did not answer: {e or type(e).__name__}"}
+        return {k: v for k, v in answer.items() if k not in ("op", "id")}
+
     def upgrade(self, trigger: str) -> dict[str, Any]:
         """New workers, running the code installed now, take over the listening sockets while
         the old ones drain (for ``grace``): an upgrade of wmproxy without a refused connection.
@@ -771,6 +782,8 @@ def worker_main() -> int:
         try:
             if op == "status":
                 reply.update(ok=True, status=app.status())
+            elif op == "act":
+                reply.update(app.act(request["action"], **request["args"]))
             elif op == "reload":
                 take(request["keys"], fds)
                 register_tree(request["tree"])

@@ -181,6 +181,7 @@ class CenterServer(Listener):
                           on_mapping=lambda specs: self.mappings.update(user or peer, holder, link, ports, specs, ctx))
         link.user = user
         link.client_id = login.client_id or ""
+        link.holder = holder
         link.peer_address = address  # (behind a balancer, the PROXY protocol header's)
         link.peer_aware = login.peer_aware
         self.links.add(link)
@@ -236,8 +237,30 @@ class CenterServer(Listener):
 
     def link_status(self) -> list[dict]:
         return [{"role": "server", "client": link.user or "anonymous", "client_id": link.client_id,
-                 "peer": fmt_addr(*link.peer_address[:2]), "since": link.started_at, "streams": link.stream_count,
-                 "rtt": link.rtt, "bytes_in": link.bytes_in, "bytes_out": link.bytes_out} for link in self.links]
+                 "id": link.holder, "peer": fmt_addr(*link.peer_address[:2]), "since": link.started_at,
+                 "streams": link.stream_count, "rtt": link.rtt, "bytes_in": link.bytes_in,
+                 "bytes_out": link.bytes_out, **_tls(link)} for link in self.links]
+
+    def kick(self, holder: str, why: str) -> bool:
+        """Close the link of client ``holder`` (its id as GET /api/clients shows it): its
+        mappings are withdrawn; it may link again. False when no such client is linked."""
+        held = self.clients.get(holder)
+        if held is None:
+            return False
+        link = held[0]
+        log.warning("center: client %s (%s) kicked: %s", holder, fmt_addr(*link.peer_address[:2]), why)
+        link.close(f"kicked: {why}")
+        return True
+
+
+def _tls(link: CenterLink) -> dict:
+    """A link's TLS version and cipher (none for a plain link)."""
+    version = getattr(link.sock, "version", None)
+    cipher = getattr(link.sock, "cipher", None)
+    if version is None or cipher is None:
+        return {"tls": None}
+    got = cipher()
+    return {"tls": {"version": version(), "cipher": got[0] if got else None}}
 
 
 def _holder(login: handshake.Login, peer: str) -> str:

@@ -1,0 +1,87 @@
+"""The control API's /api (docs/openapi.yaml): the lists of clients, mappings, listeners and
+upstreams on a real center link, each live answer checked against the OpenAPI document, and
+DELETE /api/clients/{id} kicking a client, which links again."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import pytest
+import yaml
+
+from conftest import ROOT, Pair, control, free_port, wait_port
+from test_center import host_get, http_mapping, tcp_mapping
+
+SPEC = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
+
+
+def test_the_document_is_valid_openapi():
+    from openapi_spec_validator import validate
+
+    validate(SPEC)
+
+
+def check(path: str, method: str, status: int, body: bytes) -> object:
+    """The answer, validated against the document's schema for ``path``, ``method``, ``status``."""
+    from openapi_schema_validator import OAS31Validator
+
+    value = json.loads(body)
+    op = SPEC["paths"][path][method]
+    schema = op["responses"][str(status)]["content"]["application/json"]["schema"]
+    OAS31Validator({**schema, "components": SPEC["components"]}).validate(value)  # ('#/components/...' resolves)
+    return value
+
+
+@pytest.fixture(params=[1, 2], ids=["alone", "2 workers"])
+def linked(request, tmp_path, certs, echo_server, origin):
+    """A center server (alone, or a master with 2 workers: the lists then come from every
+    worker, a kick from worker 0's link) and a client with a tcp and an http mapping."""
+    cport, web, remote = free_port(), free_port(), free_port()
+    pair = Pair(tmp_path, certs, start_client=False,
+                server_top=f'control = "127.0.0.1:{cport}"\nworkers = {request.param}',
+                server_extra=f'map_http_bind = "127.0.0.1:{web}"\n')
+    pair.client = pair.start_client('client_id = "office"\n' + tcp_mapping("echo", echo_server.port, remote) +
+                                    http_mapping("site", origin.port, "a.test"))
+    pair.wait_link()
+    wait_port(remote)
+    yield pair, cport, web, remote
+    pair.stop()
+
+
+def test_the_lists_match_the_document_and_what_is_linked(linked):
+    pair, cport, web, remote = linked
+    assert host_get(web, "a.test")[1] == b"origin-A"
+    status, body = control(cport, "GET", "/api/clients")
+    (client,) = check("/api/clients", "get", status, body)
+    assert client["id"] == "alice#office" and client["account"] == "alice" and client["client_id"] == "office"
+    assert client["tls"]["version"].startswith("TLSv1.") and client["address"].startswith("127.0.0.1:")
+    status, body = control(cport, "GET", "/api/mappings")
+    mappings = {m["name"]: m for m in check("/api/mappings", "get", status, body)}
+    assert mappings["echo"]["public"] == f"127.0.0.1:{remote}" and mappings["echo"]["mode"] == "tcp"
+    assert mappings["site"]["public"] == "Host a.test" and mappings["site"]["requests"] == 1
+    assert {m["state"] for m in mappings.values()} == {"connected"}
+    status, body = control(cport, "GET", "/api/listeners")
+    kinds = {row["kind"] for row in check("/api/listeners", "get", status, body)}
+    assert {"center", "map-http", "control"} <= kinds
+    status, body = control(cport, "GET", "/api/upstreams")
+    assert check("/api/upstreams", "get", status, body) == []  # (none in this config)
+
+
+def test_a_kicked_client_is_cut_and_links_again(linked):
+    pair, cport, web, remote = linked
+    status, body = control(cport, "DELETE", "/api/clients/" + quote("alice#office", safe=""))
+    answer = check("/api/clients/{id}", "delete", status, body)
+    assert answer["kicked"] == "alice#office"
+    pair.server.wait_log("center: client alice#office (127.0.0.1:")
+    assert "kicked: DELETE /api/clients (control API)" in pair.server.log()
+    pair.client.wait_log("is up (attempt 2)", timeout=20)
+    status, body = control(cport, "GET", "/api/clients")
+    assert [c["id"] for c in json.loads(body)] == ["alice#office"]
+    assert host_get(web, "a.test")[1] == b"origin-A"  # its mappings again
+    status, body = control(cport, "DELETE", "/api/clients/nobody")
+    assert "no center client 'nobody'" in check("/api/clients/{id}", "delete", status, body)["error"]
+    status, body = control(cport, "GET", "/api/nothing")
+    assert status == 404 and "/api/clients" in json.loads(body)["endpoints"]
+    status, _ = control(cport, "POST", "/api/clients")
+    assert status == 405

@@ -269,8 +269,14 @@ class App:
 
     def act(self, action: str, **args: Any) -> dict:
         """An operator's action on what this process serves (ProcessControl.act): "kick" a
-        center client (``id``). Never raises: ``{"ok": ...}``, with ``status`` when refused."""
+        center client (``id``), "disable" or "enable" a mapping (``name``, ``client`` if several
+        have it). Never raises: ``{"ok": ...}``, with ``status`` when refused."""
         centers = [listener for listener in self.listeners.values() if listener.kind == "center"]
+        if action in ("disable", "enable"):
+            if not centers:
+                return {"ok": False, "status": 404, "error": "this process has no center server ([center] bind)"}
+            return getattr(centers[0], "set_mapping")(str(args.get("name", "")), str(args.get("client", "")),
+                                                      action == "enable")
         if action == "kick":
             if not centers:
                 return {"ok": False, "status": 404, "error": "this process has no center server ([center] bind)"}
@@ -319,6 +325,10 @@ class App:
                  changes["added"] or "none", changes["removed"] or "none", changes["changed"] or "none",
                  changes["unchanged"])
         self._follow_watch_setting()
+        for listener in self.listeners.values():  # (what the control API disabled ends with a reload)
+            reloaded = getattr(listener, "config_reloaded", None)
+            if reloaded is not None:
+                reloaded()
         return {"ok": True, **changes}
 
     def load_again(self) -> Config:

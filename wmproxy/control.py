@@ -15,7 +15,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import gevent
 import psutil
@@ -129,7 +129,7 @@ class ControlServer(Listener):
     def _route(self, client: Conn, head: http1.Head, process: ProcessControl) -> None:
         path = head.target.split("?", 1)[0]
         if path.startswith("/api/"):
-            return _api(client, head.method, path, process)
+            return _api(client, head.method, path, head.target.partition("?")[2], process)
         routes = {
             "/status": ("GET", lambda: _json(client, 200, process.status())),
             "/metrics": ("GET", lambda: _reply(client, 200, metrics_text(process.status()).encode(),
@@ -173,8 +173,8 @@ def api_clients(st: dict) -> list[dict]:
 def api_mappings(st: dict) -> list[dict]:
     """GET /api/mappings: the mappings this server publishes (their public side)."""
     return [{"name": m["name"], "account": m["client"], "mode": m["mode"],
-             "public": m.get("remote_bind") or f"Host {m.get('domain')}",
-             "state": "connected" if m["connected"] else "offline",
+             "public": m.get("remote_bind") or (f"Host {m['domain']}" if m.get("domain") else ""),
+             "state": "disabled" if m.get("disabled") else "connected" if m["connected"] else "offline",
              "connections": m.get("connections"), "requests": m.get("requests"), "group": m.get("group")}
             for m in st["mappings"]]
 
@@ -193,18 +193,26 @@ _LISTS = {"/api/clients": api_clients, "/api/mappings": api_mappings, "/api/list
           "/api/upstreams": api_upstreams}
 
 
-def _api(client: Conn, method: str, path: str, process: ProcessControl) -> None:
+def _api(client: Conn, method: str, path: str, query: str, process: ProcessControl) -> None:
     if path in _LISTS:
         if method not in ("GET", "HEAD"):
             return _json(client, 405, {"error": f"{path} takes GET"})
         return _json(client, 200, _LISTS[path](process.status()))
+    parts = path.split("/")  # ['', 'api', 'mappings', NAME, 'disable' | 'enable']
+    if len(parts) == 5 and parts[2] == "mappings" and parts[4] in ("disable", "enable"):
+        if method != "POST":
+            return _json(client, 405, {"error": f"/api/mappings/{{name}}/{parts[4]} takes POST"})
+        who = parse_qs(query).get("client", [""])[0]
+        result = process.act(parts[4], name=unquote(parts[3]), client=who)
+        return _json(client, result.pop("status", 200 if result.get("ok") else 400), result)
     if path.startswith("/api/clients/"):
         who = unquote(path[len("/api/clients/"):])
         if method != "DELETE":
             return _json(client, 405, {"error": "/api/clients/{id} takes DELETE (kick the client)"})
         result = process.act("kick", id=who, why="DELETE /api/clients (control API)")
         return _json(client, result.pop("status", 200 if result.get("ok") else 400), result)
-    _json(client, 404, {"error": f"no such endpoint {path!r}", "endpoints": [*sorted(_LISTS), "/api/clients/{id}"]})
+    _json(client, 404, {"error": f"no such endpoint {path!r}", "endpoints": [
+        *sorted(_LISTS), "/api/clients/{id}", "/api/mappings/{name}/disable", "/api/mappings/{name}/enable"]})
 
 
 def listener_specs(cfg: Config) -> list[ListenerSpec]:

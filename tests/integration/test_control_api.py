@@ -85,3 +85,48 @@ def test_a_kicked_client_is_cut_and_links_again(linked):
     assert status == 404 and "/api/clients" in json.loads(body)["endpoints"]
     status, _ = control(cport, "POST", "/api/clients")
     assert status == 405
+
+
+def refused(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_a_disabled_mapping_is_withdrawn_until_enabled_or_reloaded(linked):
+    pair, cport, web, remote = linked
+    status, body = control(cport, "POST", "/api/mappings/echo/disable")
+    answer = check("/api/mappings/{name}/disable", "post", status, body)
+    assert answer["client"] == "alice#office" and answer["state"] == "disabled"
+    assert refused(remote)  # the public port is closed
+    status, body = control(cport, "GET", "/api/mappings")
+    rows = {m["name"]: m for m in check("/api/mappings", "get", status, body)}
+    assert rows["echo"]["state"] == "disabled" and rows["site"]["state"] == "connected"
+    status, body = control(cport, "POST", "/api/mappings/site/disable")
+    check("/api/mappings/{name}/disable", "post", status, body)
+    assert host_get(web, "a.test")[0].startswith(b"HTTP/1.1 404")  # (no mapping answers that Host now)
+    # its client links again: still refused it, with the reason
+    control(cport, "DELETE", "/api/clients/alice%23office")
+    pair.client.wait_log("is up (attempt 2)", timeout=20)
+    pair.client.wait_log("mapping 'echo' refused by the server: disabled by the operator (control API)")
+    assert refused(remote)
+    status, body = control(cport, "POST", "/api/mappings/echo/enable")
+    assert check("/api/mappings/{name}/enable", "post", status, body)["state"] == "enabled"
+    wait_port(remote)
+    status, body = control(cport, "POST", "/api/mappings/echo/enable")  # (not disabled any more)
+    check("/api/mappings/{name}/enable", "post", status, body)
+    assert status == 404
+    status, body = control(cport, "POST", "/reload")  # a reload ends what was disabled
+    assert status == 200, body
+    assert host_get(web, "a.test")[1] == b"origin-A"
+    status, body = control(cport, "GET", "/api/mappings")
+    assert {m["state"] for m in json.loads(body)} == {"connected"}
+    status, body = control(cport, "POST", "/api/mappings/nope/disable")
+    assert status == 404 and "no mapping 'nope'" in check("/api/mappings/{name}/disable", "post", status,
+                                                          body)["error"]
+    status, _ = control(cport, "GET", "/api/mappings/echo/disable")
+    assert status == 405

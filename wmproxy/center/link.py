@@ -100,6 +100,7 @@ class CenterLink:
         self.user = ""  # the account the far side proved (the center server sets it)
         self.client_id = ""  # the id the far side gave (a center server's link; '' from a client before ids)
         self.holder = ""  # a center server's link: whose it is, 'account#id' (or 'account@address')
+        self.owner = ""  # its account, or its address for an account-less server (the logs' name)
         self.streams: dict[int, VirtualConn] = {}
         self.outbox: Queue = Queue()  # bounded in bytes (queued, max_outbox), not in items
         self.queued = 0  # bytes in the outbox, not yet written

@@ -281,6 +281,9 @@ def _port_key(mode: str, addr: Addr) -> str:
     return f"{addr}/udp" if mode == "udp" else str(addr)
 
 
+DISABLED = "disabled by the operator (control API) until enabled again or the next reload"
+
+
 class MappingRegistry:
     """The tcp mappings of every link of one center server, by public address."""
 
@@ -289,6 +292,11 @@ class MappingRegistry:
         # (mode, domain or '*.domain') -> its routes: one, or the members of its group
         self.routes: dict[tuple[str, str], list[HttpRoute]] = {}
         self._turns: dict[tuple[str, str], int] = {}  # round robin over a group's members
+        # what each holder asked for last (its MAPPING), by name: to publish a mapping again on enable
+        self.asked: dict[str, dict[str, fr.MappingSpec]] = {}
+        # (holder, name) -> (its owner, its spec) of the mappings an operator disabled (control API): refused
+        # to their client, even across its new links, until enabled again or the next reload or restart
+        self.disabled: dict[tuple[str, str], tuple[str, Optional[fr.MappingSpec]]] = {}
 
     def find_route(self, host: str, mode: str = "http") -> HttpRoute | None:
         """The http(s) mapping for a Host: exact name first, then the longest matching wildcard;
@@ -328,6 +336,7 @@ class MappingRegistry:
         answers: list[fr.MappingAnswer] = []
         published: list[Published] = []
         kept: dict[str, Published] = {}
+        self.asked.setdefault(holder, {}).update((m.name, m) for m in mappings)
         for m in mappings:
             match = next((item for item in reuse if _same(item, m) and item not in kept.values()), None)
             if match is not None:
@@ -335,7 +344,10 @@ class MappingRegistry:
         self.withdraw([item for item in reuse if item not in kept.values()], forget=True)
         for m in mappings:
             reason = ""
-            if m.name in kept:
+            if (holder, m.name) in self.disabled:
+                self.disabled[(holder, m.name)] = (owner, m)
+                reason = DISABLED
+            elif m.name in kept:
                 published.append(kept[m.name])
             elif m.mode in ("http", "https", "tls"):
                 reason = self._route(owner, holder, m, policy.host_modes, published)
@@ -420,6 +432,7 @@ class MappingRegistry:
         """A live link's new mappings: withdraw the removed and moved ones, publish the new
         ones, leave the unchanged ones (and their connections) alone. Updates ``ports``."""
         wanted = {m.name: m for m in specs}
+        self.asked[holder] = dict(wanted)
         gone = [p for p in ports if p.name not in wanted or not _same(p, wanted[p.name])]
         self.withdraw(gone, forget=True)
         ports[:] = [p for p in ports if p not in gone]
@@ -431,6 +444,38 @@ class MappingRegistry:
             log.info("center: mapping %r of client %s published on %s", item.name, owner, item.label)
         by_name = {a.name: a for a in answers}
         return [by_name.get(m.name, fr.MappingAnswer(m.name, True)) for m in specs]
+
+    def disable(self, owner: str, holder: str, name: str, ports: list[Published]) -> bool:
+        """An operator withdraws mapping ``name`` of ``holder`` (its published items in
+        ``ports``, updated) until :meth:`enable` or the next reload; False if it has none."""
+        items = [p for p in ports if p.name == name]
+        spec = self.asked.get(holder, {}).get(name)
+        if not items and spec is None:
+            return False
+        self.withdraw(items, forget=True)
+        ports[:] = [p for p in ports if p not in items]
+        self.disabled[(holder, name)] = (owner, spec)
+        log.warning("center: mapping %r of client %s disabled by the operator (control API) until enabled again or "
+                    "the next reload", name, holder)
+        return True
+
+    def enable(self, holder: str, name: str, link: Optional["CenterLink"], ports: list[Published],
+               policy: CenterServerContext) -> Optional[fr.MappingAnswer]:
+        """Publish a disabled mapping again (on ``link``, its client's live link, if any).
+        None when it was not disabled; else the answer (a port another client took meanwhile
+        is refused as at a MAPPING)."""
+        if (holder, name) not in self.disabled:
+            return None
+        owner, spec = self.disabled.pop((holder, name))
+        log.info("center: mapping %r of client %s enabled again by the operator (control API)", name, holder)
+        if link is None or link.closed or spec is None:
+            return fr.MappingAnswer(name, True, "published when its client links again")
+        answers, bound = self.register(owner, holder, [spec], policy)
+        for item in bound:
+            item.attach(link)
+            ports.append(item)
+            log.info("center: mapping %r of client %s published on %s", item.name, owner, item.label)
+        return answers[0]
 
     def withdraw(self, items: list, forget: bool = False) -> None:
         """A link ended (or its client dropped these mappings, ``forget``): public ports
@@ -464,6 +509,13 @@ class MappingRegistry:
                 del self.ports[key]
 
     def status(self) -> list[dict]:
+        return [*self._published(), *({"name": name, "mode": spec.mode if spec else "?", "client": owner,
+                                        "connected": False, "disabled": True,
+                                        **({"remote_bind": spec.remote_bind} if spec and spec.remote_bind else
+                                           {"domain": spec.domain} if spec and spec.domain else {})}
+                                       for (_, name), (owner, spec) in self.disabled.items())]
+
+    def _published(self) -> list[dict]:
         ports: list[PortMember | PublicUdpPort] = [
             member for p in self.ports.values() for member in (p.members if isinstance(p, PublicPort) else [p])]
         return [*({"name": p.name, "mode": p.mode, "client": p.owner, "remote_bind": p.bind,

@@ -182,6 +182,7 @@ class CenterServer(Listener):
         link.user = user
         link.client_id = login.client_id or ""
         link.holder = holder
+        link.owner = user or peer
         link.peer_address = address  # (behind a balancer, the PROXY protocol header's)
         link.peer_aware = login.peer_aware
         self.links.add(link)
@@ -240,6 +241,43 @@ class CenterServer(Listener):
                  "id": link.holder, "peer": fmt_addr(*link.peer_address[:2]), "since": link.started_at,
                  "streams": link.stream_count, "rtt": link.rtt, "bytes_in": link.bytes_in,
                  "bytes_out": link.bytes_out, **_tls(link)} for link in self.links]
+
+    def set_mapping(self, name: str, holder: str, enabled: bool) -> dict:
+        """The control API's disable / enable of mapping ``name`` (of client ``holder``; '' when
+        only one client has a mapping of that name). ``{"ok": ...}``, with ``status`` if refused."""
+        if enabled:
+            holders = [h for (h, n) in self.mappings.disabled if n == name]
+        else:
+            holders = [h for h, (link, ports) in self.clients.items()
+                       if any(p.name == name for p in ports) or name in self.mappings.asked.get(h, {})]
+        if holder:
+            holders = [h for h in holders if h == holder]
+        if not holders:
+            which = f" of client {holder}" if holder else ""
+            return {"ok": False, "status": 404, "error": f"no mapping {name!r}{which} is "
+                                                        f"{'disabled' if enabled else 'published'} here"}
+        if len(holders) > 1:
+            return {"ok": False, "status": 409, "error": f"mapping {name!r} is of several clients: say which with "
+                                                        f"?client= one of {', '.join(sorted(holders))}"}
+        who = holders[0]
+        link, ports = self.clients.get(who, (None, []))
+        if not enabled:
+            owner = link.owner if link is not None else who
+            self.mappings.disable(owner, who, name, ports)
+            return {"ok": True, "mapping": name, "client": who, "state": "disabled",
+                    "until": "enabled again, or the next reload or restart"}
+        answer = self.mappings.enable(who, name, link, ports, self.ctx)
+        assert answer is not None
+        if not answer.accepted:
+            return {"ok": False, "status": 409, "mapping": name, "client": who,
+                    "error": f"enabled, but the server refused it: {answer.reason}"}
+        return {"ok": True, "mapping": name, "client": who, "state": "enabled",
+                **({"note": answer.reason} if answer.reason else {})}
+
+    def config_reloaded(self) -> None:
+        """A reload ends what the control API disabled: those mappings are published again."""
+        for holder, name in list(self.mappings.disabled):
+            self.set_mapping(name, holder, True)
 
     def kick(self, holder: str, why: str) -> bool:
         """Close the link of client ``holder`` (its id as GET /api/clients shows it): its

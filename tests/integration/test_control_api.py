@@ -130,3 +130,44 @@ def test_a_disabled_mapping_is_withdrawn_until_enabled_or_reloaded(linked):
                                                           body)["error"]
     status, _ = control(cport, "GET", "/api/mappings/echo/disable")
     assert status == 405
+
+
+def test_accounts_limits_disabled_and_a_reload_that_disables(tmp_path, certs, echo_server):
+    """[[center.users]]: max_mappings (all of an account's clients together), allow_ports of
+    its own, disabled (refused once the password is right; a reload that sets it cuts the
+    account's links)."""
+    cport, p1, p2, p3 = free_port(), free_port(), free_port(), free_port()
+    users = (f'[[center.users]]\nusername = "bob"\npassword = "b0b"\nmax_mappings = 1\nallow_ports = ["{p1}"]\n'
+             f'[[center.users]]\nusername = "carol"\npassword = "c4rol"\ndisabled = true\n')
+    pair = Pair(tmp_path, certs, start_client=False, server_top=f'control = "127.0.0.1:{cport}"',
+                server_extra=users)
+    try:
+        bob = pair.start_client(tcp_mapping("one", echo_server.port, p1) + tcp_mapping("two", echo_server.port, p2),
+                                user="bob", password="b0b", proxy=free_port())
+        bob.wait_log("is up", timeout=15)
+        bob.wait_log("mapping 'two' refused by the server: account 'bob' may publish 1 mappings (max_mappings)")
+        wait_port(p1)
+        carol = pair.start_client(tcp_mapping("three", echo_server.port, p3), user="carol", password="c4rol",
+                                  proxy=free_port())
+        carol.wait_log("refused by the server: account disabled", timeout=15)
+        assert "account 'carol' is disabled" in pair.server.wait_log("is disabled")
+        wrong = pair.start_client("", user="carol", password="nope", proxy=free_port())
+        wrong.wait_log("refused by the server: auth failed", timeout=15)  # (no word of 'disabled' before the password)
+        # bob's allow_ports are his own; a reload publishes a disabled mapping again, under the new ones
+        status, body = control(cport, "POST", "/api/mappings/one/disable")
+        assert status == 200, body
+        pair.server_conf.write_text(pair.server_conf.read_text().replace(f'allow_ports = ["{p1}"]',
+                                                                         f'allow_ports = ["{p2}"]'))
+        status, body = control(cport, "POST", "/reload")
+        assert status == 200, body
+        status, body = control(cport, "GET", "/api/mappings")
+        assert [m["name"] for m in json.loads(body)] == []  # (re-enabled by the reload, then refused: outside)
+        assert f"port {p1} is outside allow_ports ({p2})" in pair.server.wait_log("is outside allow_ports")
+        pair.server_conf.write_text(pair.server_conf.read_text().replace("max_mappings = 1\n",
+                                                                         "max_mappings = 1\ndisabled = true\n"))
+        status, body = control(cport, "POST", "/reload")
+        assert status == 200, body
+        pair.server.wait_log("its account 'bob' is disabled now")
+        bob.wait_log("refused by the server: account disabled", timeout=20)
+    finally:
+        pair.stop()

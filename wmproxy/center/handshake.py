@@ -68,10 +68,12 @@ def pin_name(username: str, client_id: Optional[str]) -> str:
 
 def server_side(sock: Conn, reader: Reader, accounts: dict[str, str],
                 decide: Callable[[Login, list[fr.MappingSpec]], list[fr.MappingAnswer]],
-                check_cert: Optional[CertCheck] = None, presented: Optional[bytes] = None) -> Login:
+                check_cert: Optional[CertCheck] = None, presented: Optional[bytes] = None,
+                disabled: frozenset = frozenset()) -> Login:
     """Run the server's half; returns who linked. ``decide(login, mappings)`` answers the
     client's mappings; ``check_cert`` (client certificates pinned on first use) checks the
-    certificate ``presented`` in TLS, or the one a client offers to enroll. Raises AuthFailed
+    certificate ``presented`` in TLS, or the one a client offers to enroll; an account in
+    ``disabled`` is refused once it proved its password. Raises AuthFailed
     (Enrolled; after telling the client), ProtocolError, PeerClosed, OSError."""
     nonce = os.urandom(fr.NONCE_SIZE)
     _send(sock, Kind.HELLO, Flag.ID | (Flag.CERT if check_cert is not None else 0), fr.encode_hello(nonce))
@@ -85,6 +87,9 @@ def server_side(sock: Conn, reader: Reader, accounts: dict[str, str],
         if not right:
             _send(sock, Kind.CLOSE, 0, fr.encode_close("auth failed"))
             raise AuthFailed(f"auth failed for user {username[:40]!r}")
+        if username in disabled:  # (said only to whoever proved the password)
+            _send(sock, Kind.CLOSE, 0, fr.encode_close("account disabled"))
+            raise AuthFailed(f"account {username!r} is disabled")
     if check_cert is not None:
         try:
             check_cert(pin_name(username, client_id), presented, offered)

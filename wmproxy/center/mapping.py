@@ -342,6 +342,9 @@ class MappingRegistry:
             if match is not None:
                 kept[m.name] = match
         self.withdraw([item for item in reuse if item not in kept.values()], forget=True)
+        user = policy.users.get(owner)
+        limit = user.max_mappings if user is not None else 0
+        held = self._held(owner) if limit else 0  # (the account's, on every link of it)
         for m in mappings:
             reason = ""
             if (holder, m.name) in self.disabled:
@@ -349,6 +352,8 @@ class MappingRegistry:
                 reason = DISABLED
             elif m.name in kept:
                 published.append(kept[m.name])
+            elif limit and held + sum(1 for p in published if p not in kept.values()) >= limit:
+                reason = f"account {owner!r} may publish {limit} mappings (max_mappings), all its clients together"
             elif m.mode in ("http", "https", "tls"):
                 reason = self._route(owner, holder, m, policy.host_modes, published)
             elif m.mode not in ("tcp", "udp", "proxy"):
@@ -394,7 +399,8 @@ class MappingRegistry:
                 addr = to_addr(m.remote_bind)
             except ValueError as e:
                 return f"remote_bind: {e}"
-        allow_ports = policy.allow_ports
+        user = policy.users.get(owner)
+        allow_ports = user.allow_ports if user is not None and user.allow_ports else policy.allow_ports
         if shared is None and allow_ports and not any(lo <= addr.port <= hi for lo, hi in allow_ports):
             ranges = ", ".join(f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in allow_ports)
             return f"port {addr.port} is outside allow_ports ({ranges})"
@@ -444,6 +450,12 @@ class MappingRegistry:
             log.info("center: mapping %r of client %s published on %s", item.name, owner, item.label)
         by_name = {a.name: a for a in answers}
         return [by_name.get(m.name, fr.MappingAnswer(m.name, True)) for m in specs]
+
+    def _held(self, owner: str) -> int:
+        """The mappings account ``owner`` has published now (on all its links)."""
+        members = [m for p in self.ports.values() for m in (p.members if isinstance(p, PublicPort) else [p])]
+        routes = [r for rs in self.routes.values() for r in rs if r.online]
+        return sum(1 for item in [*members, *routes] if item.owner == owner)
 
     def disable(self, owner: str, holder: str, name: str, ports: list[Published]) -> bool:
         """An operator withdraws mapping ``name`` of ``holder`` (its published items in

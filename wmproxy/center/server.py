@@ -55,6 +55,8 @@ class CenterServerContext:
         self.targets = target_policy(proxy_cfg, exposed)  # CONNECT streams too
         # the mapping policy (MappingRegistry.register)
         self.allow_ports = cfg.allow_ports
+        self.users = {u.username: u for u in cfg.users}  # an account's own limits
+        self.disabled_users = frozenset(u.username for u in cfg.users if u.disabled)
         self.shared_ports = {"tcp": cfg.map_tcp_bind, "proxy": cfg.map_proxy_bind}  # for mappings without remote_bind
         self.idle_timeout = proxy_cfg.idle_timeout
         self.max_per_ip = cfg.max_connections_per_ip  # of each mapping port
@@ -126,7 +128,8 @@ class CenterServer(Listener):
                 if ctx.check_cert is not None:
                     presented = sock.getpeercert(binary_form=True) or None
             reader = Reader(sock)
-            login = handshake.server_side(sock, reader, ctx.accounts, decide, ctx.check_cert, presented)
+            login = handshake.server_side(sock, reader, ctx.accounts, decide, ctx.check_cert, presented,
+                                          ctx.disabled_users)
             self.throttle.succeeded(address[0])
         except handshake.Enrolled as e:
             log.info("center: %s (from %s)", e, peer)
@@ -275,9 +278,14 @@ class CenterServer(Listener):
                 **({"note": answer.reason} if answer.reason else {})}
 
     def config_reloaded(self) -> None:
-        """A reload ends what the control API disabled: those mappings are published again."""
+        """A reload ends what the control API disabled: those mappings are published again;
+        and the links of accounts it disabled are cut."""
         for holder, name in list(self.mappings.disabled):
             self.set_mapping(name, holder, True)
+        for holder, (link, _) in list(self.clients.items()):
+            if link.user in self.ctx.disabled_users:
+                log.warning("center: client %s cut: its account %r is disabled now", holder, link.user)
+                link.close("account disabled")
 
     def kick(self, holder: str, why: str) -> bool:
         """Close the link of client ``holder`` (its id as GET /api/clients shows it): its

@@ -19,6 +19,10 @@ class CenterUser:
 
     username: str = key(to_str, REQUIRED, "the client's name")
     password: str = key(to_str, REQUIRED, "its password (never sent: the client proves it with HMAC)")
+    disabled: bool = key(to_bool, False, "refuse its logins (and cut its links at the reload that sets it)")
+    max_mappings: int = key(int_range(0, 100_000), 0, "mappings its clients may publish, all together (0: any)")
+    allow_ports: tuple = key(list_of(to_port_range), (), "ports its tcp, udp and proxy mappings may open, instead of "
+                                                         "the server's allow_ports (empty: the server's)")
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,10 @@ class CenterConfig:
         from ..center.trust import default_state_dir
 
         return self.state_dir or default_state_dir()
+
+    def user(self, name: str) -> Optional[CenterUser]:
+        """The [[center.users]] account ``name``, if it is one."""
+        return next((u for u in self.users if u.username == name), None)
 
     def accounts(self) -> dict[str, str]:
         """username -> password; empty when the server takes anyone (no credentials set)."""

@@ -387,23 +387,44 @@ def format_status(st: dict) -> str:
                      f"restarts {w['restarts']}" + (f"  conns {w['connections']}  rss {_size(w['rss_bytes'])}  "
                                                     f"cpu {w['cpu_seconds']:.1f}s" if "rss_bytes" in w else ""))
     lines.append("")
-    header = ("KIND", "BIND", "STATE", "CONNS", "TOTAL", "IN", "OUT", "REQUESTS")
-    rows = [header] + [
+    lines += _table(("KIND", "BIND", "STATE", "CONNS", "TOTAL", "IN", "OUT", "REQUESTS"), [
         (r["kind"], r["bind"], r["state"], str(r["connections"]), str(r["connections_total"]), _size(r["bytes_in"]),
          _size(r["bytes_out"]), " ".join(f"{k}:{v}" for k, v in r["requests"].items()) or "-")
-        for r in st["listeners"]
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.append(f"\ncenter links: {len(st['center_links'])}  mappings: {len(st['mappings'])}")
-    for link in st["center_links"]:
-        if link["role"] == "server":
-            who = f"{link['client']} (id {link['client_id']})" if link.get("client_id") else link["client"]
-            lines.append(f"  client {who} from {link['peer']}: {link['streams']} streams, "
-                         f"in {_size(link['bytes_in'])}, out {_size(link['bytes_out'])}")
-        else:
-            rtt = f", rtt {link['rtt'] * 1000:.1f}ms" if link.get("rtt") is not None else ""
-            lines.append(f"  to {link['server']}: {link['state']}{rtt}, {link['streams']} streams, "
-                         f"{link['attempts']} attempts" + (f", last error: {link['last_error']}"
-                                                           if link["last_error"] else ""))
+        for r in st["listeners"]])
+    server = any(r["kind"] == "center" for r in st["listeners"])  # a center server: its clients and mappings
+    clients = api_clients(st) if server else []
+    if server:
+        lines += ["", f"center clients: {len(clients)}"]
+        lines += _table(("ID", "ADDRESS", "TLS", "UP", "RTT", "STREAMS", "IN", "OUT"), [
+            (c["id"], c["address"], c["tls"]["version"] if c["tls"] else "plain", _duration(time.time() - c["since"]),
+             f"{c['rtt_seconds'] * 1000:.1f}ms" if c["rtt_seconds"] is not None else "-", str(c["streams"]),
+             _size(c["bytes_in"]), _size(c["bytes_out"])) for c in clients])
+    if server:
+        mappings = api_mappings(st)
+        lines += ["", f"mappings: {len(mappings)}"]
+        lines += _table(("NAME", "ACCOUNT", "MODE", "PUBLIC", "STATE", "CONNS/REQS"), [
+            (m["name"], m["account"], m["mode"], m["public"] or "-", m["state"],
+             str(m["connections"] if m["connections"] is not None else m["requests"] if m["requests"] is not None
+                 else "-")) for m in mappings])
+    links = [link for link in st["center_links"] if link["role"] == "client"]
+    if links:  # a center client's, one line per server
+        lines += ["", f"center links: {len(links)}  mappings: {len(st['mappings'])}"]
+    for link in links:
+        rtt = f", rtt {link['rtt'] * 1000:.1f}ms" if link.get("rtt") is not None else ""
+        lines.append(f"  to {link['server']}: {link['state']}{rtt}, {link['streams']} streams, "
+                     f"{link['attempts']} attempts" + (f", last error: {link['last_error']}"
+                                                       if link["last_error"] else ""))
+    upstreams = api_upstreams(st)
+    if upstreams:
+        lines += ["", f"upstream servers: {len(upstreams)}"]
+        lines += _table(("KIND", "UPSTREAM", "SERVER", "UP", "ACTIVE", "REQUESTS", "FAILURES"), [
+            (u["kind"], u["upstream"], u["server"], "up" if u["up"] else "OUT", str(u["active"]), str(u["requests"]),
+             str(u["failures"])) for u in upstreams])
     return "\n".join(lines)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Columns as wide as their widest cell, two spaces apart."""
+    table = [header, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]

@@ -171,3 +171,19 @@ def test_accounts_limits_disabled_and_a_reload_that_disables(tmp_path, certs, ec
         bob.wait_log("refused by the server: account disabled", timeout=20)
     finally:
         pair.stop()
+
+
+def test_status_prints_the_same_lists_as_tables(linked):
+    import subprocess
+    import sys
+
+    pair, cport, web, remote = linked
+    host_get(web, "a.test")
+    shown = subprocess.run([sys.executable, str(ROOT / "bin" / "wmproxy-server"), "status", "-c",
+                            str(pair.server_conf)], capture_output=True, text=True, timeout=30).stdout
+    lines = shown.splitlines()
+    assert "center clients: 1" in lines and "mappings: 2" in lines, shown
+    client_row = next(line for line in lines if line.startswith("alice#office "))
+    assert "127.0.0.1:" in client_row and "TLSv1." in client_row
+    assert any(line.split()[:5] == ["echo", "alice", "tcp", f"127.0.0.1:{remote}", "connected"] for line in lines)
+    assert any(line.split()[:6] == ["site", "alice", "http", "Host", "a.test", "connected"] for line in lines), shown

@@ -455,6 +455,7 @@ class App:
             "upstreams": merge_servers([*(row for group in self.http_groups.values() for row in group.status()),
                                         *(row for source in sources for row in source.upstream_status())]),
             "process": process,
+            "recent_errors": logs.recent(),
         }
 
     # -- stopping -------------------------------------------------------------------------------

@@ -8,10 +8,15 @@ one, the config refuses any but a loopback address. One request per connection.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import http.client
+import importlib.resources
+import ipaddress
 import json
 import logging
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -118,6 +123,13 @@ class ControlServer(Listener):
             return
         except (PeerClosed, OSError):
             return
+        why = _browser_refusal(head, bool(ctx.token))
+        if why:
+            _json(client, 403, {"error": why})
+            log.warning("control API: refused %s %s from %s: %s", head.method, head.target, address[0], why)
+            return
+        if head.target.split("?", 1)[0] in ("/", "/index.html") and head.method in ("GET", "HEAD"):
+            return _dashboard(client)  # (the page holds no data: it asks for the token itself)
         if ctx.token:
             given = (head.get(b"authorization") or b"").partition(b" ")
             if given[0].lower() != b"bearer" or not hmac.compare_digest(given[2].strip(), ctx.token.encode()):
@@ -160,6 +172,54 @@ class ControlServer(Listener):
         gevent.spawn_later(0.05, process.request_stop, "POST /stop")
 
 
+# -- the dashboard (GET /) and what a browser may not do ------------------------------------------
+
+def _browser_refusal(head: http1.Head, has_token: bool) -> str:
+    """Why a request a browser sent on another site's behalf is refused ('' to go on): a
+    state-changing one whose Origin is not this API's (cross-site request forgery); and,
+    without a token, one whose Host is a name, not an address (DNS rebinding: a page of
+    evil.example resolved to 127.0.0.1 sends Host evil.example)."""
+    host = (head.get(b"host") or b"").decode("latin-1").strip().lower()
+    if not has_token:
+        name = host.rsplit(":", 1)[0].strip("[]") if not host.endswith("]") else host.strip("[]")
+        if name and name != "localhost" and not _is_ip(name):
+            return f"Host {host!r} is a name, not this API's address: a page that rebound its name to us?"
+    origin = head.get(b"origin")
+    if origin is not None and head.method not in ("GET", "HEAD", "OPTIONS"):
+        seen = origin.decode("latin-1").strip().lower().split("://", 1)[-1].rstrip("/")
+        if seen != host:
+            return f"a request from the page {origin.decode('latin-1')!r} of another site"
+    return ""
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+_PAGE: list[bytes] = []  # the dashboard, read once
+
+
+def _dashboard(client: Conn) -> None:
+    if not _PAGE:
+        _PAGE.append(importlib.resources.files("wmproxy.dashboard").joinpath("index.html").read_bytes())
+    page = _PAGE[0]
+    scripts = re.findall(rb"<script>(.*?)</script>", page, re.S)
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s).digest()).decode()}'" for s in scripts)
+    head = http1.encode_head("HTTP/1.1 200 OK", [
+        (b"Content-Type", b"text/html; charset=utf-8"), (b"Content-Length", str(len(page)).encode()),
+        (b"Cache-Control", b"no-store"), (b"X-Frame-Options", b"DENY"), (b"Referrer-Policy", b"no-referrer"),
+        (b"X-Content-Type-Options", b"nosniff"),
+        (b"Content-Security-Policy", f"default-src 'none'; connect-src 'self'; img-src 'self'; "
+                                     f"style-src 'unsafe-inline'; script-src {hashes}; frame-ancestors 'none'; "
+                                     f"form-action 'none'; base-uri 'none'".encode()),
+        (b"Connection", b"close")])
+    client.sendall(head + page)
+
+
 # -- /api: lists of what the process serves, and actions on it (docs/openapi.yaml) -----------------
 
 def api_clients(st: dict) -> list[dict]:
@@ -172,7 +232,7 @@ def api_clients(st: dict) -> list[dict]:
 
 def api_mappings(st: dict) -> list[dict]:
     """GET /api/mappings: the mappings this server publishes (their public side)."""
-    return [{"name": m["name"], "account": m["client"], "mode": m["mode"],
+    return [{"name": m["name"], "client": m.get("holder") or m["client"], "account": m["client"], "mode": m["mode"],
              "public": m.get("remote_bind") or (f"Host {m['domain']}" if m.get("domain") else ""),
              "state": "disabled" if m.get("disabled") else "connected" if m["connected"] else "offline",
              "connections": m.get("connections"), "requests": m.get("requests"), "group": m.get("group")}

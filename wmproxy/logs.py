@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -152,6 +153,7 @@ def setup_logging(settings: LogSettings, capture_stdio: bool | None = None) -> N
     for h in list(access_log.handlers):
         access_log.removeHandler(h)
     root.addHandler(main)
+    root.addHandler(_RECENT)
     root.setLevel(settings.level.upper())
     access_log.propagate = access is None
     if access is not None:
@@ -165,6 +167,30 @@ def setup_logging(settings: LogSettings, capture_stdio: bool | None = None) -> N
         _State.capture_stdio = capture_stdio
     _State.access_style = "json" if settings.format == "json" else settings.access_format
     _point_stdio()
+
+
+class _Recent(logging.Handler):
+    """The last RECENT warnings and errors, for the control API's status (the dashboard)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: collections.deque[dict[str, object]] = collections.deque(maxlen=RECENT)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append({"time": record.created, "level": record.levelname.lower(),
+                               "message": record.getMessage()[:500]})
+        except Exception:  # (a log line must never break what logged it)
+            pass
+
+
+RECENT = 50
+_RECENT = _Recent()
+
+
+def recent() -> list[dict[str, object]]:
+    """The last warnings and errors logged (time, level, message), oldest first."""
+    return list(_RECENT.lines)
 
 
 def current() -> LogSettings:

@@ -704,6 +704,8 @@ def merge_status(parts: list[dict[str, Any]]) -> dict[str, Any]:
     for name in ("connections", "bytes_in", "bytes_out"):
         out[name] = sum(r[name] for r in out["listeners"])
     out["center_links"] = [link for st in parts for link in st["center_links"]]
+    out["recent_errors"] = sorted((e for st in parts for e in st.get("recent_errors", [])),
+                                  key=lambda e: float(e["time"]))[-50:]
     out["mappings"] = [m for st in parts for m in st["mappings"]]
     out["upstreams"] = merge_servers([u for st in parts for u in st["upstreams"]])
     out["process"] = {name: sum(st["process"][name] for st in parts)

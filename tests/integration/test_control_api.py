@@ -187,3 +187,65 @@ def test_status_prints_the_same_lists_as_tables(linked):
     assert "127.0.0.1:" in client_row and "TLSv1." in client_row
     assert any(line.split()[:5] == ["echo", "alice", "tcp", f"127.0.0.1:{remote}", "connected"] for line in lines)
     assert any(line.split()[:6] == ["site", "alice", "http", "Host", "a.test", "connected"] for line in lines), shown
+
+
+# -- the dashboard and what a browser may not do -------------------------------------------------
+
+def raw(port: int, request: bytes) -> tuple[bytes, bytes]:
+    import socket
+
+    from conftest import read_response
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        return read_response(s)
+
+
+def test_the_dashboard_is_one_self_contained_page_served_without_the_token(tmp_path, start_proxy):
+    """GET / needs no token (the page holds no data; it asks for the token and sends it on
+    each call); its script is allowed by hash alone, nothing outside this API is loaded, and
+    node parses the script."""
+    import base64
+    import hashlib
+    import re
+    import subprocess
+
+    cport = free_port()
+    start_proxy(config=f'control = "127.0.0.1:{cport}"\ncontrol_token = "s3cret-token"\n'
+                       f'[proxy]\nbind = "127.0.0.1:{{port}}"\n')
+    head, page = raw(cport, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"text/html" in head and b"<title>wmproxy</title>" in page
+    (script,) = re.findall(rb"<script>(.*?)</script>", page, re.S)
+    digest = base64.b64encode(hashlib.sha256(script).digest())
+    csp = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-security-policy:"))
+    assert b"'sha256-" + digest + b"'" in csp and b"default-src 'none'" in csp and b"connect-src 'self'" in csp
+    assert b"X-Frame-Options: DENY" in head
+    assert not re.search(rb"(src|href)=\"(https?:)?//", page) and b"http://" not in script.replace(
+        b"http://www.w3.org/2000/svg", b"")  # (nothing from elsewhere; the SVG namespace is a name, not a fetch)
+    (tmp_path / "page.js").write_bytes(script)
+    checked = subprocess.run(["node", "--check", str(tmp_path / "page.js")], capture_output=True, text=True,
+                             timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    for path in (b"/status", b"/api/clients", b"/api/mappings", b"/api/upstreams", b"/reload"):
+        assert b'"' + path + b'"' in script or b"`" + path in script, path  # (what it calls exists)
+    status, _ = control(cport, "GET", "/status")
+    assert status == 401  # (the data still needs the token)
+    status, body = control(cport, "GET", "/api/listeners", token="s3cret-token")
+    assert status == 200 and json.loads(body)
+
+
+def test_browser_forgeries_are_refused(start_proxy):
+    cport = free_port()
+    p = start_proxy(config=f'control = "127.0.0.1:{cport}"\n[proxy]\nbind = "127.0.0.1:{{port}}"\n')
+    head, body = raw(cport, b"GET /status HTTP/1.1\r\nHost: evil.example:8837\r\n\r\n")  # DNS rebinding
+    assert head.startswith(b"HTTP/1.1 403") and b"is a name, not this API's address" in body
+    head, body = raw(cport, f"POST /reload HTTP/1.1\r\nHost: 127.0.0.1:{cport}\r\nOrigin: http://evil.example\r\n"
+                            f"Content-Length: 0\r\n\r\n".encode())  # a cross-site form or fetch
+    assert head.startswith(b"HTTP/1.1 403") and b"of another site" in body
+    head, _ = raw(cport, f"GET /status HTTP/1.1\r\nHost: localhost:{cport}\r\nOrigin: http://evil.example\r\n\r\n"
+                  .encode())
+    assert head.startswith(b"HTTP/1.1 200")  # (a read: the browser keeps the answer from the other site)
+    head, body = raw(cport, f"POST /reload HTTP/1.1\r\nHost: 127.0.0.1:{cport}\r\nOrigin: http://127.0.0.1:{cport}\r\n"
+                            f"Content-Length: 0\r\n\r\n".encode())  # the dashboard's own
+    assert not head.startswith(b"HTTP/1.1 403"), head
+    assert "refused POST /reload from 127.0.0.1: a request from the page 'http://evil.example'" in p.log()

@@ -50,8 +50,10 @@ def test_the_wheel_installs_into_a_clean_venv_and_its_commands_serve(built, tmp_
                         str(wheel)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import wmproxy.prot._speedups, wmproxy; "
-                            "print(wmproxy.__file__)"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import wmproxy.prot._speedups, wmproxy, importlib.resources; "
+                            "assert b'<title>wmproxy</title>' in importlib.resources.files('wmproxy.dashboard')"
+                            ".joinpath('index.html').read_bytes(); print(wmproxy.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env)
     assert where.stdout.startswith(str(venv)), where  # the installed copy, with its C speedups
     for program in ("wmproxy-server", "wmproxy-client", "wmproxy"):
         r = subprocess.run([str(venv / "bin" / program), "--version"], capture_output=True, text=True, env=env)

@@ -522,18 +522,20 @@ class MappingRegistry:
 
     def status(self) -> list[dict]:
         return [*self._published(), *({"name": name, "mode": spec.mode if spec else "?", "client": owner,
+                                        "holder": holder,
                                         "connected": False, "disabled": True,
                                         **({"remote_bind": spec.remote_bind} if spec and spec.remote_bind else
                                            {"domain": spec.domain} if spec and spec.domain else {})}
-                                       for (_, name), (owner, spec) in self.disabled.items())]
+                                       for (holder, name), (owner, spec) in self.disabled.items())]
 
     def _published(self) -> list[dict]:
         ports: list[PortMember | PublicUdpPort] = [
             member for p in self.ports.values() for member in (p.members if isinstance(p, PublicPort) else [p])]
-        return [*({"name": p.name, "mode": p.mode, "client": p.owner, "remote_bind": p.bind,
+        return [*({"name": p.name, "mode": p.mode, "client": p.owner, "holder": p.holder, "remote_bind": p.bind,
                    "connected": p.link is not None and not p.link.closed, "connections": p.connections,
                    **({"group": p.group} if p.group else {})} for p in ports),
                 *({"name": r.name, "mode": "https passthrough" if r.passthrough else r.mode, "client": r.owner,
+                   "holder": r.holder,
                    "domain": r.domain, "connected": r.online, "requests": r.requests,
                    **({"group": r.group} if r.group else {})}
                   for members in self.routes.values() for r in members)]

@@ -249,3 +249,43 @@ def test_browser_forgeries_are_refused(start_proxy):
                             f"Content-Length: 0\r\n\r\n".encode())  # the dashboard's own
     assert not head.startswith(b"HTTP/1.1 403"), head
     assert "refused POST /reload from 127.0.0.1: a request from the page 'http://evil.example'" in p.log()
+
+
+def test_account_quotas_hold_on_the_server_whatever_the_client_says(tmp_path, certs, mirror):
+    """[[center.users]] max_connections (its mappings together) and mapping_bandwidth (each
+    mapping: a bucket all its connections share), enforced by the server."""
+    import os
+    import socket
+    import time
+
+    from conftest import TcpServer, recv_all
+
+    size = 1 << 20
+    blob = os.urandom(size)
+    source = TcpServer(lambda conn: conn.sendall(blob))
+    cport, p1, p2 = free_port(), free_port(), free_port()
+    users = ('[[center.users]]\nusername = "bob"\npassword = "b0b"\nmax_connections = 1\n'
+             'mapping_bandwidth = "512k/s"\n')
+    pair = Pair(tmp_path, certs, start_client=False, server_top=f'control = "127.0.0.1:{cport}"',
+                server_extra=users)
+    try:
+        bob = pair.start_client(tcp_mapping("echo", mirror, p1) + tcp_mapping("blob", source.port, p2),
+                                user="bob", password="b0b", proxy=free_port())
+        bob.wait_log("mapping 'blob' published", timeout=15)  # (no probe: it would count as a connection)
+        bob.wait_log("mapping 'echo' published")
+        first = socket.create_connection(("127.0.0.1", p1), timeout=10)
+        first.sendall(b"hello")
+        assert first.recv(5) == b"hello"
+        with socket.create_connection(("127.0.0.1", p2), timeout=10) as second:  # the account's second: refused
+            assert second.recv(1) == b""
+        assert "refused: account bob has 1 connections open (max_connections)" in pair.server.wait_log("refused:")
+        first.close()
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", p2), timeout=30) as s:
+            started = time.monotonic()
+            got = recv_all(s)
+            took = time.monotonic() - started
+        assert got == blob and took >= (size - 65536) / (512 << 10) * 0.95, took  # (512 KiB/s, after a burst)
+    finally:
+        pair.stop()
+        source.close()

@@ -42,7 +42,7 @@ from ..prot.target import host_name
 from ..prot.rules import apply_header_rules
 from ..prot.frame import CreateMode
 from ..prot.tls import client_hello_sni
-from .mapping import HttpRoute
+from .mapping import HttpRoute, enter_all
 from .vconn import VirtualConn
 
 log = logging.getLogger("wmproxy.center")
@@ -157,10 +157,20 @@ class MapHttpServer(Listener):
         if not route.online:
             log.info("%s map-https SNI %s: client %s offline, connection closed", peer, sni, route.owner)
             return True
+        quotas = registry.quotas(route.owner, route.holder, route.name) if registry is not None else []
+        full = enter_all(quotas)
+        if full is not None:
+            log.info("%s map-https SNI %s: refused: %s has %d connections open (max_connections)", peer, sni,
+                     full.label, full.connections)
+            return True
         route.requests += 1
         deadline.close()  # the service's TLS sees the rest; the relay has its idle watch
-        stream = route.link.open_stream(CreateMode.TCP, route.name, (address, client.getsockname()))
-        stats = relay(client, stream, ctx.idle_timeout)
+        try:
+            stream = route.link.open_stream(CreateMode.TCP, route.name, (address, client.getsockname()))
+            stats = relay(client, stream, ctx.idle_timeout, shared=[q.buckets for q in quotas if q.buckets is not None])
+        finally:
+            for q in quotas:
+                q.leave()
         log.info("%s map-https SNI %s passed through to %s (%s) in=%d out=%d", peer, sni, route.owner,
                  stats.reason, stats.a_to_b, stats.b_to_a)
         return True

@@ -29,6 +29,7 @@ from ..net.limits import PerIpLimit
 from ..net.listen import BindError, open_listener, open_udp
 from ..net.proxyproto import ProxyProtocolIn, accept as accept_proxy_header
 from ..net.relay import RelayStats, link_owned, relay_then
+from ..net.throttle import Bucket
 from ..net.udp import UdpSession, UdpSessions
 from ..prot import frame as fr
 from ..prot.frame import CreateMode
@@ -133,6 +134,7 @@ class PublicPort(AcceptGuard, StreamServer):
         self.members: list[PortMember] = []
         self._turn = 0
         self.bind = ""
+        self.registry: Optional["MappingRegistry"] = None  # (its quotas: set by the registry that opened it)
 
     def withdraw(self) -> None:
         self.close()
@@ -161,19 +163,31 @@ class PublicPort(AcceptGuard, StreamServer):
         ip = address[0]
         if not self.per_ip.enter(ip, self.max_per_ip):
             return
+        quotas = self.registry.quotas(member.owner, member.holder, member.name) if self.registry is not None else []
+        full = enter_all(quotas)
+        if full is not None:
+            self.per_ip.leave(ip)
+            log.info("%s mapping %s: refused: %s has %d connections open (max_connections)", peer, member.name,
+                     full.label, full.connections)
+            return
         try:
             stream = member.link.open_stream(self.create_mode, member.name, (address, conn.getsockname()))
         except ConnectionError as e:
             self.per_ip.leave(ip)
+            for q in quotas:
+                q.leave()
             log.info("%s mapping %s: %s", peer, member.name, e)
             return
         member.connections += 1
 
         def done(stats: RelayStats) -> None:
             self.per_ip.leave(ip)
+            for q in quotas:
+                q.leave()
             log.info("%s mapping %s (%s) done (%s) in=%d out=%d", peer, member.name, member.owner, stats.reason,
                      stats.a_to_b, stats.b_to_a)
-        relay_then(conn, stream, done, link_owned, self.idle_timeout)
+        relay_then(conn, stream, done, link_owned, self.idle_timeout,
+                   shared=[q.buckets for q in quotas if q.buckets is not None])
 
 
 class LinkSession(UdpSession):
@@ -284,6 +298,46 @@ def _port_key(mode: str, addr: Addr) -> str:
 DISABLED = "disabled by the operator (control API) until enabled again or the next reload"
 
 
+class Quota:
+    """The connections and bandwidth of an account, or of one of its mappings, shared by all
+    their public connections ([[center.users]] max_connections, bandwidth and their mapping_
+    twins): a count, and a token bucket each way."""
+
+    __slots__ = ("label", "max_connections", "rate", "buckets", "connections")
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.connections = 0
+        self.max_connections = 0
+        self.rate = 0.0
+        self.buckets: Optional[tuple[Bucket, Bucket]] = None
+
+    def set(self, max_connections: int, rate: float) -> None:
+        self.max_connections = max_connections
+        if rate != self.rate:
+            self.rate = rate
+            self.buckets = (Bucket(rate), Bucket(rate)) if rate else None
+
+    def enter(self) -> bool:
+        if self.max_connections and self.connections >= self.max_connections:
+            return False
+        self.connections += 1
+        return True
+
+    def leave(self) -> None:
+        self.connections -= 1
+
+
+def enter_all(quotas: list[Quota]) -> Optional[Quota]:
+    """Count a connection in each of ``quotas``; the one that refused it (none counted), or None."""
+    for i, q in enumerate(quotas):
+        if not q.enter():
+            for taken in quotas[:i]:
+                taken.leave()
+            return q
+    return None
+
+
 class MappingRegistry:
     """The tcp mappings of every link of one center server, by public address."""
 
@@ -294,6 +348,9 @@ class MappingRegistry:
         self._turns: dict[tuple[str, str], int] = {}  # round robin over a group's members
         # what each holder asked for last (its MAPPING), by name: to publish a mapping again on enable
         self.asked: dict[str, dict[str, fr.MappingSpec]] = {}
+        self.users: dict = {}  # the accounts' limits ([[center.users]] by name), the server's config in force
+        self._account_quotas: dict[str, Quota] = {}
+        self._mapping_quotas: dict[tuple[str, str], Quota] = {}
         # (holder, name) -> (its owner, its spec) of the mappings an operator disabled (control API): refused
         # to their client, even across its new links, until enabled again or the next reload or restart
         self.disabled: dict[tuple[str, str], tuple[str, Optional[fr.MappingSpec]]] = {}
@@ -342,6 +399,7 @@ class MappingRegistry:
             if match is not None:
                 kept[m.name] = match
         self.withdraw([item for item in reuse if item not in kept.values()], forget=True)
+        self.users = policy.users
         user = policy.users.get(owner)
         limit = user.max_mappings if user is not None else 0
         held = self._held(owner) if limit else 0  # (the account's, on every link of it)
@@ -427,6 +485,7 @@ class MappingRegistry:
         except BindError as e:
             return str(e)
         port.bind = str(addr)
+        port.registry = self
         member = PortMember(port, m.name, owner, holder, m.group, m.group_key, m.remote_bind)
         port.members.append(member)
         self.ports[where] = port
@@ -450,6 +509,24 @@ class MappingRegistry:
             log.info("center: mapping %r of client %s published on %s", item.name, owner, item.label)
         by_name = {a.name: a for a in answers}
         return [by_name.get(m.name, fr.MappingAnswer(m.name, True)) for m in specs]
+
+    def quotas(self, owner: str, holder: str, name: str) -> list[Quota]:
+        """The shared limits a public connection to mapping ``name`` of ``holder`` (account
+        ``owner``) counts in: its account's and its own, as [[center.users]] set them now."""
+        user = self.users.get(owner)
+        if user is None:
+            return []
+        out = []
+        if user.max_connections or user.bandwidth:
+            q = self._account_quotas.get(owner) or self._account_quotas.setdefault(owner, Quota(f"account {owner}"))
+            q.set(user.max_connections, user.bandwidth)
+            out.append(q)
+        if user.mapping_max_connections or user.mapping_bandwidth:
+            q = self._mapping_quotas.get((holder, name)) or self._mapping_quotas.setdefault(
+                (holder, name), Quota(f"mapping {name} of {holder}"))
+            q.set(user.mapping_max_connections, user.mapping_bandwidth)
+            out.append(q)
+        return out
 
     def _held(self, owner: str) -> int:
         """The mappings account ``owner`` has published now (on all its links)."""

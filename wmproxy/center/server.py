@@ -280,6 +280,7 @@ class CenterServer(Listener):
     def config_reloaded(self) -> None:
         """A reload ends what the control API disabled: those mappings are published again;
         and the links of accounts it disabled are cut."""
+        self.mappings.users = self.ctx.users  # (the accounts' limits: connections from now on count by them)
         for holder, name in list(self.mappings.disabled):
             self.set_mapping(name, holder, True)
         for holder, (link, _) in list(self.clients.items()):

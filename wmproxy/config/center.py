@@ -9,7 +9,7 @@ from ..prot.frame import check_client_id
 from .keys import (
     Addr, Invalid, REQUIRED, int_range, key, list_of, one_of, optional_addr, section, table_list, to_addr, to_bool,
     to_domain, to_duration, to_header_rule, to_port_range, to_size, to_str, proxy_protocol_key,
-    proxy_protocol_from_key, check_proxy_protocol, rate_limit_key,
+    proxy_protocol_from_key, check_proxy_protocol, rate_limit_key, to_bandwidth,
 )
 
 
@@ -23,6 +23,12 @@ class CenterUser:
     max_mappings: int = key(int_range(0, 100_000), 0, "mappings its clients may publish, all together (0: any)")
     allow_ports: tuple = key(list_of(to_port_range), (), "ports its tcp, udp and proxy mappings may open, instead of "
                                                          "the server's allow_ports (empty: the server's)")
+    max_connections: int = key(int_range(0, 1_000_000), 0, "connections open at once to its tcp and proxy mappings "
+                                                           "and https ones passed through, all together (0: any)")
+    bandwidth: float = key(to_bandwidth, 0.0, "bytes a second its mappings' connections may move all together, each "
+                                              "way ('10m/s'; 0: no limit): a token bucket they share")
+    mapping_max_connections: int = key(int_range(0, 1_000_000), 0, "the same, for each of its mappings alone")
+    mapping_bandwidth: float = key(to_bandwidth, 0.0, "the same, for each of its mappings alone")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import _socket
 import socket
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import gevent
 from gevent import get_hub
@@ -66,14 +66,17 @@ def _spliceable(s: object) -> bool:
     return HAVE_SPLICE and isinstance(s, gsocket.socket) and not isinstance(s, gssl.SSLSocket)
 
 
-def _copy_pump(src: Conn, dst: Conn, moved: list[int], way: int, bucket: Optional[Bucket] = None) -> None:
+def _copy_pump(src: Conn, dst: Conn, moved: list[int], way: int, buckets: Sequence[Bucket] = ()) -> None:
     # The reusable buffer is allocated once data flows: an idle tunnel (thousands of them on a
     # center link) costs no 64 KiB per direction.
-    if bucket is not None:  # (rate_limit: at most a burst per read, paid for after its send)
-        while data := src.recv(bucket.burst):
+    if buckets:  # (rate limits: at most a burst per read, paid for after its send, to every bucket)
+        size = min(b.burst for b in buckets)
+        while data := src.recv(size):
             moved[way] += len(data)
             send_all(dst, data)
-            bucket.pay(len(data))
+            wait = max(b.spend(len(data)) for b in buckets)
+            if wait > 0:
+                gevent.sleep(wait)
         return
     data = src.recv(CHUNK)
     if not data:
@@ -101,15 +104,15 @@ def _shutdown_write(s: Conn) -> None:
 
 
 def _pump(src: Conn, dst: Conn, pending: bytes, moved: list[int], way: int,
-          on_error: Callable[[BaseException], None], rate: float = 0) -> None:
-    bucket = Bucket(rate) if rate else None
+          on_error: Callable[[BaseException], None], buckets: Sequence[Bucket] = ()) -> None:
     try:
         if pending:
             dst.sendall(pending)
             moved[way] += len(pending)
-            if bucket is not None:
-                bucket.pay(len(pending))
-        _copy_pump(src, dst, moved, way, bucket)
+            wait = max((b.spend(len(pending)) for b in buckets), default=0.0)
+            if wait > 0:
+                gevent.sleep(wait)
+        _copy_pump(src, dst, moved, way, buckets)
     except (OSError, EOFError) as e:
         on_error(e)
         return
@@ -120,10 +123,14 @@ class _Stop(Exception):
     """Thrown into the greenlet running a relay's inline pump to end it."""
 
 
+Shared = Sequence[tuple[Bucket, Bucket]]  # buckets several relays pay into: (a to b, b to a) each
+
+
 def relay(a: Conn, b: Conn, idle_timeout: float | None = None, a_pending: bytes = b"", b_pending: bytes = b"",
-          stats: RelayStats | None = None, rate: float = 0) -> RelayStats:
+          stats: RelayStats | None = None, rate: float = 0, shared: Shared = ()) -> RelayStats:
     """Copy bytes both ways between ``a`` and ``b`` until both directions end; with ``rate``,
-    each direction at most that many bytes a second (net.throttle: pumps, never callbacks).
+    each direction at most that many bytes a second, and within what the ``shared`` buckets
+    (an account's, a mapping's) allow (net.throttle: pumps, never callbacks).
 
     ``a_pending`` are bytes already read from ``a`` (to go to ``b`` first), ``b_pending``
     likewise from ``b``. Blocks the calling greenlet: it waits for the callback relay, or
@@ -134,7 +141,8 @@ def relay(a: Conn, b: Conn, idle_timeout: float | None = None, a_pending: bytes 
     """
     stats = stats or RelayStats()
     ended = Event()
-    bridge = None if rate else _callback_relay(a, b, a_pending, b_pending, stats, lambda _stats: ended.set())
+    limited = bool(rate or shared)
+    bridge = None if limited else _callback_relay(a, b, a_pending, b_pending, stats, lambda _stats: ended.set())
     if bridge is not None:  # the pair relays on callbacks: only this greenlet waits
         bridge.start(idle_timeout)
         try:
@@ -167,7 +175,11 @@ def relay(a: Conn, b: Conn, idle_timeout: float | None = None, a_pending: bytes 
         else:
             stop_inline()
 
-    other = gevent.spawn(_pump, b, a, b_pending, stats.moved, 1, on_error, rate)
+    ways: tuple[list[Bucket], list[Bucket]] = ([Bucket(rate)] if rate else [], [Bucket(rate)] if rate else [])
+    for to_b, to_a in shared:
+        ways[0].append(to_b)
+        ways[1].append(to_a)
+    other = gevent.spawn(_pump, b, a, b_pending, stats.moved, 1, on_error, ways[1])
 
     def on_idle() -> None:
         stats.reason = "idle"
@@ -177,7 +189,7 @@ def relay(a: Conn, b: Conn, idle_timeout: float | None = None, a_pending: bytes 
     watchdog = watch_idle(lambda: stats.total, lambda: idle_timeout, on_idle) if idle_timeout else None
     try:
         try:
-            _pump(a, b, a_pending, stats.moved, 0, on_error, rate)
+            _pump(a, b, a_pending, stats.moved, 0, on_error, ways[0])
         except _Stop:
             pass
         finally:
@@ -213,7 +225,7 @@ def link_owned(stop: Callable[[], None]) -> Callable[[], None]:
 def relay_then(a: Conn, b: Conn, on_done: Callable[[RelayStats], None], adopt: Adopt | None,
                idle_timeout: float | None = None,
                a_pending: bytes = b"", b_pending: bytes = b"", stats: RelayStats | None = None,
-               rate: float = 0) -> bool:
+               rate: float = 0, shared: Shared = ()) -> bool:
     """Relay ``a`` and ``b`` like :func:`relay`, then ``on_done(stats)``; returns whether the
     relay goes on without the caller.
 
@@ -225,7 +237,7 @@ def relay_then(a: Conn, b: Conn, on_done: Callable[[RelayStats], None], adopt: A
     ``on_done`` and returns False. Either way both sides end up closed.
     """
     stats = stats or RelayStats()
-    if adopt is not None and not rate:
+    if adopt is not None and not rate and not shared:
         release: Callable[[], None]
 
         def done(stats: RelayStats) -> None:
@@ -237,7 +249,7 @@ def relay_then(a: Conn, b: Conn, on_done: Callable[[RelayStats], None], adopt: A
             release = adopt(bridge.stop)
             bridge.start(idle_timeout)
             return True
-    on_done(relay(a, b, idle_timeout, a_pending, b_pending, stats, rate))
+    on_done(relay(a, b, idle_timeout, a_pending, b_pending, stats, rate, shared))
     return False
 
 

@@ -410,6 +410,7 @@ class App:
         rows = []
         for listener in [*self.listeners.values(), *self.draining]:
             st = listener.stats
+            live_in, live_out = listener.live_bytes()
             rows.append({
                 "kind": listener.kind,
                 "bind": str(listener.spec.bind),
@@ -417,8 +418,8 @@ class App:
                 "state": "draining" if listener.draining else "serving",
                 "connections": st.active,
                 "connections_total": st.total,
-                "bytes_in": st.bytes_in,
-                "bytes_out": st.bytes_out,
+                "bytes_in": st.bytes_in + live_in,
+                "bytes_out": st.bytes_out + live_out,
                 "requests": {str(code): n for code, n in sorted(st.statuses.items())},
                 **({"request_seconds": st.request_seconds.as_dict()} if listener.answers_http else {}),
             })

@@ -213,7 +213,7 @@ def _dashboard(client: Conn) -> None:
         (b"Content-Type", b"text/html; charset=utf-8"), (b"Content-Length", str(len(page)).encode()),
         (b"Cache-Control", b"no-store"), (b"X-Frame-Options", b"DENY"), (b"Referrer-Policy", b"no-referrer"),
         (b"X-Content-Type-Options", b"nosniff"),
-        (b"Content-Security-Policy", f"default-src 'none'; connect-src 'self'; img-src 'self'; "
+        (b"Content-Security-Policy", f"default-src 'none'; connect-src 'self'; img-src data:; "
                                      f"style-src 'unsafe-inline'; script-src {hashes}; frame-ancestors 'none'; "
                                      f"form-action 'none'; base-uri 'none'".encode()),
         (b"Connection", b"close")])

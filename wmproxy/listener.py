@@ -226,6 +226,11 @@ class Listener(ShownInStatus, AcceptGuard, StreamServer):
             if self._handling.pop(me, None) is not None:  # (not adopted: its release leaves)
                 self.per_ip.leave(ip)
 
+    def live_bytes(self) -> tuple[int, int]:
+        """Bytes in and out of its connections still open, not yet in ``stats`` (which counts a
+        connection's when it ends): none known by default."""
+        return 0, 0
+
     def update(self, spec: ListenerSpec, services: Services) -> None:
         """New settings for new connections; live ones keep theirs. The socket stays."""
         limit = self.max_connections(spec.settings)

@@ -239,6 +239,10 @@ class CenterServer(Listener):
     def mapping_status(self) -> list[dict]:
         return self.mappings.status()
 
+    def live_bytes(self) -> tuple[int, int]:
+        """What the live links carried so far (a link's bytes go into ``stats`` when it ends)."""
+        return sum(link.bytes_in for link in self.links), sum(link.bytes_out for link in self.links)
+
     def link_status(self) -> list[dict]:
         return [{"role": "server", "client": link.user or "anonymous", "client_id": link.client_id,
                  "id": link.holder, "peer": fmt_addr(*link.peer_address[:2]), "since": link.started_at,

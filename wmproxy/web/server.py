@@ -688,6 +688,8 @@ class WebServer(Listener):
     def _log(self, req: Request) -> None:
         took = time.monotonic() - req.started
         self.stats.statuses[req.status] += 1
+        self.stats.bytes_in += len(req.raw)  # (heads in, answers' bodies out: what the dashboard graphs)
+        self.stats.bytes_out += req.size
         self.stats.request_seconds.observe(took)
         fmt = req.location.access_log if req.location is not None else ""
         if fmt == "off" or not access_log.isEnabledFor(logging.INFO):

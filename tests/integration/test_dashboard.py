@@ -1,0 +1,140 @@
+"""The dashboard (GET / on the control port) in a real browser: Debian's chromium, headless,
+driven by selenium through chromedriver. The page loads with no console error, shows the two
+clients and their mappings, its traffic graph moves while a transfer runs, its kick button
+kicks (the client links again), and with a control_token it asks for the token first. A
+screenshot is saved (tmp_path, and $WMPROXY_ARTIFACTS when set)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import Pair, TcpServer, free_port, recv_all
+from test_center import http_mapping, tcp_mapping
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and DRIVER):
+        pytest.fail("chromium and chromedriver are needed (Debian: chromium chromium-driver; make test installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,1600",
+                "--no-first-run", "--disable-extensions"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def wait_until(what, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got = what()
+            if got:
+                return got
+        except Exception:  # (the page still building itself)
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not so within {timeout}s: {what}")
+        time.sleep(0.2)
+
+
+def cells(driver, table: str) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [td.text for td in driver.find_elements(By.CSS_SELECTOR, f"#{table} td")]
+
+
+def save(driver, tmp_path, name: str) -> None:
+    driver.save_screenshot(str(tmp_path / name))
+    artifacts = os.environ.get("WMPROXY_ARTIFACTS")
+    if artifacts:
+        os.makedirs(artifacts, exist_ok=True)
+        shutil.copy(tmp_path / name, os.path.join(artifacts, name))
+
+
+def test_the_dashboard_shows_clients_mappings_traffic_and_kicks(tmp_path, certs, origin, browser):
+    from selenium.webdriver.common.by import By
+
+    blob = os.urandom(8 << 20)
+    source = TcpServer(lambda conn: conn.sendall(blob))
+    cport, web, remote = free_port(), free_port(), free_port()
+    pair = Pair(tmp_path, certs, start_client=False, server_top=f'control = "127.0.0.1:{cport}"',
+                server_extra=f'map_http_bind = "127.0.0.1:{web}"\n')
+    try:
+        one = pair.start_client('client_id = "one"\n' + tcp_mapping("blob", source.port, remote) +
+                                http_mapping("site", origin.port, "a.test"), proxy=free_port())
+        two = pair.start_client('client_id = "two"\n' + http_mapping("other", origin.port, "b.test"),
+                                proxy=free_port())
+        one.wait_log("is up", timeout=15)
+        two.wait_log("is up", timeout=15)
+        browser.get(f"http://127.0.0.1:{cport}/")
+        wait_until(lambda: {"alice#one", "alice#two"} <= set(cells(browser, "clients")))
+        wait_until(lambda: {"blob", "site", "other"} <= set(cells(browser, "mappings")))
+        assert f"127.0.0.1:{remote}" in cells(browser, "mappings") and "Host a.test" in cells(browser, "mappings")
+        label = lambda: browser.find_element(By.ID, "bytes-chart-label").text  # noqa: E731
+        before = wait_until(label)
+
+        stop = threading.Event()
+
+        def transfer() -> None:  # the tcp mapping's 8 MiB again and again, and requests through the http one
+            while not stop.is_set():
+                with socket.create_connection(("127.0.0.1", remote), timeout=30) as s:
+                    recv_all(s)
+                with socket.create_connection(("127.0.0.1", web), timeout=10) as s:
+                    s.sendall(b"GET /whoami HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                    recv_all(s)
+                time.sleep(0.01)
+        mover = threading.Thread(target=transfer, daemon=True)
+        mover.start()
+        try:
+            wait_until(lambda: "MiB/s" in label() and label() != before, timeout=20)  # the graph moved
+            wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#requests-chart polyline"))  # requests/s too
+        finally:
+            stop.set()
+            mover.join(30)
+        save(browser, tmp_path, "dashboard.png")
+        row = next(tr for tr in browser.find_elements(By.CSS_SELECTOR, "#clients tr") if "alice#two" in tr.text)
+        row.find_element(By.TAG_NAME, "button").click()
+        browser.switch_to.alert.accept()  # "Kick alice#two? It may link again."
+        pair.server.wait_log("center: client alice#two (127.0.0.1:", timeout=10)
+        two.wait_log("is up (attempt 2)", timeout=20)
+        wait_until(lambda: "kick alice#two:" in browser.find_element(By.ID, "message").text)
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        pair.stop()
+        source.close()
+
+
+def test_with_a_token_the_page_asks_for_it_first(tmp_path, start_proxy, browser):
+    from selenium.webdriver.common.by import By
+
+    cport = free_port()
+    start_proxy(config=f'control = "127.0.0.1:{cport}"\ncontrol_token = "t0ken-of-the-test"\n'
+                       f'[proxy]\nbind = "127.0.0.1:{{port}}"\n')
+    browser.get(f"http://127.0.0.1:{cport}/")
+    wait_until(lambda: browser.find_element(By.ID, "login").is_displayed())
+    assert not browser.find_element(By.ID, "main").is_displayed()
+    browser.find_element(By.ID, "token").send_keys("t0ken-of-the-test")
+    browser.find_element(By.CSS_SELECTOR, "#login-form button").click()
+    wait_until(lambda: "proxy" in cells(browser, "listeners"))
+    assert browser.execute_script("return sessionStorage.getItem('wmproxy-token')") == "t0ken-of-the-test"
+    assert browser.execute_script("return localStorage.length") == 0  # (the tab's session only)
+    save(browser, tmp_path, "dashboard-token.png")
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "401" not in e["message"]]
+    assert not errors, errors

@@ -410,7 +410,8 @@ class App:
         rows = []
         for listener in [*self.listeners.values(), *self.draining]:
             st = listener.stats
-            live_in, live_out = listener.live_bytes()
+            live = getattr(listener, "live_bytes", None)  # (a UDP listener has no connections)
+            live_in, live_out = live() if live is not None else (0, 0)
             rows.append({
                 "kind": listener.kind,
                 "bind": str(listener.spec.bind),

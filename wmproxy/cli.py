@@ -217,6 +217,27 @@ def _control_command(prog: str, command: str, cfg: config.Config) -> int:
     return 0
 
 
+def check(prog: str, cfg: config.Config, config_file: str | None, reading: "config.compat.Reading | None",
+          shown: str) -> int:
+    """``--check`` (and ``wmproxy check``): the files the config names read as starting would,
+    how a Rust wmproxy file was read, then OK; the exit status (1 on an error)."""
+    from .app import check_files
+
+    try:
+        check_files(cfg, config_file)
+    except ConfigError as e:
+        print(f"{prog}: configuration error: {e}", file=sys.stderr)
+        return 1
+    if reading is not None:
+        print(f"{shown}: read as a Rust wmproxy config:")
+        for line in reading.notes:
+            print(f"  {line}")
+        for line in reading.warnings:
+            print(f"  warning: {line}")
+    print(f"{prog}: configuration OK ({shown})")
+    return 0
+
+
 def run(prog: str, argv: list[str] | None = None) -> int:
     """Parse, load, then run a command or serve until stopped. Returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
@@ -240,21 +261,7 @@ def run(prog: str, argv: list[str] | None = None) -> int:
         print(f"{prog}: configuration error: {e}", file=sys.stderr)
         return 1
     if args.check:
-        from .app import check_files
-
-        try:
-            check_files(cfg, config_file)
-        except ConfigError as e:
-            print(f"{prog}: configuration error: {e}", file=sys.stderr)
-            return 1
-        if reading is not None:
-            print(f"{args.config}: read as a Rust wmproxy config:")
-            for line in reading.notes:
-                print(f"  {line}")
-            for line in reading.warnings:
-                print(f"  warning: {line}")
-        print(f"{prog}: configuration OK ({args.config or source})")
-        return 0
+        return check(prog, cfg, config_file, reading, args.config or source)
     if args.command != "run":
         return _control_command(prog, args.command, cfg)
     from .process import serve  # imported late: --check, --help and the commands need no gevent hub

@@ -294,19 +294,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{PROG}: configuration error: {e}", file=sys.stderr)
         return 1
     if args.command == "check":
-        from .app import check_files
+        from .cli import check
 
-        try:
-            check_files(cfg, config_file)
-        except ConfigError as e:
-            print(f"{PROG}: configuration error: {e}", file=sys.stderr)
-            return 1
-        if reading is not None:
-            print(f"{args.config}: read as a Rust wmproxy config:")
-            print("".join(f"  {line}\n" for line in reading.notes), end="")
-            print("".join(f"  warning: {line}\n" for line in reading.warnings), end="")
-        print(f"{PROG}: configuration OK ({args.config})")
-        return 0
+        return check(PROG, cfg, config_file, reading, args.config)
     from .process import serve
 
     return serve(PROG, cfg, config_file, [], daemon=args.daemon, source=config_file or f"{PROG} {args.command}",

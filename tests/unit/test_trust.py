@@ -7,6 +7,8 @@ import ssl
 import stat
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wmproxy.center import trust
 from wmproxy.errors import ProtocolError
@@ -77,3 +79,27 @@ def test_a_server_pins_at_most_max_pins_clients(tmp_path, monkeypatch):
     server.check("a#1", client_der, None)  # (a pinned one still links)
     with pytest.raises(AuthFailed, match="a client certificate is required"):
         server.check("a#1", None, None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.booleans(), st.booleans())
+def test_any_token_body_is_read_or_refused_as_a_protocol_error(body, with_id, with_cert):
+    """What a stranger sends on TOKEN (before any password is checked): a bounded read, or
+    ProtocolError; never another exception, never a certificate beyond CERT_MAX."""
+    try:
+        _, _, _, cert = fr.decode_token_cert(body, with_id, with_cert)
+    except ProtocolError:
+        return
+    assert cert is None or 0 < len(cert) <= fr.CERT_MAX
+
+
+def test_a_server_whose_pins_are_garbage_still_serves(tmp_path):
+    """A pin line whose certificate is not one (an edit gone wrong, or a password holder
+    enrolling junk): logged and left out of the trust store; the context still loads."""
+    from wmproxy.config import CenterConfig
+
+    (tmp_path / "known_clients").write_text("a#x sha256:00 bm90IGEgY2VydA==\n")  # ("not a cert")
+    cfg = CenterConfig(bind=None, server=(), tls=True, cert="auto", key="auto", client_ca="pin",
+                       state_dir=str(tmp_path))
+    server = trust.ServerTrust(cfg)
+    assert server.pins is not None and server.ssl.verify_mode == ssl.CERT_OPTIONAL

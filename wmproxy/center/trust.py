@@ -131,14 +131,24 @@ class PinMismatch(Exception):
 
 class KnownPeers:
     """A pin file: lines ``NAME sha256:HEX [base64 DER]`` (the certificate itself where the
-    server needs it as a trust anchor); ``#`` comments. Read on each check: an operator's
-    edit (a line deleted after a planned change) takes effect at once."""
+    server needs it as a trust anchor); ``#`` comments. Read again whenever it changed (its
+    mtime and size): an operator's edit (a line deleted after a planned change) takes effect at
+    once, and a handshake costs a stat, not a read of up to MAX_PINS lines."""
 
     def __init__(self, path: str, what: str) -> None:
         self.path = path
         self.what = what  # "center server" / "center client"
+        self._seen: Optional[tuple[int, int]] = None  # (mtime_ns, size) of the file last read
+        self._entries: dict[str, tuple[str, Optional[bytes]]] = {}
 
     def entries(self) -> dict[str, tuple[str, Optional[bytes]]]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._seen, self._entries = None, {}
+            return self._entries
+        if self._seen == (st.st_mtime_ns, st.st_size):
+            return self._entries
         out: dict[str, tuple[str, Optional[bytes]]] = {}
         try:
             with open(self.path, encoding="ascii", errors="replace") as f:
@@ -153,7 +163,8 @@ class KnownPeers:
                                 der = None
                         out[words[0]] = (words[1], der)
         except FileNotFoundError:
-            pass
+            out = {}
+        self._seen, self._entries = (st.st_mtime_ns, st.st_size), out
         return out
 
     def pinned(self, name: str) -> Optional[str]:

@@ -32,7 +32,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from .keys import Invalid, to_addr
@@ -272,9 +272,7 @@ def _proxy(r: Reading, p: dict, where: str) -> None:
                    f"proxy serves only their proxy traffic, [proxy] bind = '')")
         center["tls"] = bool(p.get("tc", False))
         if center["tls"]:
-            if bool(cert) != bool(key):
-                raise Invalid("cert and key go together", path("key" if cert else "cert"))
-            center["cert"], center["key"] = (cert, key) if cert else ("auto", "auto")
+            center["cert"], center["key"] = _own_pair(cert, key, path)
             r.note(f"{path('tc')} = true -> center.tls with cert {cert!r}" if cert else
                    f"{path('tc')} = true without cert -> cert = \"auto\": this install's own pair, made on first "
                    f"start (the original's built-in pair, private key included, is not shipped)")
@@ -318,9 +316,7 @@ def _proxy(r: Reading, p: dict, where: str) -> None:
                    f"{path('ts')} = true without cert -> ca = \"pin\": the server's certificate pinned on first use "
                    f"(weaker than a CA)")
             if p.get("two_way_tls"):
-                if bool(cert) != bool(key):
-                    raise Invalid("cert and key go together", path("key" if cert else "cert"))
-                center["cert"], center["key"] = (cert, key) if cert else ("auto", "auto")
+                center["cert"], center["key"] = _own_pair(cert, key, path)
                 r.note(f"{path('two_way_tls')} = true -> center.cert/key (this client's certificate)" if cert else
                        f"{path('two_way_tls')} = true without cert -> cert = \"auto\": this install's own pair, "
                        f"pinned by the server on first use")
@@ -343,6 +339,14 @@ def _proxy(r: Reading, p: dict, where: str) -> None:
     if center:
         r.data["center"] = center
     r.data["proxy"] = proxy
+
+
+def _own_pair(cert: str, key: str, path: Callable[[str], str]) -> tuple[str, str]:
+    """This end's certificate and key: the files given, or, with neither, the install's own
+    pair (cert = key = "auto"). Invalid with one of them only."""
+    if bool(cert) != bool(key):
+        raise Invalid("cert and key go together", path("key" if cert else "cert"))
+    return (cert, key) if cert else ("auto", "auto")
 
 
 def _mappings(r: Reading, items: Any, path: str) -> list:

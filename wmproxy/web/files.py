@@ -397,14 +397,11 @@ def _gzipped(fs: FileServerConfig, out: Out, head: Head, fs_path: str, status: i
     """A text-like file compressed for this answer (no .gz sibling): a small one from the
     cache (compressed once per LOOKUP_TTL, with its length), a larger one compressed as it is
     sent (chunked; to an HTTP/1.0 client it goes as it is). No ranges of either."""
-    try:
-        f = _open(fs, fs_path)
-    except OSError:
+    opened = _open_regular(fs, fs_path)
+    if opened is None:
         return _small(out, 403, "Forbidden", head_only)
+    f, st = opened
     with f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            return _small(out, 403, "Forbidden", head_only)
         if st.st_size < GZIP_MIN:  # (not worth it: the file as it is)
             return _answer(out, head, _Meta(fs, fs_path, None, st, None), f, status, head_only)
         if st.st_size <= SMALL_FILE:
@@ -505,15 +502,26 @@ def _file(fs: FileServerConfig, out: Out, head: Head, fs_path: str, status: int,
     meta = _small_meta(fs, fs_path, send_path, encoding)
     if meta is not None:
         return _answer(out, head, meta, None, status, head_only)
-    try:
-        f = _open(fs, send_path)
-    except OSError:
+    opened = _open_regular(fs, send_path)
+    if opened is None:
         return _small(out, 403, "Forbidden", head_only)
+    f, st = opened
     with f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            return _small(out, 403, "Forbidden", head_only)
         return _answer(out, head, _Meta(fs, fs_path, encoding, st, None), f, status, head_only)
+
+
+def _open_regular(fs: FileServerConfig, path: str) -> Optional[tuple[BinaryIO, os.stat_result]]:
+    """``path`` opened (as _open does) and its stat, or None when it cannot be opened or is no
+    regular file (the caller answers 403)."""
+    try:
+        f = _open(fs, path)
+    except OSError:
+        return None
+    st = os.fstat(f.fileno())
+    if not stat.S_ISREG(st.st_mode):
+        f.close()
+        return None
+    return f, st
 
 
 def _answer(out: Out, head: Head, meta: _Meta, f: Optional[BinaryIO], status: int, head_only: bool) -> Reply:

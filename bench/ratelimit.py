@@ -3,7 +3,11 @@ nginx's limit_rate on the same download, in one run.
 
 - a file download (curl, one connection) from nginx with ``limit_rate`` and from wmproxy's
   file_server with ``rate_limit``, at 1, 4 and 16 MiB/s;
-- a TCP stream (iperf3 -R, one connection) through a ``[stream]`` server with ``rate_limit``.
+- a TCP stream (iperf3 -R, one connection) through a ``[stream]`` server with ``rate_limit``;
+- quotas shared by many connections: an account's ``bandwidth`` on the center server
+  ([[center.users]]), four iperf3 streams (-P 4) through its tcp mapping, and a forward proxy
+  user's ``bandwidth`` ([[proxy.users]]), two curl downloads at once through the proxy: the sum
+  against the set rate.
 
 Each line prints the achieved rate, its ratio to the set rate (goal: within 15%, 0.85 to 1.15)
 and, for the download, the ratio to nginx's. Each transfer lasts about ``--seconds``.
@@ -15,8 +19,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
-from bench import LOAD_CPU, ROOT, free_port
+from bench import LOAD_CPU, ROOT, free_port, wait_port
+from center import start_mapped
 
 RATES = (1 << 20, 4 << 20, 16 << 20)
 
@@ -38,10 +45,30 @@ def _download(url: str) -> float:
     return int(size) / float(took)
 
 
-def _iperf(port: int, seconds: int) -> float:
+def _iperf(port: int, seconds: int, parallel: int = 1) -> float:
     out = subprocess.run(["taskset", "-c", LOAD_CPU, "iperf3", "-c", "127.0.0.1", "-p", str(port), "-R", "-t",
-                          str(seconds), "-J"], capture_output=True, text=True, timeout=seconds + 60)
+                          str(seconds), "-P", str(parallel), "-J"], capture_output=True, text=True,
+                         timeout=seconds + 60)
     return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 8
+
+
+def _downloads(url: str, proxy: str, count: int) -> float:
+    """``count`` curl downloads of ``url`` at once through ``proxy``: their bytes over the time
+    the last one took."""
+    results: list[tuple[int, float]] = []
+
+    def one() -> None:
+        out = subprocess.run(["taskset", "-c", LOAD_CPU, "curl", "-sS", "-x", proxy, "-o", "/dev/null", "-w",
+                              "%{size_download} %{time_total}", url], capture_output=True, text=True, timeout=300)
+        size, took = out.stdout.split()
+        results.append((int(size), float(took)))
+
+    jobs = [threading.Thread(target=one) for _ in range(count)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    return sum(size for size, _ in results) / max(took for _, took in results)
 
 
 def run(b) -> None:
@@ -77,3 +104,35 @@ def run(b) -> None:
                                                          "-c", str(conf)], port)
         _record(b, "wmproxy [stream] rate_limit (iperf3)", rate, _iperf(port, b.seconds))
         b.stop(p)
+    quotas(b, iperf)
+
+
+def quotas(b, iperf: int) -> None:
+    """Limits many connections share: an account's on the center server, a proxy user's."""
+    for rate in RATES:
+        public = free_port()
+        start_mapped(b, f"quota-{rate}", f'username = "bench"\npassword = "pw"\n[[mappings]]\nname = "iperf"\n'
+                                         f'mode = "tcp"\nlocal_addr = "127.0.0.1:{iperf}"\n'
+                                         f'remote_bind = "127.0.0.1:{public}"\n', public,
+                     f'[[center.users]]\nusername = "bench"\npassword = "pw"\nbandwidth = {rate}\n')
+        time.sleep(1.5)  # the link comes up, the mapping is published
+        _record(b, "account bandwidth (iperf3 -P 4)", rate, _iperf(public, b.seconds, parallel=4))
+    www = b.www()
+    nginx = b.nginx()
+    for rate in RATES:
+        size = rate * b.seconds // 2  # (two at once: together about --seconds)
+        name = f"quota-{rate}.bin"
+        with open(www / name, "wb") as f:
+            f.write(os.urandom(size))
+        os.chmod(www / name, 0o644)
+        port = free_port()
+        conf = b.tmp / f"quota-proxy-{rate}.toml"
+        conf.write_text(f'log_level = "warning"\n[proxy]\nbind = "127.0.0.1:{port}"\n[[proxy.users]]\n'
+                        f'username = "u"\npassword = "p"\nbandwidth = {rate}\n')
+        p = b.start(f"wmproxy-quota-proxy-{rate}", [sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c",
+                                                    str(conf)], port)
+        wait_port(port)
+        _record(b, "proxy user bandwidth (2 x curl)", rate,
+                _downloads(f"http://127.0.0.1:{nginx}/{name}", f"http://u:p@127.0.0.1:{port}", 2))
+        b.stop(p)
+        os.unlink(www / name)

@@ -34,6 +34,7 @@ from .center.mapping import MappingRegistry
 from .center.server import CenterServer
 from .listener import ConnStats, Listener, ListenerSpec, StatusSource, drain_all
 from .services import Handler, ProcessControl, Services
+from .net import live
 from .net.dns import Resolver
 from .net.listen import BindError, open_listener, open_udp
 from .net.tls import client_context
@@ -286,7 +287,34 @@ class App:
                                                            "link again"}
             return {"ok": False, "status": 404, "error": f"no center client {who!r} is linked (GET /api/clients "
                                                         f"lists their ids)"}
+        if action == "connections":
+            return self._connections(str(args.get("listener", "")), int(args.get("limit", 100)))
+        if action == "cut":
+            return self._cut(str(args.get("id", "")), str(args.get("why", "control API")))
         return {"ok": False, "status": 400, "error": f"unknown action {action!r}"}
+
+    def _tables(self) -> list[tuple[str, Listener]]:
+        """The listeners whose connections GET /api/connections lists ("kind bind", listener)."""
+        return [(f"{listener.kind} {listener.spec.bind}", listener) for listener in
+                [*self.listeners.values(), *self.draining]
+                if listener.kind not in ("control", "center") and hasattr(listener, "live")]  # (links: /api/clients)
+
+    def _connections(self, want: str, limit: int) -> dict:
+        rows = [row for label, listener in self._tables()
+                if not want or want in (label, str(listener.spec.bind), listener.kind, listener.spec.label)
+                for row in listener.live.rows(label)]
+        return {"ok": True, "total": len(rows), "connections": live.top(rows, limit)}
+
+    def _cut(self, conn_id: str, why: str) -> dict:
+        for label, listener in self._tables():
+            conn = listener.live.find(conn_id)
+            if conn is not None:
+                b_in, b_out = conn.bytes()
+                log.info("%s %s: connection %s cut (%s) in=%d out=%d", conn.peer, label, conn_id, why, b_in, b_out)
+                conn.cut()
+                return {"ok": True, "cut": conn_id}
+        return {"ok": False, "status": 404, "error": f"no live connection {conn_id!r} (GET /api/connections lists "
+                                                    f"their ids)"}
 
     def reload(self, trigger: str) -> dict:
         """Load the config file again and apply it as a diff. Never raises: returns

@@ -206,6 +206,11 @@ def _control_command(prog: str, command: str, cfg: config.Config) -> int:
         print(f"{prog} {command}: {answer.get('error', answer)}", file=sys.stderr)
         return 1
     if command == "status":
+        try:  # (the top talkers: a list of their own)
+            status, body = control.call(cfg, "GET", f"/api/connections?limit={control.STATUS_TOP}")
+            answer["top_connections"] = json.loads(body) if status == 200 else None
+        except (control.ControlClientError, ValueError):
+            pass
         print(control.format_status(answer))
     elif command == "upgrade":
         print(f"upgraded: workers {' '.join(map(str, answer['workers']))} serve, the old ones drain")

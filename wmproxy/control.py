@@ -226,17 +226,29 @@ def api_clients(st: dict) -> list[dict]:
     """GET /api/clients: the center clients linked to this server."""
     return [{"id": c["id"], "account": c["client"], "client_id": c["client_id"] or None, "address": c["peer"],
              "tls": c["tls"], "since": c["since"], "rtt_seconds": c["rtt"], "streams": c["streams"],
-             "bytes_in": c["bytes_in"], "bytes_out": c["bytes_out"]}
+             "bytes_in": c["bytes_in"], "bytes_out": c["bytes_out"], "bytes_per_second": c["rate"]}
             for c in st["center_links"] if c["role"] == "server"]
 
 
 def api_mappings(st: dict) -> list[dict]:
-    """GET /api/mappings: the mappings this server publishes (their public side)."""
-    return [{"name": m["name"], "client": m.get("holder") or m["client"], "account": m["client"], "mode": m["mode"],
-             "public": m.get("remote_bind") or (f"Host {m['domain']}" if m.get("domain") else ""),
-             "state": "disabled" if m.get("disabled") else "connected" if m["connected"] else "offline",
-             "connections": m.get("connections"), "requests": m.get("requests"), "group": m.get("group")}
-            for m in st["mappings"]]
+    """GET /api/mappings: on a center server the mappings it publishes (their public side:
+    the local side stays with the client, which never tells it); on a center client its own,
+    with their local side and whether its servers took them."""
+    rows = []
+    for m in st["mappings"]:
+        public = m.get("remote_bind") or (f"Host {m['domain']}" if m.get("domain") else "")
+        if "connected" not in m:  # a center client's own
+            rows.append({"name": m["name"], "client": None, "account": None, "mode": m["mode"], "public": public,
+                         "local": m["local_addr"] or None, "state": m["state"], "connections": None,
+                         "connections_total": None, "requests": None, "bytes_in": None, "bytes_out": None,
+                         "group": None})
+            continue
+        rows.append({"name": m["name"], "client": m.get("holder") or m["client"], "account": m["client"],
+                     "mode": m["mode"], "public": public, "local": None,
+                     "state": "disabled" if m.get("disabled") else "connected" if m["connected"] else "offline",
+                     **{k: m.get(k) for k in ("connections", "connections_total", "requests", "bytes_in", "bytes_out",
+                                              "group")}})
+    return rows
 
 
 def api_listeners(st: dict) -> list[dict]:
@@ -245,9 +257,13 @@ def api_listeners(st: dict) -> list[dict]:
 
 
 def api_upstreams(st: dict) -> list[dict]:
-    return [{k: u[k] for k in ("kind", "upstream", "server", "up", "active", "requests", "failures")}
+    return [{k: u.get(k) for k in ("kind", "upstream", "server", "up", "active", "requests", "failures",
+                                   "last_check", "last_check_ok")}
             for u in st["upstreams"]]
 
+
+MAX_CONNECTIONS_LISTED = 10000  # GET /api/connections?limit=
+STATUS_TOP = 10  # the connections `status` shows
 
 _LISTS = {"/api/clients": api_clients, "/api/mappings": api_mappings, "/api/listeners": api_listeners,
           "/api/upstreams": api_upstreams}
@@ -265,6 +281,22 @@ def _api(client: Conn, method: str, path: str, query: str, process: ProcessContr
         who = parse_qs(query).get("client", [""])[0]
         result = process.act(parts[4], name=unquote(parts[3]), client=who)
         return _json(client, result.pop("status", 200 if result.get("ok") else 400), result)
+    if path == "/api/connections":
+        if method not in ("GET", "HEAD"):
+            return _json(client, 405, {"error": f"{path} takes GET (DELETE /api/connections/{{id}} cuts one)"})
+        q = parse_qs(query)
+        limit = q.get("limit", ["100"])[0]
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_CONNECTIONS_LISTED:
+            return _json(client, 400, {"error": f"limit={limit!r}: a number from 1 to {MAX_CONNECTIONS_LISTED}"})
+        result = process.act("connections", listener=q.get("listener", [""])[0], limit=int(limit))
+        result.pop("ok", None)
+        return _json(client, result.pop("status", 200), result)
+    if path.startswith("/api/connections/"):
+        if method != "DELETE":
+            return _json(client, 405, {"error": "/api/connections/{id} takes DELETE (cut the connection)"})
+        result = process.act("cut", id=unquote(path[len("/api/connections/"):]),
+                             why="DELETE /api/connections (control API)")
+        return _json(client, result.pop("status", 200 if result.get("ok") else 400), result)
     if path.startswith("/api/clients/"):
         who = unquote(path[len("/api/clients/"):])
         if method != "DELETE":
@@ -272,7 +304,8 @@ def _api(client: Conn, method: str, path: str, query: str, process: ProcessContr
         result = process.act("kick", id=who, why="DELETE /api/clients (control API)")
         return _json(client, result.pop("status", 200 if result.get("ok") else 400), result)
     _json(client, 404, {"error": f"no such endpoint {path!r}", "endpoints": [
-        *sorted(_LISTS), "/api/clients/{id}", "/api/mappings/{name}/disable", "/api/mappings/{name}/enable"]})
+        *sorted(_LISTS), "/api/clients/{id}", "/api/connections", "/api/connections/{id}",
+        "/api/mappings/{name}/disable", "/api/mappings/{name}/enable"]})
 
 
 def listener_specs(cfg: Config) -> list[ListenerSpec]:
@@ -455,17 +488,23 @@ def format_status(st: dict) -> str:
     clients = api_clients(st) if server else []
     if server:
         lines += ["", f"center clients: {len(clients)}"]
-        lines += _table(("ID", "ADDRESS", "TLS", "UP", "RTT", "STREAMS", "IN", "OUT"), [
+        lines += _table(("ID", "ADDRESS", "TLS", "UP", "RTT", "STREAMS", "IN", "OUT", "RATE"), [
             (c["id"], c["address"], c["tls"]["version"] if c["tls"] else "plain", _duration(time.time() - c["since"]),
              f"{c['rtt_seconds'] * 1000:.1f}ms" if c["rtt_seconds"] is not None else "-", str(c["streams"]),
-             _size(c["bytes_in"]), _size(c["bytes_out"])) for c in clients])
+             _size(c["bytes_in"]), _size(c["bytes_out"]), _size(c["bytes_per_second"]) + "/s") for c in clients])
+    mappings = api_mappings(st)
+    served = [m for m in mappings if m["account"] is not None]
     if server:
-        mappings = api_mappings(st)
-        lines += ["", f"mappings: {len(mappings)}"]
-        lines += _table(("NAME", "ACCOUNT", "MODE", "PUBLIC", "STATE", "CONNS/REQS"), [
-            (m["name"], m["account"], m["mode"], m["public"] or "-", m["state"],
-             str(m["connections"] if m["connections"] is not None else m["requests"] if m["requests"] is not None
-                 else "-")) for m in mappings])
+        lines += ["", f"mappings: {len(served)}"]
+        lines += _table(("NAME", "ACCOUNT", "MODE", "PUBLIC", "STATE", "CONNS", "TOTAL", "REQS", "IN", "OUT"), [
+            (m["name"], m["account"], m["mode"], m["public"] or "-", m["state"], *(
+                "-" if m[k] is None else str(m[k]) for k in ("connections", "connections_total", "requests")),
+             _size(m["bytes_in"] or 0), _size(m["bytes_out"] or 0)) for m in served])
+    own = [m for m in mappings if m["account"] is None]
+    if own:  # a center client's
+        lines += ["", f"own mappings: {len(own)}"]
+        lines += _table(("NAME", "MODE", "PUBLIC", "LOCAL", "STATE"), [
+            (m["name"], m["mode"], m["public"] or "-", m["local"] or "-", m["state"]) for m in own])
     links = [link for link in st["center_links"] if link["role"] == "client"]
     if links:  # a center client's, one line per server
         lines += ["", f"center links: {len(links)}  mappings: {len(st['mappings'])}"]
@@ -474,12 +513,21 @@ def format_status(st: dict) -> str:
         lines.append(f"  to {link['server']}: {link['state']}{rtt}, {link['streams']} streams, "
                      f"{link['attempts']} attempts" + (f", last error: {link['last_error']}"
                                                        if link["last_error"] else ""))
+    top = st.get("top_connections")  # (wmproxy-server status asks for them)
+    if top and top["total"]:
+        lines += ["", f"connections: {top['total']}" + (f", the {len(top['connections'])} that moved the most"
+                                                         if top["total"] > len(top["connections"]) else "")]
+        lines += _table(("ID", "LISTENER", "PEER", "TARGET", "AGE", "IN", "OUT"), [
+            (c["id"], c["listener"], c["peer"], c["target"] or "-", _duration(c["age_seconds"]), _size(c["bytes_in"]),
+             _size(c["bytes_out"])) for c in top["connections"]])
     upstreams = api_upstreams(st)
     if upstreams:
         lines += ["", f"upstream servers: {len(upstreams)}"]
-        lines += _table(("KIND", "UPSTREAM", "SERVER", "UP", "ACTIVE", "REQUESTS", "FAILURES"), [
+        lines += _table(("KIND", "UPSTREAM", "SERVER", "UP", "ACTIVE", "REQUESTS", "FAILURES", "LAST CHECK"), [
             (u["kind"], u["upstream"], u["server"], "up" if u["up"] else "OUT", str(u["active"]), str(u["requests"]),
-             str(u["failures"])) for u in upstreams])
+             str(u["failures"]), "-" if u["last_check"] is None else
+             f"{_duration(time.time() - u['last_check'])} ago, {'ok' if u['last_check_ok'] else 'FAILED'}")
+            for u in upstreams])
     return "\n".join(lines)
 
 

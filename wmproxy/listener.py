@@ -30,6 +30,7 @@ from gevent.server import StreamServer
 from .config import Addr
 from .metrics import Histogram
 from .net.conn import Address
+from .net.live import LiveTable
 from .net.limits import PerIpLimit
 from .net.proxyproto import ProxyProtocolIn, accept as accept_proxy_header
 from .services import Services
@@ -152,7 +153,7 @@ class Listener(ShownInStatus, AcceptGuard, StreamServer):
         self._adopted: set[Callable[[], None]] = set()  # connections living on without their handler
         self.ctx = self.make_context(spec.settings, services)
         self.per_ip = PerIpLimit(f"{spec.kind} {spec.bind}")
-        self._handling: dict = {}  # handler greenlet -> its client's address
+        self.live = LiveTable()  # its connections now (GET /api/connections)
         self.per_ip_limit = self.max_per_ip(spec.settings)
         self.proxy_in = self.proxy_protocol(spec.settings)
         super().__init__(sock, spawn=Pool(self.max_connections(spec.settings)))
@@ -190,14 +191,15 @@ class Listener(ShownInStatus, AcceptGuard, StreamServer):
         call once it ended."""
         self._adopted.add(stop)
         self.stats.active += 1
-        ip = self._handling.pop(gevent.getcurrent(), None)  # its address's count goes with it
+        conn = self.live.adopted(stop)  # its address's count goes with it
 
         def release() -> None:
             if stop in self._adopted:
                 self._adopted.discard(stop)
                 self.stats.active -= 1
-                if ip is not None:
-                    self.per_ip.leave(ip)
+                if conn is not None:
+                    self.per_ip.leave(conn.ip)
+                    self.live.close(conn)
                 self._start_accepting_if_started()  # a full server accepts again
         return release
 
@@ -211,8 +213,7 @@ class Listener(ShownInStatus, AcceptGuard, StreamServer):
         ip = address[0] if isinstance(address, tuple) else ""
         if not self.per_ip.enter(ip, self.per_ip_limit):
             return  # (the server closes it)
-        me = gevent.getcurrent()
-        self._handling[me] = ip
+        conn = self.live.open(address)
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # proxies forward, not batch
         except OSError:
@@ -223,8 +224,9 @@ class Listener(ShownInStatus, AcceptGuard, StreamServer):
             self.serve(client, address, ctx)
         finally:
             self.stats.active -= 1
-            if self._handling.pop(me, None) is not None:  # (not adopted: its release leaves)
+            if conn.stop is None:  # (not adopted: its release leaves)
                 self.per_ip.leave(ip)
+            self.live.handler_done(conn)
 
     def live_bytes(self) -> tuple[int, int]:
         """Bytes in and out of its connections still open, not yet in ``stats`` (which counts a

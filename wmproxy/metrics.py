@@ -81,6 +81,8 @@ def merge_servers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out[key] = dict(row)
             continue
         seen["up"] = seen["up"] or row["up"]
+        if (row.get("last_check") or 0) > (seen.get("last_check") or 0):  # (the latest health check)
+            seen["last_check"], seen["last_check_ok"] = row["last_check"], row["last_check_ok"]
         for name in ("active", "requests", "failures"):
             seen[name] += row[name]
         for name in ("connect_seconds", "first_byte_seconds"):

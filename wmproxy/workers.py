@@ -63,6 +63,7 @@ from .config import Config
 from .errors import ConfigError
 from .listener import ListenerSpec
 from .metrics import add_histograms, merge_servers
+from .net import live
 from .net.listen import BindError, open_listener, open_udp
 from .net.targets import register_tree
 from .service import notify, notify_reloading
@@ -603,14 +604,32 @@ class Master:
 
     # -- upgrade ------------------------------------------------------------------------------
     def act(self, action: str, **args: Any) -> dict[str, Any]:
-        """ProcessControl.act: done by worker 0, which holds the center link's listeners."""
-        worker = self.workers.get(0)
+        """ProcessControl.act: done by worker 0, which holds the center link's listeners; the
+        live connections are listed by every worker and cut by the one holding it (its id
+        begins with its number)."""
+        if action == "connections":
+            workers = sorted(self.workers.values(), key=lambda w: w.id)
+            jobs = [gevent.spawn(w.ask, "act", ASK_TIMEOUT, action=action, args=args) for w in workers]
+            gevent.joinall(jobs)
+            answers = [job.value for job in jobs if job.successful() and job.value.get("ok")]
+            rows = [row for answer in answers for row in answer["connections"]]
+            return {"ok": True, "total": sum(answer["total"] for answer in answers),
+                    "connections": live.top(rows, int(args.get("limit", 100))),
+                    **({"missing_workers": len(jobs) - len(answers)} if len(answers) < len(jobs) else {})}
+        number = 0
+        if action == "cut":
+            head, dash, _ = str(args.get("id", "")).partition("-")
+            if not dash or not head.isdigit() or int(head) not in self.workers:
+                return {"ok": False, "status": 404, "error": f"no live connection {args.get('id')!r} (GET "
+                                                            f"/api/connections lists their ids)"}
+            number = int(head)
+        worker = self.workers.get(number)
         if worker is None:
-            return {"ok": False, "status": 503, "error": "worker 0 is not running"}
+            return {"ok": False, "status": 503, "error": f"worker {number} is not running"}
         try:
             answer = worker.ask("act", ASK_TIMEOUT, action=action, args=args)
         except (OSError, EOFError, gevent.Timeout) as e:
-            return {"ok": False, "status": 503, "error": f"worker 0 did not answer: {e or type(e).__name__}"}
+            return {"ok": False, "status": 503, "error": f"worker {number} did not answer: {e or type(e).__name__}"}
         return {k: v for k, v in answer.items() if k not in ("op", "id")}
 
     def upgrade(self, trigger: str) -> dict[str, Any]:
@@ -739,6 +758,7 @@ def worker_main() -> int:
     wid: int = message["worker"]
     cfg: Config = message["config"]
     logs.set_worker(wid)
+    live.set_worker(wid)
     try:
         logs.setup_logging(logs.LogSettings.of(cfg))
     except OSError as e:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from conftest import curl, read_response
 
 
@@ -67,3 +69,98 @@ def test_allow_list(start_proxy, origin):
     p2 = start_proxy("--allow", "10.0.0.0/8", "--allow", "127.0.0.1/32")
     r = curl("-x", p2.url, f"http://127.0.0.1:{origin.port}/whoami")
     assert r.stdout == b"origin-A"
+
+
+def _socks5(port: int, user: str, password: str, target_port: int) -> tuple[socket.socket, int, int]:
+    """A SOCKS5 CONNECT to 127.0.0.1:target_port as ``user``: (socket, login status, reply code)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"\x05\x01\x02")
+    assert s.recv(2) == b"\x05\x02"
+    s.sendall(bytes([1, len(user)]) + user.encode() + bytes([len(password)]) + password.encode())
+    status = s.recv(2)[1]
+    if status:
+        return s, status, -1
+    s.sendall(b"\x05\x01\x00\x01\x7f\x00\x00\x01" + target_port.to_bytes(2, "big"))
+    reply = s.recv(10)
+    return s, status, reply[1]
+
+
+@pytest.mark.timeout(120)
+def test_proxy_users_each_with_their_own_limits(start_proxy, origin):
+    """[[proxy.users]]: several accounts beside username; max_connections counts a user's
+    connections over every address (SOCKS5 'not allowed by ruleset', HTTP 429 beyond it), a
+    disabled user is told so once its password is right, bandwidth holds all of a user's
+    connections together; a reload changes the limits."""
+    import os
+    import threading
+    import time
+
+    from conftest import TcpServer, control, free_port, recv_all
+
+    blob = os.urandom(512 << 10)
+    source = TcpServer(lambda conn: conn.sendall(blob))
+    cport = free_port()
+    users = ('[[proxy.users]]\nusername = "ann"\npassword = "a1"\nmax_connections = 1\n'
+             '[[proxy.users]]\nusername = "ben"\npassword = "b2"\nbandwidth = "256k/s"\n'
+             '[[proxy.users]]\nusername = "cat"\npassword = "c3"\ndisabled = true\n')
+    conf = f'control = "127.0.0.1:{cport}"\n[proxy]\nbind = "127.0.0.1:{{port}}"\nusername = "root"\n' \
+           f'password = "r0"\n' + users
+    p = start_proxy(config=conf)
+    try:
+        url = f"http://127.0.0.1:{origin.port}/whoami"
+        for creds in ("root:r0", "ann:a1", "ben:b2"):
+            assert curl("-x", p.url, "--proxy-user", creds, url).stdout == b"origin-A", creds
+        for creds, code in (("ann:nope", b"407"), ("cat:nope", b"407"), ("cat:c3", b"403")):
+            r = curl("-x", p.url, "--proxy-user", creds, "-o", "/dev/null", "-w", "%{http_code}", url)
+            assert r.stdout == code, creds
+        s, status, _ = _socks5(p.port, "cat", "c3", origin.port)
+        assert status != 0  # (SOCKS5 has one failure status)
+        s.close()
+        p.wait_log("refused: user 'cat' is disabled")
+
+        held, status, reply = _socks5(p.port, "ann", "a1", source.port)  # ann's one connection
+        assert (status, reply) == (0, 0)
+        second, status, reply = _socks5(p.port, "ann", "a1", source.port)
+        assert (status, reply) == (0, 2)  # (logged in, but not allowed by ruleset: her limit)
+        second.close()
+        r = curl("-x", p.url, "--proxy-user", "ann:a1", "-o", "/dev/null", "-w", "%{http_code}", url)
+        assert r.stdout == b"429"
+        assert curl("-x", p.url, "--proxy-user", "root:r0", url).stdout == b"origin-A"  # (the others go on)
+        p.wait_log("refused: user ann has 1 connections open (max_connections)")
+        assert recv_all(held) == blob
+        held.close()
+        deadline = time.monotonic() + 5
+        while curl("-x", p.url, "--proxy-user", "ann:a1", url).stdout != b"origin-A":  # (once its end is seen)
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+        # ben's two transfers share 256 KiB/s: together they take as long as one of twice the size
+        took: list[float] = []
+
+        def fetch() -> None:
+            s, status, reply = _socks5(p.port, "ben", "b2", source.port)
+            assert (status, reply) == (0, 0)
+            started = time.monotonic()
+            assert recv_all(s) == blob
+            took.append(time.monotonic() - started)
+            s.close()
+
+        jobs = [threading.Thread(target=fetch) for _ in range(2)]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join(timeout=30)
+        assert len(took) == 2 and max(took) >= (2 * len(blob) - 65536) / (256 << 10) * 0.95, took
+
+        # a reload: ann may have 2 now
+        path = p.log_path.parent / f"conf-{p.port}.toml"
+        path.write_text(path.read_text().replace("max_connections = 1", "max_connections = 2"))
+        status, body = control(cport, "POST", "/reload")
+        assert status == 200, body
+        first, status, reply = _socks5(p.port, "ann", "a1", source.port)
+        second, status2, reply2 = _socks5(p.port, "ann", "a1", source.port)
+        assert (reply, reply2) == (0, 0)
+        first.close()
+        second.close()
+    finally:
+        source.close()

@@ -571,7 +571,7 @@ def test_udp_mapping_through_the_link(pair, udp_echo, echo_server):
     assert errors == []
     assert through(pub, b"tcp too").decode().startswith("got 7 ")
     st = json.loads(control(cport, "GET", "/status")[1])
-    modes = {m["name"]: (m["mode"], m["connections"]) for m in st["mappings"]}
+    modes = {m["name"]: (m["mode"], m["connections_total"]) for m in st["mappings"]}
     assert modes["dgram"] == ("udp", 20) and modes["same-port"][0] == "tcp"
     # idle peers expire on the server, which ends their streams on the client
     p.server.wait_log("session expired", timeout=10)

@@ -175,7 +175,7 @@ def test_a_group_of_two_clients_serves_one_domain_and_one_port(tmp_path, certs, 
         wait_port(remote)
         assert spread(remote, web) == ({b"A", b"B"}, {b"origin-A", b"origin-B"})  # both serve
         rows = json.loads(control(cport, "GET", "/status")[1])["mappings"]  # and the server counts each one's share
-        shares = sorted((r["name"], r.get("connections", r.get("requests"))) for r in rows)
+        shares = sorted((r["name"], r["requests"] if r["mode"] == "http" else r["connections_total"]) for r in rows)
         assert [name for name, _ in shares] == ["site", "site", "svc", "svc"], rows
         assert all(n >= 4 for _, n in shares), rows  # (round robin; the port's probe is one more)
         # the group's key is its secret: a wrong one is refused

@@ -289,3 +289,279 @@ def test_account_quotas_hold_on_the_server_whatever_the_client_says(tmp_path, ce
     finally:
         pair.stop()
         source.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_live_connections_are_listed_top_talkers_first_and_cut(start_proxy, echo_server, workers):
+    """GET /api/connections lists the forward proxy's, [stream]'s and [http]'s connections
+    with peer, target, age and bytes, the most bytes first (over every worker); DELETE cuts
+    one: its client sees the end, the others go on."""
+    import socket
+    import time
+
+    cport, sport, hport = free_port(), free_port(), free_port()
+    p = start_proxy(config=f'control = "127.0.0.1:{cport}"\nworkers = {workers}\n'
+                           f'[proxy]\nbind = "127.0.0.1:{{port}}"\n'
+                           f'[[stream.upstream]]\nname = "echo"\n'
+                           f'server = [{{ addr = "127.0.0.1:{echo_server.port}" }}]\n'
+                           f'[[stream.server]]\nbind = "127.0.0.1:{sport}"\nup_name = "echo"\n'
+                           f'[[http.server]]\nbind = "127.0.0.1:{hport}"\n'
+                           f'[[http.server.location]]\nstatic_response = "hello"\n')
+    wait_port(sport)
+    wait_port(hport)
+    tunnel = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    tunnel.sendall(f"CONNECT 127.0.0.1:{echo_server.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert tunnel.recv(4096).startswith(b"HTTP/1.1 200")
+    tunnel.sendall(b"x" * 300_000)
+    stream = socket.create_connection(("127.0.0.1", sport), timeout=10)
+    stream.sendall(b"y" * 100_000)
+    web = socket.create_connection(("127.0.0.1", hport), timeout=10)
+    web.sendall(b"GET /page?q=1 HTTP/1.1\r\nHost: site.test\r\n\r\n")
+    assert web.recv(4096).endswith(b"hello")
+    deadline = time.monotonic() + 10
+    while True:  # (the bytes arrive at their pace)
+        status, body = control(cport, "GET", "/api/connections")
+        listed = check("/api/connections", "get", status, body)
+        rows = listed["connections"]
+        if len(rows) == 3 and rows[0]["bytes_in"] == 300_000 and rows[1]["bytes_in"] == 100_000 \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert listed["total"] == 3 and [r["listener"].split()[0] for r in rows] == ["proxy", "stream", "http"], rows
+    by_kind = {r["listener"].split()[0]: r for r in rows}
+    assert by_kind["proxy"]["target"] == f"127.0.0.1:{echo_server.port}"
+    assert by_kind["stream"]["target"] == f"127.0.0.1:{echo_server.port} (echo)"
+    assert by_kind["http"]["target"] == "GET site.test/page?q=1" and by_kind["http"]["bytes_out"] == 5
+    assert by_kind["proxy"]["peer"] == "127.0.0.1:%d" % tunnel.getsockname()[1]
+    assert all(r["age_seconds"] >= 0 for r in rows) and len({r["id"] for r in rows}) == 3
+    status, body = control(cport, "GET", f"/api/connections?listener=127.0.0.1:{sport}&limit=5")
+    assert [r["target"] for r in check("/api/connections", "get", status, body)["connections"]] == \
+        [by_kind["stream"]["target"]]
+    status, body = control(cport, "GET", "/api/connections?limit=1")
+    assert [r["id"] for r in json.loads(body)["connections"]] == [by_kind["proxy"]["id"]]
+    status, body = control(cport, "GET", "/api/connections?limit=0")
+    assert status == 400 and "a number from 1 to" in json.loads(body)["error"]
+
+    status, body = control(cport, "DELETE", "/api/connections/" + quote(by_kind["proxy"]["id"]))
+    assert check("/api/connections/{id}", "delete", status, body)["cut"] == by_kind["proxy"]["id"]
+    tunnel.settimeout(10)
+    assert tunnel.recv(4096) == b""  # (cut: the echo server's answer never came)
+    p.wait_log(f"connection {by_kind['proxy']['id']} cut (DELETE /api/connections (control API)) in=300000")
+    status, body = control(cport, "DELETE", "/api/connections/" + quote(by_kind["proxy"]["id"]))
+    assert "no live connection" in check("/api/connections/{id}", "delete", status, body)["error"]
+    status, body = control(cport, "GET", "/api/connections")
+    assert {r["id"] for r in json.loads(body)["connections"]} == {by_kind["stream"]["id"], by_kind["http"]["id"]}
+    stream.shutdown(socket.SHUT_WR)  # the others go on
+    assert stream.recv(4096).startswith(b"got 100000 ")
+    web.sendall(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n")
+    assert web.recv(4096).endswith(b"hello")
+    for s in (tunnel, stream, web):
+        s.close()
+
+
+@pytest.mark.timeout(120)
+def test_two_clients_mappings_of_each_mode_with_their_figures(tmp_path, certs, mirror, origin, tls_origin, udp_echo):
+    """Two clients (two accounts) with a tcp, http, udp, proxy and https passthrough mapping:
+    /api/mappings gives each its owner, mode, public side, state, connections now and in all,
+    and bytes; the http mapping's requests count in its listener's figures (the dashboard's
+    requests/s); a client's own /api/mappings gives their local side."""
+    import socket
+    import time
+
+    from conftest import curl, mirror_check
+    from test_center import passthrough_mapping, udp_ask, udp_mapping
+
+    echo = udp_echo(b"U:")
+    cport, ccport, web, tls_web, p_tcp, p_udp, p_proxy = (free_port() for _ in range(7))
+    pair = Pair(tmp_path, certs, start_client=False, server_top=f'control = "127.0.0.1:{cport}"',
+                server_extra=f'map_http_bind = "127.0.0.1:{web}"\nmap_https_bind = "127.0.0.1:{tls_web}"\n'
+                             f'[[center.users]]\nusername = "bob"\npassword = "b0b"\n')
+    try:
+        conf = tmp_path / "alice.toml"
+        conf.write_text(f'control = "127.0.0.1:{ccport}"\n' + pair.client_config('client_id = "office"') +
+                        tcp_mapping("echo", mirror, p_tcp) + http_mapping("site", origin.port, "a.test") +
+                        udp_mapping("dgram", echo.port, p_udp))
+        alice = pair.start("client", conf)
+        bob = pair.start_client(f'[[mappings]]\nname = "exit"\nmode = "proxy"\nremote_bind = "127.0.0.1:{p_proxy}"\n'
+                                + passthrough_mapping("private-tls", tls_origin.port, "localhost"),
+                                user="bob", password="b0b", proxy=free_port())
+        for who, name in ((alice, "echo"), (alice, "site"), (alice, "dgram"), (bob, "exit"), (bob, "private-tls")):
+            who.wait_log(f"mapping '{name}' published", timeout=20)
+        with socket.create_connection(("127.0.0.1", p_tcp), timeout=10) as s:
+            assert mirror_check(s, 200_000) == ""
+        assert host_get(web, "a.test")[1] == b"origin-A"
+        held_web = socket.create_connection(("127.0.0.1", web), timeout=10)  # kept open (keep-alive)
+        assert host_get(web, "a.test", sock=held_web)[1] == b"origin-A"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(1)
+            assert udp_ask(s, p_udp, b"ping", b"U:ping", b"U:", [])
+        assert curl("-x", f"socks5h://127.0.0.1:{p_proxy}", f"http://localhost:{origin.port}/whoami").stdout == \
+            b"origin-A"
+        assert curl("--cacert", str(tls_origin.ca_file), f"https://localhost:{tls_web}/whoami").stdout == b"origin-TLS"
+        held = socket.create_connection(("127.0.0.1", p_tcp), timeout=10)  # open while listed
+        held.sendall(b"x")
+        assert held.recv(1) == b"x"
+
+        status, body = control(cport, "GET", "/api/clients")
+        clients = {c["id"]: c for c in check("/api/clients", "get", status, body)}
+        ids = sorted(clients)
+        assert ids[0] == "alice#office" and ids[1].startswith("bob#"), ids  # (bob's id: his host's, by default)
+        assert clients["alice#office"]["bytes_per_second"] > 0  # (her 400 KB since the link began)
+        deadline = time.monotonic() + 10
+        while True:  # (a connection's bytes count once its relay saw them; a closed one's once it ended)
+            status, body = control(cport, "GET", "/api/mappings")
+            rows = {m["name"]: m for m in check("/api/mappings", "get", status, body)}
+            if rows["echo"]["connections"] == 1 and rows["private-tls"]["connections"] == 0 \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        want = {"echo": ("alice#office", "tcp", f"127.0.0.1:{p_tcp}"), "site": ("alice#office", "http", "Host a.test"),
+                "dgram": ("alice#office", "udp", f"127.0.0.1:{p_udp}"),
+                "exit": (rows["exit"]["client"], "proxy", f"127.0.0.1:{p_proxy}"),
+                "private-tls": (rows["exit"]["client"], "https passthrough", "Host localhost")}
+        assert {n: (m["client"], m["mode"], m["public"]) for n, m in rows.items()} == want
+        assert rows["exit"]["account"] == "bob" and rows["echo"]["account"] == "alice"
+        assert {m["state"] for m in rows.values()} == {"connected"} and all(m["local"] is None for m in rows.values())
+        echo_row = rows["echo"]
+        assert echo_row["connections"] == 1 and echo_row["connections_total"] == 2
+        assert echo_row["bytes_in"] == 200_001 and echo_row["bytes_out"] == 200_001, echo_row
+        assert rows["site"]["requests"] == 2 and rows["site"]["connections_total"] == 2
+        assert rows["site"]["connections"] == 1  # (the kept-alive one holds its stream)
+        assert rows["site"]["bytes_out"] == 2 * len(b"origin-A") and rows["site"]["bytes_in"] > 0
+        assert rows["dgram"]["connections_total"] == 1 and rows["dgram"]["bytes_in"] >= 4
+        for name in ("exit", "private-tls"):
+            assert rows[name]["connections_total"] == 1 and rows[name]["connections"] == 0, rows[name]
+            assert rows[name]["bytes_in"] > 0 and rows[name]["bytes_out"] > 0
+        status, body = control(cport, "GET", "/api/listeners")
+        listeners = {r["kind"]: r for r in check("/api/listeners", "get", status, body)}
+        assert listeners["map-http"]["requests"] == {"200": 2} and listeners["map-http"]["bytes_out"] >= 16
+        status, body = control(cport, "GET", "/api/connections?listener=map-http")
+        (conn,) = check("/api/connections", "get", status, body)["connections"]
+        assert conn["target"] == "GET a.test/whoami" and conn["bytes_out"] == len(b"origin-A")
+        assert conn["peer"] == "127.0.0.1:%d" % held_web.getsockname()[1]
+        # the client's own view: their local side
+        status, body = control(ccport, "GET", "/api/mappings")
+        own = {m["name"]: m for m in check("/api/mappings", "get", status, body)}
+        assert own["echo"]["local"] == f"127.0.0.1:{mirror}" and own["echo"]["state"] == "published"
+        assert own["site"]["public"] == "Host a.test" and own["site"]["client"] is None
+        held.close()
+        held_web.close()
+    finally:
+        pair.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_limited_transfer_holds_back_only_its_own_streams(tmp_path, certs):
+    """bob's mappings are held to 256 KiB/s; while his transfer crawls, alice's mapping and
+    bob's own proxy traffic (other streams of his very link) run at full speed."""
+    import os
+    import socket
+    import threading
+    import time
+
+    from conftest import TcpServer, recv_all
+
+    slow_size, fast_size, rate = 1 << 20, 8 << 20, 256 << 10
+    blob = os.urandom(fast_size)
+    source = TcpServer(lambda conn: conn.sendall(blob[:slow_size]))
+    big = TcpServer(lambda conn: conn.sendall(blob))
+    p_bob, p_alice, bob_proxy = free_port(), free_port(), free_port()
+    pair = Pair(tmp_path, certs, start_client=False,
+                server_extra='[[center.users]]\nusername = "bob"\npassword = "b0b"\nmapping_bandwidth = "256k/s"\n')
+    try:
+        bob = pair.start_client(tcp_mapping("slow", source.port, p_bob), user="bob", password="b0b", proxy=bob_proxy)
+        alice = pair.start_client(tcp_mapping("fast", big.port, p_alice), proxy=free_port())
+        bob.wait_log("mapping 'slow' published", timeout=20)
+        alice.wait_log("mapping 'fast' published", timeout=20)
+        slow: dict = {}
+
+        def crawl() -> None:
+            with socket.create_connection(("127.0.0.1", p_bob), timeout=60) as s:
+                started = time.monotonic()
+                slow["got"] = recv_all(s)
+                slow["took"] = time.monotonic() - started
+
+        crawler = threading.Thread(target=crawl)
+        crawler.start()
+        time.sleep(0.5)  # (well into its transfer)
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", p_alice), timeout=30) as s:
+            assert recv_all(s) == blob
+        alice_took = time.monotonic() - started
+        alice_done_first = crawler.is_alive()
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", bob_proxy), timeout=30) as s:  # bob's proxy: out at the server
+            s.sendall(f"CONNECT 127.0.0.1:{big.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += s.recv(1)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert recv_all(s) == blob
+        proxy_took = time.monotonic() - started
+        proxy_done_first = crawler.is_alive()
+        crawler.join(timeout=60)
+        assert slow["got"] == blob[:slow_size]
+        limited = (slow_size - 65536) / rate  # (the seconds the limit allows at the least, after a burst)
+        assert slow["took"] >= limited * 0.95, slow["took"]
+        # the others moved 8x the bytes while it crawled: far beyond what that limit would allow
+        assert alice_done_first and proxy_done_first, (alice_took, proxy_took, slow["took"])
+        assert alice_took < fast_size / rate / 4 and proxy_took < fast_size / rate / 4, (alice_took, proxy_took)
+    finally:
+        pair.stop()
+        source.close()
+        big.close()
+
+
+@pytest.mark.timeout(120)
+def test_http_mapping_quotas_hold_on_the_server(tmp_path, certs):
+    """An http mapping ended at the server counts in its account's quotas too: a public
+    connection holds one of max_connections while its stream to the mapping is open (another
+    gets 503), and the bodies both ways move within the bandwidth."""
+    import os
+    import socket
+    import time
+
+    from conftest import TcpServer, read_response
+
+    def mirror_http(conn) -> None:  # answers each request with its own body
+        reader = conn.makefile("rb")
+        while True:
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                line = reader.readline()
+                if not line:
+                    return
+                head += line
+            length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), b"0"))
+            body = reader.read(length)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    service = TcpServer(mirror_http)
+    web, rate, size = free_port(), 256 << 10, 384 << 10
+    pair = Pair(tmp_path, certs, start_client=False, server_extra=(
+        f'map_http_bind = "127.0.0.1:{web}"\n[[center.users]]\nusername = "bob"\npassword = "b0b"\n'
+        f'max_connections = 1\nmapping_bandwidth = "256k/s"\n'))
+    try:
+        bob = pair.start_client(http_mapping("echo", service.port, "e.test"), user="bob", password="b0b",
+                                proxy=free_port())
+        bob.wait_log("mapping 'echo' published", timeout=20)
+        body = os.urandom(size)
+        first = socket.create_connection(("127.0.0.1", web), timeout=30)
+        started = time.monotonic()
+        first.sendall(b"POST /up HTTP/1.1\r\nHost: e.test\r\nContent-Length: %d\r\n\r\n%s" % (size, body))
+        head, got = read_response(first)
+        took = time.monotonic() - started
+        assert head.startswith(b"HTTP/1.1 200") and got == body
+        assert took >= 2 * (size - 65536) / rate * 0.95, took  # (each way within 256 KiB/s, after a burst)
+        head, text = host_get(web, "e.test", "/")  # the account's second connection while the first holds its stream
+        assert head.startswith(b"HTTP/1.1 503") and b"account bob has 1 connections open" in text, head + text
+        first.close()
+        deadline = time.monotonic() + 5
+        while not host_get(web, "e.test", "/")[0].startswith(b"HTTP/1.1 200"):  # (once the first's stream closed)
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert "503 refused: account bob has 1 connections open (max_connections)" in pair.server.log()
+    finally:
+        pair.stop()
+        service.close()

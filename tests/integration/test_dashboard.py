@@ -1,7 +1,8 @@
 """The dashboard (GET / on the control port) in a real browser: Debian's chromium, headless,
 driven by selenium through chromedriver. The page loads with no console error, shows the two
 clients and their mappings, its traffic graph moves while a transfer runs, its kick button
-kicks (the client links again), and with a control_token it asks for the token first. A
+kicks (the client links again), its cut button cuts a live connection, and with a
+control_token it asks for the token first. A
 screenshot is saved (tmp_path, and $WMPROXY_ARTIFACTS when set)."""
 
 from __future__ import annotations
@@ -59,6 +60,23 @@ def cells(driver, table: str) -> list[str]:
     return [td.text for td in driver.find_elements(By.CSS_SELECTOR, f"#{table} td")]
 
 
+def row_text(driver, table: str, text: str) -> str:
+    """The text of the first row of ``table`` that contains ``text`` ('' if none)."""
+    from selenium.webdriver.common.by import By
+
+    return next((tr.text for tr in driver.find_elements(By.CSS_SELECTOR, f"#{table} tr") if text in tr.text), "")
+
+
+def click_in_row(driver, table: str, text: str) -> bool:
+    """Click the button of the first row of ``table`` that contains ``text``. The page rebuilds
+    its tables every 2 s: a row found just before a refresh is stale (then wait_until tries again)."""
+    from selenium.webdriver.common.by import By
+
+    row = next(tr for tr in driver.find_elements(By.CSS_SELECTOR, f"#{table} tr") if text in tr.text)
+    row.find_element(By.TAG_NAME, "button").click()
+    return True
+
+
 def save(driver, tmp_path, name: str) -> None:
     driver.save_screenshot(str(tmp_path / name))
     artifacts = os.environ.get("WMPROXY_ARTIFACTS")
@@ -108,12 +126,23 @@ def test_the_dashboard_shows_clients_mappings_traffic_and_kicks(tmp_path, certs,
             stop.set()
             mover.join(30)
         save(browser, tmp_path, "dashboard.png")
-        row = next(tr for tr in browser.find_elements(By.CSS_SELECTOR, "#clients tr") if "alice#two" in tr.text)
-        row.find_element(By.TAG_NAME, "button").click()
+        wait_until(lambda: click_in_row(browser, "clients", "alice#two"))
         browser.switch_to.alert.accept()  # "Kick alice#two? It may link again."
         pair.server.wait_log("center: client alice#two (127.0.0.1:", timeout=10)
         two.wait_log("is up (attempt 2)", timeout=20)
         wait_until(lambda: "kick alice#two:" in browser.find_element(By.ID, "message").text)
+        # a live connection, listed with its request, and cut from the page
+        held = socket.create_connection(("127.0.0.1", web), timeout=10)
+        held.sendall(b"GET /whoami HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        assert held.recv(4096).endswith(b"origin-A")
+        peer = "127.0.0.1:%d" % held.getsockname()[1]
+        text = wait_until(lambda: row_text(browser, "connections", peer))
+        assert "GET a.test/whoami" in text and f"map-http 127.0.0.1:{web}" in text, text
+        wait_until(lambda: click_in_row(browser, "connections", peer))
+        browser.switch_to.alert.accept()  # "Cut 127.0.0.1:N -> GET a.test/whoami?"
+        assert held.recv(4096) == b""  # (cut)
+        held.close()
+        wait_until(lambda: f"cut {peer}:" in browser.find_element(By.ID, "message").text)
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
     finally:

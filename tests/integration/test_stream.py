@@ -159,6 +159,9 @@ def test_health_checks_take_a_dead_server_out_and_bring_it_back(start_proxy):
         a.close()
         p.wait_log(f"stream upstream web: server 127.0.0.1:{a_port} is out: 2 TCP checks failed")
         assert row(a_port)["up"] is False
+        out = json.loads(control(cport, "GET", "/api/upstreams")[1])  # (its last check, as the dashboard shows)
+        checked = next(r for r in out if r["server"] == f"127.0.0.1:{a_port}")
+        assert checked["last_check_ok"] is False and time.time() - 5 < checked["last_check"] <= time.time()
         failures = row(a_port)["failures"]
         assert [through() for _ in range(6)] == [b"B"] * 6
         assert row(a_port)["failures"] == failures  # not even tried
@@ -167,7 +170,7 @@ def test_health_checks_take_a_dead_server_out_and_bring_it_back(start_proxy):
         deadline = time.monotonic() + 5
         while b"A" not in {through() for _ in range(4)}:
             assert time.monotonic() < deadline
-        assert row(a_port)["up"] is True
+        assert row(a_port)["up"] is True and row(a_port)["last_check_ok"] is True
     finally:
         a.close()
         b.close()

@@ -118,6 +118,8 @@ class CenterLink:
         self.last_rx = time.monotonic()
         self.bytes_in = 0
         self.bytes_out = 0
+        self._rate_mark = (time.monotonic(), 0)  # (when, bytes both ways then): see read_rate
+        self._rate = -1.0  # (none given yet)
         self._next_id = 1 if is_client else 2
         try:
             self.local_address = sock.getsockname()
@@ -398,6 +400,17 @@ class CenterLink:
             self.sock.close()
         except OSError:
             pass
+
+    def read_rate(self) -> float:
+        """Bytes a second both ways since the reading before, if that was a second ago or more
+        (else the figure it gave), or since the link began: readers polling every few seconds
+        (the dashboard) see the rate of the last few seconds."""
+        now, total = time.monotonic(), self.bytes_in + self.bytes_out
+        then, before = self._rate_mark
+        if now - then >= 1.0 or self._rate < 0:
+            self._rate = (total - before) / max(0.001, now - then)
+            self._rate_mark = (now, total)
+        return self._rate
 
     @property
     def stream_count(self) -> int:

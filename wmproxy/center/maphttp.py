@@ -20,6 +20,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from typing import Callable, Optional, cast
 
 import gevent
 
@@ -28,11 +29,13 @@ from ..errors import PhaseTimeout, ProtocolError
 from ..listener import Listener, ListenerSpec
 from ..services import Services
 from ..net import httpio
-from ..net.conn import Address, Conn
+from ..net.conn import Address, Conn, Data
 from ..net.dial import fmt_addr
 from ..net.idle import ConnWatch
 from ..net.reader import PeerClosed, Reader, peek_message
-from ..net.relay import relay
+from ..net.live import current
+from ..net.relay import RelayStats, relay
+from ..net.throttle import Bucket, Quota, Throttled, enter_all
 from ..net.tls import sni_server_context
 from ..net.writer import close_quietly
 from ..net.proxyproto import ProxyProtocolIn, policy
@@ -42,7 +45,7 @@ from ..prot.target import host_name
 from ..prot.rules import apply_header_rules
 from ..prot.frame import CreateMode
 from ..prot.tls import client_hello_sni
-from .mapping import HttpRoute, enter_all
+from .mapping import HttpRoute, MappingRegistry
 from .vconn import VirtualConn
 
 log = logging.getLogger("wmproxy.center")
@@ -165,9 +168,15 @@ class MapHttpServer(Listener):
             return True
         route.requests += 1
         deadline.close()  # the service's TLS sees the rest; the relay has its idle watch
+        stats = RelayStats()
         try:
             stream = route.link.open_stream(CreateMode.TCP, route.name, (address, client.getsockname()))
-            stats = relay(client, stream, ctx.idle_timeout, shared=[q.buckets for q in quotas if q.buckets is not None])
+            route.figures.opened(stats)
+            try:
+                relay(client, stream, ctx.idle_timeout, stats=stats,
+                      shared=[q.buckets for q in quotas if q.buckets is not None])
+            finally:
+                route.figures.closed(stats)
         finally:
             for q in quotas:
                 q.leave()
@@ -181,7 +190,8 @@ class MapHttpServer(Listener):
         the head timeout from the connection's start (``watch`` holds that deadline), a later one
         from its first bytes."""
         try:
-            head = http1.parse_request_head(httpio.read_head(reader, MAX_HEAD, watch.head_started))
+            raw = httpio.read_head(reader, MAX_HEAD, watch.head_started)
+            head = http1.parse_request_head(raw)
             watch.done()
             http1.check_request(head)
         except PeerClosed:
@@ -189,16 +199,27 @@ class MapHttpServer(Listener):
         except PhaseTimeout as e:
             _reply(client, 408, str(e))
             log.info("%s map-http: 408 cut: %s", peer_ip, e)
+            self.stats.statuses[408] += 1
             return False
         began = time.monotonic()
+        answer = Answer(len(raw))
+        up.head = head  # (GET /api/connections: the request in progress)
         try:
-            return self._serve(client, reader, head, peer_ip, ctx, up, watch)
+            return self._serve(client, reader, head, peer_ip, ctx, up, watch, answer)
         finally:
-            self.stats.request_seconds.observe(time.monotonic() - began)
+            stats = self.stats  # (the listener's: what the dashboard graphs)
+            stats.request_seconds.observe(time.monotonic() - began)
+            stats.statuses[answer.status] += 1
+            stats.bytes_in += answer.size_in
+            stats.bytes_out += answer.size_out
+            if up.live is not None:
+                up.live.bytes_in += answer.size_in
+                up.live.bytes_out += answer.size_out
+            if answer.route is not None:
+                answer.route.figures.add(answer.size_in, answer.size_out)
 
     def _serve(self, client: Conn, reader: Reader, head: http1.Head, peer_ip: str, ctx: MapHttpContext,
-               up: "RouteStream",
-               watch: ConnWatch) -> bool:
+               up: "RouteStream", watch: ConnWatch, answer: "Answer") -> bool:
         """Route one request by its Host and pass it on; returns whether the connection stays open."""
         framing = request_framing(head)
         host = (head.get(b"host") or b"").decode("latin-1").strip()
@@ -206,22 +227,23 @@ class MapHttpServer(Listener):
         registry = ctx.registry()
         route = registry.find_route(name, ctx.scheme) if registry is not None and name else None
         if route is not None and route.passthrough:  # TLS ended here for another name (SNI) than this Host
-            _reply(client, 421, f"{name} is served by TLS passthrough: connect with SNI {name}")
+            answer.reply(client, 421, f"{name} is served by TLS passthrough: connect with SNI {name}")
             log.info("%s map-https %s: 421 Host of a passthrough mapping", peer_ip, name)
             return False
         if route is None:
-            _reply(client, 404, f"no mapping for host {name or '(none)'}")
+            answer.reply(client, 404, f"no mapping for host {name or '(none)'}")
             log.info("%s map-http %s %s: 404 no mapping for host %r", peer_ip, head.method, head.target[:200], name)
             return False
         if not route.online:
-            _reply(client, 502, f"the client serving {name} is offline")
+            answer.reply(client, 502, f"the client serving {name} is offline")
             log.info("%s map-http %s: 502 client %s offline", peer_ip, name, route.owner)
             return False
         route.requests += 1
+        answer.route = route
         variables = {"client_ip": peer_ip, "host": host, "url": head.target}
         keep = False
         try:
-            keep = self._exchange(client, reader, up, head, framing, peer_ip, ctx, route, variables, watch)
+            keep = self._exchange(client, reader, up, head, framing, peer_ip, ctx, route, variables, watch, answer)
         finally:
             if not keep:
                 up.close()
@@ -229,7 +251,7 @@ class MapHttpServer(Listener):
 
     def _exchange(self, client: Conn, reader: Reader, up: "RouteStream", head: http1.Head, framing: Framing,
                   peer_ip: str, ctx: MapHttpContext, route: HttpRoute, variables: dict[str, str],
-                  watch: ConnWatch) -> bool:
+                  watch: ConnWatch, answer: "Answer") -> bool:
         headers, upgrade = http1.upstream_headers(head, framing, _DROP)
         headers += [(b"X-Forwarded-For", http1.forwarded_for(head, peer_ip.encode())),
                     (b"X-Forwarded-Proto", ctx.scheme.encode())]
@@ -239,29 +261,39 @@ class MapHttpServer(Listener):
         finish = (lambda h: apply_header_rules(h, rules, variables)) if rules else None
         # a kept stream the service closed (keep-alive timeout) as we sent: once more on a new one,
         # as httpio.stale_retry says
-        kept = up.take(route, ctx.idle_timeout)
+        try:
+            kept = up.take(route, ctx.idle_timeout, ctx.registry())
+        except QuotaFull as e:
+            answer.reply(client, 503, str(e))
+            log.info("%s map-http %s: 503 refused: %s", peer_ip, variables["host"], e)
+            return False
         for attempt in range(2):
             try:
                 if attempt:
                     up.close()
-                    kept = up.take(route, ctx.idle_timeout)
+                    kept = up.take(route, ctx.idle_timeout, ctx.registry())
                 stream, ureader = up.ready()
                 watch.waiting(ureader, ctx.idle_timeout)  # the service's answer is progress too
-                response, _ = httpio.exchange(reader, stream.sendall, ureader, framing, out, head.method, MAX_HEAD,
+                response, _ = httpio.exchange(reader, up.send, ureader, framing, out, head.method, MAX_HEAD,
                                               finish=finish)
                 break
             except httpio.ClientBodyError as e:  # the public client's fault: that request alone
-                _reply(client, e.http_status, str(e))
+                answer.reply(client, e.http_status, str(e))
                 log.info("%s map-http %s: %d %s", peer_ip, variables["host"], e.http_status, e)
+                return False
+            except QuotaFull as e:
+                answer.reply(client, 503, str(e))
                 return False
             except httpio.STALE as e:
                 if not httpio.stale_retry(kept, framing, e):
-                    _reply(client, 502, f"the mapped service did not answer: {e}")
+                    answer.reply(client, 502, f"the mapped service did not answer: {e}")
                     return False
         if response.status == 101 and upgrade:
             watch.stop()  # the relay that follows watches its own idle time
-        done = httpio.forward_response(client, reader, head, response, stream, ureader, finish, ctx.idle_timeout,
-                                       upgrade)
+        answer.status = response.status
+        done = httpio.forward_response(up.public(client), reader, head, response, stream, ureader, finish,
+                                       ctx.idle_timeout, upgrade)
+        answer.size_out = done.size
         host = variables["host"]
         if done.upgraded is not None:
             stats = done.upgraded
@@ -280,36 +312,103 @@ class RouteStream:
     keep-alive requests while they go to the same route, so the client keeps its connection
     to the service too; a request for another route closes it and opens one for that route."""
 
-    __slots__ = ("route", "stream", "reader", "visitor")
+    __slots__ = ("route", "stream", "reader", "visitor", "quotas", "send", "live", "head")
 
     def __init__(self, visitor: tuple[Address, Address]) -> None:
         self.visitor = visitor  # (the client, the address it reached): told to the center client
         self.route: HttpRoute | None = None
         self.stream: VirtualConn | None = None
         self.reader: Reader | None = None
+        self.quotas: list[Quota] = []  # the account's and mapping's limits its stream counts in
+        self.send: Callable[[Data], None] = _nothing  # to the service: the stream's sendall, within the quotas' rate
+        self.head: http1.Head | None = None  # the request in progress, or the last
+        self.live = current()  # the public connection's row in GET /api/connections
+        if self.live is not None:
+            self.live.target = self.live_target  # (asked only when listed)
+
+    def live_target(self) -> str:
+        head = self.head
+        if head is None:
+            return ""
+        return f"{head.method} {(head.get(b'host') or b'').decode('latin-1')}{head.target[:200]}"
 
     def ready(self) -> tuple[VirtualConn, Reader]:
         """The stream :meth:`take` made ready, and its reader."""
         assert self.stream is not None and self.reader is not None
         return self.stream, self.reader
 
-    def take(self, route: HttpRoute, timeout: float) -> bool:
-        """Have a stream to ``route`` ready; True when it is the kept one of earlier requests."""
+    def take(self, route: HttpRoute, timeout: float, registry: Optional[MappingRegistry]) -> bool:
+        """Have a stream to ``route`` ready; True when it is the kept one of earlier requests.
+        A new stream counts in the quotas of the route's account and mapping ([[center.users]]
+        max_connections: QuotaFull when one is full)."""
         vc = self.stream
         if vc is not None and self.route is route and not (vc.closed or vc.got_fin or vc.reset or vc.link.closed):
             return True
         self.close()
         assert route.link is not None  # (the registry gives routes with a link)
-        self.stream = route.link.open_stream(CreateMode.HTTP, route.name, self.visitor)
+        quotas = registry.quotas(route.owner, route.holder, route.name) if registry is not None else []
+        full = enter_all(quotas)
+        if full is not None:
+            raise QuotaFull(f"{full.label} has {full.connections} connections open (max_connections)")
+        try:
+            self.stream = route.link.open_stream(CreateMode.HTTP, route.name, self.visitor)
+        except BaseException:
+            for q in quotas:
+                q.leave()
+            raise
+        self.quotas = quotas
+        route.figures.opened()
         self.stream.settimeout(timeout)
         self.reader = Reader(self.stream)
         self.route = route
+        shared = [(to_public, to_service) for to_service, to_public in self._buckets()]
+        self.send = Throttled(self.stream, shared=shared).sendall if shared else self.stream.sendall
         return False
+
+    def _buckets(self) -> list[tuple[Bucket, Bucket]]:
+        return [q.buckets for q in self.quotas if q.buckets is not None]
+
+    def public(self, client: Conn) -> Conn:
+        """The public client as the answer is sent to it: within the quotas' rate (an upgraded
+        connection's relay, both ways)."""
+        shared = self._buckets()
+        return cast(Conn, Throttled(client, shared=shared)) if shared else client
 
     def close(self) -> None:
         if self.stream is not None:
             self.stream.close()
+            for q in self.quotas:
+                q.leave()
+            if self.route is not None:
+                self.route.figures.closed()
+        self.quotas = []
+        self.send = _nothing
         self.route = self.stream = self.reader = None
+
+
+def _nothing(data: Data) -> None:
+    raise ConnectionError("no stream")
+
+
+class QuotaFull(Exception):
+    """A new stream to a mapping would exceed its account's or its own max_connections."""
+
+
+class Answer:
+    """What one request on a public connection came to, for the listener's and the mapping's
+    figures: the status sent, the head's bytes in, the body's bytes out."""
+
+    __slots__ = ("status", "size_in", "size_out", "route")
+
+    def __init__(self, size_in: int) -> None:
+        self.status = 0  # (0: none sent, the connection ended first)
+        self.size_in = size_in
+        self.size_out = 0
+        self.route: HttpRoute | None = None
+
+    def reply(self, client: Conn, status: int, text: str) -> None:
+        self.status = status
+        _reply(client, status, text)
 
 
 def _reply(client: Conn, status: int, text: str) -> None:

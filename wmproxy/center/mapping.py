@@ -29,7 +29,7 @@ from ..net.limits import PerIpLimit
 from ..net.listen import BindError, open_listener, open_udp
 from ..net.proxyproto import ProxyProtocolIn, accept as accept_proxy_header
 from ..net.relay import RelayStats, link_owned, relay_then
-from ..net.throttle import Bucket
+from ..net.throttle import Quota, enter_all
 from ..net.udp import UdpSession, UdpSessions
 from ..prot import frame as fr
 from ..prot.frame import CreateMode
@@ -43,6 +43,42 @@ if TYPE_CHECKING:
 Published = Union["PortMember", "PublicUdpPort", "HttpRoute"]
 
 log = logging.getLogger("wmproxy.center")
+
+
+class Figures:
+    """One mapping's connections (or, for http, the public connections holding a stream to
+    it) and bytes: counted as they end, read live while they run. ``bytes_in`` came from the
+    public side, ``bytes_out`` went to it."""
+
+    __slots__ = ("active", "total", "done_in", "done_out", "running")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.total = 0
+        self.done_in = 0
+        self.done_out = 0
+        self.running: set[RelayStats] = set()  # relays under way: their counts are read live
+
+    def opened(self, stats: RelayStats | None = None) -> None:
+        self.active += 1
+        self.total += 1
+        if stats is not None:
+            self.running.add(stats)
+
+    def closed(self, stats: RelayStats | None = None) -> None:
+        self.active -= 1
+        if stats is not None:
+            self.running.discard(stats)
+            self.add(stats.a_to_b, stats.b_to_a)
+
+    def add(self, b_in: int, b_out: int) -> None:
+        self.done_in += b_in
+        self.done_out += b_out
+
+    def row(self) -> dict:
+        return {"connections": self.active, "connections_total": self.total,
+                "bytes_in": self.done_in + sum(s.a_to_b for s in self.running),
+                "bytes_out": self.done_out + sum(s.b_to_a for s in self.running)}
 
 
 class HttpRoute:
@@ -66,6 +102,7 @@ class HttpRoute:
         self.rules = tuple(rules)
         self.link: Optional[CenterLink] = None
         self.requests = 0
+        self.figures = Figures()
 
     @property
     def label(self) -> str:
@@ -93,7 +130,7 @@ class PortMember:
         self.group = group
         self.group_key = group_key
         self.link: Optional[CenterLink] = None
-        self.connections = 0
+        self.figures = Figures()
 
     @property
     def mode(self) -> str:
@@ -178,15 +215,17 @@ class PublicPort(AcceptGuard, StreamServer):
                 q.leave()
             log.info("%s mapping %s: %s", peer, member.name, e)
             return
-        member.connections += 1
+        stats = RelayStats()
+        member.figures.opened(stats)
 
         def done(stats: RelayStats) -> None:
             self.per_ip.leave(ip)
             for q in quotas:
                 q.leave()
+            member.figures.closed(stats)
             log.info("%s mapping %s (%s) done (%s) in=%d out=%d", peer, member.name, member.owner, stats.reason,
                      stats.a_to_b, stats.b_to_a)
-        relay_then(conn, stream, done, link_owned, self.idle_timeout,
+        relay_then(conn, stream, done, link_owned, self.idle_timeout, stats=stats,
                    shared=[q.buckets for q in quotas if q.buckets is not None])
 
 
@@ -240,10 +279,6 @@ class PublicUdpPort(UdpSessions):
     def label(self) -> str:  # type: ignore[override]  # (a class attribute in UdpSessions)
         return f"udp {self.bind}"
 
-    @property
-    def connections(self) -> int:
-        return self.stats.total
-
     def attach(self, link: "CenterLink") -> None:
         self.link = link
         if not self.started:
@@ -296,46 +331,6 @@ def _port_key(mode: str, addr: Addr) -> str:
 
 
 DISABLED = "disabled by the operator (control API) until enabled again or the next reload"
-
-
-class Quota:
-    """The connections and bandwidth of an account, or of one of its mappings, shared by all
-    their public connections ([[center.users]] max_connections, bandwidth and their mapping_
-    twins): a count, and a token bucket each way."""
-
-    __slots__ = ("label", "max_connections", "rate", "buckets", "connections")
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.connections = 0
-        self.max_connections = 0
-        self.rate = 0.0
-        self.buckets: Optional[tuple[Bucket, Bucket]] = None
-
-    def set(self, max_connections: int, rate: float) -> None:
-        self.max_connections = max_connections
-        if rate != self.rate:
-            self.rate = rate
-            self.buckets = (Bucket(rate), Bucket(rate)) if rate else None
-
-    def enter(self) -> bool:
-        if self.max_connections and self.connections >= self.max_connections:
-            return False
-        self.connections += 1
-        return True
-
-    def leave(self) -> None:
-        self.connections -= 1
-
-
-def enter_all(quotas: list[Quota]) -> Optional[Quota]:
-    """Count a connection in each of ``quotas``; the one that refused it (none counted), or None."""
-    for i, q in enumerate(quotas):
-        if not q.enter():
-            for taken in quotas[:i]:
-                taken.leave()
-            return q
-    return None
 
 
 class MappingRegistry:
@@ -609,10 +604,18 @@ class MappingRegistry:
         ports: list[PortMember | PublicUdpPort] = [
             member for p in self.ports.values() for member in (p.members if isinstance(p, PublicPort) else [p])]
         return [*({"name": p.name, "mode": p.mode, "client": p.owner, "holder": p.holder, "remote_bind": p.bind,
-                   "connected": p.link is not None and not p.link.closed, "connections": p.connections,
+                   "connected": p.link is not None and not p.link.closed, **_figures(p),
                    **({"group": p.group} if p.group else {})} for p in ports),
                 *({"name": r.name, "mode": "https passthrough" if r.passthrough else r.mode, "client": r.owner,
                    "holder": r.holder,
-                   "domain": r.domain, "connected": r.online, "requests": r.requests,
+                   "domain": r.domain, "connected": r.online, "requests": r.requests, **r.figures.row(),
                    **({"group": r.group} if r.group else {})}
                   for members in self.routes.values() for r in members)]
+
+
+def _figures(item: "PortMember | PublicUdpPort") -> dict:
+    if isinstance(item, PortMember):
+        return item.figures.row()
+    st = item.stats  # (a udp port's sessions)
+    return {"connections": st.active, "connections_total": st.total, "bytes_in": st.bytes_in,
+            "bytes_out": st.bytes_out}

@@ -247,7 +247,7 @@ class CenterServer(Listener):
         return [{"role": "server", "client": link.user or "anonymous", "client_id": link.client_id,
                  "id": link.holder, "peer": fmt_addr(*link.peer_address[:2]), "since": link.started_at,
                  "streams": link.stream_count, "rtt": link.rtt, "bytes_in": link.bytes_in,
-                 "bytes_out": link.bytes_out, **_tls(link)} for link in self.links]
+                 "bytes_out": link.bytes_out, "rate": round(link.read_rate(), 1), **_tls(link)} for link in self.links]
 
     def set_mapping(self, name: str, holder: str, enabled: bool) -> dict:
         """The control API's disable / enable of mapping ``name`` (of client ``holder``; '' when

@@ -83,7 +83,8 @@ class Config:
             raise Invalid("mappings are published through a center server: set [center] server", "mappings")
         if self.center is not None and not self.center.is_server and self.proxy is not None and self.proxy.auth:
             raise Invalid("in a center client the local proxy's traffic is served by the center server's "
-                          "forward proxy: set username/password in the server's [proxy]", ".proxy.username")
+                          "forward proxy: set username/password in the server's [proxy]",
+                          ".proxy.username" if self.proxy.username else ".proxy.users")
         if self.control is not None and not self.control.is_loopback and not self.control_token:
             raise Invalid(f"{self.control} is reachable from other hosts: set control_token, or bind the "
                           "control API to a loopback address", ".control")

@@ -6,13 +6,30 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .keys import (
-    Addr, DEFAULT_PROXY_BIND, Invalid, choice_set, int_range, key, list_of, optional_addr, to_addr,
-    to_duration, to_network, to_size, to_str, to_target_rule, proxy_protocol_key, proxy_protocol_from_key,
-    check_proxy_protocol, rate_limit_key,
+    Addr, DEFAULT_PROXY_BIND, Invalid, REQUIRED, choice_set, int_range, key, list_of, optional_addr, table_list,
+    to_addr, to_bandwidth, to_bool, to_duration, to_network, to_size, to_str, to_target_rule, proxy_protocol_key,
+    proxy_protocol_from_key, check_proxy_protocol, rate_limit_key,
 )
 
 
 PROXY_PROTOCOLS = ("http", "https", "socks5", "socks4")
+
+
+@dataclass(frozen=True)
+class ProxyUser:
+    """``[[proxy.users]]``: one account of the forward proxy, with limits of its own."""
+
+    username: str = key(to_str, REQUIRED, "the user's name (HTTP Proxy-Authorization, SOCKS5 login)")
+    password: str = key(to_str, REQUIRED, "its password")
+    disabled: bool = key(to_bool, False, "refuse its logins (its connections open at a reload keep going)")
+    max_connections: int = key(int_range(0, 1_000_000), 0, "connections it may have open at once, over every "
+                                                           "address (0: no limit)")
+    bandwidth: float = key(to_bandwidth, 0.0, "bytes a second its connections may move all together, each way "
+                                              "('10m/s'; 0: no limit): a token bucket they share")
+
+    def validate(self) -> None:
+        if not self.username:
+            raise Invalid("expected a user name, got ''", ".username")
 
 
 @dataclass(frozen=True)
@@ -24,6 +41,8 @@ class ProxyConfig:
     flag: frozenset = key(choice_set(PROXY_PROTOCOLS), frozenset(PROXY_PROTOCOLS), "protocols served")
     username: str = key(to_str, "", "user required from clients (with password)")
     password: str = key(to_str, "", "password required from clients (with username)")
+    users: tuple = key(table_list(ProxyUser), (), "several accounts, each with its own limits (beside username, "
+                                                  "if set)")
     allow: tuple = key(list_of(to_network), (), "client networks allowed (empty: all)")
     deny: tuple = key(list_of(to_network), (), "client networks refused (checked first)")
     connect_timeout: float = key(to_duration, 10.0, "time to open the upstream connection")
@@ -53,13 +72,25 @@ class ProxyConfig:
         if bool(self.username) != bool(self.password):
             which = "password" if self.username else "username"
             raise Invalid(f"username and password go together; {which} is missing", "." + which)
+        names = [u.username for u in self.users] + ([self.username] if self.username else [])
+        for i, user in enumerate(self.users):
+            if names.count(user.username) > 1:
+                raise Invalid(f"user {user.username!r} is named twice ([proxy] username and [[proxy.users]] "
+                              f"are one list of accounts)", f".users[{i}].username")
         if self.udp_bind is not None and self.udp_bind.port != 0:
             raise Invalid(f"expected port 0, got {self.udp_bind}: every UDP association gets its own relay "
                           f"port on this address (write \"{self.udp_bind.host}:0\")", ".udp_bind")
 
     @property
     def auth(self) -> bool:
-        return bool(self.username)
+        return bool(self.username or self.users)
+
+    def accounts(self) -> dict[str, ProxyUser]:
+        """Every account by name: [[proxy.users]], and username/password as one without limits."""
+        out = {u.username: u for u in self.users}
+        if self.username:
+            out[self.username] = ProxyUser(self.username, self.password)
+        return out
 
 
 @dataclass(frozen=True)

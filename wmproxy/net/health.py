@@ -5,7 +5,8 @@ successes bring it back)."""
 
 from __future__ import annotations
 
-from typing import Optional
+import time
+from typing import Any, Optional
 
 import gevent
 
@@ -46,20 +47,30 @@ def get_request(path: str, host: str) -> bytes:
             f"Connection: close\r\n\r\n").encode()
 
 
+NEVER_CHECKED: dict[str, Any] = {"last_check": None, "last_check_ok": None}  # (Streak.last_check without probes)
+
+
 class Streak:
     """A server's state from its probes: up until ``fall`` failures in a row, then down until
     ``rise`` successes in a row."""
 
-    __slots__ = ("fall", "rise", "up", "count")
+    __slots__ = ("fall", "rise", "up", "count", "checked_at", "last_ok")
 
     def __init__(self, fall: int, rise: int) -> None:
         self.fall = fall
         self.rise = rise
         self.up = True
         self.count = 0  # probes in a row that said the opposite of ``up``
+        self.checked_at: Optional[float] = None  # the last probe's time (epoch seconds)
+        self.last_ok: Optional[bool] = None  # and its result
+
+    def last_check(self) -> dict[str, Any]:
+        """For /api/upstreams: when the last probe was, and whether it passed."""
+        return {"last_check": self.checked_at, "last_check_ok": self.last_ok}
 
     def saw(self, ok: bool) -> bool:
         """One probe's result; True when it changed ``up``."""
+        self.checked_at, self.last_ok = time.time(), ok
         if ok == self.up:
             self.count = 0
             return False

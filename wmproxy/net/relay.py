@@ -34,6 +34,7 @@ from .bridge import CallbackRelay, StreamSocketRelay
 from .conn import Conn
 from .splice import HAVE_SPLICE, SpliceRelay
 from .idle import watch_idle
+from .live import current
 from .throttle import Bucket
 from .writer import close_quietly, send_all
 
@@ -140,6 +141,7 @@ def relay(a: Conn, b: Conn, idle_timeout: float | None = None, a_pending: bytes 
     ``stats.reason`` tells.
     """
     stats = stats or RelayStats()
+    _count_live(stats)
     ended = Event()
     limited = bool(rate or shared)
     bridge = None if limited else _callback_relay(a, b, a_pending, b_pending, stats, lambda _stats: ended.set())
@@ -209,6 +211,13 @@ def relay(a: Conn, b: Conn, idle_timeout: float | None = None, a_pending: bytes 
     return stats
 
 
+def _count_live(stats: RelayStats) -> None:
+    """The connection the caller serves (net.live) shows these counts while they run."""
+    conn = current()
+    if conn is not None:
+        conn.relay = stats
+
+
 Adopt = Callable[[Callable[[], None]], Callable[[], None]]
 
 
@@ -237,6 +246,7 @@ def relay_then(a: Conn, b: Conn, on_done: Callable[[RelayStats], None], adopt: A
     ``on_done`` and returns False. Either way both sides end up closed.
     """
     stats = stats or RelayStats()
+    _count_live(stats)
     if adopt is not None and not rate and not shared:
         release: Callable[[], None]
 

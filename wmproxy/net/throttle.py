@@ -13,7 +13,7 @@ from another. ``relay(..., rate=)`` (net.relay) throttles its pumps the same way
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import gevent
 
@@ -52,38 +52,98 @@ class Bucket:
 
 
 class Throttled:
-    """A connection whose receives and sends are each held to ``rate`` bytes a second. Any
-    other attribute is the wrapped connection's."""
+    """A connection whose receives and sends are each held to ``rate`` bytes a second (0: no
+    rate of its own) and within what the ``shared`` buckets allow (pairs: what it receives,
+    what it sends; an account's, a mapping's). Any other attribute is the wrapped connection's."""
 
-    __slots__ = ("conn", "down", "up")
+    __slots__ = ("conn", "up", "down", "up_burst", "down_burst")
 
-    def __init__(self, conn: Any, rate: float) -> None:
+    def __init__(self, conn: Any, rate: float = 0, shared: Sequence[tuple[Bucket, Bucket]] = ()) -> None:
         self.conn = conn
-        self.up = Bucket(rate)  # what is received from the peer
-        self.down = Bucket(rate)  # what is sent to it
+        own = [(Bucket(rate), Bucket(rate))] if rate else []
+        self.up = [received for received, _ in [*own, *shared]]  # what is received from the peer
+        self.down = [sent for _, sent in [*own, *shared]]  # what is sent to it
+        if not self.up:
+            raise ValueError("a throttle needs a rate or a shared bucket")
+        self.up_burst = min(b.burst for b in self.up)
+        self.down_burst = min(b.burst for b in self.down)
 
     def recv(self, n: int) -> bytes:
-        data: bytes = self.conn.recv(min(n, self.up.burst))
-        self.up.pay(len(data))
+        data: bytes = self.conn.recv(min(n, self.up_burst))
+        _pay(self.up, len(data))
         return data
 
     def recv_into(self, buf: Any, nbytes: int = 0) -> int:
         view = memoryview(buf)
-        n: int = self.conn.recv_into(view[:min(nbytes or len(view), self.up.burst)])
-        self.up.pay(n)
+        n: int = self.conn.recv_into(view[:min(nbytes or len(view), self.up_burst)])
+        _pay(self.up, n)
         return n
 
     def send(self, data: Data) -> int:
-        sent: int = self.conn.send(memoryview(data)[:self.down.burst])
-        self.down.pay(sent)
+        sent: int = self.conn.send(memoryview(data)[:self.down_burst])
+        _pay(self.down, sent)
         return sent
 
     def sendall(self, data: Data) -> None:
         view = memoryview(data)
-        for start in range(0, len(view), self.down.burst):
-            piece = view[start:start + self.down.burst]
+        for start in range(0, len(view), self.down_burst):
+            piece = view[start:start + self.down_burst]
             self.conn.sendall(piece)
-            self.down.pay(len(piece))
+            _pay(self.down, len(piece))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.conn, name)
+
+
+def _pay(buckets: list[Bucket], n: int) -> None:
+    """Pay ``n`` bytes to each bucket, then sleep as long as the emptiest says."""
+    now = time.monotonic()
+    wait = max(b.spend(n, now) for b in buckets)
+    if wait > 0:
+        gevent.sleep(wait)
+
+
+class Quota:
+    """The connections and bandwidth a group of connections share: an account's or one of its
+    mappings' ([[center.users]] max_connections, bandwidth and their mapping_ twins), a forward
+    proxy user's ([[proxy.users]]): a count, and a token bucket each way (what comes from the
+    clients, what goes to them)."""
+
+    __slots__ = ("label", "max_connections", "rate", "buckets", "connections")
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.connections = 0
+        self.max_connections = 0
+        self.rate = 0.0
+        self.buckets: Optional[tuple[Bucket, Bucket]] = None
+
+    def set(self, max_connections: int, rate: float) -> None:
+        """Its limits as configured now (connections counted and credit saved stay)."""
+        self.max_connections = max_connections
+        if rate != self.rate:
+            self.rate = rate
+            self.buckets = (Bucket(rate), Bucket(rate)) if rate else None
+
+    def enter(self) -> bool:
+        if self.max_connections and self.connections >= self.max_connections:
+            return False
+        self.connections += 1
+        return True
+
+    def leave(self) -> None:
+        self.connections -= 1
+
+    @property
+    def full_text(self) -> str:
+        return f"{self.label} has {self.connections} connections open (max_connections)"
+
+
+def enter_all(quotas: list[Quota]) -> Optional[Quota]:
+    """Count a connection in each of ``quotas``; the one that refused it (none counted), or None."""
+    for i, q in enumerate(quotas):
+        if not q.enter():
+            for taken in quotas[:i]:
+                taken.leave()
+            return q
+    return None

@@ -74,6 +74,8 @@ class HttpSession:
         self.watchdog: ConnWatch | None = None
         self.first = True
         self.auth = ctx.cfg.auth
+        self.user = ""  # who the last request's credentials named
+        self.refusal = ""  # why its credentials were refused
 
     # -- the request loop -----------------------------------------------------------------
     def _start_watchdog(self) -> ConnWatch:
@@ -140,8 +142,16 @@ class HttpSession:
                                         started)
                         return
                     if not self._authorized(head):
-                        self._reply_log(head, 407, "proxy authentication required", started, PROXY_AUTHENTICATE)
+                        if self.refusal.endswith("is disabled"):  # (the right password: told why)
+                            self._reply_log(head, 403, self.refusal, started)
+                        else:
+                            self._reply_log(head, 407, "proxy authentication required", started, PROXY_AUTHENTICATE)
                         return
+                    if self.user != self.info.user:
+                        full = self.ctx.admit(self.info, self.user)
+                        if full:  # ([[proxy.users]] max_connections)
+                            self._reply_log(head, 429, full, started)
+                            return
                 if head.method == "CONNECT":
                     self._connect(head, started)
                     return
@@ -159,7 +169,15 @@ class HttpSession:
         """Whether the request carries the right credentials (a wrong pair counts against its
         address; none at all, a browser's first try, does not)."""
         creds = parse_basic_auth(head.get(b"proxy-authorization"))
-        return creds is not None and self.ctx.credentials_ok(*creds, self.info.ip)
+        self.refusal = ""
+        if creds is None:
+            return False
+        refused = self.ctx.login(*creds, self.info.ip)
+        if refused:
+            self.refusal = refused
+            return False
+        self.user = creds[0]
+        return True
 
     def _error(self, status: int, text: str, extra: Sequence[tuple[bytes, bytes]] = (), body: bool = True) -> int:
         """Send one of our own answers; returns the body bytes sent (0 if the client is gone)."""
@@ -303,8 +321,9 @@ class HttpSession:
         """Close the current upstream connection, if any, and open one to ``target``."""
         self._drop_upstream()
         sock: Any = self.ctx.dial(target.host, target.port)
-        if self.cfg.rate_limit:  # (both ways: what the server sends, and the request bodies to it)
-            sock = Throttled(sock, self.cfg.rate_limit)
+        shared = self.ctx.shared(self.info)  # (its user's: from the client, to it; the other way round here)
+        if self.cfg.rate_limit or shared:  # (both ways: what the server sends, and the request bodies to it)
+            sock = Throttled(sock, self.cfg.rate_limit, [(to_client, from_client) for from_client, to_client in shared])
         self.upstream = _UpstreamConn((target.host, target.port), sock)
         if self.watchdog is not None:
             self.watchdog.upstream = self.upstream.reader  # its reads are progress too

@@ -27,7 +27,9 @@ from ..net.limits import AuthThrottle
 from ..net.targets import target_policy
 from ..net import httpio
 from ..net.reader import PeerClosed, Reader
+from ..net.live import current
 from ..net.relay import Adopt, RelayStats, relay_then
+from ..net.throttle import Bucket, Quota
 from ..prot import socks as s5
 from ..prot.http1 import simple_response
 from ..services import Services
@@ -39,7 +41,8 @@ log = logging.getLogger("wmproxy.proxy")
 class ConnInfo:
     """What one client connection did, for its single log line."""
 
-    __slots__ = ("peer", "ip", "port", "behalf", "proto", "target", "result", "up", "down", "started", "detached", "deadline")
+    __slots__ = ("peer", "ip", "port", "behalf", "proto", "target", "result", "up", "down", "started", "detached",
+                 "deadline", "user", "quota")
 
     def __init__(self, ip: str, port: int, behalf: Optional[Address] = None) -> None:
         self.deadline: gevent.Timeout | None = None  # of the handshake: whole within handshake_timeout
@@ -57,6 +60,8 @@ class ConnInfo:
         self.up = 0
         self.down = 0
         self.started = time.monotonic()
+        self.user = ""  # the account it logged in as
+        self.quota: Optional[Quota] = None  # that account's limits, which count it ([[proxy.users]])
 
     def end_handshake(self) -> None:
         """The client has said what it wants: its handshake deadline no longer applies (the
@@ -78,8 +83,12 @@ class ProxyContext:
 
     def __init__(self, cfg: ProxyConfig, resolver: Resolver, adopt: Adopt, stats: ConnStats | None = None,
                  entry: Optional[Callable[..., None]] = None,
-                 local: bool = True, exposed: bool | None = None, throttle: AuthThrottle | None = None) -> None:
+                 local: bool = True, exposed: bool | None = None, throttle: AuthThrottle | None = None,
+                 quotas: dict[str, Quota] | None = None) -> None:
         self.cfg = cfg
+        self.accounts = cfg.accounts()
+        # [[proxy.users]] limits by user: kept across reloads by the listener (what is counted stays)
+        self.quotas = quotas if quotas is not None else {}
         self.resolver = resolver
         self.stats = stats or ConnStats()
         # a center client's local entry (center.entry): it serves every connection, the proxy protocols do not
@@ -92,6 +101,10 @@ class ProxyContext:
         self.throttle = throttle
         # exposed: other hosts can reach the clients' side (default: the proxy's bind is not loopback)
         self.targets = target_policy(cfg, (cfg.bind is None or not cfg.bind.is_loopback) if exposed is None else exposed)
+
+    def shared(self, info: ConnInfo) -> list[tuple[Bucket, Bucket]]:
+        """The buckets its user's bandwidth shares (from the client, to it)."""
+        return [info.quota.buckets] if info.quota is not None and info.quota.buckets is not None else []
 
     def relay(self, client: Conn, upstream: Conn, info: ConnInfo, a_pending: bytes) -> None:
         """Relay the client and its upstream, filling ``info``. Where the relay can go on
@@ -107,12 +120,17 @@ class ProxyContext:
             if info.detached:
                 self.conn_done(info)
 
-        relay_then(client, upstream, done, adopt, self.cfg.idle_timeout, a_pending=a_pending, rate=self.cfg.rate_limit)
+        relay_then(client, upstream, done, adopt, self.cfg.idle_timeout, a_pending=a_pending, rate=self.cfg.rate_limit,
+                   shared=self.shared(info))
 
     def conn_done(self, info: ConnInfo, log_line: bool = True, level: int = logging.INFO) -> None:
-        """A connection ended: its bytes go into the listener's totals, its line to the log."""
+        """A connection ended: its bytes go into the listener's totals, its line to the log, its
+        user's count goes down."""
         self.stats.bytes_in += info.up
         self.stats.bytes_out += info.down
+        if info.quota is not None:
+            info.quota.leave()
+            info.quota = None
         if log_line:
             log.log(level, "%s", info.line())
 
@@ -120,17 +138,42 @@ class ProxyContext:
         """Deny list first, then the allow list (an empty allow list allows everyone)."""
         return ip_allowed(ip, self.cfg.allow, self.cfg.deny)
 
-    def credentials_ok(self, user: str, password: str, ip: str = "") -> bool:
-        """Both must match; compared in constant time. A failure counts against ``ip``."""
-        ok_user = hmac.compare_digest(user.encode(), self.cfg.username.encode())
-        ok_pass = hmac.compare_digest(password.encode(), self.cfg.password.encode())
-        ok = ok_user and ok_pass
+    def login(self, user: str, password: str, ip: str = "") -> str:
+        """Check a user's credentials: '' when they are right and the account is enabled, else
+        why not ('disabled' is said only to the one who gave the right password). The password
+        is compared in constant time; a wrong one counts against ``ip``."""
+        account = self.accounts.get(user)
+        expected = account.password if account is not None else "\0" * max(1, len(password))
+        ok = hmac.compare_digest(password.encode(), expected.encode()) and account is not None
         if self.throttle is not None and ip:
             if ok:
                 self.throttle.succeeded(ip)
             else:
                 self.throttle.failed(ip)
-        return ok
+        if not ok:
+            return f"bad credentials for user {user[:40]!r}"
+        assert account is not None
+        return f"user {user[:40]!r} is disabled" if account.disabled else ""
+
+    def admit(self, info: ConnInfo, user: str) -> str:
+        """The connection is ``user``'s from now on and counts in that user's max_connections:
+        '' or why it may not ([[proxy.users]] limits; a connection that changes user moves)."""
+        if user == info.user:
+            return ""
+        if info.quota is not None:
+            info.quota.leave()
+            info.quota = None
+        info.user = user
+        account = self.accounts.get(user)
+        if account is None or not (account.max_connections or account.bandwidth):
+            return ""
+        quota = self.quotas.get(user) or self.quotas.setdefault(user, Quota(f"user {user}"))
+        quota.set(account.max_connections, account.bandwidth)
+        if not quota.enter():
+            info.user = ""
+            return quota.full_text
+        info.quota = quota
+        return ""
 
     def auth_blocked(self, ip: str) -> bool:
         """Whether ``ip`` failed to log in too often lately (auth_fail_limit): refused unheard."""
@@ -156,9 +199,13 @@ class ProxyServer(Listener):
             throttle = self.throttle = AuthThrottle(proxy_cfg.auth_fail_limit, proxy_cfg.auth_fail_window,
                                                     f"proxy {proxy_cfg.bind}")
         throttle.configure(proxy_cfg.auth_fail_limit, proxy_cfg.auth_fail_window)
+        quotas: dict[str, Quota] | None = getattr(self, "quotas", None)  # (users' counts and buckets: kept too)
+        if quotas is None:
+            quotas = {}
+            self.quotas = quotas
         return ProxyContext(proxy_cfg, services.resolver, self.adopt, self.stats,
                             services.center_entry() if center_cfg else None,
-                            throttle=throttle)
+                            throttle=throttle, quotas=quotas)
 
     def max_connections(self, settings: "ProxySettings") -> int:
         return settings.proxy.max_connections
@@ -181,6 +228,9 @@ def serve_connection(ctx: ProxyContext, client: Conn, address: Address, behalf: 
     client's, which authenticated). Returns when it is done; never raises for what the client
     sends; does not close ``client``."""
     info = ConnInfo(address[0], address[1], behalf)
+    live = current()
+    if live is not None:  # GET /api/connections shows its target and counts
+        live.info = info
     client.settimeout(ctx.cfg.handshake_timeout)
     # a deadline, not an idle timer: a client trickling a byte at a time is cut all the same
     info.deadline = gevent.Timeout.start_new(ctx.cfg.handshake_timeout, PhaseTimeout(

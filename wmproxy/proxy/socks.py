@@ -38,20 +38,23 @@ def serve_socks5(ctx: ProxyContext, client: Conn, reader: Reader, info: ConnInfo
             client.sendall(s5.encode_userpass_status(False))
             info.result = "refused: too many failed logins from this address (auth_fail_limit)"
             return
-        ok = ctx.credentials_ok(user, password, ip)
-        client.sendall(s5.encode_userpass_status(ok))
-        if not ok:
-            info.result = f"refused: bad credentials for user {user[:40]!r}"
+        refused = ctx.login(user, password, ip)
+        client.sendall(s5.encode_userpass_status(not refused))
+        if refused:
+            info.result = f"refused: {refused}"
             return
+        full = ctx.admit(info, user)
+    else:
+        full = ""
     try:
         req = reader.read_message(s5.parse_request)
     except ProtocolError as e:
         client.sendall(s5.encode_reply(e.socks5_reply))
         raise
     info.target = fmt_addr(req.host, req.port)
-    if not allowed:
+    if not allowed or full:  # (the user's limit: "not allowed by ruleset", as for an address)
         client.sendall(s5.encode_reply(s5.REP_NOT_ALLOWED))
-        info.result = "refused: client address not allowed"
+        info.result = f"refused: {full}" if full else "refused: client address not allowed"
         return
     if req.command == s5.CMD_UDP_ASSOCIATE and ctx.udp_associate:
         serve_udp_associate(ctx, client, reader, info, req)

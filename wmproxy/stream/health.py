@@ -12,7 +12,7 @@ import gevent
 
 from ..config import StreamUpstreamConfig
 from ..net.dns import Resolver
-from ..net.health import Streak, probe
+from ..net.health import NEVER_CHECKED, Streak, probe
 
 log = logging.getLogger("wmproxy.stream")
 
@@ -26,10 +26,15 @@ class StreamHealth:
         self.hc = upstream.health_check
         self.resolver = resolver
         self.out: set[str] = set()  # servers taken out ("host:port")
+        self.checks: dict[str, Streak] = {}  # each server's probes so far
         self._greenlets = [gevent.spawn(self._watch, str(s.addr), s.addr.host, s.addr.port) for s in upstream.server]
 
     def live(self, addr: str) -> bool:
         return addr not in self.out
+
+    def last_check(self, addr: str) -> dict:
+        checks = self.checks.get(addr)
+        return checks.last_check() if checks is not None else NEVER_CHECKED
 
     def close(self) -> None:
         for greenlet in self._greenlets:
@@ -37,7 +42,7 @@ class StreamHealth:
 
     def _watch(self, label: str, host: str, port: int) -> None:
         hc = self.hc
-        checks = Streak(hc.fall, hc.rise)
+        checks = self.checks[label] = Streak(hc.fall, hc.rise)
         while True:
             gevent.sleep(hc.interval)
             status, why = probe(self.resolver, host, port, hc.timeout)

@@ -26,8 +26,10 @@ from ..net.dns import Resolver
 from ..net.balance import WeightedRoundRobin, hash_index
 from ..net.dial import dial, fmt_addr
 from ..net.reader import PeerClosed
+from ..net.live import current
 from ..net.relay import RelayStats, relay_then
 from ..net.tls import client_context
+from ..net.health import NEVER_CHECKED
 from .health import StreamHealth, checker
 
 log = logging.getLogger("wmproxy.stream")
@@ -79,7 +81,9 @@ class StreamTcpServer(Listener):
 
     def upstream_status(self) -> list[dict]:
         ctx = self.ctx
-        return [figures.row("stream", ctx.upstream.name, addr, ctx.health is None or ctx.health.live(addr), 0)
+        health = ctx.health
+        return [{**figures.row("stream", ctx.upstream.name, addr, health is None or health.live(addr), 0),
+                 **(health.last_check(addr) if health is not None else NEVER_CHECKED)}
                 for addr, figures in ctx.metrics.items()]
 
     def serve(self, client: socket.socket, address: Address, ctx: StreamContext) -> None:
@@ -143,6 +147,9 @@ class StreamTcpServer(Listener):
             log.info("%s stream %s -> %s (%s) done (%s) up=%d down=%d", peer, ctx.cfg.bind, server.addr,
                      ctx.upstream.name, stats.reason, stats.a_to_b, stats.b_to_a)
 
+        live = current()
+        if live is not None:  # (GET /api/connections)
+            live.target = f"{server.addr} ({ctx.upstream.name})"
         # plain TCP both ways: relayed by callbacks after this returns (the listener keeps the slot)
         relay_then(conn, upstream, done, self.adopt, ctx.cfg.idle_timeout, rate=ctx.cfg.rate_limit)
 

@@ -35,6 +35,7 @@ from ..net import httpio
 from ..net.conn import Address, Data
 from ..net.dial import fmt_addr, in_networks, ip_allowed
 from ..net.idle import ConnWatch
+from ..net.live import current
 from ..net.proxyproto import ProxyProtocolIn, header_for, policy, real_ip
 from ..net.reader import PeerClosed, Reader
 from ..net.tls import sni_server_context
@@ -245,13 +246,25 @@ class Downstream:
     with a PROXY header naming this client serves no other (send_proxy_protocol), so it is kept
     here between the client's requests instead of in the shared pool, and closed with it."""
 
-    __slots__ = ("address", "ip", "sock", "private")
+    __slots__ = ("address", "ip", "sock", "private", "live", "request")
 
     def __init__(self, address: Address, sock: socket.socket) -> None:
         self.address = address
         self.ip = str(address[0])
+        self.request: Optional[Request] = None  # the one in progress, or the last
+        self.live = current()  # its row in GET /api/connections (None: not a listener's own connection)
+        if self.live is not None:
+            self.live.target = self.live_target  # (asked only when listed)
         self.sock = sock  # (its address reached, asked only for a PROXY header: no syscall per connection)
         self.private: dict[ServerState, UpstreamConn] = {}
+
+    def live_target(self) -> str:
+        """What GET /api/connections shows of it: the request in progress or the last, and where
+        it went once it did."""
+        req = self.request
+        if req is None:
+            return ""
+        return f"{req.head.method} {req.raw_host}{req.target}" + (f" {req.note}" if req.note else "")
 
     def connect(self, group: UpstreamGroup, server: ServerState, timeout: float, fresh: bool,
                 version: str) -> tuple[UpstreamConn, bool]:
@@ -409,6 +422,7 @@ class WebServer(Listener):
             head = http1.parse_request_head(raw)
             http1.check_request(head, ctx.max_headers)
             req = Request(head, raw, down, ctx)
+            down.request = req  # (GET /api/connections: the request in progress)
             if ctx.real_ip_from:
                 ctx.believe(req)
         except PeerClosed:
@@ -691,6 +705,10 @@ class WebServer(Listener):
         self.stats.bytes_in += len(req.raw)  # (heads in, answers' bodies out: what the dashboard graphs)
         self.stats.bytes_out += req.size
         self.stats.request_seconds.observe(took)
+        live = req.down.live
+        if live is not None:
+            live.bytes_in += len(req.raw)
+            live.bytes_out += req.size
         fmt = req.location.access_log if req.location is not None else ""
         if fmt == "off" or not access_log.isEnabledFor(logging.INFO):
             return

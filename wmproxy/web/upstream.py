@@ -25,7 +25,7 @@ from ..metrics import ServerMetrics
 from ..net.balance import WeightedRoundRobin, hash_index
 from ..net.dial import dial
 from ..net.dns import Resolver
-from ..net.health import Streak, get_request, probe
+from ..net.health import NEVER_CHECKED, Streak, get_request, probe
 from ..net.proxyproto import header_for
 from ..net.reader import Reader
 from ..net.tls import client_context
@@ -200,7 +200,8 @@ class UpstreamGroup:
     def status(self) -> list[dict]:
         """Each server's health and figures, for /status and /metrics."""
         now = time.monotonic()
-        return [s.metrics.row("http", self.cfg.name, s.addr, s.live(now), s.active) for s in self.servers]
+        return [{**s.metrics.row("http", self.cfg.name, s.addr, s.live(now), s.active),
+                 **(s.checks.last_check() if s.checks is not None else NEVER_CHECKED)} for s in self.servers]
 
     # -- active health checks ------------------------------------------------------------------
     def _check_forever(self) -> None:

@@ -565,3 +565,46 @@ def test_http_mapping_quotas_hold_on_the_server(tmp_path, certs):
     finally:
         pair.stop()
         service.close()
+
+
+def test_from_another_host_the_data_and_every_action_need_the_token(start_proxy):
+    """A control port other hosts reach (here an address that is not loopback, added in the
+    test's own network namespace): without the token, the lists and every action are refused (401); the
+    page itself holds no data and loads; with the token they answer."""
+    import http.client
+    import subprocess
+
+    from conftest import IN_NETNS
+
+    if not IN_NETNS:
+        pytest.skip("adds an address: only inside the test's own network namespace (tools/in-netns)")
+    address = "10.213.0.1"
+    subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", "lo"], check=True)  # (not a loopback address)
+    try:
+        cport = free_port()
+        start_proxy(config=f'control = "{address}:{cport}"\ncontrol_token = "s3cret-token"\n'
+                           f'[proxy]\nbind = "127.0.0.1:{{port}}"\n')
+        wait_port(cport, host=address)
+
+        def ask(method: str, path: str, token: str = "") -> tuple[int, bytes]:
+            conn = http.client.HTTPConnection(address, cport, timeout=30)
+            try:
+                conn.request(method, path, headers={"Authorization": f"Bearer {token}"} if token else {})
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            finally:
+                conn.close()
+
+        for method, path in (("GET", "/status"), ("GET", "/metrics"), ("GET", "/api/clients"),
+                             ("GET", "/api/connections"), ("GET", "/api/mappings"), ("DELETE", "/api/clients/x"),
+                             ("DELETE", "/api/connections/1"), ("POST", "/api/mappings/x/disable"),
+                             ("POST", "/reload"), ("POST", "/stop")):
+            status, body = ask(method, path)
+            assert status == 401 and b"control_token" in body, (method, path, status, body)
+            assert ask(method, path, token="wrong")[0] == 401
+        status, page = ask("GET", "/")
+        assert status == 200 and b"<title>wmproxy</title>" in page
+        status, body = ask("GET", "/api/connections", token="s3cret-token")
+        assert status == 200 and json.loads(body)["total"] == 0
+    finally:
+        subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"], check=False)

@@ -150,6 +150,7 @@ class App:
         self.http_groups: dict = {}  # [http] upstream groups (pools, health), shared by the http listeners
         self.stream_health: dict = {}  # [stream] upstreams' health checkers, shared by the stream listeners
         self.http_limits: dict = {}  # [http] limit_req token buckets, shared by them too
+        self.proxy_quotas: dict = {}  # [[proxy.users]] counts and buckets of the streams served as a forward proxy
         self.draining: list[Listener] = []
         self.started_at = time.time()
         self.loaded_at = time.time()
@@ -429,7 +430,8 @@ class App:
         from .net.relay import link_owned
         from .proxy.server import ProxyContext, serve_connection
 
-        ctx = ProxyContext(proxy_cfg, self.resolver, link_owned, stats, local=False, exposed=exposed)
+        ctx = ProxyContext(proxy_cfg, self.resolver, link_owned, stats, local=False, exposed=exposed,
+                           quotas=self.proxy_quotas)
         return lambda conn, address, behalf=None: serve_connection(ctx, conn, address, behalf)
 
     # -- status --------------------------------------------------------------------------------

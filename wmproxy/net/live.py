@@ -8,7 +8,8 @@ serves: :func:`current` gives the handler's record, so the code that knows a con
 target (the forward proxy, ``[stream]``, ``[http]``) notes it there, and :func:`relay`
 (net.relay) attaches its byte counters, read live while the relay runs.
 
-The cost per connection is one small object and two dict entries.
+The cost per connection is one small object (about 100 bytes: nothing is formatted unless it is
+listed) and two dict entries, one of them only while its handler runs.
 """
 
 from __future__ import annotations
@@ -35,13 +36,11 @@ def set_worker(worker: int) -> None:
 class LiveConn:
     """One live connection: who, to what, since when, bytes so far, and how to cut it."""
 
-    __slots__ = ("id", "peer", "ip", "started", "target", "bytes_in", "bytes_out", "relay", "info", "greenlet",
-                 "stop")
+    __slots__ = ("id", "address", "started", "target", "bytes_in", "bytes_out", "relay", "info", "greenlet", "stop")
 
-    def __init__(self, peer: str, ip: str) -> None:
+    def __init__(self, address: Address) -> None:
         self.id = next(_ids)
-        self.peer = peer
-        self.ip = ip
+        self.address = address  # (the accepted tuple itself: formatted only when listed)
         self.started = time.time()
         # what it goes to, as its handler says (host:port, an upstream), or a function that says it
         # when asked (a request in progress: nothing formatted per request unless listed)
@@ -52,6 +51,17 @@ class LiveConn:
         self.info: Any = None  # the forward proxy's ConnInfo: its target and counts are the connection's
         self.greenlet: Any = gevent.getcurrent()
         self.stop: Optional[Callable[[], None]] = None  # an adopted connection's: ends its relay
+
+    @property
+    def ip(self) -> str:
+        return str(self.address[0]) if isinstance(self.address, tuple) else ""
+
+    @property
+    def peer(self) -> str:
+        if not isinstance(self.address, tuple):
+            return str(self.address)
+        ip, port = self.address[0], self.address[1]
+        return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
     def bytes(self) -> tuple[int, int]:
         b_in, b_out = self.bytes_in, self.bytes_out
@@ -90,10 +100,7 @@ class LiveTable:
 
     def open(self, address: Address) -> LiveConn:
         """A connection begins, served by the calling greenlet."""
-        ip = address[0] if isinstance(address, tuple) else ""
-        peer = f"[{ip}]:{address[1]}" if ":" in ip else f"{ip}:{address[1]}" if isinstance(address, tuple) \
-            else str(address)
-        conn = LiveConn(peer, ip)
+        conn = LiveConn(address)
         self.conns[conn.id] = conn
         RUNNING[conn.greenlet] = conn
         return conn

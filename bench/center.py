@@ -37,7 +37,7 @@ def start_pair(b, tls: bool, tmp: Path, window: str = "256k") -> tuple[int, list
     client = tmp / f"client-{tls}.toml"
     client.write_text(f'log_level = "warning"\n[center]\nserver = "127.0.0.1:{center}"\n{tls_line}\n'
                       f'ca = "{tmp}/ca.pem"\nserver_name = "center.bench"\nwindow = "{window}"\n'
-                      f'[proxy]\nbind = "127.0.0.1:{proxy}"\nmax_connections = 20000\n')
+                      f'[proxy]\nbind = "127.0.0.1:{proxy}"\nmax_connections = 20000\nmax_connections_per_ip = 0\n')
     procs = [b.start(f"center-server-{tls}", [sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c", str(server)],
                      center),
              b.start(f"center-client-{tls}", [sys.executable, str(ROOT / "bin" / "wmproxy-client"), "-c", str(client)],
@@ -46,9 +46,10 @@ def start_pair(b, tls: bool, tmp: Path, window: str = "256k") -> tuple[int, list
     return proxy, procs
 
 
-def start_mapped(b, name: str, mappings: str, ready: int, server_extra: str = "") -> None:
+def start_mapped(b, name: str, mappings: str, ready: int, server_extra: str = "") -> list:
     """A center server and a client joined by a TLS link (both on CPU 0), the client publishing
-    ``mappings`` (its [[mappings]] tables); waits until ``ready``, a port they open, listens."""
+    ``mappings`` (its [[mappings]] tables); waits until ``ready``, a port they open, listens.
+    Returns the two processes."""
     tmp = certs(b.tmp)
     center = free_port()
     server = tmp / f"{name}-server.toml"
@@ -57,11 +58,13 @@ def start_mapped(b, name: str, mappings: str, ready: int, server_extra: str = ""
     client = tmp / f"{name}-client.toml"
     client.write_text(f'log_level = "warning"\n[center]\nserver = "127.0.0.1:{center}"\nca = "{tmp}/ca.pem"\n'
                       f'server_name = "center.bench"\n{mappings}')
-    b.start(f"{name}-server", [sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c", str(server)], center)
-    b.start(f"{name}-client", [sys.executable, str(ROOT / "bin" / "wmproxy-client"), "-c", str(client)], ready)
+    return [b.start(f"{name}-server", [sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c", str(server)],
+                    center),
+            b.start(f"{name}-client", [sys.executable, str(ROOT / "bin" / "wmproxy-client"), "-c", str(client)],
+                    ready)]
 
 
-def _measured(b, name: str, port: int, procs, prefix=(), extra=None) -> float:
+def measured(b, name: str, port: int, procs, prefix=(), extra=None) -> float:
     """b.iperf through a relay made of ``procs``, plus their CPU seconds per GiB moved (steadier
     than the rate on a machine whose speed drifts)."""
     before = cpu_seconds(procs)
@@ -102,11 +105,11 @@ def throughput(b) -> None:
                                              f"OPENSSL:127.0.0.1:{tls_mid},verify=0"], tls_front))
     proxy_plain, plain_procs = start_pair(b, False, tmp)
     proxy_tls, tls_link_procs = start_pair(b, True, tmp)
-    runs = [("socat chain", lambda: _measured(b, "socat chain (plain)", front, chain_procs, extra=n)),
-            ("socat TLS pair", lambda: _measured(b, "socat TLS pair", tls_front, tls_procs, extra=n)),
-            ("wmproxy link (plain)", lambda: _measured(b, "wmproxy link (plain)", iperf_port, plain_procs,
+    runs = [("socat chain", lambda: measured(b, "socat chain (plain)", front, chain_procs, extra=n)),
+            ("socat TLS pair", lambda: measured(b, "socat TLS pair", tls_front, tls_procs, extra=n)),
+            ("wmproxy link (plain)", lambda: measured(b, "wmproxy link (plain)", iperf_port, plain_procs,
                                                        b.chains("socks5", proxy_plain), extra=n)),
-            ("wmproxy link (TLS)", lambda: _measured(b, "wmproxy link (TLS)", iperf_port, tls_link_procs,
+            ("wmproxy link (TLS)", lambda: measured(b, "wmproxy link (TLS)", iperf_port, tls_link_procs,
                                                      b.chains("socks5", proxy_tls), extra=n))]
     b.in_rounds("center", runs, [("plain link / socat chain", "wmproxy link (plain)", "socat chain", 0.5),
                                  ("TLS link / socat TLS pair", "wmproxy link (TLS)", "socat TLS pair", 0.7)])

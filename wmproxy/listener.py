@@ -30,7 +30,7 @@ from gevent.server import StreamServer
 from .config import Addr
 from .metrics import Histogram
 from .net.conn import Address
-from .net.live import LiveTable
+from .net.live import LiveConn, LiveTable
 from .net.limits import PerIpLimit
 from .net.proxyproto import ProxyProtocolIn, accept as accept_proxy_header
 from .services import Services
@@ -150,7 +150,7 @@ class Listener(ShownInStatus, AcceptGuard, StreamServer):
         self.started_at = time.time()
         self.draining = False
         self._retired: list[Pool] = []  # pools of connections from before a limit change
-        self._adopted: set[Callable[[], None]] = set()  # connections living on without their handler
+        self._adopted: set[LiveConn] = set()  # connections living on without their handler
         self.ctx = self.make_context(spec.settings, services)
         self.per_ip = PerIpLimit(f"{spec.kind} {spec.bind}")
         self.live = LiveTable()  # its connections now (GET /api/connections)
@@ -188,20 +188,21 @@ class Listener(ShownInStatus, AcceptGuard, StreamServer):
         """Keep a connection whose handler returned while it lives on (a relay run by
         callbacks) as one of ours: it counts as active and against the connection limit, a
         drain waits for it and calls ``stop`` past the grace period. Returns the function to
-        call once it ended."""
-        self._adopted.add(stop)
+        call once it ended (its LiveConn record: one object per idle tunnel)."""
+        conn = self.live.adopted(stop, self)  # its address's count goes with it
+        self._adopted.add(conn)
         self.stats.active += 1
-        conn = self.live.adopted(stop)  # its address's count goes with it
+        return conn
 
-        def release() -> None:
-            if stop in self._adopted:
-                self._adopted.discard(stop)
-                self.stats.active -= 1
-                if conn is not None:
-                    self.per_ip.leave(conn.ip)
-                    self.live.close(conn)
-                self._start_accepting_if_started()  # a full server accepts again
-        return release
+    def release_conn(self, conn: LiveConn) -> None:
+        """An adopted connection ended."""
+        if conn in self._adopted:
+            self._adopted.discard(conn)
+            self.stats.active -= 1
+            if conn.ip:
+                self.per_ip.leave(conn.ip)
+            self.live.close(conn)
+            self._start_accepting_if_started()  # a full server accepts again
 
     def handle(self, client: socket.socket, address: Address) -> None:
         ctx = self.ctx  # this connection keeps these settings whatever reloads happen
@@ -265,8 +266,9 @@ class Listener(ShownInStatus, AcceptGuard, StreamServer):
         left = sum(len(pool) for pool in self.pools) + len(self._adopted)
         for pool in self.pools:
             pool.kill(timeout=2)
-        for stop in list(self._adopted):
-            stop()
+        for conn in list(self._adopted):
+            if conn.stop is not None:
+                conn.stop()
         return left
 
 

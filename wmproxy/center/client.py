@@ -151,7 +151,8 @@ class CenterClient:
         if mapping is None or mapping.wire_mode not in (wanted or ()):
             vc.close(f"no {mode.name} mapping named {target!r} on this client")
             return
-        visitor = vc.visitor  # (the public client and the address it reached, from a server that tells)
+        visitor, vc.visitor = vc.visitor, None  # (the public client and the address it reached, from a server
+        # that tells; read once: a long-lived stream does not keep it)
         if mapping.mode == "proxy":  # a forward proxy whose traffic leaves from this network
             vc.link.send_frame(Kind.CREATE, Flag.ACK, vc.sid)
             self._proxy_for(mapping)(vc, visitor[0] if visitor else vc.link.peer_address)

@@ -208,9 +208,10 @@ class CenterServer(Listener):
 
     def _serve_stream(self, ctx: CenterServerContext, link: CenterLink, vc: VirtualConn,
                       mode: CreateMode, target: str) -> None:
+        visitor, vc.visitor = vc.visitor, None  # (read once: a long-lived stream does not keep it)
         if mode == CreateMode.PROXY:
             link.send_frame(Kind.CREATE, Flag.ACK, vc.sid, quiet=True)
-            ctx.serve_proxy(vc, link.peer_address, vc.visitor[0] if vc.visitor else None)
+            ctx.serve_proxy(vc, link.peer_address, visitor[0] if visitor else None)
         elif mode == CreateMode.CONNECT:
             try:
                 t = parse_authority(target)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from gevent import get_hub
 
-from .idle import Watch, watch_idle
+from .idle import Watch
 from .writer import close_quietly
 
 if TYPE_CHECKING:
@@ -44,21 +44,35 @@ GATHER = 64  # buffers per sendmsg (IOV_MAX is 1024)
 READS_PER_CALL = 8  # reads (or pipes) from one socket per callback before the loop serves the others
 
 
-class CallbackRelay:
-    """What both relays share: counters, the idle watch, the end (once) and ``on_done``."""
+class CallbackRelay(Watch):
+    """What both relays share: counters, the idle watch (the relay is its own: net.idle.Watch),
+    the end (once) and ``on_done``."""
 
-    __slots__ = ("stats", "on_done", "done", "watch", "cut")
+    __slots__ = ("stats", "on_done", "done", "cut", "release")
 
     def __init__(self, stats: RelayStats, on_done: Callable[[RelayStats], None]) -> None:
         self.stats = stats
         self.on_done = on_done
         self.done = False
-        self.watch: Optional[Watch] = None
         self.cut = False  # a side was reset: the other is reset too when the relay ends (RST, not FIN)
+        # called as it ends, before on_done: frees the slot of whoever adopted it (relay_then)
+        self.release: Optional[Callable[[], None]] = None
+
+    def __call__(self) -> None:
+        """Calling a relay stops it (what a listener that adopted it calls past a drain's grace:
+        the relay itself, not a bound method kept per idle tunnel)."""
+        self.stop()
 
     def _watch_idle(self, idle_timeout: float | None) -> None:
         if idle_timeout:
-            self.watch = watch_idle(self._progress, lambda: idle_timeout, self._idle)
+            self.arm(idle_timeout)
+
+    def progress(self) -> int:
+        moved = self.stats.moved
+        return moved[0] + moved[1]
+
+    def on_idle(self) -> None:
+        self._finish("idle")
 
     def start(self, idle_timeout: float | None) -> None:
         """Begin relaying (from the event loop from now on)."""
@@ -67,12 +81,6 @@ class CallbackRelay:
     def stop(self, reason: str = "stopped") -> None:
         """End now (a drain past its grace period, say): both ends closed."""
         self._finish(reason)
-
-    def _progress(self) -> int:
-        return self.stats.moved[0] + self.stats.moved[1]
-
-    def _idle(self) -> None:
-        self._finish("idle")
 
     def _fail(self, e: OSError) -> None:
         if isinstance(e, ConnectionResetError):
@@ -88,10 +96,11 @@ class CallbackRelay:
         self.done = True
         if self.stats.reason == "eof":
             self.stats.reason = reason
-        if self.watch is not None:
-            self.watch.kill()
+        self.kill()  # (its idle watch)
         self._release()
         try:
+            if self.release is not None:
+                self.release()
             self.on_done(self.stats)
         except Exception:  # our bug: logged; the loop goes on
             log.exception("relay end callback failed")
@@ -111,9 +120,8 @@ class StreamSocketRelay(CallbackRelay):
         self.stream = stream
         self.sock = sock
         self.up, self.down = (0, 1) if sock_is_a else (1, 0)  # stats.moved slots: socket->stream, back
-        loop = get_hub().loop
-        self.rd = loop.io(sock.fileno(), 1)
-        self.wr = loop.io(sock.fileno(), 2)
+        self.rd = get_hub().loop.io(sock.fileno(), 1)
+        self.wr: Any = None  # made the first time the socket's buffer is full (most tunnels never)
         self.to_stream = to_stream  # read from the socket, waiting for window credit
         # waiting for the socket
         self.to_sock: deque[bytes | memoryview] | None = deque((memoryview(to_sock),)) if to_sock else None
@@ -126,7 +134,7 @@ class StreamSocketRelay(CallbackRelay):
         other, sent first). Never blocks."""
         self._watch_idle(idle_timeout)
         if self.to_sock is not None:
-            self.wr.start(self._writable)
+            self._wait_writable()
         self.stream.attach(self)  # what the stream got before now comes through data()/fin()
         if not self.done:
             self.credit()
@@ -210,7 +218,12 @@ class StreamSocketRelay(CallbackRelay):
             self._sent(sent)
         if sent < len(body):
             self.to_sock = deque((memoryview(body)[sent:],))  # kept, not copied, till the socket takes it
-            self.wr.start(self._writable)
+            self._wait_writable()
+
+    def _wait_writable(self) -> None:
+        if self.wr is None:
+            self.wr = get_hub().loop.io(self.sock.fileno(), 2)
+        self.wr.start(self._writable)
 
     def _writable(self) -> None:
         queue = self.to_sock
@@ -277,8 +290,9 @@ class StreamSocketRelay(CallbackRelay):
 
     def _release(self) -> None:
         for watcher in (self.rd, self.wr):
-            watcher.stop()
-            watcher.close()
+            if watcher is not None:
+                watcher.stop()
+                watcher.close()
         self.to_sock = None
         close_quietly(self.sock, self.cut)  # a cut looks like a cut: RST, not FIN
         close_quietly(self.stream)

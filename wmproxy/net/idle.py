@@ -30,24 +30,59 @@ class Watch:
     """One registration; :meth:`kill` ends it (safe to call twice). ``deadline`` (monotonic
     seconds; none: inf) ends it too, whatever progress is made: a phase a stranger controls
     (a request head) must be over by then, not merely keep trickling. ``expired`` says which
-    ended it: "idle" or "deadline"."""
+    ended it: "idle" or "deadline".
 
-    __slots__ = ("progress", "timeout", "on_idle", "seen", "since", "active", "deadline", "expired")
+    What it watches comes from its methods :meth:`progress`, :meth:`timeout` and
+    :meth:`on_idle`: a class that keeps a connection (a callback relay) may be a Watch itself
+    and :meth:`arm` it, so an idle tunnel carries no extra object or bound methods for its
+    watch; :func:`watch_idle` wraps three functions instead."""
 
-    def __init__(self, progress: Callable[[], int], timeout: Callable[[], float], on_idle: Callable[[], None]):
-        self.progress = progress
-        self.timeout = timeout
-        self.on_idle = on_idle
-        self.seen = progress()
+    __slots__ = ("limit", "seen", "since", "active", "deadline", "expired")
+
+    def arm(self, limit: float) -> None:
+        """Start watching: idle after ``limit`` seconds without progress."""
+        self.limit = limit
+        self.seen = self.progress()
         self.since = time.monotonic()
         self.active = True
         self.deadline = INF
         self.expired = ""
+        _REAPER.add(self)
+
+    def progress(self) -> int:
+        raise NotImplementedError
+
+    def timeout(self) -> float:
+        return self.limit
+
+    def on_idle(self) -> None:
+        raise NotImplementedError
 
     def kill(self) -> None:
-        if self.active:
+        if getattr(self, "active", False):
             self.active = False
             _REAPER.watches.discard(self)
+
+
+class FuncWatch(Watch):
+    """A Watch of three functions (:func:`watch_idle`)."""
+
+    __slots__ = ("_progress", "_timeout", "_on_idle")
+
+    def __init__(self, progress: Callable[[], int], timeout: Callable[[], float], on_idle: Callable[[], None]):
+        self._progress = progress
+        self._timeout = timeout
+        self._on_idle = on_idle
+        self.arm(0.0)
+
+    def progress(self) -> int:
+        return self._progress()
+
+    def timeout(self) -> float:
+        return self._timeout()
+
+    def on_idle(self) -> None:
+        self._on_idle()
 
 
 class _Reaper:
@@ -88,49 +123,43 @@ class _Reaper:
 _REAPER = _Reaper()
 
 
-def watch_idle(progress: Callable[[], int], timeout: Callable[[], float], on_idle: Callable[[], None]) -> Watch:
+def watch_idle(progress: Callable[[], int], timeout: Callable[[], float], on_idle: Callable[[], None]) -> FuncWatch:
     """Call ``on_idle()`` once ``progress()`` has stayed the same for ``timeout()`` seconds
     (read again each round, so a connection may change phase). Precision: a quarter of the
     shortest timeout, at most a second. Returns the registration; the caller kills it when
     the connection ends. Never blocks.
     """
-    watch = Watch(progress, timeout, on_idle)
-    _REAPER.add(watch)
-    return watch
+    return FuncWatch(progress, timeout, on_idle)
 
 
-class ConnWatch:
+class ConnWatch(Watch):
     """The watchdog of one client connection that proxies HTTP (the forward proxy's,
     ``[http]``'s and the http mappings'): its sockets have no timeout (a timer per recv costs more than the
     parsing). When neither the client's reads nor the current upstream's move for
-    ``timeout``, socket.timeout is thrown into the connection's greenlet; a phase the client
-    controls also has a deadline (:meth:`until`), and PhaseTimeout, naming the phase, is
-    thrown then whatever moves. ``head_started`` (bound once) is read_head's hook: a head
-    that has begun has ``head_timeout`` to be whole."""
+    ``limit`` seconds, socket.timeout is thrown into the connection's greenlet; a phase the
+    client controls also has a deadline (:meth:`until`), and PhaseTimeout, naming the phase,
+    is thrown then whatever moves. ``head_started`` (bound once) is read_head's hook: a head
+    that has begun has ``head_timeout`` to be whole. It is its own registration with the
+    reaper (a Watch): one object per connection."""
 
-    __slots__ = ("reader", "upstream", "timeout", "phase", "head_timeout", "head_phase", "head_started", "watch",
-                 "_greenlet")
+    __slots__ = ("reader", "upstream", "phase", "head_timeout", "head_phase", "head_started", "_greenlet")
 
     def __init__(self, reader: Reader, timeout: float, head_timeout: float, head_phase: str) -> None:
         self._greenlet = gevent.getcurrent()
         self.reader = reader
         self.upstream: Optional[Reader] = None  # the current upstream's Reader: its reads count as progress too
-        self.timeout = timeout
         self.phase = ""
         self.head_timeout = head_timeout
         self.head_phase = head_phase
         self.head_started = self._head_started
-        self.watch = watch_idle(self._progress, self._timeout, self._expired)
+        self.arm(timeout)
 
-    def _progress(self) -> int:
+    def progress(self) -> int:
         upstream = self.upstream
         return self.reader.reads + (upstream.reads if upstream is not None else 0)
 
-    def _timeout(self) -> float:
-        return self.timeout
-
-    def _expired(self) -> None:
-        if self.watch.expired == "deadline":
+    def on_idle(self) -> None:
+        if self.expired == "deadline":
             error: Exception = PhaseTimeout(self.phase)
         else:
             error = socket.timeout("idle timeout")
@@ -138,20 +167,20 @@ class ConnWatch:
 
     def waiting(self, upstream: Optional[Reader], timeout: float) -> None:
         """From now: ``upstream`` (a Reader or None) is the other side, silence ends after ``timeout``."""
-        self.upstream, self.timeout = upstream, timeout
+        self.upstream, self.limit = upstream, timeout
 
     def until(self, deadline: float, phase: str) -> None:
         """``phase`` must be over by ``deadline`` (monotonic seconds); an earlier deadline set
         for it stays (a first head's, from the connection's start, is not moved on)."""
-        if deadline < self.watch.deadline:
-            self.watch.deadline, self.phase = deadline, phase
+        if deadline < self.deadline:
+            self.deadline, self.phase = deadline, phase
 
     def _head_started(self) -> None:
         self.until(time.monotonic() + self.head_timeout, self.head_phase)
 
     def done(self) -> None:
         """The phase with a deadline is over."""
-        self.watch.deadline = INF
+        self.deadline = INF
 
     def stop(self) -> None:
-        self.watch.kill()
+        self.kill()

@@ -36,11 +36,13 @@ def set_worker(worker: int) -> None:
 class LiveConn:
     """One live connection: who, to what, since when, bytes so far, and how to cut it."""
 
-    __slots__ = ("id", "address", "started", "target", "bytes_in", "bytes_out", "relay", "info", "greenlet", "stop")
+    __slots__ = ("id", "ip", "port", "started", "target", "bytes_in", "bytes_out", "relay", "info", "greenlet", "stop",
+                 "owner")
 
     def __init__(self, address: Address) -> None:
         self.id = next(_ids)
-        self.address = address  # (the accepted tuple itself: formatted only when listed)
+        # (the accepted address's own objects, formatted only when listed)
+        self.ip, self.port = (address[0], address[1]) if isinstance(address, tuple) else (str(address), -1)  # (unix)
         self.started = time.time()
         # what it goes to, as its handler says (host:port, an upstream), or a function that says it
         # when asked (a request in progress: nothing formatted per request unless listed)
@@ -51,17 +53,17 @@ class LiveConn:
         self.info: Any = None  # the forward proxy's ConnInfo: its target and counts are the connection's
         self.greenlet: Any = gevent.getcurrent()
         self.stop: Optional[Callable[[], None]] = None  # an adopted connection's: ends its relay
-
-    @property
-    def ip(self) -> str:
-        return str(self.address[0]) if isinstance(self.address, tuple) else ""
+        self.owner: Any = None  # an adopted connection's listener (release_conn)
 
     @property
     def peer(self) -> str:
-        if not isinstance(self.address, tuple):
-            return str(self.address)
-        ip, port = self.address[0], self.address[1]
-        return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        ip, port = self.ip, self.port
+        return ip if port < 0 else f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+    def __call__(self) -> None:
+        """Its relay ended (an adopted connection): its owner releases its slot."""
+        if self.owner is not None:
+            self.owner.release_conn(self)
 
     def bytes(self) -> tuple[int, int]:
         b_in, b_out = self.bytes_in, self.bytes_out
@@ -113,12 +115,16 @@ class LiveTable:
         if conn.stop is None:
             self.conns.pop(conn.id, None)
 
-    def adopted(self, stop: Callable[[], None]) -> Optional[LiveConn]:
-        """The calling handler's connection lives on without it (``stop`` ends it)."""
+    def adopted(self, stop: Callable[[], None], owner: Any) -> LiveConn:
+        """The calling handler's connection lives on without it (``stop`` ends it; calling the
+        record has ``owner.release_conn(record)`` free its slot). A record made now if the
+        caller is no handler of ours (its ``ip`` then '': no address to count)."""
         conn = RUNNING.pop(gevent.getcurrent(), None)
-        if conn is not None:
-            conn.stop = stop
+        if conn is None:
+            conn = LiveConn(("", -1))
+        else:
             conn.greenlet = None
+        conn.stop, conn.owner = stop, owner
         return conn
 
     def close(self, conn: LiveConn) -> None:

@@ -248,15 +248,9 @@ def relay_then(a: Conn, b: Conn, on_done: Callable[[RelayStats], None], adopt: A
     stats = stats or RelayStats()
     _count_live(stats)
     if adopt is not None and not rate and not shared:
-        release: Callable[[], None]
-
-        def done(stats: RelayStats) -> None:
-            release()
-            on_done(stats)
-
-        bridge = _callback_relay(a, b, a_pending, b_pending, stats, done)
+        bridge = _callback_relay(a, b, a_pending, b_pending, stats, on_done)
         if bridge is not None:
-            release = adopt(bridge.stop)
+            bridge.release = adopt(bridge)  # (calling the relay stops it; its end releases the slot first)
             bridge.start(idle_timeout)
             return True
     on_done(relay(a, b, idle_timeout, a_pending, b_pending, stats, rate, shared))

@@ -123,7 +123,7 @@ class HttpSession:
                     raise
                 if self.first:
                     self.first = False
-                    watch.timeout = self.cfg.idle_timeout  # from now on, silence ends after idle_timeout
+                    watch.limit = self.cfg.idle_timeout  # from now on, silence ends after idle_timeout
                 watch.done()  # the head is in: its deadline is over
                 started = time.monotonic()
                 try:

@@ -41,18 +41,15 @@ log = logging.getLogger("wmproxy.proxy")
 class ConnInfo:
     """What one client connection did, for its single log line."""
 
-    __slots__ = ("peer", "ip", "port", "behalf", "proto", "target", "result", "up", "down", "started", "detached",
+    __slots__ = ("ip", "port", "behalf", "proto", "target", "result", "up", "down", "started", "detached",
                  "deadline", "user", "quota")
 
     def __init__(self, ip: str, port: int, behalf: Optional[Address] = None) -> None:
         self.deadline: gevent.Timeout | None = None  # of the handshake: whole within handshake_timeout
         self.ip = ip  # the client's address (per-address limits and login throttling count it)
         self.port = port
-        self.peer = fmt_addr(ip, port)
         #: a center client's stream: the address of the client it serves, as it says (for the log)
         self.behalf = fmt_addr(behalf[0], behalf[1]) if behalf is not None else ""
-        if behalf is not None:
-            self.peer += f" (for {self.behalf})"
         self.detached = False  # its relay goes on after the handler returned: it logs itself
         self.proto = "-"
         self.target = "-"
@@ -62,6 +59,11 @@ class ConnInfo:
         self.started = time.monotonic()
         self.user = ""  # the account it logged in as
         self.quota: Optional[Quota] = None  # that account's limits, which count it ([[proxy.users]])
+
+    @property
+    def peer(self) -> str:
+        """Who, for its log line (formatted then: a long-lived tunnel keeps no copy)."""
+        return fmt_addr(self.ip, self.port) + (f" (for {self.behalf})" if self.behalf else "")
 
     def end_handshake(self) -> None:
         """The client has said what it wants: its handshake deadline no longer applies (the
@@ -111,17 +113,9 @@ class ProxyContext:
         without this greenlet (a link stream and a socket), it does: the handler returns at
         once, and the connection's line is logged when the relay ends."""
 
-        def adopt(stop: Callable[[], None]) -> Callable[[], None]:
-            info.detached = True
-            return self.adopt(stop)
-
-        def done(stats: RelayStats) -> None:
-            info.up, info.down, info.result = stats.a_to_b, stats.b_to_a, f"done ({stats.reason})"
-            if info.detached:
-                self.conn_done(info)
-
-        relay_then(client, upstream, done, adopt, self.cfg.idle_timeout, a_pending=a_pending, rate=self.cfg.rate_limit,
-                   shared=self.shared(info))
+        tunnel = _Tunnel(self, info)
+        relay_then(client, upstream, tunnel, tunnel.adopt, self.cfg.idle_timeout, a_pending=a_pending,
+                   rate=self.cfg.rate_limit, shared=self.shared(info))
 
     def conn_done(self, info: ConnInfo, log_line: bool = True, level: int = logging.INFO) -> None:
         """A connection ended: its bytes go into the listener's totals, its line to the log, its
@@ -182,6 +176,27 @@ class ProxyContext:
     def dial(self, host: str, port: int) -> socket.socket:
         """Connect to a client's target, as :attr:`targets` allows. Raises UpstreamError."""
         return dial(self.resolver, host, port, self.cfg.connect_timeout, self.targets)
+
+
+class _Tunnel:
+    """A relayed connection's end (ProxyContext.relay): an object, not two closures and their
+    cells (one per idle tunnel)."""
+
+    __slots__ = ("ctx", "info")
+
+    def __init__(self, ctx: ProxyContext, info: ConnInfo) -> None:
+        self.ctx = ctx
+        self.info = info
+
+    def adopt(self, stop: Callable[[], None]) -> Callable[[], None]:
+        self.info.detached = True
+        return self.ctx.adopt(stop)
+
+    def __call__(self, stats: RelayStats) -> None:
+        info = self.info
+        info.up, info.down, info.result = stats.a_to_b, stats.b_to_a, f"done ({stats.reason})"
+        if info.detached:
+            self.ctx.conn_done(info)
 
 
 class ProxyServer(Listener):

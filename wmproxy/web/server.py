@@ -552,7 +552,7 @@ class WebServer(Listener):
                  f"client_body_timeout ({ctx.body_timeout:g}s)")
         req.state.until(started + ctx.body_timeout, phase)
         got = 0
-        watch = req.state.watch
+        watch = req.state
 
         def counted(data: Data) -> None:
             nonlocal got

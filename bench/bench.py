@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import psutil
 
@@ -83,6 +83,21 @@ def calibrate() -> dict:
     return machine
 
 
+def core_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the load CPU so far (/proc/stat): how much of that core the load
+    generator and the origin left idle during a run tells whether they, not the server, bound it."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{LOAD_CPU} "):
+                fields = [int(x) for x in line.split()[1:]]
+                idle = fields[3] + fields[4]  # idle, iowait
+                return float(sum(fields) - idle), float(sum(fields))
+    return 0.0, 0.0
+
+
+LOAD_BOUND = 0.9  # the load CPU this busy during a run: the load generator's side bounds requests/s
+
+
 def cpu_seconds(procs) -> float:
     """User + system CPU seconds of ``procs`` (Popen objects; the wrapping taskset execs the
     program, so the pid is the program's), of their live children (squid's kid) and of their
@@ -121,6 +136,7 @@ class Bench:
         self.procs: list[subprocess.Popen] = []
         self.results: dict = {"throughput_gbit": {}, "http": {}}
         self.nginx_port = 0
+        self.last_cpu = 0.0  # the CPU per request run_wrk measured last (us; 0: none)
 
     def start(self, name: str, cmd: list[str], port: int, cpu: str = PROXY_CPU, wait: bool = True) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "wb")
@@ -241,8 +257,11 @@ DisableViaHeader Yes
         cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{self.connections}", f"-d{self.seconds}s", "--latency",
                *args]
         before = cpu_seconds(procs)
+        busy_before, total_before = core_busy()
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.seconds + 60).stdout
         used = cpu_seconds(procs) - before
+        busy_after, total_after = core_busy()
+        load = (busy_after - busy_before) / max(1.0, total_after - total_before)
         rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
         total = re.search(r"(\d+) requests in", out)
         p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
@@ -252,12 +271,14 @@ DisableViaHeader Yes
             return 0.0
         p99_ms = float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
         note = f"   {errors.group(0)}" if errors else ""
-        record = {"rps": round(float(rps.group(1))), "p99_ms": round(p99_ms, 2)}
+        record = {"rps": round(float(rps.group(1))), "p99_ms": round(p99_ms, 2), "load_cpu_busy": round(load, 3)}
         cpu = ""
         if procs and int(total.group(1)):
             record["cpu_us_per_request"] = round(used * 1e6 / int(total.group(1)), 1)
-            cpu = f"   CPU {record['cpu_us_per_request']:5.1f} us/request"
-        print(f"  {name:<26} {float(rps.group(1)):9.0f} req/s   p99 {p99_ms:7.2f} ms{cpu}{note}")
+            self.last_cpu = record["cpu_us_per_request"]
+            cpu = f"CPU {record['cpu_us_per_request']:5.1f} us/request   "
+        bound = f"   (load CPU {load:.0%} busy: wrk and the origin bound req/s)" if load >= LOAD_BOUND else ""
+        print(f"  {name:<26} {cpu}{float(rps.group(1)):9.0f} req/s   p99 {p99_ms:7.2f} ms{note}{bound}")
         self.results.setdefault(section, {})[name] = record
         return float(rps.group(1))
 
@@ -303,7 +324,8 @@ http {{
 
     # -- rounds ---------------------------------------------------------------------------
     def in_rounds(self, key: str, runs: list[tuple[str, Callable[[], float]]],
-                  ratios: list[tuple[str, str, str, float]]) -> None:
+                  ratios: list[tuple[str, str, str, float]],
+                  cpu_ratios: Sequence[tuple[str, str, str, float]] = ()) -> None:
         """Run every (name, run) once per round, in turn, for ``self.rounds`` rounds: this
         machine's speed drifts 15-30% from one minute to the next, so each ratio is taken within
         a round (a few seconds apart) and the median over the rounds is the figure. Each round
@@ -311,16 +333,35 @@ http {{
         starts after a pause of SETTLE seconds: a peer that was slow to finish (tinyproxy, with
         thousands of closed connections) slowed whichever run came next by up to a third.
         ``ratios``: (label, numerator name, denominator name, goal or 0). Prints each round's
-        ratios and the medians, records them under results["ratios"][key]."""
+        ratios and the medians, records them under results["ratios"][key]. ``cpu_ratios``, the
+        same of the CPU per request the runs measured (run_wrk with the server's processes), come
+        first: lower is better, a goal is met at or under it (results["cpu_ratios"][key])."""
         values: dict[str, list[float]] = {name: [] for name, _ in runs}
+        cpu: dict[str, list[float]] = {name: [] for name, _ in runs}
         for r in range(self.rounds):
             if self.rounds > 1:
                 print(f"  round {r + 1} of {self.rounds}:")
             for name, run in runs[r % len(runs):] + runs[:r % len(runs)]:
                 time.sleep(SETTLE)
+                self.last_cpu = 0.0
                 values[name].append(run())
+                cpu[name].append(self.last_cpu)
+        if cpu_ratios:
+            record = self.results.setdefault("cpu_ratios", {}).setdefault(key, {})
+            print(f"  CPU per request (user + system of the server's processes; lower is better), median of "
+                  f"{self.rounds} round(s):")
+            for label, num, den, goal in cpu_ratios:
+                each = [n / d for n, d in zip(cpu[num], cpu[den]) if n and d]
+                if not each:
+                    print(f"    {label}: no figure (a run failed)")
+                    continue
+                median = statistics.median(each)
+                verdict = f"   goal <= {goal}x: {'met' if median <= goal else 'NOT met'}" if goal else ""
+                print(f"    {label:<40} {median:.2f}x  ({', '.join(f'{x:.2f}' for x in each)}){verdict}")
+                record[label] = {"median": round(median, 3), "rounds": [round(x, 3) for x in each], "goal": goal}
         record = self.results.setdefault("ratios", {}).setdefault(key, {})
-        print(f"  ratios, median of {self.rounds} round(s) (each round's in brackets):")
+        print(f"  {'requests/s ' if cpu_ratios else ''}ratios, median of {self.rounds} round(s) (each round's in "
+              f"brackets):")
         for label, num, den, goal in ratios:
             each = [n / d for n, d in zip(values[num], values[den]) if n and d]
             if not each:
@@ -362,7 +403,9 @@ http {{
             runs.append((name, lambda name=name, port=port, p=p: self.wrk(name, port, origin, [p])))
             self.warm_up(port, origin)
         self.in_rounds("http", runs, [(f"{name} / pproxy", name, "pproxy", 1.0 if name == "wmproxy" else 0.0)
-                                      for name, _ in runs if name != "pproxy"])
+                                      for name, _ in runs if name != "pproxy"],
+                       [(f"{name} / pproxy", name, "pproxy", 0.6 if name == "wmproxy" else 0.0)
+                        for name, _ in runs if name != "pproxy"])
 
 
 def main() -> int:

@@ -76,4 +76,8 @@ def run(b) -> None:
     runs.append(("wmproxy -> nginx", lambda: measure(b, "wmproxy -> nginx", lambda: wmproxy_web(
         b, "wmproxy-proxy", f'proxy_url = "http://127.0.0.1:{origin}"'), url)))
     b.in_rounds("web", runs, [("wmproxy static / nginx static", "wmproxy static", "nginx static", 0.25),
-                              ("wmproxy -> nginx / nginx -> nginx", "wmproxy -> nginx", "nginx -> nginx", 0.4)])
+                              ("wmproxy -> nginx / nginx -> nginx", "wmproxy -> nginx", "nginx -> nginx", 0.4)],
+                [("wmproxy static / nginx static", "wmproxy static", "nginx static", 1.0),
+                 ("wmproxy -> nginx / nginx -> nginx", "wmproxy -> nginx", "nginx -> nginx", 1.0),
+                 *([("wmproxy -> nginx / haproxy -> nginx", "wmproxy -> nginx", "haproxy -> nginx", 0.0)]
+                   if shutil.which("haproxy") else [])])

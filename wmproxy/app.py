@@ -152,6 +152,7 @@ class App:
         self.http_limits: dict = {}  # [http] limit_req token buckets, shared by them too
         self.proxy_quotas: dict = {}  # [[proxy.users]] counts and buckets of the streams served as a forward proxy
         self.draining: list[Listener] = []
+        self._registry: Optional[MappingRegistry] = None  # the center server's, once listening (_apply)
         self.started_at = time.time()
         self.loaded_at = time.time()
         self.reloads = 0
@@ -237,6 +238,7 @@ class App:
             log.info("%s listening on %s", specs[k].kind, _bound(sockets[k]))
             if specs[k].kind == "proxy":
                 _warn_if_open(specs[k].settings.proxy)
+        self._registry = self._find_registry()
         names = lambda keys: [f"{kind} {bind}" for kind, bind in keys]  # noqa: E731
         return {"added": names(added), "removed": names(removed), "changed": names(changed),
                 "unchanged": len(specs) - len(added) - len(changed)}
@@ -418,7 +420,11 @@ class App:
         return self.cfg.grace
 
     def _mapping_registry(self) -> Optional[MappingRegistry]:
-        """The center server's mapping registry, for the shared http(s) mapping listeners."""
+        """The center server's mapping registry, for the shared http(s) mapping listeners (asked
+        per request: found once per configuration applied)."""
+        return self._registry
+
+    def _find_registry(self) -> Optional[MappingRegistry]:
         return next((listener.mappings for listener in self.listeners.values() if isinstance(listener, CenterServer)),
                     None)
 

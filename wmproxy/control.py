@@ -286,7 +286,7 @@ def _api(client: Conn, method: str, path: str, query: str, process: ProcessContr
             return _json(client, 405, {"error": f"{path} takes GET (DELETE /api/connections/{{id}} cuts one)"})
         q = parse_qs(query)
         limit = q.get("limit", ["100"])[0]
-        if not limit.isdigit() or not 1 <= int(limit) <= MAX_CONNECTIONS_LISTED:
+        if not re.fullmatch(r"[0-9]{1,6}", limit) or not 1 <= int(limit) <= MAX_CONNECTIONS_LISTED:
             return _json(client, 400, {"error": f"limit={limit!r}: a number from 1 to {MAX_CONNECTIONS_LISTED}"})
         result = process.act("connections", listener=q.get("listener", [""])[0], limit=int(limit))
         result.pop("ok", None)

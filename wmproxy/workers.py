@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import signal
 import socket
 import struct
@@ -619,7 +620,7 @@ class Master:
         number = 0
         if action == "cut":
             head, dash, _ = str(args.get("id", "")).partition("-")
-            if not dash or not head.isdigit() or int(head) not in self.workers:
+            if not dash or not re.fullmatch(r"[0-9]{1,6}", head) or int(head) not in self.workers:
                 return {"ok": False, "status": 404, "error": f"no live connection {args.get('id')!r} (GET "
                                                             f"/api/connections lists their ids)"}
             number = int(head)

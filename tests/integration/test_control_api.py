@@ -341,6 +341,12 @@ def test_live_connections_are_listed_top_talkers_first_and_cut(start_proxy, echo
     assert [r["id"] for r in json.loads(body)["connections"]] == [by_kind["proxy"]["id"]]
     status, body = control(cport, "GET", "/api/connections?limit=0")
     assert status == 400 and "a number from 1 to" in json.loads(body)["error"]
+    for junk in ("%C2%B2", "1e3", "-1", "9" * 5000):  # (a superscript two is a digit to str.isdigit)
+        status, body = control(cport, "GET", f"/api/connections?limit={junk}")
+        assert status == 400 and "a number from 1 to" in json.loads(body)["error"], junk
+    for junk in ("%C2%B2", "9" * 5000, "1-" + "9" * 5000, "-", "0-", "x"):  # what DELETE takes from a stranger
+        status, body = control(cport, "DELETE", f"/api/connections/{junk}")
+        assert status == 404 and "no live connection" in json.loads(body)["error"], (junk, status, body)
 
     status, body = control(cport, "DELETE", "/api/connections/" + quote(by_kind["proxy"]["id"]))
     assert check("/api/connections/{id}", "delete", status, body)["cut"] == by_kind["proxy"]["id"]

@@ -39,7 +39,7 @@ from gevent.queue import Empty, Queue
 
 from ..errors import ProtocolError
 from ..net.conn import Address, StreamSink
-from ..net.gevent_io import kernel_socket, read_waiter
+from ..net.gevent_io import kernel_socket, read_waiter, send_all
 from ..net.reader import PeerClosed, Reader
 from ..prot import frame as fr
 from ..prot.frame import Flag, Kind
@@ -196,7 +196,8 @@ class CenterLink:
                         break
                     batch.append(item)
                     size += len(item)
-                self.sock.sendall(b"".join(batch) if len(batch) > 1 else batch[0])
+                # one send, and gevent's sendall (a timer and an SO_SNDBUF query a call) only for a rest
+                send_all(self.sock, b"".join(batch) if len(batch) > 1 else batch[0])
                 self.bytes_out += size
                 self.queued -= size
                 if not self.room.is_set() and self.queued < self.max_outbox >> 1:

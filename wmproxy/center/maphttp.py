@@ -202,7 +202,8 @@ class MapHttpServer(Listener):
             self.stats.statuses[408] += 1
             return False
         began = time.monotonic()
-        answer = Answer(len(raw))
+        answer = up.answer
+        answer.begin(len(raw))
         up.head = head  # (GET /api/connections: the request in progress)
         try:
             return self._serve(client, reader, head, peer_ip, ctx, up, watch, answer)
@@ -262,7 +263,7 @@ class MapHttpServer(Listener):
         # a kept stream the service closed (keep-alive timeout) as we sent: once more on a new one,
         # as httpio.stale_retry says
         try:
-            kept = up.take(route, ctx.idle_timeout, ctx.registry())
+            kept = up.take(route, ctx.registry())
         except QuotaFull as e:
             answer.reply(client, 503, str(e))
             log.info("%s map-http %s: 503 refused: %s", peer_ip, variables["host"], e)
@@ -271,7 +272,7 @@ class MapHttpServer(Listener):
             try:
                 if attempt:
                     up.close()
-                    kept = up.take(route, ctx.idle_timeout, ctx.registry())
+                    kept = up.take(route, ctx.registry())
                 stream, ureader = up.ready()
                 watch.waiting(ureader, ctx.idle_timeout)  # the service's answer is progress too
                 response, _ = httpio.exchange(reader, up.send, ureader, framing, out, head.method, MAX_HEAD,
@@ -312,7 +313,7 @@ class RouteStream:
     keep-alive requests while they go to the same route, so the client keeps its connection
     to the service too; a request for another route closes it and opens one for that route."""
 
-    __slots__ = ("route", "stream", "reader", "visitor", "quotas", "send", "live", "head")
+    __slots__ = ("route", "stream", "reader", "visitor", "quotas", "send", "live", "head", "answer")
 
     def __init__(self, visitor: tuple[Address, Address]) -> None:
         self.visitor = visitor  # (the client, the address it reached): told to the center client
@@ -322,6 +323,7 @@ class RouteStream:
         self.quotas: list[Quota] = []  # the account's and mapping's limits its stream counts in
         self.send: Callable[[Data], None] = _nothing  # to the service: the stream's sendall, within the quotas' rate
         self.head: http1.Head | None = None  # the request in progress, or the last
+        self.answer = Answer()  # what the request in progress came to
         self.live = current()  # the public connection's row in GET /api/connections
         if self.live is not None:
             self.live.target = self.live_target  # (asked only when listed)
@@ -337,7 +339,7 @@ class RouteStream:
         assert self.stream is not None and self.reader is not None
         return self.stream, self.reader
 
-    def take(self, route: HttpRoute, timeout: float, registry: Optional[MappingRegistry]) -> bool:
+    def take(self, route: HttpRoute, registry: Optional[MappingRegistry]) -> bool:
         """Have a stream to ``route`` ready; True when it is the kept one of earlier requests.
         A new stream counts in the quotas of the route's account and mapping ([[center.users]]
         max_connections: QuotaFull when one is full)."""
@@ -358,7 +360,7 @@ class RouteStream:
             raise
         self.quotas = quotas
         route.figures.opened()
-        self.stream.settimeout(timeout)
+        self.stream.settimeout(None)  # (the connection's ConnWatch times it out: no timer per recv)
         self.reader = Reader(self.stream)
         self.route = route
         shared = [(to_public, to_service) for to_service, to_public in self._buckets()]
@@ -396,11 +398,13 @@ class QuotaFull(Exception):
 
 class Answer:
     """What one request on a public connection came to, for the listener's and the mapping's
-    figures: the status sent, the head's bytes in, the body's bytes out."""
+    figures: the status sent, the head's bytes in, the body's bytes out (:meth:`begin` at each
+    request)."""
 
     __slots__ = ("status", "size_in", "size_out", "route")
 
-    def __init__(self, size_in: int) -> None:
+    def begin(self, size_in: int) -> None:
+        """A new request (one Answer per connection, reset for each of its requests)."""
         self.status = 0  # (0: none sent, the connection ended first)
         self.size_in = size_in
         self.size_out = 0

@@ -15,6 +15,7 @@ listed) and two dict entries, one of them only while its handler runs.
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from typing import Any, Callable, Optional
 
@@ -25,6 +26,7 @@ from .conn import Address
 #: the greenlet serving a connection -> its record (while the handler runs)
 RUNNING: dict[Any, "LiveConn"] = {}
 _ids = itertools.count(1)
+_NUMBER = re.compile(r"[0-9]{1,18}")  # an id's number (ASCII digits: str.isdigit takes '²' too)
 _prefix = [""]  # a worker's number and "-": ids are unique over a master's workers
 
 
@@ -133,7 +135,7 @@ class LiveTable:
     def find(self, conn_id: str) -> Optional[LiveConn]:
         """The connection of that id (as :meth:`rows` gives it), if it is still open."""
         number = conn_id[len(_prefix[0]):] if conn_id.startswith(_prefix[0]) else ""
-        return self.conns.get(int(number)) if number.isdigit() else None
+        return self.conns.get(int(number)) if _NUMBER.fullmatch(number) else None
 
     def rows(self, listener: str) -> list[dict[str, Any]]:
         now = time.time()

@@ -163,8 +163,7 @@ class MapHttpServer(Listener):
         quotas = registry.quotas(route.owner, route.holder, route.name) if registry is not None else []
         full = enter_all(quotas)
         if full is not None:
-            log.info("%s map-https SNI %s: refused: %s has %d connections open (max_connections)", peer, sni,
-                     full.label, full.connections)
+            log.info("%s map-https SNI %s: refused: %s", peer, sni, full.full_text)
             return True
         route.requests += 1
         deadline.close()  # the service's TLS sees the rest; the relay has its idle watch
@@ -210,7 +209,8 @@ class MapHttpServer(Listener):
         finally:
             stats = self.stats  # (the listener's: what the dashboard graphs)
             stats.request_seconds.observe(time.monotonic() - began)
-            stats.statuses[answer.status] += 1
+            if answer.status:  # (0: the client went before any answer)
+                stats.statuses[answer.status] += 1
             stats.bytes_in += answer.size_in
             stats.bytes_out += answer.size_out
             if up.live is not None:
@@ -351,7 +351,7 @@ class RouteStream:
         quotas = registry.quotas(route.owner, route.holder, route.name) if registry is not None else []
         full = enter_all(quotas)
         if full is not None:
-            raise QuotaFull(f"{full.label} has {full.connections} connections open (max_connections)")
+            raise QuotaFull(full.full_text)
         try:
             self.stream = route.link.open_stream(CreateMode.HTTP, route.name, self.visitor)
         except BaseException:

@@ -204,8 +204,7 @@ class PublicPort(AcceptGuard, StreamServer):
         full = enter_all(quotas)
         if full is not None:
             self.per_ip.leave(ip)
-            log.info("%s mapping %s: refused: %s has %d connections open (max_connections)", peer, member.name,
-                     full.label, full.connections)
+            log.info("%s mapping %s: refused: %s", peer, member.name, full.full_text)
             return
         try:
             stream = member.link.open_stream(self.create_mode, member.name, (address, conn.getsockname()))

@@ -55,16 +55,19 @@ def wait_until(what, timeout: float = 20.0):
 
 
 def cells(driver, table: str) -> list[str]:
-    from selenium.webdriver.common.by import By
-
-    return [td.text for td in driver.find_elements(By.CSS_SELECTOR, f"#{table} td")]
+    """The texts of ``table``'s cells, read in one script: the page rebuilds its tables every
+    2 s, so elements found one by one may be gone (stale) before their text is read."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), td => td.textContent)", f"#{table} td")
 
 
 def row_text(driver, table: str, text: str) -> str:
-    """The text of the first row of ``table`` that contains ``text`` ('' if none)."""
-    from selenium.webdriver.common.by import By
-
-    return next((tr.text for tr in driver.find_elements(By.CSS_SELECTOR, f"#{table} tr") if text in tr.text), "")
+    """The text of the first row of ``table`` that contains ``text`` ('' if none), its cells
+    joined by spaces (read in one script, as :func:`cells`)."""
+    rows = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), "
+        "tr => Array.from(tr.children, c => c.textContent).join(' '))", f"#{table} tr")
+    return next((row for row in rows if text in row), "")
 
 
 def click_in_row(driver, table: str, text: str) -> bool:

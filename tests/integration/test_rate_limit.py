@@ -141,3 +141,34 @@ def test_a_mapping_holds_its_rate(tmp_path, certs, source):
         assert slow >= LEAST_LIMITED * 0.95, slow
     finally:
         p.stop()
+
+
+def test_a_dribbling_peer_through_a_limited_relay_gets_every_byte_and_no_spin(start_proxy, mirror):
+    """A peer that sends a byte at a time through a relay held by its own rate and its user's
+    shared bucket ([[proxy.users]] bandwidth): 1-byte reads, each paid to both buckets. Every
+    byte comes back in order, and the process waits between them instead of spinning (its CPU
+    over the dribble is a small part of the time: a busy loop would take all of it)."""
+    import psutil
+
+    p = start_proxy(config=f'[proxy]\nbind = "127.0.0.1:{{port}}"\nrate_limit = "4k/s"\n'
+                           '[[proxy.users]]\nusername = "u"\npassword = "p"\nbandwidth = "8k/s"\n')
+    proc = psutil.Process(p.popen.pid)
+    with socket.create_connection(("127.0.0.1", p.port), timeout=30) as s:
+        s.sendall(b"\x05\x01\x02")
+        assert s.recv(2) == b"\x05\x02"
+        s.sendall(b"\x01\x01u\x01p")
+        assert s.recv(2) == b"\x01\x00"
+        s.sendall(b"\x05\x01\x00\x01\x7f\x00\x00\x01" + mirror.to_bytes(2, "big"))
+        assert s.recv(10)[:2] == b"\x05\x00"
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sent = bytes(range(256)) * 2
+        before = sum(proc.cpu_times()[:2])
+        started = time.monotonic()
+        for i in range(len(sent)):
+            s.sendall(sent[i:i + 1])
+            time.sleep(0.004)
+        s.shutdown(socket.SHUT_WR)
+        assert recv_all(s) == sent
+        took = time.monotonic() - started
+        used = sum(proc.cpu_times()[:2]) - before
+    assert used < took / 3, (used, took)

@@ -150,7 +150,7 @@ def test_a_dribbling_peer_through_a_limited_relay_gets_every_byte_and_no_spin(st
     over the dribble is a small part of the time: a busy loop would take all of it)."""
     import psutil
 
-    p = start_proxy(config=f'[proxy]\nbind = "127.0.0.1:{{port}}"\nrate_limit = "4k/s"\n'
+    p = start_proxy(config='[proxy]\nbind = "127.0.0.1:{port}"\nrate_limit = "4k/s"\n'
                            '[[proxy.users]]\nusername = "u"\npassword = "p"\nbandwidth = "8k/s"\n')
     proc = psutil.Process(p.popen.pid)
     with socket.create_connection(("127.0.0.1", p.port), timeout=30) as s:

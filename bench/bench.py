@@ -347,28 +347,26 @@ http {{
                 values[name].append(run())
                 cpu[name].append(self.last_cpu)
         if cpu_ratios:
-            record = self.results.setdefault("cpu_ratios", {}).setdefault(key, {})
             print(f"  CPU per request (user + system of the server's processes; lower is better), median of "
                   f"{self.rounds} round(s):")
-            for label, num, den, goal in cpu_ratios:
-                each = [n / d for n, d in zip(cpu[num], cpu[den]) if n and d]
-                if not each:
-                    print(f"    {label}: no figure (a run failed)")
-                    continue
-                median = statistics.median(each)
-                verdict = f"   goal <= {goal}x: {'met' if median <= goal else 'NOT met'}" if goal else ""
-                print(f"    {label:<40} {median:.2f}x  ({', '.join(f'{x:.2f}' for x in each)}){verdict}")
-                record[label] = {"median": round(median, 3), "rounds": [round(x, 3) for x in each], "goal": goal}
-        record = self.results.setdefault("ratios", {}).setdefault(key, {})
+            self._ratios(cpu, cpu_ratios, self.results.setdefault("cpu_ratios", {}).setdefault(key, {}), lower=True)
         print(f"  {'requests/s ' if cpu_ratios else ''}ratios, median of {self.rounds} round(s) (each round's in "
               f"brackets):")
+        self._ratios(values, ratios, self.results.setdefault("ratios", {}).setdefault(key, {}), lower=False)
+
+    @staticmethod
+    def _ratios(values: dict[str, list[float]], ratios: Sequence[tuple[str, str, str, float]], record: dict,
+                lower: bool) -> None:
+        """Print and record each ratio's median over the rounds; a goal is met at or under it
+        (``lower``) or at or over it."""
         for label, num, den, goal in ratios:
             each = [n / d for n, d in zip(values[num], values[den]) if n and d]
             if not each:
                 print(f"    {label}: no figure (a run failed)")
                 continue
             median = statistics.median(each)
-            verdict = f"   goal {goal}x: {'met' if median >= goal else 'NOT met'}" if goal else ""
+            met = median <= goal if lower else median >= goal
+            verdict = f"   goal {'<= ' if lower else ''}{goal}x: {'met' if met else 'NOT met'}" if goal else ""
             print(f"    {label:<40} {median:.2f}x  ({', '.join(f'{x:.2f}' for x in each)}){verdict}")
             record[label] = {"median": round(median, 3), "rounds": [round(x, 3) for x in each], "goal": goal}
 

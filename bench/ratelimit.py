@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from bench import LOAD_CPU, ROOT, free_port, wait_port
+from bench import LOAD_CPU, ROOT, free_port
 from center import start_mapped
 
 RATES = (1 << 20, 4 << 20, 16 << 20)
@@ -36,6 +36,14 @@ def _record(b, name: str, rate: int, got: float, peer: float | None = None) -> N
           f"the rate{vs}{flag}")
     b.results.setdefault("ratelimit", {}).setdefault(name, {})[str(rate)] = {"bytes_per_s": round(got),
                                                                              "of_rate": round(ratio, 3)}
+
+
+def _blob(www, name: str, size: int) -> str:
+    """A file of ``size`` random bytes the origin serves; its name."""
+    with open(www / name, "wb") as f:
+        f.write(os.urandom(size))
+    os.chmod(www / name, 0o644)
+    return name
 
 
 def _download(url: str) -> float:
@@ -76,10 +84,7 @@ def run(b) -> None:
     www = b.www()
     for rate in RATES:
         size = rate * b.seconds
-        name = f"blob-{rate}.bin"
-        with open(www / name, "wb") as f:
-            f.write(os.urandom(size))
-        os.chmod(www / name, 0o644)
+        name = _blob(www, f"blob-{rate}.bin", size)
         nginx = b.start_nginx(f"nginx-limit-{rate}", f"location / {{ root {www}; limit_rate {rate}; }}", "0")
         peer = _download(f"http://127.0.0.1:{nginx}/{name}")
         _record(b, "nginx limit_rate (download)", rate, peer)
@@ -121,17 +126,13 @@ def quotas(b, iperf: int) -> None:
     nginx = b.nginx()
     for rate in RATES:
         size = rate * b.seconds // 2  # (two at once: together about --seconds)
-        name = f"quota-{rate}.bin"
-        with open(www / name, "wb") as f:
-            f.write(os.urandom(size))
-        os.chmod(www / name, 0o644)
+        name = _blob(www, f"quota-{rate}.bin", size)
         port = free_port()
         conf = b.tmp / f"quota-proxy-{rate}.toml"
         conf.write_text(f'log_level = "warning"\n[proxy]\nbind = "127.0.0.1:{port}"\n[[proxy.users]]\n'
                         f'username = "u"\npassword = "p"\nbandwidth = {rate}\n')
         p = b.start(f"wmproxy-quota-proxy-{rate}", [sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c",
                                                     str(conf)], port)
-        wait_port(port)
         _record(b, "proxy user bandwidth (2 x curl)", rate,
                 _downloads(f"http://127.0.0.1:{nginx}/{name}", f"http://u:p@127.0.0.1:{port}", 2))
         b.stop(p)

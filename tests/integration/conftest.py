@@ -487,11 +487,11 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     return head, body
 
 
-def control(port: int, method: str, path: str, token: str = "") -> tuple[int, bytes]:
-    """One request to a control API on 127.0.0.1:port."""
+def control(port: int, method: str, path: str, token: str = "", host: str = "127.0.0.1") -> tuple[int, bytes]:
+    """One request to a control API on host:port."""
     import http.client
 
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn = http.client.HTTPConnection(host, port, timeout=30)
     try:
         conn.request(method, path, headers={"Authorization": f"Bearer {token}"} if token else {})
         resp = conn.getresponse()

@@ -577,7 +577,6 @@ def test_from_another_host_the_data_and_every_action_need_the_token(start_proxy)
     """A control port other hosts reach (here an address that is not loopback, added in the
     test's own network namespace): without the token, the lists and every action are refused (401); the
     page itself holds no data and loads; with the token they answer."""
-    import http.client
     import subprocess
 
     from conftest import IN_NETNS
@@ -593,13 +592,7 @@ def test_from_another_host_the_data_and_every_action_need_the_token(start_proxy)
         wait_port(cport, host=address)
 
         def ask(method: str, path: str, token: str = "") -> tuple[int, bytes]:
-            conn = http.client.HTTPConnection(address, cport, timeout=30)
-            try:
-                conn.request(method, path, headers={"Authorization": f"Bearer {token}"} if token else {})
-                resp = conn.getresponse()
-                return resp.status, resp.read()
-            finally:
-                conn.close()
+            return control(cport, method, path, token=token, host=address)
 
         for method, path in (("GET", "/status"), ("GET", "/metrics"), ("GET", "/api/clients"),
                              ("GET", "/api/connections"), ("GET", "/api/mappings"), ("DELETE", "/api/clients/x"),
@@ -614,3 +607,42 @@ def test_from_another_host_the_data_and_every_action_need_the_token(start_proxy)
         assert status == 200 and json.loads(body)["total"] == 0
     finally:
         subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"], check=False)
+
+
+@pytest.mark.timeout(60)
+def test_an_http_mapping_whose_service_never_answers_is_cut_at_the_idle_timeout(tmp_path, certs, origin):
+    """The stream of an http mapping has no timer of its own: the public connection's watch
+    bounds a service that takes the request and never answers (idle_timeout), the connection's
+    quota slot comes back, and the other mappings serve on."""
+    import socket
+    import time
+
+    from conftest import TcpServer
+
+    def mute(conn) -> None:  # reads what comes, answers nothing, never closes first
+        while conn.recv(65536):
+            pass
+
+    service = TcpServer(mute)
+    web, cport = free_port(), free_port()
+    pair = Pair(tmp_path, certs, start_client=False, server_top=f'control = "127.0.0.1:{cport}"',
+                server_extra=(f'map_http_bind = "127.0.0.1:{web}"\n[[center.users]]\nusername = "bob"\n'
+                              f'password = "b0b"\nmax_connections = 1\n'
+                              f'[proxy]\nbind = ""\nidle_timeout = "1s"\n'))
+    try:
+        bob = pair.start_client(http_mapping("mute", service.port, "m.test") + http_mapping("ok", origin.port, "o.test"),
+                                user="bob", password="b0b", proxy=free_port())
+        bob.wait_log("mapping 'ok' published", timeout=20)
+        with socket.create_connection(("127.0.0.1", web), timeout=30) as s:
+            started = time.monotonic()
+            s.sendall(b"GET / HTTP/1.1\r\nHost: m.test\r\n\r\n")
+            assert s.recv(4096) == b""  # (cut: nothing came to answer)
+            took = time.monotonic() - started
+        assert 0.9 <= took < 10, took
+        assert host_get(web, "o.test")[1] == b"origin-A"  # (the account's one slot is free again)
+        status, body = control(cport, "GET", "/api/mappings")
+        rows = {m["name"]: m for m in json.loads(body)}
+        assert rows["mute"]["connections"] == 0 and rows["mute"]["connections_total"] == 1
+    finally:
+        pair.stop()
+        service.close()

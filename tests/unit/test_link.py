@@ -417,3 +417,60 @@ def test_a_far_end_that_stops_reading_holds_at_most_the_outbox_bound():
     link.close("test over")
     run.join(5)
     a.close()
+
+
+def test_tls_link_with_a_far_end_that_pauses_reading_delivers_every_byte_in_order():
+    # frames are written by the hub without waiting when they can be (the flush), and by the writer
+    # greenlet when the socket is full: over TLS a write that could not go must be repeated with the
+    # same bytes (OpenSSL's rule), and no frame may overtake another
+    import trustme
+    from gevent import ssl as gssl
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("center.test")
+    server_ctx = gssl.SSLContext(gssl.PROTOCOL_TLS_SERVER)
+    cert.configure_cert(server_ctx)
+    client_ctx = gssl.SSLContext(gssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(client_ctx)
+    a, b = gsocket.socketpair()
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+    ta = client_ctx.wrap_socket(a, server_hostname="center.test", do_handshake_on_connect=False)
+    tb = server_ctx.wrap_socket(b, server_side=True, do_handshake_on_connect=False)
+    gevent.joinall([gevent.spawn(ta.do_handshake), gevent.spawn(tb.do_handshake)], timeout=10, raise_error=True)
+    got = {}
+
+    def on_create(vc, mode, target):
+        gevent.sleep(0.5)  # the sender's socket buffer fills meanwhile
+        digest, n = hashlib.sha256(), 0
+        while data := vc.recv(65536):
+            digest.update(data)
+            n += len(data)
+        got[target] = (n, digest.hexdigest())
+        vc.sendall(target.encode())  # an answer back over the same link
+        vc.close()
+
+    client = CenterLink(ta, Reader(ta), is_client=True, window=WINDOW, max_frame=1 << 20, heartbeat=30,
+                        on_create=lambda *args: None, name="client", max_window=16 * WINDOW)
+    server = CenterLink(tb, Reader(tb), is_client=False, window=WINDOW, max_frame=1 << 20, heartbeat=30,
+                        on_create=on_create, name="server", max_window=16 * WINDOW)
+    runs = [gevent.spawn(client.run), gevent.spawn(server.run)]
+    sent, answers = {}, {}
+
+    def send(i):
+        stream = client.open_stream(fr.CreateMode.CONNECT, f"s{i}:1")
+        payload = os.urandom(300_000 + i * 7919)
+        for k in range(0, len(payload), 1000 + i):  # small frames and large, from 8 streams at once
+            stream.sendall(payload[k:k + 1000 + i])
+        stream.shutdown(socket.SHUT_WR)
+        sent[f"s{i}:1"] = (len(payload), hashlib.sha256(payload).hexdigest())
+        answers[f"s{i}:1"] = stream.recv(100)
+        stream.close()
+
+    gevent.joinall([gevent.spawn(send, i) for i in range(8)], timeout=60, raise_error=True)
+    assert len(sent) == 8 and got == sent
+    assert answers == {name: name.encode() for name in sent}
+    assert not client.closed and not server.closed and client.bytes_out > 8 * 300_000
+    client.close("done")
+    gevent.joinall(runs, timeout=5)

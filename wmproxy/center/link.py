@@ -30,16 +30,16 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from typing import Callable, Optional
 
 import gevent
 from gevent.event import Event
 from gevent.pool import Group
-from gevent.queue import Empty, Queue
 
 from ..errors import ProtocolError
-from ..net.conn import Address, StreamSink
-from ..net.gevent_io import kernel_socket, read_waiter, send_all
+from ..net.conn import Address, Data, StreamSink
+from ..net.gevent_io import kernel_socket, nonblocking_sender, read_waiter, send_all
 from ..net.reader import PeerClosed, Reader
 from ..prot import frame as fr
 from ..prot.frame import Flag, Kind
@@ -102,8 +102,14 @@ class CenterLink:
         self.holder = ""  # a center server's link: whose it is, 'account#id' (or 'account@address')
         self.owner = ""  # its account, or its address for an account-less server (the logs' name)
         self.streams: dict[int, VirtualConn] = {}
-        self.outbox: Queue = Queue()  # bounded in bytes (queued, max_outbox), not in items
+        self.outbox: deque[Data] = deque()  # bounded in bytes (queued, max_outbox), not in items
         self.queued = 0  # bytes in the outbox, not yet written
+        self._rest: Data = b""  # what a flush in the hub could not write: the writer's first
+        self._busy = False  # the writer greenlet is sending: new frames wait in the outbox for it
+        self._armed = False  # a flush is scheduled in the hub
+        self._wake = Event()  # the writer greenlet has work
+        self._send_now = nonblocking_sender(sock)  # None: every write by the writer greenlet
+        self._loop = gevent.get_hub().loop
         self.max_outbox = max_outbox
         self.room = Event()  # set while the outbox has room for DATA
         self.room.set()
@@ -174,37 +180,84 @@ class CenterLink:
             if quiet:
                 return
             raise ConnectionResetError(f"center link {self.name} is closed")
-        self.outbox.put(fr.encode_header(len(body), kind, flag, sid))
+        outbox = self.outbox
+        outbox.append(fr.encode_header(len(body), kind, flag, sid))
         if body:
-            self.outbox.put(body)  # joined with its header by the writer: one copy, not two
+            outbox.append(body)  # joined with its header when written: one copy, not two
         self.queued += fr.HEADER_SIZE + len(body)
+        if not (self._busy or self._armed):
+            self._armed = True
+            if self._send_now is not None:  # written once this turn of the loop is done, by the hub
+                self._loop.run_callback(self._flush)
+            else:
+                self._wake.set()
         if self.queued >= self.max_outbox:
             self.room.clear()
             if self.queued > 2 * self.max_outbox and not self._overflowed:  # control frames alone: it reads nothing
                 self._overflowed = True
                 gevent.spawn(self.close, f"the far end does not read: over {2 * self.max_outbox} bytes queued")
 
+    def _batch(self) -> Data:
+        """The next write: the outbox's frames up to WRITE_BATCH bytes, joined."""
+        outbox = self.outbox
+        first = outbox.popleft()
+        if not outbox:
+            return first
+        batch, size = [first], len(first)
+        while outbox and size < WRITE_BATCH:
+            item = outbox.popleft()
+            batch.append(item)
+            size += len(item)
+        return b"".join(batch)
+
+    def _flush(self) -> None:
+        """Write what the frames of this turn of the loop queued, in the hub, without waiting:
+        no switch to the writer greenlet and back for a small request's frames. What does not
+        go at once (a full socket buffer, TLS wanting to write again) is the writer's. Never
+        raises (it runs in the hub)."""
+        self._armed = False
+        if self._busy or self.closed or not self.outbox:
+            return
+        if not self.room.is_set():  # the outbox was full: the writer also wakes the paused sources
+            self._busy = True
+            self._wake.set()
+            return
+        data = self._batch()
+        try:
+            sent = self._send_now(data)  # type: ignore[misc]
+        except OSError as e:
+            gevent.spawn(self.close, f"write failed: {e}")
+            return
+        self.bytes_out += sent
+        self.queued -= sent
+        if sent < len(data) or self.outbox:
+            self._rest = memoryview(data)[sent:] if sent else data  # (TLS: 0, the same bytes again)
+            self._busy = True
+            self._wake.set()
+
     def _writer(self) -> None:
         try:
             while True:
-                batch = [self.outbox.get()]
-                size = len(batch[0])
-                while size < WRITE_BATCH:
-                    try:
-                        item = self.outbox.get_nowait()
-                    except Empty:
+                self._wake.wait()
+                self._wake.clear()
+                self._busy = True
+                while True:
+                    if self._rest:
+                        data, self._rest = self._rest, b""
+                    elif self.outbox:
+                        data = self._batch()
+                    else:
                         break
-                    batch.append(item)
-                    size += len(item)
-                # one send, and gevent's sendall (a timer and an SO_SNDBUF query a call) only for a rest
-                send_all(self.sock, b"".join(batch) if len(batch) > 1 else batch[0])
-                self.bytes_out += size
-                self.queued -= size
-                if not self.room.is_set() and self.queued < self.max_outbox >> 1:
-                    self.room.set()
-                    waiting, self._waiting_room = self._waiting_room, set()
-                    for sink in waiting:
-                        sink.credit()
+                    # one send, and gevent's sendall (a timer and an SO_SNDBUF query a call) only for a rest
+                    send_all(self.sock, data)
+                    self.bytes_out += len(data)
+                    self.queued -= len(data)
+                    if not self.room.is_set() and self.queued < self.max_outbox >> 1:
+                        self.room.set()
+                        waiting, self._waiting_room = self._waiting_room, set()
+                        for sink in waiting:
+                            sink.credit()
+                self._busy = self._armed = False
         except OSError as e:
             self.close(f"write failed: {e}")
 

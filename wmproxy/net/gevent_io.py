@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import _socket
 import socket
+import ssl
 from functools import partial
 from typing import Callable, Optional
 
 import gevent
 from gevent.socket import socket as GeventSocket
+from gevent.ssl import SSLSocket as GeventSSLSocket
 
 from .conn import Conn, Data
 
@@ -52,6 +54,35 @@ def send_all(sock: Conn, data: Data) -> None:
         sent = 0
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
+
+
+def nonblocking_sender(sock: Conn) -> Optional[Callable[[Data], int]]:
+    """A function that sends what it can of its argument now and never waits (it may run in
+    the hub), returning how many bytes went: a plain gevent socket's kernel ``send`` (0 when
+    the buffer is full), or a gevent TLS socket's SSL object ``write``, which takes all or
+    nothing here (0 on want-write, and then the same bytes must be written again first, as
+    OpenSSL requires); None for any other socket-like object. Raises OSError (SSLError) when
+    the connection failed."""
+    if type(sock) is GeventSocket:
+        send = sock._sock.send  # type: ignore[attr-defined]
+
+        def plain(data: Data) -> int:
+            try:
+                return int(send(data))
+            except BlockingIOError:
+                return 0
+        return plain
+    sslobj = getattr(sock, "_sslobj", None)
+    if isinstance(sock, GeventSSLSocket) and sslobj is not None:
+        write = sslobj.write
+
+        def tls(data: Data) -> int:
+            try:
+                return int(write(data))
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return 0
+        return tls
+    return None
 
 
 class GeventChanged(RuntimeError):

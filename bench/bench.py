@@ -298,8 +298,9 @@ DisableViaHeader Yes
             os.chmod(www / "small.txt", 0o644)
         return www
 
-    def start_nginx(self, name: str, server_body: str, cpu: str, http_extra: str = "") -> int:
-        """An nginx (one worker, on ``cpu``) whose one server has ``server_body``; its port."""
+    def start_nginx(self, name: str, server_body: str, cpu: str, http_extra: str = "", listen: str = "") -> int:
+        """An nginx (one worker, on ``cpu``) whose one server has ``server_body`` (``listen``:
+        what its listen line adds, " http2"); its port."""
         port = free_port()
         conf = self.tmp / f"{name}.conf"
         conf.write_text(f"""worker_processes 1;
@@ -316,7 +317,7 @@ http {{
   uwsgi_temp_path {self.tmp}/{name}-uwsgi;
   scgi_temp_path {self.tmp}/{name}-scgi;
   {http_extra}
-  server {{ listen 127.0.0.1:{port}; {server_body} }}
+  server {{ listen 127.0.0.1:{port}{listen}; {server_body} }}
 }}
 """)
         self.start(name, ["nginx", "-c", str(conf)], port, cpu=cpu)
@@ -411,7 +412,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=8, help="length of each measurement")
     ap.add_argument("--connections", type=int, default=50, help="wrk connections")
     ap.add_argument("--only", choices=("throughput", "proxy-memory", "http", "center", "center-memory", "mapping",
-                                       "udp", "web", "workers", "accept", "ratelimit", "instructions"),
+                                       "udp", "web", "h2", "workers", "accept", "ratelimit", "instructions"),
                     help="run one part (instructions: callgrind counts, not in a full run)")
     ap.add_argument("--requests", type=int, default=2000, help="requests counted by --only instructions")
     ap.add_argument("--bytes", type=int, default=1 << 30, help="size of the center link transfer")
@@ -449,6 +450,10 @@ def main() -> int:
             import web
 
             web.run(b)
+        if args.only in (None, "h2"):
+            import h2bench
+
+            h2bench.run(b)
         if args.only in (None, "workers"):
             import workers
 

@@ -117,3 +117,44 @@ def test_tls_passthrough_is_for_https_mappings():
         config.build(config.MappingConfig, {"name": "t", "mode": "tcp", "tls_passthrough": True,
                                             "local_addr": "127.0.0.1:1", "remote_bind": "0.0.0.0:2"})
     assert e.value.subpath == "tls_passthrough"
+
+
+def test_http2_keys():
+    def server(**extra):
+        return {"bind": "127.0.0.1:8443", "location": [{"static_response": "x"}], **extra}
+
+    cfg = config.build(config.Config, {"http": {"server": [server(), server(bind="127.0.0.1:8080", http2="h2c"),
+                                                           server(bind="127.0.0.1:8081", http2=False)]}})
+    assert [s.http2 for s in cfg.http.server] == [True, "h2c", False]
+    assert cfg.http.server[0].http2_max_concurrent_streams == 128
+    cases = [
+        (server(http2="maybe"), "http.server[0].http2", 'true, false or "h2c"'),
+        (server(http2="h2c", cert="c.pem", key="k.pem"), "http.server[0].http2", "has a cert"),
+        (server(http2_max_concurrent_streams=0), "http.server[0].http2_max_concurrent_streams", "1 to 1000"),
+    ]
+    for srv, path, text in cases:
+        with pytest.raises(ConfigError) as e:
+            config.load(None, default={"http": {"server": [srv]}})
+        assert e.value.path == path and text in str(e.value), (path, str(e.value))
+    with pytest.raises(ConfigError) as e:  # two servers on one address: one socket, one ALPN list
+        config.load(None, default={"http": {"server": [server(), server(http2=False)]}})
+    assert e.value.path == "http.server[1].http2" and "same http2" in str(e.value)
+
+
+def test_http2_upstreams():
+    loc = lambda url: {"bind": "127.0.0.1:8080", "location": [{"proxy_url": url}]}  # noqa: E731
+    for url in ("grpc://127.0.0.1:50051", "grpcs://api.test", "h2c://app/v1/", "https://app"):
+        cfg = config.build(config.Config, {"http": {"server": [loc(url)]}})
+        assert cfg.http.server[0].location[0].proxy_url == url
+    with pytest.raises(ConfigError) as e:
+        config.load(None, default={"http": {"server": [loc("ftp://x")]}})
+    assert e.value.path == "http.server[0].location[0].proxy_url" and "grpc://" in str(e.value)
+    up = {"name": "app", "server": [{"addr": "127.0.0.1:1"}], "protocol": "h2"}
+    cfg = config.build(config.Config, {"http": {"upstream": [up]}})
+    assert cfg.http.upstream[0].protocol == "h2"
+    with pytest.raises(ConfigError) as e:
+        config.load(None, default={"http": {"upstream": [{**up, "protocol": "h3"}]}})
+    assert e.value.path == "http.upstream[0].protocol" and "http/1.1, h2" in str(e.value)
+    with pytest.raises(ConfigError) as e:  # a PROXY header names one client; h2 carries many
+        config.load(None, default={"http": {"upstream": [{**up, "send_proxy_protocol": "v2"}]}})
+    assert e.value.path == "http.upstream[0].send_proxy_protocol"

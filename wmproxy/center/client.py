@@ -148,7 +148,7 @@ class CenterClient:
         mapping = self.mappings.get(target)
         wanted = {CreateMode.TCP: ("tcp", "udp", "tls"), CreateMode.HTTP: ("http", "https"),
                   CreateMode.PROXY: ("proxy",)}.get(mode)
-        if mapping is None or mapping.wire_mode not in (wanted or ()):
+        if mapping is None or mapping.wire_mode.partition("+")[0] not in (wanted or ()):
             vc.close(f"no {mode.name} mapping named {target!r} on this client")
             return
         visitor, vc.visitor = vc.visitor, None  # (the public client and the address it reached, from a server

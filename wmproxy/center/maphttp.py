@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, cast
@@ -45,6 +46,9 @@ from ..prot.target import host_name
 from ..prot.rules import apply_header_rules
 from ..prot.frame import CreateMode
 from ..prot.tls import client_hello_sni
+from ..errors import UpstreamError
+from ..web import h2up
+from ..web.h2 import PREFACE_HEAD, H2Connections, H2Settings, H2Stream
 from .mapping import HttpRoute, MappingRegistry
 from .vconn import VirtualConn
 
@@ -53,16 +57,21 @@ log = logging.getLogger("wmproxy.center")
 MAX_HEAD = 65536
 HEAD_TIMEOUT = 30.0  # without [proxy]: the TLS handshake, and each request head, must be whole within it
 HELLO_TIMEOUT = 10.0  # time a client has to send its whole ClientHello
+H2_STREAMS = 128  # HTTP/2 streams a public connection may have open at once
+H2_TABLE = 4096  # its HPACK table
 _DROP = frozenset((b"x-forwarded-for", b"x-forwarded-proto"))
 
 
 class MapHttpContext:
-    def __init__(self, services: Services, idle_timeout: float, scheme: str, certs: tuple, head_timeout: float) -> None:
+    def __init__(self, services: Services, idle_timeout: float, scheme: str, certs: tuple, head_timeout: float,
+                 http2: bool) -> None:
         self.registry = services.mapping_registry  # the center server's, for the configuration in force
         self.head_timeout = head_timeout
         self.idle_timeout = idle_timeout
         self.scheme = scheme  # "http" or "https": which mappings, and X-Forwarded-Proto
-        self.ssl = sni_server_context(list(certs)) if scheme == "https" and certs else None
+        alpn = ("h2", "http/1.1") if http2 else ()
+        self.ssl = sni_server_context(list(certs), alpn=alpn) if scheme == "https" and certs else None
+        self.h2 = H2Settings(H2_STREAMS, H2_TABLE, MAX_HEAD, idle_timeout, head_timeout) if http2 else None
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,7 @@ class MapHttpSettings:
     max_connections_per_ip: int
     head_timeout: float  # [proxy]'s handshake_timeout
     proxy_in: ProxyProtocolIn | None = None  # [center] map_proxy_protocol
+    http2: bool = True  # [center] map_http2
 
 
 class MapHttpServer(Listener):
@@ -84,9 +94,18 @@ class MapHttpServer(Listener):
     kind = "map-http"
     answers_http = True
 
+    def __init__(self, sock: socket.socket, spec: ListenerSpec, services: Services) -> None:
+        super().__init__(sock, spec, services)
+        self.h2 = H2Connections()  # its HTTP/2 connections: told GOAWAY when it drains
+
     def make_context(self, settings: MapHttpSettings, services: Services) -> MapHttpContext:
         self.kind = f"map-{settings.scheme}"
-        return MapHttpContext(services, settings.idle_timeout, settings.scheme, settings.certs, settings.head_timeout)
+        return MapHttpContext(services, settings.idle_timeout, settings.scheme, settings.certs, settings.head_timeout,
+                              settings.http2)
+
+    def drain(self, grace: float) -> int:
+        self.h2.go_away()
+        return super().drain(grace)
 
     def max_connections(self, settings: MapHttpSettings) -> int:
         return 10000
@@ -113,6 +132,9 @@ class MapHttpServer(Listener):
                 assert ctx.ssl is not None  # (without certificates every connection passes through)
                 client = ctx.ssl.wrap_socket(client, server_side=True)
             tls_deadline.close()
+            if ctx.h2 is not None and ctx.ssl is not None and \
+                    cast(ssl.SSLSocket, client).selected_alpn_protocol() == "h2":
+                return self._serve_h2(client, address, ctx, visitor, b"")
             client.settimeout(None)  # from here the connection's watch (idle and deadlines), as [http]'s
             reader = Reader(client)
             watch = ConnWatch(reader, ctx.idle_timeout, ctx.head_timeout,
@@ -136,6 +158,24 @@ class MapHttpServer(Listener):
                 watch.stop()
             if client is not accepted:  # the TLS socket took the descriptor over: the server's close would not
                 close_quietly(client)
+
+    def _serve_h2(self, client: socket.socket, address: Address, ctx: MapHttpContext,
+                  visitor: tuple[Address, Address], first: bytes) -> None:
+        """An HTTP/2 connection from a public client: each stream is one request, routed by its
+        :authority as a request on HTTP/1.1 is by its Host."""
+        assert ctx.h2 is not None
+
+        def one(stream: H2Stream) -> None:
+            reader = Reader(stream)
+            watch = ConnWatch(reader, ctx.idle_timeout, ctx.head_timeout, "HTTP/2 request")
+            up = RouteStream(visitor)
+            try:
+                self._one(stream, reader, str(address[0]), ctx, up, watch)
+            finally:
+                up.close()
+                watch.stop()
+
+        self.h2.serve(client, address, ctx.h2, one, first)
 
     def _passed_through(self, client: socket.socket, address: Address, ctx: MapHttpContext,
                         deadline: gevent.Timeout) -> bool:
@@ -190,6 +230,12 @@ class MapHttpServer(Listener):
         from its first bytes."""
         try:
             raw = httpio.read_head(reader, MAX_HEAD, watch.head_started)
+            if raw == PREFACE_HEAD and ctx.h2 is not None and up.head is None and not isinstance(client, H2Stream):
+                watch.stop()  # h2c with prior knowledge: an HTTP/2 connection from here
+                first = PREFACE_HEAD + bytes(reader.buf)
+                reader.buf.clear()
+                self._serve_h2(cast(socket.socket, client), up.visitor[0], ctx, up.visitor, first)
+                return False
             head = http1.parse_request_head(raw)
             watch.done()
             http1.check_request(head)
@@ -253,6 +299,8 @@ class MapHttpServer(Listener):
     def _exchange(self, client: Conn, reader: Reader, up: "RouteStream", head: http1.Head, framing: Framing,
                   peer_ip: str, ctx: MapHttpContext, route: HttpRoute, variables: dict[str, str],
                   watch: ConnWatch, answer: "Answer") -> bool:
+        if route.local_h2:
+            return self._exchange_h2(client, reader, up, head, framing, peer_ip, ctx, route, variables, watch, answer)
         headers, upgrade = http1.upstream_headers(head, framing, _DROP)
         headers += [(b"X-Forwarded-For", http1.forwarded_for(head, peer_ip.encode())),
                     (b"X-Forwarded-Proto", ctx.scheme.encode())]
@@ -306,6 +354,80 @@ class MapHttpServer(Listener):
         if not done.reusable:
             up.close()  # the service closes its connection: the next request needs a new stream
         return done.keep
+
+
+    def _exchange_h2(self, client: Conn, reader: Reader, up: "RouteStream", head: http1.Head, framing: Framing,
+                     peer_ip: str, ctx: MapHttpContext, route: HttpRoute, variables: dict[str, str],
+                     watch: ConnWatch, answer: "Answer") -> bool:
+        """A request to a service that speaks HTTP/2 (local_http2): a stream on the route's one
+        HTTP/2 connection to it (over a stream of the link, which the client relays to the
+        service untouched; web/h2up.py), whatever the public client spoke. The request counts
+        in the account's and mapping's quotas while it lasts, its answer within their rate."""
+        dropped = head.connection
+        headers = [(n, v) for n, v in head.headers if n.lower() not in _DROP and n.lower() not in dropped]
+        headers += [(b"X-Forwarded-For", http1.forwarded_for(head, peer_ip.encode())),
+                    (b"X-Forwarded-Proto", ctx.scheme.encode())]
+        out = h2up.request_headers(head.method, b"http", variables["host"].encode("latin-1"), head.target,
+                                   apply_header_rules(headers, route.request_rules, variables))
+        rules = route.response_rules
+        finish = (lambda h: apply_header_rules(h, rules, variables)) if rules else None
+        registry = ctx.registry()
+        quotas = registry.quotas(route.owner, route.holder, route.name) if registry is not None else []
+        full = enter_all(quotas)
+        if full is not None:
+            answer.reply(client, 503, full.full_text)
+            log.info("%s map-http %s: 503 refused: %s", peer_ip, variables["host"], full.full_text)
+            return False
+        shared = [q.buckets for q in quotas if q.buckets is not None]
+        public = cast(Conn, Throttled(client, shared=shared)) if shared else client
+        link = route.link
+        assert link is not None  # (an online route)
+        route.figures.opened()
+        watch.waiting(None, float("inf"))  # (each wait of the exchange has its own timeout)
+        req = _Exchange(head, framing)
+        try:
+            for attempt in range(2):
+                try:
+                    conn, _ = route.h2.get(lambda: cast(socket.socket, link.open_stream(CreateMode.HTTP, route.name)),
+                                           f"mapping {route.name}")
+                except (UpstreamError, ConnectionError) as e:
+                    answer.reply(client, 502, f"the mapped service cannot be reached: {e}")
+                    return False
+                outcome = h2up.forward(public, reader, req, conn, out, ctx.idle_timeout, finish, None)
+                if outcome is None:
+                    answer.status, answer.size_out = req.status, req.size
+                    log.info("%s map-http %s %s%s %d %dB (h2)", peer_ip, head.method, variables["host"],
+                             head.target[:200], req.status, req.size)
+                    return req.keep
+                if isinstance(outcome, h2up.Unprocessed) and not attempt:
+                    continue  # (a connection the service or the link had closed: once more on a new one)
+                if isinstance(outcome, httpio.ClientBodyError):
+                    answer.reply(client, outcome.http_status, str(outcome))
+                elif isinstance(outcome, socket.timeout):
+                    answer.reply(client, 504, f"the mapped service did not answer within {ctx.idle_timeout:g}s")
+                else:
+                    answer.reply(client, 502, f"the mapped service failed: {outcome}")
+                log.info("%s map-http %s: %d %s", peer_ip, variables["host"], answer.status, outcome)
+                return False
+            return False
+        finally:
+            answer.status = answer.status or req.status
+            for q in quotas:
+                q.leave()
+            route.figures.closed()
+
+
+class _Exchange:
+    """What h2up.forward reads and sets of one request (web/server.py's Request has the same)."""
+
+    __slots__ = ("head", "framing", "keep", "status", "size")
+
+    def __init__(self, head: http1.Head, framing: Framing) -> None:
+        self.head = head
+        self.framing = framing
+        self.keep = head.wants_keep_alive()
+        self.status = 0
+        self.size = 0
 
 
 class RouteStream:
@@ -435,13 +557,13 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
     if c.map_http_bind is not None:
         specs.append(ListenerSpec("map-http", c.map_http_bind,
                                   MapHttpSettings(c.map_http_bind, idle, "http", (), c.max_connections_per_ip, head,
-                                                  pp),
+                                                  pp, c.map_http2),
                                   "center.map_http_bind", MapHttpServer))
     if c.map_https_bind is not None:
         certs = tuple(zip(c.map_cert, c.map_key))
         specs.append(ListenerSpec("map-https", c.map_https_bind,
                                   MapHttpSettings(c.map_https_bind, idle, "https", certs, c.max_connections_per_ip,
-                                                  head, pp),
+                                                  head, pp, c.map_http2),
                                   "center.map_https_bind", MapHttpServer,
                                   (lambda: sni_server_context(list(certs))) if certs else None))
     return specs

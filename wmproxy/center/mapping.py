@@ -33,6 +33,7 @@ from ..net.throttle import Quota, enter_all
 from ..net.udp import UdpSession, UdpSessions
 from ..prot import frame as fr
 from ..prot.frame import CreateMode
+from ..web.h2up import H2Pool
 
 if TYPE_CHECKING:
     from .server import CenterServerContext
@@ -90,9 +91,12 @@ class HttpRoute:
                  group: str = "", group_key: str = "") -> None:
         self.group = group  # several clients' routes of one group share the domain
         self.group_key = group_key
-        self.wire_mode = mode  # as in MAPPING: http, https or tls
-        self.passthrough = mode == "tls"
-        self.mode = "https" if self.passthrough else mode  # the listener: http (map_http_bind), https (map_https_bind)
+        self.wire_mode = mode  # as in MAPPING: http, https or tls; http+h2, https+h2: the service speaks h2c
+        base, _, local = mode.partition("+")
+        self.local_h2 = local == "h2"
+        self.h2 = H2Pool()  # (local_h2: the HTTP/2 connection to the service, over a stream of the link)
+        self.passthrough = base == "tls"
+        self.mode = "https" if self.passthrough else base  # the listener: http (map_http_bind), https (map_https_bind)
         self.name = name
         self.owner = owner
         self.holder = owner  # who holds it (account and client id): another holder's claim is a conflict
@@ -109,6 +113,8 @@ class HttpRoute:
         return f"https SNI {self.domain} (passed through)" if self.passthrough else f"{self.mode} Host {self.domain}"
 
     def attach(self, link: "CenterLink") -> None:
+        if link is not self.link:
+            self.h2.close()  # (streams of another link)
         self.link = link
 
     @property
@@ -406,10 +412,11 @@ class MappingRegistry:
                 published.append(kept[m.name])
             elif limit and held + sum(1 for p in published if p not in kept.values()) >= limit:
                 reason = f"account {owner!r} may publish {limit} mappings (max_mappings), all its clients together"
-            elif m.mode in ("http", "https", "tls"):
+            elif m.mode in ("http", "https", "tls", "http+h2", "https+h2"):
                 reason = self._route(owner, holder, m, policy.host_modes, published)
             elif m.mode not in ("tcp", "udp", "proxy"):
-                reason = f"mode {m.mode!r} is not served by this server (tcp, udp, http, https, tls and proxy)"
+                reason = (f"mode {m.mode!r} is not served by this server (tcp, udp, http, https, tls, proxy, and "
+                          f"http+h2 or https+h2 for an HTTP/2 service)")
             else:
                 reason = self._port(owner, holder, m, policy, published)
             if reason:
@@ -420,14 +427,15 @@ class MappingRegistry:
     def _route(self, owner: str, holder: str, m: fr.MappingSpec, host_modes: frozenset,
                published: list[Published]) -> str:
         """Register an http(s) mapping's domain, or say why not."""
-        if m.mode not in host_modes:
-            if m.mode == "https" and "tls" in host_modes:
+        mode = m.mode.partition("+")[0]
+        if mode not in host_modes:
+            if mode == "https" and "tls" in host_modes:
                 return "this server has no map_cert to end TLS with (tls_passthrough mappings only)"
-            listener = "map_https_bind" if m.mode == "tls" else f"map_{m.mode}_bind"
-            return f"this server has no {listener} for {'https' if m.mode == 'tls' else m.mode} mappings"
+            listener = "map_https_bind" if mode == "tls" else f"map_{mode}_bind"
+            return f"this server has no {listener} for {'https' if mode == 'tls' else mode} mappings"
         domain = m.domain.strip().lower()
         if not domain:
-            return f"an {m.mode} mapping needs a domain"
+            return f"an {mode} mapping needs a domain"
         route = HttpRoute(m.name, owner, domain, m.headers, m.mode, m.group, m.group_key)
         route.holder = holder
         others = [r for r in self.routes.get((route.mode, domain), []) if r.online and r.holder != holder]
@@ -566,6 +574,7 @@ class MappingRegistry:
         for item in items:
             if isinstance(item, HttpRoute):
                 item.link = None
+                item.h2.close()
                 where = (item.mode, item.domain)
                 members = self.routes.get(where, [])
                 if forget and item in members:

@@ -83,6 +83,8 @@ class CenterConfig:
                                                                      "and each mapping port (0: no limit)")
     proxy_protocol: bool = proxy_protocol_key("server: bind")
     proxy_protocol_from: tuple = proxy_protocol_from_key("proxy_protocol")
+    map_http2: bool = key(to_bool, True, "server: HTTP/2 from public clients on map_https_bind (ALPN h2, where TLS "
+                                         "ends here) and map_http_bind (h2c with prior knowledge), beside HTTP/1.1")
     map_proxy_protocol: bool = proxy_protocol_key("server: map_http_bind, map_https_bind and every mapping port")
     map_proxy_protocol_from: tuple = proxy_protocol_from_key("map_proxy_protocol")
     # last: from here on, 'key' in this class body names this field, not the declaring function
@@ -185,6 +187,9 @@ class MappingConfig:
     password: str = key(to_str, "", "proxy: password its forward proxy asks for")
     tls_passthrough: bool = key(to_bool, False, "https: route by SNI and pass the TLS bytes through to local_addr "
                                                 "(the service terminates TLS) instead of terminating on the server")
+    local_http2: bool = key(to_bool, False, "http, https: the service speaks HTTP/2 without TLS (h2c: a gRPC "
+                                            "service); the server sends it every request as an HTTP/2 stream over one "
+                                            "connection, whatever the public client spoke")
     proxy_protocol: str = key(one_of(("", "v1", "v2")), "", "tcp, http, https: start each connection to local_addr "
                               "with a PROXY protocol header of this version naming the public visitor (the server "
                               "tells it over the link)")
@@ -197,8 +202,11 @@ class MappingConfig:
 
     @property
     def wire_mode(self) -> str:
-        """The mode named in MAPPING: 'tls' for an https mapping passed through by SNI."""
-        return "tls" if self.tls_passthrough else self.mode
+        """The mode named in MAPPING: 'tls' for an https mapping passed through by SNI; '+h2'
+        after http or https for a service that speaks HTTP/2 (local_http2)."""
+        if self.tls_passthrough:
+            return "tls"
+        return f"{self.mode}+h2" if self.local_http2 else self.mode
 
     def validate(self) -> None:
         if self.group and self.mode == "udp":
@@ -218,6 +226,14 @@ class MappingConfig:
                           f"connection to start with it)", ".proxy_protocol")
         if self.tls_passthrough and self.mode != "https":
             raise Invalid("tls_passthrough is for mode = \"https\" mappings", ".tls_passthrough")
+        if self.local_http2 and (self.mode not in ("http", "https") or self.tls_passthrough):
+            raise Invalid("local_http2 is for http and https mappings whose TLS ends on the server",
+                          ".local_http2")
+        if self.local_http2 and self.proxy_protocol:
+            raise Invalid("proxy_protocol needs a connection per visitor, and local_http2 carries every visitor's "
+                          "requests on one", ".proxy_protocol")
+        if self.local_http2 and self.health_check is not None and self.health_check.type == "http":
+            raise Invalid("an HTTP/1.1 health check cannot ask an HTTP/2 service: type = \"tcp\"", ".health_check")
         if self.mode in ("tcp", "udp", "http", "https") and self.local_addr is None:
             raise Invalid(f"a {self.mode} mapping needs local_addr (the private service)", ".local_addr")
         if self.mode == "https" and not self.domain:

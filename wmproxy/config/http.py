@@ -14,6 +14,16 @@ from .keys import (
 )
 
 
+def to_http2(value: Any) -> bool | str:
+    """``http2``: true, false or "h2c"."""
+    if isinstance(value, str) and value.lower() == "h2c":
+        return "h2c"
+    try:
+        return to_bool(value)
+    except Invalid:
+        raise Invalid(f"expected true, false or \"h2c\", got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class LocationRule:
     """How a location matches a path, as nginx: ``= /x`` exact, ``^~ /x`` prefix that stops
@@ -98,10 +108,10 @@ def to_method(value: Any) -> str:
 
 
 def to_proxy_url(value: Any) -> str:
-    if isinstance(value, str) and re.match(r"^https?://[^/\s?#]+(/\S*)?$", value.strip()):
+    if isinstance(value, str) and re.match(r"^(https?|h2c|grpcs?)://[^/\s?#]+(/\S*)?$", value.strip()):
         return value.strip()
-    raise Invalid(f"expected 'http://upstream-name', 'http://host:port', https:// for TLS, or any of them with a "
-                  f"path, got {value!r}")
+    raise Invalid(f"expected 'http://upstream-name', 'http://host:port', https:// for TLS, h2c:// or grpc:// for "
+                  f"HTTP/2 without TLS, grpcs:// for HTTP/2 with TLS, or any of them with a path, got {value!r}")
 
 
 def to_hidden_name(value: Any) -> str:
@@ -263,6 +273,14 @@ class HttpServerConfig:
                                                                      "on its binds (0: no limit)")
     proxy_protocol: bool = proxy_protocol_key("its binds (every server on a bind must say the same)")
     proxy_protocol_from: tuple = proxy_protocol_from_key("proxy_protocol")
+    http2: bool | str = key(to_http2, True, "HTTP/2 beside HTTP/1.1: true offers h2 by ALPN on TLS binds and takes h2c with "
+                                     "prior knowledge (the client preface) on plain ones; \"h2c\" (plain binds) says "
+                                     "the same; false: HTTP/1.1 only")
+    http2_max_concurrent_streams: int = key(int_range(1, 1000), 128, "HTTP/2 streams one connection may have open "
+                                                                     "at once (SETTINGS_MAX_CONCURRENT_STREAMS)")
+    http2_header_table_size: int = key(int_range(0, 65536), 4096, "the HPACK table the client may fill "
+                                                                 "(SETTINGS_HEADER_TABLE_SIZE); max_header_size bounds "
+                                                                 "a decoded header list")
     cert: str = key(to_str, "", "PEM certificate: TLS on this server's binds")
     # last: from here on, 'key' in this class body names this field, not the declaring function
     key: str = key(to_str, "", "PEM private key for cert")
@@ -271,6 +289,8 @@ class HttpServerConfig:
         check_proxy_protocol(self.proxy_protocol, self.proxy_protocol_from, "proxy_protocol")
         if bool(self.cert) != bool(self.key):
             raise Invalid("cert and key go together", ".key")
+        if self.http2 == "h2c" and self.cert:
+            raise Invalid("h2c is HTTP/2 without TLS, and this server has a cert: true offers h2 by ALPN", ".http2")
         if not self.location:
             raise Invalid("a server needs at least one location", ".location")
         names = [loc.rule.text for loc in self.location if loc.rule.kind == "named"]
@@ -331,10 +351,16 @@ class HttpUpstreamConfig:
                                    "protocol header of this version naming the client; such a connection then serves "
                                    "that client connection's requests only (HAProxy's private connections)")
     health_check: Optional[HealthCheckConfig] = section(HealthCheckConfig, "active health checks")
+    protocol: str = key(one_of(("http/1.1", "h2")), "http/1.1", "what is spoken to the servers: h2 is HTTP/2, "
+                        "many requests over few connections (h2c without TLS, ALPN h2 with https://); "
+                        "proxy_url's h2c://, grpc:// and grpcs:// say h2 too")
 
     def validate(self) -> None:
         if not self.server:
             raise Invalid("an upstream needs at least one server", ".server")
+        if self.protocol == "h2" and self.send_proxy_protocol:
+            raise Invalid("send_proxy_protocol needs a connection per client, and h2 carries many clients' requests "
+                          "on one", ".send_proxy_protocol")
 
 
 @dataclass(frozen=True)
@@ -360,6 +386,10 @@ class HttpConfig:
                 if bool(first.cert) != bool(srv.cert):
                     raise Invalid(f"{bind} is shared with server[{j}]: servers on one address are all TLS "
                                   f"(cert and key) or none", f".server[{i}].cert")
+                if (bool(first.http2), first.http2_max_concurrent_streams, first.http2_header_table_size) != (
+                        bool(srv.http2), srv.http2_max_concurrent_streams, srv.http2_header_table_size):
+                    raise Invalid(f"{bind} is shared with server[{j}]: servers on one address have the same http2, "
+                                  f"http2_max_concurrent_streams and http2_header_table_size", f".server[{i}].http2")
                 if (first.proxy_protocol, set(first.proxy_protocol_from)) != (srv.proxy_protocol,
                                                                              set(srv.proxy_protocol_from)):
                     raise Invalid(f"{bind} is shared with server[{j}]: servers on one address have the same "

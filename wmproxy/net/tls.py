@@ -60,15 +60,19 @@ def client_context(ca: str = "", cert: str = "", key: str = "", ca_key: str = "c
     return ctx
 
 
-def sni_server_context(pairs: list[tuple[str, str]], keys: list[tuple[str, str]] | None = None) -> ssl.SSLContext:
+def sni_server_context(pairs: list[tuple[str, str]], keys: list[tuple[str, str]] | None = None,
+                       alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
     """A server context over several certificates: the client's SNI picks the one whose names
-    match (exact, then '*.' wildcard), else the first. Raises ConfigError naming the config
-    keys of the file at fault: ``keys`` (cert key, key key) per pair, else center.map_cert[i]
-    and center.map_key[i]."""
+    match (exact, then '*.' wildcard), else the first; ``alpn``: the protocols offered, in
+    order of preference ("h2", "http/1.1"). Raises ConfigError naming the config keys of the
+    file at fault: ``keys`` (cert key, key key) per pair, else center.map_cert[i] and
+    center.map_key[i]."""
     contexts = []
     for i, (cert, key) in enumerate(pairs):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if alpn:  # (on every context: the one SNI picks answers ALPN)
+            ctx.set_alpn_protocols(list(alpn))
         what, key_what = keys[i] if keys else (f"center.map_cert[{i}]", f"center.map_key[{i}]")
         _load_chain(ctx, cert, key, what, key_what)
         contexts.append((_cert_names(cert), ctx))

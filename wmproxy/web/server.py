@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -47,6 +48,8 @@ from ..prot.target import host_name
 from ..prot.frame import HeaderRule
 from ..prot.rules import apply_header_rules, fill
 from . import files
+from . import h2up
+from .h2 import PREFACE_HEAD, H2Connections, H2Settings, H2Stream
 from .route import candidates, name_matches, normalize_path, pick_server
 from .upstream import Conn as UpstreamConn, ServerState, UpstreamGroup
 
@@ -69,9 +72,14 @@ class WebContext:
         self.resolver = services.resolver
         self.groups = services.http_groups  # shared by every listener, kept across reloads while unchanged
         self.limits = services.http_limits
-        self.ssl = sni_server_context([(s.cert, s.key) for s in servers]) if scheme == "https" else None
+        first = servers[0]  # (http2 and its limits: the same on every server of an address, the config says so)
+        alpn = ("h2", "http/1.1") if first.http2 else ()
+        self.ssl = sni_server_context([(s.cert, s.key) for s in servers], alpn=alpn) if scheme == "https" else None
         self.read_timeout = max(s.client_read_timeout for s in servers)
         self.header_timeout = max(s.client_header_timeout for s in servers)
+        self.h2 = H2Settings(first.http2_max_concurrent_streams, first.http2_header_table_size,
+                             max(s.max_header_size for s in servers), self.read_timeout,
+                             self.header_timeout) if first.http2 else None
         self.body_timeout = max(s.client_body_timeout for s in servers)
         self.body_min_rate = min(s.client_body_min_rate for s in servers)
         self.max_head = max(s.max_header_size for s in servers)
@@ -187,18 +195,20 @@ class WebContext:
         parts = urlsplit(loc.proxy_url)
         upstream = self.http.upstream_named(parts.netloc)
         tls = None
-        if parts.scheme == "https":
+        if parts.scheme in ("https", "grpcs"):
             name = loc.proxy_ssl_name or parts.netloc.rpartition(":")[0].strip("[]") or parts.netloc
             tls = (name, loc.proxy_ssl_ca)
-        key = upstream if upstream is not None and tls is None else (upstream or "addr", parts.netloc, tls)
+        h2 = parts.scheme in ("h2c", "grpc", "grpcs") or (upstream is not None and upstream.protocol == "h2")
+        key = upstream if upstream is not None and tls is None and not h2 else (upstream or "addr", parts.netloc,
+                                                                                 tls, h2)
         group = self.groups.get(key)
         if group is None:
             if upstream is None:
                 default_port = ":443" if tls else ":80"
                 netloc = parts.netloc if ":" in parts.netloc.split("]")[-1] else parts.netloc + default_port
-                group = UpstreamGroup.single(to_addr(netloc), self.resolver, tls)
+                group = UpstreamGroup.single(to_addr(netloc), self.resolver, tls, h2)
             else:
-                group = UpstreamGroup(upstream, self.resolver, tls)
+                group = UpstreamGroup(upstream, self.resolver, tls, h2)
             self.groups[key] = group
         return group, parts.path
 
@@ -246,10 +256,11 @@ class Downstream:
     with a PROXY header naming this client serves no other (send_proxy_protocol), so it is kept
     here between the client's requests instead of in the shared pool, and closed with it."""
 
-    __slots__ = ("address", "ip", "sock", "private", "live", "request")
+    __slots__ = ("address", "ip", "sock", "private", "live", "request", "protocol")
 
     def __init__(self, address: Address, sock: socket.socket) -> None:
         self.address = address
+        self.protocol = ""  # "2.0" on an HTTP/2 connection
         self.ip = str(address[0])
         self.request: Optional[Request] = None  # the one in progress, or the last
         self.live = current()  # its row in GET /api/connections (None: not a listener's own connection)
@@ -361,6 +372,10 @@ class WebServer(Listener):
     kind = "http"
     answers_http = True
 
+    def __init__(self, sock: socket.socket, spec: ListenerSpec, services: Services) -> None:
+        super().__init__(sock, spec, services)
+        self.h2 = H2Connections()  # its HTTP/2 connections: told GOAWAY when it drains
+
     def make_context(self, settings: "WebSettings", services: Services) -> WebContext:
         return WebContext(settings.servers, settings.http, settings.scheme, services)
 
@@ -385,6 +400,8 @@ class WebServer(Listener):
                         f"TLS handshake not complete within client_header_timeout ({ctx.header_timeout:g}s)")):
                     client = ctx.ssl.wrap_socket(client, server_side=True)
             down = Downstream(address, client)
+            if ctx.h2 is not None and ctx.ssl is not None and cast(ssl.SSLSocket, client).selected_alpn_protocol() == "h2":
+                return self._serve_h2(client, down, ctx, b"")
             client.settimeout(None)  # from here a watchdog, not a timer per recv
             reader = Reader(client, keep_watching=True)
             state = ConnWatch(reader, ctx.read_timeout, ctx.header_timeout, f"request head not complete within "
@@ -419,6 +436,13 @@ class WebServer(Listener):
                 log.info("%s http: 408 cut: %s", ip, e)
                 return False
             state.done()
+            if raw == PREFACE_HEAD and ctx.h2 is not None and down.request is None:  # h2c, prior knowledge
+                state.stop()
+                first = PREFACE_HEAD + bytes(reader.buf)
+                reader.buf.clear()
+                reader.release()
+                self._serve_h2(client, down, ctx, first)
+                return False
             head = http1.parse_request_head(raw)
             http1.check_request(head, ctx.max_headers)
             req = Request(head, raw, down, ctx)
@@ -441,6 +465,27 @@ class WebServer(Listener):
         finally:
             self._log(req)
         return req.keep
+
+    def _serve_h2(self, client: socket.socket, down: Downstream, ctx: WebContext, first: bytes) -> None:
+        """An HTTP/2 connection: each stream is served as one request of this listener."""
+        assert ctx.h2 is not None
+        down.protocol = "2.0"
+
+        def one(stream: H2Stream) -> None:
+            reader = Reader(stream)
+            state = ConnWatch(reader, ctx.read_timeout, ctx.header_timeout, "HTTP/2 request")
+            try:
+                self._one(cast(socket.socket, stream), reader, down, ctx, state)
+            finally:
+                state.stop()
+
+        self.h2.serve(client, down.address, ctx.h2, one, first)
+
+    def drain(self, grace: float) -> int:
+        """As every listener's, and first a GOAWAY on each HTTP/2 connection: its open streams
+        finish, it takes no new ones."""
+        self.h2.go_away()
+        return super().drain(grace)
 
     def _route(self, client: socket.socket, reader: Reader, req: Request, ctx: WebContext) -> None:
         try:
@@ -596,6 +641,8 @@ class WebServer(Listener):
             out = http1.encode_head(line, req.apply(headers, plan.request_rules))
         if req.framing != NO_BODY and head.expects_continue():
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if group.h2:
+            return self._proxy_h2(client, reader, req, ctx, plan, group, target, hops)
         servers = group.order(req.ip)
         if not servers:
             req.note = f"upstream {group.cfg.name}: no live server"
@@ -660,6 +707,64 @@ class WebServer(Listener):
         req.note = failure
         return self._error(client, reader, req, ctx, 502, f"no upstream server could be reached ({failure})")
 
+    def _proxy_h2(self, client: socket.socket, reader: Reader, req: Request, ctx: WebContext, plan: "_Plan",
+                  group: UpstreamGroup, target: str, hops: bytes) -> None:
+        """A request to an HTTP/2 upstream (h2up.py): a stream on one of the server's
+        connections; another server when the first could not be reached or refused the stream
+        before taking it."""
+        loc, head = req.location, req.head
+        assert loc is not None
+        ip = req.ip.encode()
+        dropped = head.connection  # (the headers a Connection header names are hop-by-hop too)
+        headers = [(n, v) for n, v in head.headers if n.lower() not in _REPLACED and n.lower() not in dropped]
+        headers += [(b"X-Forwarded-For", http1.forwarded_for(head, hops)), (b"X-Forwarded-Proto", ctx.scheme_bytes),
+                    (b"X-Real-IP", ip)]
+        out = h2up.request_headers(head.method, b"https" if group.tls else b"http", req.raw_host.encode("latin-1"),
+                                   target, req.apply(headers, plan.request_rules))
+        req.state.waiting(None, float("inf"))  # (each wait below has its own timeout)
+        servers = group.order(req.ip)
+        if not servers:
+            req.note = f"upstream {group.cfg.name}: no live server"
+            return self._error(client, reader, req, ctx, 502, f"no live server in upstream {group.cfg.name}")
+        failure = "no server tried"
+        for server in servers:
+            try:
+                conn, _ = group.h2_connection(server, loc.proxy_connect_timeout)
+            except UpstreamError as e:
+                server.failed(str(e))
+                failure = str(e)
+                continue
+            server.active += 1
+            server.metrics.requests += 1
+            try:
+                rules = plan.response_rules
+                outcome = h2up.forward(client, reader, req, conn, out, loc.proxy_read_timeout,
+                                       (lambda h: req.apply(h, rules)) if rules else None,
+                                       server.metrics.first_byte_seconds)
+            finally:
+                server.active -= 1
+            if isinstance(outcome, httpio.ClientBodyError):
+                req.keep = False
+                req.note = f"{server.addr}: {outcome}"
+                return self._reply(client, req, outcome.http_status, str(outcome))
+            if outcome is None:
+                server.succeeded()
+                req.note = server.addr
+                return None
+            failure = f"{server.addr}: {outcome}"
+            if isinstance(outcome, h2up.Unprocessed):  # refused before the server took it: the next one
+                continue
+            server.failed(str(outcome))
+            req.note = failure
+            if isinstance(outcome, socket.timeout):
+                req.keep = False
+                return self._error(client, reader, req, ctx, 504, f"the upstream server {server.addr} timed out")
+            if req.had_body or head.method not in _IDEMPOTENT:
+                req.keep = False
+                return self._error(client, reader, req, ctx, 502, f"the upstream server failed: {outcome}")
+        req.note = failure
+        return self._error(client, reader, req, ctx, 502, f"no upstream server could be reached ({failure})")
+
     def _attempt(self, client: socket.socket, reader: Reader, req: Request, ctx: WebContext, conn: UpstreamConn,
                  out: bytes, upgrade: Optional[bytes], rules: tuple[HeaderRule, ...],
                  first_byte: Histogram) -> httpio.Forwarded | BaseException:
@@ -701,6 +806,8 @@ class WebServer(Listener):
 
     def _log(self, req: Request) -> None:
         took = time.monotonic() - req.started
+        if req.down.protocol:  # (served as HTTP/1.1 over an HTTP/2 stream: the log says which)
+            req.head.version = req.down.protocol
         self.stats.statuses[req.status] += 1
         self.stats.bytes_in += len(req.raw)  # (heads in, answers' bodies out: what the dashboard graphs)
         self.stats.bytes_out += req.size

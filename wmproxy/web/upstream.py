@@ -29,6 +29,7 @@ from ..net.health import NEVER_CHECKED, Streak, get_request, probe
 from ..net.proxyproto import header_for
 from ..net.reader import Reader
 from ..net.tls import client_context
+from .h2up import H2Pool, H2Upstream
 
 log = logging.getLogger("wmproxy.http")
 
@@ -77,6 +78,7 @@ class ServerState:
         self.down_until = 0.0
         self.active = 0
         self.idle: list[Conn] = []
+        self.h2 = H2Pool()  # its HTTP/2 connections (an h2 upstream)
         self.checks = checks  # the active health check's verdict (health_check), or None
         self.metrics = ServerMetrics()
 
@@ -105,13 +107,17 @@ class ServerState:
 class UpstreamGroup:
     """The servers of one upstream and their state; shared by the requests of every listener."""
 
-    def __init__(self, cfg: HttpUpstreamConfig, resolver: Resolver, tls: tuple[str, str] | None = None) -> None:
+    def __init__(self, cfg: HttpUpstreamConfig, resolver: Resolver, tls: tuple[str, str] | None = None,
+                 h2: bool = False) -> None:
         self.cfg = cfg
         self.resolver = resolver
+        self.h2 = h2  # HTTP/2 to the servers (h2up.py): streams over each server's few connections
         # TLS to the servers: (name their certificates carry, CA file or '' for the system store)
         self.tls = None
         if tls is not None:
             self.tls = (tls[0], client_context(tls[1], ca_key="http.server.location.proxy_ssl_ca"))
+            if h2:
+                self.tls[1].set_alpn_protocols(["h2"])
         hc = cfg.health_check
         self.servers = [ServerState(s, cfg.name, Streak(hc.fall, hc.rise) if hc is not None else None)
                         for s in cfg.server]
@@ -119,9 +125,11 @@ class UpstreamGroup:
         self.checker = gevent.spawn(self._check_forever) if cfg.health_check is not None else None
 
     @classmethod
-    def single(cls, addr: Addr, resolver: Resolver, tls: tuple[str, str] | None = None) -> "UpstreamGroup":
+    def single(cls, addr: Addr, resolver: Resolver, tls: tuple[str, str] | None = None,
+               h2: bool = False) -> "UpstreamGroup":
         """A group of the one ``host:port`` a proxy_url names."""
-        return cls(HttpUpstreamConfig(name=str(addr), server=(HttpUpstreamServerConfig(addr=addr),)), resolver, tls)
+        return cls(HttpUpstreamConfig(name=str(addr), server=(HttpUpstreamServerConfig(addr=addr),)), resolver, tls,
+                   h2)
 
     def order(self, client_ip: str) -> list[ServerState]:
         """The live servers to try, the method's pick first. Empty when every one is out."""
@@ -167,7 +175,15 @@ class UpstreamGroup:
             conn.close()
         return self._dial(server, timeout), False
 
+    def h2_connection(self, server: ServerState, timeout: float) -> tuple[H2Upstream, bool]:
+        """An HTTP/2 connection to ``server`` with room for one more stream (an open one, or a
+        new one) and whether it was open already. Raises UpstreamError."""
+        return server.h2.get(lambda: self._dial_sock(server, timeout), server.addr)
+
     def _dial(self, server: ServerState, timeout: float, header: bytes = b"") -> Conn:
+        return Conn(self._dial_sock(server, timeout, header))
+
+    def _dial_sock(self, server: ServerState, timeout: float, header: bytes = b"") -> socket.socket:
         started = time.monotonic()
         sock = dial(self.resolver, server.cfg.addr.host, server.cfg.addr.port, timeout)
         if header:
@@ -185,8 +201,11 @@ class UpstreamGroup:
                 sock.close()
                 raise UpstreamError(f"TLS with {server.cfg.addr} ({name}): {e}") from None
             sock.settimeout(None)
+            if self.h2 and sock.selected_alpn_protocol() != "h2":  # type: ignore[attr-defined]
+                sock.close()
+                raise UpstreamError(f"{server.cfg.addr} ({name}) does not offer HTTP/2 (ALPN h2)")
         server.metrics.connect_seconds.observe(time.monotonic() - started)
-        return Conn(sock)
+        return sock
 
     def release(self, server: ServerState, conn: Conn, reusable: bool) -> None:
         """Done with a request on ``conn``: pooled when ``reusable`` and there is room."""
@@ -244,3 +263,4 @@ class UpstreamGroup:
             for conn in server.idle:
                 conn.close()
             server.idle.clear()
+            server.h2.close()

@@ -1,0 +1,90 @@
+"""HTTP/2 benchmark (#27; named h2bench: bench/ is on the path, and h2 is the library): h2load against nginx with http2 and against wmproxy, side by side in
+alternating rounds, the server under test pinned to CPU 0 and h2load (and the origin) on CPU 1:
+
+- a small static file (17 bytes) over h2c (prior knowledge): nginx's static vs wmproxy's file_server;
+- the same file reverse-proxied to an nginx origin (HTTP/1.1 upstream): nginx vs wmproxy.
+
+h2load opens ``--connections`` connections with 10 concurrent streams each, for ``--seconds``.
+Printed: requests/s and CPU per request (user + system of the server's processes), and the
+ratios with their goal (wmproxy's static files at least 0.3x nginx's requests/s over h2).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from bench import LOAD_BOUND, LOAD_CPU, PROXY_CPU, ROOT, core_busy, cpu_seconds, free_port
+
+STREAMS = 10  # concurrent streams per connection (h2load -m)
+
+
+def h2load(b, name: str, url: str, procs) -> float:
+    cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-t1", f"-c{b.connections}", f"-m{STREAMS}", f"-D{b.seconds}", url]
+    before = cpu_seconds(procs)
+    busy_before, total_before = core_busy()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=b.seconds + 60).stdout
+    used = cpu_seconds(procs) - before
+    busy_after, total_after = core_busy()
+    load = (busy_after - busy_before) / max(1.0, total_after - total_before)
+    rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
+    if not rps or not done or not int(done.group(2)):
+        print(f"  {name}: h2load failed: {out[-400:]}")
+        return 0.0
+    n = int(done.group(2))
+    b.last_cpu = round(used * 1e6 / n, 1)
+    failed = f"   {done.group(3)} failed" if int(done.group(3)) else ""
+    bound = f"   (load CPU {load:.0%} busy: h2load and the origin bound req/s)" if load >= LOAD_BOUND else ""
+    print(f"  {name:<26} CPU {b.last_cpu:5.1f} us/request   {float(rps.group(1)):9.0f} req/s{failed}{bound}")
+    b.results.setdefault("h2", {})[name] = {"rps": round(float(rps.group(1))), "cpu_us_per_request": b.last_cpu,
+                                            "load_cpu_busy": round(load, 3)}
+    return float(rps.group(1))
+
+
+def measure(b, name: str, start, url: str) -> float:
+    before = len(b.procs)
+    port = start()
+    try:
+        return h2load(b, name, f"http://127.0.0.1:{port}{url}", b.procs[before:])
+    finally:
+        for p in b.procs[before:]:
+            b.stop(p)
+
+
+def wmproxy_h2(b, name: str, location: str) -> int:
+    port = free_port()
+    conf = b.tmp / f"{name}.toml"
+    conf.write_text(f'log_level = "warning"\n[[http.server]]\nbind = "127.0.0.1:{port}"\n'
+                    f'[[http.server.location]]\n{location}\n')
+    b.start(name, [sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c", str(conf)], port)
+    return port
+
+
+def nginx_h2(b, name: str, body: str, extra: str = "") -> int:
+    return b.start_nginx(name, body, PROXY_CPU, extra, " http2")  # (h2c with prior knowledge)
+
+
+def run(b) -> None:
+    origin = b.nginx()
+    url = "/small.txt"
+    print(f"\nHTTP/2 (h2c), small GETs, h2load -c{b.connections} -m{STREAMS} {b.seconds}s (server on CPU {PROXY_CPU}; "
+          f"h2load and the origin on CPU {LOAD_CPU}; one server under test running at a time):")
+    proxied = 'location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+    pool = f"upstream origin {{ server 127.0.0.1:{origin}; keepalive 64; }}"
+    runs = [
+        ("nginx h2 static", lambda: measure(b, "nginx h2 static", lambda: nginx_h2(
+            b, "nginx-h2-static", f"location / {{ root {b.www()}; }}"), url)),
+        ("wmproxy h2 static", lambda: measure(b, "wmproxy h2 static", lambda: wmproxy_h2(
+            b, "wmproxy-h2-static", f'file_server = {{ root = "{b.www()}" }}'), url)),
+        ("nginx h2 -> nginx", lambda: measure(b, "nginx h2 -> nginx", lambda: nginx_h2(
+            b, "nginx-h2-proxy", proxied, pool), url)),
+        ("wmproxy h2 -> nginx", lambda: measure(b, "wmproxy h2 -> nginx", lambda: wmproxy_h2(
+            b, "wmproxy-h2-proxy", f'proxy_url = "http://127.0.0.1:{origin}"'), url)),
+    ]
+    b.in_rounds("h2", runs, [("wmproxy h2 static / nginx h2 static", "wmproxy h2 static", "nginx h2 static", 0.3),
+                             ("wmproxy h2 -> nginx / nginx h2 -> nginx", "wmproxy h2 -> nginx", "nginx h2 -> nginx",
+                              0.0)],
+                [("wmproxy h2 static / nginx h2 static", "wmproxy h2 static", "nginx h2 static", 0.0),
+                 ("wmproxy h2 -> nginx / nginx h2 -> nginx", "wmproxy h2 -> nginx", "nginx h2 -> nginx", 0.0)])

@@ -1,0 +1,690 @@
+"""HTTP/2 on ``[http]`` listeners (RFC 9113): h2 by ALPN on TLS binds, h2c with prior knowledge
+on plain ones. The protocol's state machine is the ``h2`` library's (hyper-h2: framing, HPACK,
+flow control, stream states, the validation of what the client sends).
+
+Each stream is served by the listener's own request machinery, the one HTTP/1.1 requests go
+through (routing, header rules, ACLs, rate limits, files with Range and 304, static answers,
+redirects, the reverse proxy, the access log), over an :class:`H2Stream`: a socket-like object
+that gives the handler the request as an HTTP/1.1 head and body and turns the HTTP/1.1 answer
+it writes back into HEADERS, DATA and trailers. Streams of one connection are served
+concurrently, a greenlet each; a stream's answer is sent within the client's flow-control
+windows (a stream waits for its window, not the connection), and the request body is granted
+to the client as the handler reads it, so one stream holds at most its window.
+
+Limits against the known HTTP/2 attacks (each cuts the connection with GOAWAY and a log line):
+``http2_max_concurrent_streams`` streams open at once (more: REFUSED_STREAM, as h2 enforces);
+a decoded header list at most ``max_header_size`` (the HPACK bomb) and the HPACK table
+``http2_header_table_size``; a header block of at most 64 CONTINUATION frames and
+``max_header_size`` bytes (CONTINUATION flood); streams the client resets before their answer
+(rapid reset, CVE-2023-44487), PINGs and SETTINGS each within a budget that refills at a fixed
+rate (ENHANCE_YOUR_CALM beyond); what waits to be sent to a client that does not read bounded
+(the senders wait, and a reader that still only sends control frames is cut). A connection
+without open streams must start one within ``client_read_timeout`` (the first within
+``client_header_timeout``): PINGs do not keep it open.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import time
+from collections import deque
+from typing import Callable, Optional
+
+from gevent.event import Event
+from gevent.lock import Semaphore
+from gevent.pool import Group
+import gevent
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from hyperframe.frame import GoAwayFrame
+
+from ..errors import ProtocolError
+from ..net.conn import Address, Data
+from ..net.dial import fmt_addr
+from ..net.reader import PeerClosed
+from ..prot import http1
+from ..prot.chunked import ChunkedDecoder
+from ..prot.framing import CHUNKED, NO_BODY, UNTIL_CLOSE, response_framing
+
+log = logging.getLogger("wmproxy.http")
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PREFACE_HEAD = b"PRI * HTTP/2.0\r\n\r\n"  # what an HTTP/1.1 head reader takes of the preface
+RECV_SIZE = 65536
+MAX_PENDING_OUT = 1 << 20  # bytes for a client that does not read: senders wait beyond, the reader is cut at 4x
+# budgets (burst, refilled per second) of what a client may make the server do for nothing
+RESET_BUDGET = (200.0, 100.0)  # streams reset by the client before their answer ended (rapid reset)
+PING_BUDGET = (50.0, 5.0)
+SETTINGS_BUDGET = (50.0, 5.0)
+MAX_HEADER_FRAMES = 64  # HEADERS + CONTINUATION frames of one header block (h2's own cap too)
+_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"))
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")  # a lowercase token: an h2 field name
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+
+
+class Budget:
+    """A token bucket: :meth:`spend` is False once the burst is spent faster than it refills."""
+
+    __slots__ = ("tokens", "burst", "rate", "at")
+
+    def __init__(self, burst: float, rate: float) -> None:
+        self.tokens = self.burst = burst
+        self.rate = rate
+        self.at = time.monotonic()
+
+    def spend(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        self.tokens -= 1
+        return self.tokens >= 0
+
+
+class Cut(Exception):
+    """The client broke a limit: GOAWAY with ``code`` and close."""
+
+    def __init__(self, why: str, code: int = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM) -> None:
+        super().__init__(why)
+        self.code = code
+
+
+class H2Settings:
+    """What one listener's HTTP/2 connections are made with."""
+
+    __slots__ = ("max_streams", "table_size", "max_head", "read_timeout", "header_timeout")
+
+    def __init__(self, max_streams: int, table_size: int, max_head: int, read_timeout: float,
+                 header_timeout: float) -> None:
+        self.max_streams = max_streams
+        self.table_size = table_size
+        self.max_head = max_head
+        self.read_timeout = read_timeout
+        self.header_timeout = header_timeout
+
+
+class H2Server:
+    """One HTTP/2 connection, server side. :meth:`run` serves it until it ends; each request
+    stream goes to ``serve(stream)`` in a greenlet of its own."""
+
+    def __init__(self, sock: socket.socket, address: Address, settings: H2Settings,
+                 serve: Callable[["H2Stream"], None]) -> None:
+        self.sock = sock
+        self.address = address
+        self.peer = fmt_addr(address[0], address[1])
+        self.settings = settings
+        self.serve = serve
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True,
+                                           normalize_inbound_headers=True, validate_outbound_headers=False)
+        self.conn = h2.connection.H2Connection(config)
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_streams,
+            h2.settings.SettingCodes.HEADER_TABLE_SIZE: settings.table_size,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_head,
+        })
+        self.conn.decoder.max_header_list_size = settings.max_head  # (h2 sets it only once the client acks)
+        self.conn.decoder.max_allowed_table_size = settings.table_size
+        self.streams: dict[int, H2Stream] = {}
+        self.handlers = Group()
+        self.write_lock = Semaphore()
+        self.unsent = 0  # bytes taken from h2 and not yet written
+        self.closed = False
+        self.broken = False  # a write failed
+        self.going = False  # our GOAWAY went: the streams open finish, no new ones
+        self.resets = Budget(*RESET_BUDGET)
+        self.pings = Budget(*PING_BUDGET)
+        self.settings_budget = Budget(*SETTINGS_BUDGET)
+        self.frames = _FrameScan(settings.max_head)
+        self.requests = 0
+
+    # -- writing -------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write what h2 has to send. Blocks (cooperatively) while the client does not read;
+        raises OSError when the connection failed."""
+        data = self.conn.data_to_send()
+        if not data:
+            return
+        self.unsent += len(data)
+        try:
+            if self.unsent > 4 * MAX_PENDING_OUT:  # (a backstop: every sender waits for its own write)
+                log.info("%s http2: cut: the client reads nothing (over %d bytes wait for it)", self.peer,
+                         4 * MAX_PENDING_OUT)
+                raise ConnectionResetError("the client reads nothing")
+            with self.write_lock:
+                if self.broken:
+                    raise ConnectionResetError("the HTTP/2 connection failed")
+                self.sock.sendall(data)
+        except OSError:
+            self.broken = self.closed = True  # (part of a frame may have gone: nothing more can follow it)
+            for stream in list(self.streams.values()):
+                stream.on_reset("the connection failed")
+            raise
+        finally:
+            self.unsent -= len(data)
+
+    def go_away(self) -> None:
+        """The listener drains: GOAWAY now (NO_ERROR, the last stream taken), the open streams
+        finish, then the connection ends. The frame goes around h2's state machine, which would
+        refuse to send on the open streams after a GOAWAY of its own. Blocks while it is sent."""
+        if self.going or self.closed:
+            return
+        self.going = True
+        frame = GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id,
+                            error_code=h2.errors.ErrorCodes.NO_ERROR).serialize()
+        try:
+            self.flush()
+            with self.write_lock:
+                self.sock.sendall(frame)
+        except OSError:
+            pass
+        self._wake_if_done()
+
+    def _wake_if_done(self) -> None:
+        """After our GOAWAY, once no stream is open: end the reader's wait (it returns)."""
+        if self.going and not self.streams:
+            try:
+                self.sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+
+    # -- reading -------------------------------------------------------------------------------
+    def run(self, first: bytes = b"") -> None:
+        """Serve the connection: ``first``, the bytes already read (the preface, for h2c)."""
+        settings = self.settings
+        self.conn.initiate_connection()
+        started = time.monotonic()
+        idle_since, idle_limit = started, settings.header_timeout  # the first stream: within the head deadline
+        why = ""
+        try:
+            self.flush()
+            data = first
+            while not self.closed:
+                if data:
+                    self._receive(data)
+                    self.flush()
+                if self.going and not self.streams:
+                    return
+                if self.streams:
+                    idle_since = 0.0
+                elif not idle_since:
+                    idle_since, idle_limit = time.monotonic(), settings.read_timeout
+                wait = settings.read_timeout if self.streams else idle_since + idle_limit - time.monotonic()
+                if wait <= 0:
+                    why = f"no request for {idle_limit:g}s"
+                    self._goaway(h2.errors.ErrorCodes.NO_ERROR)
+                    return
+                self.sock.settimeout(wait)
+                try:
+                    data = self.sock.recv(RECV_SIZE)
+                except socket.timeout:
+                    data = b""
+                    continue
+                if not data:
+                    return
+        except Cut as e:
+            why = str(e)
+            log.info("%s http2: cut: %s", self.peer, e)
+            self._goaway(e.code)
+        except h2.exceptions.ProtocolError as e:  # h2 queued its GOAWAY
+            why = f"protocol error: {e}"
+            log.info("%s http2: cut: protocol error: %s", self.peer, e)
+            self._try_flush()
+        except (OSError, ProtocolError):
+            pass
+        finally:
+            self.closed = True
+            for stream in list(self.streams.values()):
+                stream.on_reset("the connection ended")
+            self.handlers.kill(block=True, timeout=5)
+            log.debug("%s http2: done after %d requests %s", self.peer, self.requests, why)
+
+    def _goaway(self, code: int) -> None:
+        try:
+            self.conn.close_connection(error_code=code)
+        except h2.exceptions.ProtocolError:
+            return
+        self._try_flush()
+
+    def _try_flush(self) -> None:
+        if self.broken:
+            return
+        try:
+            self.sock.settimeout(1.0)
+            self.flush()
+        except OSError:
+            pass
+
+    def _receive(self, data: bytes) -> None:
+        self.frames.feed(data)  # (raises Cut for a header block past the limits)
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.DataReceived):
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_data(event.data, event.flow_controlled_length)
+                elif event.flow_controlled_length:  # (a stream that is done: its bytes free the window still)
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.RequestReceived):
+                self._request(event)
+            elif isinstance(event, h2.events.WindowUpdated):
+                if event.stream_id:
+                    stream = self.streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.window.set()
+                else:
+                    for stream in self.streams.values():
+                        stream.window.set()
+            elif isinstance(event, h2.events.StreamEnded):
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_end(None)
+            elif isinstance(event, h2.events.TrailersReceived):
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_end(event.headers)
+            elif isinstance(event, h2.events.StreamReset):
+                stream = self.streams.get(event.stream_id)
+                if stream is not None and event.remote_reset:
+                    if not stream.answered and not self.resets.spend():
+                        raise Cut("rapid reset: the client reset more streams than it let finish")
+                    stream.on_reset(f"reset by the client ({event.error_code!s})")
+            elif isinstance(event, h2.events.PingReceived):
+                if not self.pings.spend():
+                    raise Cut("PING flood")
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                if not self.settings_budget.spend():
+                    raise Cut("SETTINGS flood")
+                for stream in self.streams.values():  # (a new initial window may open every stream)
+                    stream.window.set()
+            elif isinstance(event, h2.events.ConnectionTerminated):  # (h2 sends nothing more after it)
+                self.closed = True
+
+    def _request(self, event: h2.events.RequestReceived) -> None:
+        sid = event.stream_id
+        if self.going:  # (after our GOAWAY: a stream the client opened before it saw it)
+            self.conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        try:
+            stream = H2Stream(self, sid, event.headers, event.stream_ended is not None)
+        except ProtocolError as e:  # a request h2 took but HTTP/1.1 cannot say: 400 on its stream alone
+            log.info("%s http2: stream %d: bad request: %s", self.peer, sid, e)
+            self.conn.send_headers(sid, [(b":status", b"%d" % e.http_status), (b"content-length", b"0")],
+                                   end_stream=True)
+            return
+        self.streams[sid] = stream
+        self.requests += 1
+        self.handlers.spawn(self._serve_stream, stream)
+
+    def _serve_stream(self, stream: "H2Stream") -> None:
+        try:
+            self.serve(stream)
+        except (OSError, PeerClosed, ProtocolError):  # the stream's own end: reset, timed out, cut
+            pass
+        except Exception:
+            log.exception("%s http2: stream %d: internal error", self.peer, stream.sid)
+        finally:
+            try:
+                stream.finish()
+            except (OSError, h2.exceptions.H2Error):
+                pass
+            self.forget(stream)
+
+    def forget(self, stream: "H2Stream") -> None:
+        if self.streams.get(stream.sid) is stream:
+            del self.streams[stream.sid]
+            self._wake_if_done()
+        unacked = stream.unacked()
+        if unacked and not self.closed:
+            try:
+                self.conn.acknowledge_received_data(unacked, stream.sid)
+            except h2.exceptions.H2Error:
+                pass
+
+
+class H2Connections:
+    """A listener's HTTP/2 connections: each told GOAWAY when the listener drains."""
+
+    def __init__(self) -> None:
+        self.conns: set[H2Server] = set()
+
+    def serve(self, sock: socket.socket, address: Address, settings: H2Settings, serve: Callable[["H2Stream"], None],
+              first: bytes = b"") -> None:
+        """Serve one connection (H2Server.run) as one of these."""
+        conn = H2Server(sock, address, settings, serve)
+        self.conns.add(conn)
+        try:
+            conn.run(first)
+        finally:
+            self.conns.discard(conn)
+
+    def go_away(self) -> None:
+        for conn in list(self.conns):
+            gevent.spawn(conn.go_away)
+
+
+class _FrameScan:
+    """Reads the frame headers of what the client sends, before h2 does, for what h2 does
+    not bound itself: the bytes of one header block (HEADERS and its CONTINUATION frames) and
+    the count of its frames."""
+
+    __slots__ = ("limit", "buf", "skip", "block", "frames", "preface")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.buf = b""  # an incomplete frame header
+        self.skip = 0  # payload bytes of the current frame still to pass
+        self.block = -1  # bytes of the header block in progress (-1: none)
+        self.frames = 0
+        self.preface = len(PREFACE)  # preface bytes still to pass
+
+    def feed(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        if self.preface:
+            take = min(self.preface, end)
+            self.preface -= take
+            pos = take
+        while pos < end:
+            if self.skip:
+                take = min(self.skip, end - pos)
+                self.skip -= take
+                pos += take
+                continue
+            need = 9 - len(self.buf)
+            self.buf += data[pos:pos + need]
+            pos += need
+            if len(self.buf) < 9:
+                return
+            header, self.buf = self.buf, b""
+            length = int.from_bytes(header[:3], "big")
+            kind, flags = header[3], header[4]
+            self.skip = length
+            if kind == 0x1 or (kind == 0x9 and self.block >= 0):  # HEADERS, or CONTINUATION of a block
+                self.block = max(self.block, 0) + length
+                self.frames += 1
+                if self.block > self.limit + 16384 or self.frames > MAX_HEADER_FRAMES:
+                    raise Cut(f"a header block over {self.limit} bytes or {MAX_HEADER_FRAMES} frames "
+                              f"(CONTINUATION flood)")
+                if flags & 0x4:  # END_HEADERS
+                    self.block, self.frames = -1, 0
+
+
+class H2Stream:
+    """One request stream, used by the HTTP/1.1 request machinery like a client socket: it
+    reads the request as an HTTP/1.1 head and body, and what it writes (an HTTP/1.1 answer) is
+    sent as HEADERS, DATA and trailers."""
+
+    def __init__(self, owner: H2Server, sid: int, headers: list, ended: bool) -> None:
+        self.owner = owner
+        self.sid = sid
+        self.timeout: Optional[float] = None
+        self.inbox: deque[tuple[bytes, int]] = deque()  # (bytes for the handler, flow-controlled bytes they stand for)
+        self.readable = Event()
+        self.window = Event()  # set when the client may have granted more
+        self.ended = ended  # the request's body is all here (END_STREAM)
+        self.reset: Optional[str] = None
+        self.on_cancel: Optional[Callable[[], None]] = None
+        self.answered = False  # the answer ended (END_STREAM sent)
+        self.method, head, self.chunked = _request_head(headers, ended)
+        self.inbox.append((head, 0))
+        self.readable.set()
+        if ended and self.chunked:
+            self.inbox.append((b"0\r\n\r\n", 0))
+        # the answer
+        self.out_head = b""  # until the head is whole
+        self.framing = NO_BODY
+        self.left = 0  # of a length framing
+        self.decoder: Optional[ChunkedDecoder] = None
+        self.chunk_buf = bytearray()
+        self.sent_head = False
+
+    # -- events from the connection ------------------------------------------------------------
+    def on_data(self, data: bytes, flow: int) -> None:
+        if not data:  # (an empty DATA frame, END_STREAM on it, say: b'' would read as the end here)
+            if flow and not self.owner.closed:
+                self.owner.conn.acknowledge_received_data(flow, self.sid)
+            return
+        if self.chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self.inbox.append((data, flow))
+        self.readable.set()
+
+    def on_end(self, trailers: Optional[list]) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.chunked:
+            lines = b"".join(b"%s: %s\r\n" % (n, v) for n, v in trailers or () if _NAME.fullmatch(n)
+                             and not _BAD_VALUE.search(v) and n not in _HOP and not n.startswith(b":"))
+            self.inbox.append((b"0\r\n" + lines + b"\r\n", 0))
+        self.readable.set()
+
+    def on_reset(self, why: str) -> None:
+        if self.reset is None:
+            self.reset = why
+        self.readable.set()
+        self.window.set()
+        if self.on_cancel is not None:  # (a stream to an HTTP/2 upstream stops too)
+            self.on_cancel()
+
+    def unacked(self) -> int:
+        n = sum(flow for _, flow in self.inbox)
+        self.inbox.clear()
+        return n
+
+    # -- the socket API ------------------------------------------------------------------------
+    def settimeout(self, timeout: Optional[float]) -> None:
+        self.timeout = timeout
+
+    def gettimeout(self) -> Optional[float]:
+        return self.timeout
+
+    def setsockopt(self, *args: object) -> None:
+        pass
+
+    def getpeername(self) -> Address:
+        return self.owner.address
+
+    def getsockname(self) -> Address:
+        return self.owner.sock.getsockname()
+
+    def recv(self, n: int) -> bytes:
+        while not self.inbox:
+            if self.reset is not None:
+                raise ConnectionResetError(f"HTTP/2 stream {self.sid}: {self.reset}")
+            if self.ended:
+                return b""
+            self.readable.clear()
+            if not self.readable.wait(self.timeout):
+                raise socket.timeout("timed out")
+        if self.reset is not None:
+            raise ConnectionResetError(f"HTTP/2 stream {self.sid}: {self.reset}")
+        data, flow = self.inbox.popleft()
+        if len(data) > n:
+            self.inbox.appendleft((data[n:], 0))
+            data = data[:n]
+        if flow and not self.owner.closed:
+            self.owner.conn.acknowledge_received_data(flow, self.sid)
+            self.owner.flush()
+        return data
+
+    def send(self, data: Data) -> int:
+        self.sendall(data)
+        return len(data)
+
+    def sendall(self, data: Data) -> None:
+        if self.reset is not None:
+            raise ConnectionResetError(f"HTTP/2 stream {self.sid}: {self.reset}")
+        data = bytes(data)
+        if not self.sent_head:
+            self.out_head += data
+            end = self.out_head.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.out_head) > 1 << 20:
+                    raise ConnectionResetError("an answer head over 1 MiB")
+                return
+            head, data = self.out_head[:end + 4], self.out_head[end + 4:]
+            self.out_head = b""
+            self._answer_head(head)
+            if not self.sent_head:  # (a 1xx: the real head follows)
+                if data:
+                    self.sendall(data)
+                return
+        if self.answered or not data:
+            return
+        if self.framing == CHUNKED:
+            assert self.decoder is not None
+            self.chunk_buf += data
+            pieces, used = self.decoder.feed(self.chunk_buf)
+            del self.chunk_buf[:used]
+            for piece, _, _ in pieces:
+                self._data(piece, False)
+            if self.decoder.done:
+                trailers = [(n.strip().lower(), v.strip()) for n, _, v in
+                            (line.partition(b":") for line in self.decoder.trailers.split(b"\r\n") if line)]
+                trailers = [(n, v) for n, v in trailers if n not in _HOP]
+                if trailers:
+                    self._call(self.owner.conn.send_headers, self.sid, trailers, end_stream=True)
+                else:
+                    self._data(b"", True)
+        elif self.framing == UNTIL_CLOSE:
+            self._data(data, False)
+        else:
+            take = data[:self.left]
+            self.left -= len(take)
+            self._data(take, not self.left)
+
+    def _answer_head(self, raw: bytes) -> None:
+        head = http1.parse_response_head(raw)
+        if head.status < 200:
+            return  # 100 Continue and the like: HTTP/2 needs none of them here
+        self.framing = response_framing(self.method, head)
+        connection = {t.strip().lower() for v in head.get_all(b"connection") or () for t in v.split(b",")}
+        headers = [(b":status", b"%d" % head.status)]
+        for name, value in head.headers:
+            name = name.lower()
+            if name not in _HOP and name not in connection:
+                headers.append((name, value))
+        self.sent_head = True
+        end = self.framing == NO_BODY
+        if self.framing == CHUNKED:
+            self.decoder = ChunkedDecoder()
+        elif self.framing.kind == "length":
+            self.left = self.framing.length
+        self._call(self.owner.conn.send_headers, self.sid, headers, end_stream=end)
+        if end:
+            self.answered = True
+
+    def _data(self, data: bytes, end: bool) -> None:
+        """``data`` as DATA frames within the client's windows; END_STREAM with the last."""
+        owner, conn, sid = self.owner, self.owner.conn, self.sid
+        view = memoryview(data)
+        while True:
+            if self.reset is not None:
+                raise ConnectionResetError(f"HTTP/2 stream {sid}: {self.reset}")
+            if not view:
+                if end:
+                    self._call(conn.end_stream, sid)
+                return
+            try:
+                room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            except h2.exceptions.H2Error as e:
+                raise ConnectionResetError(f"HTTP/2 stream {sid}: {e}") from None
+            if room <= 0:
+                self.window.clear()
+                if not self.window.wait(owner.settings.read_timeout):
+                    raise socket.timeout(f"HTTP/2 stream {sid}: no window from the client "
+                                         f"for {owner.settings.read_timeout:g}s")
+                continue
+            piece, view = view[:room], view[room:]
+            last = end and not view
+            self._call(conn.send_data, sid, piece.tobytes(), end_stream=last)
+            if last:
+                return
+
+    def _call(self, method: Callable, *args: object, **kwargs: object) -> None:
+        if self.owner.closed:
+            raise ConnectionResetError("the HTTP/2 connection ended")
+        try:
+            method(*args, **kwargs)
+        except h2.exceptions.H2Error as e:  # the stream was reset or closed meanwhile
+            raise ConnectionResetError(f"HTTP/2 stream {self.sid}: {e}") from None
+        if kwargs.get("end_stream") or method == self.owner.conn.end_stream:
+            self.answered = True
+        self.owner.flush()
+
+    def shutdown(self, how: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        """The handler is done: end an answer whose end is its close, reset a cut one, and
+        stop a request body nobody reads."""
+        owner = self.owner
+        if owner.closed or self.reset is not None:
+            return
+        conn = owner.conn
+        if not self.answered:
+            if self.sent_head and self.framing == UNTIL_CLOSE:
+                self._call(conn.end_stream, self.sid)
+            else:
+                self._call(conn.reset_stream, self.sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                self.answered = True
+                return
+        if not self.ended:  # answered before the body was read: the client may stop sending (RFC 9113 8.1)
+            self._call(conn.reset_stream, self.sid, h2.errors.ErrorCodes.NO_ERROR)
+
+
+def _request_head(headers: list, ended: bool) -> tuple[str, bytes, bool]:
+    """(method, the request as an HTTP/1.1 head, whether its body is sent on chunked) from
+    an HTTP/2 header list h2 has validated (pseudo-headers first, lowercase names). Raises
+    ProtocolError for what HTTP/1.1 cannot carry: a CR, LF or NUL in a value, a name that is
+    not a token, a Host that says otherwise than :authority, CONNECT."""
+    method = path = authority = b""
+    lines = []
+    cookies = []
+    host = None
+    length = False
+    for name, value in headers:
+        if name[:1] == b":":
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            continue
+        if not _NAME.fullmatch(name) or _BAD_VALUE.search(value):
+            raise ProtocolError(f"a header HTTP/1.1 cannot carry: {name[:60]!r}")
+        if name == b"cookie":
+            cookies.append(value)
+            continue
+        if name == b"host":
+            host = value
+            continue
+        if name == b"content-length":
+            length = True
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if method == b"CONNECT":
+        raise ProtocolError("CONNECT over HTTP/2 is not served here", 501)
+    if not path or not method or b" " in path or b" " in method:
+        raise ProtocolError("a request without :method or :path")
+    if authority and host is not None and host != authority:
+        raise ProtocolError("Host says otherwise than :authority")
+    host = authority or host
+    if host is None:
+        raise ProtocolError("a request without :authority or Host")
+    if _BAD_VALUE.search(host) or _BAD_VALUE.search(path) or b" " in host:
+        raise ProtocolError("a bad :authority or :path")
+    chunked = not ended and not length
+    if cookies:
+        lines.append(b"cookie: %s\r\n" % b"; ".join(cookies))
+    if chunked:
+        lines.append(b"transfer-encoding: chunked\r\n")
+    head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (method, path, host, b"".join(lines))
+    return method.decode("latin-1"), head, chunked

@@ -420,3 +420,43 @@ def test_stop_sends_goaway_and_lets_open_streams_finish(start_proxy, origin, tmp
     assert text.index("recv GOAWAY frame") < text.index(":status: 200")  # told first, answered after
     assert nghttp.returncode == 0
     assert p.popen.wait(timeout=15) == 0 and time.monotonic() - stopped < 6  # (grace: 10 s)
+
+
+def test_streams_beyond_max_concurrent_streams_are_refused(start_proxy, tmp_path):
+    p = start_proxy(config=site(tmp_path, extra="http2_max_concurrent_streams = 4\n"), bind=False)
+    c = Client(p.port, window=16 << 20)
+    try:
+        opened = [c.request("/page.bin") for _ in range(4)]  # each stalls at its 64 KiB window: they stay open
+        c.pump(lambda: all(len(c.bodies.get(sid, b"")) >= 65535 for sid in opened), ack=False)
+        extra = max(opened) + 2  # (sent raw: the h2 library will not open more than the server allows)
+        block = c.conn.encoder.encode([(b":method", b"GET"), (b":path", b"/page.bin"), (b":scheme", b"http"),
+                                       (b":authority", b"a.test")])
+        c.sock.sendall(HeadersFrame(extra, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize())
+        c.pump(lambda: extra in c.ended or c.terminated is not None or c.closed, ack=False)
+        refused = [e for e in c.events if isinstance(e, h2.events.StreamReset) and e.stream_id == extra]
+        assert (refused and refused[0].error_code == h2.errors.ErrorCodes.REFUSED_STREAM) or (  # (h2: the latter)
+            c.terminated is not None and c.terminated.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR), c.events[-3:]
+        assert extra not in c.heads  # never served
+    finally:
+        c.close()
+    assert h2_curl("--http2-prior-knowledge", f"http://127.0.0.1:{p.port}/hello").stdout.endswith(b"2 200")
+
+
+def test_the_connection_window_covers_every_stream_s(start_proxy, tmp_path):
+    # a stream whose handler does not read its body holds its own window (64 KiB), never the
+    # connection's: the server grants the connection every stream's window at once
+    p = start_proxy(config=site(tmp_path, extra="http2_max_concurrent_streams = 20\n"), bind=False)
+    c = Client(p.port)
+    try:
+        c.pump(lambda: c.conn.outbound_flow_control_window >= 20 * 65535)
+        assert c.conn.outbound_flow_control_window == 21 * 65535  # (65535 to begin with, and 20 x more)
+        sids = [c.request("/hello", method="POST", end=False) for _ in range(20)]
+        for sid in sids:  # every stream's whole window, the handlers reading none of it first
+            for i in range(0, 65535, 16384):
+                c.conn.send_data(sid, b"x" * min(16384, 65535 - i))
+            c.conn.end_stream(sid)
+        c.send()  # (h2 would refuse to send past the connection's window: it is big enough)
+        c.pump(lambda: all(sid in c.ended for sid in sids))
+        assert all(c.bodies[sid] == b"hello a.test" for sid in sids)
+    finally:
+        c.close()

@@ -12,7 +12,8 @@ windows (a stream waits for its window, not the connection), and the request bod
 to the client as the handler reads it, so one stream holds at most its window.
 
 Limits against the known HTTP/2 attacks (each cuts the connection with GOAWAY and a log line):
-``http2_max_concurrent_streams`` streams open at once (more: REFUSED_STREAM, as h2 enforces);
+``http2_max_concurrent_streams`` streams open at once (a client that opens more than the
+SETTINGS said is cut: h2 enforces it as a connection error);
 a decoded header list at most ``max_header_size`` (the HPACK bomb) and the HPACK table
 ``http2_header_table_size``; a header block of at most 64 CONTINUATION frames and
 ``max_header_size`` bytes (CONTINUATION flood); streams the client resets before their answer
@@ -57,6 +58,7 @@ log = logging.getLogger("wmproxy.http")
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PREFACE_HEAD = b"PRI * HTTP/2.0\r\n\r\n"  # what an HTTP/1.1 head reader takes of the preface
 RECV_SIZE = 65536
+STREAM_WINDOW = 65535  # a request body's window (the protocol's initial one): what one stream may have buffered
 MAX_PENDING_OUT = 1 << 20  # bytes for a client that does not read: senders wait beyond, the reader is cut at 4x
 # budgets (burst, refilled per second) of what a client may make the server do for nothing
 RESET_BUDGET = (200.0, 100.0)  # streams reset by the client before their answer ended (rapid reset)
@@ -197,6 +199,9 @@ class H2Server:
         """Serve the connection: ``first``, the bytes already read (the preface, for h2c)."""
         settings = self.settings
         self.conn.initiate_connection()
+        # the connection's window: every stream's at once, so a stream whose handler reads its body
+        # slowly holds its own window and not the others' (each stream's bounds what is buffered)
+        self.conn.increment_flow_control_window(settings.max_streams * STREAM_WINDOW)
         started = time.monotonic()
         idle_since, idle_limit = started, settings.header_timeout  # the first stream: within the head deadline
         why = ""

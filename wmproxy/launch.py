@@ -14,8 +14,14 @@ def _prepare() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # (a master's upgrade; nothing else's)
+    import gevent
     from gevent import monkey
 
+    # gevent records, by default, the stack that spawned each greenlet (for its debugging tree): a
+    # stack walk per connection and per HTTP/2 stream that nothing here reads (GEVENT_TRACK_GREENLET_TREE
+    # says otherwise for a debugging session)
+    if "GEVENT_TRACK_GREENLET_TREE" not in __import__("os").environ:
+        gevent.config.track_greenlet_tree = False
     monkey.patch_all()
 
 

@@ -460,3 +460,26 @@ def test_the_connection_window_covers_every_stream_s(start_proxy, tmp_path):
         assert all(c.bodies[sid] == b"hello a.test" for sid in sids)
     finally:
         c.close()
+
+
+def test_a_client_that_grants_windows_but_never_reads_holds_bounded_memory(start_proxy, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    p = start_proxy(config=site(tmp_path), bind=False)
+    (tmp_path / "www" / "huge.bin").write_bytes(os.urandom(3 << 20))
+    server = psutil.Process(p.popen.pid)
+    c = Client(p.port)
+    try:
+        c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: (1 << 31) - 1})
+        c.conn.increment_flow_control_window((1 << 31) - 1 - 65535)
+        c.send()
+        c.pump(lambda: any(isinstance(e, h2.events.SettingsAcknowledged) for e in c.events))
+        before = server.memory_info().rss
+        for _ in range(100):  # 300 MiB asked for, all of it allowed by the windows, none of it read
+            c.request("/huge.bin")
+        time.sleep(3)
+        grown = server.memory_info().rss - before
+        assert grown < 40 << 20, grown  # (the socket's buffers, a backlog of 1 MiB, and a chunk per stream)
+        # the server still serves others
+        assert h2_curl("--http2-prior-knowledge", f"http://127.0.0.1:{p.port}/hello").stdout.endswith(b"2 200")
+    finally:
+        c.close()

@@ -34,7 +34,6 @@ from collections import deque
 from typing import Callable, Optional
 
 from gevent.event import Event
-from gevent.lock import Semaphore
 from gevent.pool import Group
 import gevent
 import h2.config
@@ -48,6 +47,7 @@ from hyperframe.frame import GoAwayFrame
 from ..errors import ProtocolError
 from ..net.conn import Address, Data
 from ..net.dial import fmt_addr
+from ..net.gevent_io import nonblocking_sender
 from ..net.reader import PeerClosed
 from ..prot import http1
 from ..prot.chunked import ChunkedDecoder
@@ -59,7 +59,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PREFACE_HEAD = b"PRI * HTTP/2.0\r\n\r\n"  # what an HTTP/1.1 head reader takes of the preface
 RECV_SIZE = 65536
 STREAM_WINDOW = 65535  # a request body's window (the protocol's initial one): what one stream may have buffered
-MAX_PENDING_OUT = 1 << 20  # bytes for a client that does not read: senders wait beyond, the reader is cut at 4x
+MAX_PENDING_OUT = 1 << 20  # bytes waiting for a client that does not read: senders (and the reader) wait beyond
 # budgets (burst, refilled per second) of what a client may make the server do for nothing
 RESET_BUDGET = (200.0, 100.0)  # streams reset by the client before their answer ended (rapid reset)
 PING_BUDGET = (50.0, 5.0)
@@ -121,8 +121,10 @@ class H2Server:
         self.peer = fmt_addr(address[0], address[1])
         self.settings = settings
         self.serve = serve
+        # (what goes out is ours, lower case already; what comes in is validated, upper case refused)
         config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True,
-                                           normalize_inbound_headers=True, validate_outbound_headers=False)
+                                           normalize_inbound_headers=False, validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         self.conn = h2.connection.H2Connection(config)
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_streams,
@@ -133,9 +135,21 @@ class H2Server:
         self.conn.decoder.max_allowed_table_size = settings.table_size
         self.streams: dict[int, H2Stream] = {}
         self.handlers = Group()
-        self.write_lock = Semaphore()
-        self.unsent = 0  # bytes taken from h2 and not yet written
         self.closed = False
+        # writing: h2's frames of a turn of the loop go out in one write by the hub, without
+        # waiting; what does not go at once is the writer greenlet's (nothing else writes then)
+        self._send_now = nonblocking_sender(sock)
+        self._loop = gevent.get_hub().loop
+        self._armed = False  # a write by the hub is scheduled
+        self._busy = False  # the writer greenlet has bytes to write
+        self._rest: Data = b""  # what the hub could not write (TLS: the same bytes again)
+        self._raw = b""  # frames around h2 (our GOAWAY of a drain), after what h2 has
+        self._wake = Event()
+        self._backlog: list[bytes] = []  # h2's frames while the writer greenlet is busy
+        self._backlogged = 0  # their bytes
+        self._room = Event()  # set while at most MAX_PENDING_OUT waits in the backlog
+        self._room.set()
+        self._writer: Optional[gevent.Greenlet] = None
         self.broken = False  # a write failed
         self.going = False  # our GOAWAY went: the streams open finish, no new ones
         self.resets = Budget(*RESET_BUDGET)
@@ -146,28 +160,88 @@ class H2Server:
 
     # -- writing -------------------------------------------------------------------------------
     def flush(self) -> None:
-        """Write what h2 has to send. Blocks (cooperatively) while the client does not read;
-        raises OSError when the connection failed."""
+        """Have what h2 has to send written: at the end of this turn of the loop by the hub
+        (every stream's frames of the turn in one write), the rest by the writer greenlet.
+        Waits while a client that does not read has more than MAX_PENDING_OUT waiting for it;
+        raises OSError once the connection failed."""
+        if self.broken:
+            raise ConnectionResetError("the HTTP/2 connection failed")
+        data = self._take()  # (taken now and counted: a stream's loop may make megabytes within a turn)
+        if data:
+            self._backlog.append(data)
+            self._backlogged += len(data)
+            if self._backlogged > MAX_PENDING_OUT:
+                self._room.clear()
+        if not (self._busy or self._armed):
+            self._armed = True
+            self._loop.run_callback(self._write_now)
+        if not self._room.is_set() and gevent.getcurrent() is not self._writer:
+            if not self._room.wait(self.settings.read_timeout):
+                raise socket.timeout(f"the client read nothing for {self.settings.read_timeout:g}s")
+            if self.broken:
+                raise ConnectionResetError("the HTTP/2 connection failed")
+
+    def _take(self) -> bytes:
         data = self.conn.data_to_send()
+        if self._raw:
+            data, self._raw = data + self._raw, b""
+        return data
+
+    def _drain(self) -> bytes:
+        """What waits in the backlog and what h2 has now, in order (room again for the senders)."""
+        if not self._backlog:
+            return self._take()
+        data = b"".join(self._backlog) + self._take()
+        self._backlog.clear()
+        self._backlogged = 0
+        self._room.set()
+        return data
+
+    def _write_now(self) -> None:
+        """(In the hub: never waits, never raises.)"""
+        self._armed = False
+        if self._busy or self.broken:
+            return
+        data = self._drain()
         if not data:
             return
-        self.unsent += len(data)
         try:
-            if self.unsent > 4 * MAX_PENDING_OUT:  # (a backstop: every sender waits for its own write)
-                log.info("%s http2: cut: the client reads nothing (over %d bytes wait for it)", self.peer,
-                         4 * MAX_PENDING_OUT)
-                raise ConnectionResetError("the client reads nothing")
-            with self.write_lock:
-                if self.broken:
-                    raise ConnectionResetError("the HTTP/2 connection failed")
-                self.sock.sendall(data)
+            sent = self._send_now(data) if self._send_now is not None else 0
         except OSError:
-            self.broken = self.closed = True  # (part of a frame may have gone: nothing more can follow it)
-            for stream in list(self.streams.values()):
-                stream.on_reset("the connection failed")
-            raise
-        finally:
-            self.unsent -= len(data)
+            self._fail()
+            return
+        if sent < len(data):
+            self._rest = memoryview(data)[sent:] if sent else data
+            self._busy = True
+            if self._writer is None:
+                self._writer = gevent.spawn(self._write_rest)
+            self._wake.set()
+
+    def _write_rest(self) -> None:
+        """The writer greenlet: what the hub could not write, then whatever h2 has, until none."""
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                while True:
+                    data, self._rest = self._rest or self._drain(), b""
+                    if not data:
+                        break
+                    self.sock.sendall(data)
+                self._busy = False
+        except OSError:
+            self._fail()
+
+    def _fail(self) -> None:
+        """A write failed: part of a frame may have gone, nothing more can follow it."""
+        self.broken = self.closed = True
+        self._room.set()
+        for stream in list(self.streams.values()):
+            stream.on_reset("the connection failed")
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # (the reader's wait ends)
+        except OSError:
+            pass
 
     def go_away(self) -> None:
         """The listener drains: GOAWAY now (NO_ERROR, the last stream taken), the open streams
@@ -176,12 +250,10 @@ class H2Server:
         if self.going or self.closed:
             return
         self.going = True
-        frame = GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id,
-                            error_code=h2.errors.ErrorCodes.NO_ERROR).serialize()
+        self._raw += GoAwayFrame(0, last_stream_id=self.conn.highest_inbound_stream_id,
+                                 error_code=h2.errors.ErrorCodes.NO_ERROR).serialize()
         try:
             self.flush()
-            with self.write_lock:
-                self.sock.sendall(frame)
         except OSError:
             pass
         self._wake_if_done()
@@ -246,6 +318,8 @@ class H2Server:
             for stream in list(self.streams.values()):
                 stream.on_reset("the connection ended")
             self.handlers.kill(block=True, timeout=5)
+            if self._writer is not None:
+                self._writer.kill(block=False)
             log.debug("%s http2: done after %d requests %s", self.peer, self.requests, why)
 
     def _goaway(self, code: int) -> None:
@@ -256,11 +330,18 @@ class H2Server:
         self._try_flush()
 
     def _try_flush(self) -> None:
+        """Before the connection closes: write what is left now, waiting a second at most."""
         if self.broken:
             return
         try:
             self.sock.settimeout(1.0)
-            self.flush()
+            if self._busy:  # (the writer greenlet's bytes first)
+                self._room.wait(1.0)
+                gevent.sleep(0)
+            if not self._busy:
+                data = self._drain()
+                if data:
+                    self.sock.sendall(data)
         except OSError:
             pass
 

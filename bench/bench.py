@@ -250,18 +250,23 @@ DisableViaHeader Yes
                         str(self.absolute_script(origin_port)), f"http://127.0.0.1:{proxy_port}/"],
                        capture_output=True, timeout=60)
 
+    def load(self, cmd: list[str], procs=()) -> tuple[str, float, float]:
+        """Run the load generator ``cmd`` on the load CPU -> (its output, the CPU seconds
+        ``procs`` used meanwhile, how busy the load CPU was: 0-1)."""
+        before = cpu_seconds(procs)
+        busy_before, total_before = core_busy()
+        out = subprocess.run(["taskset", "-c", LOAD_CPU, *cmd], capture_output=True, text=True,
+                             timeout=self.seconds + 60).stdout
+        used = cpu_seconds(procs) - before
+        busy_after, total_after = core_busy()
+        return out, used, (busy_after - busy_before) / max(1.0, total_after - total_before)
+
     def run_wrk(self, name: str, args: list[str], section: str, procs=()) -> float:
         """wrk with keep-alive on the load CPU; prints and records req/s and p99 under
         ``section``, and with ``procs`` (the server under test) their CPU time per request,
         steadier than the rate on this machine; returns req/s (0 when wrk failed)."""
-        cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{self.connections}", f"-d{self.seconds}s", "--latency",
-               *args]
-        before = cpu_seconds(procs)
-        busy_before, total_before = core_busy()
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.seconds + 60).stdout
-        used = cpu_seconds(procs) - before
-        busy_after, total_after = core_busy()
-        load = (busy_after - busy_before) / max(1.0, total_after - total_before)
+        out, used, load = self.load(["wrk", "-t1", f"-c{self.connections}", f"-d{self.seconds}s", "--latency", *args],
+                                    procs)
         rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
         total = re.search(r"(\d+) requests in", out)
         p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)

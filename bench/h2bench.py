@@ -17,19 +17,15 @@ import re
 import subprocess
 import sys
 
-from bench import LOAD_BOUND, LOAD_CPU, PROXY_CPU, ROOT, core_busy, cpu_seconds, free_port
+from bench import LOAD_BOUND, LOAD_CPU, PROXY_CPU
+import web
+from web import wmproxy_web
 
 STREAMS = 10  # concurrent streams per connection (h2load -m)
 
 
 def h2load(b, name: str, url: str, procs) -> float:
-    cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-t1", f"-c{b.connections}", f"-m{STREAMS}", f"-D{b.seconds}", url]
-    before = cpu_seconds(procs)
-    busy_before, total_before = core_busy()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=b.seconds + 60).stdout
-    used = cpu_seconds(procs) - before
-    busy_after, total_after = core_busy()
-    load = (busy_after - busy_before) / max(1.0, total_after - total_before)
+    out, used, load = b.load(["h2load", "-t1", f"-c{b.connections}", f"-m{STREAMS}", f"-D{b.seconds}", url], procs)
     rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
     if not rps or not done or not int(done.group(2)):
@@ -43,25 +39,6 @@ def h2load(b, name: str, url: str, procs) -> float:
     b.results.setdefault("h2", {})[name] = {"rps": round(float(rps.group(1))), "cpu_us_per_request": b.last_cpu,
                                             "load_cpu_busy": round(load, 3)}
     return float(rps.group(1))
-
-
-def measure(b, name: str, start, url: str) -> float:
-    before = len(b.procs)
-    port = start()
-    try:
-        return h2load(b, name, f"http://127.0.0.1:{port}{url}", b.procs[before:])
-    finally:
-        for p in b.procs[before:]:
-            b.stop(p)
-
-
-def wmproxy_h2(b, name: str, location: str) -> int:
-    port = free_port()
-    conf = b.tmp / f"{name}.toml"
-    conf.write_text(f'log_level = "warning"\n[[http.server]]\nbind = "127.0.0.1:{port}"\n'
-                    f'[[http.server.location]]\n{location}\n')
-    b.start(name, [sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c", str(conf)], port)
-    return port
 
 
 def nginx_h2(b, name: str, body: str, extra: str = "") -> int:
@@ -120,14 +97,14 @@ def run(b) -> None:
     proxied = 'location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }'
     pool = f"upstream origin {{ server 127.0.0.1:{origin}; keepalive 64; }}"
     runs = [
-        ("nginx h2 static", lambda: measure(b, "nginx h2 static", lambda: nginx_h2(
-            b, "nginx-h2-static", f"location / {{ root {b.www()}; }}"), url)),
-        ("wmproxy h2 static", lambda: measure(b, "wmproxy h2 static", lambda: wmproxy_h2(
-            b, "wmproxy-h2-static", f'file_server = {{ root = "{b.www()}" }}'), url)),
-        ("nginx h2 -> nginx", lambda: measure(b, "nginx h2 -> nginx", lambda: nginx_h2(
-            b, "nginx-h2-proxy", proxied, pool), url)),
-        ("wmproxy h2 -> nginx", lambda: measure(b, "wmproxy h2 -> nginx", lambda: wmproxy_h2(
-            b, "wmproxy-h2-proxy", f'proxy_url = "http://127.0.0.1:{origin}"'), url)),
+        ("nginx h2 static", lambda: web.measure(b, "nginx h2 static", lambda: nginx_h2(
+            b, "nginx-h2-static", f"location / {{ root {b.www()}; }}"), url, h2load)),
+        ("wmproxy h2 static", lambda: web.measure(b, "wmproxy h2 static", lambda: wmproxy_web(
+            b, "wmproxy-h2-static", f'file_server = {{ root = "{b.www()}" }}'), url, h2load)),
+        ("nginx h2 -> nginx", lambda: web.measure(b, "nginx h2 -> nginx", lambda: nginx_h2(
+            b, "nginx-h2-proxy", proxied, pool), url, h2load)),
+        ("wmproxy h2 -> nginx", lambda: web.measure(b, "wmproxy h2 -> nginx", lambda: wmproxy_web(
+            b, "wmproxy-h2-proxy", f'proxy_url = "http://127.0.0.1:{origin}"'), url, h2load)),
     ]
     b.in_rounds("h2", runs, [("wmproxy h2 static / nginx h2 static", "wmproxy h2 static", "nginx h2 static", 0.3),
                              ("wmproxy h2 -> nginx / nginx h2 -> nginx", "wmproxy h2 -> nginx", "nginx h2 -> nginx",

@@ -44,12 +44,14 @@ backend origin
     return port
 
 
-def measure(b, name: str, start, url: str) -> float:
-    """Start a server (``start()`` -> its port), load it with wrk, stop it: one server on the
-    measured CPU at a time."""
+def measure(b, name: str, start, url: str, load=None) -> float:
+    """Start a server (``start()`` -> its port), load it with wrk (or ``load(b, name, full
+    url, the server's processes)``), stop it: one server on the measured CPU at a time."""
     before = len(b.procs)
     port = start()
     try:
+        if load is not None:
+            return load(b, name, f"http://127.0.0.1:{port}{url}", b.procs[before:])
         return b.run_wrk(name, [f"http://127.0.0.1:{port}{url}"], "web", b.procs[before:])
     finally:
         for p in b.procs[before:]:

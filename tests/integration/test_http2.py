@@ -328,7 +328,7 @@ def test_hpack_bomb_is_refused(start_proxy, tmp_path):
     finally:
         s.close()
     log = p.wait_log("http2: cut:")
-    assert "hello" not in log.split("http2: cut:")[0].split("\n")[-1]  # (no access line: nothing was served)
+    assert "Oversized header block" in log and "/hello HTTP/2.0" not in log  # (refused, never served)
     assert h2_curl("--http2-prior-knowledge", f"http://127.0.0.1:{p.port}/hello").stdout.endswith(b"2 200")
 
 
@@ -359,7 +359,7 @@ def test_a_header_value_with_crlf_never_becomes_a_header_upstream(start_proxy, o
         assert status in (None, b"400"), status  # refused by h2 (reset) or by wmproxy (400)
     finally:
         c.close()
-    assert origin.hits == hits and "x-injected" not in str(origin.last_headers if hits else {}).lower()
+    assert origin.hits == hits  # (nothing reached the origin, let alone an X-Injected line)
     # upper case names, a connection-specific header: refused the same way
     c = Client(p.port, validate=False)
     try:

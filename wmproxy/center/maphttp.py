@@ -388,7 +388,7 @@ class MapHttpServer(Listener):
         try:
             for attempt in range(2):
                 try:
-                    conn, _ = route.h2.get(lambda: cast(socket.socket, link.open_stream(CreateMode.HTTP, route.name)),
+                    conn = route.h2.get(lambda: cast(socket.socket, link.open_stream(CreateMode.HTTP, route.name)),
                                            f"mapping {route.name}")
                 except (UpstreamError, ConnectionError) as e:
                     answer.reply(client, 502, f"the mapped service cannot be reached: {e}")

@@ -70,6 +70,23 @@ _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")  # a lowercase token: an h2 fi
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")
 
 
+def send_room(conn: h2.connection.H2Connection, sid: int, window: Event, timeout: Optional[float], what: str) -> int:
+    """The DATA bytes stream ``sid`` may send now (a frame's at most, within both of the
+    peer's windows), else 0 after waiting for ``window`` (set on WINDOW_UPDATE, or when the
+    stream ends: the caller looks at its stream again). Raises socket.timeout after ``timeout``
+    without a window, ConnectionResetError when h2 has closed the stream."""
+    try:
+        room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+    except h2.exceptions.H2Error as e:
+        raise ConnectionResetError(f"{what}: {e}") from None
+    if room > 0:
+        return room
+    window.clear()
+    if not window.wait(timeout):
+        raise socket.timeout(f"{what}: no window from the peer for {timeout:g}s")
+    return 0
+
+
 class Budget:
     """A token bucket: :meth:`spend` is False once the burst is spent faster than it refills."""
 
@@ -675,15 +692,8 @@ class H2Stream:
                 if end:
                     self._call(conn.end_stream, sid)
                 return
-            try:
-                room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-            except h2.exceptions.H2Error as e:
-                raise ConnectionResetError(f"HTTP/2 stream {sid}: {e}") from None
-            if room <= 0:
-                self.window.clear()
-                if not self.window.wait(owner.settings.read_timeout):
-                    raise socket.timeout(f"HTTP/2 stream {sid}: no window from the client "
-                                         f"for {owner.settings.read_timeout:g}s")
+            room = send_room(conn, sid, self.window, owner.settings.read_timeout, f"HTTP/2 stream {sid}")
+            if not room:
                 continue
             piece, view = view[:room], view[room:]
             last = end and not view

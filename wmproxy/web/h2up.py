@@ -39,7 +39,7 @@ from ..net.reader import PeerClosed, Reader
 from ..net.throttle import Throttled
 from ..prot import http1
 from ..prot.framing import NO_BODY
-from .h2 import H2Stream
+from .h2 import H2Stream, send_room
 
 log = logging.getLogger("wmproxy.http")
 
@@ -217,6 +217,7 @@ class UpStream:
     def put(self, event: tuple[str, object, int]) -> None:
         if event[0] in ("end", "reset"):
             self.done = True
+            self.window.set()  # (a sender waiting for a window finds the stream over)
         self.events.append(event)
         self.ready.set()
 
@@ -251,14 +252,8 @@ class UpStream:
         while view:
             if owner.closed or self.done:
                 raise ConnectionResetError(f"the stream to {owner.label} ended")
-            try:
-                room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-            except h2.exceptions.H2Error as e:
-                raise ConnectionResetError(f"HTTP/2 to {owner.label}: {e}") from None
-            if room <= 0:
-                self.window.clear()
-                if not self.window.wait(timeout):
-                    raise socket.timeout(f"the server {owner.label} granted no window for {timeout:g}s")
+            room = send_room(conn, sid, self.window, timeout, f"HTTP/2 to {owner.label}")
+            if not room:
                 continue
             piece, view = view[:room], view[room:]
             try:
@@ -291,13 +286,13 @@ class H2Pool:
     def __init__(self) -> None:
         self.conns: list[H2Upstream] = []
 
-    def get(self, dial: Callable[[], socket.socket], label: str) -> tuple[H2Upstream, bool]:
-        """A connection to send a request on, and whether it was open already. Raises
+    def get(self, dial: Callable[[], socket.socket], label: str) -> H2Upstream:
+        """A connection to send a request on: an open one with room, else a new one. Raises
         UpstreamError when a new one cannot be made."""
         self.conns = [c for c in self.conns if not c.closed]
         for conn in self.conns:
             if conn.usable:
-                return conn, True
+                return conn
         sock = dial()
         try:
             conn = H2Upstream(sock, label)
@@ -305,7 +300,7 @@ class H2Pool:
             sock.close()
             raise UpstreamError(f"HTTP/2 with {label}: {e}") from None
         self.conns.append(conn)
-        return conn, False
+        return conn
 
     def close(self) -> None:
         for conn in self.conns:

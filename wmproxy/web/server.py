@@ -729,7 +729,7 @@ class WebServer(Listener):
         failure = "no server tried"
         for server in servers:
             try:
-                conn, _ = group.h2_connection(server, loc.proxy_connect_timeout)
+                conn = group.h2_connection(server, loc.proxy_connect_timeout)
             except UpstreamError as e:
                 server.failed(str(e))
                 failure = str(e)

@@ -175,9 +175,9 @@ class UpstreamGroup:
             conn.close()
         return self._dial(server, timeout), False
 
-    def h2_connection(self, server: ServerState, timeout: float) -> tuple[H2Upstream, bool]:
+    def h2_connection(self, server: ServerState, timeout: float) -> H2Upstream:
         """An HTTP/2 connection to ``server`` with room for one more stream (an open one, or a
-        new one) and whether it was open already. Raises UpstreamError."""
+        new one). Raises UpstreamError."""
         return server.h2.get(lambda: self._dial_sock(server, timeout), server.addr)
 
     def _dial(self, server: ServerState, timeout: float, header: bytes = b"") -> Conn:

@@ -47,7 +47,7 @@ run: $(VENV)/.installed
 	$(BIN)/python bin/wmproxy-server $(ARGS)
 
 test: $(VENV)/.installed-test $(VENV)/wheelhouse/.done
-	@tools/apt-need curl:curl ip:iproute2 unshare:util-linux nginx:nginx haproxy:haproxy logrotate:logrotate systemd-analyze:systemd goaccess:goaccess groff:groff-base node:nodejs chromium:chromium chromedriver:chromium-driver nghttp:nghttp2-client
+	@tools/apt-need curl:curl ip:iproute2 unshare:util-linux nginx:nginx haproxy:haproxy logrotate:logrotate systemd-analyze:systemd goaccess:goaccess groff:groff-base node:nodejs chromium:chromium chromedriver:chromium-driver nghttp:nghttp2-client pebble:pebble
 	$(BIN)/mypy --strict wmproxy/prot wmproxy/net wmproxy/metrics.py wmproxy/logs.py wmproxy/service.py wmproxy/services.py
 	$(BIN)/mypy --disallow-untyped-defs --disallow-incomplete-defs wmproxy
 	WMPROXY_REQUIRE_SPEEDUPS=1 tools/in-netns $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -29,6 +29,8 @@ from gevent.lock import Semaphore
 from . import __version__, config
 from .config import Addr, CenterConfig, Config, ProxyConfig
 from .errors import ConfigError
+from .acme.client import Directory
+from .acme.manager import AcmeManager, AcmeSettings
 from .center.client import CenterClient, default_client_id
 from .center.mapping import MappingRegistry
 from .center.server import CenterServer
@@ -153,6 +155,7 @@ class App:
         self.proxy_quotas: dict = {}  # [[proxy.users]] counts and buckets of the streams served as a forward proxy
         self.draining: list[Listener] = []
         self._registry: Optional[MappingRegistry] = None  # the center server's, once listening (_apply)
+        self.acme: Optional[AcmeManager] = None  # obtains and renews ACME certificates (in one process)
         self.started_at = time.time()
         self.loaded_at = time.time()
         self.reloads = 0
@@ -239,9 +242,32 @@ class App:
             if specs[k].kind == "proxy":
                 _warn_if_open(specs[k].settings.proxy)
         self._registry = self._find_registry()
+        self._follow_acme(new)
         names = lambda keys: [f"{kind} {bind}" for kind, bind in keys]  # noqa: E731
         return {"added": names(added), "removed": names(removed), "changed": names(changed),
                 "unchanged": len(specs) - len(added) - len(changed)}
+
+    def _follow_acme(self, new: Config) -> None:
+        """Start, update or stop the ACME manager (in the process that runs the center client:
+        alone, or worker 0; the others serve its certificates from acme_dir)."""
+        settings = acme_settings(new) if self.role.center_client else None
+        if settings is None:
+            if self.acme is not None:
+                self.acme.stop()
+                self.acme = None
+        elif self.acme is None:
+            self.acme = AcmeManager(settings, self._mapping_domains)
+            self.acme.start()
+        else:
+            self.acme.update(settings)
+
+    def _mapping_domains(self) -> list[tuple[str, str]]:
+        """(domain, source) of the https mappings whose TLS ends here, while their client is linked."""
+        registry = self._registry
+        if registry is None:
+            return []
+        return [(route.domain, f"mapping {route.name} of {route.owner}") for routes in list(registry.routes.values())
+                for route in routes if route.mode == "https" and not route.passthrough and route.online]
 
     def _client_cfg(self) -> Optional[CenterConfig]:
         return _center_client_cfg(self.cfg) if self.role.center_client else None
@@ -492,6 +518,7 @@ class App:
             "mappings": [row for source in sources for row in source.mapping_status()],
             "upstreams": merge_servers([*(row for group in self.http_groups.values() for row in group.status()),
                                         *(row for source in sources for row in source.upstream_status())]),
+            "certificates": self.acme.status() if self.acme is not None else [],
             "process": process,
             "recent_errors": logs.recent(),
         }
@@ -512,6 +539,8 @@ class App:
             self._watcher.kill(block=False)
         if self.center_client is not None:
             self.center_client.stop()
+        if self.acme is not None:
+            self.acme.stop()
         everything = [*self.listeners.values(), *self.draining]
         left = drain_all(everything, grace)
         if left:
@@ -549,6 +578,16 @@ def serve_until(stopped: Event, actions: dict[signal.Signals, Callable[[], objec
         for h in handlers:
             h.cancel()
     log.info("stopped")
+
+
+def acme_settings(cfg: Config) -> Optional[AcmeSettings]:
+    """What the ACME manager works from, or None when no certificate comes from ACME."""
+    if not cfg.uses_acme:
+        return None
+    names = tuple((name, f"http.server[{i}]") for i, srv in enumerate(cfg.http.server if cfg.http else ())
+                  if srv.acme for name in srv.server_name)
+    return AcmeSettings(Directory(cfg.acme_directory, cfg.acme_email, cfg.acme_ca), cfg.acme_path,
+                        cfg.acme_challenge_type, names, cfg.center is not None and cfg.center.map_acme)
 
 
 def _center_client_cfg(cfg: Config) -> Optional[CenterConfig]:

@@ -265,8 +265,13 @@ def api_upstreams(st: dict) -> list[dict]:
 MAX_CONNECTIONS_LISTED = 10000  # GET /api/connections?limit=
 STATUS_TOP = 10  # the connections `status` shows
 
+def api_certificates(st: dict) -> list[dict]:
+    """The ACME certificates: one row per name wanted."""
+    return list(st.get("certificates", []))
+
+
 _LISTS = {"/api/clients": api_clients, "/api/mappings": api_mappings, "/api/listeners": api_listeners,
-          "/api/upstreams": api_upstreams}
+          "/api/upstreams": api_upstreams, "/api/certificates": api_certificates}
 
 
 def _api(client: Conn, method: str, path: str, query: str, process: ProcessControl) -> None:
@@ -395,6 +400,12 @@ def metrics_text(st: dict) -> str:
            [(labels, c["rtt"]) for labels, c in links if c.get("rtt") is not None])
     metric("wmproxy_center_link_bytes_total", "counter", "Bytes a center link carried (frames, both ways).",
            [({**labels, "direction": d}, c[f"bytes_{d}"]) for labels, c in links for d in ("in", "out")])
+    certs = [({"name": c["name"]}, c) for c in st.get("certificates", [])]
+    metric("wmproxy_certificate_expiry_timestamp_seconds", "gauge", "When an ACME certificate expires (seconds since "
+           "the epoch; none while a name has no certificate).",
+           [(labels, c["not_after"]) for labels, c in certs if c["not_after"]])
+    metric("wmproxy_certificate_renewal_failures", "gauge", "Failed attempts in a row to obtain a name's certificate.",
+           [(labels, c["failures"]) for labels, c in certs])
     metric("wmproxy_reloads_total", "counter", "Configuration reloads applied.", [({}, st["reloads"])])
     metric("wmproxy_reload_failures_total", "counter", "Configuration reloads refused (old one kept).",
            [({}, st["reload_failures"])])
@@ -528,7 +539,20 @@ def format_status(st: dict) -> str:
              str(u["failures"]), "-" if u["last_check"] is None else
              f"{_duration(time.time() - u['last_check'])} ago, {'ok' if u['last_check_ok'] else 'FAILED'}")
             for u in upstreams])
+    certs = st.get("certificates", [])
+    if certs:
+        lines += ["", f"certificates (ACME): {len(certs)}"]
+        lines += _table(("NAME", "STATE", "ISSUER", "EXPIRES", "RENEWAL", "SOURCE", "LAST ERROR"), [
+            (c["name"], c["state"], c["issuer"] or "-", _stamp(c["not_after"]), _stamp(c["next_renewal"]) if
+             c["next_attempt"] is None else f"retry {_stamp(c['next_attempt'])}", c["source"], c["last_error"] or "-")
+            for c in certs])
     return "\n".join(lines)
+
+
+def _stamp(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:

@@ -727,6 +727,7 @@ def merge_status(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out["recent_errors"] = sorted((e for st in parts for e in st.get("recent_errors", [])),
                                   key=lambda e: float(e["time"]))[-50:]
     out["mappings"] = [m for st in parts for m in st["mappings"]]
+    out["certificates"] = [c for st in parts for c in st.get("certificates", [])]  # (worker 0's: it runs ACME)
     out["upstreams"] = merge_servers([u for st in parts for u in st["upstreams"]])
     out["process"] = {name: sum(st["process"][name] for st in parts)
                       for name in ("rss_bytes", "cpu_percent", "cpu_seconds", "open_fds", "threads")}

@@ -484,7 +484,7 @@ def test_passthrough_only_server_without_map_cert(pair, tls_origin):
     p.client = p.start_client(tail=passthrough_mapping("private-tls", tls_origin.port, "localhost") +
                               http_mapping("ended", 1, "ended.test").replace('"http"', '"https"'))
     p.client.wait_log("mapping 'private-tls' published")
-    p.client.wait_log("mapping 'ended' refused by the server: this server has no map_cert to end TLS with")
+    p.client.wait_log("mapping 'ended' refused by the server: this server has no map_cert (nor map_acme) to end TLS with")
     wait_port(web)
     for _ in range(3):  # several connections, each relayed on its own stream
         r = curl("--cacert", str(tls_origin.ca_file), f"https://localhost:{web}/whoami")

@@ -141,6 +141,37 @@ def test_http2_keys():
     assert e.value.path == "http.server[1].http2" and "same http2" in str(e.value)
 
 
+def test_acme_keys():
+    def server(**extra):
+        return {"bind": "127.0.0.1:8443", "location": [{"static_response": "x"}], **extra}
+
+    cfg = config.load(None, default={"acme_dir": "/tmp/acme-x", "http": {"server": [
+        server(server_name=["a.test"], acme=True), server(bind="127.0.0.1:80")]}})
+    assert cfg.uses_acme and cfg.http.server[0].tls and not cfg.http.server[1].tls
+    assert cfg.acme_directory == "https://acme-v02.api.letsencrypt.org/directory"
+    assert cfg.acme_challenge_type == "http-01"  # a plain server on port 80
+    cfg = config.load(None, default={"http": {"server": [server(server_name=["a.test"], acme=True)]}})
+    assert cfg.acme_challenge_type == "tls-alpn-01" and cfg.acme_path.endswith("/acme")
+    cases = [
+        ({"http": {"server": [server(acme=True)]}}, "http.server[0].server_name", "needs server_name"),
+        ({"http": {"server": [server(acme=True, server_name=["a.test"], cert="c.pem", key="k.pem")]}},
+         "http.server[0].acme", "remove cert and key"),
+        ({"http": {"server": [server(acme=True, server_name=["a.test"]), server(server_name=["b.test"])]}},
+         "http.server[1].cert", "all TLS"),
+        ({"acme_challenge": "http-01", "http": {"server": [server(acme=True, server_name=["a.test"])]}},
+         "acme_challenge", "plain HTTP"),
+        ({"acme_directory": "http://ca.test/dir"}, "acme_directory", "https URL"),
+        ({"acme_email": "not an address"}, "acme_email", "e-mail"),
+        ({"acme_challenge": "dns-01"}, "acme_challenge", "auto"),
+        ({"center": {"bind": "127.0.0.1:9000", "tls": False, "map_acme": True}}, "center.map_acme", "map_https_bind"),
+    ]
+    for doc, path, text in cases:
+        doc.setdefault("http", {"server": [server()]})
+        with pytest.raises(ConfigError) as e:
+            config.load(None, default=doc)
+        assert e.value.path == path and text in str(e.value), (path, e.value.path, str(e.value))
+
+
 def test_http2_upstreams():
     loc = lambda url: {"bind": "127.0.0.1:8080", "location": [{"proxy_url": url}]}  # noqa: E731
     for url in ("grpc://127.0.0.1:50051", "grpcs://api.test", "h2c://app/v1/", "https://app"):

@@ -1,4 +1,5 @@
-"""The SNI of real ClientHellos (made by Python's ssl), whole, cut short, split over records."""
+"""The SNI and ALPN of real ClientHellos (made by Python's ssl), whole, cut short, split over
+records."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wmproxy.errors import NeedMore, ProtocolError
-from wmproxy.prot.tls import client_hello_sni
+from wmproxy.prot.tls import client_hello as parse_hello, client_hello_sni
 
 
-def client_hello(name: str | None) -> bytes:
+def client_hello(name: str | None, alpn: list[str] | None = None) -> bytes:
     ctx = ssl.create_default_context()
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     if name is None:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -32,6 +35,23 @@ def test_sni_of_a_real_client_hello(name):
     for cut in range(len(hello)):
         with pytest.raises(NeedMore):
             client_hello_sni(hello[:cut])
+
+
+@pytest.mark.parametrize("alpn", [["acme-tls/1"], ["h2", "http/1.1"], None])
+def test_alpn_of_a_real_client_hello(alpn):
+    hello = client_hello("v.example.com", alpn)
+    assert parse_hello(hello) == ("v.example.com", tuple(alpn or ()))
+    for cut in range(len(hello)):
+        with pytest.raises(NeedMore):
+            parse_hello(hello[:cut])
+
+
+def test_a_malformed_alpn_list_is_refused():
+    hello = bytearray(client_hello("v.example.com", ["acme-tls/1"]))
+    at = hello.index(b"\x0aacme-tls/1")
+    hello[at] = 0x20  # an entry longer than the list
+    with pytest.raises(ProtocolError, match="ALPN"):
+        parse_hello(bytes(hello))
 
 
 def test_no_sni_is_empty():
@@ -60,6 +80,7 @@ def test_never_anything_but_a_name_need_more_or_protocol_error(noise, at):
     at = min(at, len(hello) - 1)
     for data in (bytes(noise), bytes(hello[:at]) + noise, b"\x16\x03\x01" + noise):
         try:
-            assert isinstance(client_hello_sni(data), str)
+            name, alpn = parse_hello(data)
+            assert isinstance(name, str) and all(isinstance(p, str) for p in alpn)
         except (NeedMore, ProtocolError):
             pass

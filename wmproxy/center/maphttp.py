@@ -21,6 +21,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Optional, cast
 
 import gevent
@@ -37,6 +38,7 @@ from ..net.reader import PeerClosed, Reader, peek_message
 from ..net.live import current
 from ..net.relay import RelayStats, relay
 from ..net.throttle import Bucket, Quota, Throttled, enter_all
+from ..net.certstore import ACME_TLS_ALPN, CHALLENGE_PATH, CertStore, answer_tls_alpn
 from ..net.tls import sni_server_context
 from ..net.writer import close_quietly
 from ..net.proxyproto import ProxyProtocolIn, policy
@@ -45,7 +47,7 @@ from ..prot.framing import Framing, request_framing
 from ..prot.target import host_name
 from ..prot.rules import apply_header_rules
 from ..prot.frame import CreateMode
-from ..prot.tls import client_hello_sni
+from ..prot.tls import client_hello
 from ..errors import UpstreamError
 from ..web import h2up
 from ..web.h2 import PREFACE_HEAD, H2Connections, H2Settings, H2Stream
@@ -64,14 +66,27 @@ _DROP = frozenset((b"x-forwarded-for", b"x-forwarded-proto"))
 
 class MapHttpContext:
     def __init__(self, services: Services, idle_timeout: float, scheme: str, certs: tuple, head_timeout: float,
-                 http2: bool) -> None:
+                 http2: bool, acme_dir: str = "", acme: bool = False) -> None:
         self.registry = services.mapping_registry  # the center server's, for the configuration in force
         self.head_timeout = head_timeout
         self.idle_timeout = idle_timeout
         self.scheme = scheme  # "http" or "https": which mappings, and X-Forwarded-Proto
         alpn = ("h2", "http/1.1") if http2 else ()
-        self.ssl = sni_server_context(list(certs), alpn=alpn) if scheme == "https" and certs else None
+        # ACME's store: http-01 answers (http), certificates of the mappings' domains (https, map_acme)
+        self.certs = CertStore(acme_dir) if acme_dir else None
+        self.acme = acme and self.certs is not None and scheme == "https"
+        dynamic = partial(self._acme_context, alpn) if self.acme else None
+        self.ssl = sni_server_context(list(certs), alpn=alpn, dynamic=dynamic) \
+            if scheme == "https" and (certs or dynamic) else None
         self.h2 = H2Settings(H2_STREAMS, H2_TABLE, MAX_HEAD, idle_timeout, head_timeout) if http2 else None
+
+    def _acme_context(self, alpn: tuple, name: str) -> Optional[ssl.SSLContext]:
+        """The ACME certificate of an https mapping's domain (map_acme), while one is registered."""
+        registry = self.registry()
+        route = registry.find_route(name, "https") if registry is not None and name else None
+        if route is None or route.passthrough or route.domain != name or self.certs is None:
+            return None
+        return self.certs.context_for(name, alpn)
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,8 @@ class MapHttpSettings:
     head_timeout: float  # [proxy]'s handshake_timeout
     proxy_in: ProxyProtocolIn | None = None  # [center] map_proxy_protocol
     http2: bool = True  # [center] map_http2
+    acme_dir: str = ""  # ACME's store ('': no certificate here comes from ACME)
+    acme: bool = False  # https: [center] map_acme
 
 
 class MapHttpServer(Listener):
@@ -101,7 +118,7 @@ class MapHttpServer(Listener):
     def make_context(self, settings: MapHttpSettings, services: Services) -> MapHttpContext:
         self.kind = f"map-{settings.scheme}"
         return MapHttpContext(services, settings.idle_timeout, settings.scheme, settings.certs, settings.head_timeout,
-                              settings.http2)
+                              settings.http2, settings.acme_dir, settings.acme)
 
     def drain(self, grace: float) -> int:
         self.h2.go_away()
@@ -185,9 +202,13 @@ class MapHttpServer(Listener):
         TLS handshake sees them all."""
         peer = fmt_addr(address[0], address[1])
         try:
-            sni = peek_message(client, client_hello_sni, HELLO_TIMEOUT)
+            sni, alpn = peek_message(client, client_hello, HELLO_TIMEOUT)
         except ProtocolError as e:
             log.info("%s map-https: not a TLS ClientHello: %s", peer, e)
+            return True
+        if ctx.acme and ACME_TLS_ALPN in alpn and ctx.certs is not None and ctx.certs.alpn_pending() and \
+                answer_tls_alpn(client, ctx.certs, HELLO_TIMEOUT):
+            log.info("%s map-https SNI %s: answered an ACME tls-alpn-01 validation", peer, sni)
             return True
         registry = ctx.registry()
         route = registry.find_route(sni, "https") if registry is not None and sni else None
@@ -269,6 +290,14 @@ class MapHttpServer(Listener):
                up: "RouteStream", watch: ConnWatch, answer: "Answer") -> bool:
         """Route one request by its Host and pass it on; returns whether the connection stays open."""
         framing = request_framing(head)
+        if ctx.certs is not None and ctx.scheme == "http" and head.target.startswith(CHALLENGE_PATH):
+            key_authorization = ctx.certs.http_answer(head.target[len(CHALLENGE_PATH):])
+            if key_authorization is not None:  # (else the mapping's service has the path)
+                answer.status = 200
+                client.sendall(http1.simple_response(200, key_authorization.decode("ascii", "replace"),
+                                                     [(b"Content-Type", b"text/plain")], close=True, exact=True))
+                log.info("%s map-http: answered an ACME http-01 validation", peer_ip)
+                return False
         host = (head.get(b"host") or b"").decode("latin-1").strip()
         name = host_name(host)
         registry = ctx.registry()
@@ -557,13 +586,14 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
     if c.map_http_bind is not None:
         specs.append(ListenerSpec("map-http", c.map_http_bind,
                                   MapHttpSettings(c.map_http_bind, idle, "http", (), c.max_connections_per_ip, head,
-                                                  pp, c.map_http2),
+                                                  pp, c.map_http2, cfg.acme_path if cfg.uses_acme else ""),
                                   "center.map_http_bind", MapHttpServer))
     if c.map_https_bind is not None:
         certs = tuple(zip(c.map_cert, c.map_key))
         specs.append(ListenerSpec("map-https", c.map_https_bind,
                                   MapHttpSettings(c.map_https_bind, idle, "https", certs, c.max_connections_per_ip,
-                                                  head, pp, c.map_http2),
+                                                  head, pp, c.map_http2, cfg.acme_path if c.map_acme else "",
+                                                  c.map_acme),
                                   "center.map_https_bind", MapHttpServer,
                                   (lambda: sni_server_context(list(certs))) if certs else None))
     return specs

@@ -430,7 +430,7 @@ class MappingRegistry:
         mode = m.mode.partition("+")[0]
         if mode not in host_modes:
             if mode == "https" and "tls" in host_modes:
-                return "this server has no map_cert to end TLS with (tls_passthrough mappings only)"
+                return "this server has no map_cert (nor map_acme) to end TLS with (tls_passthrough mappings only)"
             listener = "map_https_bind" if mode == "tls" else f"map_{mode}_bind"
             return f"this server has no {listener} for {'https' if mode == 'tls' else mode} mappings"
         domain = m.domain.strip().lower()

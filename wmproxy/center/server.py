@@ -323,13 +323,13 @@ def _holder(login: handshake.Login, peer: str) -> str:
 
 def _host_modes(cfg: CenterConfig) -> frozenset:
     """The mapping modes routed by name that this server has a listener for: http (by Host),
-    https (TLS ended here: needs map_cert) and tls (https passed through by SNI)."""
+    https (TLS ended here: needs map_cert, or map_acme) and tls (https passed through by SNI)."""
     modes = set()
     if cfg.map_http_bind:
         modes.add("http")
     if cfg.map_https_bind:
         modes.add("tls")
-        if cfg.map_cert:
+        if cfg.map_cert or cfg.map_acme:
             modes.add("https")
     return frozenset(modes)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -44,6 +45,7 @@ __all__ = [
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 ACCESS_FORMATS = ("wmproxy", "combined")
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,17 @@ class Config:
     control: Optional[Addr] = key(optional_addr, None, "control API address ('' disables)")
     control_token: str = key(to_str, "", "bearer token the control API requires")
     watch: bool = key(to_bool, False, "reload when the config file changes")
+    acme_directory: str = key(to_str, LETS_ENCRYPT, "the ACME directory ([[http.server]] acme, [center] map_acme) "
+                              "certificates are asked from (an https URL; Let's Encrypt's by default)")
+    acme_email: str = key(to_str, "", "contact address of the ACME account (the directory's expiry notices)")
+    acme_dir: str = key(to_str, "", "where the ACME account key, the certificates (keys 0600) and the challenge "
+                        "answers live (default: [center] state_dir's default, then /acme)")
+    acme_ca: str = key(to_str, "", "CA file the directory's TLS is verified with ('' = the system store): a private "
+                       "ACME CA's")
+    acme_challenge: str = key(one_of(("auto", "http-01", "tls-alpn-01")), "auto", "how names are proven: http-01 "
+                              "answered by the plain [http] listeners and map_http_bind (the directory asks on port "
+                              "80), tls-alpn-01 answered on the TLS listener itself (port 443); auto: http-01 when "
+                              "one of those listens on port 80, else tls-alpn-01")
     dns: Optional[DnsConfig] = section(DnsConfig, "name resolution")
     proxy: Optional[ProxyConfig] = section(ProxyConfig, "forward proxy")
     stream: Optional[StreamConfig] = section(StreamConfig, "layer-4 forwarding")
@@ -85,9 +98,52 @@ class Config:
             raise Invalid("in a center client the local proxy's traffic is served by the center server's "
                           "forward proxy: set username/password in the server's [proxy]",
                           ".proxy.username" if self.proxy.username else ".proxy.users")
+        self._validate_acme()
         if self.control is not None and not self.control.is_loopback and not self.control_token:
             raise Invalid(f"{self.control} is reachable from other hosts: set control_token, or bind the "
                           "control API to a loopback address", ".control")
+
+    def _validate_acme(self) -> None:
+        if not re.match(r"^https://[^/\s]+(/\S*)?$", self.acme_directory):
+            raise Invalid(f"expected the https URL of an ACME directory like {LETS_ENCRYPT!r}, got "
+                          f"{self.acme_directory!r}", ".acme_directory")
+        if self.acme_email and not re.match(r"^[^@\s:/]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$", self.acme_email):
+            raise Invalid(f"expected an e-mail address like 'ops@example.com', got {self.acme_email!r}", ".acme_email")
+        if self.acme_ca and not os.path.isfile(self.acme_ca):
+            raise Invalid(f"no such file: {self.acme_ca}", ".acme_ca")
+        if self.acme_challenge == "http-01" and self.uses_acme and not self.plain_http_binds:
+            raise Invalid("http-01 is answered on plain HTTP: add an [[http.server]] without TLS (on port 80) or "
+                          "[center] map_http_bind, or use tls-alpn-01", ".acme_challenge")
+
+    @property
+    def uses_acme(self) -> bool:
+        """Whether some certificate comes from ACME (an [http] server's acme, [center] map_acme)."""
+        return (self.http is not None and any(s.acme for s in self.http.server)) or \
+            (self.center is not None and self.center.map_acme)
+
+    @property
+    def plain_http_binds(self) -> list[Addr]:
+        """The plain HTTP listeners that answer http-01: [http] binds without TLS, map_http_bind."""
+        binds = [b for s in self.http.server if not s.tls for b in s.bind] if self.http is not None else []
+        if self.center is not None and self.center.is_server and self.center.map_http_bind is not None:
+            binds.append(self.center.map_http_bind)
+        return binds
+
+    @property
+    def acme_challenge_type(self) -> str:
+        """acme_challenge with auto decided: http-01 when a plain listener takes port 80."""
+        if self.acme_challenge != "auto":
+            return self.acme_challenge
+        return "http-01" if any(b.port == 80 for b in self.plain_http_binds) else "tls-alpn-01"
+
+    @property
+    def acme_path(self) -> str:
+        """acme_dir, or its default."""
+        if self.acme_dir:
+            return self.acme_dir
+        from ..center.trust import default_state_dir
+
+        return os.path.join(self.center.state_path if self.center is not None else default_state_dir(), "acme")
 
     @property
     def worker_count(self) -> int:

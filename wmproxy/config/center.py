@@ -74,6 +74,9 @@ class CenterConfig:
     map_cert: tuple = key(list_of(to_str), (), "server: PEM certificates for map_https_bind (chosen by SNI; none: "
                                                "only tls_passthrough mappings)")
     map_key: tuple = key(list_of(to_str), (), "server: their keys, in the same order")
+    map_acme: bool = key(to_bool, False, "server: certificates for the domain of every https mapping whose TLS ends "
+                                         "here, obtained and renewed from the ACME directory (acme_directory) while "
+                                         "its client is linked")
     auth_fail_limit: int = key(int_range(0, 1_000_000), 10, "server: failed link logins from one address within "
                                                             "auth_fail_window before it is refused (0: never)")
     auth_fail_window: float = key(to_duration, 60.0, "server: the window of auth_fail_limit, and how long an "
@@ -111,6 +114,9 @@ class CenterConfig:
             raise Invalid("client_ca = \"pin\" is for a TLS center server", ".client_ca")
         if self.ca == "pin" and (self.bind is not None or not self.tls):
             raise Invalid("ca = \"pin\" is for a TLS center client", ".ca")
+        if self.map_acme and (self.bind is None or self.map_https_bind is None):
+            raise Invalid("map_acme gets certificates for map_https_bind: set map_https_bind (on a center server)",
+                          ".map_acme")
         if len(self.map_cert) != len(self.map_key):
             raise Invalid("map_cert and map_key need one key per certificate", ".map_key")
         if bool(self.username) != bool(self.password):

@@ -281,6 +281,8 @@ class HttpServerConfig:
     http2_header_table_size: int = key(int_range(0, 65536), 4096, "the HPACK table the client may fill "
                                                                  "(SETTINGS_HEADER_TABLE_SIZE); max_header_size bounds "
                                                                  "a decoded header list")
+    acme: bool = key(to_bool, False, "TLS on this server's binds with certificates for each server_name obtained and "
+                                     "renewed from the ACME directory (acme_directory), instead of cert and key")
     cert: str = key(to_str, "", "PEM certificate: TLS on this server's binds")
     # last: from here on, 'key' in this class body names this field, not the declaring function
     key: str = key(to_str, "", "PEM private key for cert")
@@ -289,7 +291,11 @@ class HttpServerConfig:
         check_proxy_protocol(self.proxy_protocol, self.proxy_protocol_from, "proxy_protocol")
         if bool(self.cert) != bool(self.key):
             raise Invalid("cert and key go together", ".key")
-        if self.http2 == "h2c" and self.cert:
+        if self.acme and self.cert:
+            raise Invalid("acme = true obtains this server's certificates: remove cert and key, or acme", ".acme")
+        if self.acme and not self.server_name:
+            raise Invalid("acme = true needs server_name: the names to obtain certificates for", ".server_name")
+        if self.http2 == "h2c" and self.tls:
             raise Invalid("h2c is HTTP/2 without TLS, and this server has a cert: true offers h2 by ALPN", ".http2")
         if not self.location:
             raise Invalid("a server needs at least one location", ".location")
@@ -309,6 +315,11 @@ class HttpServerConfig:
             if target.startswith("@") and target not in names:
                 raise Invalid(f"no location named {target} on this server (named: {', '.join(names) or 'none'})",
                               where)
+
+    @property
+    def tls(self) -> bool:
+        """Whether its binds speak TLS (a cert, or ACME's)."""
+        return bool(self.cert) or self.acme
 
 
 @dataclass(frozen=True)
@@ -383,9 +394,9 @@ class HttpConfig:
         for i, srv in enumerate(self.server):
             for bind in srv.bind:
                 j, first = first_on.setdefault(str(bind), (i, srv))
-                if bool(first.cert) != bool(srv.cert):
+                if first.tls != srv.tls:
                     raise Invalid(f"{bind} is shared with server[{j}]: servers on one address are all TLS "
-                                  f"(cert and key) or none", f".server[{i}].cert")
+                                  f"(cert and key, or acme) or none", f".server[{i}].cert")
                 if (bool(first.http2), first.http2_max_concurrent_streams, first.http2_header_table_size) != (
                         bool(srv.http2), srv.http2_max_concurrent_streams, srv.http2_header_table_size):
                     raise Invalid(f"{bind} is shared with server[{j}]: servers on one address have the same http2, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from typing import Callable
 
 from ..errors import ConfigError
 
@@ -61,10 +62,13 @@ def client_context(ca: str = "", cert: str = "", key: str = "", ca_key: str = "c
 
 
 def sni_server_context(pairs: list[tuple[str, str]], keys: list[tuple[str, str]] | None = None,
-                       alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+                       alpn: tuple[str, ...] = (),
+                       dynamic: Callable[[str], ssl.SSLContext | None] | None = None) -> ssl.SSLContext:
     """A server context over several certificates: the client's SNI picks the one whose names
     match (exact, then '*.' wildcard), else the first; ``alpn``: the protocols offered, in
-    order of preference ("h2", "http/1.1"). Raises ConfigError naming the config keys of the
+    order of preference ("h2", "http/1.1"). ``dynamic(name)``: a context for a name the files
+    do not cover, asked at each handshake (ACME's certificates, '' for a client that names
+    none): it may change between handshakes. Raises ConfigError naming the config keys of the
     file at fault: ``keys`` (cert key, key key) per pair, else center.map_cert[i] and
     center.map_key[i]."""
     contexts = []
@@ -76,19 +80,33 @@ def sni_server_context(pairs: list[tuple[str, str]], keys: list[tuple[str, str]]
         what, key_what = keys[i] if keys else (f"center.map_cert[{i}]", f"center.map_key[{i}]")
         _load_chain(ctx, cert, key, what, key_what)
         contexts.append((_cert_names(cert), ctx))
-    first = contexts[0][1]
+    if contexts:
+        first = contexts[0][1]
+    else:  # (certificates come from ``dynamic`` alone: a handshake it has none for fails)
+        first = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        first.minimum_version = ssl.TLSVersion.TLSv1_2
+        if alpn:
+            first.set_alpn_protocols(list(alpn))
 
     def pick(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-        if not server_name:
-            return
-        name = server_name.lower()
-        for names, ctx in contexts:
-            if name in names or any(n.startswith("*.") and name.endswith(n[1:]) and name.count(".") == n.count(".")
-                                    for n in names):
-                sslobj.context = ctx
+        name = (server_name or "").lower()
+        if name:
+            for names, ctx in contexts:
+                if name in names:
+                    sslobj.context = ctx
+                    return
+        if dynamic is not None:
+            found = dynamic(name)
+            if found is not None:
+                sslobj.context = found
                 return
+        if name:
+            for names, ctx in contexts:
+                if any(n.startswith("*.") and name.endswith(n[1:]) and name.count(".") == n.count(".") for n in names):
+                    sslobj.context = ctx
+                    return
 
-    if len(contexts) > 1:
+    if len(contexts) > 1 or dynamic is not None:
         first.sni_callback = pick
     return first
 

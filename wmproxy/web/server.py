@@ -39,6 +39,7 @@ from ..net.idle import ConnWatch
 from ..net.live import current
 from ..net.proxyproto import ProxyProtocolIn, header_for, policy, real_ip
 from ..net.reader import PeerClosed, Reader
+from ..net.certstore import CHALLENGE_PATH, CertStore, answer_tls_alpn, safe_name
 from ..net.tls import sni_server_context
 from ..net.throttle import Throttled
 from ..net.writer import close_quietly, send_all
@@ -64,7 +65,7 @@ MAX_REDIRECTS = 10  # internal redirects of one request (error_page, try_paths' 
 class WebContext:
     """What the requests of one listener share: its servers, the upstream groups, TLS."""
 
-    def __init__(self, servers: tuple, http: HttpConfig, scheme: str, services: Services) -> None:
+    def __init__(self, servers: tuple, http: HttpConfig, scheme: str, services: Services, acme_dir: str = "") -> None:
         self.servers = servers
         self.http = http
         self.scheme = scheme
@@ -74,7 +75,16 @@ class WebContext:
         self.limits = services.http_limits
         first = servers[0]  # (http2 and its limits: the same on every server of an address, the config says so)
         alpn = ("h2", "http/1.1") if first.http2 else ()
-        self.ssl = sni_server_context([(s.cert, s.key) for s in servers], alpn=alpn) if scheme == "https" else None
+        # ACME: certificates from acme_dir's store for the acme servers' names; a plain listener
+        # answers http-01 from it, a TLS one tls-alpn-01
+        self.certs = CertStore(acme_dir) if acme_dir else None
+        self.acme_names = acme_names(servers)
+        self.ssl = None
+        if scheme == "https":
+            pairs = [(s.cert, s.key) for s in servers if s.cert]
+            dynamic = partial(_acme_context, self.certs, self.acme_names, alpn, not pairs) \
+                if self.certs and self.acme_names else None
+            self.ssl = sni_server_context(pairs, alpn=alpn, dynamic=dynamic)
         self.read_timeout = max(s.client_read_timeout for s in servers)
         self.header_timeout = max(s.client_header_timeout for s in servers)
         self.h2 = H2Settings(first.http2_max_concurrent_streams, first.http2_header_table_size,
@@ -364,6 +374,7 @@ class WebSettings:
     servers: tuple
     http: HttpConfig
     scheme: str
+    acme_dir: str = ""  # ACME's store: its certificates (https), its http-01 answers (http); '': none
 
 
 class WebServer(Listener):
@@ -377,7 +388,7 @@ class WebServer(Listener):
         self.h2 = H2Connections()  # its HTTP/2 connections: told GOAWAY when it drains
 
     def make_context(self, settings: "WebSettings", services: Services) -> WebContext:
-        return WebContext(settings.servers, settings.http, settings.scheme, services)
+        return WebContext(settings.servers, settings.http, settings.scheme, services, settings.acme_dir)
 
     def max_connections(self, settings: "WebSettings") -> int:
         return 10000
@@ -398,6 +409,10 @@ class WebServer(Listener):
             if ctx.ssl is not None:
                 with gevent.Timeout(ctx.header_timeout, PhaseTimeout(
                         f"TLS handshake not complete within client_header_timeout ({ctx.header_timeout:g}s)")):
+                    if ctx.acme_names and ctx.certs is not None and ctx.certs.alpn_pending() and \
+                            answer_tls_alpn(client, ctx.certs, ctx.header_timeout):
+                        log.info("%s http: answered an ACME tls-alpn-01 validation", fmt_addr(address[0], address[1]))
+                        return
                     client = ctx.ssl.wrap_socket(client, server_side=True)
             down = Downstream(address, client)
             if ctx.h2 is not None and ctx.ssl is not None and cast(ssl.SSLSocket, client).selected_alpn_protocol() == "h2":
@@ -488,6 +503,13 @@ class WebServer(Listener):
         return super().drain(grace)
 
     def _route(self, client: socket.socket, reader: Reader, req: Request, ctx: WebContext) -> None:
+        if ctx.certs is not None and req.target.startswith(CHALLENGE_PATH) and ctx.scheme == "http":
+            answer = ctx.certs.http_answer(req.target[len(CHALLENGE_PATH):])
+            if answer is not None:  # (else the path is routed as any other: a site's own files there)
+                self._discard_body(reader, req)
+                req.note = "acme http-01"
+                return self._reply(client, req, 200, answer.decode("ascii", "replace"),
+                                   [(b"Content-Type", b"text/plain")], exact=True)
         try:
             req.path = normalize_path(req.target)
         except ValueError as e:
@@ -831,6 +853,25 @@ class WebServer(Listener):
         log_access(req.ip, "", req.head, req.raw_host + req.target, req.status, req.size, took, req.note)
 
 
+def acme_names(servers: Sequence[HttpServerConfig]) -> frozenset:
+    """The names the acme servers among ``servers`` get certificates for (not wildcards:
+    ACME gives those by DNS-01 alone, which wmproxy does not answer)."""
+    return frozenset(name for s in servers if s.acme for name in s.server_name if safe_name(name))
+
+
+def _acme_context(certs: CertStore, names: frozenset, alpn: tuple, fallback: bool, name: str) -> Optional[ssl.SSLContext]:
+    """The ACME certificate for an SNI name; with ``fallback`` (no certificate files on the
+    address), for a client naming none or another name: the first name's that has one, as
+    nginx's default server."""
+    if name in names:
+        found = certs.context_for(name, alpn)
+        if found is not None or not fallback:
+            return found
+    if not fallback:
+        return None
+    return next((ctx for n in sorted(names) if (ctx := certs.context_for(n, alpn)) is not None), None)
+
+
 def _header(head: http1.Head, name: bytes) -> str:
     value = head.get(name)
     return value.decode("latin-1") if value is not None else "-"
@@ -847,11 +888,12 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
     specs = []
     for bind, listed in by_bind.values():
         servers = tuple(srv for _, srv in listed)
-        scheme = "https" if servers[0].cert else "http"
-        pairs = [(s.cert, s.key) for s in servers]
-        keys = [(f"http.server[{i}].cert", f"http.server[{i}].key") for i, _ in listed]
-        check = (lambda pairs=pairs, keys=keys: sni_server_context(pairs, keys)) if scheme == "https" else None
-        specs.append(ListenerSpec("http", bind, WebSettings(servers, cfg.http, scheme),
+        scheme = "https" if servers[0].tls else "http"
+        pairs = [(s.cert, s.key) for s in servers if s.cert]
+        keys = [(f"http.server[{i}].cert", f"http.server[{i}].key") for i, s in listed if s.cert]
+        check = (lambda pairs=pairs, keys=keys: sni_server_context(pairs, keys)) if pairs else None
+        acme_dir = cfg.acme_path if (acme_names(servers) if scheme == "https" else cfg.uses_acme) else ""
+        specs.append(ListenerSpec("http", bind, WebSettings(servers, cfg.http, scheme, acme_dir),
                                   f"http.server[{listed[0][0]}].bind",
                                   WebServer, check))
     return specs

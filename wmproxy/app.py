@@ -37,6 +37,7 @@ from .center.server import CenterServer
 from .listener import ConnStats, Listener, ListenerSpec, StatusSource, drain_all
 from .services import Handler, ProcessControl, Services
 from .net import live
+from .net.certstore import CertStore
 from .net.dns import Resolver
 from .net.listen import BindError, open_listener, open_udp
 from .net.tls import client_context
@@ -196,6 +197,8 @@ class App:
                 check = specs[k].check
                 if check is not None:
                     check()
+            if self.role.center_client and new.uses_acme:
+                check_acme_dir(new.acme_path)
             if client_cfg != self._client_cfg() or (client_cfg and self.center_client is None):
                 new_client = CenterClient(client_cfg, self.services, new.mappings,
                                           client_cfg.client_id or default_client_id(self.config_file)) \
@@ -586,8 +589,22 @@ def acme_settings(cfg: Config) -> Optional[AcmeSettings]:
         return None
     names = tuple((name, f"http.server[{i}]") for i, srv in enumerate(cfg.http.server if cfg.http else ())
                   if srv.acme for name in srv.server_name)
+    center = cfg.center
+    mappings = center is not None and center.map_acme
     return AcmeSettings(Directory(cfg.acme_directory, cfg.acme_email, cfg.acme_ca), cfg.acme_path,
-                        cfg.acme_challenge_type, names, cfg.center is not None and cfg.center.map_acme)
+                        cfg.acme_challenge_type, names, mappings,
+                        center.map_acme_domains if center is not None and mappings else ())
+
+
+def check_acme_dir(path: str) -> None:
+    """acme_dir made if missing, and writable by this process; raises ConfigError naming it."""
+    try:
+        CertStore(path).made()
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError("not writable by this user")
+    except OSError as e:
+        raise ConfigError("", "acme_dir", f"cannot use {path} for the ACME account and certificates: "
+                                          f"{e.strerror or e}; set acme_dir to a directory this user may write") from None
 
 
 def _center_client_cfg(cfg: Config) -> Optional[CenterConfig]:

@@ -199,6 +199,17 @@ def test_a_refused_name_is_reported_and_the_others_served(start_proxy, pebble, t
                            "-c", str(next(tmp_path.glob("conf-*.toml")))], capture_output=True, text=True,
                           timeout=30)
     assert "certificates (ACME): 3" in text.stdout and "rejectedIdentifier" in text.stdout, text.stdout + text.stderr
+    # a reload: a name added gets its certificate, the refused one is asked again (the operator may
+    # have fixed it), the one served is untouched
+    conf = next(tmp_path.glob("conf-*.toml"))
+    conf.write_text(conf.read_text().replace('"*.wild.test"]', '"*.wild.test", "new.test"]'))
+    assert control(p.port, "POST", "/reload")[0] == 200
+    wait_state(p.port, "new.test", ("valid",))
+    assert certificates(p.port)["ok.test"]["not_after"] == good["not_after"]
+    deadline = time.monotonic() + 20
+    while p.log().count("no certificate for blocked.test") < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert p.log().count("no certificate for blocked.test") == 2
 
 
 def test_renewal_swaps_the_certificate_while_a_download_goes_on(start_proxy, pebble, tmp_path):
@@ -269,12 +280,15 @@ def test_https_mappings_get_their_certificates_while_linked(pair, pebble, origin
     p = pair(start_client=False, server_top=(
         f'control = "127.0.0.1:{cport}"\nacme_directory = "{peb.directory}"\nacme_ca = "{peb.ca_file}"\n'
         f'acme_dir = "{tmp_path / "acme"}"\nacme_challenge = "{challenge}"'), server_extra=(
-        f'map_http_bind = "127.0.0.1:{web}"\nmap_https_bind = "127.0.0.1:{secure}"\nmap_acme = true'))
+        f'map_http_bind = "127.0.0.1:{web}"\nmap_https_bind = "127.0.0.1:{secure}"\nmap_acme = true\n'
+        f'map_acme_domains = ["app.test", "*.apps.test"]'))
     assert certificates(cport) == {}  # (no mapping linked: nothing asked for)
-    p.client = p.start_client(tail=f'[[mappings]]\nname = "app"\nmode = "https"\nlocal_addr = "127.0.0.1:{origin.port}"\n'
-                                   f'domain = "app.test"\n')
-    p.client.wait_log("mapping 'app' published")
+    mapping = '[[mappings]]\nname = "{}"\nmode = "https"\nlocal_addr = "127.0.0.1:%d"\ndomain = "{}"\n' % origin.port
+    p.client = p.start_client(tail=mapping.format("app", "app.test") + mapping.format("stray", "stray.test"))
+    p.client.wait_log("mapping 'stray' published")
     row = wait_state(cport, "app.test", ("valid",))
+    stray = certificates(cport)["stray.test"]
+    assert stray["state"] == "refused" and "map_acme_domains" in stray["last_error"]
     assert row["source"] == "mapping app of alice" and row["issuer"].startswith("Pebble")
     r = curl("-sS", "--cacert", str(peb.root), "--resolve", f"app.test:{secure}:127.0.0.1",
              f"https://app.test:{secure}/whoami")
@@ -290,3 +304,14 @@ def test_https_mappings_get_their_certificates_while_linked(pair, pebble, origin
     while certificates(cport) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert certificates(cport) == {}
+
+
+def test_an_acme_dir_that_cannot_be_written_is_a_config_error(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    conf = tmp_path / "bad.toml"
+    conf.write_text(f'acme_dir = "{tmp_path}/a-file/acme"\n[[http.server]]\nbind = "127.0.0.1:{free_port()}"\n'
+                    f'server_name = ["a.test"]\nacme = true\n[[http.server.location]]\nstatic_response = "x"\n')
+    r = subprocess.run([str(Path(__file__).resolve().parents[2] / "bin" / "wmproxy-server"), "-c", str(conf)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "acme_dir" in r.stderr and "a-file/acme" in r.stderr and str(conf) in r.stderr, \
+        r.stderr

@@ -75,3 +75,13 @@ def test_the_tls_alpn_certificate_carries_the_key_authorization_digest():
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     assert names == ["v.test"]
     assert b"PRIVATE KEY" in pem
+
+
+def test_map_acme_domains_allow_exact_names_and_names_below_a_wildcard():
+    from wmproxy.acme.manager import domain_allowed
+
+    allowed = ("app.test", "*.apps.test")
+    assert domain_allowed("app.test", allowed) and domain_allowed("a.apps.test", allowed)
+    assert domain_allowed("x.y.apps.test", allowed) and domain_allowed("anything.test", ())
+    for name in ("apps.test", "evilapps.test", "app.test.evil", "xapp.test"):
+        assert not domain_allowed(name, allowed), name

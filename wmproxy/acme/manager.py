@@ -50,6 +50,7 @@ class AcmeSettings:
     challenge: str  # "http-01" or "tls-alpn-01"
     names: tuple  # ((name, source), ...) from the configuration
     mappings: bool  # [center] map_acme: the https mappings' domains too
+    mapping_domains: tuple = ()  # [center] map_acme_domains: the mappings' domains allowed ('': any)
 
 
 @dataclass
@@ -112,15 +113,14 @@ class AcmeManager:
             self._greenlet = None
 
     def update(self, settings: AcmeSettings) -> None:
-        """A reload: the new names and directory; names that failed are tried again now."""
-        if settings.acme_dir != self.settings.acme_dir or settings.directory != self.settings.directory:
-            self.entries.clear()
+        """A reload: the new names, directory and rules; names that failed or were refused by
+        the directory are tried again now (the operator may have fixed what failed)."""
+        for entry in self.entries.values():
+            if entry.failures:
+                self.store.forget_state(entry.name)
         self.settings = settings
         self.store = CertStore(settings.acme_dir)
-        for entry in self.entries.values():
-            if entry.failures or entry.refused:
-                entry.failures, entry.refused, entry.next_attempt = 0, False, 0.0
-                entry.state = "valid" if entry.not_after else "pending"
+        self.entries.clear()  # (read again from acme_dir on the next turn, under the new rules)
         self._wake.set()
 
     def status(self) -> list[dict[str, Any]]:
@@ -147,11 +147,15 @@ class AcmeManager:
 
     def _load(self, name: str, source: str) -> Entry:
         entry = Entry(name, source)
+        why = ""
         if not safe_name(name):
-            entry.state, entry.refused, entry.next_attempt = "refused", True, float("inf")
-            entry.last_error = ("a wildcard certificate needs the dns-01 challenge, which wmproxy does not answer"
-                                if "*" in name else f"{name!r} is not a host name a certificate can be asked for")
-            log.error("ACME: no certificate for %s (%s): %s", name, source, entry.last_error)
+            why = ("a wildcard certificate needs the dns-01 challenge, which wmproxy does not answer" if "*" in name
+                   else f"{name!r} is not a host name a certificate can be asked for")
+        elif source.startswith("mapping ") and not domain_allowed(name, self.settings.mapping_domains):
+            why = "not in [center] map_acme_domains"
+        if why:
+            entry.state, entry.refused, entry.next_attempt, entry.last_error = "refused", True, float("inf"), why
+            log.error("ACME: no certificate for %s (%s): %s", name, source, why)
             return entry
         self._read_cert(entry)
         saved = self.store.load_state(name)
@@ -190,6 +194,8 @@ class AcmeManager:
         """Obtain the most overdue name's certificate, if one is due; returns the time to wait."""
         wanted = self._wanted()
         now = time.time()
+        for name in [n for n in self.entries if n not in wanted]:  # (a mapping gone: its state stays on disk)
+            del self.entries[name]
         entries = [self._entry(name, source) for name, source in wanted.items()]
         due = sorted((e for e in entries if e.due() <= now), key=lambda e: e.due())
         if not due:
@@ -213,8 +219,12 @@ class AcmeManager:
         except AcmeFailure as e:
             self._failed(entry, e)
             return
-        self.store.save_cert(entry.name, issued.fullchain, issued.key)
-        self.store.save_state(entry.name, {})
+        try:
+            self.store.save_cert(entry.name, issued.fullchain, issued.key)
+            self.store.save_state(entry.name, {})
+        except OSError as e:  # (obtained but not kept: backed off as a failure, not ordered again at once)
+            self._failed(entry, AcmeFailure(f"cannot write the certificate to {self.store.root}: {e}"))
+            return
         entry.failures, entry.refused, entry.next_attempt, entry.last_error = 0, False, 0.0, ""
         entry.obtained_at = time.time()
         self._read_cert(entry)
@@ -228,11 +238,20 @@ class AcmeManager:
         entry.next_attempt = time.time() + max(wait, e.retry_after)
         entry.last_error = str(e)
         entry.state = "refused" if e.refused else "failed"
-        self.store.save_state(entry.name, {"failures": entry.failures, "refused": entry.refused,
-                                           "next_attempt": entry.next_attempt, "last_error": entry.last_error})
+        try:
+            self.store.save_state(entry.name, {"failures": entry.failures, "refused": entry.refused,
+                                               "next_attempt": entry.next_attempt, "last_error": entry.last_error})
+        except OSError as why:
+            log.error("ACME: cannot keep the state of %s in %s: %s", entry.name, self.store.root, why)
         kept = f"; the certificate valid until {_when(entry.not_after)} keeps serving" if entry.not_after else ""
-        log.error("ACME: no certificate for %s (%s): %s; %s at %s%s", entry.name, entry.source, e,
-                  "refused: not asked again before" if e.refused else "next attempt", _when(entry.next_attempt), kept)
+        log.error("ACME: no certificate for %s (%s): %s; %s %s%s", entry.name, entry.source, e,
+                  "refused: not asked again before" if e.refused else "next attempt at", _when(entry.next_attempt), kept)
+
+
+def domain_allowed(name: str, allowed: tuple) -> bool:
+    """Whether ``name`` is one of ``allowed`` ('app.example.com', or '*.example.com' for any
+    name below it); an empty list allows any."""
+    return not allowed or any(name == d or (d.startswith("*.") and name.endswith(d[1:])) for d in allowed)
 
 
 def _when(t: float) -> str:

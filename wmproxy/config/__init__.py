@@ -74,7 +74,8 @@ class Config:
                               "certificates are asked from (an https URL; Let's Encrypt's by default)")
     acme_email: str = key(to_str, "", "contact address of the ACME account (the directory's expiry notices)")
     acme_dir: str = key(to_str, "", "where the ACME account key, the certificates (keys 0600) and the challenge "
-                        "answers live (default: [center] state_dir's default, then /acme)")
+                        "answers live (default: acme/ in the state directory: [center] state_dir, else "
+                        "$STATE_DIRECTORY, /var/lib/wmproxy or ~/.local/state/wmproxy)")
     acme_ca: str = key(to_str, "", "CA file the directory's TLS is verified with ('' = the system store): a private "
                        "ACME CA's")
     acme_challenge: str = key(one_of(("auto", "http-01", "tls-alpn-01")), "auto", "how names are proven: http-01 "

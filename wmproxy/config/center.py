@@ -77,6 +77,9 @@ class CenterConfig:
     map_acme: bool = key(to_bool, False, "server: certificates for the domain of every https mapping whose TLS ends "
                                          "here, obtained and renewed from the ACME directory (acme_directory) while "
                                          "its client is linked")
+    map_acme_domains: tuple = key(list_of(to_domain), (), "server: with map_acme, the mapping domains certificates "
+                                                          "are asked for: 'app.example.com', '*.example.com' for any "
+                                                          "name below it (empty: any domain a linked client maps)")
     auth_fail_limit: int = key(int_range(0, 1_000_000), 10, "server: failed link logins from one address within "
                                                             "auth_fail_window before it is refused (0: never)")
     auth_fail_window: float = key(to_duration, 60.0, "server: the window of auth_fail_limit, and how long an "

@@ -183,6 +183,9 @@ class CertStore:
         except (OSError, ValueError):
             return {}
 
+    def forget_state(self, name: str) -> None:
+        _unlink(self.state_path(name))
+
     def save_state(self, name: str, state: dict[str, Any]) -> None:
         write_private(self.made().state_path(name), json.dumps(state, sort_keys=True).encode())
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from conftest import control, curl, free_port, wait_port
+from conftest import IN_NETNS, control, curl, free_port, wait_port
 
 pytestmark = pytest.mark.skipif(shutil.which("pebble") is None or shutil.which("pebble-challtestsrv") is None,
                                 reason="pebble is not installed (Debian package pebble)")
@@ -315,3 +315,15 @@ def test_an_acme_dir_that_cannot_be_written_is_a_config_error(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "acme_dir" in r.stderr and "a-file/acme" in r.stderr and str(conf) in r.stderr, \
         r.stderr
+
+
+@pytest.mark.skipif(not IN_NETNS or os.geteuid() != 0, reason="binds port 80: root in the tests' own network namespace")
+@pytest.mark.parametrize("plain_port", [80, None])
+def test_auto_proves_names_on_port_80_when_a_plain_listener_takes_it(start_proxy, pebble, tmp_path, plain_port):
+    """acme_challenge = "auto": http-01 when a plain listener takes port 80 (as the directory asks
+    there), else tls-alpn-01 on the TLS listener."""
+    http_port, tls_port = plain_port or free_port(), free_port()
+    peb = pebble(http_port, tls_port)
+    p = start_proxy(config=config(peb, tmp_path, http_port, tls_port, ["auto.test"], "auto"), bind=False)
+    wait_state(p.port, "auto.test", ("valid",))
+    assert ("by http-01" if plain_port == 80 else "by tls-alpn-01") in p.log()

@@ -591,7 +591,8 @@ def acme_settings(cfg: Config) -> Optional[AcmeSettings]:
                   if srv.acme for name in srv.server_name)
     center = cfg.center
     mappings = center is not None and center.map_acme
-    return AcmeSettings(Directory(cfg.acme_directory, cfg.acme_email, cfg.acme_ca), cfg.acme_path,
+    return AcmeSettings(Directory(cfg.acme_directory, cfg.acme_email, cfg.acme_ca, cfg.acme_eab_kid,
+                                  cfg.acme_eab_hmac_key), cfg.acme_path,
                         cfg.acme_challenge_type, names, mappings,
                         center.map_acme_domains if center is not None and mappings else ())
 

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(shutil.which("pebble") is None or shutil.which("
 
 class Pebble:
     def __init__(self, tmp: Path, ca, http_port: int, tls_port: int, validity: int = 0,
-                 blocked: tuple[str, ...] = ()) -> None:
+                 blocked: tuple[str, ...] = (), eab: dict[str, str] | None = None) -> None:
         self.port, self.mgmt, dns = free_port(), free_port(), free_port()
         ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp / "pebble.pem"))
         self.ca_file = tmp / "pebble-ca.pem"
@@ -39,7 +39,8 @@ class Pebble:
         conf = {"pebble": {"listenAddress": f"127.0.0.1:{self.port}", "managementListenAddress": f"127.0.0.1:{self.mgmt}",
                            "certificate": str(tmp / "pebble.pem"), "privateKey": str(tmp / "pebble.pem"),
                            "httpPort": http_port, "tlsPort": tls_port, "ocspResponderURL": "",
-                           "externalAccountBindingRequired": False, "domainBlocklist": list(blocked),
+                           "externalAccountBindingRequired": bool(eab), "externalAccountMACKeys": eab or {},
+                           "domainBlocklist": list(blocked),
                            **({"certificateValidityPeriod": validity} if validity else {})}}
         (tmp / "pebble.json").write_text(json.dumps(conf))
         self.logs = [open(tmp / "challtestsrv.log", "wb"), open(tmp / "pebble.log", "wb")]
@@ -327,3 +328,20 @@ def test_auto_proves_names_on_port_80_when_a_plain_listener_takes_it(start_proxy
     p = start_proxy(config=config(peb, tmp_path, http_port, tls_port, ["auto.test"], "auto"), bind=False)
     wait_state(p.port, "auto.test", ("valid",))
     assert ("by http-01" if plain_port == 80 else "by tls-alpn-01") in p.log()
+
+
+def test_a_directory_that_requires_an_external_account_binding(start_proxy, pebble, tmp_path):
+    """ZeroSSL and company CAs bind the ACME account to an account of theirs (RFC 8555 7.3.4)."""
+    http_port, tls_port = free_port(), free_port()
+    mac = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+    peb = pebble(http_port, tls_port, eab={"kid-1": mac})
+    p = start_proxy(config=config(peb, tmp_path, http_port, tls_port, ["eab.test"], "http-01"), bind=False)
+    row = wait_state(p.port, "eab.test", ("refused",))
+    assert "acme_eab_kid" in row["last_error"], row  # (told what to set, not retried in a loop)
+    conf = next(tmp_path.glob("conf-*.toml"))
+    conf.write_text(f'acme_eab_kid = "kid-1"\nacme_eab_hmac_key = "{mac}"\n' + conf.read_text())
+    assert control(p.port, "POST", "/reload")[0] == 200
+    row = wait_state(p.port, "eab.test", ("valid",))
+    assert row["issuer"].startswith("Pebble")
+    status, body = control(p.port, "GET", "/status")
+    assert mac.encode() not in body  # (the MAC key is never shown)

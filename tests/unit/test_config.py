@@ -163,6 +163,8 @@ def test_acme_keys():
         ({"acme_directory": "http://ca.test/dir"}, "acme_directory", "https URL"),
         ({"acme_email": "not an address"}, "acme_email", "e-mail"),
         ({"acme_challenge": "dns-01"}, "acme_challenge", "auto"),
+        ({"acme_eab_kid": "kid-1"}, "acme_eab_hmac_key", "go together"),
+        ({"acme_eab_kid": "kid-1", "acme_eab_hmac_key": "not base64!"}, "acme_eab_hmac_key", "base64url"),
         ({"center": {"bind": "127.0.0.1:9000", "tls": False, "map_acme": True}}, "center.map_acme", "map_https_bind"),
     ]
     for doc, path, text in cases:

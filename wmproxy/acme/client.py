@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import josepy as jose
@@ -98,6 +98,8 @@ class Directory:
     url: str
     email: str
     ca: str  # a CA file to verify the directory's TLS with ('' = the system store)
+    eab_kid: str = ""  # External Account Binding (RFC 8555 7.3.4: ZeroSSL, Google, private CAs)
+    eab_hmac_key: str = field(default="", repr=False)  # its MAC key, base64url (a secret: never shown)
 
 
 @dataclass(frozen=True)
@@ -179,8 +181,20 @@ def _client(directory: Directory, store: CertStore) -> client.ClientV2:
             raise ValueError("the contact changed")
         net.account = messages.RegistrationResource.json_loads(saved["account"])
     except (OSError, ValueError, KeyError, jose.DeserializationError):
-        account = acme.new_account(messages.NewRegistration.from_data(email=directory.email or None,
-                                                                      terms_of_service_agreed=True))
+        binding: dict[str, Any] = {}
+        if directory.eab_kid:
+            binding["external_account_binding"] = messages.ExternalAccountBinding.from_data(
+                account_public_key=jwk.public_key(), kid=directory.eab_kid, hmac_key=directory.eab_hmac_key,
+                directory=acme.directory)
+        elif acme.external_account_required():
+            raise AcmeFailure(f"the directory {directory.url} requires an external account binding: set "
+                              f"acme_eab_kid and acme_eab_hmac_key (from the CA's account page)", refused=True)
+        try:
+            account = acme.new_account(messages.NewRegistration.from_data(email=directory.email or None,
+                                                                          terms_of_service_agreed=True, **binding))
+        except errors.ConflictError as e:
+            # the key has an account already: its URL came with a 200 (pebble answers so after a binding)
+            account = messages.RegistrationResource(body=messages.Registration(), uri=e.location)
         net.account = account
         write_private(account_path, json.dumps({"directory": directory.url, "email": directory.email,
                                                 "account": account.json_dumps()}).encode())

@@ -78,6 +78,9 @@ class Config:
                         "$STATE_DIRECTORY, /var/lib/wmproxy or ~/.local/state/wmproxy)")
     acme_ca: str = key(to_str, "", "CA file the directory's TLS is verified with ('' = the system store): a private "
                        "ACME CA's")
+    acme_eab_kid: str = key(to_str, "", "the key id of an External Account Binding, for a directory that asks for "
+                            "one (ZeroSSL, Google Trust Services, a company CA)")
+    acme_eab_hmac_key: str = key(to_str, "", "its MAC key (base64url, as the CA gives it)")
     acme_challenge: str = key(one_of(("auto", "http-01", "tls-alpn-01")), "auto", "how names are proven: http-01 "
                               "answered by the plain [http] listeners and map_http_bind (the directory asks on port "
                               "80), tls-alpn-01 answered on the TLS listener itself (port 443); auto: http-01 when "
@@ -110,6 +113,10 @@ class Config:
                           f"{self.acme_directory!r}", ".acme_directory")
         if self.acme_email and not re.match(r"^[^@\s:/]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$", self.acme_email):
             raise Invalid(f"expected an e-mail address like 'ops@example.com', got {self.acme_email!r}", ".acme_email")
+        if bool(self.acme_eab_kid) != bool(self.acme_eab_hmac_key):
+            raise Invalid("acme_eab_kid and acme_eab_hmac_key go together", ".acme_eab_hmac_key")
+        if self.acme_eab_hmac_key and not re.match(r"^[A-Za-z0-9_-]+=*$", self.acme_eab_hmac_key):
+            raise Invalid("expected the base64url MAC key the CA gave with the key id", ".acme_eab_hmac_key")
         if self.acme_ca and not os.path.isfile(self.acme_ca):
             raise Invalid(f"no such file: {self.acme_ca}", ".acme_ca")
         if self.acme_challenge == "http-01" and self.uses_acme and not self.plain_http_binds:

@@ -24,6 +24,7 @@ import pytest
 from cryptography import x509
 
 from conftest import IN_NETNS, control, curl, free_port, wait_port
+from test_dashboard import browser, row_text, wait_until  # noqa: F401  (browser: a fixture)
 
 pytestmark = pytest.mark.skipif(shutil.which("pebble") is None or shutil.which("pebble-challtestsrv") is None,
                                 reason="pebble is not installed (Debian package pebble)")
@@ -345,3 +346,17 @@ def test_a_directory_that_requires_an_external_account_binding(start_proxy, pebb
     assert row["issuer"].startswith("Pebble")
     status, body = control(p.port, "GET", "/status")
     assert mac.encode() not in body  # (the MAC key is never shown)
+
+
+def test_the_dashboard_lists_the_certificates(start_proxy, pebble, tmp_path, browser):
+    http_port, tls_port = free_port(), free_port()
+    peb = pebble(http_port, tls_port, blocked=("blocked.test",))
+    p = start_proxy(config=config(peb, tmp_path, http_port, tls_port, ["ok.test", "blocked.test"], "http-01"),
+                    bind=False)
+    wait_state(p.port, "ok.test", ("valid",))
+    wait_state(p.port, "blocked.test", ("refused",))
+    browser.get(f"http://127.0.0.1:{p.port}/")
+    ok = wait_until(lambda: row_text(browser, "certificates", "ok.test"))
+    assert "valid" in ok and "Pebble" in ok
+    assert "rejectedIdentifier" in wait_until(lambda: row_text(browser, "certificates", "blocked.test"))
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

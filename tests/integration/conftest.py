@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 import signal
 import socket
 import ssl
@@ -672,3 +673,28 @@ def haproxy(tmp_path):
 def source_connection(port: int, source: str, timeout: float = 20) -> socket.socket:
     """A connection to 127.0.0.1:port from the loopback address ``source`` (127.0.0.0/8 is all ours)."""
     return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+
+
+# -- a real browser (the dashboard) ------------------------------------------------------------
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser():
+    """Debian's chromium, headless, driven by selenium through chromedriver."""
+    if not (CHROMIUM and DRIVER):
+        pytest.fail("chromium and chromedriver are needed (Debian: chromium chromium-driver; make test installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,1600",
+                "--no-first-run", "--disable-extensions"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()

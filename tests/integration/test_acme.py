@@ -24,7 +24,7 @@ import pytest
 from cryptography import x509
 
 from conftest import IN_NETNS, control, curl, free_port, wait_port
-from test_dashboard import browser, row_text, wait_until  # noqa: F401  (browser: a fixture)
+from test_dashboard import row_text, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("pebble") is None or shutil.which("pebble-challtestsrv") is None,
                                 reason="pebble is not installed (Debian package pebble)")

@@ -13,31 +13,8 @@ import socket
 import threading
 import time
 
-import pytest
-
 from conftest import Pair, TcpServer, free_port, recv_all
 from test_center import http_mapping, tcp_mapping
-
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.fixture
-def browser():
-    if not (CHROMIUM and DRIVER):
-        pytest.fail("chromium and chromedriver are needed (Debian: chromium chromium-driver; make test installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,1600",
-                "--no-first-run", "--disable-extensions"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
 
 
 def wait_until(what, timeout: float = 20.0):

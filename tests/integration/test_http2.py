@@ -21,7 +21,7 @@ import hpack
 import pytest
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
 
-from conftest import curl, write_cert
+from conftest import curl, websocket_echo, write_cert
 
 PAGE = os.urandom(300_000)
 
@@ -483,3 +483,53 @@ def test_a_client_that_grants_windows_but_never_reads_holds_bounded_memory(start
         assert h2_curl("--http2-prior-knowledge", f"http://127.0.0.1:{p.port}/hello").stdout.endswith(b"2 200")
     finally:
         c.close()
+
+
+def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
+    """A client's websocket frame (masked), FIN set; payloads under 126 bytes."""
+    mask = os.urandom(4)
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_websockets_over_http2_rfc8441(start_proxy, tmp_path):
+    """An extended CONNECT (:protocol websocket) on a location that proxies to a websocket
+    server opens a websocket carried by the stream's DATA (the server speaks HTTP/1.1 and sees
+    an Upgrade); another stream of the connection goes on meanwhile; a location that does not
+    speak websocket refuses it (not a 2xx), a plain CONNECT gets 501."""
+    echo = websocket_echo()
+    try:
+        port = echo.socket.getsockname()[1]
+        p = start_proxy(config=site(tmp_path) +
+                        f'[[http.server.location]]\nrule = "/ws"\nproxy_url = "http://127.0.0.1:{port}"\n', bind=False)
+        c = Client(p.port)
+        c.pump(lambda: c.conn.remote_settings.enable_connect_protocol == 1)
+        sid = c.request("/ws", "CONNECT", headers=[(b":protocol", b"websocket"), (b"sec-websocket-version", b"13")],
+                        end=False)
+        c.pump(lambda: sid in c.heads)
+        assert c.heads[sid][b":status"] == b"200" and b"sec-websocket-accept" not in c.heads[sid]
+        for text in (b"hello over h2", b"x" * 100):
+            before = len(c.bodies.get(sid, b""))
+            c.conn.send_data(sid, ws_frame(text))
+            c.send()
+            c.pump(lambda: len(c.bodies.get(sid, b"")) >= before + 2 + len(text))
+            assert c.bodies[sid][before:] == bytes([0x81, len(text)]) + text  # the echo, unmasked
+        other = c.request("/hello")  # the connection's other streams go on meanwhile
+        c.pump(lambda: other in c.ended)
+        assert c.bodies[other] == b"hello a.test"
+        c.conn.send_data(sid, ws_frame(b"\x03\xe8", opcode=8))  # close 1000: the server closes, the stream ends
+        c.send()
+        c.pump(lambda: sid in c.ended)
+        assert c.bodies[sid].endswith(b"\x88\x02\x03\xe8")
+        c.conn.end_stream(sid)  # (as a browser ends its side once the server ended its own)
+        c.send()
+        refused = c.request("/hello", "CONNECT", headers=[(b":protocol", b"websocket"),
+                                                         (b"sec-websocket-version", b"13")], end=False)
+        plain = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(plain, [(b":method", b"CONNECT"), (b":authority", b"a.test:443")])
+        c.send()
+        c.pump(lambda: refused in c.heads and plain in c.heads)
+        assert c.heads[refused][b":status"] == b"501" and c.heads[plain][b":status"] == b"501"
+        assert "upgraded, done" in p.wait_log("GET a.test/ws HTTP/2.0", timeout=5)
+        assert '"GET a.test/hello HTTP/2.0" 501' in p.log()
+    finally:
+        echo.shutdown()

@@ -76,20 +76,23 @@ values = st.one_of(st.sampled_from([b"1", b"a b", b"x\r\nx-injected: yes", b"y\n
 
 @settings(max_examples=1000, deadline=None)
 @given(st.lists(st.tuples(names, values), max_size=8), st.one_of(st.sampled_from([b"", b"x", b"a/b?c=1"]), text),
-       st.one_of(st.sampled_from([b".test", b"b:8080"]), text), st.booleans())
-def test_request_head_never_lets_a_header_become_two(fields, path, authority, ended):
-    headers = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/" + path), (b":authority", b"a" + authority),
-               *fields]
+       st.one_of(st.sampled_from([b".test", b"b:8080"]), text), st.booleans(), st.booleans())
+def test_request_head_never_lets_a_header_become_two(fields, path, authority, ended, websocket):
+    """Whatever the header list, the HTTP/1.1 head holds the client's lines, in order, and no
+    more; a websocket's extended CONNECT (RFC 8441) adds exactly the Upgrade lines of a GET."""
+    method = [(b":method", b"CONNECT"), (b":protocol", b"websocket")] if websocket else [(b":method", b"GET")]
+    headers = [*method, (b":scheme", b"http"), (b":path", b"/" + path), (b":authority", b"a" + authority), *fields]
     try:
-        method, head, chunked = _request_head(headers, ended)
+        method, head, chunked, upgrade = _request_head(headers, ended)
     except ProtocolError:
         return  # refused: fine
     try:
         parsed = http1.parse_request_head(head)
     except ProtocolError:
         return  # refused by the HTTP/1.1 parser: the stream gets 400
-    sent = [(n, v) for n, v in fields if n not in (b"cookie", b"host") and n[:1] != b":"]  # (h2 refused pseudo ones)
+    sent = [(n, v) for n, v in fields if n not in (b"cookie", b"host", b"sec-websocket-key") and n[:1] != b":"]
+    added = [b"connection", b"upgrade", b"sec-websocket-key"] if websocket else []
     got = [(n.lower(), v) for n, v in parsed.headers if n.lower() not in (b"host", b"cookie", b"transfer-encoding")]
-    assert [n for n, _ in got] == [n for n, _ in sent]  # every line one of the client's, in order, no more
-    assert method == "GET" and parsed.target == "/" + path.decode("latin-1")
-    assert chunked == (not ended and not any(n == b"content-length" for n, _ in fields))
+    assert [n for n, _ in got] == [n for n, _ in sent] + added  # every line one of the client's, in order, no more
+    assert method == "GET" and parsed.target == "/" + path.decode("latin-1") and upgrade == websocket
+    assert chunked == (not ended and not websocket and not any(n == b"content-length" for n, _ in fields))

@@ -9,7 +9,10 @@ that gives the handler the request as an HTTP/1.1 head and body and turns the HT
 it writes back into HEADERS, DATA and trailers. Streams of one connection are served
 concurrently, a greenlet each; a stream's answer is sent within the client's flow-control
 windows (a stream waits for its window, not the connection), and the request body is granted
-to the client as the handler reads it, so one stream holds at most its window.
+to the client as the handler reads it, so one stream holds at most its window. A websocket's
+extended CONNECT (RFC 8441; the server offers SETTINGS_ENABLE_CONNECT_PROTOCOL) is given to the
+handler as the HTTP/1.1 GET with Upgrade that opens one, and its 101 goes back as a 200 after
+which the stream's DATA carries the websocket's bytes both ways.
 
 Limits against the known HTTP/2 attacks (each cuts the connection with GOAWAY and a log line):
 ``http2_max_concurrent_streams`` streams open at once (a client that opens more than the
@@ -26,7 +29,9 @@ without open streams must start one within ``client_read_timeout`` (the first wi
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 import re
 import socket
 import time
@@ -147,6 +152,7 @@ class H2Server:
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_streams,
             h2.settings.SettingCodes.HEADER_TABLE_SIZE: settings.table_size,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_head,
+            h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,  # websockets over HTTP/2 (RFC 8441)
         })
         self.conn.decoder.max_header_list_size = settings.max_head  # (h2 sets it only once the client acks)
         self.conn.decoder.max_allowed_table_size = settings.table_size
@@ -531,7 +537,7 @@ class H2Stream:
         self.reset: Optional[str] = None
         self.on_cancel: Optional[Callable[[], None]] = None
         self.answered = False  # the answer ended (END_STREAM sent)
-        self.method, head, self.chunked = _request_head(headers, ended)
+        self.method, head, self.chunked, self.websocket = _request_head(headers, ended)
         self.inbox.append((head, 0))
         self.readable.set()
         if ended and self.chunked:
@@ -662,14 +668,18 @@ class H2Stream:
 
     def _answer_head(self, raw: bytes) -> None:
         head = http1.parse_response_head(raw)
-        if head.status < 200:
+        upgraded = self.websocket and head.status == 101  # (RFC 8441: 200, then the websocket's bytes as DATA)
+        if head.status < 200 and not upgraded:
             return  # 100 Continue and the like: HTTP/2 needs none of them here
-        self.framing = response_framing(self.method, head)
+        self.framing = UNTIL_CLOSE if upgraded else response_framing(self.method, head)
         connection = {t.strip().lower() for v in head.get_all(b"connection") or () for t in v.split(b",")}
-        headers = [(b":status", b"%d" % head.status)]
+        status = head.status
+        if self.websocket and not upgraded and status < 300:  # (a 2xx would tell the client its websocket is
+            status = 501  # open: what answered it, a file or a static answer, does not speak websocket)
+        headers = [(b":status", b"200" if upgraded else b"%d" % status)]
         for name, value in head.headers:
             name = name.lower()
-            if name not in _HOP and name not in connection:
+            if name not in _HOP and name not in connection and name != b"sec-websocket-accept":
                 headers.append((name, value))
         self.sent_head = True
         end = self.framing == NO_BODY
@@ -713,7 +723,14 @@ class H2Stream:
         self.owner.flush()
 
     def shutdown(self, how: int) -> None:
-        pass
+        """The end of an answer that ends with its close (a websocket's relay: its server went):
+        END_STREAM, so the client ends its side too."""
+        if how != socket.SHUT_RD and self.sent_head and self.framing == UNTIL_CLOSE and not self.answered \
+                and self.reset is None and not self.owner.closed:
+            try:
+                self._call(self.owner.conn.end_stream, self.sid)
+            except ConnectionResetError:
+                pass
 
     def close(self) -> None:
         pass
@@ -736,12 +753,15 @@ class H2Stream:
             self._call(conn.reset_stream, self.sid, h2.errors.ErrorCodes.NO_ERROR)
 
 
-def _request_head(headers: list, ended: bool) -> tuple[str, bytes, bool]:
-    """(method, the request as an HTTP/1.1 head, whether its body is sent on chunked) from
-    an HTTP/2 header list h2 has validated (pseudo-headers first, lowercase names). Raises
-    ProtocolError for what HTTP/1.1 cannot carry: a CR, LF or NUL in a value, a name that is
-    not a token, a Host that says otherwise than :authority, CONNECT."""
-    method = path = authority = b""
+def _request_head(headers: list, ended: bool) -> tuple[str, bytes, bool, bool]:
+    """(method, the request as an HTTP/1.1 head, whether its body is sent on chunked, whether
+    it opens a websocket) from an HTTP/2 header list h2 has validated (pseudo-headers first,
+    lowercase names). A websocket's extended CONNECT (RFC 8441: ``:protocol websocket``)
+    becomes the HTTP/1.1 GET with Upgrade that opens one (a fresh Sec-WebSocket-Key; the
+    server's Sec-WebSocket-Accept is not passed back: HTTP/2 has none). Raises ProtocolError
+    for what HTTP/1.1 cannot carry: a CR, LF or NUL in a value, a name that is not a token,
+    a Host that says otherwise than :authority, another CONNECT."""
+    method = path = authority = protocol = b""
     lines = []
     cookies = []
     host = None
@@ -754,6 +774,8 @@ def _request_head(headers: list, ended: bool) -> tuple[str, bytes, bool]:
                 path = value
             elif name == b":authority":
                 authority = value
+            elif name == b":protocol":
+                protocol = value
             continue
         if not _NAME.fullmatch(name) or _BAD_VALUE.search(value):
             raise ProtocolError(f"a header HTTP/1.1 cannot carry: {name[:60]!r}")
@@ -765,9 +787,18 @@ def _request_head(headers: list, ended: bool) -> tuple[str, bytes, bool]:
             continue
         if name == b"content-length":
             length = True
+        if name == b"sec-websocket-key":
+            continue  # (ours goes upstream)
         lines.append(b"%s: %s\r\n" % (name, value))
-    if method == b"CONNECT":
-        raise ProtocolError("CONNECT over HTTP/2 is not served here", 501)
+    websocket = method == b"CONNECT" and protocol.lower() == b"websocket"
+    if websocket:
+        if length:
+            raise ProtocolError("a websocket's CONNECT with a Content-Length")
+        method = b"GET"
+        lines.append(b"connection: upgrade\r\nupgrade: websocket\r\nsec-websocket-key: %s\r\n"
+                     % base64.b64encode(os.urandom(16)))
+    elif method == b"CONNECT":
+        raise ProtocolError("CONNECT over HTTP/2 is not served here (but a websocket's, RFC 8441)", 501)
     if not path or not method or b" " in path or b" " in method:
         raise ProtocolError("a request without :method or :path")
     if authority and host is not None and host != authority:
@@ -777,10 +808,10 @@ def _request_head(headers: list, ended: bool) -> tuple[str, bytes, bool]:
         raise ProtocolError("a request without :authority or Host")
     if _BAD_VALUE.search(host) or _BAD_VALUE.search(path) or b" " in host:
         raise ProtocolError("a bad :authority or :path")
-    chunked = not ended and not length
+    chunked = not ended and not length and not websocket
     if cookies:
         lines.append(b"cookie: %s\r\n" % b"; ".join(cookies))
     if chunked:
         lines.append(b"transfer-encoding: chunked\r\n")
     head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n" % (method, path, host, b"".join(lines))
-    return method.decode("latin-1"), head, chunked
+    return method.decode("latin-1"), head, chunked, websocket

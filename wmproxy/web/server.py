@@ -533,6 +533,9 @@ class WebServer(Listener):
         assert loc is not None and req.path is not None
         if loc.rate_limit and not isinstance(client, Throttled):  # what goes to the client: an answer, a file,
             client = cast(socket.socket, Throttled(client, loc.rate_limit))  # a websocket's both ways (once)
+        if getattr(client, "websocket", False) and not loc.proxy_url:  # (RFC 8441: a 2xx would open it)
+            req.keep = False
+            return self._reply(client, req, 501, "no websocket here: only a proxy_url location passes one on")
         if loc.proxy_url:
             if req.redirects and req.had_body:  # (its body is gone: nothing to send on)
                 req.keep = False

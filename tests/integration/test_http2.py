@@ -21,7 +21,8 @@ import hpack
 import pytest
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
 
-from conftest import curl, websocket_echo, write_cert
+from conftest import curl, free_port, wait_port, websocket_echo, write_cert
+from test_center import http_mapping
 
 PAGE = os.urandom(300_000)
 
@@ -531,5 +532,35 @@ def test_websockets_over_http2_rfc8441(start_proxy, tmp_path):
         assert c.heads[refused][b":status"] == b"501" and c.heads[plain][b":status"] == b"501"
         assert "upgraded, done" in p.wait_log("GET a.test/ws HTTP/2.0", timeout=5)
         assert '"GET a.test/hello HTTP/2.0" 501' in p.log()
+    finally:
+        echo.shutdown()
+
+
+def test_websockets_over_http2_through_an_http_mapping(pair, tmp_path):
+    """The same through intranet penetration: an h2c client on map_http_bind, the websocket
+    server behind a center client (HTTP/1.1 Upgrade over the link)."""
+    echo = websocket_echo()
+    try:
+        web = free_port()
+        p = pair(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"')
+        p.client = p.start_client(tail=http_mapping("chat", echo.socket.getsockname()[1], "ws.test"))
+        p.client.wait_log("mapping 'chat' published")
+        wait_port(web)
+        c = Client(web)
+        c.pump(lambda: c.conn.remote_settings.enable_connect_protocol == 1)
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"http"),
+                                  (b":path", b"/chat"), (b":authority", b"ws.test"), (b"sec-websocket-version", b"13")])
+        c.send()
+        c.pump(lambda: sid in c.heads)
+        assert c.heads[sid][b":status"] == b"200"
+        c.conn.send_data(sid, ws_frame(b"through the link"))
+        c.send()
+        c.pump(lambda: len(c.bodies.get(sid, b"")) >= 18)
+        assert c.bodies[sid] == b"\x81\x10through the link"
+        c.conn.send_data(sid, ws_frame(b"\x03\xe8", opcode=8), end_stream=True)
+        c.send()
+        c.pump(lambda: sid in c.ended)
+        p.server.wait_log("101 upgraded to websocket, done")
     finally:
         echo.shutdown()

@@ -216,11 +216,11 @@ def test_a_refused_name_is_reported_and_the_others_served(start_proxy, pebble, t
 
 def test_renewal_swaps_the_certificate_while_a_download_goes_on(start_proxy, pebble, tmp_path):
     http_port, tls_port = free_port(), free_port()
-    peb = pebble(http_port, tls_port, validity=12)  # renewal a third of 12 s before expiry: every 8 s
-    (tmp_path / "big").write_bytes(os.urandom(1 << 20) * 24)
+    peb = pebble(http_port, tls_port, validity=6)  # renewal a third of 6 s before expiry: every 4 s
+    (tmp_path / "big").write_bytes(os.urandom(1 << 20) * 14)
     p = start_proxy(config=config(peb, tmp_path, http_port, tls_port, ["r.test"], "tls-alpn-01"), bind=False)
     first = wait_state(p.port, "r.test", ("valid",))
-    assert first["not_after"] - first["not_before"] <= 13
+    assert first["not_after"] - first["not_before"] <= 7
     got = {}
 
     def slow_download() -> None:
@@ -242,7 +242,7 @@ def test_renewal_swaps_the_certificate_while_a_download_goes_on(start_proxy, peb
     time.sleep(1.5)  # (other processes look at the file every second; this one at once)
     renewed = served_cert(tls_port, "r.test", peb.root)
     t.join(timeout=60)
-    assert got["bytes"] > 24 << 20  # the download that began on the old certificate finished whole
+    assert got["bytes"] > 14 << 20  # the download that began on the old certificate finished whole
     assert renewed["serialNumber"] != got["serial"]
     assert "renewing a certificate for r.test" in p.log()
     # the directory goes away: the next renewal fails, is reported, and the certificate in use stays
@@ -252,7 +252,7 @@ def test_renewal_swaps_the_certificate_while_a_download_goes_on(start_proxy, peb
     assert failed["not_after"] == certificates(p.port)["r.test"]["not_after"] >= second["not_after"]
     assert "keeps serving" in p.wait_log("no certificate for r.test")
     ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # (it may have expired by now: 12 s)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # (it may have expired by now: 6 s)
     with socket.create_connection(("127.0.0.1", tls_port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname="r.test") as tls:
             serving = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))

@@ -10,6 +10,7 @@ import os
 import socket
 import ssl
 import subprocess
+import threading
 import time
 
 import h2.config
@@ -19,7 +20,7 @@ import h2.events
 import h2.settings
 import hpack
 import pytest
-from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
+from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, PushPromiseFrame, SettingsFrame
 
 from conftest import curl, free_port, wait_port, websocket_echo, write_cert
 from test_center import http_mapping
@@ -564,3 +565,76 @@ def test_websockets_over_http2_through_an_http_mapping(pair, tmp_path):
         p.server.wait_log("101 upgraded to websocket, done")
     finally:
         echo.shutdown()
+
+
+class LyingUpstream:
+    """An HTTP/2 'server' that answers every connection's first request with an attack: a
+    CONTINUATION flood, an HPACK bomb or a PUSH_PROMISE (as a center client's local service
+    could, to the center server)."""
+
+    def __init__(self, attack: str) -> None:
+        self.attack = attack
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                s, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(s,), daemon=True).start()
+
+    def _one(self, s: socket.socket) -> None:
+        with s:
+            s.settimeout(10)
+            got = b""
+            while len(got) < 24 + 9 or HeadersFrame.type not in got[24:]:  # (the preface, then its request)
+                chunk = s.recv(65536)
+                if not chunk:
+                    return
+                got += chunk
+            s.sendall(SettingsFrame(0).serialize())
+            encoder = hpack.Encoder()
+            try:
+                if self.attack == "continuation":
+                    s.sendall(HeadersFrame(1, data=encoder.encode([(":status", "200")])).serialize())
+                    for _ in range(30):  # (480 KB in 30 frames: under h2's own cap of 64 frames)
+                        s.sendall(ContinuationFrame(1, data=b"x-a: " + b"b" * 16000).serialize())
+                elif self.attack == "hpack bomb":
+                    block = encoder.encode([(":status", "200")] + [("x-bomb", "a" * 4000)] * 100)
+                    s.sendall(HeadersFrame(1, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize())
+                else:
+                    promise = PushPromiseFrame(1, promised_stream_id=2, flags=["END_HEADERS"],
+                                               data=encoder.encode([(":method", "GET"), (":path", "/pushed"),
+                                                                    (":scheme", "http"), (":authority", "a.test")]))
+                    s.sendall(promise.serialize())
+                s.recv(65536)
+                time.sleep(1)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("attack,logged", [("continuation", "CONTINUATION flood"),
+                                           ("hpack bomb", "Oversized header block"),
+                                           ("push", "Received pushed stream")])
+def test_an_upstream_that_attacks_is_cut_and_the_client_gets_502(start_proxy, tmp_path, attack, logged):
+    """An h2c upstream is bounded as a client is: its connection is cut, its streams answered
+    502, the listener serves on. (h2 alone refuses a push, a header list over hpack's 64 KiB
+    and a block of more than 64 frames, but would buffer 64 frames of 16 KiB: the frame scan
+    cuts the block's bytes at 64 KiB.)"""
+    bad = LyingUpstream(attack)
+    try:
+        p = start_proxy(config=site(tmp_path) +
+                        f'[[http.server.location]]\nrule = "/up/"\nproxy_url = "h2c://127.0.0.1:{bad.port}"\n',
+                        bind=False)
+        r = curl("-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{p.port}/up/x")
+        assert r.stdout == b"502", r
+        assert logged in p.wait_log(f"upstream 127.0.0.1:{bad.port}", timeout=10)
+        assert h2_curl("--http2-prior-knowledge", f"http://127.0.0.1:{p.port}/hello").stdout.endswith(b"2 200")
+    finally:
+        bad.close()

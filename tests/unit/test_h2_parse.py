@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from wmproxy.errors import ProtocolError
 from wmproxy.prot import http1
-from wmproxy.web.h2 import PREFACE, Cut, _FrameScan, _request_head
+from wmproxy.web.h2 import PREFACE, Cut, FrameScan, _request_head
 
 
 def frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
@@ -28,7 +28,7 @@ def test_frame_scan_gives_the_same_verdict_whatever_the_split(spec, cuts, limit)
     raw = PREFACE + b"".join(frame(kind, flags, 1, b"a" * n) for kind, flags, n in spec)
 
     def verdict(pieces):
-        scan = _FrameScan(limit)
+        scan = FrameScan(limit)
         try:
             for piece in pieces:
                 scan.feed(piece)
@@ -56,12 +56,12 @@ def test_frame_scan_gives_the_same_verdict_whatever_the_split(spec, cuts, limit)
 
 
 def test_a_continuation_flood_is_cut_by_bytes_and_by_frames():
-    scan = _FrameScan(1000)
+    scan = FrameScan(1000)
     scan.feed(PREFACE + frame(0x1, 0, 1, b"x" * 500))
     with pytest.raises(Cut):
         for _ in range(100):
             scan.feed(frame(0x9, 0, 1, b"x" * 500))
-    scan = _FrameScan(1 << 20)
+    scan = FrameScan(1 << 20)
     scan.feed(PREFACE + frame(0x1, 0, 1, b""))
     with pytest.raises(Cut):
         for _ in range(100):

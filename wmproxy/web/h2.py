@@ -178,7 +178,7 @@ class H2Server:
         self.resets = Budget(*RESET_BUDGET)
         self.pings = Budget(*PING_BUDGET)
         self.settings_budget = Budget(*SETTINGS_BUDGET)
-        self.frames = _FrameScan(settings.max_head)
+        self.frames = FrameScan(settings.max_head)
         self.requests = 0
 
     # -- writing -------------------------------------------------------------------------------
@@ -475,20 +475,21 @@ class H2Connections:
             gevent.spawn(conn.go_away)
 
 
-class _FrameScan:
-    """Reads the frame headers of what the client sends, before h2 does, for what h2 does
-    not bound itself: the bytes of one header block (HEADERS and its CONTINUATION frames) and
-    the count of its frames."""
+class FrameScan:
+    """Reads the frame headers of what the peer sends, before h2 does, for what h2 does not
+    bound itself: the bytes of one header block (HEADERS and its CONTINUATION frames) and the
+    count of its frames. ``server``: the peer is an HTTP/2 server (an upstream): no client
+    preface comes first."""
 
     __slots__ = ("limit", "buf", "skip", "block", "frames", "preface")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, server: bool = False) -> None:
         self.limit = limit
         self.buf = b""  # an incomplete frame header
         self.skip = 0  # payload bytes of the current frame still to pass
         self.block = -1  # bytes of the header block in progress (-1: none)
         self.frames = 0
-        self.preface = len(PREFACE)  # preface bytes still to pass
+        self.preface = 0 if server else len(PREFACE)  # preface bytes still to pass
 
     def feed(self, data: bytes) -> None:
         pos, end = 0, len(data)

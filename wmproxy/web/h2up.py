@@ -39,10 +39,11 @@ from ..net.reader import PeerClosed, Reader
 from ..net.throttle import Throttled
 from ..prot import http1
 from ..prot.framing import NO_BODY
-from .h2 import H2Stream, send_room
+from .h2 import Cut, FrameScan, H2Stream, send_room
 
 log = logging.getLogger("wmproxy.http")
 
+MAX_HEADER_LIST = 1 << 16  # a server's decoded header list (and its header block's bytes)
 WINDOW = 1 << 18  # each stream's receive window (what a server may send ahead of the client's reading)
 CONNECTION_WINDOW = 16 << 20
 RECV_SIZE = 65536
@@ -61,8 +62,13 @@ class H2Upstream:
         self.conn.local_settings = h2.settings.Settings(client=True, initial_values={
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 1 << 16,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
         })
+        # what a server sends is bounded from its first byte, not once it acknowledges our SETTINGS
+        # (a center client's local service is such a server, to the center server: not trusted)
+        self.conn.decoder.max_header_list_size = MAX_HEADER_LIST  # (the HPACK bomb)
+        self.conn.decoder.max_allowed_table_size = h2.settings.Settings(client=False).header_table_size
+        self.frames = FrameScan(MAX_HEADER_LIST, server=True)  # (the CONTINUATION flood)
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.streams: dict[int, UpStream] = {}
@@ -97,9 +103,18 @@ class H2Upstream:
                 if not data:
                     self.close("closed by the server")
                     return
+                self.frames.feed(data)
                 for event in self.conn.receive_data(data):
                     self._event(event)
                 self.flush()
+        except Cut as e:
+            log.warning("upstream %s: HTTP/2 connection cut: %s", self.label, e)
+            try:
+                self.conn.close_connection(error_code=e.code)
+                self.flush()
+            except (h2.exceptions.H2Error, OSError):
+                pass
+            self.close(f"cut: {e}")
         except h2.exceptions.ProtocolError as e:
             if "ConnectionState.CLOSED" in str(e):  # a frame after the server's GOAWAY (gRPC's graceful
                 self.close("the server went away")  # shutdown sends a PING): h2 takes none after it

@@ -23,12 +23,13 @@ frames = st.lists(st.tuples(st.sampled_from([0x0, 0x1, 0x4, 0x6, 0x8, 0x9]), st.
 
 
 @settings(max_examples=300, deadline=None)
-@given(frames, st.lists(st.integers(1, 50), max_size=30), st.integers(1000, 20000))
-def test_frame_scan_gives_the_same_verdict_whatever_the_split(spec, cuts, limit):
-    raw = PREFACE + b"".join(frame(kind, flags, 1, b"a" * n) for kind, flags, n in spec)
+@given(frames, st.lists(st.integers(1, 50), max_size=30), st.integers(1000, 20000), st.booleans())
+def test_frame_scan_gives_the_same_verdict_whatever_the_split(spec, cuts, limit, upstream):
+    """A client's bytes (after its preface) or an upstream server's (none): the same verdict."""
+    raw = (b"" if upstream else PREFACE) + b"".join(frame(kind, flags, 1, b"a" * n) for kind, flags, n in spec)
 
     def verdict(pieces):
-        scan = FrameScan(limit)
+        scan = FrameScan(limit, server=upstream)
         try:
             for piece in pieces:
                 scan.feed(piece)

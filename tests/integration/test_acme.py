@@ -217,7 +217,7 @@ def test_a_refused_name_is_reported_and_the_others_served(start_proxy, pebble, t
 def test_renewal_swaps_the_certificate_while_a_download_goes_on(start_proxy, pebble, tmp_path):
     http_port, tls_port = free_port(), free_port()
     peb = pebble(http_port, tls_port, validity=6)  # renewal a third of 6 s before expiry: every 4 s
-    (tmp_path / "big").write_bytes(os.urandom(1 << 20) * 14)
+    (tmp_path / "big").write_bytes(os.urandom(1 << 20) * 20)
     p = start_proxy(config=config(peb, tmp_path, http_port, tls_port, ["r.test"], "tls-alpn-01"), bind=False)
     first = wait_state(p.port, "r.test", ("valid",))
     assert first["not_after"] - first["not_before"] <= 7
@@ -232,17 +232,19 @@ def test_renewal_swaps_the_certificate_while_a_download_goes_on(start_proxy, peb
                 n = 0
                 while chunk := tls.recv(65536):
                     n += len(chunk)
-                    time.sleep(0.03)  # ~ 2 MB/s: the download spans the renewal
-                got["bytes"] = n
+                    time.sleep(len(chunk) / 2e6)  # 2 MB/s: the download spans the renewal
+                got["bytes"], got["ended"] = n, time.monotonic()
 
     t = threading.Thread(target=slow_download)
     t.start()
     second = wait_state(p.port, "r.test", ("valid", "obtaining"), timeout=40, after=first["not_before"])
+    renewed_at = time.monotonic()
     assert second["not_after"] > first["not_after"]
     time.sleep(1.5)  # (other processes look at the file every second; this one at once)
     renewed = served_cert(tls_port, "r.test", peb.root)
     t.join(timeout=60)
-    assert got["bytes"] > 14 << 20  # the download that began on the old certificate finished whole
+    assert got["bytes"] > 20 << 20  # the download that began on the old certificate finished whole,
+    assert got["ended"] > renewed_at  # after the renewal
     assert renewed["serialNumber"] != got["serial"]
     assert "renewing a certificate for r.test" in p.log()
     # the directory goes away: the next renewal fails, is reported, and the certificate in use stays

@@ -3,6 +3,7 @@ records."""
 
 from __future__ import annotations
 
+import functools
 import ssl
 
 import pytest
@@ -73,10 +74,14 @@ def test_not_a_client_hello(data):
         client_hello_sni(data)
 
 
+FUZZ_HELLO = functools.cache(lambda: client_hello("fuzz.example.com", ["h2", "http/1.1"]))  # (a context loads
+# the system's CA store: 30 ms, once, not per example)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=400), st.integers(min_value=0, max_value=300))
 def test_never_anything_but_a_name_need_more_or_protocol_error(noise, at):
-    hello = bytearray(client_hello("fuzz.example.com"))
+    hello = bytearray(FUZZ_HELLO())
     at = min(at, len(hello) - 1)
     for data in (bytes(noise), bytes(hello[:at]) + noise, b"\x16\x03\x01" + noise):
         try:

@@ -265,6 +265,7 @@ def api_upstreams(st: dict) -> list[dict]:
 MAX_CONNECTIONS_LISTED = 10000  # GET /api/connections?limit=
 STATUS_TOP = 10  # the connections `status` shows
 
+
 def api_certificates(st: dict) -> list[dict]:
     """The ACME certificates: one row per name wanted."""
     return list(st.get("certificates", []))

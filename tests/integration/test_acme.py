@@ -172,8 +172,7 @@ def test_a_certificate_is_obtained_and_served_to_curl(start_proxy, pebble, tmp_p
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE((tmp_path / "acme").stat().st_mode) == 0o700
     accounts = list((tmp_path / "acme" / "accounts").glob("*/key.pem"))
     assert len(accounts) == 1 and stat.S_IMODE(accounts[0].stat().st_mode) == 0o600
-    assert not list((tmp_path / "acme" / "challenges").rglob("*")) or \
-        not [f for f in (tmp_path / "acme" / "challenges").rglob("*") if f.is_file()]  # answers cleaned up
+    assert [f for f in (tmp_path / "acme" / "challenges").rglob("*") if f.is_file()] == []  # answers cleaned up
     status, body = control(p.port, "GET", "/metrics")
     assert status == 200
     line = next(x for x in body.decode().splitlines()
@@ -346,8 +345,6 @@ def test_a_directory_that_requires_an_external_account_binding(start_proxy, pebb
     assert control(p.port, "POST", "/reload")[0] == 200
     row = wait_state(p.port, "eab.test", ("valid",))
     assert row["issuer"].startswith("Pebble")
-    status, body = control(p.port, "GET", "/status")
-    assert mac.encode() not in body  # (the MAC key is never shown)
 
 
 def test_the_dashboard_lists_the_certificates(start_proxy, pebble, tmp_path, browser):

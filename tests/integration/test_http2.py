@@ -10,7 +10,6 @@ import os
 import socket
 import ssl
 import subprocess
-import threading
 import time
 
 import h2.config
@@ -22,7 +21,7 @@ import hpack
 import pytest
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, PushPromiseFrame, SettingsFrame
 
-from conftest import curl, free_port, wait_port, websocket_echo, write_cert
+from conftest import TcpServer, curl, free_port, wait_port, websocket_echo, write_cert
 from test_center import http_mapping
 
 PAGE = os.urandom(300_000)
@@ -567,56 +566,37 @@ def test_websockets_over_http2_through_an_http_mapping(pair, tmp_path):
         echo.shutdown()
 
 
-class LyingUpstream:
+def lying_upstream(attack: str) -> TcpServer:
     """An HTTP/2 'server' that answers every connection's first request with an attack: a
     CONTINUATION flood, an HPACK bomb or a PUSH_PROMISE (as a center client's local service
     could, to the center server)."""
 
-    def __init__(self, attack: str) -> None:
-        self.attack = attack
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                s, _ = self.listener.accept()
-            except OSError:
+    def serve(s: socket.socket) -> None:
+        s.settimeout(10)
+        got = b""
+        while len(got) < 24 + 9 or HeadersFrame.type not in got[24:]:  # (the preface, then its request)
+            chunk = s.recv(65536)
+            if not chunk:
                 return
-            threading.Thread(target=self._one, args=(s,), daemon=True).start()
+            got += chunk
+        s.sendall(SettingsFrame(0).serialize())
+        encoder = hpack.Encoder()
+        if attack == "continuation":
+            s.sendall(HeadersFrame(1, data=encoder.encode([(":status", "200")])).serialize())
+            for _ in range(30):  # (480 KB in 30 frames: under h2's own cap of 64 frames)
+                s.sendall(ContinuationFrame(1, data=b"x-a: " + b"b" * 16000).serialize())
+        elif attack == "hpack bomb":
+            block = encoder.encode([(":status", "200")] + [("x-bomb", "a" * 4000)] * 100)
+            s.sendall(HeadersFrame(1, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize())
+        else:
+            promise = PushPromiseFrame(1, promised_stream_id=2, flags=["END_HEADERS"],
+                                       data=encoder.encode([(":method", "GET"), (":path", "/pushed"),
+                                                            (":scheme", "http"), (":authority", "a.test")]))
+            s.sendall(promise.serialize())
+        s.recv(65536)
+        time.sleep(1)
 
-    def _one(self, s: socket.socket) -> None:
-        with s:
-            s.settimeout(10)
-            got = b""
-            while len(got) < 24 + 9 or HeadersFrame.type not in got[24:]:  # (the preface, then its request)
-                chunk = s.recv(65536)
-                if not chunk:
-                    return
-                got += chunk
-            s.sendall(SettingsFrame(0).serialize())
-            encoder = hpack.Encoder()
-            try:
-                if self.attack == "continuation":
-                    s.sendall(HeadersFrame(1, data=encoder.encode([(":status", "200")])).serialize())
-                    for _ in range(30):  # (480 KB in 30 frames: under h2's own cap of 64 frames)
-                        s.sendall(ContinuationFrame(1, data=b"x-a: " + b"b" * 16000).serialize())
-                elif self.attack == "hpack bomb":
-                    block = encoder.encode([(":status", "200")] + [("x-bomb", "a" * 4000)] * 100)
-                    s.sendall(HeadersFrame(1, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize())
-                else:
-                    promise = PushPromiseFrame(1, promised_stream_id=2, flags=["END_HEADERS"],
-                                               data=encoder.encode([(":method", "GET"), (":path", "/pushed"),
-                                                                    (":scheme", "http"), (":authority", "a.test")]))
-                    s.sendall(promise.serialize())
-                s.recv(65536)
-                time.sleep(1)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.listener.close()
+    return TcpServer(serve)
 
 
 @pytest.mark.parametrize("attack,logged", [("continuation", "CONTINUATION flood"),
@@ -627,7 +607,7 @@ def test_an_upstream_that_attacks_is_cut_and_the_client_gets_502(start_proxy, tm
     502, the listener serves on. (h2 alone refuses a push, a header list over hpack's 64 KiB
     and a block of more than 64 frames, but would buffer 64 frames of 16 KiB: the frame scan
     cuts the block's bytes at 64 KiB.)"""
-    bad = LyingUpstream(attack)
+    bad = lying_upstream(attack)
     try:
         p = start_proxy(config=site(tmp_path) +
                         f'[[http.server.location]]\nrule = "/up/"\nproxy_url = "h2c://127.0.0.1:{bad.port}"\n',

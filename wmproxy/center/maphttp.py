@@ -82,9 +82,9 @@ class MapHttpContext:
 
     def _acme_context(self, alpn: tuple, name: str) -> Optional[ssl.SSLContext]:
         """The ACME certificate of an https mapping's domain (map_acme), while one is registered."""
-        registry = self.registry()
-        route = registry.find_route(name, "https") if registry is not None and name else None
-        if route is None or route.passthrough or route.domain != name or self.certs is None:
+        registry = self.registry()  # (its exact domain only, and no find_route: that turns a group's round robin)
+        routes = registry.routes.get(("https", name), ()) if registry is not None and name else ()
+        if not routes or routes[0].passthrough or self.certs is None:
             return None
         return self.certs.context_for(name, alpn)
 

@@ -29,7 +29,7 @@ from gevent.lock import Semaphore
 from . import __version__, config
 from .config import Addr, CenterConfig, Config, ProxyConfig
 from .errors import ConfigError
-from .acme.client import Directory
+from .acme.types import Directory
 from .acme.manager import AcmeManager, AcmeSettings
 from .center.client import CenterClient, default_client_id
 from .center.mapping import MappingRegistry

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import josepy as jose
@@ -31,6 +30,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from .. import __version__
 from ..net.certstore import CertStore, write_private
+from .types import AcmeFailure, Directory, Issued
 
 log = logging.getLogger("wmproxy.acme")
 
@@ -78,34 +78,6 @@ def alpn_certificate(name: str, digest: bytes) -> bytes:
             .add_extension(x509.UnrecognizedExtension(ID_PE_ACME_IDENTIFIER, b"\x04\x20" + digest), critical=True)
             .sign(key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM) + _pem(key)
-
-
-class AcmeFailure(Exception):
-    """An order that did not give a certificate. ``refused``: the directory will not issue this
-    name as asked (a wildcard, a refused identifier, CAA): trying again soon cannot help.
-    ``retry_after``: seconds the directory asked us to wait (rate limited), else 0."""
-
-    def __init__(self, message: str, refused: bool = False, retry_after: float = 0.0) -> None:
-        super().__init__(message)
-        self.refused = refused
-        self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class Directory:
-    """Where and as whom certificates are asked for."""
-
-    url: str
-    email: str
-    ca: str  # a CA file to verify the directory's TLS with ('' = the system store)
-    eab_kid: str = ""  # External Account Binding (RFC 8555 7.3.4: ZeroSSL, Google, private CAs)
-    eab_hmac_key: str = field(default="", repr=False)  # its MAC key, base64url (a secret: never shown)
-
-
-@dataclass(frozen=True)
-class Issued:
-    fullchain: bytes
-    key: bytes
 
 
 def obtain(directory: Directory, store: CertStore, name: str, challenge: str) -> Issued:

@@ -30,7 +30,7 @@ from gevent.event import Event
 from cryptography import x509
 
 from ..net.certstore import CertStore, safe_name
-from .client import AcmeFailure, Directory, obtain
+from .types import AcmeFailure, Directory
 
 log = logging.getLogger("wmproxy.acme")
 
@@ -215,6 +215,8 @@ class AcmeManager:
         log.info("ACME: %s a certificate for %s (%s) from %s by %s", "renewing" if renewal else "obtaining",
                  entry.name, entry.source, settings.directory.url, settings.challenge)
         try:
+            from .client import obtain  # (the acme library: imported when the first order is placed)
+
             issued = obtain(settings.directory, self.store, entry.name, settings.challenge)
         except AcmeFailure as e:
             self._failed(entry, e)

@@ -46,11 +46,19 @@ $(VENV)/wheelhouse/.done: pyproject.toml $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/python bin/wmproxy-server $(ARGS)
 
+# pytest-xdist workers: one per core, at least 2 (most tests wait on sockets and processes, not
+# the CPU) and at most 4 (the tests' timing margins assume a machine not much busier than that);
+# `make test TEST_JOBS=0` runs the suite in one process. The tests start the programs hundreds
+# of times: wmproxy is byte-compiled once first (also where PYTHONDONTWRITEBYTECODE is set), not
+# at every start.
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; [ $$n -lt 2 ] && n=2; echo $$n)
+
 test: $(VENV)/.installed-test $(VENV)/wheelhouse/.done
 	@tools/apt-need curl:curl ip:iproute2 unshare:util-linux nginx:nginx haproxy:haproxy logrotate:logrotate systemd-analyze:systemd goaccess:goaccess groff:groff-base node:nodejs chromium:chromium chromedriver:chromium-driver nghttp:nghttp2-client pebble:pebble
 	$(BIN)/mypy --strict wmproxy/prot wmproxy/net wmproxy/metrics.py wmproxy/logs.py wmproxy/service.py wmproxy/services.py
 	$(BIN)/mypy --disallow-untyped-defs --disallow-incomplete-defs wmproxy
-	WMPROXY_REQUIRE_SPEEDUPS=1 tools/in-netns $(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python -m compileall -q wmproxy
+	WMPROXY_REQUIRE_SPEEDUPS=1 tools/in-netns $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	bench/run

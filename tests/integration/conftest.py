@@ -39,6 +39,10 @@ def _ephemeral_low() -> int:
 
 _EPHEMERAL_LOW = _ephemeral_low()
 _handed_out: set[int] = set()
+# pytest-xdist's workers (make test runs several) share the namespace's ports: each hands out its
+# own residue class of them, so two workers never give out the same port
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+_WORKERS = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
 def free_port(family=socket.AF_INET, host="127.0.0.1") -> int:
@@ -46,10 +50,11 @@ def free_port(family=socket.AF_INET, host="127.0.0.1") -> int:
     ephemeral range: a port that bind(0) hands out can be taken, before the server binds it,
     as the local port of any outgoing connection (and then stays in TIME_WAIT for a minute:
     "Address already in use"); ports below the range are never used that way. Not the same
-    port twice in one test run."""
+    port twice in one test run, nor one another xdist worker may hand out."""
     for _ in range(200):
         port = random.randrange(10000, _EPHEMERAL_LOW)
-        if port in _handed_out:
+        port -= (port - _WORKER) % _WORKERS
+        if port in _handed_out or port < 10000:
             continue
         with socket.socket(family, socket.SOCK_STREAM) as s:
             try:

@@ -321,6 +321,7 @@ def test_an_acme_dir_that_cannot_be_written_is_a_config_error(tmp_path):
 
 
 @pytest.mark.skipif(not IN_NETNS or os.geteuid() != 0, reason="binds port 80: root in the tests' own network namespace")
+@pytest.mark.xdist_group("port-80")  # (one xdist worker runs every test that binds port 80)
 @pytest.mark.parametrize("plain_port", [80, None])
 def test_auto_proves_names_on_port_80_when_a_plain_listener_takes_it(start_proxy, pebble, tmp_path, plain_port):
     """acme_challenge = "auto": http-01 when a plain listener takes port 80 (as the directory asks

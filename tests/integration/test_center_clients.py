@@ -50,7 +50,8 @@ def test_a_client_linking_again_replaces_its_silent_old_link_at_once(tmp_path, c
         new.wait_log("is up", timeout=10)
         assert "mapping 'echo' published" in new.wait_log("mapping 'site' published")
         assert echo_through(remote).startswith(b"got 5 ")  # through the new link
-        assert host_get(web, "a.test")[1] == b"origin-A"
+        body = host_get(web, "a.test")[1]
+        assert body == b"origin-A", (body[:200], p.server.log()[-6000:], new.log()[-4000:])
         took = time.monotonic() - started
         assert took < 10, took  # (the heartbeat would have taken 90 s)
         log = p.server.wait_log("is replaced")

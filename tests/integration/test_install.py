@@ -14,6 +14,8 @@ import pytest
 from conftest import ROOT, curl, free_port, wait_port
 
 WHEELHOUSE = ROOT / ".venv" / "wheelhouse"
+# (builds in the checkout, as test_packaging does: one xdist worker runs both, one after the other)
+pytestmark = pytest.mark.xdist_group("builds-the-checkout")
 
 
 @pytest.mark.skipif(not (WHEELHOUSE / ".done").exists(), reason="no wheelhouse: run the tests with 'make test'")

@@ -16,8 +16,9 @@ from conftest import ROOT, free_port, http_get, wait_port
 
 WHEELHOUSE = ROOT / ".venv" / "wheelhouse"
 
-pytestmark = pytest.mark.skipif(not (WHEELHOUSE / ".done").exists(),
-                                reason="no wheelhouse: run the tests with 'make test', which downloads it")
+pytestmark = [pytest.mark.skipif(not (WHEELHOUSE / ".done").exists(),
+                                 reason="no wheelhouse: run the tests with 'make test', which downloads it"),
+              pytest.mark.xdist_group("builds-the-checkout")]  # (with test_install: one xdist worker runs both)
 
 
 @pytest.fixture(scope="module")

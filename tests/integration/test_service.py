@@ -311,6 +311,7 @@ def test_systemd_unit_is_sandboxed_and_runs_its_program(program):
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+@pytest.mark.xdist_group("port-80")  # (one xdist worker runs every test that binds port 80)
 def test_as_the_unit_runs_it_a_user_with_only_net_bind_service_binds_port_80(shared_dir, origin):
     """What the unit gives the process (User=, AmbientCapabilities=CAP_NET_BIND_SERVICE,
     NoNewPrivileges=) reproduced with setpriv: it serves on a port below 1024 without root."""

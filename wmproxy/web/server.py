@@ -533,7 +533,7 @@ class WebServer(Listener):
         assert loc is not None and req.path is not None
         if loc.rate_limit and not isinstance(client, Throttled):  # what goes to the client: an answer, a file,
             client = cast(socket.socket, Throttled(client, loc.rate_limit))  # a websocket's both ways (once)
-        if getattr(client, "websocket", False) and not loc.proxy_url:  # (RFC 8441: a 2xx would open it)
+        if not loc.proxy_url and _h2_websocket(client):  # (RFC 8441: a 2xx would open it)
             req.keep = False
             return self._reply(client, req, 501, "no websocket here: only a proxy_url location passes one on")
         if loc.proxy_url:
@@ -900,3 +900,12 @@ def listener_specs(cfg: Config) -> list[ListenerSpec]:
                                   f"http.server[{listed[0][0]}].bind",
                                   WebServer, check))
     return specs
+
+
+def _h2_websocket(client: object) -> bool:
+    """Whether ``client`` (perhaps within its rate limit) is an HTTP/2 stream opening a websocket
+    (RFC 8441). Asked by type, not ``getattr(client, "websocket")``: on a gevent socket that miss
+    goes through its ``__getattr__`` and an AttributeError, 1.5 us a request."""
+    if isinstance(client, Throttled):
+        client = client.conn
+    return isinstance(client, H2Stream) and client.websocket

@@ -36,6 +36,7 @@ from gevent import Timeout, get_hub
 from gevent import ssl as gssl
 
 from ..config import FileServerConfig
+from ..net.writer import send_all
 from ..prot.http1 import REASONS, Head, Headers, encode_head, simple_response
 
 Finish = Callable[[Headers], Headers]  # header rules applied to an answer's headers
@@ -114,7 +115,7 @@ def _small(out: Out, status: int, text: str, head_only: bool, extra: Sequence[tu
            exact: bool = False) -> Reply:
     data = simple_response(status, text, out.finish(list(extra)), close=not out.keep, body=not head_only,
                            exact=exact)
-    out.client.sendall(data)
+    send_all(out.client, data)
     size = len(text.encode()) if exact else len(text.rstrip("\n")) + 1
     return Reply(status, 0 if head_only else size)
 
@@ -279,10 +280,11 @@ def _listing(fs: FileServerConfig, out: Out, directory: str, path: str, head_onl
             ).encode()
     headers = [(b"Content-Type", b"text/html; charset=utf-8"), (b"Content-Length", str(len(body)).encode()),
                *_cors(fs)]
-    out.client.sendall(out.head(200, headers) + (b"" if head_only else body))
+    send_all(out.client, out.head(200, headers) + (b"" if head_only else body))
     return Reply(200, 0 if head_only else len(body))
 
 
+@functools.lru_cache(maxsize=1024)  # (mimetypes' guess, a few microseconds, once per file: paths of found files only)
 def _content_type(path: str, ext_mimetype: tuple = ()) -> bytes:
     kind = None
     if ext_mimetype:
@@ -370,10 +372,8 @@ def _small_meta(fs: FileServerConfig, fs_path: str, send_path: str, encoding: Op
 def _gzip_wanted(fs: FileServerConfig, head: Head, fs_path: str) -> bool:
     """Compress this answer on the fly: the client takes gzip (a q=0 refuses it), asks no
     range (ranges are of the file as it is), and the type is text-like."""
-    if head.get(b"range") is not None or not _compressible(fs, fs_path):
-        return False
     values = head.get_all(b"accept-encoding")
-    if not values:
+    if not values or head.get(b"range") is not None or not _compressible(fs, fs_path):
         return False
     for part in b",".join(values).decode("latin-1").split(","):
         name, _, params = part.partition(";")
@@ -422,9 +422,9 @@ def _gzipped(fs: FileServerConfig, out: Out, head: Head, fs_path: str, status: i
         meta = _Meta(fs, fs_path, "gzip", st, None)
         headers = [(k, v) for k, v in meta.headers if k != b"Accept-Ranges"]
         if status == 200 and _not_modified(head, meta.etag, meta.mtime):
-            out.client.sendall(out.head(304, headers))
+            send_all(out.client, out.head(304, headers))
             return Reply(304)
-        out.client.sendall(out.head(status, [*headers, (b"Transfer-Encoding", b"chunked")]))
+        send_all(out.client, out.head(status, [*headers, (b"Transfer-Encoding", b"chunked")]))
         if head_only:
             return Reply(status)
         return Reply(status, _send_gzip(out, f))
@@ -438,7 +438,7 @@ def _send_gzip(out: Out, f: BinaryIO) -> int:
     def put(data: bytes, last: bytes = b"") -> None:
         nonlocal sent
         with Timeout(out.timeout, socket.timeout("timed out sending a file")):
-            out.client.sendall((b"%x\r\n%s\r\n" % (len(data), data) if data else b"") + last)
+            send_all(out.client, (b"%x\r\n%s\r\n" % (len(data), data) if data else b"") + last)
         sent += len(data)
 
     while block := f.read(CHUNK):
@@ -529,7 +529,7 @@ def _answer(out: Out, head: Head, meta: _Meta, f: Optional[BinaryIO], status: in
     client, size = out.client, meta.size
     headers = list(meta.headers)
     if status == 200 and _not_modified(head, meta.etag, meta.mtime):
-        client.sendall(out.head(304, headers))
+        send_all(client, out.head(304, headers))
         return Reply(304)
     ranges = None
     range_header = head.get(b"range")
@@ -537,7 +537,7 @@ def _answer(out: Out, head: Head, meta: _Meta, f: Optional[BinaryIO], status: in
         ranges = parse_ranges(range_header.decode("latin-1"), size)
     if ranges == []:
         headers = [(b"Content-Range", f"bytes */{size}".encode()), (b"Content-Length", b"0")]
-        client.sendall(out.head(416, headers))
+        send_all(client, out.head(416, headers))
         return Reply(416)
     if ranges and len(ranges) == 1:
         start, end = ranges[0]
@@ -550,7 +550,7 @@ def _answer(out: Out, head: Head, meta: _Meta, f: Optional[BinaryIO], status: in
         headers.append((b"Content-Length", str(size).encode()))
         start_at, count = 0, size
     if head_only:
-        client.sendall(out.head(status, headers))
+        send_all(client, out.head(status, headers))
         return Reply(status)
     _send(out, meta, f, out.head(status, headers), start_at, count)
     return Reply(status, count)
@@ -560,10 +560,10 @@ def _send(out: Out, meta: _Meta, f: Optional[BinaryIO], prefix: bytes, start: in
     """``prefix``, then ``count`` bytes of the file from ``start``: in one send from memory for
     a small file, else with sendfile."""
     if meta.data is not None:
-        out.client.sendall(prefix + meta.data[start:start + count])
+        send_all(out.client, prefix + meta.data[start:start + count])
     else:
         assert f is not None  # (a file not kept in memory is open)
-        out.client.sendall(prefix)
+        send_all(out.client, prefix)
         send_file(out.client, f, start, count, out.timeout)
 
 
@@ -591,11 +591,11 @@ def _multipart(out: Out, meta: _Meta, f: Optional[BinaryIO], headers: Headers, r
     headers = [(k, v) for k, v in headers if k != b"Content-Type"]
     headers += [(b"Content-Type", f"multipart/byteranges; boundary={boundary}".encode()),
                 (b"Content-Length", str(length).encode())]
-    client.sendall(out.head(206, headers))
+    send_all(client, out.head(206, headers))
     if not head_only:
         for preamble, start, end in parts:
             _send(out, meta, f, preamble, start, end - start + 1)
-        client.sendall(closing)
+        send_all(client, closing)
     return Reply(206, 0 if head_only else length)
 
 
@@ -610,7 +610,7 @@ def send_file(client: socket.socket, f: BinaryIO, offset: int, count: int, timeo
             if not data:
                 raise OSError("file shrank while being sent")
             with Timeout(timeout, socket.timeout("timed out sending a file")):
-                client.sendall(data)
+                send_all(client, data)
             count -= len(data)
         return
     out = client.fileno()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Callable
 from ..errors import UpstreamError
 from ..net.conn import Conn
 from ..net.reader import Reader
+from ..net.writer import send_all
 
 if TYPE_CHECKING:
     from .server import ConnInfo, ProxyContext
@@ -29,7 +30,7 @@ def open_tunnel(ctx: ProxyContext, client: Conn, reader: Reader, info: ConnInfo,
         return
     try:
         bound = upstream.getsockname()
-        client.sendall(ok_reply(bound[0], bound[1]))
+        send_all(client, ok_reply(bound[0], bound[1]))  # (one send: no SO_SNDBUF query and timer per tunnel)
     except OSError:
         upstream.close()
         raise

@@ -13,13 +13,13 @@ import ssl
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 from ..config import Addr, Config, StreamServerConfig, StreamUpstreamConfig
 from ..errors import ProtocolError, UpstreamError
 from ..listener import ConnStats, Listener, ListenerSpec
 from ..metrics import ServerMetrics
 from ..services import Services
-from ..net import ws
 from ..net.conn import Address, Conn
 from ..net.proxyproto import HEADER_TIMEOUT, ProxyProtocolIn, header_for, policy
 from ..net.dns import Resolver
@@ -31,6 +31,9 @@ from ..net.relay import RelayStats, relay_then
 from ..net.tls import client_context
 from ..net.health import NEVER_CHECKED
 from .health import StreamHealth, checker
+
+if TYPE_CHECKING:
+    from ..net.ws import WsSocket  # (imported where a listener bridges websockets: wsproto costs every start)
 
 log = logging.getLogger("wmproxy.stream")
 
@@ -93,6 +96,8 @@ class StreamTcpServer(Listener):
         if mode == "ws2tcp":
             client.settimeout(ctx.cfg.connect_timeout)
             try:
+                from ..net import ws  # (wsproto: imported by the listeners that bridge websockets, not at every start)
+
                 conn = ws.accept(client)
             except (ProtocolError, PeerClosed, OSError) as e:
                 log.info("%s stream %s (ws2tcp): %s", peer, ctx.cfg.bind, e)
@@ -154,8 +159,10 @@ class StreamTcpServer(Listener):
         relay_then(conn, upstream, done, self.adopt, ctx.cfg.idle_timeout, rate=ctx.cfg.rate_limit)
 
 
-    def _websocket(self, sock: socket.socket, addr: Addr, ctx: StreamContext) -> ws.WsSocket:
+    def _websocket(self, sock: socket.socket, addr: Addr, ctx: StreamContext) -> WsSocket:
         """tcp2ws(s): the websocket client handshake (over TLS for tcp2wss) on ``sock``."""
+        from ..net import ws  # (as in serve)
+
         host = ctx.cfg.ws_host or addr.host
         sock.settimeout(ctx.cfg.connect_timeout)
         if ctx.ws_tls is not None:

@@ -405,6 +405,36 @@ def test_http_mapping_skips_interim_responses(pair, early_hints):
             assert head.startswith(b"HTTP/1.1 200") and body == b"after hints", head
 
 
+def test_http_mapping_service_that_answers_garbage_or_nothing_gets_502_and_a_log_line(pair):
+    """The mapped service sends 70 KiB without a head end, or closes without a byte: the public
+    client gets 502 at once (not a hang), the server logs one line saying which stream, and the
+    next request is served."""
+    def service(conn):
+        head = conn.recv(65536)
+        if b"/garbage" in head:
+            conn.sendall(b"x" * (70 << 10))
+        elif b"/ok" in head:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    svc = TcpServer(service)
+    web = free_port()
+    p = pair(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"')
+    try:
+        p.client = p.start_client(tail=http_mapping("svc", svc.port, "svc.test"))
+        p.client.wait_log("mapping 'svc' published")
+        wait_port(web)
+        head, body = host_get(web, "svc.test", "/garbage")
+        assert head.startswith(b"HTTP/1.1 502") and b"within 65536 bytes" in body, (head, body)
+        line = p.server.wait_log("502 the mapped service (stream")
+        assert "GET svc.test/garbage" in line and "of alice) did not answer" in line
+        head, body = host_get(web, "svc.test", "/nothing")
+        assert head.startswith(b"HTTP/1.1 502"), head
+        p.server.wait_log("GET svc.test/nothing: 502 the mapped service")
+        assert host_get(web, "svc.test", "/ok")[1] == b"ok"
+    finally:
+        svc.close()
+
+
 def test_http_mapping_header_rules(pair, origin):
     web = free_port()
     p = pair(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"')

@@ -365,6 +365,9 @@ class MapHttpServer(Listener):
             except httpio.STALE as e:
                 if not httpio.stale_retry(kept, framing, e):
                     answer.reply(client, 502, f"the mapped service did not answer: {e}")
+                    log.info("%s map-http %s %s%s: 502 the mapped service (stream %s of %s) did not answer: %s",
+                             peer_ip, head.method, variables["host"], head.target[:200],
+                             up.stream.sid if up.stream is not None else "-", route.owner, e)
                     return False
         if response.status == 101 and upgrade:
             watch.stop()  # the relay that follows watches its own idle time

@@ -8,16 +8,15 @@ kernel's part (a syscall saved, say).
         --path /small.txt --rounds 5 --seconds 4
 
 Both servers run from the start, pinned to CPU 0, and only the measured one gets load (wrk
--c50 on CPU 1): what one changes, the other is measured beside it in the same minutes. ``{www}``
-in the location is a directory with small.txt (17 bytes); ``{origin}`` the port of an nginx
-origin serving it (for a proxy_url location). Prints each round and the medians.
+-c50 on CPU 1, Bench.run_wrk): what one changes, the other is measured beside it in the same
+minutes. ``{www}`` in the location is a directory with small.txt (17 bytes); ``{origin}`` the
+port of an nginx origin serving it (for a proxy_url location). Bench.in_rounds prints each round and the
+medians of after / before, CPU per request first.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import statistics
 import sys
 from pathlib import Path
 
@@ -34,12 +33,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=4)
     args = ap.parse_args()
-    b = Bench(args.seconds, 50)
+    b = Bench(args.seconds, 50, rounds=args.rounds)
     try:
         www = b.www()
         origin = b.nginx() if "{origin}" in args.location else 0
         location = args.location.replace("{www}", str(www)).replace("{origin}", str(origin))
-        servers = {}
+        runs = []
         for name, root in (("before", args.before), ("after", args.after)):
             port = free_port()
             conf = b.tmp / f"ab-{name}.toml"
@@ -47,25 +46,10 @@ def main() -> int:
                             f'[[http.server.location]]\n{location}\n')
             proc = b.start(f"wmproxy-{name}", [sys.executable, str(root.resolve() / "bin" / "wmproxy-server"), "-c",
                                                 str(conf)], port)
-            servers[name] = (proc, port)
-        cpu: dict[str, list[float]] = {"before": [], "after": []}
-        rates: dict[str, list[float]] = {"before": [], "after": []}
-        for r in range(args.rounds):
-            for name in ("before", "after") if r % 2 == 0 else ("after", "before"):
-                proc, port = servers[name]
-                out, used, _ = b.load(["wrk", "-c50", "-t1", f"-d{args.seconds}s", f"http://127.0.0.1:{port}{args.path}"],
-                                      [proc])
-                found = re.search(r"Requests/sec:\s+([\d.]+)", out)
-                if found is None:
-                    print(f"  wrk failed against {name}: {out[-300:]}")
-                    return 1
-                rps = float(found.group(1))
-                cpu[name].append(1e6 * used / (rps * args.seconds))
-                rates[name].append(rps)
-                print(f"  round {r + 1} {name:<6}  CPU {cpu[name][-1]:6.1f} us/request  {rps:8.0f} req/s", flush=True)
-        for name in ("before", "after"):
-            print(f"{name:<6} median CPU {statistics.median(cpu[name]):.1f} us/request "
-                  f"({', '.join(f'{x:.1f}' for x in cpu[name])}), {statistics.median(rates[name]):.0f} req/s")
+            url = f"http://127.0.0.1:{port}{args.path}"
+            runs.append((name, lambda name=name, url=url, proc=proc: b.run_wrk(name, [url], "ab", [proc])))
+        b.in_rounds("ab", runs, [("after / before", "after", "before", 0.0)],
+                    cpu_ratios=[("after / before", "after", "before", 0.0)])
         return 0
     finally:
         b.close()

@@ -408,6 +408,39 @@ def files_config(root, extra: str = "") -> str:
             f'file_server = {{ root = "{root}", cache_time = "1h", path404 = "404.html"{extra} }}\n')
 
 
+@pytest.mark.parametrize("attack", ["large file", "pipelined small files", "pipelined static answers"])
+def test_a_client_that_never_reads_its_files_is_given_up_after_client_read_timeout(start_proxy, site, attack):
+    """The attacker asks and never reads (a 4 KiB receive window): a 20 MiB file (sendfile), or
+    2,000 pipelined requests for a 5 KB file (answered from the cache with one send each), or for
+    a 5 KB static_response. Each wait for room ends after client_read_timeout (1 s): the
+    connection is closed long before the answers are all out, and others are served meanwhile."""
+    p = start_proxy(config=f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\nclient_read_timeout = "1s"\n'
+                           f'[[http.server.location]]\nrule = "/s"\nstatic_response = "{"x" * 4999}\\n"\n'
+                           f'[[http.server.location]]\nrule = "/"\nfile_server = {{ root = "{site}" }}\n', bind=False)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", p.port))
+    if attack == "large file":
+        s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        whole = 20 << 20
+    else:
+        path = b"/docs/a.txt" if attack == "pipelined small files" else b"/s"
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: a.test\r\n\r\n" % path * 2000)
+        whole = 2000 * 5000
+    time.sleep(4)  # (1 s to give up, with room to spare)
+    assert get(p.port, "/index.html")[1] == b"<h1>home</h1>"  # (served all along)
+    got = 0
+    try:
+        while data := s.recv(1 << 20):
+            got += len(data)
+    except ConnectionResetError:
+        pass
+    finally:
+        s.close()
+    assert got < whole // 2, got  # (what the buffers held when it was given up; a live one would send it all)
+
+
 def test_text_files_are_gzipped_on_the_fly_without_a_sibling(start_proxy, site):
     """No .gz sibling: a text-like file goes gzipped to a client that takes it (small: with
     its length, from the cache; large: chunked as it is read), never with ranges, never to

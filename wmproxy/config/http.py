@@ -260,8 +260,9 @@ class HttpServerConfig:
     error_page: tuple = key(list_of(to_error_page), (), "pages for the errors wmproxy answers itself (404, 403, 429, "
                                                         "502, 504...), for locations without their own: "
                                                         "'404 /404.html', '502 = @fallback'")
-    client_read_timeout: float = key(to_duration, 60.0, "the keep-alive wait between requests, and the longest "
-                                                        "silence while a client sends")
+    client_read_timeout: float = key(to_duration, 60.0, "the keep-alive wait between requests, the longest "
+                                                        "silence while a client sends, and the longest wait for a "
+                                                        "client to take bytes of its answer")
     client_header_timeout: float = key(to_duration, 60.0, "deadline for a whole request head (and TLS handshake) "
                                                           "from its first byte (408 beyond)")
     client_body_timeout: float = key(to_duration, 60.0, "the longest silence while a request body arrives, and its "

@@ -41,19 +41,31 @@ def read_waiter(sock: Conn) -> Optional[Callable[[], None]]:
     return partial(wait, event)
 
 
-def send_all(sock: Conn, data: Data) -> None:
+def send_all(sock: Conn, data: Data, timeout: Optional[float] = None) -> None:
     """Send all of ``data``. Blocks cooperatively; raises OSError like ``sendall``.
 
     gevent's ``sendall`` asks the kernel for SO_SNDBUF on every call (a syscall, costly under
     gVisor and visible at tens of thousands of requests a second); one ``send`` usually takes a
     small message whole, and only the rest, if any, goes through ``sendall``. A plain gevent
-    socket is sent on with the kernel socket's ``send`` (non-blocking), one Python layer less."""
+    socket is sent on with the kernel socket's ``send`` (non-blocking), one Python layer less.
+
+    ``timeout``: each wait for room in the peer's window ends with socket.timeout after this
+    many seconds (nginx's send_timeout: a client that stops reading is given up), whatever the
+    socket's own timeout; None leaves the waits to it. A timer only when the first send leaves
+    a rest."""
     try:
         sent = sock._sock.send(data) if type(sock) is GeventSocket else sock.send(data)  # type: ignore[attr-defined]
     except BlockingIOError:
         sent = 0
-    if sent < len(data):
-        sock.sendall(memoryview(data)[sent:])
+    if sent >= len(data):
+        return
+    rest = memoryview(data)[sent:]
+    if timeout is None:
+        sock.sendall(rest)
+        return
+    while rest:
+        with gevent.Timeout(timeout, socket.timeout(f"the peer took no bytes for {timeout:g}s")):
+            rest = rest[sock.send(rest):]
 
 
 def nonblocking_sender(sock: Conn) -> Optional[Callable[[Data], int]]:

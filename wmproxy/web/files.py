@@ -115,7 +115,7 @@ def _small(out: Out, status: int, text: str, head_only: bool, extra: Sequence[tu
            exact: bool = False) -> Reply:
     data = simple_response(status, text, out.finish(list(extra)), close=not out.keep, body=not head_only,
                            exact=exact)
-    send_all(out.client, data)
+    send_all(out.client, data, out.timeout)
     size = len(text.encode()) if exact else len(text.rstrip("\n")) + 1
     return Reply(status, 0 if head_only else size)
 
@@ -280,7 +280,7 @@ def _listing(fs: FileServerConfig, out: Out, directory: str, path: str, head_onl
             ).encode()
     headers = [(b"Content-Type", b"text/html; charset=utf-8"), (b"Content-Length", str(len(body)).encode()),
                *_cors(fs)]
-    send_all(out.client, out.head(200, headers) + (b"" if head_only else body))
+    send_all(out.client, out.head(200, headers) + (b"" if head_only else body), out.timeout)
     return Reply(200, 0 if head_only else len(body))
 
 
@@ -422,9 +422,9 @@ def _gzipped(fs: FileServerConfig, out: Out, head: Head, fs_path: str, status: i
         meta = _Meta(fs, fs_path, "gzip", st, None)
         headers = [(k, v) for k, v in meta.headers if k != b"Accept-Ranges"]
         if status == 200 and _not_modified(head, meta.etag, meta.mtime):
-            send_all(out.client, out.head(304, headers))
+            send_all(out.client, out.head(304, headers), out.timeout)
             return Reply(304)
-        send_all(out.client, out.head(status, [*headers, (b"Transfer-Encoding", b"chunked")]))
+        send_all(out.client, out.head(status, [*headers, (b"Transfer-Encoding", b"chunked")]), out.timeout)
         if head_only:
             return Reply(status)
         return Reply(status, _send_gzip(out, f))
@@ -437,8 +437,7 @@ def _send_gzip(out: Out, f: BinaryIO) -> int:
 
     def put(data: bytes, last: bytes = b"") -> None:
         nonlocal sent
-        with Timeout(out.timeout, socket.timeout("timed out sending a file")):
-            send_all(out.client, (b"%x\r\n%s\r\n" % (len(data), data) if data else b"") + last)
+        send_all(out.client, (b"%x\r\n%s\r\n" % (len(data), data) if data else b"") + last, out.timeout)
         sent += len(data)
 
     while block := f.read(CHUNK):
@@ -529,7 +528,7 @@ def _answer(out: Out, head: Head, meta: _Meta, f: Optional[BinaryIO], status: in
     client, size = out.client, meta.size
     headers = list(meta.headers)
     if status == 200 and _not_modified(head, meta.etag, meta.mtime):
-        send_all(client, out.head(304, headers))
+        send_all(client, out.head(304, headers), out.timeout)
         return Reply(304)
     ranges = None
     range_header = head.get(b"range")
@@ -537,7 +536,7 @@ def _answer(out: Out, head: Head, meta: _Meta, f: Optional[BinaryIO], status: in
         ranges = parse_ranges(range_header.decode("latin-1"), size)
     if ranges == []:
         headers = [(b"Content-Range", f"bytes */{size}".encode()), (b"Content-Length", b"0")]
-        send_all(client, out.head(416, headers))
+        send_all(client, out.head(416, headers), out.timeout)
         return Reply(416)
     if ranges and len(ranges) == 1:
         start, end = ranges[0]
@@ -550,7 +549,7 @@ def _answer(out: Out, head: Head, meta: _Meta, f: Optional[BinaryIO], status: in
         headers.append((b"Content-Length", str(size).encode()))
         start_at, count = 0, size
     if head_only:
-        send_all(client, out.head(status, headers))
+        send_all(client, out.head(status, headers), out.timeout)
         return Reply(status)
     _send(out, meta, f, out.head(status, headers), start_at, count)
     return Reply(status, count)
@@ -560,10 +559,10 @@ def _send(out: Out, meta: _Meta, f: Optional[BinaryIO], prefix: bytes, start: in
     """``prefix``, then ``count`` bytes of the file from ``start``: in one send from memory for
     a small file, else with sendfile."""
     if meta.data is not None:
-        send_all(out.client, prefix + meta.data[start:start + count])
+        send_all(out.client, prefix + meta.data[start:start + count], out.timeout)
     else:
         assert f is not None  # (a file not kept in memory is open)
-        send_all(out.client, prefix)
+        send_all(out.client, prefix, out.timeout)
         send_file(out.client, f, start, count, out.timeout)
 
 
@@ -591,11 +590,11 @@ def _multipart(out: Out, meta: _Meta, f: Optional[BinaryIO], headers: Headers, r
     headers = [(k, v) for k, v in headers if k != b"Content-Type"]
     headers += [(b"Content-Type", f"multipart/byteranges; boundary={boundary}".encode()),
                 (b"Content-Length", str(length).encode())]
-    send_all(client, out.head(206, headers))
+    send_all(client, out.head(206, headers), out.timeout)
     if not head_only:
         for preamble, start, end in parts:
             _send(out, meta, f, preamble, start, end - start + 1)
-        send_all(client, closing)
+        send_all(client, closing, out.timeout)
     return Reply(206, 0 if head_only else length)
 
 
@@ -609,8 +608,7 @@ def send_file(client: socket.socket, f: BinaryIO, offset: int, count: int, timeo
             data = f.read(min(CHUNK, count))
             if not data:
                 raise OSError("file shrank while being sent")
-            with Timeout(timeout, socket.timeout("timed out sending a file")):
-                send_all(client, data)
+            send_all(client, data, timeout)
             count -= len(data)
         return
     out = client.fileno()

@@ -50,7 +50,7 @@ class ControlContext:
 
 def _reply(client: Conn, status: int, body: bytes, content_type: str) -> None:
     head = http1.encode_head(f"HTTP/1.1 {status} {http1.REASONS.get(status, 'OK')}", [
-        (b"Content-Type", content_type.encode()),
+        (b"Date", http1.http_date()), (b"Content-Type", content_type.encode()),
         (b"Content-Length", str(len(body)).encode()),
         (b"Cache-Control", b"no-store"),
         (b"Connection", b"close"),
@@ -210,7 +210,7 @@ def _dashboard(client: Conn) -> None:
     scripts = re.findall(rb"<script>(.*?)</script>", page, re.S)
     hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s).digest()).decode()}'" for s in scripts)
     head = http1.encode_head("HTTP/1.1 200 OK", [
-        (b"Content-Type", b"text/html; charset=utf-8"), (b"Content-Length", str(len(page)).encode()),
+        (b"Date", http1.http_date()), (b"Content-Type", b"text/html; charset=utf-8"), (b"Content-Length", str(len(page)).encode()),
         (b"Cache-Control", b"no-store"), (b"X-Frame-Options", b"DENY"), (b"Referrer-Policy", b"no-referrer"),
         (b"X-Content-Type-Options", b"nosniff"),
         (b"Content-Security-Policy", f"default-src 'none'; connect-src 'self'; img-src data:; "

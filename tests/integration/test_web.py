@@ -3,6 +3,7 @@ static files, with curl, raw sockets, nginx as a real upstream and the websocket
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import hashlib
 import os
@@ -518,6 +519,52 @@ def test_static_files(start_proxy, site):
     head, body = get(port, "/big.bin", headers="Range: bytes=0-9,-10\r\n")
     assert head.startswith(b"HTTP/1.1 206") and big[:10] in body and big[-10:] in body
     assert get(port, "/", method="POST")[0].startswith(b"HTTP/1.1 405")
+
+
+def test_every_answer_wmproxy_makes_itself_carries_a_date(start_proxy, site):
+    """RFC 9110 6.6.1: an origin with a clock sends Date in its 2xx, 3xx and 4xx answers (nginx
+    does in all): files (200, 304, 206, 416, listing, the 301 to a directory, 404), static
+    answers, redirects, errors, the forward proxy's own answers, over HTTP/2 too."""
+    def dated(head: bytes) -> None:
+        value = header(head, "Date")
+        assert value is not None and value.endswith(" GMT"), head
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+        assert abs(when - time.time()) < 5, (value, head)
+        assert head.lower().count(b"\r\ndate:") == 1, head
+
+    conf = files_config(site, ', browse = true') + (
+        '[[http.server.location]]\nrule = "= /hello"\nstatic_response = "hi"\n'
+        '[[http.server.location]]\nrule = "/away/"\nredirect = "/there"\n')
+    p, port = web(start_proxy, conf)
+    head, _ = get(port, "/style.css")
+    dated(head)
+    etag = header(head, "ETag")
+    cases = [("/style.css", f"If-None-Match: {etag}\r\n", b"304"), ("/docs/a.txt", "Range: bytes=0-4\r\n", b"206"),
+             ("/docs/a.txt", "Range: bytes=9000-\r\n", b"416"), ("/docs/", "", b"200"), ("/docs", "", b"301"),
+             ("/nothing-here", "", b"404"), ("/hello", "", b"200"), ("/away/x", "", b"302")]
+    for path, extra, status in cases:
+        head, _ = get(port, path, headers=extra)
+        assert head.split()[1] == status, (path, head)
+        dated(head)
+    head, _ = get(port, "/", method="POST")
+    assert head.startswith(b"HTTP/1.1 405")
+    dated(head)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # a malformed request: 400
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nBad Header: x\r\n\r\n")
+        head, _ = read_response(s)
+    assert head.startswith(b"HTTP/1.1 400")
+    dated(head)
+    r = curl("-si", "--http2-prior-knowledge", f"http://127.0.0.1:{port}/hello")
+    assert r.stdout.startswith(b"HTTP/2 200")
+    dated(r.stdout.split(b"\r\n\r\n")[0])
+    # the forward proxy's own answer (nothing listens on the target)
+    fwd = start_proxy()
+    with socket.create_connection(("127.0.0.1", fwd.port), timeout=10) as s:
+        closed = free_port()
+        s.sendall(f"GET http://127.0.0.1:{closed}/ HTTP/1.1\r\nHost: 127.0.0.1:{closed}\r\n\r\n".encode())
+        head, _ = read_response(s)
+    assert head.startswith(b"HTTP/1.1 502")
+    dated(head)
 
 
 def test_a_changed_small_file_shows_within_a_second(start_proxy, site):

@@ -10,9 +10,11 @@ targets, prot/rules.py applies header rules, prot/auth.py reads Basic credential
 
 from __future__ import annotations
 
+from email.utils import formatdate
 from http import HTTPStatus
 
 import re
+import time
 from typing import Any, Callable, Optional, Sequence
 import httptools
 
@@ -540,13 +542,29 @@ def encode_head(start_line: str, headers: Headers) -> bytes:
     return b"".join(parts)
 
 
+_date_until = 0.0  # the end of the second _date_value says
+_date_value = b""
+
+
+def http_date() -> bytes:
+    """Now as a Date value (RFC 9110 5.6.7, IMF-fixdate), made once a second."""
+    global _date_until, _date_value
+    now = time.time()
+    if now >= _date_until or now < _date_until - 1.0:  # (a new second, or the clock was set back)
+        second = int(now)
+        _date_until, _date_value = second + 1.0, formatdate(second, usegmt=True).encode("ascii")
+    return _date_value
+
+
 def simple_response(status: int, text: str, extra: Sequence[tuple[bytes, bytes]] = (), close: bool = True,
                     body: bool = True, exact: bool = False) -> bytes:
-    """A complete short text/plain response for the proxy's own errors, ending in one newline
-    (``exact``: ``text`` as it is, a static_response's); without its body, Content-Length kept,
-    when ``body`` is False: the answer to HEAD."""
+    """A complete short text/plain response for the proxy's own answers (errors, static
+    answers, redirects), ending in one newline (``exact``: ``text`` as it is, a
+    static_response's); without its body, Content-Length kept, when ``body`` is False: the
+    answer to HEAD. With a Date, as an origin's answers must have (RFC 9110 6.6.1)."""
     data = (text if exact else text.rstrip("\n") + "\n").encode("utf-8")
     headers = [
+        (b"Date", http_date()),
         (b"Content-Type", b"text/plain; charset=utf-8"),
         (b"Content-Length", str(len(data)).encode()),
         *extra,

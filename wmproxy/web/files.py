@@ -37,7 +37,7 @@ from gevent import ssl as gssl
 
 from ..config import FileServerConfig
 from ..net.writer import send_all
-from ..prot.http1 import REASONS, Head, Headers, encode_head, simple_response
+from ..prot.http1 import REASONS, Head, Headers, encode_head, http_date, simple_response
 
 Finish = Callable[[Headers], Headers]  # header rules applied to an answer's headers
 Found = Any  # what a lookup found: a _lookup tuple, a Reply or a _Meta
@@ -105,7 +105,7 @@ class Out:
         self.timeout = timeout  # for each wait while sending a body
 
     def head(self, status: int, headers: list) -> bytes:
-        headers = self.finish(headers)
+        headers = self.finish([(b"Date", http_date()), *headers])  # (an origin's answers have one, RFC 9110 6.6.1)
         if not self.keep:
             headers.append((b"Connection", b"close"))
         return encode_head(f"HTTP/1.1 {status} {REASONS.get(status, '')}", headers)

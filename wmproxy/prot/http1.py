@@ -528,7 +528,7 @@ def check_request(head: Head, max_headers: int = MAX_HEADERS, host_required: boo
         raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
 
 
-def encode_lines(headers: Headers) -> bytes:
+def encode_lines(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
     """Header lines as a Response keeps them: each b"\r\nName: value"."""
     return b"".join([b"\r\n%s: %s" % kv for kv in headers])
 

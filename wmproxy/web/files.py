@@ -37,7 +37,7 @@ from gevent import ssl as gssl
 
 from ..config import FileServerConfig
 from ..net.writer import send_all
-from ..prot.http1 import REASONS, Head, Headers, encode_head, http_date, simple_response
+from ..prot.http1 import REASONS, Head, Headers, encode_head, encode_lines, http_date, simple_response
 
 Finish = Callable[[Headers], Headers]  # header rules applied to an answer's headers
 Found = Any  # what a lookup found: a _lookup tuple, a Reply or a _Meta
@@ -58,6 +58,9 @@ GZIP_STREAM_LEVEL = 1  # larger ones, as they are sent (nginx's gzip_comp_level)
 COMPRESSIBLE = frozenset((b"application/json", b"application/javascript", b"application/xml", b"image/svg+xml",
                           b"application/xhtml+xml", b"application/rss+xml", b"application/atom+xml",
                           b"application/wasm", b"application/x-javascript", b"application/manifest+json"))
+
+
+_OK_DATE = b"HTTP/1.1 200 OK\r\nDate: "
 
 
 class Reply:
@@ -98,14 +101,16 @@ class Out:
 
     __slots__ = ("client", "finish", "keep", "timeout")
 
-    def __init__(self, client: socket.socket, finish: Finish, keep: bool, timeout: float | None) -> None:
+    def __init__(self, client: socket.socket, finish: Optional[Finish], keep: bool, timeout: float | None) -> None:
         self.client = client
-        self.finish = finish  # headers -> headers (the location's response rules)
+        self.finish = finish  # headers -> headers (the location's response rules; None: it has none)
         self.keep = keep
         self.timeout = timeout  # for each wait while sending a body
 
     def head(self, status: int, headers: list) -> bytes:
-        headers = self.finish([(b"Date", http_date()), *headers])  # (an origin's answers have one, RFC 9110 6.6.1)
+        headers = [(b"Date", http_date()), *headers]  # (an origin's answers have one, RFC 9110 6.6.1)
+        if self.finish is not None:
+            headers = self.finish(headers)
         if not self.keep:
             headers.append((b"Connection", b"close"))
         return encode_head(f"HTTP/1.1 {status} {REASONS.get(status, '')}", headers)
@@ -113,18 +118,20 @@ class Out:
 
 def _small(out: Out, status: int, text: str, head_only: bool, extra: Sequence[tuple[bytes, bytes]] = (),
            exact: bool = False) -> Reply:
-    data = simple_response(status, text, out.finish(list(extra)), close=not out.keep, body=not head_only,
+    data = simple_response(status, text, out.finish(list(extra)) if out.finish is not None else extra,
+                           close=not out.keep, body=not head_only,
                            exact=exact)
     send_all(out.client, data, out.timeout)
     size = len(text.encode()) if exact else len(text.rstrip("\n")) + 1
     return Reply(status, 0 if head_only else size)
 
 
-def serve(fs: FileServerConfig, client: socket.socket, head: Head, path: str, keep: bool, finish: Finish = lambda h: h,
-          timeout: float | None = None, pages: frozenset = frozenset(), status: int = 0) -> Reply:
+def serve(fs: FileServerConfig, client: socket.socket, head: Head, path: str, keep: bool,
+          finish: Optional[Finish] = None, timeout: float | None = None, pages: frozenset = frozenset(),
+          status: int = 0) -> Reply:
     """Answer ``head`` (its normalized ``path``) from ``fs``; the connection stays open when
-    ``keep``; ``finish`` applies the response header rules; a client that takes no bytes for
-    ``timeout`` is given up. An error whose status is in ``pages`` (the caller's error pages)
+    ``keep``; ``finish`` applies the response header rules (None: there are none); a client
+    that takes no bytes for ``timeout`` is given up. An error whose status is in ``pages`` (the caller's error pages)
     is not sent: the Reply says so. ``status``: answer a file with it (an error page's).
     Raises OSError when the client goes away (socket.timeout)."""
     out = Out(client, finish, keep, timeout)
@@ -161,16 +168,18 @@ def serve(fs: FileServerConfig, client: socket.socket, head: Head, path: str, ke
 def _cached_lookup(fs: FileServerConfig, path: str) -> Found:
     """:func:`_lookup`, remembered for LOOKUP_TTL (as nginx's open_file_cache): the path
     checks (realpath, stats) cost more than sending a small file."""
-    return _cached((fs, path), lambda: _lookup(fs, os.path.realpath(fs.root), path))
+    return _cached((id(fs), path), fs, lambda: _lookup(fs, os.path.realpath(fs.root), path))
 
 
-def _cached(key: tuple[object, ...], compute: Callable[[], Found]) -> Found:
+def _cached(key: tuple[object, ...], fs: FileServerConfig, compute: Callable[[], Found]) -> Found:
     """``compute()``, remembered under ``key`` for LOOKUP_TTL (at most LOOKUP_ENTRIES keys and
-    CACHE_BYTES of small files' bytes)."""
+    CACHE_BYTES of small files' bytes). ``key`` names ``fs`` by its id, which the entry checks
+    is still that object's (hashing the config's every field, twice a request, cost more than
+    the rest of the look-up)."""
     global _cache_bytes
     now = time.monotonic()
     hit = _LOOKUPS.get(key)
-    if hit is not None and hit[0] > now:
+    if hit is not None and hit[0] > now and hit[2] is fs:
         return hit[1]
     if hit is not None and isinstance(hit[1], _Meta):
         _cache_bytes -= len(hit[1].data or b"")
@@ -179,7 +188,7 @@ def _cached(key: tuple[object, ...], compute: Callable[[], Found]) -> Found:
     if len(_LOOKUPS) >= LOOKUP_ENTRIES or _cache_bytes + size > CACHE_BYTES:
         _LOOKUPS.clear()
         _cache_bytes = 0
-    _LOOKUPS[key] = (now + LOOKUP_TTL, found)
+    _LOOKUPS[key] = (now + LOOKUP_TTL, found, fs)
     _cache_bytes += size
     return found
 
@@ -307,7 +316,7 @@ def _encoded(fs: FileServerConfig, head: Head, fs_path: str) -> tuple[str, Optio
     values = head.get_all(b"accept-encoding")
     if not values:
         return fs_path, None
-    siblings = _cached(("siblings", fs, fs_path), lambda: _siblings(fs, fs_path))
+    siblings = _cached(("siblings", id(fs), fs_path), fs, lambda: _siblings(fs, fs_path))
     if not siblings:
         return fs_path, None
     accepted = {part.split(";", 1)[0].strip().lower() for part in b",".join(values).decode("latin-1").split(",")}
@@ -334,13 +343,14 @@ class _Meta:
     """What one file's answers share: size, mtime, ETag and the headers every answer carries;
     with the bytes themselves for a small file (read once per LOOKUP_TTL, as a lookup)."""
 
-    __slots__ = ("size", "mtime", "etag", "headers", "data")
+    __slots__ = ("size", "mtime", "etag", "headers", "data", "ok")
 
     def __init__(self, fs: FileServerConfig, fs_path: str, encoding: Optional[str], st: os.stat_result,
                  data: Optional[bytes]) -> None:
         self.size = st.st_size
         self.mtime = int(st.st_mtime)
         self.data = data
+        self.ok: Optional[bytes] = None  # (ok_lines())
         self.etag = f'"{st.st_mtime_ns:x}-{self.size:x}{"-" + encoding if encoding else ""}"'.encode()
         headers = [(b"Content-Type", _content_type(fs_path, fs.ext_mimetype)), (b"ETag", self.etag),
                    (b"Last-Modified", formatdate(st.st_mtime, usegmt=True).encode()), (b"Accept-Ranges", b"bytes")]
@@ -351,6 +361,14 @@ class _Meta:
         if fs.cache_time:
             headers.append((b"Cache-Control", f"max-age={int(fs.cache_time)}".encode()))
         self.headers = tuple(headers + _cors(fs))
+
+    def ok_lines(self) -> bytes:
+        """Its header lines and Content-Length, as a plain 200 sends them after the Date (made
+        at the first such answer: the gzip cache sets its size and headers after __init__)."""
+        ok = self.ok
+        if ok is None:
+            ok = self.ok = encode_lines(self.headers) + b"\r\nContent-Length: %d\r\n\r\n" % self.size
+        return ok
 
 
 def _small_meta(fs: FileServerConfig, fs_path: str, send_path: str, encoding: Optional[str]) -> Optional[_Meta]:
@@ -366,7 +384,7 @@ def _small_meta(fs: FileServerConfig, fs_path: str, send_path: str, encoding: Op
         except OSError:
             return None
         return _Meta(fs, fs_path, encoding, st, data) if len(data) == st.st_size else None
-    return _cached(("small", fs, send_path, encoding), read)
+    return _cached(("small", id(fs), send_path, encoding), fs, read)
 
 
 def _gzip_wanted(fs: FileServerConfig, head: Head, fs_path: str) -> bool:
@@ -413,7 +431,7 @@ def _gzipped(fs: FileServerConfig, out: Out, head: Head, fs_path: str, status: i
                 meta.size = len(meta.data or b"")
                 meta.headers = tuple(h for h in meta.headers if h[0] != b"Accept-Ranges")
                 return meta
-            meta = _cached(("gzip", fs, fs_path, st.st_mtime_ns, st.st_size), compress)
+            meta = _cached(("gzip", id(fs), fs_path, st.st_mtime_ns, st.st_size), fs, compress)
             if meta is not None:
                 return _answer(out, head, meta, None, status, head_only)
             f.seek(0)
@@ -526,12 +544,17 @@ def _open_regular(fs: FileServerConfig, path: str) -> Optional[tuple[BinaryIO, o
 def _answer(out: Out, head: Head, meta: _Meta, f: Optional[BinaryIO], status: int, head_only: bool) -> Reply:
     """The answer to a file: from ``meta.data`` (a small file) or the open file ``f``."""
     client, size = out.client, meta.size
-    headers = list(meta.headers)
     if status == 200 and _not_modified(head, meta.etag, meta.mtime):
-        send_all(client, out.head(304, headers), out.timeout)
+        send_all(client, out.head(304, list(meta.headers)), out.timeout)
         return Reply(304)
     ranges = None
     range_header = head.get(b"range")
+    data = meta.data
+    if range_header is None and data is not None and status == 200 and out.finish is None and out.keep \
+            and not head_only:  # the usual answer, a small file whole: its head made once, but for the Date
+        send_all(client, b"".join((_OK_DATE, http_date(), meta.ok_lines(), data)), out.timeout)
+        return Reply(200, size)
+    headers = list(meta.headers)
     if status == 200 and range_header is not None and _if_range_ok(head, meta.etag, meta.mtime):
         ranges = parse_ranges(range_header.decode("latin-1"), size)
     if ranges == []:

@@ -551,7 +551,8 @@ class WebServer(Listener):
                 head = copy.copy(head)
                 head.method = "GET"
             reply = files.serve(loc.file_server, client, head, req.path, req.keep,
-                                lambda headers: req.apply(headers, rules), ctx.read_timeout, pages, status)
+                                (lambda headers: req.apply(headers, rules)) if rules else None, ctx.read_timeout,
+                                pages, status)
             if not reply.sent:
                 if reply.then.startswith("@") and req.redirects < MAX_REDIRECTS:  # try_paths' last entry
                     return self._internal(client, reader, req, ctx, reply.then, status)

@@ -19,7 +19,7 @@ import errno
 import logging
 import socket
 import time
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -78,7 +78,7 @@ class ConnStats:
         self.total = 0
         self.bytes_in = 0  # from clients
         self.bytes_out = 0  # to clients
-        self.statuses: Counter = Counter()  # HTTP status -> requests
+        self.statuses: defaultdict[int, int] = defaultdict(int)  # status -> requests (not a Counter: half the time)
         self.request_seconds = Histogram()  # HTTP requests: from the head read to the answer's end
 
 

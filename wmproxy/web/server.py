@@ -35,7 +35,7 @@ from ..metrics import Histogram
 from ..net import httpio
 from ..net.conn import Address, Data
 from ..net.dial import fmt_addr, in_networks, ip_allowed
-from ..net.idle import ConnWatch
+from ..net.idle import INF, ConnWatch
 from ..net.live import current
 from ..net.proxyproto import ProxyProtocolIn, header_for, policy, real_ip
 from ..net.reader import PeerClosed, Reader
@@ -117,6 +117,9 @@ class WebContext:
                 if loc.rule.kind == "named":
                     self._named[(id(srv), loc.rule.text)] = loc
         self._codes = {key: frozenset(pages) for key, pages in self._pages.items()}
+        for srv in servers:
+            for loc in srv.location:
+                self._plans[id(loc)].pages = self.page_codes(srv, loc)
         for upstream in http.upstream:  # now, not at the first request: their health checks start
             if upstream not in self.groups:
                 self.groups[upstream] = UpstreamGroup(upstream, self.resolver)
@@ -227,12 +230,13 @@ class _Plan:
     """The header rules of a location (its server's first) split into those for the request
     sent upstream (``proxy ...``) and those for responses; its proxy_url's (group, path)."""
 
-    __slots__ = ("request_rules", "response_rules", "group")
+    __slots__ = ("request_rules", "response_rules", "group", "pages")
 
     def __init__(self, rules: tuple) -> None:
         self.request_rules = tuple(r for r in rules if r.is_proxy)
         self.response_rules = tuple(r for r in rules if not r.is_proxy)
         self.group: tuple | None = None
+        self.pages: frozenset = frozenset()  # the statuses its error pages answer (WebContext.page_codes)
 
 
 class RateLimit:
@@ -521,7 +525,7 @@ class WebServer(Listener):
         req.location = loc = ctx.location_for(req.server, req.path, req)
         if loc is None:
             return self._error(client, reader, req, ctx, 404, "no location for this path")
-        if not ip_allowed(req.ip, loc.allow_ip, loc.deny_ip):
+        if (loc.allow_ip or loc.deny_ip) and not ip_allowed(req.ip, loc.allow_ip, loc.deny_ip):
             return self._error(client, reader, req, ctx, 403, "client address not allowed here")
         if loc.limit_req is not None and not ctx.limiter(loc).take(req.ip):
             return self._error(client, reader, req, ctx, 429, "too many requests", [(b"Retry-After", b"1")])
@@ -533,7 +537,7 @@ class WebServer(Listener):
         assert loc is not None and req.path is not None
         if loc.rate_limit and not isinstance(client, Throttled):  # what goes to the client: an answer, a file,
             client = cast(socket.socket, Throttled(client, loc.rate_limit))  # a websocket's both ways (once)
-        if not loc.proxy_url and _h2_websocket(client):  # (RFC 8441: a 2xx would open it)
+        if not loc.proxy_url and req.down.protocol and _h2_websocket(client):  # (RFC 8441: a 2xx would open it)
             req.keep = False
             return self._reply(client, req, 501, "no websocket here: only a proxy_url location passes one on")
         if loc.proxy_url:
@@ -541,11 +545,13 @@ class WebServer(Listener):
                 req.keep = False
                 return self._reply(client, req, status or 502, "an error page cannot send the request body on")
             return self._proxy(client, reader, req, ctx)
-        self._discard_body(reader, req)
+        if req.framing != NO_BODY:
+            self._discard_body(reader, req)
         if loc.file_server is not None:
-            rules = req.response_rules()
-            req.state.waiting(None, float("inf"))  # a long download is no idle client: sends time out on their own
-            pages = ctx.page_codes(req.server, loc) if req.redirects < MAX_REDIRECTS else frozenset()
+            plan = ctx.plan(req.server, loc)
+            rules = plan.response_rules
+            req.state.waiting(None, INF)  # a long download is no idle client: sends time out on their own
+            pages = plan.pages if req.redirects < MAX_REDIRECTS else frozenset()
             head = req.head
             if req.redirects and head.method not in ("GET", "HEAD"):  # (an error page is got, as nginx does)
                 head = copy.copy(head)
@@ -832,17 +838,20 @@ class WebServer(Listener):
 
     def _log(self, req: Request) -> None:
         took = time.monotonic() - req.started
-        if req.down.protocol:  # (served as HTTP/1.1 over an HTTP/2 stream: the log says which)
-            req.head.version = req.down.protocol
-        self.stats.statuses[req.status] += 1
-        self.stats.bytes_in += len(req.raw)  # (heads in, answers' bodies out: what the dashboard graphs)
-        self.stats.bytes_out += req.size
-        self.stats.request_seconds.observe(took)
-        live = req.down.live
+        down = req.down
+        if down.protocol:  # (served as HTTP/1.1 over an HTTP/2 stream: the log says which)
+            req.head.version = down.protocol
+        stats, got, size = self.stats, len(req.raw), req.size
+        stats.statuses[req.status] += 1
+        stats.bytes_in += got  # (heads in, answers' bodies out: what the dashboard graphs)
+        stats.bytes_out += size
+        stats.request_seconds.observe(took)
+        live = down.live
         if live is not None:
-            live.bytes_in += len(req.raw)
-            live.bytes_out += req.size
-        fmt = req.location.access_log if req.location is not None else ""
+            live.bytes_in += got
+            live.bytes_out += size
+        loc = req.location
+        fmt = loc.access_log if loc is not None else ""
         if fmt == "off" or not access_log.isEnabledFor(logging.INFO):
             return
         if fmt:

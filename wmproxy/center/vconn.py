@@ -99,8 +99,8 @@ class VirtualConn:
             chunk, self.pending = self.pending[:n], self.pending[n:]
             self.consume(len(chunk))
             return chunk
-        try:
-            chunk = self.inbox.get(timeout=self.timeout)
+        try:  # (without a timeout: no gevent Timeout made and stopped for each read)
+            chunk = self.inbox.get() if self.timeout is None else self.inbox.get(timeout=self.timeout)
         except Empty:
             raise socket.timeout("timed out") from None
         if chunk is _RESET:

@@ -16,7 +16,8 @@
 - workers (bench/workers.py): workers = 2 beside workers = 1, requests/s and CPU per request
   where wmproxy is the bound and against nginx, and CONNECT with 4 streams;
 - with ``--only instructions`` (bench/instructions.py): user-space instructions per small GET
-  under callgrind, wmproxy beside pproxy and the floor of the design: a count that does not
+  under callgrind (the forward and reverse proxy, static files over HTTP/1.1 and h2c, an http
+  mapping's server), wmproxy beside pproxy and the floors of the design: a count that does not
   drift with the machine's speed.
 
 Proxies run pinned to CPU 0 (taskset), the load and the origin on CPU 1. Run through `bench/run`,

@@ -4,6 +4,8 @@ nothing (pproxy's shortcut, minus asyncio). What wmproxy costs above it is the p
 rules; see docs/BENCHMARKS.md.
 
     bench/floor.py LISTEN_PORT ORIGIN_PORT      (then wrk with absolute-form requests to it)
+    bench/floor.py LISTEN_PORT                  (the static floor: each read answered with the
+                                                 bytes of a small file's 200, parsing nothing)
 
 Not a proxy: the absolute-form target is cut to origin-form by a byte replace.
 """
@@ -22,7 +24,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wmproxy.net.reader import _Watch  # noqa: E402
 
 
+STATIC = (b"HTTP/1.1 200 OK\r\nDate: Mon, 07 Dec 2026 07:10:47 GMT\r\nContent-Type: text/plain; charset=utf-8\r\n"
+          b"ETag: \"18eee725-11\"\r\nLast-Modified: Mon, 07 Dec 2026 07:10:47 GMT\r\nAccept-Ranges: bytes\r\n"
+          b"Vary: Accept-Encoding\r\nContent-Length: 17\r\n\r\nhello from nginx\n")
+
+
+def static(listen: int) -> None:
+    def handle(client, _address) -> None:
+        watch, recv, send = _Watch(client.fileno()), client._sock.recv, client._sock.send
+        try:
+            while True:
+                watch.wait()
+                if not recv(65536):
+                    return
+                send(STATIC)
+        except OSError:
+            pass
+        finally:
+            watch.close()
+
+    StreamServer(("127.0.0.1", listen), handle).serve_forever()
+
+
 def main() -> None:
+    if len(sys.argv) == 2:
+        return static(int(sys.argv[1]))
     listen, origin = int(sys.argv[1]), int(sys.argv[2])
     prefix = f"http://127.0.0.1:{origin}".encode()
 

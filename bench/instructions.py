@@ -8,7 +8,12 @@ After 500 requests the counters are zeroed, then REQUESTS more are counted:
 - wmproxy's forward proxy (absolute-form requests, Host the URL's as curl sends it, and again
   with Host naming the proxy as wrk sends it: that Host line is replaced), pproxy's, and
   bench/floor.py (the same gevent loop parsing nothing: the floor of this design);
-- wmproxy's reverse proxy (a location with proxy_url to the origin).
+- wmproxy's reverse proxy (a location with proxy_url to the origin);
+- wmproxy's static files (a file_server location, the same 17-byte file) beside the static
+  floor (bench/floor.py with no origin: the same loop answering those bytes unparsed);
+- an http mapping's center server (map_http_bind, Host routing), its client and the origin
+  running outside callgrind;
+- the static file over h2c (h2load -c10 -m10).
 
 Instructions are not time: the kernel's part (the syscalls) is not counted, and code that
 misses the caches more runs slower per instruction (see docs/BENCHMARKS.md).
@@ -24,6 +29,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 from bench import ROOT, VENV_BIN, free_port, wait_port
 
@@ -49,16 +55,20 @@ def _drive(port: int, request: bytes, n: int, end: bytes) -> None:
             c.close()
 
 
-def count(b, name: str, cmd: list[str], port: int, request: bytes, requests: int) -> float:
-    """Instructions per request of the server ``cmd`` (listening on ``port``) under callgrind."""
+def count(b, name: str, cmd: list[str], port: int, request: bytes, requests: int, before=None) -> float:
+    """Instructions per request of the server ``cmd`` (listening on ``port``) under callgrind;
+    ``before()``, when given, once it runs (what must start after it: it returns that process)."""
     slug = re.sub(r"\W+", "-", name)
     out = b.tmp / f"callgrind-{slug}.out"
     log = b.tmp / f"callgrind-{slug}.log"
     with open(log, "wb") as f:
         p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
                              stdout=f, stderr=subprocess.STDOUT)
+    helper = None
     try:
         try:
+            if before is not None:
+                helper = before()
             wait_port(port, 120)
         except TimeoutError:
             raise RuntimeError(f"{name} did not start under callgrind: {log.read_text()[-600:]}") from None
@@ -71,6 +81,8 @@ def count(b, name: str, cmd: list[str], port: int, request: bytes, requests: int
         total = int(re.search(r"^(?:summary|totals):\s+(\d+)", open(dumps[-1]).read(), re.M).group(1))
     finally:
         b.stop(p)  # (the counts needed were dumped above)
+        if helper is not None:
+            b.stop(helper)
     per = total / requests
     print(f"  {name:<28} {per:10,.0f} instructions per request")
     b.results.setdefault("instructions_per_request", {})[name] = round(per)
@@ -101,4 +113,84 @@ def run(b, requests: int = 2000, root=ROOT) -> None:
                     f'[[http.server.location]]\nproxy_url = "http://127.0.0.1:{origin}"\n')
     count(b, "wmproxy reverse proxy", [*server, "-c", str(conf)], port,
           f"GET /small.txt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode(), requests)
+    port = free_port()
+    count(b, "static floor (bench/floor.py)", [sys.executable, str(ROOT / "bench" / "floor.py"), str(port)], port,
+          f"GET /small.txt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode(), requests)
+    port = free_port()
+    conf = b.tmp / "instructions-static.toml"
+    conf.write_text(f'log_level = "warning"\n[[http.server]]\nbind = "127.0.0.1:{port}"\n'
+                    f'[[http.server.location]]\nfile_server = {{ root = "{b.www()}" }}\n')
+    count(b, "wmproxy static file", [*server, "-c", str(conf)], port,
+          f"GET /small.txt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode(), requests)
+    mapping(b, requests, root, origin)
+    h2_static(b, requests, root)
     print(f"  wmproxy forward proxy / pproxy: {wm / pp:.2f}x the instructions")
+
+
+def h2_static(b, requests: int, root) -> float:
+    """The static file over h2c: h2load (10 connections, 10 streams each) instead of the
+    HTTP/1.1 driver."""
+    port = free_port()
+    conf = b.tmp / "instructions-h2.toml"
+    conf.write_text(f'log_level = "warning"\n[[http.server]]\nbind = "127.0.0.1:{port}"\n'
+                    f'[[http.server.location]]\nfile_server = {{ root = "{b.www()}" }}\n')
+    out = b.tmp / "callgrind-h2.out"
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+                          str(root / "bin" / "wmproxy-server"), "-c", str(conf)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 120)
+        url = f"http://127.0.0.1:{port}/small.txt"
+        subprocess.run(["h2load", "-c10", "-m10", f"-n{WARMUP * 4}", url], capture_output=True, timeout=600)
+        subprocess.run(["callgrind_control", "--zero", str(p.pid)], capture_output=True, timeout=60)
+        done = subprocess.run(["h2load", "-c10", "-m10", f"-n{requests}", url], capture_output=True, text=True,
+                              timeout=1200).stdout
+        subprocess.run(["callgrind_control", "--dump", str(p.pid)], capture_output=True, timeout=60)
+        if f"{requests} succeeded" not in done:
+            raise RuntimeError(f"h2load: {done[-400:]}")
+        dumps = sorted(glob.glob(f"{out}*"), key=os.path.getmtime)
+        total = int(re.search(r"^(?:summary|totals):\s+(\d+)", open(dumps[-1]).read(), re.M).group(1))
+    finally:
+        b.stop(p)
+    per = total / requests
+    print(f"  {'wmproxy static file over h2c':<28} {per:10,.0f} instructions per request")
+    b.results.setdefault("instructions_per_request", {})["wmproxy static file over h2c"] = round(per)
+    return per
+
+
+def mapping(b, requests: int, root, origin: int) -> float:
+    """An http mapping: its center server under callgrind, the client (and the origin) not."""
+    from center import certs
+
+    tmp = certs(b.tmp)
+    center, web = free_port(), free_port()
+    server, client = tmp / "instructions-map-server.toml", tmp / "instructions-map-client.toml"
+    server.write_text(f'log_level = "warning"\n[center]\nbind = "127.0.0.1:{center}"\ncert = "{tmp}/server.pem"\n'
+                      f'key = "{tmp}/server.key"\nmap_http_bind = "127.0.0.1:{web}"\n')
+    client.write_text(f'log_level = "warning"\n[center]\nserver = "127.0.0.1:{center}"\nca = "{tmp}/ca.pem"\n'
+                      f'server_name = "center.bench"\n[[mappings]]\nname = "web"\nmode = "http"\n'
+                      f'local_addr = "127.0.0.1:{origin}"\ndomain = "web.bench"\n')
+
+    def with_client():  # (started once the server under callgrind listens; then until the mapping answers)
+        wait_port(center, 120)
+        p = b.start("instructions-map-client", [sys.executable, str(root / "bin" / "wmproxy-client"), "-c",
+                                                str(client)], web, wait=False)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", web), timeout=30) as s:
+                    s.sendall(b"GET /small.txt HTTP/1.1\r\nHost: web.bench\r\nConnection: close\r\n\r\n")
+                    got = b""
+                    while chunk := s.recv(65536):
+                        got += chunk
+                if got.endswith(b"hello from nginx\n"):
+                    return p
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the http mapping did not answer within 120 s")
+            time.sleep(0.5)
+
+    cmd = [sys.executable, str(root / "bin" / "wmproxy-server"), "-c", str(server)]
+    return count(b, "wmproxy http mapping (server)", cmd, web, b"GET /small.txt HTTP/1.1\r\nHost: web.bench\r\n\r\n",
+                 requests, before=with_client)

@@ -210,7 +210,8 @@ def _dashboard(client: Conn) -> None:
     scripts = re.findall(rb"<script>(.*?)</script>", page, re.S)
     hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s).digest()).decode()}'" for s in scripts)
     head = http1.encode_head("HTTP/1.1 200 OK", [
-        (b"Date", http1.http_date()), (b"Content-Type", b"text/html; charset=utf-8"), (b"Content-Length", str(len(page)).encode()),
+        (b"Date", http1.http_date()), (b"Content-Type", b"text/html; charset=utf-8"),
+        (b"Content-Length", str(len(page)).encode()),
         (b"Cache-Control", b"no-store"), (b"X-Frame-Options", b"DENY"), (b"Referrer-Policy", b"no-referrer"),
         (b"X-Content-Type-Options", b"nosniff"),
         (b"Content-Security-Policy", f"default-src 'none'; connect-src 'self'; img-src data:; "

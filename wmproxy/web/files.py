@@ -119,8 +119,7 @@ class Out:
 def _small(out: Out, status: int, text: str, head_only: bool, extra: Sequence[tuple[bytes, bytes]] = (),
            exact: bool = False) -> Reply:
     data = simple_response(status, text, out.finish(list(extra)) if out.finish is not None else extra,
-                           close=not out.keep, body=not head_only,
-                           exact=exact)
+                           close=not out.keep, body=not head_only, exact=exact)
     send_all(out.client, data, out.timeout)
     size = len(text.encode()) if exact else len(text.rstrip("\n")) + 1
     return Reply(status, 0 if head_only else size)
@@ -131,8 +130,9 @@ def serve(fs: FileServerConfig, client: socket.socket, head: Head, path: str, ke
           status: int = 0) -> Reply:
     """Answer ``head`` (its normalized ``path``) from ``fs``; the connection stays open when
     ``keep``; ``finish`` applies the response header rules (None: there are none); a client
-    that takes no bytes for ``timeout`` is given up. An error whose status is in ``pages`` (the caller's error pages)
-    is not sent: the Reply says so. ``status``: answer a file with it (an error page's).
+    that takes no bytes for ``timeout`` is given up. An error whose status is in ``pages``
+    (the caller's error pages) is not sent: the Reply says so. ``status``: answer a file with
+    it (an error page's).
     Raises OSError when the client goes away (socket.timeout)."""
     out = Out(client, finish, keep, timeout)
     head_only = head.method == "HEAD"

@@ -101,6 +101,56 @@ def test_ws2tcp_to_an_echo_server(start_proxy):
         tcp.close()
 
 
+def test_a_websocket_upgrade_dribbled_in_is_cut_at_the_handshake_deadline(start_proxy):
+    """ws2tcp from the attacker's side: an upgrade request sent a byte at a time, each well
+    within the idle timeout, must still be whole within handshake_timeout from the connection's
+    start (a deadline, not an idle timer: else 64 KiB of head at one byte per 9 s holds a slot
+    for a week); nothing is dialled for it, and a real client is served meanwhile."""
+    import time
+
+    from websockets.sync.client import connect
+
+    from conftest import TcpServer
+
+    dialled = []
+
+    def mirror(conn):
+        dialled.append(1)
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+    tcp = TcpServer(mirror)
+    try:
+        p = start_proxy(config=bridge_config("ws2tcp", f"127.0.0.1:{tcp.port}", 'handshake_timeout = "1.5s"'),
+                        bind=False)
+        head = (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Version: 13\r\nX-Slow: " + b"a" * 200)
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            started = time.monotonic()
+            cut = None
+            for byte in head:
+                try:
+                    s.sendall(bytes([byte]))
+                    s.settimeout(0.2)
+                    if s.recv(1024) == b"":
+                        cut = time.monotonic() - started
+                        break
+                except socket.timeout:
+                    continue
+                except OSError:
+                    cut = time.monotonic() - started
+                    break
+            assert cut is not None, "the dribbled handshake was never cut"
+            assert 1.2 < cut < 4, cut
+        p.wait_log("websocket handshake not complete within 1.5s")
+        assert not dialled
+        with connect(f"ws://127.0.0.1:{p.port}/", open_timeout=10) as ws:  # a real client: served
+            ws.send(b"ping")
+            assert ws.recv(timeout=10) == b"ping"
+    finally:
+        tcp.close()
+
+
 def test_tcp2ws_and_tcp2wss_to_a_websocket_echo_server(start_proxy, ca, tmp_path):
     import ssl
 

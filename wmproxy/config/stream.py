@@ -64,6 +64,9 @@ class StreamServerConfig:
     bind_mode: str = key(one_of(STREAM_MODES), "tcp", "what is forwarded")
     up_name: str = key(to_str, REQUIRED, "name of a [[stream.upstream]]")
     connect_timeout: float = key(to_duration, 10.0, "time to connect to an upstream server")
+    handshake_timeout: float = key(to_duration, 10.0, "ws2tcp: the client's websocket upgrade request must be whole "
+                                                      "within this from the connection's start, as must a PROXY "
+                                                      "protocol header (a deadline, not an idle timer)")
     idle_timeout: float = key(to_duration, 300.0, "close a connection silent this long")
     max_connections: int = key(int_range(1, 1_000_000), 10000, "concurrent client connections")
     max_connections_per_ip: int = key(int_range(0, 1_000_000), 1000, "concurrent connections of one client address "

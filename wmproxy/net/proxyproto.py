@@ -29,8 +29,6 @@ from .dial import Network, fmt_addr, in_networks, plain_ip
 
 log = logging.getLogger("wmproxy")
 
-#: the header's deadline on listeners without a handshake deadline of their own ([stream])
-HEADER_TIMEOUT = 10.0
 LOG_EVERY = 1.0  # seconds: refusals of one listener are logged at most this often (a flood is one line)
 MAX_LABELS = 1024  # listeners whose last refusal is remembered
 

@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
+import gevent
+
 from ..config import Addr, Config, StreamServerConfig, StreamUpstreamConfig
-from ..errors import ProtocolError, UpstreamError
+from ..errors import PhaseTimeout, ProtocolError, UpstreamError
 from ..listener import ConnStats, Listener, ListenerSpec
 from ..metrics import ServerMetrics
 from ..services import Services
 from ..net.conn import Address, Conn
-from ..net.proxyproto import HEADER_TIMEOUT, ProxyProtocolIn, header_for, policy
+from ..net.proxyproto import ProxyProtocolIn, header_for, policy
 from ..net.dns import Resolver
 from ..net.balance import WeightedRoundRobin, hash_index
 from ..net.dial import dial, fmt_addr
@@ -80,7 +82,7 @@ class StreamTcpServer(Listener):
 
     def proxy_protocol(self, settings: "StreamSettings") -> ProxyProtocolIn | None:
         srv = settings.server
-        return policy(srv.proxy_protocol, srv.proxy_protocol_from, HEADER_TIMEOUT)
+        return policy(srv.proxy_protocol, srv.proxy_protocol_from, srv.handshake_timeout)
 
     def upstream_status(self) -> list[dict]:
         ctx = self.ctx
@@ -94,12 +96,15 @@ class StreamTcpServer(Listener):
         mode = ctx.cfg.bind_mode
         conn: Conn = client
         if mode == "ws2tcp":
-            client.settimeout(ctx.cfg.connect_timeout)
+            limit = ctx.cfg.handshake_timeout
+            client.settimeout(limit)
             try:
                 from ..net import ws  # (wsproto: imported by the listeners that bridge websockets, not at every start)
 
-                conn = ws.accept(client)
-            except (ProtocolError, PeerClosed, OSError) as e:
+                # a stranger's phase: a deadline for the whole upgrade, not a timer per recv
+                with gevent.Timeout(limit, PhaseTimeout(f"websocket handshake not complete within {limit:g}s")):
+                    conn = ws.accept(client)
+            except (ProtocolError, PeerClosed, OSError) as e:  # (PhaseTimeout is a TimeoutError)
                 log.info("%s stream %s (ws2tcp): %s", peer, ctx.cfg.bind, e)
                 return
         errors = []

@@ -27,7 +27,7 @@ import psutil
 
 from .config import Addr, Config
 from .services import ProcessControl, Services
-from .errors import ProtocolError
+from .errors import PhaseTimeout, ProtocolError
 from .listener import Listener, ListenerSpec
 from .net import httpio
 from .net.conn import Address, Conn
@@ -40,6 +40,7 @@ from .prot.framing import NO_BODY, request_framing
 log = logging.getLogger("wmproxy.control")
 
 MAX_BODY = 65536
+REQUEST_TIMEOUT = 10.0  # a request's head and body must be whole within this from the connection's start
 
 
 class ControlContext:
@@ -104,7 +105,7 @@ class ControlServer(Listener):
         return 64
 
     def serve(self, client: socket.socket, address: Address, ctx: ControlContext) -> None:
-        client.settimeout(10)
+        client.settimeout(REQUEST_TIMEOUT)
         # a loopback peer, but one of our own connections: a proxy user's
         if relayed_by_us(address, client.getsockname()):
             _json(client, 403, {"error": "the control API does not take connections relayed by this process"})
@@ -112,14 +113,18 @@ class ControlServer(Listener):
                         "reverse proxy)", address[0])
             return
         reader = Reader(client)
-        try:
-            head = http1.parse_request_head(httpio.read_head(reader, 16384))
-            framing = request_framing(head)
-            if framing != NO_BODY and (framing.kind != "length" or framing.length > MAX_BODY):
-                raise ProtocolError("request body too large or chunked")
-            httpio.copy_body(reader, lambda data: None, framing, False)
+        try:  # (a deadline for the whole request, not only a timer per recv: a dribbled head holds no slot)
+            with gevent.Timeout(REQUEST_TIMEOUT, PhaseTimeout(f"request not complete within {REQUEST_TIMEOUT:g}s")):
+                head = http1.parse_request_head(httpio.read_head(reader, 16384))
+                framing = request_framing(head)
+                if framing != NO_BODY and (framing.kind != "length" or framing.length > MAX_BODY):
+                    raise ProtocolError("request body too large or chunked")
+                httpio.copy_body(reader, lambda data: None, framing, False)
         except ProtocolError as e:
             _json(client, e.http_status, {"error": str(e)})
+            return
+        except PhaseTimeout as e:
+            log.info("control API: %s cut: %s", address[0], e)
             return
         except (PeerClosed, OSError):
             return

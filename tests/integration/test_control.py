@@ -78,6 +78,38 @@ def test_token_required_when_set(start_proxy):
     assert p.popen.poll() is None
 
 
+def test_a_request_dribbled_in_is_cut_at_its_deadline(start_proxy):
+    """From the attacker's side: a control request sent a byte at a time, each well within the
+    idle timer, is cut once REQUEST_TIMEOUT (10 s) from the connection's start has passed,
+    logged; the API answers others meanwhile and after."""
+    import socket
+    import time
+
+    cport = free_port()
+    p = start_proxy(config=f'control = "127.0.0.1:{cport}"\n[proxy]\nbind = "127.0.0.1:{{port}}"\n')
+    p.wait_log(" started (pid")
+    with socket.create_connection(("127.0.0.1", cport), timeout=15) as s:
+        started = time.monotonic()
+        s.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        cut = None
+        while time.monotonic() - started < 20:
+            try:
+                s.sendall(b"a")
+                s.settimeout(0.5)
+                if s.recv(1024) == b"":
+                    cut = time.monotonic() - started
+                    break
+            except socket.timeout:
+                if control(cport, "GET", "/status")[0] != 200:  # (meanwhile: served)
+                    raise AssertionError("the control API stopped answering")
+            except OSError:
+                cut = time.monotonic() - started
+                break
+    assert cut is not None and 9 < cut < 14, cut
+    p.wait_log("control API: 127.0.0.1 cut: request not complete within 10s")
+    assert control(cport, "GET", "/status")[0] == 200
+
+
 def test_commands_status_reload_stop(start_proxy, tmp_path):
     cport = free_port()
     conf = tmp_path / "c.toml"

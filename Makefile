@@ -54,7 +54,7 @@ run: $(VENV)/.installed
 TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; [ $$n -lt 2 ] && n=2; echo $$n)
 
 test: $(VENV)/.installed-test $(VENV)/wheelhouse/.done
-	@tools/apt-need curl:curl ip:iproute2 unshare:util-linux nginx:nginx haproxy:haproxy logrotate:logrotate systemd-analyze:systemd goaccess:goaccess groff:groff-base node:nodejs chromium:chromium chromedriver:chromium-driver nghttp:nghttp2-client pebble:pebble
+	@tools/apt-need curl:curl ip:iproute2 unshare:util-linux nginx:nginx haproxy:haproxy logrotate:logrotate systemd-analyze:systemd goaccess:goaccess groff:groff-base node:nodejs chromium:chromium chromedriver:chromium-driver nghttp:nghttp2-client pebble:pebble ab:apache2-utils
 	$(BIN)/mypy --strict wmproxy/prot wmproxy/net wmproxy/metrics.py wmproxy/logs.py wmproxy/service.py wmproxy/services.py
 	$(BIN)/mypy --disallow-untyped-defs --disallow-incomplete-defs wmproxy
 	@$(BIN)/python -m compileall -q wmproxy

@@ -567,6 +567,26 @@ def test_every_answer_wmproxy_makes_itself_carries_a_date(start_proxy, site):
     dated(head)
 
 
+def test_http10_keep_alive_clients_are_told_so_and_ab_keeps_its_connections(start_proxy, site):
+    """An HTTP/1.0 client keeps its connection only when the answer says Connection:
+    keep-alive (ab -k counts on it, as nginx says it): files, static answers and wmproxy's own
+    errors say it; HTTP/1.1 answers need no such line. ab (apache2-utils) as the real client."""
+    conf = files_config(site) + '[[http.server.location]]\nrule = "= /hello"\nstatic_response = "hi"\n'
+    p, port = web(start_proxy, conf)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # one connection, three answers
+        for path, status in (("/docs/a.txt", b"200"), ("/hello", b"200"), ("/nothing-here", b"404")):
+            s.sendall(f"GET {path} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".encode())
+            head, _ = read_response(s)
+            assert head.split()[1] == status and header(head, "Connection") == "keep-alive", (path, head)
+    head, _ = get(port, "/docs/a.txt")  # HTTP/1.1: persistent without saying so
+    assert header(head, "Connection") is None
+    for path in ("/docs/a.txt", "/hello"):
+        r = subprocess.run(["ab", "-k", "-n", "300", "-c", "3", f"http://127.0.0.1:{port}{path}"],
+                           capture_output=True, text=True, timeout=60)
+        assert "Complete requests:      300" in r.stdout and "Failed requests:        0" in r.stdout, r.stdout
+        assert "Keep-Alive requests:    300" in r.stdout, r.stdout
+
+
 def test_a_changed_small_file_shows_within_a_second(start_proxy, site):
     p, port = web(start_proxy, files_config(site))
     assert get(port, "/docs/a.txt")[1].startswith(b"0000\n")

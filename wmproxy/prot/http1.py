@@ -557,11 +557,13 @@ def http_date() -> bytes:
 
 
 def simple_response(status: int, text: str, extra: Sequence[tuple[bytes, bytes]] = (), close: bool = True,
-                    body: bool = True, exact: bool = False) -> bytes:
+                    body: bool = True, exact: bool = False, keep_alive: bool = False) -> bytes:
     """A complete short text/plain response for the proxy's own answers (errors, static
     answers, redirects), ending in one newline (``exact``: ``text`` as it is, a
     static_response's); without its body, Content-Length kept, when ``body`` is False: the
-    answer to HEAD. With a Date, as an origin's answers must have (RFC 9110 6.6.1)."""
+    answer to HEAD. With a Date, as an origin's answers must have (RFC 9110 6.6.1).
+    ``keep_alive``: say Connection: keep-alive (to an HTTP/1.0 client that asked to keep its
+    connection: it keeps it only when told, as ab -k does)."""
     data = (text if exact else text.rstrip("\n") + "\n").encode("utf-8")
     headers = [
         (b"Date", http_date()),
@@ -571,4 +573,6 @@ def simple_response(status: int, text: str, extra: Sequence[tuple[bytes, bytes]]
     ]
     if close:
         headers.append((b"Connection", b"close"))
+    elif keep_alive:
+        headers.append((b"Connection", b"keep-alive"))
     return encode_head(f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", headers) + (data if body else b"")

@@ -99,13 +99,16 @@ def _open(fs: FileServerConfig, real: str) -> BinaryIO:
 class Out:
     """Where the answer goes: the client, the response header rules, keep-alive."""
 
-    __slots__ = ("client", "finish", "keep", "timeout")
+    __slots__ = ("client", "finish", "keep", "timeout", "echo", "quick")
 
-    def __init__(self, client: socket.socket, finish: Optional[Finish], keep: bool, timeout: float | None) -> None:
+    def __init__(self, client: socket.socket, finish: Optional[Finish], keep: bool, timeout: float | None,
+                 version: str = "1.1") -> None:
         self.client = client
         self.finish = finish  # headers -> headers (the location's response rules; None: it has none)
         self.keep = keep
         self.timeout = timeout  # for each wait while sending a body
+        self.echo = keep and version == "1.0"  # an HTTP/1.0 client kept: told Connection: keep-alive
+        self.quick = finish is None and keep and not self.echo  # a cached small file's one-piece 200 may go
 
     def head(self, status: int, headers: list) -> bytes:
         headers = [(b"Date", http_date()), *headers]  # (an origin's answers have one, RFC 9110 6.6.1)
@@ -113,13 +116,15 @@ class Out:
             headers = self.finish(headers)
         if not self.keep:
             headers.append((b"Connection", b"close"))
+        elif self.echo:
+            headers.append((b"Connection", b"keep-alive"))
         return encode_head(f"HTTP/1.1 {status} {REASONS.get(status, '')}", headers)
 
 
 def _small(out: Out, status: int, text: str, head_only: bool, extra: Sequence[tuple[bytes, bytes]] = (),
            exact: bool = False) -> Reply:
     data = simple_response(status, text, out.finish(list(extra)) if out.finish is not None else extra,
-                           close=not out.keep, body=not head_only, exact=exact)
+                           close=not out.keep, body=not head_only, exact=exact, keep_alive=out.echo)
     send_all(out.client, data, out.timeout)
     size = len(text.encode()) if exact else len(text.rstrip("\n")) + 1
     return Reply(status, 0 if head_only else size)
@@ -134,7 +139,7 @@ def serve(fs: FileServerConfig, client: socket.socket, head: Head, path: str, ke
     (the caller's error pages) is not sent: the Reply says so. ``status``: answer a file with
     it (an error page's).
     Raises OSError when the client goes away (socket.timeout)."""
-    out = Out(client, finish, keep, timeout)
+    out = Out(client, finish, keep, timeout, head.version)
     head_only = head.method == "HEAD"
     if head.method not in ("GET", "HEAD"):
         return _small(out, 405, "only GET and HEAD here", False, [(b"Allow", b"GET, HEAD")])
@@ -550,8 +555,8 @@ def _answer(out: Out, head: Head, meta: _Meta, f: Optional[BinaryIO], status: in
     ranges = None
     range_header = head.get(b"range")
     data = meta.data
-    if range_header is None and data is not None and status == 200 and out.finish is None and out.keep \
-            and not head_only:  # the usual answer, a small file whole: its head made once, but for the Date
+    if range_header is None and data is not None and status == 200 and out.quick and not head_only:
+        # the usual answer, a small file whole: its head made once, but for the Date
         send_all(client, b"".join((_OK_DATE, http_date(), meta.ok_lines(), data)), out.timeout)
         return Reply(200, size)
     headers = list(meta.headers)

@@ -645,7 +645,8 @@ class WebServer(Listener):
                extra: Sequence[tuple[bytes, bytes]] = (), exact: bool = False) -> None:
         headers = req.apply(list(extra), req.response_rules())
         body = req.head.method != "HEAD"
-        send_all(client, http1.simple_response(status, text, headers, close=not req.keep, body=body, exact=exact))
+        send_all(client, http1.simple_response(status, text, headers, close=not req.keep, body=body, exact=exact,
+                                               keep_alive=req.keep and req.head.version == "1.0"))
         size = len(text.encode()) if exact else len(text.rstrip("\n").encode()) + 1
         req.status, req.size = status, size if body else 0
 

@@ -151,6 +151,39 @@ def test_a_websocket_upgrade_dribbled_in_is_cut_at_the_handshake_deadline(start_
         tcp.close()
 
 
+def test_a_websocket_server_that_dribbles_its_answer_is_given_up_at_connect_timeout(start_proxy):
+    """tcp2ws: the upstream's upgrade answer, a byte at a time, must be whole within
+    connect_timeout (a deadline for TLS and the upgrade, not a timer per recv); the client's
+    connection then ends, logged as the server's failure."""
+    import time
+
+    from conftest import TcpServer
+
+    def dribble(conn):
+        conn.recv(65536)
+        for byte in b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Slow: " \
+                + b"a" * 100:
+            conn.sendall(bytes([byte]))
+            time.sleep(0.2)
+
+    slow = TcpServer(dribble)
+    try:
+        p = start_proxy(config=bridge_config("tcp2ws", f"127.0.0.1:{slow.port}", 'connect_timeout = "1s"'),
+                        bind=False)
+        with socket.create_connection(("127.0.0.1", p.port), timeout=15) as s:
+            started = time.monotonic()
+            s.sendall(b"hello")
+            try:
+                assert recv_all(s) == b""
+            except ConnectionResetError:
+                pass  # (closed with the client's unread bytes in its buffer: a reset, as TCP does)
+            took = time.monotonic() - started
+        assert took < 5, took
+        p.wait_log("not complete within 1s (connect_timeout)")
+    finally:
+        slow.close()
+
+
 def test_tcp2ws_and_tcp2wss_to_a_websocket_echo_server(start_proxy, ca, tmp_path):
     import ssl
 

@@ -63,7 +63,8 @@ class StreamServerConfig:
     bind: Addr = key(to_addr, REQUIRED, "listening address", aliases=("bind_addr",))
     bind_mode: str = key(one_of(STREAM_MODES), "tcp", "what is forwarded")
     up_name: str = key(to_str, REQUIRED, "name of a [[stream.upstream]]")
-    connect_timeout: float = key(to_duration, 10.0, "time to connect to an upstream server")
+    connect_timeout: float = key(to_duration, 10.0, "time to connect to an upstream server (tcp2ws, tcp2wss: its "
+                                                     "TLS and websocket handshakes included)")
     handshake_timeout: float = key(to_duration, 10.0, "ws2tcp: the client's websocket upgrade request must be whole "
                                                       "within this from the connection's start, as must a PROXY "
                                                       "protocol header (a deadline, not an idle timer)")

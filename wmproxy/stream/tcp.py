@@ -169,11 +169,15 @@ class StreamTcpServer(Listener):
         from ..net import ws  # (as in serve)
 
         host = ctx.cfg.ws_host or addr.host
-        sock.settimeout(ctx.cfg.connect_timeout)
-        if ctx.ws_tls is not None:
-            sock = ctx.ws_tls.wrap_socket(sock, server_hostname=host)
-        try:
-            upgraded = ws.connect(sock, host if addr.port in (80, 443) else f"{host}:{addr.port}", ctx.cfg.ws_path)
+        limit = ctx.cfg.connect_timeout
+        sock.settimeout(limit)
+        try:  # (TLS and the upgrade within connect_timeout: a deadline, not only a timer per recv)
+            with gevent.Timeout(limit, PhaseTimeout(f"websocket handshake with {addr} not complete within "
+                                                    f"{limit:g}s (connect_timeout)")):
+                if ctx.ws_tls is not None:
+                    sock = ctx.ws_tls.wrap_socket(sock, server_hostname=host)
+                upgraded = ws.connect(sock, host if addr.port in (80, 443) else f"{host}:{addr.port}",
+                                      ctx.cfg.ws_path)
         except BaseException:
             sock.close()
             raise

@@ -711,7 +711,8 @@ class WebServer(Listener):
                     req.note = f"{server.addr}: {outcome}"
                     return self._reply(client, req, outcome.http_status, str(outcome))
                 if isinstance(outcome, httpio.Forwarded):
-                    server.succeeded()
+                    if server.fails:
+                        server.succeeded()
                     req.note = server.addr
                     if outcome.upgraded is not None:
                         conn.reader.release()  # the relay closed the socket

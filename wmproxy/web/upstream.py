@@ -133,10 +133,14 @@ class UpstreamGroup:
 
     def order(self, client_ip: str) -> list[ServerState]:
         """The live servers to try, the method's pick first. Empty when every one is out."""
+        servers = self.servers
+        if len(servers) == 1:  # (the usual proxy_url: one server, never failed: no clock, no call)
+            one = servers[0]
+            if not one.down_until and one.checks is None:
+                return servers
+            return servers if one.live(time.monotonic()) else []
         now = time.monotonic()
-        if len(self.servers) == 1:
-            return self.servers if self.servers[0].live(now) else []
-        live = [i for i, s in enumerate(self.servers) if s.live(now)]
+        live = [i for i, s in enumerate(servers) if s.live(now)]
         if not live:
             return []
         method = self.cfg.method
@@ -210,7 +214,8 @@ class UpstreamGroup:
     def release(self, server: ServerState, conn: Conn, reusable: bool) -> None:
         """Done with a request on ``conn``: pooled when ``reusable`` and there is room."""
         now = time.monotonic()
-        if reusable and len(server.idle) < self.cfg.keepalive and server.live(now):
+        if reusable and len(server.idle) < self.cfg.keepalive and \
+                (not server.down_until and server.checks is None or server.live(now)):
             conn.pooled_at = now
             server.idle.append(conn)
         else:

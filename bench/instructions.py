@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import time
+from functools import partial
 
 from bench import ROOT, VENV_BIN, free_port, wait_port
 
@@ -55,9 +56,12 @@ def _drive(port: int, request: bytes, n: int, end: bytes) -> None:
             c.close()
 
 
-def count(b, name: str, cmd: list[str], port: int, request: bytes, requests: int, before=None) -> float:
+def count(b, name: str, cmd: list[str], port: int, request: bytes, requests: int, before=None, drive=None) -> float:
     """Instructions per request of the server ``cmd`` (listening on ``port``) under callgrind;
-    ``before()``, when given, once it runs (what must start after it: it returns that process)."""
+    ``before()``, when given, once it runs (what must start after it: it returns that process);
+    ``drive(n)`` sends n requests (default: ``request`` over CONNECTIONS keep-alive connections)."""
+    if drive is None:
+        drive = partial(_drive, port, request, end=b"hello from nginx\n")
     slug = re.sub(r"\W+", "-", name)
     out = b.tmp / f"callgrind-{slug}.out"
     log = b.tmp / f"callgrind-{slug}.log"
@@ -72,10 +76,9 @@ def count(b, name: str, cmd: list[str], port: int, request: bytes, requests: int
             wait_port(port, 120)
         except TimeoutError:
             raise RuntimeError(f"{name} did not start under callgrind: {log.read_text()[-600:]}") from None
-        end = b"hello from nginx\n"
-        _drive(port, request, WARMUP, end)
+        drive(WARMUP)
         subprocess.run(["callgrind_control", "--zero", str(p.pid)], capture_output=True, timeout=60)
-        _drive(port, request, requests, end)
+        drive(requests)
         subprocess.run(["callgrind_control", "--dump", str(p.pid)], capture_output=True, timeout=60)
         dumps = sorted(glob.glob(f"{out}*"), key=os.path.getmtime)
         total = int(re.search(r"^(?:summary|totals):\s+(\d+)", open(dumps[-1]).read(), re.M).group(1))
@@ -107,55 +110,33 @@ def run(b, requests: int = 2000, root=ROOT) -> None:
     port = free_port()
     pp = count(b, "pproxy", [str(VENV_BIN / "pproxy"), "-l", f"http+socks5://127.0.0.1:{port}"], port, absolute,
                requests)
-    port = free_port()
-    conf = b.tmp / "instructions-web.toml"
-    conf.write_text(f'log_level = "warning"\n[[http.server]]\nbind = "127.0.0.1:{port}"\n'
-                    f'[[http.server.location]]\nproxy_url = "http://127.0.0.1:{origin}"\n')
-    count(b, "wmproxy reverse proxy", [*server, "-c", str(conf)], port,
-          f"GET /small.txt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode(), requests)
+    web(b, "wmproxy reverse proxy", root, f'proxy_url = "http://127.0.0.1:{origin}"', requests)
     port = free_port()
     count(b, "static floor (bench/floor.py)", [sys.executable, str(ROOT / "bench" / "floor.py"), str(port)], port,
           f"GET /small.txt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode(), requests)
-    port = free_port()
-    conf = b.tmp / "instructions-static.toml"
-    conf.write_text(f'log_level = "warning"\n[[http.server]]\nbind = "127.0.0.1:{port}"\n'
-                    f'[[http.server.location]]\nfile_server = {{ root = "{b.www()}" }}\n')
-    count(b, "wmproxy static file", [*server, "-c", str(conf)], port,
-          f"GET /small.txt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode(), requests)
+    static = f'file_server = {{ root = "{b.www()}" }}'
+    web(b, "wmproxy static file", root, static, requests)
     mapping(b, requests, root, origin)
-    h2_static(b, requests, root)
+    web(b, "wmproxy static file over h2c", root, static, requests, h2=True)
     print(f"  wmproxy forward proxy / pproxy: {wm / pp:.2f}x the instructions")
 
 
-def h2_static(b, requests: int, root) -> float:
-    """The static file over h2c: h2load (10 connections, 10 streams each) instead of the
-    HTTP/1.1 driver."""
+def web(b, name: str, root, location: str, requests: int, h2: bool = False) -> float:
+    """An [http] server with one ``location`` (the body of its table); with ``h2``, driven by
+    h2load over h2c (10 connections, 10 streams each) instead of the HTTP/1.1 driver."""
     port = free_port()
-    conf = b.tmp / "instructions-h2.toml"
+    conf = b.tmp / f"instructions-{re.sub(r'[^a-z0-9]+', '-', name)}.toml"
     conf.write_text(f'log_level = "warning"\n[[http.server]]\nbind = "127.0.0.1:{port}"\n'
-                    f'[[http.server.location]]\nfile_server = {{ root = "{b.www()}" }}\n')
-    out = b.tmp / "callgrind-h2.out"
-    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-                          str(root / "bin" / "wmproxy-server"), "-c", str(conf)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, 120)
-        url = f"http://127.0.0.1:{port}/small.txt"
-        subprocess.run(["h2load", "-c10", "-m10", f"-n{WARMUP * 4}", url], capture_output=True, timeout=600)
-        subprocess.run(["callgrind_control", "--zero", str(p.pid)], capture_output=True, timeout=60)
-        done = subprocess.run(["h2load", "-c10", "-m10", f"-n{requests}", url], capture_output=True, text=True,
-                              timeout=1200).stdout
-        subprocess.run(["callgrind_control", "--dump", str(p.pid)], capture_output=True, timeout=60)
-        if f"{requests} succeeded" not in done:
+                    f'[[http.server.location]]\n{location}\n')
+    def h2load(n: int) -> None:
+        done = subprocess.run(["h2load", "-c10", "-m10", f"-n{n}", f"http://127.0.0.1:{port}/small.txt"],
+                              capture_output=True, text=True, timeout=1200).stdout
+        if f"{n} succeeded" not in done:
             raise RuntimeError(f"h2load: {done[-400:]}")
-        dumps = sorted(glob.glob(f"{out}*"), key=os.path.getmtime)
-        total = int(re.search(r"^(?:summary|totals):\s+(\d+)", open(dumps[-1]).read(), re.M).group(1))
-    finally:
-        b.stop(p)
-    per = total / requests
-    print(f"  {'wmproxy static file over h2c':<28} {per:10,.0f} instructions per request")
-    b.results.setdefault("instructions_per_request", {})["wmproxy static file over h2c"] = round(per)
-    return per
+
+    return count(b, name, [sys.executable, str(root / "bin" / "wmproxy-server"), "-c", str(conf)], port,
+                 f"GET /small.txt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode(), requests,
+                 drive=h2load if h2 else None)
 
 
 def mapping(b, requests: int, root, origin: int) -> float:

@@ -527,8 +527,6 @@ class RouteStream:
     def public(self, client: Conn) -> Conn:
         """The public client as the answer is sent to it: within the quotas' rate (an upgraded
         connection's relay, both ways)."""
-        if not self.quotas:  # (the usual mapping: no quotas, nothing to build)
-            return client
         shared = self._buckets()
         return cast(Conn, Throttled(client, shared=shared)) if shared else client
 

@@ -334,17 +334,14 @@ class Request:
         ip = down.ip
         self.head = head
         self.raw = raw  # the head as it came, ``head`` parsed from it
-        index = head.index
-        # NO_BODY once the body is read (or sent) whole; (the usual GET: no call)
-        self.framing = request_framing(head) if b"content-length" in index or b"transfer-encoding" in index \
-            else NO_BODY
+        self.framing = request_framing(head)  # NO_BODY once the body is read (or sent) whole
         self.had_body = self.framing != NO_BODY
         self.redirects = 0  # internal redirects so far (error_page, try_paths' @name): at most MAX_REDIRECTS
         self.ip = ip  # the client's address: the peer's, or a trusted proxy's word for it (real_ip_from)
         self.forward_as = ip  # appended to X-Forwarded-For
         self.target = target = head.target
-        hosts = index.get(b"host")
-        raw_host = hosts[0].decode("latin-1").strip() if hosts else ""
+        host = head.get(b"host")
+        raw_host = host.decode("latin-1").strip() if host else ""
         if target[:1] != "/" and "://" in target:  # absolute-form: its host wins (RFC 9112 3.2.2)
             url = urlsplit(target)
             raw_host, self.target = url.netloc, (url.path or "/") + (f"?{url.query}" if url.query else "")

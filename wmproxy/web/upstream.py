@@ -82,8 +82,12 @@ class ServerState:
         self.checks = checks  # the active health check's verdict (health_check), or None
         self.metrics = ServerMetrics()
 
-    def live(self, now: float) -> bool:
-        return now >= self.down_until and (self.checks is None or self.checks.up)
+    def live(self, now: Optional[float] = None) -> bool:
+        """Not taken out by failures (until ``down_until``) nor by its health checks. ``now``
+        (monotonic) is read here when not given, and only for a server ever taken out."""
+        if self.down_until and (now if now is not None else time.monotonic()) < self.down_until:
+            return False
+        return self.checks is None or self.checks.up
 
     def failed(self, why: str) -> None:
         self.metrics.failures += 1
@@ -134,11 +138,8 @@ class UpstreamGroup:
     def order(self, client_ip: str) -> list[ServerState]:
         """The live servers to try, the method's pick first. Empty when every one is out."""
         servers = self.servers
-        if len(servers) == 1:  # (the usual proxy_url: one server, never failed: no clock, no call)
-            one = servers[0]
-            if not one.down_until and one.checks is None:
-                return servers
-            return servers if one.live(time.monotonic()) else []
+        if len(servers) == 1:  # (the usual proxy_url: no clock read for a server never taken out)
+            return servers if servers[0].live() else []
         now = time.monotonic()
         live = [i for i, s in enumerate(servers) if s.live(now)]
         if not live:
@@ -214,8 +215,7 @@ class UpstreamGroup:
     def release(self, server: ServerState, conn: Conn, reusable: bool) -> None:
         """Done with a request on ``conn``: pooled when ``reusable`` and there is room."""
         now = time.monotonic()
-        if reusable and len(server.idle) < self.cfg.keepalive and \
-                (not server.down_until and server.checks is None or server.live(now)):
+        if reusable and len(server.idle) < self.cfg.keepalive and server.live(now):
             conn.pooled_at = now
             server.idle.append(conn)
         else:

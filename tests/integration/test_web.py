@@ -521,6 +521,31 @@ def test_static_files(start_proxy, site):
     assert get(port, "/", method="POST")[0].startswith(b"HTTP/1.1 405")
 
 
+
+def test_ranges_that_overlap_or_are_not_digits_get_the_whole_file_not_an_amplified_answer(start_proxy, site):
+    """From the attacker's side (CVE-2011-3192): 32 ranges of the whole file in a 100-byte
+    header once made a 206 of 32 times the file (640 MiB of a 20 MiB file). As nginx does, ranges
+    that add up to more than the file are ignored: a 200 of the file, once. Positions that are
+    not plain digits ('+0', '1_0', Arabic-Indic digits) are not a byte range set either."""
+    p, port = web(start_proxy, files_config(site, ''))
+    whole = (site / "docs" / "a.txt").read_bytes()
+    for spec in (",".join(["0-"] * 32), "0-2999,2000-4999", "0-,-1", "+0-10", "0-1_0", "0-\u0669"):
+        head, body = get(port, "/docs/a.txt", headers=f"Range: bytes={spec}\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and body == whole, (spec, head)
+    big = 20 << 20  # (a large file: the sendfile path)
+    head, _ = get(port, "/big.bin", method="HEAD", headers=f"Range: bytes={','.join(['0-'] * 32)}\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and header(head, "Content-Length") == str(big), head
+    r = curl("-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", "-H", f"Range: bytes={','.join(['0-'] * 32)}",
+             f"http://127.0.0.1:{port}/big.bin")
+    assert r.stdout.decode() == f"200 {big}"
+    # ranges that do not add up to more than the file are served as before, each once
+    head, body = get(port, "/docs/a.txt", headers="Range: bytes=0-9, 4990-4999,,100-109\r\n")
+    assert head.startswith(b"HTTP/1.1 206") and body.count(b"Content-Range: bytes") == 3
+    assert whole[:10] in body and whole[-10:] in body and whole[100:110] in body
+    assert get(port, "/docs/a.txt", headers=f"Range: bytes={'9' * 30}-\r\n")[0].startswith(b"HTTP/1.1 416")
+    assert p.popen.poll() is None
+
+
 def test_every_answer_wmproxy_makes_itself_carries_a_date(start_proxy, site):
     """RFC 9110 6.6.1: an origin with a clock sends Date in its 2xx, 3xx and 4xx answers (nginx
     does in all): files (200, 304, 206, 416, listing, the 301 to a directory, 404), static

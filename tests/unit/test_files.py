@@ -66,3 +66,20 @@ def test_a_small_files_answer_in_one_piece_is_the_answer_built_header_by_header(
         b"\r\n\r\n")[0] + b"\r\n\r\n").get(b"etag")
     assert _answer(fs, b"GET /a.txt HTTP/1.1\r\nHost: x\r\nIf-None-Match: " + etag + b"\r\n\r\n").startswith(
         b"HTTP/1.1 304")
+
+
+def test_parse_ranges_takes_plain_digits_and_never_more_than_the_file():
+    """A Range header is used only when it is a byte range set of plain digits whose ranges
+    add up to no more than the file (nginx declines the rest: CVE-2011-3192); else it is
+    ignored (None: the whole file, 200); [] when no range is satisfiable (416)."""
+    assert files.parse_ranges("bytes=0-9", 100) == [(0, 9)]
+    assert files.parse_ranges("bytes= 0-9 , -5,,20-", 100) == [(0, 9), (95, 99), (20, 99)]
+    assert files.parse_ranges("bytes=0-49,50-99", 100) == [(0, 49), (50, 99)]  # the file exactly, in two
+    for overlapping in ("bytes=0-,0-", "bytes=0-50,50-99", "bytes=-60,0-59", "bytes=" + ",".join(["0-"] * 32)):
+        assert files.parse_ranges(overlapping, 100) is None, overlapping
+    for invalid in ("bytes=+0-9", "bytes=0-1_0", "bytes=0 - 9", "bytes=-", "bytes=5-3", "bytes=0-\u0669",
+                    "bytes=0-\u00b2", "bytes=0x10-", "bytes=" + "9" * 5000 + "-", "items=0-9", "bytes="):
+        assert files.parse_ranges(invalid, 100) is None, invalid
+    assert files.parse_ranges("bytes=100-", 100) == [] and files.parse_ranges("bytes=-0", 100) == []
+    assert files.parse_ranges("bytes=" + "9" * 30 + "-", 100) == []
+    assert files.parse_ranges("bytes=" + ",".join(f"{i}-{i}" for i in range(33)), 100) is None  # over MAX_RANGES

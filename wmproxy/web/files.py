@@ -487,16 +487,24 @@ def _not_modified(head: Head, etag: bytes, mtime: int) -> bool:
 
 def parse_ranges(value: str, size: int) -> Optional[list[tuple[int, int]]]:
     """'bytes=0-99,200-,-50' -> [(start, end inclusive)] within ``size``; [] when none is
-    satisfiable; None when the header is not a valid byte range set (then it is ignored)."""
+    satisfiable; None when the header is to be ignored (the whole file goes out, 200): not a
+    valid byte range set (positions are ASCII digits only: no sign, space or underscore), more
+    than MAX_RANGES ranges, or ranges that add up to more than the file (overlapping ones:
+    nginx declines those too, so a few bytes of header cannot make an answer many times the
+    file's size; CVE-2011-3192)."""
     unit, _, spec = value.partition("=")
     if unit.strip().lower() != "bytes" or not spec.strip():
         return None
     out = []
+    total = 0
     for part in spec.split(","):
-        first, dash, last = part.strip().partition("-")
-        if not dash:
+        part = part.strip(" \t")
+        if not part:  # (an empty list element: ignored, RFC 9110 5.6.1.2)
+            continue
+        first, dash, last = part.partition("-")
+        if not dash or not (first or last) or not _digits(first) or not _digits(last):
             return None
-        try:
+        try:  # (more digits than int() takes, 4300: ignored as any invalid header)
             if first == "":
                 n = int(last)
                 if n <= 0:
@@ -512,9 +520,15 @@ def parse_ranges(value: str, size: int) -> Optional[list[tuple[int, int]]]:
             return None
         if start < size and start <= end:
             out.append((start, end))
-    if len(out) > MAX_RANGES:
+            total += end - start + 1
+    if len(out) > MAX_RANGES or total > size:
         return None
     return out
+
+
+def _digits(text: str) -> bool:
+    """'' or ASCII digits alone (int() would also take '+1', ' 1', '1_0' and other scripts' digits)."""
+    return not text or (text.isascii() and text.isdigit())
 
 
 def _file(fs: FileServerConfig, out: Out, head: Head, fs_path: str, status: int, head_only: bool) -> Reply:

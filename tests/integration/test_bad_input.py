@@ -86,6 +86,16 @@ def test_malformed_http_gets_400_and_one_log_line(start_proxy):
         assert head.split(b" ")[1] == status, (raw, head[:100])
     log = p.wait_log("absolute")
     assert "Traceback" not in log
+    # a CONNECT whose target is not host:port (1-65535, digits only) is answered 400 too, not
+    # closed without a word (as squid answers), and logged once
+    targets = (b"a", b"a:+80", b"a:0", b"a:99999", b"a:8_0", b"a: 80", b"[::1:80", b":80")
+    for target in targets:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=5) as s:
+            s.sendall(b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\n")
+            head = recv_all(s)
+        assert head.startswith(b"HTTP/1.1 400 "), (target, head[:100])
+    log = p.wait_log("CONNECT target has no host")
+    assert log.count("bad request:") >= len(targets) and "Traceback" not in log
 
 
 def test_socks5_reply_codes(start_proxy):

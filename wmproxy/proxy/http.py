@@ -214,7 +214,11 @@ class HttpSession:
             self._error(405, "CONNECT is disabled (flag)")
             self.info.result = "refused: CONNECT disabled"
             return
-        target = parse_authority(head.target)
+        try:
+            target = parse_authority(head.target)
+        except ProtocolError as e:  # (answered, then logged as a bad request by the connection's handler)
+            self._error(e.http_status, str(e))
+            raise
         self.info.target = f"{target.host}:{target.port}"
         self._stop_watchdog()  # the dial has its timeout, the relay its idle watchdog
         open_tunnel(self.ctx, self.client, self.reader, self.info, target.host, target.port,

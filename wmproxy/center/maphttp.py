@@ -352,8 +352,8 @@ class MapHttpServer(Listener):
                     kept = up.take(route, ctx.registry())
                 stream, ureader = up.ready()
                 watch.waiting(ureader, ctx.idle_timeout)  # the service's answer is progress too
-                response, _ = httpio.exchange(reader, up.send, ureader, framing, out, head.method, MAX_HEAD,
-                                              finish=finish)
+                response, body = httpio.exchange(reader, up.send, ureader, framing, out, head.method, MAX_HEAD,
+                                                 finish=finish, whole=finish is None)
                 break
             except httpio.ClientBodyError as e:  # the public client's fault: that request alone
                 answer.reply(client, e.http_status, str(e))
@@ -373,7 +373,7 @@ class MapHttpServer(Listener):
             watch.stop()  # the relay that follows watches its own idle time
         answer.status = response.status
         done = httpio.forward_response(up.public(client), reader, head, response, stream, ureader, finish,
-                                       ctx.idle_timeout, upgrade)
+                                       ctx.idle_timeout, upgrade, body)
         answer.size_out = done.size
         host = variables["host"]
         if done.upgraded is not None:

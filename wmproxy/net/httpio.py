@@ -327,9 +327,10 @@ def to_client(head: http1.Head, response: http1.Response, extra: bytes = b"") ->
 
 def forward_response(client: Conn, creader: Reader, head: http1.Head, response: http1.Response, upstream: Conn,
                      ureader: Reader, finish: Optional[Finish], idle_timeout: float,
-                     upgrade: bytes | None) -> Forwarded:
+                     upgrade: bytes | None, body: bytes | None = None) -> Forwarded:
     """Send the server's ``response`` (from :func:`read_response`, and its body from
-    ``ureader``) to the client of request ``head``: chunked re-encoded for HTTP/1.1 clients,
+    ``ureader``, or ``body`` when it came whole with the head: :func:`exchange`'s ``whole``;
+    then one send) to the client of request ``head``: chunked re-encoded for HTTP/1.1 clients,
     a 101 to an upgrade request (``finish``, the header rules, applied to its headers) followed
     by a relay of both connections until they end (it closes them). Raises PeerClosed,
     ProtocolError, OSError as copy_body does."""
@@ -342,7 +343,11 @@ def forward_response(client: Conn, creader: Reader, head: http1.Head, response: 
                               b_pending=ureader.take_pending())
         return done
     out_head, chunked_out, keep = to_client(head, response)
-    done.size = copy_body(ureader, partial(send_all, client), response.framing, chunked_out, prefix=out_head)
+    if body is not None:
+        send_all(client, out_head + body)
+        done.size = len(body)
+    else:
+        done.size = copy_body(ureader, partial(send_all, client), response.framing, chunked_out, prefix=out_head)
     done.keep = keep
     done.reusable = response.reusable
     return done

@@ -821,8 +821,8 @@ class WebServer(Listener):
         sent_at = time.monotonic()
         try:
             # interim 1xx other than 101 are skipped: the proxy answered Expect itself
-            response, _ = httpio.exchange(reader, send, conn.reader, req.framing, out, req.head.method, ctx.max_head,
-                                          finish=finish, on_sent=on_sent)
+            response, body = httpio.exchange(reader, send, conn.reader, req.framing, out, req.head.method,
+                                             ctx.max_head, finish=finish, on_sent=on_sent, whole=finish is None)
         except (PeerClosed, ProtocolError, OSError, httpio.ClientBodyError) as e:  # socket.timeout included
             return e
         first_byte.observe(time.monotonic() - sent_at)
@@ -830,7 +830,7 @@ class WebServer(Listener):
             req.state.stop()  # the relay that follows watches its own idle time
         try:
             done = httpio.forward_response(client, reader, req.head, response, conn.sock, conn.reader,
-                                           finish, loc.proxy_read_timeout, upgrade)
+                                           finish, loc.proxy_read_timeout, upgrade, body)
         except BaseException:
             conn.close()
             req.keep = False

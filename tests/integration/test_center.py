@@ -15,8 +15,8 @@ import time
 import psutil
 import pytest
 
-from conftest import (Pair, TcpServer, control, curl, drip, free_port, http_get, mirror_check, next_head, recv_all,
-                      tunnel, wait_port, websocket_echo, write_cert)
+from conftest import (Pair, TcpServer, control, curl, drip, free_port, http_get, mirror_check, next_head, read_response,
+                      recv_all, tunnel, wait_port, websocket_echo, write_cert)
 
 
 def test_curl_through_the_link(pair, origin, tls_origin):
@@ -292,8 +292,6 @@ def http_mapping(name: str, local: int, domain: str) -> str:
 def host_get(port: int, host: str, path: str = "/whoami", sock: socket.socket | None = None):
     s = sock or socket.create_connection(("127.0.0.1", port), timeout=20)
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-    from conftest import read_response
-
     head, body = read_response(s)
     if sock is None:
         s.close()
@@ -312,6 +310,13 @@ def test_http_mappings_routed_by_host(pair, origin, origin_b):
     assert host_get(web, "x.y.wild.test:8080")[1] == b"origin-B"  # wildcard, port ignored
     assert origin.last_headers["X-Forwarded-For"] == "127.0.0.1"
     assert origin.last_headers["X-Forwarded-Proto"] == "http"
+    # the client's own X-Forwarded-For is extended, its X-Forwarded-Proto replaced, the rest as sent
+    with socket.create_connection(("127.0.0.1", web), timeout=20) as s:
+        s.sendall(b"GET /whoami HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 10.0.0.1\r\n"
+                  b"X-Forwarded-Proto: https\r\nX-Custom: as sent\r\n\r\n")
+        assert read_response(s)[1] == b"origin-A"
+    assert origin.last_headers["X-Forwarded-For"] == "10.0.0.1, 127.0.0.1"
+    assert origin.last_headers["X-Forwarded-Proto"] == "http" and origin.last_headers["X-Custom"] == "as sent"
     r = curl("--resolve", f"app.test:{web}:127.0.0.1", f"http://app.test:{web}/hello")
     assert r.stdout == b"hello from origin-A"
     # one keep-alive connection, each request to the host it names

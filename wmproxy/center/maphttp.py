@@ -272,7 +272,7 @@ class MapHttpServer(Listener):
         answer.begin(len(raw))
         up.head = head  # (GET /api/connections: the request in progress)
         try:
-            return self._serve(client, reader, head, peer_ip, ctx, up, watch, answer)
+            return self._serve(client, reader, raw, head, peer_ip, ctx, up, watch, answer)
         finally:
             stats = self.stats  # (the listener's: what the dashboard graphs)
             stats.request_seconds.observe(time.monotonic() - began)
@@ -286,7 +286,7 @@ class MapHttpServer(Listener):
             if answer.route is not None:
                 answer.route.figures.add(answer.size_in, answer.size_out)
 
-    def _serve(self, client: Conn, reader: Reader, head: http1.Head, peer_ip: str, ctx: MapHttpContext,
+    def _serve(self, client: Conn, reader: Reader, raw: bytes, head: http1.Head, peer_ip: str, ctx: MapHttpContext,
                up: "RouteStream", watch: ConnWatch, answer: "Answer") -> bool:
         """Route one request by its Host and pass it on; returns whether the connection stays open."""
         framing = request_framing(head)
@@ -319,22 +319,29 @@ class MapHttpServer(Listener):
         variables = {"client_ip": peer_ip, "host": host, "url": head.target}
         keep = False
         try:
-            keep = self._exchange(client, reader, up, head, framing, peer_ip, ctx, route, variables, watch, answer)
+            keep = self._exchange(client, reader, up, raw, head, framing, peer_ip, ctx, route, variables, watch,
+                                  answer)
         finally:
             if not keep:
                 up.close()
         return keep
 
-    def _exchange(self, client: Conn, reader: Reader, up: "RouteStream", head: http1.Head, framing: Framing,
+    def _exchange(self, client: Conn, reader: Reader, up: "RouteStream", raw: bytes, head: http1.Head, framing: Framing,
                   peer_ip: str, ctx: MapHttpContext, route: HttpRoute, variables: dict[str, str],
                   watch: ConnWatch, answer: "Answer") -> bool:
         if route.local_h2:
             return self._exchange_h2(client, reader, up, head, framing, peer_ip, ctx, route, variables, watch, answer)
-        headers, upgrade = http1.upstream_headers(head, framing, _DROP)
-        headers += [(b"X-Forwarded-For", http1.forwarded_for(head, peer_ip.encode())),
-                    (b"X-Forwarded-Proto", ctx.scheme.encode())]
-        headers = apply_header_rules(headers, route.request_rules, variables)
-        out = http1.encode_head(f"{head.method} {head.target} HTTP/1.1", headers)
+        line = f"{head.method} {head.target} HTTP/1.1"
+        # the client's header lines as they came when none goes or changes (as [http]'s proxy_url)
+        out = upgrade = None
+        if not route.request_rules:
+            out = http1.passthrough_head(head, raw, line.encode("latin-1"), b"".join((
+                b"\r\nX-Forwarded-For: ", peer_ip.encode(), b"\r\nX-Forwarded-Proto: ", ctx.scheme.encode())), _DROP)
+        if out is None:
+            headers, upgrade = http1.upstream_headers(head, framing, _DROP)
+            headers += [(b"X-Forwarded-For", http1.forwarded_for(head, peer_ip.encode())),
+                        (b"X-Forwarded-Proto", ctx.scheme.encode())]
+            out = http1.encode_head(line, apply_header_rules(headers, route.request_rules, variables))
         rules = route.response_rules
         finish = (lambda h: apply_header_rules(h, rules, variables)) if rules else None
         # a kept stream the service closed (keep-alive timeout) as we sent: once more on a new one,

@@ -50,8 +50,18 @@ def check_pidfile(path: str) -> None:
 
 
 def write_pidfile(path: str) -> None:
+    """This process's pid in ``path``: written to a new file beside it, then renamed over it.
+    Never through a symlink or into a file someone else put there (the pid file may be in a
+    directory others can write, and this runs as root): the temporary name is unlinked first,
+    then created exclusively without following links; the rename replaces a link at ``path``
+    itself, not its target."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="ascii") as f:
+    try:
+        os.unlink(tmp)  # (a leftover, or a link planted there: the link goes, its target stays)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(f"{os.getpid()}\n")
     os.replace(tmp, path)
 

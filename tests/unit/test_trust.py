@@ -25,6 +25,15 @@ def test_identity_is_made_once_with_a_private_key_only_its_owner_reads(tmp_path)
     ctx.load_cert_chain(cert, key)  # a usable pair
     other = tmp_path / "other"
     assert trust.identity_der(str(other)) != der  # one per install
+    # a state folder others can write (an operator's choice): a link planted where a temporary
+    # file used to be made (the key's name, this pid) does not make the key be written through it
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    (shared / f"{trust.IDENTITY_KEY}.{os.getpid()}.tmp").symlink_to(victim)
+    trust.identity(str(shared))
+    assert victim.read_text() == "keep me\n" and not (shared / trust.IDENTITY_KEY).is_symlink()
 
 
 def test_a_pin_is_taken_once_and_a_different_certificate_is_refused_naming_the_file(tmp_path):

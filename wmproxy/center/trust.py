@@ -30,6 +30,8 @@ import ssl
 import threading
 from typing import TYPE_CHECKING, Optional
 
+from ..net.certstore import write_private
+
 if TYPE_CHECKING:
     from ..config import CenterConfig
 
@@ -74,8 +76,8 @@ def identity(state_dir: str) -> tuple[str, str]:
             return cert, key
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         cert_pem, key_pem = _generate(socket.gethostname() or "wmproxy")
-        _write(key, key_pem, 0o600)
-        _write(cert, cert_pem, 0o644)
+        write_private(key, key_pem, 0o600)  # (each a new file of a random name, renamed: never through a
+        write_private(cert, cert_pem, 0o644)  # link someone put in the folder)
     log.warning("center: made this install's certificate %s (key %s, mode 0600), %s; %s", cert, key,
                 fingerprint(_der(cert_pem)), WEAKER)
     return cert, key
@@ -113,16 +115,6 @@ def _der(pem: bytes) -> bytes:
 def identity_der(state_dir: str) -> bytes:
     with open(identity(state_dir)[0], "rb") as f:
         return _der(f.read())
-
-
-def _write(path: str, data: bytes, mode: int) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 class PinMismatch(Exception):

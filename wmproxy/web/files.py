@@ -478,11 +478,18 @@ def _not_modified(head: Head, etag: bytes, mtime: int) -> bool:
         return b"*" in tags or etag in tags
     ims = head.get(b"if-modified-since")
     if ims is not None:
-        try:
-            return mtime <= parsedate_to_datetime(ims.decode("latin-1")).timestamp()
-        except (TypeError, ValueError):
-            return False
+        when = _http_time(ims)
+        return when is not None and mtime <= when
     return False
+
+
+def _http_time(value: bytes) -> Optional[float]:
+    """An HTTP date (If-Modified-Since, If-Range) as a POSIX time; None when it is not one
+    (the year 10**20 overflows rather than failing: no date either)."""
+    try:
+        return parsedate_to_datetime(value.decode("latin-1")).timestamp()
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def parse_ranges(value: str, size: int) -> Optional[list[tuple[int, int]]]:
@@ -614,10 +621,8 @@ def _if_range_ok(head: Head, etag: bytes, mtime: int) -> bool:
         return True
     if value.startswith(b'"') or value.startswith(b"W/"):
         return value == etag
-    try:
-        return int(parsedate_to_datetime(value.decode("latin-1")).timestamp()) == mtime
-    except (TypeError, ValueError):
-        return False
+    when = _http_time(value)
+    return when is not None and int(when) == mtime
 
 
 def _multipart(out: Out, meta: _Meta, f: Optional[BinaryIO], headers: Headers, ranges: list[tuple[int, int]],

@@ -63,12 +63,12 @@ test: $(VENV)/.installed-test $(VENV)/wheelhouse/.done
 bench: $(VENV)/.installed
 	bench/run
 
-# The live center link fuzz for FUZZ_SECONDS (make test gives it 8 s) and the parsers' property
+# The live center link and HTTP fuzz runs for FUZZ_SECONDS (make test gives each 8 s) and the parsers' property
 # tests (Hypothesis draws new examples each run), without the suite's 120 s timeout.
 FUZZ_SECONDS ?= 300
 fuzz: $(VENV)/.installed-test
 	WMPROXY_FUZZ_SECONDS=$(FUZZ_SECONDS) WMPROXY_REQUIRE_SPEEDUPS=1 tools/in-netns $(BIN)/python -m pytest \
-	  -p no:cacheprovider -o timeout=0 tests/integration/test_fuzz_link.py \
+	  -p no:cacheprovider -o timeout=0 tests/integration/test_fuzz_link.py tests/integration/test_fuzz_http.py \
 	  tests/unit/test_fuzz_splits.py tests/unit/test_frame.py tests/unit/test_socks.py tests/unit/test_http1.py
 
 # docs/CONFIG.md, the man pages and the shell completions, generated from the code (a test

@@ -313,6 +313,30 @@ def test_continuation_flood_is_cut(start_proxy, tmp_path):
     assert h2_curl("--http2-prior-knowledge", f"http://127.0.0.1:{p.port}/hello").stdout.endswith(b"2 200")
 
 
+
+def test_a_frame_on_a_closed_stream_cuts_the_connection_and_the_log_says_why(start_proxy, tmp_path):
+    """HEADERS again on a stream that is over: h2 ends the connection (GOAWAY STREAM_CLOSED);
+    the log line names the error, not only the stream id h2's exception carries."""
+    p = start_proxy(config=site(tmp_path), bind=False)
+    s, conn = _raw_h2(p.port)
+    try:
+        encoder = hpack.Encoder()
+        request = [(":method", "GET"), (":path", "/hello"), (":scheme", "http"), (":authority", "a.test")]
+        s.sendall(HeadersFrame(1, data=encoder.encode(request), flags=["END_HEADERS", "END_STREAM"]).serialize())
+        answered = b""
+        while b"\x00\x01\x00\x00\x00\x01" not in answered:  # (a DATA frame with END_STREAM on stream 1)
+            answered += s.recv(65536)
+        s.sendall(HeadersFrame(1, data=encoder.encode(request), flags=["END_HEADERS", "END_STREAM"]).serialize())
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+        goaway = got.rfind(b"\x07\x00\x00\x00\x00\x00")  # (its header's type, flags and stream 0)
+        assert goaway >= 3 and got[goaway + 10:goaway + 14] == h2.errors.ErrorCodes.STREAM_CLOSED.to_bytes(4, "big")
+    finally:
+        s.close()
+    p.wait_log("http2: cut: protocol error: StreamClosedError 1")
+
+
 def test_hpack_bomb_is_refused(start_proxy, tmp_path):
     p = start_proxy(config=site(tmp_path), bind=False)
     s, conn = _raw_h2(p.port)

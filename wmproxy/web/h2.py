@@ -331,8 +331,9 @@ class H2Server:
             log.info("%s http2: cut: %s", self.peer, e)
             self._goaway(e.code)
         except h2.exceptions.ProtocolError as e:  # h2 queued its GOAWAY
-            why = f"protocol error: {e}"
-            log.info("%s http2: cut: protocol error: %s", self.peer, e)
+            text = str(e)  # (some say only a stream id: StreamClosedError(1) is "1")
+            why = f"protocol error: {text if text and not text.isdigit() else f'{type(e).__name__} {text}'}"
+            log.info("%s http2: cut: %s", self.peer, why)
             self._try_flush()
         except (OSError, ProtocolError):
             pass

@@ -14,6 +14,7 @@ per request.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import socket
 import ssl
@@ -241,27 +242,40 @@ class _Plan:
 
 class RateLimit:
     """A token bucket per client address: ``rate`` tokens a second, room for 1 + ``burst``
-    (nginx's limit_req with nodelay). Buckets full again are forgotten."""
+    (nginx's limit_req with nodelay). At most MAX_CLIENTS addresses: when a new one finds the
+    table full, the buckets full again are forgotten, and when that frees less than a tenth,
+    the least recently seen tenth too (as nginx's zone drops its least recently used states).
+    So a flood of new addresses (an IPv6 /64 has 2^64) costs a pass over the table once per
+    tenth of it, not at each request."""
 
     MAX_CLIENTS = 100_000
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
         self.capacity = 1.0 + burst
-        self.buckets: dict[str, tuple[float, float]] = {}  # ip -> (tokens, at)
+        # ip -> (tokens, at); the dict's order is the order they were last seen (each take moves its ip last)
+        self.buckets: dict[str, tuple[float, float]] = {}
 
     def take(self, ip: str) -> bool:
         now = time.monotonic()
-        tokens, at = self.buckets.get(ip, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - at) * self.rate)
-        if len(self.buckets) >= self.MAX_CLIENTS:
-            refill = self.capacity / self.rate
-            self.buckets = {k: v for k, v in self.buckets.items() if now - v[1] < refill}
-        if tokens < 1.0:
-            self.buckets[ip] = (tokens, now)
-            return False
-        self.buckets[ip] = (tokens - 1.0, now)
-        return True
+        last = self.buckets.pop(ip, None)
+        if last is None:
+            tokens = self.capacity
+            if len(self.buckets) >= self.MAX_CLIENTS:
+                self._make_room(now)
+        else:
+            tokens = min(self.capacity, last[0] + (now - last[1]) * self.rate)
+        allowed = tokens >= 1.0
+        self.buckets[ip] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
+
+    def _make_room(self, now: float) -> None:
+        refill = self.capacity / self.rate
+        kept = {k: v for k, v in self.buckets.items() if now - v[1] < refill}
+        keep = self.MAX_CLIENTS * 9 // 10
+        if len(kept) > keep:
+            kept = dict(itertools.islice(kept.items(), len(kept) - keep, None))
+        self.buckets = kept
 
 
 class Downstream:

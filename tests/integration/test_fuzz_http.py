@@ -3,9 +3,10 @@ If-*, Accept-Encoding, Host, Connection, Expect, Upgrade, the body's framing, X-
 credentials...) with values an attacker picks (huge and signed numbers, dates whose year
 overflows, other scripts' digits, lists with empty members, quotes, control bytes), sent to
 ``[http]`` (files with gzip, precompressed siblings and listings; a proxied location; a
-websocket location) and to the forward proxy. Each request must get an HTTP answer (unless it
-announced a body it never sent), the log must hold no internal error, and a good client must be
-served after it. An If-Modified-Since year of 10**20 was such an internal error.
+websocket location), to the forward proxy and to an http mapping's public listener. Each
+request must get an HTTP answer (unless it announced a body it never sent), no log may hold an
+internal error, and a good client must be served after it. An If-Modified-Since year of 10**20
+was such an internal error.
 
 The budget is WMPROXY_FUZZ_SECONDS (default 8 s in ``make test``; ``make fuzz`` runs longer)."""
 
@@ -19,7 +20,8 @@ import time
 
 import pytest
 
-from conftest import http_get
+from conftest import free_port, http_get, read_response, wait_port
+from test_center import http_mapping
 
 BUDGET = float(os.environ.get("WMPROXY_FUZZ_SECONDS", "8"))
 
@@ -103,8 +105,8 @@ def fuzz_site(tmp_path):
     return root
 
 
-@pytest.mark.parametrize("listener", ["http", "forward proxy"])
-def test_random_header_values_get_answers_and_no_internal_error(start_proxy, origin, fuzz_site, listener):
+@pytest.mark.parametrize("listener", ["http", "forward proxy", "http mapping"])
+def test_random_header_values_get_answers_and_no_internal_error(request, start_proxy, origin, fuzz_site, listener):
     if listener == "http":
         config = (f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n'
                   f'[[http.server.location]]\nrule = "/proxy/"\nproxy_url = "http://127.0.0.1:{origin.port}"\n'
@@ -112,17 +114,24 @@ def test_random_header_values_get_answers_and_no_internal_error(start_proxy, ori
                   f'[[http.server.location]]\nrule = "/"\nfile_server = {{ root = "{fuzz_site}", browse = true, '
                   f'gzip = true, precompressed = true }}\n')
         p = start_proxy(config=config, bind=False)
-        target = ""
-    else:
+        port, target, procs = p.port, "", [p]
+    elif listener == "forward proxy":
         p = start_proxy()
-        target = f"http://127.0.0.1:{origin.port}"
+        port, target, procs = p.port, f"http://127.0.0.1:{origin.port}", [p]
+    else:  # map_http_bind of a center server, its client's mapping to the origin for Host a.test
+        port = free_port()
+        pair = request.getfixturevalue("pair")(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{port}"\n')
+        pair.client = pair.start_client(tail=http_mapping("app", origin.port, "a.test"))
+        pair.client.wait_log("mapping 'app' published")
+        wait_port(port)
+        target, procs = "", [pair.server, pair.client]
     seed = random.randrange(1 << 32)
     rng = random.Random(seed)
     deadline = time.monotonic() + BUDGET
     sent = silent = 0
     while time.monotonic() < deadline:
         data = _request(rng, target)
-        got = _answer(p.port, data)
+        got = _answer(port, data)
         sent += 1
         head = data.split(b"\r\n\r\n")[0].lower()
         if not got.startswith(b"HTTP/1."):
@@ -130,9 +139,14 @@ def test_random_header_values_get_answers_and_no_internal_error(start_proxy, ori
             assert b"\ncontent-length:" in head or b"\ntransfer-encoding:" in head, (seed, data[:400], got[:200])
             silent += 1
     assert sent > 50 and silent < sent / 2, (seed, sent, silent)
-    log = p.log()
-    assert "internal error" not in log and "Traceback" not in log, (seed, log[-3000:])
+    for proc in procs:
+        log = proc.log()
+        assert "internal error" not in log and "Traceback" not in log, (seed, log[-3000:])
     if listener == "http":
-        assert http_get(p.port, "/small.txt")[1] == b"hello\n"
+        assert http_get(port, "/small.txt")[1] == b"hello\n"
+    elif listener == "forward proxy":
+        assert http_get(port, f"{target}/hello")[1] == b"hello from origin-A"
     else:
-        assert http_get(p.port, f"{target}/hello")[1] == b"hello from origin-A"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /hello HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            assert read_response(s)[1] == b"hello from origin-A"

@@ -173,14 +173,19 @@ def serve(fs: FileServerConfig, client: socket.socket, head: Head, path: str, ke
 def _cached_lookup(fs: FileServerConfig, path: str) -> Found:
     """:func:`_lookup`, remembered for LOOKUP_TTL (as nginx's open_file_cache): the path
     checks (realpath, stats) cost more than sending a small file."""
-    return _cached((id(fs), path), fs, lambda: _lookup(fs, os.path.realpath(fs.root), path))
+    return _cached((id(fs), path), fs, _lookup_now, fs, path)
 
 
-def _cached(key: tuple[object, ...], fs: FileServerConfig, compute: Callable[[], Found]) -> Found:
-    """``compute()``, remembered under ``key`` for LOOKUP_TTL (at most LOOKUP_ENTRIES keys and
-    CACHE_BYTES of small files' bytes). ``key`` names ``fs`` by its id, which the entry checks
-    is still that object's (hashing the config's every field, twice a request, cost more than
-    the rest of the look-up)."""
+def _lookup_now(fs: FileServerConfig, path: str) -> Found:
+    return _lookup(fs, os.path.realpath(fs.root), path)
+
+
+def _cached(key: tuple[object, ...], fs: FileServerConfig, compute: Callable[..., Any], *args: Any) -> Any:
+    """``compute(*args)``, remembered under ``key`` for LOOKUP_TTL (at most LOOKUP_ENTRIES keys
+    and CACHE_BYTES of small files' bytes). ``key`` names ``fs`` by its id, which the entry
+    checks is still that object's (hashing the config's every field, twice a request, cost more
+    than the rest of the look-up). The function and its arguments, not a closure: nothing is
+    made for a hit."""
     global _cache_bytes
     now = time.monotonic()
     hit = _LOOKUPS.get(key)
@@ -188,7 +193,7 @@ def _cached(key: tuple[object, ...], fs: FileServerConfig, compute: Callable[[],
         return hit[1]
     if hit is not None and isinstance(hit[1], _Meta):
         _cache_bytes -= len(hit[1].data or b"")
-    found = compute()
+    found = compute(*args)
     size = len(found.data or b"") if isinstance(found, _Meta) else 0
     if len(_LOOKUPS) >= LOOKUP_ENTRIES or _cache_bytes + size > CACHE_BYTES:
         _LOOKUPS.clear()
@@ -314,14 +319,12 @@ def _content_type(path: str, ext_mimetype: tuple = ()) -> bytes:
     return kind.encode()
 
 
-def _encoded(fs: FileServerConfig, head: Head, fs_path: str) -> tuple[str, Optional[str]]:
-    """The precompressed sibling the client accepts, if any: (path to send, encoding)."""
+def _encoded(fs: FileServerConfig, values: list[bytes], fs_path: str) -> tuple[str, Optional[str]]:
+    """The precompressed sibling the client accepts (``values``: its Accept-Encoding headers),
+    if any: (path to send, encoding)."""
     if not fs.precompressed:
         return fs_path, None
-    values = head.get_all(b"accept-encoding")
-    if not values:
-        return fs_path, None
-    siblings = _cached(("siblings", id(fs), fs_path), fs, lambda: _siblings(fs, fs_path))
+    siblings = _cached(("siblings", id(fs), fs_path), fs, _siblings, fs, fs_path)
     if not siblings:
         return fs_path, None
     accepted = {part.split(";", 1)[0].strip().lower() for part in b",".join(values).decode("latin-1").split(",")}
@@ -379,24 +382,26 @@ class _Meta:
 def _small_meta(fs: FileServerConfig, fs_path: str, send_path: str, encoding: Optional[str]) -> Optional[_Meta]:
     """The cached _Meta (bytes included) of a small regular file; None for any other (sent
     from a fresh open)."""
-    def read() -> Optional[_Meta]:
-        try:
-            with _open(fs, send_path) as f:
-                st = os.fstat(f.fileno())
-                if not stat.S_ISREG(st.st_mode) or st.st_size > SMALL_FILE:
-                    return None
-                data = f.read(SMALL_FILE + 1)
-        except OSError:
-            return None
-        return _Meta(fs, fs_path, encoding, st, data) if len(data) == st.st_size else None
-    return _cached(("small", id(fs), send_path, encoding), fs, read)
+    return _cached(("small", id(fs), send_path, encoding), fs, _read_small, fs, fs_path, send_path, encoding)
 
 
-def _gzip_wanted(fs: FileServerConfig, head: Head, fs_path: str) -> bool:
-    """Compress this answer on the fly: the client takes gzip (a q=0 refuses it), asks no
-    range (ranges are of the file as it is), and the type is text-like."""
-    values = head.get_all(b"accept-encoding")
-    if not values or head.get(b"range") is not None or not _compressible(fs, fs_path):
+def _read_small(fs: FileServerConfig, fs_path: str, send_path: str, encoding: Optional[str]) -> Optional[_Meta]:
+    try:
+        with _open(fs, send_path) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > SMALL_FILE:
+                return None
+            data = f.read(SMALL_FILE + 1)
+    except OSError:
+        return None
+    return _Meta(fs, fs_path, encoding, st, data) if len(data) == st.st_size else None
+
+
+def _gzip_wanted(fs: FileServerConfig, head: Head, values: list[bytes], fs_path: str) -> bool:
+    """Compress this answer on the fly: the client takes gzip (``values``: its Accept-Encoding
+    headers; a q=0 refuses it), asks no range (ranges are of the file as it is), and the type is
+    text-like."""
+    if head.get(b"range") is not None or not _compressible(fs, fs_path):
         return False
     for part in b",".join(values).decode("latin-1").split(","):
         name, _, params = part.partition(";")
@@ -539,8 +544,9 @@ def _digits(text: str) -> bool:
 
 
 def _file(fs: FileServerConfig, out: Out, head: Head, fs_path: str, status: int, head_only: bool) -> Reply:
-    send_path, encoding = _encoded(fs, head, fs_path)
-    if encoding is None and fs.gzip and _gzip_wanted(fs, head, fs_path):
+    accepted = head.get_all(b"accept-encoding")  # (looked up once; none: no sibling, no gzip to weigh)
+    send_path, encoding = _encoded(fs, accepted, fs_path) if accepted else (fs_path, None)
+    if encoding is None and accepted and fs.gzip and _gzip_wanted(fs, head, accepted, fs_path):
         return _gzipped(fs, out, head, fs_path, status, head_only)
     meta = _small_meta(fs, fs_path, send_path, encoding)
     if meta is not None:

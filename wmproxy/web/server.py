@@ -824,7 +824,7 @@ class WebServer(Listener):
         assert loc is not None
         req.state.waiting(conn.reader, loc.proxy_read_timeout)
         finish = (lambda h: req.apply(h, rules)) if rules else None
-        send: httpio.Send = partial(send_all, conn.sock)
+        send: httpio.Send = conn.send
         if loc.rate_limit and req.framing != NO_BODY:  # (the body's way to the server; the client's way: _route)
             send = Throttled(conn.sock, loc.rate_limit).sendall
         on_sent = None

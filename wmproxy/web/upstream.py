@@ -15,6 +15,7 @@ import logging
 import socket
 import ssl
 import time
+from functools import partial
 from typing import Optional
 
 import gevent
@@ -29,6 +30,7 @@ from ..net.health import NEVER_CHECKED, Streak, get_request, probe
 from ..net.proxyproto import header_for
 from ..net.reader import Reader
 from ..net.tls import client_context
+from ..net.writer import send_all
 from .h2up import H2Pool, H2Upstream
 
 log = logging.getLogger("wmproxy.http")
@@ -39,12 +41,13 @@ RECHECK_AFTER = 1.0  # seconds in a pool after which a connection is probed befo
 class Conn:
     """One connection to a server, with its reader (bytes read ahead stay with it)."""
 
-    __slots__ = ("sock", "reader", "pooled_at")
+    __slots__ = ("sock", "reader", "pooled_at", "send")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.reader = Reader(sock, keep_watching=True)
         self.pooled_at = 0.0
+        self.send = partial(send_all, sock)  # (made once for its every request)
 
     def close(self) -> None:
         self.reader.release()

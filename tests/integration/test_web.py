@@ -19,6 +19,7 @@ import pytest
 from wmproxy import config
 from wmproxy.errors import ConfigError
 from conftest import TcpServer, curl, free_port, next_head, read_response, wait_port, websocket_echo, write_cert
+from test_center import http_mapping
 
 
 def web(start_proxy, body: str) -> tuple:
@@ -806,6 +807,81 @@ WS_CASES = {  # name: frames sent after the handshake (Autobahn-style: the echo 
     "close bad code": [_frame(8, (999).to_bytes(2, "big"))],
     "unknown opcode": [_frame(3, b"?")],
 }
+
+
+
+@pytest.mark.parametrize("answer", ["101 nobody asked for", "204 with a body"])
+def test_bytes_an_upstream_sends_past_its_answer_never_reach_another_client(request, start_proxy, answer):
+    """An upstream that says more than its answer: a 101 though the request asked for no upgrade
+    (RFC 9110 7.8 forbids it), then what it says in its other protocol; or a 204 followed by
+    bytes. Those bytes look like the answer to the next request: a pooled connection taken for
+    another client's GET (unprobed within a second of its last answer) once handed them to that
+    client. As nginx, wmproxy keeps no connection with bytes left over, nor one that switched
+    protocols, and a 101 nobody asked for is answered 502."""
+
+    def upstream(conn: socket.socket) -> None:
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            path = head.split(b" ")[1]
+            if path == b"/switch":
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: upgrade\r\n\r\n")
+            elif path == b"/nocontent":
+                conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                continue
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")  # (past its answer)
+            time.sleep(3)  # (then nothing more: the connection stays open, as a kept one would)
+            return
+
+    server = TcpServer(upstream)
+    first = "/switch" if answer.startswith("101") else "/nocontent"
+    try:
+        p, port = web(start_proxy, f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n[[http.server.location]]\n'
+                                   f'proxy_url = "http://127.0.0.1:{server.port}"\n')
+        head, body = get(port, first)
+        assert head.startswith(b"HTTP/1.1 502" if answer.startswith("101") else b"HTTP/1.1 204"), head
+        for i in range(3):  # other clients right after: each gets its own answer
+            head, body = get(port, "/next")
+            assert head.startswith(b"HTTP/1.1 200") and body == b"ok", (i, head, body)
+        # the forward proxy keeps a client's upstream connection for its next request: the same rules
+        forward = start_proxy()
+        with socket.create_connection(("127.0.0.1", forward.port), timeout=10) as s:
+            for path in (first, "/next", "/next"):
+                s.sendall(f"GET http://127.0.0.1:{server.port}{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                head, body = read_response(s)
+                if path == first:
+                    assert head.startswith(b"HTTP/1.1 502" if answer.startswith("101") else b"HTTP/1.1 204"), head
+                    if answer.startswith("101"):
+                        break  # (a 502 ends the client's connection)
+                else:
+                    assert head.startswith(b"HTTP/1.1 200") and body == b"ok", (path, head, body)
+        # and an http mapping, whose public connection keeps its stream to the service
+        web_port = free_port()
+        pair = request.getfixturevalue("pair")(start_client=False,
+                                               server_extra=f'map_http_bind = "127.0.0.1:{web_port}"\n')
+        pair.client = pair.start_client(tail=http_mapping("app", server.port, "a.test"))
+        pair.client.wait_log("mapping 'app' published")
+        wait_port(web_port)
+        with socket.create_connection(("127.0.0.1", web_port), timeout=10) as s:
+            head, _ = get(web_port, first, sock=s)
+            assert head.startswith(b"HTTP/1.1 502" if answer.startswith("101") else b"HTTP/1.1 204"), head
+            if not answer.startswith("101"):  # (a 502 ends the public connection)
+                head, body = get(web_port, "/next", sock=s)
+                assert head.startswith(b"HTTP/1.1 200") and body == b"ok", (head, body)
+        assert get(web_port, "/next")[1] == b"ok"
+        if answer.startswith("101"):
+            p.wait_log("switched protocols")
+            forward.wait_log("switched protocols")
+            pair.server.wait_log("switched protocols")
+    finally:
+        server.close()
 
 
 def _ws_outcome(port: int, frames: list[bytes]) -> bytes:

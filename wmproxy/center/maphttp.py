@@ -376,7 +376,12 @@ class MapHttpServer(Listener):
                              peer_ip, head.method, variables["host"], head.target[:200],
                              up.stream.sid if up.stream is not None else "-", route.owner, e)
                     return False
-        if response.status == 101 and upgrade:
+        if response.status == 101 and not upgrade:
+            answer.reply(client, 502, httpio.UNASKED_101)
+            log.info("%s map-http %s %s%s: 502 %s (stream %s of %s)", peer_ip, head.method, variables["host"],
+                     head.target[:200], httpio.UNASKED_101, stream.sid, route.owner)
+            return False
+        if response.status == 101:
             watch.stop()  # the relay that follows watches its own idle time
         answer.status = response.status
         done = httpio.forward_response(up.public(client), reader, head, response, stream, ureader, finish,

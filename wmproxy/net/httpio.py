@@ -245,6 +245,17 @@ def stale_retry(reused: bool, framing: Framing, error: BaseException) -> bool:
     return reused and framing == NO_BODY and isinstance(error, STALE)
 
 
+UNASKED_101 = "the server switched protocols though no upgrade was asked for"  # (RFC 9110 7.8: a 502)
+
+
+class UnaskedSwitch(ProtocolError):
+    """A 101 to a request that asked for no upgrade: a bad answer to that request (502), not a
+    sign that the server is down (it is not taken out for it, nor is the request sent again)."""
+
+    def __init__(self) -> None:
+        super().__init__(UNASKED_101, 502)
+
+
 class Forwarded:
     """How :func:`forward_response` ended: status, body bytes, whether the client connection
     stays open, whether the server's may be reused, and the relay's stats after an upgrade."""
@@ -349,5 +360,8 @@ def forward_response(client: Conn, creader: Reader, head: http1.Head, response: 
     else:
         done.size = copy_body(ureader, partial(send_all, client), response.framing, chunked_out, prefix=out_head)
     done.keep = keep
-    done.reusable = response.reusable
+    # bytes the server sent past its answer (a 204 with a body, more than its Content-Length)
+    # would read as the answer to the connection's next request, another client's: as nginx,
+    # such a connection is not kept
+    done.reusable = response.reusable and not ureader.buf
     return done

@@ -358,8 +358,9 @@ class Response:
         headers = head.end_to_end()  # (llhttp refuses a Content-Length beside a Transfer-Encoding)
         if finish is not None:
             headers = finish(headers)
+        # (after a 101 the connection speaks another protocol: never one for a next request)
         return cls(head.status, head.reason, encode_lines(headers), framing,
-                   framing != UNTIL_CLOSE and head.wants_keep_alive(), head)
+                   framing != UNTIL_CLOSE and head.status != 101 and head.wants_keep_alive(), head)
 
     def encode(self, extra: bytes = b"") -> bytes:
         """The head to send to an HTTP/1.1 or 1.0 client, ``extra`` lines (same form) appended."""

@@ -264,7 +264,11 @@ class HttpSession:
         except httpio.ClientBodyError as e:  # the client's fault: no upstream is blamed
             self._reply_log(head, e.http_status, str(e), started)
             return False
-        if response.status == 101 and upgrade:
+        if response.status == 101:
+            if not upgrade:
+                self._drop_upstream()
+                self._reply_log(head, 502, f"upstream {target.authority}: {httpio.UNASKED_101}", started)
+                return False
             assert response.head is not None  # (a 101 is always parsed whole)
             return self._switch(head, response.head, up, started)
         out_head, chunked_out, client_keep = httpio.to_client(head, response, VIA_LINE)
@@ -278,7 +282,7 @@ class HttpSession:
                 self._log(head, response.status, 0, started, f"upstream broke mid-body: {e}")
                 return False
         up.used = True
-        if not response.reusable:
+        if not response.reusable or up.reader.buf:  # (bytes past the answer: httpio.forward_response says why)
             self._drop_upstream()
         self._log(head, response.status, size, started)
         return client_keep

@@ -716,7 +716,7 @@ class WebServer(Listener):
                                             server.metrics.first_byte_seconds)
                 finally:
                     server.active -= 1
-                if isinstance(outcome, httpio.ClientBodyError):  # the client's fault, not the server's
+                if isinstance(outcome, (httpio.ClientBodyError, httpio.UnaskedSwitch)):  # (not the server's health)
                     conn.close()
                     req.keep = False
                     req.note = f"{server.addr}: {outcome}"
@@ -840,7 +840,9 @@ class WebServer(Listener):
         except (PeerClosed, ProtocolError, OSError, httpio.ClientBodyError) as e:  # socket.timeout included
             return e
         first_byte.observe(time.monotonic() - sent_at)
-        if response.status == 101 and upgrade:
+        if response.status == 101:
+            if not upgrade:
+                return httpio.UnaskedSwitch()
             req.state.stop()  # the relay that follows watches its own idle time
         try:
             done = httpio.forward_response(client, reader, req.head, response, conn.sock, conn.reader,

@@ -810,14 +810,15 @@ WS_CASES = {  # name: frames sent after the handshake (Autobahn-style: the echo 
 
 
 
-@pytest.mark.parametrize("answer", ["101 nobody asked for", "204 with a body"])
+@pytest.mark.parametrize("answer", ["101 nobody asked for", "204 with a body", "204, then bytes late"])
 def test_bytes_an_upstream_sends_past_its_answer_never_reach_another_client(request, start_proxy, answer):
     """An upstream that says more than its answer: a 101 though the request asked for no upgrade
     (RFC 9110 7.8 forbids it), then what it says in its other protocol; or a 204 followed by
-    bytes. Those bytes look like the answer to the next request: a pooled connection taken for
-    another client's GET (unprobed within a second of its last answer) once handed them to that
-    client. As nginx, wmproxy keeps no connection with bytes left over, nor one that switched
-    protocols, and a 101 nobody asked for is answered 502."""
+    bytes, at once or a moment later while the connection waits in the pool. Those bytes look
+    like the answer to the next request: a pooled connection taken for another client's GET
+    (unprobed within a second of its last answer) once handed them to that client. As nginx,
+    wmproxy keeps no connection with bytes left over, nor one that switched protocols, takes no
+    pooled one unprobed once something arrived on it, and answers 502 to a 101 nobody asked for."""
 
     def upstream(conn: socket.socket) -> None:
         buf = b""
@@ -829,14 +830,18 @@ def test_bytes_an_upstream_sends_past_its_answer_never_reach_another_client(requ
                 buf += data
             head, buf = buf.split(b"\r\n\r\n", 1)
             path = head.split(b" ")[1]
+            past = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"  # (what it says past its answer)
             if path == b"/switch":
-                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: upgrade\r\n\r\n")
-            elif path == b"/nocontent":
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: upgrade\r\n\r\n" + past)
+            elif path == b"/nocontent" and answer == "204 with a body":
+                conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n" + past)
+            elif path == b"/nocontent":  # the bytes come while the connection waits in the pool
                 conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+                time.sleep(0.1)
+                conn.sendall(past)
             else:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 continue
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")  # (past its answer)
             time.sleep(3)  # (then nothing more: the connection stays open, as a kept one would)
             return
 
@@ -847,7 +852,8 @@ def test_bytes_an_upstream_sends_past_its_answer_never_reach_another_client(requ
                                    f'proxy_url = "http://127.0.0.1:{server.port}"\n')
         head, body = get(port, first)
         assert head.startswith(b"HTTP/1.1 502" if answer.startswith("101") else b"HTTP/1.1 204"), head
-        for i in range(3):  # other clients right after: each gets its own answer
+        time.sleep(0.3)  # (the late bytes are there by now, well within the second a kept connection goes unprobed)
+        for i in range(3):  # other clients: each gets its own answer
             head, body = get(port, "/next")
             assert head.startswith(b"HTTP/1.1 200") and body == b"ok", (i, head, body)
         # the forward proxy keeps a client's upstream connection for its next request: the same rules
@@ -860,6 +866,7 @@ def test_bytes_an_upstream_sends_past_its_answer_never_reach_another_client(requ
                     assert head.startswith(b"HTTP/1.1 502" if answer.startswith("101") else b"HTTP/1.1 204"), head
                     if answer.startswith("101"):
                         break  # (a 502 ends the client's connection)
+                    time.sleep(0.3)  # (bytes that come after the next request went out are its answer to anyone)
                 else:
                     assert head.startswith(b"HTTP/1.1 200") and body == b"ok", (path, head, body)
         # and an http mapping, whose public connection keeps its stream to the service
@@ -873,6 +880,7 @@ def test_bytes_an_upstream_sends_past_its_answer_never_reach_another_client(requ
             head, _ = get(web_port, first, sock=s)
             assert head.startswith(b"HTTP/1.1 502" if answer.startswith("101") else b"HTTP/1.1 204"), head
             if not answer.startswith("101"):  # (a 502 ends the public connection)
+                time.sleep(0.3)
                 head, body = get(web_port, "/next", sock=s)
                 assert head.startswith(b"HTTP/1.1 200") and body == b"ok", (head, body)
         assert get(web_port, "/next")[1] == b"ok"

@@ -510,8 +510,12 @@ class RouteStream:
         A new stream counts in the quotas of the route's account and mapping ([[center.users]]
         max_connections: QuotaFull when one is full)."""
         vc = self.stream
-        if vc is not None and self.route is route and not (vc.closed or vc.got_fin or vc.reset or vc.link.closed):
-            return True
+        if vc is not None and self.route is route:
+            ended = vc.closed or vc.got_fin or vc.reset or vc.link.closed
+            # (bytes that came past the last answer would read as this request's: a new stream then)
+            past = vc.arrived() or (self.reader is not None and self.reader.buf)
+            if not (ended or past):
+                return True
         self.close()
         assert route.link is not None  # (the registry gives routes with a link)
         quotas = registry.quotas(route.owner, route.holder, route.name) if registry is not None else []

@@ -114,6 +114,10 @@ class VirtualConn:
         self.consume(len(chunk))
         return chunk
 
+    def arrived(self) -> bool:
+        """Whether anything the far end sent (bytes, its FIN or a reset) waits untaken."""
+        return bool(self.pending) or (self._inbox is not None and self._inbox.qsize() > 0)
+
     def consume(self, n: int) -> None:
         """``n`` received bytes were taken by the consumer: window credit goes back to the
         far end once a quarter of a window was taken, with the window's growth if the

@@ -54,6 +54,17 @@ class Reader:
             self._watch.close()
             self._watch = None
 
+    def quiet(self) -> bool:
+        """Known that nothing (no bytes, no EOF) arrived since the last wait for the peer ended:
+        the kept watcher stops itself at readiness while nobody waits. False without a kept
+        watcher (nothing is known)."""
+        return self._watch is not None and self._watch.io.active
+
+    def stirred(self) -> bool:
+        """Known that something (bytes or EOF) arrived since the last wait ended. False without
+        a kept watcher (nothing is known)."""
+        return self._watch is not None and not self._watch.io.active
+
     def fill(self) -> bool:
         """One recv into the buffer. False at EOF."""
         try:

@@ -297,6 +297,9 @@ class HttpSession:
         httpio.ClientBodyError when the client's body broke off or broke its framing.
         """
         up = self.upstream
+        if up is not None and up.reader.stirred():  # (bytes came past its last answer, or its close: not
+            self._drop_upstream()                   # to be read as this request's answer)
+            up = None
         if up is None or up.key[0] != target.host or up.key[1] != target.port:
             up = self._new_upstream(target)
         try:

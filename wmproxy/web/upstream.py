@@ -168,7 +168,9 @@ class UpstreamGroup:
 
         ``retry_safe``: the caller sends the request again on a fresh connection if a pooled
         one turns out closed; then one pooled within RECHECK_AFTER is taken unprobed (a peek
-        per request costs more than the rare retry)."""
+        per request costs more than the rare retry) while nothing arrived on it since its last
+        answer (its reader is quiet: bytes a server sends late, past its answer, would read as
+        this request's answer; as nginx, whose idle connections are watched too)."""
         if header:
             return self._dial(server, timeout, header), False
         if fresh:
@@ -178,7 +180,7 @@ class UpstreamGroup:
         now = time.monotonic()
         while server.idle:
             conn = server.idle.pop()
-            if (retry_safe and now - conn.pooled_at < RECHECK_AFTER) or conn.still_open():
+            if (retry_safe and now - conn.pooled_at < RECHECK_AFTER and conn.reader.quiet()) or conn.still_open():
                 return conn, True
             conn.close()
         return self._dial(server, timeout), False

@@ -1,8 +1,9 @@
 """Request smuggling and desync cases (CL.TE, TE.CL, TE.TE, obs-fold, white space, bare CR/LF,
 NUL, chunk extension tricks, HTTP/1.0, Host, pipelined leftovers), each one client message sent
-through the forward proxy and through ``[http]`` to a raw origin that reads requests as the
-most lenient servers do and records every request it sees. From one client message, the origin
-must never see two requests (nor the smuggled one at all), and the proxy keeps serving."""
+through the forward proxy, through ``[http]`` and through an http mapping to a raw origin that
+reads requests as the most lenient servers do and records every request it sees. From one
+client message, the origin must never see two requests (nor the smuggled one at all), and the
+proxy keeps serving."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import time
 
 import pytest
 
-from conftest import TcpServer
+from conftest import TcpServer, free_port, wait_port
+from test_center import http_mapping
 
 SMUGGLED = "GET {T}/smuggled HTTP/1.1\r\nHost: {H}\r\n\r\n"
 S = SMUGGLED
@@ -302,4 +304,18 @@ def test_reverse_proxy_never_splits_one_message(start_proxy, lenient_origin):
     problems = _run_corpus(p.port, "", "a.test", lenient_origin)
     assert not problems, "\n".join(problems)
     assert _exchange(p.port, b"GET /ok HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").endswith(b"ok")
+    assert lenient_origin.take() == [b"GET /ok HTTP/1.1"]
+
+
+def test_http_mapping_never_splits_one_message(pair, lenient_origin):
+    """The public side of an http mapping (map_http_bind): its requests go to the center client
+    as they came when nothing in them changes (passthrough_head), so the corpus runs there too."""
+    web = free_port()
+    p = pair(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{web}"\n')
+    p.client = p.start_client(tail=http_mapping("app", lenient_origin.port, "a.test"))
+    p.client.wait_log("mapping 'app' published")
+    wait_port(web)
+    problems = _run_corpus(web, "", "a.test", lenient_origin)
+    assert not problems, "\n".join(problems)
+    assert _exchange(web, b"GET /ok HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").endswith(b"ok")
     assert lenient_origin.take() == [b"GET /ok HTTP/1.1"]

@@ -852,7 +852,7 @@ def test_bytes_an_upstream_sends_past_its_answer_never_reach_another_client(requ
                                    f'proxy_url = "http://127.0.0.1:{server.port}"\n')
         head, body = get(port, first)
         assert head.startswith(b"HTTP/1.1 502" if answer.startswith("101") else b"HTTP/1.1 204"), head
-        time.sleep(0.3)  # (the late bytes are there by now, well within the second a kept connection goes unprobed)
+        time.sleep(0.5)  # (the late bytes, sent at 0.1 s, are there by now; within the second a kept one goes unprobed)
         for i in range(3):  # other clients: each gets its own answer
             head, body = get(port, "/next")
             assert head.startswith(b"HTTP/1.1 200") and body == b"ok", (i, head, body)
@@ -866,7 +866,7 @@ def test_bytes_an_upstream_sends_past_its_answer_never_reach_another_client(requ
                     assert head.startswith(b"HTTP/1.1 502" if answer.startswith("101") else b"HTTP/1.1 204"), head
                     if answer.startswith("101"):
                         break  # (a 502 ends the client's connection)
-                    time.sleep(0.3)  # (bytes that come after the next request went out are its answer to anyone)
+                    time.sleep(0.5)  # (bytes that come after the next request went out are its answer to anyone)
                 else:
                     assert head.startswith(b"HTTP/1.1 200") and body == b"ok", (path, head, body)
         # and an http mapping, whose public connection keeps its stream to the service
@@ -880,7 +880,7 @@ def test_bytes_an_upstream_sends_past_its_answer_never_reach_another_client(requ
             head, _ = get(web_port, first, sock=s)
             assert head.startswith(b"HTTP/1.1 502" if answer.startswith("101") else b"HTTP/1.1 204"), head
             if not answer.startswith("101"):  # (a 502 ends the public connection)
-                time.sleep(0.3)
+                time.sleep(0.5)
                 head, body = get(web_port, "/next", sock=s)
                 assert head.startswith(b"HTTP/1.1 200") and body == b"ok", (head, body)
         assert get(web_port, "/next")[1] == b"ok"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from wmproxy.web.server import RateLimit
 
 
@@ -15,13 +13,13 @@ def test_a_flood_of_new_addresses_is_bounded_and_cheap_and_recent_clients_stay_l
     monkeypatch.setattr(RateLimit, "MAX_CLIENTS", 1000)
     limit = RateLimit(rate=1 / 60, burst=0)  # one request a minute: nothing refills during the test
     assert limit.take("203.0.113.9") and not limit.take("203.0.113.9")  # the client we watch: limited
-    tables, started = set(), time.process_time()
+    rebuilds, table = 0, limit.buckets
     for i in range(20_000):
         assert limit.take(f"2001:db8::{i:x}")  # each new address has its burst
         if i % 50 == 0:
             assert not limit.take("203.0.113.9")  # seen lately: still limited, never forgotten
-        tables.add(id(limit.buckets))
+        if limit.buckets is not table:  # (the table was rebuilt: a walk over all of it)
+            rebuilds, table = rebuilds + 1, limit.buckets
         assert len(limit.buckets) <= 1000
-    assert len(tables) <= 2 * 20_000 // 100 + 1  # (a rebuild per 100 new addresses at most: a tenth of 1000)
-    assert time.process_time() - started < 5
+    assert 0 < rebuilds <= 20_000 // 100  # a rebuild per 100 new addresses at most (a tenth of 1000)
     assert not limit.take("2001:db8::4e1f")  # a recent attacker address: limited as any client

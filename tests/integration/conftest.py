@@ -89,8 +89,38 @@ class Proc:
         self.port = port
         self.log_path = tmp / f"{name or f'wmproxy-{port}'}.log"
         self._log = open(self.log_path, "wb")
+        env = {**os.environ, **(env or {})}
+        self._ready: socket.socket | None = None  # where it says READY=1, as to systemd (unless the test listens)
+        if "NOTIFY_SOCKET" not in env:
+            Proc._count += 1
+            address = f"@wmproxy-test-{os.getpid()}-{Proc._count}"  # (abstract: nothing left on disk)
+            self._ready = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._ready.bind("\0" + address[1:])
+            env["NOTIFY_SOCKET"] = address
         self.popen = subprocess.Popen([sys.executable, str(ROOT / "bin" / program), *args], stdout=self._log,
-                                      stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd)
+                                      stderr=subprocess.STDOUT, env=env, cwd=cwd)
+
+    _count = 0
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Until the process says READY=1: every listener of its configuration listens then (a
+        port that answers says only that its own listener does)."""
+        assert self._ready is not None, "the test listens on NOTIFY_SOCKET itself, or it was ready already"
+        deadline = time.monotonic() + timeout
+        self._ready.settimeout(0.1)
+        while time.monotonic() < deadline:
+            exited = self.popen.poll() is not None  # (--daemon: it exits once its daemon is ready)
+            try:
+                while True:
+                    if b"READY=1" in self._ready.recv(4096).split(b"\n"):
+                        self._ready.close()  # (what it says later, on reloads, goes nowhere)
+                        self._ready = None
+                        return
+            except socket.timeout:
+                pass
+            if exited:
+                raise RuntimeError(f"process exited with {self.popen.returncode} before it was ready:\n{self.log()}")
+        raise TimeoutError(f"not ready after {timeout}s:\n{self.log()}")
 
     @property
     def url(self) -> str:
@@ -125,6 +155,8 @@ class Proc:
         for child in alive:
             child.kill()
         self._log.close()
+        if self._ready is not None:
+            self._ready.close()
         return self.popen.returncode
 
 
@@ -146,8 +178,10 @@ def start_proxy(tmp_path):
             argv = ["--bind", f"127.0.0.1:{port}", *argv]
         p = Proc(argv, port, tmp_path, env)
         procs.append(p)
-        if wait:
+        if wait and "NOTIFY_SOCKET" in (env or {}):
             wait_port(port, proc=p.popen)
+        elif wait:
+            p.wait_ready()
         return p
 
     yield start

@@ -151,6 +151,53 @@ def test_a_websocket_upgrade_dribbled_in_is_cut_at_the_handshake_deadline(start_
         tcp.close()
 
 
+def test_bytes_outside_ascii_in_a_websocket_handshake_are_a_bad_handshake_both_ways(start_proxy):
+    """A header value with a byte past ASCII (wsproto decodes Connection, Upgrade and the
+    extension lists as ASCII unchecked: an exception of its own kind): from a ws2tcp client,
+    a 400 and one log line; from a tcp2ws server, its client's connection ends, logged as that
+    server's failure. Neither is an internal error, and the listener serves on."""
+    from websockets.sync.client import connect
+
+    from conftest import TcpServer
+
+    def mirror(conn):
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+    def bad_answer(conn):
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Up\xd5grade\r\n"
+                     b"Sec-WebSocket-Accept: x\r\n\r\n")
+        conn.recv(65536)
+
+    tcp, bad = TcpServer(mirror), TcpServer(bad_answer)
+    try:
+        p = start_proxy(config=bridge_config("ws2tcp", f"127.0.0.1:{tcp.port}"), bind=False)
+        for name in (b"Connection: Up\xd5grade", b"Upgrade: web\xffsocket", b"Sec-WebSocket-Extensions: \xe9"):
+            with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + name +
+                          b"\r\n\r\n")
+                assert read_response(s)[0].startswith(b"HTTP/1.1 400"), name
+        with connect(f"ws://127.0.0.1:{p.port}/", open_timeout=10) as ws:
+            ws.send(b"ping")
+            assert ws.recv(timeout=10) == b"ping"
+        log = p.wait_log("not a websocket handshake")
+        assert "Traceback" not in log and "internal error" not in log, log
+        q = start_proxy(config=bridge_config("tcp2ws", f"127.0.0.1:{bad.port}"), bind=False)
+        with socket.create_connection(("127.0.0.1", q.port), timeout=10) as s:
+            s.sendall(b"hello")
+            try:
+                assert recv_all(s) == b""
+            except ConnectionResetError:
+                pass
+        log = q.wait_log("not a websocket handshake")
+        assert "Traceback" not in log and "internal error" not in log, log
+    finally:
+        tcp.close()
+        bad.close()
+
+
 def test_a_websocket_server_that_dribbles_its_answer_is_given_up_at_connect_timeout(start_proxy):
     """tcp2ws: the upstream's upgrade answer, a byte at a time, must be whole within
     connect_timeout (a deadline for TLS and the upgrade, not a timer per recv); the client's

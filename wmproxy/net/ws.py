@@ -115,6 +115,8 @@ def _events_until(sock: Conn, ws: WSConnection, wanted: tuple[type, ...]) -> Any
             ws.receive_data(data)
         except RemoteProtocolError as e:
             raise ProtocolError(f"not a websocket handshake: {e}") from None
+        except UnicodeError:  # (wsproto decodes some header values as ASCII without a check)
+            raise ProtocolError("not a websocket handshake: a header value is not ASCII") from None
 
 
 def accept(sock: Conn) -> WsSocket:

@@ -76,7 +76,22 @@ def stderr_is_journal() -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
-class JournalFormatter(logging.Formatter):
+# what a line may not hold as it is: C0 and C1 controls (a newline would start a forged line, an
+# escape sequence would drive the terminal that shows the log) and the Unicode line separators
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+class TextFormatter(logging.Formatter):
+    """A line of text, whatever its message holds: controls written as \\xNN (what a client
+    sent may reach a message; a traceback, added after, keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        return line if line.isprintable() else line.translate(_ESCAPES)
+
+
+class JournalFormatter(TextFormatter):
     def format(self, record: logging.LogRecord) -> str:
         return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
 
@@ -124,8 +139,8 @@ def _formatter(fmt: str, bare: bool = False) -> logging.Formatter:
     if fmt == "json":
         return JsonFormatter()
     if bare:
-        return logging.Formatter("%(message)s")
-    return logging.Formatter(TEXT)
+        return TextFormatter("%(message)s")
+    return TextFormatter(TEXT)
 
 
 def setup_logging(settings: LogSettings, capture_stdio: bool | None = None) -> None:

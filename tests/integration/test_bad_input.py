@@ -112,6 +112,42 @@ def test_socks5_reply_codes(start_proxy):
     assert socks5_connect(p.port, req)[:2] == b"\x05\x08"  # address type not supported
 
 
+def test_socks_host_names_with_control_bytes_are_refused_unresolved_and_logged_escaped(start_proxy):
+    """A SOCKS5 or SOCKS4a host name is bytes the client picks: one with a newline forged a
+    log line of its own, one with an escape sequence drove the terminal showing the log, and
+    both were asked of the name servers. Now such a name is refused (SOCKS5 host unreachable,
+    SOCKS4 rejected) before DNS, and its log line shows it escaped."""
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a name server that counts what it is asked
+    dns.bind(("127.0.0.1", 0))
+    dns.settimeout(0.2)
+    p = start_proxy(config=FAST + f'[dns]\nnameservers = ["127.0.0.1:{dns.getsockname()[1]}"]\nhosts_file = ""\n'
+                           f'timeout = "1s"\n')
+    forged = b"x\n2026-12-07 10:00:00,000 INFO wmproxy: forged line"
+    for name in (forged, b"a\x1b[31mred", b"a b", b"a\rb", b"fe80::1%\x1b", b"\xc3\xa9t\xc3\xa9"):
+        assert socks5_connect(p.port, b"\x05\x01\x00\x03" + bytes([len(name)]) + name + b"\x00\x50")[:2] == \
+            b"\x05\x04", name
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            s.sendall(b"\x04\x01\x00\x50\x00\x00\x00\x01\x00" + name + b"\x00")
+            assert recv_all(s)[:2] == b"\x00\x5b", name
+
+    def asked() -> list[bytes]:
+        queries = []
+        try:
+            while True:
+                queries.append(dns.recvfrom(4096)[0])
+        except socket.timeout:
+            return queries
+
+    assert asked() == []
+    good = b"good-name.test"  # (the name server is asked for it: it never answers)
+    assert socks5_connect(p.port, b"\x05\x01\x00\x03" + bytes([len(good)]) + good + b"\x00\x50")[:2] == b"\x05\x04"
+    assert any(b"good-name" in query for query in asked())
+    dns.close()
+    log = p.wait_log("SOCKS4a host name")
+    assert "\nforged" not in log and "\x1b" not in log, log
+    assert log.count("is not a host name") == 12, log
+
+
 def test_socks5_ttl_expired_on_connect_timeout(start_proxy):
     """A listener whose accept queue is full drops SYNs: the dial times out."""
     p = start_proxy(config=FAST)

@@ -54,6 +54,20 @@ def test_override_names_its_origin():
     assert e.value.source == "command line --allow" and e.value.path == "proxy.allow[1]"
 
 
+def test_nameservers_are_ip_addresses_with_an_optional_port():
+    """A resolver's address is an IP (with a port if not 53); anything else is a config error
+    naming the key, not a traceback from dnspython at start."""
+    from wmproxy.net.dns import Resolver
+
+    cfg = config.load(None, default={"dns": {"nameservers": ["192.0.2.53", "192.0.2.54:5353", "::1", "[::1]:5353"]}})
+    assert [(ns.address, ns.port) for ns in Resolver(cfg.dns)._dns.nameservers] == [
+        ("192.0.2.53", 53), ("192.0.2.54", 5353), ("::1", 53), ("::1", 5353)]
+    for bad in ("dns.google", "192.0.2.53:0", "192.0.2.53:99999", "[::1]", "1.2.3.4:53:53", "", 53):
+        with pytest.raises(ConfigError) as e:
+            config.load(None, default={"dns": {"nameservers": ["192.0.2.53", bad]}})
+        assert e.value.path == "dns.nameservers[1]" and "an IP address, with a port if not 53" in str(e.value), bad
+
+
 def test_networks():
     nets = config.list_of(config.to_network)(["10.0.0.0/8", "::1", "192.168.1.7/24"])
     assert nets[2] == ipaddress.ip_network("192.168.1.0/24")

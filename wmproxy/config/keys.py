@@ -78,6 +78,35 @@ def to_addr(value: Any) -> Addr:
     return Addr(host, int(port))
 
 
+_NAMESERVER_HELP = "an IP address, with a port if not 53: '192.0.2.53', '192.0.2.53:5353', '::1' or '[::1]:5353'"
+
+
+def nameserver_address(text: str) -> tuple[str, int]:
+    """A name server's (IP, port) from '192.0.2.53', '192.0.2.53:5353', '::1' or '[::1]:5353'
+    (port 53 unless given). Raises ValueError."""
+    host, port = text.strip(), "53"
+    if host.startswith("["):
+        host, sep, port = host[1:].partition("]:")
+        if not sep:
+            raise ValueError(text)
+    elif host.count(":") == 1:
+        host, _, port = host.partition(":")
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(text)
+    return str(ipaddress.ip_address(host)), int(port)
+
+
+def to_nameserver(value: Any) -> str:
+    """A name server's address (a resolver's address is an IP: no name to resolve first)."""
+    if not isinstance(value, str):
+        raise Invalid(f"expected {_NAMESERVER_HELP}, got {type(value).__name__} {value!r}")
+    try:
+        nameserver_address(value)
+    except ValueError:
+        raise Invalid(f"expected {_NAMESERVER_HELP}, got {value!r}") from None
+    return value.strip()
+
+
 def to_str(value: Any) -> str:
     if not isinstance(value, str):
         raise Invalid(f"expected a string, got {type(value).__name__} {value!r}")

@@ -7,8 +7,8 @@ from typing import Optional
 
 from .keys import (
     Addr, DEFAULT_PROXY_BIND, Invalid, REQUIRED, choice_set, int_range, key, list_of, optional_addr, table_list,
-    to_addr, to_bandwidth, to_bool, to_duration, to_network, to_size, to_str, to_target_rule, proxy_protocol_key,
-    proxy_protocol_from_key, check_proxy_protocol, rate_limit_key,
+    to_addr, to_bandwidth, to_bool, to_duration, to_nameserver, to_network, to_size, to_str, to_target_rule,
+    proxy_protocol_key, proxy_protocol_from_key, check_proxy_protocol, rate_limit_key,
 )
 
 
@@ -97,7 +97,8 @@ class ProxyConfig:
 class DnsConfig:
     """``[dns]``: how target names are resolved (dnspython, TTL cache, hosts file)."""
 
-    nameservers: tuple = key(list_of(to_str), (), "resolver addresses (empty: /etc/resolv.conf)")
+    nameservers: tuple = key(list_of(to_nameserver), (), "resolver addresses: IP addresses, with a port if not 53 "
+                             "('192.0.2.53', '[::1]:5353'; empty: /etc/resolv.conf)")
     hosts_file: str = key(to_str, "/etc/hosts", "hosts file consulted first ('' to skip)")
     timeout: float = key(to_duration, 5.0, "time for one lookup")
     cache_size: int = key(int_range(0, 1_000_000), 4096, "names kept in the cache")

@@ -15,11 +15,13 @@ from collections import OrderedDict
 from typing import Optional, Union
 
 import dns.exception
+import dns.nameserver
 import dns.resolver
 import gevent
 from gevent.event import AsyncResult
 
 from ..config import DnsConfig
+from ..config.keys import nameserver_address
 from ..errors import DnsError
 
 log = logging.getLogger("wmproxy.dns")
@@ -64,7 +66,7 @@ class Resolver:
         except dns.resolver.NoResolverConfiguration:
             r = dns.resolver.Resolver(configure=False)
         if self.cfg.nameservers:
-            r.nameservers = list(self.cfg.nameservers)
+            r.nameservers = [dns.nameserver.Do53Nameserver(*nameserver_address(text)) for text in self.cfg.nameservers]
         r.lifetime = self.cfg.timeout
         r.timeout = min(self.cfg.timeout, 2.0)
         return r

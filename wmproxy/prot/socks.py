@@ -35,6 +35,7 @@ SOCKS4a: IP 0.0.0.x with x != 0 means "host name follows"; that IP is never dial
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from dataclasses import dataclass
 
@@ -147,10 +148,11 @@ def parse_address(buf: bytes, offset: int) -> tuple[str, int, int]:
         end = offset + 2 + n
         _need(buf, end + 2)
         raw = bytes(buf[offset + 2 : end])
-        try:
-            host = raw.decode("ascii") if raw.isascii() else raw.decode("idna")
-        except UnicodeError:
-            raise ProtocolError("SOCKS5 domain name is not valid", socks5_reply=REP_HOST_UNREACHABLE) from None
+        name = host_name(raw)
+        if name is None:
+            raise ProtocolError(f"SOCKS5 domain name {raw[:80]!r} is not a host name",
+                                socks5_reply=REP_HOST_UNREACHABLE)
+        host = name
     else:
         raise ProtocolError(f"SOCKS5 address type {atyp} is not supported", socks5_reply=REP_ADDRESS_TYPE_NOT_SUPPORTED)
     (port,) = struct.unpack_from("!H", buf, end)
@@ -213,6 +215,26 @@ def encode_udp_header(host: str, port: int) -> bytes:
     return b"\0\0\0" + encode_address(host, port)
 
 
+_NAME = re.compile(rb"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+_IPV6 = re.compile(rb"[0-9A-Fa-f:.]+\Z")
+
+
+def host_name(raw: bytes) -> str | None:
+    """A host a SOCKS client named: an IP literal, or a name of letters, digits, '-', '_' and
+    dots (IDNA names in their ASCII form), as a resolver takes; None for anything else (control
+    bytes, spaces, other bytes: never asked of DNS, nor written to a log as they came)."""
+    if not 0 < len(raw) <= 255:
+        return None
+    if _NAME.match(raw):
+        return raw.decode("ascii")
+    if not _IPV6.match(raw):  # (no scope: ipaddress takes any text after '%')
+        return None
+    try:
+        return str(ipaddress.IPv6Address(raw.decode("ascii")))
+    except ValueError:
+        return None
+
+
 def _cstring(buf: bytes, start: int, what: str) -> tuple[str, int]:
     """A NUL-terminated field of at most MAX_SOCKS4_FIELD bytes -> (text, end after NUL)."""
     nul = buf.find(b"\0", start, start + MAX_SOCKS4_FIELD + 1)
@@ -233,9 +255,15 @@ def parse_socks4(buf: bytes) -> tuple[Request, int]:
     ip = bytes(buf[4:8])
     userid, end = _cstring(buf, 8, "USERID")
     if ip[:3] == b"\0\0\0" and ip[3] != 0:
-        host, end = _cstring(buf, end, "host name")
-        if not host:
+        start = end
+        _, end = _cstring(buf, start, "host name")
+        raw = bytes(buf[start : end - 1])
+        if not raw:
             raise ProtocolError("SOCKS4a request with an empty host name")
+        name = host_name(raw)
+        if name is None:
+            raise ProtocolError(f"SOCKS4a host name {raw[:80]!r} is not a host name")
+        host = name
     else:
         host = str(ipaddress.IPv4Address(ip))
     return Request(SOCKS4, command, host, port, userid), end

@@ -72,10 +72,14 @@ def serve_socks5(ctx: ProxyContext, client: Conn, reader: Reader, info: ConnInfo
 
 def serve_socks4(ctx: ProxyContext, client: Conn, reader: Reader, info: ConnInfo, allowed: bool) -> None:
     info.proto = "socks4"
-    req = reader.read_message(s5.parse_socks4)
+    refuse = s5.encode_socks4_reply(False)
+    try:
+        req = reader.read_message(s5.parse_socks4)
+    except ProtocolError:
+        client.sendall(refuse)  # (SOCKS4 has one refusal for all)
+        raise
     info.proto = "socks4a" if not _is_ip(req.host) else "socks4"
     info.target = fmt_addr(req.host, req.port)
-    refuse = s5.encode_socks4_reply(False)
     if not allowed:
         client.sendall(refuse)
         info.result = "refused: client address not allowed"

@@ -21,7 +21,7 @@ import hpack
 import pytest
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, PushPromiseFrame, SettingsFrame
 
-from conftest import TcpServer, curl, free_port, wait_port, websocket_echo, write_cert
+from conftest import TcpServer, curl, free_port, recv_all, wait_port, websocket_echo, write_cert
 from test_center import http_mapping
 
 PAGE = os.urandom(300_000)
@@ -216,6 +216,29 @@ def test_nghttp_many_concurrent_streams_and_slow_ones_do_not_queue(start_proxy, 
     took = time.monotonic() - started
     assert r.returncode == 0 and r.stdout.decode().count(" 200 ") == 5, r.stderr
     assert took < 8, took
+
+
+def test_requests_before_the_clients_eof_are_answered_then_the_connection_ends(start_proxy, origin, tmp_path):
+    """A client that sends its requests and then its EOF (TCP half-close) still gets every
+    answer (as HTTP/1.1 here, and as nginx does), and the connection ends once they are sent,
+    not at the idle timeout (a request whose body had not ended is given up); so does one that sent only its SETTINGS and a PING (the server's
+    SETTINGS and the PING's ACK were lost: the socket closed before the loop's turn wrote them)."""
+    p = start_proxy(config=site(tmp_path, origin.port), bind=False)
+    c = Client(p.port)
+    sids = [c.request("/small.txt"), c.request("/hello"), c.request("/api/whoami")]
+    c.request("/api/upload", method="POST", end=False)  # (a body that can no longer come: reset at the EOF)
+    c.sock.shutdown(socket.SHUT_WR)
+    started = time.monotonic()
+    c.drain(timeout=10)
+    assert time.monotonic() - started < 2.5  # (client_read_timeout is 3 s)
+    assert c.ended >= set(sids) and [c.heads[sid][b":status"] for sid in sids] == [b"200"] * 3, c.events
+    assert [c.bodies[sid] for sid in sids] == [b"small file\n", b"hello a.test", b"origin-A"]
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize()
+                  + PingFrame(0, opaque_data=b"12345678").serialize())
+        s.shutdown(socket.SHUT_WR)
+        got = recv_all(s)
+    assert PingFrame(0, flags=["ACK"], opaque_data=b"12345678").serialize() in got, got
 
 
 def test_a_stalled_stream_does_not_stall_the_connection(start_proxy, tmp_path):

@@ -324,7 +324,12 @@ class H2Server:
                 except socket.timeout:
                     data = b""
                     continue
-                if not data:
+                if not data:  # the client's EOF: what it asked whole is still answered (it may read on), then the end
+                    for stream in [s for s in self.streams.values() if not s.ended]:
+                        stream.on_reset("the client closed before the end of its request")
+                    if self.streams:
+                        self.handlers.join(timeout=settings.read_timeout)
+                    self._try_flush()
                     return
         except Cut as e:
             why = str(e)

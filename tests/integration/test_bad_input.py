@@ -98,6 +98,44 @@ def test_malformed_http_gets_400_and_one_log_line(start_proxy):
     assert log.count("bad request:") >= len(targets) and "Traceback" not in log
 
 
+@pytest.mark.parametrize("listener", ["http", "forward proxy", "http mapping"])
+def test_a_malformed_request_is_answered_then_its_input_read_until_the_client_stops(request, start_proxy, origin,
+                                                                                  listener):
+    """nginx's lingering close: a request answered 400 before it was read whole (here a chunked
+    body that breaks at once) ends with our FIN after the answer, and what the client still
+    sends is read and dropped, not answered with a reset: over a real network a reset discards
+    whatever of the answer is still in flight, and a client still uploading reports a broken
+    pipe instead of the answer. The reading ends with the client's EOF (or after 5 s of silence,
+    30 s in all)."""
+    if listener == "http":
+        p = start_proxy(config=f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n[[http.server.location]]\n'
+                               f'proxy_url = "http://127.0.0.1:{origin.port}"\n', bind=False)
+        port, target, procs = p.port, "/upload", [p]
+    elif listener == "forward proxy":
+        p = start_proxy()
+        port, target, procs = p.port, f"http://127.0.0.1:{origin.port}/upload", [p]
+    else:
+        from test_center import http_mapping
+
+        port = free_port()
+        pair = request.getfixturevalue("pair")(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{port}"\n')
+        pair.client = pair.start_client(tail=http_mapping("app", origin.port, "a.test"))
+        pair.client.wait_log("mapping 'app' published")
+        port, target, procs = port, "/upload", [pair.server, pair.client]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"POST {target} HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+                  + b"4\r\nabcd\r\nzz\r\n")
+        answer = recv_all(s)  # (to our FIN)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+        for _ in range(20):  # the upload goes on a while: it is taken, not reset
+            s.sendall(b"x" * 65536)
+            time.sleep(0.02)
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(10) == b""  # (the end, quietly)
+    for proc in procs:
+        assert "Traceback" not in proc.log()
+
+
 def test_socks5_reply_codes(start_proxy):
     p = start_proxy(config=FAST)
     closed = free_port()

@@ -19,7 +19,7 @@ import h2.events
 import h2.settings
 import hpack
 import pytest
-from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, PushPromiseFrame, SettingsFrame
+from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, PingFrame, PushPromiseFrame, SettingsFrame
 
 from conftest import TcpServer, curl, free_port, recv_all, wait_port, websocket_echo, write_cert
 from test_center import http_mapping
@@ -239,6 +239,27 @@ def test_requests_before_the_clients_eof_are_answered_then_the_connection_ends(s
         s.shutdown(socket.SHUT_WR)
         got = recv_all(s)
     assert PingFrame(0, flags=["ACK"], opaque_data=b"12345678").serialize() in got, got
+
+
+def test_a_protocol_error_is_answered_with_goaway_and_what_follows_is_read_not_reset(start_proxy, tmp_path):
+    """DATA on a stream never opened: GOAWAY PROTOCOL_ERROR, then (nginx's lingering close)
+    what the client still sends is read and dropped until its EOF, not answered with a reset
+    that could destroy the GOAWAY in flight."""
+    p = start_proxy(config=site(tmp_path), bind=False)
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize()
+                  + DataFrame(1, data=b"x" * 100).serialize())
+        got = b""
+        while b"\x07\x00\x00\x00\x00\x00" not in got:  # (a GOAWAY frame's type, flags and stream 0)
+            got += s.recv(65536)
+        for _ in range(20):
+            s.sendall(DataFrame(1, data=b"y" * 16384).serialize())
+            time.sleep(0.02)
+        s.shutdown(socket.SHUT_WR)
+        got += recv_all(s)
+    at = got.index(b"\x07\x00\x00\x00\x00\x00") - 3
+    assert int.from_bytes(got[at + 13:at + 17], "big") == h2.errors.ErrorCodes.PROTOCOL_ERROR, got[at:at + 17]
+    p.wait_log("http2: cut: protocol error")
 
 
 def test_a_stalled_stream_does_not_stall_the_connection(start_proxy, tmp_path):

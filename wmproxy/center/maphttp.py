@@ -40,7 +40,7 @@ from ..net.relay import RelayStats, relay
 from ..net.throttle import Bucket, Quota, Throttled, enter_all
 from ..net.certstore import ACME_TLS_ALPN, CHALLENGE_PATH, CertStore, answer_tls_alpn
 from ..net.tls import sni_server_context
-from ..net.writer import close_quietly
+from ..net.writer import close_quietly, linger
 from ..net.proxyproto import ProxyProtocolIn, policy
 from ..prot import http1
 from ..prot.framing import Framing, request_framing
@@ -141,6 +141,7 @@ class MapHttpServer(Listener):
             f"TLS handshake not complete within {ctx.head_timeout:g}s"))
         accepted = client
         watch = None
+        mangled = False
         try:
             visitor = (address, client.getsockname())  # (told to the center client; before TLS takes the socket)
             if ctx.scheme == "https":
@@ -159,8 +160,9 @@ class MapHttpServer(Listener):
             watch.until(started + ctx.head_timeout, watch.head_phase)  # the first head, from the start
             up = RouteStream(visitor)
             try:
-                while self._one(client, reader, peer_ip, ctx, up, watch):
+                while keep := self._one(client, reader, peer_ip, ctx, up, watch):
                     watch.waiting(None, ctx.idle_timeout)
+                mangled = keep is None
             finally:
                 up.close()
         except PhaseTimeout as e:
@@ -169,10 +171,13 @@ class MapHttpServer(Listener):
             pass  # includes a failed TLS handshake: nothing to answer on
         except ProtocolError as e:
             _reply(client, e.http_status, str(e))
+            mangled = True
         finally:
             tls_deadline.close()
             if watch is not None:
                 watch.stop()
+            if mangled:  # its client may still be sending: what comes is dropped first, so that the answer is read
+                linger(client)
             if client is not accepted:  # the TLS socket took the descriptor over: the server's close would not
                 close_quietly(client)
 
@@ -245,8 +250,9 @@ class MapHttpServer(Listener):
         return True
 
     def _one(self, client: Conn, reader: Reader, peer_ip: str, ctx: MapHttpContext, up: "RouteStream",
-             watch: ConnWatch) -> bool:
-        """Serve one request; returns whether the connection stays open. The first head has
+             watch: ConnWatch) -> Optional[bool]:
+        """Serve one request; returns whether the connection stays open (None: no, and its client
+        may still be sending: a malformed body was answered before it was read whole). The first head has
         the head timeout from the connection's start (``watch`` holds that deadline), a later one
         from its first bytes."""
         try:
@@ -287,8 +293,9 @@ class MapHttpServer(Listener):
                 answer.route.figures.add(answer.size_in, answer.size_out)
 
     def _serve(self, client: Conn, reader: Reader, raw: bytes, head: http1.Head, peer_ip: str, ctx: MapHttpContext,
-               up: "RouteStream", watch: ConnWatch, answer: "Answer") -> bool:
-        """Route one request by its Host and pass it on; returns whether the connection stays open."""
+               up: "RouteStream", watch: ConnWatch, answer: "Answer") -> Optional[bool]:
+        """Route one request by its Host and pass it on; returns whether the connection stays
+        open (None: as _one says)."""
         framing = request_framing(head)
         if ctx.certs is not None and ctx.scheme == "http" and head.target.startswith(CHALLENGE_PATH):
             key_authorization = ctx.certs.http_answer(head.target[len(CHALLENGE_PATH):])
@@ -317,7 +324,7 @@ class MapHttpServer(Listener):
         route.requests += 1
         answer.route = route
         variables = {"client_ip": peer_ip, "host": host, "url": head.target}
-        keep = False
+        keep: Optional[bool] = False
         try:
             keep = self._exchange(client, reader, up, raw, head, framing, peer_ip, ctx, route, variables, watch,
                                   answer)
@@ -328,7 +335,7 @@ class MapHttpServer(Listener):
 
     def _exchange(self, client: Conn, reader: Reader, up: "RouteStream", raw: bytes, head: http1.Head, framing: Framing,
                   peer_ip: str, ctx: MapHttpContext, route: HttpRoute, variables: dict[str, str],
-                  watch: ConnWatch, answer: "Answer") -> bool:
+                  watch: ConnWatch, answer: "Answer") -> Optional[bool]:
         if route.local_h2:
             return self._exchange_h2(client, reader, up, head, framing, peer_ip, ctx, route, variables, watch, answer)
         line = f"{head.method} {head.target} HTTP/1.1"
@@ -365,7 +372,7 @@ class MapHttpServer(Listener):
             except httpio.ClientBodyError as e:  # the public client's fault: that request alone
                 answer.reply(client, e.http_status, str(e))
                 log.info("%s map-http %s: %d %s", peer_ip, variables["host"], e.http_status, e)
-                return False
+                return None if e.malformed else False
             except QuotaFull as e:
                 answer.reply(client, 503, str(e))
                 return False

@@ -167,6 +167,7 @@ class ClientBodyError(ProxyError):
 
     def __init__(self, cause: BaseException) -> None:
         self.cause = cause
+        self.malformed = isinstance(cause, ProtocolError)  # (its client may still be sending: linger)
         if isinstance(cause, ProtocolError):
             self.http_status = cause.http_status
         elif isinstance(cause, TimeoutError):  # socket.timeout

@@ -22,7 +22,7 @@ from ..net.idle import ConnWatch
 from ..net.reader import PeerClosed, Reader
 from ..net.relay import relay
 from ..net.throttle import Throttled
-from ..net.writer import send_all
+from ..net.writer import linger, send_all
 from ..prot import http1
 from ..prot.framing import NO_BODY, Framing, request_framing
 from ..prot.target import Target, parse_absolute, parse_authority
@@ -263,6 +263,8 @@ class HttpSession:
             return False
         except httpio.ClientBodyError as e:  # the client's fault: no upstream is blamed
             self._reply_log(head, e.http_status, str(e), started)
+            if e.malformed:  # (it may still be sending: what comes is dropped first, so that the answer is read)
+                linger(self.client)
             return False
         if response.status == 101:
             if not upgrade:

@@ -30,6 +30,7 @@ from ..net.reader import PeerClosed, Reader
 from ..net.live import current
 from ..net.relay import Adopt, RelayStats, relay_then
 from ..net.throttle import Bucket, Quota
+from ..net.writer import linger
 from ..prot import socks as s5
 from ..prot.http1 import simple_response
 from ..services import Services
@@ -252,7 +253,7 @@ def serve_connection(ctx: ProxyContext, client: Conn, address: Address, behalf: 
         f"handshake not complete within handshake_timeout ({ctx.cfg.handshake_timeout:g}s)"))
     reader = Reader(client, keep_watching=True)
     allowed = ctx.client_allowed(address[0])
-    failed = True
+    failed, mangled = True, False
     first = None
     try:
         first = reader.peek(1)
@@ -278,8 +279,9 @@ def serve_connection(ctx: ProxyContext, client: Conn, address: Address, behalf: 
         info.result = "timeout waiting for the client"
     except PeerClosed as e:
         info.result = f"client closed: {e}"
-    except ProtocolError as e:
+    except ProtocolError as e:  # (answered as its protocol says, unless it was too mangled to be)
         info.result = f"bad request: {e}"
+        mangled = True
     except OSError as e:
         info.result = f"client error: {e.strerror or e}"
     except Exception:
@@ -288,6 +290,8 @@ def serve_connection(ctx: ProxyContext, client: Conn, address: Address, behalf: 
     finally:
         info.end_handshake()
         reader.release()
+        if mangled:  # its client may still be sending: what comes is dropped first, so that the answer is read
+            linger(client)
         if not info.detached:
             # HTTP logs one line per request itself; a connect-and-close (port probe, health
             # check) is not worth an info line

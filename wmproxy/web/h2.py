@@ -54,6 +54,7 @@ from ..net.conn import Address, Data
 from ..net.dial import fmt_addr
 from ..net.gevent_io import nonblocking_sender
 from ..net.reader import PeerClosed
+from ..net.writer import linger
 from ..prot import http1
 from ..prot.chunked import ChunkedDecoder
 from ..prot.framing import CHUNKED, NO_BODY, UNTIL_CLOSE, response_framing
@@ -334,12 +335,13 @@ class H2Server:
         except Cut as e:
             why = str(e)
             log.info("%s http2: cut: %s", self.peer, e)
-            self._goaway(e.code)
+            self._goaway(e.code)  # (and closed at once: a flood is not read on)
         except h2.exceptions.ProtocolError as e:  # h2 queued its GOAWAY
             text = str(e)  # (some say only a stream id: StreamClosedError(1) is "1")
             why = f"protocol error: {text if text and not text.isdigit() else f'{type(e).__name__} {text}'}"
             log.info("%s http2: cut: %s", self.peer, why)
             self._try_flush()
+            linger(self.sock)  # (what the client still sends is dropped first, so that it reads the GOAWAY)
         except (OSError, ProtocolError):
             pass
         finally:

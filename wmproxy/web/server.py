@@ -43,7 +43,7 @@ from ..net.reader import PeerClosed, Reader
 from ..net.certstore import CHALLENGE_PATH, CertStore, answer_tls_alpn, safe_name
 from ..net.tls import sni_server_context
 from ..net.throttle import Throttled
-from ..net.writer import close_quietly, send_all
+from ..net.writer import close_quietly, linger, send_all
 from ..prot import http1
 from ..prot.framing import NO_BODY, request_framing
 from ..prot.target import host_name
@@ -341,6 +341,7 @@ class Request:
     location: Optional[HttpLocationConfig]  # None: the server has no location for the path
     state: ConnWatch
     _variables: Optional[dict[str, str]]
+    keep: Optional[bool]  # the connection stays open; None: it closes once its client stops sending (linger)
 
     def __init__(self, head: http1.Head, raw: bytes, down: Downstream, ctx: WebContext) -> None:
         self.ctx = ctx
@@ -441,11 +442,13 @@ class WebServer(Listener):
                               f"client_header_timeout ({ctx.header_timeout:g}s)")
             state.until(started + ctx.header_timeout, state.head_phase)  # the first head, from the start
             try:
-                while self._one(client, reader, down, ctx, state):
+                while keep := self._one(client, reader, down, ctx, state):
                     state.waiting(None, ctx.read_timeout)
             finally:
                 state.stop()
                 reader.release()
+            if keep is None:  # answered before its request was read whole: what still comes is dropped first
+                linger(client)
         except PhaseTimeout as e:
             log.info("%s http: cut: %s", fmt_addr(address[0], address[1]), e)
         except (PeerClosed, socket.timeout, OSError):
@@ -458,8 +461,10 @@ class WebServer(Listener):
             if client is not accepted:  # the TLS socket took the descriptor over: the server's close would not
                 close_quietly(client)
 
-    def _one(self, client: socket.socket, reader: Reader, down: Downstream, ctx: WebContext, state: ConnWatch) -> bool:
-        """Serve one request; returns whether the connection stays open."""
+    def _one(self, client: socket.socket, reader: Reader, down: Downstream, ctx: WebContext,
+             state: ConnWatch) -> Optional[bool]:
+        """Serve one request; returns whether the connection stays open (None: no, and its
+        client may still be sending: a malformed request was answered before it was read whole)."""
         ip = down.ip
         try:
             try:
@@ -487,13 +492,13 @@ class WebServer(Listener):
         except ProtocolError as e:  # a malformed head, or a body framed two ways
             client.sendall(http1.simple_response(e.http_status, f"wmproxy: {e}"))
             log.info("%s http: bad request: %s", ip, e)
-            return False
+            return None
         req.server = ctx.server_for(req.raw_host)
         req.state = state
         try:
             self._route(client, reader, req, ctx)
         except ProtocolError as e:
-            req.keep = False
+            req.keep = None
             self._reply(client, req, e.http_status, f"wmproxy: {e}")
         finally:
             self._log(req)
@@ -570,7 +575,7 @@ class WebServer(Listener):
             if req.redirects and head.method not in ("GET", "HEAD"):  # (an error page is got, as nginx does)
                 head = copy.copy(head)
                 head.method = "GET"
-            reply = files.serve(loc.file_server, client, head, req.path, req.keep,
+            reply = files.serve(loc.file_server, client, head, req.path, req.keep is True,
                                 (lambda headers: req.apply(headers, rules)) if rules else None, ctx.read_timeout,
                                 pages, status)
             if not reply.sent:
@@ -657,7 +662,7 @@ class WebServer(Listener):
         headers = req.apply(list(extra), req.response_rules())
         body = req.head.method != "HEAD"
         send_all(client, http1.simple_response(status, text, headers, close=not req.keep, body=body, exact=exact,
-                                               keep_alive=req.keep and req.head.version == "1.0"))
+                                               keep_alive=req.keep is True and req.head.version == "1.0"))
         size = len(text.encode()) if exact else len(text.rstrip("\n").encode()) + 1
         req.status, req.size = status, size if body else 0
 
@@ -718,7 +723,7 @@ class WebServer(Listener):
                     server.active -= 1
                 if isinstance(outcome, (httpio.ClientBodyError, httpio.UnaskedSwitch)):  # (not the server's health)
                     conn.close()
-                    req.keep = False
+                    req.keep = None if isinstance(outcome, httpio.ClientBodyError) and outcome.malformed else False
                     req.note = f"{server.addr}: {outcome}"
                     return self._reply(client, req, outcome.http_status, str(outcome))
                 if isinstance(outcome, httpio.Forwarded):
@@ -792,7 +797,7 @@ class WebServer(Listener):
             finally:
                 server.active -= 1
             if isinstance(outcome, httpio.ClientBodyError):
-                req.keep = False
+                req.keep = None if outcome.malformed else False
                 req.note = f"{server.addr}: {outcome}"
                 return self._reply(client, req, outcome.http_status, str(outcome))
             if outcome is None:

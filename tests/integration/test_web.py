@@ -1057,3 +1057,16 @@ def test_try_paths_names_and_statuses_come_last(tmp_path):
                     'static_response = "x"\n')
     with pytest.raises(ConfigError, match="not only named ones"):
         config.load(str(conf))
+
+
+def test_trace_is_refused_and_never_reaches_an_upstream(start_proxy, origin):
+    """TRACE echoes a request back, its cookies and credentials included (cross-site tracing):
+    405, as nginx answers it, before any location; the upstream never sees it."""
+    p = start_proxy(config=f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n[[http.server.location]]\n'
+                           f'proxy_url = "http://127.0.0.1:{origin.port}"\n', bind=False)
+    hits = origin.hits
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        head, _ = get(p.port, "/whoami", method="TRACE", headers="Cookie: secret=1\r\n", sock=s)
+        assert head.startswith(b"HTTP/1.1 405 "), head
+        assert get(p.port, "/whoami", sock=s)[1] == b"origin-A"  # (the same connection serves on)
+    assert origin.hits == hits + 1

@@ -541,6 +541,8 @@ class WebServer(Listener):
         if req.path is None:  # above the root: '..', '%2e%2e'
             req.keep = False
             return self._reply(client, req, 403, "the path leaves the root")
+        if req.head.method == "TRACE":  # (as nginx: a server echoing the request, credentials and cookies included)
+            return self._error(client, reader, req, ctx, 405, "TRACE is not allowed")
         req.location = loc = ctx.location_for(req.server, req.path, req)
         if loc is None:
             return self._error(client, reader, req, ctx, 404, "no location for this path")

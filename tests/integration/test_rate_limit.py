@@ -110,7 +110,7 @@ def test_an_http_location_holds_its_rate_for_files_and_bodies(start_proxy, tmp_p
     start_proxy(config=f'[[http.server]]\nbind = "127.0.0.1:{port}"\n'
                        f'[[http.server.location]]\nrule = "/slow/"\nrate_limit = "{RATE}"\n'
                        f'file_server = {{ root = "{tmp_path / "site"}", prefix = "/slow" }}\n'
-                       f'[[http.server.location]]\nrule = "/up"\nrate_limit = "{RATE}"\n'
+                       f'[[http.server.location]]\nrule = "/up"\nrate_limit = "{RATE}"\nclient_max_body_size = "4m"\n'
                        f'proxy_url = "http://127.0.0.1:{origin.port}"\n'
                        f'[[http.server.location]]\nrule = "/"\nfile_server = {{ root = "{tmp_path / "site"}" }}\n',
                 bind=False, wait=False)

@@ -18,7 +18,8 @@ import pytest
 
 from wmproxy import config
 from wmproxy.errors import ConfigError
-from conftest import TcpServer, curl, free_port, next_head, read_response, wait_port, websocket_echo, write_cert
+from conftest import (TcpServer, curl, free_port, next_head, read_response, recv_all, wait_port, websocket_echo,
+                      write_cert)
 from test_center import http_mapping
 
 
@@ -1070,3 +1071,63 @@ def test_trace_is_refused_and_never_reaches_an_upstream(start_proxy, origin):
         assert head.startswith(b"HTTP/1.1 405 "), head
         assert get(p.port, "/whoami", sock=s)[1] == b"origin-A"  # (the same connection serves on)
     assert origin.hits == hits + 1
+
+
+def test_client_max_body_size_refuses_larger_bodies_with_413(start_proxy, origin):
+    """As nginx's client_max_body_size (1m by default; a location may say otherwise, 0: no
+    limit): a Content-Length over it is answered 413 before a byte of the body is read (no
+    100 Continue, nothing sent upstream); a chunked body is cut with 413 once it passes it;
+    HTTP/2 alike. A body within it goes on."""
+    import hashlib
+
+    p = start_proxy(config=f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\nclient_max_body_size = "64k"\n'
+                           f'[[http.server.location]]\nrule = "/big/"\nclient_max_body_size = 0\n'
+                           f'proxy_url = "http://127.0.0.1:{origin.port}"\n'
+                           f'[[http.server.location]]\nrule = "/files/"\nstatic_response = "ok"\n'
+                           f'[[http.server.location]]\nproxy_url = "http://127.0.0.1:{origin.port}"\n', bind=False)
+    hits = origin.hits
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 65537\r\nExpect: 100-continue\r\n\r\n")
+        answer = recv_all(s)
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"client_max_body_size (65536 bytes)" in answer, answer
+    assert b"100 Continue" not in answer and origin.hits == hits
+    for path in ("/up", "/files/x"):  # proxied, or read to be dropped: cut all the same
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+            try:
+                for _ in range(10):
+                    s.sendall(b"4000\r\n" + b"x" * 0x4000 + b"\r\n")
+            except OSError:
+                pass
+            s.shutdown(socket.SHUT_WR)
+            answer = recv_all(s)
+        assert answer.startswith(b"HTTP/1.1 413 ") and b"larger than client_max_body_size" in answer, (path, answer)
+    body = os.urandom(65536)
+    r = subprocess.run(["curl", "-sS", "--max-time", "20", "--data-binary", "@-", f"http://127.0.0.1:{p.port}/up"],
+                       input=body, capture_output=True, timeout=30)
+    assert r.stdout == f"65536 {hashlib.sha256(body).hexdigest()}".encode(), r
+    big = os.urandom(1 << 20)
+    r = subprocess.run(["curl", "-sS", "--max-time", "20", "--data-binary", "@-", "-o", "/dev/null", "-w",
+                        "%{http_code}", f"http://127.0.0.1:{p.port}/up"], input=big, capture_output=True, timeout=30)
+    assert r.stdout == b"413", r
+    from test_http2 import Client  # (HTTP/2: the answer, then RST_STREAM NO_ERROR, as RFC 9113 8.1 lets a server)
+
+    c = Client(p.port)
+    for length in (b"1048576", None):
+        sid = c.request("/up", method="POST", end=False, headers=[(b"content-length", length)] if length else [])
+        for at in range(0, 60000, 15000):
+            c.conn.send_data(sid, big[at:at + 15000])
+        c.send()
+        if length is None:  # (past 64 KiB once the server's window lets the rest go)
+            c.pump(lambda: sid in c.ended or c.conn.local_flow_control_window(sid) >= 10000)
+            if sid not in c.ended:
+                c.conn.send_data(sid, big[60000:70000])
+                c.send()
+        c.pump(lambda: sid in c.ended)
+        assert c.heads[sid][b":status"] == b"413", (length, c.events[-4:])
+    for args in ([], ["--http2-prior-knowledge"]):
+        r = subprocess.run(["curl", "-sS", "--max-time", "20", *args, "--data-binary", "@-",
+                            f"http://127.0.0.1:{p.port}/big/x"], input=big, capture_output=True, timeout=30)
+        assert r.stdout == f"{len(big)} {hashlib.sha256(big).hexdigest()}".encode(), (args, r)
+    log = p.log()
+    assert "Traceback" not in log and "internal error" not in log

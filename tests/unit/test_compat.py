@@ -255,6 +255,7 @@ static_response = "b"
 """)
     lines = {loc.access_log for loc in cfg.http.server[0].location}
     assert lines == {"{date} {client_ip} INFO {url} status: {status} {status} x: {nope}"}
+    assert cfg.http.server[0].client_max_body_size == 0  # (the original takes bodies of any size)
     assert cfg.access_log_file == "logs/access.log"
     assert [w for w in reading.warnings if "{nope}" in w] == [
         "http.server[0].location[0].access_log: {nope} of log_format.main have no value here (written as they are)"]

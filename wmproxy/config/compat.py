@@ -572,6 +572,7 @@ def _server(r: Reading, srv: dict, path: str, base: _Inherited, zones: dict, ups
     inherit = base.under(srv)
     out: dict = {k: srv[k] for k in ("client_header_timeout", "client_body_timeout", "max_header_size", "max_headers",
                                      "max_connections_per_ip", "proxy_protocol", "proxy_protocol_from") if k in srv}
+    out["client_max_body_size"] = 0  # (the original takes a body of any size: so does its config here)
     names = [n for n in _name_list(srv.get("server_name")) + _name_list(inherit.values.get("domain"))]
     up_name = srv.get("up_name", "")
     if up_name and re.match(r"^[A-Za-z0-9*]([A-Za-z0-9.*-]*[A-Za-z0-9*])?$", up_name) and "." in up_name:

@@ -211,6 +211,8 @@ class HttpLocationConfig:
     deny_ip: tuple = key(list_of(to_network), (), "client networks refused with 403 (checked first)")
     limit_req: Optional[LimitReqConfig] = section(LimitReqConfig, "rate limit per client address (429 beyond)")
     rate_limit: float = rate_limit_key("each request's answer to the client and body to the server")
+    client_max_body_size: Optional[int] = key(to_size, None, "largest request body here (413 beyond; 0: no limit; "
+                                                             "default: the server's)")
     error_page: tuple = key(list_of(to_error_page), (), "pages for the errors wmproxy answers itself here (404, 403, "
                                                         "429, 502, 504...): '404 /404.html', '502 =200 @fallback' "
                                                         "(replace the server's error_page when given)")
@@ -268,6 +270,8 @@ class HttpServerConfig:
     client_body_timeout: float = key(to_duration, 60.0, "the longest silence while a request body arrives, and its "
                                                         "deadline: this plus its length at client_body_min_rate (408)")
     client_body_min_rate: int = key(to_size, 1024, "bytes a second a request body must arrive at, at least")
+    client_max_body_size: int = key(to_size, 1 << 20, "largest request body, as nginx's (413 beyond; 0: no limit); "
+                                                      "a location may say otherwise")
     max_header_size: int = key(to_size, 65536, "largest request head (431 beyond)")
     max_headers: int = key(int_range(1, 10000), 100, "most header lines in a request (431 beyond)")
     max_connections_per_ip: int = key(int_range(0, 1_000_000), 1000, "concurrent connections of one client address "

@@ -86,14 +86,16 @@ def _copy_exact(reader: Reader, send: Send, n: int) -> None:
         n -= len(data)
 
 
-def copy_body(reader: Reader, send: Send, framing: Framing, chunked_out: bool, prefix: bytes = b"") -> int:
+def copy_body(reader: Reader, send: Send, framing: Framing, chunked_out: bool, prefix: bytes = b"",
+              limit: int = 0) -> int:
     """Send ``prefix`` (the head), then copy one message body from ``reader`` to ``send``
     as framed by ``framing``.
 
     Chunked input is decoded and, with ``chunked_out``, encoded again (trailers kept);
     without it the bare data is sent (for an HTTP/1.0 receiver, who then sees EOF).
-    Returns the number of body data bytes. Raises PeerClosed, ProtocolError, OSError; then
-    ``prefix`` may not have been sent.
+    Returns the number of body data bytes. Raises PeerClosed, ProtocolError (413 once a
+    chunked body passes ``limit`` bytes: a length is checked before, by the caller), OSError;
+    then ``prefix`` may not have been sent.
     """
     kind, length = framing
     if kind == "none":
@@ -107,12 +109,12 @@ def copy_body(reader: Reader, send: Send, framing: Framing, chunked_out: bool, p
         send(prefix + body if prefix else body)
         return length
     out = _Joiner(send, prefix)
-    total = _copy_body(reader, out, framing, chunked_out)
+    total = _copy_body(reader, out, framing, chunked_out, limit)
     out.flush()
     return total
 
 
-def _copy_body(reader: Reader, sendall: Send, framing: Framing, chunked_out: bool) -> int:
+def _copy_body(reader: Reader, sendall: Send, framing: Framing, chunked_out: bool, limit: int = 0) -> int:
     kind, length = framing
     if kind == "none":
         return 0
@@ -127,10 +129,10 @@ def _copy_body(reader: Reader, sendall: Send, framing: Framing, chunked_out: boo
                 return total
             sendall(data)
             total += len(data)
-    return _copy_chunked(reader, sendall, chunked_out)
+    return _copy_chunked(reader, sendall, chunked_out, limit)
 
 
-def _copy_chunked(reader: Reader, sendall: Send, chunked_out: bool) -> int:
+def _copy_chunked(reader: Reader, sendall: Send, chunked_out: bool, limit: int = 0) -> int:
     """A chunked body through the pure decoder (prot/chunked.py), each data piece sent on as
     it comes (coded again in the same chunks when ``chunked_out``, the trailers after the
     last). The data of a large chunk that is not buffered yet is read and sent without passing
@@ -144,6 +146,8 @@ def _copy_chunked(reader: Reader, sendall: Send, chunked_out: bool) -> int:
             del buf[:used]
             for data, first, last in pieces:
                 total += len(data)
+                if limit and total > limit:
+                    raise _too_large(limit)
                 sendall(encode_piece(data, first, last) if chunked_out else data)
             if decoder.done:
                 if chunked_out:
@@ -155,6 +159,8 @@ def _copy_chunked(reader: Reader, sendall: Send, chunked_out: bool) -> int:
                 raise PeerClosed(f"peer closed with {decoder.data_left} bytes of a chunk still due")
             first, last = decoder.skip(len(data))
             total += len(data)
+            if limit and total > limit:
+                raise _too_large(limit)
             sendall(encode_piece(data, first, last) if chunked_out else data)
         elif not reader.fill():
             raise PeerClosed(f"peer closed after {len(buf)} bytes of an incomplete chunked body")
@@ -195,7 +201,11 @@ class _UpstreamSide:
             raise
 
 
-def send_request(reader: Reader, send: Send, framing: Framing, head: bytes) -> int:
+def _too_large(limit: int) -> ProtocolError:
+    return ProtocolError(f"request body larger than client_max_body_size ({limit} bytes)", 413)
+
+
+def send_request(reader: Reader, send: Send, framing: Framing, head: bytes, limit: int = 0) -> int:
     """Send the ``head`` of a request with a body, and the body (read from the client's
     ``reader``, chunked re-encoded) with ``send``. Returns the body's data bytes. Raises
     ClientBodyError when the client's side broke (closed, timed out, malformed chunks), and
@@ -203,7 +213,7 @@ def send_request(reader: Reader, send: Send, framing: Framing, head: bytes) -> i
     exchange uses to tell a client's fault from an upstream's."""
     side = _UpstreamSide(send)
     try:
-        return copy_body(reader, side, framing, True, prefix=head)
+        return copy_body(reader, side, framing, True, prefix=head, limit=limit)
     except (PeerClosed, ProtocolError, OSError) as e:
         if side.failed:
             raise
@@ -212,20 +222,21 @@ def send_request(reader: Reader, send: Send, framing: Framing, head: bytes) -> i
 
 def exchange(client: Reader, send: Send, upstream: Reader, framing: Framing, head: bytes, method: str,
              max_head: int, interim: Optional[Interim] = None, finish: Optional[Finish] = None, whole: bool = False,
-             on_sent: Optional[Callable[[], None]] = None) -> tuple[http1.Response, bytes | None]:
+             on_sent: Optional[Callable[[], None]] = None, limit: int = 0) -> tuple[http1.Response, bytes | None]:
     """One request on an upstream connection, the exchange the forward proxy, ``[http]`` and
     http mappings share: ``head`` and the client's body (from ``client``, framed by
     ``framing``) sent with ``send``, then the final response head read from ``upstream``
     (interim 1xx heads to ``interim``, header rules ``finish`` applied). With ``whole`` (no
     ``finish``), the body too when it came whole with its head (else None: it waits in
     ``upstream``). ``on_sent()`` is called once a request body is out (the client's phase is
-    over: its body deadline ends there). Blocks. Raises ClientBodyError for the client's side;
+    over: its body deadline ends there); ``limit``: a chunked body's most bytes (see
+    :func:`copy_body`). Blocks. Raises ClientBodyError for the client's side;
     for the upstream's, a STALE error (see :func:`stale_retry`) or socket.timeout. Closes
     nothing."""
     if framing == NO_BODY:  # the usual request: no body, one send (and one call less)
         send(head)
     else:
-        send_request(client, send, framing, head)
+        send_request(client, send, framing, head, limit)
         if on_sent is not None:
             on_sent()
     if whole:

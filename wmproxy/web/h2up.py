@@ -376,7 +376,7 @@ class _Upload:
     def _run(self, reader: Reader, req: Any) -> None:
         stream = self.stream
         try:
-            httpio.copy_body(reader, self._send, req.framing, False)
+            httpio.copy_body(reader, self._send, req.framing, False, limit=getattr(req, "body_limit", 0))
         except (PeerClosed, ProtocolError, socket.timeout) as e:  # (the client's side)
             self.client_error = httpio.ClientBodyError(e)
             stream.put(("reset", f"the client's body: {e}", 0))

@@ -335,7 +335,7 @@ class Request:
     """One request being served: the parsed head and what was decided about it."""
 
     __slots__ = ("head", "raw", "framing", "down", "ip", "forward_as", "target", "raw_host", "path", "server", "location", "_variables",
-                 "started", "status", "size", "note", "keep", "state", "ctx", "redirects", "had_body")
+                 "started", "status", "size", "note", "keep", "state", "ctx", "redirects", "had_body", "body_limit")
     path: Optional[str]  # normalised; None: above the root
     server: HttpServerConfig  # set once the head is read
     location: Optional[HttpLocationConfig]  # None: the server has no location for the path
@@ -351,6 +351,7 @@ class Request:
         self.raw = raw  # the head as it came, ``head`` parsed from it
         self.framing = request_framing(head)  # NO_BODY once the body is read (or sent) whole
         self.had_body = self.framing != NO_BODY
+        self.body_limit = 0  # a chunked body's most bytes, once its location is known (client_max_body_size)
         self.redirects = 0  # internal redirects so far (error_page, try_paths' @name): at most MAX_REDIRECTS
         self.ip = ip  # the client's address: the peer's, or a trusted proxy's word for it (real_ip_from)
         self.forward_as = ip  # appended to X-Forwarded-For
@@ -546,6 +547,13 @@ class WebServer(Listener):
         req.location = loc = ctx.location_for(req.server, req.path, req)
         if loc is None:
             return self._error(client, reader, req, ctx, 404, "no location for this path")
+        if req.had_body:
+            limit = req.body_limit = req.server.client_max_body_size if loc.client_max_body_size is None \
+                else loc.client_max_body_size
+            if limit and req.framing.length > limit:  # (refused before a byte of it is read, as nginx does)
+                req.keep = None  # (the client may be sending it: what comes is dropped, then the end)
+                return self._reply(client, req, 413, f"a request body of {req.framing.length} bytes: more than "
+                                                     f"client_max_body_size ({limit} bytes)")
         if (loc.allow_ip or loc.deny_ip) and not ip_allowed(req.ip, loc.allow_ip, loc.deny_ip):
             return self._error(client, reader, req, ctx, 403, "client address not allowed here")
         if loc.limit_req is not None and not ctx.limiter(loc).take(req.ip):
@@ -624,7 +632,8 @@ class WebServer(Listener):
             if req.head.expects_continue():
                 req.keep = False  # we answer without reading it: the client may not send it at all
                 return
-            httpio.copy_body(reader, self._body_deadline(req, req.ctx, lambda data: None), req.framing, False)
+            httpio.copy_body(reader, self._body_deadline(req, req.ctx, lambda data: None), req.framing, False,
+                             limit=req.body_limit)
             req.state.done()
             req.framing = NO_BODY  # (read: nothing more to take)
 
@@ -843,7 +852,8 @@ class WebServer(Listener):
         try:
             # interim 1xx other than 101 are skipped: the proxy answered Expect itself
             response, body = httpio.exchange(reader, send, conn.reader, req.framing, out, req.head.method,
-                                             ctx.max_head, finish=finish, on_sent=on_sent, whole=finish is None)
+                                             ctx.max_head, finish=finish, on_sent=on_sent, whole=finish is None,
+                                             limit=req.body_limit)
         except (PeerClosed, ProtocolError, OSError, httpio.ClientBodyError) as e:  # socket.timeout included
             return e
         first_byte.observe(time.monotonic() - sent_at)

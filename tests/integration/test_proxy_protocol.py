@@ -385,6 +385,8 @@ def test_reload_turns_the_proxy_protocol_on_for_new_connections(start_proxy, ori
     request = f"GET http://127.0.0.1:{origin.port}/whoami HTTP/1.1\r\nHost: x\r\n\r\n".encode()
     held = socket.create_connection(("127.0.0.1", p.port), timeout=10)  # a live connection from before
     try:
+        held.sendall(request)  # (answered: accepted under the old settings; a connection still in the
+        assert read_response(held)[1] == b"origin-A"  # listen queue at the reload is a new one)
         conf = next(tmp_path.glob("conf-*.toml"))
         conf.write_text(conf.read_text() + TRUST)
         p.popen.send_signal(signal.SIGHUP)

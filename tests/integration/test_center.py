@@ -682,9 +682,9 @@ def test_a_cut_link_resets_the_public_connections_of_its_streams(pair):
     server.close()
 
 
-def _link_login(p: "Pair", password: str) -> bytes:
-    """One raw TLS link handshake with ``password``: the server's answer to TOKEN (b'' when
-    it closed without one)."""
+def _link_login(p: "Pair", password: str, proof: str | None = None) -> bytes:
+    """One raw TLS link handshake with ``password`` (or ``proof`` as it is): the server's
+    answer to TOKEN (b'' when it closed without one)."""
     from wmproxy.prot import frame as fr
 
     context = ssl.create_default_context(cafile=str(p.certs / "ca.pem"))
@@ -695,7 +695,7 @@ def _link_login(p: "Pair", password: str) -> bytes:
                 if not hello:
                     return b""
                 nonce = fr.decode_hello(hello[8:])[1]
-                token = fr.encode_token("alice", fr.proof(password, nonce))
+                token = fr.encode_token("alice", fr.proof(password, nonce) if proof is None else proof)
                 s.sendall(fr.encode_header(len(token), fr.Kind.TOKEN, 0, 0) + token)
                 return s.recv(64)
         except (ssl.SSLError, OSError):
@@ -711,6 +711,18 @@ def test_failed_link_logins_are_throttled(pair):
     time.sleep(3.1)
     answer = _link_login(p, "s3cret")
     assert answer[:8] == b"\x00\x00\x00\x04\x01\x00\x00\x00", answer  # TOKEN+ACK
+
+
+def test_a_proof_that_is_not_ascii_is_a_failed_login(pair):
+    """A stranger's TOKEN proof is any UTF-8 text: one past ASCII made compare_digest raise
+    TypeError, an internal error per connection that escaped the login throttle. Now it is a
+    failed login like any wrong proof: answered, counted, throttled."""
+    p = pair(start_client=False, server_extra='auth_fail_limit = 3\nauth_fail_window = "30s"')
+    for proof in ("\u00e9" * 64, "\u0669" * 10, "a\u2028b"):
+        assert b"auth failed" in _link_login(p, "", proof), proof
+    assert _link_login(p, "s3cret") == b""  # refused unheard: the three counted
+    log = p.server.wait_log("3 failed logins from 127.0.0.1")
+    assert "Traceback" not in log and "TypeError" not in log, log
 
 
 def test_a_link_handshake_trickled_byte_by_byte_is_cut_at_its_deadline(pair):

@@ -1,7 +1,8 @@
 """A fuzz run of a live center link: an authenticated peer sends random frame sequences (valid
 and invalid kinds, stream ids, credits, bodies, in random splits, sometimes never reading what
 comes back). The server must never crash, never log a traceback, stay within its memory bound,
-and keep serving a well-behaved center client beside it.
+and keep serving a well-behaved center client beside it. And the login itself, from strangers:
+random TOKENs (names, proofs right, wrong or past ASCII, ids, certificates, lying lengths).
 
 The budget is WMPROXY_FUZZ_SECONDS (default 8 s in ``make test``; ``make fuzz`` runs longer)."""
 
@@ -121,6 +122,91 @@ def test_random_frames_from_an_authenticated_peer(tmp_path, origin):
         log = server.log()
         assert "Traceback" not in log and "internal error" not in log, log[-3000:]
         assert "protocol error" in log  # the fuzzer did reach the frame checks
+    finally:
+        if client is not None:
+            client.stop()
+        server.stop()
+
+
+def _stranger_token(rng: random.Random, nonce: bytes) -> bytes:
+    """A TOKEN (and sometimes a MAPPING after it) as a stranger could send it: any name, a
+    right, wrong or non-ASCII proof, an id and a certificate or not, bytes changed, lengths and
+    kinds that lie."""
+    def short(b: bytes) -> bytes:
+        return bytes([len(b) & 255]) + b
+
+    user = rng.choice((b"alice", b"", b"a\nb", b"\xff\xfe", b"x" * 255))
+    proof = rng.choice((fr.proof("s3cret", nonce).encode(), rng.randbytes(rng.randint(0, 80)),
+                        "\u00e9".encode() * rng.randint(1, 40)))
+    body, flag = short(user) + short(proof), 0
+    if rng.random() < 0.4:
+        flag |= fr.Flag.ID
+        body += short(rng.choice((b"id-1", b"", b"a b", b"x" * 80, rng.randbytes(10))))
+    if rng.random() < 0.3:
+        flag |= fr.Flag.CERT
+        cert = rng.randbytes(rng.choice((0, 10, 2000, 20000)))
+        body += len(cert).to_bytes(2, "big") + cert
+    if rng.random() < 0.3:
+        changed = bytearray(body)
+        for _ in range(rng.randint(1, 4)):
+            if changed:
+                changed[rng.randrange(len(changed))] = rng.randrange(256)
+        body = bytes(changed)
+    kind = fr.Kind.TOKEN if rng.random() < 0.85 else rng.choice(list(fr.Kind))
+    length = len(body) if rng.random() < 0.9 else rng.choice((0, 1 << 20, (1 << 24) - 1, len(body) + 3))
+    data = fr.encode_header(length, kind, flag if rng.random() < 0.9 else rng.randrange(256), rng.choice((0, 0, 1)))
+    data += body
+    if rng.random() < 0.5:
+        mappings = fr.encode_mappings([]) if rng.random() < 0.5 else rng.randbytes(rng.randint(0, 60))
+        data += fr.encode_header(len(mappings), fr.Kind.MAPPING, rng.choice((0, fr.Flag.ID, fr.Flag.PEER)), 0)
+        data += mappings
+    return data
+
+
+@pytest.mark.timeout(120 + 2 * BUDGET)
+def test_random_handshakes_from_strangers(tmp_path, origin):
+    """The center port before the login: what anyone who reaches it may send. A proof past
+    ASCII was a TypeError from compare_digest (a traceback per connection, and a failed login
+    the throttle never counted); no log line may hold an internal error or be anything but one
+    of ours, and a real client links and is served afterwards."""
+    import re
+
+    center, proxy = free_port(), free_port()
+    conf = tmp_path / "server.toml"
+    conf.write_text(f'[center]\nbind = "127.0.0.1:{center}"\ntls = false\nusername = "alice"\npassword = "s3cret"\n'
+                    f'auth_fail_limit = 0\n')
+    server = Proc(["-c", str(conf)], center, tmp_path, name="server")
+    client = None
+    try:
+        server.wait_ready()
+        seed = int(os.environ.get("WMPROXY_FUZZ_SEED") or random.randrange(1 << 32))
+        rng = random.Random(seed)
+        deadline, rounds = time.monotonic() + BUDGET, 0
+        while time.monotonic() < deadline:
+            rounds += 1
+            try:
+                with socket.create_connection(("127.0.0.1", center), timeout=5) as s:
+                    hello = b""
+                    while len(hello) < 8 + 17 and (chunk := s.recv(8 + 17 - len(hello))):
+                        hello += chunk
+                    s.sendall(_stranger_token(rng, hello[9:25]))
+                    s.shutdown(socket.SHUT_WR)
+                    while s.recv(65536):
+                        pass
+            except OSError:
+                pass
+        assert rounds > 100 and server.popen.poll() is None, (seed, rounds)
+        client_conf = tmp_path / "client.toml"
+        client_conf.write_text(f'[center]\nserver = "127.0.0.1:{center}"\ntls = false\nusername = "alice"\n'
+                               f'password = "s3cret"\n[proxy]\nbind = "127.0.0.1:{proxy}"\n')
+        client = Proc(["-c", str(client_conf)], proxy, tmp_path, program="wmproxy-client", name="client")
+        client.wait_log("is up", timeout=15)
+        assert http_get(proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"
+        log = server.log()
+        assert "Traceback" not in log and "internal error" not in log, (seed, log[-3000:])
+        line = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) wmproxy[.a-z]*: ")
+        bad = [text for text in log.splitlines() if not (text.isprintable() and line.match(text))]
+        assert not bad, (seed, bad[:5])
     finally:
         if client is not None:
             client.stop()

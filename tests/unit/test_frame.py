@@ -74,6 +74,9 @@ def test_bodies_decode_to_what_was_encoded():
     user, proof, client_id = f.decode_token(frames[f.Kind.TOKEN].body)
     assert client_id is None
     assert user == "alice" and f.proof_matches("pw", nonce, proof) and not f.proof_matches("pW", nonce, proof)
+    # a stranger's proof is any UTF-8 text: no match, and no TypeError from compare_digest on a str past ASCII
+    assert not f.proof_matches("pw", nonce, "\u00e9" * 64) and not f.proof_matches("pw", nonce, "", b"cert")
+    assert f.proof_matches("pw", nonce, f.cert_proof("pw", nonce, b"cert"), b"cert")
     web, ssh = f.decode_mappings(frames[f.Kind.MAPPING].body)
     assert web.domain == "*.example.com" and web.headers[0] == f.HeaderRule(True, f.HeaderOp.ADD, "X-Real-IP",
                                                                             "{client_ip}")

@@ -7,7 +7,6 @@ Blocking-style over a Reader; the socket's timeout bounds each step.
 
 from __future__ import annotations
 
-import hmac
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -57,7 +56,8 @@ def _expect(reader: Reader, kind: Kind, want_ack: bool) -> fr.Frame:
     if f.kind == Kind.CLOSE and f.sock_map == 0:
         raise AuthFailed(fr.decode_close(f.body) or "closed by the far end")
     if f.kind != kind or bool(f.flag & Flag.ACK) != want_ack or f.sock_map != 0:
-        raise ProtocolError(f"handshake: expected {kind.name}{'+ACK' if want_ack else ''}, got {f.kind.name}")
+        raise ProtocolError(f"handshake: expected {kind.name}{'+ACK' if want_ack else ''}, got {f.kind.name}"
+                            f"{'+ACK' if f.flag & Flag.ACK else ''}{f' on stream {f.sock_map}' if f.sock_map else ''}")
     return f
 
 
@@ -82,8 +82,7 @@ def server_side(sock: Conn, reader: Reader, accounts: dict[str, str],
                                                                check_cert is not None and bool(token.flag & Flag.CERT))
     if accounts:
         password = accounts.get(username)
-        right = password is not None and (fr.proof_matches(password, nonce, proof) if offered is None else
-                                          hmac.compare_digest(fr.cert_proof(password, nonce, offered), proof))
+        right = password is not None and fr.proof_matches(password, nonce, proof, offered)
         if not right:
             _send(sock, Kind.CLOSE, 0, fr.encode_close("auth failed"))
             raise AuthFailed(f"auth failed for user {username[:40]!r}")

@@ -348,8 +348,12 @@ def proof(password: str, nonce: bytes) -> str:
     return hmac.new(password.encode("utf-8"), nonce, hashlib.sha256).hexdigest()
 
 
-def proof_matches(password: str, nonce: bytes, given: str) -> bool:
-    return hmac.compare_digest(proof(password, nonce), given)
+def proof_matches(password: str, nonce: bytes, given: str, cert: Optional[bytes] = None) -> bool:
+    """Whether ``given``, any text a client sent, is the proof for ``password`` (with ``cert``:
+    of a TOKEN+CERT), compared in constant time as bytes (compare_digest refuses a str with
+    characters past ASCII: a stranger's proof must not be an internal error)."""
+    expected = proof(password, nonce) if cert is None else cert_proof(password, nonce, cert)
+    return hmac.compare_digest(expected.encode("ascii"), given.encode("utf-8"))
 
 
 def cert_proof(password: str, nonce: bytes, cert: bytes) -> str:

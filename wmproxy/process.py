@@ -24,6 +24,7 @@ from .config import Config
 from .errors import ConfigError
 from .logs import LogSettings, reopen, setup_logging
 from .net import gevent_io
+from .net.certstore import write_private
 from .prot import http1, speedups
 from .service import PrivilegeError, drop_privileges, notify
 from .workers import Master
@@ -50,20 +51,11 @@ def check_pidfile(path: str) -> None:
 
 
 def write_pidfile(path: str) -> None:
-    """This process's pid in ``path``: written to a new file beside it, then renamed over it.
-    Never through a symlink or into a file someone else put there (the pid file may be in a
-    directory others can write, and this runs as root): the temporary name is unlinked first,
-    then created exclusively without following links; the rename replaces a link at ``path``
-    itself, not its target."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        os.unlink(tmp)  # (a leftover, or a link planted there: the link goes, its target stays)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(f"{os.getpid()}\n")
-    os.replace(tmp, path)
+    """This process's pid in ``path``, written as every file this process writes is
+    (net.certstore.write_private: a new file of a random name beside it, renamed over it), so
+    never through a link someone put in the directory (which may be writable by others, and
+    this runs as root); a link at ``path`` itself is replaced, its target left as it was."""
+    write_private(path, f"{os.getpid()}\n".encode("ascii"), 0o644)
 
 
 def remove_pidfile(path: str) -> None:

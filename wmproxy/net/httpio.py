@@ -372,8 +372,13 @@ def forward_response(client: Conn, creader: Reader, head: http1.Head, response: 
     else:
         done.size = copy_body(ureader, partial(send_all, client), response.framing, chunked_out, prefix=out_head)
     done.keep = keep
-    # bytes the server sent past its answer (a 204 with a body, more than its Content-Length)
-    # would read as the answer to the connection's next request, another client's: as nginx,
-    # such a connection is not kept
-    done.reusable = response.reusable and not ureader.buf
+    done.reusable = reusable_after(response, ureader)
     return done
+
+
+def reusable_after(response: http1.Response, ureader: Reader) -> bool:
+    """Whether the server's connection may carry a next request once ``response`` was read
+    whole: it said so, and nothing came past it. Bytes a server sent past its answer (a 204
+    with a body, more than its Content-Length) would read as the answer to the connection's
+    next request, another client's: as nginx, such a connection is not kept."""
+    return response.reusable and not ureader.buf

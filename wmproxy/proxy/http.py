@@ -284,7 +284,7 @@ class HttpSession:
                 self._log(head, response.status, 0, started, f"upstream broke mid-body: {e}")
                 return False
         up.used = True
-        if not response.reusable or up.reader.buf:  # (bytes past the answer: httpio.forward_response says why)
+        if not httpio.reusable_after(response, up.reader):
             self._drop_upstream()
         self._log(head, response.status, size, started)
         return client_keep

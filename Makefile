@@ -1,8 +1,8 @@
 # make run   - set up .venv and start wmproxy-server on its embedded default (127.0.0.1:8090)
 # make test  - set up .venv with test extras and the Debian tools the tests call, run pytest
 # make bench - install the peers (iperf3, socat, wrk, squid, tinyproxy, pproxy) and measure
-# make fuzz  - the live fuzz runs (center link, HTTP/1.1, HTTP/2, SOCKS/PROXY/UDP/websocket) for FUZZ_SECONDS (300)
-#              and the parsers' property tests
+# make fuzz  - the live fuzz runs (center link, HTTP/1.1, HTTP/2, SOCKS/PROXY/UDP/websocket, origins' answers) for
+#              FUZZ_SECONDS (300) and the parsers' property tests
 # make install - a venv in $(PREFIX), programs in /usr/local/bin, configs in /etc/wmproxy (0640,
 #                group wmproxy), the user wmproxy, init scripts in /etc/init.d, systemd units in
 #                /etc/systemd/system, /etc/logrotate.d/wmproxy, man pages, bash/zsh completion
@@ -65,13 +65,13 @@ bench: $(VENV)/.installed
 	bench/run
 
 # The live fuzz runs (center link; HTTP/1.1, HTTP/2 and binary-protocol listeners: SOCKS, PROXY protocol, UDP,
-# websocket) for FUZZ_SECONDS (make test gives each 8 s) and the parsers' property
+# websocket; what origins answer, passed on to HTTP/1.1 and HTTP/2 clients) for FUZZ_SECONDS (make test gives each 8 s) and the parsers' property
 # tests (Hypothesis draws new examples each run), without the suite's 120 s timeout.
 FUZZ_SECONDS ?= 300
 fuzz: $(VENV)/.installed-test
 	WMPROXY_FUZZ_SECONDS=$(FUZZ_SECONDS) WMPROXY_REQUIRE_SPEEDUPS=1 tools/in-netns $(BIN)/python -m pytest \
 	  -p no:cacheprovider -o timeout=0 tests/integration/test_fuzz_link.py tests/integration/test_fuzz_http.py \
-	  tests/integration/test_fuzz_binary.py tests/integration/test_fuzz_http2.py \
+	  tests/integration/test_fuzz_binary.py tests/integration/test_fuzz_http2.py tests/integration/test_fuzz_origin.py \
 	  tests/unit/test_fuzz_splits.py tests/unit/test_frame.py tests/unit/test_socks.py tests/unit/test_http1.py
 
 # docs/CONFIG.md, the man pages and the shell completions, generated from the code (a test

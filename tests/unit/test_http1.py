@@ -183,6 +183,29 @@ def test_quick_response_leaves_the_rest_to_the_parser():
         http1.quick_response(both, "GET")
 
 
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 099 X\r\nContent-Length: 0\r\n\r\n",  # llhttp takes any three digits: 99 went on as an interim
+    b"HTTP/1.1 000 X\r\n\r\n",
+    b"HTTP/1.1 200 a\x00b\r\nContent-Length: 0\r\n\r\n",  # llhttp lets controls through in the reason
+    b"HTTP/1.1 200 \x1b[31mred\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 404 a\x7f\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 103 \x01\r\n\r\n",
+])
+def test_a_status_below_100_or_a_control_in_the_reason_is_a_bad_response(raw):
+    """What an origin may send that llhttp takes but no client should get: refused (502) by
+    every path an answer takes, never passed on (found by test_fuzz_origin)."""
+    assert _speedups is None or _speedups.response_head(raw, False) is None
+    for quick in (http1.quick_response, http1.quick_response_llhttp):  # refused, or left to the full parse
+        try:
+            assert quick(raw, "GET") is None
+        except ProtocolError as e:
+            assert e.http_status == 502
+    with pytest.raises(ProtocolError) as e:
+        http1.parse_response_head(raw)
+    assert e.value.http_status == 502
+    assert http1.parse_response_head(b"HTTP/1.1 200 caf\xc3\xa9\tok\r\n\r\n").reason == b"caf\xc3\xa9\tok"  # obs-text, HTAB
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["Connection", "content-length", "Transfer-Encoding", "Keep-Alive", "TE",
                                            "X-A", "Upgrade", "Trailer", "Proxy-Connection", "te", "connection"]),

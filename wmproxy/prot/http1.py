@@ -265,10 +265,26 @@ def parse_response_head(data: bytes) -> Head:
     """Parse a response head ending in CRLF CRLF. Raises ProtocolError."""
     p = httptools.HttpResponseParser(_SILENT)
     upgrade = _feed(p, data)
+    status = p.get_status_code()
+    if status < 100:  # (llhttp takes any three digits; "099" is no status: RFC 9110 15, as HAProxy refuses it)
+        raise ProtocolError(f"status {status:03d} is not a status code (100-999 are)", 502)
     headers, index = split_headers(data)
     # the status line, which llhttp has checked: HTTP/x.y SP 3DIGIT SP reason
-    return Head(p.get_http_version(), headers, status=p.get_status_code(), reason=data[13:data.find(b"\r\n")],
-                upgrade=upgrade, index=index)
+    return Head(p.get_http_version(), headers, status=status, reason=_reason(data), upgrade=upgrade, index=index)
+
+
+_NOT_REASON = re.compile(rb"[^\t\x20-\x7e\x80-\xff]")
+
+
+def _reason(data: bytes) -> bytes:
+    """The reason phrase of a response head's status line, "HTTP/x.y SP 3DIGIT SP reason",
+    which llhttp has checked but for the reason's bytes: it lets NUL and other controls
+    through, which RFC 9112 4 does not (HTAB, SP, VCHAR, obs-text) and a client may cut or act
+    on. Raises ProtocolError (502) for one."""
+    reason = data[13:data.find(b"\r\n")]
+    if _NOT_REASON.search(reason):
+        raise ProtocolError(f"a control byte in the reason phrase {reason[:40]!r}", 502)
+    return reason
 
 
 def passthrough_head(head: Head, data: bytes, start_line: bytes, extra: bytes, drop: frozenset[bytes],
@@ -444,7 +460,7 @@ def quick_response_llhttp(data: bytes, method: str) -> Optional[Response]:
         keep = False
     else:
         keep = version == b"HTTP/1.1 " or bool(connection & CONN_KEEP_ALIVE)
-    return Response(status, data[13:data.find(b"\r\n")], lines, framing, keep and framing != UNTIL_CLOSE)
+    return Response(status, _reason(data), lines, framing, keep and framing != UNTIL_CLOSE)
 
 
 def scan_response_py(data: bytes) -> Optional[tuple[int, bool, int, bytes]]:

@@ -19,6 +19,7 @@ import queue
 import random
 import re
 import socket
+import threading
 import time
 
 import h11
@@ -26,9 +27,12 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import hpack
+import hyperframe.exceptions
+import hyperframe.frame as hf
 import pytest
 
-from conftest import TcpServer, free_port, next_head, wait_port
+from conftest import TcpServer, free_port, next_head, read_response, wait_port
 from test_center import http_mapping
 
 BUDGET = float(os.environ.get("WMPROXY_FUZZ_SECONDS", "8"))
@@ -130,6 +134,138 @@ class EvilOrigin:
         self.server.close()
 
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_STATUS = (b"200", b"200", b"204", b"304", b"404", b"100", b"103", b"101", b"099", b"2000", b"20", b"abc", b"", b" 200")
+H2_NAMES = (b"content-length", b"content-type", b"transfer-encoding", b"connection", b"keep-alive", b"upgrade", b"te",
+            b"trailer", b"grpc-status", b"grpc-message", b"set-cookie", b"location", b"X-Upper", b":status", b":path",
+            b":authority", b"", b"bad name", b"x\x00", b"x-a", b"proxy-connection", b"host")
+H2_VALUES = (b"0", b"4", b"-1", b"99999999999999999999", b"chunked", b"trailers", b"close", b"a\r\nb", b"a\x00b",
+             b"\x1b[2J", b" x", b"x ", b"caf\xc3\xa9", b"", b"a" * 9000, b"2", b"text/plain", b"/x")
+
+
+class H2Plan:
+    """What an HTTP/2 server answers to one request: frames built on the connection's HPACK
+    encoder for the request's stream, drawn from ``rng`` when it is made."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = random.Random(rng.randrange(1 << 32))
+        self.close = rng.random() < 0.5
+
+    def headers(self, first: bool) -> list[tuple[bytes, bytes]]:
+        rng = self.rng
+        h = [(b":status", rng.choice(H2_STATUS))] if first and rng.random() < 0.9 else []
+        for _ in range(rng.randint(0, 4)):
+            h.insert(rng.randrange(len(h) + 1), (rng.choice(H2_NAMES), rng.choice(H2_VALUES)))
+        return h
+
+    def frames(self, sid: int, encoder: hpack.Encoder) -> bytes:
+        rng, out = self.rng, []
+
+        def headers_frame(h: list, end: bool) -> hf.Frame:
+            f = hf.HeadersFrame(sid)
+            f.data = encoder.encode(h)
+            f.flags.add("END_HEADERS")
+            if end:
+                f.flags.add("END_STREAM")
+            return f
+
+        if rng.random() < 0.1:
+            out.append(headers_frame([(b":status", b"100")], False))
+        body = rng.choice((b"good", b"", b"x" * rng.randint(1, 80000)))
+        out.append(headers_frame(self.headers(True), not body and rng.random() < 0.7))
+        while body:
+            n = rng.randint(1, min(len(body), 16384))
+            f = hf.DataFrame(sid, body[:n])
+            body = body[n:]
+            if not body and rng.random() < 0.6:
+                f.flags.add("END_STREAM")
+            out.append(f)
+        if rng.random() < 0.3:
+            out.append(headers_frame(self.headers(False), True))
+        for _ in range(rng.choice((0, 0, 1, 2))):  # (frames a server may send, and some it may not)
+            other = rng.choice((sid, sid, 0, sid + 2, sid + 1, 2 ** 31 - 1))
+            out.insert(rng.randrange(len(out) + 1), rng.choice((
+                lambda: hf.RstStreamFrame(other or 1, error_code=rng.choice((0, 1, 2, 7, 8, 11, 999))),
+                lambda: hf.GoAwayFrame(0, last_stream_id=rng.choice((0, sid, sid - 2, 2 ** 31 - 1)),
+                                       error_code=rng.choice((0, 1, 11))),
+                lambda: hf.WindowUpdateFrame(other, window_increment=rng.choice((0, 1, 2 ** 31 - 1))),
+                lambda: hf.PingFrame(0, opaque_data=b"12345678"),
+                lambda: hf.SettingsFrame(0, settings={rng.choice((1, 2, 3, 4, 5, 6, 8, 99)):
+                                                      rng.choice((0, 1, 2 ** 31 - 1, 2 ** 32 - 1, 16384))}),
+                lambda: hf.PushPromiseFrame(sid, promised_stream_id=sid + 1, data=encoder.encode(
+                    [(b":method", b"GET"), (b":path", b"/p"), (b":scheme", b"http"), (b":authority", b"a.test")]),
+                    flags=["END_HEADERS"]),
+                lambda: hf.PriorityFrame(sid, depends_on=sid),
+                lambda: hf.ContinuationFrame(sid, data=b"\x82", flags=["END_HEADERS"]),
+                lambda: hf.DataFrame(other, b"x" * rng.randint(0, 100)),
+            ))())
+        data = bytearray(b"".join(f.serialize() for f in out))
+        for _ in range(rng.choice((0, 0, 0, 1))):  # (a byte changed, the frames cut, bytes added)
+            roll = rng.random()
+            if roll < 0.4 and data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            elif roll < 0.7 and data:
+                del data[rng.randrange(len(data)):]
+            else:
+                data[rng.randrange(len(data) + 1):0] = rng.randbytes(rng.randint(1, 12))
+        return bytes(data)
+
+
+class EvilH2Origin:
+    """An HTTP/2 server (h2c) answering each request (a HEADERS frame) by the next H2Plan
+    queued, or with 200 "good" when none is; then closing, or waiting up to 0.5 s for more."""
+
+    def __init__(self) -> None:
+        self.answers: queue.Queue[H2Plan] = queue.Queue()
+        self.server = TcpServer(self._serve)
+        self.port = self.server.port
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(0.5)
+        encoder, buf = hpack.Encoder(), b""
+        conn.sendall(hf.SettingsFrame(0).serialize())
+        try:
+            while len(buf) < len(PREFACE):
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            buf = buf[len(PREFACE):]
+            while True:
+                while len(buf) < 9 or len(buf) < 9 + int.from_bytes(buf[:3], "big"):
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                frame, length = hf.Frame.parse_frame_header(memoryview(buf[:9]))
+                frame.parse_body(memoryview(buf[9:9 + length]))
+                buf = buf[9 + length:]
+                if isinstance(frame, hf.SettingsFrame) and "ACK" not in frame.flags:
+                    conn.sendall(hf.SettingsFrame(0, flags=["ACK"]).serialize())
+                elif isinstance(frame, hf.PingFrame) and "ACK" not in frame.flags:
+                    conn.sendall(hf.PingFrame(0, opaque_data=frame.opaque_data, flags=["ACK"]).serialize())
+                elif isinstance(frame, hf.HeadersFrame):
+                    try:
+                        plan = self.answers.get_nowait()
+                    except queue.Empty:
+                        conn.sendall(_good_h2(frame.stream_id, encoder))
+                        continue
+                    conn.sendall(plan.frames(frame.stream_id, encoder))
+                    if plan.close:
+                        return
+        except (OSError, hyperframe.exceptions.HyperframeError, ValueError):
+            return
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _good_h2(sid: int, encoder: hpack.Encoder) -> bytes:
+    head = hf.HeadersFrame(sid, data=encoder.encode([(b":status", b"200"), (b"content-type", b"text/plain")]),
+                           flags=["END_HEADERS"])
+    return head.serialize() + hf.DataFrame(sid, b"good", flags=["END_STREAM"]).serialize()
+
+
 def _h1(port: int, target: str, host: str) -> str:
     """One GET over HTTP/1.1, read until the close; a word for what came: 'answer' (a whole
     answer h11 accepts), 'cut' (a head h11 accepts, then the close), 'none' (nothing);
@@ -201,40 +337,55 @@ def _h2(port: int, path: str, host: str) -> str:
             s.sendall(conn.data_to_send())
 
 
-@pytest.mark.parametrize("listener,client", [("forward proxy", "h1"), ("http", "h1"), ("http", "h2"),
-                                             ("http mapping", "h1"), ("http mapping", "h2")])
-def test_random_answers_from_an_origin_reach_clients_well_formed_or_not_at_all(request, start_proxy, listener,
-                                                                              client):
-    evil = EvilOrigin()
-    request.addfinalizer(evil.close)
+def _through(request, start_proxy, listener: str, origin: int) -> tuple[int, str, list]:
+    """A listener in front of the origin at port ``origin``: (its port, the target prefix a
+    request names, the wmproxy processes). "forward proxy"; "http" and "http h2c upstream"
+    (``[http]``'s proxy_url); "http mapping" and "http mapping local_http2" (map_http_bind of a
+    center server, its client's mapping to the origin for Host a.test)."""
     if listener == "forward proxy":
         p = start_proxy()
-        port, target, procs = p.port, f"http://127.0.0.1:{evil.port}", [p]
-    elif listener == "http":
-        p = start_proxy(config=f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n'
-                               f'[[http.server.location]]\nrule = "/"\nproxy_url = "http://127.0.0.1:{evil.port}"\n',
-                        bind=False)
-        port, target, procs = p.port, "", [p]
-    else:  # map_http_bind of a center server, its client's mapping to the origin for Host a.test
-        port = free_port()
-        pair = request.getfixturevalue("pair")(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{port}"\n')
-        pair.client = pair.start_client(tail=http_mapping("app", evil.port, "a.test"))
-        pair.client.wait_log("mapping 'app' published")
-        wait_port(port)
-        target, procs = "", [pair.server, pair.client]
+        return p.port, f"http://127.0.0.1:{origin}", [p]
+    if listener in ("http", "http h2c upstream"):  # (an upstream never taken out: each answer is seen)
+        protocol = "h2" if "h2c" in listener else "http/1.1"
+        p = start_proxy(config=f'[[http.upstream]]\nname = "origin"\nprotocol = "{protocol}"\n'
+                               f'server = [{{ addr = "127.0.0.1:{origin}", max_fails = 0 }}]\n'
+                               f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n'
+                               f'[[http.server.location]]\nrule = "/"\nproxy_url = "http://origin"\n'
+                               f'proxy_read_timeout = "5s"\n', bind=False)
+        return p.port, "", [p]
+    port = free_port()
+    pair = request.getfixturevalue("pair")(start_client=False, server_extra=f'map_http_bind = "127.0.0.1:{port}"\n')
+    tail = http_mapping("app", origin, "a.test") + ("local_http2 = true\n" if "local_http2" in listener else "")
+    pair.client = pair.start_client(tail=tail)
+    pair.client.wait_log("mapping 'app' published")
+    wait_port(port)
+    return port, "", [pair.server, pair.client]
+
+
+@pytest.mark.parametrize("listener,client", [
+    ("forward proxy", "h1"), ("http", "h1"), ("http", "h2"), ("http mapping", "h1"), ("http mapping", "h2"),
+    ("http h2c upstream", "h1"), ("http h2c upstream", "h2"), ("http mapping local_http2", "h1"),
+    ("http mapping local_http2", "h2")])
+def test_random_answers_from_an_origin_reach_clients_well_formed_or_not_at_all(request, start_proxy, listener,
+                                                                              client):
+    """Over HTTP/2 to the origin too: a proxy_url of h2c:// and a local_http2 mapping, whose
+    service's frames (any tenant's, through its center client) the center server reads."""
+    evil: EvilOrigin | EvilH2Origin = EvilH2Origin() if "h2c" in listener or "local_http2" in listener else EvilOrigin()
+    request.addfinalizer(evil.close)
+    port, target, procs = _through(request, start_proxy, listener, evil.port)
     seed = int(os.environ.get("WMPROXY_FUZZ_SEED") or random.randrange(1 << 32))
     rng = random.Random(seed)
     deadline = time.monotonic() + BUDGET
     seen: dict[str, int] = {}
     while time.monotonic() < deadline:
-        answer = _answer(rng)
+        answer = H2Plan(rng) if isinstance(evil, EvilH2Origin) else _answer(rng)
         while not evil.answers.empty():  # (one queued answer per request: none left from the last)
             evil.answers.get_nowait()
         evil.answers.put(answer)
         try:
             word = _h1(port, target, "a.test") if client == "h1" else _h2(port, "/fuzz", "a.test")
         except AssertionError as e:
-            raise AssertionError(f"seed {seed}: answer {answer[:600]!r}: {e}") from e
+            raise AssertionError(f"seed {seed}: answer {answer if isinstance(answer, H2Plan) else answer[:600]!r}: {e}") from e
         seen[word] = seen.get(word, 0) + 1
     assert sum(seen.values()) > 50 and seen.get("answer", 0) > 10, (seed, seen)
     while not evil.answers.empty():
@@ -246,3 +397,88 @@ def test_random_answers_from_an_origin_reach_clients_well_formed_or_not_at_all(r
         assert "internal error" not in log and "Traceback" not in log, (seed, log[-3000:])
         bad = [line for line in log.splitlines() if not (line.isprintable() and LINE.match(line))]
         assert not bad, (seed, bad[:5])
+
+
+class _Answer:
+    """An H2Plan of one answer: ``status`` as :status, then "good"."""
+
+    close = False
+
+    def __init__(self, status: bytes) -> None:
+        self.status = status
+
+    def frames(self, sid: int, encoder: hpack.Encoder) -> bytes:
+        head = hf.HeadersFrame(sid, data=encoder.encode([(b":status", self.status)]), flags=["END_HEADERS"])
+        return head.serialize() + hf.DataFrame(sid, b"good", flags=["END_STREAM"]).serialize()
+
+
+@pytest.mark.parametrize("listener", ["http h2c upstream", "http mapping local_http2"])
+def test_an_http2_answer_whose_status_is_not_a_status_is_a_502(request, start_proxy, listener):
+    """The h2 library checks only that an answer has a :status: "abc" or "" raised ValueError
+    (an internal error per request, which any tenant's local_http2 service could cause on the
+    center server), and "2000" or "099" went on to HTTP/1.1 clients as such status lines."""
+    evil = EvilH2Origin()
+    request.addfinalizer(evil.close)
+    port, _, procs = _through(request, start_proxy, listener, evil.port)
+    for status in (b"abc", b"", b"2000", b"099", b"20", b"101", b"1x0", b"\xb200"):
+        evil.answers.put(_Answer(status))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /fuzz HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            head, body = read_response(s)
+        assert head.startswith(b"HTTP/1.1 502 "), (status, head, body)  # (after 101 and "1x0", informational to
+        assert b":status" in body or status[:1] == b"1", (status, body)  # h2, it refuses the DATA that follows)
+    evil.answers.put(_Answer(b"299"))  # (any three digits from 200 are a final answer, as over HTTP/1.1)
+    assert _h1(port, "", "a.test") == "answer"
+    assert _h2(port, "/fuzz", "a.test") == "answer"
+    for proc in procs:
+        assert "internal error" not in proc.log() and "Traceback" not in proc.log()
+
+
+@pytest.mark.parametrize("listener", ["forward proxy", "http", "http mapping"])
+def test_an_answer_that_breaks_before_a_byte_went_on_is_a_502_and_a_head_goes_on_before_its_body(
+        request, start_proxy, listener):
+    """The head of an answer waits for its body's first piece, to go in one send: an answer
+    whose body broke at once (the server closed after its head, or a chunked body's first line
+    was no chunk size) reached the client as nothing at all, an empty reply, logged as a 200.
+    It is a 502 now. And a head whose body is not there yet goes on at once: a client sees an
+    event stream's head before its first event (here, the origin sends the body only once the
+    client has the head)."""
+    answers: queue.Queue[bytes] = queue.Queue()
+    has_head = threading.Event()
+
+    def serve(conn):
+        head, _ = next_head(conn, b"")
+        answer = answers.get(timeout=10)
+        conn.sendall(answer)
+        if answer.endswith(b"chunked\r\n\r\n"):  # (the event stream: its events once the client has the head)
+            assert has_head.wait(10)
+            conn.sendall(b"6\r\nevent\n\r\n0\r\n\r\n")
+
+    origin = TcpServer(serve)
+    request.addfinalizer(origin.close)
+    port, target, procs = _through(request, start_proxy, listener, origin.port)
+    for broken in (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nnot a size\r\n",
+                   b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+                   b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"):  # (then the origin closes)
+        answers.put(broken)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"GET {target}/x HTTP/1.1\r\nHost: a.test\r\n\r\n".encode())
+            try:
+                head, body = read_response(s)
+            except EOFError:  # (the origin's close came after the head was sent on: its cut, passed on)
+                assert b"Content-Length: 10" in broken
+                continue
+        assert head.startswith(b"HTTP/1.1 502 ") and b"broke before a byte of it was sent on" in body, (broken, head)
+    answers.put(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {target}/events HTTP/1.1\r\nHost: a.test\r\n\r\n".encode())
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(65536)
+        assert got.startswith(b"HTTP/1.1 200 ")
+        has_head.set()
+        while not got.endswith(b"0\r\n\r\n"):
+            got += s.recv(65536)
+        assert b"event\n" in got
+    for proc in procs:
+        assert "Traceback" not in proc.log()

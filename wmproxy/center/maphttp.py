@@ -391,8 +391,14 @@ class MapHttpServer(Listener):
         if response.status == 101:
             watch.stop()  # the relay that follows watches its own idle time
         answer.status = response.status
-        done = httpio.forward_response(up.public(client), reader, head, response, stream, ureader, finish,
-                                       ctx.idle_timeout, upgrade, body)
+        try:
+            done = httpio.forward_response(up.public(client), reader, head, response, stream, ureader, finish,
+                                           ctx.idle_timeout, upgrade, body)
+        except httpio.AnswerUnsent as e:  # (nothing of it reached the client: it can still be told)
+            answer.reply(client, e.http_status, f"the mapped service failed: {e}")
+            log.info("%s map-http %s %s%s: %d the mapped service (stream %s of %s) failed: %s", peer_ip, head.method,
+                     variables["host"], head.target[:200], e.http_status, stream.sid, route.owner, e)
+            return False
         answer.size_out = done.size
         host = variables["host"]
         if done.upgraded is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable, Optional
 
-from ..errors import ProtocolError, ProxyError
+from ..errors import ProtocolError, ProxyError, UpstreamError
 from ..prot import http1
 from ..prot.framing import CHUNKED, NO_BODY, UNTIL_CLOSE, Framing
 from ..prot.chunked import ChunkedDecoder, encode_piece
@@ -110,6 +110,38 @@ def copy_body(reader: Reader, send: Send, framing: Framing, chunked_out: bool, p
         return length
     out = _Joiner(send, prefix)
     total = _copy_body(reader, out, framing, chunked_out, limit)
+    out.flush()
+    return total
+
+
+class AnswerUnsent(UpstreamError):
+    """A server's answer broke (closed, timed out, a malformed body) before a byte of it
+    reached the client: the client can still be told, 502 (504 when it timed out)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+        timed_out = isinstance(cause, TimeoutError)
+        super().__init__(f"its answer broke before a byte of it was sent on: {cause or type(cause).__name__}",
+                         504 if timed_out else 502)
+
+
+def copy_answer(reader: Reader, send: Send, framing: Framing, chunked_out: bool, head: bytes) -> int:
+    """:func:`copy_body` for a server's answer, its ``head`` as made for the client: sent with
+    the body's first piece when that is here already, else at once, before any wait (a client
+    sees the head of an event stream or a long poll without waiting for its first bytes).
+    Returns the body's data bytes. Raises AnswerUnsent when the body broke before the head went
+    out, else as copy_body (the client's connection is then cut)."""
+    kind = framing[0]
+    if kind != "none" and not reader.buf and reader.try_fill() is None:  # (False, EOF: the head waits, unsent)
+        send(head)
+        head = b""
+    out = _Joiner(send, head)
+    try:
+        total = copy_body(reader, out, framing, chunked_out)
+    except (PeerClosed, ProtocolError, TimeoutError) as e:
+        if out.prefix:
+            raise AnswerUnsent(e) from None
+        raise
     out.flush()
     return total
 
@@ -355,8 +387,8 @@ def forward_response(client: Conn, creader: Reader, head: http1.Head, response: 
     ``ureader``, or ``body`` when it came whole with the head: :func:`exchange`'s ``whole``;
     then one send) to the client of request ``head``: chunked re-encoded for HTTP/1.1 clients,
     a 101 to an upgrade request (``finish``, the header rules, applied to its headers) followed
-    by a relay of both connections until they end (it closes them). Raises PeerClosed,
-    ProtocolError, OSError as copy_body does."""
+    by a relay of both connections until they end (it closes them). Raises AnswerUnsent (the
+    client can still be answered), PeerClosed, ProtocolError, OSError as copy_answer does."""
     done = Forwarded(response.status)
     if response.status == 101 and upgrade and response.head is not None:
         headers = response.head.headers
@@ -370,7 +402,7 @@ def forward_response(client: Conn, creader: Reader, head: http1.Head, response: 
         send_all(client, out_head + body)
         done.size = len(body)
     else:
-        done.size = copy_body(ureader, partial(send_all, client), response.framing, chunked_out, prefix=out_head)
+        done.size = copy_answer(ureader, partial(send_all, client), response.framing, chunked_out, out_head)
     done.keep = keep
     done.reusable = reusable_after(response, ureader)
     return done

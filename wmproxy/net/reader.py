@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import gevent
 
@@ -32,7 +32,7 @@ class Reader:
     ``reads``, the count of receives so far; ``socket.timeout`` propagates.
     """
 
-    __slots__ = ("sock", "buf", "reads", "_recv", "_wait", "_watch")
+    __slots__ = ("sock", "buf", "reads", "_recv", "_nowait", "_wait", "_watch")
 
     def __init__(self, sock: Conn, keep_watching: bool = False) -> None:
         """``keep_watching``: the owner of a plain gevent socket promises to call
@@ -45,6 +45,9 @@ class Reader:
         # a plain gevent socket is read with the kernel socket's recv first (one Python layer
         # less per message); gevent's recv, which waits, only when nothing is there yet
         self._recv: Callable[[int], bytes] = kernel.recv if kernel is not None else sock.recv
+        # how try_fill tells "nothing there yet": a plain socket's kernel recv returns at once; a
+        # link's stream (center.vconn) says whether anything arrived
+        self._nowait = kernel is not None
         self._wait = read_waiter(sock)
         self._watch = _Watch(kernel.fileno()) if kernel is not None and keep_watching else None
 
@@ -71,6 +74,26 @@ class Reader:
             data = self._recv(RECV_SIZE)
         except BlockingIOError:
             data = self.sock.recv(RECV_SIZE)
+        self.reads += 1
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def try_fill(self) -> Optional[bool]:
+        """One recv into the buffer where it need not wait (a plain socket, a link's stream):
+        True when bytes came, False at EOF, None when nothing is there yet or the socket can
+        only wait to tell (TLS)."""
+        if self._nowait:
+            try:
+                data = self._recv(RECV_SIZE)
+            except BlockingIOError:
+                return None
+        else:
+            arrived = getattr(self.sock, "arrived", None)
+            if arrived is None or not arrived():
+                return None
+            data = self._recv(RECV_SIZE)  # (there: it does not wait)
         self.reads += 1
         if not data:
             return False

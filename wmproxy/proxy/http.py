@@ -279,7 +279,11 @@ class HttpSession:
             size = len(body)
         else:
             try:
-                size = httpio.copy_body(up.reader, self.send_client, response.framing, chunked_out, prefix=out_head)
+                size = httpio.copy_answer(up.reader, self.send_client, response.framing, chunked_out, out_head)
+            except httpio.AnswerUnsent as e:  # (nothing of it reached the client: it can still be told)
+                self._drop_upstream()
+                self._reply_log(head, e.http_status, f"upstream {target.authority}: {e}", started)
+                return False
             except (PeerClosed, ProtocolError, socket.timeout) as e:
                 self._log(head, response.status, 0, started, f"upstream broke mid-body: {e}")
                 return False

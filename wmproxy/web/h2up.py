@@ -343,14 +343,18 @@ def trailer_block(headers: list) -> bytes:
 
 def wait_answer(stream: UpStream, timeout: float) -> list:
     """The final answer's headers (informational ones skipped). Raises socket.timeout,
-    ConnectionResetError (the stream reset before an answer)."""
+    ConnectionResetError (the stream reset before an answer, or an answer whose :status is not
+    three digits from 100 to 999, or 101, which HTTP/2 has not: RFC 9113 8.3.2 and 8.6; the h2
+    library checks only that there is one)."""
     while True:
         kind, value, _ = stream.next(timeout)
         if kind == "head":
             headers = value
             assert isinstance(headers, list)
             status = next((v for n, v in headers if n == b":status"), b"")
-            if not status.startswith(b"1"):
+            if len(status) != 3 or not status.isdigit() or status < b"100" or status == b"101":
+                raise ConnectionResetError(f"the server answered with :status {status[:20]!r} (100-999 but 101 are)")
+            if status[0] != 49:  # (not 1xx)
                 return headers
         elif kind == "reset":
             raise ConnectionResetError(str(value))

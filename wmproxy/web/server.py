@@ -757,6 +757,12 @@ class WebServer(Listener):
                     fresh = True  # a kept connection the server had closed: once more on a new one
                     continue
                 server.failed(str(outcome))
+                if isinstance(outcome, httpio.AnswerUnsent):  # (it took the request: no other server is asked)
+                    req.keep = False
+                    req.note = failure
+                    req.framing = NO_BODY
+                    return self._error(client, reader, req, ctx, outcome.http_status,
+                                       f"the upstream server {server.addr} failed: {outcome}")
                 if isinstance(outcome, socket.timeout):
                     req.keep = False
                     req.note = failure
@@ -864,6 +870,8 @@ class WebServer(Listener):
         try:
             done = httpio.forward_response(client, reader, req.head, response, conn.sock, conn.reader,
                                            finish, loc.proxy_read_timeout, upgrade, body)
+        except httpio.AnswerUnsent as e:  # (nothing of it reached the client: it can still be told)
+            return e
         except BaseException:
             conn.close()
             req.keep = False

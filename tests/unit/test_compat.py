@@ -219,6 +219,23 @@ def test_errors_name_the_key_in_the_file(tmp_path, text, path, says):
         str(e.value)
 
 
+@pytest.mark.parametrize("text,mark", [
+    # one of our keys put in the wrong table, where only the Rust wmproxy has such a key: the file is
+    # read as the Rust wmproxy's, and the error (about another key) says which key made it so
+    ('[[http.upstream]]\nname = "o"\nprotocol = "h2"\nserver = [{ addr = "127.0.0.1:1" }]\n'
+     '[[http.server]]\nbind = "127.0.0.1:2"\nproxy_read_timeout = "5s"\n'
+     '[[http.server.location]]\nproxy_url = "http://o"\n', "http.server[0].proxy_read_timeout"),
+    ('[http]\nmax_read_buf = 1\n[[http.server]]\nbind = "127.0.0.1:2"\nhttp2 = 3\n'
+     '[[http.server.location]]\nstatic_response = "x"\n', "http.max_read_buf"),
+    ('mappings = []\nworkers = 0\n', "mappings without a [center] table"),
+])
+def test_an_error_in_a_file_read_as_the_rust_wmproxys_names_what_made_it_so(tmp_path, text, mark):
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        config.load(str(tmp_path / "c.toml"))
+    assert f"read as a Rust wmproxy config, for its {mark}" in e.value.message, str(e.value)
+
+
 @pytest.mark.parametrize("rule,matches,misses", [
     ("/root", ["/root", "/root/a", "/rootx"], ["/", "/x/root"]),
     ("*", ["/", "/a/b"], []),

@@ -185,11 +185,12 @@ def load(file: Optional[str], overrides: Sequence[Override] = (), default: Optio
     return cfg
 
 
-def _translate(data: dict, source: str) -> compat.Reading:
+def _translate(data: dict, source: str, mark: str = "") -> compat.Reading:
     try:
         return compat.translate(data)
     except Invalid as e:
-        raise ConfigError(source, e.subpath, f"{e} (read as a Rust wmproxy config)") from None
+        why = f", for its {mark}" if mark else ""
+        raise ConfigError(source, e.subpath, f"{e} (read as a Rust wmproxy config{why})") from None
 
 
 def from_original(data: dict, source: str) -> tuple[Config, compat.Reading]:
@@ -207,8 +208,9 @@ def load_reading(file: Optional[str], overrides: Sequence[Override] = (),
     """:func:`load`, and how a file of the Rust wmproxy was read (None for this project's own)."""
     data = read_config_file(file) if file else dict(default or {})
     reading = None
-    if file and compat.is_original(data):
-        reading = _translate(data, file)
+    mark = compat.original_mark(data) if file else ""
+    if mark:
+        reading = _translate(data, file or "", mark)
         data = reading.data
     origins: dict[str, str] = {}
     for o in overrides:
@@ -224,5 +226,6 @@ def load_reading(file: Optional[str], overrides: Sequence[Override] = (),
     except Invalid as e:
         source = next((src for p, src in origins.items() if e.subpath == p or e.subpath.startswith(p + "[")), None)
         fallback = file or ("command line / environment" if origins else "built-in default")
-        how = " (read as a Rust wmproxy config, translated: see --check)" if reading is not None and not source else ""
+        how = f" (read as a Rust wmproxy config, for its {mark}; translated: see --check)" \
+            if reading is not None and not source else ""
         raise ConfigError(source or fallback, e.subpath, f"{e}{how}") from None

@@ -117,41 +117,65 @@ def _fields(cls: type) -> frozenset:
     return frozenset(n for f in dataclasses.fields(cls) for n in (f.name, *f.metadata["aliases"]))
 
 
-def _only_theirs(table: Any, theirs: frozenset, cls: type) -> bool:
-    return isinstance(table, dict) and bool(set(table) & (theirs - _fields(cls)))
+def _only_theirs(table: Any, theirs: frozenset, cls: type, path: str) -> str:
+    """The path of the first key of ``table`` that only the Rust wmproxy has there, or ""."""
+    keys = sorted(set(table) & (theirs - _fields(cls))) if isinstance(table, dict) else []
+    return f"{path}{keys[0]}" if keys else ""
 
 
-def is_original(data: dict) -> bool:
-    """The file uses a key (at a place where this project has no such key) or a value shape
-    that only the Rust wmproxy has."""
+def original_mark(data: dict) -> str:
+    """What in the file only the Rust wmproxy has, "" when nothing: a key at a place where
+    this project has no such key (its path), or a value shape (its path and what it is). A
+    file with one is read as the Rust wmproxy's; the errors then name it, so that one key put
+    in the wrong table of one of our files is found from the error alone."""
     from . import (Config, FileServerConfig, HttpConfig, HttpLocationConfig, HttpServerConfig, ProxyConfig,
                    StreamServerConfig, StreamUpstreamConfig)
 
-    if _only_theirs(data, TOP_KEYS, Config) or ("mappings" in data and "center" not in data):
-        return True
+    mark = _only_theirs(data, TOP_KEYS, Config, "")
+    if mark or ("mappings" in data and "center" not in data):
+        return mark or "mappings without a [center] table"
     proxy = data.get("proxy")
-    if _only_theirs(proxy, PROXY_KEYS, ProxyConfig) or isinstance(proxy, dict) and (
-            isinstance(proxy.get("flag"), int) or "udp_bind" in proxy and ":" not in str(proxy["udp_bind"])):
-        return True
+    mark = _only_theirs(proxy, PROXY_KEYS, ProxyConfig, "proxy.")
+    if mark:
+        return mark
+    if isinstance(proxy, dict) and isinstance(proxy.get("flag"), int):
+        return "proxy.flag as a number"
+    if isinstance(proxy, dict) and "udp_bind" in proxy and ":" not in str(proxy["udp_bind"]):
+        return "proxy.udp_bind without a port"
     http = data.get("http")
-    if _only_theirs(http, HTTP_KEYS, HttpConfig):
-        return True
-    for srv in _tables(_dict(http).get("server")):
-        if _only_theirs(srv, SERVER_KEYS, HttpServerConfig) or isinstance(srv.get("bind_addr"), str) and \
-                re.search(r"[\s,-]|^:", srv["bind_addr"].strip()):
-            return True
-        for loc in _tables(srv.get("location")):
+    mark = _only_theirs(http, HTTP_KEYS, HttpConfig, "http.")
+    if mark:
+        return mark
+    for i, srv in enumerate(_tables(_dict(http).get("server"))):
+        where = f"http.server[{i}]."
+        mark = _only_theirs(srv, SERVER_KEYS, HttpServerConfig, where)
+        if mark:
+            return mark
+        if isinstance(srv.get("bind_addr"), str) and re.search(r"[\s,-]|^:", srv["bind_addr"].strip()):
+            return f"{where}bind_addr as a list or range"
+        for j, loc in enumerate(_tables(srv.get("location"))):
+            at = f"{where}location[{j}]."
             rule = loc.get("rule")
-            if _only_theirs(loc, LOCATION_KEYS, HttpLocationConfig) or isinstance(rule, dict) or \
-                    isinstance(loc.get("limit_req"), str) or isinstance(rule, str) and (
-                        "*" in rule and not rule.startswith("~")) or \
-                    isinstance(loc.get("method"), str) and " " in loc["method"].strip() or \
-                    _only_theirs(loc.get("file_server"), FILE_SERVER_KEYS, FileServerConfig):
-                return True
-    stream = data.get("stream")
-    if any(_only_theirs(u, UPSTREAM_KEYS, StreamUpstreamConfig) for u in _tables(_dict(stream).get("upstream"))):
-        return True
-    return any(_only_theirs(s, SERVER_KEYS, StreamServerConfig) for s in _tables(_dict(stream).get("server")))
+            mark = _only_theirs(loc, LOCATION_KEYS, HttpLocationConfig, at) or _only_theirs(
+                loc.get("file_server"), FILE_SERVER_KEYS, FileServerConfig, f"{at}file_server.")
+            if mark:
+                return mark
+            if isinstance(rule, dict) or isinstance(rule, str) and "*" in rule and not rule.startswith("~"):
+                return f"{at}rule as a table or a glob"
+            if isinstance(loc.get("limit_req"), str):
+                return f"{at}limit_req as a string"
+            if isinstance(loc.get("method"), str) and " " in loc["method"].strip():
+                return f"{at}method as a list of words"
+    stream = _dict(data.get("stream"))
+    for i, u in enumerate(_tables(stream.get("upstream"))):
+        mark = _only_theirs(u, UPSTREAM_KEYS, StreamUpstreamConfig, f"stream.upstream[{i}].")
+        if mark:
+            return mark
+    for i, srv in enumerate(_tables(stream.get("server"))):
+        mark = _only_theirs(srv, SERVER_KEYS, StreamServerConfig, f"stream.server[{i}].")
+        if mark:
+            return mark
+    return ""
 
 
 def translate(data: dict) -> Reading:

@@ -266,13 +266,15 @@ def _good_h2(sid: int, encoder: hpack.Encoder) -> bytes:
     return head.serialize() + hf.DataFrame(sid, b"good", flags=["END_STREAM"]).serialize()
 
 
-def _h1(port: int, target: str, host: str) -> str:
-    """One GET over HTTP/1.1, read until the close; a word for what came: 'answer' (a whole
-    answer h11 accepts), 'cut' (a head h11 accepts, then the close), 'none' (nothing);
-    AssertionError for anything h11 refuses."""
+def _h1(port: int, target: str, host: str, method: str = "GET", version: str = "1.1") -> str:
+    """One request over HTTP/1.x, read until the close; a word for what came: 'answer' (a
+    whole answer h11 accepts: for HEAD, nothing after the head), 'cut' (a head h11 accepts,
+    then the close), 'none' (nothing); AssertionError for anything h11 refuses."""
     client = h11.Connection(h11.CLIENT, max_incomplete_event_size=1 << 20)
-    data = client.send(h11.Request(method="GET", target=f"{target}/fuzz", headers=[("Host", host),
-                                                                                      ("Connection", "close")]))
+    data = client.send(h11.Request(method=method, target=f"{target}/fuzz",
+                                   headers=[("Host", host), ("Connection", "close")]))
+    if version == "1.0":  # (h11 sends only HTTP/1.1, and reads the answer as to one; the chunks it would
+        data = data.replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)  # take, checked below)
     got = b""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(data)
@@ -293,6 +295,7 @@ def _h1(port: int, target: str, host: str) -> str:
                 return seen
             if isinstance(event, h11.Response):
                 seen = "cut"
+                assert version == "1.1" or (b"transfer-encoding", b"chunked") not in event.headers, got[:300]
             elif isinstance(event, h11.EndOfMessage):
                 return "answer"
             elif isinstance(event, h11.InformationalResponse):
@@ -383,7 +386,11 @@ def test_random_answers_from_an_origin_reach_clients_well_formed_or_not_at_all(r
             evil.answers.get_nowait()
         evil.answers.put(answer)
         try:
-            word = _h1(port, target, "a.test") if client == "h1" else _h2(port, "/fuzz", "a.test")
+            if client == "h1":  # (and HEAD, whose answer has no body whatever the server sends; HTTP/1.0,
+                word = _h1(port, target, "a.test", rng.choice(("GET", "GET", "HEAD")),  # which gets no chunks)
+                           rng.choice(("1.1", "1.1", "1.0")))
+            else:
+                word = _h2(port, "/fuzz", "a.test")
         except AssertionError as e:
             raise AssertionError(f"seed {seed}: answer {answer if isinstance(answer, H2Plan) else answer[:600]!r}: {e}") from e
         seen[word] = seen.get(word, 0) + 1

@@ -44,6 +44,12 @@ class PhaseTimeout(TimeoutError):
     gives up on a slow peer gives up on this one too; its message names the phase."""
 
 
+class ClientGone(ProxyError):
+    """An HTTP client closed (or reset) its connection while its request's answer was awaited
+    or on its way: the exchange ends, the server's connection is closed, nothing is answered
+    (logged as 499, nginx's "client closed request")."""
+
+
 class NeedMore(ProxyError):
     """Raised by a pure parser when its buffer holds only part of a message."""
 

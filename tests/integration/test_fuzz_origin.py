@@ -32,7 +32,7 @@ import hyperframe.exceptions
 import hyperframe.frame as hf
 import pytest
 
-from conftest import TcpServer, free_port, next_head, read_response, wait_port
+from conftest import TcpServer, free_port, next_head, read_response, recv_all, wait_port
 from test_center import http_mapping
 
 BUDGET = float(os.environ.get("WMPROXY_FUZZ_SECONDS", "8"))
@@ -407,14 +407,19 @@ def test_random_answers_from_an_origin_reach_clients_well_formed_or_not_at_all(r
 
 
 class _Answer:
-    """An H2Plan of one answer: ``status`` as :status, then "good"."""
+    """An H2Plan of one answer: ``status`` as :status, then "good" (with ``headers``: those,
+    and no body, as to HEAD)."""
 
     close = False
 
-    def __init__(self, status: bytes) -> None:
+    def __init__(self, status: bytes, *headers: tuple[bytes, bytes]) -> None:
         self.status = status
+        self.headers = list(headers)
 
     def frames(self, sid: int, encoder: hpack.Encoder) -> bytes:
+        if self.headers:  # (an answer to HEAD: the head alone)
+            return hf.HeadersFrame(sid, data=encoder.encode([(b":status", self.status), *self.headers]),
+                                   flags=["END_HEADERS", "END_STREAM"]).serialize()
         head = hf.HeadersFrame(sid, data=encoder.encode([(b":status", self.status)]), flags=["END_HEADERS"])
         return head.serialize() + hf.DataFrame(sid, b"good", flags=["END_STREAM"]).serialize()
 
@@ -423,7 +428,8 @@ class _Answer:
 def test_an_http2_answer_whose_status_is_not_a_status_is_a_502(request, start_proxy, listener):
     """The h2 library checks only that an answer has a :status: "abc" or "" raised ValueError
     (an internal error per request, which any tenant's local_http2 service could cause on the
-    center server), and "2000" or "099" went on to HTTP/1.1 clients as such status lines."""
+    center server), and "2000" or "099" went on to HTTP/1.1 clients as such status lines. Nor
+    does it check content-length in an answer to HEAD: "close" went on as it came."""
     evil = EvilH2Origin()
     request.addfinalizer(evil.close)
     port, _, procs = _through(request, start_proxy, listener, evil.port)
@@ -434,6 +440,12 @@ def test_an_http2_answer_whose_status_is_not_a_status_is_a_502(request, start_pr
             head, body = read_response(s)
         assert head.startswith(b"HTTP/1.1 502 "), (status, head, body)  # (after 101 and "1x0", informational to
         assert b":status" in body or status[:1] == b"1", (status, body)  # h2, it refuses the DATA that follows)
+    for length in (b"close", b"-1", b"4, 4"):  # (h2 checks content-length, but not in answers to HEAD)
+        evil.answers.put(_Answer(b"200", (b"content-length", length)))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"HEAD /fuzz HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            head = recv_all(s)
+        assert head.startswith(b"HTTP/1.1 502 ") and b"content-length: " + length not in head.lower(), (length, head)
     evil.answers.put(_Answer(b"299"))  # (any three digits from 200 are a final answer, as over HTTP/1.1)
     assert _h1(port, "", "a.test") == "answer"
     assert _h2(port, "/fuzz", "a.test") == "answer"
@@ -470,11 +482,7 @@ def test_an_answer_that_breaks_before_a_byte_went_on_is_a_502_and_a_head_goes_on
         answers.put(broken)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(f"GET {target}/x HTTP/1.1\r\nHost: a.test\r\n\r\n".encode())
-            try:
-                head, body = read_response(s)
-            except EOFError:  # (the origin's close came after the head was sent on: its cut, passed on)
-                assert b"Content-Length: 10" in broken
-                continue
+            head, body = read_response(s)
         assert head.startswith(b"HTTP/1.1 502 ") and b"broke before a byte of it was sent on" in body, (broken, head)
     answers.put(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -489,3 +497,78 @@ def test_an_answer_that_breaks_before_a_byte_went_on_is_a_502_and_a_head_goes_on
         assert b"event\n" in got
     for proc in procs:
         assert "Traceback" not in proc.log()
+
+
+@pytest.mark.parametrize("listener", ["forward proxy", "http", "http mapping"])
+def test_a_client_that_gives_up_waiting_ends_its_request_at_the_server_too(request, start_proxy, listener):
+    """A client that closes its connection while its answer is awaited ends the request at the
+    server too (its connection closed), logged 499, as nginx does: a client that gave up (a
+    timeout, a retry) no longer keeps a server working for nobody until proxy_read_timeout
+    (300 s idle_timeout for the forward proxy, however long a server dribbles). A pipelined
+    request that came meanwhile is no close: the slow answer still comes, and the next."""
+    ended: queue.Queue[float] = queue.Queue()
+    slow = threading.Event()
+
+    def serve(conn):
+        buf = b""
+        while True:
+            head, buf = next_head(conn, buf)
+            if head is None:
+                return
+            if b"/slow" in head:  # (answered after 1.5 s: longer than the watchdog's tick)
+                time.sleep(1.5)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+            elif b"/fast" in head:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfast")
+            else:  # never answered: until the proxy closes this connection
+                slow.set()
+                started = time.monotonic()
+                conn.settimeout(30)
+                try:
+                    while conn.recv(65536):
+                        pass
+                except OSError:
+                    pass
+                ended.put(time.monotonic() - started)
+                return
+
+    origin = TcpServer(serve)
+    request.addfinalizer(origin.close)
+    port, target, procs = _through(request, start_proxy, listener, origin.port)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {target}/never HTTP/1.1\r\nHost: a.test\r\n\r\n".encode())
+        assert slow.wait(10)
+    took = ended.get(timeout=4)  # (the proxy's watchdog sees the close within about a second)
+    assert took < 4, took
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # pipelined: no close
+        s.sendall(f"GET {target}/slow HTTP/1.1\r\nHost: a.test\r\n\r\n"
+                  f"GET {target}/fast HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n".encode())
+        assert read_response(s)[1] == b"slow"
+        assert read_response(s)[1] == b"fast"
+    logs = "".join(proc.log() for proc in procs)
+    assert " 499 " in logs and "closed its connection before the answer" in logs, logs[-2000:]
+    assert logs.count(" 499 ") == 1 and "Traceback" not in logs
+
+
+def test_proxy_ignore_client_abort_keeps_the_request_going_as_nginx(request, start_proxy):
+    """`proxy_ignore_client_abort = true` on a location: the client's close does not end its
+    request at the server, which answers in its own time (logged then, not as 499)."""
+    answered = threading.Event()
+
+    def serve(conn):
+        head, _ = next_head(conn, b"")
+        time.sleep(2)  # (past the client's close and the watchdog's tick)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
+        answered.set()
+
+    origin = TcpServer(serve)
+    request.addfinalizer(origin.close)
+    p = start_proxy(config=f'[[http.server]]\nbind = "127.0.0.1:{{port}}"\n[[http.server.location]]\nrule = "/"\n'
+                           f'proxy_url = "http://127.0.0.1:{origin.port}"\nproxy_ignore_client_abort = true\n',
+                    bind=False)
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        time.sleep(0.3)
+    assert answered.wait(10)
+    log = p.wait_log('"GET a.test/x HTTP/1.1" 200')
+    assert " 499 " not in log

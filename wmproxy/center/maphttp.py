@@ -27,7 +27,7 @@ from typing import Callable, Optional, cast
 import gevent
 
 from ..config import Addr, Config
-from ..errors import PhaseTimeout, ProtocolError
+from ..errors import ClientGone, PhaseTimeout, ProtocolError
 from ..listener import Listener, ListenerSpec
 from ..services import Services
 from ..net import httpio
@@ -43,7 +43,7 @@ from ..net.tls import sni_server_context
 from ..net.writer import close_quietly, linger
 from ..net.proxyproto import ProxyProtocolIn, policy
 from ..prot import http1
-from ..prot.framing import Framing, request_framing
+from ..prot.framing import NO_BODY, Framing, request_framing
 from ..prot.target import host_name
 from ..prot.rules import apply_header_rules
 from ..prot.frame import CreateMode
@@ -154,7 +154,7 @@ class MapHttpServer(Listener):
                     cast(ssl.SSLSocket, client).selected_alpn_protocol() == "h2":
                 return self._serve_h2(client, address, ctx, visitor, b"")
             client.settimeout(None)  # from here the connection's watch (idle and deadlines), as [http]'s
-            reader = Reader(client)
+            reader = Reader(client, keep_watching=True)  # (its kept watcher tells a client's close: ConnWatch)
             watch = ConnWatch(reader, ctx.idle_timeout, ctx.head_timeout,
                               f"request head not complete within {ctx.head_timeout:g}s")
             watch.until(started + ctx.head_timeout, watch.head_phase)  # the first head, from the start
@@ -165,9 +165,10 @@ class MapHttpServer(Listener):
                 mangled = keep is None
             finally:
                 up.close()
+                reader.release()
         except PhaseTimeout as e:
             log.info("%s map-%s: cut: %s", peer_ip, ctx.scheme, e)
-        except (PeerClosed, socket.timeout, OSError):
+        except (PeerClosed, socket.timeout, OSError, ClientGone):
             pass  # includes a failed TLS handshake: nothing to answer on
         except ProtocolError as e:
             _reply(client, e.http_status, str(e))
@@ -366,9 +367,15 @@ class MapHttpServer(Listener):
                     kept = up.take(route, ctx.registry())
                 stream, ureader = up.ready()
                 watch.waiting(ureader, ctx.idle_timeout)  # the service's answer is progress too
+                if framing == NO_BODY:
+                    watch.awaiting_answer()
                 response, body = httpio.exchange(reader, up.send, ureader, framing, out, head.method, MAX_HEAD,
-                                                 finish=finish, whole=finish is None)
+                                                 finish=finish, whole=finish is None, on_sent=watch.awaiting_answer)
                 break
+            except ClientGone as e:  # it gave up waiting: nothing is answered, the service's stream closed
+                answer.status = 499
+                log.info("%s map-http %s %s%s: 499 %s", peer_ip, head.method, variables["host"], head.target[:200], e)
+                return False
             except httpio.ClientBodyError as e:  # the public client's fault: that request alone
                 answer.reply(client, e.http_status, str(e))
                 log.info("%s map-http %s: %d %s", peer_ip, variables["host"], e.http_status, e)
@@ -394,6 +401,10 @@ class MapHttpServer(Listener):
         try:
             done = httpio.forward_response(up.public(client), reader, head, response, stream, ureader, finish,
                                            ctx.idle_timeout, upgrade, body)
+        except ClientGone as e:
+            answer.status = 499
+            log.info("%s map-http %s %s%s: 499 %s", peer_ip, head.method, variables["host"], head.target[:200], e)
+            return False
         except httpio.AnswerUnsent as e:  # (nothing of it reached the client: it can still be told)
             answer.reply(client, e.http_status, f"the mapped service failed: {e}")
             log.info("%s map-http %s %s%s: %d the mapped service (stream %s of %s) failed: %s", peer_ip, head.method,

@@ -221,6 +221,9 @@ class HttpLocationConfig:
                                       "{user_agent}, {cookie}; 'off' for none ('': the default line)")
     proxy_connect_timeout: float = key(to_duration, 10.0, "proxy_url: time to connect to a server")
     proxy_read_timeout: float = key(to_duration, 60.0, "proxy_url: time a server may be silent")
+    proxy_ignore_client_abort: bool = key(to_bool, False, "proxy_url: a request goes on at the server when its "
+                                          "client closes (or half-closes) its connection before the answer (as "
+                                          "nginx's; false: the server's connection is closed, 499 logged)")
     proxy_ssl_ca: str = key(to_str, "", "https proxy_url: CA file the servers are verified with ('' = system store)")
     proxy_ssl_name: str = key(to_str, "", "https proxy_url: the name their certificates must carry (and SNI); "
                                           "default: proxy_url's host")

@@ -127,14 +127,15 @@ class AnswerUnsent(UpstreamError):
 
 def copy_answer(reader: Reader, send: Send, framing: Framing, chunked_out: bool, head: bytes) -> int:
     """:func:`copy_body` for a server's answer, its ``head`` as made for the client: sent with
-    the body's first piece when that is here already, else at once, before any wait (a client
-    sees the head of an event stream or a long poll without waiting for its first bytes).
+    the body's first piece, but for a chunked or close-delimited body that is not here yet,
+    whose head goes at once, before any wait (a client sees the head of an event stream
+    without waiting for its first event).
     Returns the body's data bytes. Raises AnswerUnsent when the body broke before the head went
     out, else as copy_body (the client's connection is then cut)."""
     kind = framing[0]
-    if kind != "none" and not reader.buf and reader.try_fill() is None:  # (False, EOF: the head waits, unsent)
-        send(head)
-        head = b""
+    if (kind == "chunked" or kind == "close") and not reader.buf and reader.try_fill() is None:
+        send(head)  # (a stream: its head at once; EOF, False: the head waits, unsent. A body of a length, the
+        head = b""  # usual small answer whose server wrote head and body apart, goes with its head in one send)
     out = _Joiner(send, head)
     try:
         total = copy_body(reader, out, framing, chunked_out)

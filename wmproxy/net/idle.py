@@ -17,7 +17,8 @@ from typing import Callable, Optional
 
 import gevent
 
-from ..errors import PhaseTimeout
+from ..errors import ClientGone, PhaseTimeout
+from .gevent_io import kernel_socket
 from .reader import Reader
 
 MIN_TICK, MAX_TICK = 0.05, 1.0
@@ -132,6 +133,20 @@ def watch_idle(progress: Callable[[], int], timeout: Callable[[], float], on_idl
     return FuncWatch(progress, timeout, on_idle)
 
 
+def _closed_by_peer(reader: Reader) -> bool:
+    """Whether the peer of ``reader``'s plain socket closed or reset it, known without
+    taking a byte (MSG_PEEK): bytes waiting say no; False for other sockets."""
+    sock = kernel_socket(reader.sock)
+    if sock is None or reader.buf:
+        return False
+    try:
+        return not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:  # (ECONNRESET)
+        return True
+
+
 class ConnWatch(Watch):
     """The watchdog of one client connection that proxies HTTP (the forward proxy's,
     ``[http]``'s and the http mappings'): its sockets have no timeout (a timer per recv costs more than the
@@ -142,12 +157,13 @@ class ConnWatch(Watch):
     that has begun has ``head_timeout`` to be whole. It is its own registration with the
     reaper (a Watch): one object per connection."""
 
-    __slots__ = ("reader", "upstream", "phase", "head_timeout", "head_phase", "head_started", "_greenlet")
+    __slots__ = ("reader", "upstream", "answer", "phase", "head_timeout", "head_phase", "head_started", "_greenlet")
 
     def __init__(self, reader: Reader, timeout: float, head_timeout: float, head_phase: str) -> None:
         self._greenlet = gevent.getcurrent()
         self.reader = reader
         self.upstream: Optional[Reader] = None  # the current upstream's Reader: its reads count as progress too
+        self.answer = False  # a request is all sent: its answer is awaited or on its way (see awaiting_answer)
         self.phase = ""
         self.head_timeout = head_timeout
         self.head_phase = head_phase
@@ -156,18 +172,32 @@ class ConnWatch(Watch):
 
     def progress(self) -> int:
         upstream = self.upstream
+        if self.answer and self.reader.stirred() and _closed_by_peer(self.reader):
+            self.expired = "client"  # (the reaper ends the watch and calls on_idle)
         return self.reader.reads + (upstream.reads if upstream is not None else 0)
 
     def on_idle(self) -> None:
-        if self.expired == "deadline":
-            error: Exception = PhaseTimeout(self.phase)
+        if self.expired == "client":
+            error: Exception = ClientGone("the client closed its connection before the answer was all sent")
+        elif self.expired == "deadline":
+            error = PhaseTimeout(self.phase)
         else:
             error = socket.timeout("idle timeout")
         self._greenlet.kill(error, block=False)
 
     def waiting(self, upstream: Optional[Reader], timeout: float) -> None:
         """From now: ``upstream`` (a Reader or None) is the other side, silence ends after ``timeout``."""
-        self.upstream, self.limit = upstream, timeout
+        self.upstream, self.limit, self.answer = upstream, timeout, False
+
+    def awaiting_answer(self, on: bool = True) -> None:
+        """The request is all sent (``on``), until the next :meth:`waiting` or ``on`` False:
+        a client that closes or resets its connection meanwhile ends the exchange with
+        ClientGone thrown into the connection's greenlet, as nginx ends it (499), so that a
+        client that gave up (a timeout, a retry) does not keep a server working for nobody.
+        Known from the client reader's kept watcher, a peek then (bytes a client sent ahead,
+        a pipelined request, are no close): plain sockets only, a TLS client is not watched.
+        A client that only half-closes after its request ends it too, as with nginx and squid."""
+        self.answer = on
 
     def until(self, deadline: float, phase: str) -> None:
         """``phase`` must be over by ``deadline`` (monotonic seconds); an earlier deadline set

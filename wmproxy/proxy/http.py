@@ -14,7 +14,7 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..errors import PhaseTimeout, ProtocolError, UpstreamError
+from ..errors import ClientGone, PhaseTimeout, ProtocolError, UpstreamError
 from ..logs import access_log, log_access
 from ..net import httpio
 from ..net.conn import Conn
@@ -104,6 +104,7 @@ class HttpSession:
         max_headers = self.cfg.max_headers
         try:
             while True:
+                watch.awaiting_answer(False)  # (a client's close between requests is no abandoned request)
                 try:
                     raw = httpio.read_head(reader, limit, None if self.first else watch.head_started)
                 except PeerClosed:
@@ -256,8 +257,15 @@ class HttpSession:
             # We answer 100 ourselves and send the body on: an upstream that ignores Expect
             # would otherwise stall the client for its expect timeout.
             self.client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        watch = self.watchdog
+        if watch is not None and framing == NO_BODY:
+            watch.awaiting_answer()
         try:
             up, response, body = self._exchange(head, target, data, framing)
+        except ClientGone as e:  # (it gave up waiting: nothing is answered, the server's connection closed)
+            self._drop_upstream()
+            self._log(head, 499, 0, started, str(e))
+            return False
         except UpstreamError as e:
             self._reply_log(head, e.http_status, str(e), started)
             return False
@@ -280,6 +288,10 @@ class HttpSession:
         else:
             try:
                 size = httpio.copy_answer(up.reader, self.send_client, response.framing, chunked_out, out_head)
+            except ClientGone as e:
+                self._drop_upstream()
+                self._log(head, 499, 0, started, str(e))
+                return False
             except httpio.AnswerUnsent as e:  # (nothing of it reached the client: it can still be told)
                 self._drop_upstream()
                 self._reply_log(head, e.http_status, f"upstream {target.authority}: {e}", started)
@@ -309,9 +321,10 @@ class HttpSession:
         if up is None or up.key[0] != target.host or up.key[1] != target.port:
             up = self._new_upstream(target)
         try:
+            watch = self.watchdog
             response, body = httpio.exchange(self.reader, up.send, up.reader, framing, data, head.method,
                                              self.cfg.max_header_size, self._interim if head.version == "1.1" else None,
-                                             whole=True)
+                                             whole=True, on_sent=watch.awaiting_answer if watch is not None else None)
             return up, response, body
         except httpio.ClientBodyError:
             self._drop_upstream()  # it has part of a request: no use for another

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import gevent
 
 from ..config import CenterConfig, Config, ProxyConfig
-from ..errors import PhaseTimeout, ProtocolError
+from ..errors import ClientGone, PhaseTimeout, ProtocolError
 from ..listener import ConnStats, Listener, ListenerSpec
 from ..net.conn import Address, Conn
 from ..net.proxyproto import ProxyProtocolIn, policy
@@ -277,7 +277,7 @@ def serve_connection(ctx: ProxyContext, client: Conn, address: Address, behalf: 
         info.result = f"cut: {e}"
     except socket.timeout:
         info.result = "timeout waiting for the client"
-    except PeerClosed as e:
+    except (PeerClosed, ClientGone) as e:
         info.result = f"client closed: {e}"
     except ProtocolError as e:  # (answered as its protocol says, unless it was too mangled to be)
         info.result = f"bad request: {e}"

@@ -355,6 +355,9 @@ def wait_answer(stream: UpStream, timeout: float) -> list:
             if len(status) != 3 or not status.isdigit() or status < b"100" or status == b"101":
                 raise ConnectionResetError(f"the server answered with :status {status[:20]!r} (100-999 but 101 are)")
             if status[0] != 49:  # (not 1xx)
+                lengths = {v for n, v in headers if n == b"content-length"}  # (h2 checks it but in answers to HEAD,
+                if lengths and (len(lengths) > 1 or not next(iter(lengths)).isdigit()):  # which pass it on as it is)
+                    raise ConnectionResetError(f"the server answered with content-length {sorted(lengths)[:2]!r}")
                 return headers
         elif kind == "reset":
             raise ConnectionResetError(str(value))

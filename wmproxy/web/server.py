@@ -28,7 +28,7 @@ import gevent
 
 from ..config.http import ErrorPage
 from ..config import Config, HttpConfig, HttpLocationConfig, HttpServerConfig, to_addr
-from ..errors import PhaseTimeout, ProtocolError, UpstreamError
+from ..errors import ClientGone, PhaseTimeout, ProtocolError, UpstreamError
 from ..listener import Listener, ListenerSpec
 from ..services import Services
 from ..logs import access_log, log_access
@@ -452,7 +452,7 @@ class WebServer(Listener):
                 linger(client)
         except PhaseTimeout as e:
             log.info("%s http: cut: %s", fmt_addr(address[0], address[1]), e)
-        except (PeerClosed, socket.timeout, OSError):
+        except (PeerClosed, socket.timeout, OSError, ClientGone):
             pass  # the client went away, was too slow, or failed its TLS handshake
         except Exception:  # a bug: this connection ends, logged; the server goes on
             log.exception("%s http: internal error", fmt_addr(address[0], address[1]))
@@ -638,10 +638,12 @@ class WebServer(Listener):
             req.framing = NO_BODY  # (read: nothing more to take)
 
     @staticmethod
-    def _body_sent(state: ConnWatch, upstream: Reader, timeout: float) -> None:
-        """The body is in: its deadline is over, the server's answer is waited for now."""
+    def _body_sent(state: ConnWatch, upstream: Reader, timeout: float, abort: bool) -> None:
+        """The body is in: its deadline is over, the server's answer is waited for now (ended
+        by the client's close, if ``abort``)."""
         state.done()
         state.waiting(upstream, timeout)
+        state.awaiting_answer(abort)
 
     @staticmethod
     def _body_deadline(req: Request, ctx: WebContext, send: httpio.Send) -> httpio.Send:
@@ -732,6 +734,10 @@ class WebServer(Listener):
                                             server.metrics.first_byte_seconds)
                 finally:
                     server.active -= 1
+                if isinstance(outcome, ClientGone):  # (not the server's fault: nothing is answered, 499 logged)
+                    conn.close()
+                    req.status, req.keep, req.note = 499, False, f"{server.addr}: {outcome}"
+                    return None
                 if isinstance(outcome, (httpio.ClientBodyError, httpio.UnaskedSwitch)):  # (not the server's health)
                     conn.close()
                     req.keep = None if isinstance(outcome, httpio.ClientBodyError) and outcome.malformed else False
@@ -845,6 +851,8 @@ class WebServer(Listener):
         loc = req.location
         assert loc is not None
         req.state.waiting(conn.reader, loc.proxy_read_timeout)
+        if req.framing == NO_BODY and not loc.proxy_ignore_client_abort:
+            req.state.awaiting_answer()
         finish = (lambda h: req.apply(h, rules)) if rules else None
         send: httpio.Send = conn.send
         if loc.rate_limit and req.framing != NO_BODY:  # (the body's way to the server; the client's way: _route)
@@ -853,14 +861,15 @@ class WebServer(Listener):
         if req.framing != NO_BODY:
             req.state.waiting(None, ctx.body_timeout)  # the client's silence while it sends its body
             send = self._body_deadline(req, ctx, send)
-            on_sent = partial(self._body_sent, req.state, conn.reader, loc.proxy_read_timeout)
+            on_sent = partial(self._body_sent, req.state, conn.reader, loc.proxy_read_timeout,
+                              not loc.proxy_ignore_client_abort)
         sent_at = time.monotonic()
         try:
             # interim 1xx other than 101 are skipped: the proxy answered Expect itself
             response, body = httpio.exchange(reader, send, conn.reader, req.framing, out, req.head.method,
                                              ctx.max_head, finish=finish, on_sent=on_sent, whole=finish is None,
                                              limit=req.body_limit)
-        except (PeerClosed, ProtocolError, OSError, httpio.ClientBodyError) as e:  # socket.timeout included
+        except (PeerClosed, ProtocolError, OSError, httpio.ClientBodyError, ClientGone) as e:  # socket.timeout too
             return e
         first_byte.observe(time.monotonic() - sent_at)
         if response.status == 101:
@@ -870,8 +879,8 @@ class WebServer(Listener):
         try:
             done = httpio.forward_response(client, reader, req.head, response, conn.sock, conn.reader,
                                            finish, loc.proxy_read_timeout, upgrade, body)
-        except httpio.AnswerUnsent as e:  # (nothing of it reached the client: it can still be told)
-            return e
+        except (httpio.AnswerUnsent, ClientGone) as e:  # (nothing of it reached the client: it can still be told;
+            return e                                     # or the client is gone)
         except BaseException:
             conn.close()
             req.keep = False

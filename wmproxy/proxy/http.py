@@ -104,7 +104,7 @@ class HttpSession:
         max_headers = self.cfg.max_headers
         try:
             while True:
-                watch.awaiting_answer(False)  # (a client's close between requests is no abandoned request)
+                watch.answer = False  # (a client's close between requests is no abandoned request: awaiting_answer)
                 try:
                     raw = httpio.read_head(reader, limit, None if self.first else watch.head_started)
                 except PeerClosed:
@@ -257,9 +257,8 @@ class HttpSession:
             # We answer 100 ourselves and send the body on: an upstream that ignores Expect
             # would otherwise stall the client for its expect timeout.
             self.client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        watch = self.watchdog
-        if watch is not None and framing == NO_BODY:
-            watch.awaiting_answer()
+        if framing == NO_BODY and self.watchdog is not None:
+            self.watchdog.answer = True  # (the request is all out with its head: watch.awaiting_answer)
         try:
             up, response, body = self._exchange(head, target, data, framing)
         except ClientGone as e:  # (it gave up waiting: nothing is answered, the server's connection closed)
@@ -324,7 +323,8 @@ class HttpSession:
             watch = self.watchdog
             response, body = httpio.exchange(self.reader, up.send, up.reader, framing, data, head.method,
                                              self.cfg.max_header_size, self._interim if head.version == "1.1" else None,
-                                             whole=True, on_sent=watch.awaiting_answer if watch is not None else None)
+                                             whole=True, on_sent=watch.awaiting_answer if watch is not None and
+                                             framing != NO_BODY else None)
             return up, response, body
         except httpio.ClientBodyError:
             self._drop_upstream()  # it has part of a request: no use for another

@@ -851,8 +851,8 @@ class WebServer(Listener):
         loc = req.location
         assert loc is not None
         req.state.waiting(conn.reader, loc.proxy_read_timeout)
-        if req.framing == NO_BODY and not loc.proxy_ignore_client_abort:
-            req.state.awaiting_answer()
+        if req.framing == NO_BODY:  # (the request is all out with its head: ConnWatch.awaiting_answer)
+            req.state.answer = not loc.proxy_ignore_client_abort
         finish = (lambda h: req.apply(h, rules)) if rules else None
         send: httpio.Send = conn.send
         if loc.rate_limit and req.framing != NO_BODY:  # (the body's way to the server; the client's way: _route)

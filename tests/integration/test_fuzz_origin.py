@@ -19,6 +19,7 @@ import queue
 import random
 import re
 import socket
+import struct
 import threading
 import time
 
@@ -572,3 +573,23 @@ def test_proxy_ignore_client_abort_keeps_the_request_going_as_nginx(request, sta
     assert answered.wait(10)
     log = p.wait_log('"GET a.test/x HTTP/1.1" 200')
     assert " 499 " not in log
+
+
+@pytest.mark.parametrize("listener", ["forward proxy", "http"])
+def test_a_server_that_resets_after_its_head_is_a_502(request, start_proxy, listener):
+    """A reset (RST) right after an answer's head, before a byte of its body: a 502, not an
+    empty reply (the head had not gone on)."""
+
+    def serve(conn):
+        next_head(conn, b"")
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        time.sleep(0.2)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # (close: RST)
+
+    origin = TcpServer(serve)
+    request.addfinalizer(origin.close)
+    port, target, procs = _through(request, start_proxy, listener, origin.port)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {target}/x HTTP/1.1\r\nHost: a.test\r\n\r\n".encode())
+        head, body = read_response(s)
+    assert head.startswith(b"HTTP/1.1 502 ") and b"broke before a byte of it was sent on" in body, (head, body)

@@ -73,8 +73,8 @@ class _Joiner:
 
     def flush(self) -> None:
         if self.prefix:
-            self.send(self.prefix)
-            self.prefix = b""
+            data, self.prefix = self.prefix, b""  # (taken before the send: a send that fails did not leave it unsent)
+            self.send(data)
 
 
 def _copy_exact(reader: Reader, send: Send, n: int) -> None:
@@ -133,14 +133,14 @@ def copy_answer(reader: Reader, send: Send, framing: Framing, chunked_out: bool,
     Returns the body's data bytes. Raises AnswerUnsent when the body broke before the head went
     out, else as copy_body (the client's connection is then cut)."""
     kind = framing[0]
-    if (kind == "chunked" or kind == "close") and not reader.buf and reader.try_fill() is None:
-        send(head)  # (a stream: its head at once; EOF, False: the head waits, unsent. A body of a length, the
-        head = b""  # usual small answer whose server wrote head and body apart, goes with its head in one send)
     out = _Joiner(send, head)
     try:
+        if (kind == "chunked" or kind == "close") and not reader.buf and reader.try_fill() is None:
+            out.flush()  # (a stream: its head at once; EOF, False: the head waits, unsent. A body of a length,
+                         # the usual small answer whose server wrote head and body apart, goes with its head)
         total = copy_body(reader, out, framing, chunked_out)
-    except (PeerClosed, ProtocolError, TimeoutError) as e:
-        if out.prefix:
+    except (PeerClosed, ProtocolError, TimeoutError, ConnectionError) as e:  # (a send that failed had taken the
+        if out.prefix:                                                       # prefix: not "unsent")
             raise AnswerUnsent(e) from None
         raise
     out.flush()

@@ -430,7 +430,8 @@ def test_an_http2_answer_whose_status_is_not_a_status_is_a_502(request, start_pr
     """The h2 library checks only that an answer has a :status: "abc" or "" raised ValueError
     (an internal error per request, which any tenant's local_http2 service could cause on the
     center server), and "2000" or "099" went on to HTTP/1.1 clients as such status lines. Nor
-    does it check content-length in an answer to HEAD: "close" went on as it came."""
+    does it check content-length in an answer to HEAD ("close" went on as it came), nor '=' or
+    '(' in a name, nor controls other than CR, LF and NUL in a value (found by the fuzz in CI)."""
     evil = EvilH2Origin()
     request.addfinalizer(evil.close)
     port, _, procs = _through(request, start_proxy, listener, evil.port)
@@ -447,6 +448,12 @@ def test_an_http2_answer_whose_status_is_not_a_status_is_a_502(request, start_pr
             s.sendall(b"HEAD /fuzz HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
             head = recv_all(s)
         assert head.startswith(b"HTTP/1.1 502 ") and b"content-length: " + length not in head.lower(), (length, head)
+    for field in ((b"grpci=tatus", b"0"), (b"x(a)", b"1"), (b"x-a", b"a\x01b"), (b"x-a", b"a\x7f")):
+        evil.answers.put(_Answer(b"200", field))  # (h2 lets these through: no HTTP/1.1 head may carry them)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /fuzz HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            head, body = read_response(s)
+        assert head.startswith(b"HTTP/1.1 502 ") and b"cannot carry" in body, (field, head, body)
     evil.answers.put(_Answer(b"299"))  # (any three digits from 200 are a final answer, as over HTTP/1.1)
     assert _h1(port, "", "a.test") == "answer"
     assert _h2(port, "/fuzz", "a.test") == "answer"

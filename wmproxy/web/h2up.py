@@ -16,6 +16,7 @@ client holds at most a window of the server's answer here.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from collections import deque
@@ -47,6 +48,18 @@ MAX_HEADER_LIST = 1 << 16  # a server's decoded header list (and its header bloc
 WINDOW = 1 << 18  # each stream's receive window (what a server may send ahead of the client's reading)
 CONNECTION_WINDOW = 16 << 20
 RECV_SIZE = 65536
+# what HTTP/1.1 can carry of a server's header field (RFC 9110 5.1, 5.5): the h2 library refuses
+# upper case, ':' and controls in names, CR, LF and NUL in values, but not '=', '"', '(' or '@' in
+# a name, nor the other controls in a value, which an HTTP/1.1 client refuses or misreads
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _carriable(name: bytes, value: bytes) -> bool:
+    """Whether a server's header field can go on in an HTTP/1.1 head (pseudo-headers aside)."""
+    return _TOKEN.match(name) is not None and _CONTROL.search(value) is None
+
+
 HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host",
                   b"http2-settings"))
 
@@ -358,6 +371,10 @@ def wait_answer(stream: UpStream, timeout: float) -> list:
                 lengths = {v for n, v in headers if n == b"content-length"}  # (h2 checks it but in answers to HEAD,
                 if lengths and (len(lengths) > 1 or not next(iter(lengths)).isdigit()):  # which pass it on as it is)
                     raise ConnectionResetError(f"the server answered with content-length {sorted(lengths)[:2]!r}")
+                bad = next((n for n, v in headers if n[:1] != b":" and not _carriable(n, v)), None)
+                if bad is not None:
+                    raise ConnectionResetError(f"the server answered with a header field HTTP/1.1 cannot carry: "
+                                               f"{bad[:40]!r}")
                 return headers
         elif kind == "reset":
             raise ConnectionResetError(str(value))
@@ -483,7 +500,7 @@ def _answer(client: Conn, req: Any, stream: UpStream, headers: list, timeout: fl
                 stream.consumed(flow)
             elif kind == "trailers":
                 assert isinstance(value, list)
-                trailers = value
+                trailers = [(n, v) for n, v in value if _carriable(n, v)]  # (the head is out: others dropped)
             elif kind == "end":
                 if chunked:
                     client.sendall(trailer_block(trailers))

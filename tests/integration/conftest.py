@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -158,6 +159,21 @@ class Proc:
         if self._ready is not None:
             self._ready.close()
         return self.popen.returncode
+
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) wmproxy[.a-z]*: ")
+
+
+def assert_logs_clean(procs, seed=None, lines: bool = True) -> None:
+    """What a fuzz run leaves: each process alive, no internal error in its log, and (``lines``)
+    every log line whole and one of ours (a peer's bytes never forge a line or carry a control)."""
+    for proc in procs:
+        log = proc.log()
+        assert proc.popen.poll() is None, (seed, log[-3000:])
+        assert "internal error" not in log and "Traceback" not in log, (seed, log[-3000:])
+        if lines:
+            bad = [line for line in log.splitlines() if not (line.isprintable() and LOG_LINE.match(line))]
+            assert not bad, (seed, bad[:5])
 
 
 @pytest.fixture

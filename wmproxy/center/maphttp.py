@@ -329,6 +329,9 @@ class MapHttpServer(Listener):
         try:
             keep = self._exchange(client, reader, up, raw, head, framing, peer_ip, ctx, route, variables, watch,
                                   answer)
+        except ClientGone as e:  # it gave up waiting: nothing is answered, the service's stream closed (below)
+            answer.status = 499
+            log.info("%s map-http %s %s%s: 499 %s", peer_ip, head.method, host, head.target[:200], e)
         finally:
             if not keep:
                 up.close()
@@ -372,10 +375,6 @@ class MapHttpServer(Listener):
                 response, body = httpio.exchange(reader, up.send, ureader, framing, out, head.method, MAX_HEAD,
                                                  finish=finish, whole=finish is None, on_sent=watch.awaiting_answer)
                 break
-            except ClientGone as e:  # it gave up waiting: nothing is answered, the service's stream closed
-                answer.status = 499
-                log.info("%s map-http %s %s%s: 499 %s", peer_ip, head.method, variables["host"], head.target[:200], e)
-                return False
             except httpio.ClientBodyError as e:  # the public client's fault: that request alone
                 answer.reply(client, e.http_status, str(e))
                 log.info("%s map-http %s: %d %s", peer_ip, variables["host"], e.http_status, e)
@@ -401,10 +400,6 @@ class MapHttpServer(Listener):
         try:
             done = httpio.forward_response(up.public(client), reader, head, response, stream, ureader, finish,
                                            ctx.idle_timeout, upgrade, body)
-        except ClientGone as e:
-            answer.status = 499
-            log.info("%s map-http %s %s%s: 499 %s", peer_ip, head.method, variables["host"], head.target[:200], e)
-            return False
         except httpio.AnswerUnsent as e:  # (nothing of it reached the client: it can still be told)
             answer.reply(client, e.http_status, f"the mapped service failed: {e}")
             log.info("%s map-http %s %s%s: %d the mapped service (stream %s of %s) failed: %s", peer_ip, head.method,

@@ -159,7 +159,12 @@ class HttpSession:
                 if not plain:
                     self._reply_log(head, 405, "plain HTTP proxying is disabled (flag)", started)
                     return
-                if not self._forward(head, raw, started):
+                try:
+                    if not self._forward(head, raw, started):
+                        return
+                except ClientGone as e:  # it gave up waiting: nothing is answered, the server's connection closed
+                    self._drop_upstream()
+                    self._log(head, 499, 0, started, str(e))
                     return
         finally:
             self._stop_watchdog()
@@ -261,10 +266,6 @@ class HttpSession:
             self.watchdog.answer = True  # (the request is all out with its head: watch.awaiting_answer)
         try:
             up, response, body = self._exchange(head, target, data, framing)
-        except ClientGone as e:  # (it gave up waiting: nothing is answered, the server's connection closed)
-            self._drop_upstream()
-            self._log(head, 499, 0, started, str(e))
-            return False
         except UpstreamError as e:
             self._reply_log(head, e.http_status, str(e), started)
             return False
@@ -287,10 +288,6 @@ class HttpSession:
         else:
             try:
                 size = httpio.copy_answer(up.reader, self.send_client, response.framing, chunked_out, out_head)
-            except ClientGone as e:
-                self._drop_upstream()
-                self._log(head, 499, 0, started, str(e))
-                return False
             except httpio.AnswerUnsent as e:  # (nothing of it reached the client: it can still be told)
                 self._drop_upstream()
                 self._reply_log(head, e.http_status, f"upstream {target.authority}: {e}", started)

@@ -60,6 +60,21 @@ def _carriable(name: bytes, value: bytes) -> bool:
     return _TOKEN.match(name) is not None and _CONTROL.search(value) is None
 
 
+def _check_fields(headers: list) -> None:
+    """Raises ConnectionResetError for an answer's field HTTP/1.1 cannot carry, or a
+    content-length that is not one number (h2 checks it, but not in answers to HEAD)."""
+    length = None
+    for name, value in headers:
+        if name[:1] == b":":
+            continue
+        if not _carriable(name, value):
+            raise ConnectionResetError(f"the server answered with a header field HTTP/1.1 cannot carry: {name[:40]!r}")
+        if name == b"content-length":
+            if not value.isdigit() or length not in (None, value):
+                raise ConnectionResetError(f"the server answered with content-length {value[:40]!r}")
+            length = value
+
+
 HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host",
                   b"http2-settings"))
 
@@ -368,13 +383,7 @@ def wait_answer(stream: UpStream, timeout: float) -> list:
             if len(status) != 3 or not status.isdigit() or status < b"100" or status == b"101":
                 raise ConnectionResetError(f"the server answered with :status {status[:20]!r} (100-999 but 101 are)")
             if status[0] != 49:  # (not 1xx)
-                lengths = {v for n, v in headers if n == b"content-length"}  # (h2 checks it but in answers to HEAD,
-                if lengths and (len(lengths) > 1 or not next(iter(lengths)).isdigit()):  # which pass it on as it is)
-                    raise ConnectionResetError(f"the server answered with content-length {sorted(lengths)[:2]!r}")
-                bad = next((n for n, v in headers if n[:1] != b":" and not _carriable(n, v)), None)
-                if bad is not None:
-                    raise ConnectionResetError(f"the server answered with a header field HTTP/1.1 cannot carry: "
-                                               f"{bad[:40]!r}")
+                _check_fields(headers)
                 return headers
         elif kind == "reset":
             raise ConnectionResetError(str(value))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import time
 
@@ -23,14 +24,14 @@ BUDGET = float(os.environ.get("WMPROXY_FUZZ_SECONDS", "8"))
 RSS_BOUND = 200 << 20  # growth over the start allowed to the server (outbox and windows are bounded far below)
 
 
-def _login(port: int) -> socket.socket:
+def _login(port: int, user: str = "alice", password: str = "s3cret", client_id: str | None = None) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     head = b""
     while len(head) < 8 + 17:
         head += s.recv(8 + 17 - len(head))
     nonce = fr.decode_hello(head[8:])[1]
-    token = fr.encode_token("alice", fr.proof("s3cret", nonce))
-    s.sendall(fr.encode_header(len(token), fr.Kind.TOKEN, 0, 0) + token)
+    token = fr.encode_token(user, fr.proof(password, nonce), client_id)
+    s.sendall(fr.encode_header(len(token), fr.Kind.TOKEN, fr.Flag.ID if client_id else 0, 0) + token)
     mappings = fr.encode_mappings([])
     s.sendall(fr.encode_header(len(mappings), fr.Kind.MAPPING, 0, 0) + mappings)
     return s
@@ -203,6 +204,91 @@ def test_random_handshakes_from_strangers(tmp_path, origin):
         assert http_get(proxy, f"http://127.0.0.1:{origin.port}/whoami")[1] == b"origin-A"
         assert_logs_clean([server], seed)
     finally:
+        if client is not None:
+            client.stop()
+        server.stop()
+
+
+def _answers(s: socket.socket, sids: set[int], timeout: float = 15) -> dict[int, str]:
+    """The server's answer to each CREATE of ``sids``: 'ack', or the reason of its CLOSE."""
+    got: dict[int, str] = {}
+    buf, deadline = b"", time.monotonic() + timeout
+    s.settimeout(1)
+    while len(got) < len(sids) and time.monotonic() < deadline:
+        try:
+            chunk = s.recv(1 << 16)
+        except socket.timeout:
+            continue
+        assert chunk, f"the server closed the link after {len(got)} answers"
+        buf += chunk
+        while len(buf) >= fr.HEADER_SIZE:
+            length, kind, flag, sid = fr.decode_header(buf[:fr.HEADER_SIZE])
+            if len(buf) < fr.HEADER_SIZE + length:
+                break
+            body, buf = buf[fr.HEADER_SIZE:fr.HEADER_SIZE + length], buf[fr.HEADER_SIZE + length:]
+            if sid in sids and sid not in got:
+                if kind == fr.Kind.CREATE and flag & fr.Flag.ACK:
+                    got[sid] = "ack"
+                elif kind == fr.Kind.CLOSE:
+                    got[sid] = fr.decode_close(body)
+    return got
+
+
+@pytest.mark.timeout(120)
+def test_an_account_cannot_open_streams_without_end(tmp_path, origin):
+    """Each stream a client opens is a handler and its memory on the server: 100,000 CREATEs
+    (1 MB sent) took 1.26 GiB there before max_streams. Now an account has at most max_streams
+    open over all its links (more links bring no more); the rest are refused with CLOSE(sid,
+    reason), the link goes on, the refusals are logged (a line a second at most, every one
+    counted), another account is served meanwhile, and the slots come back when the streams end."""
+    center, proxy = free_port(), free_port()
+    conf = tmp_path / "server.toml"
+    conf.write_text(f'[center]\nbind = "127.0.0.1:{center}"\ntls = false\nmax_streams = 50\n'
+                    f'users = [{{ username = "alice", password = "s3cret" }}, {{ username = "bob", password = "b0b" }}]\n')
+    server = Proc(["-c", str(conf)], center, tmp_path, name="server")
+    client_conf = tmp_path / "client.toml"
+    client_conf.write_text(f'[center]\nserver = "127.0.0.1:{center}"\ntls = false\nusername = "bob"\n'
+                           f'password = "b0b"\n[proxy]\nbind = "127.0.0.1:{proxy}"\n')
+    client = None
+    links: list[socket.socket] = []
+    try:
+        wait_port(center, proc=server.popen)
+        client = Proc(["-c", str(client_conf)], proxy, tmp_path, program="wmproxy-client", name="client")
+        client.wait_log("is up", timeout=15)
+        url = f"http://127.0.0.1:{origin.port}/whoami"
+        create = fr.encode_create(fr.CreateMode.PROXY, "")
+        answers: dict[int, str] = {}
+        for client_id in ("one", "two"):  # two links of one account
+            s = _login(center, client_id=client_id)
+            links.append(s)
+            sids = set(range(1, 800, 2))
+            s.sendall(b"".join(fr.encode_header(len(create), fr.Kind.CREATE, 0, sid) + create for sid in sids))
+            got = _answers(s, sids)
+            assert len(got) == len(sids)
+            answers.update({(client_id, sid): why for sid, why in got.items()})
+            assert http_get(proxy, url)[1] == b"origin-A"  # bob is served meanwhile
+        accepted = [k for k, why in answers.items() if why == "ack"]
+        refused = [why for why in answers.values() if why != "ack"]
+        assert len(accepted) == 50, len(accepted)
+        assert len(refused) == 750 and set(refused) == {"too many streams (max_streams 50)"}
+        time.sleep(1.5)  # (the refusals of the last second are told within one)
+        told = [int(n) for n in re.findall(r"refused (\d+) stream\(s\): the far end has max_streams \(50\)",
+                                           server.log())]
+        assert sum(told) == 750 and len(told) <= 6, told
+        for s in links:
+            s.close()
+        links.clear()
+        time.sleep(0.5)
+        s = _login(center, client_id="three")  # the account's streams came back with its links' end
+        links.append(s)
+        sids = set(range(1, 120, 2))
+        s.sendall(b"".join(fr.encode_header(len(create), fr.Kind.CREATE, 0, sid) + create for sid in sids))
+        got = _answers(s, sids)
+        assert sorted(got.values()).count("ack") == 50, got
+        assert_logs_clean([server])
+    finally:
+        for s in links:
+            s.close()
         if client is not None:
             client.stop()
         server.stop()

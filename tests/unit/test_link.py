@@ -9,11 +9,12 @@ import os
 import socket
 
 import gevent
+import gevent.event
 import greenlet
 import pytest
 from gevent import socket as gsocket
 
-from wmproxy.center.link import CenterLink
+from wmproxy.center.link import CenterLink, StreamBudget
 from wmproxy.net import idle
 from wmproxy.net.reader import Reader
 from wmproxy.net.relay import link_owned, relay_then
@@ -136,6 +137,83 @@ def test_link_loss_resets_every_stream():
             s.sendall(b"more")
     assert client.closed
 
+
+
+def test_streams_past_max_streams_are_refused_and_a_slot_frees_only_when_its_handler_is_done():
+    """An authenticated far end cannot open streams without end (each is a greenlet and its
+    memory here): past max_streams a CREATE gets CLOSE(sid, reason) and the link goes on. A
+    stream the far end resets at once keeps its slot until its handler is done (HTTP/2's rapid
+    reset); one that is done gives it back."""
+    serving, release = [], gevent.event.Event()
+
+    def on_create(vc, mode, target):
+        serving.append(vc)
+        release.wait()  # busy (a dial, a handshake) whatever the far end does meanwhile
+
+    a, b = gsocket.socketpair()
+    client = CenterLink(a, Reader(a), is_client=True, window=WINDOW, max_frame=1 << 20, heartbeat=30,
+                        on_create=lambda *args: None, name="client")
+    server = CenterLink(b, Reader(b), is_client=False, window=WINDOW, max_frame=1 << 20, heartbeat=30,
+                        on_create=on_create, name="server", max_streams=5)
+    runs = [gevent.spawn(client.run), gevent.spawn(server.run)]
+    streams = [client.open_stream(fr.CreateMode.CONNECT, "x:1") for _ in range(8)]
+    gevent.sleep(0.2)
+    assert len(serving) == 5 and server.budget.used == 5
+    for s in streams[5:]:
+        s.settimeout(5)
+        with pytest.raises(ConnectionResetError, match=r"too many streams \(max_streams 5\)"):
+            s.recv(10)
+    for s in streams[:5]:
+        s.abort("rapid reset")  # the far end gives up at once: the handlers here are still busy
+    again = client.open_stream(fr.CreateMode.CONNECT, "x:1")
+    again.settimeout(5)
+    with pytest.raises(ConnectionResetError, match="max_streams"):
+        again.recv(10)
+    assert len(serving) == 5 and server.budget.used == 5
+    release.set()  # the handlers end: their slots are free
+    gevent.sleep(0.2)
+    assert server.budget.used == 0 and not server.closed
+    more = [client.open_stream(fr.CreateMode.CONNECT, "x:1") for _ in range(5)]
+    gevent.sleep(0.2)
+    assert len(serving) == 10 and all(s.reset is None for s in more)
+    server.close("test over")
+    gevent.joinall(runs, timeout=5)
+    assert server.budget.used == 0  # a closed link gives back what its streams held
+    a.close()
+    b.close()
+
+
+def test_links_sharing_a_budget_share_max_streams():
+    """A center server gives every link of one account one StreamBudget: a second link brings
+    no more streams."""
+    budget = StreamBudget(4)
+    pairs = []
+    for name in ("one", "two"):
+        a, b = gsocket.socketpair()
+        client = CenterLink(a, Reader(a), is_client=True, window=WINDOW, max_frame=1 << 20, heartbeat=30,
+                            on_create=lambda *args: None, name=name)
+        server = CenterLink(b, Reader(b), is_client=False, window=WINDOW, max_frame=1 << 20, heartbeat=30,
+                            on_create=lambda vc, mode, target: gevent.sleep(30), name=name, budget=budget)
+        pairs.append((client, server, [gevent.spawn(client.run), gevent.spawn(server.run)], a, b))
+    first = [pairs[0][0].open_stream(fr.CreateMode.CONNECT, "x:1") for _ in range(3)]
+    gevent.sleep(0.2)
+    second = [pairs[1][0].open_stream(fr.CreateMode.CONNECT, "x:1") for _ in range(3)]
+    gevent.sleep(0.2)
+    assert budget.used == 4 and all(s.reset is None for s in first)
+    assert [s.reset is None for s in second] == [True, False, False]
+    client, server, runs, a, b = pairs[0]
+    server.close("gone")  # its three streams go back to the account
+    gevent.joinall(runs, timeout=5)
+    assert budget.used == 1
+    fresh = [pairs[1][0].open_stream(fr.CreateMode.CONNECT, "x:1") for _ in range(3)]
+    gevent.sleep(0.2)
+    assert budget.used == 4 and all(s.reset is None for s in fresh)
+    for client, server, runs, a, b in pairs:
+        server.close("test over")
+        gevent.joinall(runs, timeout=5)
+        a.close()
+        b.close()
+    assert budget.used == 0
 
 # -- the reader, fed raw bytes -----------------------------------------------------------------------
 

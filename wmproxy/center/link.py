@@ -40,6 +40,7 @@ from gevent.pool import Group
 from ..errors import ProtocolError
 from ..net.conn import Address, Data, StreamSink
 from ..net.gevent_io import kernel_socket, nonblocking_sender, read_waiter, send_all
+from ..net.limits import LOG_EVERY
 from ..net.reader import PeerClosed, Reader
 from ..prot import frame as fr
 from ..prot.frame import Flag, Kind
@@ -49,6 +50,7 @@ log = logging.getLogger("wmproxy.center")
 
 WRITE_BATCH = 262144
 MAX_OUTBOX = 8 << 20  # bytes queued for the link's writer: DATA sources pause beyond it
+MAX_STREAMS = 10000  # streams the far end may have open at once ([center] max_streams)
 READ_BUFFER = 262144  # the link reader's kept buffer: several DATA frames per recv
 
 
@@ -76,6 +78,39 @@ class LinkClosed(Exception):
     pass
 
 
+class StreamBudget:
+    """How many streams the far end of one or more links may have open at once here
+    (``max_streams``): a link's own, or, on a center server, one shared by every link of an
+    account (of an address, without accounts), so that more links do not bring more streams.
+    A stream holds its slot until it is done here, its handler included: a far end that resets
+    its streams at once (HTTP/2's rapid reset) still has at most ``limit`` being served."""
+
+    __slots__ = ("limit", "used", "links", "refused", "_logged_at", "_flush")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.links = 0  # links sharing it (a center server forgets it with the last)
+        self.refused = 0  # CREATEs past the limit not yet in a log line
+        self._logged_at = 0.0
+        self._flush: Optional[gevent.Greenlet] = None
+
+    def refuse(self, label: str) -> None:
+        """Count a refused stream: one log line a second at most, each refusal in one."""
+        self.refused += 1
+        if time.monotonic() - self._logged_at >= LOG_EVERY:
+            self._log(label)
+        elif self._flush is None:
+            self._flush = gevent.spawn_later(LOG_EVERY, self._log, label)
+
+    def _log(self, label: str) -> None:
+        self._flush = None
+        if self.refused:
+            log.warning("center link %s: refused %d stream(s): the far end has max_streams (%d) open", label,
+                        self.refused, self.limit)
+            self.refused, self._logged_at = 0, time.monotonic()
+
+
 class CenterLink:
     """One established link (after the handshake). :meth:`run` serves it until it ends."""
 
@@ -83,7 +118,8 @@ class CenterLink:
                  heartbeat: float,
                  on_create: Callable[[VirtualConn, fr.CreateMode, str], None], name: str, max_window: int = 0,
                  on_mapping: Callable[[list], list] | None = None,
-                 on_mapping_answer: Callable[[list], None] | None = None, max_outbox: int = MAX_OUTBOX) -> None:
+                 on_mapping_answer: Callable[[list], None] | None = None, max_outbox: int = MAX_OUTBOX,
+                 max_streams: int = MAX_STREAMS, budget: StreamBudget | None = None) -> None:
         self.sock = sock
         self.reader = reader
         self.is_client = is_client
@@ -116,6 +152,8 @@ class CenterLink:
         self._waiting_room: set = set()  # push-mode sinks paused for room: credit() once there is
         self._overflowed = False  # the outbox passed twice its bound: the link is being closed
         self.handlers = Group()
+        self.budget = budget if budget is not None else StreamBudget(max_streams)
+        self.peer_streams = 0  # of them, this link's (given back to the budget when it closes)
         self.closed = False
         self.draining = False
         self.close_reason = ""
@@ -162,7 +200,9 @@ class CenterLink:
         raise ConnectionResetError("no free stream id on the link")
 
     def forget(self, sid: int) -> None:
-        self.streams.pop(sid, None)
+        if self.streams.pop(sid, None) is not None and (sid & 1) != self.is_client:
+            self.peer_streams -= 1  # (one the far end opened: its slot of max_streams is free again)
+            self.budget.used -= 1
         if self.draining and not self.streams:
             gevent.spawn_later(0.05, self.close, "stopping: last stream done")
 
@@ -402,6 +442,14 @@ class CenterLink:
             if self.draining:
                 self.send_frame(Kind.CLOSE, 0, sid, fr.encode_close("server stopping"), quiet=True)
                 return
+            budget = self.budget
+            if budget.used >= budget.limit:  # (HTTP/2's REFUSED_STREAM: the link goes on)
+                self.send_frame(Kind.CLOSE, 0, sid, fr.encode_close(f"too many streams (max_streams {budget.limit})"),
+                                quiet=True)
+                budget.refuse(self.name)
+                return
+            budget.used += 1
+            self.peer_streams += 1
             vc = self.streams[sid] = VirtualConn(self, sid)
             vc.visitor = visitor
             self.handlers.spawn(self._serve_stream, vc, mode, target)
@@ -450,6 +498,8 @@ class CenterLink:
         for vc in list(self.streams.values()):
             vc._on_close(False, f"center link closed: {reason}")
         self.streams.clear()
+        self.budget.used -= self.peer_streams  # (its handlers are being killed)
+        self.peer_streams = 0
         try:
             self.sock.close()
         except OSError:

@@ -31,7 +31,7 @@ from ..prot.frame import CreateMode, Flag, Kind
 from ..prot.target import parse_authority
 from ..services import Services
 from . import handshake
-from .link import CenterLink
+from .link import CenterLink, StreamBudget
 from .vconn import VirtualConn
 from .mapping import MappingRegistry, Published
 
@@ -74,6 +74,7 @@ class CenterServer(Listener):
         self.links: set[CenterLink] = set()
         self.clients: dict[str, tuple[CenterLink, list[Published]]] = {}  # holder -> its live link, its mappings
         self.mappings = MappingRegistry()
+        self.budgets: dict[str, StreamBudget] = {}  # account (address, without accounts) -> its links' streams
         super().__init__(sock, spec, services)
         if not spec.settings.center.tls:
             log.warning("center.bind %s: tls = false, the link is plain TCP: anyone on the path can read "
@@ -178,8 +179,14 @@ class CenterServer(Listener):
         cfg = ctx.cfg
         peer = fmt_addr(address[0], address[1])
         user, holder = login.user, _holder(login, peer)
+        # max_streams holds for an account's links together (an address's): more links bring no more streams
+        budget = self.budgets.get(user or address[0])
+        if budget is None:
+            budget = self.budgets[user or address[0]] = StreamBudget(cfg.max_streams)
+        budget.limit = cfg.max_streams  # (the configuration of the latest link)
         link = CenterLink(sock, reader, is_client=False, window=cfg.window, max_window=cfg.max_window,
-                          max_frame=cfg.max_frame, heartbeat=cfg.heartbeat, name=f"{user or 'anonymous'}@{peer}",
+                          budget=budget, max_frame=cfg.max_frame, heartbeat=cfg.heartbeat,
+                          name=f"{user or 'anonymous'}@{peer}",
                           on_create=lambda vc, mode, target: self._serve_stream(ctx, link, vc, mode, target),
                           on_mapping=lambda specs: self.mappings.update(user or peer, holder, link, ports, specs, ctx))
         link.user = user
@@ -195,12 +202,16 @@ class CenterServer(Listener):
         for item in ports:
             item.attach(link)
             log.info("center: mapping %r of client %s published on %s", item.name, user or peer, item.label)
+        budget.links += 1
         try:
             reason = link.run()
         finally:
             self.links.discard(link)
             if self.clients.get(holder, (None,))[0] is link:
                 del self.clients[holder]
+            budget.links -= 1
+            if not budget.links:
+                del self.budgets[user or address[0]]
             self.stats.bytes_in += link.bytes_in
             self.stats.bytes_out += link.bytes_out
         log.info("center: link %s ended: %s (in %d bytes, out %d bytes, %.0fs)", link.name, reason,

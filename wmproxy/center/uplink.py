@@ -124,7 +124,7 @@ class ServerLink:
             sock.close()
             raise
         link = CenterLink(sock, reader, is_client=True, window=cfg.window, max_window=cfg.max_window,
-                          max_frame=cfg.max_frame, heartbeat=cfg.heartbeat, on_create=client.serve_stream,
+                          max_streams=cfg.max_streams, max_frame=cfg.max_frame, heartbeat=cfg.heartbeat, on_create=client.serve_stream,
                           name=self.label, on_mapping_answer=self.answered)
         link.peer_aware = peer_aware
         self.reads_groups = ids

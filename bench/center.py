@@ -122,3 +122,72 @@ def memory(b, counts=(1000, 10000)) -> None:
     holder_port = idle.holder(b)
     proxy, pair = start_pair(b, True, tmp)
     idle.measure(b, "center", proxy, holder_port, pair, counts, "center_memory_kib")
+    idle_links(b, tmp)
+
+
+def idle_links(b, tmp: Path, counts=(100, 500)) -> None:
+    """The server's RSS per idle TLS link (logged in, one client id each, no mapping, no
+    stream), and after each link carried one 1 MiB burst and went quiet for two heartbeats."""
+    import socket
+    import ssl
+
+    import psutil
+    sys.path.insert(0, str(ROOT))
+    from wmproxy.prot import frame as fr
+
+    center = free_port()
+    conf = tmp / "links-server.toml"
+    conf.write_text(f'log_level = "warning"\n[center]\nbind = "127.0.0.1:{center}"\ncert = "{tmp}/server.pem"\n'
+                    f'key = "{tmp}/server.key"\nheartbeat = "3s"\nmax_connections_per_ip = 0\n')
+    server = b.start("links-server", [sys.executable, str(ROOT / "bin" / "wmproxy-server"), "-c", str(conf)], center)
+    proc = psutil.Process(server.pid)
+    context = ssl.create_default_context(cafile=str(tmp / "ca.pem"))
+    links: list = []
+    ping = fr.encode_header(fr.PING_SIZE, fr.Kind.PING, 0, 0) + b"p" * fr.PING_SIZE
+
+    def keep(seconds: float) -> None:  # the links alive (a PING each second), the server's PINGs read
+        for _ in range(int(seconds)):
+            for s in links:
+                s.sendall(ping)
+                s.setblocking(False)
+                try:
+                    s.recv(65536)
+                except (BlockingIOError, ssl.SSLWantReadError):
+                    pass
+                s.setblocking(True)
+            time.sleep(1)
+
+    base = proc.memory_info().rss
+    print("\nidle center links (TLS, logged in, no stream; RSS of the server over its start):")
+    try:
+        for count in counts:
+            while len(links) < count:
+                s = context.wrap_socket(socket.create_connection(("127.0.0.1", center), timeout=30),
+                                        server_hostname="center.bench")
+                hello = b""
+                while len(hello) < 8 + 17:
+                    hello += s.recv(8 + 17 - len(hello))
+                token = fr.encode_token("", "", f"bench-{len(links)}")
+                mappings = fr.encode_mappings([])
+                s.sendall(fr.encode_header(len(token), fr.Kind.TOKEN, fr.Flag.ID, 0) + token
+                          + fr.encode_header(len(mappings), fr.Kind.MAPPING, 0, 0) + mappings)
+                links.append(s)
+            keep(2)
+            rss = proc.memory_info().rss
+            print(f"  {count:>5} idle links: {(rss - base) / count / 1024:.1f} KiB per link")
+            b.results.setdefault("center_link_kib", {})[count] = round((rss - base) / count / 1024, 1)
+        # a burst on each (DATA for a stream the server does not know: read, refused with CLOSE), then quiet
+        data = fr.encode_header(65536, fr.Kind.DATA, 0, 1) + b"x" * 65536
+        for s in links:
+            s.sendall(data * 16)
+        keep(1)
+        rss_busy = proc.memory_info().rss
+        keep(7)  # quiet heartbeats (3 s), then a PING the reader takes
+        rss = proc.memory_info().rss
+        print(f"  {len(links):>5} links after a 1 MiB burst each: {(rss_busy - base) / len(links) / 1024:.1f} KiB "
+              f"per link; then quiet for 7 s (3 s heartbeats): {(rss - base) / len(links) / 1024:.1f} KiB per link")
+        b.results.setdefault("center_link_kib", {})["after_burst_quiet"] = round((rss - base) / len(links) / 1024, 1)
+    finally:
+        for s in links:
+            s.close()
+        b.stop(server)

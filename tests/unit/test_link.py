@@ -139,6 +139,45 @@ def test_link_loss_resets_every_stream():
 
 
 
+def test_bursts_between_quiet_heartbeats_arrive_whole_as_the_reader_renews_its_buffer(monkeypatch):
+    """A quiet heartbeat makes the reader start a fresh buffer (giving back the pages a burst
+    took) at its next empty moment: bursts before and after, frames of every size, arrive whole."""
+    from wmproxy.center import link as link_module
+
+    got, made = [], []
+    monkeypatch.setattr(link_module, "read_buffer", lambda *size: made.append(size) or link_module.mmap.mmap(
+        -1, *(size or (link_module.READ_BUFFER,))))
+
+    def on_create(vc, mode, target):
+        data = b""
+        while chunk := vc.recv(1 << 20):
+            data += chunk
+        got.append(data)
+
+    a, b = gsocket.socketpair()
+    client = CenterLink(a, Reader(a), is_client=True, window=WINDOW, max_frame=1 << 20, heartbeat=0.05,
+                        on_create=lambda *args: None, name="client", max_window=16 * WINDOW)
+    server = CenterLink(b, Reader(b), is_client=False, window=WINDOW, max_frame=1 << 20, heartbeat=0.05,
+                        on_create=on_create, name="server", max_window=16 * WINDOW)
+    runs = [gevent.spawn(client.run), gevent.spawn(server.run)]
+    stream = client.open_stream(fr.CreateMode.CONNECT, "x:1")
+    sent = b""
+    for size in (1 << 20, 100, 3 << 20, 1, 70000):
+        piece = os.urandom(size)
+        stream.sendall(piece)
+        sent += piece
+        gevent.sleep(0.2)  # quiet heartbeats: the reader renews its buffer
+    stream.shutdown(socket.SHUT_WR)
+    deadline = gevent.Timeout(10)
+    with deadline:
+        while not got:
+            gevent.sleep(0.05)
+    assert hashlib.sha256(got[0]).digest() == hashlib.sha256(sent).digest()
+    assert not server.closed and not client.closed
+    assert len(made) >= 2 + 2 * 4, made  # each reader started one, then one after each quiet pause at least
+    client.close("done")
+    gevent.joinall(runs, timeout=5)
+
 def test_streams_past_max_streams_are_refused_and_a_slot_frees_only_when_its_handler_is_done():
     """An authenticated far end cannot open streams without end (each is a greenlet and its
     memory here): past max_streams a CREATE gets CLOSE(sid, reason) and the link goes on. A

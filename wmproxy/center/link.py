@@ -27,6 +27,7 @@ end that sends PINGs but reads nothing) ends the link.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import socket
 import time
@@ -52,6 +53,13 @@ WRITE_BATCH = 262144
 MAX_OUTBOX = 8 << 20  # bytes queued for the link's writer: DATA sources pause beyond it
 MAX_STREAMS = 10000  # streams the far end may have open at once ([center] max_streams)
 READ_BUFFER = 262144  # the link reader's kept buffer: several DATA frames per recv
+
+
+def read_buffer(size: int = READ_BUFFER) -> mmap.mmap:
+    """The link reader's buffer: an anonymous private mapping, whose pages take memory only
+    once bytes were read into them (a bytearray's are all written at once: 256 KiB for every
+    link, a busy one or not)."""
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 def read_frame(reader: Reader, max_body: int) -> fr.Frame:
@@ -162,6 +170,7 @@ class CenterLink:
         self.last_rx = time.monotonic()
         self.bytes_in = 0
         self.bytes_out = 0
+        self._quiet = False  # little came in over a heartbeat: the reader's buffer may give its pages back
         self._rate_mark = (time.monotonic(), 0)  # (when, bytes both ways then): see read_rate
         self._rate = -1.0  # (none given yet)
         self._next_id = 1 if is_client else 2
@@ -319,11 +328,14 @@ class CenterLink:
 
     def _heartbeats(self) -> None:
         self._send_ping()  # at once: its answer measures the round trip
+        seen = self.bytes_in
         while True:
             gevent.sleep(self.heartbeat)
             if time.monotonic() - self.last_rx > 3 * self.heartbeat:
                 self.close(f"no frame for {3 * self.heartbeat:.0f}s (dead link)")
                 return
+            self._quiet = self.bytes_in - seen < READ_BUFFER  # (the reader then starts a fresh buffer)
+            seen = self.bytes_in
             self._send_ping()
 
     # -- the reader ------------------------------------------------------------------------------
@@ -363,7 +375,7 @@ class CenterLink:
         kernel = kernel_socket(sock)
         recv_into = kernel.recv_into if kernel is not None else sock.recv_into
         wait_readable = read_waiter(sock)
-        buf = bytearray(READ_BUFFER)
+        buf = read_buffer()
         mv = memoryview(buf)
         pending = self.reader.take_pending()  # what came after the handshake
         start, end = 0, len(pending)
@@ -389,11 +401,16 @@ class CenterLink:
                             return
             if start == end:
                 start = end = 0
+                if self._quiet:  # (the heartbeat saw little come in): give back the pages a burst took
+                    self._quiet = False
+                    mv.release()
+                    buf = read_buffer()
+                    mv = memoryview(buf)
             elif start + need > len(buf):  # make room: the partial frame to the front, or a bigger buffer
                 rest = bytes(mv[start:end])
                 if need > len(buf):
                     mv.release()
-                    buf = bytearray(max(need, READ_BUFFER))
+                    buf = read_buffer(max(need, READ_BUFFER))
                     mv = memoryview(buf)
                 buf[:len(rest)] = rest
                 start, end = 0, len(rest)

@@ -21,6 +21,7 @@ import enum
 import hashlib
 import hmac
 import ipaddress
+import mmap
 import struct
 from dataclasses import dataclass
 from typing import Optional
@@ -124,7 +125,7 @@ _KIND_VALUES = frozenset(int(k) for k in Kind)
 Found = tuple[int, int, int, int, int]
 
 
-def scan_frames(buf: bytes | bytearray | memoryview, start: int, end: int,
+def scan_frames(buf: bytes | bytearray | memoryview | mmap.mmap, start: int, end: int,
                 max_body: int = DEFAULT_MAX_BODY) -> tuple[list[Found], int, int]:
     """The frame decoder of the link (center.link reads with it) and of the tests that fuzz it:
     the whole frames in ``buf[start:end]``, without copying their bodies.

@@ -292,3 +292,86 @@ def test_an_account_cannot_open_streams_without_end(tmp_path, origin):
         if client is not None:
             client.stop()
         server.stop()
+
+
+def _mapping_answers(s: socket.socket, seconds: float) -> list[list[fr.MappingAnswer]]:
+    """Every MAPPING+ACK the server sends within ``seconds`` (other frames skipped)."""
+    got, buf, deadline = [], b"", time.monotonic() + seconds
+    s.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            chunk = s.recv(1 << 20)
+        except socket.timeout:
+            continue
+        assert chunk, "the server closed the link"
+        buf += chunk
+        while len(buf) >= fr.HEADER_SIZE:
+            length, kind, flag, sid = fr.decode_header(buf[:fr.HEADER_SIZE], 1 << 24)
+            if len(buf) < fr.HEADER_SIZE + length:
+                break
+            body, buf = buf[fr.HEADER_SIZE:fr.HEADER_SIZE + length], buf[fr.HEADER_SIZE + length:]
+            if kind == fr.Kind.MAPPING and flag & fr.Flag.ACK:
+                got.append(fr.decode_mapping_answers(body))
+    return got
+
+
+@pytest.mark.timeout(120)
+def test_a_flood_of_big_mapping_updates_neither_stalls_the_server_nor_floods_its_log(tmp_path, origin):
+    """A MAPPING may list tens of thousands of mappings (up to max_frame), and a client may send
+    one after another. Publishing 20,000 under max_mappings took time growing with the square of
+    their count (10,000: 3.3 s, all of it with the server's loop stopped for every client), and
+    each update wrote a log line per mapping published and per mapping withdrawn. Now an update
+    takes time in proportion, updates that come faster than they are applied are coalesced (the
+    latest wins, applied after MAPPING_EVERY or ten times what the last one took), and past 20
+    mappings the log says how many more in one line. Another account is served throughout."""
+    center, proxy, web = free_port(), free_port(), free_port()
+    conf = tmp_path / "server.toml"
+    conf.write_text(f'[center]\nbind = "127.0.0.1:{center}"\ntls = false\nmap_http_bind = "127.0.0.1:{web}"\n'
+                    f'users = [{{ username = "alice", password = "s3cret", max_mappings = 100000 }}, '
+                    f'{{ username = "bob", password = "b0b" }}]\n')
+    server = Proc(["-c", str(conf)], center, tmp_path, name="server")
+    client_conf = tmp_path / "client.toml"
+    client_conf.write_text(f'[center]\nserver = "127.0.0.1:{center}"\ntls = false\nusername = "bob"\n'
+                           f'password = "b0b"\n[proxy]\nbind = "127.0.0.1:{proxy}"\n')
+    client = None
+    s = None
+    try:
+        wait_port(center, proc=server.popen)
+        client = Proc(["-c", str(client_conf)], proxy, tmp_path, program="wmproxy-client", name="client")
+        client.wait_log("is up", timeout=15)
+        url = f"http://127.0.0.1:{origin.port}/whoami"
+        s = _login(center)
+        _mapping_answers(s, 0.5)  # (the handshake's)
+        updates = []
+        for r in range(4):
+            specs = [fr.MappingSpec(f"m{r}-{i}", "http", f"d{r}-{i}.test") for i in range(20000)]
+            body = fr.encode_mappings(specs)
+            updates.append(body)
+            s.sendall(fr.encode_header(len(body), fr.Kind.MAPPING, 0, 0) + body)
+        for _ in range(8):  # bob's requests are answered at once meanwhile
+            started = time.monotonic()
+            assert http_get(proxy, url)[1] == b"origin-A"
+            assert time.monotonic() - started < 3, "the server's loop stalled"
+            time.sleep(0.25)
+        answers = _mapping_answers(s, 12)
+        assert [len(a) for a in answers] == [20000, 20000]  # the first, then only the latest
+        assert all(a.accepted for a in answers[0]) and answers[1][0].name == "m3-0"
+        log = server.log()
+        assert log.count("published on http Host") <= 3 * 20 and "19980 more mappings of client alice published" in log
+        assert log.count(" withdrawn") <= 2 * 21 and "19980 more mappings withdrawn" in log
+        s.close()  # (its routes stay known, offline: 502; a Host never routed is a 404)
+        s = None
+        server.wait_log(" ended: ")
+        with socket.create_connection(("127.0.0.1", web), timeout=10) as c:  # the latest update holds
+            c.sendall(b"GET / HTTP/1.1\r\nHost: d3-7.test\r\nConnection: close\r\n\r\n")
+            assert c.recv(100).startswith(b"HTTP/1.1 502 ")
+        with socket.create_connection(("127.0.0.1", web), timeout=10) as c:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: d1-7.test\r\nConnection: close\r\n\r\n")
+            assert c.recv(100).startswith(b"HTTP/1.1 404 ")  # (never applied: coalesced away)
+        assert_logs_clean([server])
+    finally:
+        if s is not None:
+            s.close()
+        if client is not None:
+            client.stop()
+        server.stop()

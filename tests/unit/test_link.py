@@ -254,6 +254,42 @@ def test_links_sharing_a_budget_share_max_streams():
         b.close()
     assert budget.used == 0
 
+
+def test_mapping_updates_faster_than_applied_are_coalesced_and_a_bad_late_one_ends_the_link(monkeypatch):
+    """MAPPINGs that come while the last applied one is recent wait, and only the latest of
+    them is applied (after MAPPING_EVERY): a client sending updates in a loop makes the server
+    publish once a second, not once per frame. A malformed one found then ends the link as a
+    protocol error, as one read at once would."""
+    from wmproxy.center import link as link_module
+
+    monkeypatch.setattr(link_module, "MAPPING_EVERY", 0.3)
+    applied, answers = [], []
+
+    def on_mapping(specs):
+        applied.append([m.name for m in specs])
+        return [fr.MappingAnswer(m.name, True) for m in specs]
+
+    a, b = gsocket.socketpair()
+    client = CenterLink(a, Reader(a), is_client=True, window=WINDOW, max_frame=1 << 20, heartbeat=30,
+                        on_create=lambda *args: None, name="client", on_mapping_answer=answers.append)
+    server = CenterLink(b, Reader(b), is_client=False, window=WINDOW, max_frame=1 << 20, heartbeat=30,
+                        on_create=lambda *args: None, name="server", on_mapping=on_mapping)
+    runs = [gevent.spawn(client.run), gevent.spawn(server.run)]
+    for n in range(5):
+        client.send_frame(fr.Kind.MAPPING, 0, 0, fr.encode_mappings([fr.MappingSpec(f"m{n}", "tcp")]))
+    gevent.sleep(0.1)
+    assert applied == [["m0"]]  # the first at once; the others wait
+    gevent.sleep(0.4)
+    assert applied == [["m0"], ["m4"]] and [[x.name for x in got] for got in answers] == [["m0"], ["m4"]]
+    client.send_frame(fr.Kind.MAPPING, 0, 0, fr.encode_mappings([fr.MappingSpec("m5", "tcp")]))
+    client.send_frame(fr.Kind.MAPPING, 0, 0, b"\x00\x09bad")  # the latest, malformed
+    gevent.joinall(runs, timeout=5)
+    assert applied == [["m0"], ["m4"]]
+    assert server.closed and server.close_reason.startswith("protocol error: ")
+    assert client.closed
+    a.close()
+    b.close()
+
 # -- the reader, fed raw bytes -----------------------------------------------------------------------
 
 def raw_server(window: int = WINDOW, max_frame: int = 1 << 20):

@@ -51,6 +51,7 @@ log = logging.getLogger("wmproxy.center")
 
 WRITE_BATCH = 262144
 MAX_OUTBOX = 8 << 20  # bytes queued for the link's writer: DATA sources pause beyond it
+MAPPING_EVERY = 1.0  # seconds: a far end's MAPPING updates are applied this often at most (the latest wins)
 MAX_STREAMS = 10000  # streams the far end may have open at once ([center] max_streams)
 READ_BUFFER = 262144  # the link reader's kept buffer: several DATA frames per recv
 
@@ -171,6 +172,9 @@ class CenterLink:
         self.bytes_in = 0
         self.bytes_out = 0
         self._quiet = False  # little came in over a heartbeat: the reader's buffer may give its pages back
+        self._mapping: fr.Frame | None = None  # the far end's latest MAPPING, not applied yet
+        self._mapping_next = 0.0  # when the next MAPPING may be applied (monotonic)
+        self._mapping_timer: gevent.Greenlet | None = None
         self._rate_mark = (time.monotonic(), 0)  # (when, bytes both ways then): see read_rate
         self._rate = -1.0  # (none given yet)
         self._next_id = 1 if is_client else 2
@@ -349,10 +353,7 @@ class CenterLink:
         except PeerClosed:
             self.close("the far end closed the link")
         except ProtocolError as e:
-            log.warning("center link %s: protocol error: %s", self.name, e)
-            self.send_frame(Kind.CLOSE, 0, 0, fr.encode_close(str(e)), quiet=True)
-            gevent.sleep(0.05)  # let the writer try to tell the far end why
-            self.close(f"protocol error: {e}")
+            self._protocol_error(e)
         except LinkClosed as e:
             self.close(f"closed by the far end: {e}")
         except OSError as e:
@@ -360,6 +361,8 @@ class CenterLink:
         finally:
             self.close(self.close_reason or "stopped")
             gevent.killall(helpers)
+            if self._mapping_timer is not None:
+                self._mapping_timer.kill(block=False)
             self.handlers.kill(block=False)
         return self.close_reason
 
@@ -482,14 +485,49 @@ class CenterLink:
                 if self.on_mapping_answer is not None:
                     self.on_mapping_answer(fr.decode_mapping_answers(f.body))
                 return
-            specs = fr.decode_mappings(f.body, bool(f.flag & Flag.ID))
-            if self.on_mapping is not None:
-                answers = self.on_mapping(specs)
-            else:
-                answers = [fr.MappingAnswer(m.name, False, "this end publishes no mappings") for m in specs]
-            self.send_frame(Kind.MAPPING, Flag.ACK, 0, fr.encode_mapping_answers(answers), quiet=True)
+            self._mapping = f  # (one that came before and waits is replaced unread: only the latest counts)
+            if self._mapping_timer is None:
+                wait = self._mapping_next - time.monotonic()
+                if wait <= 0:
+                    self._apply_mapping()
+                else:
+                    self._mapping_timer = gevent.spawn_later(wait, self._apply_mapping_later)
         else:
             raise ProtocolError(f"{kind.name} frame after the handshake")
+
+    def _apply_mapping(self) -> None:
+        """The far end's latest MAPPING: its mappings published, the answers sent. What the
+        next one may cost is bounded: it waits MAPPING_EVERY, or ten times what this one took
+        (a client sending a MAPPING of 30,000 mappings again and again takes a tenth of the
+        loop at most, not all of it). Raises ProtocolError for a malformed one."""
+        f, self._mapping = self._mapping, None
+        if f is None:
+            return
+        started = time.monotonic()
+        specs = fr.decode_mappings(f.body, bool(f.flag & Flag.ID))
+        if self.on_mapping is not None:
+            answers = self.on_mapping(specs)
+        else:
+            answers = [fr.MappingAnswer(m.name, False, "this end publishes no mappings") for m in specs]
+        self.send_frame(Kind.MAPPING, Flag.ACK, 0, fr.encode_mapping_answers(answers), quiet=True)
+        now = time.monotonic()
+        self._mapping_next = now + max(MAPPING_EVERY, 10 * (now - started))
+
+    def _apply_mapping_later(self) -> None:
+        self._mapping_timer = None
+        if self.closed:
+            return
+        try:
+            self._apply_mapping()
+        except ProtocolError as e:
+            self._protocol_error(e)
+
+    def _protocol_error(self, e: ProtocolError) -> None:
+        log.warning("center link %s: protocol error: %s", self.name, e)
+        self.send_frame(Kind.CLOSE, 0, 0, fr.encode_close(str(e)), quiet=True)
+        self.close_reason = f"protocol error: {e}"  # (what the link ends with, even if the far end closes first)
+        gevent.sleep(0.05)  # let the writer try to tell the far end why
+        self.close(self.close_reason)
 
     def _serve_stream(self, vc: VirtualConn, mode: fr.CreateMode, target: str) -> None:
         try:
@@ -509,7 +547,7 @@ class CenterLink:
         if self.closed:
             return
         self.closed = True
-        self.close_reason = reason
+        self.close_reason = self.close_reason or reason
         self.room.set()  # senders waiting for room wake up and find their streams reset
         self._waiting_room.clear()
         for vc in list(self.streams.values()):

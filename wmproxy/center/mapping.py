@@ -45,6 +45,18 @@ Published = Union["PortMember", "PublicUdpPort", "HttpRoute"]
 
 log = logging.getLogger("wmproxy.center")
 
+LOG_EACH = 20  # mappings published, refused or withdrawn at once past this many: one more line with the count
+
+
+def log_each(level: int, fmt: str, rows: list[tuple], more: str) -> None:
+    """A line per row (``fmt``), but past LOG_EACH rows one line (``more``, with their count)
+    for the rest: a client that publishes thousands of mappings writes tens of lines, not
+    thousands (a flood of the log, and of the time its lines take)."""
+    for row in rows[:LOG_EACH]:
+        log.log(level, fmt, *row)
+    if len(rows) > LOG_EACH:
+        log.log(level, more, len(rows) - LOG_EACH)
+
 
 class Figures:
     """One mapping's connections (or, for http, the public connections holding a stream to
@@ -177,6 +189,7 @@ class PublicPort(AcceptGuard, StreamServer):
         self.members: list[PortMember] = []
         self._turn = 0
         self.bind = ""
+        self.where = ""  # its key in the registry's ports
         self.registry: Optional["MappingRegistry"] = None  # (its quotas: set by the registry that opened it)
 
     def withdraw(self) -> None:
@@ -278,6 +291,7 @@ class PublicUdpPort(UdpSessions):
         self.timeout = timeout
         self.link: Optional[CenterLink] = None
         self.bind = ""
+        self.where = ""  # its key in the registry's ports
         self.dropped = 0
 
     @property
@@ -394,15 +408,24 @@ class MappingRegistry:
         published: list[Published] = []
         kept: dict[str, Published] = {}
         self.asked.setdefault(holder, {}).update((m.name, m) for m in mappings)
+        # (every step here takes time in proportion to the mappings: a client may send tens of
+        # thousands in one MAPPING, and the server's loop waits for this)
+        reusable: dict[str, list[Published]] = {}
+        for item in reuse:
+            reusable.setdefault(item.name, []).append(item)
+        taken: set[int] = set()
         for m in mappings:
-            match = next((item for item in reuse if _same(item, m) and item not in kept.values()), None)
+            match = next((item for item in reusable.get(m.name, ()) if id(item) not in taken and _same(item, m)), None)
             if match is not None:
                 kept[m.name] = match
-        self.withdraw([item for item in reuse if item not in kept.values()], forget=True)
+                taken.add(id(match))
+        self.withdraw([item for item in reuse if id(item) not in taken], forget=True)
         self.users = policy.users
         user = policy.users.get(owner)
         limit = user.max_mappings if user is not None else 0
         held = self._held(owner) if limit else 0  # (the account's, on every link of it)
+        reused = 0  # of ``published``, the kept ones (the others count against max_mappings)
+        refused: list[tuple] = []
         for m in mappings:
             reason = ""
             if (holder, m.name) in self.disabled:
@@ -410,7 +433,8 @@ class MappingRegistry:
                 reason = DISABLED
             elif m.name in kept:
                 published.append(kept[m.name])
-            elif limit and held + sum(1 for p in published if p not in kept.values()) >= limit:
+                reused += 1
+            elif limit and held + len(published) - reused >= limit:
                 reason = f"account {owner!r} may publish {limit} mappings (max_mappings), all its clients together"
             elif m.mode in ("http", "https", "tls", "http+h2", "https+h2"):
                 reason = self._route(owner, holder, m, policy.host_modes, published)
@@ -420,8 +444,10 @@ class MappingRegistry:
             else:
                 reason = self._port(owner, holder, m, policy, published)
             if reason:
-                log.warning("center: mapping %r of client %s refused: %s", m.name, owner, reason)
+                refused.append((m.name, owner, reason))
             answers.append(fr.MappingAnswer(m.name, not reason, reason))
+        log_each(logging.WARNING, "center: mapping %r of client %s refused: %s", refused,
+                 f"center: %d more mappings of client {owner} refused")
         return answers, published
 
     def _route(self, owner: str, holder: str, m: fr.MappingSpec, host_modes: frozenset,
@@ -479,6 +505,7 @@ class MappingRegistry:
                 udp = PublicUdpPort(open_udp(addr, f"mapping {m.name}"), m.name, owner, policy.udp_timeout)
                 udp.holder = holder
                 udp.bind = str(addr)
+                udp.where = where
                 self.ports[where] = udp
                 published.append(udp)
                 return ""
@@ -487,6 +514,7 @@ class MappingRegistry:
         except BindError as e:
             return str(e)
         port.bind = str(addr)
+        port.where = where
         port.registry = self
         member = PortMember(port, m.name, owner, holder, m.group, m.group_key, m.remote_bind)
         port.members.append(member)
@@ -502,13 +530,14 @@ class MappingRegistry:
         self.asked[holder] = dict(wanted)
         gone = [p for p in ports if p.name not in wanted or not _same(p, wanted[p.name])]
         self.withdraw(gone, forget=True)
-        ports[:] = [p for p in ports if p not in gone]
+        gone_ids = {id(p) for p in gone}
+        ports[:] = [p for p in ports if id(p) not in gone_ids]
         kept = {p.name for p in ports}
         answers, bound = self.register(owner, holder, [m for m in specs if m.name not in kept], policy)
         for item in bound:
             item.attach(link)
             ports.append(item)
-            log.info("center: mapping %r of client %s published on %s", item.name, owner, item.label)
+        self.log_published(bound, owner)
         by_name = {a.name: a for a in answers}
         return [by_name.get(m.name, fr.MappingAnswer(m.name, True)) for m in specs]
 
@@ -568,9 +597,17 @@ class MappingRegistry:
             log.info("center: mapping %r of client %s published on %s", item.name, owner, item.label)
         return answers[0]
 
+    @staticmethod
+    def log_published(items: list[Published], owner: str) -> None:
+        log_each(logging.INFO, "center: mapping %r of client %s published on %s",
+                 [(item.name, owner, item.label) for item in items],
+                 f"center: %d more mappings of client {owner} published (GET /api/mappings lists them all)")
+
     def withdraw(self, items: list, forget: bool = False) -> None:
         """A link ended (or its client dropped these mappings, ``forget``): public ports
         close; http routes stay known but offline (their Host gets 502), unless forgotten."""
+        log_each(logging.INFO, "center: mapping %r of client %s withdrawn", [(item.name, item.owner) for item in items],
+                 "center: %d more mappings withdrawn")
         for item in items:
             if isinstance(item, HttpRoute):
                 item.link = None
@@ -593,12 +630,10 @@ class MappingRegistry:
             else:
                 self._forget_port(item)
                 item.withdraw()
-            log.info("center: mapping %r of client %s withdrawn", item.name, item.owner)
 
     def _forget_port(self, port: PublicPort | PublicUdpPort) -> None:
-        for key, value in list(self.ports.items()):
-            if value is port:
-                del self.ports[key]
+        if self.ports.get(port.where) is port:
+            del self.ports[port.where]
 
     def status(self) -> list[dict]:
         return [*self._published(), *({"name": name, "mode": spec.mode if spec else "?", "client": owner,

@@ -201,7 +201,7 @@ class CenterServer(Listener):
                  f" (id {login.client_id})" if login.client_id else "")
         for item in ports:
             item.attach(link)
-            log.info("center: mapping %r of client %s published on %s", item.name, user or peer, item.label)
+        self.mappings.log_published(ports, user or peer)
         budget.links += 1
         try:
             reason = link.run()

@@ -240,11 +240,13 @@ def test_an_account_cannot_open_streams_without_end(tmp_path, origin):
     (1 MB sent) took 1.26 GiB there before max_streams. Now an account has at most max_streams
     open over all its links (more links bring no more); the rest are refused with CLOSE(sid,
     reason), the link goes on, the refusals are logged (a line a second at most, every one
-    counted), another account is served meanwhile, and the slots come back when the streams end."""
+    counted), another account is served meanwhile, and the slots come back when the streams end.
+    An account may have its own max_streams."""
     center, proxy = free_port(), free_port()
     conf = tmp_path / "server.toml"
     conf.write_text(f'[center]\nbind = "127.0.0.1:{center}"\ntls = false\nmax_streams = 50\n'
-                    f'users = [{{ username = "alice", password = "s3cret" }}, {{ username = "bob", password = "b0b" }}]\n')
+                    f'users = [{{ username = "alice", password = "s3cret" }}, {{ username = "bob", password = "b0b" }}, '
+                    f'{{ username = "carol", password = "c4rol", max_streams = 5 }}]\n')
     server = Proc(["-c", str(conf)], center, tmp_path, name="server")
     client_conf = tmp_path / "client.toml"
     client_conf.write_text(f'[center]\nserver = "127.0.0.1:{center}"\ntls = false\nusername = "bob"\n'
@@ -285,6 +287,12 @@ def test_an_account_cannot_open_streams_without_end(tmp_path, origin):
         s.sendall(b"".join(fr.encode_header(len(create), fr.Kind.CREATE, 0, sid) + create for sid in sids))
         got = _answers(s, sids)
         assert sorted(got.values()).count("ack") == 50, got
+        s = _login(center, "carol", "c4rol")  # an account's own max_streams
+        links.append(s)
+        sids = set(range(1, 20, 2))
+        s.sendall(b"".join(fr.encode_header(len(create), fr.Kind.CREATE, 0, sid) + create for sid in sids))
+        got = _answers(s, sids)
+        assert sorted(got.values()).count("ack") == 5 and "too many streams (max_streams 5)" in got.values(), got
         assert_logs_clean([server])
     finally:
         for s in links:

@@ -65,6 +65,12 @@ class CenterServerContext:
         self.host_modes = _host_modes(cfg)
 
 
+def _stream_limit(ctx: CenterServerContext, user: str) -> int:
+    """``max_streams`` of account ``user`` ('' for an address without an account)."""
+    account = ctx.users.get(user) if user else None
+    return account.max_streams if account is not None and account.max_streams else ctx.cfg.max_streams
+
+
 class CenterServer(Listener):
     """``[center] bind``: where center clients connect."""
 
@@ -183,7 +189,7 @@ class CenterServer(Listener):
         budget = self.budgets.get(user or address[0])
         if budget is None:
             budget = self.budgets[user or address[0]] = StreamBudget(cfg.max_streams)
-        budget.limit = cfg.max_streams  # (the configuration of the latest link)
+        budget.limit = _stream_limit(ctx, user)
         link = CenterLink(sock, reader, is_client=False, window=cfg.window, max_window=cfg.max_window,
                           budget=budget, max_frame=cfg.max_frame, heartbeat=cfg.heartbeat,
                           name=f"{user or 'anonymous'}@{peer}",
@@ -297,6 +303,8 @@ class CenterServer(Listener):
         """A reload ends what the control API disabled: those mappings are published again;
         and the links of accounts it disabled are cut."""
         self.mappings.users = self.ctx.users  # (the accounts' limits: connections from now on count by them)
+        for key, budget in self.budgets.items():  # (and streams: those open stay, new ones count by the new)
+            budget.limit = _stream_limit(self.ctx, key if key in self.ctx.users else "")
         for holder, name in list(self.mappings.disabled):
             self.set_mapping(name, holder, True)
         for holder, (link, _) in list(self.clients.items()):

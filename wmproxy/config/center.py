@@ -29,6 +29,8 @@ class CenterUser:
                                               "way ('10m/s'; 0: no limit): a token bucket they share")
     mapping_max_connections: int = key(int_range(0, 1_000_000), 0, "the same, for each of its mappings alone")
     mapping_bandwidth: float = key(to_bandwidth, 0.0, "the same, for each of its mappings alone")
+    max_streams: int = key(int_range(0, 1_000_000), 0, "streams its clients may have open on this server at once, "
+                                                       "all their links together (0: the server's max_streams)")
 
 
 @dataclass(frozen=True)

@@ -290,6 +290,22 @@ def test_mapping_updates_faster_than_applied_are_coalesced_and_a_bad_late_one_en
     a.close()
     b.close()
 
+
+def test_a_servers_answer_for_a_mapping_never_sent_is_ignored(caplog):
+    """A server's MAPPING+ACK naming a mapping this client does not have (found by a fuzz of
+    the client's side) was logged as published 'on ?' and kept in the client's status."""
+    import types
+
+    from wmproxy.center.uplink import ServerLink
+
+    mapping = types.SimpleNamespace(remote_bind=None, domain="a.test", mode="http")
+    client = types.SimpleNamespace(mappings={"web": mapping}, servers=[None])
+    uplink = ServerLink(client, None, "", "to x")
+    with caplog.at_level("INFO", logger="wmproxy.center"):
+        uplink.answered([fr.MappingAnswer("web", True), fr.MappingAnswer("zz\n", True), fr.MappingAnswer("", False, "x")])
+    assert list(uplink.answers) == ["web"]
+    assert [r.getMessage() for r in caplog.records] == ["mapping 'web' published by the server on Host a.test"]
+
 # -- the reader, fed raw bytes -----------------------------------------------------------------------
 
 def raw_server(window: int = WINDOW, max_frame: int = 1 << 20):

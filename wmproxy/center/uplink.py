@@ -138,12 +138,14 @@ class ServerLink:
 
     def answered(self, answers: list[fr.MappingAnswer]) -> None:
         """The server's answer to our mappings (at the handshake, or to a later MAPPING)."""
+        mine = self.client.mappings
+        answers = [a for a in answers if a.name in mine]  # (a server's answer for a mapping we never sent: none)
         self.answers = {a.name: a for a in answers}
         where_server = f" ({self.label})" if len(self.client.servers) > 1 else ""
         for a in answers:
             if a.accepted:
-                m = self.client.mappings.get(a.name)
-                where = "?" if m is None else str(m.remote_bind) if m.remote_bind else f"Host {m.domain}" if m.domain \
+                m = mine[a.name]
+                where = str(m.remote_bind) if m.remote_bind else f"Host {m.domain}" if m.domain \
                     else f"its map_{m.mode}_bind"
                 log.info("mapping %r published by the server on %s%s", a.name, where, where_server)
             else:

@@ -554,6 +554,48 @@ def test_a_client_that_grants_windows_but_never_reads_holds_bounded_memory(start
         c.close()
 
 
+
+def test_proxied_streams_whose_client_grants_no_window_hold_one_piece_each(start_proxy, tmp_path, request):
+    """128 streams (a connection's most) of a big proxied answer that the client never grants
+    a window for: each holds the piece it read from its server, not copies of it. The answer's
+    head went to the client with its first 64 KiB piece joined to it (the head's copy with the
+    piece, then a second copy of the two past the head: 190 KiB held per stream, 24 MiB for one
+    connection); now a big piece goes after its head, not joined, and the body after a head is
+    not copied (about 90 KiB per stream). And a value the server wrote with whitespace around it goes
+    to the client without it (HTTP/2 refuses such a value: every h2 client refused the answer)."""
+    psutil = pytest.importorskip("psutil")
+
+    def serve(conn):
+        try:
+            while b"\r\n\r\n" not in conn.recv(65536):
+                pass
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Pad:  padded \t\r\nContent-Length: 67108864\r\n\r\n")
+            piece = b"x" * (1 << 20)
+            for _ in range(64):
+                conn.sendall(piece)
+        except OSError:
+            pass
+
+    origin = TcpServer(serve)
+    request.addfinalizer(origin.close)
+    p = start_proxy(config=site(tmp_path, origin.port), bind=False)
+    server = psutil.Process(p.popen.pid)
+    c = Client(p.port)  # (the default windows: 64 KiB per stream and for the connection, never granted again)
+    try:
+        sids = [c.request("/api/warm")]
+        c.pump(lambda: sids[0] in c.heads)
+        assert c.heads[sids[0]][b"x-pad"] == b"padded"
+        time.sleep(1)
+        before = server.memory_info().rss
+        sids += [c.request(f"/api/big{i}") for i in range(127)]
+        c.pump(lambda: len(c.heads) == 128, ack=False)
+        time.sleep(2)  # (every stream has read its first piece from its server and waits for a window)
+        grown = server.memory_info().rss - before
+        assert grown < 127 * 140 << 10, f"{grown >> 10} KiB for 127 stalled streams"  # (190 KiB each before)
+        assert h2_curl("--http2-prior-knowledge", f"http://127.0.0.1:{p.port}/hello").stdout.endswith(b"2 200")
+    finally:
+        c.close()
+
 def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
     """A client's websocket frame (masked), FIN set; payloads under 126 bytes."""
     mask = os.urandom(4)

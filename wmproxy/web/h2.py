@@ -636,16 +636,16 @@ class H2Stream:
     def sendall(self, data: Data) -> None:
         if self.reset is not None:
             raise ConnectionResetError(f"HTTP/2 stream {self.sid}: {self.reset}")
-        data = bytes(data)
         if not self.sent_head:
-            self.out_head += data
-            end = self.out_head.find(b"\r\n\r\n")
+            raw = self.out_head + data if self.out_head else bytes(data)  # (a head in pieces: rare)
+            end = raw.find(b"\r\n\r\n")
             if end < 0:
-                if len(self.out_head) > 1 << 20:
+                if len(raw) > 1 << 20:
                     raise ConnectionResetError("an answer head over 1 MiB")
+                self.out_head = raw
                 return
-            head, data = self.out_head[:end + 4], self.out_head[end + 4:]
             self.out_head = b""
+            head, data = raw[:end + 4], memoryview(raw)[end + 4:]  # (the body after it: not copied)
             self._answer_head(head)
             if not self.sent_head:  # (a 1xx: the real head follows)
                 if data:
@@ -689,7 +689,8 @@ class H2Stream:
         for name, value in head.headers:
             name = name.lower()
             if name not in _HOP and name not in connection and name != b"sec-websocket-accept":
-                headers.append((name, value))
+                headers.append((name, value.strip(b" \t")))  # (HTTP/1.1's whitespace around a value is not
+                # part of it, and HTTP/2 refuses a value it surrounds: an answer every h2 client would refuse)
         self.sent_head = True
         end = self.framing == NO_BODY
         if self.framing == CHUNKED:
@@ -700,7 +701,7 @@ class H2Stream:
         if end:
             self.answered = True
 
-    def _data(self, data: bytes, end: bool) -> None:
+    def _data(self, data: Data, end: bool) -> None:
         """``data`` as DATA frames within the client's windows; END_STREAM with the last."""
         owner, conn, sid = self.owner, self.owner.conn, self.sid
         view = memoryview(data)

@@ -521,6 +521,9 @@ class CenterLink:
             self._apply_mapping()
         except ProtocolError as e:
             self._protocol_error(e)
+        except Exception:  # our bug: as one in the reader's greenlet, the link ends and the process goes on
+            log.exception("center link %s: internal error applying its MAPPING", self.name)
+            self.close("internal error")
 
     def _protocol_error(self, e: ProtocolError) -> None:
         log.warning("center link %s: protocol error: %s", self.name, e)

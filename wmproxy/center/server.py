@@ -301,7 +301,7 @@ class CenterServer(Listener):
 
     def config_reloaded(self) -> None:
         """A reload ends what the control API disabled: those mappings are published again;
-        and the links of accounts it disabled are cut."""
+        the links of accounts it disabled are cut; the accounts' max_streams count from now on."""
         self.mappings.users = self.ctx.users  # (the accounts' limits: connections from now on count by them)
         for key, budget in self.budgets.items():  # (and streams: those open stay, new ones count by the new)
             budget.limit = _stream_limit(self.ctx, key if key in self.ctx.users else "")

@@ -222,6 +222,25 @@ def test_streams_past_max_streams_are_refused_and_a_slot_frees_only_when_its_han
     b.close()
 
 
+def test_max_streams_0_is_no_bound_as_a_center_client_has():
+    """A center client bounds none of the streams its server opens (the public connections to
+    its mappings, bounded on the server): max_streams = 0."""
+    serving = []
+    a, b = gsocket.socketpair()
+    client = CenterLink(a, Reader(a), is_client=True, window=WINDOW, max_frame=1 << 20, heartbeat=30,
+                        on_create=lambda vc, mode, target: serving.append(vc) or gevent.sleep(30), name="client",
+                        max_streams=0)
+    server = CenterLink(b, Reader(b), is_client=False, window=WINDOW, max_frame=1 << 20, heartbeat=30,
+                        on_create=lambda *args: None, name="server")
+    runs = [gevent.spawn(client.run), gevent.spawn(server.run)]
+    opened = [server.open_stream(fr.CreateMode.TCP, "web") for _ in range(300)]
+    gevent.sleep(0.3)
+    assert len(serving) == 300 and all(s.reset is None for s in opened)
+    server.close("test over")
+    gevent.joinall(runs, timeout=5)
+    a.close()
+    b.close()
+
 def test_links_sharing_a_budget_share_max_streams():
     """A center server gives every link of one account one StreamBudget: a second link brings
     no more streams."""

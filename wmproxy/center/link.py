@@ -52,7 +52,7 @@ log = logging.getLogger("wmproxy.center")
 WRITE_BATCH = 262144
 MAX_OUTBOX = 8 << 20  # bytes queued for the link's writer: DATA sources pause beyond it
 MAPPING_EVERY = 1.0  # seconds: a far end's MAPPING updates are applied this often at most (the latest wins)
-MAX_STREAMS = 10000  # streams the far end may have open at once ([center] max_streams)
+MAX_STREAMS = 10000  # streams the far end may have open at once ([center] max_streams; 0: no bound)
 READ_BUFFER = 262144  # the link reader's kept buffer: several DATA frames per recv
 
 
@@ -89,7 +89,7 @@ class LinkClosed(Exception):
 
 class StreamBudget:
     """How many streams the far end of one or more links may have open at once here
-    (``max_streams``): a link's own, or, on a center server, one shared by every link of an
+    (``max_streams``, 0: no bound): a link's own, or, on a center server, one shared by every link of an
     account (of an address, without accounts), so that more links do not bring more streams.
     A stream holds its slot until it is done here, its handler included: a far end that resets
     its streams at once (HTTP/2's rapid reset) still has at most ``limit`` being served."""
@@ -463,7 +463,7 @@ class CenterLink:
                 self.send_frame(Kind.CLOSE, 0, sid, fr.encode_close("server stopping"), quiet=True)
                 return
             budget = self.budget
-            if budget.used >= budget.limit:  # (HTTP/2's REFUSED_STREAM: the link goes on)
+            if budget.used >= budget.limit and budget.limit:  # (HTTP/2's REFUSED_STREAM: the link goes on)
                 self.send_frame(Kind.CLOSE, 0, sid, fr.encode_close(f"too many streams (max_streams {budget.limit})"),
                                 quiet=True)
                 budget.refuse(self.name)

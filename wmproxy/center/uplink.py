@@ -123,9 +123,11 @@ class ServerLink:
         except BaseException:
             sock.close()
             raise
+        # (no max_streams here: the streams a server opens carry the public connections to our mappings,
+        # which the server bounds: a bound here would let the public deny every mapping by filling it)
         link = CenterLink(sock, reader, is_client=True, window=cfg.window, max_window=cfg.max_window,
-                          max_streams=cfg.max_streams, max_frame=cfg.max_frame, heartbeat=cfg.heartbeat, on_create=client.serve_stream,
-                          name=self.label, on_mapping_answer=self.answered)
+                          max_streams=0, max_frame=cfg.max_frame, heartbeat=cfg.heartbeat,
+                          on_create=client.serve_stream, name=self.label, on_mapping_answer=self.answered)
         link.peer_aware = peer_aware
         self.reads_groups = ids
         self.link = link

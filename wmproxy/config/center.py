@@ -62,11 +62,10 @@ class CenterConfig:
     max_window: int = key(to_size, 4 << 20, "a busy stream's window grows up to this (= window: never grows); "
                                              "the same on both ends: more credit is a protocol error")
     max_frame: int = key(to_size, 1 << 20, "largest frame body accepted")
-    max_streams: int = key(int_range(1, 1_000_000), 10000, "streams the far end may have open here at once: on a "
-                                                          "server, all links of one account together (of one "
-                                                          "address, without accounts); on a client, its link to "
-                                                          "each server. CREATEs past it are refused, the link goes "
-                                                          "on (as HTTP/2's max concurrent streams)")
+    max_streams: int = key(int_range(1, 1_000_000), 10000, "server: streams one account's clients may have open "
+                                                          "at once, all their links together (one address's, "
+                                                          "without accounts); CREATEs past it are refused and the "
+                                                          "link goes on (as HTTP/2's max concurrent streams)")
     allow_ports: tuple = key(list_of(to_port_range), (), "server: ports a client's tcp, udp and proxy mappings "
                                                           "may open (empty: any)")
     udp_timeout: float = key(to_duration, 60.0, "server: a udp mapping's session with one public peer ends after "

@@ -8,6 +8,7 @@ The budget is WMPROXY_FUZZ_SECONDS (default 8 s in ``make test``; ``make fuzz`` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -209,104 +210,11 @@ def test_random_handshakes_from_strangers(tmp_path, origin):
         server.stop()
 
 
-def _answers(s: socket.socket, sids: set[int], timeout: float = 15) -> dict[int, str]:
-    """The server's answer to each CREATE of ``sids``: 'ack', or the reason of its CLOSE."""
-    got: dict[int, str] = {}
-    buf, deadline = b"", time.monotonic() + timeout
-    s.settimeout(1)
-    while len(got) < len(sids) and time.monotonic() < deadline:
-        try:
-            chunk = s.recv(1 << 16)
-        except socket.timeout:
-            continue
-        assert chunk, f"the server closed the link after {len(got)} answers"
-        buf += chunk
-        while len(buf) >= fr.HEADER_SIZE:
-            length, kind, flag, sid = fr.decode_header(buf[:fr.HEADER_SIZE])
-            if len(buf) < fr.HEADER_SIZE + length:
-                break
-            body, buf = buf[fr.HEADER_SIZE:fr.HEADER_SIZE + length], buf[fr.HEADER_SIZE + length:]
-            if sid in sids and sid not in got:
-                if kind == fr.Kind.CREATE and flag & fr.Flag.ACK:
-                    got[sid] = "ack"
-                elif kind == fr.Kind.CLOSE:
-                    got[sid] = fr.decode_close(body)
-    return got
-
-
-@pytest.mark.timeout(120)
-def test_an_account_cannot_open_streams_without_end(tmp_path, origin):
-    """Each stream a client opens is a handler and its memory on the server: 100,000 CREATEs
-    (1 MB sent) took 1.26 GiB there before max_streams. Now an account has at most max_streams
-    open over all its links (more links bring no more); the rest are refused with CLOSE(sid,
-    reason), the link goes on, the refusals are logged (a line a second at most, every one
-    counted), another account is served meanwhile, and the slots come back when the streams end.
-    An account may have its own max_streams."""
-    center, proxy = free_port(), free_port()
-    conf = tmp_path / "server.toml"
-    conf.write_text(f'[center]\nbind = "127.0.0.1:{center}"\ntls = false\nmax_streams = 50\n'
-                    f'users = [{{ username = "alice", password = "s3cret" }}, {{ username = "bob", password = "b0b" }}, '
-                    f'{{ username = "carol", password = "c4rol", max_streams = 5 }}]\n')
-    server = Proc(["-c", str(conf)], center, tmp_path, name="server")
-    client_conf = tmp_path / "client.toml"
-    client_conf.write_text(f'[center]\nserver = "127.0.0.1:{center}"\ntls = false\nusername = "bob"\n'
-                           f'password = "b0b"\n[proxy]\nbind = "127.0.0.1:{proxy}"\n')
-    client = None
-    links: list[socket.socket] = []
-    try:
-        wait_port(center, proc=server.popen)
-        client = Proc(["-c", str(client_conf)], proxy, tmp_path, program="wmproxy-client", name="client")
-        client.wait_log("is up", timeout=15)
-        url = f"http://127.0.0.1:{origin.port}/whoami"
-        create = fr.encode_create(fr.CreateMode.PROXY, "")
-        answers: dict[int, str] = {}
-        for client_id in ("one", "two"):  # two links of one account
-            s = _login(center, client_id=client_id)
-            links.append(s)
-            sids = set(range(1, 800, 2))
-            s.sendall(b"".join(fr.encode_header(len(create), fr.Kind.CREATE, 0, sid) + create for sid in sids))
-            got = _answers(s, sids)
-            assert len(got) == len(sids)
-            answers.update({(client_id, sid): why for sid, why in got.items()})
-            assert http_get(proxy, url)[1] == b"origin-A"  # bob is served meanwhile
-        accepted = [k for k, why in answers.items() if why == "ack"]
-        refused = [why for why in answers.values() if why != "ack"]
-        assert len(accepted) == 50, len(accepted)
-        assert len(refused) == 750 and set(refused) == {"too many streams (max_streams 50)"}
-        time.sleep(1.5)  # (the refusals of the last second are told within one)
-        told = [int(n) for n in re.findall(r"refused (\d+) stream\(s\): the far end has max_streams \(50\)",
-                                           server.log())]
-        assert sum(told) == 750 and len(told) <= 6, told
-        for s in links:
-            s.close()
-        links.clear()
-        time.sleep(0.5)
-        s = _login(center, client_id="three")  # the account's streams came back with its links' end
-        links.append(s)
-        sids = set(range(1, 120, 2))
-        s.sendall(b"".join(fr.encode_header(len(create), fr.Kind.CREATE, 0, sid) + create for sid in sids))
-        got = _answers(s, sids)
-        assert sorted(got.values()).count("ack") == 50, got
-        s = _login(center, "carol", "c4rol")  # an account's own max_streams
-        links.append(s)
-        sids = set(range(1, 20, 2))
-        s.sendall(b"".join(fr.encode_header(len(create), fr.Kind.CREATE, 0, sid) + create for sid in sids))
-        got = _answers(s, sids)
-        assert sorted(got.values()).count("ack") == 5 and "too many streams (max_streams 5)" in got.values(), got
-        assert_logs_clean([server])
-    finally:
-        for s in links:
-            s.close()
-        if client is not None:
-            client.stop()
-        server.stop()
-
-
-def _mapping_answers(s: socket.socket, seconds: float) -> list[list[fr.MappingAnswer]]:
-    """Every MAPPING+ACK the server sends within ``seconds`` (other frames skipped)."""
-    got, buf, deadline = [], b"", time.monotonic() + seconds
+def _frames(s: socket.socket, seconds: float, done=lambda: False):
+    """The frames the server sends, (kind, flag, sid, body), until ``done()`` or ``seconds``."""
+    buf, deadline = b"", time.monotonic() + seconds
     s.settimeout(0.2)
-    while time.monotonic() < deadline:
+    while not done() and time.monotonic() < deadline:
         try:
             chunk = s.recv(1 << 20)
         except socket.timeout:
@@ -318,9 +226,101 @@ def _mapping_answers(s: socket.socket, seconds: float) -> list[list[fr.MappingAn
             if len(buf) < fr.HEADER_SIZE + length:
                 break
             body, buf = buf[fr.HEADER_SIZE:fr.HEADER_SIZE + length], buf[fr.HEADER_SIZE + length:]
-            if kind == fr.Kind.MAPPING and flag & fr.Flag.ACK:
-                got.append(fr.decode_mapping_answers(body))
+            yield kind, flag, sid, body
+
+
+def _open_streams(s: socket.socket, sids: set[int]) -> dict[int, str]:
+    """CREATE PROXY for each of ``sids`` at once; the server's answer to each: 'ack', or the
+    reason of its CLOSE."""
+    create = fr.encode_create(fr.CreateMode.PROXY, "")
+    s.sendall(b"".join(fr.encode_header(len(create), fr.Kind.CREATE, 0, sid) + create for sid in sids))
+    got: dict[int, str] = {}
+    for kind, flag, sid, body in _frames(s, 15, lambda: len(got) == len(sids)):
+        if sid in sids and sid not in got:
+            if kind == fr.Kind.CREATE and flag & fr.Flag.ACK:
+                got[sid] = "ack"
+            elif kind == fr.Kind.CLOSE:
+                got[sid] = fr.decode_close(body)
     return got
+
+
+def _mapping_answers(s: socket.socket, seconds: float) -> list[list[fr.MappingAnswer]]:
+    """Every MAPPING+ACK the server sends within ``seconds`` (other frames skipped)."""
+    return [fr.decode_mapping_answers(body) for kind, flag, _, body in _frames(s, seconds)
+            if kind == fr.Kind.MAPPING and flag & fr.Flag.ACK]
+
+
+@contextlib.contextmanager
+def _server_beside_bob(tmp_path, center: int, center_lines: str):
+    """A center server (plain link) with ``center_lines`` in its [center] (its accounts
+    included, bob's among them), and bob's center client linked to it: yields the server and
+    bob's local proxy port, for a request that must be served whatever another account does."""
+    proxy = free_port()
+    conf = tmp_path / "server.toml"
+    conf.write_text(f'[center]\nbind = "127.0.0.1:{center}"\ntls = false\n{center_lines}\n')
+    server = Proc(["-c", str(conf)], center, tmp_path, name="server")
+    client_conf = tmp_path / "client.toml"
+    client_conf.write_text(f'[center]\nserver = "127.0.0.1:{center}"\ntls = false\nusername = "bob"\n'
+                           f'password = "b0b"\n[proxy]\nbind = "127.0.0.1:{proxy}"\n')
+    client = None
+    try:
+        wait_port(center, proc=server.popen)
+        client = Proc(["-c", str(client_conf)], proxy, tmp_path, program="wmproxy-client", name="client")
+        client.wait_log("is up", timeout=15)
+        yield server, proxy
+    finally:
+        if client is not None:
+            client.stop()
+        server.stop()
+
+
+@pytest.mark.timeout(120)
+def test_an_account_cannot_open_streams_without_end(tmp_path, origin):
+    """Each stream a client opens is a handler and its memory on the server: 100,000 CREATEs
+    (1 MB sent) took 1.26 GiB there before max_streams. Now an account has at most max_streams
+    open over all its links (more links bring no more); the rest are refused with CLOSE(sid,
+    reason), the link goes on, the refusals are logged (a line a second at most, every one
+    counted), another account is served meanwhile, and the slots come back when the streams end.
+    An account may have its own max_streams."""
+    center = free_port()
+    links: list[socket.socket] = []
+    with _server_beside_bob(tmp_path, center, 'max_streams = 50\nusers = [{ username = "alice", password = "s3cret" }, '
+                            '{ username = "bob", password = "b0b" }, '
+                            '{ username = "carol", password = "c4rol", max_streams = 5 }]') as (server, proxy):
+        try:
+            url = f"http://127.0.0.1:{origin.port}/whoami"
+            answers: dict[int, str] = {}
+            for client_id in ("one", "two"):  # two links of one account
+                s = _login(center, client_id=client_id)
+                links.append(s)
+                got = _open_streams(s, set(range(1, 800, 2)))
+                assert len(got) == 400
+                answers.update({(client_id, sid): why for sid, why in got.items()})
+                assert http_get(proxy, url)[1] == b"origin-A"  # bob is served meanwhile
+            accepted = [k for k, why in answers.items() if why == "ack"]
+            refused = [why for why in answers.values() if why != "ack"]
+            assert len(accepted) == 50, len(accepted)
+            assert len(refused) == 750 and set(refused) == {"too many streams (max_streams 50)"}
+            time.sleep(1.5)  # (the refusals of the last second are told within one)
+            told = [int(n) for n in re.findall(r"refused (\d+) stream\(s\): the far end has max_streams \(50\)",
+                                               server.log())]
+            assert sum(told) == 750 and len(told) <= 6, told
+            for s in links:
+                s.close()
+            links.clear()
+            time.sleep(0.5)
+            s = _login(center, client_id="three")  # the account's streams came back with its links' end
+            links.append(s)
+            got = _open_streams(s, set(range(1, 120, 2)))
+            assert sorted(got.values()).count("ack") == 50, got
+            s = _login(center, "carol", "c4rol")  # an account's own max_streams
+            links.append(s)
+            got = _open_streams(s, set(range(1, 20, 2)))
+            assert sorted(got.values()).count("ack") == 5 and "too many streams (max_streams 5)" in got.values(), got
+            assert_logs_clean([server])
+        finally:
+            for s in links:
+                s.close()
 
 
 @pytest.mark.timeout(120)
@@ -332,54 +332,41 @@ def test_a_flood_of_big_mapping_updates_neither_stalls_the_server_nor_floods_its
     takes time in proportion, updates that come faster than they are applied are coalesced (the
     latest wins, applied after MAPPING_EVERY or ten times what the last one took), and past 20
     mappings the log says how many more in one line. Another account is served throughout."""
-    center, proxy, web = free_port(), free_port(), free_port()
-    conf = tmp_path / "server.toml"
-    conf.write_text(f'[center]\nbind = "127.0.0.1:{center}"\ntls = false\nmap_http_bind = "127.0.0.1:{web}"\n'
-                    f'users = [{{ username = "alice", password = "s3cret", max_mappings = 100000 }}, '
-                    f'{{ username = "bob", password = "b0b" }}]\n')
-    server = Proc(["-c", str(conf)], center, tmp_path, name="server")
-    client_conf = tmp_path / "client.toml"
-    client_conf.write_text(f'[center]\nserver = "127.0.0.1:{center}"\ntls = false\nusername = "bob"\n'
-                           f'password = "b0b"\n[proxy]\nbind = "127.0.0.1:{proxy}"\n')
-    client = None
+    center, web = free_port(), free_port()
     s = None
-    try:
-        wait_port(center, proc=server.popen)
-        client = Proc(["-c", str(client_conf)], proxy, tmp_path, program="wmproxy-client", name="client")
-        client.wait_log("is up", timeout=15)
-        url = f"http://127.0.0.1:{origin.port}/whoami"
-        s = _login(center)
-        _mapping_answers(s, 0.5)  # (the handshake's)
-        updates = []
-        for r in range(4):
-            specs = [fr.MappingSpec(f"m{r}-{i}", "http", f"d{r}-{i}.test") for i in range(20000)]
-            body = fr.encode_mappings(specs)
-            updates.append(body)
-            s.sendall(fr.encode_header(len(body), fr.Kind.MAPPING, 0, 0) + body)
-        for _ in range(8):  # bob's requests are answered at once meanwhile
-            started = time.monotonic()
-            assert http_get(proxy, url)[1] == b"origin-A"
-            assert time.monotonic() - started < 3, "the server's loop stalled"
-            time.sleep(0.25)
-        answers = _mapping_answers(s, 12)
-        assert [len(a) for a in answers] == [20000, 20000]  # the first, then only the latest
-        assert all(a.accepted for a in answers[0]) and answers[1][0].name == "m3-0"
-        log = server.log()
-        assert log.count("published on http Host") <= 3 * 20 and "19980 more mappings of client alice published" in log
-        assert log.count(" withdrawn") <= 2 * 21 and "19980 more mappings withdrawn" in log
-        s.close()  # (its routes stay known, offline: 502; a Host never routed is a 404)
-        s = None
-        server.wait_log(" ended: ")
-        with socket.create_connection(("127.0.0.1", web), timeout=10) as c:  # the latest update holds
-            c.sendall(b"GET / HTTP/1.1\r\nHost: d3-7.test\r\nConnection: close\r\n\r\n")
-            assert c.recv(100).startswith(b"HTTP/1.1 502 ")
-        with socket.create_connection(("127.0.0.1", web), timeout=10) as c:
-            c.sendall(b"GET / HTTP/1.1\r\nHost: d1-7.test\r\nConnection: close\r\n\r\n")
-            assert c.recv(100).startswith(b"HTTP/1.1 404 ")  # (never applied: coalesced away)
-        assert_logs_clean([server])
-    finally:
-        if s is not None:
-            s.close()
-        if client is not None:
-            client.stop()
-        server.stop()
+    with _server_beside_bob(tmp_path, center, f'map_http_bind = "127.0.0.1:{web}"\nusers = [{{ username = "alice", '
+                            f'password = "s3cret", max_mappings = 100000 }}, {{ username = "bob", password = "b0b" }}]'
+                            ) as (server, proxy):
+        try:
+            url = f"http://127.0.0.1:{origin.port}/whoami"
+            s = _login(center)
+            _mapping_answers(s, 0.5)  # (the handshake's)
+            for r in range(4):
+                specs = [fr.MappingSpec(f"m{r}-{i}", "http", f"d{r}-{i}.test") for i in range(20000)]
+                body = fr.encode_mappings(specs)
+                s.sendall(fr.encode_header(len(body), fr.Kind.MAPPING, 0, 0) + body)
+            for _ in range(8):  # bob's requests are answered at once meanwhile
+                started = time.monotonic()
+                assert http_get(proxy, url)[1] == b"origin-A"
+                assert time.monotonic() - started < 3, "the server's loop stalled"
+                time.sleep(0.25)
+            answers = _mapping_answers(s, 12)
+            assert [len(a) for a in answers] == [20000, 20000]  # the first, then only the latest
+            assert all(a.accepted for a in answers[0]) and answers[1][0].name == "m3-0"
+            log = server.log()
+            assert log.count("published on http Host") <= 3 * 20
+            assert "19980 more mappings of client alice published" in log
+            assert log.count(" withdrawn") <= 2 * 21 and "19980 more mappings withdrawn" in log
+            s.close()  # (its routes stay known, offline: 502; a Host never routed is a 404)
+            s = None
+            server.wait_log(" ended: ")
+            with socket.create_connection(("127.0.0.1", web), timeout=10) as c:  # the latest update holds
+                c.sendall(b"GET / HTTP/1.1\r\nHost: d3-7.test\r\nConnection: close\r\n\r\n")
+                assert c.recv(100).startswith(b"HTTP/1.1 502 ")
+            with socket.create_connection(("127.0.0.1", web), timeout=10) as c:
+                c.sendall(b"GET / HTTP/1.1\r\nHost: d1-7.test\r\nConnection: close\r\n\r\n")
+                assert c.recv(100).startswith(b"HTTP/1.1 404 ")  # (never applied: coalesced away)
+            assert_logs_clean([server])
+        finally:
+            if s is not None:
+                s.close()

@@ -162,7 +162,6 @@ class CenterLink:
         self._overflowed = False  # the outbox passed twice its bound: the link is being closed
         self.handlers = Group()
         self.budget = budget if budget is not None else StreamBudget(max_streams)
-        self.peer_streams = 0  # of them, this link's (given back to the budget when it closes)
         self.closed = False
         self.draining = False
         self.close_reason = ""
@@ -214,8 +213,7 @@ class CenterLink:
 
     def forget(self, sid: int) -> None:
         if self.streams.pop(sid, None) is not None and (sid & 1) != self.is_client:
-            self.peer_streams -= 1  # (one the far end opened: its slot of max_streams is free again)
-            self.budget.used -= 1
+            self.budget.used -= 1  # (one the far end opened: its slot of max_streams is free again)
         if self.draining and not self.streams:
             gevent.spawn_later(0.05, self.close, "stopping: last stream done")
 
@@ -469,7 +467,6 @@ class CenterLink:
                 budget.refuse(self.name)
                 return
             budget.used += 1
-            self.peer_streams += 1
             vc = self.streams[sid] = VirtualConn(self, sid)
             vc.visitor = visitor
             self.handlers.spawn(self._serve_stream, vc, mode, target)
@@ -501,8 +498,7 @@ class CenterLink:
         (a client sending a MAPPING of 30,000 mappings again and again takes a tenth of the
         loop at most, not all of it). Raises ProtocolError for a malformed one."""
         f, self._mapping = self._mapping, None
-        if f is None:
-            return
+        assert f is not None  # (set before every call: by the reader, or before its timer was armed)
         started = time.monotonic()
         specs = fr.decode_mappings(f.body, bool(f.flag & Flag.ID))
         if self.on_mapping is not None:
@@ -555,9 +551,9 @@ class CenterLink:
         self._waiting_room.clear()
         for vc in list(self.streams.values()):
             vc._on_close(False, f"center link closed: {reason}")
+        # (the far end's streams give their slots back at once: their handlers are being killed)
+        self.budget.used -= sum(1 for sid in self.streams if (sid & 1) != self.is_client)
         self.streams.clear()
-        self.budget.used -= self.peer_streams  # (its handlers are being killed)
-        self.peer_streams = 0
         try:
             self.sock.close()
         except OSError:

@@ -59,11 +59,20 @@ def read_head(reader: Reader, limit: int, on_partial: Optional[Callable[[], None
 JOIN_UNDER = 16384  # a body piece this big or more goes in a send of its own after its head: joining copies it
 
 
-class _Joiner:
-    """Sends ``prefix`` (a head) together with the first body piece: one syscall, not two,
-    for the common small message. A big piece goes after the head instead: joining would copy
+def _send_joined(send: Send, head: bytes, data: Data) -> None:
+    """``head`` and a body piece in one send (one syscall, not two, for the common small
+    message), or, for a piece of JOIN_UNDER or more, one after the other: joining would copy
     it, and to a client that does not read, the copy and the piece stay held together (an
     HTTP/2 stream held three copies of 64 KiB each while it waited for its window)."""
+    if len(data) < JOIN_UNDER:
+        send(head + data)
+    else:
+        send(head)
+        send(data)
+
+
+class _Joiner:
+    """Sends ``prefix`` (a head) with the first body piece (:func:`_send_joined`)."""
 
     __slots__ = ("send", "prefix")
 
@@ -73,12 +82,10 @@ class _Joiner:
 
     def __call__(self, data: Data) -> None:
         if self.prefix:
-            prefix, self.prefix = self.prefix, b""
-            if len(data) < JOIN_UNDER:
-                data = prefix + data
-            else:
-                self.send(prefix)
-        self.send(data)
+            prefix, self.prefix = self.prefix, b""  # (taken before the send, as in flush)
+            _send_joined(self.send, prefix, data)
+        else:
+            self.send(data)
 
     def flush(self) -> None:
         if self.prefix:
@@ -115,11 +122,9 @@ def copy_body(reader: Reader, send: Send, framing: Framing, chunked_out: bool, p
         buf = reader.buf
         body = bytes(buf) if len(buf) == length else bytes(buf[:length])
         del buf[:length]
-        if prefix and length < JOIN_UNDER:
-            send(prefix + body)
+        if prefix:
+            _send_joined(send, prefix, body)
         else:
-            if prefix:
-                send(prefix)
             send(body)
         return length
     out = _Joiner(send, prefix)
